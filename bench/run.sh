@@ -1,0 +1,358 @@
+#!/usr/bin/env bash
+# SayName benchmark of cti-gateway against a hyper "floor", and its memory use.
+#
+#   bench/run.sh                      throughput, 100000 counterparties
+#   bench/run.sh throughput 500000    throughput, 500000 counterparties
+#   bench/run.sh memory               memory and start-up, 1000000 counterparties
+#   bench/run.sh memory 250000
+#
+# throughput: builds release, generates N counterparties and 200000 caller
+#   numbers (~90% known), starts `cti-gateway serve --config` on 127.0.0.1,
+#   waits for /readyz, asks one SayName to learn the answer size, warms up,
+#   runs wrk (keep-alive, bench/saynames.lua) against the gateway, then the same
+#   against bench/floor_server.rs answering a body of the same size. Prints
+#   requests/s, p50, p99, the ratio gateway/floor, and the gateway's RSS.
+# memory: generates N, starts the gateway, records time to /readyz and RSS,
+#   stops it with SIGTERM, starts it again on the same store and records the
+#   time from process start to /readyz 200 (start-up from snapshot); then once
+#   more with the JSON Lines file moved away (the snapshot is all there is).
+#
+# Environment (defaults in brackets):
+#   BENCH_THREADS [1] BENCH_CONNS [32] BENCH_DURATION [20s] BENCH_WARMUP [5s]
+#   BENCH_QUERIES [200000] BENCH_SEED [42] BENCH_PORT [18080] FLOOR_PORT [19090]
+#   BENCH_READY_TIMEOUT [300] seconds to wait for /readyz
+#   BENCH_SKIP_BUILD [0] BENCH_KEEP [0] keep the temp dir (data, config, logs)
+#   CARGO_TARGET_DIR [./target]
+# Everything listens on 127.0.0.1 only. Every wait is bounded. The script stops
+# the processes it started (by pid) when it exits, however it exits.
+#
+# Lines starting with BENCH_RESULT are machine-readable (key=value).
+
+set -euo pipefail
+
+MODE=throughput
+case "${1:-}" in
+  throughput|memory) MODE=$1; shift ;;
+  ''|[0-9]*) ;;
+  -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+  *) echo "usage: $0 [throughput|memory] [COUNT]" >&2; exit 2 ;;
+esac
+if [[ $MODE == memory ]]; then COUNT=${1:-1000000}; else COUNT=${1:-100000}; fi
+[[ $COUNT =~ ^[0-9]+$ ]] || { echo "COUNT must be a number: $COUNT" >&2; exit 2; }
+
+THREADS=${BENCH_THREADS:-1}
+CONNS=${BENCH_CONNS:-32}
+DURATION=${BENCH_DURATION:-20s}
+WARMUP=${BENCH_WARMUP:-5s}
+QUERIES=${BENCH_QUERIES:-200000}
+SEED=${BENCH_SEED:-42}
+PORT=${BENCH_PORT:-18080}
+FPORT=${FLOOR_PORT:-19090}
+READY_TIMEOUT=${BENCH_READY_TIMEOUT:-300}
+SOAP_PATH=/telephony/ws/VATS
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+GATEWAY=$TARGET/release/cti-gateway
+GEN=$TARGET/release/examples/gen_counterparties
+FLOOR=$TARGET/release/examples/floor_server
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ------------------------------------------------------------ clean-up
+TMP=""
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  if [[ -n $TMP && -d $TMP ]]; then
+    if [[ ${BENCH_KEEP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------ helpers
+now_ns() { date +%s%N; }
+ms_since() { echo $(( ($(now_ns) - $1) / 1000000 )); }
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_http URL PID TIMEOUT_S: until URL answers 200; fails if PID dies.
+wait_http() {
+  local url=$1 pid=$2 timeout=$3 code deadline
+  deadline=$(( $(date +%s) + timeout ))
+  while (( $(date +%s) < deadline )); do
+    kill -0 "$pid" 2>/dev/null || return 2
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)
+    [[ $code == 200 ]] && return 0
+    sleep 0.02
+  done
+  return 1
+}
+
+# stop_pid PID: SIGTERM, wait up to 30 s, then SIGKILL. Prints ms to exit.
+stop_pid() {
+  local pid=$1 t0
+  t0=$(now_ns)
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "pid $pid ignored SIGTERM for 30 s: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+  ms_since "$t0"
+}
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+envelope() {
+  cat <<EOF
+<?xml version="1.0" encoding="utf-8"?>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">
+    <soap:Body>
+        <SayName xmlns="http://VATS">
+            <Number>$1</Number>
+        </SayName>
+    </soap:Body>
+</soap:Envelope>
+EOF
+}
+
+# say_name NUMBER OUTFILE: prints "http_code size_download".
+say_name() {
+  envelope "$1" | curl -s -o "$2" -w '%{http_code} %{size_download}' --max-time 5 \
+    -X POST -H 'Content-Type: text/xml' -u SOAP:123 --data-binary @- \
+    "http://127.0.0.1:$PORT$SOAP_PATH" || echo "000 0"
+}
+
+# run_wrk NAME URL DURATION [extra env...]: runs wrk, keeps its output, prints the WRK_RESULT line.
+run_wrk() {
+  local name=$1 url=$2 dur=$3 out
+  out=$TMP/wrk-$name.txt
+  shift 3
+  env BENCH_NUMBERS="$TMP/numbers.txt" "$@" timeout $(( $(secs "$dur") + 60 )) \
+    wrk -t"$THREADS" -c"$CONNS" -d"$dur" --latency -s "$REPO/bench/saynames.lua" "$url" >"$out" 2>&1 \
+    || die "wrk against $name failed: $(tail -5 "$out")"
+  grep '^WRK_RESULT' "$out" || die "no WRK_RESULT from wrk against $name: $(tail -5 "$out")"
+}
+
+# wrk duration (20, 20s, 2m) in seconds, for the outer timeout.
+secs() { local d=$1; case $d in *m) echo $(( ${d%m} * 60 ));; *s) echo "${d%s}";; *) echo "$d";; esac; }
+
+field() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<"$2"; }
+
+write_config() {
+  cat >"$TMP/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PORT"
+
+[soap]
+path = "$SOAP_PATH"
+username = "SOAP"
+password = "123"
+
+[directory]
+file = "$TMP/counterparties.jsonl"
+
+[store]
+path = "$TMP/store.sqlite"
+
+[log]
+level = "warn"
+EOF
+  chmod 600 "$TMP/gateway.toml" # the gateway warns about a password in a world-readable file
+}
+
+# start_gateway LOGNAME: starts it in the background, sets GW_PID and GW_T0.
+start_gateway() {
+  port_free "$PORT" || die "127.0.0.1:$PORT is already in use (set BENCH_PORT)"
+  GW_T0=$(now_ns)
+  "$GATEWAY" serve --config "$TMP/gateway.toml" >"$TMP/$1.log" 2>&1 &
+  GW_PID=$!
+  PIDS+=("$GW_PID")
+}
+
+# ready_or_die LOGNAME: waits for /readyz, prints ms from process start.
+ready_or_die() {
+  local rc=0
+  wait_http "http://127.0.0.1:$PORT/readyz" "$GW_PID" "$READY_TIMEOUT" || rc=$?
+  case $rc in
+    0) ms_since "$GW_T0" ;;
+    2) die "gateway exited before /readyz: $(tail -20 "$TMP/$1.log")" ;;
+    *) die "gateway not ready after ${READY_TIMEOUT}s: $(tail -20 "$TMP/$1.log")" ;;
+  esac
+}
+
+# Sizes of the store files (sqlite, -wal, -shm), in bytes.
+store_bytes() { du -cb "$TMP"/store.sqlite* 2>/dev/null | awk 'END {print $1+0}'; }
+
+# Waits (at most 120 s) until the store stops growing for 3 s: the snapshot
+# of a freshly loaded directory may be written after /readyz turns 200.
+wait_store_settled() {
+  local last=-1 cur stable=0
+  for _ in $(seq 1 240); do
+    cur=$(store_bytes)
+    if [[ $cur == "$last" && $cur -gt 0 ]]; then
+      stable=$((stable + 1))
+      (( stable >= 6 )) && break
+    else
+      stable=0
+    fi
+    last=$cur
+    sleep 0.5
+  done
+  echo "$cur"
+}
+
+# ------------------------------------------------------------ build and data
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+  log "cargo build --release --examples --bins"
+  cargo build --release --examples --bins >&2
+fi
+for b in "$GATEWAY" "$GEN" "$FLOOR"; do [[ -x $b ]] || die "missing $b (build failed?)"; done
+
+if ! command -v wrk >/dev/null 2>&1; then
+  log "wrk not found: apt-get install -y wrk"
+  if [[ $(id -u) == 0 ]]; then apt-get install -y wrk >&2 || { apt-get update >&2 && apt-get install -y wrk >&2; }
+  else sudo apt-get install -y wrk >&2; fi
+  command -v wrk >/dev/null 2>&1 || die "wrk is required"
+fi
+command -v curl >/dev/null 2>&1 || die "curl is required"
+
+TMP=$(mktemp -d /tmp/cti-bench.XXXXXX)
+log "work dir $TMP"
+[[ $MODE == memory ]] && QUERIES=1000
+"$GEN" --count "$COUNT" --out "$TMP/counterparties.jsonl" --numbers "$TMP/numbers.txt" \
+  --queries "$QUERIES" --seed "$SEED" >&2
+JSONL_BYTES=$(stat -c %s "$TMP/counterparties.jsonl")
+write_config
+
+CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+log "machine: $(nproc) CPUs ($CPU), $(awk '/MemTotal/ {printf "%.1f GB", $2/1048576}' /proc/meminfo); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ------------------------------------------------------------ memory mode
+if [[ $MODE == memory ]]; then
+  log "start 1: $COUNT counterparties from JSON Lines ($((JSONL_BYTES / 1000000)) MB), empty store"
+  start_gateway gateway-1
+  READY1=$(ready_or_die gateway-1)
+  RSS1=$(rss_kb "$GW_PID"); HWM1=$(hwm_kb "$GW_PID")
+  log "ready in ${READY1} ms; RSS ${RSS1} kB (peak ${HWM1} kB); waiting for the store to settle"
+  STORE=$(wait_store_settled)
+  RSS1B=$(rss_kb "$GW_PID"); HWM1B=$(hwm_kb "$GW_PID")
+  READYZ1=$(curl -s --max-time 2 "http://127.0.0.1:$PORT/readyz" || true)
+  STOP1=$(stop_pid "$GW_PID")
+  log "store ${STORE} bytes; RSS after settle ${RSS1B} kB (peak ${HWM1B} kB); stopped in ${STOP1} ms"
+
+  log "start 2: same config, store from start 1"
+  start_gateway gateway-2
+  READY2=$(ready_or_die gateway-2)
+  RSS2=$(rss_kb "$GW_PID")
+  READYZ2=$(curl -s --max-time 2 "http://127.0.0.1:$PORT/readyz" || true)
+  sleep 5   # let a reload of the file (if it does one) finish before measuring again
+  RSS2B=$(rss_kb "$GW_PID"); HWM2=$(hwm_kb "$GW_PID")
+  STOP2=$(stop_pid "$GW_PID")
+  log "ready in ${READY2} ms; RSS ${RSS2} kB at ready, ${RSS2B} kB 5 s later (peak ${HWM2} kB)"
+
+  log "start 3: JSON Lines file moved away, only the store"
+  mv "$TMP/counterparties.jsonl" "$TMP/counterparties.jsonl.away"
+  start_gateway gateway-3
+  rc=0; wait_http "http://127.0.0.1:$PORT/readyz" "$GW_PID" 120 || rc=$?
+  if [[ $rc == 0 ]]; then
+    READY3=$(ms_since "$GW_T0"); RSS3=$(rss_kb "$GW_PID")
+    READYZ3=$(curl -s --max-time 2 "http://127.0.0.1:$PORT/readyz" || true)
+    stop_pid "$GW_PID" >/dev/null
+  else
+    READY3="failed(rc=$rc)"; RSS3=0; READYZ3="$(tail -5 "$TMP/gateway-3.log" | tr '\n' ' ')"
+    kill -0 "$GW_PID" 2>/dev/null && stop_pid "$GW_PID" >/dev/null
+  fi
+  mv "$TMP/counterparties.jsonl.away" "$TMP/counterparties.jsonl"
+
+  echo
+  echo "== cti-gateway memory and start-up: $COUNT counterparties ($((JSONL_BYTES / 1000000)) MB JSON Lines), $(nproc) CPUs =="
+  printf '%-44s %s\n' "load from JSON Lines, empty store: ready in" "$READY1 ms"
+  printf '%-44s %s\n' "  RSS at ready / after store settled" "$((RSS1 / 1024)) MB / $((RSS1B / 1024)) MB (peak $((HWM1B / 1024)) MB)"
+  printf '%-44s %s\n' "  bytes per counterparty (RSS / N)" "$((RSS1B * 1024 / (COUNT > 0 ? COUNT : 1)))"
+  printf '%-44s %s\n' "  store on disk" "$((STORE / 1000000)) MB"
+  printf '%-44s %s\n' "  SIGTERM to exit" "$STOP1 ms"
+  printf '%-44s %s\n' "start-up from snapshot (same config): ready in" "$READY2 ms"
+  printf '%-44s %s\n' "  RSS at ready / 5 s later" "$((RSS2 / 1024)) MB / $((RSS2B / 1024)) MB (peak $((HWM2 / 1024)) MB)"
+  printf '%-44s %s\n' "start-up from snapshot only (file gone)" "$READY3 ms, RSS $((RSS3 / 1024)) MB"
+  echo "/readyz after start 1: $READYZ1"
+  echo "/readyz after start 2: $READYZ2"
+  echo "/readyz after start 3: $READYZ3"
+  echo "BENCH_RESULT mode=memory count=$COUNT jsonl_bytes=$JSONL_BYTES ready_from_file_ms=$READY1 rss_kb=$RSS1B hwm_kb=$HWM1B bytes_per_counterparty=$((RSS1B * 1024 / (COUNT > 0 ? COUNT : 1))) store_bytes=$STORE stop_ms=$STOP1 ready_from_snapshot_ms=$READY2 rss_after_snapshot_kb=$RSS2B ready_snapshot_only_ms=$READY3"
+  exit 0
+fi
+
+# ------------------------------------------------------------ throughput mode
+log "starting gateway with $COUNT counterparties"
+start_gateway gateway
+READY=$(ready_or_die gateway)
+log "gateway ready in ${READY} ms, RSS $(rss_kb "$GW_PID") kB"
+
+# One known answer: its size sizes the floor's body.
+SIZE=0
+i=0
+while read -r number && (( i < 50 )); do
+  i=$((i + 1))
+  res=$(say_name "$number" "$TMP/answer.xml")
+  code=${res%% *}; size=${res##* }
+  [[ $code == 200 ]] || die "SayName $number answered HTTP $code: $(head -c 400 "$TMP/answer.xml")"
+  if grep -q '&lt;title&gt;[^&]' "$TMP/answer.xml"; then SIZE=$size; SAMPLE=$number; break; fi
+done <"$TMP/numbers.txt"
+(( SIZE > 0 )) || die "none of the first 50 numbers got a known answer: $(head -c 600 "$TMP/answer.xml")"
+log "SayName $SAMPLE -> $SIZE bytes:"
+{ sed "s/^/    /" "$TMP/answer.xml"; echo; } >&2
+
+URL="http://127.0.0.1:$PORT$SOAP_PATH"
+log "warm-up $WARMUP"
+run_wrk gateway-warmup "$URL" "$WARMUP" >/dev/null
+log "gateway: wrk -t$THREADS -c$CONNS -d$DURATION"
+GW=$(run_wrk gateway "$URL" "$DURATION")
+GW_RSS=$(rss_kb "$GW_PID"); GW_HWM=$(hwm_kb "$GW_PID")
+log "answers check (3 s, wrk reads every body)"
+CHECK=$(run_wrk gateway-check "$URL" 3s BENCH_CHECK=1)
+METRICS_LINES=$(curl -s --max-time 2 "http://127.0.0.1:$PORT/metrics" | grep -c '' || true)
+stop_pid "$GW_PID" >/dev/null
+
+port_free "$FPORT" || die "127.0.0.1:$FPORT is already in use (set FLOOR_PORT)"
+"$FLOOR" --listen "127.0.0.1:$FPORT" --size "$SIZE" >"$TMP/floor.log" 2>&1 &
+FL_PID=$!
+PIDS+=("$FL_PID")
+rc=0; wait_http "http://127.0.0.1:$FPORT/" "$FL_PID" 30 || rc=$?
+[[ $rc == 0 ]] || die "floor_server did not start: $(cat "$TMP/floor.log")"
+FURL="http://127.0.0.1:$FPORT$SOAP_PATH"
+log "floor warm-up $WARMUP"
+run_wrk floor-warmup "$FURL" "$WARMUP" >/dev/null
+log "floor: wrk -t$THREADS -c$CONNS -d$DURATION"
+FL=$(run_wrk floor "$FURL" "$DURATION")
+stop_pid "$FL_PID" >/dev/null
+
+g_rps=$(field rps "$GW"); f_rps=$(field rps "$FL")
+ratio=$(awk -v g="$g_rps" -v f="$f_rps" 'BEGIN { printf "%.2f", (f > 0 ? g / f : 0) }')
+bpc=$(( GW_RSS * 1024 / (COUNT > 0 ? COUNT : 1) ))
+
+echo
+echo "== SayName: $COUNT counterparties, wrk -t$THREADS -c$CONNS -d$DURATION keep-alive, answer $SIZE bytes, $(nproc) CPUs =="
+printf '%-14s %12s %9s %9s %9s %9s %8s %8s\n' server "requests/s" "p50 ms" "p90 ms" "p99 ms" "p99.9 ms" non2xx errors
+for row in "gateway|$GW" "floor|$FL"; do
+  name=${row%%|*}; r=${row#*|}
+  printf '%-14s %12s %9s %9s %9s %9s %8s %8s\n' "$name" "$(field rps "$r")" "$(field p50_ms "$r")" \
+    "$(field p90_ms "$r")" "$(field p99_ms "$r")" "$(field p999_ms "$r")" "$(field non2xx "$r")" "$(field socket_errors "$r")"
+done
+printf '%-14s %12s\n' "gateway/floor" "$ratio"
+echo "gateway ready in $READY ms; RSS after the run $((GW_RSS / 1024)) MB (peak $((GW_HWM / 1024)) MB) = $bpc bytes per counterparty (whole process / N)"
+echo "answers check: known=$(field known "$CHECK") unknown=$(field unknown "$CHECK") non2xx=$(field non2xx "$CHECK") (numbers file: ~90% known)"
+echo "BENCH_RESULT mode=throughput count=$COUNT threads=$THREADS conns=$CONNS duration=$DURATION answer_bytes=$SIZE gateway_rps=$g_rps gateway_p50_ms=$(field p50_ms "$GW") gateway_p99_ms=$(field p99_ms "$GW") floor_rps=$f_rps floor_p50_ms=$(field p50_ms "$FL") floor_p99_ms=$(field p99_ms "$FL") ratio=$ratio rss_kb=$GW_RSS bytes_per_counterparty=$bpc ready_ms=$READY metrics_lines=$METRICS_LINES"

@@ -1,0 +1,546 @@
+//! Configuration: typed, from a TOML file plus environment variables for
+//! secrets, validated once at start-up.
+//!
+//! Every key has a default (see `config/example.toml`). Unknown keys and bad
+//! values stop start-up with a message naming the key and the file. With no
+//! file at all the gateway runs in demo mode with published demo credentials;
+//! a real config file must set its own SOAP password.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use std::{fmt, fs};
+
+use serde::Deserialize;
+
+/// Environment variables that override secrets from the file, so the file
+/// itself can stay free of them.
+pub const ENV_SOAP_USERNAME: &str = "CTI_SOAP_USERNAME";
+pub const ENV_SOAP_PASSWORD: &str = "CTI_SOAP_PASSWORD";
+pub const ENV_API_TOKEN: &str = "CTI_API_TOKEN";
+pub const ENV_ONEC_USERNAME: &str = "CTI_ONEC_USERNAME";
+pub const ENV_ONEC_PASSWORD: &str = "CTI_ONEC_PASSWORD";
+
+/// Demo-mode values: printed at start, never used when a config file is given.
+pub const DEMO_SOAP_USERNAME: &str = "SOAP";
+pub const DEMO_SOAP_PASSWORD: &str = "123";
+pub const DEMO_API_TOKEN: &str = "demo-api-token";
+pub const DEMO_OPERATOR_KEY: &str = "gW3cyUJAtl50PhF";
+pub const DEMO_OPERATOR_TOKEN: &str = "demo-operator-token";
+pub const DEMO_DIRECTORY_FILE: &str = "data/demo/counterparties.jsonl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: `{key}` {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+}
+
+/// A secret value: shown as `***` by `Debug`, so it never reaches a log line.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub soap: SoapConfig,
+    pub directory: DirectoryConfig,
+    pub onec: Option<OnecConfig>,
+    pub store: StoreConfig,
+    pub api: ApiConfig,
+    pub popup: PopupConfig,
+    pub log: LogConfig,
+    #[serde(rename = "operator")]
+    pub operators: Vec<OperatorConfig>,
+    /// Where this configuration came from; `None` in demo mode.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Connections served at once; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// Longest wait for a request's headers, and for the next request on an
+    /// idle keep-alive connection; a slower client is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest wait for a request body to arrive in full.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// On SIGTERM, how long requests in flight may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SoapConfig {
+    pub path: String,
+    pub username: String,
+    pub password: Option<Secret>,
+    /// Whether `GET {path}?wsdl` needs the same Basic credentials.
+    pub wsdl_requires_auth: bool,
+    /// The service address written into the WSDL; by default it is built
+    /// from the request's `Host` header.
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoryConfig {
+    /// JSON Lines file of counterparties; optional when `[onec]` is set.
+    pub file: Option<PathBuf>,
+    /// How often the file is checked for changes ("0s" turns watching off;
+    /// SIGHUP still reloads).
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnecConfig {
+    pub odata_url: String,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default = "OnecConfig::default_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+    #[serde(default = "OnecConfig::default_lookup_budget_ms")]
+    pub lookup_budget_ms: u64,
+}
+
+impl OnecConfig {
+    fn default_refresh() -> Duration {
+        Duration::from_secs(300)
+    }
+    fn default_lookup_budget_ms() -> u64 {
+        300
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Bearer token of the push API; the API answers 401 to everyone when unset.
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PopupConfig {
+    /// Messages kept per operator key for screens that reconnect.
+    pub replay_len: usize,
+    /// How long a message stays replayable.
+    #[serde(with = "humantime_serde")]
+    pub replay_age: Duration,
+    /// Messages queued for one screen before it counts as not reading and is cut off.
+    pub queue_len: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `warn`, `cti_gateway=debug`... `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// The abonent key the PBX sends in IncomingCall/Key.
+    pub key: String,
+    /// What the operator's screen presents when it connects.
+    pub token: Secret,
+    #[serde(default)]
+    pub name: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for SoapConfig {
+    fn default() -> Self {
+        SoapConfig {
+            path: "/telephony/ws/VATS".into(),
+            username: DEMO_SOAP_USERNAME.into(),
+            password: None,
+            wsdl_requires_auth: false,
+            public_url: None,
+        }
+    }
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig {
+            file: None,
+            watch_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("var/cti-gateway.sqlite"),
+        }
+    }
+}
+
+impl Default for PopupConfig {
+    fn default() -> Self {
+        PopupConfig {
+            replay_len: 50,
+            replay_age: Duration::from_secs(120),
+            queue_len: 64,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Reads environment variables; a seam so tests need not touch the process env.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// Demo mode: the shipped demo directory, the seed's credentials, one
+    /// demo operator. Everything it uses is printed at start.
+    pub fn demo(env: EnvLookup<'_>) -> Config {
+        let mut config = Config {
+            soap: SoapConfig {
+                password: Some(Secret::new(DEMO_SOAP_PASSWORD)),
+                ..SoapConfig::default()
+            },
+            directory: DirectoryConfig {
+                file: Some(PathBuf::from(DEMO_DIRECTORY_FILE)),
+                ..DirectoryConfig::default()
+            },
+            api: ApiConfig {
+                token: Some(Secret::new(DEMO_API_TOKEN)),
+            },
+            operators: vec![OperatorConfig {
+                key: DEMO_OPERATOR_KEY.into(),
+                token: Secret::new(DEMO_OPERATOR_TOKEN),
+                name: "Demo operator".into(),
+            }],
+            ..Config::default()
+        };
+        config.apply_env(env);
+        config
+    }
+
+    pub fn load(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path, env)
+    }
+
+    pub fn parse(text: &str, path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.source = Some(path.to_owned());
+        config.apply_env(env);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: EnvLookup<'_>) {
+        if let Some(v) = env(ENV_SOAP_USERNAME) {
+            self.soap.username = v;
+        }
+        if let Some(v) = env(ENV_SOAP_PASSWORD) {
+            self.soap.password = Some(Secret::new(v));
+        }
+        if let Some(v) = env(ENV_API_TOKEN) {
+            self.api.token = Some(Secret::new(v));
+        }
+        if let Some(onec) = self.onec.as_mut() {
+            if let Some(v) = env(ENV_ONEC_USERNAME) {
+                onec.username = v;
+            }
+            if let Some(v) = env(ENV_ONEC_PASSWORD) {
+                onec.password = Some(Secret::new(v));
+            }
+        }
+    }
+
+    fn invalid(&self, key: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.clone().unwrap_or_default(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.soap.password.as_ref().is_none_or(Secret::is_empty) {
+            return Err(self.invalid(
+                "soap.password",
+                format!("is not set: give the password the PBX sends (or set {ENV_SOAP_PASSWORD}); a config file never falls back to the demo password"),
+            ));
+        }
+        if self.soap.username.is_empty() || self.soap.username.contains(':') {
+            return Err(self.invalid("soap.username", "must be non-empty and contain no ':'"));
+        }
+        if !self.soap.path.starts_with('/') || self.soap.path.contains('?') {
+            return Err(self.invalid(
+                "soap.path",
+                "must start with '/' and hold no query, e.g. \"/telephony/ws/VATS\"",
+            ));
+        }
+        let reserved = ["/metrics", "/healthz", "/readyz", "/operator", "/api"];
+        if reserved
+            .iter()
+            .any(|r| self.soap.path == *r || self.soap.path.starts_with(&format!("{r}/")))
+        {
+            return Err(self.invalid(
+                "soap.path",
+                "collides with one of the gateway's own endpoints",
+            ));
+        }
+        if let Some(url) = &self.soap.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(self.invalid("soap.public_url", "must be an http:// or https:// URL"));
+            }
+        }
+        if self.server.max_connections == 0 {
+            return Err(self.invalid("server.max_connections", "must be at least 1"));
+        }
+        for (key, value) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.body_read_timeout", self.server.body_read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(self.invalid(key, "must be longer than 0s"));
+            }
+        }
+        if self.directory.file.is_none() && self.onec.is_none() {
+            return Err(self.invalid(
+                "directory.file",
+                "is not set and neither is [onec]: the gateway needs at least one source of counterparties",
+            ));
+        }
+        if let Some(onec) = &self.onec {
+            if !(onec.odata_url.starts_with("http://") || onec.odata_url.starts_with("https://")) {
+                return Err(self.invalid("onec.odata_url", "must be an http:// or https:// URL"));
+            }
+            if onec.refresh < Duration::from_secs(10) {
+                return Err(self.invalid("onec.refresh", "must be at least 10s"));
+            }
+            if onec.lookup_budget_ms > 10_000 {
+                return Err(self.invalid(
+                    "onec.lookup_budget_ms",
+                    "must be at most 10000 (the PBX will not wait longer)",
+                ));
+            }
+        }
+        if self.popup.replay_len == 0 || self.popup.queue_len == 0 {
+            return Err(self.invalid("popup", "replay_len and queue_len must be at least 1"));
+        }
+        let mut keys = std::collections::HashSet::new();
+        let mut tokens = std::collections::HashSet::new();
+        for (i, op) in self.operators.iter().enumerate() {
+            if op.key.trim().is_empty() {
+                return Err(self.invalid(&format!("operator[{i}].key"), "must not be empty"));
+            }
+            if !keys.insert(op.key.as_str()) {
+                return Err(self.invalid(
+                    &format!("operator[{i}].key"),
+                    format!("'{}' is used by an earlier [[operator]]", op.key),
+                ));
+            }
+            if op.token.expose().len() < 8 {
+                return Err(self.invalid(
+                    &format!("operator[{i}].token"),
+                    "must be at least 8 characters",
+                ));
+            }
+            if !tokens.insert(op.token.expose()) {
+                return Err(self.invalid(
+                    &format!("operator[{i}].token"),
+                    "is the same as an earlier operator's token",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("gw.toml"), &no_env)
+    }
+
+    const MINIMAL: &str = "[soap]\npassword = \"s3cret\"\n[directory]\nfile = \"x.jsonl\"\n";
+
+    #[test]
+    fn example_config_in_the_repository_is_valid() {
+        let text = include_str!("../config/example.toml");
+        let config = parse(text).expect("config/example.toml must load");
+        assert_eq!(config.soap.path, "/telephony/ws/VATS");
+        assert!(!config.operators.is_empty());
+    }
+
+    #[test]
+    fn every_key_has_a_default() {
+        let c = parse(MINIMAL).expect("minimal config");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.store.path, PathBuf::from("var/cti-gateway.sqlite"));
+        assert!(c.onec.is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_file() {
+        let err =
+            parse(&format!("{MINIMAL}[server]\nlisten_addr = \"x\"\n")).expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("gw.toml") && msg.contains("listen_addr"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err =
+            parse(&format!("{MINIMAL}[server]\nlisten = \"nowhere\"\n")).expect_err("bad addr");
+        assert!(err.to_string().contains("listen"), "{err}");
+        let err = parse(&format!(
+            "{MINIMAL}[server]\nheader_read_timeout = \"soon\"\n"
+        ))
+        .expect_err("bad duration");
+        assert!(err.to_string().contains("header_read_timeout"), "{err}");
+    }
+
+    #[test]
+    fn a_config_file_without_soap_password_does_not_start() {
+        let err = parse("[directory]\nfile = \"x.jsonl\"\n").expect_err("no password");
+        assert!(err.to_string().contains("soap.password"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment() {
+        let env = |name: &str| match name {
+            ENV_SOAP_PASSWORD => Some("from-env".to_string()),
+            ENV_API_TOKEN => Some("api-from-env".to_string()),
+            _ => None,
+        };
+        let c = Config::parse("[directory]\nfile = \"x\"\n", Path::new("gw.toml"), &env)
+            .expect("env password");
+        assert_eq!(
+            c.soap.password.as_ref().map(Secret::expose),
+            Some("from-env")
+        );
+        assert_eq!(
+            c.api.token.as_ref().map(Secret::expose),
+            Some("api-from-env")
+        );
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let c = parse(MINIMAL).expect("config");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn duplicate_operator_keys_are_refused() {
+        let text = format!(
+            "{MINIMAL}[[operator]]\nkey = \"k\"\ntoken = \"tttttttt1\"\n[[operator]]\nkey = \"k\"\ntoken = \"tttttttt2\"\n"
+        );
+        let err = parse(&text).expect_err("duplicate key");
+        assert!(err.to_string().contains("operator[1].key"), "{err}");
+    }
+
+    #[test]
+    fn demo_mode_uses_the_seed_credentials() {
+        let c = Config::demo(&no_env);
+        assert_eq!(c.soap.username, "SOAP");
+        assert_eq!(c.soap.password.as_ref().map(Secret::expose), Some("123"));
+        assert_eq!(c.operators[0].key, DEMO_OPERATOR_KEY);
+    }
+}

@@ -1,0 +1,277 @@
+//! One immutable, fully built view of the directory.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{Counterparty, Renderer, ReplaceReport};
+use crate::phone::{self, PhoneKey};
+
+/// One counterparty as the directory serves it.
+#[derive(Debug)]
+pub struct Entry {
+    pub counterparty: Arc<Counterparty>,
+    /// The SayName answer payload, rendered once at load time.
+    pub say_name: Box<[u8]>,
+    /// The source this record came from (`file`, `onec`, `push`...).
+    pub source: Arc<str>,
+    /// The record's phones, normalized, without repeats, in the order written.
+    phones: Box<[PhoneKey]>,
+}
+
+impl Entry {
+    fn new(counterparty: Counterparty, source: &Arc<str>, render: Renderer) -> (Entry, usize) {
+        let mut phones = Vec::with_capacity(counterparty.phones.len());
+        let mut unusable = 0;
+        for raw in &counterparty.phones {
+            match phone::normalize(raw) {
+                Some(key) if !phones.contains(&key) => phones.push(key),
+                Some(_) => {}
+                None => unusable += 1,
+            }
+        }
+        let entry = Entry {
+            say_name: render(&counterparty),
+            counterparty: Arc::new(counterparty),
+            source: Arc::clone(source),
+            phones: phones.into_boxed_slice(),
+        };
+        (entry, unusable)
+    }
+
+    pub fn phones(&self) -> &[PhoneKey] {
+        &self.phones
+    }
+
+    fn has_manager(&self) -> bool {
+        self.counterparty
+            .manager_phone
+            .as_deref()
+            .is_some_and(|m| !m.trim().is_empty())
+    }
+
+    fn position_of(&self, phone: PhoneKey) -> usize {
+        self.phones
+            .iter()
+            .position(|p| *p == phone)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// The ambiguity rule: when several counterparties list one phone, the
+    /// answer is the one that (1) has a responsible manager's extension, so the
+    /// PBX can route the call; then (2) lists that phone earlier among its own
+    /// phones (a client's main number beats a shared office line listed
+    /// later); then (3) has the lowest id in byte order, so the choice never
+    /// depends on load order.
+    fn wins_phone_over(&self, other: &Entry, phone: PhoneKey) -> bool {
+        let rank = |e: &Entry| (!e.has_manager(), e.position_of(phone));
+        (rank(self), &*self.counterparty.id) < (rank(other), &*other.counterparty.id)
+    }
+}
+
+/// What the directory knows about one source's record set.
+#[derive(Debug, Clone)]
+pub struct SourceInfo {
+    pub name: Arc<str>,
+    pub records: usize,
+    pub fingerprint: Option<String>,
+    pub loaded_at: SystemTime,
+}
+
+#[derive(Debug)]
+struct SourceSet {
+    info: SourceInfo,
+    entries: Arc<[Arc<Entry>]>,
+}
+
+/// Immutable lookup structures over all sources' records. When two sources
+/// hold the same id, the source whose set was loaded last answers for it.
+#[derive(Debug)]
+pub struct Index {
+    loaded: bool,
+    /// Ordered by `loaded_at`, oldest first.
+    sources: Vec<SourceSet>,
+    by_phone: HashMap<PhoneKey, Arc<Entry>>,
+    /// Sorted by id; a sorted vector costs 8 bytes a record, a map several times that.
+    by_id: Vec<Arc<Entry>>,
+    /// Records with an INN, sorted by it (INNs repeat: branches share one).
+    by_inn: Vec<Arc<Entry>>,
+    ambiguous_phones: usize,
+}
+
+impl Index {
+    pub(super) fn empty() -> Index {
+        Index {
+            loaded: false,
+            sources: Vec::new(),
+            by_phone: HashMap::new(),
+            by_id: Vec::new(),
+            by_inn: Vec::new(),
+            ambiguous_phones: 0,
+        }
+    }
+
+    pub(super) fn empty_loaded() -> Index {
+        Index {
+            loaded: true,
+            ..Index::empty()
+        }
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
+    }
+
+    /// Counterparties in the directory (each id once).
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn phone_count(&self) -> usize {
+        self.by_phone.len()
+    }
+
+    pub fn ambiguous_phones(&self) -> usize {
+        self.ambiguous_phones
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = &SourceInfo> {
+        self.sources.iter().map(|s| &s.info)
+    }
+
+    /// All records of one source, as last loaded.
+    pub fn source_records(&self, source: &str) -> Option<Arc<[Arc<Entry>]>> {
+        self.sources
+            .iter()
+            .find(|s| &*s.info.name == source)
+            .map(|s| Arc::clone(&s.entries))
+    }
+
+    #[inline]
+    pub fn by_phone(&self, phone: PhoneKey) -> Option<&Arc<Entry>> {
+        self.by_phone.get(&phone)
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Entry>> {
+        self.by_id
+            .binary_search_by(|e| (*e.counterparty.id).cmp(id))
+            .ok()
+            .map(|i| &self.by_id[i])
+    }
+
+    pub fn by_inn(&self, inn: &str) -> &[Arc<Entry>] {
+        fn inn_of(e: &Arc<Entry>) -> &str {
+            e.counterparty.inn.as_deref().unwrap_or_default()
+        }
+        let start = self.by_inn.partition_point(|e| inn_of(e) < inn);
+        let end = start + self.by_inn[start..].partition_point(|e| inn_of(e) == inn);
+        &self.by_inn[start..end]
+    }
+
+    /// A new index: this one with `source`'s records replaced by `records`.
+    pub(super) fn with_source(
+        &self,
+        source: &str,
+        records: Vec<Counterparty>,
+        fingerprint: Option<String>,
+        loaded_at: SystemTime,
+        render: Renderer,
+    ) -> (Index, ReplaceReport) {
+        let name: Arc<str> = Arc::from(source);
+        let mut unusable_phones = 0;
+        let entries: Arc<[Arc<Entry>]> = records
+            .into_iter()
+            .map(|c| {
+                let (entry, unusable) = Entry::new(c, &name, render);
+                unusable_phones += unusable;
+                Arc::new(entry)
+            })
+            .collect();
+        let new_set = SourceSet {
+            info: SourceInfo {
+                name: Arc::clone(&name),
+                records: entries.len(),
+                fingerprint,
+                loaded_at,
+            },
+            entries,
+        };
+        let mut sources: Vec<SourceSet> = self
+            .sources
+            .iter()
+            .filter(|s| *s.info.name != *source)
+            .map(|s| SourceSet {
+                info: s.info.clone(),
+                entries: Arc::clone(&s.entries),
+            })
+            .collect();
+        sources.push(new_set);
+        sources.sort_by_key(|s| s.info.loaded_at);
+        let index = Index::build(sources);
+        let report = ReplaceReport {
+            records: index.source_records(source).map_or(0, |e| e.len()),
+            source: name,
+            total_records: index.len(),
+            phones: index.phone_count(),
+            ambiguous_phones: index.ambiguous_phones,
+            unusable_phones,
+        };
+        (index, report)
+    }
+
+    fn build(sources: Vec<SourceSet>) -> Index {
+        // Newest source first, so the first time an id is seen is the copy that answers.
+        let capacity: usize = sources.iter().map(|s| s.entries.len()).sum();
+        let mut seen: HashSet<&str> = HashSet::with_capacity(capacity);
+        let mut by_id: Vec<Arc<Entry>> = Vec::with_capacity(capacity);
+        for set in sources.iter().rev() {
+            for entry in set.entries.iter() {
+                if seen.insert(&entry.counterparty.id) {
+                    by_id.push(Arc::clone(entry));
+                }
+            }
+        }
+        drop(seen);
+        by_id.sort_unstable_by(|a, b| a.counterparty.id.cmp(&b.counterparty.id));
+
+        let phone_count: usize = by_id.iter().map(|e| e.phones.len()).sum();
+        let mut by_phone: HashMap<PhoneKey, Arc<Entry>> = HashMap::with_capacity(phone_count);
+        let mut ambiguous: HashSet<PhoneKey> = HashSet::new();
+        for entry in &by_id {
+            for &phone in entry.phones.iter() {
+                match by_phone.entry(phone) {
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(Arc::clone(entry));
+                    }
+                    std::collections::hash_map::Entry::Occupied(mut slot) => {
+                        ambiguous.insert(phone);
+                        if entry.wins_phone_over(slot.get(), phone) {
+                            slot.insert(Arc::clone(entry));
+                        }
+                    }
+                }
+            }
+        }
+        by_phone.shrink_to_fit();
+
+        let mut by_inn: Vec<Arc<Entry>> = by_id
+            .iter()
+            .filter(|e| e.counterparty.inn.as_deref().is_some_and(|i| !i.is_empty()))
+            .cloned()
+            .collect();
+        by_inn.sort_by(|a, b| a.counterparty.inn.cmp(&b.counterparty.inn));
+
+        Index {
+            loaded: true,
+            sources,
+            by_phone,
+            by_id,
+            by_inn,
+            ambiguous_phones: ambiguous.len(),
+        }
+    }
+}

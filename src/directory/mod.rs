@@ -1,0 +1,338 @@
+//! The directory: every counterparty the gateway knows, indexed for the ring.
+//!
+//! Sources (the JSON Lines file, 1C, the push API, the snapshot at start-up)
+//! hand whole record sets to [`Directory::replace_source`]; the directory
+//! builds a new [`Index`] beside the one readers use and swaps it in one step
+//! (`arc-swap`), so a reader sees either the old directory or the new one,
+//! never half of each. Lookups take no lock and allocate nothing.
+//!
+//! The directory never calls out: it knows no source, no store, no network.
+//! The SayName answer for each record is rendered once, when the record is
+//! loaded, by the function the directory is built with (the `soap` module's),
+//! so the directory itself knows no XML either.
+
+mod index;
+pub mod model;
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+pub use index::{Entry, Index, SourceInfo};
+pub use model::Counterparty;
+
+use crate::phone::PhoneKey;
+
+/// Renders the ready-made SayName answer payload of a record.
+pub type Renderer = fn(&Counterparty) -> Box<[u8]>;
+
+/// What a source replacement changed, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplaceReport {
+    pub source: Arc<str>,
+    /// Records of this source now in the directory.
+    pub records: usize,
+    /// Records of all sources.
+    pub total_records: usize,
+    /// Distinct normalized phones in the whole directory.
+    pub phones: usize,
+    /// Phones that more than one counterparty lists.
+    pub ambiguous_phones: usize,
+    /// Phone strings of this source's records that are not a number.
+    pub unusable_phones: usize,
+}
+
+pub struct Directory {
+    current: ArcSwap<Index>,
+    render: Renderer,
+    /// Serializes writers: two sources replacing at once must not each build
+    /// from the same old index and lose the other's change.
+    writer: Mutex<()>,
+}
+
+impl Directory {
+    pub fn new(render: Renderer) -> Directory {
+        Directory {
+            current: ArcSwap::from_pointee(Index::empty()),
+            render,
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// The record answering for this phone, by the ambiguity rule of [`Index`].
+    #[inline]
+    pub fn lookup_phone(&self, phone: PhoneKey) -> Option<Arc<Entry>> {
+        self.current.load().by_phone(phone).cloned()
+    }
+
+    pub fn lookup_id(&self, id: &str) -> Option<Arc<Entry>> {
+        self.current.load().by_id(id).cloned()
+    }
+
+    pub fn lookup_inn(&self, inn: &str) -> Vec<Arc<Entry>> {
+        self.current.load().by_inn(inn).to_vec()
+    }
+
+    /// The whole current index, for readers that need a consistent view.
+    pub fn snapshot(&self) -> Arc<Index> {
+        self.current.load_full()
+    }
+
+    /// True once any record set (possibly empty) has been loaded.
+    pub fn is_loaded(&self) -> bool {
+        self.current.load().is_loaded()
+    }
+
+    /// Declares the directory loaded even though no source has delivered yet
+    /// (no snapshot, no readable source): callers are then answered
+    /// "unknown" instead of "not ready".
+    pub fn mark_loaded(&self) {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.current.load().is_loaded() {
+            self.current.store(Arc::new(Index::empty_loaded()));
+        }
+    }
+
+    /// Replaces every record of `source` with `records`; other sources' records
+    /// stay. Builds the new index beside the current one (CPU-heavy for large
+    /// sets: call it from a blocking task) and swaps it in.
+    pub fn replace_source(
+        &self,
+        source: &str,
+        records: Vec<Counterparty>,
+        fingerprint: Option<String>,
+        loaded_at: SystemTime,
+    ) -> ReplaceReport {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current.load_full();
+        let (index, report) = old.with_source(source, records, fingerprint, loaded_at, self.render);
+        self.current.store(Arc::new(index));
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phone::normalize;
+
+    fn render(c: &Counterparty) -> Box<[u8]> {
+        c.name.as_bytes().into()
+    }
+
+    fn cp(id: &str, name: &str, phones: &[&str], manager: Option<&str>) -> Counterparty {
+        Counterparty {
+            id: id.into(),
+            name: name.into(),
+            full_name: None,
+            inn: Some(format!("77{id}").into()),
+            kpp: None,
+            ogrn: None,
+            category: None,
+            manager_phone: manager.map(Into::into),
+            manager_name: None,
+            phones: phones.iter().map(|p| (*p).into()).collect(),
+            emails: vec![],
+            address: None,
+            data_version: None,
+        }
+    }
+
+    fn name_for(dir: &Directory, phone: &str) -> Option<String> {
+        let key = normalize(phone)?;
+        dir.lookup_phone(key)
+            .map(|e| e.counterparty.name.to_string())
+    }
+
+    #[test]
+    fn finds_a_record_by_any_format_of_its_phone() {
+        let dir = Directory::new(render);
+        dir.replace_source(
+            "file",
+            vec![cp("1", "Ромашка", &["+7 916 555-55-55"], None)],
+            None,
+            SystemTime::now(),
+        );
+        for q in [
+            "89165555555",
+            "79165555555",
+            "9165555555",
+            "+7 (916) 555 55 55",
+        ] {
+            assert_eq!(name_for(&dir, q).as_deref(), Some("Ромашка"), "{q}");
+        }
+        assert_eq!(name_for(&dir, "89160000000"), None);
+    }
+
+    #[test]
+    fn answer_is_rendered_at_load_time() {
+        let dir = Directory::new(render);
+        dir.replace_source(
+            "file",
+            vec![cp("1", "Ромашка", &["244"], None)],
+            None,
+            SystemTime::now(),
+        );
+        let e = dir
+            .lookup_phone(normalize("244").expect("ext"))
+            .expect("found");
+        assert_eq!(&*e.say_name, "Ромашка".as_bytes());
+    }
+
+    #[test]
+    fn replacing_one_source_keeps_the_others() {
+        let dir = Directory::new(render);
+        dir.replace_source(
+            "file",
+            vec![cp("1", "A", &["89160000001"], None)],
+            None,
+            SystemTime::now(),
+        );
+        dir.replace_source(
+            "push",
+            vec![cp("2", "B", &["89160000002"], None)],
+            None,
+            SystemTime::now(),
+        );
+        dir.replace_source(
+            "file",
+            vec![cp("3", "C", &["89160000003"], None)],
+            None,
+            SystemTime::now(),
+        );
+        assert_eq!(name_for(&dir, "89160000001"), None);
+        assert_eq!(name_for(&dir, "89160000002").as_deref(), Some("B"));
+        assert_eq!(name_for(&dir, "89160000003").as_deref(), Some("C"));
+        assert_eq!(dir.snapshot().len(), 2);
+    }
+
+    #[test]
+    fn shared_phone_goes_to_the_record_with_a_manager_then_main_phone_then_lowest_id() {
+        let dir = Directory::new(render);
+        // No manager loses to one with a manager, whatever the ids.
+        let report = dir.replace_source(
+            "file",
+            vec![
+                cp("a", "NoManager", &["89160000001"], None),
+                cp(
+                    "z",
+                    "WithManager",
+                    &["84950000000", "89160000001"],
+                    Some("244"),
+                ),
+            ],
+            None,
+            SystemTime::now(),
+        );
+        assert_eq!(report.ambiguous_phones, 1);
+        assert_eq!(
+            name_for(&dir, "89160000001").as_deref(),
+            Some("WithManager")
+        );
+        // Both with managers: the record that lists the phone first (its main number) wins.
+        dir.replace_source(
+            "file",
+            vec![
+                cp("a", "Secondary", &["84950000000", "89160000001"], Some("1")),
+                cp("z", "Main", &["89160000001"], Some("2")),
+            ],
+            None,
+            SystemTime::now(),
+        );
+        assert_eq!(name_for(&dir, "89160000001").as_deref(), Some("Main"));
+        // Otherwise equal: the lowest id wins, in whatever order they came.
+        for order in [["b", "a"], ["a", "b"]] {
+            dir.replace_source(
+                "file",
+                order
+                    .iter()
+                    .map(|id| cp(id, id, &["89160000001"], Some("1")))
+                    .collect(),
+                None,
+                SystemTime::now(),
+            );
+            assert_eq!(name_for(&dir, "89160000001").as_deref(), Some("a"));
+        }
+    }
+
+    #[test]
+    fn lookup_by_id_and_inn() {
+        let dir = Directory::new(render);
+        dir.replace_source(
+            "file",
+            vec![cp("1", "A", &[], None), cp("2", "B", &[], None)],
+            None,
+            SystemTime::now(),
+        );
+        assert_eq!(
+            dir.lookup_id("2")
+                .map(|e| e.counterparty.name.to_string())
+                .as_deref(),
+            Some("B")
+        );
+        assert!(dir.lookup_id("3").is_none());
+        assert_eq!(dir.lookup_inn("771").len(), 1);
+        assert!(dir.lookup_inn("000").is_empty());
+    }
+
+    #[test]
+    fn same_id_in_two_sources_is_found_once_preferring_the_later_source() {
+        let dir = Directory::new(render);
+        dir.replace_source(
+            "file",
+            vec![cp("1", "Old", &["89160000001"], None)],
+            None,
+            SystemTime::now(),
+        );
+        dir.replace_source(
+            "push",
+            vec![cp("1", "New", &["89160000001"], None)],
+            None,
+            SystemTime::now(),
+        );
+        assert_eq!(name_for(&dir, "89160000001").as_deref(), Some("New"));
+        assert_eq!(
+            dir.lookup_id("1")
+                .map(|e| e.counterparty.name.to_string())
+                .as_deref(),
+            Some("New")
+        );
+        assert_eq!(dir.snapshot().len(), 1);
+    }
+
+    #[test]
+    fn readers_see_whole_directories_during_a_reload() {
+        let dir = Arc::new(Directory::new(render));
+        let set = |tag: &str| -> Vec<Counterparty> {
+            (0..2000)
+                .map(|i| cp(&i.to_string(), tag, &[&format!("8916{i:07}")], None))
+                .collect()
+        };
+        dir.replace_source("file", set("A"), None, SystemTime::now());
+        let reader = {
+            let dir = Arc::clone(&dir);
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    let index = dir.snapshot();
+                    let first = index
+                        .by_phone(normalize("89160000000").expect("n"))
+                        .map(|e| e.counterparty.name.clone());
+                    let last = index
+                        .by_phone(normalize("89160001999").expect("n"))
+                        .map(|e| e.counterparty.name.clone());
+                    assert_eq!(first, last, "a reader saw half a directory");
+                }
+            })
+        };
+        for round in 0..20 {
+            dir.replace_source(
+                "file",
+                set(if round % 2 == 0 { "B" } else { "A" }),
+                None,
+                SystemTime::now(),
+            );
+        }
+        reader.join().expect("reader thread");
+    }
+}

@@ -1,0 +1,151 @@
+//! The one counterparty model every source converts its input into.
+//!
+//! The same shape is the JSON Lines file format, the push API body and the
+//! store's snapshot rows (see `docs/contract.md`). Strings are `Box<str>`
+//! rather than `String`: a million records stay in memory, and the spare
+//! capacity of a `String` is waste there.
+
+use serde::{Deserialize, Serialize};
+
+/// A client of the business as 1C (or another source) knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Counterparty {
+    /// Stable identifier in the source (1C's `Ref_Key` GUID, a CRM id...).
+    pub id: Box<str>,
+    /// Short name shown on the operator's phone and card.
+    pub name: Box<str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_name: Option<Box<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inn: Option<Box<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kpp: Option<Box<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ogrn: Option<Box<str>>,
+    /// Client category; its meaning is site-specific (often a VIP level).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<i64>,
+    /// Internal extension of the responsible manager: where the PBX routes the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_phone: Option<Box<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_name: Option<Box<str>>,
+    /// Phone numbers as the source wrote them (any human format).
+    #[serde(default)]
+    pub phones: Vec<Box<str>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emails: Vec<Box<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Box<str>>,
+    /// The source's change marker (1C's `DataVersion`), used to skip unchanged records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_version: Option<Box<str>>,
+}
+
+/// Bounds on one record, so a file line or a pushed record cannot make the
+/// directory hold arbitrary amounts of memory or the answer arbitrary bytes.
+pub const MAX_ID_LEN: usize = 128;
+pub const MAX_TEXT_LEN: usize = 1024;
+pub const MAX_PHONES: usize = 32;
+pub const MAX_EMAILS: usize = 32;
+
+/// A record that breaks the model's rules: which field and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {problem}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl Counterparty {
+    /// Checks what serde cannot: required text present, lengths bounded.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        fn bad(field: &'static str, problem: impl Into<String>) -> Result<(), FieldError> {
+            Err(FieldError {
+                field,
+                problem: problem.into(),
+            })
+        }
+        if self.id.trim().is_empty() {
+            return bad("id", "must not be empty");
+        }
+        if self.id.len() > MAX_ID_LEN {
+            return bad("id", format!("longer than {MAX_ID_LEN} bytes"));
+        }
+        if self.name.trim().is_empty() {
+            return bad("name", "must not be empty");
+        }
+        let texts = [
+            ("name", Some(&self.name)),
+            ("full_name", self.full_name.as_ref()),
+            ("inn", self.inn.as_ref()),
+            ("kpp", self.kpp.as_ref()),
+            ("ogrn", self.ogrn.as_ref()),
+            ("manager_phone", self.manager_phone.as_ref()),
+            ("manager_name", self.manager_name.as_ref()),
+            ("address", self.address.as_ref()),
+            ("data_version", self.data_version.as_ref()),
+        ];
+        for (field, value) in texts {
+            if value.is_some_and(|v| v.len() > MAX_TEXT_LEN) {
+                return bad(field, format!("longer than {MAX_TEXT_LEN} bytes"));
+            }
+        }
+        if self.phones.len() > MAX_PHONES {
+            return bad("phones", format!("more than {MAX_PHONES} numbers"));
+        }
+        if self.emails.len() > MAX_EMAILS {
+            return bad("emails", format!("more than {MAX_EMAILS} addresses"));
+        }
+        if let Some(p) = self.phones.iter().find(|p| p.len() > MAX_TEXT_LEN) {
+            return bad(
+                "phones",
+                format!("a number is longer than {MAX_TEXT_LEN} bytes: {:.40}…", p),
+            );
+        }
+        if self.emails.iter().any(|e| e.len() > MAX_TEXT_LEN) {
+            return bad(
+                "emails",
+                format!("an address is longer than {MAX_TEXT_LEN} bytes"),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> Counterparty {
+        serde_json::from_str(r#"{"id":"1","name":"ООО \"Ромашка\""}"#).expect("valid json")
+    }
+
+    #[test]
+    fn only_id_and_name_are_required() {
+        let c = minimal();
+        assert!(c.phones.is_empty());
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let err = serde_json::from_str::<Counterparty>(r#"{"id":"1","name":"x","phone":"1"}"#)
+            .expect_err("typo must be caught");
+        assert!(err.to_string().contains("phone"), "{err}");
+    }
+
+    #[test]
+    fn empty_name_and_overlong_fields_are_named() {
+        let mut c = minimal();
+        c.name = " ".into();
+        assert_eq!(c.validate().map_err(|e| e.field), Err("name"));
+        let mut c = minimal();
+        c.inn = Some("1".repeat(MAX_TEXT_LEN + 1).into());
+        assert_eq!(c.validate().map_err(|e| e.field), Err("inn"));
+        let mut c = minimal();
+        c.phones = vec!["1".into(); MAX_PHONES + 1];
+        assert_eq!(c.validate().map_err(|e| e.field), Err("phones"));
+    }
+}

@@ -1,0 +1,269 @@
+//! Assembles the gateway from its configuration and runs it.
+//!
+//! Start-up order matters for the ring-time promise: the listener is bound
+//! first, then the snapshot from the store is loaded (a restart answers
+//! known callers before any source is read), then the sources start.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::http::{self, Front};
+use crate::metrics::Metrics;
+use crate::popup::{Hub, HubConfig, Operator};
+use crate::soap;
+use crate::sources::file::FileSource;
+use crate::sources::SourceHealth;
+use crate::store::{Store, StoreError};
+use crate::vats::Vats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}; check server.listen (is another process using the port?)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("metrics registry: {0}")]
+    Metrics(prometheus::Error),
+}
+
+/// How the directory was first filled, for the start-up message.
+#[derive(Debug, Clone, Default)]
+pub struct StartReport {
+    pub snapshot_records: usize,
+    pub counterparties: usize,
+    pub ready_after: std::time::Duration,
+}
+
+/// A running gateway. Dropping it does not stop it: call [`Gateway::shutdown`].
+pub struct Gateway {
+    addr: SocketAddr,
+    directory: Arc<Directory>,
+    hub: Arc<Hub>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    reload: watch::Sender<u64>,
+    stop_server: Arc<Notify>,
+    stop_sources: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    sources: Vec<JoinHandle<()>>,
+    report: StartReport,
+}
+
+impl Gateway {
+    /// Binds, loads the snapshot and the sources, and returns once the
+    /// directory is as complete as start-up can make it.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let started = Instant::now();
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open(&config.store.path, metrics.registry())?;
+        let directory = Arc::new(Directory::new(soap::say_name_payload));
+        let health = Arc::new(SourceHealth::default());
+        let operators = config
+            .operators
+            .iter()
+            .map(|o| Operator {
+                key: o.key.clone(),
+                token: o.token.expose().to_owned(),
+                name: o.name.clone(),
+            })
+            .collect();
+        let hub_config = HubConfig {
+            replay_len: config.popup.replay_len,
+            replay_age: config.popup.replay_age,
+            queue_len: config.popup.queue_len,
+        };
+        let hub = Arc::new(
+            Hub::new(operators, hub_config, metrics.registry()).map_err(StartError::Metrics)?,
+        );
+
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.server.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+        let vats = Vats::new(
+            Arc::clone(&directory),
+            Arc::clone(&hub),
+            store.clone(),
+            Arc::clone(&metrics),
+        );
+        let front = Arc::new(Front::new(
+            &config,
+            vats,
+            Arc::clone(&directory),
+            Arc::clone(&health),
+            Arc::clone(&metrics),
+        ));
+        let stop_server = Arc::new(Notify::new());
+        let server = {
+            let stop = Arc::clone(&stop_server);
+            let settings = config.server.clone();
+            tokio::spawn(async move {
+                http::server::run(
+                    listener,
+                    front,
+                    &settings,
+                    async move { stop.notified().await },
+                )
+                .await;
+            })
+        };
+        tracing::info!(%addr, soap_path = %config.soap.path, "listening");
+
+        let snapshot_records = load_snapshot(&store, &directory).await;
+
+        let (reload, _) = watch::channel(0u64);
+        let (stop_sources, _) = watch::channel(false);
+        let mut sources = Vec::new();
+        if let Some(path) = &config.directory.file {
+            let file = FileSource::new(
+                path.clone(),
+                config.directory.watch_interval,
+                Arc::clone(&directory),
+                store.clone(),
+                Arc::clone(&health),
+                Arc::clone(&metrics),
+            );
+            // The first load happens before start() returns, so a caller that
+            // waits for start() gets the file's directory (or its error logged).
+            let _ = file.load().await;
+            sources.push(tokio::spawn(
+                file.run(reload.subscribe(), stop_sources.subscribe()),
+            ));
+        }
+        if config.onec.is_some() {
+            tracing::warn!("[onec] is configured, but this build has no 1C source yet: the directory comes from the file and the snapshot only");
+        }
+        if !directory.is_loaded() {
+            // No snapshot and no readable source: an empty directory is still a
+            // directory, and SayName must answer "unknown" rather than "not ready" forever.
+            tracing::warn!("no counterparties from the snapshot or any source; answering every caller as unknown until a source loads");
+            directory.mark_loaded();
+        }
+
+        let report = StartReport {
+            snapshot_records,
+            counterparties: directory.snapshot().len(),
+            ready_after: started.elapsed(),
+        };
+        Ok(Gateway {
+            addr,
+            directory,
+            hub,
+            store,
+            metrics,
+            reload,
+            stop_server,
+            stop_sources,
+            server,
+            sources,
+            report,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn start_report(&self) -> &StartReport {
+        &self.report
+    }
+
+    /// Re-reads the sources now (what SIGHUP does).
+    pub fn reload(&self) {
+        self.reload.send_modify(|generation| *generation += 1);
+    }
+
+    /// A handle that triggers [`Gateway::reload`] from elsewhere (a signal task).
+    pub fn reload_handle(&self) -> watch::Sender<u64> {
+        self.reload.clone()
+    }
+
+    /// Stops accepting, lets requests in flight finish (within
+    /// `server.shutdown_grace`), closes screens and flushes the store.
+    pub async fn shutdown(self) {
+        self.stop_server.notify_one();
+        if let Err(e) = self.server.await {
+            tracing::error!(error = %e, "server task failed");
+        }
+        self.stop_sources.send_replace(true);
+        for task in self.sources {
+            let _ = task.await;
+        }
+        self.hub.shutdown();
+        self.store.close().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Fills the directory from the store's snapshot; returns the records loaded.
+async fn load_snapshot(store: &Store, directory: &Arc<Directory>) -> usize {
+    let started = Instant::now();
+    let snapshot = match store.load_snapshot().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "snapshot not loaded; starting from the sources only");
+            return 0;
+        }
+    };
+    let mut total = 0;
+    for source in snapshot {
+        let directory = Arc::clone(directory);
+        let name = source.source.clone();
+        let count = source.records.len();
+        let loaded = tokio::task::spawn_blocking(move || {
+            directory.replace_source(
+                &source.source,
+                source.records,
+                source.fingerprint,
+                SystemTime::now(),
+            )
+        })
+        .await;
+        match loaded {
+            Ok(_) => total += count,
+            Err(e) => {
+                tracing::error!(source = %name, error = %e, "snapshot of a source not loaded")
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(
+            records = total,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "directory loaded from the snapshot"
+        );
+    }
+    total
+}

@@ -1,0 +1,354 @@
+//! The HTTP front: method + path → handler. Auth checks live here, once.
+//!
+//! Every answer is in the caller's protocol: the PBX gets SOAP (faults
+//! included, even for 401/405/413/415), Prometheus gets its text format,
+//! orchestrators get JSON.
+
+mod auth;
+pub mod server;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::metrics::Metrics;
+use crate::soap::{self, FaultCode, SoapVersion};
+use crate::sources::SourceHealth;
+use crate::vats::{SoapReply, Vats};
+
+pub use auth::{constant_time_eq, AuthFailure};
+
+/// The largest SOAP request accepted; the PBX's requests are a few hundred bytes.
+pub const MAX_SOAP_BODY: usize = 64 * 1024;
+
+pub type Body = Full<Bytes>;
+
+/// Everything a request handler needs, built once at start-up.
+pub struct Front {
+    soap_path: String,
+    wsdl_requires_auth: bool,
+    public_url: Option<String>,
+    body_read_timeout: Duration,
+    basic: auth::BasicAuth,
+    vats: Vats,
+    directory: Arc<Directory>,
+    health: Arc<SourceHealth>,
+    metrics: Arc<Metrics>,
+}
+
+impl Front {
+    pub fn new(
+        config: &Config,
+        vats: Vats,
+        directory: Arc<Directory>,
+        health: Arc<SourceHealth>,
+        metrics: Arc<Metrics>,
+    ) -> Front {
+        let password = config
+            .soap
+            .password
+            .as_ref()
+            .map(|p| p.expose())
+            .unwrap_or_default();
+        Front {
+            soap_path: config.soap.path.clone(),
+            wsdl_requires_auth: config.soap.wsdl_requires_auth,
+            public_url: config.soap.public_url.clone(),
+            body_read_timeout: config.server.body_read_timeout,
+            basic: auth::BasicAuth::new(&config.soap.username, password),
+            vats,
+            directory,
+            health,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// hyper's entry point: never fails, every error is an answer.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let path = req.uri().path();
+        let (endpoint, response) = if path == self.soap_path {
+            ("soap", self.soap_endpoint(req).await)
+        } else {
+            match (req.method(), path) {
+                (&Method::GET, "/metrics") => ("metrics", self.metrics_endpoint()),
+                (&Method::GET, "/healthz") => ("healthz", text(StatusCode::OK, "ok\n")),
+                (&Method::GET, "/readyz") => ("readyz", self.readyz()),
+                _ => (
+                    "other",
+                    json_error(StatusCode::NOT_FOUND, "no such endpoint"),
+                ),
+            }
+        };
+        self.metrics
+            .http_responses
+            .with_label_values(&[endpoint, response.status().as_str()])
+            .inc();
+        Ok(response)
+    }
+
+    async fn soap_endpoint(&self, req: Request<Incoming>) -> Response<Body> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let declared = SoapVersion::from_content_type(content_type);
+        let hint = declared.unwrap_or(SoapVersion::V11);
+        let is_wsdl = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.eq_ignore_ascii_case("wsdl")));
+
+        match *req.method() {
+            Method::POST => {}
+            Method::GET if is_wsdl => return self.wsdl(&req),
+            _ => {
+                let reply = SoapReply::fault(
+                    hint,
+                    FaultCode::Client,
+                    &format!(
+                        "method {} is not allowed here: POST a SOAP request, or GET ?wsdl",
+                        req.method()
+                    ),
+                );
+                let mut response = soap_response(reply);
+                *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+                return response;
+            }
+        }
+        if let Err(failure) = self.basic.check(req.headers().get(header::AUTHORIZATION)) {
+            return unauthorized(hint, failure);
+        }
+        let Some(version) = declared else {
+            let reply = SoapReply::fault(
+                hint,
+                FaultCode::Client,
+                &format!("Content-Type '{content_type:.100}' is not SOAP: send text/xml (SOAP 1.1) or application/soap+xml (SOAP 1.2)"),
+            );
+            return with_status(soap_response(reply), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        };
+        let too_large = || {
+            let reply = SoapReply::fault(
+                version,
+                FaultCode::Client,
+                &format!("request body is larger than {MAX_SOAP_BODY} bytes"),
+            );
+            with_status(soap_response(reply), StatusCode::PAYLOAD_TOO_LARGE)
+        };
+        let declared_len = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared_len.is_some_and(|n| n > MAX_SOAP_BODY as u64) {
+            return too_large();
+        }
+        let body = Limited::new(req.into_body(), MAX_SOAP_BODY);
+        let body = match tokio::time::timeout(self.body_read_timeout, body.collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "request body could not be read");
+                let reply = SoapReply::fault(
+                    version,
+                    FaultCode::Client,
+                    "request body could not be read in full",
+                );
+                return with_status(soap_response(reply), StatusCode::BAD_REQUEST);
+            }
+            Err(_) => {
+                let reply = SoapReply::fault(
+                    version,
+                    FaultCode::Client,
+                    &format!(
+                        "request body did not arrive within {} s",
+                        self.body_read_timeout.as_secs_f64()
+                    ),
+                );
+                return with_status(soap_response(reply), StatusCode::REQUEST_TIMEOUT);
+            }
+        };
+        soap_response(self.vats.answer(&body, version).await)
+    }
+
+    fn wsdl(&self, req: &Request<Incoming>) -> Response<Body> {
+        if self.wsdl_requires_auth {
+            if let Err(failure) = self.basic.check(req.headers().get(header::AUTHORIZATION)) {
+                return unauthorized(SoapVersion::V11, failure);
+            }
+        }
+        let url = match &self.public_url {
+            Some(url) => url.clone(),
+            None => {
+                // The address the client reached us by; a Host header that is not a
+                // plain authority would inject text into the document, so it is checked.
+                let host = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+                    .map_or_else(|| "localhost".to_owned(), |a| a.to_string());
+                format!("http://{host}{}", self.soap_path)
+            }
+        };
+        let mut response = Response::new(Full::new(Bytes::from(soap::wsdl(&url))));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/xml; charset=utf-8"),
+        );
+        response
+    }
+
+    fn metrics_endpoint(&self) -> Response<Body> {
+        let index = self.directory.snapshot();
+        self.metrics
+            .directory_counterparties
+            .set(index.len() as i64);
+        self.metrics
+            .directory_phones
+            .set(index.phone_count() as i64);
+        self.metrics
+            .directory_ambiguous_phones
+            .set(index.ambiguous_phones() as i64);
+        let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+
+    /// 200 once a directory is loaded (from a source or the snapshot), with
+    /// each source's state; 503 only before that.
+    fn readyz(&self) -> Response<Body> {
+        let index = self.directory.snapshot();
+        let health = self.health.report();
+        let mut sources = serde_json::Map::new();
+        for info in index.sources() {
+            sources.insert(
+                info.name.to_string(),
+                serde_json::json!({
+                    "records": info.records,
+                    "loaded_at": rfc3339(info.loaded_at),
+                }),
+            );
+        }
+        let mut stale = Vec::new();
+        for (name, state) in &health {
+            let entry = sources
+                .entry(name.clone())
+                .or_insert_with(|| serde_json::json!({ "records": 0 }));
+            if let Some(obj) = entry.as_object_mut() {
+                obj.insert(
+                    "state".into(),
+                    (if state.failing_since.is_some() {
+                        "failing"
+                    } else {
+                        "ok"
+                    })
+                    .into(),
+                );
+                obj.insert(
+                    "last_success".into(),
+                    state.last_success.map(rfc3339).into(),
+                );
+                obj.insert(
+                    "consecutive_failures".into(),
+                    state.consecutive_failures.into(),
+                );
+                if let Some(since) = state.failing_since {
+                    obj.insert("failing_since".into(), rfc3339(since).into());
+                    obj.insert("last_error".into(), state.last_error.clone().into());
+                    stale.push(name.clone());
+                }
+            }
+        }
+        let ready = index.is_loaded();
+        let body = serde_json::json!({
+            "ready": ready,
+            "counterparties": index.len(),
+            "phones": index.phone_count(),
+            "sources": sources,
+            "failing_sources": stale,
+        });
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json(status, &body)
+    }
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn with_status(mut response: Response<Body>, status: StatusCode) -> Response<Body> {
+    *response.status_mut() = status;
+    response
+}
+
+fn soap_response(reply: SoapReply) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(reply.version.content_type()),
+    );
+    response
+}
+
+fn unauthorized(version: SoapVersion, failure: AuthFailure) -> Response<Body> {
+    tracing::warn!(reason = %failure, "SOAP request refused: bad credentials");
+    let reply = SoapReply::fault(version, FaultCode::Client, &failure.to_string());
+    let mut response = with_status(soap_response(reply), StatusCode::UNAUTHORIZED);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"cti-gateway\", charset=\"UTF-8\""),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}

@@ -1,0 +1,111 @@
+//! The accept loop: connections in, each served on its own task.
+//!
+//! Shaped after mini-redis's `Listener`: a semaphore caps open connections,
+//! every connection is watched for graceful shutdown, and the loop itself
+//! does nothing but accept. Slow or idle clients are cut off by hyper's
+//! header read timeout, which also runs while a keep-alive connection waits
+//! for its next request.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::Front;
+use crate::config::ServerConfig;
+
+/// Largest request head (request line and headers) a client may send; a
+/// header flood gets 431 from hyper instead of growing a buffer.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEADERS: usize = 64;
+
+/// Runs the accept loop until `shutdown` resolves, then lets requests in
+/// flight finish for up to `shutdown_grace`.
+pub async fn run(
+    listener: TcpListener,
+    front: Arc<Front>,
+    settings: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limit = Arc::new(Semaphore::new(settings.max_connections));
+    // Shutdown, as in mini-redis: a watch tells connections to finish, and
+    // each connection holds a sender of `all_done`; when the last one drops,
+    // `recv` returns None and every connection has finished.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (all_done_tx, mut all_done_rx) = mpsc::channel::<()>(1);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+    tokio::pin!(shutdown);
+
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            front.metrics().http_connections_refused.inc();
+            tracing::warn!(%peer, max = settings.max_connections, "connection refused: server.max_connections are open");
+            drop(stream);
+            continue;
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let front_for_conn = Arc::clone(&front);
+        let service = service_fn(move |req| Arc::clone(&front_for_conn).handle(req));
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let gauge = front.metrics().http_connections.clone();
+        gauge.inc();
+        let mut stop = stop_rx.clone();
+        let done = all_done_tx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = stop.changed() => {
+                    // Finish the request in flight, then close; idle connections close now.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                // Timeouts, resets, malformed requests: the client's problem, not ours.
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            gauge.dec();
+            drop(permit);
+            drop(done);
+        });
+    }
+
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(all_done_tx);
+    tokio::select! {
+        _ = all_done_rx.recv() => tracing::info!("all connections finished"),
+        () = tokio::time::sleep(settings.shutdown_grace) => {
+            tracing::warn!(grace_s = settings.shutdown_grace.as_secs_f64(), "connections still open after the shutdown grace period; closing them");
+        }
+    }
+}

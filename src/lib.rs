@@ -1,0 +1,38 @@
+//! # cti-gateway
+//!
+//! Answers the Mobilon virtual PBX's SOAP questions (`SayName`: who is
+//! calling and which manager gets the call; `IncomingCall`: show the caller's
+//! card to an operator) from an in-memory directory of 1C counterparties,
+//! and pushes caller cards to operator screens.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed configuration from TOML and environment, validated once.
+//! - [`phone`]: caller numbers normalized to one key (`7XXXXXXXXXX` or an extension).
+//! - [`directory`]: the counterparty model and the index swapped whole on reload.
+//! - [`sources`]: where counterparties come from (the JSON Lines file; later 1C, push).
+//! - [`soap`]: envelope reading and answer writing; the only module that knows XML.
+//! - [`vats`]: the PBX's two operations, from parsed request to answer bytes.
+//! - [`popup`]: the hub that routes caller cards to operators' screens.
+//! - [`store`]: SQLite (snapshot of the directory, call journal); the only module that knows SQL.
+//! - [`http`]: the accept loop and the router; the only module that knows routes and auth.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`gateway`]: wires it all together and runs it.
+//!
+//! Dependencies point one way: `gateway` → `http` → `vats` → (`soap`,
+//! `directory`, `popup`, `store`); `sources` → `directory`, `store`. The
+//! directory depends on nothing but `phone`.
+
+pub mod config;
+pub mod directory;
+pub mod gateway;
+pub mod http;
+pub mod metrics;
+pub mod phone;
+pub mod popup;
+pub mod soap;
+pub mod sources;
+pub mod store;
+pub mod vats;
+
+pub use gateway::Gateway;

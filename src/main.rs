@@ -1,0 +1,197 @@
+//! `cti-gateway serve [--config FILE]`: the command line around [`Gateway`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use cti_gateway::config::{self, Config, LogFormat};
+use cti_gateway::Gateway;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "cti-gateway",
+    version,
+    about = "CTI gateway between the Mobilon virtual PBX, 1C and operator screens"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the PBX's SOAP requests, operator screens and metrics.
+    Serve {
+        /// TOML configuration (see config/example.toml). Without it the
+        /// gateway starts in demo mode on 127.0.0.1:8080 with the demo directory.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and exit.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => {
+            Config::load(&config, &config::process_env)?;
+            println!("{}: OK", config.display());
+            Ok(())
+        }
+        Command::Serve { config } => {
+            let (config, demo) = match config {
+                Some(path) => (Config::load(&path, &config::process_env)?, false),
+                None => (Config::demo(&config::process_env), true),
+            };
+            init_logging(&config);
+            if let Some(path) = &config.source {
+                warn_if_readable_by_others(path);
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(serve(config, demo))
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// A config file holds the SOAP password and tokens: say so when others can read it.
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    "config file is readable by other users and holds secrets; run: chmod 600 {}",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
+    let soap_path = config.soap.path.clone();
+    let username = config.soap.username.clone();
+    let gateway = Gateway::start(config.clone()).await?;
+    let addr = gateway.local_addr();
+    let report = gateway.start_report();
+    tracing::info!(
+        counterparties = report.counterparties,
+        from_snapshot = report.snapshot_records,
+        ready_ms = report.ready_after.as_millis() as u64,
+        "directory ready"
+    );
+    println!(
+        "cti-gateway listening on http://{addr}{soap_path} ({} counterparties loaded)",
+        report.counterparties
+    );
+    if demo {
+        println!(
+            "demo mode: no --config given; serving {}",
+            config::DEMO_DIRECTORY_FILE
+        );
+        println!(
+            "  SOAP Basic credentials (demo): {} / {}",
+            config::DEMO_SOAP_USERNAME,
+            config::DEMO_SOAP_PASSWORD
+        );
+        println!(
+            "  operator screen: key {} token {} (demo)",
+            config::DEMO_OPERATOR_KEY,
+            config::DEMO_OPERATOR_TOKEN
+        );
+        println!("  push API Bearer token (demo): {}", config::DEMO_API_TOKEN);
+        println!("  these are published demo values: use --config with your own before exposing the gateway");
+    } else {
+        let from_env = std::env::var_os(config::ENV_SOAP_PASSWORD).is_some();
+        println!(
+            "SOAP Basic credentials: user '{username}', password from {}",
+            if from_env {
+                config::ENV_SOAP_PASSWORD
+            } else {
+                "the config file"
+            }
+        );
+    }
+
+    let hangups = reload_on_sighup(&gateway);
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing requests in flight");
+    if let Some(task) = hangups {
+        task.abort();
+    }
+    gateway.shutdown().await;
+    Ok(())
+}
+
+#[cfg(unix)]
+fn reload_on_sighup(gateway: &Gateway) -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGHUP reload unavailable");
+            return None;
+        }
+    };
+    let reload = gateway.reload_handle();
+    Some(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload.send_modify(|generation| *generation += 1);
+        }
+    }))
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_: &Gateway) -> Option<tokio::task::JoinHandle<()>> {
+    None
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

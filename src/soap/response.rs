@@ -1,0 +1,485 @@
+//! Writing answers and faults.
+//!
+//! The `SayName` answer follows the seed's shape byte for byte where it
+//! matters: `m:return` carries the `<data>` document as escaped text (not
+//! CDATA, not child elements), because that is what the PBX parses. The
+//! document is rendered and escaped once per counterparty at load time
+//! ([`say_name_payload`]); answering is then a copy.
+
+use crate::directory::Counterparty;
+
+use super::{FaultCode, SoapVersion, DEFAULT_SERVICE_NS};
+
+const XML_DECLARATION: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
+
+const RETURN_START: &[u8] = b"<m:return xmlns:xs=\"http://www.w3.org/2001/XMLSchema\" \
+xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">";
+
+/// Bytes of an answer around the namespace and the payload, rounded up, so
+/// that one reservation covers the whole answer.
+const ANSWER_OVERHEAD: usize = 512;
+
+/// Longest fault message kept, in bytes before escaping: enough for any
+/// message of ours, and a bound on what an echoed name can add.
+const MAX_FAULT_MESSAGE: usize = 1024;
+
+/// The unknown caller's `<data>`, escaped for `m:return`: every field present
+/// and empty, never a word such as "Unknown" that a phone would show as a name.
+const UNKNOWN_CALLER_PAYLOAD: &[u8] = b"&lt;?xml version=\"1.0\"?&gt;\n\
+&lt;data&gt;\n    \
+&lt;title&gt;&lt;/title&gt;\n    \
+&lt;category&gt;&lt;/category&gt;\n    \
+&lt;manager&gt;\n        \
+&lt;phone&gt;&lt;/phone&gt;\n    \
+&lt;/manager&gt;\n\
+&lt;/data&gt;\n";
+
+/// The text content of `m:return` for a known caller: the `<data>` document
+/// with the counterparty's name, category and manager's extension, escaped
+/// once as the document's own text and once more as `m:return`'s.
+pub fn say_name_payload(c: &Counterparty) -> Box<[u8]> {
+    let category = c.category.map(|n| n.to_string());
+    render_payload(
+        &c.name,
+        category.as_deref().unwrap_or(""),
+        c.manager_phone.as_deref().unwrap_or(""),
+    )
+}
+
+/// The text content of `m:return` for a caller the directory does not know.
+pub fn unknown_caller_payload() -> &'static [u8] {
+    UNKNOWN_CALLER_PAYLOAD
+}
+
+/// Appends a `SayName` answer carrying `payload` (from [`say_name_payload`]
+/// or [`unknown_caller_payload`]) as it is. `namespace` is the request's;
+/// `http://VATS` when it had none.
+pub fn write_say_name_response(
+    out: &mut Vec<u8>,
+    version: SoapVersion,
+    namespace: &str,
+    payload: &[u8],
+) {
+    write_answer(out, version, namespace, "SayName", payload);
+}
+
+/// Appends an `IncomingCall` answer: `m:return` is `1`.
+pub fn write_incoming_call_response(out: &mut Vec<u8>, version: SoapVersion, namespace: &str) {
+    write_answer(out, version, namespace, "IncomingCall", b"1");
+}
+
+/// Appends a fault in `version`'s shape. The message is cut to about 1 KiB.
+pub fn write_fault(out: &mut Vec<u8>, version: SoapVersion, code: FaultCode, message: &str) {
+    let (message, cut) = truncate(message, MAX_FAULT_MESSAGE);
+    out.reserve(ANSWER_OVERHEAD + message.len() + message.len() / 4);
+    out.extend_from_slice(XML_DECLARATION);
+    match version {
+        SoapVersion::V11 => {
+            out.extend_from_slice(
+                b"<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\">\
+<soap:Body><soap:Fault><faultcode>",
+            );
+            out.extend_from_slice(match code {
+                FaultCode::Client => b"soap:Client",
+                FaultCode::Server => b"soap:Server",
+            });
+            out.extend_from_slice(b"</faultcode><faultstring>");
+            push_text(out, message);
+            if cut {
+                out.extend_from_slice("…".as_bytes());
+            }
+            out.extend_from_slice(b"</faultstring></soap:Fault></soap:Body></soap:Envelope>");
+        }
+        SoapVersion::V12 => {
+            out.extend_from_slice(
+                b"<env:Envelope xmlns:env=\"http://www.w3.org/2003/05/soap-envelope\">\
+<env:Body><env:Fault><env:Code><env:Value>",
+            );
+            out.extend_from_slice(match code {
+                FaultCode::Client => b"env:Sender",
+                FaultCode::Server => b"env:Receiver",
+            });
+            out.extend_from_slice(b"</env:Value></env:Code><env:Reason><env:Text xml:lang=\"en\">");
+            push_text(out, message);
+            if cut {
+                out.extend_from_slice("…".as_bytes());
+            }
+            out.extend_from_slice(
+                b"</env:Text></env:Reason></env:Fault></env:Body></env:Envelope>",
+            );
+        }
+    }
+}
+
+fn write_answer(
+    out: &mut Vec<u8>,
+    version: SoapVersion,
+    namespace: &str,
+    operation: &str,
+    payload: &[u8],
+) {
+    let namespace = if namespace.is_empty() {
+        DEFAULT_SERVICE_NS
+    } else {
+        namespace
+    };
+    out.reserve(ANSWER_OVERHEAD + namespace.len() + payload.len());
+    out.extend_from_slice(XML_DECLARATION);
+    out.extend_from_slice(b"<soap:Envelope xmlns:soap=\"");
+    out.extend_from_slice(version.envelope_namespace().as_bytes());
+    out.extend_from_slice(b"\"><soap:Body><m:");
+    out.extend_from_slice(operation.as_bytes());
+    out.extend_from_slice(b"Response xmlns:m=\"");
+    push_attribute(out, namespace);
+    out.extend_from_slice(b"\">");
+    out.extend_from_slice(RETURN_START);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"</m:return></m:");
+    out.extend_from_slice(operation.as_bytes());
+    out.extend_from_slice(b"Response></soap:Body></soap:Envelope>");
+}
+
+/// The `<data>` document, then escaped once more as `m:return`'s text.
+fn render_payload(title: &str, category: &str, phone: &str) -> Box<[u8]> {
+    let mut doc = Vec::with_capacity(160 + title.len() + category.len() + phone.len());
+    doc.extend_from_slice(b"<?xml version=\"1.0\"?>\n<data>\n    <title>");
+    push_text(&mut doc, title);
+    doc.extend_from_slice(b"</title>\n    <category>");
+    push_text(&mut doc, category);
+    doc.extend_from_slice(b"</category>\n    <manager>\n        <phone>");
+    push_text(&mut doc, phone);
+    doc.extend_from_slice(b"</phone>\n    </manager>\n</data>\n");
+
+    let mut payload = Vec::with_capacity(doc.len() + doc.len() / 2);
+    let mut start = 0;
+    for (i, &b) in doc.iter().enumerate() {
+        let entity: &[u8] = match b {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            _ => continue,
+        };
+        payload.extend_from_slice(&doc[start..i]);
+        payload.extend_from_slice(entity);
+        start = i + 1;
+    }
+    payload.extend_from_slice(&doc[start..]);
+    payload.into_boxed_slice()
+}
+
+/// Appends `s` escaped as element text. Quotes may stay as they are in text.
+fn push_text(out: &mut Vec<u8>, s: &str) {
+    push_escaped(out, s, false);
+}
+
+/// Appends `s` escaped as a double-quoted attribute value. Tab and newline
+/// become references so that attribute-value normalization keeps them.
+fn push_attribute(out: &mut Vec<u8>, s: &str) {
+    push_escaped(out, s, true);
+}
+
+fn push_escaped(out: &mut Vec<u8>, s: &str, attribute: bool) {
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let replacement: &[u8] = match c {
+            '&' => b"&amp;",
+            '<' => b"&lt;",
+            '>' => b"&gt;",
+            '"' if attribute => b"&quot;",
+            '\t' if attribute => b"&#9;",
+            '\n' if attribute => b"&#10;",
+            '\t' | '\n' => continue,
+            // XML 1.0 forbids C0 controls and U+FFFE/U+FFFF outright and
+            // discourages DEL and C1; none belongs in a name or a message.
+            c if c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}' => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&s.as_bytes()[start..i]);
+        out.extend_from_slice(replacement);
+        start = i + c.len_utf8();
+    }
+    out.extend_from_slice(&s.as_bytes()[start..]);
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, and whether it was cut.
+fn truncate(s: &str, max: usize) -> (&str, bool) {
+    if s.len() <= max {
+        return (s, false);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&s[..end], true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quick_xml::events::Event;
+    use quick_xml::name::QName;
+    use quick_xml::Reader;
+
+    fn counterparty(
+        name: &str,
+        category: Option<i64>,
+        manager_phone: Option<&str>,
+    ) -> Counterparty {
+        let mut c: Counterparty =
+            serde_json::from_str(r#"{"id":"1","name":"x"}"#).expect("minimal counterparty");
+        c.name = name.into();
+        c.category = category;
+        c.manager_phone = manager_phone.map(Into::into);
+        c
+    }
+
+    fn text(bytes: &[u8]) -> &str {
+        std::str::from_utf8(bytes).expect("answers are UTF-8")
+    }
+
+    /// Reads a whole document, checking it is well-formed, and returns the
+    /// unescaped text of the first element named `name`.
+    fn element_text(doc: &str, name: &str) -> String {
+        let mut reader = Reader::from_str(doc);
+        reader.config_mut().check_end_names = true;
+        let mut found = None;
+        loop {
+            match reader.read_event() {
+                Ok(Event::Start(e)) if e.name().as_ref() == name.as_bytes() && found.is_none() => {
+                    let raw = reader
+                        .read_text(QName(name.as_bytes()))
+                        .expect("element closes");
+                    let unescaped = quick_xml::escape::unescape(&raw).expect("escaped correctly");
+                    found = Some(unescaped.into_owned());
+                }
+                Ok(Event::DocType(_)) => panic!("answers carry no DTD"),
+                Ok(Event::Eof) => break,
+                Ok(_) => {}
+                Err(e) => panic!("not well-formed: {e}\n{doc}"),
+            }
+        }
+        found.unwrap_or_else(|| panic!("no <{name}> in\n{doc}"))
+    }
+
+    #[test]
+    fn known_caller_with_tricky_name_is_escaped_twice() {
+        let c = counterparty(r#"ООО "Ромашка" & Ко <Лучшие>"#, Some(1), Some("244"));
+        let payload = say_name_payload(&c);
+        let expected_payload = "&lt;?xml version=\"1.0\"?&gt;\n\
+&lt;data&gt;\n    \
+&lt;title&gt;ООО \"Ромашка\" &amp;amp; Ко &amp;lt;Лучшие&amp;gt;&lt;/title&gt;\n    \
+&lt;category&gt;1&lt;/category&gt;\n    \
+&lt;manager&gt;\n        \
+&lt;phone&gt;244&lt;/phone&gt;\n    \
+&lt;/manager&gt;\n\
+&lt;/data&gt;\n";
+        assert_eq!(text(&payload), expected_payload);
+
+        let mut out = Vec::new();
+        write_say_name_response(&mut out, SoapVersion::V11, "http://VATS", &payload);
+        let expected = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body>\
+<m:SayNameResponse xmlns:m=\"http://VATS\">\
+<m:return xmlns:xs=\"http://www.w3.org/2001/XMLSchema\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">\
+{expected_payload}</m:return></m:SayNameResponse></soap:Body></soap:Envelope>"
+        );
+        assert_eq!(text(&out), expected);
+        assert!(text(&out).contains(r#"ООО "Ромашка" &amp;amp; Ко"#));
+    }
+
+    #[test]
+    fn known_caller_without_category_or_manager_has_them_empty() {
+        let payload = say_name_payload(&counterparty("Фэйковый чиж", None, None));
+        let doc = element_text(&format!("<r>{}</r>", text(&payload)), "r");
+        assert_eq!(
+            doc,
+            "<?xml version=\"1.0\"?>\n<data>\n    <title>Фэйковый чиж</title>\n    <category></category>\n    <manager>\n        <phone></phone>\n    </manager>\n</data>\n"
+        );
+        let payload = say_name_payload(&counterparty("x", Some(-3), Some("")));
+        assert!(text(&payload).contains("&lt;category&gt;-3&lt;/category&gt;"));
+    }
+
+    #[test]
+    fn control_characters_are_stripped_from_values() {
+        let c = counterparty(
+            "A\u{1}B\u{7}\tC\nD\r\u{7F}\u{85}\u{FFFF}E",
+            None,
+            Some("2\u{0}44"),
+        );
+        let payload = say_name_payload(&c);
+        let doc = element_text(&format!("<r>{}</r>", text(&payload)), "r");
+        assert_eq!(element_text(&doc, "title"), "AB\tC\nDE");
+        assert_eq!(element_text(&doc, "phone"), "244");
+    }
+
+    #[test]
+    fn unknown_caller_answer_has_all_fields_present_and_empty() {
+        assert_eq!(
+            unknown_caller_payload(),
+            &*render_payload("", "", ""),
+            "the constant and the renderer agree"
+        );
+        let mut out = Vec::new();
+        write_say_name_response(
+            &mut out,
+            SoapVersion::V11,
+            "http://test",
+            unknown_caller_payload(),
+        );
+        assert_eq!(
+            text(&out),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body>\
+<m:SayNameResponse xmlns:m=\"http://test\">\
+<m:return xmlns:xs=\"http://www.w3.org/2001/XMLSchema\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">\
+&lt;?xml version=\"1.0\"?&gt;\n&lt;data&gt;\n    &lt;title&gt;&lt;/title&gt;\n    \
+&lt;category&gt;&lt;/category&gt;\n    &lt;manager&gt;\n        &lt;phone&gt;&lt;/phone&gt;\n    \
+&lt;/manager&gt;\n&lt;/data&gt;\n\
+</m:return></m:SayNameResponse></soap:Body></soap:Envelope>"
+        );
+        assert!(!text(&out).to_ascii_lowercase().contains("unknown"));
+    }
+
+    #[test]
+    fn response_round_trips_to_the_data_document() {
+        let name = r#"ИП "Иванов & сыновья" <опт>"#;
+        let c = counterparty(name, Some(2), Some("244"));
+        let mut out = Vec::new();
+        write_say_name_response(
+            &mut out,
+            SoapVersion::V11,
+            "http://VATS",
+            &say_name_payload(&c),
+        );
+        let data = element_text(text(&out), "m:return");
+        assert!(
+            data.starts_with("<?xml version=\"1.0\"?>\n<data>\n"),
+            "{data}"
+        );
+        assert_eq!(element_text(&data, "title"), name);
+        assert_eq!(element_text(&data, "category"), "2");
+        assert_eq!(element_text(&data, "phone"), "244");
+    }
+
+    #[test]
+    fn incoming_call_answer_returns_1() {
+        let mut out = Vec::new();
+        write_incoming_call_response(&mut out, SoapVersion::V11, "http://VATS");
+        assert_eq!(
+            text(&out),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body>\
+<m:IncomingCallResponse xmlns:m=\"http://VATS\">\
+<m:return xmlns:xs=\"http://www.w3.org/2001/XMLSchema\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">1</m:return>\
+</m:IncomingCallResponse></soap:Body></soap:Envelope>"
+        );
+    }
+
+    #[test]
+    fn soap12_answer_uses_the_soap12_envelope() {
+        let mut out = Vec::new();
+        write_incoming_call_response(&mut out, SoapVersion::V12, "http://VATS");
+        assert!(text(&out)
+            .contains(r#"<soap:Envelope xmlns:soap="http://www.w3.org/2003/05/soap-envelope">"#));
+        assert_eq!(element_text(text(&out), "m:return"), "1");
+    }
+
+    #[test]
+    fn answer_namespace_defaults_to_vats_and_is_escaped() {
+        let mut out = Vec::new();
+        write_incoming_call_response(&mut out, SoapVersion::V11, "");
+        assert!(text(&out).contains(r#"xmlns:m="http://VATS""#));
+        let mut out = Vec::new();
+        write_incoming_call_response(&mut out, SoapVersion::V11, "urn:a?b=1&c=\"<2>\"\t");
+        assert!(
+            text(&out).contains(r#"xmlns:m="urn:a?b=1&amp;c=&quot;&lt;2&gt;&quot;&#9;""#),
+            "{}",
+            text(&out)
+        );
+        element_text(text(&out), "m:return");
+    }
+
+    #[test]
+    fn writers_append_to_what_is_there() {
+        let mut out = b"prefix".to_vec();
+        write_incoming_call_response(&mut out, SoapVersion::V11, "http://VATS");
+        assert!(out.starts_with(b"prefix<?xml"));
+    }
+
+    #[test]
+    fn soap11_fault_escapes_its_message() {
+        let mut out = Vec::new();
+        write_fault(
+            &mut out,
+            SoapVersion::V11,
+            FaultCode::Client,
+            "unknown entity '&foo;' <x>\u{1}",
+        );
+        assert_eq!(
+            text(&out),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body><soap:Fault>\
+<faultcode>soap:Client</faultcode><faultstring>unknown entity '&amp;foo;' &lt;x&gt;</faultstring>\
+</soap:Fault></soap:Body></soap:Envelope>"
+        );
+        let mut out = Vec::new();
+        write_fault(&mut out, SoapVersion::V11, FaultCode::Server, "store down");
+        assert_eq!(element_text(text(&out), "faultcode"), "soap:Server");
+    }
+
+    #[test]
+    fn soap12_fault_has_code_and_reason() {
+        let mut out = Vec::new();
+        write_fault(&mut out, SoapVersion::V12, FaultCode::Client, "a & b");
+        assert_eq!(
+            text(&out),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<env:Envelope xmlns:env=\"http://www.w3.org/2003/05/soap-envelope\"><env:Body><env:Fault>\
+<env:Code><env:Value>env:Sender</env:Value></env:Code>\
+<env:Reason><env:Text xml:lang=\"en\">a &amp; b</env:Text></env:Reason>\
+</env:Fault></env:Body></env:Envelope>"
+        );
+        let mut out = Vec::new();
+        write_fault(&mut out, SoapVersion::V12, FaultCode::Server, "x");
+        assert_eq!(element_text(text(&out), "env:Value"), "env:Receiver");
+    }
+
+    #[test]
+    fn long_fault_message_is_cut_on_a_character_boundary() {
+        let message = "я".repeat(2000);
+        let mut out = Vec::new();
+        write_fault(&mut out, SoapVersion::V11, FaultCode::Client, &message);
+        let faultstring = element_text(text(&out), "faultstring");
+        assert!(faultstring.len() <= MAX_FAULT_MESSAGE + "…".len());
+        assert!(faultstring.ends_with("я…"), "{faultstring}");
+    }
+
+    #[test]
+    fn written_answers_are_read_back_by_quick_xml_namespace_aware() {
+        // The same reader that reads requests must accept what we write.
+        let mut out = Vec::new();
+        write_say_name_response(
+            &mut out,
+            SoapVersion::V12,
+            "http://VATS",
+            unknown_caller_payload(),
+        );
+        let mut reader = quick_xml::NsReader::from_reader(out.as_slice());
+        let mut buf = Vec::new();
+        let mut elements = 0;
+        loop {
+            match reader.read_resolved_event_into(&mut buf) {
+                Ok((ns, Event::Start(_))) => {
+                    assert!(matches!(ns, quick_xml::name::ResolveResult::Bound(_)));
+                    elements += 1;
+                }
+                Ok((_, Event::Eof)) => break,
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+            buf.clear();
+        }
+        assert_eq!(elements, 4);
+    }
+}

@@ -1,0 +1,319 @@
+//! The JSON Lines file source: the demo directory, or any export a site
+//! drops on disk. One counterparty per line, in the shape of the contract.
+//!
+//! A file is taken whole or not at all: one bad line fails the reload, names
+//! the line, and the directory keeps serving what it had. A half-written
+//! file (an export still in progress) therefore never empties the directory;
+//! the next check after the writer finishes picks it up.
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use super::SourceHealth;
+use crate::directory::{Counterparty, Directory, ReplaceReport};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// The name this source's records carry in the directory and the store.
+pub const SOURCE: &str = "file";
+/// Longest line accepted: a record is a few hundred bytes.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Largest file accepted (about four million records).
+const MAX_FILE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than {MAX_FILE_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("line {line}: {problem}")]
+    Line { line: usize, problem: String },
+}
+
+/// Parses a whole JSON Lines document. Blank lines are skipped.
+pub fn parse_jsonl(bytes: &[u8]) -> Result<Vec<Counterparty>, FileError> {
+    let line_err = |line: usize, problem: String| FileError::Line { line, problem };
+    let mut records = Vec::with_capacity(bytes.len() / 256);
+    let mut first_seen: HashMap<Box<str>, usize> = HashMap::new();
+    for (i, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        let line = i + 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.len() > MAX_LINE_BYTES {
+            return Err(line_err(
+                line,
+                format!("longer than {MAX_LINE_BYTES} bytes"),
+            ));
+        }
+        let text =
+            std::str::from_utf8(raw).map_err(|_| line_err(line, "not valid UTF-8".into()))?;
+        let text = text.trim_start_matches('\u{feff}').trim();
+        if text.is_empty() {
+            continue;
+        }
+        let record: Counterparty =
+            serde_json::from_str(text).map_err(|e| line_err(line, e.to_string()))?;
+        record
+            .validate()
+            .map_err(|e| line_err(line, format!("{e} (id {:?})", record.id)))?;
+        if let Some(first) = first_seen.insert(record.id.clone(), line) {
+            return Err(line_err(
+                line,
+                format!("id {:?} was already used on line {first}", record.id),
+            ));
+        }
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// A content fingerprint: unchanged content is not parsed or snapshotted again.
+fn fingerprint(bytes: &[u8]) -> String {
+    // SipHash with fixed keys: stable within a build, which is all this needs
+    // (a different fingerprint after an upgrade only costs one re-read).
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(bytes);
+    format!("{}-{:016x}", bytes.len(), h.finish())
+}
+
+/// Size and modification time: what the watcher compares between checks.
+type FileStamp = Option<(u64, Option<SystemTime>)>;
+
+fn stamp(path: &Path) -> FileStamp {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()))
+}
+
+pub struct FileSource {
+    path: PathBuf,
+    /// The stamp of the file as last read, so a change made between the
+    /// first load and the start of the watcher is not missed.
+    last_read: std::sync::Mutex<FileStamp>,
+    interval: Duration,
+    directory: Arc<Directory>,
+    store: Store,
+    health: Arc<SourceHealth>,
+    metrics: Arc<Metrics>,
+}
+
+impl FileSource {
+    pub fn new(
+        path: PathBuf,
+        interval: Duration,
+        directory: Arc<Directory>,
+        store: Store,
+        health: Arc<SourceHealth>,
+        metrics: Arc<Metrics>,
+    ) -> FileSource {
+        FileSource {
+            path,
+            last_read: std::sync::Mutex::new(None),
+            interval,
+            directory,
+            store,
+            health,
+            metrics,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the file and, when its content differs from what the directory
+    /// holds for this source, replaces the source's records and updates the
+    /// snapshot. `Ok(None)`: the content was already loaded.
+    pub async fn load(&self) -> Result<Option<ReplaceReport>, FileError> {
+        let result = self.load_inner().await;
+        match &result {
+            Ok(report) => {
+                if self.health.success(SOURCE) {
+                    tracing::info!(path = %self.path.display(), "directory file readable again");
+                }
+                if report.is_some() {
+                    self.metrics
+                        .directory_reloads
+                        .with_label_values(&[SOURCE, "ok"])
+                        .inc();
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .directory_reloads
+                    .with_label_values(&[SOURCE, "error"])
+                    .inc();
+                if self.health.failure(SOURCE, &e.to_string()) {
+                    tracing::error!(path = %self.path.display(), error = %e, "directory file not loaded; serving the directory as it was");
+                }
+            }
+        }
+        result
+    }
+
+    async fn load_inner(&self) -> Result<Option<ReplaceReport>, FileError> {
+        let path = self.path.clone();
+        let io_err = |source| FileError::Io {
+            path: path.clone(),
+            source,
+        };
+        let meta = tokio::fs::metadata(&path).await;
+        *self.last_read.lock().unwrap_or_else(|p| p.into_inner()) =
+            meta.as_ref().ok().map(|m| (m.len(), m.modified().ok()));
+        let meta = meta.map_err(io_err)?;
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(FileError::TooLarge { path });
+        }
+        let bytes = tokio::fs::read(&path).await.map_err(io_err)?;
+        let directory = Arc::clone(&self.directory);
+        let outcome = tokio::task::spawn_blocking(move || -> Result<_, FileError> {
+            let print = fingerprint(&bytes);
+            let current = directory.snapshot();
+            let unchanged = current
+                .sources()
+                .any(|s| &*s.name == SOURCE && s.fingerprint.as_deref() == Some(print.as_str()));
+            if unchanged {
+                return Ok(None);
+            }
+            let records = parse_jsonl(&bytes)?;
+            drop(bytes);
+            let report =
+                directory.replace_source(SOURCE, records, Some(print.clone()), SystemTime::now());
+            Ok(Some((report, print)))
+        })
+        .await
+        .map_err(|e| FileError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })??;
+        let Some((report, print)) = outcome else {
+            return Ok(None);
+        };
+        tracing::info!(
+            path = %self.path.display(),
+            records = report.records,
+            total = report.total_records,
+            phones = report.phones,
+            ambiguous_phones = report.ambiguous_phones,
+            unusable_phones = report.unusable_phones,
+            "directory file loaded"
+        );
+        self.save_snapshot(&print).await;
+        Ok(Some(report))
+    }
+
+    /// Writes this source's records to the store, so a restart answers at
+    /// once. A failure is logged; the directory in memory is already serving.
+    async fn save_snapshot(&self, print: &str) {
+        let Some(entries) = self.directory.snapshot().source_records(SOURCE) else {
+            return;
+        };
+        let records: Arc<[Arc<Counterparty>]> = entries
+            .iter()
+            .map(|e| Arc::clone(&e.counterparty))
+            .collect();
+        if let Err(e) = self.store.replace_source(SOURCE, print, records).await {
+            tracing::error!(error = %e, "directory snapshot not saved; a restart would start from the previous snapshot");
+        }
+    }
+
+    /// Watches the file until `shutdown`: reloads when its size or
+    /// modification time changes, and whenever `reload` changes (SIGHUP).
+    pub async fn run(self, mut reload: watch::Receiver<u64>, mut shutdown: watch::Receiver<bool>) {
+        let last_read = || *self.last_read.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ticker = (!self.interval.is_zero()).then(|| {
+            let mut t = tokio::time::interval(self.interval);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            let tick = async {
+                match ticker.as_mut() {
+                    Some(t) => {
+                        t.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                changed = reload.changed() => {
+                    if changed.is_err() {
+                        return; // the gateway is gone
+                    }
+                    tracing::info!(path = %self.path.display(), "reload requested");
+                    let _ = self.load().await;
+                }
+                () = tick => {
+                    if stamp(&self.path) != last_read() {
+                        let _ = self.load().await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lines_and_skips_blank_ones() {
+        let text = "{\"id\":\"1\",\"name\":\"A\",\"phones\":[\"+7 916 555-55-55\"]}\n\n\u{feff}{\"id\":\"2\",\"name\":\"B\"}\r\n";
+        let records = parse_jsonl(text.as_bytes()).expect("valid");
+        assert_eq!(records.len(), 2);
+        assert_eq!(&*records[1].name, "B");
+    }
+
+    #[test]
+    fn a_bad_line_is_named() {
+        let text = "{\"id\":\"1\",\"name\":\"A\"}\n{\"id\":\"2\",\"nam\":\"B\"}\n";
+        let err = parse_jsonl(text.as_bytes()).expect_err("bad field");
+        let msg = err.to_string();
+        assert!(msg.starts_with("line 2:") && msg.contains("nam"), "{msg}");
+    }
+
+    #[test]
+    fn a_truncated_last_line_fails_the_whole_file() {
+        let text = "{\"id\":\"1\",\"name\":\"A\"}\n{\"id\":\"2\",\"na";
+        assert!(matches!(
+            parse_jsonl(text.as_bytes()),
+            Err(FileError::Line { line: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn repeated_ids_are_refused() {
+        let text = "{\"id\":\"1\",\"name\":\"A\"}\n{\"id\":\"1\",\"name\":\"B\"}\n";
+        let msg = parse_jsonl(text.as_bytes()).expect_err("dup").to_string();
+        assert!(msg.contains("already used on line 1"), "{msg}");
+    }
+
+    #[test]
+    fn empty_name_and_invalid_utf8_are_refused() {
+        assert!(parse_jsonl(b"{\"id\":\"1\",\"name\":\"\"}").is_err());
+        assert!(parse_jsonl(b"{\"id\":\"1\",\"name\":\"\xff\"}").is_err());
+    }
+
+    #[test]
+    fn the_shipped_demo_directory_parses() {
+        let demo = include_bytes!("../../data/demo/counterparties.jsonl");
+        let records = parse_jsonl(demo).expect("demo file must be valid");
+        assert!(records.len() >= 40, "{} records", records.len());
+    }
+
+    #[test]
+    fn fingerprint_changes_with_content() {
+        assert_eq!(fingerprint(b"abc"), fingerprint(b"abc"));
+        assert_ne!(fingerprint(b"abc"), fingerprint(b"abd"));
+    }
+}

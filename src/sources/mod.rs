@@ -1,0 +1,81 @@
+//! Where counterparties come from. Each source turns its own input into the
+//! one [`Counterparty`](crate::directory::Counterparty) model and hands whole
+//! record sets to the directory; the directory never knows the source.
+//!
+//! Sources report their health here, so `/readyz` and the logs can say which
+//! source is down and since when; a source logs once when it goes down and
+//! once when it comes back, not on every retry.
+
+pub mod file;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// The health of one source as `/readyz` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceState {
+    pub last_success: Option<SystemTime>,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    /// When the current run of failures began; `None` while healthy.
+    pub failing_since: Option<SystemTime>,
+}
+
+#[derive(Debug, Default)]
+pub struct SourceHealth {
+    states: Mutex<BTreeMap<String, SourceState>>,
+}
+
+impl SourceHealth {
+    fn with_state<T>(&self, source: &str, f: impl FnOnce(&mut SourceState) -> T) -> T {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        f(states.entry(source.to_owned()).or_default())
+    }
+
+    /// Records a success; true when the source was failing until now.
+    pub fn success(&self, source: &str) -> bool {
+        self.with_state(source, |s| {
+            let recovered = s.failing_since.is_some();
+            s.last_success = Some(SystemTime::now());
+            s.consecutive_failures = 0;
+            s.failing_since = None;
+            s.last_error = None;
+            recovered
+        })
+    }
+
+    /// Records a failure; true when this is the first of a run (the moment to log).
+    pub fn failure(&self, source: &str, error: &str) -> bool {
+        self.with_state(source, |s| {
+            let first = s.failing_since.is_none();
+            s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+            s.last_error = Some(error.to_owned());
+            s.failing_since.get_or_insert_with(SystemTime::now);
+            first
+        })
+    }
+
+    pub fn report(&self) -> BTreeMap<String, SourceState> {
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_changes_are_reported_once() {
+        let h = SourceHealth::default();
+        assert!(h.failure("onec", "timeout"));
+        assert!(!h.failure("onec", "timeout"));
+        assert_eq!(h.report()["onec"].consecutive_failures, 2);
+        assert!(h.success("onec"));
+        assert!(!h.success("onec"));
+        assert_eq!(h.report()["onec"].failing_since, None);
+    }
+}

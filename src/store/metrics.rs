@@ -1,0 +1,91 @@
+//! The store's Prometheus metrics.
+
+use prometheus::core::Collector;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+use super::StoreError;
+
+/// Commit latency buckets, 0.5 ms to 1 s.
+const COMMIT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Handles to the store's metrics; cheap to clone (Arc inside each).
+#[derive(Clone)]
+pub(super) struct Metrics {
+    pub journal_ok: IntCounter,
+    pub journal_error: IntCounter,
+    pub snapshot_ok: IntCounter,
+    pub snapshot_error: IntCounter,
+    pub commit_seconds: Histogram,
+    journal: IntCounterVec,
+    snapshot: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> Result<Metrics, StoreError> {
+        let err = |e: prometheus::Error| StoreError::Metrics {
+            detail: e.to_string(),
+        };
+        let journal = IntCounterVec::new(
+            Opts::new(
+                "cti_store_journal_writes_total",
+                "Call journal appends, by outcome (ok = committed).",
+            ),
+            &["outcome"],
+        )
+        .map_err(err)?;
+        let snapshot = IntCounterVec::new(
+            Opts::new(
+                "cti_store_snapshot_writes_total",
+                "Directory snapshot writes (one per source replace), by outcome (ok = committed).",
+            ),
+            &["outcome"],
+        )
+        .map_err(err)?;
+        let commit_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "cti_store_commit_seconds",
+                "Time from BEGIN to the end of COMMIT of one store write transaction (a group of journal appends or one snapshot replace).",
+            )
+            .buckets(COMMIT_BUCKETS.to_vec()),
+        )
+        .map_err(err)?;
+
+        let metrics = Metrics {
+            journal_ok: journal.with_label_values(&["ok"]),
+            journal_error: journal.with_label_values(&["error"]),
+            snapshot_ok: snapshot.with_label_values(&["ok"]),
+            snapshot_error: snapshot.with_label_values(&["error"]),
+            commit_seconds,
+            journal,
+            snapshot,
+        };
+        for (i, c) in metrics.collectors().into_iter().enumerate() {
+            if let Err(e) = registry.register(c) {
+                // Leave the registry as it was.
+                for done in metrics.collectors().into_iter().take(i) {
+                    let _ = registry.unregister(done);
+                }
+                return Err(err(e));
+            }
+        }
+        Ok(metrics)
+    }
+
+    /// Removes the metrics from the registry, so the store can be opened
+    /// again with the same registry after a close.
+    pub fn unregister(&self, registry: &Registry) {
+        for c in self.collectors() {
+            let _ = registry.unregister(c);
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.journal.clone()),
+            Box::new(self.snapshot.clone()),
+            Box::new(self.commit_seconds.clone()),
+        ]
+    }
+}

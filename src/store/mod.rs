@@ -1,0 +1,438 @@
+//! The embedded store: SQLite (rusqlite, bundled) in WAL mode.
+//!
+//! It keeps two things:
+//!
+//! - **the directory snapshot**, per source: every counterparty as its JSON,
+//!   plus the source's fingerprint and when it was saved. A restart loads it
+//!   and answers before any source has been read again.
+//! - **the call journal**: every `IncomingCall` the PBX sent.
+//!
+//! Only this module knows SQL. Its shape:
+//!
+//! - one **writer thread** (`writer.rs`) owns the read-write connection and
+//!   takes commands over a bounded channel. An `Ok` from a write means the
+//!   data is committed (`synchronous=FULL`: it survives power loss). Journal
+//!   appends that queue up are committed together (group commit).
+//! - **reads** (`read.rs`) run on read-only connections inside
+//!   `spawn_blocking`; WAL lets them run while the writer writes. The
+//!   snapshot load reads on one thread and decodes JSON on one per core.
+//! - **snapshot rows** (`snapshot.rs`): a source replace writes only the rows
+//!   that differ; the comparison runs on a read connection before the
+//!   writer is asked, so the writer is busy only for the changes.
+//! - **schema** (`schema.rs`): pragmas and migrations keyed on
+//!   `PRAGMA user_version`, applied by [`Store::open`].
+//!
+//! Errors ([`StoreError`]) say what to do. A full disk or a read-only file
+//! answers the calls that hit it with an error; the writer keeps serving.
+
+mod error;
+mod metrics;
+mod read;
+mod schema;
+mod snapshot;
+mod writer;
+
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::directory::Counterparty;
+pub use error::StoreError;
+use metrics::Metrics;
+use writer::Command;
+
+/// Most idle read connections kept for reuse.
+const MAX_IDLE_READERS: usize = 4;
+
+/// The most rows one [`Store::calls`] answers, whatever `limit` asks.
+const MAX_CALLS_LIMIT: u32 = 10_000;
+
+/// One source's part of the directory snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSnapshot {
+    pub source: String,
+    /// What the source said its input was when it was saved; `None` when the
+    /// snapshot cannot be trusted to match it (some rows did not load).
+    pub fingerprint: Option<String>,
+    /// In id order.
+    pub records: Vec<Counterparty>,
+}
+
+/// One `IncomingCall` as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// When the call came; stored with millisecond precision.
+    pub at: SystemTime,
+    /// The number exactly as the PBX sent it.
+    pub raw_number: String,
+    /// The normalized number (E.164 or the extension).
+    pub number: String,
+    /// The operator key the PBX sent.
+    pub key: String,
+    pub counterparty_id: Option<String>,
+    /// How many screens the pop-up reached.
+    pub delivered: u32,
+}
+
+/// A journal row: a [`CallRecord`] with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCall {
+    /// Grows with every append.
+    pub id: i64,
+    /// Millisecond precision (what the journal keeps).
+    pub at: SystemTime,
+    pub raw_number: String,
+    pub number: String,
+    pub key: String,
+    pub counterparty_id: Option<String>,
+    pub delivered: u32,
+}
+
+/// The handle to the store. Cheap to clone; all clones share one writer.
+///
+/// Dropping the last clone without [`Store::close`] lets the writer finish
+/// what it was sent and stop; `close` also waits for that and tidies the file.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// `None` once closed: new writes are refused.
+    sender: Mutex<Option<mpsc::Sender<Command>>>,
+    /// The writer thread, taken by the first `close`.
+    writer: tokio::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    closed: AtomicBool,
+    /// Idle read-only connections.
+    readers: Mutex<Vec<Connection>>,
+    /// Sources whose snapshot did not load whole: their fingerprint is not
+    /// reported, so the source writes them again.
+    untrusted: Mutex<HashSet<String>>,
+    /// Snapshot writes committed; the writer bumps it after each.
+    generation: Arc<AtomicU64>,
+    metrics: Metrics,
+    registry: prometheus::Registry,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens the store at `path`, creating the file and its folders if
+    /// needed, applying migrations and starting the writer thread. Registers
+    /// the store's metrics in `registry`. Blocking; call it once at start-up.
+    pub fn open(path: &Path, registry: &prometheus::Registry) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                cause: format!("cannot create folder {}: {e}", dir.display()),
+            })?;
+        }
+        let (conn, info) = schema::open_writer(path)?;
+        let reader = schema::open_reader(path)?;
+        let metrics = Metrics::register(registry)?;
+        let (sender, rx) = mpsc::channel(writer::CHANNEL_CAPACITY);
+        let generation = Arc::new(AtomicU64::new(0));
+        let handle = writer::spawn(
+            conn,
+            path.to_path_buf(),
+            metrics.clone(),
+            Arc::clone(&generation),
+            rx,
+        )
+        .map_err(|e| {
+            metrics.unregister(registry);
+            StoreError::Spawn {
+                cause: e.to_string(),
+            }
+        })?;
+        tracing::info!(
+            path = %path.display(),
+            schema_version = info.schema_version,
+            migrated_from = info.migrated_from,
+            sources = info.sources,
+            counterparties = info.counterparties,
+            journal_last_id = info.journal_last_id,
+            "store opened"
+        );
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                sender: Mutex::new(Some(sender)),
+                writer: tokio::sync::Mutex::new(Some(handle)),
+                closed: AtomicBool::new(false),
+                readers: Mutex::new(vec![reader]),
+                untrusted: Mutex::new(HashSet::new()),
+                generation,
+                metrics,
+                registry: registry.clone(),
+            }),
+        })
+    }
+
+    /// Every source's snapshot, in source order, from one consistent view.
+    ///
+    /// A row whose JSON no longer decodes (say, written by a newer build) is
+    /// skipped and logged; its source then reports no fingerprint (here and
+    /// from [`Store::source_fingerprint`]) so that it is written again.
+    pub async fn load_snapshot(&self) -> Result<Vec<SourceSnapshot>, StoreError> {
+        let started = Instant::now();
+        let loaded = self.read(read::load_snapshot).await?;
+        let mut summary = String::new();
+        let mut total = 0usize;
+        let mut out = Vec::with_capacity(loaded.sources.len());
+        for mut s in loaded.sources {
+            let source = &s.snapshot.source;
+            let got = s.snapshot.records.len();
+            total += got;
+            if !summary.is_empty() {
+                summary.push_str(", ");
+            }
+            summary.push_str(&format!(
+                "{source}={got} (saved {})",
+                humantime::format_rfc3339_seconds(from_unix_ms(s.saved_at_ms))
+            ));
+            let incomplete = s.bad_rows > 0 || i64::try_from(got).ok() != Some(s.expected);
+            if incomplete {
+                tracing::warn!(
+                    source = %source,
+                    loaded = got,
+                    expected = s.expected,
+                    undecodable = s.bad_rows,
+                    first_error = s.first_error.as_deref().unwrap_or(""),
+                    "store: snapshot of a source loaded incomplete; the source will be written again on its next read"
+                );
+                lock(&self.inner.untrusted).insert(source.clone());
+                s.snapshot.fingerprint = None;
+            }
+            out.push(s.snapshot);
+        }
+        tracing::info!(
+            path = %self.inner.path.display(),
+            sources = out.len(),
+            records = total,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            detail = %summary,
+            "store: snapshot loaded"
+        );
+        Ok(out)
+    }
+
+    /// The fingerprint saved with `source`'s snapshot; `None` if the source
+    /// was never saved or its snapshot did not load whole.
+    pub async fn source_fingerprint(&self, source: &str) -> Result<Option<String>, StoreError> {
+        if lock(&self.inner.untrusted).contains(source) {
+            return Ok(None);
+        }
+        let source = source.to_owned();
+        self.read(move |conn, path| read::source_fingerprint(conn, path, &source))
+            .await
+    }
+
+    /// Replaces `source`'s whole snapshot with `records` and `fingerprint`,
+    /// in one transaction; other sources are untouched. Resolves once
+    /// committed. Records with the same id: the last one wins.
+    ///
+    /// Only rows that differ are written. The comparison (the costly part,
+    /// seconds of CPU for a million records) runs on a read connection
+    /// first, so the writer, and the journal appends queued behind it, wait
+    /// only for the rows that changed. A first save of a large source still
+    /// holds the writer for as long as its inserts take.
+    ///
+    /// `records` may hold `Counterparty` or `Arc<Counterparty>` (what the
+    /// directory keeps), so saving never copies the records.
+    pub async fn replace_source<R>(
+        &self,
+        source: &str,
+        fingerprint: &str,
+        records: Arc<[R]>,
+    ) -> Result<(), StoreError>
+    where
+        R: Borrow<Counterparty> + Send + Sync + 'static,
+    {
+        let records: Arc<dyn snapshot::RecordSet> = Arc::new(snapshot::Held(records));
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let planned = {
+            let (source, records) = (source.to_owned(), Arc::clone(&records));
+            self.read(move |conn, path| snapshot::plan(conn, path, &source, &*records))
+                .await
+        };
+        let plan = match planned {
+            Ok(diff) => Some(snapshot::Plan { generation, diff }),
+            Err(StoreError::Closed) => return Err(StoreError::Closed),
+            // The writer compares again itself and reports what fails there.
+            Err(e) => {
+                tracing::debug!(source, error = %e, "store: planning a replace failed; the writer diffs");
+                None
+            }
+        };
+        let result = self
+            .request(|reply| Command::ReplaceSource {
+                source: source.to_owned(),
+                fingerprint: fingerprint.to_owned(),
+                records,
+                plan,
+                reply,
+            })
+            .await;
+        if result.is_ok() {
+            lock(&self.inner.untrusted).remove(source);
+        }
+        result
+    }
+
+    /// Appends a call to the journal. Resolves with the row id once the row
+    /// is committed. Dropping the future does not cancel the write.
+    pub async fn append_call(&self, call: CallRecord) -> Result<i64, StoreError> {
+        self.request(|reply| Command::AppendCall { call, reply })
+            .await
+    }
+
+    /// Journal rows, newest first (by `at`, then id), optionally only for
+    /// `key` and only from `since` on (inclusive). At most `limit` rows, and
+    /// never more than 10,000.
+    pub async fn calls(
+        &self,
+        key: Option<&str>,
+        since: Option<SystemTime>,
+        limit: u32,
+    ) -> Result<Vec<StoredCall>, StoreError> {
+        let key = key.map(str::to_owned);
+        let since = since.map(unix_ms);
+        let limit = limit.min(MAX_CALLS_LIMIT);
+        self.read(move |conn, path| read::calls(conn, path, key.as_deref(), since, limit))
+            .await
+    }
+
+    /// Stops accepting calls, lets the writer finish what it was sent,
+    /// checkpoints the WAL and joins the writer thread. Idempotent; every
+    /// call after it answers [`StoreError::Closed`]. Also removes the store's
+    /// metrics from the registry, so the store can be opened again.
+    pub async fn close(&self) {
+        let mut writer = self.inner.writer.lock().await;
+        self.inner.closed.store(true, Ordering::Release);
+        drop(lock(&self.inner.sender).take());
+        lock(&self.inner.readers).clear();
+        let Some(handle) = writer.take() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || handle.join()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => tracing::error!(
+                path = %self.inner.path.display(),
+                "store writer thread panicked; writes in flight may not have been saved"
+            ),
+            Err(e) => tracing::warn!(
+                path = %self.inner.path.display(),
+                error = %e,
+                "store: waiting for the writer thread failed"
+            ),
+        }
+        self.inner.metrics.unregister(&self.inner.registry);
+        tracing::info!(path = %self.inner.path.display(), "store closed");
+    }
+
+    /// Sends one command to the writer and waits for its answer.
+    async fn request<T>(
+        &self,
+        command: impl FnOnce(writer::Reply<T>) -> Command,
+    ) -> Result<T, StoreError> {
+        let sender = lock(&self.inner.sender)
+            .as_ref()
+            .cloned()
+            .ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        // The writer holds the receiver until every sender is gone, and we
+        // hold one: a failed send means the writer thread died.
+        sender
+            .send(command(reply))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        drop(sender);
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Runs a query on an idle read connection (or a new one) on the
+    /// blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &Path) -> Result<T, StoreError> + Send + 'static,
+    {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let idle = lock(&inner.readers).pop();
+            let mut conn = match idle {
+                Some(conn) => conn,
+                None => schema::open_reader(&inner.path)?,
+            };
+            let result = f(&mut conn, &inner.path);
+            if !inner.closed.load(Ordering::Acquire) {
+                let mut idle = lock(&inner.readers);
+                if idle.len() < MAX_IDLE_READERS {
+                    idle.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::ReadTask {
+            detail: e.to_string(),
+        })?
+    }
+
+    /// Sends raw SQL to the writer connection (tests inject failures with it).
+    #[cfg(test)]
+    async fn exec_on_writer(&self, sql: &str) -> Result<(), StoreError> {
+        let sql = sql.to_owned();
+        self.request(|reply| Command::Exec { sql, reply }).await
+    }
+
+    /// Write transactions run so far (each group commit counts once).
+    #[cfg(test)]
+    fn transactions(&self) -> u64 {
+        self.inner.metrics.commit_seconds.get_sample_count()
+    }
+}
+
+/// Locks a mutex whose data stays valid even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `SystemTime` as signed unix milliseconds (negative before 1970).
+fn unix_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}
+
+fn from_unix_ms(ms: i64) -> SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    let t = if ms >= 0 {
+        UNIX_EPOCH.checked_add(d)
+    } else {
+        UNIX_EPOCH.checked_sub(d)
+    };
+    t.unwrap_or(UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests;

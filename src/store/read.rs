@@ -1,0 +1,353 @@
+//! Queries on a read-only connection. Run inside `spawn_blocking`; in WAL
+//! mode they neither wait for the writer nor make it wait.
+
+use std::path::Path;
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Mutex, PoisonError};
+
+use rusqlite::types::{FromSqlError, ValueRef};
+use rusqlite::{Connection, OptionalExtension, ToSql, Transaction};
+
+use super::{from_unix_ms, SourceSnapshot, StoreError, StoredCall};
+use crate::directory::Counterparty;
+
+/// A snapshot as read, with what did not decode.
+pub(super) struct Loaded {
+    pub sources: Vec<LoadedSource>,
+}
+
+pub(super) struct LoadedSource {
+    pub snapshot: SourceSnapshot,
+    pub saved_at_ms: i64,
+    /// Rows whose body did not decode into a Counterparty (skipped).
+    pub bad_rows: u64,
+    /// The first decode error, for the log.
+    pub first_error: Option<String>,
+    /// What the `sources` row says the source had.
+    pub expected: i64,
+}
+
+/// Upper bound for the capacity hint taken from the `sources` table.
+const MAX_CAPACITY_HINT: usize = 10_000_000;
+
+/// Rows handed to a parser thread at a time.
+const CHUNK_ROWS: usize = 2048;
+
+/// Most parser threads, whatever the machine has.
+const MAX_PARSERS: usize = 4;
+
+/// Reads every source's snapshot in one read transaction (one consistent
+/// view). Rows come in primary-key order, so grouping by source is a walk.
+///
+/// Decoding the JSON costs about three times what SQLite spends reading
+/// the rows, so this thread only reads, copying bodies into chunks, and
+/// parser threads (one per core) turn chunks into records.
+pub(super) fn load_snapshot(conn: &mut Connection, path: &Path) -> Result<Loaded, StoreError> {
+    load(conn).map_err(|e| StoreError::sqlite(path, "loading the snapshot", e))
+}
+
+fn load(conn: &mut Connection) -> rusqlite::Result<Loaded> {
+    let tx = conn.transaction()?;
+    let mut sources = read_sources(&tx)?;
+    let names: Vec<String> = sources.iter().map(|s| s.snapshot.source.clone()).collect();
+    let parsers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_PARSERS);
+    let (work_tx, work_rx) = mpsc::sync_channel::<Chunk>(parsers * 2);
+    let work_rx = Mutex::new(work_rx);
+    let (done_tx, done_rx) = mpsc::channel::<Parsed>();
+    // Parsed chunks' buffers go back to the reader for reuse.
+    let (spare_tx, spare_rx) = mpsc::channel::<Buffers>();
+    let mut parsed = std::thread::scope(|scope| {
+        for _ in 0..parsers {
+            let (work_rx, done_tx, spare_tx) = (&work_rx, done_tx.clone(), spare_tx.clone());
+            scope.spawn(move || loop {
+                // The guard must drop before parsing, or parsers take turns.
+                let next = work_rx
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .recv();
+                let Ok(chunk) = next else { break };
+                let (parsed, spare) = chunk.parse();
+                let _ = spare_tx.send(spare);
+                if done_tx.send(parsed).is_err() {
+                    break;
+                }
+            });
+        }
+        drop((done_tx, spare_tx));
+        // `scan` owns the sender: when it returns, by error too, the parsers
+        // run out of work and end.
+        scan(&tx, &names, work_tx, &spare_rx)?;
+        Ok::<_, rusqlite::Error>(done_rx.iter().collect::<Vec<Parsed>>())
+    })?;
+    tx.commit()?;
+    parsed.sort_unstable_by_key(|p| p.seq);
+    for p in parsed {
+        let into = &mut sources[p.source];
+        into.snapshot.records.extend(p.records);
+        into.bad_rows += p.bad_rows;
+        if into.first_error.is_none() {
+            into.first_error = p.first_error;
+        }
+    }
+    Ok(Loaded { sources })
+}
+
+fn read_sources(tx: &Transaction<'_>) -> rusqlite::Result<Vec<LoadedSource>> {
+    let mut stmt =
+        tx.prepare("SELECT source, fingerprint, records, saved_at FROM sources ORDER BY source")?;
+    let mut rows = stmt.query([])?;
+    let mut sources = Vec::new();
+    while let Some(row) = rows.next()? {
+        let expected: i64 = row.get(2)?;
+        let capacity = usize::try_from(expected)
+            .unwrap_or(0)
+            .min(MAX_CAPACITY_HINT);
+        sources.push(LoadedSource {
+            snapshot: SourceSnapshot {
+                source: row.get(0)?,
+                fingerprint: row.get(1)?,
+                records: Vec::with_capacity(capacity),
+            },
+            saved_at_ms: row.get(3)?,
+            bad_rows: 0,
+            first_error: None,
+            expected,
+        });
+    }
+    Ok(sources)
+}
+
+/// Reads all snapshot rows in key order and sends their bodies, a chunk at a
+/// time, to the parsers. A chunk holds rows of one source only.
+fn scan(
+    tx: &Transaction<'_>,
+    names: &[String],
+    work: SyncSender<Chunk>,
+    spare: &mpsc::Receiver<Buffers>,
+) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare("SELECT source, body FROM counterparties ORDER BY source, id")?;
+    let mut rows = stmt.query([])?;
+    // Both queries are in `source` order (BINARY collation), so the
+    // source of the current row is at `cur` or after it.
+    let mut cur = 0usize;
+    let mut chunk = Chunk::new(0, 0, Buffers::default());
+    while let Some(row) = rows.next()? {
+        let source = text(row.get_ref(0)?, 0)?;
+        if names.get(cur).is_none_or(|n| n != source) {
+            match names[cur..].iter().position(|n| n == source) {
+                Some(ahead) => cur += ahead,
+                // A row without its `sources` row: foreign keys forbid
+                // it, only a file edited by hand gets here. Skip it.
+                None => continue,
+            }
+        }
+        if chunk.source != cur || chunk.rows() == CHUNK_ROWS {
+            let buffers = spare.try_recv().unwrap_or_default();
+            let next = Chunk::new(chunk.seq + 1, cur, buffers);
+            let full = std::mem::replace(&mut chunk, next);
+            if full.rows() > 0 && work.send(full).is_err() {
+                // Every parser is gone (one panicked): the scope reports it.
+                return Ok(());
+            }
+        }
+        match row.get_ref(1)? {
+            // UTF-8 is checked by the parser (in parallel), not here.
+            ValueRef::Text(body) => chunk.push(body),
+            other => chunk.bad(format!("body is {}, not text", other.data_type())),
+        }
+    }
+    if chunk.rows() > 0 {
+        let _ = work.send(chunk);
+    }
+    Ok(())
+}
+
+/// Row bodies back to back, and where each ends.
+#[derive(Default)]
+struct Buffers {
+    text: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// Consecutive rows of one source.
+struct Chunk {
+    seq: usize,
+    source: usize,
+    buf: Buffers,
+    bad_rows: u64,
+    first_error: Option<String>,
+}
+
+/// The records of one chunk.
+struct Parsed {
+    seq: usize,
+    source: usize,
+    records: Vec<Counterparty>,
+    bad_rows: u64,
+    first_error: Option<String>,
+}
+
+impl Chunk {
+    fn new(seq: usize, source: usize, buf: Buffers) -> Chunk {
+        Chunk {
+            seq,
+            source,
+            buf,
+            bad_rows: 0,
+            first_error: None,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.buf.ends.len() + self.bad_rows as usize
+    }
+
+    fn push(&mut self, body: &[u8]) {
+        if self.buf.text.capacity() == 0 {
+            self.buf.text.reserve(body.len() * CHUNK_ROWS);
+            self.buf.ends.reserve(CHUNK_ROWS);
+        }
+        self.buf.text.extend_from_slice(body);
+        self.buf.ends.push(self.buf.text.len());
+    }
+
+    fn bad(&mut self, error: String) {
+        self.bad_rows += 1;
+        self.first_error.get_or_insert(error);
+    }
+
+    /// Decodes every body; hands back the emptied buffers.
+    fn parse(self) -> (Parsed, Buffers) {
+        let Chunk {
+            seq,
+            source,
+            mut buf,
+            mut bad_rows,
+            mut first_error,
+        } = self;
+        let mut records = Vec::with_capacity(buf.ends.len());
+        // One deserializer over the whole chunk (the bodies are objects,
+        // which need no separator), so its scratch buffer is reused. It must
+        // stop exactly where each row ends.
+        let mut stream =
+            serde_json::Deserializer::from_slice(&buf.text).into_iter::<Counterparty>();
+        for &end in &buf.ends {
+            match stream.next() {
+                Some(Ok(record)) if stream.byte_offset() == end => records.push(record),
+                _ => break,
+            }
+        }
+        // From the first row it could not take on: one row at a time, so a
+        // bad row costs only itself.
+        let done = records.len();
+        let mut start = done.checked_sub(1).map_or(0, |last| buf.ends[last]);
+        for &end in &buf.ends[done..] {
+            match serde_json::from_slice::<Counterparty>(&buf.text[start..end]) {
+                Ok(record) => records.push(record),
+                Err(e) => {
+                    bad_rows += 1;
+                    first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+            start = end;
+        }
+        buf.text.clear();
+        buf.ends.clear();
+        let parsed = Parsed {
+            seq,
+            source,
+            records,
+            bad_rows,
+            first_error,
+        };
+        (parsed, buf)
+    }
+}
+
+/// A column that must be text, as `&str`.
+pub(super) fn text(v: ValueRef<'_>, col: usize) -> rusqlite::Result<&str> {
+    v.as_str().map_err(|e| {
+        let ty = v.data_type();
+        match e {
+            FromSqlError::InvalidType => rusqlite::Error::InvalidColumnType(col, String::new(), ty),
+            other => rusqlite::Error::FromSqlConversionFailure(col, ty, Box::new(other)),
+        }
+    })
+}
+
+/// The fingerprint stored for `source`; `None` if it was never saved.
+pub(super) fn source_fingerprint(
+    conn: &Connection,
+    path: &Path,
+    source: &str,
+) -> Result<Option<String>, StoreError> {
+    conn.prepare_cached("SELECT fingerprint FROM sources WHERE source = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row([source], |r| r.get::<_, Option<String>>(0))
+                .optional()
+        })
+        .map(Option::flatten)
+        .map_err(|e| StoreError::sqlite(path, "reading a source's fingerprint", e))
+}
+
+/// The journal query for a filter combination: one statement each, so each
+/// walks an index (`calls_key_at` or `calls_at`) in order, with no sort.
+/// Parameters: the key if filtered, the time if filtered, the limit.
+pub(super) fn calls_sql(by_key: bool, since: bool) -> &'static str {
+    match (by_key, since) {
+        (true, true) => {
+            "SELECT id, at, raw_number, number, key, counterparty_id, delivered
+            FROM calls WHERE key = ?1 AND at >= ?2 ORDER BY at DESC, id DESC LIMIT ?3"
+        }
+        (true, false) => {
+            "SELECT id, at, raw_number, number, key, counterparty_id, delivered
+            FROM calls WHERE key = ?1 ORDER BY at DESC, id DESC LIMIT ?2"
+        }
+        (false, true) => {
+            "SELECT id, at, raw_number, number, key, counterparty_id, delivered
+            FROM calls WHERE at >= ?1 ORDER BY at DESC, id DESC LIMIT ?2"
+        }
+        (false, false) => {
+            "SELECT id, at, raw_number, number, key, counterparty_id, delivered
+            FROM calls ORDER BY at DESC, id DESC LIMIT ?1"
+        }
+    }
+}
+
+/// Journal rows, newest first, optionally for one key and from a time on.
+pub(super) fn calls(
+    conn: &Connection,
+    path: &Path,
+    key: Option<&str>,
+    since_ms: Option<i64>,
+    limit: u32,
+) -> Result<Vec<StoredCall>, StoreError> {
+    let sql = calls_sql(key.is_some(), since_ms.is_some());
+    let mut args: Vec<&dyn ToSql> = Vec::with_capacity(3);
+    if let Some(k) = &key {
+        args.push(k);
+    }
+    if let Some(s) = &since_ms {
+        args.push(s);
+    }
+    args.push(&limit);
+    let query = || -> rusqlite::Result<Vec<StoredCall>> {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(args.as_slice(), |r| {
+            let delivered: i64 = r.get(6)?;
+            Ok(StoredCall {
+                id: r.get(0)?,
+                at: from_unix_ms(r.get(1)?),
+                raw_number: r.get(2)?,
+                number: r.get(3)?,
+                key: r.get(4)?,
+                counterparty_id: r.get(5)?,
+                delivered: u32::try_from(delivered.max(0)).unwrap_or(u32::MAX),
+            })
+        })?;
+        rows.collect()
+    };
+    query().map_err(|e| StoreError::sqlite(path, "reading the call journal", e))
+}

@@ -1,0 +1,204 @@
+//! The PBX's two questions, answered: `SayName` and `IncomingCall`.
+//!
+//! This is the use-case layer between the HTTP front and the rest: it reads
+//! the envelope (through `soap`), looks the caller up in the directory,
+//! publishes pop-ups to the hub and writes the call journal. It knows no HTTP
+//! and no XML; it returns bytes and a status for the front to send.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::directory::Directory;
+use crate::metrics::{Metrics, OperationLabel, Outcome};
+use crate::phone;
+use crate::popup::{CallEvent, Hub, HubError};
+use crate::soap::{self, FaultCode, Operation, Request, SoapVersion};
+use crate::store::{CallRecord, Store};
+
+/// How long IncomingCall waits for the journal to commit before it answers
+/// with a fault; the PBX should not hang on a sick disk.
+const JOURNAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A finished SOAP answer: the front sends it as it is.
+#[derive(Debug)]
+pub struct SoapReply {
+    pub status: u16,
+    pub version: SoapVersion,
+    pub body: Vec<u8>,
+}
+
+impl SoapReply {
+    /// A fault in the caller's SOAP version. SOAP 1.1 sends every fault with
+    /// HTTP 500; SOAP 1.2 sends a Sender fault with 400, a Receiver fault with 500.
+    pub fn fault(version: SoapVersion, code: FaultCode, message: &str) -> SoapReply {
+        let mut body = Vec::with_capacity(512 + message.len());
+        soap::write_fault(&mut body, version, code, message);
+        let status = match (version, code) {
+            (SoapVersion::V12, FaultCode::Client) => 400,
+            _ => 500,
+        };
+        SoapReply {
+            status,
+            version,
+            body,
+        }
+    }
+}
+
+pub struct Vats {
+    directory: Arc<Directory>,
+    hub: Arc<Hub>,
+    store: Store,
+    metrics: Arc<Metrics>,
+}
+
+impl Vats {
+    pub fn new(
+        directory: Arc<Directory>,
+        hub: Arc<Hub>,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Vats {
+        Vats {
+            directory,
+            hub,
+            store,
+            metrics,
+        }
+    }
+
+    /// Answers one SOAP request body. `version_hint` (from the Content-Type)
+    /// is the version of a fault when the envelope itself cannot be read.
+    pub async fn answer(&self, body: &[u8], version_hint: SoapVersion) -> SoapReply {
+        let started = Instant::now();
+        let (reply, op, outcome) = match soap::parse_request(body) {
+            Err(e) => {
+                tracing::debug!(error = %e, "unreadable SOAP request");
+                let reply = SoapReply::fault(version_hint, FaultCode::Client, &e.to_string());
+                (reply, OperationLabel::Invalid, Outcome::ClientError)
+            }
+            Ok(request) => match &request.operation {
+                Operation::SayName { number } => {
+                    let (reply, outcome) = self.say_name(&request, number);
+                    (reply, OperationLabel::SayName, outcome)
+                }
+                Operation::IncomingCall { num_from, key } => {
+                    let (reply, outcome) = self.incoming_call(&request, num_from, key).await;
+                    (reply, OperationLabel::IncomingCall, outcome)
+                }
+            },
+        };
+        self.metrics
+            .observe_soap(op, outcome, started.elapsed().as_secs_f64());
+        reply
+    }
+
+    /// The ring-time path: a map lookup and a copy of bytes rendered at load.
+    fn say_name(&self, request: &Request, number: &str) -> (SoapReply, Outcome) {
+        let entry = phone::normalize(number).and_then(|key| self.directory.lookup_phone(key));
+        let (payload, outcome) = match &entry {
+            Some(entry) => (&*entry.say_name, Outcome::Known),
+            None if !self.directory.is_loaded() => {
+                (soap::unknown_caller_payload(), Outcome::NotReady)
+            }
+            None => (soap::unknown_caller_payload(), Outcome::Unknown),
+        };
+        let mut body = Vec::with_capacity(480 + payload.len());
+        soap::write_say_name_response(&mut body, request.version, &request.namespace, payload);
+        let reply = SoapReply {
+            status: 200,
+            version: request.version,
+            body,
+        };
+        (reply, outcome)
+    }
+
+    async fn incoming_call(
+        &self,
+        request: &Request,
+        num_from: &str,
+        key: &str,
+    ) -> (SoapReply, Outcome) {
+        let normalized = phone::normalize(num_from);
+        let counterparty = normalized
+            .and_then(|k| self.directory.lookup_phone(k))
+            .map(|e| Arc::clone(&e.counterparty));
+        let number = match normalized {
+            Some(k) if k.is_extension() => num_from.trim().to_owned(),
+            Some(k) => k.display_e164(),
+            None => num_from.trim().to_owned(),
+        };
+        let at = SystemTime::now();
+        let event = CallEvent {
+            at,
+            number: number.clone(),
+            raw_number: num_from.to_owned(),
+            counterparty: counterparty.clone(),
+        };
+        // Screens first: the operator should see the card while the disk works.
+        let delivered = match self.hub.publish(key, &event) {
+            Ok(published) => published.delivered,
+            Err(HubError::UnknownKey) => {
+                self.metrics.incoming_calls_unknown_key.inc();
+                0
+            }
+            Err(e @ HubError::Encode(_)) => {
+                tracing::error!(error = %e, key, "pop-up not published");
+                0
+            }
+        };
+        let record = CallRecord {
+            at,
+            raw_number: num_from.to_owned(),
+            number,
+            key: key.to_owned(),
+            counterparty_id: counterparty.as_ref().map(|c| c.id.to_string()),
+            delivered: u32::try_from(delivered).unwrap_or(u32::MAX),
+        };
+        let journaled = tokio::time::timeout(JOURNAL_TIMEOUT, self.store.append_call(record)).await;
+        match journaled {
+            Ok(Ok(call_id)) => {
+                tracing::info!(
+                    call_id,
+                    key,
+                    known = counterparty.is_some(),
+                    counterparty_id = counterparty.as_ref().map(|c| &*c.id),
+                    delivered,
+                    "incoming call"
+                );
+                let mut body = Vec::with_capacity(512);
+                soap::write_incoming_call_response(&mut body, request.version, &request.namespace);
+                let reply = SoapReply {
+                    status: 200,
+                    version: request.version,
+                    body,
+                };
+                (reply, Outcome::Ok)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, key, delivered, "incoming call not journaled");
+                let msg = format!("the call was shown to {delivered} screen(s) but could not be written to the call journal: {e}");
+                (
+                    SoapReply::fault(request.version, FaultCode::Server, &msg),
+                    Outcome::ServerError,
+                )
+            }
+            Err(_) => {
+                tracing::error!(
+                    key,
+                    delivered,
+                    timeout_s = JOURNAL_TIMEOUT.as_secs(),
+                    "incoming call journal write timed out"
+                );
+                let msg = format!(
+                    "the call was shown to {delivered} screen(s) but the call journal did not confirm the write within {} s",
+                    JOURNAL_TIMEOUT.as_secs()
+                );
+                (
+                    SoapReply::fault(request.version, FaultCode::Server, &msg),
+                    Outcome::ServerError,
+                )
+            }
+        }
+    }
+}
