@@ -195,3 +195,8 @@ async fn shutdown_signal() {
         () = term => {},
     }
 }
+
+/// mimalloc: fewer cycles per allocation on the request path than glibc's
+/// malloc, and it hands freed memory back to the system after a reload.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -69,6 +69,33 @@ impl fmt::Debug for PhoneKey {
     }
 }
 
+/// A hasher for [`PhoneKey`]s: one multiply instead of SipHash. The keys
+/// in a map come from the directory (trusted data), callers can only look
+/// up, so flooding one bucket from outside is not possible.
+#[derive(Default, Clone, Copy)]
+pub struct PhoneKeyHasher(u64);
+
+impl std::hash::Hasher for PhoneKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if something other than a u64 is hashed; stay correct.
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing; the high bits, which hashbrown uses, mix all input bits.
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Builds [`PhoneKeyHasher`]s for `HashMap<PhoneKey, _, PhoneKeyHashing>`.
+pub type PhoneKeyHashing = std::hash::BuildHasherDefault<PhoneKeyHasher>;
+
 /// Normalizes a number written in any common format.
 ///
 /// Rules: leading text such as `тел.` is skipped; the number ends at the first

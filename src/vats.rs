@@ -95,22 +95,27 @@ impl Vats {
 
     /// The ring-time path: a map lookup and a copy of bytes rendered at load.
     fn say_name(&self, request: &Request, number: &str) -> (SoapReply, Outcome) {
-        let entry = phone::normalize(number).and_then(|key| self.directory.lookup_phone(key));
-        let (payload, outcome) = match &entry {
-            Some(entry) => (&*entry.say_name, Outcome::Known),
-            None if !self.directory.is_loaded() => {
-                (soap::unknown_caller_payload(), Outcome::NotReady)
-            }
-            None => (soap::unknown_caller_payload(), Outcome::Unknown),
-        };
-        let mut body = Vec::with_capacity(480 + payload.len());
-        soap::write_say_name_response(&mut body, request.version, &request.namespace, payload);
-        let reply = SoapReply {
-            status: 200,
-            version: request.version,
-            body,
-        };
-        (reply, outcome)
+        self.directory
+            .with_phone(phone::normalize(number), |entry, loaded| {
+                let (payload, outcome) = match entry {
+                    Some(entry) => (&*entry.say_name, Outcome::Known),
+                    None if !loaded => (soap::unknown_caller_payload(), Outcome::NotReady),
+                    None => (soap::unknown_caller_payload(), Outcome::Unknown),
+                };
+                let mut body = Vec::with_capacity(480 + payload.len());
+                soap::write_say_name_response(
+                    &mut body,
+                    request.version,
+                    &request.namespace,
+                    payload,
+                );
+                let reply = SoapReply {
+                    status: 200,
+                    version: request.version,
+                    body,
+                };
+                (reply, outcome)
+            })
     }
 
     async fn incoming_call(
@@ -122,7 +127,13 @@ impl Vats {
         let normalized = phone::normalize(num_from);
         let counterparty = normalized
             .and_then(|k| self.directory.lookup_phone(k))
-            .map(|e| Arc::clone(&e.counterparty));
+            .and_then(|e| match e.counterparty() {
+                Ok(c) => Some(Arc::new(c)),
+                Err(err) => {
+                    tracing::error!(id = e.id(), error = %err, "directory entry unreadable; showing the caller as unknown");
+                    None
+                }
+            });
         let number = match normalized {
             Some(k) if k.is_extension() => num_from.trim().to_owned(),
             Some(k) => k.display_e164(),

@@ -5,18 +5,28 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{Counterparty, Renderer, ReplaceReport};
-use crate::phone::{self, PhoneKey};
+use crate::phone::{self, PhoneKey, PhoneKeyHashing};
 
 /// One counterparty as the directory serves it.
+///
+/// Compact on purpose: a million of these stay in memory. The record itself
+/// is kept as its canonical JSON (one allocation instead of a dozen small
+/// strings), and only what lookups and the ambiguity rule need is kept
+/// beside it. The full [`Counterparty`] is parsed back on the rare paths
+/// that need it (an IncomingCall's pop-up, the API).
 #[derive(Debug)]
 pub struct Entry {
-    pub counterparty: Arc<Counterparty>,
     /// The SayName answer payload, rendered once at load time.
     pub say_name: Box<[u8]>,
+    /// The record as canonical JSON: what the snapshot stores.
+    json: Box<str>,
+    id: Box<str>,
+    inn: Option<Box<str>>,
     /// The source this record came from (`file`, `onec`, `push`...).
     pub source: Arc<str>,
     /// The record's phones, normalized, without repeats, in the order written.
     phones: Box<[PhoneKey]>,
+    has_manager: bool,
 }
 
 impl Entry {
@@ -30,24 +40,49 @@ impl Entry {
                 None => unusable += 1,
             }
         }
+        // Serializing a struct of strings and numbers cannot fail; an empty
+        // object would only make `counterparty()` fall back to the id and name.
+        let json = serde_json::to_string(&counterparty).unwrap_or_default();
+        let Counterparty {
+            id,
+            inn,
+            manager_phone,
+            ..
+        } = &counterparty;
         let entry = Entry {
             say_name: render(&counterparty),
-            counterparty: Arc::new(counterparty),
+            json: json.into_boxed_str(),
+            has_manager: manager_phone
+                .as_deref()
+                .is_some_and(|m| !m.trim().is_empty()),
+            id: id.clone(),
+            inn: inn.clone().filter(|i| !i.is_empty()),
             source: Arc::clone(source),
             phones: phones.into_boxed_slice(),
         };
         (entry, unusable)
     }
 
-    pub fn phones(&self) -> &[PhoneKey] {
-        &self.phones
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
-    fn has_manager(&self) -> bool {
-        self.counterparty
-            .manager_phone
-            .as_deref()
-            .is_some_and(|m| !m.trim().is_empty())
+    pub fn inn(&self) -> Option<&str> {
+        self.inn.as_deref()
+    }
+
+    /// The record as canonical JSON, the shape of the contract.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// The full record, parsed back from its JSON.
+    pub fn counterparty(&self) -> Result<Counterparty, serde_json::Error> {
+        serde_json::from_str(&self.json)
+    }
+
+    pub fn phones(&self) -> &[PhoneKey] {
+        &self.phones
     }
 
     fn position_of(&self, phone: PhoneKey) -> usize {
@@ -64,9 +99,60 @@ impl Entry {
     /// later); then (3) has the lowest id in byte order, so the choice never
     /// depends on load order.
     fn wins_phone_over(&self, other: &Entry, phone: PhoneKey) -> bool {
-        let rank = |e: &Entry| (!e.has_manager(), e.position_of(phone));
-        (rank(self), &*self.counterparty.id) < (rank(other), &*other.counterparty.id)
+        let rank = |e: &Entry| (!e.has_manager, e.position_of(phone));
+        (rank(self), &*self.id) < (rank(other), &*other.id)
     }
+}
+
+/// Turns records into entries on every core: rendering and serializing a
+/// million records is most of a start-up from the snapshot.
+fn build_entries(
+    mut records: Vec<Counterparty>,
+    source: &Arc<str>,
+    render: Renderer,
+) -> (Arc<[Arc<Entry>]>, usize) {
+    const MIN_CHUNK: usize = 16_384;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = records.len().div_ceil(threads).max(MIN_CHUNK);
+    let mut chunks = Vec::new();
+    while records.len() > chunk {
+        let tail = records.split_off(records.len() - chunk);
+        chunks.push(tail);
+    }
+    chunks.push(records);
+    chunks.reverse(); // split_off took them from the back
+    let convert = |chunk: Vec<Counterparty>| -> (Vec<Arc<Entry>>, usize) {
+        let mut unusable = 0;
+        let entries = chunk
+            .into_iter()
+            .map(|c| {
+                let (entry, bad) = Entry::new(c, source, render);
+                unusable += bad;
+                Arc::new(entry)
+            })
+            .collect();
+        (entries, unusable)
+    };
+    let parts: Vec<(Vec<Arc<Entry>>, usize)> = if chunks.len() == 1 {
+        chunks.into_iter().map(convert).collect()
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|c| scope.spawn(move || convert(c)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        })
+    };
+    let unusable = parts.iter().map(|(_, u)| u).sum();
+    let entries = parts.into_iter().flat_map(|(e, _)| e).collect();
+    (entries, unusable)
 }
 
 /// What the directory knows about one source's record set.
@@ -91,7 +177,7 @@ pub struct Index {
     loaded: bool,
     /// Ordered by `loaded_at`, oldest first.
     sources: Vec<SourceSet>,
-    by_phone: HashMap<PhoneKey, Arc<Entry>>,
+    by_phone: HashMap<PhoneKey, Arc<Entry>, PhoneKeyHashing>,
     /// Sorted by id; a sorted vector costs 8 bytes a record, a map several times that.
     by_id: Vec<Arc<Entry>>,
     /// Records with an INN, sorted by it (INNs repeat: branches share one).
@@ -104,7 +190,7 @@ impl Index {
         Index {
             loaded: false,
             sources: Vec::new(),
-            by_phone: HashMap::new(),
+            by_phone: HashMap::default(),
             by_id: Vec::new(),
             by_inn: Vec::new(),
             ambiguous_phones: 0,
@@ -158,14 +244,14 @@ impl Index {
 
     pub fn by_id(&self, id: &str) -> Option<&Arc<Entry>> {
         self.by_id
-            .binary_search_by(|e| (*e.counterparty.id).cmp(id))
+            .binary_search_by(|e| (*e.id).cmp(id))
             .ok()
             .map(|i| &self.by_id[i])
     }
 
     pub fn by_inn(&self, inn: &str) -> &[Arc<Entry>] {
         fn inn_of(e: &Arc<Entry>) -> &str {
-            e.counterparty.inn.as_deref().unwrap_or_default()
+            e.inn.as_deref().unwrap_or_default()
         }
         let start = self.by_inn.partition_point(|e| inn_of(e) < inn);
         let end = start + self.by_inn[start..].partition_point(|e| inn_of(e) == inn);
@@ -182,15 +268,7 @@ impl Index {
         render: Renderer,
     ) -> (Index, ReplaceReport) {
         let name: Arc<str> = Arc::from(source);
-        let mut unusable_phones = 0;
-        let entries: Arc<[Arc<Entry>]> = records
-            .into_iter()
-            .map(|c| {
-                let (entry, unusable) = Entry::new(c, &name, render);
-                unusable_phones += unusable;
-                Arc::new(entry)
-            })
-            .collect();
+        let (entries, unusable_phones) = build_entries(records, &name, render);
         let new_set = SourceSet {
             info: SourceInfo {
                 name: Arc::clone(&name),
@@ -230,16 +308,17 @@ impl Index {
         let mut by_id: Vec<Arc<Entry>> = Vec::with_capacity(capacity);
         for set in sources.iter().rev() {
             for entry in set.entries.iter() {
-                if seen.insert(&entry.counterparty.id) {
+                if seen.insert(&entry.id) {
                     by_id.push(Arc::clone(entry));
                 }
             }
         }
         drop(seen);
-        by_id.sort_unstable_by(|a, b| a.counterparty.id.cmp(&b.counterparty.id));
+        by_id.sort_unstable_by(|a, b| a.id.cmp(&b.id));
 
         let phone_count: usize = by_id.iter().map(|e| e.phones.len()).sum();
-        let mut by_phone: HashMap<PhoneKey, Arc<Entry>> = HashMap::with_capacity(phone_count);
+        let mut by_phone: HashMap<PhoneKey, Arc<Entry>, PhoneKeyHashing> =
+            HashMap::with_capacity_and_hasher(phone_count, PhoneKeyHashing::default());
         let mut ambiguous: HashSet<PhoneKey> = HashSet::new();
         for entry in &by_id {
             for &phone in entry.phones.iter() {
@@ -258,12 +337,9 @@ impl Index {
         }
         by_phone.shrink_to_fit();
 
-        let mut by_inn: Vec<Arc<Entry>> = by_id
-            .iter()
-            .filter(|e| e.counterparty.inn.as_deref().is_some_and(|i| !i.is_empty()))
-            .cloned()
-            .collect();
-        by_inn.sort_by(|a, b| a.counterparty.inn.cmp(&b.counterparty.inn));
+        let mut by_inn: Vec<Arc<Entry>> =
+            by_id.iter().filter(|e| e.inn.is_some()).cloned().collect();
+        by_inn.sort_by(|a, b| a.inn.cmp(&b.inn));
 
         Index {
             loaded: true,

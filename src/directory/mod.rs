@@ -66,6 +66,20 @@ impl Directory {
         self.current.load().by_phone(phone).cloned()
     }
 
+    /// Runs `f` on the record answering for this phone (or `None`) and on
+    /// whether any directory is loaded, without cloning the `Arc`: the
+    /// SayName path copies the answer bytes out and needs nothing more.
+    #[inline]
+    pub fn with_phone<T>(
+        &self,
+        phone: Option<PhoneKey>,
+        f: impl FnOnce(Option<&Entry>, bool) -> T,
+    ) -> T {
+        let index = self.current.load();
+        let entry = phone.and_then(|p| index.by_phone(p)).map(|e| &**e);
+        f(entry, index.is_loaded())
+    }
+
     pub fn lookup_id(&self, id: &str) -> Option<Arc<Entry>> {
         self.current.load().by_id(id).cloned()
     }
@@ -139,10 +153,13 @@ mod tests {
         }
     }
 
+    fn name_of(e: &Entry) -> String {
+        e.counterparty().expect("entry json parses").name.into()
+    }
+
     fn name_for(dir: &Directory, phone: &str) -> Option<String> {
         let key = normalize(phone)?;
-        dir.lookup_phone(key)
-            .map(|e| e.counterparty.name.to_string())
+        dir.lookup_phone(key).map(|e| name_of(&e))
     }
 
     #[test]
@@ -266,9 +283,7 @@ mod tests {
             SystemTime::now(),
         );
         assert_eq!(
-            dir.lookup_id("2")
-                .map(|e| e.counterparty.name.to_string())
-                .as_deref(),
+            dir.lookup_id("2").map(|e| name_of(&e)).as_deref(),
             Some("B")
         );
         assert!(dir.lookup_id("3").is_none());
@@ -293,9 +308,7 @@ mod tests {
         );
         assert_eq!(name_for(&dir, "89160000001").as_deref(), Some("New"));
         assert_eq!(
-            dir.lookup_id("1")
-                .map(|e| e.counterparty.name.to_string())
-                .as_deref(),
+            dir.lookup_id("1").map(|e| name_of(&e)).as_deref(),
             Some("New")
         );
         assert_eq!(dir.snapshot().len(), 1);
@@ -317,10 +330,10 @@ mod tests {
                     let index = dir.snapshot();
                     let first = index
                         .by_phone(normalize("89160000000").expect("n"))
-                        .map(|e| e.counterparty.name.clone());
+                        .map(|e| name_of(e));
                     let last = index
                         .by_phone(normalize("89160001999").expect("n"))
-                        .map(|e| e.counterparty.name.clone());
+                        .map(|e| name_of(e));
                     assert_eq!(first, last, "a reader saw half a directory");
                 }
             })

@@ -8,6 +8,7 @@ mod auth;
 pub mod server;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -42,6 +43,8 @@ pub struct Front {
     directory: Arc<Directory>,
     health: Arc<SourceHealth>,
     metrics: Arc<Metrics>,
+    /// `cti_http_responses_total{endpoint="soap",status="200"}`, resolved once.
+    soap_ok_responses: prometheus::IntCounter,
 }
 
 impl Front {
@@ -67,6 +70,7 @@ impl Front {
             vats,
             directory,
             health,
+            soap_ok_responses: metrics.http_responses.with_label_values(&["soap", "200"]),
             metrics,
         }
     }
@@ -94,10 +98,14 @@ impl Front {
                 ),
             }
         };
-        self.metrics
-            .http_responses
-            .with_label_values(&[endpoint, response.status().as_str()])
-            .inc();
+        if endpoint == "soap" && response.status() == StatusCode::OK {
+            self.soap_ok_responses.inc();
+        } else {
+            self.metrics
+                .http_responses
+                .with_label_values(&[endpoint, response.status().as_str()])
+                .inc();
+        }
         Ok(response)
     }
 
@@ -161,8 +169,15 @@ impl Front {
         if declared_len.is_some_and(|n| n > MAX_SOAP_BODY as u64) {
             return too_large();
         }
-        let body = Limited::new(req.into_body(), MAX_SOAP_BODY);
-        let body = match tokio::time::timeout(self.body_read_timeout, body.collect()).await {
+        let collect = Limited::new(req.into_body(), MAX_SOAP_BODY).collect();
+        tokio::pin!(collect);
+        // The PBX's request usually arrives in one packet with its headers: the
+        // body is then complete at the first poll and no timer is armed for it.
+        let collected = match poll_once(collect.as_mut()) {
+            Some(done) => Ok(done),
+            None => tokio::time::timeout(self.body_read_timeout, collect).await,
+        };
+        let body = match collected {
             Ok(Ok(collected)) => collected.to_bytes(),
             Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
             Ok(Err(e)) => {
@@ -295,6 +310,16 @@ impl Front {
             StatusCode::SERVICE_UNAVAILABLE
         };
         json(status, &body)
+    }
+}
+
+/// Polls a future once, with a waker that does nothing: `Some` if it was
+/// already complete. A `None` leaves the future as it was, to be awaited.
+fn poll_once<F: Future>(fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
     }
 }
 

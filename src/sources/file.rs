@@ -216,11 +216,7 @@ impl FileSource {
         let Some(entries) = self.directory.snapshot().source_records(SOURCE) else {
             return;
         };
-        let records: Arc<[Arc<Counterparty>]> = entries
-            .iter()
-            .map(|e| Arc::clone(&e.counterparty))
-            .collect();
-        if let Err(e) = self.store.replace_source(SOURCE, print, records).await {
+        if let Err(e) = self.store.replace_source(SOURCE, print, entries).await {
             tracing::error!(error = %e, "directory snapshot not saved; a restart would start from the previous snapshot");
         }
     }

@@ -32,7 +32,6 @@ mod schema;
 mod snapshot;
 mod writer;
 
-use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,6 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::directory::Counterparty;
 pub use error::StoreError;
 use metrics::Metrics;
+pub use snapshot::SnapshotRecord;
 use writer::Command;
 
 /// Most idle read connections kept for reuse.
@@ -261,7 +261,7 @@ impl Store {
         records: Arc<[R]>,
     ) -> Result<(), StoreError>
     where
-        R: Borrow<Counterparty> + Send + Sync + 'static,
+        R: SnapshotRecord + 'static,
     {
         let records: Arc<dyn snapshot::RecordSet> = Arc::new(snapshot::Held(records));
         let generation = self.inner.generation.load(Ordering::Acquire);

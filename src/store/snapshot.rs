@@ -10,7 +10,6 @@
 //! asked (see [`plan`]); the writer then only applies the plan, unless the
 //! snapshot changed in between, in which case it walks again itself.
 
-use std::borrow::Borrow;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,25 +17,63 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection};
 
 use super::{read, StoreError};
-use crate::directory::Counterparty;
+use crate::directory::{Counterparty, Entry};
 
-/// The records of a replace, whatever holds them: the directory hands out
-/// `Arc<Counterparty>`, tests and simple callers plain `Counterparty`.
+/// A record the snapshot can hold: its id and its JSON row body. The
+/// directory's entries carry their JSON already, so a snapshot of a
+/// million entries copies bytes instead of serializing records again.
+pub trait SnapshotRecord: Send + Sync {
+    fn id(&self) -> &str;
+    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error>;
+}
+
+impl SnapshotRecord for Counterparty {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(buf, self)
+    }
+}
+
+impl SnapshotRecord for Entry {
+    fn id(&self) -> &str {
+        Entry::id(self)
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        buf.extend_from_slice(self.json().as_bytes());
+        Ok(())
+    }
+}
+
+impl<T: SnapshotRecord + ?Sized> SnapshotRecord for Arc<T> {
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        (**self).encode(buf)
+    }
+}
+
+/// The records of a replace, whatever holds them.
 pub(super) trait RecordSet: Send + Sync {
     fn len(&self) -> usize;
-    fn get(&self, i: usize) -> &Counterparty;
+    fn get(&self, i: usize) -> &dyn SnapshotRecord;
 }
 
 /// A shared slice of records as a [`RecordSet`].
 pub(super) struct Held<R>(pub Arc<[R]>);
 
-impl<R: Borrow<Counterparty> + Send + Sync> RecordSet for Held<R> {
+impl<R: SnapshotRecord> RecordSet for Held<R> {
     fn len(&self) -> usize {
         self.0.len()
     }
 
-    fn get(&self, i: usize) -> &Counterparty {
-        self.0[i].borrow()
+    fn get(&self, i: usize) -> &dyn SnapshotRecord {
+        &self.0[i]
     }
 }
 
@@ -104,11 +141,11 @@ pub(super) fn diff_rows(
     let mut rows = stmt.query([source])?;
     while let Some(row) = rows.next()? {
         let id = read::text(row.get_ref(0)?, 0)?;
-        while next < sorted.len() && &*records.get(sorted[next]).id < id {
+        while next < sorted.len() && records.get(sorted[next]).id() < id {
             ops.push(RowOp::Insert(sorted[next]));
             next += 1;
         }
-        if next < sorted.len() && &*records.get(sorted[next]).id == id {
+        if next < sorted.len() && records.get(sorted[next]).id() == id {
             encode(records.get(sorted[next]), buf)?;
             match row.get_ref(1)? {
                 ValueRef::Text(body) if body == buf.as_slice() => unchanged += 1,
@@ -149,12 +186,12 @@ pub(super) fn apply(
 fn sorted_last_per_id(records: &dyn RecordSet) -> Vec<usize> {
     let mut sorted: Vec<usize> = (0..records.len()).collect();
     // Stable: records with the same id stay in their given order...
-    sorted.sort_by(|&a, &b| records.get(a).id.cmp(&records.get(b).id));
+    sorted.sort_by(|&a, &b| records.get(a).id().cmp(records.get(b).id()));
     // ...so keeping the last of each run keeps the last given.
     let mut kept: Vec<usize> = Vec::with_capacity(sorted.len());
     for i in sorted {
         match kept.last_mut() {
-            Some(last) if records.get(*last).id == records.get(i).id => *last = i,
+            Some(last) if records.get(*last).id() == records.get(i).id() => *last = i,
             _ => kept.push(i),
         }
     }
@@ -162,9 +199,10 @@ fn sorted_last_per_id(records: &dyn RecordSet) -> Vec<usize> {
 }
 
 /// The record as its row body, in `buf`.
-fn encode(record: &Counterparty, buf: &mut Vec<u8>) -> rusqlite::Result<()> {
+fn encode(record: &dyn SnapshotRecord, buf: &mut Vec<u8>) -> rusqlite::Result<()> {
     buf.clear();
-    serde_json::to_writer(&mut *buf, record)
+    record
+        .encode(buf)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
@@ -173,13 +211,13 @@ fn encode(record: &Counterparty, buf: &mut Vec<u8>) -> rusqlite::Result<()> {
 pub(super) fn put_row(
     conn: &Connection,
     source: &str,
-    record: &Counterparty,
+    record: &dyn SnapshotRecord,
     buf: &mut Vec<u8>,
 ) -> rusqlite::Result<()> {
     encode(record, buf)?;
     let body = std::str::from_utf8(buf)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    let id: &str = &record.id;
+    let id: &str = record.id();
     conn.prepare_cached(
         "INSERT INTO counterparties (source, id, body) VALUES (?1, ?2, ?3)
          ON CONFLICT (source, id) DO UPDATE SET body = excluded.body",
