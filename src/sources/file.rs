@@ -84,6 +84,25 @@ fn fingerprint(bytes: &[u8]) -> String {
     format!("{}-{:016x}", bytes.len(), h.finish())
 }
 
+/// [`fingerprint`] of a file's content, read in pieces. SipHash is a
+/// stream: hashing the pieces in order equals hashing the whole.
+fn fingerprint_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut h = std::hash::DefaultHasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.write(&buf[..n]);
+        len += n as u64;
+    }
+    Ok(format!("{len}-{:016x}", h.finish()))
+}
+
 /// Size and modification time: what the watcher compares between checks.
 type FileStamp = Option<(u64, Option<SystemTime>)>;
 
@@ -172,15 +191,26 @@ impl FileSource {
         if meta.len() > MAX_FILE_BYTES {
             return Err(FileError::TooLarge { path });
         }
-        let bytes = tokio::fs::read(&path).await.map_err(io_err)?;
         let directory = Arc::clone(&self.directory);
         let outcome = tokio::task::spawn_blocking(move || -> Result<_, FileError> {
+            let io_err = |source| FileError::Io {
+                path: path.clone(),
+                source,
+            };
+            let loaded = |print: &str| {
+                directory
+                    .snapshot()
+                    .sources()
+                    .any(|s| &*s.name == SOURCE && s.fingerprint.as_deref() == Some(print))
+            };
+            // Hashing streams the file: an unchanged file (every restart) is
+            // never held in memory whole.
+            if loaded(&fingerprint_file(&path).map_err(io_err)?) {
+                return Ok(None);
+            }
+            let bytes = std::fs::read(&path).map_err(io_err)?;
             let print = fingerprint(&bytes);
-            let current = directory.snapshot();
-            let unchanged = current
-                .sources()
-                .any(|s| &*s.name == SOURCE && s.fingerprint.as_deref() == Some(print.as_str()));
-            if unchanged {
+            if loaded(&print) {
                 return Ok(None);
             }
             let records = parse_jsonl(&bytes)?;
@@ -305,6 +335,18 @@ mod tests {
         let demo = include_bytes!("../../data/demo/counterparties.jsonl");
         let records = parse_jsonl(demo).expect("demo file must be valid");
         assert!(records.len() >= 40, "{} records", records.len());
+    }
+
+    #[test]
+    fn streamed_fingerprint_equals_the_whole_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f.jsonl");
+        let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).expect("write");
+        assert_eq!(
+            fingerprint_file(&path).expect("read"),
+            fingerprint(&content)
+        );
     }
 
     #[test]
