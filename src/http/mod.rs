@@ -343,8 +343,30 @@ fn soap_response(reply: SoapReply) -> Response<Body> {
     response
 }
 
+/// Unix second of the last "bad credentials" warning: a misconfigured PBX or
+/// a password guesser must not write a log line per request.
+static LAST_AUTH_WARNING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+const AUTH_WARNING_EVERY_S: u64 = 60;
+
 fn unauthorized(version: SoapVersion, failure: AuthFailure) -> Response<Body> {
-    tracing::warn!(reason = %failure, "SOAP request refused: bad credentials");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_AUTH_WARNING.load(std::sync::atomic::Ordering::Relaxed);
+    if now >= last + AUTH_WARNING_EVERY_S
+        && LAST_AUTH_WARNING
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        tracing::warn!(reason = %failure, "SOAP request refused: bad credentials (repeats within a minute are counted in cti_http_responses_total{{status=\"401\"}}, not logged)");
+    } else {
+        tracing::debug!(reason = %failure, "SOAP request refused: bad credentials");
+    }
     let reply = SoapReply::fault(version, FaultCode::Client, &failure.to_string());
     let mut response = with_status(soap_response(reply), StatusCode::UNAUTHORIZED);
     response.headers_mut().insert(

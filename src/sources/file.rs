@@ -117,6 +117,8 @@ pub struct FileSource {
     /// The stamp of the file as last read, so a change made between the
     /// first load and the start of the watcher is not missed.
     last_read: std::sync::Mutex<FileStamp>,
+    /// The latest background snapshot save; the next one waits for it.
+    pending_save: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     interval: Duration,
     directory: Arc<Directory>,
     store: Store,
@@ -136,6 +138,7 @@ impl FileSource {
         FileSource {
             path,
             last_read: std::sync::Mutex::new(None),
+            pending_save: std::sync::Mutex::new(None),
             interval,
             directory,
             store,
@@ -236,18 +239,41 @@ impl FileSource {
             unusable_phones = report.unusable_phones,
             "directory file loaded"
         );
-        self.save_snapshot(&print).await;
+        self.save_snapshot(print);
         Ok(Some(report))
     }
 
     /// Writes this source's records to the store, so a restart answers at
-    /// once. A failure is logged; the directory in memory is already serving.
-    async fn save_snapshot(&self, print: &str) {
+    /// once. It runs in the background: the directory is already serving, and
+    /// a first save of a million records takes seconds. Saves run in the
+    /// order of the loads (each waits for the one before); a failure is
+    /// logged, and only costs a re-read of the file at the next start.
+    fn save_snapshot(&self, print: String) {
         let Some(entries) = self.directory.snapshot().source_records(SOURCE) else {
             return;
         };
-        if let Err(e) = self.store.replace_source(SOURCE, print, entries).await {
-            tracing::error!(error = %e, "directory snapshot not saved; a restart would start from the previous snapshot");
+        let store = self.store.clone();
+        let mut pending = self.pending_save.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = pending.take();
+        *pending = Some(tokio::spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            if let Err(e) = store.replace_source(SOURCE, &print, entries).await {
+                tracing::error!(error = %e, "directory snapshot not saved; the next start re-reads the file");
+            }
+        }));
+    }
+
+    /// Waits for the snapshot saves started so far.
+    async fn finish_saves(&self) {
+        let pending = self
+            .pending_save
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = pending {
+            let _ = task.await;
         }
     }
 
@@ -270,7 +296,10 @@ impl FileSource {
                 }
             };
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    self.finish_saves().await;
+                    return;
+                }
                 changed = reload.changed() => {
                     if changed.is_err() {
                         return; // the gateway is gone
