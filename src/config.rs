@@ -177,6 +177,14 @@ pub struct PopupConfig {
     pub replay_age: Duration,
     /// Messages queued for one screen before it counts as not reading and is cut off.
     pub queue_len: usize,
+    /// How often WebSocket screens are pinged; a screen from which nothing
+    /// has come for two intervals is dropped.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Longest a long-poll request waits for a message (its `wait=` is
+    /// clamped to this); at most 60 s, as the contract says.
+    #[serde(with = "humantime_serde")]
+    pub long_poll_max_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -252,6 +260,8 @@ impl Default for PopupConfig {
             replay_len: 50,
             replay_age: Duration::from_secs(120),
             queue_len: 64,
+            ping_interval: Duration::from_secs(25),
+            long_poll_max_wait: Duration::from_secs(60),
         }
     }
 }
@@ -414,6 +424,16 @@ impl Config {
         if self.popup.replay_len == 0 || self.popup.queue_len == 0 {
             return Err(self.invalid("popup", "replay_len and queue_len must be at least 1"));
         }
+        if self.popup.ping_interval < Duration::from_millis(100)
+            || self.popup.ping_interval > Duration::from_secs(3600)
+        {
+            return Err(self.invalid("popup.ping_interval", "must be between 100ms and 1h"));
+        }
+        if self.popup.long_poll_max_wait < Duration::from_secs(1)
+            || self.popup.long_poll_max_wait > Duration::from_secs(60)
+        {
+            return Err(self.invalid("popup.long_poll_max_wait", "must be between 1s and 60s"));
+        }
         let mut keys = std::collections::HashSet::new();
         let mut tokens = std::collections::HashSet::new();
         for (i, op) in self.operators.iter().enumerate() {
@@ -534,6 +554,23 @@ mod tests {
         );
         let err = parse(&text).expect_err("duplicate key");
         assert!(err.to_string().contains("operator[1].key"), "{err}");
+    }
+
+    #[test]
+    fn screen_transport_timings_have_defaults_and_bounds() {
+        let c = parse(MINIMAL).expect("config");
+        assert_eq!(c.popup.ping_interval, Duration::from_secs(25));
+        assert_eq!(c.popup.long_poll_max_wait, Duration::from_secs(60));
+        for (key, value) in [
+            ("ping_interval", "50ms"),
+            ("ping_interval", "2h"),
+            ("long_poll_max_wait", "0s"),
+            ("long_poll_max_wait", "61s"),
+        ] {
+            let err = parse(&format!("{MINIMAL}[popup]\n{key} = \"{value}\"\n"))
+                .expect_err("out of bounds");
+            assert!(err.to_string().contains(&format!("popup.{key}")), "{err}");
+        }
     }
 
     #[test]

@@ -108,6 +108,7 @@ impl Gateway {
             Arc::clone(&directory),
             Arc::clone(&health),
             Arc::clone(&metrics),
+            Arc::clone(&hub),
         ));
         let stop_server = Arc::new(Notify::new());
         let server = {
@@ -214,6 +215,10 @@ impl Gateway {
     /// `server.shutdown_grace`), closes screens and flushes the store.
     pub async fn shutdown(self) {
         self.stop_server.notify_one();
+        // Screens first: WebSocket screens get their close 1001 and waiting
+        // long-polls answer at once, instead of holding the server's grace
+        // period. Calls still in flight are still numbered and journaled.
+        self.hub.shutdown();
         if let Err(e) = self.server.await {
             tracing::error!(error = %e, "server task failed");
         }
@@ -221,7 +226,6 @@ impl Gateway {
         for task in self.sources {
             let _ = task.await;
         }
-        self.hub.shutdown();
         self.store.close().await;
         tracing::info!("stopped");
     }

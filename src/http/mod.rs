@@ -21,6 +21,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
+use crate::popup::{self, Hub, OperatorInfo, ScreenQuery, TransportConfig};
 use crate::soap::{self, FaultCode, SoapVersion};
 use crate::sources::SourceHealth;
 use crate::vats::{SoapReply, Vats};
@@ -43,6 +44,9 @@ pub struct Front {
     directory: Arc<Directory>,
     health: Arc<SourceHealth>,
     metrics: Arc<Metrics>,
+    /// The pop-up hub the operator screens' transports read from.
+    hub: Arc<Hub>,
+    screens: TransportConfig,
     /// `cti_http_responses_total{endpoint="soap",status="200"}`, resolved once.
     soap_ok_responses: prometheus::IntCounter,
 }
@@ -54,6 +58,7 @@ impl Front {
         directory: Arc<Directory>,
         health: Arc<SourceHealth>,
         metrics: Arc<Metrics>,
+        hub: Arc<Hub>,
     ) -> Front {
         let password = config
             .soap
@@ -72,6 +77,11 @@ impl Front {
             health,
             soap_ok_responses: metrics.http_responses.with_label_values(&["soap", "200"]),
             metrics,
+            hub,
+            screens: TransportConfig {
+                ping_interval: config.popup.ping_interval,
+                long_poll_max_wait: config.popup.long_poll_max_wait,
+            },
         }
     }
 
@@ -92,6 +102,10 @@ impl Front {
                 (&Method::GET, "/metrics") => ("metrics", self.metrics_endpoint()),
                 (&Method::GET, "/healthz") => ("healthz", text(StatusCode::OK, "ok\n")),
                 (&Method::GET, "/readyz") => ("readyz", self.readyz()),
+                (&Method::GET, "/operator/ws") => ("operator_ws", self.operator_ws(req)),
+                (&Method::GET, "/operator/events") => {
+                    ("operator_events", self.operator_events(req).await)
+                }
                 _ => (
                     "other",
                     json_error(StatusCode::NOT_FOUND, "no such endpoint"),
@@ -202,6 +216,87 @@ impl Front {
             }
         };
         soap_response(self.vats.answer(&body, version).await)
+    }
+
+    /// `GET /operator/ws?token=T[&after=N]`: the token is checked before
+    /// anything else (401, and no handshake), then `after`, then the handshake.
+    fn operator_ws(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let (operator, query) = match self.screen(req.uri().query()) {
+            Ok(found) => found,
+            Err((status, message)) => return json_error(status, &message),
+        };
+        let after = match query.after() {
+            Ok(after) => after,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
+        };
+        let handshake = match popup::websocket::Handshake::check(&mut req) {
+            Ok(handshake) => handshake,
+            Err(refusal) => {
+                let mut response = json_error(refusal.status, refusal.message);
+                response.headers_mut().extend(refusal.headers());
+                return response;
+            }
+        };
+        match handshake.accept(&self.hub, &operator, after, self.screens.ping_interval) {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::error!(error = %e, key = %operator.key, "operator screen not subscribed");
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot subscribe")
+            }
+        }
+    }
+
+    /// `GET /operator/events?token=T&after=N[&wait=S]`: the long-poll.
+    async fn operator_events(&self, req: Request<Incoming>) -> Response<Body> {
+        let (operator, query) = match self.screen(req.uri().query()) {
+            Ok(found) => found,
+            Err((status, message)) => return json_error(status, &message),
+        };
+        let (after, wait) = match (query.after(), query.wait_secs()) {
+            (Ok(after), Ok(wait)) => (after, wait),
+            (Err(e), _) | (_, Err(e)) => return json_error(StatusCode::BAD_REQUEST, &e),
+        };
+        let wait = popup::long_poll::wait_for(wait, self.screens.long_poll_max_wait);
+        match popup::long_poll::poll(&self.hub, &operator.key, after, wait).await {
+            Ok(body) => {
+                let mut response = Response::new(Full::new(Bytes::from(body)));
+                let headers = response.headers_mut();
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+            }
+            Err(e) => {
+                tracing::error!(error = %e, key = %operator.key, "long-poll failed");
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read messages")
+            }
+        }
+    }
+
+    /// The operator whose screen this is, from `?token=`; a 400 for a query
+    /// that cannot be read, a 401 for a missing or unknown token.
+    fn screen(
+        &self,
+        query: Option<&str>,
+    ) -> Result<(OperatorInfo, ScreenQuery), (StatusCode, String)> {
+        let query = ScreenQuery::parse(query).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        let Some(token) = query.token() else {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "missing token: connect with ?token=<this screen's token>".into(),
+            ));
+        };
+        match self.hub.operator_for_token(token) {
+            Some(operator) => Ok((operator, query)),
+            None => {
+                // Debug only: a screen with an outdated token retries for ever;
+                // refusals are counted in cti_http_responses_total.
+                tracing::debug!("operator screen refused: unknown token");
+                Err((StatusCode::UNAUTHORIZED, "unknown token".into()))
+            }
+        }
     }
 
     fn wsdl(&self, req: &Request<Incoming>) -> Response<Body> {

@@ -1,0 +1,504 @@
+//! The WebSocket transport: `GET /operator/ws?token=T[&after=N]`.
+//!
+//! The HTTP front authenticates the token and parses `after`; this module
+//! checks that the request is a WebSocket handshake ([`Handshake::check`]),
+//! subscribes to the hub *before* the `101` goes out (so a screen that has
+//! its `101` cannot miss a message published after it), and runs one task
+//! per screen that writes each [`Message::json`](super::Message) as a text
+//! frame.
+//!
+//! What a screen can rely on, and what it must do:
+//!
+//! - Keep-alive: the gateway pings every `popup.ping_interval`; a screen
+//!   from which no frame at all (a pong, typically) has come for two
+//!   intervals is dropped, and so is one whose socket takes more than an
+//!   interval to accept a frame. Browsers and tungstenite answer pings by
+//!   themselves.
+//! - Bounded input: a screen has nothing to say but pongs and a close. Frames
+//!   over [`MAX_CLIENT_MESSAGE`] bytes are refused (close 1009); more than
+//!   [`MAX_CLIENT_FRAMES_PER_INTERVAL`] frames within one ping interval are a
+//!   flood (close 1008).
+//! - Close codes from the gateway: 1013 (try again later) when the screen was
+//!   cut off for not reading fast enough, with the reason
+//!   `too slow: reconnect with after=<last seq sent>`; 1001 (going away) on
+//!   shutdown; 1008 for a flood or a missing pong; 1009 for a frame too big;
+//!   1002/1007 for protocol or UTF-8 errors. A screen reconnects with
+//!   `after=<last seq it saw>` and catches up from the replay buffer.
+//! - Bounded output: the socket's kernel send buffer is capped at
+//!   [`SEND_BUFFER`], so a screen that stops reading backs up into its hub
+//!   queue (`popup.queue_len`) within a few dozen messages and is cut off,
+//!   instead of the kernel buffering megabytes for it.
+//!
+//! Nothing here runs on the PBX's request path: the hub hands messages over
+//! with `try_send`, and each screen's task does its own writing.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use super::{Closed, Hub, HubError, OperatorInfo, Subscription};
+
+/// Largest frame or message a screen may send (it only ever sends pongs and
+/// a close, a few bytes each).
+pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+/// Frames a screen may send within one ping interval before it counts as a
+/// flood: one pong is normal, a few pings of its own are tolerated.
+pub const MAX_CLIENT_FRAMES_PER_INTERVAL: u32 = 16;
+/// Kernel send buffer asked for each screen's socket (Linux doubles it).
+pub const SEND_BUFFER: usize = 32 * 1024;
+/// How long a close handshake may take before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The one protocol version (RFC 6455).
+const VERSION: &str = "13";
+
+/// Why a request is not a WebSocket handshake this gateway accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// 400, or 426 (Upgrade Required) for a protocol version other than 13:
+    /// the answer must then carry `Sec-WebSocket-Version: 13` (RFC 6455 §4.4),
+    /// see [`Refusal::headers`].
+    pub status: StatusCode,
+    pub message: &'static str,
+}
+
+impl Refusal {
+    fn bad(message: &'static str) -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            message,
+        }
+    }
+
+    /// Headers the refusal must carry.
+    pub fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
+        if self.status == StatusCode::UPGRADE_REQUIRED {
+            vec![(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static(VERSION),
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// A request checked to be a WebSocket handshake, with its upgrade taken.
+pub struct Handshake {
+    accept: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshake").finish_non_exhaustive()
+    }
+}
+
+impl Handshake {
+    /// Checks RFC 6455's opening handshake (§4.2.1): HTTP/1.1 GET with
+    /// `Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`
+    /// and a `Sec-WebSocket-Key` of 16 bytes in base64. No subprotocol and no
+    /// extension is ever agreed to.
+    pub fn check<B>(req: &mut Request<B>) -> Result<Handshake, Refusal> {
+        let headers = req.headers();
+        if req.version() != Version::HTTP_11 {
+            return Err(Refusal::bad("a WebSocket handshake needs HTTP/1.1"));
+        }
+        if !has_token(headers, &header::CONNECTION, "upgrade")
+            || !has_token(headers, &header::UPGRADE, "websocket")
+        {
+            return Err(Refusal::bad(
+                "not a WebSocket handshake: send Connection: Upgrade and Upgrade: websocket",
+            ));
+        }
+        match single(headers, &header::SEC_WEBSOCKET_VERSION) {
+            None => {
+                return Err(Refusal::bad(
+                    "not a WebSocket handshake: Sec-WebSocket-Version is missing",
+                ))
+            }
+            Some(v) if v.as_bytes() == VERSION.as_bytes() => {}
+            Some(_) => {
+                return Err(Refusal {
+                    status: StatusCode::UPGRADE_REQUIRED,
+                    message: "unsupported WebSocket version: this gateway speaks version 13",
+                })
+            }
+        }
+        let key = single(headers, &header::SEC_WEBSOCKET_KEY)
+            .filter(|k| is_valid_key(k.as_bytes()))
+            .ok_or(Refusal::bad(
+                "not a WebSocket handshake: Sec-WebSocket-Key is missing or not 16 bytes in base64",
+            ))?;
+        let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+            .map_err(|_| Refusal::bad("Sec-WebSocket-Key cannot be answered"))?;
+        let on_upgrade = hyper::upgrade::on(req);
+        Ok(Handshake { accept, on_upgrade })
+    }
+
+    /// Subscribes the screen to its operator's key (with `after`, see
+    /// [`Hub::subscribe`]), starts the screen's task and returns the `101`.
+    pub fn accept(
+        self,
+        hub: &Hub,
+        operator: &OperatorInfo,
+        after: Option<u64>,
+        ping_interval: Duration,
+    ) -> Result<Response<Full<Bytes>>, HubError> {
+        // Where the screen stands if it is cut off before it is sent anything.
+        let resume = match after {
+            Some(n) => n,
+            None => hub.last_seq(&operator.key).ok_or(HubError::UnknownKey)?,
+        };
+        let subscription = hub.subscribe(&operator.key, after)?;
+        tracing::debug!(key = %operator.key, operator = %operator.name, after, "operator screen connected (WebSocket)");
+        let operator = operator.clone();
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            let end = match on_upgrade.await {
+                Ok(upgraded) => run(upgraded, subscription, resume, ping_interval).await,
+                Err(e) => End::Broken(format!("upgrade failed: {e}")),
+            };
+            end.log(&operator);
+        });
+
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, self.accept);
+        Ok(response)
+    }
+}
+
+/// Whether a comma-separated header (any of its lines) lists `token`.
+fn has_token(headers: &HeaderMap, name: &header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The header's value if it is given exactly once.
+fn single<'a>(headers: &'a HeaderMap, name: &header::HeaderName) -> Option<&'a HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    values.next().is_none().then_some(first)
+}
+
+/// A key is 16 random bytes in base64: 24 characters ending in `==`.
+fn is_valid_key(key: &[u8]) -> bool {
+    use base64::Engine as _;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|k| k.len() == 16)
+}
+
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        // Many screens, each reading a pong now and then: small buffers.
+        .read_buffer_size(MAX_CLIENT_MESSAGE)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE))
+}
+
+/// Takes the socket back from hyper and serves the screen until it ends.
+async fn run(
+    upgraded: hyper::upgrade::Upgraded,
+    subscription: Subscription,
+    resume: u64,
+    ping_interval: Duration,
+) -> End {
+    // The server hands hyper a `TokioIo<TcpStream>`: take the plain socket
+    // back (to cap its send buffer) with what hyper read past the request.
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let tcp = parts.io.into_inner();
+            if let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER) {
+                tracing::debug!(error = %e, "cannot cap a screen's send buffer");
+            }
+            let ws = WebSocketStream::from_partially_read(
+                tcp,
+                parts.read_buf.to_vec(),
+                Role::Server,
+                Some(config()),
+            )
+            .await;
+            serve(ws, subscription, resume, ping_interval).await
+        }
+        Err(upgraded) => {
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config()),
+            )
+            .await;
+            serve(ws, subscription, resume, ping_interval).await
+        }
+    }
+}
+
+/// How a screen's connection ended, for the log.
+#[derive(Debug)]
+enum End {
+    /// The screen sent a close frame.
+    ClientClosed,
+    /// The connection ended without a close frame.
+    ClientGone,
+    /// Cut off by the hub for not reading (close 1013).
+    Slow,
+    /// The hub shut down (close 1001).
+    Shutdown,
+    /// No frame for two ping intervals.
+    Dead,
+    /// A frame could not be written within a ping interval.
+    Stalled,
+    /// Too many frames from the screen (close 1008).
+    Flood,
+    /// A frame over the limit (close 1009).
+    TooBig,
+    /// A protocol or I/O error.
+    Broken(String),
+}
+
+impl End {
+    fn log(&self, operator: &OperatorInfo) {
+        let (key, name) = (&operator.key, &operator.name);
+        match self {
+            End::ClientClosed | End::ClientGone | End::Shutdown => {
+                tracing::debug!(%key, operator = %name, end = ?self, "operator screen disconnected");
+            }
+            End::Broken(error) => {
+                tracing::debug!(%key, operator = %name, %error, "operator screen connection failed");
+            }
+            End::Slow | End::Dead | End::Stalled | End::Flood | End::TooBig => {
+                tracing::info!(%key, operator = %name, end = ?self, "operator screen dropped");
+            }
+        }
+    }
+}
+
+/// What is left to do with the socket once the screen's loop is over.
+enum Then {
+    /// Send this close frame and wait, briefly, for the screen's answer.
+    Close(CloseCode, Utf8Bytes),
+    /// The screen closed: let tungstenite send the answering close.
+    Finish,
+    /// Nothing can be said any more: drop the socket.
+    Drop,
+}
+
+/// Serves a screen until it ends. The subscription is dropped (the hub stops
+/// queuing to this screen) before the closing handshake.
+async fn serve<S>(
+    mut ws: WebSocketStream<S>,
+    subscription: Subscription,
+    resume: u64,
+    ping_interval: Duration,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (end, then) = pump(&mut ws, subscription, resume, ping_interval).await;
+    match then {
+        Then::Close(code, reason) => {
+            let frame = CloseFrame { code, reason };
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                if ws.close(Some(frame)).await.is_ok() {
+                    drain(&mut ws).await;
+                }
+            })
+            .await;
+        }
+        Then::Finish => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain(&mut ws)).await;
+        }
+        Then::Drop => {}
+    }
+    end
+}
+
+/// The screen's loop: messages out, pongs in, a ping every interval.
+async fn pump<S>(
+    ws: &mut WebSocketStream<S>,
+    mut subscription: Subscription,
+    mut resume: u64,
+    ping_interval: Duration,
+) -> (End, Then)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let close = |code, reason: &str| Then::Close(code, Utf8Bytes::from(reason));
+    let started = Instant::now();
+    let mut ping = tokio::time::interval_at(started + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = started;
+    let mut frames_this_interval: u32 = 0;
+    loop {
+        tokio::select! {
+            // Frames from the screen first: a pong waiting to be read must
+            // count before the keep-alive check.
+            biased;
+            frame = ws.next() => match frame {
+                None => return (End::ClientGone, Then::Drop),
+                Some(Ok(WsMessage::Close(_))) => return (End::ClientClosed, Then::Finish),
+                Some(Ok(_)) => {
+                    last_heard = Instant::now();
+                    frames_this_interval += 1;
+                    if frames_this_interval > MAX_CLIENT_FRAMES_PER_INTERVAL {
+                        return (End::Flood, close(CloseCode::Policy, "too many frames: a screen sends only pongs and close"));
+                    }
+                }
+                Some(Err(e)) => return match e {
+                    WsError::Capacity(_) => (End::TooBig, close(CloseCode::Size, "frame too big: a screen sends only pongs and close")),
+                    WsError::Utf8(_) => (End::Broken(e.to_string()), close(CloseCode::Invalid, "text frame is not UTF-8")),
+                    WsError::Protocol(_) => (End::Broken(e.to_string()), close(CloseCode::Protocol, "WebSocket protocol error")),
+                    // I/O errors: the connection is gone, nothing to say.
+                    _ => (End::Broken(e.to_string()), Then::Drop),
+                },
+            },
+            _ = ping.tick() => {
+                frames_this_interval = 0;
+                if last_heard.elapsed() > 2 * ping_interval {
+                    return (End::Dead, close(CloseCode::Policy, "no answer to ping"));
+                }
+                if let Err(end) = send(ws, WsMessage::Ping(Bytes::new()), ping_interval).await {
+                    return (end, Then::Drop);
+                }
+            },
+            next = subscription.recv() => match next {
+                Ok(message) => {
+                    let text = WsMessage::Text(Utf8Bytes::from(&*message.json));
+                    if let Err(end) = send(ws, text, ping_interval).await {
+                        return (end, Then::Drop);
+                    }
+                    resume = message.seq;
+                }
+                Err(Closed::SlowConsumer) => {
+                    let reason = format!("too slow: reconnect with after={resume}");
+                    return (End::Slow, Then::Close(CloseCode::Again, reason.into()));
+                }
+                Err(Closed::HubShutdown) => {
+                    return (End::Shutdown, close(CloseCode::Away, "gateway shutting down"));
+                }
+            },
+        }
+    }
+}
+
+/// Sends one frame within `limit`: a socket that takes longer belongs to a
+/// screen that does not read ([`End::Stalled`]).
+async fn send<S>(ws: &mut WebSocketStream<S>, frame: WsMessage, limit: Duration) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(limit, ws.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(End::Broken(e.to_string())),
+        Err(_) => Err(End::Stalled),
+    }
+}
+
+/// Reads (and drops) frames until the close handshake is over.
+async fn drain<S>(ws: &mut WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(Ok(_)) = ws.next().await {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::get("/operator/ws?token=x");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).expect("request")
+    }
+
+    const GOOD: [(&str, &str); 4] = [
+        ("Connection", "keep-alive, Upgrade"),
+        ("Upgrade", "WebSocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+
+    #[test]
+    fn a_handshake_is_answered_with_the_rfc_accept_key() {
+        let mut req = request(&GOOD);
+        let handshake = Handshake::check(&mut req).expect("a handshake");
+        // RFC 6455 §1.3's example.
+        assert_eq!(handshake.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn what_is_not_a_handshake_is_refused() {
+        let without = |name: &str| -> Vec<(&str, &str)> {
+            GOOD.iter().copied().filter(|(n, _)| *n != name).collect()
+        };
+        let with = |name: &'static str, value: &'static str| -> Vec<(&str, &str)> {
+            let mut h = without(name);
+            h.push((name, value));
+            h
+        };
+        for headers in [
+            without("Connection"),
+            without("Upgrade"),
+            without("Sec-WebSocket-Version"),
+            without("Sec-WebSocket-Key"),
+            with("Upgrade", "h2c"),
+            with("Connection", "keep-alive"),
+            with("Sec-WebSocket-Key", "short"),
+            with("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ"),
+            with("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZSEh"),
+        ] {
+            let refusal = Handshake::check(&mut request(&headers)).expect_err("refused");
+            assert_eq!(refusal.status, StatusCode::BAD_REQUEST, "{headers:?}");
+            assert!(refusal.headers().is_empty());
+        }
+        let refusal = Handshake::check(&mut request(&with("Sec-WebSocket-Version", "8")))
+            .expect_err("refused");
+        assert_eq!(refusal.status, StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(
+            refusal.headers(),
+            vec![(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13")
+            )]
+        );
+
+        let mut twice = request(&GOOD);
+        twice.headers_mut().append(
+            header::SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        assert!(Handshake::check(&mut twice).is_err());
+
+        let mut old = request(&GOOD);
+        *old.version_mut() = Version::HTTP_10;
+        assert!(Handshake::check(&mut old).is_err());
+    }
+}
