@@ -109,6 +109,7 @@ impl Gateway {
             Arc::clone(&health),
             Arc::clone(&metrics),
             Arc::clone(&hub),
+            store.clone(),
         ));
         let stop_server = Arc::new(Notify::new());
         let server = {

@@ -17,6 +17,10 @@ pub enum AuthFailure {
     Malformed,
     #[error("wrong user name or password")]
     Wrong,
+    #[error("authentication required: send `Authorization: Bearer <api.token>`")]
+    MissingBearer,
+    #[error("wrong token")]
+    WrongToken,
 }
 
 /// Equality whose running time depends only on `expected`'s length, never on
@@ -75,6 +79,21 @@ impl BasicAuth {
     }
 }
 
+/// Checks `Authorization: Bearer <token>` against the configured token; no
+/// configured token refuses everyone.
+pub fn check_bearer(header: Option<&HeaderValue>, token: Option<&str>) -> Result<(), AuthFailure> {
+    let given = header
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .ok_or(AuthFailure::MissingBearer)?;
+    match token {
+        Some(expected) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
+        _ => Err(AuthFailure::WrongToken),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +142,27 @@ mod tests {
         assert!(constant_time_eq(b"", b""));
         // A missing byte must not compare equal to anything, not even 0xff's complement.
         assert!(!constant_time_eq(b"", b"\x00"));
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(check_bearer(Some(&hv("Bearer t0k")), Some("t0k")), Ok(()));
+        assert_eq!(check_bearer(Some(&hv("bearer  t0k ")), Some("t0k")), Ok(()));
+        assert_eq!(
+            check_bearer(Some(&hv("Bearer bad")), Some("t0k")),
+            Err(AuthFailure::WrongToken)
+        );
+        assert_eq!(
+            check_bearer(Some(&hv("Bearer t0k")), None),
+            Err(AuthFailure::WrongToken)
+        );
+        assert_eq!(
+            check_bearer(None, Some("t0k")),
+            Err(AuthFailure::MissingBearer)
+        );
+        assert_eq!(
+            check_bearer(Some(&hv("Basic dDA=")), Some("t0k")),
+            Err(AuthFailure::MissingBearer)
+        );
     }
 }

@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::popup::{self, Hub, OperatorInfo, ScreenQuery, TransportConfig};
 use crate::soap::{self, FaultCode, SoapVersion};
 use crate::sources::SourceHealth;
+use crate::store::Store;
 use crate::vats::{SoapReply, Vats};
 
 pub use auth::{constant_time_eq, AuthFailure};
@@ -47,6 +48,8 @@ pub struct Front {
     /// The pop-up hub the operator screens' transports read from.
     hub: Arc<Hub>,
     screens: TransportConfig,
+    store: Store,
+    api_token: Option<crate::config::Secret>,
     /// `cti_http_responses_total{endpoint="soap",status="200"}`, resolved once.
     soap_ok_responses: prometheus::IntCounter,
 }
@@ -59,6 +62,7 @@ impl Front {
         health: Arc<SourceHealth>,
         metrics: Arc<Metrics>,
         hub: Arc<Hub>,
+        store: Store,
     ) -> Front {
         let password = config
             .soap
@@ -78,6 +82,8 @@ impl Front {
             soap_ok_responses: metrics.http_responses.with_label_values(&["soap", "200"]),
             metrics,
             hub,
+            store,
+            api_token: config.api.token.clone(),
             screens: TransportConfig {
                 ping_interval: config.popup.ping_interval,
                 long_poll_max_wait: config.popup.long_poll_max_wait,
@@ -87,6 +93,84 @@ impl Front {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// `GET /api/v1/calls?key=&since=&limit=`: the call journal, newest
+    /// first. Bearer `api.token`. `since` is an RFC 3339 time; `limit`
+    /// defaults to 100, at most 1000.
+    async fn calls_endpoint(&self, req: &Request<Incoming>) -> Response<Body> {
+        let token = self.api_token.as_ref().map(|t| t.expose());
+        if let Err(failure) = auth::check_bearer(req.headers().get(header::AUTHORIZATION), token) {
+            let mut response = json_error(StatusCode::UNAUTHORIZED, &failure.to_string());
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+        let (mut key, mut since, mut limit) = (None, None, 100u32);
+        for pair in req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+            let Some(value) = crate::popup::query::percent_decode(raw) else {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("query parameter '{name}' is not valid percent-encoded UTF-8"),
+                );
+            };
+            match name {
+                "key" => key = Some(value),
+                "since" => match humantime::parse_rfc3339_weak(&value) {
+                    Ok(t) => since = Some(t),
+                    Err(_) => {
+                        return json_error(
+                            StatusCode::BAD_REQUEST,
+                            "since must be an RFC 3339 time, e.g. 2026-11-23T10:00:00Z",
+                        )
+                    }
+                },
+                "limit" => match value.parse::<u32>() {
+                    Ok(n) if (1..=1000).contains(&n) => limit = n,
+                    _ => {
+                        return json_error(
+                            StatusCode::BAD_REQUEST,
+                            "limit must be a number from 1 to 1000",
+                        )
+                    }
+                },
+                _ => {}
+            }
+        }
+        match self.store.calls(key.as_deref(), since, limit).await {
+            Ok(calls) => {
+                let calls: Vec<serde_json::Value> = calls
+                    .into_iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "id": c.id,
+                            "at": humantime::format_rfc3339_millis(c.at).to_string(),
+                            "raw_number": c.raw_number,
+                            "number": c.number,
+                            "key": c.key,
+                            "counterparty_id": c.counterparty_id,
+                            "delivered": c.delivered,
+                        })
+                    })
+                    .collect();
+                json(StatusCode::OK, &serde_json::json!({ "calls": calls }))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "call journal query failed");
+                json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("the call journal cannot be read: {e}"),
+                )
+            }
+        }
     }
 
     /// hyper's entry point: never fails, every error is an answer.
@@ -102,6 +186,8 @@ impl Front {
                 (&Method::GET, "/metrics") => ("metrics", self.metrics_endpoint()),
                 (&Method::GET, "/healthz") => ("healthz", text(StatusCode::OK, "ok\n")),
                 (&Method::GET, "/readyz") => ("readyz", self.readyz()),
+                (&Method::GET, "/operator" | "/operator/") => ("operator_page", operator_page()),
+                (&Method::GET, "/api/v1/calls") => ("api_calls", self.calls_endpoint(&req).await),
                 (&Method::GET, "/operator/ws") => ("operator_ws", self.operator_ws(req)),
                 (&Method::GET, "/operator/events") => {
                     ("operator_events", self.operator_events(req).await)
@@ -416,6 +502,18 @@ fn poll_once<F: Future>(fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
         std::task::Poll::Ready(out) => Some(out),
         std::task::Poll::Pending => None,
     }
+}
+
+fn operator_page() -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(
+        crate::popup::page::OPERATOR_PAGE.as_bytes(),
+    )));
+    for (name, value) in crate::popup::page::PAGE_HEADERS {
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
+    response
 }
 
 pub fn rfc3339(t: SystemTime) -> String {

@@ -27,7 +27,8 @@
 
 mod hub;
 pub mod long_poll;
-mod query;
+pub mod page;
+pub(crate) mod query;
 pub mod websocket;
 
 use std::time::Duration;

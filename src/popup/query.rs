@@ -96,7 +96,7 @@ fn number(value: Option<&str>, name: &str, meaning: &str) -> Result<Option<u64>,
 }
 
 /// `%XX` → byte; the result must be UTF-8. `None` on a broken escape.
-fn percent_decode(value: &str) -> Option<String> {
+pub(crate) fn percent_decode(value: &str) -> Option<String> {
     if !value.contains('%') {
         return Some(value.to_owned());
     }
