@@ -7,7 +7,9 @@ use support::*;
 const API_TOKEN: &str = "api-token-for-tests";
 
 async fn get_with(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) -> Reply {
-    let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
     raw(addr, req.as_bytes()).await
 }
@@ -15,7 +17,11 @@ async fn get_with(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) ->
 #[tokio::test]
 async fn the_journal_lists_calls_newest_first_filtered_by_key() {
     let gw = start("").await;
-    soap(gw.addr, &incoming_call_envelope("89235292926", OPERATOR_KEY)).await;
+    soap(
+        gw.addr,
+        &incoming_call_envelope("89235292926", OPERATOR_KEY),
+    )
+    .await;
     soap(gw.addr, &incoming_call_envelope("89990000000", OTHER_KEY)).await;
     soap(gw.addr, &incoming_call_envelope("244", OPERATOR_KEY)).await;
 
@@ -27,21 +33,36 @@ async fn the_journal_lists_calls_newest_first_filtered_by_key() {
     assert_eq!(calls.len(), 3);
     assert_eq!(calls[0]["raw_number"], "244", "newest first");
 
-    let mine = get_with(gw.addr, &format!("/api/v1/calls?key={OPERATOR_KEY}&limit=1"), Some(&bearer)).await;
+    let mine = get_with(
+        gw.addr,
+        &format!("/api/v1/calls?key={OPERATOR_KEY}&limit=1"),
+        Some(&bearer),
+    )
+    .await;
     let json: serde_json::Value = serde_json::from_str(&mine.body).expect("json");
     let calls = json["calls"].as_array().expect("calls");
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0]["key"], OPERATOR_KEY);
     assert_eq!(calls[0]["number"], "244");
 
-    let first = get_with(gw.addr, &format!("/api/v1/calls?key={OPERATOR_KEY}"), Some(&bearer)).await;
+    let first = get_with(
+        gw.addr,
+        &format!("/api/v1/calls?key={OPERATOR_KEY}"),
+        Some(&bearer),
+    )
+    .await;
     let json: serde_json::Value = serde_json::from_str(&first.body).expect("json");
     let oldest = &json["calls"][1];
     assert_eq!(oldest["number"], "+79235292926");
     assert_eq!(oldest["counterparty_id"], "a1");
     assert_eq!(oldest["delivered"], 0, "no screen was connected");
 
-    let future = get_with(gw.addr, "/api/v1/calls?since=2999-01-01T00:00:00Z", Some(&bearer)).await;
+    let future = get_with(
+        gw.addr,
+        "/api/v1/calls?since=2999-01-01T00:00:00Z",
+        Some(&bearer),
+    )
+    .await;
     assert_eq!(future.status, 200);
     assert!(future.body.contains("\"calls\":[]"), "{}", future.body);
 }
@@ -55,7 +76,13 @@ async fn the_journal_needs_the_api_token_and_sane_parameters() {
     let wrong = get_with(gw.addr, "/api/v1/calls", Some("Bearer nope")).await;
     assert_eq!(wrong.status, 401);
     let bearer = format!("Bearer {API_TOKEN}");
-    for bad in ["limit=0", "limit=5000", "limit=x", "since=yesterday", "key=%zz"] {
+    for bad in [
+        "limit=0",
+        "limit=5000",
+        "limit=x",
+        "since=yesterday",
+        "key=%zz",
+    ] {
         let reply = get_with(gw.addr, &format!("/api/v1/calls?{bad}"), Some(&bearer)).await;
         assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
         assert!(reply.body.contains("error"));
@@ -67,9 +94,19 @@ async fn the_operator_page_is_served_self_contained() {
     let gw = start("").await;
     let page = get(gw.addr, "/operator").await;
     assert_eq!(page.status, 200);
-    assert!(page.header("content-type").is_some_and(|v| v.starts_with("text/html")));
-    assert!(page.header("content-security-policy").is_some_and(|v| v.contains("connect-src 'self'")));
+    assert!(page
+        .header("content-type")
+        .is_some_and(|v| v.starts_with("text/html")));
+    assert!(page
+        .header("content-security-policy")
+        .is_some_and(|v| v.contains("connect-src 'self'")));
     assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
-    assert!(page.body.contains("/operator/ws"), "the page connects to the WebSocket");
-    assert!(page.body.contains("#token=") || page.body.contains("location.hash"), "token from the fragment");
+    assert!(
+        page.body.contains("/operator/ws"),
+        "the page connects to the WebSocket"
+    );
+    assert!(
+        page.body.contains("#token=") || page.body.contains("location.hash"),
+        "token from the fragment"
+    );
 }

@@ -46,7 +46,7 @@ impl Metrics {
         let commit_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "cti_store_commit_seconds",
-                "Time from BEGIN to the end of COMMIT of one store write transaction (a group of journal appends or one snapshot replace).",
+                "Time from BEGIN to the end of COMMIT of one store write transaction (a group of journal appends, or one chunk of a snapshot replace).",
             )
             .buckets(COMMIT_BUCKETS.to_vec()),
         )

@@ -18,7 +18,9 @@
 //!   snapshot load reads on one thread and decodes JSON on one per core.
 //! - **snapshot rows** (`snapshot.rs`): a source replace writes only the rows
 //!   that differ; the comparison runs on a read connection before the
-//!   writer is asked, so the writer is busy only for the changes.
+//!   writer is asked, so the writer is busy only for the changes. The writer
+//!   commits them in chunks of about 100 ms and serves the journal appends
+//!   that wait in between, so a call never waits for a whole replace.
 //! - **schema** (`schema.rs`): pragmas and migrations keyed on
 //!   `PRAGMA user_version`, applied by [`Store::open`].
 //!
@@ -58,7 +60,8 @@ const MAX_CALLS_LIMIT: u32 = 10_000;
 pub struct SourceSnapshot {
     pub source: String,
     /// What the source said its input was when it was saved; `None` when the
-    /// snapshot cannot be trusted to match it (some rows did not load).
+    /// snapshot cannot be trusted to match it (some rows did not load, or
+    /// its last save did not finish).
     pub fingerprint: Option<String>,
     /// In id order.
     pub records: Vec<Counterparty>,
@@ -188,6 +191,14 @@ impl Store {
     /// A row whose JSON no longer decodes (say, written by a newer build) is
     /// skipped and logged; its source then reports no fingerprint (here and
     /// from [`Store::source_fingerprint`]) so that it is written again.
+    ///
+    /// A source whose last replace did not finish (the process died between
+    /// two of its chunks, or a chunk failed) has no fingerprint either, and
+    /// is returned with the rows it has: the new records below the id where
+    /// the replace stopped, the old ones above it, each row whole. That is
+    /// deliberate: at start-up a directory that answers most callers beats
+    /// an empty one, and since the fingerprint matches nothing the source is
+    /// read again and its replace, diffed against these rows, completes it.
     pub async fn load_snapshot(&self) -> Result<Vec<SourceSnapshot>, StoreError> {
         let started = Instant::now();
         let loaded = self.read(read::load_snapshot).await?;
@@ -205,13 +216,17 @@ impl Store {
                 "{source}={got} (saved {})",
                 humantime::format_rfc3339_seconds(from_unix_ms(s.saved_at_ms))
             ));
-            let incomplete = s.bad_rows > 0 || i64::try_from(got).ok() != Some(s.expected);
+            // No fingerprint: a replace of this source was interrupted.
+            let interrupted = s.snapshot.fingerprint.is_none();
+            let incomplete =
+                interrupted || s.bad_rows > 0 || i64::try_from(got).ok() != Some(s.expected);
             if incomplete {
                 tracing::warn!(
                     source = %source,
                     loaded = got,
                     expected = s.expected,
                     undecodable = s.bad_rows,
+                    interrupted_save = interrupted,
                     first_error = s.first_error.as_deref().unwrap_or(""),
                     "store: snapshot of a source loaded incomplete; the source will be written again on its next read"
                 );
@@ -232,7 +247,8 @@ impl Store {
     }
 
     /// The fingerprint saved with `source`'s snapshot; `None` if the source
-    /// was never saved or its snapshot did not load whole.
+    /// was never saved, its last save did not finish, or its snapshot did not
+    /// load whole.
     pub async fn source_fingerprint(&self, source: &str) -> Result<Option<String>, StoreError> {
         if lock(&self.inner.untrusted).contains(source) {
             return Ok(None);
@@ -242,15 +258,23 @@ impl Store {
             .await
     }
 
-    /// Replaces `source`'s whole snapshot with `records` and `fingerprint`,
-    /// in one transaction; other sources are untouched. Resolves once
-    /// committed. Records with the same id: the last one wins.
+    /// Replaces `source`'s whole snapshot with `records` and `fingerprint`;
+    /// other sources are untouched. Resolves once all of it is committed.
+    /// Records with the same id: the last one wins.
     ///
     /// Only rows that differ are written. The comparison (the costly part,
     /// seconds of CPU for a million records) runs on a read connection
-    /// first, so the writer, and the journal appends queued behind it, wait
-    /// only for the rows that changed. A first save of a large source still
-    /// holds the writer for as long as its inserts take.
+    /// first, so the writer is busy only for the rows that changed. Those
+    /// are committed in chunks (about 100 ms each), with the journal appends
+    /// that arrived meanwhile committed between two chunks: an append waits
+    /// for one chunk, not for the whole replace. Replaces do not interleave:
+    /// one sent while another is being written starts when it is done.
+    ///
+    /// The fingerprint is written with the last chunk; until then the source
+    /// has none. An error (or a crash) part-way leaves the rows written so
+    /// far and no fingerprint, so the source is read and saved again (see
+    /// [`Store::load_snapshot`]); an error in the first chunk leaves the old
+    /// snapshot and its fingerprint as they were.
     ///
     /// `records` may hold `Counterparty` or `Arc<Counterparty>` (what the
     /// directory keeps), so saving never copies the records.
@@ -402,6 +426,14 @@ impl Store {
     async fn exec_on_writer(&self, sql: &str) -> Result<(), StoreError> {
         let sql = sql.to_owned();
         self.request(|reply| Command::Exec { sql, reply }).await
+    }
+
+    /// Sets the size of a replace's chunks: at most `ops` row changes, and
+    /// about `time` of work.
+    #[cfg(test)]
+    async fn set_chunk(&self, ops: usize, time: Duration) -> Result<(), StoreError> {
+        self.request(|reply| Command::SetChunk { ops, time, reply })
+            .await
     }
 
     /// Write transactions run so far (each group commit counts once).

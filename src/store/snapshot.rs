@@ -9,9 +9,14 @@
 //! expensive part) normally runs on a read connection before the writer is
 //! asked (see [`plan`]); the writer then only applies the plan, unless the
 //! snapshot changed in between, in which case it walks again itself.
+//!
+//! Both the walk and the apply go a step at a time ([`walk_rows`] and
+//! [`apply`] stop at a [`Limit`]), so the writer can commit a large replace
+//! in chunks and serve the call journal in between (see `writer.rs`).
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection};
@@ -86,16 +91,19 @@ pub(super) enum RowOp {
 
 /// What it takes to bring a source's rows to a set of records.
 pub(super) struct Diff {
+    /// Indexes of the records in id order, the last of each id: the rows
+    /// the source has afterwards. Kept so that a stale plan can be walked
+    /// again on the writer without sorting again.
+    pub sorted: Vec<usize>,
     /// In id order.
     pub ops: Vec<RowOp>,
     pub unchanged: usize,
-    /// Distinct ids among the records: the source's row count afterwards.
-    pub kept: usize,
 }
 
 impl Diff {
-    pub fn count(&self, which: fn(&RowOp) -> bool) -> usize {
-        self.ops.iter().filter(|op| which(op)).count()
+    /// Distinct ids among the records: the source's row count afterwards.
+    pub fn kept(&self) -> usize {
+        self.sorted.len()
     }
 }
 
@@ -106,6 +114,32 @@ pub(super) struct Plan {
     pub diff: Diff,
 }
 
+/// How much one step of a stepwise diff or apply may do: at most `ops` row
+/// changes, and no more once `deadline` has passed (checked every few rows).
+/// A step always makes progress, whatever the limit.
+#[derive(Clone, Copy)]
+pub(super) struct Limit {
+    pub ops: usize,
+    pub deadline: Option<Instant>,
+}
+
+impl Limit {
+    pub const NONE: Limit = Limit {
+        ops: usize::MAX,
+        deadline: None,
+    };
+
+    /// Whether a step that has made `ops` changes and looked at `seen` rows
+    /// (counting from 1) must stop now.
+    fn reached(&self, ops: usize, seen: usize) -> bool {
+        ops >= self.ops
+            || (seen % DEADLINE_EVERY == 0 && self.deadline.is_some_and(|d| Instant::now() >= d))
+    }
+}
+
+/// Rows between two looks at the clock (a row costs microseconds).
+const DEADLINE_EVERY: usize = 32;
+
 /// Computes the diff on a read connection, in one read transaction.
 pub(super) fn plan(
     conn: &mut Connection,
@@ -114,76 +148,200 @@ pub(super) fn plan(
     records: &dyn RecordSet,
 ) -> Result<Diff, StoreError> {
     let mut run = || -> rusqlite::Result<Diff> {
+        let sorted = sorted_last_per_id(records);
         let tx = conn.transaction()?;
-        let diff = diff_rows(&tx, source, records, &mut Vec::new())?;
+        let mut walk = Walk::default();
+        let ops = walk_rows(
+            &tx,
+            source,
+            records,
+            &sorted,
+            &mut walk,
+            Limit::NONE,
+            &mut Vec::new(),
+        )?;
         tx.commit()?;
-        Ok(diff)
+        debug_assert!(walk.done);
+        Ok(Diff {
+            sorted,
+            ops,
+            unchanged: walk.unchanged,
+        })
     };
     run().map_err(|e| StoreError::sqlite(path, "comparing a source with its snapshot", e))
 }
 
-/// Walks the source's stored rows and the records together, both in id
-/// order, and lists what must change. Writes nothing (changing a table while
-/// a cursor walks it is asking for trouble). Of records with the same id,
-/// the last one counts.
-pub(super) fn diff_rows(
+/// Where a stepwise diff stands. Every id up to `after` is settled, among
+/// the records and among the stored rows alike: the next step starts after
+/// it, so the rows written in between (the changes of the ids up to it) are
+/// never read again.
+#[derive(Default)]
+pub(super) struct Walk {
+    /// The next record, as a position in the sorted indexes.
+    next: usize,
+    /// The last settled id; `None` before the first step.
+    after: Option<String>,
+    /// Records found equal to their row so far.
+    pub unchanged: usize,
+    /// Every record and every stored row settled.
+    pub done: bool,
+}
+
+/// The last id a step settled.
+#[derive(Clone, Copy)]
+enum Settled {
+    Nothing,
+    /// A record (inserted, updated or unchanged), by index.
+    Record(usize),
+    /// A stored row without a record: the last op, a delete.
+    Deleted,
+}
+
+/// One step of walking the source's stored rows and the records together,
+/// both in id order (`sorted` from [`sorted_last_per_id`]), from where
+/// `walk` stands: lists what must change for the ids it passes, up to
+/// `limit`, and moves `walk` on. Writes nothing (changing a table while a
+/// cursor walks it is asking for trouble); apply the changes, then take the
+/// next step, in the same transaction or a later one, as long as nothing
+/// else writes the source's rows in between.
+pub(super) fn walk_rows(
     conn: &Connection,
     source: &str,
     records: &dyn RecordSet,
+    sorted: &[usize],
+    walk: &mut Walk,
+    limit: Limit,
     buf: &mut Vec<u8>,
-) -> rusqlite::Result<Diff> {
-    let sorted = sorted_last_per_id(records);
+) -> rusqlite::Result<Vec<RowOp>> {
+    let id_of = |next: usize| records.get(sorted[next]).id();
     let mut ops = Vec::new();
-    let mut unchanged = 0;
-    let mut next = 0usize;
-    let mut stmt =
-        conn.prepare_cached("SELECT id, body FROM counterparties WHERE source = ?1 ORDER BY id")?;
-    let mut rows = stmt.query([source])?;
-    while let Some(row) = rows.next()? {
-        let id = read::text(row.get_ref(0)?, 0)?;
-        while next < sorted.len() && records.get(sorted[next]).id() < id {
-            ops.push(RowOp::Insert(sorted[next]));
-            next += 1;
+    let mut settled = Settled::Nothing;
+    let mut seen = 0usize;
+    let mut stmt;
+    let mut rows = match &walk.after {
+        Some(after) => {
+            stmt = conn.prepare_cached(
+                "SELECT id, body FROM counterparties WHERE source = ?1 AND id > ?2 ORDER BY id",
+            )?;
+            stmt.query(params![source, after])?
         }
-        if next < sorted.len() && records.get(sorted[next]).id() == id {
-            encode(records.get(sorted[next]), buf)?;
-            match row.get_ref(1)? {
-                ValueRef::Text(body) if body == buf.as_slice() => unchanged += 1,
-                _ => ops.push(RowOp::Update(sorted[next])),
+        None => {
+            stmt = conn.prepare_cached(
+                "SELECT id, body FROM counterparties WHERE source = ?1 ORDER BY id",
+            )?;
+            stmt.query([source])?
+        }
+    };
+    // Stop once the limit is reached, but only after settling something.
+    let mut full = |ops: &Vec<RowOp>, settled: Settled| {
+        seen += 1;
+        !matches!(settled, Settled::Nothing) && limit.reached(ops.len(), seen)
+    };
+    'walk: loop {
+        let Some(row) = rows.next()? else {
+            // No stored rows left: the remaining records are new.
+            while walk.next < sorted.len() {
+                if full(&ops, settled) {
+                    break 'walk;
+                }
+                ops.push(RowOp::Insert(sorted[walk.next]));
+                settled = Settled::Record(sorted[walk.next]);
+                walk.next += 1;
             }
-            next += 1;
+            walk.done = true;
+            break;
+        };
+        let id = read::text(row.get_ref(0)?, 0)?;
+        // Records before this row are new. Stopping among them leaves the
+        // row unsettled: the next step reads it again.
+        while walk.next < sorted.len() && id_of(walk.next) < id {
+            if full(&ops, settled) {
+                break 'walk;
+            }
+            ops.push(RowOp::Insert(sorted[walk.next]));
+            settled = Settled::Record(sorted[walk.next]);
+            walk.next += 1;
+        }
+        if full(&ops, settled) {
+            break;
+        }
+        if walk.next < sorted.len() && id_of(walk.next) == id {
+            let record = records.get(sorted[walk.next]);
+            encode(record, buf)?;
+            match row.get_ref(1)? {
+                ValueRef::Text(body) if body == buf.as_slice() => walk.unchanged += 1,
+                _ => ops.push(RowOp::Update(sorted[walk.next])),
+            }
+            settled = Settled::Record(sorted[walk.next]);
+            walk.next += 1;
         } else {
             ops.push(RowOp::Delete(id.to_owned()));
+            settled = Settled::Deleted;
         }
     }
-    ops.extend(sorted[next..].iter().map(|&i| RowOp::Insert(i)));
-    Ok(Diff {
-        ops,
-        unchanged,
-        kept: sorted.len(),
-    })
+    match settled {
+        Settled::Nothing => {}
+        Settled::Record(i) => walk.after = Some(records.get(i).id().to_owned()),
+        Settled::Deleted => {
+            if let Some(RowOp::Delete(id)) = ops.last() {
+                walk.after = Some(id.clone());
+            }
+        }
+    }
+    Ok(ops)
 }
 
-/// Applies a diff's row changes (the caller holds the write transaction).
+/// Applies a diff's row changes in order (the caller holds the write
+/// transaction) until `limit` says stop; returns how many it applied, at
+/// least one if there are any. `counts` adds up what was done.
 pub(super) fn apply(
     conn: &Connection,
     source: &str,
     records: &dyn RecordSet,
-    diff: &Diff,
+    ops: &[RowOp],
+    limit: Limit,
+    counts: &mut OpCounts,
     buf: &mut Vec<u8>,
-) -> rusqlite::Result<()> {
-    for op in &diff.ops {
+) -> rusqlite::Result<usize> {
+    for (done, op) in ops.iter().enumerate() {
+        if done > 0 && limit.reached(done, done) {
+            return Ok(done);
+        }
         match *op {
-            RowOp::Insert(i) | RowOp::Update(i) => put_row(conn, source, records.get(i), buf)?,
-            RowOp::Delete(ref id) => delete_row(conn, source, id)?,
+            RowOp::Insert(i) => {
+                put_row(conn, source, records.get(i), buf)?;
+                counts.inserted += 1;
+            }
+            RowOp::Update(i) => {
+                put_row(conn, source, records.get(i), buf)?;
+                counts.updated += 1;
+            }
+            RowOp::Delete(ref id) => {
+                delete_row(conn, source, id)?;
+                counts.deleted += 1;
+            }
         }
     }
-    Ok(())
+    Ok(ops.len())
+}
+
+/// Row changes written, by kind.
+#[derive(Default, Clone, Copy)]
+pub(super) struct OpCounts {
+    pub inserted: usize,
+    pub updated: usize,
+    pub deleted: usize,
+}
+
+impl OpCounts {
+    pub fn total(&self) -> usize {
+        self.inserted + self.updated + self.deleted
+    }
 }
 
 /// Indexes of `records` sorted by id (byte-wise, as the table's key sorts),
 /// with only the last record of each id kept.
-fn sorted_last_per_id(records: &dyn RecordSet) -> Vec<usize> {
+pub(super) fn sorted_last_per_id(records: &dyn RecordSet) -> Vec<usize> {
     let mut sorted: Vec<usize> = (0..records.len()).collect();
     // Stable: records with the same id stay in their given order...
     sorted.sort_by(|&a, &b| records.get(a).id().cmp(records.get(b).id()));
