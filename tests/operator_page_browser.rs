@@ -1,0 +1,487 @@
+//! The operator page in a real browser: headless Chromium (Debian's
+//! `chromium` package), driven over the Chrome DevTools Protocol, opens
+//! `/operator#token=T` on a gateway at 127.0.0.1:0; IncomingCall goes over
+//! SOAP as the PBX sends it, and the test reads the page's DOM (and what the
+//! browser lays out) until the caller's card is there.
+//!
+//! Ignored by default: it needs `/usr/bin/chromium`, which `.ci/run`
+//! installs. Run with `cargo test --test operator_page_browser --
+//! --include-ignored`. Set `OPERATOR_PAGE_SCREENSHOT=/some/file.png` to keep
+//! a copy of the screenshot taken once the card is shown.
+
+mod support;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::time::{sleep, timeout, Instant};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+
+use support::*;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// The seed's caller: counterparty `a1` ("Фэйковый чиж") of [`DIRECTORY`].
+const CALLER: &str = "89235292926";
+/// A number [`DIRECTORY`] does not know.
+const UNKNOWN_CALLER: &str = "89990000000";
+
+/// Longest the browser may take to start and print its DevTools address.
+const LAUNCH_LIMIT: Duration = Duration::from_secs(30);
+/// Longest one DevTools command may take to answer.
+const CALL_LIMIT: Duration = Duration::from_secs(10);
+/// Longest the page may take to reach an expected state.
+const PAGE_LIMIT: Duration = Duration::from_secs(10);
+
+/// What the page shows, read in the page by [`STATE_JS`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PageState {
+    url: String,
+    status: String,
+    status_class: String,
+    /// `#login` is laid out (not `display: none`).
+    login_shown: bool,
+    login_error: String,
+    login_error_shown: bool,
+    cards: Vec<Card>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Card {
+    class: String,
+    title: String,
+    /// The `dl`'s (dt, dd) pairs, in order.
+    fields: Vec<(String, String)>,
+    /// The card has a box on screen.
+    shown: bool,
+}
+
+impl Card {
+    fn field(&self, label: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+const STATE_JS: &str = r#"(() => {
+  const $ = (id) => document.getElementById(id);
+  const shown = (el) => !!el && getComputedStyle(el).display !== "none" && el.getClientRects().length > 0;
+  const status = $("status"), login = $("login"), error = $("login-error");
+  return {
+    url: location.href,
+    status: status ? status.textContent : "",
+    statusClass: status ? status.className : "",
+    loginShown: shown(login),
+    loginError: error ? error.textContent : "",
+    loginErrorShown: shown(error),
+    cards: [...document.querySelectorAll("article.card")].map((card) => ({
+      class: card.className,
+      title: card.querySelector("h2")?.textContent ?? "",
+      fields: [...card.querySelectorAll("dl > dt")].map((dt) =>
+        [dt.textContent, dt.nextElementSibling ? dt.nextElementSibling.textContent : ""]),
+      shown: shown(card),
+    })),
+  };
+})()"#;
+
+/// A headless Chromium with one page, driven over its DevTools WebSocket.
+/// Killed when dropped (a failing test included).
+struct Browser {
+    child: Child,
+    devtools: WebSocketStream<TcpStream>,
+    next_id: u64,
+    /// The page's flattened DevTools session.
+    session: Option<String>,
+    /// Exceptions the page's scripts threw (`Runtime.exceptionThrown`).
+    exceptions: Vec<String>,
+    /// The browser's last stderr lines, for failure messages.
+    log: Arc<Mutex<VecDeque<String>>>,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn launch() -> Browser {
+        assert!(
+            Path::new(CHROMIUM).exists(),
+            "{CHROMIUM} not found: install Debian's chromium package (.ci/run does)"
+        );
+        let profile = tempfile::tempdir().expect("profile dir");
+        let mut child = Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {CHROMIUM}: {e}"));
+
+        // Reads stderr to its end (so the browser never blocks on a full
+        // pipe), hands over the DevTools address and keeps the last lines.
+        let log = Arc::new(Mutex::new(VecDeque::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stderr = child.stderr.take().expect("stderr piped");
+        let task_log = Arc::clone(&log);
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(url.trim().to_owned());
+                    }
+                }
+                let mut log = task_log.lock().unwrap();
+                if log.len() == 40 {
+                    log.pop_front();
+                }
+                log.push_back(line);
+            }
+        });
+
+        let url = match timeout(LAUNCH_LIMIT, rx).await {
+            Ok(Ok(url)) => url,
+            Ok(Err(_)) => panic!(
+                "chromium ended without a DevTools address ({:?}); its stderr:\n{}",
+                child.try_wait(),
+                tail(&log)
+            ),
+            Err(_) => panic!(
+                "no DevTools address from chromium within {LAUNCH_LIMIT:?}; its stderr:\n{}",
+                tail(&log)
+            ),
+        };
+        // ws://127.0.0.1:PORT/devtools/browser/ID: only ever 127.0.0.1.
+        let host_port = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("unexpected DevTools address {url}"));
+        assert!(
+            host_port.starts_with("127.0.0.1:"),
+            "DevTools not on 127.0.0.1: {url}"
+        );
+        let stream = timeout(CALL_LIMIT, TcpStream::connect(host_port))
+            .await
+            .expect("DevTools connect within the limit")
+            .expect("DevTools connect");
+        let (devtools, _) = timeout(CALL_LIMIT, tokio_tungstenite::client_async(&url, stream))
+            .await
+            .expect("DevTools handshake within the limit")
+            .expect("DevTools handshake");
+        Browser {
+            child,
+            devtools,
+            next_id: 0,
+            session: None,
+            exceptions: Vec::new(),
+            log,
+            _profile: profile,
+        }
+    }
+
+    /// Sends one DevTools command (to the page's session once there is one)
+    /// and waits for its answer; events that come meanwhile are read and
+    /// exceptions noted.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, String> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut command = json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = &self.session {
+            command["sessionId"] = json!(session);
+        }
+        let answer = timeout(CALL_LIMIT, async {
+            self.devtools
+                .send(WsMessage::text(command.to_string()))
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            loop {
+                let text = match self.devtools.next().await {
+                    Some(Ok(WsMessage::Text(t))) => t,
+                    Some(Ok(WsMessage::Close(_))) | None => {
+                        return Err("DevTools connection closed".to_owned())
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(format!("DevTools connection: {e}")),
+                };
+                let message: Value =
+                    serde_json::from_str(&text).map_err(|e| format!("bad DevTools JSON: {e}"))?;
+                if message["method"] == "Runtime.exceptionThrown" {
+                    let details = &message["params"]["exceptionDetails"];
+                    self.exceptions.push(format!(
+                        "{} {}",
+                        details["text"].as_str().unwrap_or(""),
+                        details["exception"]["description"].as_str().unwrap_or("")
+                    ));
+                }
+                if message["id"] == id {
+                    return Ok(message);
+                }
+            }
+        })
+        .await
+        .map_err(|_| format!("{method}: no answer within {CALL_LIMIT:?}"))??;
+        match answer.get("error") {
+            Some(error) => Err(format!("{method}: {error}")),
+            None => Ok(answer["result"].clone()),
+        }
+    }
+
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(result) => result,
+            Err(e) => panic!("{e}; chromium's stderr:\n{}", tail(&self.log)),
+        }
+    }
+
+    /// Opens a page (1024×700), attaches to it and navigates it to `url`.
+    async fn open(&mut self, url: &str) {
+        let target = self
+            .call("Target.createTarget", json!({ "url": "about:blank" }))
+            .await;
+        let target_id = target["targetId"].as_str().expect("targetId").to_owned();
+        let attached = self
+            .call(
+                "Target.attachToTarget",
+                json!({ "targetId": target_id, "flatten": true }),
+            )
+            .await;
+        let session = attached["sessionId"]
+            .as_str()
+            .expect("sessionId")
+            .to_owned();
+        self.session = Some(session);
+        self.call("Runtime.enable", json!({})).await;
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": 1024, "height": 700, "deviceScaleFactor": 1, "mobile": false }),
+        )
+        .await;
+        let navigated = self.call("Page.navigate", json!({ "url": url })).await;
+        assert!(
+            navigated.get("errorText").is_none(),
+            "navigating to {url}: {navigated}"
+        );
+    }
+
+    /// What the page shows now; `None` while there is no document to ask
+    /// (the page is between documents).
+    async fn state(&mut self) -> Option<PageState> {
+        let result = self
+            .try_call(
+                "Runtime.evaluate",
+                json!({ "expression": STATE_JS, "returnByValue": true }),
+            )
+            .await
+            .ok()?;
+        if result.get("exceptionDetails").is_some() {
+            return None;
+        }
+        serde_json::from_value(result["result"]["value"].clone()).ok()
+    }
+
+    /// Reads the page until `done` holds, for at most [`PAGE_LIMIT`].
+    async fn wait_for(&mut self, what: &str, done: impl Fn(&PageState) -> bool) -> PageState {
+        let deadline = Instant::now() + PAGE_LIMIT;
+        let mut last = None;
+        loop {
+            if let Some(state) = self.state().await {
+                if done(&state) {
+                    return state;
+                }
+                last = Some(state);
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "the page did not show {what} within {PAGE_LIMIT:?}; it shows {last:#?}; \
+                     page exceptions: {:?}",
+                    self.exceptions
+                );
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A PNG of the page as laid out now.
+    async fn screenshot(&mut self) -> Vec<u8> {
+        let shot = self
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .await;
+        let data = shot["data"].as_str().expect("screenshot data");
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .expect("screenshot is base64")
+    }
+
+    /// Asks the browser to close and waits (bounded) for it to exit; kills
+    /// it otherwise. Asserts the page threw no exceptions.
+    async fn close(mut self) {
+        let exceptions = std::mem::take(&mut self.exceptions);
+        self.session = None;
+        // The browser may go before it answers: either is fine.
+        let _ = self.try_call("Browser.close", json!({})).await;
+        if timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        assert!(
+            exceptions.is_empty(),
+            "the page's scripts threw: {exceptions:?}"
+        );
+    }
+}
+
+fn tail(log: &Mutex<VecDeque<String>>) -> String {
+    let log = log.lock().unwrap();
+    log.iter().cloned().collect::<Vec<_>>().join("\n")
+}
+
+/// Opens the operator page with `token` in the fragment.
+async fn open_operator_page(gw: &TestGateway, token: &str) -> Browser {
+    let mut browser = Browser::launch().await;
+    browser
+        .open(&format!("http://{}/operator#token={token}", gw.addr))
+        .await;
+    browser
+}
+
+/// IncomingCall over SOAP, as the PBX sends it; the gateway answers `1`.
+async fn incoming_call(gw: &TestGateway, number: &str) {
+    let reply = soap(gw.addr, &incoming_call_envelope(number, OPERATOR_KEY)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        element_text(&reply.body, "m:return"),
+        Some("1"),
+        "{}",
+        reply.body
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn incoming_call_shows_the_callers_card_in_the_browser() {
+    let gw = start("").await;
+    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
+
+    let state = browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    assert!(state.url.ends_with("/operator#token=operator-token-1"));
+    assert!(!state.login_shown, "the login form is shown: {state:#?}");
+    assert!(state.cards.is_empty(), "cards before any call: {state:#?}");
+
+    incoming_call(&gw, CALLER).await;
+    let state = browser
+        .wait_for("the caller's card", |s| {
+            s.cards.iter().any(|c| c.title.contains("Фэйковый чиж"))
+        })
+        .await;
+    assert_eq!(state.cards.len(), 1, "{state:#?}");
+    let card = &state.cards[0];
+    assert!(card.shown, "the card is not laid out: {card:#?}");
+    assert!(card.class.contains("latest"), "{card:#?}");
+    assert!(!card.class.contains("unknown"), "{card:#?}");
+    assert_eq!(card.field("Номер"), Some("+79235292926"), "{card:#?}");
+    assert_eq!(card.field("ИНН"), Some("7701234567"), "{card:#?}");
+    assert_eq!(card.field("КПП"), Some("770101001"), "{card:#?}");
+    assert_eq!(card.field("Категория"), Some("0"), "{card:#?}");
+    assert_eq!(card.field("Менеджер (доб.)"), Some("244"), "{card:#?}");
+    let phones = card.field("Телефоны").unwrap_or_default();
+    assert!(phones.contains("+7 495 000-00-01"), "{card:#?}");
+    assert_eq!(state.status_class, "connected", "{state:#?}");
+
+    let png = browser.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let file = gw.dir.path().join("operator-page.png");
+    std::fs::write(&file, &png).expect("write screenshot");
+    if let Some(keep) = std::env::var_os("OPERATOR_PAGE_SCREENSHOT") {
+        std::fs::copy(&file, &keep).expect("copy screenshot");
+    }
+
+    browser.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn unknown_callers_card_shows_the_number_in_the_browser() {
+    let gw = start("").await;
+    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
+    browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+
+    incoming_call(&gw, UNKNOWN_CALLER).await;
+    let state = browser.wait_for("a card", |s| !s.cards.is_empty()).await;
+    assert_eq!(state.cards.len(), 1, "{state:#?}");
+    let card = &state.cards[0];
+    assert!(card.shown, "the card is not laid out: {card:#?}");
+    assert!(card.class.contains("unknown"), "{card:#?}");
+    assert!(card.title.contains("+79990000000"), "{card:#?}");
+    assert_eq!(card.field("Номер"), Some("+79990000000"), "{card:#?}");
+    assert_eq!(card.field("ИНН"), None, "{card:#?}");
+
+    browser.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn wrong_token_shows_the_login_form_with_an_error_in_the_browser() {
+    let gw = start("").await;
+    let mut browser = open_operator_page(&gw, "not-a-token").await;
+
+    let state = browser
+        .wait_for("the token as refused", |s| s.status_class == "refused")
+        .await;
+    assert!(state.status.contains("не принят"), "{state:#?}");
+    assert!(state.login_shown, "no login form: {state:#?}");
+    assert!(state.login_error_shown, "no error shown: {state:#?}");
+    assert!(
+        state
+            .login_error
+            .chars()
+            .filter(|c| c.is_alphabetic())
+            .count()
+            > 10,
+        "the error is not in words: {state:#?}"
+    );
+    assert!(state.cards.is_empty(), "{state:#?}");
+
+    // A call to the operator does not reach a refused page.
+    incoming_call(&gw, CALLER).await;
+    sleep(Duration::from_millis(300)).await;
+    let state = browser.state().await.expect("page state");
+    assert!(state.cards.is_empty(), "{state:#?}");
+
+    browser.close().await;
+}
