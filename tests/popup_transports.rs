@@ -648,3 +648,44 @@ async fn shutdown_closes_screens_with_1001_and_answers_waiting_long_polls() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn screens_count_against_max_connections_and_free_their_slot_when_they_close() {
+    // A screen holds one slot; its handshake briefly needs a second one (the
+    // HTTP connection's, released at the upgrade). So 4 slots admit 3 screens.
+    let gw = start("server.max_connections = 4").await;
+    let mut screens = Vec::new();
+    for _ in 0..3 {
+        screens.push(screen(gw.addr, OPERATOR_TOKEN, None).await);
+    }
+    // A fourth screen finds every slot taken: refused at accept or with 503.
+    let url = format!("ws://{}/operator/ws?token={OPERATOR_TOKEN}", gw.addr);
+    let fourth = timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await;
+    assert!(
+        matches!(fourth, Ok(Err(_))),
+        "a fourth screen was accepted with server.max_connections = 4"
+    );
+    // Closing one screen frees its slot for another.
+    let mut closing = screens.pop().expect("a screen");
+    closing.close(None).await.expect("close");
+    drop(closing);
+    let mut admitted = false;
+    for _ in 0..50 {
+        let url = format!("ws://{}/operator/ws?token={OPERATOR_TOKEN}", gw.addr);
+        if let Ok(Ok(_)) = timeout(
+            Duration::from_secs(1),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "the freed slot was never given to a new screen");
+}

@@ -50,6 +50,10 @@ pub struct Front {
     screens: TransportConfig,
     store: Store,
     api_token: Option<crate::config::Secret>,
+    /// `server.max_connections` slots, shared by HTTP connections and the
+    /// WebSocket screens they upgrade into (hyper's connection ends at the
+    /// upgrade, so a screen takes a slot of its own for its lifetime).
+    connection_slots: Arc<tokio::sync::Semaphore>,
     /// `cti_http_responses_total{endpoint="soap",status="200"}`, resolved once.
     soap_ok_responses: prometheus::IntCounter,
 }
@@ -84,6 +88,7 @@ impl Front {
             hub,
             store,
             api_token: config.api.token.clone(),
+            connection_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
             screens: TransportConfig {
                 ping_interval: config.popup.ping_interval,
                 long_poll_max_wait: config.popup.long_poll_max_wait,
@@ -93,6 +98,10 @@ impl Front {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn connection_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        Arc::clone(&self.connection_slots)
     }
 
     /// `GET /api/v1/calls?key=&since=&limit=`: the call journal, newest
@@ -323,7 +332,20 @@ impl Front {
                 return response;
             }
         };
-        match handshake.accept(&self.hub, &operator, after, self.screens.ping_interval) {
+        let Ok(slot) = Arc::clone(&self.connection_slots).try_acquire_owned() else {
+            tracing::warn!(key = %operator.key, "operator screen refused: server.max_connections are open");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections (server.max_connections); try again later",
+            );
+        };
+        match handshake.accept(
+            &self.hub,
+            &operator,
+            after,
+            self.screens.ping_interval,
+            slot,
+        ) {
             Ok(response) => response,
             Err(e) => {
                 tracing::error!(error = %e, key = %operator.key, "operator screen not subscribed");

@@ -14,7 +14,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
 use super::Front;
 use crate::config::ServerConfig;
@@ -32,7 +32,7 @@ pub async fn run(
     settings: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let limit = Arc::new(Semaphore::new(settings.max_connections));
+    let limit = front.connection_slots();
     // Shutdown, as in mini-redis: a watch tells connections to finish, and
     // each connection holds a sender of `all_done`; when the last one drops,
     // `recv` returns None and every connection has finished.

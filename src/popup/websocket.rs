@@ -158,6 +158,7 @@ impl Handshake {
         operator: &OperatorInfo,
         after: Option<u64>,
         ping_interval: Duration,
+        slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Response<Full<Bytes>>, HubError> {
         // Where the screen stands if it is cut off before it is sent anything.
         let resume = match after {
@@ -174,6 +175,7 @@ impl Handshake {
                 Err(e) => End::Broken(format!("upgrade failed: {e}")),
             };
             end.log(&operator);
+            drop(slot); // the screen's connection slot, held while it lives
         });
 
         let mut response = Response::new(Full::new(Bytes::new()));
