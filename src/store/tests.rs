@@ -886,24 +886,30 @@ fn crash_child() {
     });
 }
 
-#[test]
-fn acknowledged_writes_survive_a_crash() {
-    use std::io::BufRead;
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Runs one ignored test of this binary in a child process (to be killed
+/// mid-way), with `env` pointing it at `dir`; its stdout is piped back.
+fn spawn_child_test(test: &str, env: &str, dir: &std::path::Path) -> std::process::Child {
     let exe = std::env::current_exe().expect("test binary");
-    let mut child = std::process::Command::new(exe)
+    std::process::Command::new(exe)
         .args([
             "--exact",
-            "store::tests::crash_child",
+            test,
             "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CRASH_DIR_ENV, dir.path())
+        .env(env, dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("run child");
+        .expect("run child")
+}
+
+#[test]
+fn acknowledged_writes_survive_a_crash() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = spawn_child_test("store::tests::crash_child", CRASH_DIR_ENV, dir.path());
     let stdout = child.stdout.take().expect("child stdout");
     let mut lines = Vec::new();
     for line in std::io::BufReader::new(stdout).lines() {
@@ -1311,20 +1317,11 @@ fn chunk_crash_child() {
 fn a_crash_between_chunks_leaves_the_source_without_fingerprint() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir");
-    let exe = std::env::current_exe().expect("test binary");
-    let mut child = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "store::tests::chunk_crash_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHUNK_CRASH_DIR_ENV, dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run child");
+    let mut child = spawn_child_test(
+        "store::tests::chunk_crash_child",
+        CHUNK_CRASH_DIR_ENV,
+        dir.path(),
+    );
     let stdout = child.stdout.take().expect("child stdout");
     let mut lines = Vec::new();
     for line in std::io::BufReader::new(stdout).lines() {
