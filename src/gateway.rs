@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
@@ -252,7 +252,7 @@ async fn load_snapshot(store: &Store, directory: &Arc<Directory>) -> usize {
                 &source.source,
                 source.records,
                 source.fingerprint,
-                SystemTime::now(),
+                source.saved_at,
             )
         })
         .await;

@@ -27,10 +27,21 @@ pub struct Entry {
     /// The record's phones, normalized, without repeats, in the order written.
     phones: Box<[PhoneKey]>,
     has_manager: bool,
+    /// The source's change marker (1C's `DataVersion`): an unchanged record
+    /// is not rebuilt on a refresh.
+    data_version: Option<Box<str>>,
+    /// When the gateway received this version of the record (unix ms). When
+    /// two sources hold the same id, the newer version answers.
+    stamp: u64,
 }
 
 impl Entry {
-    fn new(counterparty: Counterparty, source: &Arc<str>, render: Renderer) -> (Entry, usize) {
+    fn new(
+        counterparty: Counterparty,
+        source: &Arc<str>,
+        stamp: u64,
+        render: Renderer,
+    ) -> (Entry, usize) {
         let mut phones = Vec::with_capacity(counterparty.phones.len());
         let mut unusable = 0;
         for raw in &counterparty.phones {
@@ -47,6 +58,7 @@ impl Entry {
             id,
             inn,
             manager_phone,
+            data_version,
             ..
         } = &counterparty;
         let entry = Entry {
@@ -59,8 +71,16 @@ impl Entry {
             inn: inn.clone().filter(|i| !i.is_empty()),
             source: Arc::clone(source),
             phones: phones.into_boxed_slice(),
+            data_version: data_version.clone(),
+            stamp,
         };
         (entry, unusable)
+    }
+
+    /// An entry outside any index (a live lookup's result), stamped now.
+    pub(super) fn detached(counterparty: Counterparty, source: &str, render: Renderer) -> Entry {
+        let source: Arc<str> = Arc::from(source);
+        Entry::new(counterparty, &source, unix_ms(SystemTime::now()), render).0
     }
 
     pub fn id(&self) -> &str {
@@ -85,6 +105,16 @@ impl Entry {
         &self.phones
     }
 
+    pub fn data_version(&self) -> Option<&str> {
+        self.data_version.as_deref()
+    }
+
+    /// True when `record` is the version this entry was built from, by the
+    /// source's change marker: it need not be built again.
+    fn is_same_version(&self, record: &Counterparty) -> bool {
+        self.data_version.is_some() && record.data_version == self.data_version
+    }
+
     fn position_of(&self, phone: PhoneKey) -> usize {
         self.phones
             .iter()
@@ -104,14 +134,35 @@ impl Entry {
     }
 }
 
+/// Records turned into entries, and what that took.
+struct Built {
+    entries: Arc<[Arc<Entry>]>,
+    /// Phone strings that are not a number.
+    unusable_phones: usize,
+    /// Records whose entry was kept from the previous set (same change marker).
+    unchanged: usize,
+}
+
 /// Turns records into entries on every core: rendering and serializing a
-/// million records is most of a start-up from the snapshot.
+/// million records is most of a start-up from the snapshot. A record whose
+/// change marker matches its entry in `previous` keeps that entry.
 fn build_entries(
     mut records: Vec<Counterparty>,
     source: &Arc<str>,
+    stamp: u64,
     render: Renderer,
-) -> (Arc<[Arc<Entry>]>, usize) {
+    previous: &[Arc<Entry>],
+) -> Built {
     const MIN_CHUNK: usize = 16_384;
+    let reusable: HashMap<&str, &Arc<Entry>> = if records.iter().any(|r| r.data_version.is_some()) {
+        previous
+            .iter()
+            .filter(|e| e.data_version.is_some())
+            .map(|e| (&*e.id, e))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = records.len().div_ceil(threads).max(MIN_CHUNK);
     let mut chunks = Vec::new();
@@ -121,21 +172,26 @@ fn build_entries(
     }
     chunks.push(records);
     chunks.reverse(); // split_off took them from the back
-    let convert = |chunk: Vec<Counterparty>| -> (Vec<Arc<Entry>>, usize) {
-        let mut unusable = 0;
+    let convert = |chunk: Vec<Counterparty>| -> (Vec<Arc<Entry>>, usize, usize) {
+        let (mut unusable, mut unchanged) = (0, 0);
         let entries = chunk
             .into_iter()
             .map(|c| {
-                let (entry, bad) = Entry::new(c, source, render);
+                if let Some(old) = reusable.get(&*c.id).filter(|old| old.is_same_version(&c)) {
+                    unchanged += 1;
+                    return Arc::clone(old);
+                }
+                let (entry, bad) = Entry::new(c, source, stamp, render);
                 unusable += bad;
                 Arc::new(entry)
             })
             .collect();
-        (entries, unusable)
+        (entries, unusable, unchanged)
     };
-    let parts: Vec<(Vec<Arc<Entry>>, usize)> = if chunks.len() == 1 {
+    let parts: Vec<(Vec<Arc<Entry>>, usize, usize)> = if chunks.len() == 1 {
         chunks.into_iter().map(convert).collect()
     } else {
+        let convert = &convert;
         std::thread::scope(|scope| {
             let handles: Vec<_> = chunks
                 .into_iter()
@@ -150,9 +206,20 @@ fn build_entries(
                 .collect()
         })
     };
-    let unusable = parts.iter().map(|(_, u)| u).sum();
-    let entries = parts.into_iter().flat_map(|(e, _)| e).collect();
-    (entries, unusable)
+    let unusable_phones = parts.iter().map(|p| p.1).sum();
+    let unchanged = parts.iter().map(|p| p.2).sum();
+    let entries = parts.into_iter().flat_map(|p| p.0).collect();
+    Built {
+        entries,
+        unusable_phones,
+        unchanged,
+    }
+}
+
+/// Unix milliseconds of `t` (0 before the epoch).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What the directory knows about one source's record set.
@@ -168,6 +235,16 @@ pub struct SourceInfo {
 struct SourceSet {
     info: SourceInfo,
     entries: Arc<[Arc<Entry>]>,
+}
+
+impl SourceSet {
+    /// The same set, for a new index (the entries are shared, not copied).
+    fn share(&self) -> SourceSet {
+        SourceSet {
+            info: self.info.clone(),
+            entries: Arc::clone(&self.entries),
+        }
+    }
 }
 
 /// Immutable lookup structures over all sources' records. When two sources
@@ -259,6 +336,8 @@ impl Index {
     }
 
     /// A new index: this one with `source`'s records replaced by `records`.
+    /// Records whose change marker (`data_version`) is that of their entry in
+    /// the current set keep that entry, and with it the time it was received.
     pub(super) fn with_source(
         &self,
         source: &str,
@@ -268,48 +347,135 @@ impl Index {
         render: Renderer,
     ) -> (Index, ReplaceReport) {
         let name: Arc<str> = Arc::from(source);
-        let (entries, unusable_phones) = build_entries(records, &name, render);
-        let new_set = SourceSet {
-            info: SourceInfo {
-                name: Arc::clone(&name),
-                records: entries.len(),
-                fingerprint,
-                loaded_at,
-            },
-            entries,
+        let previous = self.source_records(source);
+        let built = build_entries(
+            records,
+            &name,
+            unix_ms(loaded_at),
+            render,
+            previous.as_deref().unwrap_or_default(),
+        );
+        drop(previous);
+        let info = SourceInfo {
+            name: Arc::clone(&name),
+            records: built.entries.len(),
+            fingerprint,
+            loaded_at,
         };
         let mut sources: Vec<SourceSet> = self
             .sources
             .iter()
             .filter(|s| *s.info.name != *source)
-            .map(|s| SourceSet {
-                info: s.info.clone(),
-                entries: Arc::clone(&s.entries),
-            })
+            .map(SourceSet::share)
             .collect();
-        sources.push(new_set);
+        sources.push(SourceSet {
+            info,
+            entries: built.entries,
+        });
+        self.finish(sources, name, built.unusable_phones, built.unchanged)
+    }
+
+    /// A new index: this one with `upserts` added to (or replacing records of
+    /// the same id in) `source`'s set, and the records with an id in
+    /// `removals` taken out of every source's set.
+    pub(super) fn with_changes(
+        &self,
+        source: &str,
+        upserts: Vec<Counterparty>,
+        removals: &[Box<str>],
+        at: SystemTime,
+        render: Renderer,
+    ) -> (Index, ReplaceReport) {
+        let name: Arc<str> = Arc::from(source);
+        // One id twice in one change: the later record is the change.
+        let mut upserts = upserts;
+        let mut seen = HashSet::with_capacity(upserts.len());
+        upserts.reverse();
+        upserts.retain(|r| seen.insert(r.id.clone()));
+        upserts.reverse();
+        let built = build_entries(upserts, &name, unix_ms(at), render, &[]);
+        let replaced: HashSet<&str> = built.entries.iter().map(|e| &*e.id).collect();
+        let removed: HashSet<&str> = removals.iter().map(|id| &**id).collect();
+        let mut found = false;
+        let mut sources: Vec<SourceSet> = Vec::with_capacity(self.sources.len() + 1);
+        for set in &self.sources {
+            let own = *set.info.name == *source;
+            found |= own;
+            let drops =
+                |e: &&Arc<Entry>| removed.contains(&*e.id) || (own && replaced.contains(&*e.id));
+            let touched = set.entries.iter().any(|e| drops(&e));
+            if !touched && !own {
+                sources.push(set.share());
+                continue;
+            }
+            let mut entries: Vec<Arc<Entry>> =
+                set.entries.iter().filter(|e| !drops(e)).cloned().collect();
+            let mut info = set.info.clone();
+            if own {
+                entries.extend(built.entries.iter().cloned());
+                info.loaded_at = at;
+            }
+            info.records = entries.len();
+            sources.push(SourceSet {
+                info,
+                entries: entries.into(),
+            });
+        }
+        if !found {
+            sources.push(SourceSet {
+                info: SourceInfo {
+                    name: Arc::clone(&name),
+                    records: built.entries.len(),
+                    fingerprint: None,
+                    loaded_at: at,
+                },
+                entries: Arc::clone(&built.entries),
+            });
+        }
+        self.finish(sources, name, built.unusable_phones, 0)
+    }
+
+    fn finish(
+        &self,
+        mut sources: Vec<SourceSet>,
+        name: Arc<str>,
+        unusable_phones: usize,
+        unchanged: usize,
+    ) -> (Index, ReplaceReport) {
         sources.sort_by_key(|s| s.info.loaded_at);
         let index = Index::build(sources);
         let report = ReplaceReport {
-            records: index.source_records(source).map_or(0, |e| e.len()),
+            records: index.source_records(&name).map_or(0, |e| e.len()),
             source: name,
             total_records: index.len(),
             phones: index.phone_count(),
             ambiguous_phones: index.ambiguous_phones,
             unusable_phones,
+            unchanged,
         };
         (index, report)
     }
 
     fn build(sources: Vec<SourceSet>) -> Index {
-        // Newest source first, so the first time an id is seen is the copy that answers.
+        // When sources share an id, the most recently received version
+        // answers; between equal stamps, the source loaded last. Walking the
+        // newest source first makes that the first copy seen.
         let capacity: usize = sources.iter().map(|s| s.entries.len()).sum();
-        let mut seen: HashSet<&str> = HashSet::with_capacity(capacity);
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(capacity);
         let mut by_id: Vec<Arc<Entry>> = Vec::with_capacity(capacity);
         for set in sources.iter().rev() {
             for entry in set.entries.iter() {
-                if seen.insert(&entry.id) {
-                    by_id.push(Arc::clone(entry));
+                match seen.entry(&entry.id) {
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(by_id.len());
+                        by_id.push(Arc::clone(entry));
+                    }
+                    std::collections::hash_map::Entry::Occupied(slot) => {
+                        let kept = &mut by_id[*slot.get()];
+                        if entry.stamp > kept.stamp {
+                            *kept = Arc::clone(entry);
+                        }
+                    }
                 }
             }
         }

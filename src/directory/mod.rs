@@ -41,6 +41,9 @@ pub struct ReplaceReport {
     pub ambiguous_phones: usize,
     /// Phone strings of this source's records that are not a number.
     pub unusable_phones: usize,
+    /// Records whose change marker was unchanged: their entries were kept
+    /// as they were, not rebuilt.
+    pub unchanged: usize,
 }
 
 pub struct Directory {
@@ -123,6 +126,30 @@ impl Directory {
         let (index, report) = old.with_source(source, records, fingerprint, loaded_at, self.render);
         self.current.store(Arc::new(index));
         report
+    }
+
+    /// Upserts `records` into `source`'s set (a record replaces the one of
+    /// the same id there) and takes every record whose id is in `removals`
+    /// out of all sources. Rebuilds the index like [`Directory::replace_source`]
+    /// (unchanged entries are shared, not rebuilt): call it from a blocking task.
+    pub fn apply_changes(
+        &self,
+        source: &str,
+        records: Vec<Counterparty>,
+        removals: &[Box<str>],
+        at: SystemTime,
+    ) -> ReplaceReport {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current.load_full();
+        let (index, report) = old.with_changes(source, records, removals, at, self.render);
+        self.current.store(Arc::new(index));
+        report
+    }
+
+    /// An entry for a record that is not (yet) in the directory, rendered
+    /// like the directory's own: what a live lookup answers with.
+    pub fn prepare_entry(&self, source: &str, record: Counterparty) -> Arc<Entry> {
+        Arc::new(Entry::detached(record, source, self.render))
     }
 }
 
@@ -312,6 +339,120 @@ mod tests {
             Some("New")
         );
         assert_eq!(dir.snapshot().len(), 1);
+    }
+
+    fn versioned(id: &str, name: &str, phone: &str, version: &str) -> Counterparty {
+        Counterparty {
+            data_version: Some(version.into()),
+            ..cp(id, name, &[phone], None)
+        }
+    }
+
+    #[test]
+    fn a_refresh_keeps_the_entries_of_records_whose_change_marker_did_not_move() {
+        let dir = Directory::new(render);
+        dir.replace_source(
+            "onec",
+            vec![
+                versioned("1", "A", "89160000001", "v1"),
+                versioned("2", "B", "89160000002", "v1"),
+            ],
+            None,
+            SystemTime::now(),
+        );
+        let before = dir.lookup_id("1").expect("1");
+        let report = dir.replace_source(
+            "onec",
+            vec![
+                versioned("1", "A", "89160000001", "v1"),
+                versioned("2", "B2", "89160000002", "v2"),
+            ],
+            None,
+            SystemTime::now(),
+        );
+        assert_eq!(report.unchanged, 1);
+        assert!(Arc::ptr_eq(&before, &dir.lookup_id("1").expect("1")));
+        assert_eq!(name_for(&dir, "89160000002").as_deref(), Some("B2"));
+    }
+
+    #[test]
+    fn between_sources_the_most_recently_received_version_of_a_record_answers() {
+        let dir = Directory::new(render);
+        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let later = |s| t0 + std::time::Duration::from_secs(s);
+        dir.replace_source(
+            "onec",
+            vec![versioned("1", "From1C", "89160000001", "v1")],
+            None,
+            t0,
+        );
+        // A push after that read wins...
+        dir.apply_changes(
+            "push",
+            vec![cp("1", "Pushed", &["89160000001"], None)],
+            &[],
+            later(10),
+        );
+        assert_eq!(name_for(&dir, "89160000001").as_deref(), Some("Pushed"));
+        // ...and keeps winning over later refreshes that bring the old version,
+        // since that version was received before the push.
+        dir.replace_source(
+            "onec",
+            vec![versioned("1", "From1C", "89160000001", "v1")],
+            None,
+            later(20),
+        );
+        assert_eq!(name_for(&dir, "89160000001").as_deref(), Some("Pushed"));
+        // A new version in 1C is newer than the push.
+        dir.replace_source(
+            "onec",
+            vec![versioned("1", "Changed", "89160000001", "v2")],
+            None,
+            later(30),
+        );
+        assert_eq!(name_for(&dir, "89160000001").as_deref(), Some("Changed"));
+        assert_eq!(dir.snapshot().len(), 1);
+    }
+
+    #[test]
+    fn changes_upsert_into_one_source_and_removals_reach_every_source() {
+        let dir = Directory::new(render);
+        dir.replace_source(
+            "file",
+            vec![
+                cp("1", "A", &["89160000001"], None),
+                cp("2", "B", &["89160000002"], None),
+            ],
+            None,
+            SystemTime::now(),
+        );
+        let report = dir.apply_changes(
+            "push",
+            vec![
+                cp("3", "C", &["89160000003"], None),
+                cp("3", "C2", &["89160000033"], None),
+            ],
+            &[],
+            SystemTime::now(),
+        );
+        assert_eq!(
+            report.records, 1,
+            "the second record of id 3 replaced the first"
+        );
+        assert_eq!(name_for(&dir, "89160000033").as_deref(), Some("C2"));
+        dir.apply_changes("push", vec![], &["1".into(), "3".into()], SystemTime::now());
+        assert_eq!(name_for(&dir, "89160000001"), None);
+        assert_eq!(name_for(&dir, "89160000033"), None);
+        assert_eq!(name_for(&dir, "89160000002").as_deref(), Some("B"));
+        let index = dir.snapshot();
+        let counts: Vec<(String, usize)> = index
+            .sources()
+            .map(|s| (s.name.to_string(), s.records))
+            .collect();
+        assert!(
+            counts.contains(&("file".into(), 1)) && counts.contains(&("push".into(), 0)),
+            "{counts:?}"
+        );
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct SourceSnapshot {
     /// snapshot cannot be trusted to match it (some rows did not load, or
     /// its last save did not finish).
     pub fingerprint: Option<String>,
+    /// When the snapshot of this source was last written: the age of its
+    /// records, which decides between two sources holding the same id.
+    pub saved_at: SystemTime,
     /// In id order.
     pub records: Vec<Counterparty>,
 }
@@ -216,6 +219,7 @@ impl Store {
                 "{source}={got} (saved {})",
                 humantime::format_rfc3339_seconds(from_unix_ms(s.saved_at_ms))
             ));
+            s.snapshot.saved_at = from_unix_ms(s.saved_at_ms);
             // No fingerprint: a replace of this source was interrupted.
             let interrupted = s.snapshot.fingerprint.is_none();
             let incomplete =

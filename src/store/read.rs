@@ -108,6 +108,7 @@ fn read_sources(tx: &Transaction<'_>) -> rusqlite::Result<Vec<LoadedSource>> {
             snapshot: SourceSnapshot {
                 source: row.get(0)?,
                 fingerprint: row.get(1)?,
+                saved_at: std::time::UNIX_EPOCH,
                 records: Vec::with_capacity(capacity),
             },
             saved_at_ms: row.get(3)?,
