@@ -143,6 +143,27 @@ pub struct OnecConfig {
     pub refresh: Duration,
     #[serde(default = "OnecConfig::default_lookup_budget_ms")]
     pub lookup_budget_ms: u64,
+    /// The counterparties catalog's entity set.
+    #[serde(default = "OnecConfig::default_counterparties")]
+    pub counterparties: String,
+    /// Its contact information tabular section's entity set.
+    #[serde(default = "OnecConfig::default_contacts")]
+    pub contacts: String,
+    /// The catalog field holding the client category (a number); empty: not read.
+    #[serde(default)]
+    pub category_field: String,
+    /// The catalog field holding the responsible manager's extension; empty: not read.
+    #[serde(default)]
+    pub manager_phone_field: String,
+    /// Rows asked for per request (`$top`) in a full read.
+    #[serde(default = "OnecConfig::default_page_size")]
+    pub page_size: usize,
+    /// Longest one request to 1C may take (connect, answer and body).
+    #[serde(default = "OnecConfig::default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a number 1C does not know is remembered as unknown.
+    #[serde(default = "OnecConfig::default_negative_ttl", with = "humantime_serde")]
+    pub negative_ttl: Duration,
 }
 
 impl OnecConfig {
@@ -152,6 +173,32 @@ impl OnecConfig {
     fn default_lookup_budget_ms() -> u64 {
         300
     }
+    fn default_counterparties() -> String {
+        "Catalog_Контрагенты".into()
+    }
+    fn default_contacts() -> String {
+        "Catalog_Контрагенты_КонтактнаяИнформация".into()
+    }
+    fn default_page_size() -> usize {
+        1000
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_negative_ttl() -> Duration {
+        Duration::from_secs(60)
+    }
+
+    /// The live-lookup budget as a duration.
+    pub fn lookup_budget(&self) -> Duration {
+        Duration::from_millis(self.lookup_budget_ms)
+    }
+}
+
+/// An OData name (entity set or field): letters (Cyrillic included), digits
+/// and `_`, so a configured name can never change the shape of a URL.
+fn is_odata_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_alphanumeric() || c == '_')
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -419,6 +466,30 @@ impl Config {
                     "onec.lookup_budget_ms",
                     "must be at most 10000 (the PBX will not wait longer)",
                 ));
+            }
+            for (key, name, optional) in [
+                ("onec.counterparties", &onec.counterparties, false),
+                ("onec.contacts", &onec.contacts, false),
+                ("onec.category_field", &onec.category_field, true),
+                ("onec.manager_phone_field", &onec.manager_phone_field, true),
+            ] {
+                let unset = optional && name.is_empty();
+                if !unset && !is_odata_name(name) {
+                    return Err(self.invalid(
+                        key,
+                        "must be an OData name as 1C publishes it: letters, digits and _ only",
+                    ));
+                }
+            }
+            if !(1..=50_000).contains(&onec.page_size) {
+                return Err(self.invalid("onec.page_size", "must be between 1 and 50000"));
+            }
+            if onec.timeout < Duration::from_millis(100) || onec.timeout > Duration::from_secs(600)
+            {
+                return Err(self.invalid("onec.timeout", "must be between 100ms and 10m"));
+            }
+            if onec.negative_ttl > Duration::from_secs(3600) {
+                return Err(self.invalid("onec.negative_ttl", "must be at most 1h"));
             }
         }
         if self.popup.replay_len == 0 || self.popup.queue_len == 0 {

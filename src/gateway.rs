@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::popup::{Hub, HubConfig, Operator};
 use crate::soap;
 use crate::sources::file::FileSource;
+use crate::sources::onec::{OnecError, OnecSource};
 use crate::sources::SourceHealth;
 use crate::store::{Store, StoreError};
 use crate::vats::Vats;
@@ -34,6 +35,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("metrics registry: {0}")]
     Metrics(prometheus::Error),
+    #[error("the 1C source cannot start: {0}")]
+    Onec(#[from] OnecError),
 }
 
 /// How the directory was first filled, for the start-up message.
@@ -96,12 +99,28 @@ impl Gateway {
             addr: config.server.listen,
             source,
         })?;
-        let vats = Vats::new(
+        let onec = config
+            .onec
+            .as_ref()
+            .map(|c| {
+                OnecSource::new(
+                    c,
+                    Arc::clone(&directory),
+                    store.clone(),
+                    Arc::clone(&health),
+                    metrics.registry(),
+                )
+            })
+            .transpose()?;
+        let mut vats = Vats::new(
             Arc::clone(&directory),
             Arc::clone(&hub),
             store.clone(),
             Arc::clone(&metrics),
         );
+        if let Some(onec) = &onec {
+            vats = vats.with_live_lookup(onec.live_lookup());
+        }
         let front = Arc::new(Front::new(
             &config,
             vats,
@@ -148,10 +167,17 @@ impl Gateway {
                 file.run(reload.subscribe(), stop_sources.subscribe()),
             ));
         }
-        if config.onec.is_some() {
-            tracing::warn!("[onec] is configured, but this build has no 1C source yet: the directory comes from the file and the snapshot only");
+        let onec_configured = onec.is_some();
+        if let Some(onec) = onec {
+            // 1C is read in the background: a slow or absent 1C must not hold
+            // up the start, and the snapshot (if any) already answers.
+            sources.push(tokio::spawn(
+                onec.run(reload.subscribe(), stop_sources.subscribe()),
+            ));
         }
-        if !directory.is_loaded() {
+        // With 1C configured and nothing loaded yet, /readyz says "not ready"
+        // until 1C's first read; otherwise an empty directory is still a directory.
+        if !directory.is_loaded() && !onec_configured {
             // No snapshot and no readable source: an empty directory is still a
             // directory, and SayName must answer "unknown" rather than "not ready" forever.
             tracing::warn!("no counterparties from the snapshot or any source; answering every caller as unknown until a source loads");

@@ -6,8 +6,8 @@
 //! request increments a plain atomic counter.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets from 25 µs: a SayName answer takes microseconds, and the
@@ -93,6 +93,10 @@ pub struct Metrics {
     pub directory_ambiguous_phones: IntGauge,
     pub directory_reloads: IntCounterVec,
     pub incoming_calls_unknown_key: IntCounter,
+    /// Per source (`file`, `onec`, `push`...), set when `/metrics` is scraped.
+    pub source_records: IntGaugeVec,
+    pub source_last_success: GaugeVec,
+    pub source_consecutive_failures: IntGaugeVec,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -172,8 +176,32 @@ impl Metrics {
             "cti_incoming_calls_unknown_key_total",
             "IncomingCall requests whose Key no [[operator]] has (answered 1 and journaled).",
         ));
+        let source_records = must(IntGaugeVec::new(
+            Opts::new(
+                "cti_source_records",
+                "Counterparties each source holds in the directory.",
+            ),
+            &["source"],
+        ));
+        let source_last_success = must(GaugeVec::new(
+            Opts::new(
+                "cti_source_last_success_timestamp_seconds",
+                "When each source last loaded or read successfully (unix time; 0 if never since start).",
+            ),
+            &["source"],
+        ));
+        let source_consecutive_failures = must(IntGaugeVec::new(
+            Opts::new(
+                "cti_source_consecutive_failures",
+                "Failed loads or reads of each source since its last success.",
+            ),
+            &["source"],
+        ));
         for c in [
-            Box::new(http_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(source_records.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(source_last_success.clone()),
+            Box::new(source_consecutive_failures.clone()),
+            Box::new(http_connections.clone()),
             Box::new(http_connections_refused.clone()),
             Box::new(http_responses.clone()),
             Box::new(directory_counterparties.clone()),
@@ -200,6 +228,9 @@ impl Metrics {
             directory_counterparties,
             directory_phones,
             directory_ambiguous_phones,
+            source_records,
+            source_last_success,
+            source_consecutive_failures,
             directory_reloads,
             incoming_calls_unknown_key,
         }

@@ -8,11 +8,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::directory::Directory;
+use crate::directory::{Directory, Entry};
 use crate::metrics::{Metrics, OperationLabel, Outcome};
-use crate::phone;
+use crate::phone::{self, PhoneKey};
 use crate::popup::{CallEvent, Hub, HubError};
 use crate::soap::{self, FaultCode, Operation, Request, SoapVersion};
+use crate::sources::onec::LiveLookup;
 use crate::store::{CallRecord, Store};
 
 /// How long IncomingCall waits for the journal to commit before it answers
@@ -50,6 +51,8 @@ pub struct Vats {
     hub: Arc<Hub>,
     store: Store,
     metrics: Arc<Metrics>,
+    /// Asks 1C for callers the directory lacks, when `[onec]` is set.
+    live: Option<LiveLookup>,
 }
 
 impl Vats {
@@ -64,7 +67,14 @@ impl Vats {
             hub,
             store,
             metrics,
+            live: None,
         }
+    }
+
+    /// Callers the directory lacks are then asked of 1C, within its budget.
+    pub fn with_live_lookup(mut self, live: LiveLookup) -> Vats {
+        self.live = Some(live);
+        self
     }
 
     /// Answers one SOAP request body. `version_hint` (from the Content-Type)
@@ -79,7 +89,7 @@ impl Vats {
             }
             Ok(request) => match &request.operation {
                 Operation::SayName { number } => {
-                    let (reply, outcome) = self.say_name(&request, number);
+                    let (reply, outcome) = self.say_name(&request, number).await;
                     (reply, OperationLabel::SayName, outcome)
                 }
                 Operation::IncomingCall { num_from, key } => {
@@ -93,29 +103,44 @@ impl Vats {
         reply
     }
 
-    /// The ring-time path: a map lookup and a copy of bytes rendered at load.
-    fn say_name(&self, request: &Request, number: &str) -> (SoapReply, Outcome) {
-        self.directory
-            .with_phone(phone::normalize(number), |entry, loaded| {
-                let (payload, outcome) = match entry {
-                    Some(entry) => (&*entry.say_name, Outcome::Known),
-                    None if !loaded => (soap::unknown_caller_payload(), Outcome::NotReady),
-                    None => (soap::unknown_caller_payload(), Outcome::Unknown),
-                };
-                let mut body = Vec::with_capacity(480 + payload.len());
-                soap::write_say_name_response(
-                    &mut body,
-                    request.version,
-                    &request.namespace,
-                    payload,
-                );
-                let reply = SoapReply {
-                    status: 200,
-                    version: request.version,
-                    body,
-                };
-                (reply, outcome)
-            })
+    /// The ring-time path: a map lookup and a copy of bytes rendered at
+    /// load. Only a number the directory lacks, with `[onec]` set, waits:
+    /// for the live lookup, at most its budget.
+    async fn say_name(&self, request: &Request, number: &str) -> (SoapReply, Outcome) {
+        let phone = phone::normalize(number);
+        let local = self
+            .directory
+            .with_phone(phone, |entry, loaded| match entry {
+                Some(entry) => Ok(say_name_reply(request, &entry.say_name)),
+                None => Err(loaded),
+            });
+        let loaded = match local {
+            Ok(reply) => return (reply, Outcome::Known),
+            Err(loaded) => loaded,
+        };
+        if let (Some(live), Some(phone)) = (&self.live, phone) {
+            if let Some(entry) = live.find(phone).await {
+                return (say_name_reply(request, &entry.say_name), Outcome::Known);
+            }
+        }
+        let outcome = if loaded {
+            Outcome::Unknown
+        } else {
+            Outcome::NotReady
+        };
+        (
+            say_name_reply(request, soap::unknown_caller_payload()),
+            outcome,
+        )
+    }
+
+    /// The caller's record: the directory's, else 1C's (live, within its budget).
+    async fn find_caller(&self, phone: Option<PhoneKey>) -> Option<Arc<Entry>> {
+        let phone = phone?;
+        if let Some(entry) = self.directory.lookup_phone(phone) {
+            return Some(entry);
+        }
+        self.live.as_ref()?.find(phone).await
     }
 
     async fn incoming_call(
@@ -125,8 +150,9 @@ impl Vats {
         key: &str,
     ) -> (SoapReply, Outcome) {
         let normalized = phone::normalize(num_from);
-        let counterparty = normalized
-            .and_then(|k| self.directory.lookup_phone(k))
+        let counterparty = self
+            .find_caller(normalized)
+            .await
             .and_then(|e| match e.counterparty() {
                 Ok(c) => Some(Arc::new(c)),
                 Err(err) => {
@@ -211,5 +237,16 @@ impl Vats {
                 )
             }
         }
+    }
+}
+
+/// A SayName answer around a prepared payload.
+fn say_name_reply(request: &Request, payload: &[u8]) -> SoapReply {
+    let mut body = Vec::with_capacity(480 + payload.len());
+    soap::write_say_name_response(&mut body, request.version, &request.namespace, payload);
+    SoapReply {
+        status: 200,
+        version: request.version,
+        body,
     }
 }

@@ -128,7 +128,7 @@ impl Entry {
     /// phones (a client's main number beats a shared office line listed
     /// later); then (3) has the lowest id in byte order, so the choice never
     /// depends on load order.
-    fn wins_phone_over(&self, other: &Entry, phone: PhoneKey) -> bool {
+    pub fn wins_phone_over(&self, other: &Entry, phone: PhoneKey) -> bool {
         let rank = |e: &Entry| (!e.has_manager, e.position_of(phone));
         (rank(self), &*self.id) < (rank(other), &*other.id)
     }
@@ -345,9 +345,10 @@ impl Index {
         fingerprint: Option<String>,
         loaded_at: SystemTime,
         render: Renderer,
+        reuse: bool,
     ) -> (Index, ReplaceReport) {
         let name: Arc<str> = Arc::from(source);
-        let previous = self.source_records(source);
+        let previous = self.source_records(source).filter(|_| reuse);
         let built = build_entries(
             records,
             &name,

@@ -121,9 +121,34 @@ impl Directory {
         fingerprint: Option<String>,
         loaded_at: SystemTime,
     ) -> ReplaceReport {
+        self.replace(source, records, fingerprint, loaded_at, true)
+    }
+
+    /// [`Directory::replace_source`] that builds every entry anew, even for
+    /// records whose change marker is the same: for when what an entry is
+    /// built from changed (a source's field mapping).
+    pub fn replace_source_rebuilt(
+        &self,
+        source: &str,
+        records: Vec<Counterparty>,
+        fingerprint: Option<String>,
+        loaded_at: SystemTime,
+    ) -> ReplaceReport {
+        self.replace(source, records, fingerprint, loaded_at, false)
+    }
+
+    fn replace(
+        &self,
+        source: &str,
+        records: Vec<Counterparty>,
+        fingerprint: Option<String>,
+        loaded_at: SystemTime,
+        reuse: bool,
+    ) -> ReplaceReport {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
-        let (index, report) = old.with_source(source, records, fingerprint, loaded_at, self.render);
+        let (index, report) =
+            old.with_source(source, records, fingerprint, loaded_at, self.render, reuse);
         self.current.store(Arc::new(index));
         report
     }

@@ -446,6 +446,26 @@ impl Front {
         self.metrics
             .directory_ambiguous_phones
             .set(index.ambiguous_phones() as i64);
+        for info in index.sources() {
+            self.metrics
+                .source_records
+                .with_label_values(&[&*info.name])
+                .set(info.records as i64);
+        }
+        for (name, state) in self.health.report() {
+            let last = state
+                .last_success
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.metrics
+                .source_last_success
+                .with_label_values(&[&name])
+                .set(last);
+            self.metrics
+                .source_consecutive_failures
+                .with_label_values(&[&name])
+                .set(i64::from(state.consecutive_failures));
+        }
         let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
         response.headers_mut().insert(
             header::CONTENT_TYPE,

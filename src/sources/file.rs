@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::SourceHealth;
+use super::{SnapshotSaver, SourceHealth};
 use crate::directory::{Counterparty, Directory, ReplaceReport};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -117,11 +117,9 @@ pub struct FileSource {
     /// The stamp of the file as last read, so a change made between the
     /// first load and the start of the watcher is not missed.
     last_read: std::sync::Mutex<FileStamp>,
-    /// The latest background snapshot save; the next one waits for it.
-    pending_save: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    saver: SnapshotSaver,
     interval: Duration,
     directory: Arc<Directory>,
-    store: Store,
     health: Arc<SourceHealth>,
     metrics: Arc<Metrics>,
 }
@@ -138,10 +136,9 @@ impl FileSource {
         FileSource {
             path,
             last_read: std::sync::Mutex::new(None),
-            pending_save: std::sync::Mutex::new(None),
+            saver: SnapshotSaver::new(SOURCE, Arc::clone(&directory), store.clone()),
             interval,
             directory,
-            store,
             health,
             metrics,
         }
@@ -239,42 +236,8 @@ impl FileSource {
             unusable_phones = report.unusable_phones,
             "directory file loaded"
         );
-        self.save_snapshot(print);
+        self.saver.save(print);
         Ok(Some(report))
-    }
-
-    /// Writes this source's records to the store, so a restart answers at
-    /// once. It runs in the background: the directory is already serving, and
-    /// a first save of a million records takes seconds. Saves run in the
-    /// order of the loads (each waits for the one before); a failure is
-    /// logged, and only costs a re-read of the file at the next start.
-    fn save_snapshot(&self, print: String) {
-        let Some(entries) = self.directory.snapshot().source_records(SOURCE) else {
-            return;
-        };
-        let store = self.store.clone();
-        let mut pending = self.pending_save.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = pending.take();
-        *pending = Some(tokio::spawn(async move {
-            if let Some(previous) = previous {
-                let _ = previous.await;
-            }
-            if let Err(e) = store.replace_source(SOURCE, &print, entries).await {
-                tracing::error!(error = %e, "directory snapshot not saved; the next start re-reads the file");
-            }
-        }));
-    }
-
-    /// Waits for the snapshot saves started so far.
-    async fn finish_saves(&self) {
-        let pending = self
-            .pending_save
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(task) = pending {
-            let _ = task.await;
-        }
     }
 
     /// Watches the file until `shutdown`: reloads when its size or
@@ -297,7 +260,7 @@ impl FileSource {
             };
             tokio::select! {
                 _ = shutdown.changed() => {
-                    self.finish_saves().await;
+                    self.saver.finish().await;
                     return;
                 }
                 changed = reload.changed() => {

@@ -7,10 +7,68 @@
 //! once when it comes back, not on every retry.
 
 pub mod file;
+pub mod onec;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+use crate::directory::Directory;
+use crate::store::Store;
+
+/// Writes one source's records to the store after the directory took them,
+/// so a restart answers at once. Saves run in the background (the directory
+/// already serves, and a first save of a million records takes seconds) and
+/// in the order of the loads: each waits for the one before. A failure is
+/// logged and costs only a re-read of the source at the next start.
+pub(crate) struct SnapshotSaver {
+    source: &'static str,
+    directory: Arc<Directory>,
+    store: Store,
+    pending: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl SnapshotSaver {
+    pub(crate) fn new(source: &'static str, directory: Arc<Directory>, store: Store) -> Self {
+        SnapshotSaver {
+            source,
+            directory,
+            store,
+            pending: Mutex::new(None),
+        }
+    }
+
+    /// Saves the source's records as the directory holds them now, under
+    /// `fingerprint` (what the source calls this content).
+    pub(crate) fn save(&self, fingerprint: String) {
+        let Some(entries) = self.directory.snapshot().source_records(self.source) else {
+            return;
+        };
+        let (store, source) = (self.store.clone(), self.source);
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = pending.take();
+        *pending = Some(tokio::spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            if let Err(e) = store.replace_source(source, &fingerprint, entries).await {
+                tracing::error!(source, error = %e, "directory snapshot not saved; the next start reads the source again");
+            }
+        }));
+    }
+
+    /// Waits for the saves started so far.
+    pub(crate) async fn finish(&self) {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = pending {
+            let _ = task.await;
+        }
+    }
+}
 
 /// The health of one source as `/readyz` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
