@@ -330,7 +330,11 @@ fn build(
     let fingerprint = fingerprint(settings_tag, &records);
     let current = directory.snapshot();
     let loaded = current.sources().find(|s| &*s.name == SOURCE);
-    if loaded.is_some_and(|s| s.fingerprint.as_deref() == Some(fingerprint.as_str())) {
+    // The count too: a record removed through the push API leaves the
+    // fingerprint as it was, and 1C, still listing it, brings it back.
+    if loaded.is_some_and(|s| {
+        s.fingerprint.as_deref() == Some(fingerprint.as_str()) && s.records == records.len()
+    }) {
         return Built {
             report: None,
             fingerprint,
