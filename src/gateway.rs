@@ -20,7 +20,8 @@ use crate::popup::{Hub, HubConfig, Operator};
 use crate::soap;
 use crate::sources::file::FileSource;
 use crate::sources::onec::{OnecError, OnecSource};
-use crate::sources::SourceHealth;
+use crate::sources::push::PushSource;
+use crate::sources::{SnapshotSavers, SourceHealth};
 use crate::store::{Store, StoreError};
 use crate::vats::Vats;
 
@@ -99,6 +100,9 @@ impl Gateway {
             addr: config.server.listen,
             source,
         })?;
+        // Sources that save their snapshot in the background; a delete through
+        // the push API asks them to save again.
+        let savers = Arc::new(SnapshotSavers::default());
         let onec = config
             .onec
             .as_ref()
@@ -109,6 +113,7 @@ impl Gateway {
                     store.clone(),
                     Arc::clone(&health),
                     metrics.registry(),
+                    &savers,
                 )
             })
             .transpose()?;
@@ -121,6 +126,14 @@ impl Gateway {
         if let Some(onec) = &onec {
             vats = vats.with_live_lookup(onec.live_lookup());
         }
+        let push = PushSource::new(
+            Arc::clone(&directory),
+            store.clone(),
+            Arc::clone(&savers),
+            metrics.registry(),
+        )
+        .map_err(StartError::Metrics)?;
+        let push = Arc::new(push);
         let front = Arc::new(Front::new(
             &config,
             vats,
@@ -129,6 +142,7 @@ impl Gateway {
             Arc::clone(&metrics),
             Arc::clone(&hub),
             store.clone(),
+            Arc::clone(&push),
         ));
         let stop_server = Arc::new(Notify::new());
         let server = {
@@ -147,6 +161,7 @@ impl Gateway {
         tracing::info!(%addr, soap_path = %config.soap.path, "listening");
 
         let snapshot_records = load_snapshot(&store, &directory).await;
+        push.snapshot_loaded();
 
         let (reload, _) = watch::channel(0u64);
         let (stop_sources, _) = watch::channel(false);
@@ -159,6 +174,7 @@ impl Gateway {
                 store.clone(),
                 Arc::clone(&health),
                 Arc::clone(&metrics),
+                &savers,
             );
             // The first load happens before start() returns, so a caller that
             // waits for start() gets the file's directory (or its error logged).

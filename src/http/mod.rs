@@ -19,10 +19,12 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::config::Config;
+use crate::directory::model::MAX_ID_LEN;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
 use crate::popup::{self, Hub, OperatorInfo, ScreenQuery, TransportConfig};
 use crate::soap::{self, FaultCode, SoapVersion};
+use crate::sources::push::{self, BatchError, PushError, PushSource};
 use crate::sources::SourceHealth;
 use crate::store::Store;
 use crate::vats::{SoapReply, Vats};
@@ -31,6 +33,18 @@ pub use auth::{constant_time_eq, AuthFailure};
 
 /// The largest SOAP request accepted; the PBX's requests are a few hundred bytes.
 pub const MAX_SOAP_BODY: usize = 64 * 1024;
+
+/// The largest push API body accepted (10,000 records of about 800 bytes).
+pub const MAX_PUSH_BODY: usize = 8 * 1024 * 1024;
+
+/// `POST` here upserts counterparties; `DELETE` below it removes one.
+const COUNTERPARTIES_PATH: &str = "/api/v1/counterparties";
+const COUNTERPARTY_PREFIX: &str = "/api/v1/counterparties/";
+
+/// Push bodies up to this size are parsed on the request's task; larger
+/// ones on the blocking pool (8 MiB of JSON is tens of milliseconds of CPU
+/// that SayName answers must not wait behind).
+const INLINE_PARSE_BYTES: usize = 64 * 1024;
 
 pub type Body = Full<Bytes>;
 
@@ -50,6 +64,8 @@ pub struct Front {
     screens: TransportConfig,
     store: Store,
     api_token: Option<crate::config::Secret>,
+    /// The push API's use-case: `POST`/`DELETE` on `/api/v1/counterparties`.
+    push: Arc<PushSource>,
     /// `server.max_connections` slots, shared by HTTP connections and the
     /// WebSocket screens they upgrade into (hyper's connection ends at the
     /// upgrade, so a screen takes a slot of its own for its lifetime).
@@ -59,6 +75,8 @@ pub struct Front {
 }
 
 impl Front {
+    // One handle per part it serves; built once, by the gateway only.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         vats: Vats,
@@ -67,6 +85,7 @@ impl Front {
         metrics: Arc<Metrics>,
         hub: Arc<Hub>,
         store: Store,
+        push: Arc<PushSource>,
     ) -> Front {
         let password = config
             .soap
@@ -88,6 +107,7 @@ impl Front {
             hub,
             store,
             api_token: config.api.token.clone(),
+            push,
             connection_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
             screens: TransportConfig {
                 ping_interval: config.popup.ping_interval,
@@ -108,13 +128,8 @@ impl Front {
     /// first. Bearer `api.token`. `since` is an RFC 3339 time; `limit`
     /// defaults to 100, at most 1000.
     async fn calls_endpoint(&self, req: &Request<Incoming>) -> Response<Body> {
-        let token = self.api_token.as_ref().map(|t| t.expose());
-        if let Err(failure) = auth::check_bearer(req.headers().get(header::AUTHORIZATION), token) {
-            let mut response = json_error(StatusCode::UNAUTHORIZED, &failure.to_string());
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+        if let Err(refused) = self.check_api_token(req, false) {
+            return refused;
         }
         let (mut key, mut since, mut limit) = (None, None, 100u32);
         for pair in req
@@ -182,6 +197,229 @@ impl Front {
         }
     }
 
+    /// `Authorization: Bearer <api.token>`, compared in constant time; a 401
+    /// with `WWW-Authenticate: Bearer` otherwise, and always when no
+    /// `api.token` is configured. `warn`: log the refusal (at most once a
+    /// minute, the rest are counted in `cti_http_responses_total`).
+    #[allow(clippy::result_large_err)] // the Err is the answer itself
+    fn check_api_token(&self, req: &Request<Incoming>, warn: bool) -> Result<(), Response<Body>> {
+        let token = self.api_token.as_ref().map(|t| t.expose());
+        let Err(failure) = auth::check_bearer(req.headers().get(header::AUTHORIZATION), token)
+        else {
+            return Ok(());
+        };
+        let message = match token {
+            None => "no api.token is configured on the gateway: this API refuses every request until one is set".to_owned(),
+            Some(_) => failure.to_string(),
+        };
+        if warn && once_a_minute(&LAST_API_AUTH_WARNING) {
+            tracing::warn!(path = req.uri().path(), reason = %message, "push API request refused: bad or missing Bearer token (repeats within a minute are not logged)");
+        }
+        let mut response = json_error(StatusCode::UNAUTHORIZED, &message);
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Err(response)
+    }
+
+    /// `POST /api/v1/counterparties`: a JSON array of counterparties,
+    /// upserted into the `push` source, all or none. 200 once committed in
+    /// the store and applied to the directory.
+    async fn counterparties_endpoint(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.method() != Method::POST {
+            return method_not_allowed(
+                req.method(),
+                "POST",
+                "POST a JSON array of counterparties here; DELETE /api/v1/counterparties/{id} removes one",
+            );
+        }
+        if let Err(refused) = self.check_api_token(&req, true) {
+            return refused;
+        }
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        if !is_json_utf8(&content_type) {
+            return push_refused(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                serde_json::json!({ "error": format!(
+                    "Content-Type '{}' is not JSON: send application/json (UTF-8)",
+                    content_type.chars().take(100).collect::<String>().escape_debug()
+                ) }),
+            );
+        }
+        let body = match self.read_body(req, MAX_PUSH_BODY).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
+        };
+        let parsed = if body.len() <= INLINE_PARSE_BYTES {
+            push::parse_batch(&body)
+        } else {
+            match tokio::task::spawn_blocking(move || push::parse_batch(&body)).await {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    tracing::error!(error = %e, "push body parser task failed");
+                    return json_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the body could not be read; nothing was changed",
+                    );
+                }
+            }
+        };
+        let records = match parsed {
+            Ok(records) => records,
+            Err(e @ BatchError::Malformed { line, column, .. }) => {
+                return push_refused(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({
+                        "error": format!("{e}; nothing was changed"),
+                        "line": line,
+                        "column": column,
+                    }),
+                );
+            }
+            Err(e @ BatchError::TooMany { limit }) => {
+                return push_refused(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    serde_json::json!({ "error": format!("{e}; nothing was changed"), "limit": limit }),
+                );
+            }
+            Err(BatchError::Record(e)) => return record_refused(&e),
+        };
+        match self.push.upsert(records).await {
+            Ok(report) => json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "upserted": report.upserted,
+                    "records": report.records,
+                    "counterparties": report.counterparties,
+                }),
+            ),
+            Err(e) => push_failed(e),
+        }
+    }
+
+    /// `DELETE /api/v1/counterparties/{id}`: removes the id from every
+    /// source; 404 when none has it.
+    async fn counterparty_endpoint(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.method() != Method::DELETE {
+            return method_not_allowed(
+                req.method(),
+                "DELETE",
+                "DELETE /api/v1/counterparties/{id} removes a counterparty; POST /api/v1/counterparties upserts",
+            );
+        }
+        if let Err(refused) = self.check_api_token(&req, true) {
+            return refused;
+        }
+        let raw = req
+            .uri()
+            .path()
+            .strip_prefix(COUNTERPARTY_PREFIX)
+            .unwrap_or_default();
+        let too_long = || {
+            push_refused(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": format!("the id is longer than {MAX_ID_LEN} bytes (the longest an id may be)") }),
+            )
+        };
+        // Each byte of an id is at most three characters percent-encoded.
+        if raw.len() > 3 * MAX_ID_LEN {
+            return too_long();
+        }
+        let Some(id) = crate::popup::query::percent_decode(raw) else {
+            return push_refused(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": "the id in the path is not valid percent-encoded UTF-8" }),
+            );
+        };
+        if id.trim().is_empty() {
+            return push_refused(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": "no id: DELETE /api/v1/counterparties/{id}, the id percent-encoded" }),
+            );
+        }
+        if id.len() > MAX_ID_LEN {
+            return too_long();
+        }
+        match self.push.delete(&id).await {
+            Ok(report) if report.removed => json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "removed": true,
+                    "id": id,
+                    "counterparties": report.counterparties,
+                }),
+            ),
+            Ok(_) => {
+                tracing::info!(id = %id, "push: delete of an id no source has; nothing changed");
+                json(
+                    StatusCode::NOT_FOUND,
+                    &serde_json::json!({
+                        "error": format!("no source has a counterparty with id {id:?}; nothing was changed"),
+                        "removed": false,
+                        "id": id,
+                    }),
+                )
+            }
+            Err(e) => push_failed(e),
+        }
+    }
+
+    /// Reads a JSON API body of at most `limit` bytes within
+    /// `server.body_read_timeout`: 413 when larger (declared or streamed),
+    /// 408 when too slow, 400 when the connection breaks.
+    #[allow(clippy::result_large_err)] // the Err is the answer itself
+    async fn read_body(
+        &self,
+        req: Request<Incoming>,
+        limit: usize,
+    ) -> Result<Bytes, Response<Body>> {
+        let too_large = || {
+            push_refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({
+                    "error": format!("the request body is larger than {limit} bytes: send fewer records per request; nothing was changed"),
+                    "limit_bytes": limit,
+                }),
+            )
+        };
+        let declared_len = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared_len.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let collect = Limited::new(req.into_body(), limit).collect();
+        tokio::pin!(collect);
+        let collected = match poll_once(collect.as_mut()) {
+            Some(done) => Ok(done),
+            None => tokio::time::timeout(self.body_read_timeout, collect).await,
+        };
+        match collected {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "request body could not be read");
+                Err(push_refused(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "error": "the request body could not be read in full; nothing was changed" }),
+                ))
+            }
+            Err(_) => Err(push_refused(
+                StatusCode::REQUEST_TIMEOUT,
+                serde_json::json!({ "error": format!(
+                    "the request body did not arrive within {} s (server.body_read_timeout); nothing was changed",
+                    self.body_read_timeout.as_secs_f64()
+                ) }),
+            )),
+        }
+    }
+
     /// hyper's entry point: never fails, every error is an answer.
     pub async fn handle(
         self: Arc<Self>,
@@ -190,6 +428,13 @@ impl Front {
         let path = req.uri().path();
         let (endpoint, response) = if path == self.soap_path {
             ("soap", self.soap_endpoint(req).await)
+        } else if path == COUNTERPARTIES_PATH {
+            (
+                "api_counterparties",
+                self.counterparties_endpoint(req).await,
+            )
+        } else if path.starts_with(COUNTERPARTY_PREFIX) {
+            ("api_counterparty", self.counterparty_endpoint(req).await)
         } else {
             match (req.method(), path) {
                 (&Method::GET, "/metrics") => ("metrics", self.metrics_endpoint()),
@@ -609,6 +854,85 @@ fn unauthorized(version: SoapVersion, failure: AuthFailure) -> Response<Body> {
         HeaderValue::from_static("Basic realm=\"cti-gateway\", charset=\"UTF-8\""),
     );
     response
+}
+
+/// Unix second of the last "bad Bearer token" warning of the push API.
+static LAST_API_AUTH_WARNING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// True at most once a minute per `last` (across threads).
+fn once_a_minute(last: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let seen = last.load(Relaxed);
+    now >= seen + AUTH_WARNING_EVERY_S && last.compare_exchange(seen, now, Relaxed, Relaxed).is_ok()
+}
+
+/// `application/json`, with no charset or a UTF-8 one (JSON is UTF-8).
+fn is_json_utf8(content_type: &str) -> bool {
+    let mut parts = content_type.split(';');
+    if !parts
+        .next()
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+    {
+        return false;
+    }
+    parts.all(|param| match param.split_once('=') {
+        Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let value = value.trim().trim_matches('"');
+            value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8")
+        }
+        _ => true,
+    })
+}
+
+/// A 405 in JSON with `Allow`.
+fn method_not_allowed(method: &Method, allow: &'static str, hint: &str) -> Response<Body> {
+    let mut response = push_refused(
+        StatusCode::METHOD_NOT_ALLOWED,
+        serde_json::json!({ "error": format!("method {method} is not allowed here: {hint}") }),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// A refused push API request: logged (what and why, never the body or a
+/// credential) and answered in JSON.
+fn push_refused(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let reason = body.get("error").and_then(|e| e.as_str()).unwrap_or("");
+    tracing::warn!(status = status.as_u16(), reason, "push API request refused");
+    json(status, &body)
+}
+
+/// 422 for a record that does not fit the model: which one, which field.
+fn record_refused(e: &push::RecordError) -> Response<Body> {
+    push_refused(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        serde_json::json!({
+            "error": format!("{e}; nothing was changed"),
+            "record": e.index,
+            "id": e.id,
+            "field": e.field,
+        }),
+    )
+}
+
+/// A push the gateway accepted but could not (fully) carry out.
+fn push_failed(e: PushError) -> Response<Body> {
+    match e {
+        PushError::Invalid(e) => record_refused(&e),
+        PushError::NotSaved(_) | PushError::Starting => {
+            let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+        }
+        PushError::NotApplied(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

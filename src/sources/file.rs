@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::{SnapshotSaver, SourceHealth};
+use super::{SnapshotSaver, SnapshotSavers, SourceHealth};
 use crate::directory::{Counterparty, Directory, ReplaceReport};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -117,7 +117,7 @@ pub struct FileSource {
     /// The stamp of the file as last read, so a change made between the
     /// first load and the start of the watcher is not missed.
     last_read: std::sync::Mutex<FileStamp>,
-    saver: SnapshotSaver,
+    saver: Arc<SnapshotSaver>,
     interval: Duration,
     directory: Arc<Directory>,
     health: Arc<SourceHealth>,
@@ -132,11 +132,14 @@ impl FileSource {
         store: Store,
         health: Arc<SourceHealth>,
         metrics: Arc<Metrics>,
+        savers: &SnapshotSavers,
     ) -> FileSource {
+        let saver = Arc::new(SnapshotSaver::new(SOURCE, Arc::clone(&directory), store));
+        savers.register(Arc::clone(&saver));
         FileSource {
             path,
             last_read: std::sync::Mutex::new(None),
-            saver: SnapshotSaver::new(SOURCE, Arc::clone(&directory), store.clone()),
+            saver,
             interval,
             directory,
             health,
@@ -215,16 +218,15 @@ impl FileSource {
             }
             let records = parse_jsonl(&bytes)?;
             drop(bytes);
-            let report =
-                directory.replace_source(SOURCE, records, Some(print.clone()), SystemTime::now());
-            Ok(Some((report, print)))
+            let report = directory.replace_source(SOURCE, records, Some(print), SystemTime::now());
+            Ok(Some(report))
         })
         .await
         .map_err(|e| FileError::Io {
             path: self.path.clone(),
             source: std::io::Error::other(e),
         })??;
-        let Some((report, print)) = outcome else {
+        let Some(report) = outcome else {
             return Ok(None);
         };
         tracing::info!(
@@ -236,7 +238,7 @@ impl FileSource {
             unusable_phones = report.unusable_phones,
             "directory file loaded"
         );
-        self.saver.save(print);
+        self.saver.save();
         Ok(Some(report))
     }
 

@@ -8,6 +8,7 @@
 
 pub mod file;
 pub mod onec;
+pub mod push;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,9 +19,11 @@ use crate::store::Store;
 
 /// Writes one source's records to the store after the directory took them,
 /// so a restart answers at once. Saves run in the background (the directory
-/// already serves, and a first save of a million records takes seconds) and
-/// in the order of the loads: each waits for the one before. A failure is
-/// logged and costs only a re-read of the source at the next start.
+/// already serves, and a first save of a million records takes seconds),
+/// one after the other; each writes the source's set as the directory holds
+/// it when the save starts, so a later save always leaves the store equal to
+/// the directory. A failure is logged and costs only a re-read of the source
+/// at the next start.
 pub(crate) struct SnapshotSaver {
     source: &'static str,
     directory: Arc<Directory>,
@@ -38,19 +41,27 @@ impl SnapshotSaver {
         }
     }
 
-    /// Saves the source's records as the directory holds them now, under
-    /// `fingerprint` (what the source calls this content).
-    pub(crate) fn save(&self, fingerprint: String) {
-        let Some(entries) = self.directory.snapshot().source_records(self.source) else {
-            return;
-        };
-        let (store, source) = (self.store.clone(), self.source);
+    /// Queues a save of the source's set, under the fingerprint the
+    /// directory holds for it (no fingerprint: nothing to vouch for, no save).
+    pub(crate) fn save(&self) {
+        let (store, directory, source) =
+            (self.store.clone(), Arc::clone(&self.directory), self.source);
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let previous = pending.take();
         *pending = Some(tokio::spawn(async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
+            let index = directory.snapshot();
+            let fingerprint = index
+                .sources()
+                .find(|s| &*s.name == source)
+                .and_then(|s| s.fingerprint.clone());
+            let (Some(entries), Some(fingerprint)) = (index.source_records(source), fingerprint)
+            else {
+                return;
+            };
+            drop(index);
             if let Err(e) = store.replace_source(source, &fingerprint, entries).await {
                 tracing::error!(source, error = %e, "directory snapshot not saved; the next start reads the source again");
             }
@@ -66,6 +77,31 @@ impl SnapshotSaver {
             .take();
         if let Some(task) = pending {
             let _ = task.await;
+        }
+    }
+}
+
+/// The snapshot savers of the sources that save in the background. A change
+/// made outside a source (a delete through the push API) asks each to save
+/// again: a save already under way may have taken the set before the change
+/// and would otherwise write the removed record back.
+#[derive(Default)]
+pub struct SnapshotSavers {
+    savers: Mutex<Vec<Arc<SnapshotSaver>>>,
+}
+
+impl SnapshotSavers {
+    pub(crate) fn register(&self, saver: Arc<SnapshotSaver>) {
+        self.savers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(saver);
+    }
+
+    /// Queues a save of every registered source.
+    pub fn save_all(&self) {
+        for saver in self.savers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            saver.save();
         }
     }
 }

@@ -70,6 +70,21 @@ pub struct SourceSnapshot {
     pub records: Vec<Counterparty>,
 }
 
+/// What [`Store::apply_changes`] committed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedChanges {
+    /// Upserted records that had no row in the source.
+    pub inserted: usize,
+    /// Upserted records whose row differed (rewritten).
+    pub updated: usize,
+    /// Upserted records whose row was already equal (not written).
+    pub unchanged: usize,
+    /// Rows removed, all sources together.
+    pub removed: usize,
+    /// Each source that lost rows, with how many, in source order.
+    pub removed_from: Vec<(String, usize)>,
+}
+
 /// One `IncomingCall` as the journal keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRecord {
@@ -320,6 +335,44 @@ impl Store {
             lock(&self.inner.untrusted).remove(source);
         }
         result
+    }
+
+    /// Upserts `upserts` into `source`'s snapshot rows (a record replaces the
+    /// row of its id; of two records with one id, the later one counts) and
+    /// removes every id in `removals` from every source's rows, all in one
+    /// transaction: resolves `Ok` once all of it is committed
+    /// (`synchronous=FULL`), and on `Err` none of it is. The counterpart of
+    /// [`Directory::apply_changes`](crate::directory::Directory::apply_changes):
+    /// the same change, made durable.
+    ///
+    /// Each touched source's row count stays equal to its rows, and the
+    /// upserted source gets a fingerprint (its name) and `saved_at` = now, so
+    /// [`Store::load_snapshot`] loads the result as complete. A source that
+    /// lost rows keeps its fingerprint: a source whose input did not change
+    /// is not read again, so what was removed stays removed across restarts
+    /// until that input changes.
+    ///
+    /// Waits for a source replace being written (see [`Store::replace_source`]):
+    /// changes never interleave with its chunks. Dropping the future once the
+    /// command is sent does not cancel the write.
+    pub async fn apply_changes<R>(
+        &self,
+        source: &str,
+        upserts: Arc<[R]>,
+        removals: &[Box<str>],
+    ) -> Result<AppliedChanges, StoreError>
+    where
+        R: SnapshotRecord + 'static,
+    {
+        let upserts: Arc<dyn snapshot::RecordSet> = Arc::new(snapshot::Held(upserts));
+        let removals: Arc<[Box<str>]> = removals.into();
+        self.request(|reply| Command::ApplyChanges {
+            source: source.to_owned(),
+            upserts,
+            removals,
+            reply,
+        })
+        .await
     }
 
     /// Appends a call to the journal. Resolves with the row id once the row

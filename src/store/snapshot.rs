@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{read, StoreError};
 use crate::directory::{Counterparty, Entry};
@@ -365,7 +365,7 @@ fn encode(record: &dyn SnapshotRecord, buf: &mut Vec<u8>) -> rusqlite::Result<()
 }
 
 /// Writes one row, replacing a row with the same id. The building block for
-/// full replaces and, later, incremental upserts (the push API).
+/// full replaces and for upserts ([`upsert_row`]).
 pub(super) fn put_row(
     conn: &Connection,
     source: &str,
@@ -373,9 +373,47 @@ pub(super) fn put_row(
     buf: &mut Vec<u8>,
 ) -> rusqlite::Result<()> {
     encode(record, buf)?;
-    let body = std::str::from_utf8(buf)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    let id: &str = record.id();
+    write_row(conn, source, record.id(), body_text(buf)?)
+}
+
+/// What [`upsert_row`] did to the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Upserted {
+    Inserted,
+    Updated,
+    /// The stored body was already this record's: nothing written.
+    Unchanged,
+}
+
+/// Brings one row to `record` (the body encoded as a replace encodes it) and
+/// says whether the row was new, changed or already equal.
+pub(super) fn upsert_row(
+    conn: &Connection,
+    source: &str,
+    record: &dyn SnapshotRecord,
+    buf: &mut Vec<u8>,
+) -> rusqlite::Result<Upserted> {
+    encode(record, buf)?;
+    let body = body_text(buf)?;
+    let id = record.id();
+    let same: Option<bool> = conn
+        .prepare_cached("SELECT body = ?3 FROM counterparties WHERE source = ?1 AND id = ?2")?
+        .query_row(params![source, id, body], |r| r.get(0))
+        .optional()?;
+    let done = match same {
+        Some(true) => return Ok(Upserted::Unchanged),
+        Some(false) => Upserted::Updated,
+        None => Upserted::Inserted,
+    };
+    write_row(conn, source, id, body)?;
+    Ok(done)
+}
+
+fn body_text(buf: &[u8]) -> rusqlite::Result<&str> {
+    std::str::from_utf8(buf).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+fn write_row(conn: &Connection, source: &str, id: &str, body: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO counterparties (source, id, body) VALUES (?1, ?2, ?3)
          ON CONFLICT (source, id) DO UPDATE SET body = excluded.body",
@@ -384,9 +422,8 @@ pub(super) fn put_row(
     Ok(())
 }
 
-/// Removes one row (no error if it is not there).
-pub(super) fn delete_row(conn: &Connection, source: &str, id: &str) -> rusqlite::Result<()> {
+/// Removes one row (no error if it is not there); returns the rows removed.
+pub(super) fn delete_row(conn: &Connection, source: &str, id: &str) -> rusqlite::Result<usize> {
     conn.prepare_cached("DELETE FROM counterparties WHERE source = ?1 AND id = ?2")?
-        .execute(params![source, id])?;
-    Ok(())
+        .execute(params![source, id])
 }

@@ -29,8 +29,8 @@ use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::Metrics;
-use super::snapshot::{self, Limit, OpCounts, Plan, RecordSet, RowOp, Walk};
-use super::{unix_ms, CallRecord, StoreError};
+use super::snapshot::{self, Limit, OpCounts, Plan, RecordSet, RowOp, Upserted, Walk};
+use super::{unix_ms, AppliedChanges, CallRecord, StoreError};
 
 /// Room in the channel: callers beyond it wait (asynchronously) for space.
 pub(super) const CHANNEL_CAPACITY: usize = 1024;
@@ -79,6 +79,14 @@ pub(super) enum Command {
         /// The diff, computed off the writer; `None`: the writer diffs.
         plan: Option<Plan>,
         reply: Reply<()>,
+    },
+    /// Upserts rows of one source and removes ids from every source, in
+    /// one transaction (the push API).
+    ApplyChanges {
+        source: String,
+        upserts: Arc<dyn RecordSet>,
+        removals: Arc<[Box<str>]>,
+        reply: Reply<AppliedChanges>,
     },
     /// Runs raw SQL on the write connection (tests: inject failures).
     #[cfg(test)]
@@ -173,6 +181,15 @@ impl Writer {
                     reply,
                 } => {
                     let result = self.replace_source(&source, &fingerprint, &*records, plan);
+                    let _ = reply.send(result);
+                }
+                Command::ApplyChanges {
+                    source,
+                    upserts,
+                    removals,
+                    reply,
+                } => {
+                    let result = self.apply_changes(&source, &*upserts, &removals);
                     let _ = reply.send(result);
                 }
                 #[cfg(test)]
@@ -444,6 +461,94 @@ impl Writer {
         }
     }
 
+    /// Upserts `upserts` (the last record of each id) into `source`'s rows
+    /// and deletes the rows of every id in `removals` from every source, in
+    /// one transaction: all of it is committed, or none of it. Removals come
+    /// first, so an id both removed and upserted ends up in `source` only.
+    ///
+    /// Keeps the `sources` table true to the rows: each touched source's
+    /// `records` moves by the rows inserted or deleted, so the snapshot still
+    /// loads as complete. The upserted source's row is created if needed,
+    /// with its name as fingerprint (it is not a copy of an outside input,
+    /// so there is nothing else to fingerprint; a NULL, "save interrupted",
+    /// is kept) and `saved_at` = now: the age of its newest records.
+    /// Removals alone change no `saved_at`. A change to a source that a
+    /// replace is diffing makes that replace's plan stale (the generation).
+    fn apply_changes(
+        &mut self,
+        source: &str,
+        upserts: &dyn RecordSet,
+        removals: &[Box<str>],
+    ) -> Result<AppliedChanges, StoreError> {
+        let started = Instant::now();
+        let saved_at = unix_ms(SystemTime::now());
+        let sorted = snapshot::sorted_last_per_id(upserts);
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = self.transact("applying pushed changes", |tx| {
+            let mut done = AppliedChanges::default();
+            if !removals.is_empty() {
+                let sources: Vec<String> = tx
+                    .prepare_cached("SELECT source FROM sources ORDER BY source")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for from in sources {
+                    let mut n = 0usize;
+                    for id in removals {
+                        n += snapshot::delete_row(tx, &from, id)?;
+                    }
+                    if n > 0 {
+                        add_to_source_count(tx, &from, -(n as i64))?;
+                        done.removed += n;
+                        done.removed_from.push((from, n));
+                    }
+                }
+            }
+            if !sorted.is_empty() {
+                tx.prepare_cached(
+                    "INSERT INTO sources (source, fingerprint, saved_at, records)
+                     VALUES (?1, ?1, ?2, 0)
+                     ON CONFLICT (source) DO UPDATE SET saved_at = excluded.saved_at,
+                         fingerprint = iif(sources.fingerprint IS NULL, NULL, excluded.fingerprint)",
+                )?
+                .execute(params![source, saved_at])?;
+                for &i in &sorted {
+                    match snapshot::upsert_row(tx, source, upserts.get(i), &mut buf)? {
+                        Upserted::Inserted => done.inserted += 1,
+                        Upserted::Updated => done.updated += 1,
+                        Upserted::Unchanged => done.unchanged += 1,
+                    }
+                }
+                if done.inserted > 0 {
+                    add_to_source_count(tx, source, done.inserted as i64)?;
+                }
+            }
+            Ok(done)
+        });
+        self.buf = buf;
+        match result {
+            Ok(done) => {
+                if done.removed + done.inserted + done.updated > 0 {
+                    // Plans computed before this commit are stale now.
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                }
+                tracing::debug!(
+                    source,
+                    inserted = done.inserted,
+                    updated = done.updated,
+                    unchanged = done.unchanged,
+                    removed = done.removed,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "store: changes committed"
+                );
+                Ok(done)
+            }
+            Err(e) => {
+                self.failures.failed("pushed changes", 1, &e);
+                Err(e)
+            }
+        }
+    }
+
     /// Runs `f` in one IMMEDIATE transaction and commits it; rolls back on
     /// any error. Times the whole of it for `cti_store_commit_seconds`.
     fn transact<T>(
@@ -528,6 +633,13 @@ fn put_source(
              saved_at = excluded.saved_at, records = excluded.records",
     )?
     .execute(params![source, fingerprint, saved_at, records as i64])?;
+    Ok(())
+}
+
+/// Moves a source's `records` count by `delta` rows (never below 0).
+fn add_to_source_count(tx: &Transaction<'_>, source: &str, delta: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE sources SET records = max(records + ?2, 0) WHERE source = ?1")?
+        .execute(params![source, delta])?;
     Ok(())
 }
 

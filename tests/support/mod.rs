@@ -4,6 +4,8 @@
 //! directory file, and talks to it over real sockets.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod mock_onec;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -203,6 +205,29 @@ pub async fn post(addr: SocketAddr, path: &str, headers: &[&str], body: &[u8]) -
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    raw(addr, &bytes).await
+}
+
+/// Any method, with the given headers (each "Name: value") and body; a
+/// Content-Length is sent when the method is not GET or the body is not empty.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> Reply {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if method != "GET" || !body.is_empty() {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");

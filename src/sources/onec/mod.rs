@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use super::{SnapshotSaver, SourceHealth};
+use super::{SnapshotSaver, SnapshotSavers, SourceHealth};
 use crate::config::OnecConfig;
 use crate::directory::{Counterparty, Directory, ReplaceReport};
 use crate::store::Store;
@@ -86,7 +86,7 @@ pub struct OnecSource {
     directory: Arc<Directory>,
     health: Arc<SourceHealth>,
     metrics: Arc<OnecMetrics>,
-    saver: SnapshotSaver,
+    saver: Arc<SnapshotSaver>,
     live: LiveLookup,
 }
 
@@ -97,6 +97,7 @@ impl OnecSource {
         store: Store,
         health: Arc<SourceHealth>,
         registry: &prometheus::Registry,
+        savers: &SnapshotSavers,
     ) -> Result<OnecSource, OnecError> {
         let client = Arc::new(OdataClient::new(config)?);
         let metrics = Arc::new(OnecMetrics::register(registry)?);
@@ -133,7 +134,11 @@ impl OnecSource {
             refresh_every: config.refresh,
             settings_tag,
             fields,
-            saver: SnapshotSaver::new(SOURCE, Arc::clone(&directory), store),
+            saver: {
+                let saver = Arc::new(SnapshotSaver::new(SOURCE, Arc::clone(&directory), store));
+                savers.register(Arc::clone(&saver));
+                saver
+            },
             directory,
             health,
             metrics,
@@ -170,7 +175,6 @@ impl OnecSource {
             .map_err(|e| OnecError::Build(e.to_string()))?;
         let Built {
             report,
-            fingerprint,
             records,
             skipped,
         } = built;
@@ -179,7 +183,7 @@ impl OnecSource {
             None => (0, records),
         };
         if report.is_some() {
-            self.saver.save(fingerprint);
+            self.saver.save();
         }
         // Found callers are in the directory now; unknown ones may be too.
         self.live.forget_all();
@@ -308,7 +312,6 @@ impl OnecSource {
 struct Built {
     /// `None`: the content was what the directory already had.
     report: Option<ReplaceReport>,
-    fingerprint: String,
     records: usize,
     skipped: rows::Skipped,
 }
@@ -337,7 +340,6 @@ fn build(
     }) {
         return Built {
             report: None,
-            fingerprint,
             records: records.len(),
             skipped,
         };
@@ -349,23 +351,12 @@ fn build(
     drop(current);
     let count = records.len();
     let report = if same_settings {
-        directory.replace_source(
-            SOURCE,
-            records,
-            Some(fingerprint.clone()),
-            SystemTime::now(),
-        )
+        directory.replace_source(SOURCE, records, Some(fingerprint), SystemTime::now())
     } else {
-        directory.replace_source_rebuilt(
-            SOURCE,
-            records,
-            Some(fingerprint.clone()),
-            SystemTime::now(),
-        )
+        directory.replace_source_rebuilt(SOURCE, records, Some(fingerprint), SystemTime::now())
     };
     Built {
         report: Some(report),
-        fingerprint,
         records: count,
         skipped,
     }

@@ -1,0 +1,924 @@
+//! The push source: counterparty changes that 1C (or a script) sends to the
+//! gateway, as opposed to sources the gateway reads.
+//!
+//! Two operations, each made durable before it is visible:
+//!
+//! - **upsert** a batch of records into the directory source named `push`;
+//! - **delete** one id from every source (`push`, `file`, `onec`...).
+//!
+//! Each is committed to the store first (one transaction,
+//! [`Store::apply_changes`]) and only then applied to the directory
+//! ([`Directory::apply_changes`]): when the store fails, the directory is
+//! left as it was and the caller is told to retry. One mutex covers both
+//! steps, so two concurrent changes are applied in the order they were
+//! committed, and each change runs in a task of its own, so a caller that
+//! hangs up between the two steps does not leave a committed change
+//! unapplied.
+//!
+//! Which copy of an id answers when sources disagree is the directory's
+//! rule: the version received last. A push thus overrides an older 1C or
+//! file copy of the same id until that source brings a newer version. A
+//! delete removes the id from the sources' snapshot rows too, so it stays
+//! deleted across restarts, until the source that had it brings it again
+//! (a file whose content changes, a 1C refresh that still lists it).
+//!
+//! This module also reads a push body ([`parse_batch`]): a JSON array of
+//! records in the contract's shape, whole or not at all, every problem said
+//! with where it is. HTTP (routes, auth, status codes) stays in `http`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::SnapshotSavers;
+use crate::directory::model::MAX_ID_LEN;
+use crate::directory::{Counterparty, Directory};
+use crate::store::{Store, StoreError};
+
+/// The name pushed records carry in the directory and the store.
+pub const SOURCE: &str = "push";
+
+/// Most records one push may carry.
+pub const MAX_RECORDS: usize = 10_000;
+
+/// How long a change that arrives during start-up waits for the snapshot to
+/// be loaded before it is refused (as "not saved, retry").
+const READY_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a push body was refused. Nothing of a refused body is applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// Not UTF-8, not JSON, or not an array; `line` and `column` (counted
+    /// from 1, columns in bytes, as serde_json counts) say where.
+    #[error(
+        "the body is not a JSON array of counterparties: {problem} at line {line}, column {column}"
+    )]
+    Malformed {
+        problem: String,
+        line: usize,
+        column: usize,
+    },
+    #[error("more than {limit} records in one push: send at most {limit} records per request")]
+    TooMany { limit: usize },
+    /// One record does not fit the model.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+/// A record that does not fit the model or fails its checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// Its position in the array, from 0.
+    pub index: usize,
+    /// The line of the body where it starts, from 1 (0: not from a body).
+    pub line: usize,
+    /// Its id, if it has a readable one (cut to [`MAX_ID_LEN`] bytes).
+    pub id: Option<String>,
+    /// The field at fault, when one is.
+    pub field: Option<String>,
+    pub problem: String,
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "record {}", self.index)?;
+        match (&self.id, self.line) {
+            (Some(id), 0) => write!(f, " (id {id:?})")?,
+            (Some(id), line) => write!(f, " (id {id:?}, line {line})")?,
+            (None, 0) => {}
+            (None, line) => write!(f, " (line {line})")?,
+        }
+        match &self.field {
+            // serde's own messages name the field already ("missing field `name`").
+            Some(field) if !self.problem.contains(&format!("`{field}`")) => {
+                write!(f, ": field `{field}`: {}", self.problem)
+            }
+            _ => write!(f, ": {}", self.problem),
+        }
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+/// Reads a push body: a JSON array of counterparties (the contract's shape,
+/// unknown fields refused), each checked by [`Counterparty::validate`].
+/// Records come back in the body's order, repeated ids included.
+///
+/// The array is split into its records first (a syntax error anywhere, or
+/// more than [`MAX_RECORDS`] records, refuses the body before any record is
+/// looked at), then each record is read on its own, so a bad record is
+/// named by its index, its id and the field at fault. A leading byte order
+/// mark is skipped (1C writes one unless told not to).
+pub fn parse_batch(body: &[u8]) -> Result<Vec<Counterparty>, BatchError> {
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => text,
+        Err(e) => {
+            let before = &body[..e.valid_up_to()];
+            let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+            let column = 1 + before.iter().rev().take_while(|&&b| b != b'\n').count();
+            return Err(BatchError::Malformed {
+                problem: "not valid UTF-8".into(),
+                line,
+                column,
+            });
+        }
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let raws = split(text)?;
+    let mut records = Vec::with_capacity(raws.len());
+    // Where the last record started, and its line: lines are counted once.
+    let (mut counted, mut line) = (0usize, 1usize);
+    for (index, raw) in raws.into_iter().enumerate() {
+        let start = (raw.get().as_ptr() as usize)
+            .checked_sub(text.as_ptr() as usize)
+            .map_or(counted, |o| o.clamp(counted, text.len()));
+        line += text.as_bytes()[counted..start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        counted = start;
+        records.push(parse_record(index, line, raw)?);
+    }
+    Ok(records)
+}
+
+/// The array's elements as slices of `text`; no tree is built.
+fn split(text: &str) -> Result<Vec<&RawValue>, BatchError> {
+    let mut too_many = false;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = Elements {
+        too_many: &mut too_many,
+    }
+    .deserialize(&mut de)
+    .and_then(|raws| de.end().map(|()| raws));
+    match parsed {
+        Ok(raws) => Ok(raws),
+        Err(_) if too_many => Err(BatchError::TooMany { limit: MAX_RECORDS }),
+        Err(e) => Err(BatchError::Malformed {
+            problem: without_position(&e),
+            line: e.line(),
+            column: e.column(),
+        }),
+    }
+}
+
+/// Reads a JSON array into borrowed raw elements, refusing more than
+/// [`MAX_RECORDS`] of them as soon as the next one starts.
+struct Elements<'f> {
+    too_many: &'f mut bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Elements<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Elements<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of counterparties")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut raws = Vec::new();
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            if raws.len() == MAX_RECORDS {
+                *self.too_many = true;
+                return Err(de::Error::custom("too many records"));
+            }
+            raws.push(raw);
+        }
+        Ok(raws)
+    }
+}
+
+fn parse_record(index: usize, line: usize, raw: &RawValue) -> Result<Counterparty, RecordError> {
+    match serde_json::from_str::<Counterparty>(raw.get()) {
+        Ok(record) => match record.validate() {
+            Ok(()) => Ok(record),
+            Err(e) => Err(RecordError {
+                index,
+                line,
+                id: Some(shown_id(&record.id)),
+                field: Some(e.field.to_owned()),
+                problem: e.problem,
+            }),
+        },
+        Err(e) => Err(diagnose(index, line, raw, &e)),
+    }
+}
+
+/// Finds what is wrong with a record that does not deserialize: serde names
+/// a missing or unknown field, but not the field whose value has the wrong
+/// type. Each field is tried on its own, beside a valid `id` and `name`,
+/// against the model itself (no second list of the fields' types here).
+fn diagnose(index: usize, line: usize, raw: &RawValue, error: &serde_json::Error) -> RecordError {
+    let Ok(Fields(fields)) = serde_json::from_str::<Fields<'_>>(raw.get()) else {
+        return RecordError {
+            index,
+            line,
+            id: None,
+            field: None,
+            problem: "a record must be a JSON object".into(),
+        };
+    };
+    let id = fields
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "id")
+        .and_then(|(_, value)| serde_json::from_str::<String>(value.get()).ok())
+        .map(|id| shown_id(&id));
+    let fault = |field: String, problem: String| RecordError {
+        index,
+        line,
+        id: id.clone(),
+        field: Some(field),
+        problem,
+    };
+    for (key, value) in &fields {
+        if let Err(e) = probe(key, value) {
+            return fault(key.clone(), without_position(&e));
+        }
+    }
+    // Every field fits on its own: one is missing or given twice, and
+    // serde's message names it between backticks.
+    let problem = without_position(error);
+    let named = problem
+        .split('`')
+        .nth(1)
+        .filter(|_| problem.starts_with("missing field") || problem.starts_with("duplicate field"))
+        .map(str::to_owned);
+    RecordError {
+        index,
+        line,
+        id: id.clone(),
+        field: named,
+        problem,
+    }
+}
+
+/// Deserializes `{"id":"x","name":"x", key: value}` (the key's own value
+/// replacing `id` or `name` when it is one of them).
+fn probe(key: &str, value: &RawValue) -> Result<(), serde_json::Error> {
+    let mut text = String::with_capacity(value.get().len() + key.len() + 32);
+    text.push('{');
+    if key != "id" {
+        text.push_str(r#""id":"x","#);
+    }
+    if key != "name" {
+        text.push_str(r#""name":"x","#);
+    }
+    text.push_str(&serde_json::to_string(key)?);
+    text.push(':');
+    text.push_str(value.get());
+    text.push('}');
+    serde_json::from_str::<Counterparty>(&text).map(drop)
+}
+
+/// A JSON object's members in the order written, values left unparsed.
+struct Fields<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = Fields<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                    fields.push(member);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// serde_json's message without its " at line L column C" (the position
+/// is given separately, or is relative to one record and would mislead).
+fn without_position(e: &serde_json::Error) -> String {
+    let mut message = e.to_string();
+    if e.line() > 0 {
+        if let Some(at) = message.rfind(" at line ") {
+            message.truncate(at);
+        }
+    }
+    message
+}
+
+/// An id as an error message may repeat it: at most [`MAX_ID_LEN`] bytes.
+fn shown_id(id: &str) -> String {
+    if id.len() <= MAX_ID_LEN {
+        return id.to_owned();
+    }
+    let mut end = MAX_ID_LEN;
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &id[..end])
+}
+
+/// Why a change was not (fully) made.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// A record fails the model's checks: nothing was changed.
+    #[error(transparent)]
+    Invalid(RecordError),
+    /// The store did not commit: nothing was changed.
+    #[error("the change was not saved, nothing was changed; retry later ({0})")]
+    NotSaved(StoreError),
+    /// The gateway is still loading its snapshot: nothing was changed.
+    #[error("the gateway is starting (loading its snapshot); nothing was changed, retry in a few seconds")]
+    Starting,
+    /// Committed, but applying it to the directory failed (a bug): the
+    /// change is served from the next start on.
+    #[error("the change was saved but not applied to the directory ({0}); it is served after a restart of the gateway")]
+    NotApplied(String),
+}
+
+/// What an accepted upsert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushReport {
+    /// Distinct ids upserted (of two records with one id, the later counts).
+    pub upserted: usize,
+    /// Records now in the push source.
+    pub records: usize,
+    /// Counterparties in the whole directory.
+    pub counterparties: usize,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeleteReport {
+    /// Whether any source had the id (if none had, nothing was changed).
+    pub removed: bool,
+    /// Counterparties in the whole directory afterwards.
+    pub counterparties: usize,
+}
+
+pub struct PushSource {
+    directory: Arc<Directory>,
+    store: Store,
+    /// The other sources' snapshot savers, asked to save again after a delete.
+    savers: Arc<SnapshotSavers>,
+    /// Held from the store commit to the end of the directory apply.
+    order: tokio::sync::Mutex<()>,
+    /// True once the store's snapshot is in the directory; see
+    /// [`PushSource::snapshot_loaded`].
+    ready: tokio::sync::watch::Sender<bool>,
+    upserted: IntCounter,
+    deleted: IntCounter,
+    /// Tests: pauses between a change's commit and its apply, one per change.
+    #[cfg(test)]
+    pauses: std::sync::Mutex<std::collections::VecDeque<Duration>>,
+}
+
+impl PushSource {
+    /// Registers `cti_push_records_total{op}` in `registry`.
+    pub fn new(
+        directory: Arc<Directory>,
+        store: Store,
+        savers: Arc<SnapshotSavers>,
+        registry: &Registry,
+    ) -> Result<PushSource, prometheus::Error> {
+        let records = IntCounterVec::new(
+            Opts::new(
+                "cti_push_records_total",
+                "Counterparty changes accepted through the push API and committed: op=upsert counts records, op=delete counts ids removed.",
+            ),
+            &["op"],
+        )?;
+        registry.register(Box::new(records.clone()))?;
+        Ok(PushSource {
+            directory,
+            store,
+            savers,
+            order: tokio::sync::Mutex::new(()),
+            ready: tokio::sync::watch::Sender::new(false),
+            upserted: records.with_label_values(&["upsert"]),
+            deleted: records.with_label_values(&["delete"]),
+            #[cfg(test)]
+            pauses: Default::default(),
+        })
+    }
+
+    /// Lets changes through. Until then they wait (up to 10 s, then they
+    /// are refused with [`PushError::Starting`]): loading the snapshot
+    /// replaces the push source's records in the directory with the stored
+    /// ones, and would drop a change applied just before.
+    pub fn snapshot_loaded(&self) {
+        self.ready.send_replace(true);
+    }
+
+    /// Waits for [`PushSource::snapshot_loaded`].
+    async fn wait_ready(&self) -> Result<(), PushError> {
+        let mut ready = self.ready.subscribe();
+        let waited = tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if waited {
+            Ok(())
+        } else {
+            Err(PushError::Starting)
+        }
+    }
+
+    /// Upserts `records` into the push source: all of them or none. Checks
+    /// each record first ([`Counterparty::validate`]); of two records with
+    /// one id, the later one is the change. Resolves once the change is
+    /// committed in the store and applied to the directory.
+    pub async fn upsert(
+        self: &Arc<Self>,
+        records: Vec<Counterparty>,
+    ) -> Result<PushReport, PushError> {
+        for (index, record) in records.iter().enumerate() {
+            if let Err(e) = record.validate() {
+                return Err(PushError::Invalid(RecordError {
+                    index,
+                    line: 0,
+                    id: Some(shown_id(&record.id)),
+                    field: Some(e.field.to_owned()),
+                    problem: e.problem,
+                }));
+            }
+        }
+        let records = last_per_id(records);
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.upsert_now(records).await })
+            .await
+            .unwrap_or_else(|e| Err(PushError::NotApplied(e.to_string())))
+    }
+
+    /// Removes `id` from every source, in the store and in the directory.
+    /// `removed: false` when no source had it (then nothing is changed).
+    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<DeleteReport, PushError> {
+        let this = Arc::clone(self);
+        let id: Box<str> = id.into();
+        tokio::spawn(async move { this.delete_now(id).await })
+            .await
+            .unwrap_or_else(|e| Err(PushError::NotApplied(e.to_string())))
+    }
+
+    async fn upsert_now(&self, records: Vec<Counterparty>) -> Result<PushReport, PushError> {
+        let started = Instant::now();
+        self.wait_ready().await?;
+        let _order = self.order.lock().await;
+        if records.is_empty() {
+            let index = self.directory.snapshot();
+            return Ok(PushReport {
+                upserted: 0,
+                records: index.source_records(SOURCE).map_or(0, |r| r.len()),
+                counterparties: index.len(),
+            });
+        }
+        let at = SystemTime::now();
+        let upserted = records.len();
+        let records: Arc<[Counterparty]> = records.into();
+        let committing = Instant::now();
+        let applied = self
+            .store
+            .apply_changes(SOURCE, Arc::clone(&records), &[])
+            .await
+            .map_err(|e| {
+                tracing::error!(records = upserted, error = %e, "push not saved: the store failed; the caller is told to retry");
+                PushError::NotSaved(e)
+            })?;
+        #[cfg(test)]
+        self.pause().await;
+        let store_ms = committing.elapsed().as_millis() as u64;
+        let applying = Instant::now();
+        let directory = Arc::clone(&self.directory);
+        let report = tokio::task::spawn_blocking(move || {
+            directory.apply_changes(SOURCE, records.to_vec(), &[], at)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "push committed but not applied to the directory");
+            PushError::NotApplied(e.to_string())
+        })?;
+        self.upserted.inc_by(upserted as u64);
+        tracing::info!(
+            upserted,
+            inserted = applied.inserted,
+            updated = applied.updated,
+            unchanged = applied.unchanged,
+            unusable_phones = report.unusable_phones,
+            push_records = report.records,
+            counterparties = report.total_records,
+            store_ms,
+            directory_ms = applying.elapsed().as_millis() as u64,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "push: counterparties upserted"
+        );
+        Ok(PushReport {
+            upserted,
+            records: report.records,
+            counterparties: report.total_records,
+        })
+    }
+
+    async fn delete_now(&self, id: Box<str>) -> Result<DeleteReport, PushError> {
+        let started = Instant::now();
+        self.wait_ready().await?;
+        let _order = self.order.lock().await;
+        let in_directory = self.directory.lookup_id(&id).is_some();
+        let removals = [id];
+        // Sent even when the directory lacks the id: a row the directory
+        // never loaded would otherwise come back at the next start.
+        let applied = self
+            .store
+            .apply_changes::<Counterparty>(SOURCE, Arc::from([]), &removals)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "push delete not saved: the store failed; the caller is told to retry");
+                PushError::NotSaved(e)
+            })?;
+        if !in_directory && applied.removed == 0 {
+            return Ok(DeleteReport {
+                removed: false,
+                counterparties: self.directory.snapshot().len(),
+            });
+        }
+        let directory = Arc::clone(&self.directory);
+        let at = SystemTime::now();
+        let (report, [id]) = tokio::task::spawn_blocking(move || {
+            let report = directory.apply_changes(SOURCE, Vec::new(), &removals, at);
+            (report, removals)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "push delete committed but not applied to the directory");
+            PushError::NotApplied(e.to_string())
+        })?;
+        self.deleted.inc();
+        // A snapshot save of another source may have taken its set before
+        // this delete and would write the record back: save them again.
+        self.savers.save_all();
+        let sources: Vec<&str> = applied
+            .removed_from
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .collect();
+        tracing::info!(
+            id = %id,
+            snapshot_rows = applied.removed,
+            snapshot_sources = ?sources,
+            counterparties = report.total_records,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "push: counterparty removed"
+        );
+        Ok(DeleteReport {
+            removed: true,
+            counterparties: report.total_records,
+        })
+    }
+}
+
+#[cfg(test)]
+impl PushSource {
+    async fn pause(&self) {
+        let pause = self
+            .pauses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// The records with the later one of each repeated id, in the given order.
+fn last_per_id(mut records: Vec<Counterparty>) -> Vec<Counterparty> {
+    let mut seen: HashSet<Box<str>> = HashSet::with_capacity(records.len());
+    records.reverse();
+    records.retain(|r| seen.insert(r.id.clone()));
+    records.reverse();
+    records
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record_error(body: &str) -> RecordError {
+        match parse_batch(body.as_bytes()) {
+            Err(BatchError::Record(e)) => e,
+            other => panic!("expected a record error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_reads_in_order_with_a_byte_order_mark_and_repeated_ids() {
+        let body = "\u{feff}[\n{\"id\":\"1\",\"name\":\"A\",\"phones\":[\"+7 916 555-55-55\"]},\n{\"id\":\"2\",\"name\":\"B\"},{\"id\":\"1\",\"name\":\"A2\"}\n]";
+        let records = parse_batch(body.as_bytes()).expect("valid");
+        let names: Vec<&str> = records.iter().map(|r| &*r.name).collect();
+        assert_eq!(names, ["A", "B", "A2"]);
+        let kept = last_per_id(records);
+        let names: Vec<&str> = kept.iter().map(|r| &*r.name).collect();
+        assert_eq!(
+            names,
+            ["B", "A2"],
+            "the later record of an id is the change"
+        );
+        assert_eq!(parse_batch(b" [ ] ").expect("empty array"), vec![]);
+    }
+
+    #[test]
+    fn broken_json_is_refused_with_its_line_and_column() {
+        let err =
+            parse_batch(b"[\n{\"id\":\"1\",\"name\":\"A\"},\n{\"id\":\"2\" \"name\":\"B\"}\n]")
+                .expect_err("broken");
+        match err {
+            BatchError::Malformed { line, column, .. } => assert_eq!((line, column), (3, 11)),
+            other => panic!("{other:?}"),
+        }
+        for body in [
+            &b"{\"id\":\"1\",\"name\":\"A\"}"[..],
+            b"",
+            b"[{}] x",
+            b"[\"\xff\"]",
+        ] {
+            assert!(
+                matches!(parse_batch(body), Err(BatchError::Malformed { .. })),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let msg = parse_batch(b"{}").expect_err("object").to_string();
+        assert!(msg.contains("expected a JSON array"), "{msg}");
+    }
+
+    #[test]
+    fn more_records_than_the_limit_are_refused_before_any_is_read() {
+        let body = format!("[{}{{}}]", "{},".repeat(MAX_RECORDS));
+        assert_eq!(
+            parse_batch(body.as_bytes()),
+            Err(BatchError::TooMany { limit: MAX_RECORDS })
+        );
+        let at_limit = format!(
+            "[{}{{\"id\":\"x\",\"name\":\"y\"}}]",
+            "{\"id\":\"x\",\"name\":\"y\"},".repeat(MAX_RECORDS - 1)
+        );
+        assert_eq!(
+            parse_batch(at_limit.as_bytes())
+                .expect("at the limit")
+                .len(),
+            MAX_RECORDS
+        );
+    }
+
+    #[test]
+    fn a_bad_record_is_named_by_index_id_and_field() {
+        let e = record_error("[{\"id\":\"a\",\"name\":\"A\"},\n{\"id\":\"b\",\"phones\":[]}]");
+        assert_eq!(
+            (e.index, e.id.as_deref(), e.field.as_deref(), e.line),
+            (1, Some("b"), Some("name"), 2)
+        );
+        assert!(
+            e.to_string()
+                .starts_with("record 1 (id \"b\", line 2): missing field `name`"),
+            "{e}"
+        );
+
+        let phones: Vec<String> = (0..33).map(|i| format!("\"8916000{i:04}\"")).collect();
+        let e = record_error(&format!(
+            "[{{\"id\":\"c\",\"name\":\"C\",\"phones\":[{}]}}]",
+            phones.join(",")
+        ));
+        assert_eq!((e.index, e.field.as_deref()), (0, Some("phones")));
+        assert!(e.problem.contains("32"), "{e}");
+
+        let e = record_error(r#"[{"id":"d","name":"D","category":"VIP"}]"#);
+        assert_eq!(e.field.as_deref(), Some("category"));
+        let e = record_error(r#"[{"name":"E","phones":"89160000000","id":"e"}]"#);
+        assert_eq!(
+            (e.field.as_deref(), e.id.as_deref()),
+            (Some("phones"), Some("e"))
+        );
+        let e = record_error(r#"[{"id":"f","name":"F","phone":["1"]}]"#);
+        assert_eq!(e.field.as_deref(), Some("phone"));
+        assert!(e.problem.contains("unknown field"), "{e}");
+        let e = record_error(r#"[{"id":7,"name":"G"}]"#);
+        assert_eq!((e.field.as_deref(), e.id), (Some("id"), None));
+        let e = record_error(r#"[{"id":"h","name":"H","name":"H2"}]"#);
+        assert_eq!(e.field.as_deref(), Some("name"));
+        let e = record_error(r#"[{"id":"i","name":" "}]"#);
+        assert_eq!(e.field.as_deref(), Some("name"));
+        let e = record_error(r#"[{"id":"j","name":"J"}, 5]"#);
+        assert_eq!((e.index, e.field), (1, None));
+        let long = "я".repeat(100);
+        let e = record_error(&format!(r#"[{{"id":"{long}","name":"K"}}]"#));
+        assert_eq!(e.field.as_deref(), Some("id"));
+        assert!(e
+            .id
+            .as_deref()
+            .is_some_and(|id| id.len() <= MAX_ID_LEN + '…'.len_utf8()));
+    }
+
+    fn directory() -> Arc<Directory> {
+        Arc::new(Directory::new(crate::soap::say_name_payload))
+    }
+
+    fn cp(id: &str, name: &str, phone: &str) -> Counterparty {
+        serde_json::from_value(serde_json::json!({"id": id, "name": name, "phones": [phone]}))
+            .expect("valid")
+    }
+
+    fn push_source(dir: &std::path::Path, directory: &Arc<Directory>) -> (Arc<PushSource>, Store) {
+        let registry = Registry::new();
+        let store = Store::open(&dir.join("s.sqlite"), &registry).expect("store");
+        let push = PushSource::new(
+            Arc::clone(directory),
+            store.clone(),
+            Arc::default(),
+            &registry,
+        )
+        .expect("push");
+        push.snapshot_loaded();
+        (Arc::new(push), store)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_during_another_sources_snapshot_save_stays_deleted_in_the_store() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let directory = directory();
+        let registry = Registry::new();
+        let store = Store::open(&tmp.path().join("s.sqlite"), &registry).expect("store");
+        let savers = Arc::new(SnapshotSavers::default());
+        let saver = Arc::new(super::super::SnapshotSaver::new(
+            "file",
+            Arc::clone(&directory),
+            store.clone(),
+        ));
+        savers.register(Arc::clone(&saver));
+        let push = Arc::new(
+            PushSource::new(
+                Arc::clone(&directory),
+                store.clone(),
+                Arc::clone(&savers),
+                &registry,
+            )
+            .expect("push"),
+        );
+        push.snapshot_loaded();
+        // A first save big enough to still be running when the delete comes.
+        let records: Vec<Counterparty> = (0..60_000)
+            .map(|i| cp(&format!("{i:06}"), "N", &format!("8916{i:07}")))
+            .collect();
+        directory.replace_source("file", records, Some("print".into()), SystemTime::now());
+        saver.save();
+        let deleted = push.delete("000000").await.expect("delete");
+        assert!(deleted.removed);
+        saver.finish().await;
+        let snapshot = store.load_snapshot().await.expect("load");
+        let file = snapshot.iter().find(|s| s.source == "file").expect("file saved");
+        assert_eq!(file.records.len(), 59_999);
+        assert!(
+            file.records.iter().all(|r| &*r.id != "000000"),
+            "the save under way wrote the deleted record back"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upsert_is_in_the_store_and_the_directory_and_a_delete_takes_it_out_of_both() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let directory = directory();
+        let (push, store) = push_source(tmp.path(), &directory);
+        let report = push
+            .upsert(vec![
+                cp("1", "A", "89160000001"),
+                cp("2", "B", "89160000002"),
+                cp("1", "A2", "89160000001"),
+            ])
+            .await
+            .expect("upsert");
+        assert_eq!(
+            report,
+            PushReport {
+                upserted: 2,
+                records: 2,
+                counterparties: 2
+            }
+        );
+        let name = |id: &str| {
+            directory
+                .lookup_id(id)
+                .map(|e| e.counterparty().expect("json").name.to_string())
+        };
+        assert_eq!(name("1").as_deref(), Some("A2"));
+        let snapshot = store.load_snapshot().await.expect("load");
+        assert_eq!(snapshot[0].records.len(), 2);
+
+        let deleted = push.delete("1").await.expect("delete");
+        assert_eq!(
+            deleted,
+            DeleteReport {
+                removed: true,
+                counterparties: 1
+            }
+        );
+        assert_eq!(name("1"), None);
+        assert_eq!(
+            store.load_snapshot().await.expect("load")[0].records.len(),
+            1
+        );
+        let again = push.delete("1").await.expect("delete again");
+        assert!(!again.removed);
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn when_the_store_fails_the_directory_is_left_as_it_was() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let directory = directory();
+        let (push, store) = push_source(tmp.path(), &directory);
+        push.upsert(vec![cp("1", "A", "89160000001")])
+            .await
+            .expect("upsert");
+        store.close().await;
+        let err = push
+            .upsert(vec![cp("2", "B", "89160000002")])
+            .await
+            .expect_err("store closed");
+        assert!(
+            matches!(err, PushError::NotSaved(StoreError::Closed)),
+            "{err}"
+        );
+        assert!(directory.lookup_id("2").is_none());
+        let err = push.delete("1").await.expect_err("store closed");
+        assert!(matches!(err, PushError::NotSaved(_)), "{err}");
+        assert!(
+            directory.lookup_id("1").is_some(),
+            "not removed when not saved"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_changes_of_one_id_are_applied_in_the_order_they_were_committed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let directory = directory();
+        let (push, store) = push_source(tmp.path(), &directory);
+        for round in 0..4u64 {
+            // Changes committed early are held longest before their apply:
+            // without the ordering they would be applied last.
+            *push.pauses.lock().expect("pauses") =
+                (0..8).map(|k| Duration::from_millis(40 - 5 * k)).collect();
+            let tasks: Vec<_> = (0..8)
+                .map(|k| {
+                    let push = Arc::clone(&push);
+                    tokio::spawn(async move {
+                        push.upsert(vec![cp("same", &format!("v{round}-{k}"), "89160000001")])
+                            .await
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("task").expect("upsert");
+            }
+            let served = directory
+                .lookup_id("same")
+                .map(|e| e.counterparty().expect("json").name.to_string());
+            let snapshot = store.load_snapshot().await.expect("load");
+            let saved = snapshot[0].records[0].name.to_string();
+            assert_eq!(served.as_deref(), Some(saved.as_str()), "round {round}");
+        }
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_invalid_record_changes_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let directory = directory();
+        let (push, store) = push_source(tmp.path(), &directory);
+        let mut bad = cp("2", "B", "89160000002");
+        bad.name = "".into();
+        let err = push
+            .upsert(vec![cp("1", "A", "89160000001"), bad])
+            .await
+            .expect_err("invalid");
+        match err {
+            PushError::Invalid(e) => assert_eq!((e.index, e.field.as_deref()), (1, Some("name"))),
+            other => panic!("{other}"),
+        }
+        assert!(directory.lookup_id("1").is_none());
+        assert!(store.load_snapshot().await.expect("load").is_empty());
+        store.close().await;
+    }
+}

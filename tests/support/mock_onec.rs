@@ -1,0 +1,1844 @@
+//! A mock of 1C:Enterprise's standard OData interface (OData v3, JSON), for
+//! the integration tests and the benchmark.
+//!
+//! It serves, under `/base/odata/standard.odata/`, the counterparty catalog
+//! `Catalog_Контрагенты` and its contact information
+//! `Catalog_Контрагенты_КонтактнаяИнформация` the way real bases answer (see
+//! the "1C:Enterprise" section of `shared/docs/external-systems.md`): HTTP
+//! Basic auth on every request, `{"odata.metadata":…,"value":[…]}` lists,
+//! embedded tabular sections, `DataVersion` changing on every write, noise
+//! fields, `LineNumber` as a string, and `odata.error` bodies on errors.
+//! It refuses what 1C refuses (an unknown property in `$select`, `$orderby`
+//! or `$filter`, an unknown entity set) so a wrong configured name shows.
+//!
+//! Query options: `$format` (`json`; absent or `atom` gives Atom XML, another
+//! value 406), `$select`, `$orderby` (`asc`/`desc`), `$top`, `$skip`,
+//! `$inlinecount=allpages` and a `$filter` subset: `eq`/`ne` comparisons of a
+//! property with a literal (`'text'`, `guid'…'`, `true`/`false`, integers),
+//! `substringof('text', Property)`, joined with `and`/`or` and parentheses.
+//! Anything else is a 400 `odata.error`.
+//!
+//! Self-contained (std, tokio, hyper, hyper-util, http-body-util, bytes,
+//! serde_json, percent-encoding): the benchmark includes this file with
+//! `#[path = "../tests/support/mock_onec.rs"] mod mock_onec;`.
+//!
+//! Bounds: request heads up to 64 KiB, at most 256 connections at once (more
+//! wait to be accepted), request bodies are never read (only GET is served).
+//! Pages without `$filter` are cut from a sorted order kept until the next
+//! write, so a full read of N rows costs the mock O(N log N) once, not per page.
+//!
+//! Each includer uses a part of it: include it under `#[allow(dead_code)]`
+//! (`tests/support/mod.rs` allows it for all of `support`).
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// The Basic credentials [`MockOnec::start`] accepts.
+pub const USERNAME: &str = "odata";
+pub const PASSWORD: &str = "secret";
+/// The published base's OData root (no trailing slash).
+pub const ROOT_PATH: &str = "/base/odata/standard.odata";
+pub const COUNTERPARTIES: &str = "Catalog_Контрагенты";
+pub const CONTACTS: &str = "Catalog_Контрагенты_КонтактнаяИнформация";
+/// 1C's empty reference.
+pub const EMPTY_REF: &str = "00000000-0000-0000-0000-000000000000";
+/// `Вид_Key` of the contact kinds (the configuration's predefined kinds).
+pub const PHONE_KIND_KEY: &str = "2b7a9c64-1f0e-4d6a-9a41-7c1e0d5b3a01";
+pub const EMAIL_KIND_KEY: &str = "2b7a9c64-1f0e-4d6a-9a41-7c1e0d5b3a02";
+pub const ADDRESS_KIND_KEY: &str = "2b7a9c64-1f0e-4d6a-9a41-7c1e0d5b3a03";
+
+const MAX_CONNECTIONS: usize = 256;
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// How the mock answers, applied to every request as it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    /// Waits this long before each answer.
+    Slow(Duration),
+    /// Reads the request and never answers (until the mode changes; then the
+    /// connection is closed without an answer).
+    Hang,
+    /// 500 with an `odata.error` body, before the credentials are checked.
+    Fail,
+}
+
+/// What a request was for, as the mock classifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    /// A list read of the catalog (a warm-up or refresh page).
+    CatalogPage,
+    /// A list read of the contact set without `substringof`.
+    ContactsPage,
+    /// A live lookup: the contact set with a `substringof` `$filter`.
+    Lookup,
+    /// Counterparties by key: `(guid'…')` or a `Ref_Key eq guid'…'` filter.
+    ByRef,
+    /// Anything else (another path, an unknown entity set…).
+    Other,
+}
+
+/// A request as the mock saw it.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    /// Arrival order, from 0 for the mock's life (not reset).
+    pub seq: u64,
+    pub method: String,
+    /// The raw request target (path and query) as sent.
+    pub target: String,
+    /// The entity set named by the path, percent-decoded (if it decoded).
+    pub entity_set: Option<String>,
+    /// The key of a single-entity request, `(guid'…')`.
+    pub key: Option<String>,
+    /// Query options, percent-decoded, in the order sent.
+    pub query: Vec<(String, String)>,
+    pub kind: RequestKind,
+    /// Whether the Basic credentials were right.
+    pub authorized: bool,
+    /// The status answered; `None` while pending or if never answered (Hang).
+    pub status: Option<u16>,
+}
+
+impl SeenRequest {
+    /// The decoded value of a query option (`"$filter"`…).
+    pub fn option(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One row of `Catalog_Контрагенты` with its contact information.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MockCounterparty {
+    /// A GUID; stored lowercase.
+    pub ref_key: String,
+    pub description: String,
+    pub full_name: String,
+    pub inn: String,
+    pub kpp: String,
+    pub is_folder: bool,
+    pub deletion_mark: bool,
+    /// The group it sits in; `None` is the top level (the empty ref).
+    pub parent_key: Option<String>,
+    /// Configuration-specific properties, e.g. `"КатегорияКлиента": 1`.
+    pub extra: Map<String, Value>,
+    pub contacts: Vec<MockContact>,
+}
+
+/// One row of the tabular section `КонтактнаяИнформация`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockContact {
+    /// `"Телефон"`, `"АдресЭлектроннойПочты"` or `"Адрес"`.
+    pub kind: &'static str,
+    /// `Представление`: free text.
+    pub presentation: String,
+    /// `НомерТелефона`: digits, possibly empty (older records).
+    pub phone_digits: String,
+    /// `АдресЭП`.
+    pub email: String,
+}
+
+impl MockContact {
+    pub fn phone(presentation: impl Into<String>, digits: impl Into<String>) -> MockContact {
+        MockContact {
+            kind: "Телефон",
+            presentation: presentation.into(),
+            phone_digits: digits.into(),
+            email: String::new(),
+        }
+    }
+
+    pub fn email(address: impl Into<String>) -> MockContact {
+        let address = address.into();
+        MockContact {
+            kind: "АдресЭлектроннойПочты",
+            presentation: address.clone(),
+            phone_digits: String::new(),
+            email: address,
+        }
+    }
+
+    pub fn address(text: impl Into<String>) -> MockContact {
+        MockContact {
+            kind: "Адрес",
+            presentation: text.into(),
+            phone_digits: String::new(),
+            email: String::new(),
+        }
+    }
+
+    fn kind_key(&self) -> &'static str {
+        match self.kind {
+            "Телефон" => PHONE_KIND_KEY,
+            "АдресЭлектроннойПочты" => EMAIL_KIND_KEY,
+            _ => ADDRESS_KIND_KEY,
+        }
+    }
+}
+
+impl MockCounterparty {
+    /// A top-level counterparty named `description` (also its full name).
+    pub fn new(ref_key: impl Into<String>, description: impl Into<String>) -> MockCounterparty {
+        let description = description.into();
+        MockCounterparty {
+            ref_key: ref_key.into(),
+            full_name: description.clone(),
+            description,
+            inn: String::new(),
+            kpp: String::new(),
+            is_folder: false,
+            deletion_mark: false,
+            parent_key: None,
+            extra: Map::new(),
+            contacts: Vec::new(),
+        }
+    }
+
+    pub fn full_name(mut self, full_name: impl Into<String>) -> Self {
+        self.full_name = full_name.into();
+        self
+    }
+
+    pub fn inn(mut self, inn: impl Into<String>, kpp: impl Into<String>) -> Self {
+        self.inn = inn.into();
+        self.kpp = kpp.into();
+        self
+    }
+
+    pub fn extra(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(name.to_owned(), value.into());
+        self
+    }
+
+    pub fn phone(mut self, presentation: impl Into<String>, digits: impl Into<String>) -> Self {
+        self.contacts.push(MockContact::phone(presentation, digits));
+        self
+    }
+
+    pub fn email(mut self, address: impl Into<String>) -> Self {
+        self.contacts.push(MockContact::email(address));
+        self
+    }
+
+    pub fn address(mut self, text: impl Into<String>) -> Self {
+        self.contacts.push(MockContact::address(text));
+        self
+    }
+
+    pub fn folder(mut self) -> Self {
+        self.is_folder = true;
+        self
+    }
+
+    pub fn deleted(mut self) -> Self {
+        self.deletion_mark = true;
+        self
+    }
+
+    pub fn parent(mut self, parent_key: impl Into<String>) -> Self {
+        self.parent_key = Some(parent_key.into());
+        self
+    }
+
+    /// Whether a gateway should have it in its directory (not a group, not
+    /// marked for deletion).
+    pub fn listed(&self) -> bool {
+        !self.is_folder && !self.deletion_mark
+    }
+}
+
+/// A deterministic, valid-looking GUID (version 4 layout), unique per `n`
+/// below 2^48.
+pub fn guid(n: u64) -> String {
+    let h = splitmix64(n);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        h >> 32,
+        (h >> 16) & 0xffff,
+        h & 0xfff,
+        0x8000 | ((h >> 40) & 0x3fff),
+        n & 0xffff_ffff_ffff
+    )
+}
+
+fn splitmix64(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// `n` deterministic counterparties for the benchmark: `ООО "Клиент 000042"`,
+/// one mobile `+7 (9XX) XXX-XX-XX` each (every 7th only in human form with an
+/// empty `НомерТелефона`), a second office phone `+7 495 …` for every 3rd,
+/// an e-mail for every 5th; every 50th is a group (folder, no contacts) and
+/// every 40th is marked for deletion. Categories 0–3, extensions 200–299.
+/// Row `i` has key [`guid`]`(i)` and mobile national number `9` + `i` in
+/// nine digits.
+pub fn generated(n: usize) -> Vec<MockCounterparty> {
+    (0..n)
+        .map(|i| {
+            let key = guid(i as u64);
+            if i % 50 == 49 {
+                return MockCounterparty::new(key, format!("Группа {:04}", i / 50)).folder();
+            }
+            let mut c = MockCounterparty::new(key, format!("ООО \"Клиент {i:06}\""))
+                .full_name(format!(
+                    "Общество с ограниченной ответственностью \"Клиент {i:06}\""
+                ))
+                .inn(format!("77{:08}", i % 100_000_000), "770101001")
+                .extra("КатегорияКлиента", (i % 4) as i64)
+                .extra("ДобавочныйМенеджера", (200 + i % 100).to_string());
+            let national = format!("9{:09}", i % 1_000_000_000);
+            let (a, b, c2, d) = (
+                &national[0..3],
+                &national[3..6],
+                &national[6..8],
+                &national[8..10],
+            );
+            c = if i % 7 == 3 {
+                c.phone(format!("8 ({a}) {b}-{c2}-{d}"), "")
+            } else {
+                c.phone(format!("+7 ({a}) {b}-{c2}-{d}"), format!("7{national}"))
+            };
+            if i % 3 == 0 {
+                let office = format!("{:07}", i % 10_000_000);
+                c = c.phone(
+                    format!(
+                        "+7 495 {}-{}-{}",
+                        &office[0..3],
+                        &office[3..5],
+                        &office[5..7]
+                    ),
+                    format!("7495{office}"),
+                );
+            }
+            if i % 5 == 0 {
+                c = c.email(format!("client{i:06}@example.ru"));
+            }
+            if i % 40 == 39 {
+                c = c.deleted();
+            }
+            c
+        })
+        .collect()
+}
+
+/// A running mock 1C base. Dropping it stops the server and every connection.
+pub struct MockOnec {
+    addr: SocketAddr,
+    state: Arc<State>,
+    server: JoinHandle<()>,
+}
+
+impl MockOnec {
+    /// Starts an empty base on 127.0.0.1:0 accepting [`USERNAME`]/[`PASSWORD`].
+    /// The configuration defines the properties `КатегорияКлиента` (number,
+    /// default 0) and `ДобавочныйМенеджера` (string, default "").
+    pub async fn start() -> MockOnec {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("mock 1C binds");
+        let addr = listener.local_addr().expect("mock 1C address");
+        let state = Arc::new(State {
+            addr,
+            auth: basic_token(USERNAME, PASSWORD),
+            data: Mutex::new(Data {
+                rows: Vec::new(),
+                by_key: HashMap::new(),
+                extras: vec![
+                    ("КатегорияКлиента".to_owned(), json!(0)),
+                    ("ДобавочныйМенеджера".to_owned(), json!("")),
+                ],
+                version: 1,
+                next_code: 1,
+                orders: Vec::new(),
+            }),
+            mode: watch::channel(Mode::Normal).0,
+            lookup_delay: Mutex::new(Duration::ZERO),
+            log: Mutex::new(Log::default()),
+        });
+        let server = tokio::spawn(serve(listener, Arc::clone(&state)));
+        MockOnec {
+            addr,
+            state,
+            server,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/base/odata/standard.odata`
+    pub fn url(&self) -> String {
+        format!("http://{}{ROOT_PATH}", self.addr)
+    }
+
+    /// Inserts or replaces (by `ref_key`) a counterparty; its `DataVersion`
+    /// changes. New names in `extra` become properties of every row.
+    pub fn upsert(&self, mut c: MockCounterparty) {
+        c.ref_key = c.ref_key.to_ascii_lowercase();
+        assert!(is_guid(&c.ref_key), "ref_key {:?} is not a GUID", c.ref_key);
+        let mut data = self.state.data();
+        for (name, value) in &c.extra {
+            if !data.extras.iter().any(|(n, _)| n == name) {
+                data.extras.push((name.clone(), default_like(value)));
+            }
+        }
+        let version = data.bump();
+        match data.by_key.get(&c.ref_key) {
+            Some(&i) => {
+                let row = &mut data.rows[i];
+                row.cp = c;
+                row.data_version = version;
+            }
+            None => {
+                let code = format!("{:09}", data.next_code);
+                data.next_code += 1;
+                let at = data.rows.len();
+                data.by_key.insert(c.ref_key.clone(), at);
+                data.rows.push(Row {
+                    cp: c,
+                    code,
+                    data_version: version,
+                });
+            }
+        }
+    }
+
+    /// Sets `DeletionMark`; its `DataVersion` changes. Panics if unknown.
+    pub fn mark_deleted(&self, ref_key: &str) {
+        let mut data = self.state.data();
+        let version = data.bump();
+        let i = *data
+            .by_key
+            .get(&ref_key.to_ascii_lowercase())
+            .unwrap_or_else(|| panic!("mark_deleted: no counterparty {ref_key}"));
+        data.rows[i].cp.deletion_mark = true;
+        data.rows[i].data_version = version;
+    }
+
+    /// Deletes a counterparty for good (as 1C does after deletion-mark
+    /// processing). Panics if unknown.
+    pub fn remove(&self, ref_key: &str) {
+        let mut data = self.state.data();
+        let i = data
+            .by_key
+            .remove(&ref_key.to_ascii_lowercase())
+            .unwrap_or_else(|| panic!("remove: no counterparty {ref_key}"));
+        data.rows.remove(i);
+        data.bump();
+        let Data { rows, by_key, .. } = &mut *data;
+        for (j, row) in rows.iter().enumerate().skip(i) {
+            by_key.insert(row.cp.ref_key.clone(), j);
+        }
+    }
+
+    /// Adds a configuration property every row has (`default` where a row's
+    /// `extra` lacks it), e.g. to serve a `$select` that names it.
+    pub fn define_property(&self, name: &str, default: Value) {
+        let mut data = self.state.data();
+        data.bump();
+        match data.extras.iter_mut().find(|(n, _)| n == name) {
+            Some((_, d)) => *d = default,
+            None => data.extras.push((name.to_owned(), default)),
+        }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.state.mode.send_replace(mode);
+    }
+
+    /// Extra delay before answering live lookups (contact-set requests whose
+    /// `$filter` uses `substringof`), on top of [`Mode::Slow`].
+    pub fn set_lookup_delay(&self, delay: Duration) {
+        *lock(&self.state.lookup_delay) = delay;
+    }
+
+    /// Every request since the start or the last [`MockOnec::reset_requests`].
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        lock(&self.state.log).seen.clone()
+    }
+
+    pub fn count(&self, kind: RequestKind) -> usize {
+        lock(&self.state.log)
+            .seen
+            .iter()
+            .filter(|r| r.kind == kind)
+            .count()
+    }
+
+    pub fn reset_requests(&self) {
+        lock(&self.state.log).seen.clear();
+    }
+}
+
+impl Drop for MockOnec {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+// ---------------------------------------------------------------- state
+
+struct State {
+    addr: SocketAddr,
+    /// `base64(user:password)`.
+    auth: String,
+    data: Mutex<Data>,
+    mode: watch::Sender<Mode>,
+    lookup_delay: Mutex<Duration>,
+    log: Mutex<Log>,
+}
+
+impl State {
+    fn data(&self) -> MutexGuard<'_, Data> {
+        lock(&self.data)
+    }
+
+    fn authorized(&self, header: Option<&HeaderValue>) -> bool {
+        let Some(value) = header.and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let Some((scheme, token)) = value.trim().split_once(' ') else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case("basic") && token.trim() == self.auth
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Default)]
+struct Log {
+    next_seq: u64,
+    seen: Vec<SeenRequest>,
+}
+
+struct Data {
+    /// In insertion order: the order of answers without `$orderby`.
+    rows: Vec<Row>,
+    by_key: HashMap<String, usize>,
+    /// Configuration-specific properties and the value of a row lacking them.
+    extras: Vec<(String, Value)>,
+    /// Bumped by every write: the last `DataVersion` given out.
+    version: u64,
+    next_code: u64,
+    /// Unfiltered orders computed since the last write (a few: a full read
+    /// pages both sets at once).
+    orders: Vec<CachedOrder>,
+}
+
+struct CachedOrder {
+    set: Set,
+    orderby: Vec<(String, bool)>,
+    /// (row, contact line index; 0 for the catalog)
+    items: Arc<Vec<(usize, usize)>>,
+}
+
+impl Data {
+    fn bump(&mut self) -> u64 {
+        self.version += 1;
+        self.orders.clear();
+        self.version
+    }
+}
+
+struct Row {
+    cp: MockCounterparty,
+    code: String,
+    data_version: u64,
+}
+
+/// A value of the same JSON type, empty.
+fn default_like(v: &Value) -> Value {
+    match v {
+        Value::Bool(_) => json!(false),
+        Value::Number(_) => json!(0),
+        Value::String(_) => json!(""),
+        _ => Value::Null,
+    }
+}
+
+/// 1C's `DataVersion` look: base64 of 8 bytes, e.g. `AAAAAgAAAAA=`.
+fn data_version(v: u64) -> String {
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&(v as u32).to_be_bytes());
+    bytes[4..].copy_from_slice(&((v >> 32) as u32).to_be_bytes());
+    base64(&bytes)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn basic_token(user: &str, password: &str) -> String {
+    base64(format!("{user}:{password}").as_bytes())
+}
+
+fn is_guid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+// ---------------------------------------------------------------- server
+
+async fn serve(listener: TcpListener, state: Arc<State>) {
+    // Connections live in this set: when the server task is aborted (the
+    // mock dropped), the set is dropped and every connection with it.
+    let mut connections = JoinSet::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        while connections.try_join_next().is_some() {}
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = Arc::clone(&state);
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(Arc::clone(&state), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            drop(permit);
+        });
+    }
+}
+
+/// Returned by the service in [`Mode::Hang`]: hyper closes the connection
+/// without an answer.
+#[derive(Debug)]
+struct Hung;
+
+impl fmt::Display for Hung {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("mock 1C hung up without answering")
+    }
+}
+
+impl std::error::Error for Hung {}
+
+type Body = Full<Bytes>;
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Hung> {
+    let method = req.method().clone();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
+    let authorized = state.authorized(req.headers().get(AUTHORIZATION));
+    // The body is never read: only GET is served.
+    drop(req);
+
+    let parsed = parse_target(&target);
+    let kind = parsed.kind();
+    let seq = {
+        let mut log = lock(&state.log);
+        let seq = log.next_seq;
+        log.next_seq += 1;
+        log.seen.push(SeenRequest {
+            seq,
+            method: method.to_string(),
+            target: target.clone(),
+            entity_set: parsed.entity_set.clone(),
+            key: parsed.key.clone(),
+            query: parsed.query.clone(),
+            kind,
+            authorized,
+            status: None,
+        });
+        seq
+    };
+
+    let mode = *state.mode.borrow();
+    match mode {
+        Mode::Slow(delay) => tokio::time::sleep(delay).await,
+        Mode::Hang => {
+            let mut rx = state.mode.subscribe();
+            let _ = rx.wait_for(|m| *m != Mode::Hang).await;
+            return Err(Hung);
+        }
+        Mode::Normal | Mode::Fail => {}
+    }
+    if kind == RequestKind::Lookup {
+        let delay = *lock(&state.lookup_delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    let response = if mode == Mode::Fail {
+        odata_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Внутренняя ошибка сервера 1С:Предприятия (mock: Mode::Fail)",
+        )
+    } else if !authorized {
+        let mut r = odata_error(
+            StatusCode::UNAUTHORIZED,
+            "Не пройдена аутентификация: неверное имя пользователя или пароль",
+        );
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"1C\""),
+        );
+        r
+    } else if method != Method::GET {
+        let mut r = odata_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("mock 1C serves only GET, not {method}"),
+        );
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+        r
+    } else {
+        match parsed.plan {
+            Ok(plan) => answer(&state, &plan),
+            Err(reject) => odata_error(reject.status, &reject.message),
+        }
+    };
+
+    let mut log = lock(&state.log);
+    if let Some(seen) = log.seen.iter_mut().rev().find(|r| r.seq == seq) {
+        seen.status = Some(response.status().as_u16());
+    }
+    Ok(response)
+}
+
+fn odata_error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = json!({"odata.error": {"code": "-1", "message": {"lang": "ru", "value": message}}});
+    respond(status, "application/json;charset=utf-8", body.to_string())
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert("DataServiceVersion", HeaderValue::from_static("3.0"));
+    r
+}
+
+// ---------------------------------------------------------------- parsing
+
+#[derive(Debug)]
+struct Reject {
+    status: StatusCode,
+    message: String,
+}
+
+fn bad_request(message: impl Into<String>) -> Reject {
+    Reject {
+        status: StatusCode::BAD_REQUEST,
+        message: message.into(),
+    }
+}
+
+fn not_found(message: impl Into<String>) -> Reject {
+    Reject {
+        status: StatusCode::NOT_FOUND,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Set {
+    Counterparties,
+    Contacts,
+}
+
+impl Set {
+    fn name(self) -> &'static str {
+        match self {
+            Set::Counterparties => COUNTERPARTIES,
+            Set::Contacts => CONTACTS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Atom,
+}
+
+#[derive(Debug)]
+struct Plan {
+    set: Set,
+    key: Option<String>,
+    format: Result<Format, String>,
+    select: Option<Vec<String>>,
+    /// (property, descending)
+    orderby: Vec<(String, bool)>,
+    top: Option<usize>,
+    skip: usize,
+    filter: Option<Expr>,
+    inline_count: bool,
+}
+
+struct Parsed {
+    entity_set: Option<String>,
+    key: Option<String>,
+    query: Vec<(String, String)>,
+    plan: Result<Plan, Reject>,
+}
+
+impl Parsed {
+    fn kind(&self) -> RequestKind {
+        if self.key.is_some() {
+            return RequestKind::ByRef;
+        }
+        let filter = self
+            .query
+            .iter()
+            .find(|(k, _)| k == "$filter")
+            .map(|(_, v)| v.as_str());
+        let by_ref = match &self.plan {
+            Ok(Plan {
+                filter: Some(expr), ..
+            }) => expr.names_ref_key(),
+            _ => filter.is_some_and(|f| f.contains("Ref_Key")),
+        };
+        match self.entity_set.as_deref() {
+            Some(CONTACTS) if filter.is_some_and(|f| f.contains("substringof")) => {
+                RequestKind::Lookup
+            }
+            Some(COUNTERPARTIES | CONTACTS) if by_ref => RequestKind::ByRef,
+            Some(COUNTERPARTIES) => RequestKind::CatalogPage,
+            Some(CONTACTS) => RequestKind::ContactsPage,
+            _ => RequestKind::Other,
+        }
+    }
+}
+
+/// Strict percent-decoding: every `%` starts two hex digits, `+` is a
+/// plus, and the bytes must be UTF-8.
+fn decode(raw: &str) -> Result<String, String> {
+    let b = raw.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        {
+            return Err(format!("bad percent-encoding in {raw:?}"));
+        }
+    }
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| format!("percent-encoded bytes are not UTF-8 in {raw:?}"))
+}
+
+fn parse_target(target: &str) -> Parsed {
+    let mut parsed = Parsed {
+        entity_set: None,
+        key: None,
+        query: Vec::new(),
+        plan: Err(bad_request("")),
+    };
+    let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
+    // The query is decoded first, so the log shows it even when the path fails.
+    let mut query_error = None;
+    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match (decode(k), decode(v)) {
+            (Ok(k), Ok(v)) => parsed.query.push((k, v)),
+            (Err(e), _) | (_, Err(e)) => {
+                query_error.get_or_insert(e);
+            }
+        }
+    }
+    let (mut entity_set, mut key) = (None, None);
+    let planned = plan(
+        target,
+        raw_path,
+        &parsed.query,
+        query_error,
+        &mut entity_set,
+        &mut key,
+    );
+    parsed.plan = planned;
+    parsed.entity_set = entity_set;
+    parsed.key = key;
+    parsed
+}
+
+fn plan(
+    target: &str,
+    raw_path: &str,
+    query: &[(String, String)],
+    query_error: Option<String>,
+    entity_set: &mut Option<String>,
+    entity_key: &mut Option<String>,
+) -> Result<Plan, Reject> {
+    let Some(rest) = raw_path
+        .strip_prefix(ROOT_PATH)
+        .and_then(|r| r.strip_prefix('/'))
+    else {
+        return Err(not_found(format!(
+            "mock 1C serves only {ROOT_PATH}/…, not {raw_path}"
+        )));
+    };
+    let rest = decode(rest).map_err(bad_request)?;
+    let (name, key) = match rest.split_once('(') {
+        Some((name, tail)) => {
+            let inner = tail
+                .strip_suffix(')')
+                .ok_or_else(|| bad_request(format!("Неверный формат ключа сущности: {rest}")))?;
+            let key = inner
+                .strip_prefix("guid'")
+                .and_then(|k| k.strip_suffix('\''))
+                .filter(|k| is_guid(k))
+                .ok_or_else(|| {
+                    bad_request(format!(
+                        "Неверный формат ключа сущности: {inner} (mock 1C expects (guid'…'))"
+                    ))
+                })?;
+            (name.to_owned(), Some(key.to_ascii_lowercase()))
+        }
+        None => (rest.clone(), None),
+    };
+    if name.contains('/') || name == "$metadata" || name.is_empty() {
+        return Err(not_found(format!("mock 1C does not serve {rest}")));
+    }
+    *entity_set = Some(name.clone());
+    *entity_key = key.clone();
+    let set = match name.as_str() {
+        COUNTERPARTIES => Set::Counterparties,
+        CONTACTS => Set::Contacts,
+        _ => return Err(not_found(format!("Не найден набор сущностей: {name}"))),
+    };
+    if set == Set::Contacts && key.is_some() {
+        return Err(bad_request(
+            "mock 1C does not serve single rows of a tabular section",
+        ));
+    }
+    if !target.is_ascii() {
+        return Err(bad_request(format!(
+            "unencoded non-ASCII characters in the request target {target:?}"
+        )));
+    }
+    if let Some(e) = query_error {
+        return Err(bad_request(e));
+    }
+
+    let mut plan = Plan {
+        set,
+        key,
+        format: Ok(Format::Atom),
+        select: None,
+        orderby: Vec::new(),
+        top: None,
+        skip: 0,
+        filter: None,
+        inline_count: false,
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for (k, v) in query {
+        if !k.starts_with('$') {
+            continue; // custom query options are ignored, as OData allows
+        }
+        if seen.contains(&k.as_str()) {
+            return Err(bad_request(format!("Параметр {k} указан дважды")));
+        }
+        seen.push(k);
+        match k.as_str() {
+            "$format" => {
+                plan.format = match v.as_str() {
+                    "json" | "application/json" => Ok(Format::Json),
+                    "atom" | "xml" | "application/atom+xml" => Ok(Format::Atom),
+                    other => Err(other.to_owned()),
+                }
+            }
+            "$select" => {
+                plan.select = Some(
+                    v.split(',')
+                        .map(|f| f.trim().to_owned())
+                        .filter(|f| !f.is_empty())
+                        .collect(),
+                )
+            }
+            "$orderby" => {
+                for item in v.split(',') {
+                    let mut words = item.split_whitespace();
+                    let field = words
+                        .next()
+                        .ok_or_else(|| bad_request(format!("Неверный $orderby: {v}")))?;
+                    let desc = match words.next() {
+                        None | Some("asc") => false,
+                        Some("desc") => true,
+                        Some(other) => {
+                            return Err(bad_request(format!("Неверный $orderby: {other}")))
+                        }
+                    };
+                    if words.next().is_some() {
+                        return Err(bad_request(format!("Неверный $orderby: {v}")));
+                    }
+                    plan.orderby.push((field.to_owned(), desc));
+                }
+            }
+            "$top" => {
+                plan.top = Some(
+                    v.parse()
+                        .map_err(|_| bad_request(format!("Неверное значение $top: {v}")))?,
+                )
+            }
+            "$skip" => {
+                plan.skip = v
+                    .parse()
+                    .map_err(|_| bad_request(format!("Неверное значение $skip: {v}")))?
+            }
+            "$filter" => {
+                plan.filter = Some(
+                    parse_filter(v)
+                        .map_err(|e| bad_request(format!("Ошибка в $filter ({v}): {e}")))?,
+                )
+            }
+            "$inlinecount" => match v.as_str() {
+                "allpages" => plan.inline_count = true,
+                "none" => {}
+                other => {
+                    return Err(bad_request(format!(
+                        "Неверное значение $inlinecount: {other}"
+                    )))
+                }
+            },
+            other => {
+                return Err(bad_request(format!(
+                    "Параметр {other} не поддерживается (mock 1C)"
+                )))
+            }
+        }
+    }
+    if plan.key.is_some()
+        && (plan.filter.is_some()
+            || plan.top.is_some()
+            || plan.skip != 0
+            || !plan.orderby.is_empty())
+    {
+        return Err(bad_request(
+            "mock 1C: $filter, $orderby, $top and $skip are not for a single entity",
+        ));
+    }
+    Ok(plan)
+}
+
+// ---------------------------------------------------------------- $filter
+
+#[derive(Debug, Clone, PartialEq)]
+enum Lit {
+    Str(String),
+    Guid(String),
+    Bool(bool),
+    Int(i64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Expr {
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Cmp {
+        field: String,
+        negate: bool,
+        lit: Lit,
+    },
+    SubstringOf {
+        needle: String,
+        field: String,
+        /// `substringof(…) eq false`
+        negate: bool,
+    },
+}
+
+impl Expr {
+    fn names_ref_key(&self) -> bool {
+        match self {
+            Expr::And(a, b) | Expr::Or(a, b) => a.names_ref_key() || b.names_ref_key(),
+            Expr::Cmp {
+                field,
+                lit: Lit::Guid(_),
+                ..
+            } => field == "Ref_Key",
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Guid(String),
+    Int(i64),
+    Open,
+    Close,
+    Comma,
+}
+
+fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
+    let chars: Vec<char> = s.chars().collect();
+    let mut toks = Vec::new();
+    let mut i = 0;
+    let read_quoted = |i: &mut usize| -> Result<String, String> {
+        // chars[*i] is the opening quote.
+        let mut out = String::new();
+        *i += 1;
+        loop {
+            match chars.get(*i) {
+                None => return Err("unterminated string literal".into()),
+                Some('\'') if chars.get(*i + 1) == Some(&'\'') => {
+                    out.push('\'');
+                    *i += 2;
+                }
+                Some('\'') => {
+                    *i += 1;
+                    return Ok(out);
+                }
+                Some(&c) => {
+                    out.push(c);
+                    *i += 1;
+                }
+            }
+        }
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            ' ' => i += 1,
+            '(' => {
+                toks.push(Tok::Open);
+                i += 1;
+            }
+            ')' => {
+                toks.push(Tok::Close);
+                i += 1;
+            }
+            ',' => {
+                toks.push(Tok::Comma);
+                i += 1;
+            }
+            '\'' => toks.push(Tok::Str(read_quoted(&mut i)?)),
+            c if c.is_ascii_digit() || c == '-' => {
+                let start = i;
+                i += 1;
+                while chars.get(i).is_some_and(char::is_ascii_digit) {
+                    i += 1;
+                }
+                let text: String = chars[start..i].iter().collect();
+                toks.push(Tok::Int(
+                    text.parse()
+                        .map_err(|_| format!("bad number literal {text}"))?,
+                ));
+            }
+            c if c.is_alphabetic() || c == '_' => {
+                let start = i;
+                while chars
+                    .get(i)
+                    .is_some_and(|c| c.is_alphanumeric() || *c == '_')
+                {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                if word == "guid" && chars.get(i) == Some(&'\'') {
+                    let g = read_quoted(&mut i)?;
+                    if !is_guid(&g) {
+                        return Err(format!("bad guid literal guid'{g}'"));
+                    }
+                    toks.push(Tok::Guid(g.to_ascii_lowercase()));
+                } else {
+                    toks.push(Tok::Ident(word));
+                }
+            }
+            other => return Err(format!("unexpected character {other:?}")),
+        }
+    }
+    Ok(toks)
+}
+
+fn parse_filter(s: &str) -> Result<Expr, String> {
+    let toks = tokenize(s)?;
+    let mut p = FilterParser { toks, pos: 0 };
+    let expr = p.or_expr()?;
+    if p.pos != p.toks.len() {
+        return Err(format!("unexpected {:?}", p.toks[p.pos]));
+    }
+    Ok(expr)
+}
+
+struct FilterParser {
+    toks: Vec<Tok>,
+    pos: usize,
+}
+
+impl FilterParser {
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+
+    fn peek_word(&self, word: &str) -> bool {
+        matches!(self.toks.get(self.pos), Some(Tok::Ident(w)) if w == word)
+    }
+
+    fn expect(&mut self, tok: Tok) -> Result<(), String> {
+        match self.next() {
+            Some(t) if t == tok => Ok(()),
+            other => Err(format!("expected {tok:?}, found {other:?}")),
+        }
+    }
+
+    fn or_expr(&mut self) -> Result<Expr, String> {
+        let mut left = self.and_expr()?;
+        while self.peek_word("or") {
+            self.pos += 1;
+            left = Expr::Or(Box::new(left), Box::new(self.and_expr()?));
+        }
+        Ok(left)
+    }
+
+    fn and_expr(&mut self) -> Result<Expr, String> {
+        let mut left = self.primary()?;
+        while self.peek_word("and") {
+            self.pos += 1;
+            left = Expr::And(Box::new(left), Box::new(self.primary()?));
+        }
+        Ok(left)
+    }
+
+    /// `eq` → false, `ne` → true (negate).
+    fn operator(&mut self) -> Result<bool, String> {
+        match self.next() {
+            Some(Tok::Ident(op)) if op == "eq" => Ok(false),
+            Some(Tok::Ident(op)) if op == "ne" => Ok(true),
+            Some(Tok::Ident(op)) => Err(format!("operator {op} is not supported by the mock")),
+            other => Err(format!("expected eq or ne, found {other:?}")),
+        }
+    }
+
+    fn primary(&mut self) -> Result<Expr, String> {
+        match self.next() {
+            Some(Tok::Open) => {
+                let e = self.or_expr()?;
+                self.expect(Tok::Close)?;
+                Ok(e)
+            }
+            Some(Tok::Ident(f)) if f == "substringof" => {
+                self.expect(Tok::Open)?;
+                let needle = match self.next() {
+                    Some(Tok::Str(s)) => s,
+                    other => {
+                        return Err(format!(
+                            "substringof wants a string literal first, found {other:?}"
+                        ))
+                    }
+                };
+                self.expect(Tok::Comma)?;
+                let field = match self.next() {
+                    Some(Tok::Ident(f)) => f,
+                    other => {
+                        return Err(format!(
+                            "substringof wants a property second, found {other:?}"
+                        ))
+                    }
+                };
+                self.expect(Tok::Close)?;
+                let mut negate = false;
+                if self.peek_word("eq") || self.peek_word("ne") {
+                    let ne = self.operator()?;
+                    let value = match self.next() {
+                        Some(Tok::Ident(b)) if b == "true" => true,
+                        Some(Tok::Ident(b)) if b == "false" => false,
+                        other => return Err(format!("expected true or false, found {other:?}")),
+                    };
+                    negate = ne == value;
+                }
+                Ok(Expr::SubstringOf {
+                    needle,
+                    field,
+                    negate,
+                })
+            }
+            Some(Tok::Ident(w)) if matches!(w.as_str(), "not" | "true" | "false" | "null") => {
+                Err(format!("{w} here is not supported by the mock"))
+            }
+            Some(Tok::Ident(field)) => {
+                if self.toks.get(self.pos) == Some(&Tok::Open) {
+                    return Err(format!("function {field} is not supported by the mock"));
+                }
+                let negate = self.operator()?;
+                let lit = match self.next() {
+                    Some(Tok::Str(s)) => Lit::Str(s),
+                    Some(Tok::Guid(g)) => Lit::Guid(g),
+                    Some(Tok::Int(n)) => Lit::Int(n),
+                    Some(Tok::Ident(b)) if b == "true" => Lit::Bool(true),
+                    Some(Tok::Ident(b)) if b == "false" => Lit::Bool(false),
+                    other => return Err(format!("expected a literal, found {other:?}")),
+                };
+                Ok(Expr::Cmp { field, negate, lit })
+            }
+            other => Err(format!("unexpected {other:?}")),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- answering
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ty {
+    Guid,
+    Str,
+    Bool,
+    Int,
+    /// Dates, collections, anything that is only shown.
+    Other,
+}
+
+/// One property's value for filtering and sorting.
+#[derive(Debug, Clone, Copy)]
+enum Prop<'a> {
+    Str(&'a str),
+    Bool(bool),
+    Int(i64),
+    None,
+}
+
+impl Prop<'_> {
+    fn cmp(&self, other: &Prop<'_>) -> Ordering {
+        match (self, other) {
+            (Prop::Str(a), Prop::Str(b)) => a.cmp(b),
+            (Prop::Bool(a), Prop::Bool(b)) => a.cmp(b),
+            (Prop::Int(a), Prop::Int(b)) => a.cmp(b),
+            _ => Ordering::Equal,
+        }
+    }
+}
+
+fn json_prop(v: &Value) -> Prop<'_> {
+    match v {
+        Value::String(s) => Prop::Str(s),
+        Value::Bool(b) => Prop::Bool(*b),
+        Value::Number(n) => n.as_i64().map_or(Prop::None, Prop::Int),
+        _ => Prop::None,
+    }
+}
+
+fn json_ty(v: &Value) -> Ty {
+    match v {
+        Value::String(_) => Ty::Str,
+        Value::Bool(_) => Ty::Bool,
+        Value::Number(_) => Ty::Int,
+        _ => Ty::Other,
+    }
+}
+
+const CATALOG_PROPS: &[(&str, Ty)] = &[
+    ("Ref_Key", Ty::Guid),
+    ("DataVersion", Ty::Str),
+    ("DeletionMark", Ty::Bool),
+    ("Parent_Key", Ty::Guid),
+    ("IsFolder", Ty::Bool),
+    ("Code", Ty::Str),
+    ("Description", Ty::Str),
+    ("НаименованиеПолное", Ty::Str),
+    ("ИНН", Ty::Str),
+    ("КПП", Ty::Str),
+    ("ДатаСоздания", Ty::Other),
+    ("Predefined", Ty::Bool),
+    ("PredefinedDataName", Ty::Str),
+    ("КонтактнаяИнформация", Ty::Other),
+    ("ДополнительныеРеквизиты", Ty::Other),
+];
+
+const CONTACT_PROPS: &[(&str, Ty)] = &[
+    ("Ref_Key", Ty::Guid),
+    ("LineNumber", Ty::Int),
+    ("Тип", Ty::Str),
+    ("Вид_Key", Ty::Guid),
+    ("Представление", Ty::Str),
+    ("ЗначенияПолей", Ty::Str),
+    ("НомерТелефона", Ty::Str),
+    ("АдресЭП", Ty::Str),
+];
+
+#[derive(Clone, Copy)]
+enum Item<'a> {
+    Counterparty(&'a Row),
+    /// Owner and index into its contacts.
+    Contact(&'a Row, usize),
+}
+
+impl Data {
+    fn property_type(&self, set: Set, name: &str) -> Option<Ty> {
+        let fixed = match set {
+            Set::Counterparties => CATALOG_PROPS,
+            Set::Contacts => CONTACT_PROPS,
+        };
+        if let Some((_, ty)) = fixed.iter().find(|(n, _)| *n == name) {
+            return Some(*ty);
+        }
+        if set == Set::Counterparties {
+            return self
+                .extras
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, d)| json_ty(d));
+        }
+        None
+    }
+
+    fn property_names(&self, set: Set) -> Vec<&str> {
+        match set {
+            Set::Counterparties => CATALOG_PROPS
+                .iter()
+                .map(|(n, _)| *n)
+                .chain(self.extras.iter().map(|(n, _)| n.as_str()))
+                .collect(),
+            Set::Contacts => CONTACT_PROPS.iter().map(|(n, _)| *n).collect(),
+        }
+    }
+
+    fn items(&self, set: Set) -> Vec<Item<'_>> {
+        match set {
+            Set::Counterparties => self.rows.iter().map(Item::Counterparty).collect(),
+            Set::Contacts => self
+                .rows
+                .iter()
+                .flat_map(|r| (0..r.cp.contacts.len()).map(move |i| Item::Contact(r, i)))
+                .collect(),
+        }
+    }
+
+    fn item(&self, set: Set, row: usize, line: usize) -> Item<'_> {
+        match set {
+            Set::Counterparties => Item::Counterparty(&self.rows[row]),
+            Set::Contacts => Item::Contact(&self.rows[row], line),
+        }
+    }
+
+    /// Stable sort by `$orderby` (no-op without one: insertion order).
+    fn sort(&self, items: &mut [Item<'_>], orderby: &[(String, bool)]) {
+        if orderby.is_empty() {
+            return;
+        }
+        items.sort_by(|a, b| {
+            orderby
+                .iter()
+                .map(|(f, desc)| {
+                    let o = self.prop(*a, f).cmp(&self.prop(*b, f));
+                    if *desc {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                })
+                .find(|o| o.is_ne())
+                .unwrap_or(Ordering::Equal)
+        });
+    }
+
+    /// The whole set in `$orderby` order, as (row, line) indices; kept until
+    /// the next write.
+    fn ordered(&mut self, set: Set, orderby: &[(String, bool)]) -> Arc<Vec<(usize, usize)>> {
+        if let Some(c) = self
+            .orders
+            .iter()
+            .find(|c| c.set == set && c.orderby == orderby)
+        {
+            return Arc::clone(&c.items);
+        }
+        let order: Vec<(usize, usize)> = {
+            let mut items = self.items(set);
+            self.sort(&mut items, orderby);
+            items
+                .iter()
+                .map(|it| match it {
+                    Item::Counterparty(r) => (self.by_key[&r.cp.ref_key], 0),
+                    Item::Contact(r, line) => (self.by_key[&r.cp.ref_key], *line),
+                })
+                .collect()
+        };
+        let items = Arc::new(order);
+        if self.orders.len() >= 4 {
+            self.orders.remove(0);
+        }
+        self.orders.push(CachedOrder {
+            set,
+            orderby: orderby.to_vec(),
+            items: Arc::clone(&items),
+        });
+        items
+    }
+
+    fn prop<'a>(&'a self, item: Item<'a>, name: &str) -> Prop<'a> {
+        match item {
+            Item::Counterparty(row) => {
+                let c = &row.cp;
+                match name {
+                    "Ref_Key" => Prop::Str(&c.ref_key),
+                    "DeletionMark" => Prop::Bool(c.deletion_mark),
+                    "Parent_Key" => Prop::Str(c.parent_key.as_deref().unwrap_or(EMPTY_REF)),
+                    "IsFolder" => Prop::Bool(c.is_folder),
+                    "Code" => Prop::Str(&row.code),
+                    "Description" => Prop::Str(&c.description),
+                    "НаименованиеПолное" => Prop::Str(&c.full_name),
+                    "ИНН" => Prop::Str(&c.inn),
+                    "КПП" => Prop::Str(&c.kpp),
+                    "Predefined" => Prop::Bool(false),
+                    "PredefinedDataName" => Prop::Str(""),
+                    _ => match c.extra.get(name) {
+                        Some(v) => json_prop(v),
+                        None => self
+                            .extras
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map_or(Prop::None, |(_, d)| json_prop(d)),
+                    },
+                }
+            }
+            Item::Contact(row, i) => {
+                let k = &row.cp.contacts[i];
+                match name {
+                    "Ref_Key" => Prop::Str(&row.cp.ref_key),
+                    "LineNumber" => Prop::Int(i as i64 + 1),
+                    "Тип" => Prop::Str(k.kind),
+                    "Вид_Key" => Prop::Str(k.kind_key()),
+                    "Представление" => Prop::Str(&k.presentation),
+                    "ЗначенияПолей" => Prop::Str(""),
+                    "НомерТелефона" => Prop::Str(&k.phone_digits),
+                    "АдресЭП" => Prop::Str(&k.email),
+                    _ => Prop::None,
+                }
+            }
+        }
+    }
+
+    /// The JSON value of one property (`DataVersion` and the collections
+    /// are not in [`Data::prop`]).
+    fn value(&self, item: Item<'_>, name: &str) -> Value {
+        match (item, name) {
+            (Item::Counterparty(row), "DataVersion") => json!(data_version(row.data_version)),
+            (Item::Counterparty(_), "ДатаСоздания") => json!("0001-01-01T00:00:00"),
+            (Item::Counterparty(_), "ДополнительныеРеквизиты") => json!([]),
+            (Item::Counterparty(row), "КонтактнаяИнформация") => Value::Array(
+                (0..row.cp.contacts.len())
+                    .map(|i| {
+                        let mut m = Map::new();
+                        for (n, _) in &CONTACT_PROPS[1..] {
+                            m.insert((*n).to_owned(), self.value(Item::Contact(row, i), n));
+                        }
+                        Value::Object(m)
+                    })
+                    .collect(),
+            ),
+            (Item::Counterparty(row), _) => match row.cp.extra.get(name) {
+                Some(v) => v.clone(),
+                None => match self.extras.iter().find(|(n, _)| n == name) {
+                    Some((_, d)) => d.clone(),
+                    None => prop_json(self.prop(item, name)),
+                },
+            },
+            (Item::Contact(_, i), "LineNumber") => json!((i + 1).to_string()),
+            (Item::Contact(..), _) => prop_json(self.prop(item, name)),
+        }
+    }
+
+    fn render(&self, set: Set, item: Item<'_>, select: Option<&[String]>) -> Map<String, Value> {
+        let mut m = Map::new();
+        match select {
+            Some(fields) => {
+                for f in fields {
+                    m.insert(f.clone(), self.value(item, f));
+                }
+            }
+            None => {
+                for n in self.property_names(set) {
+                    m.insert(n.to_owned(), self.value(item, n));
+                }
+                if let Item::Counterparty(row) = item {
+                    let this = format!("{COUNTERPARTIES}(guid'{}')", row.cp.ref_key);
+                    m.insert(
+                        "Parent@navigationLinkUrl".into(),
+                        json!(format!("{this}/Parent")),
+                    );
+                    m.insert(
+                        "ДополнительныеРеквизиты@navigationLinkUrl".into(),
+                        json!(format!("{this}/ДополнительныеРеквизиты")),
+                    );
+                }
+            }
+        }
+        m
+    }
+
+    fn eval(&self, expr: &Expr, item: Item<'_>) -> bool {
+        match expr {
+            Expr::And(a, b) => self.eval(a, item) && self.eval(b, item),
+            Expr::Or(a, b) => self.eval(a, item) || self.eval(b, item),
+            Expr::SubstringOf {
+                needle,
+                field,
+                negate,
+            } => {
+                let found = match self.prop(item, field) {
+                    Prop::Str(s) => s.to_lowercase().contains(&needle.to_lowercase()),
+                    _ => false,
+                };
+                found != *negate
+            }
+            Expr::Cmp { field, negate, lit } => {
+                let equal = match (self.prop(item, field), lit) {
+                    (Prop::Str(s), Lit::Guid(g)) => s.eq_ignore_ascii_case(g),
+                    (Prop::Str(s), Lit::Str(t)) => s == t,
+                    (Prop::Bool(b), Lit::Bool(c)) => b == *c,
+                    (Prop::Int(n), Lit::Int(m)) => n == *m,
+                    _ => false,
+                };
+                equal != *negate
+            }
+        }
+    }
+
+    /// What 1C would refuse: unknown properties, mismatched literal types.
+    fn check_filter(&self, set: Set, expr: &Expr) -> Result<(), String> {
+        match expr {
+            Expr::And(a, b) | Expr::Or(a, b) => {
+                self.check_filter(set, a)?;
+                self.check_filter(set, b)
+            }
+            Expr::SubstringOf { field, .. } => match self.property_type(set, field) {
+                None => Err(format!("Неизвестное свойство {field} в $filter")),
+                Some(Ty::Str) => Ok(()),
+                Some(_) => Err(format!("substringof: свойство {field} не строка")),
+            },
+            Expr::Cmp { field, lit, .. } => {
+                let ty = self
+                    .property_type(set, field)
+                    .ok_or_else(|| format!("Неизвестное свойство {field} в $filter"))?;
+                let fits = matches!(
+                    (ty, lit),
+                    (Ty::Guid, Lit::Guid(_))
+                        | (Ty::Str, Lit::Str(_))
+                        | (Ty::Bool, Lit::Bool(_))
+                        | (Ty::Int, Lit::Int(_))
+                );
+                if fits {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "Несовместимые типы в $filter: свойство {field} ({ty:?}) и {lit:?}"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn prop_json(p: Prop<'_>) -> Value {
+    match p {
+        Prop::Str(s) => json!(s),
+        Prop::Bool(b) => json!(b),
+        Prop::Int(n) => json!(n),
+        Prop::None => Value::Null,
+    }
+}
+
+fn answer(state: &State, plan: &Plan) -> Response<Body> {
+    let format = match &plan.format {
+        Ok(f) => *f,
+        Err(other) => {
+            return odata_error(
+                StatusCode::NOT_ACCEPTABLE,
+                &format!("Неподдерживаемый формат: {other}"),
+            )
+        }
+    };
+    let mut guard = state.data();
+    let set = plan.set;
+    // Unfiltered pages share one sorted order until the next write.
+    let cached =
+        (plan.key.is_none() && plan.filter.is_none()).then(|| guard.ordered(set, &plan.orderby));
+    let data = &*guard;
+    if let Some(fields) = &plan.select {
+        if let Some(bad) = fields.iter().find(|f| data.property_type(set, f).is_none()) {
+            return odata_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Неизвестное свойство {bad} в $select для {}", set.name()),
+            );
+        }
+    }
+    for (field, _) in &plan.orderby {
+        match data.property_type(set, field) {
+            None => {
+                return odata_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Неизвестное свойство {field} в $orderby для {}", set.name()),
+                )
+            }
+            Some(Ty::Other) => {
+                return odata_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("По свойству {field} нельзя упорядочивать"),
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(expr) = &plan.filter {
+        if let Err(e) = data.check_filter(set, expr) {
+            return odata_error(StatusCode::BAD_REQUEST, &e);
+        }
+    }
+    let metadata = format!("http://{}{ROOT_PATH}/$metadata#{}", state.addr, set.name());
+    let select = plan.select.as_deref();
+
+    if let Some(key) = &plan.key {
+        let Some(&i) = data.by_key.get(key) else {
+            return odata_error(
+                StatusCode::NOT_FOUND,
+                &format!("Не найден объект {COUNTERPARTIES}(guid'{key}')"),
+            );
+        };
+        let item = Item::Counterparty(&data.rows[i]);
+        let mut m = Map::new();
+        m.insert(
+            "odata.metadata".into(),
+            json!(format!("{metadata}/@Element")),
+        );
+        m.extend(data.render(set, item, select));
+        return match format {
+            Format::Json => respond(
+                StatusCode::OK,
+                "application/json;charset=utf-8",
+                Value::Object(m).to_string(),
+            ),
+            Format::Atom => atom(state, set, &[data.render(set, item, select)]),
+        };
+    }
+
+    let (total, page): (usize, Vec<Map<String, Value>>) = match cached {
+        Some(order) => (
+            order.len(),
+            order
+                .iter()
+                .skip(plan.skip)
+                .take(plan.top.unwrap_or(usize::MAX))
+                .map(|&(row, line)| data.render(set, data.item(set, row, line), select))
+                .collect(),
+        ),
+        None => {
+            let mut items = data.items(set);
+            if let Some(expr) = &plan.filter {
+                items.retain(|it| data.eval(expr, *it));
+            }
+            data.sort(&mut items, &plan.orderby);
+            (
+                items.len(),
+                items
+                    .into_iter()
+                    .skip(plan.skip)
+                    .take(plan.top.unwrap_or(usize::MAX))
+                    .map(|it| data.render(set, it, select))
+                    .collect(),
+            )
+        }
+    };
+    match format {
+        Format::Json => {
+            let mut m = Map::new();
+            m.insert("odata.metadata".into(), json!(metadata));
+            if plan.inline_count {
+                m.insert("odata.count".into(), json!(total.to_string()));
+            }
+            m.insert(
+                "value".into(),
+                Value::Array(page.into_iter().map(Value::Object).collect()),
+            );
+            respond(
+                StatusCode::OK,
+                "application/json;charset=utf-8",
+                Value::Object(m).to_string(),
+            )
+        }
+        Format::Atom => atom(state, set, &page),
+    }
+}
+
+/// What 1C answers without `$format=json`: an Atom feed (scalar properties only).
+fn atom(state: &State, set: Set, entries: &[Map<String, Value>]) -> Response<Body> {
+    fn esc(s: &str) -> String {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    }
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<feed xmlns=\"http://www.w3.org/2005/Atom\" \
+         xmlns:d=\"http://schemas.microsoft.com/ado/2007/08/dataservices\" \
+         xmlns:m=\"http://schemas.microsoft.com/ado/2007/08/dataservices/metadata\" \
+         xml:base=\"http://{}{ROOT_PATH}/\">\n<title type=\"text\">{}</title>\n",
+        state.addr,
+        set.name()
+    );
+    for e in entries {
+        xml.push_str("<entry><content type=\"application/xml\"><m:properties>");
+        for (k, v) in e.iter().filter(|(k, _)| !k.contains('@')) {
+            let text = match v {
+                Value::String(s) => esc(s),
+                Value::Bool(_) | Value::Number(_) => v.to_string(),
+                _ => continue,
+            };
+            xml.push_str(&format!("<d:{k}>{text}</d:{k}>"));
+        }
+        xml.push_str("</m:properties></content></entry>\n");
+    }
+    xml.push_str("</feed>\n");
+    respond(
+        StatusCode::OK,
+        "application/atom+xml;type=feed;charset=utf-8",
+        xml,
+    )
+}
