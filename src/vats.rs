@@ -119,7 +119,9 @@ impl Vats {
             Err(loaded) => loaded,
         };
         if let (Some(live), Some(phone)) = (&self.live, phone) {
-            if let Some(entry) = live.find(phone).await {
+            // Boxed: the lookup's future is large, and inline it would make
+            // every SayName's future (and its moves) that large too.
+            if let Some(entry) = Box::pin(live.find(phone)).await {
                 return (say_name_reply(request, &entry.say_name), Outcome::Known);
             }
         }
@@ -140,7 +142,7 @@ impl Vats {
         if let Some(entry) = self.directory.lookup_phone(phone) {
             return Some(entry);
         }
-        self.live.as_ref()?.find(phone).await
+        Box::pin(self.live.as_ref()?.find(phone)).await
     }
 
     async fn incoming_call(
