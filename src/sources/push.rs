@@ -788,7 +788,10 @@ mod tests {
         assert!(deleted.removed);
         saver.finish().await;
         let snapshot = store.load_snapshot().await.expect("load");
-        let file = snapshot.iter().find(|s| s.source == "file").expect("file saved");
+        let file = snapshot
+            .iter()
+            .find(|s| s.source == "file")
+            .expect("file saved");
         assert_eq!(file.records.len(), 59_999);
         assert!(
             file.records.iter().all(|r| &*r.id != "000000"),
