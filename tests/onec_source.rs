@@ -1056,3 +1056,37 @@ async fn lookup_and_source_metrics_are_exported() {
         "cti_onec_lookup_seconds is a histogram"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1c_counterparty_deleted_through_the_push_api_returns_while_1c_still_lists_it() {
+    let mock = mock_with(vec![alpha(), gamma()]).await;
+    let gw = start_on(&mock).await;
+    wait_warm(gw.addr).await;
+    assert_eq!(say(gw.addr, "89250452343").await.0, ALPHA_DATA);
+
+    let deleted = request(
+        gw.addr,
+        "DELETE",
+        &format!("/api/v1/counterparties/{}", guid(1)),
+        &["Authorization: Bearer api-token-for-tests"],
+        b"",
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_eq!(onec_health(gw.addr).await["records"], 1);
+
+    // 1C did not change (same DataVersions), but it still lists the
+    // counterparty: the next read brings it back into the directory.
+    gw.gateway().reload();
+    let addr = gw.addr;
+    wait_for("the refresh", Duration::from_secs(10), || async move {
+        let onec = onec_health(addr).await;
+        if onec["records"] == 2 {
+            Ok(())
+        } else {
+            Err(onec.to_string())
+        }
+    })
+    .await;
+    assert_eq!(say(gw.addr, "89250452343").await.0, ALPHA_DATA);
+}

@@ -7,6 +7,7 @@
 //! once when it comes back, not on every retry.
 
 pub mod file;
+mod low_priority;
 pub mod onec;
 pub mod push;
 

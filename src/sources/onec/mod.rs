@@ -23,11 +23,12 @@ mod rows;
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use super::low_priority::LowPriority;
 use super::{SnapshotSaver, SnapshotSavers, SourceHealth};
 use crate::config::OnecConfig;
 use crate::directory::{Counterparty, Directory, ReplaceReport};
@@ -40,6 +41,8 @@ use rows::{CatalogRow, ContactRow, FieldNames, CONTACTS_SELECT};
 
 /// The name this source's records carry in the directory and the store.
 pub const SOURCE: &str = "onec";
+/// The low-priority thread that parses and builds full reads.
+const WORKER: &str = "cti-onec-read";
 
 /// Most rows one full read accepts from one set: far beyond any real
 /// catalog, and a bound on what a misbehaving server can make us hold.
@@ -88,6 +91,9 @@ pub struct OnecSource {
     metrics: Arc<OnecMetrics>,
     saver: Arc<SnapshotSaver>,
     live: LiveLookup,
+    /// Parses pages and builds the set, below the calls' priority.
+    cpu: LowPriority,
+    last_built: Mutex<Option<Outcome>>,
 }
 
 impl OnecSource {
@@ -143,6 +149,8 @@ impl OnecSource {
             health,
             metrics,
             live,
+            cpu: LowPriority::start(WORKER).map_err(|e| OnecError::Build(e.to_string()))?,
+            last_built: Mutex::new(None),
         })
     }
 
@@ -152,14 +160,15 @@ impl OnecSource {
     }
 
     /// Reads every counterparty from 1C and makes them the `onec` source's
-    /// set. On error the directory is left as it was.
+    /// set. On error the directory is left as it was. Pages are parsed and
+    /// the set is built on the low-priority thread: calls come first.
     pub async fn refresh(&self) -> Result<RefreshReport, OnecError> {
         let started = Instant::now();
         let catalog_select = self.fields.catalog_select();
-        let fields = &self.fields;
+        let fields = self.fields.clone();
         let (catalog, contacts) = tokio::try_join!(
-            self.read_all(&self.catalog_set, &catalog_select, "Ref_Key", |body| {
-                rows::parse_catalog_page(body, fields)
+            self.read_all(&self.catalog_set, &catalog_select, "Ref_Key", move |body| {
+                rows::parse_catalog_page(body, &fields)
             }),
             self.read_all(
                 &self.contacts_set,
@@ -170,17 +179,23 @@ impl OnecSource {
         )?;
         let directory = Arc::clone(&self.directory);
         let tag = self.settings_tag.clone();
-        let built = tokio::task::spawn_blocking(move || build(&directory, catalog, contacts, &tag))
+        let last = self
+            .last_built
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let built = self
+            .cpu
+            .run(WORKER, move || {
+                build(&directory, catalog, contacts, &tag, last)
+            })
             .await
             .map_err(|e| OnecError::Build(e.to_string()))?;
-        let Built {
-            report,
-            records,
-            skipped,
-        } = built;
+        let Built { report, outcome } = built;
+        *self.last_built.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome.clone());
         let (changed, unchanged) = match &report {
             Some(r) => (r.records - r.unchanged, r.unchanged),
-            None => (0, records),
+            None => (0, outcome.records),
         };
         if report.is_some() {
             self.saver.save();
@@ -192,30 +207,37 @@ impl OnecSource {
         let elapsed = started.elapsed();
         self.metrics.refresh_seconds.observe(elapsed.as_secs_f64());
         Ok(RefreshReport {
-            records,
+            records: outcome.records,
             changed,
             unchanged,
-            folders: skipped.folders,
-            deleted: skipped.deleted,
-            invalid: skipped.invalid,
+            folders: outcome.skipped.folders,
+            deleted: outcome.skipped.deleted,
+            invalid: outcome.skipped.invalid,
             elapsed,
         })
     }
 
-    /// Every row of `set`, page by page. A row that moved between pages
-    /// while 1C was being read may come twice (callers keep one) or be
-    /// missed until the next read.
-    async fn read_all<T>(
+    /// Every row of `set`, page by page, as the pages came (parsed on the
+    /// low-priority thread). A row that moved between pages while 1C was
+    /// being read may come twice (the build keeps one) or be missed until
+    /// the next read.
+    async fn read_all<T, P>(
         &self,
         set: &str,
         select: &str,
         order_by: &str,
-        parse: impl Fn(&[u8]) -> Result<Vec<T>, String>,
-    ) -> Result<Vec<T>, OnecError> {
+        parse: P,
+    ) -> Result<Vec<Vec<T>>, OnecError>
+    where
+        T: Send + 'static,
+        P: Fn(&[u8]) -> Result<Vec<T>, String> + Send + Sync + 'static,
+    {
+        let parse = Arc::new(parse);
         let top = self.page_size.to_string();
-        let mut rows = Vec::new();
+        let mut pages = Vec::new();
+        let mut rows = 0usize;
         loop {
-            let skip = rows.len().to_string();
+            let skip = rows.to_string();
             let what = format!("{set} from row {skip}");
             let body = self
                 .client
@@ -231,16 +253,23 @@ impl OnecSource {
                     None,
                 )
                 .await?;
-            let page = parse(&body).map_err(|cause| OdataError::Format { what, cause })?;
+            let parse = Arc::clone(&parse);
+            let page = self
+                .cpu
+                .run(WORKER, move || parse(&body))
+                .await
+                .map_err(|e| OnecError::Build(e.to_string()))?
+                .map_err(|cause| OdataError::Format { what, cause })?;
             let got = page.len();
-            rows.extend(page);
-            if rows.len() > MAX_ROWS {
+            rows += got;
+            pages.push(page);
+            if rows > MAX_ROWS {
                 return Err(OnecError::TooManyRows { set: set.into() });
             }
             // A short page is the last; a page longer than asked means the
             // server ignored $top and sent everything.
             if got != self.page_size {
-                return Ok(rows);
+                return Ok(pages);
             }
         }
     }
@@ -308,48 +337,73 @@ impl OnecSource {
     }
 }
 
-/// The directory side of a full read.
-struct Built {
-    /// `None`: the content was what the directory already had.
-    report: Option<ReplaceReport>,
+/// What the last full read built: when 1C's rows are the same again, the
+/// read ends there.
+#[derive(Debug, Clone)]
+struct Outcome {
+    fingerprint: String,
     records: usize,
     skipped: rows::Skipped,
 }
 
+/// The directory side of a full read.
+struct Built {
+    /// `None`: the content was what the directory already had.
+    report: Option<ReplaceReport>,
+    outcome: Outcome,
+}
+
 fn build(
     directory: &Directory,
-    mut catalog: Vec<CatalogRow>,
-    mut contacts: Vec<ContactRow>,
+    catalog: Vec<Vec<CatalogRow>>,
+    contacts: Vec<Vec<ContactRow>>,
     settings_tag: &str,
+    last: Option<Outcome>,
 ) -> Built {
+    let mut catalog: Vec<CatalogRow> = catalog.into_iter().flatten().collect();
+    let mut contacts: Vec<ContactRow> = contacts.into_iter().flatten().collect();
     // Rows that moved between pages during the read can come twice.
-    let mut seen = HashSet::with_capacity(catalog.len());
-    catalog.retain(|r| seen.insert(r.ref_key.clone()));
-    drop(seen);
-    let mut seen = HashSet::with_capacity(contacts.len());
-    contacts.retain(|c| seen.insert((c.owner.clone(), c.line)));
-    drop(seen);
+    keep_first(&mut catalog, |r| (r.ref_key.as_str(), 0));
+    keep_first(&mut contacts, |c| (c.owner.as_str(), c.line));
+    // The directory holds what a read with this fingerprint built (a push
+    // DELETE leaves the fingerprint but not the count).
+    let loaded = |fingerprint: &str, records: usize| {
+        directory
+            .snapshot()
+            .sources()
+            .find(|s| &*s.name == SOURCE)
+            .is_some_and(|s| s.fingerprint.as_deref() == Some(fingerprint) && s.records == records)
+    };
+    // Every row's DataVersion as last time: nothing to do.
+    let by_rows = rows_fingerprint(settings_tag, &catalog);
+    if let (Some(print), Some(last)) = (&by_rows, &last) {
+        if *print == last.fingerprint && loaded(print, last.records) {
+            return Built {
+                report: None,
+                outcome: last.clone(),
+            };
+        }
+    }
     let (records, skipped) = rows::into_records(catalog, contacts);
-    let fingerprint = fingerprint(settings_tag, &records);
-    let current = directory.snapshot();
-    let loaded = current.sources().find(|s| &*s.name == SOURCE);
-    // The count too: a record removed through the push API leaves the
-    // fingerprint as it was, and 1C, still listing it, brings it back.
-    if loaded.is_some_and(|s| {
-        s.fingerprint.as_deref() == Some(fingerprint.as_str()) && s.records == records.len()
-    }) {
+    let fingerprint = by_rows.unwrap_or_else(|| records_fingerprint(settings_tag, &records));
+    let outcome = Outcome {
+        fingerprint: fingerprint.clone(),
+        records: records.len(),
+        skipped,
+    };
+    if loaded(&fingerprint, records.len()) {
         return Built {
             report: None,
-            records: records.len(),
-            skipped,
+            outcome,
         };
     }
     // Entries built under other settings are not reused.
-    let same_settings = loaded
-        .and_then(|s| s.fingerprint.as_deref())
+    let same_settings = directory
+        .snapshot()
+        .sources()
+        .find(|s| &*s.name == SOURCE)
+        .and_then(|s| s.fingerprint.clone())
         .is_some_and(|f| f.starts_with(settings_tag));
-    drop(current);
-    let count = records.len();
     let report = if same_settings {
         directory.replace_source(SOURCE, records, Some(fingerprint), SystemTime::now())
     } else {
@@ -357,22 +411,44 @@ fn build(
     };
     Built {
         report: Some(report),
-        records: count,
-        skipped,
+        outcome,
     }
 }
 
-/// What a full read brought, in one string: the settings' tag, the count,
-/// and a hash of every record's id and `DataVersion` (of its JSON when 1C
-/// sent no `DataVersion`).
-fn fingerprint(settings_tag: &str, records: &[Counterparty]) -> String {
+/// Keeps the first of the items with one key, in order, without copying keys.
+fn keep_first<T>(items: &mut Vec<T>, key: impl for<'a> Fn(&'a T) -> (&'a str, u32)) {
+    let keep: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(items.len());
+        items.iter().map(|item| seen.insert(key(item))).collect()
+    };
+    let mut flags = keep.into_iter();
+    items.retain(|_| flags.next().unwrap_or(true));
+}
+
+/// What 1C sent, by its change markers: the settings' tag, the number of
+/// counterparty rows (not folders, not deletion-marked) and a hash of their
+/// `Ref_Key` and `DataVersion`. `None` when a row has no `DataVersion`
+/// (then only the records themselves tell a change).
+fn rows_fingerprint(settings_tag: &str, catalog: &[CatalogRow]) -> Option<String> {
+    let mut h = std::hash::DefaultHasher::new();
+    let mut rows = 0usize;
+    for row in catalog.iter().filter(|r| !r.is_folder && !r.deletion_mark) {
+        h.write(row.ref_key.as_bytes());
+        h.write_u8(0);
+        h.write(row.data_version.as_deref()?.as_bytes());
+        h.write_u8(0);
+        rows += 1;
+    }
+    Some(format!("{settings_tag}-v{rows}-{:016x}", h.finish()))
+}
+
+/// What a full read brought when 1C sent no `DataVersion`: the settings'
+/// tag, the count, and a hash of every record's id and JSON.
+fn records_fingerprint(settings_tag: &str, records: &[Counterparty]) -> String {
     let mut h = std::hash::DefaultHasher::new();
     for r in records {
         h.write(r.id.as_bytes());
-        match &r.data_version {
-            Some(v) => h.write(v.as_bytes()),
-            None => h.write(serde_json::to_string(r).unwrap_or_default().as_bytes()),
-        }
+        h.write(serde_json::to_string(r).unwrap_or_default().as_bytes());
     }
     format!("{settings_tag}-{}-{:016x}", records.len(), h.finish())
 }
@@ -406,23 +482,40 @@ mod tests {
 
     #[test]
     fn fingerprint_follows_versions_and_settings() {
-        let r = |v: &str| Counterparty {
-            id: "k".into(),
-            name: "A".into(),
-            full_name: None,
-            inn: None,
-            kpp: None,
-            ogrn: None,
-            category: None,
-            manager_phone: None,
-            manager_name: None,
-            phones: vec![],
-            emails: vec![],
-            address: None,
-            data_version: Some(v.into()),
+        let row = |key: &str, v: Option<&str>| CatalogRow {
+            ref_key: key.into(),
+            data_version: v.map(Into::into),
+            description: "A".into(),
+            ..Default::default()
         };
-        assert_eq!(fingerprint("t", &[r("1")]), fingerprint("t", &[r("1")]));
-        assert_ne!(fingerprint("t", &[r("1")]), fingerprint("t", &[r("2")]));
-        assert_ne!(fingerprint("t", &[r("1")]), fingerprint("u", &[r("1")]));
+        let print = |tag, rows: &[CatalogRow]| rows_fingerprint(tag, rows);
+        let base = [row("k1", Some("1")), row("k2", Some("1"))];
+        assert_eq!(print("t", &base), print("t", &base.clone()));
+        assert_ne!(
+            print("t", &base),
+            print("t", &[row("k1", Some("2")), row("k2", Some("1"))])
+        );
+        assert_ne!(print("t", &base), print("u", &base));
+        // Folders and deletion-marked rows are not counterparties.
+        let mut with_folder = base.to_vec();
+        with_folder.push(CatalogRow {
+            is_folder: true,
+            ..row("f", None)
+        });
+        assert_eq!(print("t", &base), print("t", &with_folder));
+        // Without a DataVersion, rows cannot tell a change.
+        assert_eq!(print("t", &[row("k1", None)]), None);
+        // Key and version are hashed apart ("k1"+"2" is not "k"+"12").
+        assert_ne!(
+            print("t", &[row("k1", Some("2"))]),
+            print("t", &[row("k", Some("12"))])
+        );
+    }
+
+    #[test]
+    fn keep_first_drops_later_repeats_in_order() {
+        let mut items = vec![("a", 1), ("b", 2), ("a", 3), ("c", 4), ("b", 5), ("a", 1)];
+        keep_first(&mut items, |i| (i.0, 0));
+        assert_eq!(items, [("a", 1), ("b", 2), ("c", 4)]);
     }
 }
