@@ -37,6 +37,8 @@
 #     the mock alone costs SayName)
 #   BENCH_PERF [0] 1: `perf record` the gateway during e. (adds its own
 #     overhead to e.'s figures); the top of the profile is printed, perf.data kept
+#   BENCH_MOCK_NICE [unset] run the mock under `nice -n N` (19: the mock takes
+#     only what the gateway and wrk leave, as a 1C on another machine would)
 #   CARGO_TARGET_DIR [./target]
 # Everything listens on 127.0.0.1 only. Every wait is bounded. The script stops
 # the processes it started (by pid) when it exits, however it exits.
@@ -310,7 +312,7 @@ log "machine: $(nproc) CPUs ($CPU), $(awk '/MemTotal/ {printf "%.1f GB", $2/1048
 
 # ------------------------------------------------------------ mock 1C
 log "starting the mock 1C with $COUNT counterparties"
-"$MOCK" "$COUNT" --numbers "$TMP/numbers.txt" >"$TMP/mock.out" 2>"$TMP/mock.log" &
+${BENCH_MOCK_NICE:+nice -n $BENCH_MOCK_NICE} "$MOCK" "$COUNT" --numbers "$TMP/numbers.txt" >"$TMP/mock.out" 2>"$TMP/mock.log" &
 MOCK_PID=$!
 PIDS+=("$MOCK_PID")
 URL=""
