@@ -201,18 +201,7 @@ fn parse_reply(buf: &[u8]) -> Option<Reply> {
 
 /// A POST with the given headers (each "Name: value") and body.
 pub async fn post(addr: SocketAddr, path: &str, headers: &[&str], body: &[u8]) -> Reply {
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    raw(addr, &bytes).await
+    request(addr, "POST", path, headers, body).await
 }
 
 /// Any method, with the given headers (each "Name: value") and body; a
