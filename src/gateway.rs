@@ -290,9 +290,15 @@ async fn load_snapshot(store: &Store, directory: &Arc<Directory>) -> usize {
         let name = source.source.clone();
         let count = source.records.len();
         let loaded = tokio::task::spawn_blocking(move || {
-            directory.replace_source(
+            let received = source
+                .received_at_ms
+                .into_iter()
+                .map(|t| t.and_then(|t| u64::try_from(t).ok()))
+                .collect();
+            directory.replace_source_received(
                 &source.source,
                 source.records,
+                received,
                 source.fingerprint,
                 source.saved_at,
             )

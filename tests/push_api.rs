@@ -637,3 +637,52 @@ async fn a_body_slower_than_the_read_timeout_gets_408() {
     assert_eq!(reply.status, 408, "{}", reply.body);
     assert!(json(&reply)["error"].is_string());
 }
+
+#[tokio::test]
+async fn a_push_that_a_newer_file_version_replaced_stays_replaced_after_a_restart() {
+    let gw = start("").await;
+    wait_for_file_snapshot(&gw).await;
+    // Pushed: the push's copy of b2 answers.
+    let reply = push(
+        gw.addr,
+        &body(&[record("b2", "Ромашка (push)", "+7 916 555-55-55")]),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(title(gw.addr, "89165555555").await, "Ромашка (push)");
+
+    // Then the file brings a newer b2: it answers.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let before = gw
+        .gateway()
+        .store()
+        .source_fingerprint("file")
+        .await
+        .expect("store readable");
+    let newer = DIRECTORY.replace(
+        r#""name":"ООО \"Ромашка\" & <Ко>""#,
+        r#""name":"Ромашка (file)""#,
+    );
+    assert_ne!(newer, DIRECTORY, "the fixture changed shape");
+    std::fs::write(gw.directory_file(), newer).expect("write the file");
+    gw.gateway().reload();
+    for _ in 0..250 {
+        let saved = gw.gateway().store().source_fingerprint("file").await;
+        if title(gw.addr, "89165555555").await == "Ромашка (file)"
+            && saved.expect("store readable") != before
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(title(gw.addr, "89165555555").await, "Ромашка (file)");
+
+    // A later push of something else makes the push source's snapshot the
+    // newest; b2's pushed copy must still count as older than the file's.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let reply = push(gw.addr, &body(&[record("p-9", "Другой", "89120000019")])).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let gw = restart(gw).await;
+    assert_eq!(title(gw.addr, "89165555555").await, "Ромашка (file)");
+    assert_eq!(title(gw.addr, "89120000019").await, "Другой");
+}

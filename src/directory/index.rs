@@ -105,6 +105,11 @@ impl Entry {
         &self.phones
     }
 
+    /// When the gateway received this version of the record (unix ms).
+    pub fn received_at_ms(&self) -> u64 {
+        self.stamp
+    }
+
     pub fn data_version(&self) -> Option<&str> {
         self.data_version.as_deref()
     }
@@ -134,6 +139,14 @@ impl Entry {
     }
 }
 
+/// When the records of a build were received.
+pub(super) enum Stamps {
+    /// All at this time (unix ms).
+    All(u64),
+    /// Each its own, one for one with the records; `None` (or missing): the default.
+    Each(Vec<Option<u64>>, u64),
+}
+
 /// Records turned into entries, and what that took.
 struct Built {
     entries: Arc<[Arc<Entry>]>,
@@ -147,14 +160,25 @@ struct Built {
 /// million records is most of a start-up from the snapshot. A record whose
 /// change marker matches its entry in `previous` keeps that entry.
 fn build_entries(
-    mut records: Vec<Counterparty>,
+    records: Vec<Counterparty>,
     source: &Arc<str>,
-    stamp: u64,
+    stamps: Stamps,
     render: Renderer,
     previous: &[Arc<Entry>],
 ) -> Built {
+    let mut records: Vec<(Counterparty, u64)> = match stamps {
+        Stamps::All(stamp) => records.into_iter().map(|r| (r, stamp)).collect(),
+        Stamps::Each(each, default) => {
+            let mut each = each.into_iter();
+            records
+                .into_iter()
+                .map(|r| (r, each.next().flatten().unwrap_or(default)))
+                .collect()
+        }
+    };
     const MIN_CHUNK: usize = 16_384;
-    let reusable: HashMap<&str, &Arc<Entry>> = if records.iter().any(|r| r.data_version.is_some()) {
+    let reusable: HashMap<&str, &Arc<Entry>> = if records.iter().any(|r| r.0.data_version.is_some())
+    {
         previous
             .iter()
             .filter(|e| e.data_version.is_some())
@@ -172,11 +196,11 @@ fn build_entries(
     }
     chunks.push(records);
     chunks.reverse(); // split_off took them from the back
-    let convert = |chunk: Vec<Counterparty>| -> (Vec<Arc<Entry>>, usize, usize) {
+    let convert = |chunk: Vec<(Counterparty, u64)>| -> (Vec<Arc<Entry>>, usize, usize) {
         let (mut unusable, mut unchanged) = (0, 0);
         let entries = chunk
             .into_iter()
-            .map(|c| {
+            .map(|(c, stamp)| {
                 if let Some(old) = reusable.get(&*c.id).filter(|old| old.is_same_version(&c)) {
                     unchanged += 1;
                     return Arc::clone(old);
@@ -338,21 +362,29 @@ impl Index {
     /// A new index: this one with `source`'s records replaced by `records`.
     /// Records whose change marker (`data_version`) is that of their entry in
     /// the current set keep that entry, and with it the time it was received.
+    // Internal: the directory's three replace entry points call it with
+    // their own mix of these.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn with_source(
         &self,
         source: &str,
         records: Vec<Counterparty>,
         fingerprint: Option<String>,
         loaded_at: SystemTime,
+        received: Option<Vec<Option<u64>>>,
         render: Renderer,
         reuse: bool,
     ) -> (Index, ReplaceReport) {
         let name: Arc<str> = Arc::from(source);
         let previous = self.source_records(source).filter(|_| reuse);
+        let stamps = match received {
+            Some(each) => Stamps::Each(each, unix_ms(loaded_at)),
+            None => Stamps::All(unix_ms(loaded_at)),
+        };
         let built = build_entries(
             records,
             &name,
-            unix_ms(loaded_at),
+            stamps,
             render,
             previous.as_deref().unwrap_or_default(),
         );
@@ -394,7 +426,7 @@ impl Index {
         upserts.reverse();
         upserts.retain(|r| seen.insert(r.id.clone()));
         upserts.reverse();
-        let built = build_entries(upserts, &name, unix_ms(at), render, &[]);
+        let built = build_entries(upserts, &name, Stamps::All(unix_ms(at)), render, &[]);
         let replaced: HashSet<&str> = built.entries.iter().map(|e| &*e.id).collect();
         let removed: HashSet<&str> = removals.iter().map(|id| &**id).collect();
         let mut found = false;

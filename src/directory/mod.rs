@@ -121,7 +121,29 @@ impl Directory {
         fingerprint: Option<String>,
         loaded_at: SystemTime,
     ) -> ReplaceReport {
-        self.replace(source, records, fingerprint, loaded_at, true)
+        self.replace(source, records, fingerprint, loaded_at, None, true)
+    }
+
+    /// [`Directory::replace_source`] for records whose receive times are
+    /// known one by one (unix ms, beside `records`; `None`: `loaded_at`):
+    /// a snapshot's rows, so that after a restart the version received last
+    /// still answers when two sources hold one id.
+    pub fn replace_source_received(
+        &self,
+        source: &str,
+        records: Vec<Counterparty>,
+        received_at_ms: Vec<Option<u64>>,
+        fingerprint: Option<String>,
+        loaded_at: SystemTime,
+    ) -> ReplaceReport {
+        self.replace(
+            source,
+            records,
+            fingerprint,
+            loaded_at,
+            Some(received_at_ms),
+            true,
+        )
     }
 
     /// [`Directory::replace_source`] that builds every entry anew, even for
@@ -134,7 +156,7 @@ impl Directory {
         fingerprint: Option<String>,
         loaded_at: SystemTime,
     ) -> ReplaceReport {
-        self.replace(source, records, fingerprint, loaded_at, false)
+        self.replace(source, records, fingerprint, loaded_at, None, false)
     }
 
     fn replace(
@@ -143,12 +165,20 @@ impl Directory {
         records: Vec<Counterparty>,
         fingerprint: Option<String>,
         loaded_at: SystemTime,
+        received: Option<Vec<Option<u64>>>,
         reuse: bool,
     ) -> ReplaceReport {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
-        let (index, report) =
-            old.with_source(source, records, fingerprint, loaded_at, self.render, reuse);
+        let (index, report) = old.with_source(
+            source,
+            records,
+            fingerprint,
+            loaded_at,
+            received,
+            self.render,
+            reuse,
+        );
         self.current.store(Arc::new(index));
         report
     }

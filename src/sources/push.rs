@@ -39,7 +39,7 @@ use serde_json::value::RawValue;
 use super::SnapshotSavers;
 use crate::directory::model::MAX_ID_LEN;
 use crate::directory::{Counterparty, Directory};
-use crate::store::{Store, StoreError};
+use crate::store::{SnapshotRecord, Store, StoreError};
 
 /// The name pushed records carry in the directory and the store.
 pub const SOURCE: &str = "push";
@@ -489,7 +489,13 @@ impl PushSource {
         }
         let at = SystemTime::now();
         let upserted = records.len();
-        let records: Arc<[Counterparty]> = records.into();
+        let at_ms = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let records: Arc<[Received]> = records
+            .into_iter()
+            .map(|record| Received { record, at_ms })
+            .collect();
         let committing = Instant::now();
         let applied = self
             .store
@@ -505,7 +511,8 @@ impl PushSource {
         let applying = Instant::now();
         let directory = Arc::clone(&self.directory);
         let report = tokio::task::spawn_blocking(move || {
-            directory.apply_changes(SOURCE, records.to_vec(), &[], at)
+            let records = records.iter().map(|r| r.record.clone()).collect();
+            directory.apply_changes(SOURCE, records, &[], at)
         })
         .await
         .map_err(|e| {
@@ -601,6 +608,28 @@ impl PushSource {
         if let Some(pause) = pause {
             tokio::time::sleep(pause).await;
         }
+    }
+}
+
+/// A pushed record as the store keeps it: with the time it was received, so
+/// that after a restart it still loses to a newer version from 1C or the
+/// file, and still wins over an older one.
+struct Received {
+    record: Counterparty,
+    at_ms: i64,
+}
+
+impl SnapshotRecord for Received {
+    fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(buf, &self.record)
+    }
+
+    fn received_at_ms(&self) -> Option<i64> {
+        Some(self.at_ms)
     }
 }
 

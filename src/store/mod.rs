@@ -68,6 +68,9 @@ pub struct SourceSnapshot {
     pub saved_at: SystemTime,
     /// In id order.
     pub records: Vec<Counterparty>,
+    /// When the gateway received each record's version (unix ms), one for
+    /// one beside `records`; `None` for rows saved before this was kept.
+    pub received_at_ms: Vec<Option<i64>>,
 }
 
 /// What [`Store::apply_changes`] committed.

@@ -86,6 +86,7 @@ fn load(conn: &mut Connection) -> rusqlite::Result<Loaded> {
     for p in parsed {
         let into = &mut sources[p.source];
         into.snapshot.records.extend(p.records);
+        into.snapshot.received_at_ms.extend(p.received_at_ms);
         into.bad_rows += p.bad_rows;
         if into.first_error.is_none() {
             into.first_error = p.first_error;
@@ -110,6 +111,7 @@ fn read_sources(tx: &Transaction<'_>) -> rusqlite::Result<Vec<LoadedSource>> {
                 fingerprint: row.get(1)?,
                 saved_at: std::time::UNIX_EPOCH,
                 records: Vec::with_capacity(capacity),
+                received_at_ms: Vec::with_capacity(capacity),
             },
             saved_at_ms: row.get(3)?,
             bad_rows: 0,
@@ -128,7 +130,8 @@ fn scan(
     work: SyncSender<Chunk>,
     spare: &mpsc::Receiver<Buffers>,
 ) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare("SELECT source, body FROM counterparties ORDER BY source, id")?;
+    let mut stmt =
+        tx.prepare("SELECT source, body, received_at FROM counterparties ORDER BY source, id")?;
     let mut rows = stmt.query([])?;
     // Both queries are in `source` order (BINARY collation), so the
     // source of the current row is at `cur` or after it.
@@ -155,7 +158,7 @@ fn scan(
         }
         match row.get_ref(1)? {
             // UTF-8 is checked by the parser (in parallel), not here.
-            ValueRef::Text(body) => chunk.push(body),
+            ValueRef::Text(body) => chunk.push(body, row.get::<_, Option<i64>>(2).ok().flatten()),
             other => chunk.bad(format!("body is {}, not text", other.data_type())),
         }
     }
@@ -165,11 +168,12 @@ fn scan(
     Ok(())
 }
 
-/// Row bodies back to back, and where each ends.
+/// Row bodies back to back, where each ends, and when each was received.
 #[derive(Default)]
 struct Buffers {
     text: Vec<u8>,
     ends: Vec<usize>,
+    received_at_ms: Vec<Option<i64>>,
 }
 
 /// Consecutive rows of one source.
@@ -186,6 +190,8 @@ struct Parsed {
     seq: usize,
     source: usize,
     records: Vec<Counterparty>,
+    /// Beside `records`, one for one.
+    received_at_ms: Vec<Option<i64>>,
     bad_rows: u64,
     first_error: Option<String>,
 }
@@ -205,13 +211,15 @@ impl Chunk {
         self.buf.ends.len() + self.bad_rows as usize
     }
 
-    fn push(&mut self, body: &[u8]) {
+    fn push(&mut self, body: &[u8], received_at_ms: Option<i64>) {
         if self.buf.text.capacity() == 0 {
             self.buf.text.reserve(body.len() * CHUNK_ROWS);
             self.buf.ends.reserve(CHUNK_ROWS);
+            self.buf.received_at_ms.reserve(CHUNK_ROWS);
         }
         self.buf.text.extend_from_slice(body);
         self.buf.ends.push(self.buf.text.len());
+        self.buf.received_at_ms.push(received_at_ms);
     }
 
     fn bad(&mut self, error: String) {
@@ -243,10 +251,14 @@ impl Chunk {
         // From the first row it could not take on: one row at a time, so a
         // bad row costs only itself.
         let done = records.len();
+        let mut received_at_ms: Vec<Option<i64>> = buf.received_at_ms[..done].to_vec();
         let mut start = done.checked_sub(1).map_or(0, |last| buf.ends[last]);
-        for &end in &buf.ends[done..] {
+        for (i, &end) in buf.ends.iter().enumerate().skip(done) {
             match serde_json::from_slice::<Counterparty>(&buf.text[start..end]) {
-                Ok(record) => records.push(record),
+                Ok(record) => {
+                    records.push(record);
+                    received_at_ms.push(buf.received_at_ms.get(i).copied().flatten());
+                }
                 Err(e) => {
                     bad_rows += 1;
                     first_error.get_or_insert_with(|| e.to_string());
@@ -256,10 +268,12 @@ impl Chunk {
         }
         buf.text.clear();
         buf.ends.clear();
+        buf.received_at_ms.clear();
         let parsed = Parsed {
             seq,
             source,
             records,
+            received_at_ms,
             bad_rows,
             first_error,
         };

@@ -41,6 +41,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX calls_key_at ON calls (key, at);
     CREATE INDEX calls_at ON calls (at);
     ",
+    // 2: when the gateway received each row's version (unix ms). When two
+    // sources hold one id, the newer version answers, after a restart too.
+    // NULL (rows from before): the source's saved_at stands in.
+    "
+    ALTER TABLE counterparties ADD COLUMN received_at INTEGER;
+    ",
 ];
 
 /// The schema version this build writes and understands.

@@ -30,6 +30,10 @@ use crate::directory::{Counterparty, Entry};
 pub trait SnapshotRecord: Send + Sync {
     fn id(&self) -> &str;
     fn encode(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error>;
+    /// When the gateway received this version (unix ms), if known.
+    fn received_at_ms(&self) -> Option<i64> {
+        None
+    }
 }
 
 impl SnapshotRecord for Counterparty {
@@ -51,6 +55,10 @@ impl SnapshotRecord for Entry {
         buf.extend_from_slice(self.json().as_bytes());
         Ok(())
     }
+
+    fn received_at_ms(&self) -> Option<i64> {
+        i64::try_from(self.received_at_ms()).ok()
+    }
 }
 
 impl<T: SnapshotRecord + ?Sized> SnapshotRecord for Arc<T> {
@@ -60,6 +68,10 @@ impl<T: SnapshotRecord + ?Sized> SnapshotRecord for Arc<T> {
 
     fn encode(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         (**self).encode(buf)
+    }
+
+    fn received_at_ms(&self) -> Option<i64> {
+        (**self).received_at_ms()
     }
 }
 
@@ -373,7 +385,13 @@ pub(super) fn put_row(
     buf: &mut Vec<u8>,
 ) -> rusqlite::Result<()> {
     encode(record, buf)?;
-    write_row(conn, source, record.id(), body_text(buf)?)
+    write_row(
+        conn,
+        source,
+        record.id(),
+        body_text(buf)?,
+        record.received_at_ms(),
+    )
 }
 
 /// What [`upsert_row`] did to the row.
@@ -396,16 +414,28 @@ pub(super) fn upsert_row(
     encode(record, buf)?;
     let body = body_text(buf)?;
     let id = record.id();
-    let same: Option<bool> = conn
-        .prepare_cached("SELECT body = ?3 FROM counterparties WHERE source = ?1 AND id = ?2")?
-        .query_row(params![source, id, body], |r| r.get(0))
+    let received_at = record.received_at_ms();
+    let stored: Option<(bool, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT body = ?3, received_at FROM counterparties WHERE source = ?1 AND id = ?2",
+        )?
+        .query_row(params![source, id, body], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let done = match same {
-        Some(true) => return Ok(Upserted::Unchanged),
-        Some(false) => Upserted::Updated,
+    let done = match stored {
+        Some((true, at)) => {
+            // The same content received again: it is now as new as that.
+            if received_at.is_some() && at != received_at {
+                conn.prepare_cached(
+                    "UPDATE counterparties SET received_at = ?3 WHERE source = ?1 AND id = ?2",
+                )?
+                .execute(params![source, id, received_at])?;
+            }
+            return Ok(Upserted::Unchanged);
+        }
+        Some((false, _)) => Upserted::Updated,
         None => Upserted::Inserted,
     };
-    write_row(conn, source, id, body)?;
+    write_row(conn, source, id, body, record.received_at_ms())?;
     Ok(done)
 }
 
@@ -413,12 +443,18 @@ fn body_text(buf: &[u8]) -> rusqlite::Result<&str> {
     std::str::from_utf8(buf).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
-fn write_row(conn: &Connection, source: &str, id: &str, body: &str) -> rusqlite::Result<()> {
+fn write_row(
+    conn: &Connection,
+    source: &str,
+    id: &str,
+    body: &str,
+    received_at: Option<i64>,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO counterparties (source, id, body) VALUES (?1, ?2, ?3)
-         ON CONFLICT (source, id) DO UPDATE SET body = excluded.body",
+        "INSERT INTO counterparties (source, id, body, received_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (source, id) DO UPDATE SET body = excluded.body, received_at = excluded.received_at",
     )?
-    .execute(params![source, id, body])?;
+    .execute(params![source, id, body, received_at])?;
     Ok(())
 }
 

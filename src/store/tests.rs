@@ -1928,3 +1928,41 @@ async fn a_replace_planned_before_a_change_is_walked_again() {
     assert_eq!(by_source(&snapshot, "s").fingerprint.as_deref(), Some("1"));
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_file_of_schema_1_is_migrated_and_its_rows_load_without_receive_times() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = store_path(tmp.path());
+    std::fs::create_dir_all(path.parent().expect("folder")).expect("mkdir");
+    {
+        // Schema 1 as it shipped, with one saved source.
+        let conn = rusqlite::Connection::open(&path).expect("open v1");
+        conn.execute_batch(
+            "CREATE TABLE sources (source TEXT PRIMARY KEY NOT NULL, fingerprint TEXT,
+                 saved_at INTEGER NOT NULL, records INTEGER NOT NULL);
+             CREATE TABLE counterparties (
+                 source TEXT NOT NULL REFERENCES sources(source) ON DELETE CASCADE,
+                 id TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (source, id)) WITHOUT ROWID;
+             CREATE TABLE calls (id INTEGER PRIMARY KEY, at INTEGER NOT NULL,
+                 raw_number TEXT NOT NULL, number TEXT NOT NULL, key TEXT NOT NULL,
+                 counterparty_id TEXT, delivered INTEGER NOT NULL);
+             CREATE INDEX calls_key_at ON calls (key, at);
+             CREATE INDEX calls_at ON calls (at);
+             INSERT INTO sources VALUES ('file', 'print', 1000, 1);
+             INSERT INTO counterparties VALUES ('file', 'a', '{\"id\":\"a\",\"name\":\"A\"}');
+             PRAGMA user_version = 1;",
+        )
+        .expect("v1 schema");
+    }
+    let store = open(&path);
+    let snapshot = store.load_snapshot().await.expect("load");
+    let file = by_source(&snapshot, "file");
+    assert_eq!(file.records.len(), 1);
+    assert_eq!(file.received_at_ms, [None]);
+    assert_eq!(
+        file.fingerprint.as_deref(),
+        Some("print"),
+        "loaded complete"
+    );
+    store.close().await;
+}
