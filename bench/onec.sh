@@ -67,6 +67,7 @@ PAGE_SIZE=${BENCH_PAGE_SIZE:-1000}
 BUSY_MODE=${BENCH_BUSY:-changed}
 case $BUSY_MODE in changed|unchanged|mock) ;; *) echo "BENCH_BUSY must be changed, unchanged or mock: $BUSY_MODE" >&2; exit 2 ;; esac
 SOAP_PATH=/telephony/ws/VATS
+SOAP_URL=http://127.0.0.1:$PORT$SOAP_PATH
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -75,34 +76,10 @@ GATEWAY=$TARGET/release/cti-gateway
 MOCK=$TARGET/release/examples/onec_mock
 HZ=$(getconf CLK_TCK)
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-# ------------------------------------------------------------ clean-up
-TMP=""
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  done
-  if [[ -n $TMP && -d $TMP ]]; then
-    if [[ ${BENCH_KEEP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 
 # ------------------------------------------------------------ helpers
-now_ns() { date +%s%N; }
-ms_since() { echo $(( ($(now_ns) - $1) / 1000000 )); }
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # cpu_ticks PID: utime+stime of the whole process (all threads), in clock ticks.
 cpu_ticks() {
@@ -130,8 +107,6 @@ thread_delta() {
 # secs_of_ticks TICKS: seconds with two decimals.
 secs_of_ticks() { awk -v t="$1" -v hz="$HZ" 'BEGIN { printf "%.2f", t / hz }'; }
 
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # metric NAME: its value in the gateway's /metrics (an unlabelled series), or empty.
 metric() {
@@ -196,41 +171,10 @@ wait_idle() {
 gateway_sum() { local v; v=$(metric cti_onec_refresh_seconds_sum); echo "${v:-0}"; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 
-envelope() {
-  cat <<EOF
-<?xml version="1.0" encoding="utf-8"?>
-<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">
-    <soap:Body>
-        <SayName xmlns="http://VATS">
-            <Number>$1</Number>
-        </SayName>
-    </soap:Body>
-</soap:Envelope>
-EOF
-}
 
-# say_name NUMBER OUTFILE: prints "http_code size_download".
-say_name() {
-  envelope "$1" | curl -s -o "$2" -w '%{http_code} %{size_download}' --max-time 5 \
-    -X POST -H 'Content-Type: text/xml' -u SOAP:123 --data-binary @- \
-    "http://127.0.0.1:$PORT$SOAP_PATH" || echo "000 0"
-}
 
-# wrk duration (20, 20s, 2m) in seconds, for the outer timeout.
-secs() { local d=$1; case $d in *m) echo $(( ${d%m} * 60 ));; *s) echo "${d%s}";; *) echo "$d";; esac; }
 
-# run_wrk NAME DURATION: runs wrk against the gateway, prints the WRK_RESULT line.
-run_wrk() {
-  local name=$1 dur=$2 out
-  out=$TMP/wrk-$name.txt
-  BENCH_NUMBERS="$TMP/numbers.txt" timeout $(( $(secs "$dur") + 60 )) \
-    wrk -t"$THREADS" -c"$CONNS" -d"$dur" --latency -s "$REPO/bench/saynames.lua" \
-    "http://127.0.0.1:$PORT$SOAP_PATH" >"$out" 2>&1 \
-    || die "wrk ($name) failed: $(tail -5 "$out")"
-  grep '^WRK_RESULT' "$out" || die "no WRK_RESULT from wrk ($name): $(tail -5 "$out")"
-}
 
-field() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<"$2"; }
 
 # urlenc TEXT: percent-encoded UTF-8 (unreserved characters and , kept).
 urlenc() {
@@ -409,8 +353,8 @@ C_SUM=$R_SUM C_WALL_MS=$R_WALL_MS C_CPU=$R_CPU C_CPU_IDLE=$R_CPU_IDLE C_CHANGED=
 
 # ------------------------------------------------------------ d. idle p99
 log "d. SayName, no read running: warm-up $WARMUP, then wrk -t$THREADS -c$CONNS -d$DURATION"
-run_wrk idle-warmup "$WARMUP" >/dev/null
-IDLE=$(run_wrk idle "$DURATION")
+run_wrk idle-warmup "$SOAP_URL" "$WARMUP" >/dev/null
+IDLE=$(run_wrk idle "$SOAP_URL" "$DURATION")
 log "d. $IDLE"
 
 # ------------------------------------------------------------ e. busy p99
@@ -441,7 +385,7 @@ thread_ticks "$GW_PID" >"$TMP/threads-e0.txt"
 E_COUNT0=$(refresh_count); E_SUM0=$(gateway_sum); E_CPU0=$(cpu_ticks "$GW_PID"); E_MOCK0=$(cpu_ticks "$MOCK_PID")
 E_LOOP0=$(grep -c '' "$TMP/loop.log" 2>/dev/null || true)
 E_T0=$(now_ns)
-BUSY=$(run_wrk busy "$DURATION")
+BUSY=$(run_wrk busy "$SOAP_URL" "$DURATION")
 E_MS=$(ms_since "$E_T0")
 E_COUNT1=$(refresh_count); E_SUM1=$(gateway_sum); E_CPU=$(( $(cpu_ticks "$GW_PID") - E_CPU0 )); E_MOCK=$(( $(cpu_ticks "$MOCK_PID") - E_MOCK0 ))
 E_LOOP1=$(grep -c '' "$TMP/loop.log" 2>/dev/null || true)

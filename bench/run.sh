@@ -58,34 +58,10 @@ GATEWAY=$TARGET/release/cti-gateway
 GEN=$TARGET/release/examples/gen_counterparties
 FLOOR=$TARGET/release/examples/floor_server
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-# ------------------------------------------------------------ clean-up
-TMP=""
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  done
-  if [[ -n $TMP && -d $TMP ]]; then
-    if [[ ${BENCH_KEEP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 
 # ------------------------------------------------------------ helpers
-now_ns() { date +%s%N; }
-ms_since() { echo $(( ($(now_ns) - $1) / 1000000 )); }
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # wait_http URL PID TIMEOUT_S: until URL answers 200; fails if PID dies.
 wait_http() {
@@ -114,44 +90,11 @@ stop_pid() {
   ms_since "$t0"
 }
 
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-envelope() {
-  cat <<EOF
-<?xml version="1.0" encoding="utf-8"?>
-<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">
-    <soap:Body>
-        <SayName xmlns="http://VATS">
-            <Number>$1</Number>
-        </SayName>
-    </soap:Body>
-</soap:Envelope>
-EOF
-}
 
-# say_name NUMBER OUTFILE: prints "http_code size_download".
-say_name() {
-  envelope "$1" | curl -s -o "$2" -w '%{http_code} %{size_download}' --max-time 5 \
-    -X POST -H 'Content-Type: text/xml' -u SOAP:123 --data-binary @- \
-    "http://127.0.0.1:$PORT$SOAP_PATH" || echo "000 0"
-}
 
-# run_wrk NAME URL DURATION [extra env...]: runs wrk, keeps its output, prints the WRK_RESULT line.
-run_wrk() {
-  local name=$1 url=$2 dur=$3 out
-  out=$TMP/wrk-$name.txt
-  shift 3
-  env BENCH_NUMBERS="$TMP/numbers.txt" "$@" timeout $(( $(secs "$dur") + 60 )) \
-    wrk -t"$THREADS" -c"$CONNS" -d"$dur" --latency -s "$REPO/bench/saynames.lua" "$url" >"$out" 2>&1 \
-    || die "wrk against $name failed: $(tail -5 "$out")"
-  grep '^WRK_RESULT' "$out" || die "no WRK_RESULT from wrk against $name: $(tail -5 "$out")"
-}
 
-# wrk duration (20, 20s, 2m) in seconds, for the outer timeout.
-secs() { local d=$1; case $d in *m) echo $(( ${d%m} * 60 ));; *s) echo "${d%s}";; *) echo "$d";; esac; }
 
-field() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<"$2"; }
 
 write_config() {
   cat >"$TMP/gateway.toml" <<EOF
