@@ -330,6 +330,14 @@ impl Index {
         self.sources.iter().map(|s| &s.info)
     }
 
+    /// What the directory knows about one source's set, if it has one.
+    pub fn source(&self, name: &str) -> Option<&SourceInfo> {
+        self.sources
+            .iter()
+            .find(|s| &*s.info.name == name)
+            .map(|s| &s.info)
+    }
+
     /// All records of one source, as last loaded.
     pub fn source_records(&self, source: &str) -> Option<Arc<[Arc<Entry>]>> {
         self.sources

@@ -203,8 +203,8 @@ impl FileSource {
             let loaded = |print: &str| {
                 directory
                     .snapshot()
-                    .sources()
-                    .any(|s| &*s.name == SOURCE && s.fingerprint.as_deref() == Some(print))
+                    .source(SOURCE)
+                    .is_some_and(|s| s.fingerprint.as_deref() == Some(print))
             };
             // Hashing streams the file: an unchanged file (every restart) is
             // never held in memory whole.

@@ -54,10 +54,7 @@ impl SnapshotSaver {
                 let _ = previous.await;
             }
             let index = directory.snapshot();
-            let fingerprint = index
-                .sources()
-                .find(|s| &*s.name == source)
-                .and_then(|s| s.fingerprint.clone());
+            let fingerprint = index.source(source).and_then(|s| s.fingerprint.clone());
             let (Some(entries), Some(fingerprint)) = (index.source_records(source), fingerprint)
             else {
                 return;

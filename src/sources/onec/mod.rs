@@ -370,8 +370,7 @@ fn build(
     let loaded = |fingerprint: &str, records: usize| {
         directory
             .snapshot()
-            .sources()
-            .find(|s| &*s.name == SOURCE)
+            .source(SOURCE)
             .is_some_and(|s| s.fingerprint.as_deref() == Some(fingerprint) && s.records == records)
     };
     // Every row's DataVersion as last time: nothing to do.
@@ -400,9 +399,8 @@ fn build(
     // Entries built under other settings are not reused.
     let same_settings = directory
         .snapshot()
-        .sources()
-        .find(|s| &*s.name == SOURCE)
-        .and_then(|s| s.fingerprint.clone())
+        .source(SOURCE)
+        .and_then(|s| s.fingerprint.as_deref())
         .is_some_and(|f| f.starts_with(settings_tag));
     let report = if same_settings {
         directory.replace_source(SOURCE, records, Some(fingerprint), SystemTime::now())
