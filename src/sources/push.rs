@@ -489,12 +489,9 @@ impl PushSource {
         }
         let at = SystemTime::now();
         let upserted = records.len();
-        let at_ms = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let records: Arc<[Received]> = records
             .into_iter()
-            .map(|record| Received { record, at_ms })
+            .map(|record| Received { record, at })
             .collect();
         let committing = Instant::now();
         let applied = self
@@ -616,7 +613,7 @@ impl PushSource {
 /// file, and still wins over an older one.
 struct Received {
     record: Counterparty,
-    at_ms: i64,
+    at: SystemTime,
 }
 
 impl SnapshotRecord for Received {
@@ -628,8 +625,8 @@ impl SnapshotRecord for Received {
         serde_json::to_writer(buf, &self.record)
     }
 
-    fn received_at_ms(&self) -> Option<i64> {
-        Some(self.at_ms)
+    fn received_at(&self) -> Option<SystemTime> {
+        Some(self.at)
     }
 }
 

@@ -16,12 +16,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{read, StoreError};
+use super::{read, unix_ms, StoreError};
 use crate::directory::{Counterparty, Entry};
 
 /// A record the snapshot can hold: its id and its JSON row body. The
@@ -30,8 +30,8 @@ use crate::directory::{Counterparty, Entry};
 pub trait SnapshotRecord: Send + Sync {
     fn id(&self) -> &str;
     fn encode(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error>;
-    /// When the gateway received this version (unix ms), if known.
-    fn received_at_ms(&self) -> Option<i64> {
+    /// When the gateway received this version, if known.
+    fn received_at(&self) -> Option<SystemTime> {
         None
     }
 }
@@ -56,8 +56,8 @@ impl SnapshotRecord for Entry {
         Ok(())
     }
 
-    fn received_at_ms(&self) -> Option<i64> {
-        i64::try_from(self.received_at_ms()).ok()
+    fn received_at(&self) -> Option<SystemTime> {
+        Some(UNIX_EPOCH + Duration::from_millis(self.received_at_ms()))
     }
 }
 
@@ -70,8 +70,8 @@ impl<T: SnapshotRecord + ?Sized> SnapshotRecord for Arc<T> {
         (**self).encode(buf)
     }
 
-    fn received_at_ms(&self) -> Option<i64> {
-        (**self).received_at_ms()
+    fn received_at(&self) -> Option<SystemTime> {
+        (**self).received_at()
     }
 }
 
@@ -390,7 +390,7 @@ pub(super) fn put_row(
         source,
         record.id(),
         body_text(buf)?,
-        record.received_at_ms(),
+        record.received_at().map(unix_ms),
     )
 }
 
@@ -414,7 +414,7 @@ pub(super) fn upsert_row(
     encode(record, buf)?;
     let body = body_text(buf)?;
     let id = record.id();
-    let received_at = record.received_at_ms();
+    let received_at = record.received_at().map(unix_ms);
     let stored: Option<(bool, Option<i64>)> = conn
         .prepare_cached(
             "SELECT body = ?3, received_at FROM counterparties WHERE source = ?1 AND id = ?2",
@@ -435,7 +435,7 @@ pub(super) fn upsert_row(
         Some((false, _)) => Upserted::Updated,
         None => Upserted::Inserted,
     };
-    write_row(conn, source, id, body, record.received_at_ms())?;
+    write_row(conn, source, id, body, received_at)?;
     Ok(done)
 }
 
