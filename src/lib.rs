@@ -33,6 +33,7 @@ pub mod popup;
 pub mod soap;
 pub mod sources;
 pub mod store;
+mod thread_priority;
 pub mod vats;
 
 pub use gateway::Gateway;

@@ -41,7 +41,7 @@ use rows::{CatalogRow, ContactRow, FieldNames, CONTACTS_SELECT};
 
 /// The name this source's records carry in the directory and the store.
 pub const SOURCE: &str = "onec";
-/// The low-priority thread that parses and builds full reads.
+/// The low-priority thread that receives, parses and builds full reads.
 const WORKER: &str = "cti-onec-read";
 
 /// Most rows one full read accepts from one set: far beyond any real
@@ -77,22 +77,30 @@ pub struct RefreshReport {
 }
 
 pub struct OnecSource {
-    client: Arc<OdataClient>,
-    catalog_set: String,
-    contacts_set: String,
-    fields: FieldNames,
-    page_size: usize,
+    /// The full read; it runs on `low`.
+    reader: Arc<Reader>,
     refresh_every: Duration,
-    /// A tag of the settings that shape records (field names): records read
-    /// under other settings are rebuilt even when their `DataVersion` is the same.
-    settings_tag: String,
-    directory: Arc<Directory>,
     health: Arc<SourceHealth>,
     metrics: Arc<OnecMetrics>,
     saver: Arc<SnapshotSaver>,
     live: LiveLookup,
-    /// Parses pages and builds the set, below the calls' priority.
-    cpu: LowPriority,
+    /// Receives and parses pages and builds the set, below the calls' priority.
+    low: LowPriority,
+}
+
+/// What a full read needs. It has an HTTP client of its own: its
+/// connections live on the low-priority thread's runtime, the live
+/// lookup's on the main one.
+struct Reader {
+    client: OdataClient,
+    catalog_set: String,
+    contacts_set: String,
+    fields: FieldNames,
+    page_size: usize,
+    /// A tag of the settings that shape records (field names): records read
+    /// under other settings are rebuilt even when their `DataVersion` is the same.
+    settings_tag: String,
+    directory: Arc<Directory>,
     last_built: Mutex<Option<Outcome>>,
 }
 
@@ -105,7 +113,6 @@ impl OnecSource {
         registry: &prometheus::Registry,
         savers: &SnapshotSavers,
     ) -> Result<OnecSource, OnecError> {
-        let client = Arc::new(OdataClient::new(config)?);
         let metrics = Arc::new(OnecMetrics::register(registry)?);
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let fields = FieldNames {
@@ -113,7 +120,7 @@ impl OnecSource {
             manager_phone: non_empty(&config.manager_phone_field),
         };
         let live = LiveLookup::new(
-            Arc::clone(&client),
+            Arc::new(OdataClient::new(config)?),
             live::LiveSettings {
                 catalog_set: config.counterparties.clone(),
                 contacts_set: config.contacts.clone(),
@@ -132,25 +139,25 @@ impl OnecSource {
             h.write(fields.catalog_select().as_bytes());
             format!("{:08x}", h.finish() as u32)
         };
+        let saver = Arc::new(SnapshotSaver::new(SOURCE, Arc::clone(&directory), store));
+        savers.register(Arc::clone(&saver));
         Ok(OnecSource {
-            client,
-            catalog_set: config.counterparties.clone(),
-            contacts_set: config.contacts.clone(),
-            page_size: config.page_size,
+            reader: Arc::new(Reader {
+                client: OdataClient::new(config)?,
+                catalog_set: config.counterparties.clone(),
+                contacts_set: config.contacts.clone(),
+                page_size: config.page_size,
+                settings_tag,
+                fields,
+                directory,
+                last_built: Mutex::new(None),
+            }),
             refresh_every: config.refresh,
-            settings_tag,
-            fields,
-            saver: {
-                let saver = Arc::new(SnapshotSaver::new(SOURCE, Arc::clone(&directory), store));
-                savers.register(Arc::clone(&saver));
-                saver
-            },
-            directory,
+            saver,
             health,
             metrics,
             live,
-            cpu: LowPriority::start(WORKER).map_err(|e| OnecError::Build(e.to_string()))?,
-            last_built: Mutex::new(None),
+            low: LowPriority::start(WORKER).map_err(|e| OnecError::Build(e.to_string()))?,
         })
     }
 
@@ -160,39 +167,17 @@ impl OnecSource {
     }
 
     /// Reads every counterparty from 1C and makes them the `onec` source's
-    /// set. On error the directory is left as it was. Pages are parsed and
-    /// the set is built on the low-priority thread: calls come first.
+    /// set. On error the directory is left as it was. The whole read
+    /// (receiving, parsing, building) runs on the low-priority thread:
+    /// calls come first.
     pub async fn refresh(&self) -> Result<RefreshReport, OnecError> {
         let started = Instant::now();
-        let catalog_select = self.fields.catalog_select();
-        let fields = self.fields.clone();
-        let (catalog, contacts) = tokio::try_join!(
-            self.read_all(&self.catalog_set, &catalog_select, "Ref_Key", move |body| {
-                rows::parse_catalog_page(body, &fields)
-            }),
-            self.read_all(
-                &self.contacts_set,
-                CONTACTS_SELECT,
-                "Ref_Key,LineNumber",
-                rows::parse_contacts_page,
-            ),
-        )?;
-        let directory = Arc::clone(&self.directory);
-        let tag = self.settings_tag.clone();
-        let last = self
-            .last_built
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let built = self
-            .cpu
-            .run(WORKER, move || {
-                build(&directory, catalog, contacts, &tag, last)
-            })
+        let reader = Arc::clone(&self.reader);
+        let Built { report, outcome } = self
+            .low
+            .run_future(WORKER, async move { reader.read().await })
             .await
-            .map_err(|e| OnecError::Build(e.to_string()))?;
-        let Built { report, outcome } = built;
-        *self.last_built.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome.clone());
+            .map_err(|e| OnecError::Build(e.to_string()))??;
         let (changed, unchanged) = match &report {
             Some(r) => (r.records - r.unchanged, r.unchanged),
             None => (0, outcome.records),
@@ -215,63 +200,6 @@ impl OnecSource {
             invalid: outcome.skipped.invalid,
             elapsed,
         })
-    }
-
-    /// Every row of `set`, page by page, as the pages came (parsed on the
-    /// low-priority thread). A row that moved between pages while 1C was
-    /// being read may come twice (the build keeps one) or be missed until
-    /// the next read.
-    async fn read_all<T, P>(
-        &self,
-        set: &str,
-        select: &str,
-        order_by: &str,
-        parse: P,
-    ) -> Result<Vec<Vec<T>>, OnecError>
-    where
-        T: Send + 'static,
-        P: Fn(&[u8]) -> Result<Vec<T>, String> + Send + Sync + 'static,
-    {
-        let parse = Arc::new(parse);
-        let top = self.page_size.to_string();
-        let mut pages = Vec::new();
-        let mut rows = 0usize;
-        loop {
-            let skip = rows.to_string();
-            let what = format!("{set} from row {skip}");
-            let body = self
-                .client
-                .get(
-                    set,
-                    &[
-                        ("$select", select),
-                        ("$orderby", order_by),
-                        ("$top", &top),
-                        ("$skip", &skip),
-                    ],
-                    &what,
-                    None,
-                )
-                .await?;
-            let parse = Arc::clone(&parse);
-            let page = self
-                .cpu
-                .run(WORKER, move || parse(&body))
-                .await
-                .map_err(|e| OnecError::Build(e.to_string()))?
-                .map_err(|cause| OdataError::Format { what, cause })?;
-            let got = page.len();
-            rows += got;
-            pages.push(page);
-            if rows > MAX_ROWS {
-                return Err(OnecError::TooManyRows { set: set.into() });
-            }
-            // A short page is the last; a page longer than asked means the
-            // server ignored $top and sent everything.
-            if got != self.page_size {
-                return Ok(pages);
-            }
-        }
     }
 
     /// Reads 1C every `onec.refresh` (and on `reload`) until `shutdown`;
@@ -332,6 +260,78 @@ impl OnecSource {
                     );
                 }
                 false
+            }
+        }
+    }
+}
+
+impl Reader {
+    /// One full read and build; runs on the low-priority thread.
+    async fn read(&self) -> Result<Built, OnecError> {
+        let catalog_select = self.fields.catalog_select();
+        let fields = self.fields.clone();
+        let (catalog, contacts) = tokio::try_join!(
+            self.read_all(&self.catalog_set, &catalog_select, "Ref_Key", move |body| {
+                rows::parse_catalog_page(body, &fields)
+            }),
+            self.read_all(
+                &self.contacts_set,
+                CONTACTS_SELECT,
+                "Ref_Key,LineNumber",
+                rows::parse_contacts_page,
+            ),
+        )?;
+        let last = self
+            .last_built
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let built = build(&self.directory, catalog, contacts, &self.settings_tag, last);
+        *self.last_built.lock().unwrap_or_else(|p| p.into_inner()) = Some(built.outcome.clone());
+        Ok(built)
+    }
+
+    /// Every row of `set`, page by page, as the pages came. A row that
+    /// moved between pages while 1C was being read may come twice (the
+    /// build keeps one) or be missed until the next read.
+    async fn read_all<T>(
+        &self,
+        set: &str,
+        select: &str,
+        order_by: &str,
+        parse: impl Fn(&[u8]) -> Result<Vec<T>, String>,
+    ) -> Result<Vec<Vec<T>>, OnecError> {
+        let top = self.page_size.to_string();
+        let mut pages = Vec::new();
+        let mut rows = 0usize;
+        loop {
+            let skip = rows.to_string();
+            let what = format!("{set} from row {skip}");
+            let body = self
+                .client
+                .get(
+                    set,
+                    &[
+                        ("$select", select),
+                        ("$orderby", order_by),
+                        ("$top", &top),
+                        ("$skip", &skip),
+                    ],
+                    &what,
+                    None,
+                )
+                .await?;
+            let page = parse(&body).map_err(|cause| OdataError::Format { what, cause })?;
+            let got = page.len();
+            rows += got;
+            pages.push(page);
+            if rows > MAX_ROWS {
+                return Err(OnecError::TooManyRows { set: set.into() });
+            }
+            // A short page is the last; a page longer than asked means the
+            // server ignored $top and sent everything.
+            if got != self.page_size {
+                return Ok(pages);
             }
         }
     }
