@@ -48,6 +48,9 @@
 #   BENCH_MOCK_IDLE [unset] 1: run the mock under SCHED_IDLE (`chrt --idle 0`):
 #     it gets a core only when nothing else wants it, closer still to a 1C
 #     on its own machine
+#   BENCH_MOCK_CPU [unset] N: run the mock on core N only (`taskset -c N`);
+#     the gateway keeps its background work on its last core, so N = that
+#     core keeps the mock off the cores that answer
 #   CARGO_TARGET_DIR [./target]
 # Everything listens on 127.0.0.1 only. Every wait is bounded. The script stops
 # the processes it started (by pid) when it exits, however it exits.
@@ -309,7 +312,8 @@ log "machine: $(nproc) CPUs ($CPU), $(awk '/MemTotal/ {printf "%.1f GB", $2/1048
 
 # ------------------------------------------------------------ mock 1C
 log "starting the mock 1C with $COUNT counterparties"
-${BENCH_MOCK_IDLE:+chrt --idle 0} ${BENCH_MOCK_NICE:+nice -n $BENCH_MOCK_NICE} "$MOCK" "$COUNT" --numbers "$TMP/numbers.txt" >"$TMP/mock.out" 2>"$TMP/mock.log" &
+: >"$TMP/mock.out"   # exists before the mock starts: the wait below reads it
+${BENCH_MOCK_CPU:+taskset -c $BENCH_MOCK_CPU} ${BENCH_MOCK_IDLE:+chrt --idle 0} ${BENCH_MOCK_NICE:+nice -n $BENCH_MOCK_NICE} "$MOCK" "$COUNT" --numbers "$TMP/numbers.txt" >"$TMP/mock.out" 2>"$TMP/mock.log" &
 MOCK_PID=$!
 PIDS+=("$MOCK_PID")
 URL=""

@@ -5,6 +5,7 @@
 //! known callers before any source is read), then the sources start.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::popup::{Hub, HubConfig, Operator};
 use crate::soap;
 use crate::sources::file::FileSource;
-use crate::sources::onec::{OnecError, OnecSource};
+use crate::sources::onec::{self, OnecError, OnecSource};
 use crate::sources::push::PushSource;
 use crate::sources::{SnapshotSavers, SourceHealth};
 use crate::store::{Store, StoreError};
@@ -54,6 +55,8 @@ pub struct Gateway {
     directory: Arc<Directory>,
     hub: Arc<Hub>,
     store: Store,
+    /// The 1C snapshot's own store (with `[onec]`).
+    onec_store: Option<Store>,
     metrics: Arc<Metrics>,
     reload: watch::Sender<u64>,
     stop_server: Arc<Notify>,
@@ -103,14 +106,29 @@ impl Gateway {
         // Sources that save their snapshot in the background; a delete through
         // the push API asks them to save again.
         let savers = Arc::new(SnapshotSavers::default());
+        // 1C's snapshot is a cache of 1C, saved after each refresh that
+        // changed something, possibly every record: it has a file of its own
+        // and a writer at the lowest priority (see Store::open_background).
+        let onec_store = config
+            .onec
+            .as_ref()
+            .map(|_| {
+                Store::open_background(
+                    &onec_store_path(&config.store.path),
+                    metrics.registry(),
+                    onec::SOURCE,
+                )
+            })
+            .transpose()?;
         let onec = config
             .onec
             .as_ref()
-            .map(|c| {
+            .zip(onec_store.as_ref())
+            .map(|(c, onec_store)| {
                 OnecSource::new(
                     c,
                     Arc::clone(&directory),
-                    store.clone(),
+                    onec_store.clone(),
                     Arc::clone(&health),
                     metrics.registry(),
                     &savers,
@@ -160,7 +178,7 @@ impl Gateway {
         };
         tracing::info!(%addr, soap_path = %config.soap.path, "listening");
 
-        let snapshot_records = load_snapshot(&store, &directory).await;
+        let snapshot_records = load_snapshot(&store, onec_store.as_ref(), &directory).await;
         push.snapshot_loaded();
 
         let (reload, _) = watch::channel(0u64);
@@ -210,6 +228,7 @@ impl Gateway {
             directory,
             hub,
             store,
+            onec_store,
             metrics,
             reload,
             stop_server,
@@ -269,21 +288,71 @@ impl Gateway {
         for task in self.sources {
             let _ = task.await;
         }
+        if let Some(onec_store) = &self.onec_store {
+            onec_store.close().await;
+        }
         self.store.close().await;
         tracing::info!("stopped");
     }
 }
 
-/// Fills the directory from the store's snapshot; returns the records loaded.
-async fn load_snapshot(store: &Store, directory: &Arc<Directory>) -> usize {
+/// Where the 1C snapshot is kept: beside `store.path`, named after it
+/// (`var/cti-gateway.sqlite` → `var/cti-gateway.onec.sqlite`).
+pub fn onec_store_path(store_path: &Path) -> PathBuf {
+    let stem = store_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cti-gateway".to_owned());
+    let name = match store_path.extension() {
+        Some(ext) => format!("{stem}.{}.{}", onec::SOURCE, ext.to_string_lossy()),
+        None => format!("{stem}.{}", onec::SOURCE),
+    };
+    store_path.with_file_name(name)
+}
+
+/// Fills the directory from the stores' snapshots; returns the records
+/// loaded. The 1C source's records come from its own store; a main store
+/// written before that store existed still holds them, and answers for 1C
+/// until the 1C store has its first save, then they are removed from it.
+async fn load_snapshot(
+    store: &Store,
+    onec_store: Option<&Store>,
+    directory: &Arc<Directory>,
+) -> usize {
     let started = Instant::now();
-    let snapshot = match store.load_snapshot().await {
+    let mut snapshot = match store.load_snapshot().await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "snapshot not loaded; starting from the sources only");
-            return 0;
+            Vec::new()
         }
     };
+    if let Some(onec_store) = onec_store {
+        match onec_store.load_snapshot().await {
+            Ok(cached) => {
+                let cached: Vec<_> = cached
+                    .into_iter()
+                    .filter(|s| s.source == onec::SOURCE)
+                    .collect();
+                if !cached.is_empty() && snapshot.iter().any(|s| s.source == onec::SOURCE) {
+                    snapshot.retain(|s| s.source != onec::SOURCE);
+                    match store.forget_source(onec::SOURCE).await {
+                        Ok(rows) => tracing::info!(
+                            rows,
+                            "1C's records moved to their own store; removed from the main store"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "1C's old records could not be removed from the main store; they are ignored")
+                        }
+                    }
+                }
+                snapshot.extend(cached);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "1C snapshot not loaded; 1C answers after its first read")
+            }
+        }
+    }
     let mut total = 0;
     for source in snapshot {
         let directory = Arc::clone(directory);

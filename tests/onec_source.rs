@@ -1090,3 +1090,94 @@ async fn a_1c_counterparty_deleted_through_the_push_api_returns_while_1c_still_l
     .await;
     assert_eq!(say(gw.addr, "89250452343").await.0, ALPHA_DATA);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_1c_snapshot_has_its_own_file_and_takes_over_from_an_older_main_store() {
+    use cti_gateway::directory::Counterparty;
+    use cti_gateway::gateway::onec_store_path;
+    use cti_gateway::store::Store;
+
+    // A main store as a gateway before the 1C store wrote it: 1C's records
+    // in it, under the source "onec".
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("counterparties.jsonl"), "").expect("write directory");
+    let main_path = dir.path().join("store.sqlite");
+    let old: Counterparty = serde_json::from_value(serde_json::json!({
+        "id": guid(1),
+        "name": "ООО \"Старая Альфа\"",
+        "category": 1,
+        "manager_phone": "244",
+        "phones": ["+7 925 045-23-43"],
+    }))
+    .expect("record");
+    let store = Store::open(&main_path, &prometheus::Registry::new()).expect("main store");
+    store
+        .replace_source("onec", "old-build", vec![old].into())
+        .await
+        .expect("save");
+    store.close().await;
+
+    // 1C hangs: the old records answer.
+    let mock = mock_with(vec![alpha(), delta()]).await;
+    mock.set_mode(Mode::Hang);
+    let mut gw = start_in(dir, &onec_table(&mock, PASSWORD)).await;
+    assert_eq!(
+        say(gw.addr, "89250452343").await.0,
+        data_doc("ООО \"Старая Альфа\"", "1", "244"),
+        "the older main store answers for 1C until 1C is read"
+    );
+
+    // 1C is back and read: its records go to their own file.
+    mock.set_mode(Mode::Normal);
+    gw.gateway().reload();
+    wait_for("1C's records", Duration::from_secs(10), || async {
+        let (data, _) = say(gw.addr, "89250452343").await;
+        if data == ALPHA_DATA {
+            Ok(())
+        } else {
+            Err(data)
+        }
+    })
+    .await;
+    gw.stop().await;
+    let onec_path = onec_store_path(&main_path);
+    assert_eq!(onec_path, gw.dir.path().join("store.onec.sqlite"));
+    let onec_store = Store::open_background(&onec_path, &prometheus::Registry::new(), "onec")
+        .expect("1C's store");
+    let saved = onec_store.load_snapshot().await.expect("load 1C's store");
+    let names: Vec<&str> = saved
+        .iter()
+        .filter(|s| s.source == "onec")
+        .flat_map(|s| s.records.iter().map(|r| r.name.as_ref()))
+        .collect();
+    assert_eq!(
+        names,
+        ["ООО \"Альфа\"", "АО Дельта"],
+        "1C's records are in its own file"
+    );
+    onec_store.close().await;
+
+    // Restarted while 1C hangs: the answers come from 1C's own file, and the
+    // main store no longer holds 1C's records.
+    mock.set_mode(Mode::Hang);
+    let mut gw = start_in(gw.dir, &onec_table(&mock, PASSWORD)).await;
+    assert_eq!(say(gw.addr, "89250452343").await.0, ALPHA_DATA);
+    assert_eq!(
+        say(gw.addr, "83432000006").await.0,
+        data_doc("АО Дельта", "3", "512")
+    );
+    gw.stop().await;
+    let store = Store::open(&main_path, &prometheus::Registry::new()).expect("main store");
+    let sources: Vec<String> = store
+        .load_snapshot()
+        .await
+        .expect("load")
+        .into_iter()
+        .map(|s| s.source)
+        .collect();
+    assert!(
+        !sources.iter().any(|s| s == "onec"),
+        "1C's records left the main store: {sources:?}"
+    );
+    store.close().await;
+}

@@ -112,6 +112,12 @@ mod tests {
                 .await
                 .expect("ran");
             assert!(lowered, "the worker runs at nice 19 under SCHED_IDLE");
+            let mine = crate::thread_priority::current_cores();
+            let its = worker
+                .run_future("test", async { crate::thread_priority::current_cores() })
+                .await
+                .expect("ran");
+            assert_eq!(its, mine.min(1), "kept on one core when there are several");
         }
     }
 

@@ -23,7 +23,9 @@ pub(super) struct Metrics {
 }
 
 impl Metrics {
-    pub fn register(registry: &Registry) -> Result<Metrics, StoreError> {
+    /// Registers the metrics of the store `db` (a const label, so that two
+    /// stores of one process report apart).
+    pub fn register(registry: &Registry, db: &str) -> Result<Metrics, StoreError> {
         let err = |e: prometheus::Error| StoreError::Metrics {
             detail: e.to_string(),
         };
@@ -31,7 +33,8 @@ impl Metrics {
             Opts::new(
                 "cti_store_journal_writes_total",
                 "Call journal appends, by outcome (ok = committed).",
-            ),
+            )
+            .const_label("db", db),
             &["outcome"],
         )
         .map_err(err)?;
@@ -39,7 +42,8 @@ impl Metrics {
             Opts::new(
                 "cti_store_snapshot_writes_total",
                 "Directory snapshot writes (one per source replace), by outcome (ok = committed).",
-            ),
+            )
+            .const_label("db", db),
             &["outcome"],
         )
         .map_err(err)?;
@@ -48,6 +52,7 @@ impl Metrics {
                 "cti_store_commit_seconds",
                 "Time from BEGIN to the end of COMMIT of one store write transaction (a group of journal appends, or one chunk of a snapshot replace).",
             )
+            .const_label("db", db)
             .buckets(COMMIT_BUCKETS.to_vec()),
         )
         .map_err(err)?;

@@ -143,6 +143,16 @@ struct Inner {
     generation: Arc<AtomicU64>,
     metrics: Metrics,
     registry: prometheus::Registry,
+    priority: Priority,
+}
+
+/// How a store's writes compete for the CPU (see [`Store::open_background`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Priority {
+    /// Callers wait for its writes (the call journal, acknowledged pushes).
+    Normal,
+    /// Nobody waits for its writes but the next start-up.
+    Background,
 }
 
 impl std::fmt::Debug for Store {
@@ -159,6 +169,29 @@ impl Store {
     /// needed, applying migrations and starting the writer thread. Registers
     /// the store's metrics in `registry`. Blocking; call it once at start-up.
     pub fn open(path: &Path, registry: &prometheus::Registry) -> Result<Store, StoreError> {
+        Store::open_with(path, registry, "main", Priority::Normal)
+    }
+
+    /// [`Store::open`] for a cache of another system's records (the 1C
+    /// snapshot), kept in a file of its own: its writer thread runs at the
+    /// lowest priority, so that saving a large refresh never competes with
+    /// SayName for the CPU, and it shares no lock with the main store's
+    /// journal, which must never wait for such a thread. Replaces are diffed
+    /// on that thread too. Its metrics carry `db="<name>"`.
+    pub fn open_background(
+        path: &Path,
+        registry: &prometheus::Registry,
+        name: &str,
+    ) -> Result<Store, StoreError> {
+        Store::open_with(path, registry, name, Priority::Background)
+    }
+
+    fn open_with(
+        path: &Path,
+        registry: &prometheus::Registry,
+        name: &str,
+        priority: Priority,
+    ) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
                 path: path.to_path_buf(),
@@ -167,7 +200,7 @@ impl Store {
         }
         let (conn, info) = schema::open_writer(path)?;
         let reader = schema::open_reader(path)?;
-        let metrics = Metrics::register(registry)?;
+        let metrics = Metrics::register(registry, name)?;
         let (sender, rx) = mpsc::channel(writer::CHANNEL_CAPACITY);
         let generation = Arc::new(AtomicU64::new(0));
         let handle = writer::spawn(
@@ -176,6 +209,7 @@ impl Store {
             metrics.clone(),
             Arc::clone(&generation),
             rx,
+            priority,
         )
         .map_err(|e| {
             metrics.unregister(registry);
@@ -203,6 +237,7 @@ impl Store {
                 generation,
                 metrics,
                 registry: registry.clone(),
+                priority,
             }),
         })
     }
@@ -310,20 +345,11 @@ impl Store {
         R: SnapshotRecord + 'static,
     {
         let records: Arc<dyn snapshot::RecordSet> = Arc::new(snapshot::Held(records));
-        let generation = self.inner.generation.load(Ordering::Acquire);
-        let planned = {
-            let (source, records) = (source.to_owned(), Arc::clone(&records));
-            self.read(move |conn, path| snapshot::plan(conn, path, &source, &*records))
-                .await
-        };
-        let plan = match planned {
-            Ok(diff) => Some(snapshot::Plan { generation, diff }),
-            Err(StoreError::Closed) => return Err(StoreError::Closed),
-            // The writer compares again itself and reports what fails there.
-            Err(e) => {
-                tracing::debug!(source, error = %e, "store: planning a replace failed; the writer diffs");
-                None
-            }
+        // A background store diffs on its own (lowered) writer thread; the
+        // main store diffs on a read connection first, see above.
+        let plan = match self.inner.priority {
+            Priority::Background => None,
+            Priority::Normal => self.plan_replace(source, &records).await?,
         };
         let result = self
             .request(|reply| Command::ReplaceSource {
@@ -338,6 +364,29 @@ impl Store {
             lock(&self.inner.untrusted).remove(source);
         }
         result
+    }
+
+    /// The diff of a replace, computed on a read connection; `None` when
+    /// that failed (the writer then compares itself and reports what fails).
+    async fn plan_replace(
+        &self,
+        source: &str,
+        records: &Arc<dyn snapshot::RecordSet>,
+    ) -> Result<Option<snapshot::Plan>, StoreError> {
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let planned = {
+            let (source, records) = (source.to_owned(), Arc::clone(records));
+            self.read(move |conn, path| snapshot::plan(conn, path, &source, &*records))
+                .await
+        };
+        match planned {
+            Ok(diff) => Ok(Some(snapshot::Plan { generation, diff })),
+            Err(StoreError::Closed) => Err(StoreError::Closed),
+            Err(e) => {
+                tracing::debug!(source, error = %e, "store: planning a replace failed; the writer diffs");
+                Ok(None)
+            }
+        }
     }
 
     /// Upserts `upserts` into `source`'s snapshot rows (a record replaces the
@@ -376,6 +425,15 @@ impl Store {
             reply,
         })
         .await
+    }
+
+    /// Removes `source`'s snapshot (its rows and its entry) in one
+    /// transaction; resolves with the number of rows removed. For a source
+    /// whose snapshot moved to another store.
+    pub async fn forget_source(&self, source: &str) -> Result<usize, StoreError> {
+        let source = source.to_owned();
+        self.request(|reply| Command::ForgetSource { source, reply })
+            .await
     }
 
     /// Appends a call to the journal. Resolves with the row id once the row

@@ -1966,3 +1966,87 @@ async fn a_file_of_schema_1_is_migrated_and_its_rows_load_without_receive_times(
     );
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_a_source_removes_its_rows_and_leaves_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = store_path(dir.path());
+    let store = open(&path);
+    store
+        .replace_source("file", "f1", records("file", 3))
+        .await
+        .expect("save file");
+    store
+        .replace_source("onec", "o1", records("onec", 5))
+        .await
+        .expect("save onec");
+
+    assert_eq!(store.forget_source("onec").await.expect("forget"), 5);
+    assert_eq!(store.forget_source("onec").await.expect("again"), 0);
+    store.close().await;
+
+    let store = open(&path);
+    let snapshot = store.load_snapshot().await.expect("load");
+    assert_eq!(snapshot.len(), 1, "only the file source is left");
+    assert_eq!(by_source(&snapshot, "file").records.len(), 3);
+    assert_eq!(store.source_fingerprint("onec").await.expect("read"), None);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_store_writes_from_a_lowered_thread_and_reports_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::new();
+    let main = Store::open(&store_path(dir.path()), &registry).expect("main opens");
+    let cache = Store::open_background(&dir.path().join("cache.sqlite"), &registry, "onec")
+        .expect("background store opens beside the main one, same registry");
+
+    // Replaces (diffed on the writer) round-trip as in the main store.
+    let first = records("onec", 50);
+    cache
+        .replace_source("onec", "o1", first.clone())
+        .await
+        .expect("save");
+    // The writer has served a command: it runs, named and lowered.
+    #[cfg(target_os = "linux")]
+    assert_eq!(
+        crate::thread_priority::thread_is_idle_scheduled(super::writer::BACKGROUND_WRITER),
+        Some(true),
+        "the background writer runs under SCHED_IDLE"
+    );
+    let mut second = first.to_vec();
+    second.truncate(40);
+    second[0] = counterparty("onec-0000", "ООО \"Новое имя\"");
+    let second: Arc<[Counterparty]> = second.into();
+    cache
+        .replace_source("onec", "o2", second.clone())
+        .await
+        .expect("save again");
+    let snapshot = cache.load_snapshot().await.expect("load");
+    assert_eq!(by_source(&snapshot, "onec").records, second.to_vec());
+    assert_eq!(
+        by_source(&snapshot, "onec").fingerprint.as_deref(),
+        Some("o2")
+    );
+    assert!(main.load_snapshot().await.expect("load main").is_empty());
+
+    // Each store's writes are counted under its own `db` label.
+    let snapshots_of = |db: &str| -> u64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "cti_store_snapshot_writes_total")
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                let labels = m.get_label();
+                labels.iter().any(|l| l.name() == "db" && l.value() == db)
+                    && labels.iter().any(|l| l.value() == "ok")
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    };
+    assert_eq!(snapshots_of("onec"), 2);
+    assert_eq!(snapshots_of("main"), 0);
+    cache.close().await;
+    main.close().await;
+}

@@ -35,6 +35,9 @@ use super::{unix_ms, AppliedChanges, CallRecord, StoreError};
 /// Room in the channel: callers beyond it wait (asynchronously) for space.
 pub(super) const CHANNEL_CAPACITY: usize = 1024;
 
+/// The writer thread of a [`Priority::Background`](super::Priority) store.
+pub(super) const BACKGROUND_WRITER: &str = "cti-store-bg";
+
 /// Most journal appends committed in one transaction.
 const GROUP_CAP: usize = 256;
 
@@ -88,6 +91,11 @@ pub(super) enum Command {
         removals: Arc<[Box<str>]>,
         reply: Reply<AppliedChanges>,
     },
+    /// Removes a source's rows and its entry; answers how many rows went.
+    ForgetSource {
+        source: String,
+        reply: Reply<usize>,
+    },
     /// Runs raw SQL on the write connection (tests: inject failures).
     #[cfg(test)]
     Exec {
@@ -110,6 +118,7 @@ pub(super) fn spawn(
     metrics: Metrics,
     generation: Arc<AtomicU64>,
     rx: mpsc::Receiver<Command>,
+    priority: super::Priority,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let writer = Writer {
         conn,
@@ -124,9 +133,18 @@ pub(super) fn spawn(
         max_chunk_ops: MAX_CHUNK_OPS,
         chunk_time: CHUNK_TIME,
     };
+    let name = match priority {
+        super::Priority::Normal => "cti-store-writer",
+        super::Priority::Background => BACKGROUND_WRITER,
+    };
     std::thread::Builder::new()
-        .name("cti-store-writer".into())
-        .spawn(move || writer.run())
+        .name(name.into())
+        .spawn(move || {
+            if priority == super::Priority::Background {
+                crate::thread_priority::lower_current(name);
+            }
+            writer.run()
+        })
 }
 
 struct Writer {
@@ -190,6 +208,21 @@ impl Writer {
                     reply,
                 } => {
                     let result = self.apply_changes(&source, &*upserts, &removals);
+                    let _ = reply.send(result);
+                }
+                Command::ForgetSource { source, reply } => {
+                    let result = self.transact("forgetting a source's snapshot", |tx| {
+                        let rows = tx
+                            .prepare_cached("DELETE FROM counterparties WHERE source = ?1")?
+                            .execute([&source])?;
+                        tx.prepare_cached("DELETE FROM sources WHERE source = ?1")?
+                            .execute([&source])?;
+                        Ok(rows)
+                    });
+                    if result.is_ok() {
+                        // Plans computed before this commit are stale now.
+                        self.generation.fetch_add(1, Ordering::AcqRel);
+                    }
                     let _ = reply.send(result);
                 }
                 #[cfg(test)]
