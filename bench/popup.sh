@@ -208,19 +208,19 @@ done
 
 echo
 echo "== pop-up latency summary: ms from IncomingCall written to message read by the screen; $(nproc) CPUs shared by gateway and clients =="
-printf '%-14s %7s %6s %9s %6s %8s %8s %8s %8s %8s %8s %8s %7s %5s\n' scenario screens calls received lost \
+printf '%-14s %7s %6s %9s %6s %8s %8s %8s %8s %8s %8s %8s %7s %5s %4s\n' scenario screens calls received lost \
   "scr p50" "scr p99" "last p50" "last p99" "last max" "soap p99" "gw cpu" other% goal met
 for r in "${RESULTS[@]}"; do
   if [[ $(field failed "$r") == 1 ]]; then
     printf '%-14s %s\n' "$(field scenario "$r")" "FAILED (exit $(field exit "$r"))"
     continue
   fi
-  printf '%-14s %7s %6s %9s %6s %8s %8s %8s %8s %8s %8s %8s %7s %5s\n' "$(field scenario "$r")" \
+  printf '%-14s %7s %6s %9s %6s %8s %8s %8s %8s %8s %8s %8s %7s %5s %4s\n' "$(field scenario "$r")" \
     "$(field screens "$r")" "$(field calls "$r")" "$(field received "$r")" "$(field lost "$r")" \
     "$(field screen_p50_ms "$r")" "$(field screen_p99_ms "$r")" "$(field last_p50_ms "$r")" \
     "$(field last_p99_ms "$r")" "$(field last_max_ms "$r")" "$(field soap_p99_ms "$r")" \
     "$(field gateway_cpu_ms_per_call "$r")" "$(field other_cpu_pct "$r")" \
-    "$(field goal_p99_ms "$r")" "$(field goal_met "$r")"
+    "$(field goal_p99_ms "$r")" "$( [[ $(field goal_met "$r") == 1 ]] && echo yes || echo no)"
 done
 echo "(scr: every (call, screen) pair; last: per call, the last screen of the called key; goal: p99 of last, ms;"
 echo " gw cpu: gateway CPU ms per call; other%: share of the machine's CPUs used by other processes during the calls)"
