@@ -1,0 +1,237 @@
+//! Passwords and tokens never reach the logs, at any log level, whatever
+//! fails: the real binary runs with `trace` logging for every crate and
+//! distinctive secrets, is asked with right and wrong credentials on every
+//! authenticated endpoint, talks to a 1C (the mock) that refuses its
+//! password, and its whole output is searched for every secret, in clear,
+//! base64 (Basic auth) and percent-encoded.
+
+mod support;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use support::mock_onec::MockOnec;
+use support::{get, request, say_name_envelope, soap, SOAP_PATH};
+
+const SOAP_PASSWORD: &str = "Soap-Secret-7f3a91";
+const API_TOKEN: &str = "Api-Token-9c1e55";
+const OPERATOR_TOKEN: &str = "Operator-Token-4b2d08";
+const ONEC_PASSWORD: &str = "Onec-Pass-2e8f63";
+const WRONG_PASSWORD: &str = "Wrong-Pass-1111aa";
+const WRONG_TOKEN: &str = "Wrong-Token-2222bb";
+
+/// The child process, killed if the test ends early.
+struct Gateway(Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn wait_ready(addr: SocketAddr, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the gateway exited at start: {status}");
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && get(addr, "/healthz").await.status == 200
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not listen within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn basic(user: &str, password: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_or_token_reaches_the_logs_even_at_trace_level_and_on_failures() {
+    let mock = MockOnec::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let config = format!(
+        r#"
+[server]
+listen = "{addr}"
+[soap]
+username = "SOAP"
+password = "{SOAP_PASSWORD}"
+[directory]
+file = "{file}"
+[store]
+path = "{store}"
+[api]
+token = "{API_TOKEN}"
+[[operator]]
+key = "key1"
+token = "{OPERATOR_TOKEN}"
+name = "Иванова"
+[onec]
+odata_url = "{onec}"
+username = "odata"
+password = "{ONEC_PASSWORD}"
+refresh = "1h"
+lookup_budget_ms = 300
+timeout = "2s"
+[log]
+level = "trace"
+"#,
+        file = dir.path().join("counterparties.jsonl").display(),
+        store = dir.path().join("store.sqlite").display(),
+        onec = mock.url(),
+    );
+    std::fs::write(dir.path().join("counterparties.jsonl"), "").expect("directory file");
+    let config_path = dir.path().join("gateway.toml");
+    std::fs::write(&config_path, config).expect("config");
+    let log_path = dir.path().join("gateway.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cti-gateway"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::from(log.try_clone().expect("log fd")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("the gateway binary starts");
+    wait_ready(addr, &mut child).await;
+    let mut gateway = Gateway(child);
+
+    // SOAP: right and wrong credentials; an unknown number goes to 1C,
+    // which refuses the gateway's password.
+    let body = say_name_envelope("89001234567");
+    for auth in [basic("SOAP", SOAP_PASSWORD), basic("SOAP", WRONG_PASSWORD)] {
+        let header = format!("Authorization: Basic {auth}");
+        let reply = request(
+            addr,
+            "POST",
+            SOAP_PATH,
+            &["Content-Type: text/xml; charset=utf-8", &header],
+            body.as_bytes(),
+        )
+        .await;
+        assert!(
+            reply.status == 200 || reply.status == 401,
+            "SOAP answered {}",
+            reply.status
+        );
+    }
+    let _ = soap(addr, &body).await;
+
+    // Push API, journal and screens: right and wrong tokens.
+    for token in [API_TOKEN, WRONG_TOKEN] {
+        let header = format!("Authorization: Bearer {token}");
+        let _ = request(
+            addr,
+            "POST",
+            "/api/v1/counterparties",
+            &["Content-Type: application/json", &header],
+            b"[{\"id\": 1}]",
+        )
+        .await;
+        let _ = request(addr, "GET", "/api/v1/calls?limit=1", &[&header], b"").await;
+        let _ = request(
+            addr,
+            "DELETE",
+            "/api/v1/counterparties/nobody",
+            &[&header],
+            b"",
+        )
+        .await;
+    }
+    for token in [OPERATOR_TOKEN, WRONG_TOKEN] {
+        let _ = get(
+            addr,
+            &format!("/operator/events?token={token}&after=0&wait=0"),
+        )
+        .await;
+        let upgrade = format!(
+            "GET /operator/ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(upgrade.as_bytes())
+            .await
+            .expect("upgrade sent");
+        let mut buf = [0u8; 512];
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
+    }
+
+    // 1C's refusal is logged (so the log is not silent); wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("401") || text.contains("refused the credentials") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "1C's refusal was never logged:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A clean stop flushes everything the process had to say.
+    // SAFETY: kill only sends a signal to our own child's pid.
+    unsafe {
+        libc::kill(gateway.0.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gateway.0.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut text = String::new();
+    std::fs::File::open(&log_path)
+        .expect("log")
+        .read_to_string(&mut text)
+        .expect("log is UTF-8");
+    assert!(
+        text.lines().count() > 20,
+        "trace logging produced almost nothing:\n{text}"
+    );
+    let mut needles = Vec::new();
+    for secret in [
+        SOAP_PASSWORD,
+        API_TOKEN,
+        OPERATOR_TOKEN,
+        ONEC_PASSWORD,
+        WRONG_PASSWORD,
+        WRONG_TOKEN,
+    ] {
+        needles.push(secret.to_owned());
+    }
+    needles.push(basic("SOAP", SOAP_PASSWORD));
+    needles.push(basic("SOAP", WRONG_PASSWORD));
+    needles.push(basic("odata", ONEC_PASSWORD));
+    for needle in &needles {
+        if let Some(line) = text.lines().find(|l| l.contains(needle.as_str())) {
+            panic!("a secret ({needle}) is in the log:\n{line}");
+        }
+    }
+}
