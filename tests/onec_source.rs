@@ -1181,3 +1181,58 @@ async fn the_1c_snapshot_has_its_own_file_and_takes_over_from_an_older_main_stor
     );
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_1c_is_a_failing_source_and_the_last_directory_keeps_serving() {
+    let mock = mock_with(vec![alpha(), delta()]).await;
+    let gw = start_on(&mock).await;
+    wait_warm(gw.addr).await;
+    let addr = gw.addr;
+
+    // 1C answers 200 with a cut-off, non-UTF-8 body, to reads and lookups.
+    mock.set_mode(Mode::Garbage);
+    gw.gateway().reload();
+    let onec = wait_for(
+        "the failure to show",
+        Duration::from_secs(10),
+        || async move {
+            let onec = onec_health(addr).await;
+            if onec["state"] == "failing" {
+                Ok(onec)
+            } else {
+                Err(onec.to_string())
+            }
+        },
+    )
+    .await;
+    let error = onec["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("not the OData JSON expected"),
+        "last_error should say what 1C sent is not OData: {onec}"
+    );
+    assert_eq!(onec["records"], 2, "the last directory is kept: {onec}");
+    assert_eq!(say(addr, "89250452343").await.0, ALPHA_DATA);
+    mock.upsert(newcomer(15, "9015556677"));
+    let (data, took) = say(addr, "89015556677").await;
+    assert_unknown("89015556677", &data);
+    assert!(
+        took < BUDGET + SLACK,
+        "answered in {took:?} while 1C sends garbage"
+    );
+
+    // 1C is sane again: the retry brings the source back.
+    mock.set_mode(Mode::Normal);
+    wait_for("the recovery", Duration::from_secs(15), || async move {
+        let onec = onec_health(addr).await;
+        if onec["state"] == "ok" {
+            Ok(onec)
+        } else {
+            Err(onec.to_string())
+        }
+    })
+    .await;
+    assert_eq!(
+        say(addr, "83432000006").await.0,
+        data_doc("АО Дельта", "3", "512")
+    );
+}

@@ -76,6 +76,10 @@ pub enum Mode {
     Hang,
     /// 500 with an `odata.error` body, before the credentials are checked.
     Fail,
+    /// 200 `application/json` whose body is not OData: an answer cut off in
+    /// the middle of a row, ending in bytes that are not UTF-8 (a proxy's
+    /// broken page, a 1C restarting mid-answer).
+    Garbage,
 }
 
 /// What a request was for, as the mock classifies it.
@@ -702,7 +706,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             let _ = rx.wait_for(|m| *m != Mode::Hang).await;
             return Err(Hung);
         }
-        Mode::Normal | Mode::Fail => {}
+        Mode::Normal | Mode::Fail | Mode::Garbage => {}
     }
     if kind == RequestKind::Lookup {
         let delay = *lock(&state.lookup_delay);
@@ -711,7 +715,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         }
     }
 
-    let response = if mode == Mode::Fail {
+    let response = if mode == Mode::Garbage {
+        let mut body = br#"{"odata.metadata":"mock","value":[{"Ref_Key":"00000000-0000-"#.to_vec();
+        body.extend_from_slice(&[0xff, 0xfe, 0x00, b'{', 0xc3]);
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/json;charset=utf-8"),
+        );
+        r
+    } else if mode == Mode::Fail {
         odata_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Внутренняя ошибка сервера 1С:Предприятия (mock: Mode::Fail)",
