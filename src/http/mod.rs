@@ -426,7 +426,9 @@ impl Front {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path();
-        let (endpoint, response) = if path == self.soap_path {
+        let (endpoint, response) = if head_len(&req) > server::MAX_HEAD_BYTES {
+            ("head_too_large", self.head_too_large(path))
+        } else if path == self.soap_path {
             ("soap", self.soap_endpoint(req).await)
         } else if path == COUNTERPARTIES_PATH {
             (
@@ -461,6 +463,21 @@ impl Front {
                 .inc();
         }
         Ok(response)
+    }
+
+    /// 431 for a request head over the limit, in the protocol of the path.
+    fn head_too_large(&self, path: &str) -> Response<Body> {
+        let message = format!(
+            "the request line and headers are larger than {} bytes",
+            server::MAX_HEAD_BYTES
+        );
+        let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        if path == self.soap_path {
+            let reply = SoapReply::fault(SoapVersion::V11, FaultCode::Client, &message);
+            with_status(soap_response(reply), status)
+        } else {
+            json_error(status, &message)
+        }
     }
 
     async fn soap_endpoint(&self, req: Request<Incoming>) -> Response<Body> {
@@ -805,6 +822,16 @@ fn operator_page() -> Response<Body> {
 
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The size of a request's head as sent: request line and header lines.
+fn head_len<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + " HTTP/1.1\r\n ".len();
+    req.headers().iter().fold(line, |n, (name, value)| {
+        n + name.as_str().len() + value.len() + ": \r\n".len()
+    })
 }
 
 fn with_status(mut response: Response<Body>, status: StatusCode) -> Response<Body> {

@@ -20,8 +20,11 @@ use super::Front;
 use crate::config::ServerConfig;
 
 /// Largest request head (request line and headers) a client may send; a
-/// header flood gets 431 from hyper instead of growing a buffer.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// header flood gets 431 from hyper instead of growing a buffer. hyper
+/// checks it only while a head is incomplete: a larger head that arrives in
+/// one read gets through (hyperium/hyper#4081), so `Front::handle` measures
+/// every head again.
+pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
 
 /// Runs the accept loop until `shutdown` resolves, then lets requests in

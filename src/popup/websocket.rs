@@ -58,6 +58,12 @@ pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
 /// Frames a screen may send within one ping interval before it counts as a
 /// flood: one pong is normal, a few pings of its own are tolerated.
 pub const MAX_CLIENT_FRAMES_PER_INTERVAL: u32 = 16;
+/// Bytes a screen may send within one ping interval: as many frames of the
+/// largest size as the flood rule allows. Counted at the socket, so that
+/// fragments and control frames count too (tungstenite hands over whole
+/// messages only, and answers pings by itself).
+pub const MAX_CLIENT_BYTES_PER_INTERVAL: usize =
+    MAX_CLIENT_FRAMES_PER_INTERVAL as usize * (MAX_CLIENT_MESSAGE + 14);
 /// Kernel send buffer asked for each screen's socket (Linux doubles it).
 pub const SEND_BUFFER: usize = 32 * 1024;
 /// How long a close handshake may take before the socket is simply dropped.
@@ -240,7 +246,7 @@ async fn run(
                 tracing::debug!(error = %e, "cannot cap a screen's send buffer");
             }
             let ws = WebSocketStream::from_partially_read(
-                tcp,
+                Metered::new(tcp),
                 parts.read_buf.to_vec(),
                 Role::Server,
                 Some(config()),
@@ -250,7 +256,7 @@ async fn run(
         }
         Err(upgraded) => {
             let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
+                Metered::new(TokioIo::new(upgraded)),
                 Role::Server,
                 Some(config()),
             )
@@ -313,7 +319,7 @@ enum Then {
 /// Serves a screen until it ends. The subscription is dropped (the hub stops
 /// queuing to this screen) before the closing handshake.
 async fn serve<S>(
-    mut ws: WebSocketStream<S>,
+    mut ws: WebSocketStream<Metered<S>>,
     subscription: Subscription,
     resume: u64,
     ping_interval: Duration,
@@ -342,7 +348,7 @@ where
 
 /// The screen's loop: messages out, pongs in, a ping every interval.
 async fn pump<S>(
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WebSocketStream<Metered<S>>,
     mut subscription: Subscription,
     mut resume: u64,
     ping_interval: Duration,
@@ -371,6 +377,9 @@ where
                         return (End::Flood, close(CloseCode::Policy, "too many frames: a screen sends only pongs and close"));
                     }
                 }
+                Some(Err(_)) if ws.get_ref().flooded => {
+                    return (End::Flood, close(CloseCode::Policy, "too many bytes: a screen sends only pongs and close"));
+                }
                 Some(Err(e)) => return match e {
                     WsError::Capacity(_) => (End::TooBig, close(CloseCode::Size, "frame too big: a screen sends only pongs and close")),
                     WsError::Utf8(_) => (End::Broken(e.to_string()), close(CloseCode::Invalid, "text frame is not UTF-8")),
@@ -381,6 +390,7 @@ where
             },
             _ = ping.tick() => {
                 frames_this_interval = 0;
+                ws.get_mut().read_this_interval = 0;
                 if last_heard.elapsed() > 2 * ping_interval {
                     return (End::Dead, close(CloseCode::Policy, "no answer to ping"));
                 }
@@ -405,6 +415,85 @@ where
                 }
             },
         }
+    }
+}
+
+/// A screen's socket that counts the bytes the screen sends in the current
+/// ping interval, and fails every read once they pass
+/// [`MAX_CLIENT_BYTES_PER_INTERVAL`]: a flood of fragments or control
+/// frames never surfaces as messages, so the frame count cannot see it.
+struct Metered<S> {
+    inner: S,
+    read_this_interval: usize,
+    flooded: bool,
+}
+
+impl<S> Metered<S> {
+    fn new(inner: S) -> Metered<S> {
+        Metered {
+            inner,
+            read_this_interval: 0,
+            flooded: false,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let flood = || std::io::Error::other("the screen sends more than a screen may");
+        if self.flooded {
+            return std::task::Poll::Ready(Err(flood()));
+        }
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &polled {
+            self.read_this_interval += buf.filled().len() - before;
+            if self.read_this_interval > MAX_CLIENT_BYTES_PER_INTERVAL {
+                self.flooded = true;
+                return std::task::Poll::Ready(Err(flood()));
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
