@@ -36,4 +36,31 @@ pub mod store;
 mod thread_priority;
 pub mod vats;
 
+/// Entry points for the fuzz targets in `fuzz/` (`cargo +nightly fuzz`, see
+/// `fuzz/run.sh`) that reach parsers not otherwise public. Not an API: it
+/// only calls the parsers, and has no logic of its own.
+///
+/// The other parsers of outside input are public and fuzzed directly:
+/// [`soap::parse_request`], [`phone::normalize`],
+/// [`sources::push::parse_batch`], [`sources::file::parse_jsonl`].
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::sources::onec::rows;
+
+    /// Reads `data` as a 1C OData list answer, both as a catalog page (with
+    /// the example configuration's category and manager fields) and as a
+    /// contact information page, then turns what was read into records, as
+    /// a full read does. Outcomes are discarded: only panics, hangs and
+    /// allocations matter.
+    pub fn odata_page(data: &[u8]) {
+        let fields = rows::FieldNames {
+            category: Some("КатегорияКлиента".to_owned()),
+            manager_phone: Some("ДобавочныйМенеджера".to_owned()),
+        };
+        let catalog = rows::parse_catalog_page(data, &fields).unwrap_or_default();
+        let contacts = rows::parse_contacts_page(data).unwrap_or_default();
+        let _ = rows::into_records(catalog, contacts);
+    }
+}
+
 pub use gateway::Gateway;

@@ -18,7 +18,8 @@
 mod live;
 mod metrics;
 mod odata;
-mod rows;
+/// Reachable in the crate for `crate::fuzzing` only.
+pub(crate) mod rows;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
