@@ -173,6 +173,19 @@ async fn wait_warm(addr: SocketAddr) -> Value {
     .await
 }
 
+/// Waits until `sources.onec.state` of `/readyz` is `state` ("ok", "failing").
+async fn wait_onec_state(addr: SocketAddr, what: &str, state: &str, limit: Duration) -> Value {
+    wait_for(what, limit, || async move {
+        let onec = onec_health(addr).await;
+        if onec["state"] == state {
+            Ok(onec)
+        } else {
+            Err(onec.to_string())
+        }
+    })
+    .await
+}
+
 /// The `<data>` of a SayName answer and how long the answer took.
 async fn say(addr: SocketAddr, number: &str) -> (String, Duration) {
     let started = Instant::now();
@@ -801,17 +814,11 @@ async fn an_outage_keeps_the_last_directory_serving_and_the_source_recovers() {
     // 1C answers 500.
     mock.set_mode(Mode::Fail);
     gw.gateway().reload();
-    let onec = wait_for(
+    let onec = wait_onec_state(
+        addr,
         "the failure to show",
+        "failing",
         Duration::from_secs(10),
-        || async move {
-            let onec = onec_health(addr).await;
-            if onec["state"] == "failing" {
-                Ok(onec)
-            } else {
-                Err(onec.to_string())
-            }
-        },
     )
     .await;
     assert!(onec["consecutive_failures"].as_u64() >= Some(1), "{onec}");
@@ -868,15 +875,7 @@ async fn an_outage_keeps_the_last_directory_serving_and_the_source_recovers() {
 
     // 1C is back: the retry (backoff from about 1 s) brings the source back.
     mock.set_mode(Mode::Normal);
-    let onec = wait_for("the recovery", Duration::from_secs(15), || async move {
-        let onec = onec_health(addr).await;
-        if onec["state"] == "ok" {
-            Ok(onec)
-        } else {
-            Err(onec.to_string())
-        }
-    })
-    .await;
+    let onec = wait_onec_state(addr, "the recovery", "ok", Duration::from_secs(15)).await;
     assert_eq!(onec["consecutive_failures"], 0, "{onec}");
     assert_eq!(
         say(addr, "83432000006").await.0,
@@ -889,17 +888,11 @@ async fn a_wrong_password_shows_as_a_failing_source_and_loads_nothing() {
     let mock = mock_with(vec![alpha(), delta()]).await;
     let gw = start_with("", &onec_table(&mock, "wrong")).await;
     let addr = gw.addr;
-    let onec = wait_for(
+    let onec = wait_onec_state(
+        addr,
         "the refusal to show",
+        "failing",
         Duration::from_secs(10),
-        || async move {
-            let onec = onec_health(addr).await;
-            if onec["state"] == "failing" {
-                Ok(onec)
-            } else {
-                Err(onec.to_string())
-            }
-        },
     )
     .await;
     let error = onec["last_error"]
@@ -1192,17 +1185,11 @@ async fn garbage_from_1c_is_a_failing_source_and_the_last_directory_keeps_servin
     // 1C answers 200 with a cut-off, non-UTF-8 body, to reads and lookups.
     mock.set_mode(Mode::Garbage);
     gw.gateway().reload();
-    let onec = wait_for(
+    let onec = wait_onec_state(
+        addr,
         "the failure to show",
+        "failing",
         Duration::from_secs(10),
-        || async move {
-            let onec = onec_health(addr).await;
-            if onec["state"] == "failing" {
-                Ok(onec)
-            } else {
-                Err(onec.to_string())
-            }
-        },
     )
     .await;
     let error = onec["last_error"].as_str().unwrap_or_default();
@@ -1222,15 +1209,7 @@ async fn garbage_from_1c_is_a_failing_source_and_the_last_directory_keeps_servin
 
     // 1C is sane again: the retry brings the source back.
     mock.set_mode(Mode::Normal);
-    wait_for("the recovery", Duration::from_secs(15), || async move {
-        let onec = onec_health(addr).await;
-        if onec["state"] == "ok" {
-            Ok(onec)
-        } else {
-            Err(onec.to_string())
-        }
-    })
-    .await;
+    wait_onec_state(addr, "the recovery", "ok", Duration::from_secs(15)).await;
     assert_eq!(
         say(addr, "83432000006").await.0,
         data_doc("АО Дельта", "3", "512")
