@@ -1,0 +1,271 @@
+//! A full disk: the real binary runs with a file-size limit (RLIMIT_FSIZE,
+//! SIGXFSZ ignored: every write past the limit fails with EFBIG, as on a
+//! full disk), pushes go on until the store refuses them. A refused push is
+//! never answered 2xx, SayName keeps answering from memory, IncomingCall
+//! answers `1` only for calls it journaled, the log says what happened; and
+//! after a restart with room again, everything acknowledged is there.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{
+    element_text, get, incoming_call_envelope, request, say_name_envelope, unescape, DIRECTORY,
+    SEED_AUTH, SOAP_PATH,
+};
+
+const API_TOKEN: &str = "api-token-for-tests";
+
+struct Gateway(Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Gateway {
+    /// SIGTERM, then the exit within 20 s (SIGKILL after that).
+    fn stop(mut self) {
+        // SAFETY: kill only sends a signal to our own child's pid.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Starts the binary over `dir`'s config; with `file_limit`, every file it
+/// writes is limited to that many bytes.
+async fn start(dir: &Path, addr: SocketAddr, log: &str, file_limit: Option<u64>) -> Gateway {
+    let log = std::fs::File::create(dir.join(log)).expect("log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cti-gateway"));
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("gateway.toml"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::from(log.try_clone().expect("log fd")))
+        .stderr(Stdio::from(log));
+    if let Some(limit) = file_limit {
+        // SAFETY: between fork and exec only async-signal-safe calls
+        // (signal, setrlimit) on plain values.
+        unsafe {
+            command.pre_exec(move || {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command.spawn().expect("the gateway binary starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the gateway exited at start: {status}");
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && get(addr, "/readyz").await.status == 200
+        {
+            return Gateway(child);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway was not ready within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn title(addr: SocketAddr, number: &str) -> String {
+    let reply = request(
+        addr,
+        "POST",
+        SOAP_PATH,
+        &[
+            "Content-Type: text/xml; charset=utf-8",
+            &format!("Authorization: {SEED_AUTH}"),
+        ],
+        say_name_envelope(number).as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "SayName {number}: {}", reply.body);
+    let data = unescape(element_text(&reply.body, "m:return").unwrap_or_default());
+    element_text(&data, "title").unwrap_or_default().to_owned()
+}
+
+fn batch(first: usize, n: usize) -> String {
+    let records: Vec<serde_json::Value> = (first..first + n)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("full-{i:06}"),
+                "name": format!("ООО \"Запись {i}\" — {}", "длинное название ".repeat(8)),
+                "phones": [format!("8913{i:07}")],
+                "address": "г. Новосибирск, ".repeat(20),
+            })
+        })
+        .collect();
+    serde_json::to_string(&records).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_full_disk_pushes_are_refused_never_acknowledged_and_say_name_keeps_answering() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("counterparties.jsonl"), DIRECTORY).expect("directory");
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let config = format!(
+        r#"
+[server]
+listen = "{addr}"
+[soap]
+username = "SOAP"
+password = "123"
+[directory]
+file = "{file}"
+[store]
+path = "{store}"
+[api]
+token = "{API_TOKEN}"
+[[operator]]
+key = "key1"
+token = "operator-token-1"
+name = "Иванова"
+[log]
+level = "info"
+"#,
+        file = dir.path().join("counterparties.jsonl").display(),
+        store = dir.path().join("store.sqlite").display(),
+    );
+    std::fs::write(dir.path().join("gateway.toml"), config).expect("config");
+
+    // A first run creates the store and its snapshot of the file.
+    start(dir.path(), addr, "run1.log", None).await.stop();
+    let store_size = std::fs::metadata(dir.path().join("store.sqlite"))
+        .expect("store file")
+        .len();
+
+    // Room for the store as it is and a little more.
+    let limit = store_size + 256 * 1024;
+    let gw = start(dir.path(), addr, "run2.log", Some(limit)).await;
+    let auth = format!("Authorization: Bearer {API_TOKEN}");
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for round in 0..200 {
+        let first = round * 50;
+        let reply = request(
+            addr,
+            "POST",
+            "/api/v1/counterparties",
+            &["Content-Type: application/json", &auth],
+            batch(first, 50).as_bytes(),
+        )
+        .await;
+        match reply.status {
+            200 => acknowledged.extend(first..first + 50),
+            503 => {
+                refused = Some((first, reply.body));
+                break;
+            }
+            other => panic!("push {round}: {other} {}", reply.body),
+        }
+    }
+    let (refused_first, body) = refused.expect("the store filled up within 10,000 records");
+    assert!(
+        body.contains("not saved") && body.contains("retry"),
+        "the refusal says so: {body}"
+    );
+    assert!(
+        !acknowledged.is_empty(),
+        "some pushes fitted before the disk was full"
+    );
+
+    // SayName answers from memory: the file's callers and the acknowledged
+    // pushes; the refused batch was not applied.
+    assert_eq!(title(addr, "89235292926").await, "Фэйковый чиж");
+    let last = *acknowledged.last().expect("one");
+    assert!(title(addr, &format!("8913{last:07}"))
+        .await
+        .starts_with(&format!("ООО \"Запись {last}\"")));
+    assert_eq!(title(addr, &format!("8913{refused_first:07}")).await, "");
+
+    // IncomingCall: `1` only for a call that was journaled.
+    let mut answered_one = Vec::new();
+    for i in 0..5 {
+        let number = format!("8914000000{i}");
+        let reply = request(
+            addr,
+            "POST",
+            SOAP_PATH,
+            &[
+                "Content-Type: text/xml; charset=utf-8",
+                &format!("Authorization: {SEED_AUTH}"),
+            ],
+            incoming_call_envelope(&number, "key1").as_bytes(),
+        )
+        .await;
+        match reply.status {
+            200 if element_text(&reply.body, "m:return") == Some("1") => answered_one.push(number),
+            500 => assert!(reply.body.contains("Fault"), "a SOAP fault: {}", reply.body),
+            other => panic!("IncomingCall {number}: {other} {}", reply.body),
+        }
+    }
+    let log2 = std::fs::read_to_string(dir.path().join("run2.log")).unwrap_or_default();
+    assert!(
+        log2.lines()
+            .any(|l| (l.contains("ERROR") || l.contains("WARN")) && l.contains("store")),
+        "the log says the store failed:\n{log2}"
+    );
+    eprintln!(
+        "file limit {limit} bytes: {} records acknowledged, the batch from {refused_first} refused; {} of 5 calls answered 1; store lines in the log:",
+        acknowledged.len(),
+        answered_one.len()
+    );
+    for line in log2.lines().filter(|l| l.contains("store")) {
+        eprintln!("  {line}");
+    }
+    gw.stop();
+
+    // Room again: everything acknowledged is there, the store opens.
+    let gw = start(dir.path(), addr, "run3.log", None).await;
+    for i in acknowledged.iter().step_by(7).chain(std::iter::once(&last)) {
+        assert!(
+            title(addr, &format!("8913{i:07}"))
+                .await
+                .starts_with(&format!("ООО \"Запись {i}\"")),
+            "acknowledged record {i} is there after the restart"
+        );
+    }
+    assert_eq!(title(addr, &format!("8913{refused_first:07}")).await, "");
+    let calls = request(addr, "GET", "/api/v1/calls?limit=100", &[&auth], b"").await;
+    assert_eq!(calls.status, 200, "{}", calls.body);
+    for number in &answered_one {
+        assert!(
+            calls.body.contains(&number[1..]),
+            "a call answered 1 is in the journal: {number}: {}",
+            calls.body
+        );
+    }
+    gw.stop();
+}
