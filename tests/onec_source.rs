@@ -1215,3 +1215,44 @@ async fn garbage_from_1c_is_a_failing_source_and_the_last_directory_keeps_servin
         data_doc("АО Дельта", "3", "512")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_while_1c_refuses_connections_answers_from_the_snapshot_and_says_1c_is_down() {
+    let mock = mock_with(vec![alpha(), delta()]).await;
+    let mut gw = start_on(&mock).await;
+    wait_warm(gw.addr).await;
+    gw.stop().await;
+
+    // Nothing listens where 1C was: every connection is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let table = onec_table(&mock, PASSWORD).replace(
+        &mock.url(),
+        &format!("http://{closed}/base/odata/standard.odata"),
+    );
+    let gw = start_in(gw.dir, &table).await;
+    let addr = gw.addr;
+    assert_eq!(
+        say(addr, "89250452343").await.0,
+        ALPHA_DATA,
+        "answered from the snapshot"
+    );
+    let onec = wait_onec_state(addr, "1C shown as down", "failing", Duration::from_secs(10)).await;
+    let error = onec["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("cannot reach 1C") && error.contains("onec.odata_url"),
+        "last_error says 1C cannot be reached and what to check: {onec}"
+    );
+    assert_eq!(
+        readyz(addr).await["ready"],
+        true,
+        "the snapshot makes it ready"
+    );
+    let (data, took) = say(addr, "89013334455").await;
+    assert_unknown("89013334455", &data);
+    assert!(
+        took < BUDGET + SLACK,
+        "answered in {took:?} while 1C is down"
+    );
+}
