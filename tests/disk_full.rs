@@ -231,6 +231,24 @@ level = "info"
             other => panic!("IncomingCall {number}: {other} {}", reply.body),
         }
     }
+    // The metrics say so: the refused push, and every call not journaled.
+    let metrics = get(addr, "/metrics").await.body;
+    let errors = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains("outcome=\"error\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        errors("cti_store_snapshot_writes_total") >= 1.0,
+        "the refused push counts as a failed store write:\n{metrics}"
+    );
+    assert_eq!(
+        errors("cti_store_journal_writes_total"),
+        (5 - answered_one.len()) as f64,
+        "every call not journaled is counted"
+    );
     let log2 = std::fs::read_to_string(dir.path().join("run2.log")).unwrap_or_default();
     assert!(
         log2.lines()

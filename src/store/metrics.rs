@@ -41,7 +41,7 @@ impl Metrics {
         let snapshot = IntCounterVec::new(
             Opts::new(
                 "cti_store_snapshot_writes_total",
-                "Directory snapshot writes (one per source replace), by outcome (ok = committed).",
+                "Directory snapshot writes (one per source replace or pushed change), by outcome (ok = committed).",
             )
             .const_label("db", db),
             &["outcome"],

@@ -573,9 +573,11 @@ impl Writer {
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "store: changes committed"
                 );
+                self.metrics.snapshot_ok.inc();
                 Ok(done)
             }
             Err(e) => {
+                self.metrics.snapshot_error.inc();
                 self.failures.failed("pushed changes", 1, &e);
                 Err(e)
             }
