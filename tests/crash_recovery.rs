@@ -32,6 +32,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+// The child binds the port; `start` tries another if someone took it in between.
+use support::process::free_port;
 use support::{
     config_text, element_text, incoming_call_envelope, say_name_envelope, unescape, SEED_AUTH,
     SOAP_PATH,
@@ -170,13 +172,6 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A port that was free a moment ago (the child binds it; [`start`] tries
-/// another if someone took it in between).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
 }
 
 /// Operator key `task`'s calls use in `cycle`: one key per (cycle, task), so

@@ -10,9 +10,8 @@ mod support;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use support::process::{free_port, serve_command, Child};
 use support::{
     element_text, get, incoming_call_envelope, request, say_name_envelope, unescape, DIRECTORY,
     SEED_AUTH, SOAP_PATH,
@@ -20,48 +19,10 @@ use support::{
 
 const API_TOKEN: &str = "api-token-for-tests";
 
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Gateway {
-    /// SIGTERM, then the exit within 20 s (SIGKILL after that).
-    fn stop(mut self) {
-        // SAFETY: kill only sends a signal to our own child's pid.
-        unsafe {
-            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Starts the binary over `dir`'s config; with `file_limit`, every file it
 /// writes is limited to that many bytes.
-async fn start(dir: &Path, addr: SocketAddr, log: &str, file_limit: Option<u64>) -> Gateway {
-    let log = std::fs::File::create(dir.join(log)).expect("log file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cti-gateway"));
-    command
-        .arg("serve")
-        .arg("--config")
-        .arg(dir.join("gateway.toml"))
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::from(log.try_clone().expect("log fd")))
-        .stderr(Stdio::from(log));
+async fn start(dir: &Path, addr: SocketAddr, log: &str, file_limit: Option<u64>) -> Child {
+    let mut command = serve_command(&dir.join("gateway.toml"), &dir.join(log));
     if let Some(limit) = file_limit {
         // SAFETY: between fork and exec only async-signal-safe calls
         // (signal, setrlimit) on plain values.
@@ -79,23 +40,7 @@ async fn start(dir: &Path, addr: SocketAddr, log: &str, file_limit: Option<u64>)
             });
         }
     }
-    let mut child = command.spawn().expect("the gateway binary starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the gateway exited at start: {status}");
-        }
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && get(addr, "/readyz").await.status == 200
-        {
-            return Gateway(child);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway was not ready within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Child::start(command, addr, "/readyz").await
 }
 
 async fn title(addr: SocketAddr, number: &str) -> String {
@@ -161,7 +106,7 @@ level = "info"
     std::fs::write(dir.path().join("gateway.toml"), config).expect("config");
 
     // A first run creates the store and its snapshot of the file.
-    start(dir.path(), addr, "run1.log", None).await.stop();
+    start(dir.path(), addr, "run1.log", None).await.stop().await;
     let store_size = std::fs::metadata(dir.path().join("store.sqlite"))
         .expect("store file")
         .len();
@@ -263,7 +208,7 @@ level = "info"
     for line in log2.lines().filter(|l| l.contains("store")) {
         eprintln!("  {line}");
     }
-    gw.stop();
+    gw.stop().await;
 
     // Room again: everything acknowledged is there, the store opens.
     let gw = start(dir.path(), addr, "run3.log", None).await;
@@ -285,5 +230,5 @@ level = "info"
             calls.body
         );
     }
-    gw.stop();
+    gw.stop().await;
 }

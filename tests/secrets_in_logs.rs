@@ -9,11 +9,11 @@ mod support;
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use support::mock_onec::MockOnec;
+use support::process::{free_port, serve_command, Child};
 use support::{get, request, say_name_envelope, soap, SOAP_PATH};
 
 const SOAP_PASSWORD: &str = "Soap-Secret-7f3a91";
@@ -22,42 +22,6 @@ const OPERATOR_TOKEN: &str = "Operator-Token-4b2d08";
 const ONEC_PASSWORD: &str = "Onec-Pass-2e8f63";
 const WRONG_PASSWORD: &str = "Wrong-Pass-1111aa";
 const WRONG_TOKEN: &str = "Wrong-Token-2222bb";
-
-/// The child process, killed if the test ends early.
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-async fn wait_ready(addr: SocketAddr, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the gateway exited at start: {status}");
-        }
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && get(addr, "/healthz").await.status == 200
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not listen within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn basic(user: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
@@ -104,18 +68,8 @@ level = "trace"
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config).expect("config");
     let log_path = dir.path().join("gateway.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cti-gateway"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&config_path)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::from(log.try_clone().expect("log fd")))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("the gateway binary starts");
-    wait_ready(addr, &mut child).await;
-    let mut gateway = Gateway(child);
+    // Not /readyz: with 1C refusing and no snapshot it never gets ready.
+    let gateway = Child::start(serve_command(&config_path, &log_path), addr, "/healthz").await;
 
     // SOAP: right and wrong credentials; an unknown number goes to 1C,
     // which refuses the gateway's password.
@@ -193,18 +147,7 @@ level = "trace"
     }
 
     // A clean stop flushes everything the process had to say.
-    // SAFETY: kill only sends a signal to our own child's pid.
-    unsafe {
-        libc::kill(gateway.0.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while gateway.0.try_wait().expect("wait").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gateway.stop().await;
 
     let mut text = String::new();
     std::fs::File::open(&log_path)
