@@ -76,3 +76,30 @@ run_wrk() {
 
 # field KEY LINE: the value of KEY=... in a key=value line.
 field() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<"$2"; }
+
+# start_mock_onec COUNT [PREFIX...]: starts $MOCK (bench/onec_mock.rs) with
+# COUNT counterparties, under the command words PREFIX (taskset, chrt, nice)
+# if any, its output in $TMP/mock.out and $TMP/mock.log; waits (60 s) for
+# its URL. Sets MOCK_PID (added to PIDS), URL (checked to be on 127.0.0.1)
+# and NUMBERS (the caller numbers it wrote to $TMP/numbers.txt).
+start_mock_onec() {
+  local count=$1
+  shift
+  log "starting the mock 1C with $count counterparties"
+  : >"$TMP/mock.out"   # exists before the mock starts: the wait below reads it
+  "$@" "$MOCK" "$count" --numbers "$TMP/numbers.txt" >"$TMP/mock.out" 2>"$TMP/mock.log" &
+  MOCK_PID=$!
+  PIDS+=("$MOCK_PID")
+  URL=""
+  for _ in $(seq 1 1200); do   # 60 s
+    URL=$(sed -n 's/^ONEC_MOCK url=//p' "$TMP/mock.out")
+    [[ -n $URL ]] && break
+    kill -0 "$MOCK_PID" 2>/dev/null || die "the mock exited: $(tail -5 "$TMP/mock.log")"
+    sleep 0.05
+  done
+  [[ -n $URL ]] || die "the mock printed no url within 60 s: $(tail -5 "$TMP/mock.log")"
+  [[ $URL == http://127.0.0.1:* ]] || die "the mock is not on 127.0.0.1: $URL"
+  NUMBERS=$(grep -c '' "$TMP/numbers.txt" || true)
+  (( NUMBERS > 0 )) || die "the mock wrote no caller numbers"
+  log "mock 1C at $URL (pid $MOCK_PID); $NUMBERS caller numbers; $(tail -1 "$TMP/mock.log")"
+}

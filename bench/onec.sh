@@ -311,22 +311,11 @@ CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 log "machine: $(nproc) CPUs ($CPU), $(awk '/MemTotal/ {printf "%.1f GB", $2/1048576}' /proc/meminfo); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ------------------------------------------------------------ mock 1C
-log "starting the mock 1C with $COUNT counterparties"
-: >"$TMP/mock.out"   # exists before the mock starts: the wait below reads it
-${BENCH_MOCK_CPU:+taskset -c $BENCH_MOCK_CPU} ${BENCH_MOCK_IDLE:+chrt --idle 0} ${BENCH_MOCK_NICE:+nice -n $BENCH_MOCK_NICE} "$MOCK" "$COUNT" --numbers "$TMP/numbers.txt" >"$TMP/mock.out" 2>"$TMP/mock.log" &
-MOCK_PID=$!
-PIDS+=("$MOCK_PID")
-URL=""
-for _ in $(seq 1 1200); do   # 60 s
-  URL=$(sed -n 's/^ONEC_MOCK url=//p' "$TMP/mock.out")
-  [[ -n $URL ]] && break
-  kill -0 "$MOCK_PID" 2>/dev/null || die "the mock exited: $(tail -5 "$TMP/mock.log")"
-  sleep 0.05
-done
-[[ -n $URL ]] || die "the mock printed no url within 60 s: $(tail -5 "$TMP/mock.log")"
-NUMBERS=$(grep -c '' "$TMP/numbers.txt" || true)
-(( NUMBERS > 0 )) || die "the mock wrote no caller numbers"
-log "mock 1C at $URL; $NUMBERS caller numbers; $(tail -1 "$TMP/mock.log")"
+MOCK_PREFIX=()
+[[ -n ${BENCH_MOCK_CPU:-} ]] && MOCK_PREFIX+=(taskset -c "$BENCH_MOCK_CPU")
+[[ -n ${BENCH_MOCK_IDLE:-} ]] && MOCK_PREFIX+=(chrt --idle 0)
+[[ -n ${BENCH_MOCK_NICE:-} ]] && MOCK_PREFIX+=(nice -n "$BENCH_MOCK_NICE")
+start_mock_onec "$COUNT" "${MOCK_PREFIX[@]}"
 
 cat >"$TMP/gateway.toml" <<EOF
 [server]

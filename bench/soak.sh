@@ -106,23 +106,7 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 log "machine: $(nproc) CPUs ($CPU), $(awk '/MemTotal/ {printf "%.1f GB", $2/1048576}' /proc/meminfo); load average $LOAD_START; work dir $TMP"
 
 # ------------------------------------------------------------ mock 1C
-log "starting the mock 1C with $COUNT counterparties"
-: >"$TMP/mock.out"
-"$MOCK" "$COUNT" --numbers "$TMP/numbers.txt" >"$TMP/mock.out" 2>"$TMP/mock.log" &
-MOCK_PID=$!
-PIDS+=("$MOCK_PID")
-URL=""
-for _ in $(seq 1 1200); do   # 60 s
-  URL=$(sed -n 's/^ONEC_MOCK url=//p' "$TMP/mock.out")
-  [[ -n $URL ]] && break
-  kill -0 "$MOCK_PID" 2>/dev/null || die "the mock exited: $(tail -5 "$TMP/mock.log")"
-  sleep 0.05
-done
-[[ -n $URL ]] || die "the mock printed no url within 60 s: $(tail -5 "$TMP/mock.log")"
-[[ $URL == http://127.0.0.1:* ]] || die "the mock is not on 127.0.0.1: $URL"
-NUMBERS=$(grep -c '' "$TMP/numbers.txt" || true)
-(( NUMBERS > 0 )) || die "the mock wrote no caller numbers"
-log "mock 1C at $URL (pid $MOCK_PID); $NUMBERS caller numbers"
+start_mock_onec "$COUNT"
 
 # ------------------------------------------------------------ gateway
 {
