@@ -30,6 +30,11 @@ fn records(prefix: &str, n: usize) -> Arc<[Counterparty]> {
         .collect()
 }
 
+/// `records` as what a replace writes.
+fn held(records: &Arc<[Counterparty]>) -> Arc<dyn snapshot::RecordSet> {
+    Arc::new(snapshot::Held(Arc::clone(records)))
+}
+
 fn store_path(dir: &Path) -> PathBuf {
     dir.join("var").join("cti-gateway.sqlite")
 }
@@ -192,17 +197,11 @@ async fn a_plan_made_before_another_snapshot_write_is_not_applied() {
         .await
         .expect("s0");
     // A plan against the current rows...
-    let generation = store
-        .inner
-        .generation
-        .load(std::sync::atomic::Ordering::Acquire);
-    let stale = {
-        let wanted = wanted.clone();
-        store
-            .read(move |conn, path| snapshot::plan(conn, path, "s", &snapshot::Held(wanted)))
-            .await
-            .expect("plan")
-    };
+    let stale = store
+        .plan_replace("s", &held(&wanted))
+        .await
+        .expect("store open")
+        .expect("planned");
     // ...then the rows change: applying the old plan would leave "b-*" rows.
     store
         .replace_source("s", "1", records("b", 7))
@@ -212,11 +211,8 @@ async fn a_plan_made_before_another_snapshot_write_is_not_applied() {
         .request(|reply| Command::ReplaceSource {
             source: "s".into(),
             fingerprint: "2".into(),
-            records: Arc::new(snapshot::Held(wanted.clone())),
-            plan: Some(snapshot::Plan {
-                generation,
-                diff: stale,
-            }),
+            records: held(&wanted),
+            plan: Some(stale),
             reply,
         })
         .await
@@ -1889,17 +1885,11 @@ async fn a_replace_planned_before_a_change_is_walked_again() {
         .replace_source("s", "0", records("z", 5))
         .await
         .expect("s0");
-    let generation = store
-        .inner
-        .generation
-        .load(std::sync::atomic::Ordering::Acquire);
-    let stale = {
-        let wanted = wanted.clone();
-        store
-            .read(move |conn, path| snapshot::plan(conn, path, "s", &snapshot::Held(wanted)))
-            .await
-            .expect("plan")
-    };
+    let stale = store
+        .plan_replace("s", &held(&wanted))
+        .await
+        .expect("store open")
+        .expect("planned");
     // A change adds a row the plan does not know about.
     store
         .apply_changes("s", Arc::from([counterparty("b-0000", "b")]), &[])
@@ -1909,11 +1899,8 @@ async fn a_replace_planned_before_a_change_is_walked_again() {
         .request(|reply| Command::ReplaceSource {
             source: "s".into(),
             fingerprint: "1".into(),
-            records: Arc::new(snapshot::Held(wanted.clone())),
-            plan: Some(snapshot::Plan {
-                generation,
-                diff: stale,
-            }),
+            records: held(&wanted),
+            plan: Some(stale),
             reply,
         })
         .await
