@@ -173,6 +173,28 @@ async fn wait_warm(addr: SocketAddr) -> Value {
     .await
 }
 
+/// A gateway warmed from a 1C that lists alpha and delta.
+async fn warmed() -> (MockOnec, TestGateway) {
+    let mock = mock_with(vec![alpha(), delta()]).await;
+    let gw = start_on(&mock).await;
+    wait_warm(gw.addr).await;
+    (mock, gw)
+}
+
+/// Puts 1C in `mode`, asks for a read, and waits until `/readyz` shows the
+/// 1C source failing; returns `sources.onec`.
+async fn fail_1c(mock: &MockOnec, gw: &TestGateway, mode: Mode) -> Value {
+    mock.set_mode(mode);
+    gw.gateway().reload();
+    wait_onec_state(
+        gw.addr,
+        "the failure to show",
+        "failing",
+        Duration::from_secs(10),
+    )
+    .await
+}
+
 /// Waits until `sources.onec.state` of `/readyz` is `state` ("ok", "failing").
 async fn wait_onec_state(addr: SocketAddr, what: &str, state: &str, limit: Duration) -> Value {
     wait_for(what, limit, || async move {
@@ -806,21 +828,11 @@ async fn refresh_applies_renames_removals_and_deletion_marks_and_skips_unchanged
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_keeps_the_last_directory_serving_and_the_source_recovers() {
-    let mock = mock_with(vec![alpha(), delta()]).await;
-    let gw = start_on(&mock).await;
-    wait_warm(gw.addr).await;
+    let (mock, gw) = warmed().await;
     let addr = gw.addr;
 
     // 1C answers 500.
-    mock.set_mode(Mode::Fail);
-    gw.gateway().reload();
-    let onec = wait_onec_state(
-        addr,
-        "the failure to show",
-        "failing",
-        Duration::from_secs(10),
-    )
-    .await;
+    let onec = fail_1c(&mock, &gw, Mode::Fail).await;
     assert!(onec["consecutive_failures"].as_u64() >= Some(1), "{onec}");
     let error = onec["last_error"].as_str().unwrap_or_default().to_owned();
     assert!(
@@ -919,9 +931,7 @@ async fn a_wrong_password_shows_as_a_failing_source_and_loads_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_while_1c_is_down_answers_from_the_snapshot_at_once() {
-    let mock = mock_with(vec![alpha(), delta()]).await;
-    let mut gw = start_on(&mock).await;
-    wait_warm(gw.addr).await;
+    let (mock, mut gw) = warmed().await;
     gw.stop().await;
 
     mock.set_mode(Mode::Hang);
@@ -1177,21 +1187,11 @@ async fn the_1c_snapshot_has_its_own_file_and_takes_over_from_an_older_main_stor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_1c_is_a_failing_source_and_the_last_directory_keeps_serving() {
-    let mock = mock_with(vec![alpha(), delta()]).await;
-    let gw = start_on(&mock).await;
-    wait_warm(gw.addr).await;
+    let (mock, gw) = warmed().await;
     let addr = gw.addr;
 
     // 1C answers 200 with a cut-off, non-UTF-8 body, to reads and lookups.
-    mock.set_mode(Mode::Garbage);
-    gw.gateway().reload();
-    let onec = wait_onec_state(
-        addr,
-        "the failure to show",
-        "failing",
-        Duration::from_secs(10),
-    )
-    .await;
+    let onec = fail_1c(&mock, &gw, Mode::Garbage).await;
     let error = onec["last_error"].as_str().unwrap_or_default();
     assert!(
         error.contains("not the OData JSON expected"),
@@ -1218,15 +1218,11 @@ async fn garbage_from_1c_is_a_failing_source_and_the_last_directory_keeps_servin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_while_1c_refuses_connections_answers_from_the_snapshot_and_says_1c_is_down() {
-    let mock = mock_with(vec![alpha(), delta()]).await;
-    let mut gw = start_on(&mock).await;
-    wait_warm(gw.addr).await;
+    let (mock, mut gw) = warmed().await;
     gw.stop().await;
 
     // Nothing listens where 1C was: every connection is refused.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
+    let closed = format!("127.0.0.1:{}", support::process::free_port());
     let table = onec_table(&mock, PASSWORD).replace(
         &mock.url(),
         &format!("http://{closed}/base/odata/standard.odata"),
