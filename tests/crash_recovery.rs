@@ -35,11 +35,11 @@ use rand::{Rng, SeedableRng};
 // The child binds the port; `start` tries another if someone took it in between.
 use support::process::free_port;
 use support::{
-    config_text, element_text, incoming_call_envelope, say_name_envelope, unescape, SEED_AUTH,
+    config_text_on, element_text, incoming_call_envelope, say_name_envelope, unescape, SEED_AUTH,
     SOAP_PATH,
 };
 
-/// `api.token` of [`config_text`].
+/// `api.token` of [`config_text_on`].
 const BEARER: &str = "Bearer api-token-for-tests";
 /// Counterparties in [`support::DIRECTORY`], the directory file.
 const FILE_RECORDS: usize = 3;
@@ -180,7 +180,7 @@ fn call_key(cycle: u32, task: u32) -> String {
     format!("crash-key-c{cycle}-t{task}")
 }
 
-/// Appended to [`config_text`]: JSON logs, and one operator per call key.
+/// Appended to [`config_text_on`]: JSON logs, and one operator per call key.
 fn config_extra() -> String {
     let mut extra = String::from("[log]\nformat = \"json\"\nlevel = \"info\"\n");
     for cycle in 1..=CYCLES {
@@ -199,11 +199,7 @@ fn config_extra() -> String {
 async fn start(dir: &Path, run: &str, client: &HttpClient) -> Running {
     for attempt in 0..5 {
         let port = free_port();
-        let text = config_text(dir, &config_extra()).replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-            1,
-        );
+        let text = config_text_on(dir, &format!("127.0.0.1:{port}"), &config_extra());
         assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
         let config = dir.join("gateway.toml");
         fs::write(&config, text).expect("write the config");

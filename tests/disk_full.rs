@@ -13,8 +13,8 @@ use std::path::Path;
 
 use support::process::{free_port, serve_command, Child};
 use support::{
-    element_text, get, incoming_call_envelope, request, say_name_envelope, unescape, DIRECTORY,
-    SEED_AUTH, SOAP_PATH,
+    config_text_on, element_text, get, incoming_call_envelope, request, say_name_envelope,
+    unescape, DIRECTORY, OPERATOR_KEY, SEED_AUTH, SOAP_PATH,
 };
 
 const API_TOKEN: &str = "api-token-for-tests";
@@ -80,29 +80,7 @@ async fn on_a_full_disk_pushes_are_refused_never_acknowledged_and_say_name_keeps
     std::fs::write(dir.path().join("counterparties.jsonl"), DIRECTORY).expect("directory");
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let config = format!(
-        r#"
-[server]
-listen = "{addr}"
-[soap]
-username = "SOAP"
-password = "123"
-[directory]
-file = "{file}"
-[store]
-path = "{store}"
-[api]
-token = "{API_TOKEN}"
-[[operator]]
-key = "key1"
-token = "operator-token-1"
-name = "Иванова"
-[log]
-level = "info"
-"#,
-        file = dir.path().join("counterparties.jsonl").display(),
-        store = dir.path().join("store.sqlite").display(),
-    );
+    let config = config_text_on(dir.path(), &addr.to_string(), "[log]\nlevel = \"info\"");
     std::fs::write(dir.path().join("gateway.toml"), config).expect("config");
 
     // A first run creates the store and its snapshot of the file.
@@ -167,7 +145,7 @@ level = "info"
                 "Content-Type: text/xml; charset=utf-8",
                 &format!("Authorization: {SEED_AUTH}"),
             ],
-            incoming_call_envelope(&number, "key1").as_bytes(),
+            incoming_call_envelope(&number, OPERATOR_KEY).as_bytes(),
         )
         .await;
         match reply.status {

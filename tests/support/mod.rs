@@ -64,6 +64,11 @@ impl TestGateway {
 /// The test configuration. `extra` is appended (whole tables); lines of
 /// `extra` that start with `soap.` or `server.` go into those tables.
 pub fn config_text(dir: &Path, extra: &str) -> String {
+    config_text_on(dir, "127.0.0.1:0", extra)
+}
+
+/// [`config_text`] listening on `listen` (a child process's fixed port).
+pub fn config_text_on(dir: &Path, listen: &str, extra: &str) -> String {
     let (mut soap, mut server, mut rest) = (String::new(), String::new(), String::new());
     for line in extra.lines() {
         if let Some(l) = line.strip_prefix("soap.") {
@@ -80,7 +85,7 @@ pub fn config_text(dir: &Path, extra: &str) -> String {
     format!(
         r#"
 [server]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 {server}
 [soap]
 username = "SOAP"
