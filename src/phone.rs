@@ -96,45 +96,139 @@ impl std::hash::Hasher for PhoneKeyHasher {
 /// Builds [`PhoneKeyHasher`]s for `HashMap<PhoneKey, _, PhoneKeyHashing>`.
 pub type PhoneKeyHashing = std::hash::BuildHasherDefault<PhoneKeyHasher>;
 
+/// Country codes that begin with 8 (ITU-T E.164 assigned codes, world zone 8:
+/// 800 freephone, 808, 81 Japan, 82 South Korea, 84 Vietnam, 850 North Korea,
+/// 852 Hong Kong, 853 Macau, 855 Cambodia, 856 Laos, 86 China, 870 Inmarsat,
+/// 878, 880 Bangladesh, 881-883 global services, 886 Taiwan, 888).
+///
+/// Needed only to tell a foreign number from the common slip `+8…` for a
+/// Russian one (1C users write the trunk prefix 8 after a `+`): `+8` followed
+/// by ten digits that do not begin one of these codes is read as Russian.
+const ZONE_8_CODES: &[&[u8]] = &[
+    b"800", b"808", b"81", b"82", b"84", b"850", b"852", b"853", b"855", b"856", b"86", b"870",
+    b"878", b"880", b"881", b"882", b"883", b"886", b"888",
+];
+
+/// Shortest international number accepted (country code and subscriber
+/// number; a few small countries have 7-digit numbers in all).
+const MIN_INTERNATIONAL_DIGITS: usize = 7;
+
+/// What one character of a written number is.
+enum Char {
+    Digit(u8),
+    Plus,
+    /// A space, dash, bracket, dot, minus sign, soft hyphen, zero-width or
+    /// direction mark: dropped wherever it stands.
+    Separator,
+    /// Anything else: a label before the number, or the end after it.
+    Other,
+}
+
+fn classify(c: char) -> Char {
+    match c {
+        '0'..='9' => Char::Digit(c as u8),
+        // Fullwidth digits, as East Asian input methods and some exports write them.
+        '\u{ff10}'..='\u{ff19}' => Char::Digit(b'0' + (u32::from(c) - 0xff10) as u8),
+        '+' | '\u{ff0b}' => Char::Plus,
+        ' ' | '\t' | '-' | '(' | ')' | '.'
+        // No-break, narrow, thin, ideographic and other Unicode spaces.
+        | '\u{a0}' | '\u{2000}'..='\u{200a}' | '\u{202f}' | '\u{205f}' | '\u{3000}'
+        // Hyphens, dashes, the minus sign, their small and fullwidth forms, fullwidth brackets and dot.
+        | '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{fe58}' | '\u{fe63}' | '\u{ff0d}'
+        | '\u{ff08}' | '\u{ff09}' | '\u{ff0e}'
+        // Soft hyphen, zero-width characters, direction marks and embeddings, BOM.
+        | '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'
+        | '\u{2066}'..='\u{2069}' | '\u{feff}' => Char::Separator,
+        _ => Char::Other,
+    }
+}
+
 /// Normalizes a number written in any common format.
 ///
-/// Rules: leading text such as `тел.` is skipped; the number ends at the first
-/// letter or list separator after its digits begin, so `+7 495 123-45-67 доб. 12`
-/// is the main number; spaces, dashes, dots, brackets and `+` are dropped.
-/// Then 11 digits starting with 7 or 8 become `7` + the last ten, ten digits
-/// become `7` + them, anything from 2 to 15 digits is kept as it is (short
-/// extensions, foreign numbers). Returns `None` when no plausible number is
-/// left (no digits, one digit, more than 15).
+/// Reading: a label before the number (`тел.`, `tel:`) is skipped; the number
+/// ends at the first letter or list separator after its digits begin, so
+/// `+7 495 123-45-67 доб. 12` is the main number. Spaces, dashes, minus signs,
+/// brackets, dots, soft hyphens and zero-width characters are dropped wherever
+/// they stand; fullwidth digits count as digits. More than 15 digits: `None`.
+///
+/// Then, by how the number was written:
+/// - `+`, `00` or `810` before it (the international prefixes): the number
+///   as E.164, its country code kept (`+84 91 234 5678` is Vietnam's, never a
+///   Russian one). `+7` needs ten more digits. `+8` followed by a space or
+///   bracket, or by ten digits that begin no zone-8 country code, is the
+///   common slip for a Russian `8 …` and reads as Russian.
+/// - 11 digits starting with 7 or 8, or 10 digits: Russian, `7` + ten digits.
+/// - 2 to 6 digits: an extension, as it is (leading zeros kept).
+/// - 11 to 15 other digits: an international number written without `+`.
+/// - Anything else (one digit, 7 to 9 digits with no `+`): `None`, no usable
+///   number: too short for a national number, too long for an extension.
 pub fn normalize(raw: &str) -> Option<PhoneKey> {
     let mut digits = [0u8; MAX_DIGITS];
     let mut n = 0usize;
+    let mut plus = false;
+    // `+8` then a separator: the trunk prefix written after a `+`.
+    let mut plus_eight_apart = false;
     for c in raw.chars() {
-        match c {
-            '0'..='9' => {
+        match classify(c) {
+            Char::Digit(d) => {
                 if n == MAX_DIGITS {
                     return None;
                 }
-                digits[n] = c as u8;
+                digits[n] = d;
                 n += 1;
             }
-            ' ' | '\t' | '-' | '(' | ')' | '.' | '+' | '\u{a0}' | '\u{2010}'..='\u{2015}' => {}
-            _ if n == 0 => {} // a label before the number: "тел.", "tel:"
-            _ => break,       // "доб.", "ext", ",", ";": the number has ended
+            Char::Plus if n == 0 => plus = true,
+            Char::Plus | Char::Separator => {
+                if plus && n == 1 && digits[0] == b'8' {
+                    plus_eight_apart = true;
+                }
+            }
+            // A label before the number ("тел.", "tel:"); a `+` before the label was not the number's.
+            Char::Other if n == 0 => plus = false,
+            Char::Other => break, // "доб.", "ext", ",", ";": the number has ended
         }
     }
     let digits = &digits[..n];
+    if plus {
+        return international(digits, plus_eight_apart);
+    }
     match digits {
-        [b'7' | b'8', rest @ ..] if rest.len() == 10 => {
-            let mut national = [b'7'; 11];
-            national[1..].copy_from_slice(rest);
-            Some(PhoneKey::from_digits(&national))
+        [b'0', b'0', rest @ ..] if rest.len() >= MIN_INTERNATIONAL_DIGITS => {
+            international(rest, false)
         }
-        _ if n == 10 => {
-            let mut national = [b'7'; 11];
-            national[1..].copy_from_slice(digits);
-            Some(PhoneKey::from_digits(&national))
+        [b'8', b'1', b'0', rest @ ..] if rest.len() >= MIN_INTERNATIONAL_DIGITS => {
+            international(rest, false)
         }
-        _ if n >= MIN_DIGITS => Some(PhoneKey::from_digits(digits)),
+        [b'7' | b'8', rest @ ..] if rest.len() == 10 => Some(russian(rest)),
+        _ if n == 10 => Some(russian(digits)),
+        _ if (MIN_DIGITS..=MAX_EXTENSION_DIGITS).contains(&n) => {
+            Some(PhoneKey::from_digits(digits))
+        }
+        _ if n >= 11 => Some(PhoneKey::from_digits(digits)),
+        _ => None,
+    }
+}
+
+/// `7` and the ten digits of a Russian number.
+fn russian(ten: &[u8]) -> PhoneKey {
+    let mut national = [b'7'; 11];
+    national[1..].copy_from_slice(ten);
+    PhoneKey::from_digits(&national)
+}
+
+/// The digits after an international prefix, as E.164.
+fn international(digits: &[u8], plus_eight_apart: bool) -> Option<PhoneKey> {
+    match digits {
+        [b'8', rest @ ..]
+            if rest.len() == 10
+                && (plus_eight_apart || !ZONE_8_CODES.iter().any(|c| digits.starts_with(c))) =>
+        {
+            Some(russian(rest))
+        }
+        [b'7', rest @ ..] => (rest.len() == 10).then(|| PhoneKey::from_digits(digits)),
+        // No country code begins with 0.
+        [b'0', ..] => None,
+        _ if digits.len() >= MIN_INTERNATIONAL_DIGITS => Some(PhoneKey::from_digits(digits)),
         _ => None,
     }
 }
@@ -188,9 +282,93 @@ mod tests {
     }
 
     #[test]
-    fn other_lengths_keep_their_digits() {
-        assert_eq!(norm("+380 44 123 45 67").as_deref(), Some("380441234567"));
-        assert_eq!(norm("1234567").as_deref(), Some("1234567"));
+    fn foreign_numbers_keep_their_country_code() {
+        // As the PBX may send them: with +, with 00 or 810, or as bare digits.
+        for (raw, e164) in [
+            ("+380 44 123 45 67", "380441234567"),
+            ("380441234567", "380441234567"),
+            ("+84 91 234 5678", "84912345678"),
+            ("+84912345678", "84912345678"),
+            ("+82 2 1234 5678", "82212345678"),
+            ("+81 3 1234 5678", "81312345678"),
+            ("+375291234567", "375291234567"),
+            ("00375291234567", "375291234567"),
+            ("810375291234567", "375291234567"),
+            ("8 10 375 29 123-45-67", "375291234567"),
+            ("00 49 30 1234567", "49301234567"),
+            ("+1 202 555 0123", "12025550123"),
+        ] {
+            assert_eq!(norm(raw).as_deref(), Some(e164), "{raw}");
+            assert_eq!(
+                normalize(raw).map(PhoneKey::display_e164),
+                Some(format!("+{e164}")),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_foreign_number_never_folds_into_a_russian_one() {
+        // Vietnam and Ryazan, Seoul and +7 221…, Tokyo and +7 131….
+        assert_ne!(normalize("+84 91 234 5678"), normalize("8 (4912) 34-56-78"));
+        assert_eq!(norm("8 (4912) 34-56-78").as_deref(), Some("74912345678"));
+        assert_ne!(normalize("+82 2 1234 5678"), normalize("+72212345678"));
+        assert_ne!(normalize("+81 3 1234 5678"), normalize("+71312345678"));
+    }
+
+    #[test]
+    fn plus_eight_is_the_russian_trunk_prefix_when_it_cannot_be_a_country_code() {
+        for raw in [
+            "+8 916 123-45-67",
+            "+8(916)1234567",
+            "+89161234567",
+            "+8 495 123 45 67",
+        ] {
+            let want = if raw.contains("916") {
+                "79161234567"
+            } else {
+                "74951234567"
+            };
+            assert_eq!(norm(raw).as_deref(), Some(want), "{raw}");
+        }
+        // Written together, +84… is Vietnam's code (see ZONE_8_CODES).
+        assert_eq!(norm("+84951234567").as_deref(), Some("84951234567"));
+        // With no +, eleven digits starting with 8 are Russian whatever follows.
+        assert_eq!(norm("84912345678").as_deref(), Some("74912345678"));
+    }
+
+    #[test]
+    fn unicode_spaces_dashes_and_invisible_characters_are_dropped() {
+        for raw in [
+            "8\u{202f}916\u{202f}300\u{202f}01\u{202f}01",
+            "8\u{2009}916\u{2009}300\u{2009}01\u{2009}01",
+            "8\u{3000}916\u{3000}3000101",
+            "8 916 300\u{2212}01\u{2212}01",
+            "8916\u{ad}300\u{ad}0101",
+            "8916\u{200b}3000101",
+            "\u{feff}+7\u{200e}9163000101",
+            "８９１６３０００１０１",
+            "８\u{ff08}９１６\u{ff09}３００\u{ff0d}０１\u{ff0d}０１",
+            "\u{ff0b}７９１６３０００１０１",
+            "8\u{2013}916\u{2014}300\u{2012}01\u{2010}01",
+        ] {
+            assert_eq!(norm(raw).as_deref(), Some("79163000101"), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn too_short_for_a_number_and_too_long_for_an_extension_is_unusable() {
+        for raw in [
+            "1234567",
+            "8916300",
+            "12345678",
+            "123456789",
+            "+7 916 123",
+            "+12345",
+        ] {
+            assert_eq!(norm(raw), None, "{raw}");
+        }
+        assert_eq!(norm("+0123456789"), None, "no country code begins with 0");
     }
 
     #[test]
