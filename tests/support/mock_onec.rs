@@ -4,7 +4,7 @@
 //! It serves, under `/base/odata/standard.odata/`, the counterparty catalog
 //! `Catalog_Контрагенты` and its contact information
 //! `Catalog_Контрагенты_КонтактнаяИнформация` the way real bases answer (see
-//! the "1C:Enterprise" section of `shared/docs/external-systems.md`): HTTP
+//! the "1C:Enterprise" section of `docs/external-systems.md`): HTTP
 //! Basic auth on every request, `{"odata.metadata":…,"value":[…]}` lists,
 //! embedded tabular sections, `DataVersion` changing on every write, noise
 //! fields, `LineNumber` as a string, and `odata.error` bodies on errors.
