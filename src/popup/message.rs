@@ -3,8 +3,8 @@
 //! how it is rendered as JSON, and the rendered result ([`Message`]).
 //!
 //! A message is rendered in two steps so that the hub's per-key lock covers
-//! as little work as possible: [`encode_body`] renders everything but the
-//! sequence number before the lock is taken, and [`compose`] puts
+//! as little work as possible: `encode_body` renders everything but the
+//! sequence number before the lock is taken, and `compose` puts
 //! `{"type":"incoming_call","seq":N,` in front of it under the lock.
 //!
 //! [`rfc3339_seconds`] is the one way this crate writes a time for people
