@@ -7,8 +7,9 @@
 //! sequence number before the lock is taken, and `compose` puts
 //! `{"type":"incoming_call","seq":N,` in front of it under the lock.
 //!
-//! [`rfc3339_seconds`] is the one way this crate writes a time for people
-//! and clients to read (`2026-11-22T10:15:00Z`); other modules use it too.
+//! [`rfc3339_seconds`] writes a time as the message does
+//! (`2026-11-22T10:15:00Z`); it is public so that the call journal API can
+//! write its times the same way instead of with a helper of its own.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
