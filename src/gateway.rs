@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::directory::Directory;
 use crate::http::{self, Front};
 use crate::metrics::Metrics;
-use crate::popup::{Hub, HubConfig, Operator};
+use crate::popup::{Hub, HubConfig};
 use crate::soap;
 use crate::sources::file::FileSource;
 use crate::sources::onec::{self, OnecError, OnecSource};
@@ -75,22 +75,12 @@ impl Gateway {
         let store = Store::open(&config.store.path, metrics.registry())?;
         let directory = Arc::new(Directory::new(soap::say_name_payload));
         let health = Arc::new(SourceHealth::default());
-        let operators = config
-            .operators
-            .iter()
-            .map(|o| Operator {
-                key: o.key.clone(),
-                token: o.token.expose().to_owned(),
-                name: o.name.clone(),
-            })
-            .collect();
-        let hub_config = HubConfig {
-            replay_len: config.popup.replay_len,
-            replay_age: config.popup.replay_age,
-            queue_len: config.popup.queue_len,
-        };
+        // The hub is handed the abonent keys only; the screens' tokens stay
+        // with the HTTP front, which resolves an operator from its token.
+        let operator_keys = config.operators.iter().map(|o| o.key.as_str());
+        let hub_config = HubConfig::from(&config.popup);
         let hub = Arc::new(
-            Hub::new(operators, hub_config, metrics.registry()).map_err(StartError::Metrics)?,
+            Hub::new(operator_keys, hub_config, metrics.registry()).map_err(StartError::Metrics)?,
         );
 
         let listener = TcpListener::bind(config.server.listen)

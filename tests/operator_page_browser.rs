@@ -2,7 +2,10 @@
 //! `chromium` package), driven over the Chrome DevTools Protocol, opens
 //! `/operator#token=T` on a gateway at 127.0.0.1:0; IncomingCall goes over
 //! SOAP as the PBX sends it, and the test reads the page's DOM (and what the
-//! browser lays out) until the caller's card is there.
+//! browser lays out) until the caller's card is there. Beyond the first
+//! card: a gateway restarted between calls (same store, same address: the
+//! page's numbers start again), a token changed in the fragment, and a
+//! token with `+` in a bookmark.
 //!
 //! Ignored by default: it needs `/usr/bin/chromium`, which `.ci/run`
 //! installs. Run with `cargo test --test operator_page_browser --
@@ -18,6 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
+use cti_gateway::config::Config;
+use cti_gateway::Gateway;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -35,6 +40,10 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CALLER: &str = "89235292926";
 /// A number [`DIRECTORY`] does not know.
 const UNKNOWN_CALLER: &str = "89990000000";
+/// An operator whose token is base64 with `+` and `/` in it, as
+/// `openssl rand -base64` makes them (see [`plus_operator`]).
+const PLUS_KEY: &str = "plusKey00000001";
+const PLUS_TOKEN: &str = "Ab+cD/eF+gH0iJ==";
 
 /// Longest the browser may take to start and print its DevTools address.
 const LAUNCH_LIMIT: Duration = Duration::from_secs(30);
@@ -372,9 +381,14 @@ async fn open_operator_page(gw: &TestGateway, token: &str) -> Browser {
     browser
 }
 
-/// IncomingCall over SOAP, as the PBX sends it; the gateway answers `1`.
+/// IncomingCall over SOAP for [`OPERATOR_KEY`], as the PBX sends it.
 async fn incoming_call(gw: &TestGateway, number: &str) {
-    let reply = soap(gw.addr, &incoming_call_envelope(number, OPERATOR_KEY)).await;
+    incoming_call_to(gw, number, OPERATOR_KEY).await;
+}
+
+/// IncomingCall over SOAP for `key`; the gateway answers `1`.
+async fn incoming_call_to(gw: &TestGateway, number: &str, key: &str) {
+    let reply = soap(gw.addr, &incoming_call_envelope(number, key)).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(
         element_text(&reply.body, "m:return"),
@@ -382,6 +396,62 @@ async fn incoming_call(gw: &TestGateway, number: &str) {
         "{}",
         reply.body
     );
+}
+
+/// The `[[operator]]` entry of [`PLUS_KEY`], for the gateway's configuration.
+fn plus_operator() -> String {
+    format!("[[operator]]\nkey = \"{PLUS_KEY}\"\ntoken = \"{PLUS_TOKEN}\"\nname = \"Плюсов\"\n")
+}
+
+/// Polls `cond` every 20 ms until it holds, for at most [`PAGE_LIMIT`].
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + PAGE_LIMIT;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "not within {PAGE_LIMIT:?}: {what}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stops `gw` (if it still runs) and starts a new gateway over the same folder (store and
+/// directory file) on the same address, so that the page, which reconnects
+/// to where it was loaded from, finds it.
+async fn restart(mut gw: TestGateway) -> TestGateway {
+    let addr = gw.addr;
+    gw.stop().await;
+    let TestGateway { dir, .. } = gw;
+    let text = config_text_on(dir.path(), &addr.to_string(), "");
+    let config = Config::parse(&text, &dir.path().join("gateway.toml"), &|_| None)
+        .expect("test config is valid");
+    let gateway = Gateway::start(config)
+        .await
+        .expect("the gateway starts again on its address");
+    TestGateway {
+        gateway: Some(gateway),
+        addr,
+        dir,
+    }
+}
+
+/// Calls `number` and waits until the page shows `count` cards, the newest
+/// (first) one titled with `title`.
+async fn call_and_see(
+    browser: &mut Browser,
+    gw: &TestGateway,
+    key: &str,
+    number: &str,
+    count: usize,
+    title: &str,
+) {
+    incoming_call_to(gw, number, key).await;
+    let what = format!("card {count}, {title:?}");
+    browser
+        .wait_for(&what, |s| {
+            s.cards.len() == count && s.cards[0].title.contains(title)
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -482,6 +552,192 @@ async fn wrong_token_shows_the_login_form_with_an_error_in_the_browser() {
     sleep(Duration::from_millis(300)).await;
     let state = browser.state().await.expect("page state");
     assert!(state.cards.is_empty(), "{state:#?}");
+
+    browser.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn the_page_shows_the_calls_a_restarted_gateway_sends() {
+    let mut gw = start("").await;
+    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
+    browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    for count in 1..=3 {
+        call_and_see(
+            &mut browser,
+            &gw,
+            OPERATOR_KEY,
+            CALLER,
+            count,
+            "Фэйковый чиж",
+        )
+        .await;
+    }
+
+    // The gateway goes away; the page notices and retries.
+    let addr = gw.addr;
+    gw.stop().await;
+    browser
+        .wait_for("the connection as lost", |s| s.status_class == "retrying")
+        .await;
+    let gw = restart(gw).await;
+    assert_eq!(gw.addr, addr);
+    // A call before the page is back: the page gets it when it reconnects
+    // (after=3 from the last run), or live if it was quicker.
+    call_and_see(
+        &mut browser,
+        &gw,
+        OPERATOR_KEY,
+        UNKNOWN_CALLER,
+        4,
+        "+79990000000",
+    )
+    .await;
+    let state = browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    assert!(!state.login_shown, "{state:#?}");
+    assert_eq!(gw.gateway().hub().subscriber_count(OPERATOR_KEY), Some(1));
+    // Then live ones, whatever their numbers on this run.
+    call_and_see(&mut browser, &gw, OPERATOR_KEY, "89165555555", 5, "Ромашка").await;
+    call_and_see(
+        &mut browser,
+        &gw,
+        OPERATOR_KEY,
+        UNKNOWN_CALLER,
+        6,
+        "+79990000000",
+    )
+    .await;
+
+    let state = browser.state().await.expect("page state");
+    let titles: Vec<&str> = state.cards.iter().map(|c| c.title.as_str()).collect();
+    assert_eq!(titles.len(), 6, "{titles:?}");
+    assert!(titles[0].contains("+79990000000"), "{titles:?}");
+    assert!(titles[1].contains("Ромашка"), "{titles:?}");
+    assert!(titles[2].contains("+79990000000"), "{titles:?}");
+    assert!(
+        titles[3..].iter().all(|t| t.contains("Фэйковый чиж")),
+        "{titles:?}"
+    );
+    assert!(state.cards.iter().all(|c| c.shown), "{state:#?}");
+    assert_eq!(
+        state
+            .cards
+            .iter()
+            .filter(|c| c.class.contains("latest"))
+            .count(),
+        1,
+        "{state:#?}"
+    );
+
+    browser.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn a_token_change_shows_the_new_operators_calls_from_their_first() {
+    let gw = start("").await;
+    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
+    browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    for count in 1..=3 {
+        call_and_see(
+            &mut browser,
+            &gw,
+            OPERATOR_KEY,
+            CALLER,
+            count,
+            "Фэйковый чиж",
+        )
+        .await;
+    }
+
+    // Another operator's token in the fragment: the page leaves the first
+    // operator's key and takes the second's, whose numbers start at 1.
+    browser
+        .call(
+            "Runtime.evaluate",
+            json!({ "expression": format!("location.hash = 'token={OTHER_TOKEN}'") }),
+        )
+        .await;
+    let hub = gw.gateway().hub();
+    until("the page on the other operator's key only", || {
+        hub.subscriber_count(OTHER_KEY) == Some(1) && hub.subscriber_count(OPERATOR_KEY) == Some(0)
+    })
+    .await;
+    call_and_see(
+        &mut browser,
+        &gw,
+        OTHER_KEY,
+        UNKNOWN_CALLER,
+        4,
+        "+79990000000",
+    )
+    .await;
+    // The first operator's calls no longer reach this page.
+    incoming_call(&gw, CALLER).await;
+    call_and_see(&mut browser, &gw, OTHER_KEY, "89165555555", 5, "Ромашка").await;
+    let state = browser.state().await.expect("page state");
+    assert_eq!(state.cards.len(), 5, "{state:#?}");
+    assert_eq!(state.status_class, "connected", "{state:#?}");
+
+    browser.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn a_token_with_a_plus_is_accepted_from_the_fragment_as_is_or_encoded() {
+    let gw = start(&plus_operator()).await;
+
+    // As written in a bookmark: `+` and `/` as they are.
+    let mut browser = open_operator_page(&gw, PLUS_TOKEN).await;
+    let state = browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    assert!(!state.login_shown, "the token was refused: {state:#?}");
+    call_and_see(&mut browser, &gw, PLUS_KEY, CALLER, 1, "Фэйковый чиж").await;
+
+    // Percent-encoded, as encodeURIComponent writes it: the same token.
+    let encoded = PLUS_TOKEN
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    browser
+        .open(&format!("http://{}/operator#token={encoded}", gw.addr))
+        .await;
+    let state = browser
+        .wait_for("the second page as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    assert!(!state.login_shown, "the token was refused: {state:#?}");
+    call_and_see(
+        &mut browser,
+        &gw,
+        PLUS_KEY,
+        UNKNOWN_CALLER,
+        1,
+        "+79990000000",
+    )
+    .await;
+    let hub = gw.gateway().hub();
+    assert_eq!(
+        hub.subscriber_count(PLUS_KEY),
+        Some(2),
+        "both pages connected"
+    );
 
     browser.close().await;
 }

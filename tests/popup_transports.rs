@@ -402,7 +402,12 @@ async fn long_poll_answers_an_empty_list_after_wait_and_wakes_on_a_call() {
         .await;
         (reply, started.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The call must come after the poll has read where the key stands.
+    let hub = gw.gateway().hub();
+    eventually(Duration::from_secs(5), "the long-poll waiting", || {
+        hub.long_poll_waiters(OPERATOR_KEY) == Some(1)
+    })
+    .await;
     assert!(!poll.is_finished(), "answered before any new message");
     incoming_call(gw.addr, "244", OPERATOR_KEY).await;
     let (reply, took) = timeout(Duration::from_secs(5), poll)
@@ -570,7 +575,8 @@ async fn a_screen_that_does_not_answer_pings_is_dropped_and_one_that_does_is_kep
         hub.subscriber_count(OPERATOR_KEY) == Some(1)
     })
     .await;
-    // Seven more intervals: the live screen stays.
+    // Seven more intervals: the live screen stays. This sleep is what the
+    // test is about (ping intervals passing), not a wait for the server.
     tokio::time::sleep(Duration::from_millis(1400)).await;
     assert_eq!(hub.subscriber_count(OPERATOR_KEY), Some(1));
     incoming_call(gw.addr, CALLER, OPERATOR_KEY).await;
@@ -628,7 +634,11 @@ async fn shutdown_closes_screens_with_1001_and_answers_waiting_long_polls() {
         )
         .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let hub = gw.gateway().hub();
+    eventually(Duration::from_secs(5), "the long-poll waiting", || {
+        hub.long_poll_waiters(OPERATOR_KEY) == Some(1)
+    })
+    .await;
 
     let started = Instant::now();
     let screens = async {
@@ -673,8 +683,18 @@ async fn screens_count_against_max_connections_and_free_their_slot_when_they_clo
     let mut closing = screens.pop().expect("a screen");
     closing.close(None).await.expect("close");
     drop(closing);
-    let mut admitted = false;
-    for _ in 0..50 {
+    let hub = gw.gateway().hub();
+    eventually(
+        Duration::from_secs(5),
+        "the closed screen unregistered",
+        || hub.subscriber_count(OPERATOR_KEY) == Some(2),
+    )
+    .await;
+    // The slot itself is given back when the screen's task ends, a moment
+    // after it unregisters, and nothing outside shows it: a screen that
+    // comes in that moment is refused, so new screens try until the deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let admitted = loop {
         let url = format!("ws://{}/operator/ws?token={OPERATOR_TOKEN}", gw.addr);
         if let Ok(Ok(_)) = timeout(
             Duration::from_secs(1),
@@ -682,10 +702,12 @@ async fn screens_count_against_max_connections_and_free_their_slot_when_they_clo
         )
         .await
         {
-            admitted = true;
-            break;
+            break true;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert!(admitted, "the freed slot was never given to a new screen");
 }

@@ -19,10 +19,11 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::config::Config;
+use crate::config::OperatorConfig;
 use crate::directory::model::MAX_ID_LEN;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
-use crate::popup::{self, Hub, OperatorInfo, ScreenQuery, TransportConfig};
+use crate::popup::{self, Hub, ScreenQuery, TransportConfig};
 use crate::soap::{self, FaultCode, SoapVersion};
 use crate::sources::push::{self, BatchError, PushError, PushSource};
 use crate::sources::SourceHealth;
@@ -61,6 +62,8 @@ pub struct Front {
     metrics: Arc<Metrics>,
     /// The pop-up hub the operator screens' transports read from.
     hub: Arc<Hub>,
+    /// The `[[operator]]` entries: a screen's token names one of them.
+    operators: Vec<OperatorConfig>,
     screens: TransportConfig,
     store: Store,
     api_token: Option<crate::config::Secret>,
@@ -105,6 +108,7 @@ impl Front {
             soap_ok_responses: metrics.http_responses.with_label_values(&["soap", "200"]),
             metrics,
             hub,
+            operators: config.operators.clone(),
             store,
             api_token: config.api.token.clone(),
             push,
@@ -603,7 +607,8 @@ impl Front {
         };
         match handshake.accept(
             &self.hub,
-            &operator,
+            &operator.key,
+            &operator.name,
             after,
             self.screens.ping_interval,
             slot,
@@ -650,7 +655,7 @@ impl Front {
     fn screen(
         &self,
         query: Option<&str>,
-    ) -> Result<(OperatorInfo, ScreenQuery), (StatusCode, String)> {
+    ) -> Result<(&OperatorConfig, ScreenQuery), (StatusCode, String)> {
         let query = ScreenQuery::parse(query).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
         let Some(token) = query.token() else {
             return Err((
@@ -658,7 +663,7 @@ impl Front {
                 "missing token: connect with ?token=<this screen's token>".into(),
             ));
         };
-        match self.hub.operator_for_token(token) {
+        match self.operator_for_token(token) {
             Some(operator) => Ok((operator, query)),
             None => {
                 // Debug only: a screen with an outdated token retries for ever;
@@ -667,6 +672,21 @@ impl Front {
                 Err((StatusCode::UNAUTHORIZED, "unknown token".into()))
             }
         }
+    }
+
+    /// The operator whose token this is, if any. Every configured token is
+    /// compared in constant time, so the time taken does not tell which one
+    /// (if any) matched; an empty token never matches; the first entry wins.
+    fn operator_for_token(&self, token: &str) -> Option<&OperatorConfig> {
+        let mut found = None;
+        for operator in &self.operators {
+            let configured = operator.token.expose().as_bytes();
+            let equal = constant_time_eq(token.as_bytes(), configured) & !configured.is_empty();
+            if equal && found.is_none() {
+                found = Some(operator);
+            }
+        }
+        found
     }
 
     fn wsdl(&self, req: &Request<Incoming>) -> Response<Body> {

@@ -19,19 +19,23 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use prometheus::{IntCounter, IntGauge, Registry};
-use serde::Serialize;
+use prometheus::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::directory::Counterparty;
+use self::metrics::Metrics;
+use super::message::{compose, encode_body, CallEvent, Message};
+use crate::config::PopupConfig;
 
-/// Tuning of the hub. Every field has a default (see [`Default`]).
+mod metrics;
+#[cfg(test)]
+mod tests;
+
+/// Tuning of the hub, from `[popup]` (whose defaults are `PopupConfig`'s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubConfig {
     /// Most messages kept per key for screens that reconnect or long-poll.
@@ -43,58 +47,14 @@ pub struct HubConfig {
     pub queue_len: usize,
 }
 
-impl Default for HubConfig {
-    fn default() -> Self {
+impl From<&PopupConfig> for HubConfig {
+    fn from(popup: &PopupConfig) -> Self {
         Self {
-            replay_len: 50,
-            replay_age: Duration::from_secs(120),
-            queue_len: 64,
+            replay_len: popup.replay_len,
+            replay_age: popup.replay_age,
+            queue_len: popup.queue_len,
         }
     }
-}
-
-/// One `[[operator]]` entry of the configuration: a screen login.
-///
-/// Several entries may share a key (one operator, several devices, one token
-/// each); they then share the key's messages and sequence numbers.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Operator {
-    /// The abonent key the PBX sends in `IncomingCall`.
-    pub key: String,
-    /// What the screen presents when it connects. A secret.
-    pub token: String,
-    pub name: String,
-}
-
-impl fmt::Debug for Operator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Operator")
-            .field("key", &self.key)
-            .field("token", &"<redacted>")
-            .field("name", &self.name)
-            .finish()
-    }
-}
-
-/// Who a token belongs to: what a transport needs after authentication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OperatorInfo {
-    pub key: String,
-    pub name: String,
-}
-
-/// An incoming call as the SOAP handler hands it to the hub.
-#[derive(Debug, Clone)]
-pub struct CallEvent {
-    /// When the PBX told us about the call.
-    pub at: SystemTime,
-    /// The caller in E.164 (`+79235292926`) for national numbers, or the
-    /// extension as it came for short numbers.
-    pub number: String,
-    /// Exactly what the PBX sent.
-    pub raw_number: String,
-    /// The caller's card; `None` for an unknown caller.
-    pub counterparty: Option<Arc<Counterparty>>,
 }
 
 /// What [`Hub::publish`] did.
@@ -107,15 +67,7 @@ pub struct Published {
     pub delivered: usize,
 }
 
-/// One pop-up message, rendered once and shared by every screen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub seq: u64,
-    /// The whole message as JSON text: a WebSocket text frame as is, or an
-    /// item of a long-poll answer's `messages` array.
-    pub json: Arc<str>,
-}
-
+/// Why the hub refused a publish or a subscription.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HubError {
     /// No `[[operator]]` has this key. Nothing was stored or allocated.
@@ -147,8 +99,6 @@ const SHUTDOWN: u8 = 2;
 /// The hub. Build it once at start-up; share it behind an `Arc`.
 pub struct Hub {
     keys: HashMap<Box<str>, Arc<KeyState>>,
-    /// Every configured operator, in configuration order, for token checks.
-    operators: Vec<(Box<[u8]>, OperatorInfo)>,
     config: HubConfig,
     metrics: Arc<Metrics>,
 }
@@ -157,61 +107,8 @@ impl fmt::Debug for Hub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hub")
             .field("keys", &self.keys.len())
-            .field("operators", &self.operators.len())
             .field("config", &self.config)
             .finish_non_exhaustive()
-    }
-}
-
-struct Metrics {
-    published: IntCounter,
-    delivered: IntCounter,
-    unknown_key: IntCounter,
-    replayed: IntCounter,
-    slow_disconnects: IntCounter,
-    subscribers: IntGauge,
-}
-
-impl Metrics {
-    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
-            let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        }
-        let subscribers = IntGauge::new(
-            "cti_popup_subscribers",
-            "Live pop-up subscriptions (WebSocket screens) now connected.",
-        )?;
-        registry.register(Box::new(subscribers.clone()))?;
-        Ok(Self {
-            published: counter(
-                registry,
-                "cti_popup_published_total",
-                "Pop-up messages published to a configured operator key.",
-            )?,
-            delivered: counter(
-                registry,
-                "cti_popup_delivered_total",
-                "Pop-up messages queued to live subscriptions.",
-            )?,
-            unknown_key: counter(
-                registry,
-                "cti_popup_unknown_key_total",
-                "Incoming calls for an abonent key no operator has.",
-            )?,
-            replayed: counter(
-                registry,
-                "cti_popup_replayed_total",
-                "Pop-up messages served from the replay buffer (reconnect catch-up and long-poll).",
-            )?,
-            slow_disconnects: counter(
-                registry,
-                "cti_popup_slow_disconnects_total",
-                "Subscriptions cut off because their queue was full.",
-            )?,
-            subscribers,
-        })
     }
 }
 
@@ -244,6 +141,21 @@ struct Subscriber {
 }
 
 impl KeyState {
+    fn new(key: Box<str>, metrics: Arc<Metrics>) -> Self {
+        KeyState {
+            key,
+            inner: Mutex::new(KeyInner {
+                last_seq: 0,
+                buffer: VecDeque::new(),
+                subscribers: Vec::new(),
+                next_subscriber_id: 0,
+                closed: false,
+            }),
+            last_seq_tx: watch::Sender::new(0),
+            metrics,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, KeyInner> {
         // Nothing under this lock panics; if something ever did, the state is
         // still consistent enough to go on (worst case a lost message).
@@ -301,12 +213,17 @@ fn effective_after(after: u64, last_seq: u64) -> u64 {
 }
 
 impl Hub {
-    /// Builds the hub for the configured operators and registers its metrics.
+    /// Builds the hub for the configured abonent keys (the `[[operator]]`
+    /// entries' keys; a key listed twice, one operator's two screens, is one
+    /// key) and registers its metrics.
+    ///
+    /// The hub is handed keys only: which screen may read which key is the
+    /// HTTP front's business (it matches the screen's token).
     ///
     /// Fails only if `registry` already has metrics of these names (a second
     /// hub on the same registry): a start-up bug to report, not to panic on.
     pub fn new(
-        operators: Vec<Operator>,
+        keys: impl IntoIterator<Item = impl AsRef<str>>,
         config: HubConfig,
         registry: &Registry,
     ) -> Result<Hub, prometheus::Error> {
@@ -315,35 +232,15 @@ impl Hub {
             ..config
         };
         let metrics = Arc::new(Metrics::new(registry)?);
-        let mut keys = HashMap::with_capacity(operators.len());
-        let mut infos = Vec::with_capacity(operators.len());
-        for op in operators {
-            let key: Box<str> = op.key.as_str().into();
-            keys.entry(key.clone()).or_insert_with(|| {
-                Arc::new(KeyState {
-                    key,
-                    inner: Mutex::new(KeyInner {
-                        last_seq: 0,
-                        buffer: VecDeque::new(),
-                        subscribers: Vec::new(),
-                        next_subscriber_id: 0,
-                        closed: false,
-                    }),
-                    last_seq_tx: watch::Sender::new(0),
-                    metrics: Arc::clone(&metrics),
-                })
-            });
-            infos.push((
-                op.token.into_bytes().into_boxed_slice(),
-                OperatorInfo {
-                    key: op.key,
-                    name: op.name,
-                },
-            ));
+        let mut states = HashMap::new();
+        for key in keys {
+            let key: Box<str> = key.as_ref().into();
+            states
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(KeyState::new(key, Arc::clone(&metrics))));
         }
         Ok(Hub {
-            keys,
-            operators: infos,
+            keys: states,
             config,
             metrics,
         })
@@ -351,25 +248,6 @@ impl Hub {
 
     fn state(&self, key: &str) -> Result<&Arc<KeyState>, HubError> {
         self.keys.get(key).ok_or(HubError::UnknownKey)
-    }
-
-    /// The operator whose token this is, if any.
-    ///
-    /// Every configured token is compared, each in time that does not depend
-    /// on where the bytes differ, so the time taken does not tell which
-    /// operator (if any) matched or how much of a guess was right. An empty
-    /// token never matches. If two entries share a token, the first wins
-    /// (configuration should refuse that).
-    pub fn operator_for_token(&self, token: &str) -> Option<OperatorInfo> {
-        let presented = token.as_bytes();
-        let mut found: Option<&OperatorInfo> = None;
-        for (configured, info) in &self.operators {
-            let equal = constant_time_eq(presented, configured) & !configured.is_empty();
-            if equal && found.is_none() {
-                found = Some(info);
-            }
-        }
-        found.cloned()
     }
 
     /// Publishes an incoming call to every screen of `key`.
@@ -543,6 +421,13 @@ impl Hub {
         self.keys.get(key).map(|s| s.lock().subscribers.len())
     }
 
+    /// Long-poll requests of `key` inside [`Hub::wait_after`] now (waiting
+    /// for a message, or about to read the buffer), or `None` for an unknown
+    /// key.
+    pub fn long_poll_waiters(&self, key: &str) -> Option<usize> {
+        self.keys.get(key).map(|s| s.last_seq_tx.receiver_count())
+    }
+
     /// Closes every subscription with [`Closed::HubShutdown`] and wakes the
     /// long-poll waiters (they return empty). Later subscriptions are closed
     /// at once; publishing still numbers and buffers messages. Idempotent.
@@ -631,752 +516,5 @@ impl Drop for Subscription {
         if let Some(id) = self.id {
             self.state.unregister(id);
         }
-    }
-}
-
-/// Compares two byte strings in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let len = a.len().max(b.len());
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..len {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= std::hint::black_box(x ^ y);
-    }
-    diff == 0
-}
-
-/// The message without `type` and `seq`, in contract order.
-#[derive(Serialize)]
-struct Body<'a> {
-    at: String,
-    number: &'a str,
-    raw_number: &'a str,
-    key: &'a str,
-    counterparty: Option<Card<'a>>,
-}
-
-/// The card fields a screen shows (see "Pop-up message" in the contract).
-#[derive(Serialize)]
-struct Card<'a> {
-    id: &'a str,
-    name: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    inn: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kpp: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    category: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    manager_phone: Option<&'a str>,
-    /// Always present (maybe empty), as in the counterparty JSON shape.
-    phones: &'a [Box<str>],
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    emails: &'a [Box<str>],
-}
-
-impl<'a> Card<'a> {
-    fn of(c: &'a Counterparty) -> Self {
-        Card {
-            id: &c.id,
-            name: &c.name,
-            inn: c.inn.as_deref(),
-            kpp: c.kpp.as_deref(),
-            category: c.category,
-            manager_phone: c.manager_phone.as_deref(),
-            phones: &c.phones,
-            emails: &c.emails,
-        }
-    }
-}
-
-/// Renders `{"at":…,"counterparty":…}` for `compose` to complete.
-fn encode_body(key: &str, event: &CallEvent) -> Result<String, serde_json::Error> {
-    serde_json::to_string(&Body {
-        at: rfc3339_seconds(event.at),
-        number: &event.number,
-        raw_number: &event.raw_number,
-        key,
-        counterparty: event.counterparty.as_deref().map(Card::of),
-    })
-}
-
-/// `2026-11-22T10:15:00Z`. humantime panics on times before 1970 and fails
-/// from year 10000 on; a wrong clock must not take down a publish, so the
-/// time is clamped into what it can write.
-fn rfc3339_seconds(at: SystemTime) -> String {
-    const LAST: Duration = Duration::from_secs(253_402_300_799); // 9999-12-31T23:59:59Z
-    let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let at = UNIX_EPOCH + since_epoch.min(LAST);
-    let mut out = String::with_capacity(20);
-    // Cannot fail for a time in range.
-    let _ = write!(out, "{}", humantime::format_rfc3339_seconds(at));
-    out
-}
-
-const HEAD: &str = r#"{"type":"incoming_call","seq":"#;
-
-/// `{"type":"incoming_call","seq":N,` + the body without its opening brace.
-fn compose(seq: u64, body: &str) -> Arc<str> {
-    let rest = body.strip_prefix('{').unwrap_or(body);
-    let mut json = String::with_capacity(HEAD.len() + 21 + rest.len());
-    json.push_str(HEAD);
-    // Writing to a String cannot fail.
-    let _ = write!(json, "{seq},");
-    json.push_str(rest);
-    Arc::from(json)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::{json, Value};
-    use tokio::time::timeout;
-
-    const K1: &str = "gW3cyUJAtl50PhF";
-    const K2: &str = "second-key";
-    const WAIT: Duration = Duration::from_secs(25);
-
-    fn operators() -> Vec<Operator> {
-        let op = |key: &str, token: &str, name: &str| Operator {
-            key: key.into(),
-            token: token.into(),
-            name: name.into(),
-        };
-        vec![
-            op(K1, "tok-ivanova-desk", "Ivanova"),
-            op(K2, "tok-petrov", "Petrov"),
-            // Ivanova's second screen: another token, the same key.
-            op(K1, "tok-ivanova-phone", "Ivanova (phone)"),
-        ]
-    }
-
-    fn hub_with(config: HubConfig) -> (Hub, Registry) {
-        let registry = Registry::new();
-        let hub = Hub::new(operators(), config, &registry).expect("fresh registry");
-        (hub, registry)
-    }
-
-    fn hub() -> (Hub, Registry) {
-        hub_with(HubConfig::default())
-    }
-
-    fn call(number: &str) -> CallEvent {
-        CallEvent {
-            at: UNIX_EPOCH + Duration::from_millis(1_795_342_500_123),
-            number: number.into(),
-            raw_number: number.into(),
-            counterparty: None,
-        }
-    }
-
-    fn publish(hub: &Hub, key: &str) -> Published {
-        hub.publish(key, &call("+79235292926"))
-            .expect("configured key")
-    }
-
-    /// A metric's value from the text exposition (whatever the encoder's model).
-    fn metric(registry: &Registry, name: &str) -> f64 {
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&registry.gather())
-            .expect("encodes");
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
-            .parse()
-            .expect("number")
-    }
-
-    /// What the subscription has ready now, without waiting (time is paused).
-    async fn ready(sub: &mut Subscription) -> Vec<u64> {
-        let mut seqs = Vec::new();
-        while let Ok(Ok(m)) = timeout(Duration::ZERO, sub.recv()).await {
-            seqs.push(m.seq);
-        }
-        seqs
-    }
-
-    fn seqs(messages: &[Message]) -> Vec<u64> {
-        messages.iter().map(|m| m.seq).collect()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn both_subscribers_of_a_key_get_the_message_and_another_key_gets_nothing() {
-        let (hub, registry) = hub();
-        let mut a = hub.subscribe(K1, None).expect("sub");
-        let mut b = hub.subscribe(K1, None).expect("sub");
-        let mut other = hub.subscribe(K2, None).expect("sub");
-        assert_eq!(a.key(), K1);
-
-        let p = publish(&hub, K1);
-        assert_eq!(
-            p,
-            Published {
-                seq: 1,
-                delivered: 2
-            }
-        );
-
-        let ma = a.recv().await.expect("a gets it");
-        let mb = b.recv().await.expect("b gets it");
-        assert_eq!(ma.seq, 1);
-        // Rendered once, shared by every screen.
-        assert!(Arc::ptr_eq(&ma.json, &mb.json));
-        assert!(ready(&mut other).await.is_empty());
-        assert_eq!(metric(&registry, "cti_popup_published_total"), 1.0);
-        assert_eq!(metric(&registry, "cti_popup_delivered_total"), 2.0);
-        assert_eq!(metric(&registry, "cti_popup_subscribers"), 3.0);
-    }
-
-    #[test]
-    fn seq_grows_per_key_independently() {
-        let (hub, _r) = hub();
-        assert_eq!(hub.last_seq(K1), Some(0));
-        assert_eq!(publish(&hub, K1).seq, 1);
-        assert_eq!(publish(&hub, K1).seq, 2);
-        assert_eq!(publish(&hub, K2).seq, 1);
-        assert_eq!(publish(&hub, K1).seq, 3);
-        assert_eq!(publish(&hub, K2).seq, 2);
-        assert_eq!((hub.last_seq(K1), hub.last_seq(K2)), (Some(3), Some(2)));
-    }
-
-    #[tokio::test]
-    async fn unknown_key_is_refused_and_allocates_no_state() {
-        let (hub, registry) = hub();
-        assert_eq!(hub.keys.len(), 2, "keys shared by two operators count once");
-        for _ in 0..3 {
-            assert_eq!(
-                hub.publish("random-key", &call("1")),
-                Err(HubError::UnknownKey)
-            );
-        }
-        assert_eq!(hub.keys.len(), 2);
-        assert_eq!(hub.last_seq("random-key"), None);
-        assert_eq!(hub.subscriber_count("random-key"), None);
-        assert_eq!(
-            hub.subscribe("random-key", None).map(|_| ()),
-            Err(HubError::UnknownKey)
-        );
-        assert_eq!(
-            hub.wait_after("random-key", 0, WAIT).await,
-            Err(HubError::UnknownKey)
-        );
-        assert_eq!(metric(&registry, "cti_popup_unknown_key_total"), 3.0);
-        assert_eq!(metric(&registry, "cti_popup_published_total"), 0.0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn without_after_only_new_messages_come() {
-        let (hub, _r) = hub();
-        publish(&hub, K1);
-        let mut sub = hub.subscribe(K1, None).expect("sub");
-        assert!(ready(&mut sub).await.is_empty());
-        publish(&hub, K1);
-        assert_eq!(ready(&mut sub).await, vec![2]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn replay_after_n_yields_exactly_later_seqs_in_order_then_live() {
-        let (hub, registry) = hub();
-        for _ in 0..5 {
-            publish(&hub, K1);
-        }
-        let mut sub = hub.subscribe(K1, Some(2)).expect("sub");
-        assert_eq!(ready(&mut sub).await, vec![3, 4, 5]);
-        publish(&hub, K1);
-        publish(&hub, K1);
-        assert_eq!(ready(&mut sub).await, vec![6, 7]);
-        assert_eq!(metric(&registry, "cti_popup_replayed_total"), 3.0);
-
-        // Caught up: nothing replayed.
-        let mut current = hub.subscribe(K1, Some(7)).expect("sub");
-        assert!(ready(&mut current).await.is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn after_beyond_last_seq_is_a_reset_to_seq_one() {
-        // The gateway restarted: the screen saw seq 40, this run is at 2.
-        let (hub, _r) = hub();
-        publish(&hub, K1);
-        publish(&hub, K1);
-        let mut sub = hub.subscribe(K1, Some(40)).expect("sub");
-        assert_eq!(ready(&mut sub).await, vec![1, 2]);
-        publish(&hub, K1);
-        assert_eq!(ready(&mut sub).await, vec![3]);
-        let got = hub.wait_after(K1, 40, WAIT).await.expect("known key");
-        assert_eq!(seqs(&got), vec![1, 2, 3]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn replay_buffer_is_bounded_by_count() {
-        let (hub, _r) = hub_with(HubConfig {
-            replay_len: 3,
-            ..HubConfig::default()
-        });
-        for _ in 0..5 {
-            publish(&hub, K1);
-        }
-        let mut sub = hub.subscribe(K1, Some(0)).expect("sub");
-        assert_eq!(ready(&mut sub).await, vec![3, 4, 5]);
-        let got = hub.wait_after(K1, 0, WAIT).await.expect("known key");
-        assert_eq!(seqs(&got), vec![3, 4, 5]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn replay_buffer_is_bounded_by_age() {
-        let (hub, _r) = hub_with(HubConfig {
-            replay_age: Duration::from_secs(120),
-            ..HubConfig::default()
-        });
-        publish(&hub, K1);
-        tokio::time::advance(Duration::from_secs(60)).await;
-        publish(&hub, K1);
-        tokio::time::advance(Duration::from_secs(60)).await;
-        // Exactly 120 s old: still kept.
-        let got = hub.wait_after(K1, 0, Duration::ZERO).await.expect("key");
-        assert_eq!(seqs(&got), vec![1, 2]);
-
-        tokio::time::advance(Duration::from_secs(1)).await;
-        let mut sub = hub.subscribe(K1, Some(0)).expect("sub");
-        assert_eq!(ready(&mut sub).await, vec![2]);
-
-        tokio::time::advance(Duration::from_secs(60)).await;
-        let got = hub.wait_after(K1, 0, Duration::ZERO).await.expect("key");
-        assert!(got.is_empty(), "both are older than replay_age");
-        // The numbering goes on regardless.
-        assert_eq!(hub.last_seq(K1), Some(2));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn publish_racing_subscribe_never_loses_or_duplicates() {
-        const TOTAL: u64 = 20_000;
-        let config = HubConfig {
-            replay_len: TOTAL as usize,
-            replay_age: Duration::from_secs(3600),
-            queue_len: TOTAL as usize,
-        };
-        let (hub, _r) = hub_with(config);
-        let hub = Arc::new(hub);
-        let publisher = {
-            let hub = Arc::clone(&hub);
-            std::thread::spawn(move || {
-                for _ in 0..TOTAL {
-                    publish(&hub, K1);
-                }
-            })
-        };
-        const SUBSCRIBERS: u64 = 40;
-        let mut readers = Vec::new();
-        for i in 0..SUBSCRIBERS {
-            // Spread the subscriptions over the stream.
-            let target = i * TOTAL / SUBSCRIBERS;
-            while hub.last_seq(K1).expect("key") < target {
-                tokio::task::yield_now().await;
-            }
-            // Sometimes exactly where the publisher seems to be (a publish
-            // may land between this read and the subscribe), sometimes a
-            // little behind (so part comes from the buffer, part live).
-            let last = hub.last_seq(K1).expect("key");
-            let after = last.saturating_sub(i % 5);
-            let mut sub = hub.subscribe(K1, Some(after)).expect("sub");
-            readers.push(tokio::spawn(async move {
-                let mut expect = after + 1;
-                while expect <= TOTAL {
-                    let m = sub.recv().await.expect("not cut off");
-                    assert_eq!(m.seq, expect, "subscribed after {after}");
-                    expect += 1;
-                }
-                after
-            }));
-        }
-        publisher.join().expect("publisher");
-        let mut afters = Vec::new();
-        for r in readers {
-            afters.push(r.await.expect("reader saw seq after+1..=TOTAL"));
-        }
-        assert!(
-            afters.iter().filter(|&&a| a > 0 && a < TOTAL).count() > 5,
-            "subscribed mid-stream: {afters:?}"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_subscriber_that_never_reads_is_cut_off_after_queue_len_plus_one() {
-        let (hub, registry) = hub_with(HubConfig {
-            queue_len: 4,
-            ..HubConfig::default()
-        });
-        let mut sleeper = hub.subscribe(K1, None).expect("sub");
-        let mut reader = hub.subscribe(K1, None).expect("sub");
-        for seq in 1..=4 {
-            assert_eq!(publish(&hub, K1), Published { seq, delivered: 2 });
-            assert_eq!(reader.recv().await.map(|m| m.seq), Ok(seq));
-        }
-        assert_eq!(
-            hub.subscriber_count(K1),
-            Some(2),
-            "a full queue is not yet a cut-off"
-        );
-
-        assert_eq!(
-            publish(&hub, K1),
-            Published {
-                seq: 5,
-                delivered: 1
-            }
-        );
-        assert_eq!(hub.subscriber_count(K1), Some(1));
-        assert_eq!(sleeper.recv().await, Err(Closed::SlowConsumer));
-        assert_eq!(sleeper.recv().await, Err(Closed::SlowConsumer));
-        assert_eq!(reader.recv().await.map(|m| m.seq), Ok(5));
-        for seq in 6..=15 {
-            assert_eq!(publish(&hub, K1), Published { seq, delivered: 1 });
-            assert_eq!(ready(&mut reader).await, vec![seq]);
-        }
-        assert_eq!(metric(&registry, "cti_popup_slow_disconnects_total"), 1.0);
-        assert_eq!(metric(&registry, "cti_popup_subscribers"), 1.0);
-
-        // Cut off, it can come back and catch up from the buffer.
-        let mut back = hub.subscribe(K1, Some(3)).expect("sub");
-        assert_eq!(ready(&mut back).await, (4..=15).collect::<Vec<_>>());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn dropped_subscriptions_are_pruned() {
-        let (hub, registry) = hub();
-        let subs: Vec<_> = (0..3)
-            .map(|_| hub.subscribe(K1, Some(0)).expect("sub"))
-            .collect();
-        assert_eq!(hub.subscriber_count(K1), Some(3));
-        assert_eq!(metric(&registry, "cti_popup_subscribers"), 3.0);
-        drop(subs);
-        assert_eq!(hub.subscriber_count(K1), Some(0));
-        assert_eq!(metric(&registry, "cti_popup_subscribers"), 0.0);
-        assert_eq!(publish(&hub, K1).delivered, 0);
-
-        // Many short-lived screens leave nothing behind.
-        for _ in 0..1000 {
-            let _s = hub.subscribe(K1, None).expect("sub");
-        }
-        assert_eq!(hub.subscriber_count(K1), Some(0));
-        assert!(hub.keys[K1].lock().subscribers.capacity() <= 4);
-    }
-
-    #[test]
-    fn publish_prunes_subscribers_whose_receiver_is_gone() {
-        let (hub, registry) = hub();
-        {
-            let (tx, rx) = mpsc::channel(1);
-            drop(rx);
-            let state = &hub.keys[K1];
-            state.lock().subscribers.push(Subscriber {
-                id: 999,
-                tx,
-                reason: Arc::new(AtomicU8::new(OPEN)),
-            });
-            hub.metrics.subscribers.inc();
-        }
-        assert_eq!(hub.subscriber_count(K1), Some(1));
-        assert_eq!(publish(&hub, K1).delivered, 0);
-        assert_eq!(hub.subscriber_count(K1), Some(0));
-        assert_eq!(metric(&registry, "cti_popup_subscribers"), 0.0);
-        assert_eq!(metric(&registry, "cti_popup_slow_disconnects_total"), 0.0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn wait_after_returns_buffered_messages_at_once() {
-        let (hub, registry) = hub();
-        for _ in 0..3 {
-            publish(&hub, K1);
-        }
-        let start = Instant::now();
-        let got = hub.wait_after(K1, 1, WAIT).await.expect("key");
-        assert_eq!(seqs(&got), vec![2, 3]);
-        assert_eq!(start.elapsed(), Duration::ZERO);
-        assert_eq!(metric(&registry, "cti_popup_replayed_total"), 2.0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn wait_after_waits_then_returns_the_new_message() {
-        let (hub, _r) = hub();
-        publish(&hub, K1);
-        let hub = Arc::new(hub);
-        let start = Instant::now();
-        let waiter = {
-            let hub = Arc::clone(&hub);
-            tokio::spawn(async move { hub.wait_after(K1, 1, WAIT).await })
-        };
-        tokio::task::yield_now().await;
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(!waiter.is_finished());
-        publish(&hub, K1);
-        let got = waiter.await.expect("task").expect("key");
-        assert_eq!(seqs(&got), vec![2]);
-        assert_eq!(start.elapsed(), Duration::from_secs(10));
-        // Another key's message does not wake a waiter.
-        let waiter = {
-            let hub = Arc::clone(&hub);
-            tokio::spawn(async move { hub.wait_after(K1, 2, WAIT).await })
-        };
-        tokio::task::yield_now().await;
-        publish(&hub, K2);
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(!waiter.is_finished());
-        publish(&hub, K1);
-        assert_eq!(seqs(&waiter.await.expect("task").expect("key")), vec![3]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn wait_after_returns_empty_after_the_timeout() {
-        let (hub, _r) = hub();
-        publish(&hub, K1);
-        let start = Instant::now();
-        let got = hub.wait_after(K1, 1, WAIT).await.expect("key");
-        assert!(got.is_empty());
-        let waited = start.elapsed();
-        assert!(
-            waited >= WAIT && waited < WAIT + Duration::from_millis(10),
-            "{waited:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn message_json_matches_the_contract_for_a_known_caller() {
-        let (hub, _r) = hub();
-        let card: Counterparty = serde_json::from_value(json!({
-            "id": "5f1c-1", "name": "ООО \"Ромашка\"", "full_name": "Общество \"Ромашка\"",
-            "inn": "7701234567", "kpp": "770101001", "category": 1, "manager_phone": "244",
-            "phones": ["+7 916 555-55-55", "84951234567"], "emails": ["a@b.ru"],
-            "data_version": "AAAA"
-        }))
-        .expect("card");
-        let event = CallEvent {
-            at: UNIX_EPOCH + Duration::from_millis(1_795_342_500_987),
-            number: "+79235292926".into(),
-            raw_number: "89235292926".into(),
-            counterparty: Some(Arc::new(card)),
-        };
-        let mut sub = hub.subscribe(K1, None).expect("sub");
-        publish(&hub, K1);
-        hub.publish(K1, &event).expect("published");
-        let m = sub.recv().await.expect("first");
-        let m = if m.seq == 1 {
-            sub.recv().await.expect("second")
-        } else {
-            m
-        };
-        assert_eq!(m.seq, 2);
-        assert!(
-            m.json
-                .starts_with(r#"{"type":"incoming_call","seq":2,"at":"2026-11-22T10:15:00Z","#),
-            "{}",
-            m.json
-        );
-        let v: Value = serde_json::from_str(&m.json).expect("valid JSON");
-        assert_eq!(
-            v,
-            json!({
-                "type": "incoming_call", "seq": 2, "at": "2026-11-22T10:15:00Z",
-                "number": "+79235292926", "raw_number": "89235292926", "key": K1,
-                "counterparty": {
-                    "id": "5f1c-1", "name": "ООО \"Ромашка\"", "inn": "7701234567",
-                    "kpp": "770101001", "category": 1, "manager_phone": "244",
-                    "phones": ["+7 916 555-55-55", "84951234567"], "emails": ["a@b.ru"]
-                }
-            })
-        );
-
-        // Only id and name known: the optional fields are left out, phones stay.
-        let minimal: Counterparty =
-            serde_json::from_value(json!({"id": "2", "name": "ИП Петров"})).expect("card");
-        let event = CallEvent {
-            counterparty: Some(Arc::new(minimal)),
-            ..event
-        };
-        hub.publish(K1, &event).expect("published");
-        let v: Value = serde_json::from_str(&sub.recv().await.expect("third").json).expect("json");
-        assert_eq!(
-            v["counterparty"],
-            json!({"id": "2", "name": "ИП Петров", "phones": []})
-        );
-    }
-
-    #[tokio::test]
-    async fn message_json_has_null_counterparty_for_an_unknown_caller() {
-        let (hub, _r) = hub();
-        let mut sub = hub.subscribe(K2, None).expect("sub");
-        let event = CallEvent {
-            at: UNIX_EPOCH + Duration::from_secs(1_795_342_500),
-            number: "244".into(),
-            raw_number: "244".into(),
-            counterparty: None,
-        };
-        hub.publish(K2, &event).expect("published");
-        let m = sub.recv().await.expect("message");
-        let v: Value = serde_json::from_str(&m.json).expect("valid JSON");
-        assert_eq!(
-            v,
-            json!({
-                "type": "incoming_call", "seq": 1, "at": "2026-11-22T10:15:00Z",
-                "number": "244", "raw_number": "244", "key": K2, "counterparty": null
-            })
-        );
-        assert!(v.as_object().expect("object").contains_key("counterparty"));
-    }
-
-    #[test]
-    fn operator_for_token_finds_the_right_operator_and_refuses_others() {
-        let (hub, _r) = hub();
-        let info = |key: &str, name: &str| {
-            Some(OperatorInfo {
-                key: key.into(),
-                name: name.into(),
-            })
-        };
-        assert_eq!(
-            hub.operator_for_token("tok-ivanova-desk"),
-            info(K1, "Ivanova")
-        );
-        assert_eq!(hub.operator_for_token("tok-petrov"), info(K2, "Petrov"));
-        assert_eq!(
-            hub.operator_for_token("tok-ivanova-phone"),
-            info(K1, "Ivanova (phone)")
-        );
-        for wrong in [
-            "",
-            "tok-petro",
-            "tok-petrov ",
-            "TOK-PETROV",
-            "tok-petrow",
-            K1,
-        ] {
-            assert_eq!(hub.operator_for_token(wrong), None, "{wrong:?}");
-        }
-        // The token never shows in logs.
-        assert!(!format!("{:?}", operators()).contains("tok-"));
-    }
-
-    #[test]
-    fn an_empty_configured_token_matches_nothing() {
-        let registry = Registry::new();
-        let ops = vec![Operator {
-            key: K1.into(),
-            token: String::new(),
-            name: "nobody".into(),
-        }];
-        let hub = Hub::new(ops, HubConfig::default(), &registry).expect("hub");
-        assert_eq!(hub.operator_for_token(""), None);
-    }
-
-    #[test]
-    fn a_wrong_clock_is_clamped_not_a_panic() {
-        assert_eq!(
-            rfc3339_seconds(UNIX_EPOCH - Duration::from_secs(1)),
-            "1970-01-01T00:00:00Z"
-        );
-        let far = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
-        assert_eq!(rfc3339_seconds(far), "9999-12-31T23:59:59Z");
-        let (hub, _r) = hub();
-        let event = CallEvent {
-            at: far,
-            ..call("1")
-        };
-        assert_eq!(hub.publish(K1, &event).map(|p| p.seq), Ok(1));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_endless_wait_is_not_an_overflow() {
-        let (hub, _r) = hub();
-        let hub = Arc::new(hub);
-        let waiter = {
-            let hub = Arc::clone(&hub);
-            tokio::spawn(async move { hub.wait_after(K1, 0, Duration::MAX).await })
-        };
-        tokio::task::yield_now().await;
-        publish(&hub, K1);
-        assert_eq!(seqs(&waiter.await.expect("task").expect("key")), vec![1]);
-    }
-
-    #[test]
-    fn constant_time_eq_compares_whole_strings() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(constant_time_eq(b"", b""));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(!constant_time_eq(b"ab\0", b"ab"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn shutdown_closes_subscriptions_and_wakes_long_polls() {
-        let (hub, registry) = hub();
-        publish(&hub, K1);
-        let mut live = hub.subscribe(K1, None).expect("sub");
-        let mut replaying = hub.subscribe(K1, Some(0)).expect("sub");
-        let mut other = hub.subscribe(K2, None).expect("sub");
-        let hub = Arc::new(hub);
-        let waiter = {
-            let hub = Arc::clone(&hub);
-            tokio::spawn(async move { hub.wait_after(K2, 0, WAIT).await })
-        };
-        tokio::task::yield_now().await;
-        let start = Instant::now();
-
-        hub.shutdown();
-        assert_eq!(live.recv().await, Err(Closed::HubShutdown));
-        assert_eq!(replaying.recv().await, Err(Closed::HubShutdown));
-        assert_eq!(other.recv().await, Err(Closed::HubShutdown));
-        assert_eq!(waiter.await.expect("task"), Ok(Vec::new()));
-        assert_eq!(start.elapsed(), Duration::ZERO);
-        assert_eq!(hub.subscriber_count(K1), Some(0));
-        assert_eq!(metric(&registry, "cti_popup_subscribers"), 0.0);
-
-        // Later subscriptions are closed from the start; publishing still works.
-        let mut late = hub.subscribe(K1, Some(0)).expect("sub");
-        assert_eq!(late.recv().await, Err(Closed::HubShutdown));
-        assert_eq!(
-            publish(&hub, K1),
-            Published {
-                seq: 2,
-                delivered: 0
-            }
-        );
-        hub.shutdown();
-        drop(live);
-        assert_eq!(metric(&registry, "cti_popup_subscribers"), 0.0);
-    }
-
-    #[tokio::test]
-    async fn dropping_the_hub_closes_subscriptions() {
-        let (hub, _r) = hub();
-        let mut sub = hub.subscribe(K1, None).expect("sub");
-        drop(hub);
-        assert_eq!(sub.recv().await, Err(Closed::HubShutdown));
-    }
-
-    #[test]
-    fn metrics_are_registered_and_a_second_hub_on_one_registry_is_refused() {
-        let (_hub, registry) = hub();
-        for name in [
-            "cti_popup_published_total",
-            "cti_popup_delivered_total",
-            "cti_popup_unknown_key_total",
-            "cti_popup_replayed_total",
-            "cti_popup_slow_disconnects_total",
-            "cti_popup_subscribers",
-        ] {
-            assert_eq!(metric(&registry, name), 0.0, "{name}");
-        }
-        assert!(Hub::new(operators(), HubConfig::default(), &registry).is_err());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_zero_queue_len_is_treated_as_one() {
-        let (hub, _r) = hub_with(HubConfig {
-            queue_len: 0,
-            ..HubConfig::default()
-        });
-        let mut sub = hub.subscribe(K1, None).expect("sub");
-        publish(&hub, K1);
-        assert_eq!(ready(&mut sub).await, vec![1]);
     }
 }

@@ -68,17 +68,14 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::popup::{CallEvent, HubConfig, Operator};
+    use crate::config::PopupConfig;
+    use crate::popup::{CallEvent, HubConfig};
 
     const KEY: &str = "key-1";
 
     fn hub() -> Hub {
-        let ops = vec![Operator {
-            key: KEY.into(),
-            token: "token-1-long".into(),
-            name: "One".into(),
-        }];
-        Hub::new(ops, HubConfig::default(), &Registry::new()).expect("hub")
+        let config = HubConfig::from(&PopupConfig::default());
+        Hub::new([KEY], config, &Registry::new()).expect("hub")
     }
 
     fn publish(hub: &Hub) -> u64 {

@@ -1,15 +1,18 @@
 //! Pop-ups: the caller's card on every screen of the operator the PBX names.
 //!
 //! When the PBX sends `IncomingCall(number, key)`, the SOAP handler calls
-//! [`Hub::publish`] with the abonent key and the card. The hub gives the
-//! message the next sequence number of that key, renders its JSON once
-//! (see "Pop-up message" in `docs/contract.md`), keeps it in the key's short
-//! replay buffer and hands it to every screen subscribed to that key.
+//! [`Hub::publish`] with the abonent key and the call ([`CallEvent`]). The
+//! hub gives the message the next sequence number of that key, renders its
+//! JSON once ([`message`], see "Pop-up message" in `docs/contract.md`), keeps
+//! it in the key's short replay buffer and hands it to every screen
+//! subscribed to that key.
 //!
-//! The transports are thin layers over the hub:
+//! The HTTP front owns the routes and the screens' tokens: it reads the
+//! query string ([`ScreenQuery`]), resolves the operator from the token
+//! (401 when no operator has it) and hands the transports that operator's
+//! abonent key. The transports are thin layers over the hub:
 //!
-//! - WebSocket ([`websocket`]): [`Hub::operator_for_token`] at the upgrade
-//!   (401 when `None`, in the HTTP front), then [`Hub::subscribe`] with the
+//! - WebSocket ([`websocket`]): [`Hub::subscribe`] with the key and the
 //!   screen's `after`, then a loop over [`Subscription::recv`] writing
 //!   [`Message::json`] as text frames. A [`Closed`] says why the stream ended
 //!   (a slow screen, or shutdown), so the transport can pick a close code; the
@@ -18,21 +21,28 @@
 //! - Long-poll ([`long_poll`]): [`Hub::wait_after`], which reads only the
 //!   replay buffer.
 //!
-//! The HTTP front owns the routes and the token check; [`ScreenQuery`] reads
-//! the query string both transports share.
+//! What the hub itself (`hub.rs`) must not do: know HTTP, tokens, or the PBX.
+//! It is built from the configured keys only. It never awaits while
+//! delivering: a screen that does not keep up is cut off, it never slows the
+//! PBX's request or the other screens.
 //!
-//! What the hub itself (`hub.rs`) must not do: know HTTP, tokens in URLs, or the PBX. It never
-//! awaits while delivering: a screen that does not keep up is cut off, it
-//! never slows the PBX's request or the other screens.
+//! Settings come from `[popup]` ([`crate::config::PopupConfig`], where their
+//! defaults are written): [`HubConfig`] and [`TransportConfig`] are built
+//! from it with `From`.
 
 mod hub;
 pub mod long_poll;
+pub mod message;
 pub mod page;
 pub(crate) mod query;
 pub mod websocket;
 
 use std::time::Duration;
 
+use crate::config::PopupConfig;
+
+pub use hub::{Closed, Hub, HubConfig, HubError, Published, Subscription};
+pub use message::{CallEvent, Message};
 pub use query::ScreenQuery;
 
 /// Settings of the screens' transports (`[popup]` in the configuration).
@@ -45,16 +55,11 @@ pub struct TransportConfig {
     pub long_poll_max_wait: Duration,
 }
 
-impl Default for TransportConfig {
-    fn default() -> Self {
+impl From<&PopupConfig> for TransportConfig {
+    fn from(popup: &PopupConfig) -> Self {
         Self {
-            ping_interval: Duration::from_secs(25),
-            long_poll_max_wait: Duration::from_secs(60),
+            ping_interval: popup.ping_interval,
+            long_poll_max_wait: popup.long_poll_max_wait,
         }
     }
 }
-
-pub use hub::{
-    CallEvent, Closed, Hub, HubConfig, HubError, Message, Operator, OperatorInfo, Published,
-    Subscription,
-};

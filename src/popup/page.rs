@@ -3,6 +3,8 @@
 //! deploy). It takes the screen's token from the URL fragment
 //! (`/operator#token=T`, never sent to the server) or asks once, connects to
 //! `/operator/ws`, reconnects with `after` on a drop, and shows each card.
+//! Sequence numbers are compared within one connection only, so the cards a
+//! restarted gateway sends (numbered from 1 again) are shown too.
 
 /// The page, as served.
 pub const OPERATOR_PAGE: &str = include_str!("../../assets/operator.html");

@@ -50,7 +50,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::{Closed, Hub, HubError, OperatorInfo, Subscription};
+use super::{Closed, Hub, HubError, Subscription};
 
 /// Largest frame or message a screen may send (it only ever sends pongs and
 /// a close, a few bytes each).
@@ -156,12 +156,14 @@ impl Handshake {
         Ok(Handshake { accept, on_upgrade })
     }
 
-    /// Subscribes the screen to its operator's key (with `after`, see
+    /// Subscribes the screen to its operator's `key` (with `after`, see
     /// [`Hub::subscribe`]), starts the screen's task and returns the `101`.
+    /// `operator` is the operator's name, for the logs.
     pub fn accept(
         self,
         hub: &Hub,
-        operator: &OperatorInfo,
+        key: &str,
+        operator: &str,
         after: Option<u64>,
         ping_interval: Duration,
         slot: tokio::sync::OwnedSemaphorePermit,
@@ -169,18 +171,18 @@ impl Handshake {
         // Where the screen stands if it is cut off before it is sent anything.
         let resume = match after {
             Some(n) => n,
-            None => hub.last_seq(&operator.key).ok_or(HubError::UnknownKey)?,
+            None => hub.last_seq(key).ok_or(HubError::UnknownKey)?,
         };
-        let subscription = hub.subscribe(&operator.key, after)?;
-        tracing::debug!(key = %operator.key, operator = %operator.name, after, "operator screen connected (WebSocket)");
-        let operator = operator.clone();
+        let subscription = hub.subscribe(key, after)?;
+        tracing::debug!(%key, %operator, after, "operator screen connected (WebSocket)");
+        let (key, operator) = (key.to_owned(), operator.to_owned());
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {
             let end = match on_upgrade.await {
                 Ok(upgraded) => run(upgraded, subscription, resume, ping_interval).await,
                 Err(e) => End::Broken(format!("upgrade failed: {e}")),
             };
-            end.log(&operator);
+            end.log(&key, &operator);
             drop(slot); // the screen's connection slot, held while it lives
         });
 
@@ -290,8 +292,7 @@ enum End {
 }
 
 impl End {
-    fn log(&self, operator: &OperatorInfo) {
-        let (key, name) = (&operator.key, &operator.name);
+    fn log(&self, key: &str, name: &str) {
         match self {
             End::ClientClosed | End::ClientGone | End::Shutdown => {
                 tracing::debug!(%key, operator = %name, end = ?self, "operator screen disconnected");
