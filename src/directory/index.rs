@@ -37,11 +37,14 @@ pub struct Entry {
 
 impl Entry {
     fn new(
-        counterparty: Counterparty,
+        mut counterparty: Counterparty,
         source: &Arc<str>,
         stamp: u64,
         render: Renderer,
     ) -> (Entry, usize) {
+        // Every source's records pass here: what reaches a phone's display,
+        // a card or the snapshot is clean whichever source sent it.
+        counterparty.clean_display_fields();
         let mut phones = Vec::with_capacity(counterparty.phones.len());
         let mut unusable = 0;
         for raw in &counterparty.phones {

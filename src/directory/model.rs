@@ -73,8 +73,19 @@ impl Counterparty {
         if self.id.len() > MAX_ID_LEN {
             return bad("id", format!("longer than {MAX_ID_LEN} bytes"));
         }
-        if self.name.trim().is_empty() {
+        if clean_text(&self.name).trim().is_empty() {
             return bad("name", "must not be empty");
+        }
+        if let Some(m) = self.manager_phone.as_deref() {
+            if !m.trim().is_empty() && !is_manager_phone(m) {
+                return bad(
+                    "manager_phone",
+                    format!(
+                        "{:?} is not an extension (2-6 digits) or a phone number: the PBX routes the call to it",
+                        m.chars().take(40).collect::<String>()
+                    ),
+                );
+            }
         }
         let texts = [
             ("name", Some(&self.name)),
@@ -112,6 +123,65 @@ impl Counterparty {
         }
         Ok(())
     }
+
+    /// Takes out of the text fields what must never reach a phone's display
+    /// or the operator's card: line breaks and line or paragraph separators
+    /// (each becomes a space), bidirectional overrides and isolates that
+    /// would reorder the text around them, BOMs, and other control
+    /// characters. The id and the change marker are left as they are.
+    pub fn clean_display_fields(&mut self) {
+        fn clean(field: &mut Box<str>) {
+            if field.chars().any(is_unclean) {
+                *field = clean_text(field).trim().into();
+            }
+        }
+        clean(&mut self.name);
+        for field in [
+            &mut self.full_name,
+            &mut self.inn,
+            &mut self.kpp,
+            &mut self.ogrn,
+            &mut self.manager_phone,
+            &mut self.manager_name,
+            &mut self.address,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            clean(field);
+        }
+        self.phones.iter_mut().for_each(clean);
+        self.emails.iter_mut().for_each(clean);
+    }
+}
+
+/// True for an extension (2-6 digits) or a number [`crate::phone::normalize`]
+/// reads, written with digits, spaces, `+`, dashes and brackets only: text
+/// such as `доб.` or markup is refused rather than sent to the PBX as the
+/// routing target.
+pub fn is_manager_phone(text: &str) -> bool {
+    text.chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '+' | '-' | '(' | ')' | '.'))
+        && crate::phone::normalize(text).is_some()
+}
+
+/// Characters [`Counterparty::clean_display_fields`] removes or replaces.
+fn is_unclean(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}'
+        )
+}
+
+fn clean_text(text: &str) -> String {
+    text.chars()
+        .filter_map(|c| match c {
+            '\n' | '\r' | '\t' | '\u{2028}' | '\u{2029}' => Some(' '),
+            c if is_unclean(c) => None,
+            c => Some(c),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -147,5 +217,55 @@ mod tests {
         let mut c = minimal();
         c.phones = vec!["1".into(); MAX_PHONES + 1];
         assert_eq!(c.validate().map_err(|e| e.field), Err("phones"));
+    }
+
+    #[test]
+    fn a_manager_phone_must_be_an_extension_or_a_number() {
+        for good in [
+            "244",
+            "044",
+            "+7 916 123-45-67",
+            "8 (495) 123-45-67",
+            " 301 ",
+        ] {
+            let mut c = minimal();
+            c.manager_phone = Some(good.into());
+            assert_eq!(c.validate(), Ok(()), "{good}");
+        }
+        for bad in [
+            "2<4>&4\n",
+            "1",
+            "244 доб. 5",
+            "1234567",
+            "abc",
+            "24\u{202e}4",
+        ] {
+            let mut c = minimal();
+            c.manager_phone = Some(bad.into());
+            assert_eq!(
+                c.validate().map_err(|e| e.field),
+                Err("manager_phone"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn display_fields_lose_line_breaks_bidi_overrides_and_controls() {
+        let mut c = minimal();
+        c.name = "ООО\u{202e}Ромашка\nи Ко\u{2028}\u{feff}\u{7}".into();
+        c.address = Some("Москва,\r\nул. Ленина\u{2066}, 1\u{2069}".into());
+        c.phones = vec!["+7 916\u{2029}123-45-67".into()];
+        c.clean_display_fields();
+        assert_eq!(&*c.name, "ОООРомашка и Ко");
+        assert_eq!(c.address.as_deref(), Some("Москва,  ул. Ленина, 1"));
+        assert_eq!(&*c.phones[0], "+7 916 123-45-67");
+    }
+
+    #[test]
+    fn a_name_of_only_invisible_characters_is_empty() {
+        let mut c = minimal();
+        c.name = "\u{202e}\u{feff}\n".into();
+        assert_eq!(c.validate().map_err(|e| e.field), Err("name"));
     }
 }

@@ -11,7 +11,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserializer;
 
-use crate::directory::model::{MAX_EMAILS, MAX_PHONES, MAX_TEXT_LEN};
+use crate::directory::model::{is_manager_phone, MAX_EMAILS, MAX_PHONES, MAX_TEXT_LEN};
 use crate::directory::Counterparty;
 use crate::phone;
 
@@ -444,7 +444,9 @@ pub fn record_of(row: CatalogRow) -> Option<Counterparty> {
         kpp: some(&kpp),
         ogrn: None,
         category,
-        manager_phone: some(&manager_phone),
+        // A manager field holding text or markup is not sent to the PBX as a
+        // routing target; the record itself is kept.
+        manager_phone: some(&manager_phone).filter(|m| is_manager_phone(m)),
         manager_name: None,
         phones,
         emails,
