@@ -395,7 +395,8 @@ impl Config {
         }
     }
 
-    fn invalid(&self, key: &str, problem: impl Into<String>) -> ConfigError {
+    /// The error for `key` of this configuration: the file and the key named.
+    pub fn invalid(&self, key: &str, problem: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.source.clone().unwrap_or_default(),
             key: key.into(),
@@ -403,7 +404,25 @@ impl Config {
         }
     }
 
+    /// Every check of values the types let through. Routes are not this
+    /// module's to know: the HTTP front checks `soap.path` against its own.
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_soap()?;
+        self.validate_server()?;
+        if self.directory.file.is_none() && self.onec.is_none() {
+            return Err(self.invalid(
+                "directory.file",
+                "is not set and neither is [onec]: the gateway needs at least one source of counterparties",
+            ));
+        }
+        if let Some(onec) = &self.onec {
+            self.validate_onec(onec)?;
+        }
+        self.validate_popup()?;
+        self.validate_operators()
+    }
+
+    fn validate_soap(&self) -> Result<(), ConfigError> {
         if self.soap.password.as_ref().is_none_or(Secret::is_empty) {
             return Err(self.invalid(
                 "soap.password",
@@ -419,21 +438,15 @@ impl Config {
                 "must start with '/' and hold no query, e.g. \"/telephony/ws/VATS\"",
             ));
         }
-        let reserved = ["/metrics", "/healthz", "/readyz", "/operator", "/api"];
-        if reserved
-            .iter()
-            .any(|r| self.soap.path == *r || self.soap.path.starts_with(&format!("{r}/")))
-        {
-            return Err(self.invalid(
-                "soap.path",
-                "collides with one of the gateway's own endpoints",
-            ));
-        }
         if let Some(url) = &self.soap.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(self.invalid("soap.public_url", "must be an http:// or https:// URL"));
             }
         }
+        Ok(())
+    }
+
+    fn validate_server(&self) -> Result<(), ConfigError> {
         if self.server.max_connections == 0 {
             return Err(self.invalid("server.max_connections", "must be at least 1"));
         }
@@ -448,50 +461,49 @@ impl Config {
                 return Err(self.invalid(key, "must be longer than 0s"));
             }
         }
-        if self.directory.file.is_none() && self.onec.is_none() {
+        Ok(())
+    }
+
+    fn validate_onec(&self, onec: &OnecConfig) -> Result<(), ConfigError> {
+        if !(onec.odata_url.starts_with("http://") || onec.odata_url.starts_with("https://")) {
+            return Err(self.invalid("onec.odata_url", "must be an http:// or https:// URL"));
+        }
+        if onec.refresh < Duration::from_secs(10) {
+            return Err(self.invalid("onec.refresh", "must be at least 10s"));
+        }
+        if onec.lookup_budget_ms > 10_000 {
             return Err(self.invalid(
-                "directory.file",
-                "is not set and neither is [onec]: the gateway needs at least one source of counterparties",
+                "onec.lookup_budget_ms",
+                "must be at most 10000 (the PBX will not wait longer)",
             ));
         }
-        if let Some(onec) = &self.onec {
-            if !(onec.odata_url.starts_with("http://") || onec.odata_url.starts_with("https://")) {
-                return Err(self.invalid("onec.odata_url", "must be an http:// or https:// URL"));
-            }
-            if onec.refresh < Duration::from_secs(10) {
-                return Err(self.invalid("onec.refresh", "must be at least 10s"));
-            }
-            if onec.lookup_budget_ms > 10_000 {
+        for (key, name, optional) in [
+            ("onec.counterparties", &onec.counterparties, false),
+            ("onec.contacts", &onec.contacts, false),
+            ("onec.category_field", &onec.category_field, true),
+            ("onec.manager_phone_field", &onec.manager_phone_field, true),
+        ] {
+            let unset = optional && name.is_empty();
+            if !unset && !is_odata_name(name) {
                 return Err(self.invalid(
-                    "onec.lookup_budget_ms",
-                    "must be at most 10000 (the PBX will not wait longer)",
+                    key,
+                    "must be an OData name as 1C publishes it: letters, digits and _ only",
                 ));
             }
-            for (key, name, optional) in [
-                ("onec.counterparties", &onec.counterparties, false),
-                ("onec.contacts", &onec.contacts, false),
-                ("onec.category_field", &onec.category_field, true),
-                ("onec.manager_phone_field", &onec.manager_phone_field, true),
-            ] {
-                let unset = optional && name.is_empty();
-                if !unset && !is_odata_name(name) {
-                    return Err(self.invalid(
-                        key,
-                        "must be an OData name as 1C publishes it: letters, digits and _ only",
-                    ));
-                }
-            }
-            if !(1..=50_000).contains(&onec.page_size) {
-                return Err(self.invalid("onec.page_size", "must be between 1 and 50000"));
-            }
-            if onec.timeout < Duration::from_millis(100) || onec.timeout > Duration::from_secs(600)
-            {
-                return Err(self.invalid("onec.timeout", "must be between 100ms and 10m"));
-            }
-            if onec.negative_ttl > Duration::from_secs(3600) {
-                return Err(self.invalid("onec.negative_ttl", "must be at most 1h"));
-            }
         }
+        if !(1..=50_000).contains(&onec.page_size) {
+            return Err(self.invalid("onec.page_size", "must be between 1 and 50000"));
+        }
+        if onec.timeout < Duration::from_millis(100) || onec.timeout > Duration::from_secs(600) {
+            return Err(self.invalid("onec.timeout", "must be between 100ms and 10m"));
+        }
+        if onec.negative_ttl > Duration::from_secs(3600) {
+            return Err(self.invalid("onec.negative_ttl", "must be at most 1h"));
+        }
+        Ok(())
+    }
+
+    fn validate_popup(&self) -> Result<(), ConfigError> {
         if self.popup.replay_len == 0 || self.popup.queue_len == 0 {
             return Err(self.invalid("popup", "replay_len and queue_len must be at least 1"));
         }
@@ -505,6 +517,10 @@ impl Config {
         {
             return Err(self.invalid("popup.long_poll_max_wait", "must be between 1s and 60s"));
         }
+        Ok(())
+    }
+
+    fn validate_operators(&self) -> Result<(), ConfigError> {
         let mut keys = std::collections::HashSet::new();
         let mut tokens = std::collections::HashSet::new();
         for (i, op) in self.operators.iter().enumerate() {

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::directory::Directory;
 use crate::http::{self, Front};
 use crate::metrics::Metrics;
@@ -39,6 +39,10 @@ pub enum StartError {
     Metrics(prometheus::Error),
     #[error("the 1C source cannot start: {0}")]
     Onec(#[from] OnecError),
+    /// A configuration the HTTP front cannot serve (`soap.path` on one of
+    /// its own endpoints).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// How the directory was first filled, for the start-up message.
@@ -71,60 +75,17 @@ impl Gateway {
     /// directory is as complete as start-up can make it.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let started = Instant::now();
+        http::check_soap_path(&config)?;
         let metrics = Arc::new(Metrics::new());
         let store = Store::open(&config.store.path, metrics.registry())?;
         let directory = Arc::new(Directory::new(soap::say_name_payload));
         let health = Arc::new(SourceHealth::default());
-        // The hub is handed the abonent keys only; the screens' tokens stay
-        // with the HTTP front, which resolves an operator from its token.
-        let operator_keys = config.operators.iter().map(|o| o.key.as_str());
-        let hub_config = HubConfig::from(&config.popup);
-        let hub = Arc::new(
-            Hub::new(operator_keys, hub_config, metrics.registry()).map_err(StartError::Metrics)?,
-        );
-
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.server.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.server.listen,
-            source,
-        })?;
+        let hub = Arc::new(new_hub(&config, &metrics)?);
+        let (listener, addr) = bind(config.server.listen).await?;
         // Sources that save their snapshot in the background; a delete through
         // the push API asks them to save again.
         let savers = Arc::new(SnapshotSavers::default());
-        // 1C's snapshot is a cache of 1C, saved after each refresh that
-        // changed something, possibly every record: it has a file of its own
-        // and a writer at the lowest priority (see Store::open_background).
-        let onec_store = config
-            .onec
-            .as_ref()
-            .map(|_| {
-                Store::open_background(
-                    &onec_store_path(&config.store.path),
-                    metrics.registry(),
-                    onec::SOURCE,
-                )
-            })
-            .transpose()?;
-        let onec = config
-            .onec
-            .as_ref()
-            .zip(onec_store.as_ref())
-            .map(|(c, onec_store)| {
-                OnecSource::new(
-                    c,
-                    Arc::clone(&directory),
-                    onec_store.clone(),
-                    Arc::clone(&health),
-                    metrics.registry(),
-                    &savers,
-                )
-            })
-            .transpose()?;
+        let (onec, onec_store) = open_onec(&config, &directory, &health, &metrics, &savers)?;
         let mut vats = Vats::new(
             Arc::clone(&directory),
             Arc::clone(&hub),
@@ -140,9 +101,9 @@ impl Gateway {
             Arc::clone(&savers),
             metrics.registry(),
         )
+        .map(Arc::new)
         .map_err(StartError::Metrics)?;
-        let push = Arc::new(push);
-        let front = Arc::new(Front::new(
+        let front = Front::new(
             &config,
             vats,
             Arc::clone(&directory),
@@ -151,21 +112,8 @@ impl Gateway {
             Arc::clone(&hub),
             store.clone(),
             Arc::clone(&push),
-        ));
-        let stop_server = Arc::new(Notify::new());
-        let server = {
-            let stop = Arc::clone(&stop_server);
-            let settings = config.server.clone();
-            tokio::spawn(async move {
-                http::server::run(
-                    listener,
-                    front,
-                    &settings,
-                    async move { stop.notified().await },
-                )
-                .await;
-            })
-        };
+        );
+        let (server, stop_server) = serve(listener, front, &config);
         tracing::info!(%addr, soap_path = %config.soap.path, "listening");
 
         let snapshot_records = load_snapshot(&store, onec_store.as_ref(), &directory).await;
@@ -173,47 +121,24 @@ impl Gateway {
 
         let (reload, _) = watch::channel(0u64);
         let (stop_sources, _) = watch::channel(false);
-        let mut sources = Vec::new();
-        if let Some(path) = &config.directory.file {
-            let file = FileSource::new(
-                path.clone(),
-                config.directory.watch_interval,
-                Arc::clone(&directory),
-                store.clone(),
-                Arc::clone(&health),
-                Arc::clone(&metrics),
-                &savers,
-            );
-            // The first load happens before start() returns, so a caller that
-            // waits for start() gets the file's directory (or its error logged).
-            let _ = file.load().await;
-            sources.push(tokio::spawn(
-                file.run(reload.subscribe(), stop_sources.subscribe()),
-            ));
+        let sources = SourceContext {
+            directory: &directory,
+            store: &store,
+            health: &health,
+            metrics: &metrics,
+            savers: &savers,
+            reload: &reload,
+            stop: &stop_sources,
         }
-        let onec_configured = onec.is_some();
-        if let Some(onec) = onec {
-            // 1C is read in the background: a slow or absent 1C must not hold
-            // up the start, and the snapshot (if any) already answers.
-            sources.push(tokio::spawn(
-                onec.run(reload.subscribe(), stop_sources.subscribe()),
-            ));
-        }
-        // With 1C configured and nothing loaded yet, /readyz says "not ready"
-        // until 1C's first read; otherwise an empty directory is still a directory.
-        if !directory.is_loaded() && !onec_configured {
-            // No snapshot and no readable source: an empty directory is still a
-            // directory, and SayName must answer "unknown" rather than "not ready" forever.
-            tracing::warn!("no counterparties from the snapshot or any source; answering every caller as unknown until a source loads");
-            directory.mark_loaded();
-        }
+        .start(&config, onec)
+        .await;
 
-        let report = StartReport {
-            snapshot_records,
-            counterparties: directory.snapshot().len(),
-            ready_after: started.elapsed(),
-        };
         Ok(Gateway {
+            report: StartReport {
+                snapshot_records,
+                counterparties: directory.snapshot().len(),
+                ready_after: started.elapsed(),
+            },
             addr,
             directory,
             hub,
@@ -225,7 +150,6 @@ impl Gateway {
             stop_sources,
             server,
             sources,
-            report,
         })
     }
 
@@ -283,6 +207,121 @@ impl Gateway {
         }
         self.store.close().await;
         tracing::info!("stopped");
+    }
+}
+
+/// The pop-up hub, with the configured operators' keys.
+fn new_hub(config: &Config, metrics: &Metrics) -> Result<Hub, StartError> {
+    // The hub is handed the abonent keys only; the screens' tokens stay with
+    // the HTTP front, which resolves an operator from its token.
+    let keys = config.operators.iter().map(|o| o.key.as_str());
+    Hub::new(keys, HubConfig::from(&config.popup), metrics.registry()).map_err(StartError::Metrics)
+}
+
+/// The listener on `addr`, and the address it got (the port of `:0`).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bound = |source| StartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bound)?;
+    let local = listener.local_addr().map_err(bound)?;
+    Ok((listener, local))
+}
+
+/// With `[onec]`: the 1C source and its own store. 1C's snapshot is a cache
+/// of 1C, saved after each refresh that changed something, possibly every
+/// record: it has a file of its own and a writer at the lowest priority (see
+/// `Store::open_background`).
+fn open_onec(
+    config: &Config,
+    directory: &Arc<Directory>,
+    health: &Arc<SourceHealth>,
+    metrics: &Metrics,
+    savers: &Arc<SnapshotSavers>,
+) -> Result<(Option<OnecSource>, Option<Store>), StartError> {
+    let Some(onec_config) = &config.onec else {
+        return Ok((None, None));
+    };
+    let onec_store = Store::open_background(
+        &onec_store_path(&config.store.path),
+        metrics.registry(),
+        onec::SOURCE,
+    )?;
+    let onec = OnecSource::new(
+        onec_config,
+        Arc::clone(directory),
+        onec_store.clone(),
+        Arc::clone(health),
+        metrics.registry(),
+        savers,
+    )?;
+    Ok((Some(onec), Some(onec_store)))
+}
+
+/// Runs the accept loop on its own task; it stops when the returned
+/// `Notify` is notified.
+fn serve(listener: TcpListener, front: Front, config: &Config) -> (JoinHandle<()>, Arc<Notify>) {
+    let front = Arc::new(front);
+    let stop = Arc::new(Notify::new());
+    let stopped = Arc::clone(&stop);
+    let settings = config.server.clone();
+    let task = tokio::spawn(async move {
+        http::server::run(listener, front, &settings, async move {
+            stopped.notified().await
+        })
+        .await;
+    });
+    (task, stop)
+}
+
+/// What the sources are started with.
+struct SourceContext<'a> {
+    directory: &'a Arc<Directory>,
+    store: &'a Store,
+    health: &'a Arc<SourceHealth>,
+    metrics: &'a Arc<Metrics>,
+    savers: &'a Arc<SnapshotSavers>,
+    reload: &'a watch::Sender<u64>,
+    stop: &'a watch::Sender<bool>,
+}
+
+impl SourceContext<'_> {
+    /// Loads the file (before returning, so a caller that waits for the
+    /// start gets its directory) and starts every source's task.
+    async fn start(self, config: &Config, onec: Option<OnecSource>) -> Vec<JoinHandle<()>> {
+        let mut sources = Vec::new();
+        if let Some(path) = &config.directory.file {
+            let file = FileSource::new(
+                path.clone(),
+                config.directory.watch_interval,
+                Arc::clone(self.directory),
+                self.store.clone(),
+                Arc::clone(self.health),
+                Arc::clone(self.metrics),
+                self.savers,
+            );
+            // The first load happens before start() returns, so a caller that
+            // waits for start() gets the file's directory (or its error logged).
+            let _ = file.load().await;
+            sources.push(tokio::spawn(
+                file.run(self.reload.subscribe(), self.stop.subscribe()),
+            ));
+        }
+        let onec_configured = onec.is_some();
+        if let Some(onec) = onec {
+            // 1C is read in the background: a slow or absent 1C must not hold
+            // up the start, and the snapshot (if any) already answers.
+            sources.push(tokio::spawn(
+                onec.run(self.reload.subscribe(), self.stop.subscribe()),
+            ));
+        }
+        // With 1C configured and nothing loaded yet, /readyz says "not ready"
+        // until 1C's first read; otherwise an empty directory is still a directory.
+        if !self.directory.is_loaded() && !onec_configured {
+            // No snapshot and no readable source: an empty directory is still a
+            // directory, and SayName must answer "unknown" rather than "not ready" forever.
+            tracing::warn!("no counterparties from the snapshot or any source; answering every caller as unknown until a source loads");
+            self.directory.mark_loaded();
+        }
+        sources
     }
 }
 

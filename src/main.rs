@@ -39,7 +39,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => {
-            Config::load(&config, &config::process_env)?;
+            let loaded = Config::load(&config, &config::process_env)?;
+            // The same check `serve` makes at start: routes are the front's.
+            cti_gateway::http::check_soap_path(&loaded)?;
             println!("{}: OK", config.display());
             Ok(())
         }

@@ -3,12 +3,13 @@
 //! This is the use-case layer between the HTTP front and the rest: it reads
 //! the envelope (through `soap`), looks the caller up in the directory,
 //! publishes pop-ups to the hub and writes the call journal. It knows no HTTP
-//! and no XML; it returns bytes and a status for the front to send.
+//! and no XML; it returns bytes and what they are (an answer or whose fault)
+//! for the front to send.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::directory::{Directory, Entry};
+use crate::directory::{Counterparty, Directory, Entry};
 use crate::metrics::{Metrics, OperationLabel, Outcome};
 use crate::phone::{self, PhoneKey};
 use crate::popup::{CallEvent, Hub, HubError};
@@ -20,26 +21,37 @@ use crate::store::{CallRecord, Store};
 /// with a fault; the PBX should not hang on a sick disk.
 const JOURNAL_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A finished SOAP answer: the front sends it as it is.
+/// What a reply is, for the front to pick the transport's status from: the
+/// operation's answer, or a fault and whose it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyOutcome {
+    Answer,
+    Fault(FaultCode),
+}
+
+/// A finished SOAP answer: the front sends its body as it is.
 #[derive(Debug)]
 pub struct SoapReply {
-    pub status: u16,
+    pub outcome: ReplyOutcome,
     pub version: SoapVersion,
     pub body: Vec<u8>,
 }
 
 impl SoapReply {
-    /// A fault in the caller's SOAP version. SOAP 1.1 sends every fault with
-    /// HTTP 500; SOAP 1.2 sends a Sender fault with 400, a Receiver fault with 500.
+    /// A fault in the caller's SOAP version.
     pub fn fault(version: SoapVersion, code: FaultCode, message: &str) -> SoapReply {
         let mut body = Vec::with_capacity(512 + message.len());
         soap::write_fault(&mut body, version, code, message);
-        let status = match (version, code) {
-            (SoapVersion::V12, FaultCode::Client) => 400,
-            _ => 500,
-        };
         SoapReply {
-            status,
+            outcome: ReplyOutcome::Fault(code),
+            version,
+            body,
+        }
+    }
+
+    fn answer(version: SoapVersion, body: Vec<u8>) -> SoapReply {
+        SoapReply {
+            outcome: ReplyOutcome::Answer,
             version,
             body,
         }
@@ -145,12 +157,56 @@ impl Vats {
         Box::pin(self.live.as_ref()?.find(phone)).await
     }
 
+    /// Shows the caller's card on the operator's screens, then journals the
+    /// call; answers `1` only once the journal row is committed.
     async fn incoming_call(
         &self,
         request: &Request,
         num_from: &str,
         key: &str,
     ) -> (SoapReply, Outcome) {
+        let (number, counterparty) = self.caller_card(num_from).await;
+        let at = SystemTime::now();
+        let event = CallEvent {
+            at,
+            number: number.clone(),
+            raw_number: num_from.to_owned(),
+            counterparty: counterparty.clone(),
+        };
+        // Screens first: the operator should see the card while the disk works.
+        let delivered = self.publish(key, &event);
+        let record = CallRecord {
+            at,
+            raw_number: num_from.to_owned(),
+            number,
+            key: key.to_owned(),
+            counterparty_id: counterparty.as_ref().map(|c| c.id.to_string()),
+            delivered: u32::try_from(delivered).unwrap_or(u32::MAX),
+        };
+        match self.journal(record, delivered).await {
+            Ok(call_id) => {
+                tracing::info!(
+                    call_id,
+                    key,
+                    known = counterparty.is_some(),
+                    counterparty_id = counterparty.as_ref().map(|c| &*c.id),
+                    delivered,
+                    "incoming call"
+                );
+                let mut body = Vec::with_capacity(512);
+                soap::write_incoming_call_response(&mut body, request.version, &request.namespace);
+                (SoapReply::answer(request.version, body), Outcome::Ok)
+            }
+            Err(message) => (
+                SoapReply::fault(request.version, FaultCode::Server, &message),
+                Outcome::ServerError,
+            ),
+        }
+    }
+
+    /// The number as screens show it (E.164 for national numbers, an
+    /// extension as it came) and the caller's card, if the caller is known.
+    async fn caller_card(&self, num_from: &str) -> (String, Option<Arc<Counterparty>>) {
         let normalized = phone::normalize(num_from);
         let counterparty = self
             .find_caller(normalized)
@@ -167,15 +223,13 @@ impl Vats {
             Some(k) => k.display_e164(),
             None => num_from.trim().to_owned(),
         };
-        let at = SystemTime::now();
-        let event = CallEvent {
-            at,
-            number: number.clone(),
-            raw_number: num_from.to_owned(),
-            counterparty: counterparty.clone(),
-        };
-        // Screens first: the operator should see the card while the disk works.
-        let delivered = match self.hub.publish(key, &event) {
+        (number, counterparty)
+    }
+
+    /// Hands the call to the key's screens; how many it reached. A key no
+    /// operator has is counted, not an error for the PBX.
+    fn publish(&self, key: &str, event: &CallEvent) -> usize {
+        match self.hub.publish(key, event) {
             Ok(published) => published.delivered,
             Err(HubError::UnknownKey) => {
                 self.metrics.incoming_calls_unknown_key.inc();
@@ -185,42 +239,18 @@ impl Vats {
                 tracing::error!(error = %e, key, "pop-up not published");
                 0
             }
-        };
-        let record = CallRecord {
-            at,
-            raw_number: num_from.to_owned(),
-            number,
-            key: key.to_owned(),
-            counterparty_id: counterparty.as_ref().map(|c| c.id.to_string()),
-            delivered: u32::try_from(delivered).unwrap_or(u32::MAX),
-        };
-        let journaled = tokio::time::timeout(JOURNAL_TIMEOUT, self.store.append_call(record)).await;
-        match journaled {
-            Ok(Ok(call_id)) => {
-                tracing::info!(
-                    call_id,
-                    key,
-                    known = counterparty.is_some(),
-                    counterparty_id = counterparty.as_ref().map(|c| &*c.id),
-                    delivered,
-                    "incoming call"
-                );
-                let mut body = Vec::with_capacity(512);
-                soap::write_incoming_call_response(&mut body, request.version, &request.namespace);
-                let reply = SoapReply {
-                    status: 200,
-                    version: request.version,
-                    body,
-                };
-                (reply, Outcome::Ok)
-            }
+        }
+    }
+
+    /// Appends the call to the journal within [`JOURNAL_TIMEOUT`]: its row id,
+    /// or the fault message for the PBX (the screens already have the card).
+    async fn journal(&self, record: CallRecord, delivered: usize) -> Result<i64, String> {
+        let key = record.key.clone();
+        match tokio::time::timeout(JOURNAL_TIMEOUT, self.store.append_call(record)).await {
+            Ok(Ok(call_id)) => Ok(call_id),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, key, delivered, "incoming call not journaled");
-                let msg = format!("the call was shown to {delivered} screen(s) but could not be written to the call journal: {e}");
-                (
-                    SoapReply::fault(request.version, FaultCode::Server, &msg),
-                    Outcome::ServerError,
-                )
+                Err(format!("the call was shown to {delivered} screen(s) but could not be written to the call journal: {e}"))
             }
             Err(_) => {
                 tracing::error!(
@@ -229,14 +259,10 @@ impl Vats {
                     timeout_s = JOURNAL_TIMEOUT.as_secs(),
                     "incoming call journal write timed out"
                 );
-                let msg = format!(
+                Err(format!(
                     "the call was shown to {delivered} screen(s) but the call journal did not confirm the write within {} s",
                     JOURNAL_TIMEOUT.as_secs()
-                );
-                (
-                    SoapReply::fault(request.version, FaultCode::Server, &msg),
-                    Outcome::ServerError,
-                )
+                ))
             }
         }
     }
@@ -246,9 +272,5 @@ impl Vats {
 fn say_name_reply(request: &Request, payload: &[u8]) -> SoapReply {
     let mut body = Vec::with_capacity(480 + payload.len());
     soap::write_say_name_response(&mut body, request.version, &request.namespace, payload);
-    SoapReply {
-        status: 200,
-        version: request.version,
-        body,
-    }
+    SoapReply::answer(request.version, body)
 }

@@ -345,6 +345,35 @@ async fn incoming_call_for_a_key_no_operator_has_still_answers_1_and_is_journale
 }
 
 #[tokio::test]
+async fn a_body_with_two_operations_is_a_client_fault_and_nothing_is_journaled() {
+    let gw = start("").await;
+    let one = |number: &str| {
+        format!(
+            "<IncomingCall xmlns=\"http://VATS\"><NumFrom>{number}</NumFrom><Key>{OPERATOR_KEY}</Key></IncomingCall>"
+        )
+    };
+    let body = format!(
+        r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>{}{}</soap:Body></soap:Envelope>"#,
+        one("89235292926"),
+        one("244")
+    );
+    let reply = soap(gw.addr, &body).await;
+    assert_eq!(reply.status, 500, "SOAP 1.1 faults are 500: {}", reply.body);
+    assert_eq!(element_text(&reply.body, "faultcode"), Some("soap:Client"));
+    assert_eq!(
+        element_text(&reply.body, "faultstring"),
+        Some("the Body holds IncomingCall after IncomingCall: send one operation per request")
+    );
+    let calls = gw
+        .gateway()
+        .store()
+        .calls(Some(OPERATOR_KEY), None, 10)
+        .await
+        .expect("journal");
+    assert!(calls.is_empty(), "neither call was journaled: {calls:?}");
+}
+
+#[tokio::test]
 async fn incoming_call_from_an_unknown_number_journals_it_without_a_counterparty() {
     let gw = start("").await;
     let mut screen = gw

@@ -1,11 +1,20 @@
-//! Credentials checks: HTTP Basic for the PBX.
+//! Every credentials check of the gateway: HTTP Basic for the PBX, Bearer
+//! for the push and journal APIs, screen tokens for operator screens; and
+//! the one rate-limited log of refusals.
 //!
-//! Comparisons take the same time whether the first byte or the last one
-//! differs, so response timing does not reveal how much of a guess was right.
+//! All of them compare with [`constant_time_eq`]: the same time whether the
+//! first byte or the last one differs, so response timing does not reveal
+//! how much of a guess was right.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use hyper::header::HeaderValue;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::StatusCode;
+
+use crate::config::OperatorConfig;
 
 /// Why a request's credentials were refused; the message is safe to send
 /// back (it never repeats what the client sent).
@@ -21,6 +30,30 @@ pub enum AuthFailure {
     MissingBearer,
     #[error("wrong token")]
     WrongToken,
+    #[error("the request has more than one Authorization header: send exactly one")]
+    Repeated,
+}
+
+impl AuthFailure {
+    /// 400 for a request that cannot be read as one set of credentials, 401
+    /// for missing or wrong ones.
+    pub fn status(self) -> StatusCode {
+        match self {
+            AuthFailure::Repeated => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+/// The request's `Authorization` header, if it has one. Two or more are
+/// refused rather than picking one: a proxy and a client disagreeing on
+/// credentials must not have either of them win silently.
+pub fn authorization(headers: &HeaderMap) -> Result<Option<&HeaderValue>, AuthFailure> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    match (all.next(), all.next()) {
+        (first, None) => Ok(first),
+        (Some(_), Some(_)) | (None, Some(_)) => Err(AuthFailure::Repeated),
+    }
 }
 
 /// Equality whose running time depends only on `expected`'s length, never on
@@ -94,9 +127,205 @@ pub fn check_bearer(header: Option<&HeaderValue>, token: Option<&str>) -> Result
     }
 }
 
+/// Who a screen token belongs to: what a screen transport needs once the
+/// token is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScreenOperator {
+    /// The abonent key whose pop-ups the screen gets.
+    pub key: String,
+    pub name: String,
+}
+
+/// The `[[operator]]` tokens, each with its operator. Several entries may
+/// share a key (one operator, several devices, one token each).
+pub struct ScreenTokens {
+    entries: Vec<(Box<[u8]>, ScreenOperator)>,
+}
+
+impl ScreenTokens {
+    pub fn new(operators: &[OperatorConfig]) -> ScreenTokens {
+        let entries = operators
+            .iter()
+            .map(|op| {
+                (
+                    op.token.expose().as_bytes().into(),
+                    ScreenOperator {
+                        key: op.key.clone(),
+                        name: op.name.clone(),
+                    },
+                )
+            })
+            .collect();
+        ScreenTokens { entries }
+    }
+
+    /// The operator whose token this is, if any.
+    ///
+    /// Every configured token is compared, each in constant time, so the time
+    /// taken does not tell which operator (if any) matched or how much of a
+    /// guess was right. An empty token never matches. If two entries share a
+    /// token, the first wins (configuration refuses that).
+    pub fn operator_for_token(&self, token: &str) -> Option<ScreenOperator> {
+        let presented = token.as_bytes();
+        let mut found: Option<&ScreenOperator> = None;
+        for (configured, operator) in &self.entries {
+            let equal = constant_time_eq(presented, configured) & !configured.is_empty();
+            if equal && found.is_none() {
+                found = Some(operator);
+            }
+        }
+        found.cloned()
+    }
+}
+
+impl std::fmt::Debug for ScreenTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The tokens are secrets: only who they belong to is shown.
+        f.debug_list()
+            .entries(self.entries.iter().map(|(_, operator)| operator))
+            .finish()
+    }
+}
+
+/// Seconds between two warnings of one [`RefusalLog`].
+const REFUSAL_WARNING_EVERY_S: u64 = 60;
+
+/// Logs refused credentials: a warning at most once a minute, the rest at
+/// debug level, so a misconfigured client or a password guesser cannot write
+/// a log line per request (every refusal is counted in
+/// `cti_http_responses_total` anyway). Never logs what the client sent.
+pub struct RefusalLog {
+    /// What was refused, for the log line: "SOAP request", "API request".
+    what: &'static str,
+    /// Unix second of the last warning.
+    last_warning: AtomicU64,
+}
+
+impl RefusalLog {
+    pub const fn new(what: &'static str) -> RefusalLog {
+        RefusalLog {
+            what,
+            last_warning: AtomicU64::new(0),
+        }
+    }
+
+    pub fn refused(&self, path: &str, reason: &dyn std::fmt::Display) {
+        let what = self.what;
+        if self.warning_due() {
+            tracing::warn!(what, path, %reason, "request refused: bad or missing credentials (repeats within a minute are logged at debug level and counted in cti_http_responses_total)");
+        } else {
+            tracing::debug!(what, path, %reason, "request refused: bad or missing credentials");
+        }
+    }
+
+    /// True at most once a minute (across threads).
+    fn warning_due(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_warning.load(Ordering::Relaxed);
+        now >= last + REFUSAL_WARNING_EVERY_S
+            && self
+                .last_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
+
+    const K1: &str = "gW3cyUJAtl50PhF";
+    const K2: &str = "otherKey0000001";
+
+    fn operators() -> Vec<OperatorConfig> {
+        [
+            (K1, "tok-ivanova-desk", "Ivanova"),
+            (K2, "tok-petrov", "Petrov"),
+            (K1, "tok-ivanova-phone", "Ivanova (phone)"),
+        ]
+        .into_iter()
+        .map(|(key, token, name)| OperatorConfig {
+            key: key.into(),
+            token: Secret::new(token),
+            name: name.into(),
+        })
+        .collect()
+    }
+
+    #[test]
+    fn operator_for_token_finds_the_right_operator_and_refuses_others() {
+        let tokens = ScreenTokens::new(&operators());
+        let info = |key: &str, name: &str| {
+            Some(ScreenOperator {
+                key: key.into(),
+                name: name.into(),
+            })
+        };
+        assert_eq!(
+            tokens.operator_for_token("tok-ivanova-desk"),
+            info(K1, "Ivanova")
+        );
+        assert_eq!(tokens.operator_for_token("tok-petrov"), info(K2, "Petrov"));
+        assert_eq!(
+            tokens.operator_for_token("tok-ivanova-phone"),
+            info(K1, "Ivanova (phone)")
+        );
+        for wrong in [
+            "",
+            "tok-petro",
+            "tok-petrov ",
+            "TOK-PETROV",
+            "tok-petrow",
+            K1,
+        ] {
+            assert_eq!(tokens.operator_for_token(wrong), None, "{wrong:?}");
+        }
+        // The token never shows in logs.
+        assert!(!format!("{:?}", operators()).contains("tok-"));
+        assert!(!format!("{tokens:?}").contains("tok-"));
+    }
+
+    #[test]
+    fn an_empty_configured_token_matches_nothing() {
+        let tokens = ScreenTokens::new(&[OperatorConfig {
+            key: K1.into(),
+            token: Secret::new(""),
+            name: "nobody".into(),
+        }]);
+        assert_eq!(tokens.operator_for_token(""), None);
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_strings() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(constant_time_eq(b"", b""));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"ab\0", b"ab"));
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused_not_picked_from() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(authorization(&headers), Ok(None));
+        headers.append(header::AUTHORIZATION, hv("Basic U09BUDoxMjM="));
+        assert_eq!(authorization(&headers), Ok(Some(&hv("Basic U09BUDoxMjM="))));
+        headers.append(header::AUTHORIZATION, hv("Basic U09BUDoxMjM="));
+        assert_eq!(authorization(&headers), Err(AuthFailure::Repeated));
+        assert_eq!(AuthFailure::Repeated.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(AuthFailure::Wrong.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn the_refusal_log_warns_once_a_minute() {
+        let log = RefusalLog::new("test request");
+        assert!(log.warning_due());
+        assert!(!log.warning_due());
+        log.refused("/x", &AuthFailure::Wrong);
+    }
 
     fn hv(s: &str) -> HeaderValue {
         HeaderValue::from_str(s).expect("header value")

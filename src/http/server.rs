@@ -7,14 +7,15 @@
 //! for its next request.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use super::Front;
 use crate::config::ServerConfig;
@@ -26,6 +27,16 @@ use crate::config::ServerConfig;
 /// every head again.
 pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
+
+/// The size of a request's head as sent: request line and header lines.
+pub(super) fn head_len<B>(req: &hyper::Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + " HTTP/1.1\r\n ".len();
+    req.headers().iter().fold(line, |n, (name, value)| {
+        n + name.as_str().len() + value.len() + ": \r\n".len()
+    })
+}
 
 /// Runs the accept loop until `shutdown` resolves, then lets requests in
 /// flight finish for up to `shutdown_grace`.
@@ -70,18 +81,53 @@ pub async fn run(
             drop(stream);
             continue;
         };
+        let connection = Connection {
+            peer,
+            permit,
+            stop: stop_rx.clone(),
+            done: all_done_tx.clone(),
+        };
+        connection.serve(&builder, stream, &front);
+    }
+
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(all_done_tx);
+    tokio::select! {
+        _ = all_done_rx.recv() => tracing::info!("all connections finished"),
+        () = tokio::time::sleep(settings.shutdown_grace) => {
+            tracing::warn!(grace_s = settings.shutdown_grace.as_secs_f64(), "connections still open after the shutdown grace period; closing them");
+        }
+    }
+}
+
+/// One accepted connection and what it holds while it lives.
+struct Connection {
+    peer: SocketAddr,
+    /// Its `server.max_connections` slot.
+    permit: OwnedSemaphorePermit,
+    /// Turns true when the server stops.
+    stop: watch::Receiver<bool>,
+    /// Dropped when the connection ends: the accept loop's count of the living.
+    done: mpsc::Sender<()>,
+}
+
+impl Connection {
+    /// Serves the connection's requests on a task of its own; on shutdown,
+    /// finishes the request in flight and closes.
+    fn serve(self, builder: &http1::Builder, stream: TcpStream, front: &Arc<Front>) {
+        let peer = self.peer;
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let front_for_conn = Arc::clone(&front);
+        let front_for_conn = Arc::clone(front);
         let service = service_fn(move |req| Arc::clone(&front_for_conn).handle(req));
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let gauge = front.metrics().http_connections.clone();
         gauge.inc();
-        let mut stop = stop_rx.clone();
-        let done = all_done_tx.clone();
+        let mut stop = self.stop;
         tokio::spawn(async move {
             tokio::pin!(conn);
             let result = tokio::select! {
@@ -97,18 +143,8 @@ pub async fn run(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             gauge.dec();
-            drop(permit);
-            drop(done);
+            drop(self.permit);
+            drop(self.done);
         });
-    }
-
-    drop(listener);
-    let _ = stop_tx.send(true);
-    drop(all_done_tx);
-    tokio::select! {
-        _ = all_done_rx.recv() => tracing::info!("all connections finished"),
-        () = tokio::time::sleep(settings.shutdown_grace) => {
-            tracing::warn!(grace_s = settings.shutdown_grace.as_secs_f64(), "connections still open after the shutdown grace period; closing them");
-        }
     }
 }

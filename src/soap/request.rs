@@ -99,6 +99,11 @@ pub enum RequestError {
     EmptyBody,
     #[error("unknown operation '{0}': expected SayName or IncomingCall")]
     UnknownOperation(String),
+    #[error("the Body holds {second} after {first}: send one operation per request")]
+    SecondOperation {
+        first: &'static str,
+        second: &'static str,
+    },
     #[error("{operation} has no {field} element")]
     MissingField {
         operation: &'static str,
@@ -192,7 +197,10 @@ enum Phase {
     Body,
     /// Inside the operation element.
     Operation(OpKind),
-    /// The operation is read; the rest of the Envelope is only checked for
+    /// The operation is read and the Body is still open: a second operation
+    /// in it is refused, other elements are skipped.
+    AfterOperation(OpKind),
+    /// The Body is closed; the rest of the Envelope is only checked for
     /// well-formedness and bounds.
     Rest,
     /// After the Envelope's end tag.
@@ -273,26 +281,7 @@ impl Parser {
             return Err(RequestError::TooDeep);
         }
         match (self.phase, self.depth) {
-            (Phase::Prolog, _) => {
-                if local != b"Envelope" {
-                    return Err(RequestError::NotEnvelope(quote(qname)));
-                }
-                self.version = Some(match resolved {
-                    ResolveResult::Bound(ns) if ns.as_ref() == SOAP11_ENVELOPE_NS.as_bytes() => {
-                        SoapVersion::V11
-                    }
-                    ResolveResult::Bound(ns) if ns.as_ref() == SOAP12_ENVELOPE_NS.as_bytes() => {
-                        SoapVersion::V12
-                    }
-                    ResolveResult::Bound(ns) => {
-                        return Err(RequestError::WrongEnvelopeNamespace(quote(ns.as_ref())))
-                    }
-                    ResolveResult::Unbound | ResolveResult::Unknown(_) => {
-                        return Err(RequestError::EnvelopeWithoutNamespace)
-                    }
-                });
-                self.phase = Phase::Envelope;
-            }
+            (Phase::Prolog, _) => self.envelope(resolved, local, qname)?,
             (Phase::Epilog, _) => return Err(RequestError::ContentOutsideEnvelope),
             // The Envelope's namespace has already chosen the version; its
             // children are told apart by local name alone, and anything
@@ -304,23 +293,15 @@ impl Parser {
                 self.namespace = namespace_of(&resolved)?;
                 self.phase = Phase::Operation(kind);
             }
-            (Phase::Operation(kind), 4) => {
-                let fields = kind.fields();
-                if let Some(i) = fields
-                    .iter()
-                    .position(|f| local.eq_ignore_ascii_case(f.as_bytes()))
-                {
-                    if self.fields[i].is_some() {
-                        return Err(RequestError::DuplicateField {
-                            operation: kind.name(),
-                            field: fields[i],
-                        });
-                    }
-                    self.fields[i] = Some(String::new());
-                    self.reading = Some(i);
-                    self.dropped_whitespace = false;
+            (Phase::AfterOperation(first), 3) => {
+                if let Some(second) = OpKind::from_local_name(local) {
+                    return Err(RequestError::SecondOperation {
+                        first: first.name(),
+                        second: second.name(),
+                    });
                 }
             }
+            (Phase::Operation(kind), 4) => self.field(kind, local)?,
             (Phase::Operation(kind), _) => {
                 if let Some(i) = self.reading {
                     return Err(RequestError::FieldNotText {
@@ -329,6 +310,55 @@ impl Parser {
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// The root element: a SOAP Envelope, whose namespace picks the version.
+    fn envelope(
+        &mut self,
+        resolved: ResolveResult<'_>,
+        local: &[u8],
+        qname: &[u8],
+    ) -> Result<(), RequestError> {
+        if local != b"Envelope" {
+            return Err(RequestError::NotEnvelope(quote(qname)));
+        }
+        self.version = Some(match resolved {
+            ResolveResult::Bound(ns) if ns.as_ref() == SOAP11_ENVELOPE_NS.as_bytes() => {
+                SoapVersion::V11
+            }
+            ResolveResult::Bound(ns) if ns.as_ref() == SOAP12_ENVELOPE_NS.as_bytes() => {
+                SoapVersion::V12
+            }
+            ResolveResult::Bound(ns) => {
+                return Err(RequestError::WrongEnvelopeNamespace(quote(ns.as_ref())))
+            }
+            ResolveResult::Unbound | ResolveResult::Unknown(_) => {
+                return Err(RequestError::EnvelopeWithoutNamespace)
+            }
+        });
+        self.phase = Phase::Envelope;
+        Ok(())
+    }
+
+    /// A child of the operation: one of its fields starts being read;
+    /// anything else is skipped.
+    fn field(&mut self, kind: OpKind, local: &[u8]) -> Result<(), RequestError> {
+        let fields = kind.fields();
+        if let Some(i) = fields
+            .iter()
+            .position(|f| local.eq_ignore_ascii_case(f.as_bytes()))
+        {
+            if self.fields[i].is_some() {
+                return Err(RequestError::DuplicateField {
+                    operation: kind.name(),
+                    field: fields[i],
+                });
+            }
+            self.fields[i] = Some(String::new());
+            self.reading = Some(i);
+            self.dropped_whitespace = false;
         }
         Ok(())
     }
@@ -348,8 +378,9 @@ impl Parser {
                 if let Some(version) = self.version {
                     self.request = Some((version, operation));
                 }
-                self.phase = Phase::Rest;
+                self.phase = Phase::AfterOperation(kind);
             }
+            (Phase::AfterOperation(_), 2) => self.phase = Phase::Rest,
             (Phase::Body, 2) => return Err(RequestError::EmptyBody),
             (Phase::Envelope, 1) => return Err(RequestError::NoBody),
             (Phase::Rest, 1) => self.phase = Phase::Epilog,
@@ -773,6 +804,38 @@ mod tests {
             )),
             "244"
         );
+    }
+
+    #[test]
+    fn a_second_operation_in_the_body_is_refused() {
+        let say = "<SayName xmlns=\"http://VATS\"><Number>244</Number></SayName>";
+        let call =
+            "<IncomingCall xmlns=\"http://VATS\"><NumFrom>1</NumFrom><Key>k</Key></IncomingCall>";
+        let e = err(&envelope(&format!("{call}{call}")));
+        assert!(
+            matches!(
+                e,
+                RequestError::SecondOperation {
+                    first: "IncomingCall",
+                    second: "IncomingCall"
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "the Body holds IncomingCall after IncomingCall: send one operation per request"
+        );
+        let e = err(&envelope(&format!("{say}<Other/>\n<sayname/>")));
+        assert_eq!(
+            e.to_string(),
+            "the Body holds SayName after SayName: send one operation per request"
+        );
+        // An operation outside the Body (here in the Header) is not one.
+        let header = format!(
+            r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>{say}</soap:Body><soap:Header>{call}</soap:Header></soap:Envelope>"#
+        );
+        assert_eq!(number(&header), "244");
     }
 
     #[test]

@@ -104,6 +104,22 @@ pub struct CallRecord {
     pub delivered: u32,
 }
 
+/// Which journal rows [`Store::calls_page`] reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallQuery {
+    /// Only this operator key's calls.
+    pub key: Option<String>,
+    /// Only calls from this time on (inclusive).
+    pub since: Option<SystemTime>,
+    /// Only the calls that come after call `before` in the journal's order
+    /// (newest first): older ones, in practice those with a smaller id. When
+    /// that call is not in the journal, the position is the latest time of
+    /// the calls with a smaller id, so none of those is left out.
+    pub before: Option<i64>,
+    /// At most this many rows (never more than 10,000).
+    pub limit: u32,
+}
+
 /// A journal row: a [`CallRecord`] with its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCall {
@@ -445,17 +461,35 @@ impl Store {
 
     /// Journal rows, newest first (by `at`, then id), optionally only for
     /// `key` and only from `since` on (inclusive). At most `limit` rows, and
-    /// never more than 10,000.
+    /// never more than 10,000. [`Store::calls_page`] with no `before`.
     pub async fn calls(
         &self,
         key: Option<&str>,
         since: Option<SystemTime>,
         limit: u32,
     ) -> Result<Vec<StoredCall>, StoreError> {
-        let key = key.map(str::to_owned);
+        self.calls_page(CallQuery {
+            key: key.map(str::to_owned),
+            since,
+            before: None,
+            limit,
+        })
+        .await
+    }
+
+    /// The journal rows `query` selects, newest first (by `at`, then id).
+    /// Paging with `before` set to the last id of the previous page reads
+    /// every row exactly once, whatever order the calls were committed in.
+    pub async fn calls_page(&self, query: CallQuery) -> Result<Vec<StoredCall>, StoreError> {
+        let CallQuery {
+            key,
+            since,
+            before,
+            limit,
+        } = query;
         let since = since.map(unix_ms);
         let limit = limit.min(MAX_CALLS_LIMIT);
-        self.read(move |conn, path| read::calls(conn, path, key.as_deref(), since, limit))
+        self.read(move |conn, path| read::calls(conn, path, key.as_deref(), since, before, limit))
             .await
     }
 

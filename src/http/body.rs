@@ -1,0 +1,165 @@
+//! The one bounded request body reader: a size cap (checked against the
+//! declared `Content-Length` first, then while streaming, chunked or not)
+//! and a read timeout.
+//!
+//! It answers nothing itself: a [`BodyError`] says what went wrong and its
+//! status, and each protocol words it its own way (a SOAP fault for the PBX,
+//! JSON for the push API).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::header;
+use hyper::{Request, StatusCode};
+
+/// Why a body was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// Larger than the limit, as declared or as it arrived.
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The connection broke or the framing was wrong.
+    #[error("the request body could not be read in full")]
+    Broken,
+    /// Not all there within the timeout.
+    #[error("the request body did not arrive within {} s", .after.as_secs_f64())]
+    TimedOut { after: Duration },
+}
+
+impl BodyError {
+    /// The HTTP status of the refusal, whatever the protocol.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Broken => StatusCode::BAD_REQUEST,
+            BodyError::TimedOut { .. } => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// Reads `req`'s body whole: at most `limit` bytes, within `timeout`.
+pub async fn read<B>(req: Request<B>, limit: usize, timeout: Duration) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let declared_len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_len.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let collect = Limited::new(req.into_body(), limit).collect();
+    tokio::pin!(collect);
+    // The PBX's request usually arrives in one packet with its headers: the
+    // body is then complete at the first poll and no timer is armed for it.
+    let collected = match poll_once(collect.as_mut()) {
+        Some(done) => done,
+        None => tokio::time::timeout(timeout, collect)
+            .await
+            .map_err(|_| BodyError::TimedOut { after: timeout })?,
+    };
+    match collected {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(BodyError::TooLarge { limit })
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "request body could not be read");
+            Err(BodyError::Broken)
+        }
+    }
+}
+
+/// Polls a future once, with a waker that does nothing: `Some` if it was
+/// already complete. A `None` leaves the future as it was, to be awaited.
+fn poll_once<F: Future>(fut: Pin<&mut F>) -> Option<F::Output> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match fut.poll(&mut cx) {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt as _;
+    use http_body_util::{Full, StreamBody};
+    use hyper::body::Frame;
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn request<B>(body: B, content_length: Option<usize>) -> Request<B> {
+        let mut builder = Request::post("/");
+        if let Some(n) = content_length {
+            builder = builder.header(header::CONTENT_LENGTH, n);
+        }
+        builder.body(body).expect("request")
+    }
+
+    /// A body that sends `chunks`, then never ends.
+    fn stalled(chunks: Vec<&'static [u8]>) -> impl hyper::body::Body<Error = std::io::Error> {
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(c))));
+        StreamBody::new(futures_util::stream::iter(frames).chain(futures_util::stream::pending()))
+    }
+
+    #[tokio::test]
+    async fn a_body_within_the_limit_is_read_whole() {
+        let got = read(
+            request(Full::new(Bytes::from_static(b"abc")), Some(3)),
+            3,
+            TIMEOUT,
+        )
+        .await;
+        assert_eq!(got, Ok(Bytes::from_static(b"abc")));
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_declared_or_streamed() {
+        let declared = request(Full::new(Bytes::from_static(b"ab")), Some(5));
+        assert_eq!(
+            read(declared, 4, TIMEOUT).await,
+            Err(BodyError::TooLarge { limit: 4 })
+        );
+        let undeclared = request(Full::new(Bytes::from_static(b"abcde")), None);
+        assert_eq!(
+            read(undeclared, 4, TIMEOUT).await,
+            Err(BodyError::TooLarge { limit: 4 })
+        );
+        assert_eq!(
+            BodyError::TooLarge { limit: 4 }.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_times_out() {
+        let got = read(request(stalled(vec![b"ab"]), None), 100, TIMEOUT).await;
+        assert_eq!(got, Err(BodyError::TimedOut { after: TIMEOUT }));
+        assert_eq!(
+            BodyError::TimedOut { after: TIMEOUT }.to_string(),
+            "the request body did not arrive within 10 s"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_body_is_told_apart() {
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Err(std::io::Error::other("reset")),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let got = read(request(body, None), 100, TIMEOUT).await;
+        assert_eq!(got, Err(BodyError::Broken));
+        assert_eq!(BodyError::Broken.status(), StatusCode::BAD_REQUEST);
+    }
+}

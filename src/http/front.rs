@@ -1,0 +1,67 @@
+//! [`Front`]: the endpoint groups and what they share, built once at
+//! start-up. The route table that sends requests to them is `mod.rs`'s.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use super::api::Api;
+use super::ops::Ops;
+use super::screens::Screens;
+use super::soap::SoapEndpoint;
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::metrics::Metrics;
+use crate::popup::Hub;
+use crate::sources::push::PushSource;
+use crate::sources::SourceHealth;
+use crate::store::Store;
+use crate::vats::Vats;
+
+/// Everything a request handler needs, built once at start-up.
+pub struct Front {
+    pub(super) soap: SoapEndpoint,
+    pub(super) screens: Screens,
+    pub(super) api: Api,
+    pub(super) ops: Ops,
+    pub(super) metrics: Arc<Metrics>,
+    /// `server.max_connections` slots, shared by HTTP connections and the
+    /// WebSocket screens they upgrade into.
+    connection_slots: Arc<Semaphore>,
+    /// `cti_http_responses_total{endpoint="soap",status="200"}`, resolved once.
+    pub(super) soap_ok_responses: prometheus::IntCounter,
+}
+
+impl Front {
+    // One handle per part it serves; built once, by the gateway only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: &Config,
+        vats: Vats,
+        directory: Arc<Directory>,
+        health: Arc<SourceHealth>,
+        metrics: Arc<Metrics>,
+        hub: Arc<Hub>,
+        store: Store,
+        push: Arc<PushSource>,
+    ) -> Front {
+        let connection_slots = Arc::new(Semaphore::new(config.server.max_connections));
+        Front {
+            soap: SoapEndpoint::new(config, vats),
+            screens: Screens::new(config, hub, Arc::clone(&connection_slots)),
+            api: Api::new(config, push, store),
+            ops: Ops::new(directory, health, Arc::clone(&metrics)),
+            soap_ok_responses: metrics.http_responses.with_label_values(&["soap", "200"]),
+            metrics,
+            connection_slots,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn connection_slots(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.connection_slots)
+    }
+}

@@ -1,0 +1,135 @@
+//! What operations people and their tools read: `GET /metrics`
+//! (Prometheus), `GET /healthz` (alive) and `GET /readyz` (a directory is
+//! loaded; which sources are failing).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use hyper::{Response, StatusCode};
+
+use super::respond::{self, json, text, Body};
+use crate::directory::Directory;
+use crate::metrics::Metrics;
+use crate::sources::SourceHealth;
+
+pub const METRICS: &str = "/metrics";
+pub const HEALTHZ: &str = "/healthz";
+pub const READYZ: &str = "/readyz";
+
+/// The operations endpoints, built once at start-up.
+pub struct Ops {
+    directory: Arc<Directory>,
+    health: Arc<SourceHealth>,
+    metrics: Arc<Metrics>,
+}
+
+impl Ops {
+    pub fn new(directory: Arc<Directory>, health: Arc<SourceHealth>, metrics: Arc<Metrics>) -> Ops {
+        Ops {
+            directory,
+            health,
+            metrics,
+        }
+    }
+
+    /// `GET /healthz`: the process answers.
+    pub fn healthz(&self) -> Response<Body> {
+        text(StatusCode::OK, "ok\n")
+    }
+
+    /// `GET /metrics`: the gauges that mirror the directory and the sources
+    /// are set from them now, then everything is rendered.
+    pub fn metrics(&self) -> Response<Body> {
+        let index = self.directory.snapshot();
+        let m = &self.metrics;
+        m.directory_counterparties.set(index.len() as i64);
+        m.directory_phones.set(index.phone_count() as i64);
+        m.directory_ambiguous_phones
+            .set(index.ambiguous_phones() as i64);
+        for info in index.sources() {
+            m.source_records
+                .with_label_values(&[&*info.name])
+                .set(info.records as i64);
+        }
+        for (name, state) in self.health.report() {
+            let last = state
+                .last_success
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            m.source_last_success.with_label_values(&[&name]).set(last);
+            m.source_consecutive_failures
+                .with_label_values(&[&name])
+                .set(i64::from(state.consecutive_failures));
+        }
+        respond::bytes(m.render(), "text/plain; version=0.0.4; charset=utf-8")
+    }
+
+    /// `GET /readyz`: 200 once a directory is loaded (from a source or the
+    /// snapshot), with each source's state; 503 only before that.
+    pub fn readyz(&self) -> Response<Body> {
+        let index = self.directory.snapshot();
+        let mut sources = serde_json::Map::new();
+        for info in index.sources() {
+            sources.insert(
+                info.name.to_string(),
+                serde_json::json!({
+                    "records": info.records,
+                    "loaded_at": rfc3339(info.loaded_at),
+                }),
+            );
+        }
+        let failing = self.add_health(&mut sources);
+        let ready = index.is_loaded();
+        let body = serde_json::json!({
+            "ready": ready,
+            "counterparties": index.len(),
+            "phones": index.phone_count(),
+            "sources": sources,
+            "failing_sources": failing,
+        });
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json(status, &body)
+    }
+
+    /// Adds each source's health to its entry in `sources` (creating the
+    /// entry for a source that has loaded nothing); the failing sources.
+    fn add_health(&self, sources: &mut serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+        let mut failing = Vec::new();
+        for (name, state) in self.health.report() {
+            let entry = sources
+                .entry(name.clone())
+                .or_insert_with(|| serde_json::json!({ "records": 0 }));
+            let Some(obj) = entry.as_object_mut() else {
+                continue;
+            };
+            let word = if state.failing_since.is_some() {
+                "failing"
+            } else {
+                "ok"
+            };
+            obj.insert("state".into(), word.into());
+            obj.insert(
+                "last_success".into(),
+                state.last_success.map(rfc3339).into(),
+            );
+            obj.insert(
+                "consecutive_failures".into(),
+                state.consecutive_failures.into(),
+            );
+            if let Some(since) = state.failing_since {
+                obj.insert("failing_since".into(), rfc3339(since).into());
+                obj.insert("last_error".into(), state.last_error.into());
+                failing.push(name);
+            }
+        }
+        failing
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}

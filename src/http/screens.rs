@@ -1,0 +1,151 @@
+//! Operator screens: the page (`GET /operator`), the WebSocket
+//! (`GET /operator/ws`) and the long-poll (`GET /operator/events`).
+//!
+//! Both transports authenticate the same way, here: `?token=` is looked up
+//! in the screen-token table ([`ScreenTokens`]), before anything else is
+//! read; the hub gets the key of the operator that the token resolved to.
+//! Refusals are JSON.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use tokio::sync::Semaphore;
+
+use super::auth::{ScreenOperator, ScreenTokens};
+use super::respond::{json_error, Body};
+use crate::config::Config;
+use crate::popup::{self, Hub, ScreenQuery, TransportConfig};
+
+/// Where the screens' endpoints live; `soap.path` may not be under it.
+pub const PREFIX: &str = "/operator";
+pub const PAGE: &str = "/operator";
+pub const PAGE_SLASH: &str = "/operator/";
+pub const WEBSOCKET: &str = "/operator/ws";
+pub const EVENTS: &str = "/operator/events";
+
+/// The screens' endpoints, built once at start-up.
+pub struct Screens {
+    hub: Arc<Hub>,
+    tokens: ScreenTokens,
+    transport: TransportConfig,
+    /// `server.max_connections` slots, shared with the accept loop: hyper's
+    /// connection ends at the upgrade, so a WebSocket screen takes a slot of
+    /// its own for its lifetime.
+    connection_slots: Arc<Semaphore>,
+}
+
+impl Screens {
+    pub fn new(config: &Config, hub: Arc<Hub>, connection_slots: Arc<Semaphore>) -> Screens {
+        Screens {
+            hub,
+            tokens: ScreenTokens::new(&config.operators),
+            transport: TransportConfig::from(&config.popup),
+            connection_slots,
+        }
+    }
+
+    /// `GET /operator`: the page, compiled in, with its security headers.
+    pub fn page(&self) -> Response<Body> {
+        let mut response = Response::new(Body::new(Bytes::from_static(
+            popup::page::OPERATOR_PAGE.as_bytes(),
+        )));
+        for (name, value) in popup::page::PAGE_HEADERS {
+            response
+                .headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
+        response
+    }
+
+    /// `GET /operator/ws?token=T[&after=N]`: the token is checked before
+    /// anything else (401, and no handshake), then `after`, then the handshake.
+    pub fn websocket(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let (operator, query) = match self.screen(req.uri().query()) {
+            Ok(found) => found,
+            Err((status, message)) => return json_error(status, &message),
+        };
+        let after = match query.after() {
+            Ok(after) => after,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
+        };
+        let handshake = match popup::websocket::Handshake::check(&mut req) {
+            Ok(handshake) => handshake,
+            Err(refusal) => {
+                let mut response = json_error(refusal.status, refusal.message);
+                response.headers_mut().extend(refusal.headers());
+                return response;
+            }
+        };
+        let Ok(slot) = Arc::clone(&self.connection_slots).try_acquire_owned() else {
+            tracing::warn!(key = %operator.key, "operator screen refused: server.max_connections are open");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections (server.max_connections); try again later",
+            );
+        };
+        let ping = self.transport.ping_interval;
+        match handshake.accept(&self.hub, &operator.key, &operator.name, after, ping, slot) {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::error!(error = %e, key = %operator.key, "operator screen not subscribed");
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot subscribe")
+            }
+        }
+    }
+
+    /// `GET /operator/events?token=T&after=N[&wait=S]`: the long-poll.
+    pub async fn events(&self, req: Request<Incoming>) -> Response<Body> {
+        let (operator, query) = match self.screen(req.uri().query()) {
+            Ok(found) => found,
+            Err((status, message)) => return json_error(status, &message),
+        };
+        let (after, wait) = match (query.after(), query.wait_secs()) {
+            (Ok(after), Ok(wait)) => (after, wait),
+            (Err(e), _) | (_, Err(e)) => return json_error(StatusCode::BAD_REQUEST, &e),
+        };
+        let wait = popup::long_poll::wait_for(wait, self.transport.long_poll_max_wait);
+        match popup::long_poll::poll(&self.hub, &operator.key, after, wait).await {
+            Ok(body) => {
+                let mut response = Response::new(Body::new(Bytes::from(body)));
+                let headers = response.headers_mut();
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+            }
+            Err(e) => {
+                tracing::error!(error = %e, key = %operator.key, "long-poll failed");
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read messages")
+            }
+        }
+    }
+
+    /// The operator whose screen this is, from `?token=`; a 400 for a query
+    /// that cannot be read, a 401 for a missing or unknown token.
+    fn screen(
+        &self,
+        query: Option<&str>,
+    ) -> Result<(ScreenOperator, ScreenQuery), (StatusCode, String)> {
+        let query = ScreenQuery::parse(query).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        let Some(token) = query.token() else {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "missing token: connect with ?token=<this screen's token>".into(),
+            ));
+        };
+        match self.tokens.operator_for_token(token) {
+            Some(operator) => Ok((operator, query)),
+            None => {
+                // Debug only: a screen with an outdated token retries for ever;
+                // refusals are counted in cti_http_responses_total.
+                tracing::debug!("operator screen refused: unknown token");
+                Err((StatusCode::UNAUTHORIZED, "unknown token".into()))
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The PBX's endpoint: `POST {soap.path}` (SayName, IncomingCall) and
+//! `GET {soap.path}?wsdl`.
+//!
+//! Everything this endpoint answers is SOAP, refusals included (401, 405,
+//! 413, 415...): a fault in the version the request's `Content-Type` names,
+//! SOAP 1.1 when it names none. The operations themselves are `vats`'s; this
+//! file only checks the request, reads its body and picks the status.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::auth::{self, AuthFailure, BasicAuth, RefusalLog};
+use super::body::{self, BodyError};
+use super::respond::{self, with_header, with_status, Body};
+use crate::config::Config;
+use crate::soap::{FaultCode, SoapVersion};
+use crate::vats::{ReplyOutcome, SoapReply, Vats};
+
+/// The largest SOAP request accepted; the PBX's requests are a few hundred bytes.
+pub const MAX_SOAP_BODY: usize = 64 * 1024;
+
+/// Bad credentials from the PBX side, logged at most once a minute.
+static REFUSALS: RefusalLog = RefusalLog::new("SOAP request");
+
+/// The PBX's endpoint, built once at start-up.
+pub struct SoapEndpoint {
+    path: String,
+    wsdl_requires_auth: bool,
+    public_url: Option<String>,
+    body_read_timeout: Duration,
+    basic: BasicAuth,
+    vats: Vats,
+}
+
+impl SoapEndpoint {
+    pub fn new(config: &Config, vats: Vats) -> SoapEndpoint {
+        let password = config
+            .soap
+            .password
+            .as_ref()
+            .map(|p| p.expose())
+            .unwrap_or_default();
+        SoapEndpoint {
+            path: config.soap.path.clone(),
+            wsdl_requires_auth: config.soap.wsdl_requires_auth,
+            public_url: config.soap.public_url.clone(),
+            body_read_timeout: config.server.body_read_timeout,
+            basic: BasicAuth::new(&config.soap.username, password),
+            vats,
+        }
+    }
+
+    /// `soap.path`: where the PBX posts.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Any method on `soap.path`.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let declared = SoapVersion::from_content_type(content_type);
+        let hint = declared.unwrap_or(SoapVersion::V11);
+        let is_wsdl = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.eq_ignore_ascii_case("wsdl")));
+        match *req.method() {
+            Method::POST => {}
+            Method::GET if is_wsdl => return self.wsdl(&req),
+            _ => {
+                let message = format!(
+                    "method {} is not allowed here: POST a SOAP request, or GET ?wsdl",
+                    req.method()
+                );
+                let response = fault(hint, StatusCode::METHOD_NOT_ALLOWED, &message);
+                return with_header(response, header::ALLOW, "GET, POST");
+            }
+        }
+        if let Err(refused) = self.check_credentials(&req, hint) {
+            return refused;
+        }
+        let Some(version) = declared else {
+            let message = format!("Content-Type '{content_type:.100}' is not SOAP: send text/xml (SOAP 1.1) or application/soap+xml (SOAP 1.2)");
+            return fault(hint, StatusCode::UNSUPPORTED_MEDIA_TYPE, &message);
+        };
+        match body::read(req, MAX_SOAP_BODY, self.body_read_timeout).await {
+            Ok(body) => reply(self.vats.answer(&body, version).await),
+            Err(e) => body_refused(version, e),
+        }
+    }
+
+    /// The PBX's Basic credentials: a SOAP fault with 401 (and
+    /// `WWW-Authenticate`) when missing or wrong, 400 when repeated.
+    #[allow(clippy::result_large_err)] // the Err is the answer itself
+    fn check_credentials(
+        &self,
+        req: &Request<Incoming>,
+        version: SoapVersion,
+    ) -> Result<(), Response<Body>> {
+        let Err(failure) = auth::authorization(req.headers()).and_then(|h| self.basic.check(h))
+        else {
+            return Ok(());
+        };
+        REFUSALS.refused(req.uri().path(), &failure);
+        let response = fault(version, failure.status(), &failure.to_string());
+        Err(match failure {
+            AuthFailure::Repeated => response,
+            _ => with_header(
+                response,
+                header::WWW_AUTHENTICATE,
+                "Basic realm=\"cti-gateway\", charset=\"UTF-8\"",
+            ),
+        })
+    }
+
+    /// The WSDL with this gateway's address as the service's.
+    fn wsdl(&self, req: &Request<Incoming>) -> Response<Body> {
+        if self.wsdl_requires_auth {
+            if let Err(refused) = self.check_credentials(req, SoapVersion::V11) {
+                return refused;
+            }
+        }
+        let url = match &self.public_url {
+            Some(url) => url.clone(),
+            None => {
+                // The address the client reached us by; a Host header that is not a
+                // plain authority would inject text into the document, so it is checked.
+                let host = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+                    .map_or_else(|| "localhost".to_owned(), |a| a.to_string());
+                format!("http://{host}{}", self.path)
+            }
+        };
+        respond::bytes(crate::soap::wsdl(&url), "text/xml; charset=utf-8")
+    }
+}
+
+/// A body that could not be read, as a `soap:Client` fault.
+fn body_refused(version: SoapVersion, e: BodyError) -> Response<Body> {
+    let message = match e {
+        BodyError::TooLarge { limit } => format!("request body is larger than {limit} bytes"),
+        BodyError::Broken => "request body could not be read in full".to_owned(),
+        BodyError::TimedOut { after } => format!(
+            "request body did not arrive within {} s",
+            after.as_secs_f64()
+        ),
+    };
+    fault(version, e.status(), &message)
+}
+
+/// A `soap:Client` fault sent with `status` rather than the fault's own.
+pub fn fault(version: SoapVersion, status: StatusCode, message: &str) -> Response<Body> {
+    let reply = SoapReply::fault(version, FaultCode::Client, message);
+    with_status(self::reply(reply), status)
+}
+
+/// `vats`'s reply with its status: 200 for an answer; for a fault, 500 in
+/// SOAP 1.1 (which sends every fault so), in SOAP 1.2 400 for a Sender
+/// fault and 500 for a Receiver fault.
+pub fn reply(reply: SoapReply) -> Response<Body> {
+    let status = match (reply.outcome, reply.version) {
+        (ReplyOutcome::Answer, _) => StatusCode::OK,
+        (ReplyOutcome::Fault(FaultCode::Client), SoapVersion::V12) => StatusCode::BAD_REQUEST,
+        (ReplyOutcome::Fault(_), _) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut response = Response::new(Body::new(Bytes::from(reply.body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(reply.version.content_type()),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(outcome: ReplyOutcome, version: SoapVersion) -> StatusCode {
+        let reply = SoapReply {
+            outcome,
+            version,
+            body: Vec::new(),
+        };
+        self::reply(reply).status()
+    }
+
+    #[test]
+    fn each_outcome_keeps_its_status() {
+        use SoapVersion::{V11, V12};
+        let client = ReplyOutcome::Fault(FaultCode::Client);
+        let server = ReplyOutcome::Fault(FaultCode::Server);
+        assert_eq!(status(ReplyOutcome::Answer, V11), StatusCode::OK);
+        assert_eq!(status(ReplyOutcome::Answer, V12), StatusCode::OK);
+        assert_eq!(status(client, V11), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(status(server, V11), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(status(client, V12), StatusCode::BAD_REQUEST);
+        assert_eq!(status(server, V12), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}
