@@ -102,8 +102,8 @@ pub(super) enum Command {
         sql: String,
         reply: Reply<()>,
     },
-    /// Changes the chunk size of replaces (tests: many chunks from few rows).
-    #[cfg(test)]
+    /// Changes the chunk size of replaces (measurements; tests: many
+    /// chunks from few rows).
     SetChunk {
         ops: usize,
         time: Duration,
@@ -163,7 +163,8 @@ struct Writer {
     deferred: VecDeque<Command>,
     /// Journal appends of the next group commit.
     batch: Vec<(CallRecord, Reply<i64>)>,
-    /// [`MAX_CHUNK_OPS`] and [`CHUNK_TIME`], but for tests.
+    /// [`MAX_CHUNK_OPS`] and [`CHUNK_TIME`], unless a measurement or a test
+    /// set others ([`Store::set_chunk`](super::Store::set_chunk)).
     max_chunk_ops: usize,
     chunk_time: Duration,
 }
@@ -233,7 +234,6 @@ impl Writer {
                         .map_err(|e| StoreError::sqlite(&self.path, "test SQL", e));
                     let _ = reply.send(result);
                 }
-                #[cfg(test)]
                 Command::SetChunk { ops, time, reply } => {
                     self.max_chunk_ops = ops.max(1);
                     self.chunk_time = time;
