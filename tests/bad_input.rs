@@ -258,7 +258,13 @@ async fn connections_over_the_limit_are_closed_and_the_rest_still_served() {
     for _ in 0..4 {
         held.push(TcpStream::connect(gw.addr).await.expect("connect"));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The server has taken all four (the gauge counts accepted connections
+    // holding a slot), so the next one is over the limit.
+    let metrics = gw.gateway().metrics();
+    eventually(Duration::from_secs(3), "4 connections open", || {
+        metrics.http_connections.get() == 4
+    })
+    .await;
     let mut extra = TcpStream::connect(gw.addr).await.expect("connect");
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(3), extra.read(&mut buf))
@@ -267,6 +273,10 @@ async fn connections_over_the_limit_are_closed_and_the_rest_still_served() {
         .unwrap_or(0);
     assert_eq!(n, 0, "the fifth connection was not closed");
     drop(held);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The server has seen them close and freed their slots.
+    eventually(Duration::from_secs(3), "the connections closed", || {
+        metrics.http_connections.get() == 0
+    })
+    .await;
     assert_still_answers(&gw).await;
 }

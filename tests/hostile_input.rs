@@ -258,15 +258,6 @@ async fn counterparties(addr: SocketAddr) -> u64 {
     v["counterparties"].as_u64().expect("counterparties")
 }
 
-/// Polls `cond` every 10 ms until it holds, for at most `limit`.
-async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 // ------------------------------------------------------- XML bombs, entities
 
 /// A TCP listener standing for an attacker's server: any connection to it

@@ -651,7 +651,9 @@ async fn a_push_that_a_newer_file_version_replaced_stays_replaced_after_a_restar
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(title(gw.addr, "89165555555").await, "Ромашка (push)");
 
-    // Then the file brings a newer b2: it answers.
+    // Then the file brings a newer b2: it answers. The sleep is the
+    // subject: receive times are in milliseconds, and the file's copy must
+    // be received in a later one than the push's to be the newer.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let before = gw
         .gateway()
@@ -679,6 +681,8 @@ async fn a_push_that_a_newer_file_version_replaced_stays_replaced_after_a_restar
 
     // A later push of something else makes the push source's snapshot the
     // newest; b2's pushed copy must still count as older than the file's.
+    // The sleep is the subject: this push is received in a later
+    // millisecond than the file's copy.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let reply = push(gw.addr, &body(&[record("p-9", "Другой", "89120000019")])).await;
     assert_eq!(reply.status, 200, "{}", reply.body);

@@ -150,6 +150,22 @@ pub(super) enum Stamps {
     Each(Vec<Option<u64>>, u64),
 }
 
+impl Stamps {
+    /// Each record with its receive time.
+    fn attach(self, records: Vec<Counterparty>) -> Vec<(Counterparty, u64)> {
+        match self {
+            Stamps::All(stamp) => records.into_iter().map(|r| (r, stamp)).collect(),
+            Stamps::Each(each, default) => {
+                let mut each = each.into_iter();
+                records
+                    .into_iter()
+                    .map(|r| (r, each.next().flatten().unwrap_or(default)))
+                    .collect()
+            }
+        }
+    }
+}
+
 /// Records turned into entries, and what that took.
 struct Built {
     entries: Arc<[Arc<Entry>]>,
@@ -158,6 +174,11 @@ struct Built {
     /// Records whose entry was kept from the previous set (same change marker).
     unchanged: usize,
 }
+
+/// The fewest records one build thread gets, so that a thread is spawned
+/// only for work that outweighs spawning it (a build of fewer records runs
+/// on the calling thread).
+const MIN_CHUNK: usize = 16_384;
 
 /// Turns records into entries on every core: rendering and serializing a
 /// million records is most of a start-up from the snapshot. A record whose
@@ -169,36 +190,8 @@ fn build_entries(
     render: Renderer,
     previous: &[Arc<Entry>],
 ) -> Built {
-    let mut records: Vec<(Counterparty, u64)> = match stamps {
-        Stamps::All(stamp) => records.into_iter().map(|r| (r, stamp)).collect(),
-        Stamps::Each(each, default) => {
-            let mut each = each.into_iter();
-            records
-                .into_iter()
-                .map(|r| (r, each.next().flatten().unwrap_or(default)))
-                .collect()
-        }
-    };
-    const MIN_CHUNK: usize = 16_384;
-    let reusable: HashMap<&str, &Arc<Entry>> = if records.iter().any(|r| r.0.data_version.is_some())
-    {
-        previous
-            .iter()
-            .filter(|e| e.data_version.is_some())
-            .map(|e| (&*e.id, e))
-            .collect()
-    } else {
-        HashMap::new()
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = records.len().div_ceil(threads).max(MIN_CHUNK);
-    let mut chunks = Vec::new();
-    while records.len() > chunk {
-        let tail = records.split_off(records.len() - chunk);
-        chunks.push(tail);
-    }
-    chunks.push(records);
-    chunks.reverse(); // split_off took them from the back
+    let records = stamps.attach(records);
+    let reusable = reusable_entries(&records, previous);
     let convert = |chunk: Vec<(Counterparty, u64)>| -> (Vec<Arc<Entry>>, usize, usize) {
         let (mut unusable, mut unchanged) = (0, 0);
         let entries = chunk
@@ -215,24 +208,7 @@ fn build_entries(
             .collect();
         (entries, unusable, unchanged)
     };
-    let parts: Vec<(Vec<Arc<Entry>>, usize, usize)> = if chunks.len() == 1 {
-        chunks.into_iter().map(convert).collect()
-    } else {
-        let convert = &convert;
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = chunks
-                .into_iter()
-                .map(|c| scope.spawn(move || convert(c)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        })
-    };
+    let parts = on_every_core(split_for_threads(records), convert);
     let unusable_phones = parts.iter().map(|p| p.1).sum();
     let unchanged = parts.iter().map(|p| p.2).sum();
     let entries = parts.into_iter().flat_map(|p| p.0).collect();
@@ -241,6 +217,59 @@ fn build_entries(
         unusable_phones,
         unchanged,
     }
+}
+
+/// The entries of `previous` that a record with the same id and change
+/// marker may keep; none when no record has a change marker.
+fn reusable_entries<'p>(
+    records: &[(Counterparty, u64)],
+    previous: &'p [Arc<Entry>],
+) -> HashMap<&'p str, &'p Arc<Entry>> {
+    if !records.iter().any(|r| r.0.data_version.is_some()) {
+        return HashMap::new();
+    }
+    previous
+        .iter()
+        .filter(|e| e.data_version.is_some())
+        .map(|e| (&*e.id, e))
+        .collect()
+}
+
+/// `items` cut into one run per core, in order, each at least
+/// [`MIN_CHUNK`] long (so a small build is one run).
+fn split_for_threads<T>(mut items: Vec<T>) -> Vec<Vec<T>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = items.len().div_ceil(threads).max(MIN_CHUNK);
+    let mut chunks = Vec::new();
+    while items.len() > chunk {
+        let tail = items.split_off(items.len() - chunk);
+        chunks.push(tail);
+    }
+    chunks.push(items);
+    chunks.reverse(); // split_off took them from the back
+    chunks
+}
+
+/// `f` of each chunk, a thread each (none for a single chunk), in order. A
+/// panic in a thread is raised again here.
+fn on_every_core<T: Send, R: Send>(chunks: Vec<Vec<T>>, f: impl Fn(Vec<T>) -> R + Sync) -> Vec<R> {
+    if chunks.len() == 1 {
+        return chunks.into_iter().map(f).collect();
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| scope.spawn(move || f(c)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 /// Unix milliseconds of `t` (0 before the epoch).

@@ -580,10 +580,13 @@ impl Store {
         self.request(|reply| Command::Exec { sql, reply }).await
     }
 
-    /// Sets the size of a replace's chunks: at most `ops` row changes, and
-    /// about `time` of work.
-    #[cfg(test)]
-    async fn set_chunk(&self, ops: usize, time: Duration) -> Result<(), StoreError> {
+    /// Sets the size of the chunks later replaces are committed in: at most
+    /// `ops` row changes (at least 1), and about `time` of work, commit
+    /// included. For measurements and tests only: `bench/store.sh` compares
+    /// chunk sizes with it, tests make many chunks of few rows. The gateway
+    /// never calls it and keeps the defaults (at most 20,000 row changes,
+    /// about 100 ms: an append waits for one chunk at most).
+    pub async fn set_chunk(&self, ops: usize, time: Duration) -> Result<(), StoreError> {
         self.request(|reply| Command::SetChunk { ops, time, reply })
             .await
     }

@@ -209,6 +209,69 @@ enum Settled {
     Deleted,
 }
 
+/// What one step of a walk has listed so far, and when it must stop.
+struct Step {
+    ops: Vec<RowOp>,
+    settled: Settled,
+    /// Rows and records looked at, counting from 1.
+    seen: usize,
+    limit: Limit,
+}
+
+impl Step {
+    fn new(limit: Limit) -> Step {
+        Step {
+            ops: Vec::new(),
+            settled: Settled::Nothing,
+            seen: 0,
+            limit,
+        }
+    }
+
+    /// Whether the step stops before looking at one more row or record:
+    /// once the limit is reached, but only after settling something.
+    fn full(&mut self) -> bool {
+        self.seen += 1;
+        !matches!(self.settled, Settled::Nothing) && self.limit.reached(self.ops.len(), self.seen)
+    }
+
+    /// Lists the records from where `walk` stands up to `before` (all that
+    /// are left when `None`) as inserts, moving `walk` on; false when the
+    /// step filled up first.
+    fn insert_records(
+        &mut self,
+        records: &dyn RecordSet,
+        sorted: &[usize],
+        walk: &mut Walk,
+        before: Option<&str>,
+    ) -> bool {
+        while let Some(&i) = sorted.get(walk.next) {
+            if before.is_some_and(|id| records.get(i).id() >= id) {
+                break;
+            }
+            if self.full() {
+                return false;
+            }
+            self.ops.push(RowOp::Insert(i));
+            self.settled = Settled::Record(i);
+            walk.next += 1;
+        }
+        true
+    }
+
+    /// The last id settled, if any: where the next step starts.
+    fn settled_id(&self, records: &dyn RecordSet) -> Option<String> {
+        match self.settled {
+            Settled::Nothing => None,
+            Settled::Record(i) => Some(records.get(i).id().to_owned()),
+            Settled::Deleted => match self.ops.last() {
+                Some(RowOp::Delete(id)) => Some(id.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// One step of walking the source's stored rows and the records together,
 /// both in id order (`sorted` from [`sorted_last_per_id`]), from where
 /// `walk` stands: lists what must change for the ids it passes, up to
@@ -225,82 +288,49 @@ pub(super) fn walk_rows(
     limit: Limit,
     buf: &mut Vec<u8>,
 ) -> rusqlite::Result<Vec<RowOp>> {
-    let id_of = |next: usize| records.get(sorted[next]).id();
-    let mut ops = Vec::new();
-    let mut settled = Settled::Nothing;
-    let mut seen = 0usize;
-    let mut stmt;
+    let mut step = Step::new(limit);
+    let mut stmt = conn.prepare_cached(match walk.after {
+        Some(_) => "SELECT id, body FROM counterparties WHERE source = ?1 AND id > ?2 ORDER BY id",
+        None => "SELECT id, body FROM counterparties WHERE source = ?1 ORDER BY id",
+    })?;
     let mut rows = match &walk.after {
-        Some(after) => {
-            stmt = conn.prepare_cached(
-                "SELECT id, body FROM counterparties WHERE source = ?1 AND id > ?2 ORDER BY id",
-            )?;
-            stmt.query(params![source, after])?
-        }
-        None => {
-            stmt = conn.prepare_cached(
-                "SELECT id, body FROM counterparties WHERE source = ?1 ORDER BY id",
-            )?;
-            stmt.query([source])?
-        }
+        Some(after) => stmt.query(params![source, after])?,
+        None => stmt.query([source])?,
     };
-    // Stop once the limit is reached, but only after settling something.
-    let mut full = |ops: &Vec<RowOp>, settled: Settled| {
-        seen += 1;
-        !matches!(settled, Settled::Nothing) && limit.reached(ops.len(), seen)
-    };
-    'walk: loop {
+    loop {
         let Some(row) = rows.next()? else {
             // No stored rows left: the remaining records are new.
-            while walk.next < sorted.len() {
-                if full(&ops, settled) {
-                    break 'walk;
-                }
-                ops.push(RowOp::Insert(sorted[walk.next]));
-                settled = Settled::Record(sorted[walk.next]);
-                walk.next += 1;
+            if step.insert_records(records, sorted, walk, None) {
+                walk.done = true;
             }
-            walk.done = true;
             break;
         };
         let id = read::text(row.get_ref(0)?, 0)?;
         // Records before this row are new. Stopping among them leaves the
         // row unsettled: the next step reads it again.
-        while walk.next < sorted.len() && id_of(walk.next) < id {
-            if full(&ops, settled) {
-                break 'walk;
-            }
-            ops.push(RowOp::Insert(sorted[walk.next]));
-            settled = Settled::Record(sorted[walk.next]);
-            walk.next += 1;
-        }
-        if full(&ops, settled) {
+        if !step.insert_records(records, sorted, walk, Some(id)) || step.full() {
             break;
         }
-        if walk.next < sorted.len() && id_of(walk.next) == id {
-            let record = records.get(sorted[walk.next]);
-            encode(record, buf)?;
-            match row.get_ref(1)? {
-                ValueRef::Text(body) if body == buf.as_slice() => walk.unchanged += 1,
-                _ => ops.push(RowOp::Update(sorted[walk.next])),
+        match sorted.get(walk.next) {
+            Some(&i) if records.get(i).id() == id => {
+                encode(records.get(i), buf)?;
+                match row.get_ref(1)? {
+                    ValueRef::Text(body) if body == buf.as_slice() => walk.unchanged += 1,
+                    _ => step.ops.push(RowOp::Update(i)),
+                }
+                step.settled = Settled::Record(i);
+                walk.next += 1;
             }
-            settled = Settled::Record(sorted[walk.next]);
-            walk.next += 1;
-        } else {
-            ops.push(RowOp::Delete(id.to_owned()));
-            settled = Settled::Deleted;
-        }
-    }
-    match settled {
-        Settled::Nothing => {}
-        Settled::Record(i) => walk.after = Some(records.get(i).id().to_owned()),
-        Settled::Deleted => {
-            if let Some(RowOp::Delete(id)) = ops.last() {
-                walk.after = Some(id.clone());
+            _ => {
+                step.ops.push(RowOp::Delete(id.to_owned()));
+                step.settled = Settled::Deleted;
             }
         }
     }
-    Ok(ops)
+    if let Some(after) = step.settled_id(records) {
+        walk.after = Some(after);
+    }
+    Ok(step.ops)
 }
 
 /// Applies a diff's row changes in order (the caller holds the write

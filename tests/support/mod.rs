@@ -306,3 +306,18 @@ pub fn say_name_data(reply: &Reply) -> String {
         .unwrap_or_else(|| panic!("no m:return in {}", reply.body));
     unescape(ret)
 }
+
+/// Polls `cond` every 10 ms until it holds; panics with `what` when it does
+/// not within `limit`. For "the server has noticed" (a gauge moved, a screen
+/// unregistered) instead of a fixed sleep that guesses how long that takes.
+/// The tokio clock, as the sleeps between polls use.
+pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -9,15 +9,15 @@
 //! gone (the store was closed or dropped), after finishing what the channel
 //! still holds.
 //!
-//! A source replace is written in chunks, one transaction of about
-//! [`CHUNK_TIME`] each, commit included, and between two chunks the appends
+//! A source replace (`replace.rs`) is written in chunks, one transaction of
+//! about [`CHUNK_TIME`] each, commit included, and between two chunks the appends
 //! that arrived meanwhile are committed: a call waits for one chunk, not for
 //! a million rows. Other commands that arrive during a replace (another
 //! replace, test SQL) wait until it is done, in the order they came. So
 //! replaces never interleave: a second replace of the same source does not
 //! supersede the first, it is written after it, and the rows a replace
 //! walks or planned are changed by no one else between its chunks. How a
-//! replace stays crash-safe across chunks: see [`Writer::replace_source`].
+//! replace stays crash-safe across chunks: see `replace.rs`.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -28,9 +28,12 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+mod replace;
+
 use super::metrics::Metrics;
-use super::snapshot::{self, Limit, OpCounts, Plan, RecordSet, RowOp, Upserted, Walk};
+use super::snapshot::{self, Plan, RecordSet, Upserted};
 use super::{unix_ms, AppliedChanges, CallRecord, StoreError};
+use replace::{CHUNK_TIME, MAX_CHUNK_OPS};
 
 /// Room in the channel: callers beyond it wait (asynchronously) for space.
 pub(super) const CHANNEL_CAPACITY: usize = 1024;
@@ -40,25 +43,6 @@ pub(super) const BACKGROUND_WRITER: &str = "cti-store-bg";
 
 /// Most journal appends committed in one transaction.
 const GROUP_CAP: usize = 256;
-
-/// What one chunk of a source replace should take, from BEGIN to the end of
-/// COMMIT: an append that arrives during a chunk waits about this long, plus
-/// its own commit. Also the most a chunk's row changes may take before it
-/// commits, whatever its size.
-pub(super) const CHUNK_TIME: Duration = Duration::from_millis(100);
-
-/// Row changes in the first chunk of a replace. Later chunks are sized from
-/// the time the previous one took, commit included: rows in key order
-/// (a first save) pack many per page and go fast; changes scattered over a
-/// large table dirty a page each, and their commit costs more than their
-/// statements.
-const FIRST_CHUNK_OPS: usize = 1_000;
-
-/// Bounds for the size of later chunks, in row changes. The upper one keeps
-/// a fast machine's transactions (and their WAL) moderate; a chunk grows at
-/// most twofold from one to the next.
-const MIN_CHUNK_OPS: usize = 100;
-pub(super) const MAX_CHUNK_OPS: usize = 20_000;
 
 /// Most group commits between two chunks of a replace, so that a steady
 /// flood of calls cannot stall a replace: the channel's worth.
@@ -102,8 +86,8 @@ pub(super) enum Command {
         sql: String,
         reply: Reply<()>,
     },
-    /// Changes the chunk size of replaces (tests: many chunks from few rows).
-    #[cfg(test)]
+    /// Changes the chunk size of replaces (measurements; tests: many
+    /// chunks from few rows).
     SetChunk {
         ops: usize,
         time: Duration,
@@ -163,17 +147,10 @@ struct Writer {
     deferred: VecDeque<Command>,
     /// Journal appends of the next group commit.
     batch: Vec<(CallRecord, Reply<i64>)>,
-    /// [`MAX_CHUNK_OPS`] and [`CHUNK_TIME`], but for tests.
+    /// [`MAX_CHUNK_OPS`] and [`CHUNK_TIME`], unless a measurement or a test
+    /// set others ([`Store::set_chunk`](super::Store::set_chunk)).
     max_chunk_ops: usize,
     chunk_time: Duration,
-}
-
-/// What is left of a replace between two chunks.
-enum Work {
-    /// Applying a diff computed beforehand, from `ops[done]` on.
-    Planned { ops: Vec<RowOp>, done: usize },
-    /// Walking the stored rows and the records together on the writer.
-    Walking { sorted: Vec<usize>, walk: Walk },
 }
 
 impl Writer {
@@ -233,7 +210,6 @@ impl Writer {
                         .map_err(|e| StoreError::sqlite(&self.path, "test SQL", e));
                     let _ = reply.send(result);
                 }
-                #[cfg(test)]
                 Command::SetChunk { ops, time, reply } => {
                     self.max_chunk_ops = ops.max(1);
                     self.chunk_time = time;
@@ -309,187 +285,6 @@ impl Writer {
                 for (_, reply) in batch.drain(..) {
                     let _ = reply.send(Err(e.clone()));
                 }
-            }
-        }
-    }
-
-    /// Brings the source's snapshot rows to exactly `records` (the last one
-    /// of each id) and its `sources` row to `fingerprint`, writing only the
-    /// rows that differ. Uses `plan` when no snapshot write happened since it
-    /// was computed, else walks the rows here.
-    ///
-    /// The changes are committed in chunks, with the journal appends that
-    /// wait served in between. Crash safety: the first chunk's transaction
-    /// sets the source's fingerprint to NULL (and its row count to the new
-    /// one), and only the last chunk's transaction writes the fingerprint.
-    /// A crash or an error in between leaves a source without fingerprint,
-    /// which nothing takes for a complete snapshot: the source does not find
-    /// its fingerprint, so it is read and saved again. A replace that fits in
-    /// one chunk is one transaction, as before: the NULL is never seen. A
-    /// failure in the first chunk leaves the old snapshot whole.
-    fn replace_source(
-        &mut self,
-        source: &str,
-        fingerprint: &str,
-        records: &dyn RecordSet,
-        plan: Option<Plan>,
-    ) -> Result<(), StoreError> {
-        let started = Instant::now();
-        let generation = self.generation.load(Ordering::Acquire);
-        let planned = plan.as_ref().is_some_and(|p| p.generation == generation);
-        let (mut work, kept, planned_unchanged) = match plan {
-            Some(Plan { diff, .. }) if planned => {
-                let kept = diff.kept();
-                let work = Work::Planned {
-                    ops: diff.ops,
-                    done: 0,
-                };
-                (work, kept, diff.unchanged)
-            }
-            // Stale: the rows changed, but the order of the records holds.
-            Some(Plan { diff, .. }) => {
-                let kept = diff.kept();
-                let work = Work::Walking {
-                    sorted: diff.sorted,
-                    walk: Walk::default(),
-                };
-                (work, kept, 0)
-            }
-            // Planning failed. Sorting here holds the writer (a fraction of
-            // a second for a million records), but only the read side failed.
-            None => {
-                let sorted = snapshot::sorted_last_per_id(records);
-                let kept = sorted.len();
-                let work = Work::Walking {
-                    sorted,
-                    walk: Walk::default(),
-                };
-                (work, kept, 0)
-            }
-        };
-        let saved_at = unix_ms(SystemTime::now());
-        let mut counts = OpCounts::default();
-        let mut chunks = 0usize;
-        let mut buf = std::mem::take(&mut self.buf);
-        let mut chunk_ops = FIRST_CHUNK_OPS.min(self.max_chunk_ops);
-        let result = loop {
-            let first = chunks == 0;
-            let chunk_time = self.chunk_time;
-            let chunk_started = Instant::now();
-            let limit = Limit {
-                ops: chunk_ops,
-                deadline: Some(chunk_started + chunk_time),
-            };
-            let counts_before = counts;
-            let chunk = self.transact("replacing a source's snapshot", |tx| {
-                if first {
-                    put_source(tx, source, None, saved_at, kept)?;
-                }
-                let finished = match &mut work {
-                    Work::Planned { ops, done } => {
-                        let rest = &ops[*done..];
-                        *done += snapshot::apply(
-                            tx,
-                            source,
-                            records,
-                            rest,
-                            limit,
-                            &mut counts,
-                            &mut buf,
-                        )?;
-                        *done == ops.len()
-                    }
-                    Work::Walking { sorted, walk } => {
-                        // The walk takes half the time, its changes the rest.
-                        let walk_limit = Limit {
-                            deadline: Some(chunk_started + chunk_time / 2),
-                            ..limit
-                        };
-                        let ops = snapshot::walk_rows(
-                            tx, source, records, sorted, walk, walk_limit, &mut buf,
-                        )?;
-                        snapshot::apply(
-                            tx,
-                            source,
-                            records,
-                            &ops,
-                            Limit::NONE,
-                            &mut counts,
-                            &mut buf,
-                        )?;
-                        walk.done
-                    }
-                };
-                if finished {
-                    put_source(tx, source, Some(fingerprint), saved_at, kept)?;
-                }
-                Ok(finished)
-            });
-            match chunk {
-                Ok(finished) => {
-                    chunks += 1;
-                    // Plans computed before this commit are stale now.
-                    self.generation.fetch_add(1, Ordering::AcqRel);
-                    if finished {
-                        break Ok(());
-                    }
-                    let did = counts.total() - counts_before.total();
-                    let took = chunk_started.elapsed();
-                    tracing::trace!(
-                        source,
-                        chunk = chunks,
-                        ops = did,
-                        took_us = took.as_micros() as u64,
-                        "store: replace chunk committed"
-                    );
-                    chunk_ops =
-                        next_chunk_ops(chunk_ops, did, took, chunk_time, self.max_chunk_ops);
-                    self.serve_waiting_appends();
-                }
-                Err(e) => {
-                    // Rolled back: report what was committed.
-                    counts = counts_before;
-                    break Err(e);
-                }
-            }
-        };
-        self.buf = buf;
-        let unchanged = match &work {
-            Work::Planned { .. } => planned_unchanged,
-            Work::Walking { walk, .. } => walk.unchanged,
-        };
-        match result {
-            Ok(()) => {
-                self.metrics.snapshot_ok.inc();
-                tracing::info!(
-                    source,
-                    records = kept,
-                    inserted = counts.inserted,
-                    updated = counts.updated,
-                    deleted = counts.deleted,
-                    unchanged,
-                    duplicate_ids = records.len() - kept,
-                    planned_off_writer = planned,
-                    chunks,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "store: source snapshot saved"
-                );
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics.snapshot_error.inc();
-                self.failures.failed("source snapshot replace", 1, &e);
-                if chunks > 0 {
-                    tracing::warn!(
-                        source,
-                        chunks_committed = chunks,
-                        inserted = counts.inserted,
-                        updated = counts.updated,
-                        deleted = counts.deleted,
-                        "store: a source replace failed part-way; the source is left without fingerprint and is saved again on its next read"
-                    );
-                }
-                Err(e)
             }
         }
     }
@@ -637,38 +432,6 @@ impl Writer {
         }
         tracing::debug!(path = %self.path.display(), "store writer stopped");
     }
-}
-
-/// The size of a replace's next chunk: as many row changes as fit in
-/// `target` at the pace of the last chunk (`did` changes in `took`), at
-/// least [`MIN_CHUNK_OPS`], at most twice the last size and at most `max`.
-fn next_chunk_ops(last: usize, did: usize, took: Duration, target: Duration, max: usize) -> usize {
-    if did == 0 {
-        // A stretch of unchanged rows: nothing learnt about row changes.
-        return last;
-    }
-    let fit = did as f64 * target.as_secs_f64() / took.as_secs_f64().max(1e-6);
-    let grown = last.saturating_mul(2).min(max);
-    (fit as usize).clamp(MIN_CHUNK_OPS.min(grown), grown)
-}
-
-/// Writes a source's `sources` row. `None` for the fingerprint marks a
-/// snapshot being written (or left incomplete by a crash or an error).
-fn put_source(
-    tx: &Transaction<'_>,
-    source: &str,
-    fingerprint: Option<&str>,
-    saved_at: i64,
-    records: usize,
-) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO sources (source, fingerprint, saved_at, records)
-         VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (source) DO UPDATE SET fingerprint = excluded.fingerprint,
-             saved_at = excluded.saved_at, records = excluded.records",
-    )?
-    .execute(params![source, fingerprint, saved_at, records as i64])?;
-    Ok(())
 }
 
 /// Moves a source's `records` count by `delta` rows (never below 0).
