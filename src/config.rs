@@ -27,7 +27,29 @@ pub const DEMO_SOAP_PASSWORD: &str = "123";
 pub const DEMO_API_TOKEN: &str = "demo-api-token";
 pub const DEMO_OPERATOR_KEY: &str = "gW3cyUJAtl50PhF";
 pub const DEMO_OPERATOR_TOKEN: &str = "demo-operator-token";
-pub const DEMO_DIRECTORY_FILE: &str = "data/demo/counterparties.jsonl";
+/// The demo directory, compiled into the binary so that demo mode works from
+/// any folder: written to the demo folder (see [`demo_folder`]) on first start.
+pub const DEMO_COUNTERPARTIES: &[u8] = include_bytes!("../data/demo/counterparties.jsonl");
+/// The demo directory's file name inside the demo folder.
+pub const DEMO_DIRECTORY_FILE: &str = "counterparties.jsonl";
+/// Where demo mode keeps its files instead of the default folder (environment).
+pub const ENV_DEMO_DIR: &str = "CTI_DEMO_DIR";
+
+/// The folder demo mode keeps its directory file and store in, never the
+/// current directory: `CTI_DEMO_DIR`, else `$XDG_STATE_HOME/cti-gateway/demo`,
+/// else `~/.local/state/cti-gateway/demo`, else one under the temporary folder.
+pub fn demo_folder(env: EnvLookup<'_>) -> PathBuf {
+    if let Some(dir) = env(ENV_DEMO_DIR) {
+        return PathBuf::from(dir);
+    }
+    let state = env("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|home| Path::new(&home).join(".local/state")));
+    match state {
+        Some(state) => state.join("cti-gateway").join("demo"),
+        None => std::env::temp_dir().join("cti-gateway-demo"),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -330,17 +352,21 @@ pub fn process_env(name: &str) -> Option<String> {
 }
 
 impl Config {
-    /// Demo mode: the shipped demo directory, the seed's credentials, one
-    /// demo operator. Everything it uses is printed at start.
-    pub fn demo(env: EnvLookup<'_>) -> Config {
+    /// Demo mode: the shipped demo directory and the store in `folder` (see
+    /// [`demo_folder`]), the seed's credentials, one demo operator.
+    /// Everything it uses is printed at start.
+    pub fn demo(env: EnvLookup<'_>, folder: &Path) -> Config {
         let mut config = Config {
             soap: SoapConfig {
                 password: Some(Secret::new(DEMO_SOAP_PASSWORD)),
                 ..SoapConfig::default()
             },
             directory: DirectoryConfig {
-                file: Some(PathBuf::from(DEMO_DIRECTORY_FILE)),
+                file: Some(folder.join(DEMO_DIRECTORY_FILE)),
                 ..DirectoryConfig::default()
+            },
+            store: StoreConfig {
+                path: folder.join("cti-gateway.sqlite"),
             },
             api: ApiConfig {
                 token: Some(Secret::new(DEMO_API_TOKEN)),
@@ -662,9 +688,35 @@ mod tests {
 
     #[test]
     fn demo_mode_uses_the_seed_credentials() {
-        let c = Config::demo(&no_env);
+        let c = Config::demo(&no_env, Path::new("/tmp/demo"));
         assert_eq!(c.soap.username, "SOAP");
         assert_eq!(c.soap.password.as_ref().map(Secret::expose), Some("123"));
         assert_eq!(c.operators[0].key, DEMO_OPERATOR_KEY);
+        assert_eq!(
+            c.directory.file.as_deref(),
+            Some(Path::new("/tmp/demo/counterparties.jsonl"))
+        );
+        assert_eq!(c.store.path, Path::new("/tmp/demo/cti-gateway.sqlite"));
+    }
+
+    #[test]
+    fn the_demo_folder_is_never_the_current_directory() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let e = env(&[("CTI_DEMO_DIR", "/srv/demo"), ("HOME", "/home/a")]);
+        assert_eq!(demo_folder(&e), Path::new("/srv/demo"));
+        let e = env(&[("XDG_STATE_HOME", "/x/state"), ("HOME", "/home/a")]);
+        assert_eq!(demo_folder(&e), Path::new("/x/state/cti-gateway/demo"));
+        let e = env(&[("HOME", "/home/a")]);
+        assert_eq!(
+            demo_folder(&e),
+            Path::new("/home/a/.local/state/cti-gateway/demo")
+        );
+        assert!(demo_folder(&no_env).is_absolute());
     }
 }

@@ -27,6 +27,10 @@ enum Command {
         /// gateway starts in demo mode on 127.0.0.1:8080 with the demo directory.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Listen on this address instead of `server.listen` (demo mode:
+        /// instead of 127.0.0.1:8080), e.g. 127.0.0.1:9000.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Check a configuration file and exit.
     CheckConfig {
@@ -45,11 +49,14 @@ fn main() -> anyhow::Result<()> {
             println!("{}: OK", config.display());
             Ok(())
         }
-        Command::Serve { config } => {
-            let (config, demo) = match config {
+        Command::Serve { config, listen } => {
+            let (mut config, demo) = match config {
                 Some(path) => (Config::load(&path, &config::process_env)?, false),
-                None => (Config::demo(&config::process_env), true),
+                None => (demo_config()?, true),
             };
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
             init_logging(&config);
             if let Some(path) = &config.source {
                 warn_if_readable_by_others(path);
@@ -61,6 +68,26 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve(config, demo))
         }
     }
+}
+
+/// Demo mode's configuration, with its folder made and the demo directory
+/// (compiled in) written there on first start; a demo file already there is
+/// kept, so edits to it survive a restart.
+fn demo_config() -> anyhow::Result<Config> {
+    let folder = config::demo_folder(&config::process_env);
+    std::fs::create_dir_all(&folder).with_context(|| {
+        format!(
+            "cannot create the demo folder {} (set {} to another one)",
+            folder.display(),
+            config::ENV_DEMO_DIR
+        )
+    })?;
+    let file = folder.join(config::DEMO_DIRECTORY_FILE);
+    if !file.exists() {
+        std::fs::write(&file, config::DEMO_COUNTERPARTIES)
+            .with_context(|| format!("cannot write the demo directory {}", file.display()))?;
+    }
+    Ok(Config::demo(&config::process_env, &folder))
 }
 
 fn init_logging(config: &Config) {
@@ -112,21 +139,37 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
         report.counterparties
     );
     if demo {
+        let shown = |file: &Option<PathBuf>| {
+            file.as_deref()
+                .map_or_else(String::new, |p| p.display().to_string())
+        };
         println!(
-            "demo mode: no --config given; serving {}",
-            config::DEMO_DIRECTORY_FILE
+            "demo mode: no --config given; directory {} (edit it: it is reloaded), store {}",
+            shown(&config.directory.file),
+            config.store.path.display()
         );
+        // A value taken from the environment is not printed: it is not a demo value.
+        let demo_or_env = |name: &str, demo: &str| {
+            if std::env::var_os(name).is_some() {
+                format!("from {name}")
+            } else {
+                demo.to_owned()
+            }
+        };
         println!(
             "  SOAP Basic credentials (demo): {} / {}",
-            config::DEMO_SOAP_USERNAME,
-            config::DEMO_SOAP_PASSWORD
+            config.soap.username,
+            demo_or_env(config::ENV_SOAP_PASSWORD, config::DEMO_SOAP_PASSWORD)
         );
         println!(
             "  operator screen: key {} token {} (demo)",
             config::DEMO_OPERATOR_KEY,
             config::DEMO_OPERATOR_TOKEN
         );
-        println!("  push API Bearer token (demo): {}", config::DEMO_API_TOKEN);
+        println!(
+            "  push API Bearer token (demo): {}",
+            demo_or_env(config::ENV_API_TOKEN, config::DEMO_API_TOKEN)
+        );
         println!("  these are published demo values: use --config with your own before exposing the gateway");
     } else {
         let from_env = std::env::var_os(config::ENV_SOAP_PASSWORD).is_some();
