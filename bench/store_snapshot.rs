@@ -435,6 +435,7 @@ fn call(i: u64) -> CallRecord {
         key: "k".to_owned(),
         counterparty_id: None,
         delivered: 0,
+        seq: Some(i),
     }
 }
 

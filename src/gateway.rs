@@ -81,6 +81,9 @@ impl Gateway {
         let directory = Arc::new(Directory::new(soap::say_name_payload));
         let health = Arc::new(SourceHealth::default());
         let hub = Arc::new(new_hub(&config, &metrics)?);
+        // Each key's pop-up numbers continue from the journal's, so a screen
+        // reconnecting with the `after` it saw before a restart misses nothing.
+        hub.continue_seqs(store.last_seqs().await?);
         let (listener, addr) = bind(config.server.listen).await?;
         // Sources that save their snapshot in the background; a delete through
         // the push API asks them to save again.

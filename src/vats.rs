@@ -174,7 +174,7 @@ impl Vats {
             counterparty: counterparty.clone(),
         };
         // Screens first: the operator should see the card while the disk works.
-        let delivered = self.publish(key, &event);
+        let (delivered, seq) = self.publish(key, &event);
         let record = CallRecord {
             at,
             raw_number: num_from.to_owned(),
@@ -182,6 +182,7 @@ impl Vats {
             key: key.to_owned(),
             counterparty_id: counterparty.as_ref().map(|c| c.id.to_string()),
             delivered: u32::try_from(delivered).unwrap_or(u32::MAX),
+            seq,
         };
         match self.journal(record, delivered).await {
             Ok(call_id) => {
@@ -228,16 +229,18 @@ impl Vats {
 
     /// Hands the call to the key's screens; how many it reached. A key no
     /// operator has is counted, not an error for the PBX.
-    fn publish(&self, key: &str, event: &CallEvent) -> usize {
+    /// Publishes the pop-up: the screens it was queued to, and its `seq`
+    /// (journaled, so the key's numbers continue after a restart).
+    fn publish(&self, key: &str, event: &CallEvent) -> (usize, Option<u64>) {
         match self.hub.publish(key, event) {
-            Ok(published) => published.delivered,
+            Ok(published) => (published.delivered, Some(published.seq)),
             Err(HubError::UnknownKey) => {
                 self.metrics.incoming_calls_unknown_key.inc();
-                0
+                (0, None)
             }
             Err(e @ HubError::Encode(_)) => {
                 tracing::error!(error = %e, key, "pop-up not published");
-                0
+                (0, None)
             }
         }
     }

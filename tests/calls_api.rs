@@ -145,6 +145,7 @@ async fn paging_reads_calls_committed_out_of_time_order_once() {
             key: "k".into(),
             counterparty_id: None,
             delivered: 0,
+            seq: None,
         };
         store.append_call(call).await.expect("append");
     }

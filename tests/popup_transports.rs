@@ -711,3 +711,60 @@ async fn screens_count_against_max_connections_and_free_their_slot_when_they_clo
     };
     assert!(admitted, "the freed slot was never given to a new screen");
 }
+
+/// `seq` continues across a restart: a screen that saw seqs 1-3 before the
+/// restart and reconnects with `after=3` gets the new run's first call,
+/// which is seq 4 (it would be seq 1 and read as a reset otherwise, and once
+/// the new run passed 3 calls the screen would silently skip its first).
+#[tokio::test]
+async fn seq_continues_across_a_restart_and_a_reconnecting_screen_misses_nothing() {
+    let mut gw = start("").await;
+    for _ in 0..3 {
+        let reply = soap(gw.addr, &incoming_call_envelope(CALLER, OPERATOR_KEY)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    assert_eq!(gw.gateway().hub().last_seq(OPERATOR_KEY), Some(3));
+    gw.stop().await;
+    let gw = start_in(gw.dir, "").await;
+    assert_eq!(
+        gw.gateway().hub().last_seq(OPERATOR_KEY),
+        Some(3),
+        "the hub continues from the journal"
+    );
+    assert_eq!(gw.gateway().hub().last_seq(OTHER_KEY), Some(0));
+
+    // Four calls in the new run: the screen that saw 3 gets exactly these.
+    for _ in 0..4 {
+        let reply = soap(gw.addr, &incoming_call_envelope(CALLER, OPERATOR_KEY)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let polled = get(
+        gw.addr,
+        &format!("/operator/events?token={OPERATOR_TOKEN}&after=3&wait=1"),
+    )
+    .await;
+    assert_eq!(polled.status, 200, "{}", polled.body);
+    let body: Value = serde_json::from_str(&polled.body).expect("JSON");
+    let seqs: Vec<u64> = body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, [4, 5, 6, 7]);
+    assert_eq!(body["next_after"], 7);
+
+    // The journal says which seq each call got.
+    let calls = gw
+        .gateway()
+        .store()
+        .calls(Some(OPERATOR_KEY), None, 10)
+        .await
+        .expect("journal");
+    let journaled: Vec<Option<u64>> = calls.iter().map(|c| c.seq).collect();
+    assert_eq!(
+        journaled,
+        [7, 6, 5, 4, 3, 2, 1].map(Some),
+        "newest first, each with its seq"
+    );
+}

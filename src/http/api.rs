@@ -331,6 +331,7 @@ fn call_json(c: &StoredCall) -> serde_json::Value {
         "key": c.key,
         "counterparty_id": c.counterparty_id,
         "delivered": c.delivered,
+        "seq": c.seq,
     })
 }
 

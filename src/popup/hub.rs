@@ -246,6 +246,24 @@ impl Hub {
         })
     }
 
+    /// Continues each listed key's sequence numbers from `last` (the
+    /// largest the call journal holds), so that a screen reconnecting after a
+    /// restart with `after=N` gets this run's calls, not a skipped few. Call
+    /// it before the first publish; a key no operator has is ignored, and a
+    /// key's number never goes down.
+    pub fn continue_seqs(&self, last: impl IntoIterator<Item = (String, u64)>) {
+        for (key, seq) in last {
+            if let Some(state) = self.keys.get(key.as_str()) {
+                let mut inner = state.lock();
+                if seq > inner.last_seq {
+                    inner.last_seq = seq;
+                    drop(inner);
+                    state.last_seq_tx.send_replace(seq);
+                }
+            }
+        }
+    }
+
     fn state(&self, key: &str) -> Result<&Arc<KeyState>, HubError> {
         self.keys.get(key).ok_or(HubError::UnknownKey)
     }

@@ -102,6 +102,9 @@ pub struct CallRecord {
     pub counterparty_id: Option<String>,
     /// How many screens the pop-up reached.
     pub delivered: u32,
+    /// The pop-up's sequence number for `key`; `None` when no pop-up was
+    /// published (a key no operator has).
+    pub seq: Option<u64>,
 }
 
 /// Which journal rows [`Store::calls_page`] reads.
@@ -132,6 +135,8 @@ pub struct StoredCall {
     pub key: String,
     pub counterparty_id: Option<String>,
     pub delivered: u32,
+    /// The pop-up's sequence number (`None` for rows from before it was kept).
+    pub seq: Option<u64>,
 }
 
 /// The handle to the store. Cheap to clone; all clones share one writer.
@@ -475,6 +480,12 @@ impl Store {
             limit,
         })
         .await
+    }
+
+    /// Each operator key's largest journaled pop-up sequence number, for the
+    /// hub to continue from at start-up.
+    pub async fn last_seqs(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|conn, path| read::last_seqs(conn, path)).await
     }
 
     /// The journal rows `query` selects, newest first (by `at`, then id).

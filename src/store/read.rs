@@ -347,7 +347,7 @@ pub(super) fn calls_page_sql(by_key: bool, since: bool, before: bool) -> String 
         format!(" WHERE {}", conditions.join(" AND "))
     };
     format!(
-        "SELECT id, at, raw_number, number, key, counterparty_id, delivered
+        "SELECT id, at, raw_number, number, key, counterparty_id, delivered, seq
         FROM calls{filter} ORDER BY at DESC, id DESC LIMIT ?{}",
         next()
     )
@@ -387,9 +387,27 @@ pub(super) fn calls(
                 key: r.get(4)?,
                 counterparty_id: r.get(5)?,
                 delivered: u32::try_from(delivered.max(0)).unwrap_or(u32::MAX),
+                seq: r
+                    .get::<_, Option<i64>>(7)?
+                    .and_then(|s| u64::try_from(s).ok()),
             })
         })?;
         rows.collect()
     };
     query().map_err(|e| StoreError::sqlite(path, "reading the call journal", e))
+}
+
+/// Each operator key's largest journaled pop-up sequence number: where the
+/// key's numbers continue after a restart. One walk of `calls_key_seq`.
+pub(super) fn last_seqs(conn: &Connection, path: &Path) -> Result<Vec<(String, u64)>, StoreError> {
+    let query = || -> rusqlite::Result<Vec<(String, u64)>> {
+        let mut stmt = conn
+            .prepare_cached("SELECT key, max(seq) FROM calls WHERE seq IS NOT NULL GROUP BY key")?;
+        let rows = stmt.query_map([], |r| {
+            let seq: i64 = r.get(1)?;
+            Ok((r.get::<_, String>(0)?, u64::try_from(seq).unwrap_or(0)))
+        })?;
+        rows.collect()
+    };
+    query().map_err(|e| StoreError::sqlite(path, "reading the pop-up sequence numbers", e))
 }

@@ -47,6 +47,15 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE counterparties ADD COLUMN received_at INTEGER;
     ",
+    // 3: the pop-up sequence number each call got, so that a key's numbers
+    // continue after a restart (a screen reconnecting with `after=N` must
+    // not skip the new run's first calls). NULL: rows from before, or a call
+    // to a key no operator has. Journal retention must keep each key's
+    // newest row, or the key would start again from a smaller number.
+    "
+    ALTER TABLE calls ADD COLUMN seq INTEGER;
+    CREATE INDEX calls_key_seq ON calls (key, seq);
+    ",
 ];
 
 /// The schema version this build writes and understands.

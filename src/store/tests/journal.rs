@@ -13,6 +13,7 @@ async fn journal_ids_increase_and_calls_filter_by_key_since_limit_newest_first()
         let mut c = call(key, 1_000_000 + i * 1_000, &format!("92352929{i:02}"));
         c.counterparty_id = (i == 3).then(|| "cp-3".to_owned());
         c.delivered = i as u32;
+        c.seq = Some(i);
         ids.push(store.append_call(c).await.expect("append"));
     }
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
@@ -35,6 +36,7 @@ async fn journal_ids_increase_and_calls_filter_by_key_since_limit_newest_first()
             key: "odd".into(),
             counterparty_id: Some("cp-3".into()),
             delivered: 3,
+            seq: Some(3),
         }
     );
 

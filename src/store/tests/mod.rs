@@ -84,6 +84,7 @@ fn call(key: &str, ms: u64, number: &str) -> CallRecord {
         key: key.to_owned(),
         counterparty_id: None,
         delivered: 0,
+        seq: None,
     }
 }
 

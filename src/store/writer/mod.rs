@@ -255,8 +255,8 @@ impl Writer {
         let n = batch.len();
         let result = self.transact("appending to the call journal", |tx| {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO calls (at, raw_number, number, key, counterparty_id, delivered)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO calls (at, raw_number, number, key, counterparty_id, delivered, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut ids = Vec::with_capacity(n);
             for (c, _) in batch.iter() {
@@ -267,6 +267,7 @@ impl Writer {
                     c.key,
                     c.counterparty_id,
                     c.delivered,
+                    c.seq.and_then(|s| i64::try_from(s).ok()),
                 ])?;
                 ids.push(tx.last_insert_rowid());
             }
