@@ -80,10 +80,7 @@ impl Gateway {
         let store = Store::open(&config.store.path, metrics.registry())?;
         let directory = Arc::new(Directory::new(soap::say_name_payload));
         let health = Arc::new(SourceHealth::default());
-        let hub = Arc::new(new_hub(&config, &metrics)?);
-        // Each key's pop-up numbers continue from the journal's, so a screen
-        // reconnecting with the `after` it saw before a restart misses nothing.
-        hub.continue_seqs(store.last_seqs().await?);
+        let hub = Arc::new(new_hub(&config, &metrics, &store).await?);
         let (listener, addr) = bind(config.server.listen).await?;
         // Sources that save their snapshot in the background; a delete through
         // the push API asks them to save again.
@@ -214,11 +211,16 @@ impl Gateway {
 }
 
 /// The pop-up hub, with the configured operators' keys.
-fn new_hub(config: &Config, metrics: &Metrics) -> Result<Hub, StartError> {
+async fn new_hub(config: &Config, metrics: &Metrics, store: &Store) -> Result<Hub, StartError> {
     // The hub is handed the abonent keys only; the screens' tokens stay with
     // the HTTP front, which resolves an operator from its token.
     let keys = config.operators.iter().map(|o| o.key.as_str());
-    Hub::new(keys, HubConfig::from(&config.popup), metrics.registry()).map_err(StartError::Metrics)
+    let hub = Hub::new(keys, HubConfig::from(&config.popup), metrics.registry())
+        .map_err(StartError::Metrics)?;
+    // Each key's pop-up numbers continue from the journal's, so a screen
+    // reconnecting with the `after` it saw before a restart misses nothing.
+    hub.continue_seqs(store.last_seqs().await?);
+    Ok(hub)
 }
 
 /// The listener on `addr`, and the address it got (the port of `:0`).

@@ -8,20 +8,23 @@
 //! # Layout
 //!
 //! - [`config`]: typed configuration from TOML and environment, validated once.
-//! - [`phone`]: caller numbers normalized to one key (`7XXXXXXXXXX` or an extension).
-//! - [`directory`]: the counterparty model and the index swapped whole on reload.
-//! - [`sources`]: where counterparties come from (the JSON Lines file; later 1C, push).
-//! - [`soap`]: envelope reading and answer writing; the only module that knows XML.
-//! - [`vats`]: the PBX's two operations, from parsed request to answer bytes.
-//! - [`popup`]: the hub that routes caller cards to operators' screens.
-//! - [`store`]: SQLite (snapshot of the directory, call journal); the only module that knows SQL.
-//! - [`http`]: the accept loop and the router; the only module that knows routes and auth.
+//! - [`phone`]: caller numbers normalized to one key (E.164 digits or an extension).
 //! - [`metrics`]: the Prometheus registry.
+//! - [`directory`]: the counterparty model and the index swapped whole on change.
+//! - [`store`]: SQLite (snapshot of the directory, call journal); the only module that knows SQL.
+//! - [`soap`]: envelope reading and answer writing; the only module that knows XML.
+//! - [`popup`]: the hub that routes caller cards to operators' screens, and its transports.
+//! - [`sources`]: where counterparties come from: the JSON Lines file, 1C's OData, the push API.
+//! - [`vats`]: the PBX's two operations, from parsed request to answer bytes.
+//! - [`http`]: the accept loop, the route table and one file per endpoint group; the only
+//!   module that knows routes and credentials.
 //! - [`gateway`]: wires it all together and runs it.
 //!
-//! Dependencies point one way: `gateway` → `http` → `vats` → (`soap`,
-//! `directory`, `popup`, `store`); `sources` → `directory`, `store`. The
-//! directory depends on nothing but `phone`.
+//! Dependencies point one way: `gateway` → `http` → `vats` → (`sources`,
+//! `popup`, `soap`, `store`); `sources` → `store`; all of them →
+//! `directory`. `config`, `metrics`, `phone` and the thread-priority helper
+//! are leaves every module may use. The rules are checked by
+//! `tests/architecture.rs` (see ARCHITECTURE.md's table).
 
 pub mod config;
 pub mod directory;

@@ -116,15 +116,6 @@ async fn incoming_call(addr: SocketAddr, number: &str, key: &str) {
     assert_eq!(element_text(&reply.body, "m:return"), Some("1"));
 }
 
-/// Polls `cond` every 10 ms until it holds, for at most `limit`.
-async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// A WebSocket upgrade request for `path_and_query`, as raw bytes.
 fn upgrade_request(addr: SocketAddr, path_and_query: &str, version: &str) -> String {
     format!(
