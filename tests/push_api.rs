@@ -156,19 +156,38 @@ async fn an_upsert_of_the_same_id_replaces_the_record_before_and_after_a_restart
 }
 
 #[tokio::test]
-async fn of_two_records_with_one_id_in_a_body_the_later_is_the_change() {
+async fn a_body_holding_one_id_twice_is_refused_naming_both_records() {
     let gw = start("").await;
     let reply = push(
         gw.addr,
         &body(&[
             record("p-1", "Первый", "89120000001"),
+            record("p-2", "Другой", "89120000002"),
             record("p-1", "Второй", "89120000001"),
         ]),
     )
     .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(json(&reply)["upserted"], 1);
-    assert_eq!(title(gw.addr, "89120000001").await, "Второй");
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    let answer = json(&reply);
+    assert_eq!(answer["record"], 2);
+    assert_eq!(answer["id"], "p-1");
+    assert_eq!(answer["field"], "id");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("records 0 and 2")),
+        "{answer}"
+    );
+    assert_eq!(
+        title(gw.addr, "89120000001").await,
+        "",
+        "nothing was changed"
+    );
+    assert_eq!(
+        title(gw.addr, "89120000002").await,
+        "",
+        "nothing was changed"
+    );
 }
 
 #[tokio::test]

@@ -27,24 +27,69 @@ pub struct Entry {
     /// The record's phones, normalized, without repeats, in the order written.
     phones: Box<[PhoneKey]>,
     has_manager: bool,
-    /// The source's change marker (1C's `DataVersion`): an unchanged record
-    /// is not rebuilt on a refresh.
+    /// The source's change marker (1C's `DataVersion`). Informative only:
+    /// whether a record changed is decided by `content`.
     data_version: Option<Box<str>>,
-    /// When the gateway received this version of the record (unix ms). When
-    /// two sources hold the same id, the newer version answers.
+    /// A hash of the record's content (its canonical JSON without the change
+    /// marker, after cleaning): a record whose content did not change keeps
+    /// its receive time, whatever else changed in its source.
+    content: u64,
+    /// When the gateway received this content of the record (unix ms): when
+    /// the content last changed in this source. When two sources hold the
+    /// same id, the newer content answers.
     stamp: u64,
 }
 
-impl Entry {
-    fn new(
-        mut counterparty: Counterparty,
-        source: &Arc<str>,
-        stamp: u64,
-        render: Renderer,
-    ) -> (Entry, usize) {
+/// A record made ready for an entry: cleaned, its canonical JSON written
+/// (without the change marker) and its content hashed. Enough to tell
+/// whether it changed, before anything is rendered.
+pub(super) struct Prepared {
+    counterparty: Counterparty,
+    data_version: Option<Box<str>>,
+    /// Canonical JSON without `data_version`.
+    json: String,
+    content: u64,
+}
+
+impl Prepared {
+    pub(super) fn new(mut counterparty: Counterparty) -> Prepared {
         // Every source's records pass here: what reaches a phone's display,
         // a card or the snapshot is clean whichever source sent it.
         counterparty.clean_display_fields();
+        let data_version = counterparty.data_version.take();
+        // Serializing a struct of strings and numbers cannot fail; an empty
+        // object would only make `counterparty()` fall back to the id and name.
+        let json = serde_json::to_string(&counterparty).unwrap_or_default();
+        let content = content_hash(json.as_bytes());
+        Prepared {
+            counterparty,
+            data_version,
+            json,
+            content,
+        }
+    }
+
+    pub(super) fn id(&self) -> &str {
+        &self.counterparty.id
+    }
+}
+
+/// FNV-1a, 64 bits: stable across builds and restarts (unlike std's
+/// hasher), so content hashes may be compared with stored ones.
+pub(crate) fn content_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl Entry {
+    fn new(prepared: Prepared, source: &Arc<str>, stamp: u64, render: Renderer) -> (Entry, usize) {
+        let Prepared {
+            mut counterparty,
+            data_version,
+            mut json,
+            content,
+        } = prepared;
         let mut phones = Vec::with_capacity(counterparty.phones.len());
         let mut unusable = 0;
         for raw in &counterparty.phones {
@@ -54,9 +99,15 @@ impl Entry {
                 None => unusable += 1,
             }
         }
-        // Serializing a struct of strings and numbers cannot fail; an empty
-        // object would only make `counterparty()` fall back to the id and name.
-        let json = serde_json::to_string(&counterparty).unwrap_or_default();
+        // `data_version` is the model's last field: the canonical JSON with it
+        // is the JSON without it, extended before the closing brace.
+        if let (Some(version), Some(b'}')) = (&data_version, json.as_bytes().last()) {
+            json.pop();
+            json.push_str(",\"data_version\":");
+            json.push_str(&serde_json::to_string(version).unwrap_or_else(|_| "null".into()));
+            json.push('}');
+        }
+        counterparty.data_version = data_version;
         let Counterparty {
             id,
             inn,
@@ -75,6 +126,7 @@ impl Entry {
             source: Arc::clone(source),
             phones: phones.into_boxed_slice(),
             data_version: data_version.clone(),
+            content,
             stamp,
         };
         (entry, unusable)
@@ -83,7 +135,13 @@ impl Entry {
     /// An entry outside any index (a live lookup's result), stamped now.
     pub(super) fn detached(counterparty: Counterparty, source: &str, render: Renderer) -> Entry {
         let source: Arc<str> = Arc::from(source);
-        Entry::new(counterparty, &source, unix_ms(SystemTime::now()), render).0
+        Entry::new(
+            Prepared::new(counterparty),
+            &source,
+            unix_ms(SystemTime::now()),
+            render,
+        )
+        .0
     }
 
     pub fn id(&self) -> &str {
@@ -117,10 +175,9 @@ impl Entry {
         self.data_version.as_deref()
     }
 
-    /// True when `record` is the version this entry was built from, by the
-    /// source's change marker: it need not be built again.
-    fn is_same_version(&self, record: &Counterparty) -> bool {
-        self.data_version.is_some() && record.data_version == self.data_version
+    /// The hash of the record's content (see [`content_hash`]).
+    pub fn content(&self) -> u64 {
+        self.content
     }
 
     fn position_of(&self, phone: PhoneKey) -> usize {
@@ -171,7 +228,8 @@ struct Built {
     entries: Arc<[Arc<Entry>]>,
     /// Phone strings that are not a number.
     unusable_phones: usize,
-    /// Records whose entry was kept from the previous set (same change marker).
+    /// Records whose entry was kept from the previous set (same content and
+    /// change marker).
     unchanged: usize,
 }
 
@@ -181,8 +239,12 @@ struct Built {
 const MIN_CHUNK: usize = 16_384;
 
 /// Turns records into entries on every core: rendering and serializing a
-/// million records is most of a start-up from the snapshot. A record whose
-/// change marker matches its entry in `previous` keeps that entry.
+/// million records is most of a start-up from the snapshot.
+///
+/// A record whose content is that of its entry in `previous` (the same
+/// source's set) keeps that entry's receive time: it was not received
+/// again, only read again. With the same change marker too, it keeps the
+/// entry itself (nothing is rendered).
 fn build_entries(
     records: Vec<Counterparty>,
     source: &Arc<str>,
@@ -191,17 +253,24 @@ fn build_entries(
     previous: &[Arc<Entry>],
 ) -> Built {
     let records = stamps.attach(records);
-    let reusable = reusable_entries(&records, previous);
+    let reusable = reusable_entries(previous);
     let convert = |chunk: Vec<(Counterparty, u64)>| -> (Vec<Arc<Entry>>, usize, usize) {
         let (mut unusable, mut unchanged) = (0, 0);
         let entries = chunk
             .into_iter()
             .map(|(c, stamp)| {
-                if let Some(old) = reusable.get(&*c.id).filter(|old| old.is_same_version(&c)) {
-                    unchanged += 1;
-                    return Arc::clone(old);
+                let prepared = Prepared::new(c);
+                let old = reusable
+                    .get(prepared.id())
+                    .filter(|old| old.content == prepared.content);
+                if let Some(old) = old {
+                    if old.data_version == prepared.data_version {
+                        unchanged += 1;
+                        return Arc::clone(old);
+                    }
                 }
-                let (entry, bad) = Entry::new(c, source, stamp, render);
+                let stamp = old.map_or(stamp, |old| old.stamp);
+                let (entry, bad) = Entry::new(prepared, source, stamp, render);
                 unusable += bad;
                 Arc::new(entry)
             })
@@ -219,20 +288,10 @@ fn build_entries(
     }
 }
 
-/// The entries of `previous` that a record with the same id and change
-/// marker may keep; none when no record has a change marker.
-fn reusable_entries<'p>(
-    records: &[(Counterparty, u64)],
-    previous: &'p [Arc<Entry>],
-) -> HashMap<&'p str, &'p Arc<Entry>> {
-    if !records.iter().any(|r| r.0.data_version.is_some()) {
-        return HashMap::new();
-    }
-    previous
-        .iter()
-        .filter(|e| e.data_version.is_some())
-        .map(|e| (&*e.id, e))
-        .collect()
+/// The entries of `previous` by id, for records of the same id to compare
+/// their content with.
+fn reusable_entries(previous: &[Arc<Entry>]) -> HashMap<&str, &Arc<Entry>> {
+    previous.iter().map(|e| (&*e.id, e)).collect()
 }
 
 /// `items` cut into one run per core, in order, each at least
@@ -273,7 +332,7 @@ fn on_every_core<T: Send, R: Send>(chunks: Vec<Vec<T>>, f: impl Fn(Vec<T>) -> R 
 }
 
 /// Unix milliseconds of `t` (0 before the epoch).
-fn unix_ms(t: SystemTime) -> u64 {
+pub(super) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
@@ -399,6 +458,28 @@ impl Index {
         &self.by_inn[start..end]
     }
 
+    /// When each of `records` counts as received if `source` took it now:
+    /// the receive time of `source`'s copy of the same id when the content
+    /// is the same, else `now` (unix ms). What a source stores beside a
+    /// change it commits before applying it, so that store and directory
+    /// agree.
+    pub(super) fn receive_times(
+        &self,
+        source: &str,
+        records: &[Counterparty],
+        now: u64,
+    ) -> Vec<u64> {
+        let previous = self.source_records(source);
+        let by_id = reusable_entries(previous.as_deref().unwrap_or_default());
+        records
+            .iter()
+            .map(|r| match by_id.get(&*r.id) {
+                Some(old) if old.content == Prepared::new(r.clone()).content => old.stamp,
+                _ => now,
+            })
+            .collect()
+    }
+
     /// A new index: this one with `source`'s records replaced by `records`.
     /// Records whose change marker (`data_version`) is that of their entry in
     /// the current set keep that entry, and with it the time it was received.
@@ -466,7 +547,17 @@ impl Index {
         upserts.reverse();
         upserts.retain(|r| seen.insert(r.id.clone()));
         upserts.reverse();
-        let built = build_entries(upserts, &name, Stamps::All(unix_ms(at)), render, &[]);
+        // Compared with the source's own copies: an upsert of unchanged
+        // content keeps its receive time (see `build_entries`).
+        let previous = self.source_records(source);
+        let built = build_entries(
+            upserts,
+            &name,
+            Stamps::All(unix_ms(at)),
+            render,
+            previous.as_deref().unwrap_or_default(),
+        );
+        drop(previous);
         let replaced: HashSet<&str> = built.entries.iter().map(|e| &*e.id).collect();
         let removed: HashSet<&str> = removals.iter().map(|id| &**id).collect();
         let mut found = false;

@@ -201,6 +201,25 @@ impl Directory {
         report
     }
 
+    /// When each of `records` counts as received if `source` took them at
+    /// `now`: its copy's receive time where the content did not change (see
+    /// [`Index`]'s rule), else `now`. A source that commits a change to the
+    /// store before applying it stores these, so that a restart agrees.
+    pub fn receive_times(
+        &self,
+        source: &str,
+        records: &[Counterparty],
+        now: SystemTime,
+    ) -> Vec<SystemTime> {
+        let now_ms = index::unix_ms(now);
+        self.current
+            .load()
+            .receive_times(source, records, now_ms)
+            .into_iter()
+            .map(|ms| SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+            .collect()
+    }
+
     /// An entry for a record that is not (yet) in the directory, rendered
     /// like the directory's own: what a live lookup answers with.
     pub fn prepare_entry(&self, source: &str, record: Counterparty) -> Arc<Entry> {

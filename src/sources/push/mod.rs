@@ -28,7 +28,7 @@
 
 mod parse;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -152,8 +152,8 @@ impl PushSource {
     }
 
     /// Upserts `records` into the push source: all of them or none. Checks
-    /// each record first ([`Counterparty::validate`]); of two records with
-    /// one id, the later one is the change. Resolves once the change is
+    /// each record first ([`Counterparty::validate`]); a batch holding one id
+    /// twice is refused, naming both positions. Resolves once the change is
     /// committed in the store and applied to the directory.
     pub async fn upsert(
         self: &Arc<Self>,
@@ -166,7 +166,7 @@ impl PushSource {
                 )));
             }
         }
-        let records = last_per_id(records);
+        refuse_repeated_ids(&records).map_err(PushError::Invalid)?;
         let this = Arc::clone(self);
         tokio::spawn(async move { this.upsert_now(records).await })
             .await
@@ -197,9 +197,14 @@ impl PushSource {
         }
         let at = SystemTime::now();
         let upserted = records.len();
+        // A record whose content the push source already holds keeps its
+        // receive time, in the store as in the directory (under `order`, so
+        // the push set cannot change in between).
+        let received = self.directory.receive_times(SOURCE, &records, at);
         let records: Arc<[Received]> = records
             .into_iter()
-            .map(|record| Received { record, at })
+            .zip(received)
+            .map(|(record, at)| Received { record, at })
             .collect();
         let committing = Instant::now();
         let applied = self
@@ -338,13 +343,24 @@ impl SnapshotRecord for Received {
     }
 }
 
-/// The records with the later one of each repeated id, in the given order.
-fn last_per_id(mut records: Vec<Counterparty>) -> Vec<Counterparty> {
-    let mut seen: HashSet<Box<str>> = HashSet::with_capacity(records.len());
-    records.reverse();
-    records.retain(|r| seen.insert(r.id.clone()));
-    records.reverse();
-    records
+/// Refuses a batch that holds one id twice: which copy is meant cannot be
+/// guessed, and keeping one silently loses the other.
+pub(super) fn refuse_repeated_ids(records: &[Counterparty]) -> Result<(), RecordError> {
+    let mut first_at: HashMap<&str, usize> = HashMap::with_capacity(records.len());
+    for (index, record) in records.iter().enumerate() {
+        if let Some(first) = first_at.insert(&record.id, index) {
+            return Err(RecordError {
+                index,
+                line: 0,
+                id: Some(record.id.to_string()),
+                field: Some("id".to_owned()),
+                problem: format!(
+                    "records {first} and {index} have the same id: send each counterparty once per request"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -423,9 +439,20 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let directory = directory();
         let (push, store) = push_source(tmp.path(), &directory);
-        let report = push
+        let repeated = push
             .upsert(vec![
                 cp("1", "A", "89160000001"),
+                cp("2", "B", "89160000002"),
+                cp("1", "A2", "89160000001"),
+            ])
+            .await;
+        assert!(
+            matches!(&repeated, Err(PushError::Invalid(e)) if e.index == 2),
+            "one id twice in a batch is refused: {repeated:?}"
+        );
+        assert!(directory.lookup_id("1").is_none(), "nothing was changed");
+        let report = push
+            .upsert(vec![
                 cp("2", "B", "89160000002"),
                 cp("1", "A2", "89160000001"),
             ])

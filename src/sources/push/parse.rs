@@ -319,7 +319,7 @@ fn shown_id(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::push::last_per_id;
+    use crate::sources::push::refuse_repeated_ids;
 
     fn record_error(body: &str) -> RecordError {
         match parse_batch(body.as_bytes()) {
@@ -334,12 +334,13 @@ mod tests {
         let records = parse_batch(body.as_bytes()).expect("valid");
         let names: Vec<&str> = records.iter().map(|r| &*r.name).collect();
         assert_eq!(names, ["A", "B", "A2"]);
-        let kept = last_per_id(records);
-        let names: Vec<&str> = kept.iter().map(|r| &*r.name).collect();
-        assert_eq!(
-            names,
-            ["B", "A2"],
-            "the later record of an id is the change"
+        let refused = refuse_repeated_ids(&records).expect_err("one id twice");
+        assert_eq!((refused.index, refused.id.as_deref()), (2, Some("1")));
+        assert!(
+            refused
+                .to_string()
+                .contains("records 0 and 2 have the same id"),
+            "{refused}"
         );
         assert_eq!(parse_batch(b" [ ] ").expect("empty array"), vec![]);
     }
