@@ -1,0 +1,209 @@
+//! "The version received last answers", before and after a restart: a
+//! record is received when its content changes, whichever source brings it,
+//! and nothing else (a reload, an edit of another line, a new change
+//! marker alone) moves it.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::*;
+
+const BEARER: &str = "Authorization: Bearer api-token-for-tests";
+
+fn line(id: &str, name: &str, manager: &str, phone: &str, version: Option<&str>) -> String {
+    let mut record = serde_json::json!({
+        "id": id, "name": name, "manager_phone": manager, "phones": [phone],
+    });
+    if let Some(v) = version {
+        record["data_version"] = v.into();
+    }
+    format!("{record}\n")
+}
+
+/// The SayName answer for `number`: (title, manager's phone).
+async fn answer(addr: SocketAddr, number: &str) -> (String, String) {
+    let reply = soap(addr, &say_name_envelope(number)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let data = say_name_data(&reply);
+    let field = |tag| element_text(&data, tag).unwrap_or_default().to_owned();
+    (field("title"), field("phone"))
+}
+
+async fn push(addr: SocketAddr, records: &[serde_json::Value]) {
+    let body = serde_json::Value::from(records.to_vec()).to_string();
+    let reply = request(
+        addr,
+        "POST",
+        "/api/v1/counterparties",
+        &["Content-Type: application/json", BEARER],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+/// Writes the directory file whole (to a temporary name, then renamed, as
+/// the README asks) and waits until `number` answers `title`.
+async fn write_file_and_wait(gw: &TestGateway, text: &str, number: &str, title: &str) {
+    let tmp = gw.dir.path().join("counterparties.jsonl.tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, gw.directory_file()).expect("rename");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while answer(gw.addr, number).await.0 != title {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the file change was not taken within 20 s ({number} should answer {title:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the file source's snapshot is saved with what it has now.
+async fn wait_saved(gw: &TestGateway) {
+    let gateway = gw.gateway();
+    let expected = gateway
+        .directory()
+        .snapshot()
+        .source("file")
+        .and_then(|s| s.fingerprint.clone());
+    for _ in 0..500 {
+        let saved = gateway
+            .store()
+            .source_fingerprint("file")
+            .await
+            .expect("store");
+        if saved.is_some() && saved == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the file's snapshot was not saved");
+}
+
+async fn restart(mut gw: TestGateway) -> TestGateway {
+    wait_saved(&gw).await;
+    gw.stop().await;
+    start_in(gw.dir, "").await
+}
+
+#[tokio::test]
+async fn an_edit_of_another_line_never_undoes_a_push_and_a_restart_agrees() {
+    let file = line("c1", "FILE version", "201", "89160000001", None);
+    let gw = start_with(&file, "").await;
+    assert_eq!(
+        answer(gw.addr, "89160000001").await,
+        ("FILE version".into(), "201".into())
+    );
+    // A millisecond apart at least: receive times are kept to the millisecond.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    push(
+        gw.addr,
+        &[serde_json::json!({"id": "c1", "name": "PUSHED version", "manager_phone": "299", "phones": ["89160000001"]})],
+    )
+    .await;
+    assert_eq!(
+        answer(gw.addr, "89160000001").await,
+        ("PUSHED version".into(), "299".into())
+    );
+
+    // An unrelated line is appended: c1's own line did not change.
+    let edited = format!("{file}{}", line("c2", "Second", "202", "89160000002", None));
+    write_file_and_wait(&gw, &edited, "89160000002", "Second").await;
+    assert_eq!(
+        answer(gw.addr, "89160000001").await,
+        ("PUSHED version".into(), "299".into()),
+        "the file re-read c1 but did not receive it again"
+    );
+    let gw = restart(gw).await;
+    assert_eq!(
+        answer(gw.addr, "89160000001").await,
+        ("PUSHED version".into(), "299".into()),
+        "a restart agrees"
+    );
+
+    // Now c1's own line changes: the file brings a newer c1.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let changed = format!(
+        "{}{}",
+        line("c1", "FILE version 2", "203", "89160000001", None),
+        line("c2", "Second", "202", "89160000002", None)
+    );
+    write_file_and_wait(&gw, &changed, "89160000001", "FILE version 2").await;
+    let gw = restart(gw).await;
+    assert_eq!(
+        answer(gw.addr, "89160000001").await,
+        ("FILE version 2".into(), "203".into())
+    );
+}
+
+#[tokio::test]
+async fn a_changed_record_under_an_unchanged_data_version_is_taken_and_kept_after_a_restart() {
+    let gw = start_with(
+        &line("c1", "Old name", "201", "89160000001", Some("v1")),
+        "",
+    )
+    .await;
+    assert_eq!(answer(gw.addr, "89160000001").await.0, "Old name");
+    // Renamed and renumbered by hand, the marker left as it was.
+    write_file_and_wait(
+        &gw,
+        &line("c1", "New name", "201", "89160000002", Some("v1")),
+        "89160000002",
+        "New name",
+    )
+    .await;
+    assert_eq!(
+        answer(gw.addr, "89160000001").await.0,
+        "",
+        "the old phone is gone"
+    );
+    let gw = restart(gw).await;
+    assert_eq!(answer(gw.addr, "89160000002").await.0, "New name");
+    assert_eq!(answer(gw.addr, "89160000001").await.0, "");
+}
+
+#[tokio::test]
+async fn a_new_data_version_alone_does_not_undo_a_push() {
+    let gw = start_with(&line("c1", "FILE", "201", "89160000001", Some("v1")), "").await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    push(
+        gw.addr,
+        &[serde_json::json!({"id": "c1", "name": "PUSHED", "phones": ["89160000001"]})],
+    )
+    .await;
+    assert_eq!(answer(gw.addr, "89160000001").await.0, "PUSHED");
+    // Same content, a new marker, and a second line to see the reload by.
+    let text = format!(
+        "{}{}",
+        line("c1", "FILE", "201", "89160000001", Some("v2")),
+        line("c2", "Second", "202", "89160000002", None)
+    );
+    write_file_and_wait(&gw, &text, "89160000002", "Second").await;
+    assert_eq!(answer(gw.addr, "89160000001").await.0, "PUSHED");
+    let gw = restart(gw).await;
+    assert_eq!(answer(gw.addr, "89160000001").await.0, "PUSHED");
+}
+
+#[tokio::test]
+async fn a_push_of_the_same_content_again_keeps_its_receive_time() {
+    let gw = start_with(&line("c1", "FILE", "201", "89160000001", None), "").await;
+    let pushed = serde_json::json!({"id": "c1", "name": "PUSHED", "phones": ["89160000001"]});
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    push(gw.addr, std::slice::from_ref(&pushed)).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The file's c1 changes after the push: the file's is now the newer.
+    write_file_and_wait(
+        &gw,
+        &line("c1", "FILE 2", "201", "89160000001", None),
+        "89160000001",
+        "FILE 2",
+    )
+    .await;
+    // Pushing the very same content again is not a change.
+    push(gw.addr, std::slice::from_ref(&pushed)).await;
+    assert_eq!(answer(gw.addr, "89160000001").await.0, "FILE 2");
+    let gw = restart(gw).await;
+    assert_eq!(answer(gw.addr, "89160000001").await.0, "FILE 2");
+}
