@@ -95,14 +95,9 @@ impl Gateway {
         if let Some(onec) = &onec {
             vats = vats.with_live_lookup(onec.live_lookup());
         }
-        let push = PushSource::new(
-            Arc::clone(&directory),
-            store.clone(),
-            Arc::clone(&savers),
-            metrics.registry(),
-        )
-        .map(Arc::new)
-        .map_err(StartError::Metrics)?;
+        let push = PushSource::new(Arc::clone(&directory), store.clone(), metrics.registry())
+            .map(Arc::new)
+            .map_err(StartError::Metrics)?;
         let front = Front::new(
             &config,
             vats,
@@ -116,12 +111,18 @@ impl Gateway {
         let (server, stop_server) = serve(listener, front, &config);
         tracing::info!(%addr, soap_path = %config.soap.path, "listening");
 
+        // Deleted copies stay hidden from the first set loaded on.
+        directory.set_tombstones(&store.load_tombstones().await?);
         let snapshot_records = load_snapshot(&store, onec_store.as_ref(), &directory).await;
         push.snapshot_loaded();
 
         let (reload, _) = watch::channel(0u64);
         let (stop_sources, _) = watch::channel(false);
-        let sources = SourceContext {
+        let tombstone_keeper = tokio::spawn({
+            let (push, stop) = (Arc::clone(&push), stop_sources.subscribe());
+            async move { push.forget_spent_tombstones(stop).await }
+        });
+        let mut sources = SourceContext {
             directory: &directory,
             store: &store,
             health: &health,
@@ -132,6 +133,7 @@ impl Gateway {
         }
         .start(&config, onec)
         .await;
+        sources.push(tombstone_keeper);
 
         Ok(Gateway {
             report: StartReport {

@@ -207,3 +207,60 @@ async fn a_push_of_the_same_content_again_keeps_its_receive_time() {
     let gw = restart(gw).await;
     assert_eq!(answer(gw.addr, "89160000001").await.0, "FILE 2");
 }
+
+#[tokio::test]
+async fn a_deleted_file_record_stays_deleted_until_its_own_line_changes() {
+    let file = format!(
+        "{}{}",
+        line("c4", "Fourth", "204", "89160000004", None),
+        line("c5", "Fifth", "205", "89160000005", None)
+    );
+    let gw = start_with(&file, "").await;
+    let deleted = request(
+        gw.addr,
+        "DELETE",
+        "/api/v1/counterparties/c4",
+        &[BEARER],
+        b"",
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_eq!(answer(gw.addr, "89160000004").await.0, "");
+    // SIGHUP (a reload of the same file) and a restart keep it deleted.
+    gw.gateway().reload();
+    let gw = restart(gw).await;
+    assert_eq!(answer(gw.addr, "89160000004").await.0, "");
+    // Another line changes: c4 stays deleted.
+    let edited = format!(
+        "{}{}",
+        line("c4", "Fourth", "204", "89160000004", None),
+        line("c5", "Fifth, edited", "205", "89160000005", None)
+    );
+    write_file_and_wait(&gw, &edited, "89160000005", "Fifth, edited").await;
+    assert_eq!(answer(gw.addr, "89160000004").await.0, "");
+    // c4's own line changes: the file brings it again.
+    let again = format!(
+        "{}{}",
+        line("c4", "Fourth, back", "204", "89160000004", None),
+        line("c5", "Fifth, edited", "205", "89160000005", None)
+    );
+    write_file_and_wait(&gw, &again, "89160000004", "Fourth, back").await;
+    let gw = restart(gw).await;
+    assert_eq!(answer(gw.addr, "89160000004").await.0, "Fourth, back");
+    // The spent tombstone is forgotten by the store.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !gw
+        .gateway()
+        .store()
+        .load_tombstones()
+        .await
+        .expect("tombstones")
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the spent tombstone was not forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

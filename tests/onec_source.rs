@@ -1061,7 +1061,7 @@ async fn lookup_and_source_metrics_are_exported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_1c_counterparty_deleted_through_the_push_api_returns_while_1c_still_lists_it() {
+async fn a_1c_counterparty_deleted_through_the_push_api_stays_hidden_until_1c_changes_it() {
     let mock = mock_with(vec![alpha(), gamma()]).await;
     let gw = start_on(&mock).await;
     wait_warm(gw.addr).await;
@@ -1076,22 +1076,49 @@ async fn a_1c_counterparty_deleted_through_the_push_api_returns_while_1c_still_l
     )
     .await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
-    assert_eq!(onec_health(gw.addr).await["records"], 1);
+    // Hidden at once, the live lookup in 1C included (1C still has it).
+    assert_eq!(say(gw.addr, "89250452343").await.0, data_doc("", "", ""));
+    assert_eq!(readyz(gw.addr).await["counterparties"], 1);
 
-    // 1C did not change (same DataVersions), but it still lists the
-    // counterparty: the next read brings it back into the directory.
+    // 1C did not change it: a refresh that still lists it keeps it hidden.
+    // Full reads done, from the refresh histogram's count.
+    let reads = |addr| async move {
+        let metrics = get(addr, "/metrics").await.body;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("cti_onec_refresh_seconds_count "))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let before = reads(gw.addr).await;
     gw.gateway().reload();
     let addr = gw.addr;
-    wait_for("the refresh", Duration::from_secs(10), || async move {
-        let onec = onec_health(addr).await;
-        if onec["records"] == 2 {
-            Ok(())
-        } else {
-            Err(onec.to_string())
+    wait_for("the refresh", Duration::from_secs(10), || {
+        let before = before.clone();
+        async move {
+            let now = reads(addr).await;
+            if now != before {
+                Ok(())
+            } else {
+                Err(now)
+            }
         }
     })
     .await;
-    assert_eq!(say(gw.addr, "89250452343").await.0, ALPHA_DATA);
+    assert_eq!(say(gw.addr, "89250452343").await.0, data_doc("", "", ""));
+
+    // Someone changes it in 1C: the changed copy is a new one, and answers.
+    mock.upsert(alpha().full_name("Альфа, изменена в 1С"));
+    gw.gateway().reload();
+    wait_for("the changed copy", Duration::from_secs(10), || async move {
+        let (data, _) = say(addr, "89250452343").await;
+        if data == ALPHA_DATA {
+            Ok(())
+        } else {
+            Err(data)
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1250,5 +1277,46 @@ async fn a_start_while_1c_refuses_connections_answers_from_the_snapshot_and_says
     assert!(
         took < BUDGET + SLACK,
         "answered in {took:?} while 1C is down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_lookup_never_answers_1cs_copy_of_an_id_a_later_push_overrides() {
+    // 1C knows Alpha under two phones; a push of the same id keeps only the first.
+    let mock = mock_with(vec![
+        alpha().phone("+7 (925) 045-99-99", "79250459999"),
+        gamma(),
+    ])
+    .await;
+    let gw = start_on(&mock).await;
+    wait_warm(gw.addr).await;
+    assert_eq!(say(gw.addr, "89250459999").await.0, ALPHA_DATA);
+    let body = serde_json::json!([{
+        "id": guid(1), "name": "Альфа (CRM)", "manager_phone": "245", "phones": ["+7 925 045-23-43"],
+    }])
+    .to_string();
+    let pushed = request(
+        gw.addr,
+        "POST",
+        "/api/v1/counterparties",
+        &[
+            "Authorization: Bearer api-token-for-tests",
+            "Content-Type: application/json",
+        ],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(pushed.status, 200, "{}", pushed.body);
+    assert_eq!(
+        say(gw.addr, "89250452343").await.0,
+        data_doc("Альфа (CRM)", "", "245")
+    );
+    // The second phone is no longer in the directory; 1C's live answer for
+    // it is the copy the push overrode, received before it: not answered.
+    mock.reset_requests();
+    assert_eq!(say(gw.addr, "89250459999").await.0, data_doc("", "", ""));
+    assert!(
+        !mock.requests().is_empty(),
+        "the number was asked of 1C (and its answer refused), not skipped"
     );
 }

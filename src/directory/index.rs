@@ -243,14 +243,15 @@ const MIN_CHUNK: usize = 16_384;
 ///
 /// A record whose content is that of its entry in `previous` (the same
 /// source's set) keeps that entry's receive time: it was not received
-/// again, only read again. With the same change marker too, it keeps the
-/// entry itself (nothing is rendered).
+/// again, only read again. With the same change marker too, and `reuse`, it
+/// keeps the entry itself (nothing is rendered).
 fn build_entries(
     records: Vec<Counterparty>,
     source: &Arc<str>,
     stamps: Stamps,
     render: Renderer,
     previous: &[Arc<Entry>],
+    reuse: bool,
 ) -> Built {
     let records = stamps.attach(records);
     let reusable = reusable_entries(previous);
@@ -263,7 +264,7 @@ fn build_entries(
                 let old = reusable
                     .get(prepared.id())
                     .filter(|old| old.content == prepared.content);
-                if let Some(old) = old {
+                if let Some(old) = old.filter(|_| reuse) {
                     if old.data_version == prepared.data_version {
                         unchanged += 1;
                         return Arc::clone(old);
@@ -331,6 +332,51 @@ fn on_every_core<T: Send, R: Send>(chunks: Vec<Vec<T>>, f: impl Fn(Vec<T>) -> R 
     })
 }
 
+/// True when a tombstone of `entry`'s source holds its id and content.
+fn is_hidden(tombstones: &Tombstones, entry: &Entry) -> bool {
+    tombstones.get(&*entry.id).is_some_and(|copies| {
+        copies
+            .iter()
+            .any(|(source, content)| **source == *entry.source && *content == entry.content)
+    })
+}
+
+/// `tombstones` without those of `source` whose copy changed or is gone
+/// from `entries` (the source's new set): a tombstone hides one content of
+/// one copy, and is spent once that copy changes. The spent ones are
+/// returned, for the store to forget.
+fn spend_tombstones(
+    tombstones: &Arc<Tombstones>,
+    source: &str,
+    entries: &[Arc<Entry>],
+) -> (Arc<Tombstones>, Vec<Tombstone>) {
+    let of_source = |copies: &Vec<(Box<str>, u64)>| copies.iter().any(|(s, _)| &**s == source);
+    if !tombstones.values().any(of_source) {
+        return (Arc::clone(tombstones), Vec::new());
+    }
+    let now: HashMap<&str, u64> = entries.iter().map(|e| (&*e.id, e.content)).collect();
+    let mut kept = Tombstones::with_capacity(tombstones.len());
+    let mut spent = Vec::new();
+    for (id, copies) in tombstones.iter() {
+        let mut left = Vec::with_capacity(copies.len());
+        for (s, content) in copies {
+            if &**s == source && now.get(&**id) != Some(content) {
+                spent.push(Tombstone {
+                    id: id.clone(),
+                    source: s.clone(),
+                    content: *content,
+                });
+            } else {
+                left.push((s.clone(), *content));
+            }
+        }
+        if !left.is_empty() {
+            kept.insert(id.clone(), left);
+        }
+    }
+    (Arc::new(kept), spent)
+}
+
 /// Unix milliseconds of `t` (0 before the epoch).
 pub(super) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -362,11 +408,27 @@ impl SourceSet {
     }
 }
 
+/// A deleted counterparty as one source held it: that source's copy stays
+/// hidden while its content is the one deleted (`content`, see
+/// [`Entry::content`]), and shows again once the source brings a changed one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tombstone {
+    pub id: Box<str>,
+    pub source: Box<str>,
+    pub content: u64,
+}
+
+/// Tombstones by id (a few per id at most).
+pub(super) type Tombstones = HashMap<Box<str>, Vec<(Box<str>, u64)>>;
+
 /// Immutable lookup structures over all sources' records. When two sources
-/// hold the same id, the source whose set was loaded last answers for it.
+/// hold the same id, the copy received last answers for it; a copy under a
+/// tombstone does not answer.
 #[derive(Debug)]
 pub struct Index {
     loaded: bool,
+    /// Deleted copies, shared between indexes until a change touches them.
+    tombstones: Arc<Tombstones>,
     /// Ordered by `loaded_at`, oldest first.
     sources: Vec<SourceSet>,
     by_phone: HashMap<PhoneKey, Arc<Entry>, PhoneKeyHashing>,
@@ -381,6 +443,7 @@ impl Index {
     pub(super) fn empty() -> Index {
         Index {
             loaded: false,
+            tombstones: Arc::default(),
             sources: Vec::new(),
             by_phone: HashMap::default(),
             by_id: Vec::new(),
@@ -398,6 +461,34 @@ impl Index {
 
     pub fn is_loaded(&self) -> bool {
         self.loaded
+    }
+
+    /// True when `entry` is a copy someone deleted: a tombstone of its
+    /// source holds its id and its very content.
+    pub fn is_deleted(&self, entry: &Entry) -> bool {
+        is_hidden(&self.tombstones, entry)
+    }
+
+    /// Every tombstone in force.
+    pub fn tombstones(&self) -> Vec<Tombstone> {
+        self.tombstones
+            .iter()
+            .flat_map(|(id, copies)| {
+                copies.iter().map(|(source, content)| Tombstone {
+                    id: id.clone(),
+                    source: source.clone(),
+                    content: *content,
+                })
+            })
+            .collect()
+    }
+
+    /// Each source's copy of `id` (hidden ones included), oldest source first.
+    pub fn copies(&self, id: &str) -> Vec<Arc<Entry>> {
+        self.sources
+            .iter()
+            .filter_map(|s| s.entries.iter().find(|e| &*e.id == id).cloned())
+            .collect()
     }
 
     /// Counterparties in the directory (each id once).
@@ -497,7 +588,7 @@ impl Index {
         reuse: bool,
     ) -> (Index, ReplaceReport) {
         let name: Arc<str> = Arc::from(source);
-        let previous = self.source_records(source).filter(|_| reuse);
+        let previous = self.source_records(source);
         let stamps = match received {
             Some(each) => Stamps::Each(each, unix_ms(loaded_at)),
             None => Stamps::All(unix_ms(loaded_at)),
@@ -508,8 +599,10 @@ impl Index {
             stamps,
             render,
             previous.as_deref().unwrap_or_default(),
+            reuse,
         );
         drop(previous);
+        let (tombstones, spent) = spend_tombstones(&self.tombstones, source, &built.entries);
         let info = SourceInfo {
             name: Arc::clone(&name),
             records: built.entries.len(),
@@ -526,17 +619,27 @@ impl Index {
             info,
             entries: built.entries,
         });
-        self.finish(sources, name, built.unusable_phones, built.unchanged)
+        let (index, mut report) = self.finish(
+            sources,
+            tombstones,
+            name,
+            built.unusable_phones,
+            built.unchanged,
+        );
+        report.spent_tombstones = spent;
+        (index, report)
     }
 
     /// A new index: this one with `upserts` added to (or replacing records of
-    /// the same id in) `source`'s set, and the records with an id in
-    /// `removals` taken out of every source's set.
+    /// the same id in) `source`'s set, the records with an id in `removals`
+    /// taken out of that set, and `buried` added to the tombstones (hiding
+    /// other sources' copies of deleted ids).
     pub(super) fn with_changes(
         &self,
         source: &str,
         upserts: Vec<Counterparty>,
         removals: &[Box<str>],
+        buried: &[Tombstone],
         at: SystemTime,
         render: Renderer,
     ) -> (Index, ReplaceReport) {
@@ -556,58 +659,76 @@ impl Index {
             Stamps::All(unix_ms(at)),
             render,
             previous.as_deref().unwrap_or_default(),
+            true,
         );
-        drop(previous);
         let replaced: HashSet<&str> = built.entries.iter().map(|e| &*e.id).collect();
         let removed: HashSet<&str> = removals.iter().map(|id| &**id).collect();
-        let mut found = false;
-        let mut sources: Vec<SourceSet> = Vec::with_capacity(self.sources.len() + 1);
-        for set in &self.sources {
-            let own = *set.info.name == *source;
-            found |= own;
-            let drops =
-                |e: &&Arc<Entry>| removed.contains(&*e.id) || (own && replaced.contains(&*e.id));
-            let touched = set.entries.iter().any(|e| drops(&e));
-            if !touched && !own {
-                sources.push(set.share());
-                continue;
+        let mut entries: Vec<Arc<Entry>> = previous
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| !removed.contains(&*e.id) && !replaced.contains(&*e.id))
+            .cloned()
+            .collect();
+        drop(previous);
+        entries.extend(built.entries.iter().cloned());
+        let mut info = self.source(source).cloned().unwrap_or(SourceInfo {
+            name: Arc::clone(&name),
+            records: 0,
+            fingerprint: None,
+            loaded_at: at,
+        });
+        info.loaded_at = at;
+        info.records = entries.len();
+        let mut sources: Vec<SourceSet> = self
+            .sources
+            .iter()
+            .filter(|s| *s.info.name != *source)
+            .map(SourceSet::share)
+            .collect();
+        sources.push(SourceSet {
+            info,
+            entries: entries.into(),
+        });
+        let tombstones = if buried.is_empty() {
+            Arc::clone(&self.tombstones)
+        } else {
+            let mut more = (*self.tombstones).clone();
+            for t in buried {
+                let copies = more.entry(t.id.clone()).or_default();
+                copies.retain(|(s, _)| *s != t.source);
+                copies.push((t.source.clone(), t.content));
             }
-            let mut entries: Vec<Arc<Entry>> =
-                set.entries.iter().filter(|e| !drops(e)).cloned().collect();
-            let mut info = set.info.clone();
-            if own {
-                entries.extend(built.entries.iter().cloned());
-                info.loaded_at = at;
-            }
-            info.records = entries.len();
-            sources.push(SourceSet {
-                info,
-                entries: entries.into(),
-            });
+            Arc::new(more)
+        };
+        self.finish(sources, tombstones, name, built.unusable_phones, 0)
+    }
+
+    /// A new index: this one with `tombstones` in force instead of its own
+    /// (the store's, at start-up, before any set is loaded).
+    pub(super) fn with_tombstones(&self, tombstones: &[Tombstone]) -> Index {
+        let mut all = Tombstones::with_capacity(tombstones.len());
+        for t in tombstones {
+            all.entry(t.id.clone())
+                .or_default()
+                .push((t.source.clone(), t.content));
         }
-        if !found {
-            sources.push(SourceSet {
-                info: SourceInfo {
-                    name: Arc::clone(&name),
-                    records: built.entries.len(),
-                    fingerprint: None,
-                    loaded_at: at,
-                },
-                entries: Arc::clone(&built.entries),
-            });
-        }
-        self.finish(sources, name, built.unusable_phones, 0)
+        let sources = self.sources.iter().map(SourceSet::share).collect();
+        let mut index = Index::build(sources, Arc::new(all));
+        index.loaded = self.loaded;
+        index
     }
 
     fn finish(
         &self,
         mut sources: Vec<SourceSet>,
+        tombstones: Arc<Tombstones>,
         name: Arc<str>,
         unusable_phones: usize,
         unchanged: usize,
     ) -> (Index, ReplaceReport) {
         sources.sort_by_key(|s| s.info.loaded_at);
-        let index = Index::build(sources);
+        let index = Index::build(sources, tombstones);
         let report = ReplaceReport {
             records: index.source_records(&name).map_or(0, |e| e.len()),
             source: name,
@@ -616,19 +737,24 @@ impl Index {
             ambiguous_phones: index.ambiguous_phones,
             unusable_phones,
             unchanged,
+            spent_tombstones: Vec::new(),
         };
         (index, report)
     }
 
-    fn build(sources: Vec<SourceSet>) -> Index {
+    fn build(sources: Vec<SourceSet>, tombstones: Arc<Tombstones>) -> Index {
         // When sources share an id, the most recently received version
         // answers; between equal stamps, the source loaded last. Walking the
-        // newest source first makes that the first copy seen.
+        // newest source first makes that the first copy seen. Deleted copies
+        // (under a tombstone) take no part.
         let capacity: usize = sources.iter().map(|s| s.entries.len()).sum();
         let mut seen: HashMap<&str, usize> = HashMap::with_capacity(capacity);
         let mut by_id: Vec<Arc<Entry>> = Vec::with_capacity(capacity);
         for set in sources.iter().rev() {
             for entry in set.entries.iter() {
+                if !tombstones.is_empty() && is_hidden(&tombstones, entry) {
+                    continue;
+                }
                 match seen.entry(&entry.id) {
                     std::collections::hash_map::Entry::Vacant(slot) => {
                         slot.insert(by_id.len());
@@ -673,6 +799,7 @@ impl Index {
 
         Index {
             loaded: true,
+            tombstones,
             sources,
             by_phone,
             by_id,

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-pub use index::{Entry, Index, SourceInfo};
+pub use index::{Entry, Index, SourceInfo, Tombstone};
 pub use model::Counterparty;
 
 use crate::phone::PhoneKey;
@@ -41,9 +41,12 @@ pub struct ReplaceReport {
     pub ambiguous_phones: usize,
     /// Phone strings of this source's records that are not a number.
     pub unusable_phones: usize,
-    /// Records whose change marker was unchanged: their entries were kept
-    /// as they were, not rebuilt.
+    /// Records whose content and change marker were unchanged: their
+    /// entries were kept as they were, not rebuilt.
     pub unchanged: usize,
+    /// Tombstones of this source that its new set spent (the copy changed or
+    /// is gone); the directory also keeps them for [`Directory::take_spent_tombstones`].
+    pub spent_tombstones: Vec<Tombstone>,
 }
 
 pub struct Directory {
@@ -52,6 +55,10 @@ pub struct Directory {
     /// Serializes writers: two sources replacing at once must not each build
     /// from the same old index and lose the other's change.
     writer: Mutex<()>,
+    /// Tombstones spent by a source's new set, for the store to forget
+    /// (a store write is not the directory's to make).
+    spent: Mutex<Vec<Tombstone>>,
+    spent_added: tokio::sync::Notify,
 }
 
 impl Directory {
@@ -60,6 +67,70 @@ impl Directory {
             current: ArcSwap::from_pointee(Index::empty()),
             render,
             writer: Mutex::new(()),
+            spent: Mutex::new(Vec::new()),
+            spent_added: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Puts the store's tombstones in force: call it before any set is loaded.
+    pub fn set_tombstones(&self, tombstones: &[Tombstone]) {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let index = self.current.load().with_tombstones(tombstones);
+        self.current.store(Arc::new(index));
+    }
+
+    /// The tombstones a delete of `id` leaves: one for each copy of it that
+    /// a source other than `except` holds now, with that copy's content
+    /// (copies already deleted have theirs).
+    pub fn tombstones_for(&self, id: &str, except: &str) -> Vec<Tombstone> {
+        let index = self.current.load();
+        index
+            .copies(id)
+            .iter()
+            .filter(|e| &*e.source != except && !index.is_deleted(e))
+            .map(|e| Tombstone {
+                id: id.into(),
+                source: (*e.source).into(),
+                content: e.content(),
+            })
+            .collect()
+    }
+
+    /// Waits until some tombstones were spent, then takes them all.
+    pub async fn spent_tombstones(&self) -> Vec<Tombstone> {
+        loop {
+            let notified = self.spent_added.notified();
+            let taken = self.take_spent_tombstones();
+            if !taken.is_empty() {
+                return taken;
+            }
+            notified.await;
+        }
+    }
+
+    /// The tombstones spent since the last call.
+    pub fn take_spent_tombstones(&self) -> Vec<Tombstone> {
+        std::mem::take(&mut *self.spent.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether a live lookup's `entry` (a copy `source` holds now, read
+    /// outside a full read) may answer: not when that copy was deleted (a
+    /// tombstone with its content), nor when another source's copy of the
+    /// id was received later. Its receive time is its source's copy's when
+    /// the content is the same, else its own.
+    pub fn may_answer_live(&self, entry: &Entry) -> bool {
+        let index = self.current.load();
+        if index.is_deleted(entry) {
+            return false;
+        }
+        let received = index
+            .copies(entry.id())
+            .iter()
+            .find(|c| c.source == entry.source && c.content() == entry.content())
+            .map_or(entry.received_at_ms(), |c| c.received_at_ms());
+        match index.by_id(entry.id()) {
+            Some(current) if current.source != entry.source => current.received_at_ms() <= received,
+            _ => true,
         }
     }
 
@@ -180,23 +251,33 @@ impl Directory {
             reuse,
         );
         self.current.store(Arc::new(index));
+        if !report.spent_tombstones.is_empty() {
+            self.spent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(report.spent_tombstones.iter().cloned());
+            self.spent_added.notify_one();
+        }
         report
     }
 
     /// Upserts `records` into `source`'s set (a record replaces the one of
-    /// the same id there) and takes every record whose id is in `removals`
-    /// out of all sources. Rebuilds the index like [`Directory::replace_source`]
-    /// (unchanged entries are shared, not rebuilt): call it from a blocking task.
+    /// the same id there), takes the records whose id is in `removals` out
+    /// of that set, and puts `buried` in force (other sources' copies of
+    /// deleted ids, hidden while their content is the deleted one). Rebuilds
+    /// the index like [`Directory::replace_source`] (unchanged entries are
+    /// shared, not rebuilt): call it from a blocking task.
     pub fn apply_changes(
         &self,
         source: &str,
         records: Vec<Counterparty>,
         removals: &[Box<str>],
+        buried: &[Tombstone],
         at: SystemTime,
     ) -> ReplaceReport {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
-        let (index, report) = old.with_changes(source, records, removals, at, self.render);
+        let (index, report) = old.with_changes(source, records, removals, buried, at, self.render);
         self.current.store(Arc::new(index));
         report
     }
@@ -465,6 +546,7 @@ mod tests {
             "push",
             vec![cp("1", "Pushed", &["89160000001"], None)],
             &[],
+            &[],
             later(10),
         );
         assert_eq!(name_for(&dir, "89160000001").as_deref(), Some("Pushed"));
@@ -489,7 +571,7 @@ mod tests {
     }
 
     #[test]
-    fn changes_upsert_into_one_source_and_removals_reach_every_source() {
+    fn changes_upsert_into_one_source_and_deletes_hide_other_sources_copies() {
         let dir = Directory::new(render);
         dir.replace_source(
             "file",
@@ -507,6 +589,7 @@ mod tests {
                 cp("3", "C2", &["89160000033"], None),
             ],
             &[],
+            &[],
             SystemTime::now(),
         );
         assert_eq!(
@@ -514,7 +597,15 @@ mod tests {
             "the second record of id 3 replaced the first"
         );
         assert_eq!(name_for(&dir, "89160000033").as_deref(), Some("C2"));
-        dir.apply_changes("push", vec![], &["1".into(), "3".into()], SystemTime::now());
+        let buried = dir.tombstones_for("1", "push");
+        assert_eq!(buried.len(), 1, "the file's copy of 1");
+        dir.apply_changes(
+            "push",
+            vec![],
+            &["1".into(), "3".into()],
+            &buried,
+            SystemTime::now(),
+        );
         assert_eq!(name_for(&dir, "89160000001"), None);
         assert_eq!(name_for(&dir, "89160000033"), None);
         assert_eq!(name_for(&dir, "89160000002").as_deref(), Some("B"));
@@ -524,9 +615,10 @@ mod tests {
             .map(|s| (s.name.to_string(), s.records))
             .collect();
         assert!(
-            counts.contains(&("file".into(), 1)) && counts.contains(&("push".into(), 0)),
-            "{counts:?}"
+            counts.contains(&("file".into(), 2)) && counts.contains(&("push".into(), 0)),
+            "the file's copy stays in its set, hidden: {counts:?}"
         );
+        assert_eq!(index.len(), 1);
     }
 
     #[test]

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::directory::Counterparty;
+use crate::directory::{Counterparty, Tombstone};
 pub use error::StoreError;
 use metrics::Metrics;
 pub use snapshot::SnapshotRecord;
@@ -82,10 +82,12 @@ pub struct AppliedChanges {
     pub updated: usize,
     /// Upserted records whose row was already equal (not written).
     pub unchanged: usize,
-    /// Rows removed, all sources together.
+    /// Rows of the source removed.
     pub removed: usize,
-    /// Each source that lost rows, with how many, in source order.
+    /// The source, with how many rows it lost (empty when none).
     pub removed_from: Vec<(String, usize)>,
+    /// Tombstones written (other sources' copies of removed ids).
+    pub tombstones: usize,
 }
 
 /// One `IncomingCall` as the journal keeps it.
@@ -411,19 +413,18 @@ impl Store {
     }
 
     /// Upserts `upserts` into `source`'s snapshot rows (a record replaces the
-    /// row of its id; of two records with one id, the later one counts) and
-    /// removes every id in `removals` from every source's rows, all in one
-    /// transaction: resolves `Ok` once all of it is committed
-    /// (`synchronous=FULL`), and on `Err` none of it is. The counterpart of
-    /// [`Directory::apply_changes`](crate::directory::Directory::apply_changes):
+    /// row of its id; of two records with one id, the later one counts),
+    /// removes the ids in `removals` from `source`'s rows, and writes
+    /// `tombstones` (other sources' copies of a deleted id, hidden while their
+    /// content is the one deleted; their rows stay as their source holds
+    /// them), all in one transaction: resolves `Ok` once all of it is
+    /// committed (`synchronous=FULL`), and on `Err` none of it is. The
+    /// counterpart of [`Directory::apply_changes`](crate::directory::Directory::apply_changes):
     /// the same change, made durable.
     ///
-    /// Each touched source's row count stays equal to its rows, and the
-    /// upserted source gets a fingerprint (its name) and `saved_at` = now, so
-    /// [`Store::load_snapshot`] loads the result as complete. A source that
-    /// lost rows keeps its fingerprint: a source whose input did not change
-    /// is not read again, so what was removed stays removed across restarts
-    /// until that input changes.
+    /// The source's row count stays equal to its rows, and the upserted
+    /// source gets a fingerprint (its name) and `saved_at` = now, so
+    /// [`Store::load_snapshot`] loads the result as complete.
     ///
     /// Waits for a source replace being written (see [`Store::replace_source`]):
     /// changes never interleave with its chunks. Dropping the future once the
@@ -433,19 +434,35 @@ impl Store {
         source: &str,
         upserts: Arc<[R]>,
         removals: &[Box<str>],
+        tombstones: &[Tombstone],
     ) -> Result<AppliedChanges, StoreError>
     where
         R: SnapshotRecord + 'static,
     {
         let upserts: Arc<dyn snapshot::RecordSet> = Arc::new(snapshot::Held(upserts));
         let removals: Arc<[Box<str>]> = removals.into();
+        let tombstones: Arc<[Tombstone]> = tombstones.into();
         self.request(|reply| Command::ApplyChanges {
             source: source.to_owned(),
             upserts,
             removals,
+            tombstones,
             reply,
         })
         .await
+    }
+
+    /// The tombstones in force (see [`Store::apply_changes`]).
+    pub async fn load_tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
+        self.read(|conn, path| read::tombstones(conn, path)).await
+    }
+
+    /// Forgets tombstones a source's changed copy spent; resolves with how
+    /// many were there.
+    pub async fn forget_tombstones(&self, tombstones: &[Tombstone]) -> Result<usize, StoreError> {
+        let tombstones: Arc<[Tombstone]> = tombstones.into();
+        self.request(|reply| Command::ForgetTombstones { tombstones, reply })
+            .await
     }
 
     /// Removes `source`'s snapshot (its rows and its entry) in one

@@ -9,7 +9,7 @@ use rusqlite::types::{FromSqlError, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, Transaction};
 
 use super::{from_unix_ms, SourceSnapshot, StoreError, StoredCall};
-use crate::directory::Counterparty;
+use crate::directory::{Counterparty, Tombstone};
 
 /// A snapshot as read, with what did not decode.
 pub(super) struct Loaded {
@@ -410,4 +410,21 @@ pub(super) fn last_seqs(conn: &Connection, path: &Path) -> Result<Vec<(String, u
         rows.collect()
     };
     query().map_err(|e| StoreError::sqlite(path, "reading the pop-up sequence numbers", e))
+}
+
+/// Every tombstone (see `Store::apply_changes`).
+pub(super) fn tombstones(conn: &Connection, path: &Path) -> Result<Vec<Tombstone>, StoreError> {
+    let query = || -> rusqlite::Result<Vec<Tombstone>> {
+        let mut stmt = conn.prepare_cached("SELECT id, source, content FROM tombstones")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Tombstone {
+                id: r.get::<_, String>(0)?.into(),
+                source: r.get::<_, String>(1)?.into(),
+                // Stored as the i64 of the same bits.
+                content: r.get::<_, i64>(2)? as u64,
+            })
+        })?;
+        rows.collect()
+    };
+    query().map_err(|e| StoreError::sqlite(path, "reading the tombstones", e))
 }

@@ -56,6 +56,19 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE calls ADD COLUMN seq INTEGER;
     CREATE INDEX calls_key_seq ON calls (key, seq);
     ",
+    // 4: deletions as tombstones. A DELETE of an id hides each other
+    // source's copy while that copy's content is the one deleted (`content`,
+    // the directory's content hash); the copy's own rows stay as its source
+    // holds them. A tombstone is forgotten once its copy changes.
+    "
+    CREATE TABLE tombstones (
+        id         TEXT NOT NULL,
+        source     TEXT NOT NULL,
+        content    INTEGER NOT NULL,  -- u64 content hash, stored as i64 bits
+        deleted_at INTEGER NOT NULL,  -- unix ms
+        PRIMARY KEY (id, source)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes and understands.

@@ -148,7 +148,7 @@ impl LiveLookup {
                 Cached::Unknown => &live.metrics.cache_negative_hits,
             };
             hit.inc();
-            return cached.entry();
+            return live.admitted(cached.entry());
         }
         live.metrics.cache_misses.inc();
         if live.paused() {
@@ -163,7 +163,7 @@ impl LiveLookup {
             })
         };
         match tokio::time::timeout(live.budget, task).await {
-            Ok(Ok(Ok(cached))) => cached.entry(),
+            Ok(Ok(Ok(cached))) => live.admitted(cached.entry()),
             // The error was logged by the load; a panic by tokio.
             Ok(Ok(Err(_))) | Ok(Err(_)) => None,
             Err(_) => {
@@ -181,6 +181,14 @@ impl LiveLookup {
 }
 
 impl Live {
+    /// `found`, unless the directory says it must not answer: a copy someone
+    /// deleted (and 1C has not changed since), or one another source
+    /// overrides with a copy received later. Checked at every answer, the
+    /// cached ones too: a delete or a push may come after the lookup.
+    fn admitted(&self, found: Option<Arc<Entry>>) -> Option<Arc<Entry>> {
+        found.filter(|e| self.directory.may_answer_live(e))
+    }
+
     fn paused(&self) -> bool {
         let breaker = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
         breaker.paused_until.is_some_and(|t| Instant::now() < t)

@@ -34,7 +34,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
-use super::SnapshotSavers;
 use crate::directory::{Counterparty, Directory};
 use crate::store::{SnapshotRecord, Store, StoreError};
 pub use parse::{parse_batch, BatchError, RecordError, MAX_RECORDS};
@@ -87,8 +86,6 @@ pub struct DeleteReport {
 pub struct PushSource {
     directory: Arc<Directory>,
     store: Store,
-    /// The other sources' snapshot savers, asked to save again after a delete.
-    savers: Arc<SnapshotSavers>,
     /// Held from the store commit to the end of the directory apply.
     order: tokio::sync::Mutex<()>,
     /// True once the store's snapshot is in the directory; see
@@ -106,7 +103,6 @@ impl PushSource {
     pub fn new(
         directory: Arc<Directory>,
         store: Store,
-        savers: Arc<SnapshotSavers>,
         registry: &Registry,
     ) -> Result<PushSource, prometheus::Error> {
         let records = IntCounterVec::new(
@@ -120,7 +116,6 @@ impl PushSource {
         Ok(PushSource {
             directory,
             store,
-            savers,
             order: tokio::sync::Mutex::new(()),
             ready: tokio::sync::watch::Sender::new(false),
             upserted: records.with_label_values(&["upsert"]),
@@ -209,7 +204,7 @@ impl PushSource {
         let committing = Instant::now();
         let applied = self
             .store
-            .apply_changes(SOURCE, Arc::clone(&records), &[])
+            .apply_changes(SOURCE, Arc::clone(&records), &[], &[])
             .await
             .map_err(|e| {
                 tracing::error!(records = upserted, error = %e, "push not saved: the store failed; the caller is told to retry");
@@ -222,7 +217,7 @@ impl PushSource {
         let directory = Arc::clone(&self.directory);
         let report = tokio::task::spawn_blocking(move || {
             let records = records.iter().map(|r| r.record.clone()).collect();
-            directory.apply_changes(SOURCE, records, &[], at)
+            directory.apply_changes(SOURCE, records, &[], &[], at)
         })
         .await
         .map_err(|e| {
@@ -254,19 +249,20 @@ impl PushSource {
         let started = Instant::now();
         self.wait_ready().await?;
         let _order = self.order.lock().await;
-        let in_directory = self.directory.lookup_id(&id).is_some();
+        // The push copy goes; every other source's copy gets a tombstone with
+        // its content, and stays hidden until that copy changes. Its rows
+        // stay as its source holds them: a DELETE writes one row per source.
+        let buried = self.directory.tombstones_for(&id, SOURCE);
         let removals = [id];
-        // Sent even when the directory lacks the id: a row the directory
-        // never loaded would otherwise come back at the next start.
         let applied = self
             .store
-            .apply_changes::<Counterparty>(SOURCE, Arc::from([]), &removals)
+            .apply_changes::<Counterparty>(SOURCE, Arc::from([]), &removals, &buried)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "push delete not saved: the store failed; the caller is told to retry");
                 PushError::NotSaved(e)
             })?;
-        if !in_directory && applied.removed == 0 {
+        if applied.removed == 0 && buried.is_empty() {
             return Ok(DeleteReport {
                 removed: false,
                 counterparties: self.directory.snapshot().len(),
@@ -274,8 +270,9 @@ impl PushSource {
         }
         let directory = Arc::clone(&self.directory);
         let at = SystemTime::now();
+        let sources: Vec<Box<str>> = buried.iter().map(|t| t.source.clone()).collect();
         let (report, [id]) = tokio::task::spawn_blocking(move || {
-            let report = directory.apply_changes(SOURCE, Vec::new(), &removals, at);
+            let report = directory.apply_changes(SOURCE, Vec::new(), &removals, &buried, at);
             (report, removals)
         })
         .await
@@ -284,18 +281,10 @@ impl PushSource {
             PushError::NotApplied(e.to_string())
         })?;
         self.deleted.inc();
-        // A snapshot save of another source may have taken its set before
-        // this delete and would write the record back: save them again.
-        self.savers.save_all();
-        let sources: Vec<&str> = applied
-            .removed_from
-            .iter()
-            .map(|(s, _)| s.as_str())
-            .collect();
         tracing::info!(
             id = %id,
-            snapshot_rows = applied.removed,
-            snapshot_sources = ?sources,
+            push_rows = applied.removed,
+            hidden_in = ?sources,
             counterparties = report.total_records,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "push: counterparty removed"
@@ -304,6 +293,28 @@ impl PushSource {
             removed: true,
             counterparties: report.total_records,
         })
+    }
+
+    /// Makes the store forget the tombstones that sources' changed copies
+    /// spent, as the directory reports them, until `stop`. Run in a task of
+    /// its own: a failure only keeps a spent tombstone a while longer (a
+    /// restart spends it again against the snapshot).
+    pub async fn forget_spent_tombstones(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let spent = tokio::select! {
+                spent = self.directory.spent_tombstones() => spent,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match self.store.forget_tombstones(&spent).await {
+                Ok(n) => tracing::info!(
+                    forgotten = n,
+                    "tombstones of deleted counterparties spent: their sources changed them"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "spent tombstones not forgotten; retried after the next change")
+                }
+            }
+        }
     }
 }
 
@@ -379,59 +390,64 @@ mod tests {
     fn push_source(dir: &std::path::Path, directory: &Arc<Directory>) -> (Arc<PushSource>, Store) {
         let registry = Registry::new();
         let store = Store::open(&dir.join("s.sqlite"), &registry).expect("store");
-        let push = PushSource::new(
-            Arc::clone(directory),
-            store.clone(),
-            Arc::default(),
-            &registry,
-        )
-        .expect("push");
+        let push = PushSource::new(Arc::clone(directory), store.clone(), &registry).expect("push");
         push.snapshot_loaded();
         (Arc::new(push), store)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_delete_during_another_sources_snapshot_save_stays_deleted_in_the_store() {
+    async fn a_delete_of_another_sources_id_is_a_tombstone_until_that_copy_changes() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let directory = directory();
-        let registry = Registry::new();
-        let store = Store::open(&tmp.path().join("s.sqlite"), &registry).expect("store");
-        let savers = Arc::new(SnapshotSavers::default());
-        let saver = Arc::new(super::super::SnapshotSaver::new(
-            "file",
-            Arc::clone(&directory),
-            store.clone(),
-        ));
-        savers.register(Arc::clone(&saver));
-        let push = Arc::new(
-            PushSource::new(
-                Arc::clone(&directory),
-                store.clone(),
-                Arc::clone(&savers),
-                &registry,
-            )
-            .expect("push"),
-        );
-        push.snapshot_loaded();
-        // A first save big enough to still be running when the delete comes.
-        let records: Vec<Counterparty> = (0..60_000)
-            .map(|i| cp(&format!("{i:06}"), "N", &format!("8916{i:07}")))
-            .collect();
-        directory.replace_source("file", records, Some("print".into()), SystemTime::now());
-        saver.save();
+        let (push, store) = push_source(tmp.path(), &directory);
+        let records = |name: &str| -> Vec<Counterparty> {
+            (0..3)
+                .map(|i| {
+                    cp(
+                        &format!("{i:06}"),
+                        if i == 0 { name } else { "N" },
+                        &format!("8916{i:07}"),
+                    )
+                })
+                .collect()
+        };
+        directory.replace_source("file", records("A"), Some("p1".into()), SystemTime::now());
         let deleted = push.delete("000000").await.expect("delete");
-        assert!(deleted.removed);
-        saver.finish().await;
-        let snapshot = store.load_snapshot().await.expect("load");
-        let file = snapshot
-            .iter()
-            .find(|s| s.source == "file")
-            .expect("file saved");
-        assert_eq!(file.records.len(), 59_999);
-        assert!(
-            file.records.iter().all(|r| &*r.id != "000000"),
-            "the save under way wrote the deleted record back"
+        assert_eq!(
+            deleted,
+            DeleteReport {
+                removed: true,
+                counterparties: 2
+            }
         );
+        assert!(directory.lookup_id("000000").is_none());
+        let stored = store.load_tombstones().await.expect("tombstones");
+        assert_eq!(stored.len(), 1, "one row for the one source that had it");
+        assert_eq!((&*stored[0].id, &*stored[0].source), ("000000", "file"));
+
+        // A restart: the tombstones first, then the same file: still hidden.
+        let restarted = Arc::new(Directory::new(crate::soap::say_name_payload));
+        restarted.set_tombstones(&stored);
+        let report =
+            restarted.replace_source("file", records("A"), Some("p1".into()), SystemTime::now());
+        assert!(restarted.lookup_id("000000").is_none());
+        assert!(report.spent_tombstones.is_empty());
+        // The file changes that record: the copy shows again, the tombstone is spent.
+        let report = restarted.replace_source(
+            "file",
+            records("A, renamed"),
+            Some("p2".into()),
+            SystemTime::now(),
+        );
+        assert!(restarted.lookup_id("000000").is_some());
+        assert_eq!(report.spent_tombstones, stored);
+        assert_eq!(restarted.take_spent_tombstones(), stored);
+        assert_eq!(store.forget_tombstones(&stored).await.expect("forget"), 1);
+        assert!(store
+            .load_tombstones()
+            .await
+            .expect("tombstones")
+            .is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

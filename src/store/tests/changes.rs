@@ -1,8 +1,10 @@
-//! Pushed changes (`Store::apply_changes`): upserts into one source and
-//! removals from every source, in one transaction, with row counts kept
-//! true so that the snapshot still loads complete.
+//! Pushed changes (`Store::apply_changes`): upserts into one source,
+//! removals from it and tombstones for the others' copies, in one
+//! transaction, with row counts kept true so that the snapshot still loads
+//! complete.
 
 use super::*;
+use crate::directory::Tombstone;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upserted_records_load_from_the_snapshot_as_a_complete_source() {
@@ -13,7 +15,7 @@ async fn upserted_records_load_from_the_snapshot_as_a_complete_source() {
     let first: Arc<[Counterparty]> =
         vec![counterparty("p-2", "Второй"), counterparty("p-1", "Первый")].into();
     let applied = store
-        .apply_changes("push", first, &[])
+        .apply_changes("push", first, &[], &[])
         .await
         .expect("first push");
     assert_eq!(
@@ -40,7 +42,7 @@ async fn upserted_records_load_from_the_snapshot_as_a_complete_source() {
     ]
     .into();
     let applied = store
-        .apply_changes("push", second, &[])
+        .apply_changes("push", second, &[], &[])
         .await
         .expect("second push");
     assert_eq!(
@@ -59,7 +61,8 @@ async fn upserted_records_load_from_the_snapshot_as_a_complete_source() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removal_reaches_every_source_and_leaves_their_fingerprints() {
+async fn a_removal_takes_the_sources_own_row_and_tombstones_keep_the_others_rows_and_fingerprints()
+{
     let dir = tempfile::tempdir().expect("tempdir");
     let path = store_path(dir.path());
     let store = open(&path);
@@ -77,7 +80,7 @@ async fn a_removal_reaches_every_source_and_leaves_their_fingerprints() {
         .await
         .expect("onec");
     store
-        .apply_changes("push", with_shared("push"), &[])
+        .apply_changes("push", with_shared("push"), &[], &[])
         .await
         .expect("push");
 
@@ -86,27 +89,37 @@ async fn a_removal_reaches_every_source_and_leaves_their_fingerprints() {
             "push",
             Arc::from([]),
             &boxed(&["shared", "file-0001", "absent"]),
+            &[
+                tombstone("shared", "file"),
+                tombstone("shared", "onec"),
+                tombstone("file-0001", "file"),
+            ],
         )
         .await
         .expect("removal");
-    assert_eq!(applied.removed, 4);
-    assert_eq!(
-        applied.removed_from,
-        [
-            ("file".to_owned(), 2),
-            ("onec".to_owned(), 1),
-            ("push".to_owned(), 1)
-        ]
-    );
+    assert_eq!(applied.removed, 1, "only the push source's own row");
+    assert_eq!(applied.removed_from, [("push".to_owned(), 1)]);
+    assert_eq!(applied.tombstones, 3);
 
     let snapshot = store.load_snapshot().await.expect("load");
     assert_eq!(
         ids(by_source(&snapshot, "file")),
-        ["file-0000", "file-0002"]
+        ["file-0000", "file-0001", "file-0002", "shared"],
+        "other sources' rows stay as their sources hold them"
     );
     assert_eq!(
         ids(by_source(&snapshot, "onec")),
-        ["onec-0000", "onec-0001", "onec-0002"]
+        ["onec-0000", "onec-0001", "onec-0002", "shared"]
+    );
+    let mut kept = store.load_tombstones().await.expect("tombstones");
+    kept.sort_by(|a, b| (&a.id, &a.source).cmp(&(&b.id, &b.source)));
+    assert_eq!(
+        kept,
+        [
+            tombstone("file-0001", "file"),
+            tombstone("shared", "file"),
+            tombstone("shared", "onec")
+        ]
     );
     assert_eq!(
         ids(by_source(&snapshot, "push")),
@@ -133,7 +146,7 @@ async fn a_removal_reaches_every_source_and_leaves_their_fingerprints() {
 
     // Nothing to remove: nothing changes, and that is said.
     let applied = store
-        .apply_changes::<Counterparty>("push", Arc::from([]), &boxed(&["shared"]))
+        .apply_changes::<Counterparty>("push", Arc::from([]), &boxed(&["shared"]), &[])
         .await
         .expect("removal of an absent id");
     assert_eq!(applied, AppliedChanges::default());
@@ -162,7 +175,7 @@ async fn row_counts_stay_equal_to_rows_through_mixed_changes() {
             .map(|i| format!("x-{:04}", (round * 11 + i * 13) % 60).into())
             .collect();
         store
-            .apply_changes("push", upserts, &removals)
+            .apply_changes("push", upserts, &removals, &[])
             .await
             .expect("changes");
         assert_counts_match_rows(&path);
@@ -176,17 +189,19 @@ async fn row_counts_stay_equal_to_rows_through_mixed_changes() {
         by_source(&snapshot, "push").fingerprint.as_deref(),
         Some("push")
     );
-    // An id both removed and upserted in one change is in the upserted source only.
+    // An id both removed and upserted in one change is in the upserted
+    // source; another source's row of it stays (a tombstone would hide it).
     store
         .apply_changes(
             "push",
             Arc::from([counterparty("x-0045", "moved")]),
             &boxed(&["x-0045"]),
+            &[],
         )
         .await
         .expect("remove and upsert");
     let snapshot = store.load_snapshot().await.expect("load");
-    assert!(!ids(by_source(&snapshot, "file")).contains(&"x-0045"));
+    assert!(ids(by_source(&snapshot, "file")).contains(&"x-0045"));
     assert!(ids(by_source(&snapshot, "push")).contains(&"x-0045"));
     assert_counts_match_rows(&path);
     store.close().await;
@@ -202,7 +217,7 @@ async fn a_change_that_fails_commits_none_of_its_parts() {
         .await
         .expect("file");
     store
-        .apply_changes("push", Arc::from([counterparty("kept", "kept")]), &[])
+        .apply_changes("push", Arc::from([counterparty("kept", "kept")]), &[], &[])
         .await
         .expect("push");
     store
@@ -217,6 +232,7 @@ async fn a_change_that_fails_commits_none_of_its_parts() {
             "push",
             Arc::from([counterparty("new", "new"), counterparty("boom", "boom")]),
             &boxed(&["file-0001", "kept"]),
+            &[tombstone("file-0001", "file")],
         )
         .await
         .expect_err("the change fails");
@@ -227,6 +243,14 @@ async fn a_change_that_fails_commits_none_of_its_parts() {
         ["file-0000", "file-0001", "file-0002"]
     );
     assert_eq!(ids(by_source(&snapshot, "push")), ["kept"]);
+    assert!(
+        store
+            .load_tombstones()
+            .await
+            .expect("tombstones")
+            .is_empty(),
+        "no tombstone of the failed change"
+    );
     assert_counts_match_rows(&path);
     // The writer keeps serving.
     store
@@ -234,8 +258,16 @@ async fn a_change_that_fails_commits_none_of_its_parts() {
         .await
         .expect("drop trigger");
     store
-        .apply_changes("push", Arc::from([counterparty("new", "new")]), &[])
+        .apply_changes("push", Arc::from([counterparty("new", "new")]), &[], &[])
         .await
         .expect("the next change commits");
     store.close().await;
+}
+
+fn tombstone(id: &str, source: &str) -> Tombstone {
+    Tombstone {
+        id: id.into(),
+        source: source.into(),
+        content: 7,
+    }
 }

@@ -250,7 +250,7 @@ async fn a_replace_planned_before_a_change_is_walked_again() {
         .expect("planned");
     // A change adds a row the plan does not know about.
     store
-        .apply_changes("s", Arc::from([counterparty("b-0000", "b")]), &[])
+        .apply_changes("s", Arc::from([counterparty("b-0000", "b")]), &[], &[])
         .await
         .expect("change");
     store

@@ -33,6 +33,7 @@ mod replace;
 use super::metrics::Metrics;
 use super::snapshot::{self, Plan, RecordSet, Upserted};
 use super::{unix_ms, AppliedChanges, CallRecord, StoreError};
+use crate::directory::Tombstone;
 use replace::{CHUNK_TIME, MAX_CHUNK_OPS};
 
 /// Room in the channel: callers beyond it wait (asynchronously) for space.
@@ -73,7 +74,13 @@ pub(super) enum Command {
         source: String,
         upserts: Arc<dyn RecordSet>,
         removals: Arc<[Box<str>]>,
+        tombstones: Arc<[Tombstone]>,
         reply: Reply<AppliedChanges>,
+    },
+    /// Forgets tombstones whose copy changed; answers how many went.
+    ForgetTombstones {
+        tombstones: Arc<[Tombstone]>,
+        reply: Reply<usize>,
     },
     /// Removes a source's rows and its entry; answers how many rows went.
     ForgetSource {
@@ -182,9 +189,23 @@ impl Writer {
                     source,
                     upserts,
                     removals,
+                    tombstones,
                     reply,
                 } => {
-                    let result = self.apply_changes(&source, &*upserts, &removals);
+                    let result = self.apply_changes(&source, &*upserts, &removals, &tombstones);
+                    let _ = reply.send(result);
+                }
+                Command::ForgetTombstones { tombstones, reply } => {
+                    let result = self.transact("forgetting spent tombstones", |tx| {
+                        let mut stmt = tx.prepare_cached(
+                            "DELETE FROM tombstones WHERE id = ?1 AND source = ?2 AND content = ?3",
+                        )?;
+                        let mut n = 0;
+                        for t in tombstones.iter() {
+                            n += stmt.execute(params![&*t.id, &*t.source, t.content as i64])?;
+                        }
+                        Ok(n)
+                    });
                     let _ = reply.send(result);
                 }
                 Command::ForgetSource { source, reply } => {
@@ -308,6 +329,7 @@ impl Writer {
         source: &str,
         upserts: &dyn RecordSet,
         removals: &[Box<str>],
+        tombstones: &[Tombstone],
     ) -> Result<AppliedChanges, StoreError> {
         let started = Instant::now();
         let saved_at = unix_ms(SystemTime::now());
@@ -315,22 +337,25 @@ impl Writer {
         let mut buf = std::mem::take(&mut self.buf);
         let result = self.transact("applying pushed changes", |tx| {
             let mut done = AppliedChanges::default();
-            if !removals.is_empty() {
-                let sources: Vec<String> = tx
-                    .prepare_cached("SELECT source FROM sources ORDER BY source")?
-                    .query_map([], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                for from in sources {
-                    let mut n = 0usize;
-                    for id in removals {
-                        n += snapshot::delete_row(tx, &from, id)?;
-                    }
-                    if n > 0 {
-                        add_to_source_count(tx, &from, -(n as i64))?;
-                        done.removed += n;
-                        done.removed_from.push((from, n));
-                    }
+            let mut n = 0usize;
+            for id in removals {
+                n += snapshot::delete_row(tx, source, id)?;
+            }
+            if n > 0 {
+                add_to_source_count(tx, source, -(n as i64))?;
+                done.removed += n;
+                done.removed_from.push((source.to_owned(), n));
+            }
+            if !tombstones.is_empty() {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO tombstones (id, source, content, deleted_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (id, source) DO UPDATE SET content = excluded.content,
+                         deleted_at = excluded.deleted_at",
+                )?;
+                for t in tombstones {
+                    stmt.execute(params![&*t.id, &*t.source, t.content as i64, saved_at])?;
                 }
+                done.tombstones = tombstones.len();
             }
             if !sorted.is_empty() {
                 tx.prepare_cached(
