@@ -227,6 +227,11 @@ fn is_odata_name(name: &str) -> bool {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub path: PathBuf,
+    /// Begin with an empty store where the files show a store was there
+    /// (`cti-gateway serve --new-store`); never read from the file: it is
+    /// for one start, not a setting.
+    #[serde(skip)]
+    pub new_store: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -319,6 +324,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: PathBuf::from("var/cti-gateway.sqlite"),
+            new_store: false,
         }
     }
 }
@@ -367,6 +373,7 @@ impl Config {
             },
             store: StoreConfig {
                 path: folder.join("cti-gateway.sqlite"),
+                new_store: false,
             },
             api: ApiConfig {
                 token: Some(Secret::new(DEMO_API_TOKEN)),

@@ -3,6 +3,11 @@
 //! Start-up order matters for the ring-time promise: the listener is bound
 //! first, then the snapshot from the store is loaded (a restart answers
 //! known callers before any source is read), then the sources start.
+//!
+//! Only the snapshot sets of configured sources are loaded: a set whose
+//! source was removed from the configuration stays in the store, named in a
+//! warning at each start, until its source is configured again or
+//! `cti-gateway forget-source` drops it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,11 +24,11 @@ use crate::http::{self, Front};
 use crate::metrics::Metrics;
 use crate::popup::{Hub, HubConfig};
 use crate::soap;
-use crate::sources::file::FileSource;
+use crate::sources::file::{self, FileSource};
 use crate::sources::onec::{self, OnecError, OnecSource};
-use crate::sources::push::PushSource;
+use crate::sources::push::{self, PushSource};
 use crate::sources::{SnapshotSavers, SourceHealth};
-use crate::store::{Store, StoreError};
+use crate::store::{OpenOptions, SourceSnapshot, Store, StoreError};
 use crate::vats::Vats;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +82,7 @@ impl Gateway {
         let started = Instant::now();
         http::check_soap_path(&config)?;
         let metrics = Arc::new(Metrics::new());
-        let store = Store::open(&config.store.path, metrics.registry())?;
+        let store = open_main_store(&config, &metrics)?;
         let directory = Arc::new(Directory::new(soap::say_name_payload));
         let health = Arc::new(SourceHealth::default());
         let hub = Arc::new(new_hub(&config, &metrics, &store).await?);
@@ -113,7 +118,8 @@ impl Gateway {
 
         // Deleted copies stay hidden from the first set loaded on.
         directory.set_tombstones(&store.load_tombstones().await?);
-        let snapshot_records = load_snapshot(&store, onec_store.as_ref(), &directory).await;
+        let snapshot_records =
+            load_snapshot(&config, &store, onec_store.as_ref(), &directory).await;
         push.snapshot_loaded();
 
         let (reload, _) = watch::channel(0u64);
@@ -212,6 +218,18 @@ impl Gateway {
     }
 }
 
+/// The main store at `store.path`. A missing or empty file there is refused
+/// where a store was (see [`OpenOptions::new_store`]) unless `--new-store`
+/// was given.
+fn open_main_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreError> {
+    // 1C's snapshot file exists only beside a store that was written: with
+    // it there, a missing store file is a lost store, not a new one.
+    let options = OpenOptions::main()
+        .new_store(config.store.new_store)
+        .companion(onec_store_path(&config.store.path));
+    Store::open_with_options(&config.store.path, metrics.registry(), &options)
+}
+
 /// The pop-up hub, with the configured operators' keys.
 async fn new_hub(config: &Config, metrics: &Metrics, store: &Store) -> Result<Hub, StartError> {
     // The hub is handed the abonent keys only; the screens' tokens stay with
@@ -247,10 +265,10 @@ fn open_onec(
     let Some(onec_config) = &config.onec else {
         return Ok((None, None));
     };
-    let onec_store = Store::open_background(
+    let onec_store = Store::open_with_options(
         &onec_store_path(&config.store.path),
         metrics.registry(),
-        onec::SOURCE,
+        &OpenOptions::cache(onec::SOURCE).new_store(config.store.new_store),
     )?;
     let onec = OnecSource::new(
         onec_config,
@@ -346,48 +364,32 @@ pub fn onec_store_path(store_path: &Path) -> PathBuf {
     store_path.with_file_name(name)
 }
 
-/// Fills the directory from the stores' snapshots; returns the records
-/// loaded. The 1C source's records come from its own store; a main store
-/// written before that store existed still holds them, and answers for 1C
-/// until the 1C store has its first save, then they are removed from it.
+/// Fills the directory from the stores' snapshot sets of the sources
+/// `config` has (see [`unconfigured`]); returns the records loaded.
 async fn load_snapshot(
+    config: &Config,
     store: &Store,
     onec_store: Option<&Store>,
     directory: &Arc<Directory>,
 ) -> usize {
     let started = Instant::now();
-    let mut snapshot = match store.load_snapshot().await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "snapshot not loaded; starting from the sources only");
-            Vec::new()
-        }
-    };
-    if let Some(onec_store) = onec_store {
-        match onec_store.load_snapshot().await {
-            Ok(cached) => {
-                let cached: Vec<_> = cached
-                    .into_iter()
-                    .filter(|s| s.source == onec::SOURCE)
-                    .collect();
-                if !cached.is_empty() && snapshot.iter().any(|s| s.source == onec::SOURCE) {
-                    snapshot.retain(|s| s.source != onec::SOURCE);
-                    match store.forget_source(onec::SOURCE).await {
-                        Ok(rows) => tracing::info!(
-                            rows,
-                            "1C's records moved to their own store; removed from the main store"
-                        ),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "1C's old records could not be removed from the main store; they are ignored")
-                        }
-                    }
-                }
-                snapshot.extend(cached);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "1C snapshot not loaded; 1C answers after its first read")
-            }
-        }
+    let mut snapshot = read_snapshot(store, onec_store).await;
+    snapshot.retain(|set| {
+        let Some(reason) = unconfigured(config, &set.source) else {
+            return true;
+        };
+        tracing::warn!(
+            source = %set.source,
+            records = set.records.len(),
+            reason,
+            "snapshot set not loaded: its source is not configured; it stays in the store \
+             until the source is configured again, or `{}` drops it",
+            forget_command(config, &set.source)
+        );
+        false
+    });
+    if config.onec.is_none() {
+        warn_if_onec_store_left(config);
     }
     let mut total = 0;
     for source in snapshot {
@@ -424,4 +426,90 @@ async fn load_snapshot(
         );
     }
     total
+}
+
+/// Why the snapshot set of `source` is not loaded with `config`: what
+/// configures its source, which is not set; `None` when it is set. `push`
+/// counts as configured while `api.token` is set (the push API answers only
+/// then), `file` with `directory.file`, `onec` with `[onec]`.
+fn unconfigured(config: &Config, source: &str) -> Option<&'static str> {
+    let (configured, reason) = match source {
+        file::SOURCE => (config.directory.file.is_some(), "directory.file is not set"),
+        onec::SOURCE => (config.onec.is_some(), "there is no [onec] table"),
+        push::SOURCE => (
+            config.api.token.is_some(),
+            "api.token is not set (the push API is off)",
+        ),
+        _ => (false, "this build has no source of that name"),
+    };
+    (!configured).then_some(reason)
+}
+
+/// The command that drops `source`'s snapshot set from this configuration's store.
+fn forget_command(config: &Config, source: &str) -> String {
+    match &config.source {
+        Some(path) => format!(
+            "cti-gateway forget-source {source} --config {}",
+            path.display()
+        ),
+        None => format!("cti-gateway forget-source {source}"),
+    }
+}
+
+/// Without `[onec]`, 1C's snapshot file is not opened; when one is left
+/// from a configuration that had `[onec]`, say so, as for any set not loaded.
+fn warn_if_onec_store_left(config: &Config) {
+    let path = onec_store_path(&config.store.path);
+    if path.exists() {
+        tracing::warn!(
+            path = %path.display(),
+            source = onec::SOURCE,
+            reason = "there is no [onec] table",
+            "1C's snapshot file is not loaded: its source is not configured; it stays \
+             until [onec] is configured again, or `{}` deletes it",
+            forget_command(config, onec::SOURCE)
+        );
+    }
+}
+
+/// Both stores' snapshot sets. The 1C source's records come from its own
+/// store; a main store written before that store existed still holds them,
+/// and answers for 1C until the 1C store has its first save, then they are
+/// removed from it.
+async fn read_snapshot(store: &Store, onec_store: Option<&Store>) -> Vec<SourceSnapshot> {
+    let mut snapshot = match store.load_snapshot().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "snapshot not loaded; starting from the sources only");
+            Vec::new()
+        }
+    };
+    let Some(onec_store) = onec_store else {
+        return snapshot;
+    };
+    match onec_store.load_snapshot().await {
+        Ok(cached) => {
+            let cached: Vec<_> = cached
+                .into_iter()
+                .filter(|s| s.source == onec::SOURCE)
+                .collect();
+            if !cached.is_empty() && snapshot.iter().any(|s| s.source == onec::SOURCE) {
+                snapshot.retain(|s| s.source != onec::SOURCE);
+                match store.forget_source(onec::SOURCE).await {
+                    Ok(rows) => tracing::info!(
+                        rows,
+                        "1C's records moved to their own store; removed from the main store"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "1C's old records could not be removed from the main store; they are ignored")
+                    }
+                }
+            }
+            snapshot.extend(cached);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "1C snapshot not loaded; 1C answers after its first read")
+        }
+    }
+    snapshot
 }

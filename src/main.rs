@@ -1,10 +1,15 @@
-//! `cti-gateway serve [--config FILE]`: the command line around [`Gateway`].
+//! `cti-gateway serve [--config FILE] [--listen ADDR] [--new-store]`,
+//! `check-config` and `forget-source NAME`: the command line around
+//! [`Gateway`].
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use cti_gateway::config::{self, Config, LogFormat};
+use cti_gateway::gateway::onec_store_path;
+use cti_gateway::sources::onec;
+use cti_gateway::store::{OpenOptions, Store, StoredSet};
 use cti_gateway::Gateway;
 use tracing_subscriber::EnvFilter;
 
@@ -31,11 +36,27 @@ enum Command {
         /// instead of 127.0.0.1:8080), e.g. 127.0.0.1:9000.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Begin with an empty store where the files show that a store was
+        /// there (its file missing or empty): for one start, once you know
+        /// what it held is lost. Without it such a start is refused.
+        #[arg(long)]
+        new_store: bool,
     },
     /// Check a configuration file and exit.
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Drop one source's snapshot set from the store, with the gateway
+    /// stopped (a start-up warning names each set whose source is not
+    /// configured). Prints how many rows were removed.
+    ForgetSource {
+        /// The set: `file`, `push` or `onec`.
+        name: String,
+        /// The gateway's configuration (its `store.path`); without it, demo
+        /// mode's store.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -49,7 +70,11 @@ fn main() -> anyhow::Result<()> {
             println!("{}: OK", config.display());
             Ok(())
         }
-        Command::Serve { config, listen } => {
+        Command::Serve {
+            config,
+            listen,
+            new_store,
+        } => {
             let (mut config, demo) = match config {
                 Some(path) => (Config::load(&path, &config::process_env)?, false),
                 None => (demo_config()?, true),
@@ -57,7 +82,8 @@ fn main() -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
-            init_logging(&config);
+            config.store.new_store = new_store;
+            init_logging(&config, &config.log.level);
             if let Some(path) = &config.source {
                 warn_if_readable_by_others(path);
             }
@@ -66,6 +92,22 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("cannot start the async runtime")?;
             runtime.block_on(serve(config, demo))
+        }
+        Command::ForgetSource { name, config } => {
+            let config = match config {
+                Some(path) => Config::load(&path, &config::process_env)?,
+                None => Config::demo(
+                    &config::process_env,
+                    &config::demo_folder(&config::process_env),
+                ),
+            };
+            // The store's own start and stop lines would only be noise here.
+            init_logging(&config, "warn");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(forget_source(&config, &name))
         }
     }
 }
@@ -90,9 +132,11 @@ fn demo_config() -> anyhow::Result<Config> {
     Ok(Config::demo(&config::process_env, &folder))
 }
 
-fn init_logging(config: &Config) {
+/// Logs to stderr in the configured format, at `RUST_LOG`'s level if set,
+/// else at `level`.
+fn init_logging(config: &Config, level: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -191,6 +235,120 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     }
     gateway.shutdown().await;
     Ok(())
+}
+
+/// `forget-source NAME`: removes the snapshot set `name` from the store
+/// `config` names, and from 1C's snapshot file beside it; that file, which
+/// holds nothing else, is deleted once it holds no set. Refuses while a
+/// gateway has either file open, and refuses a name no store holds, listing
+/// the ones they hold.
+async fn forget_source(config: &Config, name: &str) -> anyhow::Result<()> {
+    let registry = prometheus::Registry::new();
+    let main_path = config.store.path.clone();
+    let onec_path = onec_store_path(&main_path);
+    let mut stores = vec![open_alone(&main_path, &registry, OpenOptions::main())?];
+    if onec_path.exists() {
+        stores.push(open_alone(
+            &onec_path,
+            &registry,
+            OpenOptions::cache(onec::SOURCE),
+        )?);
+    }
+    let result = forget_in(&stores, name).await;
+    for (store, _, _) in &stores {
+        store.close().await;
+    }
+    result?;
+    // 1C's file held this set and no other: nothing is left in it.
+    let onec_emptied = stores.iter().any(|(_, path, sets)| {
+        *path == onec_path
+            && sets.iter().any(|s| s.source == name)
+            && sets.iter().all(|s| s.source == name)
+    });
+    if onec_emptied {
+        for file in [
+            onec_path.clone(),
+            sibling(&onec_path, "-wal"),
+            sibling(&onec_path, "-shm"),
+        ] {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("cannot delete {}: {e}", file.display()),
+            }
+        }
+        println!(
+            "deleted {}: it held only 1C's snapshot, now empty",
+            onec_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// A store opened alone, with its path and the sets it held.
+type Opened = (Store, PathBuf, Vec<StoredSet>);
+
+fn open_alone(
+    path: &Path,
+    registry: &prometheus::Registry,
+    options: OpenOptions,
+) -> anyhow::Result<Opened> {
+    let (store, sets) = Store::open_alone(path, registry, &options)
+        .with_context(|| format!("forget-source works on the store at {}", path.display()))?;
+    Ok((store, path.to_path_buf(), sets))
+}
+
+/// Removes `name`'s set from each store that holds it, saying how many rows
+/// each lost; an error naming the sets they hold when none holds it.
+async fn forget_in(stores: &[Opened], name: &str) -> anyhow::Result<()> {
+    let holding: Vec<_> = stores
+        .iter()
+        .filter(|(_, _, sets)| sets.iter().any(|s| s.source == name))
+        .collect();
+    if holding.is_empty() {
+        let held: Vec<String> = stores
+            .iter()
+            .flat_map(|(_, path, sets)| {
+                sets.iter().map(move |s| {
+                    format!("{} ({}, in {})", s.source, rows(s.records), path.display())
+                })
+            })
+            .collect();
+        let held = if held.is_empty() {
+            "none".to_owned()
+        } else {
+            held.join(", ")
+        };
+        anyhow::bail!("there is no snapshot set named `{name}`; the snapshot holds: {held}");
+    }
+    for (store, path, _) in holding {
+        let removed = store
+            .forget_source(name)
+            .await
+            .with_context(|| format!("removing `{name}` from {}", path.display()))?;
+        println!(
+            "removed {} of the `{name}` snapshot set from {}",
+            rows(removed as u64),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// "1 row", "3 rows".
+fn rows(n: u64) -> String {
+    if n == 1 {
+        "1 row".to_owned()
+    } else {
+        format!("{n} rows")
+    }
+}
+
+/// `path` with `suffix` appended to its file name (`x.sqlite-wal`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 #[cfg(unix)]

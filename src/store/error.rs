@@ -31,8 +31,30 @@ pub enum StoreError {
     Busy { path: PathBuf, detail: String },
 
     /// The file is not an SQLite database or is damaged.
-    #[error("store at {} is damaged or not an SQLite database ({detail}); stop the gateway and move the file aside: the snapshot is rebuilt from the sources on start, the call journal in that file is lost", .path.display())]
-    Corrupt { path: PathBuf, detail: String },
+    #[error("store at {} is damaged or not an SQLite database ({detail}); {}", .path.display(), .role.if_damaged())]
+    Corrupt {
+        path: PathBuf,
+        detail: String,
+        /// What the file holds: what moving it aside costs.
+        role: StoreRole,
+    },
+
+    /// The file is missing or empty (0 bytes) where something shows that a
+    /// store was there: taken as a new store, it would lose what that store
+    /// held without a word. `--new-store` lets it begin empty.
+    #[error("store at {} {found}: a store was there, and starting would replace it with an empty one; {}", .path.display(), .role.if_missing())]
+    Missing {
+        path: PathBuf,
+        /// What was found and what shows a store existed, e.g. "is missing
+        /// while store.sqlite-wal is there".
+        found: String,
+        role: StoreRole,
+    },
+
+    /// Another process has the file open while a maintenance command needs
+    /// it alone.
+    #[error("store at {} is in use by another process (a running cti-gateway?); stop the gateway first, then run this command again", .path.display())]
+    InUse { path: PathBuf },
 
     /// The file was written by a newer cti-gateway.
     #[error("store at {} has schema version {found}, this build knows versions up to {supported}; run the newer cti-gateway that wrote it, or point store.path to another file", .path.display())]
@@ -72,6 +94,55 @@ pub enum StoreError {
     ReadTask { detail: String },
 }
 
+/// What a store file holds, which decides what losing it costs and so what
+/// the messages about a damaged or missing file advise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreRole {
+    /// The main store (`store.path`): the call journal, the records pushed
+    /// through the API (their only copy) and the file source's snapshot.
+    Main,
+    /// A cache of one source's records in a file of its own (1C's snapshot,
+    /// `<name>.onec.sqlite`): the source's next read rebuilds it.
+    Cache {
+        /// The source whose snapshot it holds (`onec`).
+        source: String,
+    },
+}
+
+impl StoreRole {
+    /// What to do about a damaged file of this role.
+    fn if_damaged(&self) -> String {
+        match self {
+            StoreRole::Main => "this file holds the call journal, the records pushed through the API \
+                 and the file's snapshot: stop the gateway, restore the file from a backup, or move \
+                 the file aside (with its -wal and -shm files) and start once with `cti-gateway serve \
+                 --new-store` to begin with an empty store (the file's snapshot is read again from \
+                 the file; the journal and the pushed records are lost)"
+                .to_owned(),
+            StoreRole::Cache { source } => format!(
+                "this file holds only the `{source}` source's snapshot, a cache of that source \
+                 (no call journal, no pushed records): stop the gateway and delete it with its -wal \
+                 and -shm files; it is rebuilt by the source's next read"
+            ),
+        }
+    }
+
+    /// What to do about a missing or empty file of this role.
+    fn if_missing(&self) -> String {
+        match self {
+            StoreRole::Main => "it held the call journal, the records pushed through the API and \
+                 the file's snapshot: restore the file from a backup, or start once with \
+                 `cti-gateway serve --new-store` to begin with an empty store"
+                .to_owned(),
+            StoreRole::Cache { source } => format!(
+                "it held only the `{source}` source's snapshot, a cache that the source's next \
+                 read rebuilds: delete what is left of it, or start once with `cti-gateway serve \
+                 --new-store` to begin with an empty one"
+            ),
+        }
+    }
+}
+
 impl StoreError {
     /// Sorts an SQLite error by what the admin should do about it.
     pub(super) fn sqlite(path: &Path, op: &'static str, err: rusqlite::Error) -> StoreError {
@@ -93,6 +164,8 @@ impl StoreError {
             Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt {
                 path,
                 detail: detail(),
+                // The store that hit it puts its own role in (`in_role`).
+                role: StoreRole::Main,
             },
             Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => StoreError::Open {
                 path,
@@ -106,6 +179,21 @@ impl StoreError {
         }
     }
 
+    /// This error as the store with `role` reports it: the message about a
+    /// damaged file says what that file holds. The store applies
+    /// it to every error it hands out, so errors built without knowing the
+    /// store (by [`StoreError::sqlite`]) say the right thing.
+    pub(super) fn in_role(self, store_role: &StoreRole) -> StoreError {
+        match self {
+            StoreError::Corrupt { path, detail, .. } => StoreError::Corrupt {
+                path,
+                detail,
+                role: store_role.clone(),
+            },
+            other => other,
+        }
+    }
+
     /// A short label for logs and the "same failure as last time" check.
     pub(super) fn kind(&self) -> &'static str {
         match self {
@@ -114,6 +202,8 @@ impl StoreError {
             StoreError::DiskFull { .. } => "disk_full",
             StoreError::Busy { .. } => "busy",
             StoreError::Corrupt { .. } => "corrupt",
+            StoreError::Missing { .. } => "missing",
+            StoreError::InUse { .. } => "in_use",
             StoreError::NewerSchema { .. } => "newer_schema",
             StoreError::Sqlite { .. } => "sqlite",
             StoreError::Metrics { .. } => "metrics",

@@ -22,13 +22,19 @@
 //!   commits them in chunks of about 100 ms and serves the journal appends
 //!   that wait in between, so a call never waits for a whole replace.
 //! - **schema** (`schema.rs`): pragmas and migrations keyed on
-//!   `PRAGMA user_version`, applied by [`Store::open`].
+//!   `PRAGMA user_version`, applied by [`Store::open`], and the checks made
+//!   before opening: a missing or empty file where a store was expected is
+//!   refused unless [`OpenOptions::new_store`] allows it, and
+//!   [`Store::open_alone`] (maintenance commands) refuses a file a gateway
+//!   has open.
 //!
-//! Errors ([`StoreError`]) say what to do. A full disk or a read-only file
+//! Errors ([`StoreError`]) say what to do, and what the file holds
+//! ([`StoreRole`]) when they concern losing it. A full disk or a read-only file
 //! answers the calls that hit it with an error; the writer keeps serving.
 
 mod error;
 mod metrics;
+mod open;
 mod read;
 mod schema;
 mod snapshot;
@@ -44,8 +50,9 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::directory::{Counterparty, Tombstone};
-pub use error::StoreError;
+pub use error::{StoreError, StoreRole};
 use metrics::Metrics;
+pub use open::{OpenOptions, StoredSet};
 pub use snapshot::SnapshotRecord;
 use writer::Command;
 
@@ -167,6 +174,8 @@ struct Inner {
     metrics: Metrics,
     registry: prometheus::Registry,
     priority: Priority,
+    /// What the file holds, for the messages about losing it.
+    role: StoreRole,
 }
 
 /// How a store's writes compete for the CPU (see [`Store::open_background`]).
@@ -188,83 +197,6 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens the store at `path`, creating the file and its folders if
-    /// needed, applying migrations and starting the writer thread. Registers
-    /// the store's metrics in `registry`. Blocking; call it once at start-up.
-    pub fn open(path: &Path, registry: &prometheus::Registry) -> Result<Store, StoreError> {
-        Store::open_with(path, registry, "main", Priority::Normal)
-    }
-
-    /// [`Store::open`] for a cache of another system's records (the 1C
-    /// snapshot), kept in a file of its own: its writer thread runs at the
-    /// lowest priority, so that saving a large refresh never competes with
-    /// SayName for the CPU, and it shares no lock with the main store's
-    /// journal, which must never wait for such a thread. Replaces are diffed
-    /// on that thread too. Its metrics carry `db="<name>"`.
-    pub fn open_background(
-        path: &Path,
-        registry: &prometheus::Registry,
-        name: &str,
-    ) -> Result<Store, StoreError> {
-        Store::open_with(path, registry, name, Priority::Background)
-    }
-
-    fn open_with(
-        path: &Path,
-        registry: &prometheus::Registry,
-        name: &str,
-        priority: Priority,
-    ) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                path: path.to_path_buf(),
-                cause: format!("cannot create folder {}: {e}", dir.display()),
-            })?;
-        }
-        let (conn, info) = schema::open_writer(path)?;
-        let reader = schema::open_reader(path)?;
-        let metrics = Metrics::register(registry, name)?;
-        let (sender, rx) = mpsc::channel(writer::CHANNEL_CAPACITY);
-        let generation = Arc::new(AtomicU64::new(0));
-        let handle = writer::spawn(
-            conn,
-            path.to_path_buf(),
-            metrics.clone(),
-            Arc::clone(&generation),
-            rx,
-            priority,
-        )
-        .map_err(|e| {
-            metrics.unregister(registry);
-            StoreError::Spawn {
-                cause: e.to_string(),
-            }
-        })?;
-        tracing::info!(
-            path = %path.display(),
-            schema_version = info.schema_version,
-            migrated_from = info.migrated_from,
-            sources = info.sources,
-            counterparties = info.counterparties,
-            journal_last_id = info.journal_last_id,
-            "store opened"
-        );
-        Ok(Store {
-            inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                sender: Mutex::new(Some(sender)),
-                writer: tokio::sync::Mutex::new(Some(handle)),
-                closed: AtomicBool::new(false),
-                readers: Mutex::new(vec![reader]),
-                untrusted: Mutex::new(HashSet::new()),
-                generation,
-                metrics,
-                registry: registry.clone(),
-                priority,
-            }),
-        })
-    }
-
     /// Every source's snapshot, in source order, from one consistent view.
     ///
     /// A row whose JSON no longer decodes (say, written by a newer build) is
@@ -566,7 +498,8 @@ impl Store {
             .await
             .map_err(|_| StoreError::WriterGone)?;
         drop(sender);
-        answer.await.map_err(|_| StoreError::WriterGone)?
+        let answer = answer.await.map_err(|_| StoreError::WriterGone)?;
+        answer.map_err(|e| e.in_role(&self.inner.role))
     }
 
     /// Runs a query on an idle read connection (or a new one) on the
@@ -599,6 +532,7 @@ impl Store {
         .map_err(|e| StoreError::ReadTask {
             detail: e.to_string(),
         })?
+        .map_err(|e| e.in_role(&self.inner.role))
     }
 
     /// Sends raw SQL to the writer connection (tests inject failures with it).

@@ -1,4 +1,10 @@
-//! Opening connections, their pragmas, and the schema migrations.
+//! Opening connections, their pragmas, the checks made before opening, and
+//! the schema migrations.
+//!
+//! Before the writer opens a file, [`check_presence`] refuses to create a
+//! store where one was expected (SQLite would silently take a missing or
+//! empty file as a new database), and [`claim_alone`] lets a maintenance
+//! command make sure no gateway has the file open.
 //!
 //! The schema version lives in `PRAGMA user_version`. Migration `n` (counted
 //! from 1) takes a file from version `n - 1` to `n`; each runs in its own
@@ -6,12 +12,13 @@
 //! file at the last complete version. Append new migrations; never edit one
 //! that has shipped.
 
-use std::path::Path;
-use std::time::Duration;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
-use super::StoreError;
+use super::{StoreError, StoreRole, StoredSet};
 
 /// Each entry is one migration; the schema version is its position from 1.
 const MIGRATIONS: &[&str] = &[
@@ -76,6 +83,10 @@ pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// How long a connection waits for a lock another process holds.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a maintenance command waits for another process to let go of
+/// the file: a running gateway never does, so a short wait is enough.
+const ALONE_WAIT: Duration = Duration::from_millis(500);
 
 /// What the writer found on opening, for the start-up log line.
 pub(super) struct OpenInfo {
@@ -173,6 +184,156 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Refuses to open the store at `path` as a new one when it is missing or
+/// empty (0 bytes) while something shows a store was there: its `-wal` or
+/// `-shm` file, one of `companions` (files that exist only beside a store),
+/// or the empty file itself (SQLite never leaves a database empty once it
+/// has written to it). A fresh install (no file, nothing beside it) passes.
+///
+/// With `new_store` it passes too, with a warning; a `-wal` file left
+/// beside is then renamed aside (SQLite would delete it, and it may hold the
+/// last commits of the store that was there).
+pub(super) fn check_presence(
+    path: &Path,
+    role: &StoreRole,
+    new_store: bool,
+    companions: &[PathBuf],
+) -> Result<(), StoreError> {
+    let Some(found) = expected_but_absent(path, companions) else {
+        return Ok(());
+    };
+    if !new_store {
+        return Err(StoreError::Missing {
+            path: path.to_path_buf(),
+            found,
+            role: role.clone(),
+        });
+    }
+    tracing::warn!(
+        path = %path.display(),
+        found = %found,
+        "store: beginning with an empty store, as --new-store asks"
+    );
+    set_wal_aside(path)
+}
+
+/// What was found at `path` when it is missing or empty while a store was
+/// expected there; `None` when the file has content, or nothing shows a
+/// store was there, or the file cannot be examined (opening reports that).
+fn expected_but_absent(path: &Path, companions: &[PathBuf]) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() > 0 => None,
+        Ok(_) => Some(
+            "is empty (0 bytes), which SQLite never leaves once it has written a store".to_owned(),
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            [sibling(path, "-wal"), sibling(path, "-shm")]
+                .iter()
+                .chain(companions)
+                .find(|p| p.exists())
+                .map(|p| format!("is missing while {} is there", p.display()))
+        }
+        Err(_) => None,
+    }
+}
+
+/// `path` with `suffix` appended to its file name (`store.sqlite-wal`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = OsString::from(path.as_os_str());
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Renames the `-wal` file beside `path`, if any, to
+/// `<name>-wal.before-new-store-<unix seconds>`.
+fn set_wal_aside(path: &Path) -> Result<(), StoreError> {
+    let wal = sibling(path, "-wal");
+    if !wal.exists() {
+        return Ok(());
+    }
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = sibling(path, &format!("-wal.before-new-store-{secs}"));
+    std::fs::rename(&wal, &aside).map_err(|e| StoreError::Open {
+        path: path.to_path_buf(),
+        cause: format!(
+            "cannot move {} aside to {}: {e}",
+            wal.display(),
+            aside.display()
+        ),
+    })?;
+    tracing::warn!(
+        from = %wal.display(),
+        to = %aside.display(),
+        "store: the old store's write-ahead log was moved aside, not deleted"
+    );
+    Ok(())
+}
+
+/// For a maintenance command, which must not run beside a gateway: checks
+/// that no other process has the store at `path` open, and lists the
+/// snapshot's sets. Refuses a missing or empty file (there is nothing to
+/// work on, and nothing is created).
+///
+/// The connection asks for exclusive locking before its first access: the
+/// first access to a WAL database then needs the file to itself, which any
+/// other open connection (a running gateway's) prevents. It is closed before
+/// returning, so the caller's own connections can open the file.
+pub(super) fn claim_alone(path: &Path) -> Result<Vec<StoredSet>, StoreError> {
+    let no_store = |cause: String| StoreError::Open {
+        path: path.to_path_buf(),
+        cause,
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() > 0 => {}
+        Ok(_) => {
+            return Err(no_store(
+                "the file is empty (0 bytes): there is no store in it".into(),
+            ))
+        }
+        Err(e) => return Err(no_store(e.to_string())),
+    }
+    let err = |op| move |e| StoreError::sqlite(path, op, e);
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| no_store(e.to_string()))?;
+    conn.busy_timeout(ALONE_WAIT)
+        .map_err(err("setting busy_timeout"))?;
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .map_err(err("asking for exclusive locking"))?;
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::InUse {
+                path: path.to_path_buf(),
+            },
+            _ => StoreError::sqlite(path, "taking the file alone", e),
+        })?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(err("reading the schema version"))?;
+    // Version 0: an empty database, no sets (the `sources` table comes with migration 1).
+    let sets = if version >= 1 {
+        list_sets(&conn).map_err(err("listing the snapshot's sets"))?
+    } else {
+        Vec::new()
+    };
+    conn.execute_batch("ROLLBACK")
+        .map_err(err("ending the check"))?;
+    Ok(sets)
+}
+
+/// Every snapshot set, by name, with its row count.
+fn list_sets(conn: &Connection) -> rusqlite::Result<Vec<StoredSet>> {
+    let mut stmt = conn.prepare("SELECT source, records FROM sources ORDER BY source")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(StoredSet {
+            source: r.get(0)?,
+            records: r.get::<_, i64>(1)?.try_into().unwrap_or(0),
+        })
+    })?;
+    rows.collect()
+}
+
 /// Applies the migrations the file lacks. Returns the version it started
 /// from when it migrated anything.
 fn migrate(conn: &mut Connection, path: &Path) -> Result<Option<i64>, StoreError> {
@@ -191,6 +352,8 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<Option<i64>, StoreError
         return Err(StoreError::Corrupt {
             path: path.to_path_buf(),
             detail: format!("negative schema version {found}"),
+            // The store puts its own role in (`StoreError::in_role`).
+            role: StoreRole::Main,
         });
     }
     if found == SCHEMA_VERSION {

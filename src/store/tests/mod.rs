@@ -9,7 +9,9 @@
 //!   undecodable rows: errors that say what to do, a writer that keeps serving;
 //! - `chunked_replace.rs`: large replaces written in chunks, with appends
 //!   and other replaces in between;
-//! - `crash.rs`: a writer killed (SIGKILL) in a child process.
+//! - `crash.rs`: a writer killed (SIGKILL) in a child process;
+//! - `start_checks.rs`: the checks before opening (a lost store file, a
+//!   store in use) and messages that say what a file holds.
 //!
 //! The 1M-row measurement is a bench program (`bench/store.sh`), not a test.
 
@@ -20,6 +22,7 @@ mod failures;
 mod journal;
 mod lifecycle;
 mod snapshot;
+mod start_checks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
