@@ -83,7 +83,10 @@ impl Gateway {
         http::check_soap_path(&config)?;
         let metrics = Arc::new(Metrics::new());
         let store = open_main_store(&config, &metrics)?;
-        let directory = Arc::new(Directory::new(soap::say_name_payload));
+        let directory = Arc::new(
+            Directory::new(soap::say_name_payload)
+                .counting_unusable_phones(metrics.directory_unusable_phones.clone()),
+        );
         let health = Arc::new(SourceHealth::default());
         let hub = Arc::new(new_hub(&config, &metrics, &store).await?);
         let (listener, addr) = bind(config.server.listen).await?;

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub directory_phones: IntGauge,
     pub directory_ambiguous_phones: IntGauge,
     pub directory_reloads: IntCounterVec,
+    /// Handed to the directory, which counts as it loads.
+    pub directory_unusable_phones: IntCounterVec,
     pub incoming_calls_unknown_key: IntCounter,
     /// Per source (`file`, `onec`, `push`...), set when `/metrics` is scraped.
     pub source_records: IntGaugeVec,
@@ -172,6 +174,13 @@ impl Metrics {
             ),
             &["source", "outcome"],
         ));
+        let directory_unusable_phones = must(IntCounterVec::new(
+            Opts::new(
+                "cti_directory_unusable_phones_total",
+                "Phone strings dropped from records as they were loaded, by source: no usable number (too short for a national number, too long for an extension, or no number at all). The record is kept.",
+            ),
+            &["source"],
+        ));
         let incoming_calls_unknown_key = must(IntCounter::new(
             "cti_incoming_calls_unknown_key_total",
             "IncomingCall requests whose Key no [[operator]] has (answered 1 and journaled).",
@@ -208,6 +217,7 @@ impl Metrics {
             Box::new(directory_phones.clone()),
             Box::new(directory_ambiguous_phones.clone()),
             Box::new(directory_reloads.clone()),
+            Box::new(directory_unusable_phones.clone()),
             Box::new(incoming_calls_unknown_key.clone()),
         ] {
             reg(c);
@@ -232,6 +242,7 @@ impl Metrics {
             source_last_success,
             source_consecutive_failures,
             directory_reloads,
+            directory_unusable_phones,
             incoming_calls_unknown_key,
         }
     }

@@ -59,6 +59,8 @@ pub struct Directory {
     /// (a store write is not the directory's to make).
     spent: Mutex<Vec<Tombstone>>,
     spent_added: tokio::sync::Notify,
+    /// `cti_directory_unusable_phones_total{source}`, when one is handed over.
+    unusable_phones: Option<prometheus::IntCounterVec>,
 }
 
 impl Directory {
@@ -69,6 +71,22 @@ impl Directory {
             writer: Mutex::new(()),
             spent: Mutex::new(Vec::new()),
             spent_added: tokio::sync::Notify::new(),
+            unusable_phones: None,
+        }
+    }
+
+    /// Counts, by source, the phone strings dropped at load because they
+    /// hold no usable number (the record is kept without them).
+    pub fn counting_unusable_phones(mut self, counter: prometheus::IntCounterVec) -> Directory {
+        self.unusable_phones = Some(counter);
+        self
+    }
+
+    fn count_unusable(&self, report: &ReplaceReport) {
+        if let (Some(counter), n @ 1..) = (&self.unusable_phones, report.unusable_phones) {
+            counter
+                .with_label_values(&[&*report.source])
+                .inc_by(n as u64);
         }
     }
 
@@ -251,6 +269,7 @@ impl Directory {
             reuse,
         );
         self.current.store(Arc::new(index));
+        self.count_unusable(&report);
         if !report.spent_tombstones.is_empty() {
             self.spent
                 .lock()
@@ -279,6 +298,7 @@ impl Directory {
         let old = self.current.load_full();
         let (index, report) = old.with_changes(source, records, removals, buried, at, self.render);
         self.current.store(Arc::new(index));
+        self.count_unusable(&report);
         report
     }
 
