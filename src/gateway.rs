@@ -113,6 +113,7 @@ impl Gateway {
             Arc::clone(&hub),
             store.clone(),
             Arc::clone(&push),
+            file.clone(),
         );
         let (server, stop_server) = serve(listener, front, &config);
         tracing::info!(%addr, soap_path = %config.soap.path, "listening");
