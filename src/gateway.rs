@@ -320,7 +320,6 @@ impl SourceContext<'_> {
                 file.run(self.reload.subscribe(), self.stop.subscribe()),
             ));
         }
-        let onec_configured = onec.is_some();
         if let Some(onec) = onec {
             // 1C is read in the background: a slow or absent 1C must not hold
             // up the start, and the snapshot (if any) already answers.
@@ -328,13 +327,11 @@ impl SourceContext<'_> {
                 onec.run(self.reload.subscribe(), self.stop.subscribe()),
             ));
         }
-        // With 1C configured and nothing loaded yet, /readyz says "not ready"
-        // until 1C's first read; otherwise an empty directory is still a directory.
-        if !self.directory.is_loaded() && !onec_configured {
-            // No snapshot and no readable source: an empty directory is still a
-            // directory, and SayName must answer "unknown" rather than "not ready" forever.
-            tracing::warn!("no counterparties from the snapshot or any source; answering every caller as unknown until a source loads");
-            self.directory.mark_loaded();
+        // Not ready until a source or the snapshot delivers, with or without
+        // 1C: an empty directory nobody loaded would answer every caller as
+        // unknown while /readyz said all is well.
+        if !self.directory.is_loaded() {
+            tracing::warn!("no counterparties yet (no snapshot, no readable source): /readyz answers 503 and callers are answered as unknown until a source loads");
         }
         sources
     }
