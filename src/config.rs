@@ -151,6 +151,15 @@ pub struct DirectoryConfig {
     /// SIGHUP still reloads).
     #[serde(with = "humantime_serde")]
     pub watch_interval: Duration,
+    /// How long a changed file must stay the same (size, modification time
+    /// and inode, checked twice this far apart) before it is read: an export
+    /// still being written is never taken. "0s": taken at once.
+    #[serde(with = "humantime_serde")]
+    pub settle: Duration,
+    /// The largest share of the file source's records one new version of
+    /// the file may remove (a fraction, 0 < x <= 1; 1 turns the guard off).
+    /// A file over it is refused until `cti-gateway accept-file`.
+    pub max_shrink: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -316,6 +325,8 @@ impl Default for DirectoryConfig {
         DirectoryConfig {
             file: None,
             watch_interval: Duration::from_secs(2),
+            settle: Duration::from_secs(2),
+            max_shrink: 0.5,
         }
     }
 }
@@ -448,6 +459,7 @@ impl Config {
                 "is not set and neither is [onec]: the gateway needs at least one source of counterparties",
             ));
         }
+        self.validate_directory()?;
         if let Some(onec) = &self.onec {
             self.validate_onec(onec)?;
         }
@@ -493,6 +505,21 @@ impl Config {
             if value.is_zero() {
                 return Err(self.invalid(key, "must be longer than 0s"));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_directory(&self) -> Result<(), ConfigError> {
+        let directory = &self.directory;
+        if directory.settle > Duration::from_secs(3600) {
+            return Err(self.invalid("directory.settle", "must be at most 1h"));
+        }
+        // NaN fails both comparisons, so it is refused too.
+        if !(directory.max_shrink > 0.0 && directory.max_shrink <= 1.0) {
+            return Err(self.invalid(
+                "directory.max_shrink",
+                "must be a fraction over 0 and at most 1, e.g. 0.5 for 50% (1 turns the guard off)",
+            ));
         }
         Ok(())
     }
@@ -691,6 +718,36 @@ mod tests {
                 .expect_err("out of bounds");
             assert!(err.to_string().contains(&format!("popup.{key}")), "{err}");
         }
+    }
+
+    #[test]
+    fn the_file_guard_keys_have_defaults_and_bounds() {
+        let c = parse(MINIMAL).expect("config");
+        assert_eq!(c.directory.settle, Duration::from_secs(2));
+        assert_eq!(c.directory.max_shrink, 0.5);
+        let with = |keys: &str| {
+            parse(&MINIMAL.replace("[directory]\n", &format!("[directory]\n{keys}\n")))
+        };
+        let c = with("settle = \"0s\"\nmax_shrink = 1").expect("an integer 1 is a fraction");
+        assert_eq!(c.directory.settle, Duration::ZERO);
+        assert_eq!(c.directory.max_shrink, 1.0);
+        for bad in [
+            "max_shrink = 0",
+            "max_shrink = 1.5",
+            "max_shrink = 50",
+            "max_shrink = -0.1",
+            "max_shrink = nan",
+        ] {
+            let err = with(bad).expect_err(bad);
+            assert!(
+                err.to_string().contains("directory.max_shrink"),
+                "{bad}: {err}"
+            );
+        }
+        let err = with("max_shrink = \"50%\"").expect_err("a string");
+        assert!(err.to_string().contains("max_shrink"), "{err}");
+        let err = with("settle = \"2h\"").expect_err("too long");
+        assert!(err.to_string().contains("directory.settle"), "{err}");
     }
 
     #[test]

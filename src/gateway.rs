@@ -24,7 +24,7 @@ use crate::http::{self, Front};
 use crate::metrics::Metrics;
 use crate::popup::{Hub, HubConfig};
 use crate::soap;
-use crate::sources::file::{self, FileSource};
+use crate::sources::file::{self, FileSettings, FileSource};
 use crate::sources::onec::{self, OnecError, OnecSource};
 use crate::sources::push::{self, PushSource};
 use crate::sources::{SnapshotSavers, SourceHealth};
@@ -94,6 +94,7 @@ impl Gateway {
         // the push API asks them to save again.
         let savers = Arc::new(SnapshotSavers::default());
         let (onec, onec_store) = open_onec(&config, &directory, &health, &metrics, &savers)?;
+        let file = open_file(&config, &directory, &store, &health, &metrics, &savers);
         let mut vats = Vats::new(
             Arc::clone(&directory),
             Arc::clone(&hub),
@@ -115,6 +116,7 @@ impl Gateway {
             Arc::clone(&hub),
             store.clone(),
             Arc::clone(&push),
+            file.clone(),
         );
         let (server, stop_server) = serve(listener, front, &config);
         tracing::info!(%addr, soap_path = %config.soap.path, "listening");
@@ -133,14 +135,10 @@ impl Gateway {
         });
         let mut sources = SourceContext {
             directory: &directory,
-            store: &store,
-            health: &health,
-            metrics: &metrics,
-            savers: &savers,
             reload: &reload,
             stop: &stop_sources,
         }
-        .start(&config, onec)
+        .start(file, onec)
         .await;
         sources.push(tombstone_keeper);
 
@@ -284,6 +282,27 @@ fn open_onec(
     Ok((Some(onec), Some(onec_store)))
 }
 
+/// With `directory.file`: the file source. It reads nothing yet: its first
+/// load comes after the snapshot's (`SourceContext::start`).
+fn open_file(
+    config: &Config,
+    directory: &Arc<Directory>,
+    store: &Store,
+    health: &Arc<SourceHealth>,
+    metrics: &Arc<Metrics>,
+    savers: &SnapshotSavers,
+) -> Option<Arc<FileSource>> {
+    let settings = FileSettings::from_config(&config.directory)?;
+    Some(Arc::new(FileSource::new(
+        settings,
+        Arc::clone(directory),
+        store.clone(),
+        Arc::clone(health),
+        Arc::clone(metrics),
+        savers,
+    )))
+}
+
 /// Runs the accept loop on its own task; it stops when the returned
 /// `Notify` is notified.
 fn serve(listener: TcpListener, front: Front, config: &Config) -> (JoinHandle<()>, Arc<Notify>) {
@@ -303,10 +322,6 @@ fn serve(listener: TcpListener, front: Front, config: &Config) -> (JoinHandle<()
 /// What the sources are started with.
 struct SourceContext<'a> {
     directory: &'a Arc<Directory>,
-    store: &'a Store,
-    health: &'a Arc<SourceHealth>,
-    metrics: &'a Arc<Metrics>,
-    savers: &'a Arc<SnapshotSavers>,
     reload: &'a watch::Sender<u64>,
     stop: &'a watch::Sender<bool>,
 }
@@ -314,26 +329,20 @@ struct SourceContext<'a> {
 impl SourceContext<'_> {
     /// Loads the file (before returning, so a caller that waits for the
     /// start gets its directory) and starts every source's task.
-    async fn start(self, config: &Config, onec: Option<OnecSource>) -> Vec<JoinHandle<()>> {
+    async fn start(
+        self,
+        file: Option<Arc<FileSource>>,
+        onec: Option<OnecSource>,
+    ) -> Vec<JoinHandle<()>> {
         let mut sources = Vec::new();
-        if let Some(path) = &config.directory.file {
-            let file = FileSource::new(
-                path.clone(),
-                config.directory.watch_interval,
-                Arc::clone(self.directory),
-                self.store.clone(),
-                Arc::clone(self.health),
-                Arc::clone(self.metrics),
-                self.savers,
-            );
+        if let Some(file) = file {
             // The first load happens before start() returns, so a caller that
             // waits for start() gets the file's directory (or its error logged).
-            let _ = file.load().await;
+            file.load_at_start().await;
             sources.push(tokio::spawn(
                 file.run(self.reload.subscribe(), self.stop.subscribe()),
             ));
         }
-        let onec_configured = onec.is_some();
         if let Some(onec) = onec {
             // 1C is read in the background: a slow or absent 1C must not hold
             // up the start, and the snapshot (if any) already answers.
@@ -341,13 +350,11 @@ impl SourceContext<'_> {
                 onec.run(self.reload.subscribe(), self.stop.subscribe()),
             ));
         }
-        // With 1C configured and nothing loaded yet, /readyz says "not ready"
-        // until 1C's first read; otherwise an empty directory is still a directory.
-        if !self.directory.is_loaded() && !onec_configured {
-            // No snapshot and no readable source: an empty directory is still a
-            // directory, and SayName must answer "unknown" rather than "not ready" forever.
-            tracing::warn!("no counterparties from the snapshot or any source; answering every caller as unknown until a source loads");
-            self.directory.mark_loaded();
+        // Not ready until a source or the snapshot delivers, with or without
+        // 1C: an empty directory nobody loaded would answer every caller as
+        // unknown while /readyz said all is well.
+        if !self.directory.is_loaded() {
+            tracing::warn!("no counterparties yet (no snapshot, no readable source): /readyz answers 503 and callers are answered as unknown until a source loads");
         }
         sources
     }

@@ -1,6 +1,7 @@
 //! `cti-gateway serve [--config FILE] [--listen ADDR] [--new-store]`,
-//! `check-config` and `forget-source NAME`: the command line around
-//! [`Gateway`].
+//! `check-config`, `forget-source NAME` and `accept-file` (the client of the
+//! admin endpoint that makes a running gateway take its directory file past
+//! the guard): the command line around [`Gateway`].
 
 use std::path::{Path, PathBuf};
 
@@ -58,6 +59,20 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Make the running gateway take its directory file as it is now, once:
+    /// also an empty file, or one that removes more than
+    /// directory.max_shrink of the file's records (which it refuses on its
+    /// own). Prints the gateway's answer; exits 1 when it did not take it.
+    AcceptFile {
+        /// The gateway's configuration, for `server.listen` and `api.token`
+        /// (without it: demo mode's).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The gateway's address instead of `server.listen`, e.g.
+        /// http://127.0.0.1:8080 (plain HTTP).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +85,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}: OK", config.display());
             Ok(())
         }
+        Command::AcceptFile { config, url } => accept_file(config, url.as_deref()),
         Command::Serve {
             config,
             listen,
@@ -399,6 +415,126 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+/// `accept-file`: `POST /api/v1/admin/accept-file` to the gateway the
+/// configuration describes (or `url`), with its `api.token`.
+fn accept_file(config: Option<PathBuf>, url: Option<&str>) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => Config::load(&path, &config::process_env)?,
+        None => Config::demo(
+            &config::process_env,
+            &config::demo_folder(&config::process_env),
+        ),
+    };
+    let token = config.api.token.as_ref().context(format!(
+        "no api.token in the configuration (nor {}): the admin endpoint needs it",
+        config::ENV_API_TOKEN
+    ))?;
+    let target = match url {
+        Some(url) => Target::from_url(url)?,
+        None => Target::listening_on(config.server.listen),
+    };
+    let (status, body) = target.post(cti_gateway::http::ACCEPT_FILE, token.expose())?;
+    println!("{}", body.trim_end());
+    anyhow::ensure!(
+        (200..300).contains(&status),
+        "the gateway answered {status}: the directory file was not taken"
+    );
+    Ok(())
+}
+
+/// Where `accept-file` sends its request: plain HTTP/1.1 over a
+/// `std::net::TcpStream`, one request, `Connection: close`.
+struct Target {
+    /// The `Host` header: the address as given.
+    host: String,
+    addrs: Vec<std::net::SocketAddr>,
+    /// A path the gateway is published under (behind a proxy), or "".
+    prefix: String,
+}
+
+impl Target {
+    /// The gateway on this machine at `server.listen` (an unspecified
+    /// address, 0.0.0.0 or [::], is reached on loopback).
+    fn listening_on(listen: std::net::SocketAddr) -> Target {
+        let mut addr = listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Target {
+            host: addr.to_string(),
+            addrs: vec![addr],
+            prefix: String::new(),
+        }
+    }
+
+    /// `http://HOST[:PORT][/PREFIX]`.
+    fn from_url(url: &str) -> anyhow::Result<Target> {
+        use std::net::ToSocketAddrs as _;
+        let rest = url
+            .strip_prefix("http://")
+            .context("--url must be the gateway's own http:// address (accept-file speaks plain HTTP), e.g. http://127.0.0.1:8080")?;
+        let (host, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let with_port = if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            host.to_owned()
+        } else {
+            format!("{host}:80")
+        };
+        let addrs: Vec<_> = with_port
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve {host}"))?
+            .collect();
+        let prefix = prefix.trim_end_matches('/');
+        Ok(Target {
+            host: host.to_owned(),
+            addrs,
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("/{prefix}")
+            },
+        })
+    }
+
+    /// POSTs an empty body to `path` with the Bearer `token`; the status and
+    /// the body of the answer.
+    fn post(&self, path: &str, token: &str) -> anyhow::Result<(u16, String)> {
+        use std::io::{Read as _, Write as _};
+        use std::time::Duration;
+        let mut stream = self
+            .addrs
+            .iter()
+            .find_map(|addr| std::net::TcpStream::connect_timeout(addr, Duration::from_secs(5)).ok())
+            .with_context(|| format!("cannot connect to the gateway at {} (is it running? --url gives another address)", self.host))?;
+        // Taking a large file (parsing, building the index) takes a while.
+        stream.set_read_timeout(Some(Duration::from_secs(300)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let request = format!(
+            "POST {}{path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.prefix, self.host
+        );
+        stream.write_all(request.as_bytes())?;
+        let mut answer = Vec::new();
+        stream
+            .read_to_end(&mut answer)
+            .context("the gateway's answer did not arrive")?;
+        parse_answer(&answer).context("the gateway's answer is not HTTP")
+    }
+}
+
+/// The status and body of an HTTP/1.1 answer read to its end.
+fn parse_answer(answer: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(answer);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }
 
 /// mimalloc: fewer cycles per allocation on the request path than glibc's

@@ -191,28 +191,37 @@ impl Api {
         }
     }
 
-    /// `Authorization: Bearer <api.token>`, compared in constant time; a 401
-    /// with `WWW-Authenticate: Bearer` otherwise, and always when no
-    /// `api.token` is configured; a 400 for two `Authorization` headers.
     #[allow(clippy::result_large_err)] // the Err is the answer itself
     fn check_token(&self, req: &Request<Incoming>) -> Result<(), Response<Body>> {
-        let token = self.token.as_ref().map(Secret::expose);
-        let Err(failure) =
-            auth::authorization(req.headers()).and_then(|header| auth::check_bearer(header, token))
-        else {
-            return Ok(());
-        };
-        let message = match (failure, token) {
-            (AuthFailure::Repeated, _) | (_, Some(_)) => failure.to_string(),
-            (_, None) => "no api.token is configured on the gateway: this API refuses every request until one is set".to_owned(),
-        };
-        REFUSALS.refused(req.uri().path(), &message);
-        let response = json_error(failure.status(), &message);
-        Err(match failure {
-            AuthFailure::Repeated => response,
-            _ => with_header(response, header::WWW_AUTHENTICATE, "Bearer"),
-        })
+        require_token(self.token.as_ref(), req)
     }
+}
+
+/// `Authorization: Bearer <api.token>`, compared in constant time; a 401
+/// with `WWW-Authenticate: Bearer` otherwise, and always when no
+/// `api.token` is configured; a 400 for two `Authorization` headers. Every
+/// endpoint under `/api/v1` (the admin one included) checks with this.
+#[allow(clippy::result_large_err)] // the Err is the answer itself
+pub(super) fn require_token(
+    token: Option<&Secret>,
+    req: &Request<Incoming>,
+) -> Result<(), Response<Body>> {
+    let token = token.map(Secret::expose);
+    let Err(failure) =
+        auth::authorization(req.headers()).and_then(|header| auth::check_bearer(header, token))
+    else {
+        return Ok(());
+    };
+    let message = match (failure, token) {
+        (AuthFailure::Repeated, _) | (_, Some(_)) => failure.to_string(),
+        (_, None) => "no api.token is configured on the gateway: this API refuses every request until one is set".to_owned(),
+    };
+    REFUSALS.refused(req.uri().path(), &message);
+    let response = json_error(failure.status(), &message);
+    Err(match failure {
+        AuthFailure::Repeated => response,
+        _ => with_header(response, header::WWW_AUTHENTICATE, "Bearer"),
+    })
 }
 
 /// Reads a push body into records: on the request's task when small, on the

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use super::admin::Admin;
 use super::api::Api;
 use super::ops::Ops;
 use super::screens::Screens;
@@ -13,6 +14,7 @@ use crate::config::Config;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
 use crate::popup::Hub;
+use crate::sources::file::FileSource;
 use crate::sources::push::PushSource;
 use crate::sources::SourceHealth;
 use crate::store::Store;
@@ -23,6 +25,7 @@ pub struct Front {
     pub(super) soap: SoapEndpoint,
     pub(super) screens: Screens,
     pub(super) api: Api,
+    pub(super) admin: Admin,
     pub(super) ops: Ops,
     pub(super) metrics: Arc<Metrics>,
     /// `server.max_connections` slots, shared by HTTP connections and the
@@ -44,12 +47,14 @@ impl Front {
         hub: Arc<Hub>,
         store: Store,
         push: Arc<PushSource>,
+        file: Option<Arc<FileSource>>,
     ) -> Front {
         let connection_slots = Arc::new(Semaphore::new(config.server.max_connections));
         Front {
             soap: SoapEndpoint::new(config, vats),
             screens: Screens::new(config, hub, Arc::clone(&connection_slots)),
             api: Api::new(config, push, store),
+            admin: Admin::new(config, file, Arc::clone(&directory)),
             ops: Ops::new(directory, health, Arc::clone(&metrics)),
             soap_ok_responses: metrics.http_responses.with_label_values(&["soap", "200"]),
             metrics,

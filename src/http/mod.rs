@@ -7,12 +7,14 @@
 //!
 //! One file per endpoint group, each with its paths: `soap.rs` (the PBX's
 //! endpoint and the WSDL), `screens.rs` (operator page, WebSocket,
-//! long-poll), `api.rs` (push API, call journal), `ops.rs` (`/metrics`,
+//! long-poll), `api.rs` (push API, call journal), `admin.rs` (accepting
+//! the directory file past its guard), `ops.rs` (`/metrics`,
 //! `/healthz`, `/readyz`). This file holds only the route table; `front.rs`
 //! builds the groups, `server.rs` accepts connections, `auth.rs` checks every
 //! credential, `body.rs` reads bodies, `respond.rs` builds answers. A new
 //! endpoint group is a new file and its lines in the table.
 
+mod admin;
 mod api;
 mod auth;
 mod body;
@@ -31,6 +33,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::config::{Config, ConfigError};
 
+pub use admin::ACCEPT_FILE;
 pub use api::MAX_PUSH_BODY;
 pub use front::Front;
 pub use respond::Body;
@@ -100,6 +103,7 @@ impl Front {
                 ("api_counterparty", self.api.delete(req).await)
             }
             (&Method::GET, api::CALLS) => ("api_calls", self.api.calls(&req).await),
+            (_, admin::ACCEPT_FILE) => ("api_accept_file", self.admin.accept_file(req).await),
             (&Method::GET, ops::METRICS) => ("metrics", self.ops.metrics()),
             (&Method::GET, ops::HEALTHZ) => ("healthz", self.ops.healthz()),
             (&Method::GET, ops::READYZ) => ("readyz", self.ops.readyz()),

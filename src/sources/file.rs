@@ -1,20 +1,34 @@
 //! The JSON Lines file source: the demo directory, or any export a site
 //! drops on disk. One counterparty per line, in the shape of the contract.
 //!
-//! A file is taken whole or not at all: one bad line fails the reload, names
-//! the line, and the directory keeps serving what it had. A half-written
-//! file (an export still in progress) therefore never empties the directory;
-//! the next check after the writer finishes picks it up.
+//! A file is taken whole or not at all:
+//! - a changed file is read only once it has stayed the same over two checks
+//!   `directory.settle` apart (`settle.rs`), so an export written in place
+//!   in pieces is never taken half done;
+//! - one bad line fails the load, names the line, and the directory keeps
+//!   serving what it had;
+//! - an empty file, or one that would remove more than
+//!   `directory.max_shrink` of the source's records, is refused until an
+//!   operator accepts it (`guard.rs`, [`FileSource::accept`]).
+
+mod guard;
+mod settle;
 
 use std::collections::HashMap;
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use guard::Refusal;
+use settle::{stamp, FileStamp, Pending, Settle, Step};
 
 use super::{SnapshotSaver, SnapshotSavers, SourceHealth};
+use crate::config::DirectoryConfig;
 use crate::directory::{Counterparty, Directory, ReplaceReport};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -37,6 +51,15 @@ pub enum FileError {
     TooLarge { path: PathBuf },
     #[error("line {line}: {problem}")]
     Line { line: usize, problem: String },
+    /// Not a failure of the file: it is read again once it has settled.
+    #[error("{path} changed while it was read; it is read again once it has not changed for directory.settle")]
+    ChangedWhileRead { path: PathBuf },
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// An accept asked for before the snapshot is loaded (which would
+    /// replace what the accept took).
+    #[error("the gateway is starting (the snapshot is not loaded yet); try again in a moment")]
+    Starting,
 }
 
 /// Parses a whole JSON Lines document. Blank lines are skipped.
@@ -103,22 +126,60 @@ fn fingerprint_file(path: &Path) -> std::io::Result<String> {
     Ok(format!("{len}-{:016x}", h.finish()))
 }
 
-/// Size and modification time: what the watcher compares between checks.
-type FileStamp = Option<(u64, Option<SystemTime>)>;
+/// The file source's settings: `[directory]`.
+#[derive(Debug, Clone)]
+pub struct FileSettings {
+    pub path: PathBuf,
+    /// How often the file is checked ("0s": only on SIGHUP).
+    pub watch_interval: Duration,
+    /// How long a change must stay the same before it is read.
+    pub settle: Duration,
+    /// The largest share of the source's records one version may remove.
+    pub max_shrink: f64,
+}
 
-fn stamp(path: &Path) -> FileStamp {
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| (m.len(), m.modified().ok()))
+impl FileSettings {
+    /// The settings of `[directory]`; `None` when it names no file.
+    pub fn from_config(config: &DirectoryConfig) -> Option<FileSettings> {
+        Some(FileSettings {
+            path: config.file.clone()?,
+            watch_interval: config.watch_interval,
+            settle: config.settle,
+            max_shrink: config.max_shrink,
+        })
+    }
+}
+
+/// What a load did: the replacement (`None` when the content was already
+/// loaded) and the source's record counts before and after.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub report: Option<ReplaceReport>,
+    pub previous: usize,
+    pub records: usize,
+}
+
+/// Whether a load applies the guard against gutting files (`guard.rs`).
+#[derive(Debug, Clone, Copy)]
+enum Guard {
+    Apply {
+        max_shrink: f64,
+    },
+    /// An operator's `accept-file`: the file is taken as it is.
+    Off,
 }
 
 pub struct FileSource {
-    path: PathBuf,
-    /// The stamp of the file as last read, so a change made between the
-    /// first load and the start of the watcher is not missed.
-    last_read: std::sync::Mutex<FileStamp>,
+    settings: FileSettings,
+    /// The stamp of the file as last read (taken, refused or failed), so a
+    /// change made between the first load and the start of the watcher is
+    /// not missed, and a refused file is not read again until it changes.
+    last_read: Mutex<Option<FileStamp>>,
+    /// Serializes loads: the watcher's and an operator's accept.
+    loading: tokio::sync::Mutex<()>,
+    /// Set once the start-up load begins (the snapshot is loaded by then).
+    started: AtomicBool,
     saver: Arc<SnapshotSaver>,
-    interval: Duration,
     directory: Arc<Directory>,
     health: Arc<SourceHealth>,
     metrics: Arc<Metrics>,
@@ -126,8 +187,7 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn new(
-        path: PathBuf,
-        interval: Duration,
+        settings: FileSettings,
         directory: Arc<Directory>,
         store: Store,
         health: Arc<SourceHealth>,
@@ -137,10 +197,11 @@ impl FileSource {
         let saver = Arc::new(SnapshotSaver::new(SOURCE, Arc::clone(&directory), store));
         savers.register(Arc::clone(&saver));
         FileSource {
-            path,
-            last_read: std::sync::Mutex::new(None),
+            settings,
+            last_read: Mutex::new(None),
+            loading: tokio::sync::Mutex::new(()),
+            started: AtomicBool::new(false),
             saver,
-            interval,
             directory,
             health,
             metrics,
@@ -148,110 +209,154 @@ impl FileSource {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.settings.path
     }
 
-    /// Reads the file and, when its content differs from what the directory
-    /// holds for this source, replaces the source's records and updates the
-    /// snapshot. `Ok(None)`: the content was already loaded.
+    fn last_read(&self) -> Option<FileStamp> {
+        *self.last_read.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The first load, once the snapshot is loaded. A file last modified
+    /// `settle` ago or earlier is read at once; a younger one when it is
+    /// `settle` old, if it has not changed meanwhile (else the watcher
+    /// reads it once it settles).
+    pub async fn load_at_start(&self) {
+        self.started.store(true, Ordering::Release);
+        let settle = self.settings.settle;
+        if let Some(first) = stamp(self.path()).filter(|_| !settle.is_zero()) {
+            if !first.older_than(settle, SystemTime::now()) {
+                tokio::time::sleep(first.until_settled(settle, SystemTime::now())).await;
+                if stamp(self.path()) != Some(first) {
+                    tracing::info!(path = %self.path().display(), settle = ?settle, "directory file is being written; it is read once it has not changed for directory.settle");
+                    return;
+                }
+            }
+        }
+        let _ = self.load().await;
+    }
+
+    /// Reads the file now and, when its content differs from what the
+    /// directory holds for this source and passes the guard, replaces the
+    /// source's records and updates the snapshot. `Ok(None)`: the content
+    /// was already loaded.
     pub async fn load(&self) -> Result<Option<ReplaceReport>, FileError> {
-        let result = self.load_inner().await;
-        match &result {
-            Ok(report) => {
-                if self.health.success(SOURCE) {
-                    tracing::info!(path = %self.path.display(), "directory file readable again");
+        let guard = Guard::Apply {
+            max_shrink: self.settings.max_shrink,
+        };
+        self.load_as(guard).await.map(|loaded| loaded.report)
+    }
+
+    /// An operator's `accept-file`: takes the file as it is now, once,
+    /// without the guard (an empty file or one that removes most records
+    /// included). Errors: the file cannot be read or is not valid.
+    pub async fn accept(&self) -> Result<Loaded, FileError> {
+        if !self.started.load(Ordering::Acquire) {
+            return Err(FileError::Starting);
+        }
+        self.load_as(Guard::Off).await
+    }
+
+    async fn load_as(&self, guard: Guard) -> Result<Loaded, FileError> {
+        let _loading = self.loading.lock().await;
+        let path = self.settings.path.clone();
+        let directory = Arc::clone(&self.directory);
+        let read =
+            tokio::task::spawn_blocking(move || read_and_replace(&path, &directory, guard)).await;
+        let result = match read {
+            Ok((before, result)) => {
+                if !matches!(result, Err(FileError::ChangedWhileRead { .. })) {
+                    *self.last_read.lock().unwrap_or_else(|p| p.into_inner()) = before;
                 }
-                if report.is_some() {
-                    self.metrics
-                        .directory_reloads
-                        .with_label_values(&[SOURCE, "ok"])
-                        .inc();
-                }
+                result
             }
-            Err(e) => {
-                self.metrics
-                    .directory_reloads
-                    .with_label_values(&[SOURCE, "error"])
-                    .inc();
-                if self.health.failure(SOURCE, &e.to_string()) {
-                    tracing::error!(path = %self.path.display(), error = %e, "directory file not loaded; serving the directory as it was");
-                }
-            }
+            Err(e) => Err(FileError::Io {
+                path: self.settings.path.clone(),
+                source: std::io::Error::other(e),
+            }),
+        };
+        self.record(&result, guard);
+        if let Ok(Loaded {
+            report: Some(_), ..
+        }) = &result
+        {
+            self.saver.save();
         }
         result
     }
 
-    async fn load_inner(&self) -> Result<Option<ReplaceReport>, FileError> {
-        let path = self.path.clone();
-        let io_err = |source| FileError::Io {
-            path: path.clone(),
-            source,
+    /// Logs, counts and reports to `/readyz` what a load did.
+    fn record(&self, result: &Result<Loaded, FileError>, guard: Guard) {
+        let path = self.path().display();
+        let reloads = |outcome: &str| {
+            self.metrics
+                .directory_reloads
+                .with_label_values(&[SOURCE, outcome])
+                .inc()
         };
-        let meta = tokio::fs::metadata(&path).await;
-        *self.last_read.lock().unwrap_or_else(|p| p.into_inner()) =
-            meta.as_ref().ok().map(|m| (m.len(), m.modified().ok()));
-        let meta = meta.map_err(io_err)?;
-        if meta.len() > MAX_FILE_BYTES {
-            return Err(FileError::TooLarge { path });
+        match result {
+            Ok(loaded) => {
+                if self.health.success(SOURCE) {
+                    tracing::info!(path = %path, "directory file loaded again after failures");
+                }
+                let Some(report) = &loaded.report else {
+                    return;
+                };
+                reloads("ok");
+                let accepted = matches!(guard, Guard::Off);
+                tracing::info!(
+                    path = %path,
+                    records = report.records,
+                    previous = loaded.previous,
+                    total = report.total_records,
+                    phones = report.phones,
+                    ambiguous_phones = report.ambiguous_phones,
+                    unusable_phones = report.unusable_phones,
+                    accepted,
+                    "directory file loaded"
+                );
+            }
+            Err(FileError::ChangedWhileRead { .. }) => {
+                tracing::debug!(path = %path, "directory file changed while read; read again once settled");
+            }
+            Err(FileError::Starting) => {}
+            Err(e @ FileError::Refused(_)) => {
+                reloads("refused");
+                self.health.failure(SOURCE, &e.to_string());
+                // Every refusal is logged: one happens only when the file
+                // changed (or on SIGHUP), never on every check.
+                tracing::warn!(path = %path, "directory file refused: {e}");
+            }
+            Err(e) => {
+                reloads("error");
+                if self.health.failure(SOURCE, &e.to_string()) {
+                    tracing::error!(path = %path, error = %e, "directory file not loaded; serving the directory as it was");
+                }
+            }
         }
-        let directory = Arc::clone(&self.directory);
-        let outcome = tokio::task::spawn_blocking(move || -> Result<_, FileError> {
-            let io_err = |source| FileError::Io {
-                path: path.clone(),
-                source,
-            };
-            let loaded = |print: &str| {
-                directory
-                    .snapshot()
-                    .source(SOURCE)
-                    .is_some_and(|s| s.fingerprint.as_deref() == Some(print))
-            };
-            // Hashing streams the file: an unchanged file (every restart) is
-            // never held in memory whole.
-            if loaded(&fingerprint_file(&path).map_err(io_err)?) {
-                return Ok(None);
-            }
-            let bytes = std::fs::read(&path).map_err(io_err)?;
-            let print = fingerprint(&bytes);
-            if loaded(&print) {
-                return Ok(None);
-            }
-            let records = parse_jsonl(&bytes)?;
-            drop(bytes);
-            let report = directory.replace_source(SOURCE, records, Some(print), SystemTime::now());
-            Ok(Some(report))
-        })
-        .await
-        .map_err(|e| FileError::Io {
-            path: self.path.clone(),
-            source: std::io::Error::other(e),
-        })??;
-        let Some(report) = outcome else {
-            return Ok(None);
-        };
-        tracing::info!(
-            path = %self.path.display(),
-            records = report.records,
-            total = report.total_records,
-            phones = report.phones,
-            ambiguous_phones = report.ambiguous_phones,
-            unusable_phones = report.unusable_phones,
-            "directory file loaded"
-        );
-        self.saver.save();
-        Ok(Some(report))
     }
 
-    /// Watches the file until `shutdown`: reloads when its size or
-    /// modification time changes, and whenever `reload` changes (SIGHUP).
-    pub async fn run(self, mut reload: watch::Receiver<u64>, mut shutdown: watch::Receiver<bool>) {
-        let last_read = || *self.last_read.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ticker = (!self.interval.is_zero()).then(|| {
-            let mut t = tokio::time::interval(self.interval);
+    /// Watches the file until `shutdown`: reads it once a change (of size,
+    /// modification time or inode) has stayed the same over
+    /// `directory.settle`, and on `reload` (SIGHUP) once it is settled too;
+    /// the guard applies either way.
+    pub async fn run(
+        self: Arc<Self>,
+        mut reload: watch::Receiver<u64>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let rule = Settle {
+            settle: self.settings.settle,
+        };
+        let mut ticker = (!self.settings.watch_interval.is_zero()).then(|| {
+            let mut t = tokio::time::interval(self.settings.watch_interval);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
+        // A file the start left to settle (it was being written) is checked from now.
+        let first = rule.first(stamp(self.path()), self.last_read(), false, Instant::now());
+        let mut pending = self.act(first, rule).await;
         loop {
+            let due = pending.map(|p| p.due);
             let tick = async {
                 match ticker.as_mut() {
                     Some(t) => {
@@ -269,17 +374,122 @@ impl FileSource {
                     if changed.is_err() {
                         return; // the gateway is gone
                     }
-                    tracing::info!(path = %self.path.display(), "reload requested");
-                    let _ = self.load().await;
+                    tracing::info!(path = %self.path().display(), "reload requested");
+                    let step = rule.first(stamp(self.path()), self.last_read(), true, Instant::now());
+                    pending = self.act(step, rule).await;
                 }
-                () = tick => {
-                    if stamp(&self.path) != last_read() {
-                        let _ = self.load().await;
+                () = tick, if pending.is_none() => {
+                    let step = rule.first(stamp(self.path()), self.last_read(), false, Instant::now());
+                    pending = self.act(step, rule).await;
+                }
+                () = sleep_until(due) => {
+                    if let Some(seen) = pending {
+                        let step = rule.second(seen, stamp(self.path()), Instant::now());
+                        pending = self.act(step, rule).await;
                     }
                 }
             }
         }
     }
+
+    /// Carries out a check's decision; the change still to check, if any.
+    async fn act(&self, step: Step, rule: Settle) -> Option<Pending> {
+        match step {
+            Step::Idle => None,
+            Step::Wait(pending) => Some(pending),
+            Step::Read => match self.load().await {
+                // Written to while read: it has not settled after all.
+                Err(FileError::ChangedWhileRead { .. }) => {
+                    Some(rule.restart(stamp(self.path()), Instant::now()))
+                }
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Sleeps until `due`; forever when there is none.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the file at `path` and, when its content is new and passes
+/// `guard`, replaces the source's records with it. Blocking (reading,
+/// hashing, parsing, building the index). Returns the file's stamp from
+/// before the read, beside the outcome.
+fn read_and_replace(
+    path: &Path,
+    directory: &Directory,
+    guard: Guard,
+) -> (Option<FileStamp>, Result<Loaded, FileError>) {
+    let before = match std::fs::metadata(path) {
+        Ok(meta) => FileStamp::of(&meta),
+        Err(source) => {
+            let path = path.to_owned();
+            return (None, Err(FileError::Io { path, source }));
+        }
+    };
+    (Some(before), read_stamped(path, before, directory, guard))
+}
+
+fn read_stamped(
+    path: &Path,
+    before: FileStamp,
+    directory: &Directory,
+    guard: Guard,
+) -> Result<Loaded, FileError> {
+    let io_err = |source| FileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if before.len() > MAX_FILE_BYTES {
+        return Err(FileError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    let index = directory.snapshot();
+    let previous = index.source_records(SOURCE);
+    let held = previous.as_ref().map_or(0, |p| p.len());
+    let loaded = |print: &str| {
+        index
+            .source(SOURCE)
+            .is_some_and(|s| s.fingerprint.as_deref() == Some(print))
+    };
+    let unchanged = Loaded {
+        report: None,
+        previous: held,
+        records: held,
+    };
+    // Hashing streams the file: an unchanged file (every restart) is
+    // never held in memory whole.
+    if loaded(&fingerprint_file(path).map_err(io_err)?) {
+        return Ok(unchanged);
+    }
+    let bytes = std::fs::read(path).map_err(io_err)?;
+    if stamp(path) != Some(before) {
+        return Err(FileError::ChangedWhileRead {
+            path: path.to_owned(),
+        });
+    }
+    let print = fingerprint(&bytes);
+    if loaded(&print) {
+        return Ok(unchanged);
+    }
+    let records = parse_jsonl(&bytes)?;
+    drop(bytes);
+    if let Guard::Apply { max_shrink } = guard {
+        guard::check(previous.as_deref(), &records, max_shrink)?;
+    }
+    drop((previous, index));
+    let report = directory.replace_source(SOURCE, records, Some(print), SystemTime::now());
+    Ok(Loaded {
+        previous: held,
+        records: report.records,
+        report: Some(report),
+    })
 }
 
 #[cfg(test)]

@@ -94,6 +94,7 @@ password = "123"
 [directory]
 file = "{file}"
 watch_interval = "100ms"
+settle = "0s"
 [store]
 path = "{store}"
 [api]
