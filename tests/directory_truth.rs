@@ -264,3 +264,98 @@ async fn a_deleted_file_record_stays_deleted_until_its_own_line_changes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn foreign_callers_keep_their_country_and_never_get_a_russian_clients_card() {
+    // Ryazan's 8 (4912) 34-56-78 and a Vietnamese client, +84 91 234 5678.
+    let file = format!(
+        "{}{}{}",
+        line("ryazan", "Рязань", "201", "8 (4912) 34-56-78", None),
+        line("hanoi", "Hanoi Trading", "202", "+84 91 234 5678", None),
+        line("minsk", "Минск", "203", "+375 29 123-45-67", None)
+    );
+    let gw = start_with(&file, "").await;
+    // As the PBX may send them: with +, with 00 or 810, or as bare digits.
+    for (number, title) in [
+        ("+84912345678", "Hanoi Trading"),
+        ("0084912345678", "Hanoi Trading"),
+        ("84912345678", "Рязань"),
+        ("+74912345678", "Рязань"),
+        ("+375291234567", "Минск"),
+        ("00375291234567", "Минск"),
+        ("810375291234567", "Минск"),
+        ("375291234567", "Минск"),
+        ("+82 2 1234 5678", ""),
+        ("+81312345678", ""),
+    ] {
+        assert_eq!(answer(gw.addr, number).await.0, title, "{number}");
+    }
+    // The pop-up and the journal carry the caller's own E.164 number.
+    let reply = soap(
+        gw.addr,
+        &incoming_call_envelope("+81 3 1234 5678", OPERATOR_KEY),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let calls = gw
+        .gateway()
+        .store()
+        .calls(Some(OPERATOR_KEY), None, 1)
+        .await
+        .expect("journal");
+    assert_eq!(calls[0].number, "+81312345678");
+    assert_eq!(calls[0].counterparty_id, None);
+}
+
+#[tokio::test]
+async fn unusable_phones_are_dropped_and_counted_and_never_indexed_as_short_keys() {
+    // A zero-width space once cut this number to the key 8916, an extension.
+    let file = line("z", "Zero-width", "201", "8916\u{200b}3000101", None)
+        + &line("short", "Short", "202", "8916300", None);
+    let gw = start_with(&file, "").await;
+    assert_eq!(answer(gw.addr, "89163000101").await.0, "Zero-width");
+    assert_eq!(answer(gw.addr, "8916").await.0, "", "no short key");
+    assert_eq!(
+        answer(gw.addr, "8916300").await.0,
+        "",
+        "7 digits are no number"
+    );
+    let metrics = get(gw.addr, "/metrics").await.body;
+    assert!(
+        metrics.contains(r#"cti_directory_unusable_phones_total{source="file"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn what_reaches_the_phones_display_is_clean_and_a_bad_manager_phone_is_refused() {
+    let file = line(
+        "bidi",
+        "ООО\u{202e} Ромашка\nи Ко\u{2028}\u{feff}",
+        "244",
+        "89160000007",
+        None,
+    );
+    let gw = start_with(&file, "").await;
+    assert_eq!(
+        answer(gw.addr, "89160000007").await,
+        ("ООО Ромашка и Ко".into(), "244".into())
+    );
+    let body = serde_json::json!([{"id": "m", "name": "M", "manager_phone": "2<4>&4\n", "phones": ["89160000008"]}])
+        .to_string();
+    let reply = request(
+        gw.addr,
+        "POST",
+        "/api/v1/counterparties",
+        &["Content-Type: application/json", BEARER],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert!(
+        reply.body.contains("\"field\":\"manager_phone\""),
+        "{}",
+        reply.body
+    );
+    assert_eq!(answer(gw.addr, "89160000008").await.0, "");
+}

@@ -452,13 +452,6 @@ impl Index {
         }
     }
 
-    pub(super) fn empty_loaded() -> Index {
-        Index {
-            loaded: true,
-            ..Index::empty()
-        }
-    }
-
     pub fn is_loaded(&self) -> bool {
         self.loaded
     }

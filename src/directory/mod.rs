@@ -190,16 +190,6 @@ impl Directory {
         self.current.load().is_loaded()
     }
 
-    /// Declares the directory loaded even though no source has delivered yet
-    /// (no snapshot, no readable source): callers are then answered
-    /// "unknown" instead of "not ready".
-    pub fn mark_loaded(&self) {
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.current.load().is_loaded() {
-            self.current.store(Arc::new(Index::empty_loaded()));
-        }
-    }
-
     /// Replaces every record of `source` with `records`; other sources' records
     /// stay. Builds the new index beside the current one (CPU-heavy for large
     /// sets: call it from a blocking task) and swaps it in.
@@ -548,6 +538,22 @@ mod tests {
         assert_eq!(report.unchanged, 1);
         assert!(Arc::ptr_eq(&before, &dir.lookup_id("1").expect("1")));
         assert_eq!(name_for(&dir, "89160000002").as_deref(), Some("B2"));
+    }
+
+    #[test]
+    fn only_usable_numbers_count_as_positions_in_the_shared_phone_rule() {
+        let dir = Directory::new(render);
+        dir.replace_source(
+            "file",
+            vec![
+                // "b" lists the shared number first among its usable ones.
+                cp("a", "A", &["89160000002", "89160000001"], None),
+                cp("b", "B", &["нет", "8916300", "+7 916 000-00-01"], None),
+            ],
+            None,
+            SystemTime::now(),
+        );
+        assert_eq!(name_for(&dir, "89160000001").as_deref(), Some("B"));
     }
 
     #[test]
