@@ -95,15 +95,7 @@ impl Gateway {
         let savers = Arc::new(SnapshotSavers::default());
         let (onec, onec_store) = open_onec(&config, &directory, &health, &metrics, &savers)?;
         let file = open_file(&config, &directory, &store, &health, &metrics, &savers);
-        let mut vats = Vats::new(
-            Arc::clone(&directory),
-            Arc::clone(&hub),
-            store.clone(),
-            Arc::clone(&metrics),
-        );
-        if let Some(onec) = &onec {
-            vats = vats.with_live_lookup(onec.live_lookup());
-        }
+        let vats = new_vats(&directory, &hub, &store, &metrics, onec.as_ref());
         let push = PushSource::new(Arc::clone(&directory), store.clone(), metrics.registry())
             .map(Arc::new)
             .map_err(StartError::Metrics)?;
@@ -129,10 +121,8 @@ impl Gateway {
 
         let (reload, _) = watch::channel(0u64);
         let (stop_sources, _) = watch::channel(false);
-        let tombstone_keeper = tokio::spawn({
-            let (push, stop) = (Arc::clone(&push), stop_sources.subscribe());
-            async move { push.forget_spent_tombstones(stop).await }
-        });
+        let keeper = forget_spent_tombstones(Arc::clone(&push), stop_sources.subscribe());
+        let tombstone_keeper = tokio::spawn(keeper);
         let mut sources = SourceContext {
             directory: &directory,
             reload: &reload,
@@ -242,6 +232,31 @@ async fn new_hub(config: &Config, metrics: &Metrics, store: &Store) -> Result<Hu
     // reconnecting with the `after` it saw before a restart misses nothing.
     hub.continue_seqs(store.last_seqs().await?);
     Ok(hub)
+}
+
+/// The PBX's two operations, with 1C's live lookup when `[onec]` is set.
+fn new_vats(
+    directory: &Arc<Directory>,
+    hub: &Arc<Hub>,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+    onec: Option<&OnecSource>,
+) -> Vats {
+    let vats = Vats::new(
+        Arc::clone(directory),
+        Arc::clone(hub),
+        store.clone(),
+        Arc::clone(metrics),
+    );
+    match onec {
+        Some(onec) => vats.with_live_lookup(onec.live_lookup()),
+        None => vats,
+    }
+}
+
+/// Until `stop`: the store forgets the tombstones sources' changed copies spent.
+async fn forget_spent_tombstones(push: Arc<PushSource>, stop: watch::Receiver<bool>) {
+    push.forget_spent_tombstones(stop).await
 }
 
 /// The listener on `addr`, and the address it got (the port of `:0`).

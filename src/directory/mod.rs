@@ -11,16 +11,21 @@
 //! loaded, by the function the directory is built with (the `soap` module's),
 //! so the directory itself knows no XML either.
 
+mod build;
+mod entry;
 mod index;
 pub mod model;
+mod tombstone;
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-pub use index::{Entry, Index, SourceInfo, Tombstone};
+pub use entry::Entry;
+pub use index::{Index, SourceInfo};
 pub use model::Counterparty;
+pub use tombstone::Tombstone;
 
 use crate::phone::PhoneKey;
 
@@ -302,7 +307,7 @@ impl Directory {
         records: &[Counterparty],
         now: SystemTime,
     ) -> Vec<SystemTime> {
-        let now_ms = index::unix_ms(now);
+        let now_ms = entry::unix_ms(now);
         self.current
             .load()
             .receive_times(source, records, now_ms)

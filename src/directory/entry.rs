@@ -1,0 +1,213 @@
+//! One counterparty as the directory serves it ([`Entry`]), and what a
+//! record is turned into first ([`Prepared`]): cleaned, written as canonical
+//! JSON and hashed, so that whether it changed is known before anything is
+//! rendered.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{Counterparty, Renderer};
+use crate::phone::{self, PhoneKey};
+
+/// One counterparty as the directory serves it.
+///
+/// Compact on purpose: a million of these stay in memory. The record itself
+/// is kept as its canonical JSON (one allocation instead of a dozen small
+/// strings), and only what lookups and the ambiguity rule need is kept
+/// beside it. The full [`Counterparty`] is parsed back on the rare paths
+/// that need it (an IncomingCall's pop-up, the API).
+#[derive(Debug)]
+pub struct Entry {
+    /// The SayName answer payload, rendered once at load time.
+    pub say_name: Box<[u8]>,
+    /// The record as canonical JSON: what the snapshot stores.
+    pub(super) json: Box<str>,
+    pub(super) id: Box<str>,
+    pub(super) inn: Option<Box<str>>,
+    /// The source this record came from (`file`, `onec`, `push`...).
+    pub source: Arc<str>,
+    /// The record's phones, normalized, without repeats, in the order written.
+    pub(super) phones: Box<[PhoneKey]>,
+    pub(super) has_manager: bool,
+    /// The source's change marker (1C's `DataVersion`). Informative only:
+    /// whether a record changed is decided by `content`.
+    pub(super) data_version: Option<Box<str>>,
+    /// A hash of the record's content (its canonical JSON without the change
+    /// marker, after cleaning): a record whose content did not change keeps
+    /// its receive time, whatever else changed in its source.
+    pub(super) content: u64,
+    /// When the gateway received this content of the record (unix ms): when
+    /// the content last changed in this source. When two sources hold the
+    /// same id, the newer content answers.
+    pub(super) stamp: u64,
+}
+
+/// A record made ready for an entry: cleaned, its canonical JSON written
+/// (without the change marker) and its content hashed. Enough to tell
+/// whether it changed, before anything is rendered.
+pub(super) struct Prepared {
+    counterparty: Counterparty,
+    pub(super) data_version: Option<Box<str>>,
+    /// Canonical JSON without `data_version`.
+    pub(super) json: String,
+    pub(super) content: u64,
+}
+
+impl Prepared {
+    pub(super) fn new(mut counterparty: Counterparty) -> Prepared {
+        // Every source's records pass here: what reaches a phone's display,
+        // a card or the snapshot is clean whichever source sent it.
+        counterparty.clean_display_fields();
+        let data_version = counterparty.data_version.take();
+        // Serializing a struct of strings and numbers cannot fail; an empty
+        // object would only make `counterparty()` fall back to the id and name.
+        let json = serde_json::to_string(&counterparty).unwrap_or_default();
+        let content = content_hash(json.as_bytes());
+        Prepared {
+            counterparty,
+            data_version,
+            json,
+            content,
+        }
+    }
+
+    pub(super) fn id(&self) -> &str {
+        &self.counterparty.id
+    }
+}
+
+/// FNV-1a, 64 bits: stable across builds and restarts (unlike std's
+/// hasher), so content hashes may be compared with stored ones.
+pub(crate) fn content_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl Entry {
+    pub(super) fn new(
+        prepared: Prepared,
+        source: &Arc<str>,
+        stamp: u64,
+        render: Renderer,
+    ) -> (Entry, usize) {
+        let Prepared {
+            mut counterparty,
+            data_version,
+            mut json,
+            content,
+        } = prepared;
+        let mut phones = Vec::with_capacity(counterparty.phones.len());
+        let mut unusable = 0;
+        for raw in &counterparty.phones {
+            match phone::normalize(raw) {
+                Some(key) if !phones.contains(&key) => phones.push(key),
+                Some(_) => {}
+                None => unusable += 1,
+            }
+        }
+        // `data_version` is the model's last field: the canonical JSON with it
+        // is the JSON without it, extended before the closing brace.
+        if let (Some(version), Some(b'}')) = (&data_version, json.as_bytes().last()) {
+            json.pop();
+            json.push_str(",\"data_version\":");
+            json.push_str(&serde_json::to_string(version).unwrap_or_else(|_| "null".into()));
+            json.push('}');
+        }
+        counterparty.data_version = data_version;
+        let Counterparty {
+            id,
+            inn,
+            manager_phone,
+            data_version,
+            ..
+        } = &counterparty;
+        let entry = Entry {
+            say_name: render(&counterparty),
+            json: json.into_boxed_str(),
+            has_manager: manager_phone
+                .as_deref()
+                .is_some_and(|m| !m.trim().is_empty()),
+            id: id.clone(),
+            inn: inn.clone().filter(|i| !i.is_empty()),
+            source: Arc::clone(source),
+            phones: phones.into_boxed_slice(),
+            data_version: data_version.clone(),
+            content,
+            stamp,
+        };
+        (entry, unusable)
+    }
+
+    /// An entry outside any index (a live lookup's result), stamped now.
+    pub(super) fn detached(counterparty: Counterparty, source: &str, render: Renderer) -> Entry {
+        let source: Arc<str> = Arc::from(source);
+        Entry::new(
+            Prepared::new(counterparty),
+            &source,
+            unix_ms(SystemTime::now()),
+            render,
+        )
+        .0
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn inn(&self) -> Option<&str> {
+        self.inn.as_deref()
+    }
+
+    /// The record as canonical JSON, the shape of the contract.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// The full record, parsed back from its JSON.
+    pub fn counterparty(&self) -> Result<Counterparty, serde_json::Error> {
+        serde_json::from_str(&self.json)
+    }
+
+    pub fn phones(&self) -> &[PhoneKey] {
+        &self.phones
+    }
+
+    /// When the gateway received this version of the record (unix ms).
+    pub fn received_at_ms(&self) -> u64 {
+        self.stamp
+    }
+
+    pub fn data_version(&self) -> Option<&str> {
+        self.data_version.as_deref()
+    }
+
+    /// The hash of the record's content (see [`content_hash`]).
+    pub fn content(&self) -> u64 {
+        self.content
+    }
+
+    fn position_of(&self, phone: PhoneKey) -> usize {
+        self.phones
+            .iter()
+            .position(|p| *p == phone)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// The ambiguity rule: when several counterparties list one phone, the
+    /// answer is the one that (1) has a responsible manager's extension, so the
+    /// PBX can route the call; then (2) lists that phone earlier among its own
+    /// phones (a client's main number beats a shared office line listed
+    /// later); then (3) has the lowest id in byte order, so the choice never
+    /// depends on load order.
+    pub fn wins_phone_over(&self, other: &Entry, phone: PhoneKey) -> bool {
+        let rank = |e: &Entry| (!e.has_manager, e.position_of(phone));
+        (rank(self), &*self.id) < (rank(other), &*other.id)
+    }
+}
+
+/// Unix milliseconds of `t` (0 before the epoch).
+pub(super) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
