@@ -216,13 +216,7 @@ impl Index {
             fingerprint,
             loaded_at,
         };
-        let mut sources: Vec<SourceSet> = self
-            .sources
-            .iter()
-            .filter(|s| *s.info.name != *source)
-            .map(SourceSet::share)
-            .collect();
-        sources.push(SourceSet {
+        let sources = self.sources_with(SourceSet {
             info,
             entries: built.entries,
         });
@@ -287,13 +281,7 @@ impl Index {
         });
         info.loaded_at = at;
         info.records = entries.len();
-        let mut sources: Vec<SourceSet> = self
-            .sources
-            .iter()
-            .filter(|s| *s.info.name != *source)
-            .map(SourceSet::share)
-            .collect();
-        sources.push(SourceSet {
+        let sources = self.sources_with(SourceSet {
             info,
             entries: entries.into(),
         });
@@ -309,6 +297,19 @@ impl Index {
             Arc::new(more)
         };
         self.finish(sources, tombstones, name, built.unusable_phones, 0)
+    }
+
+    /// This index's source sets (shared, not copied) with `set` in place of
+    /// the one of its name.
+    fn sources_with(&self, set: SourceSet) -> Vec<SourceSet> {
+        let mut sources: Vec<SourceSet> = self
+            .sources
+            .iter()
+            .filter(|s| s.info.name != set.info.name)
+            .map(SourceSet::share)
+            .collect();
+        sources.push(set);
+        sources
     }
 
     /// A new index: this one with `tombstones` in force instead of its own
