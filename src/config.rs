@@ -464,7 +464,25 @@ impl Config {
             self.validate_onec(onec)?;
         }
         self.validate_popup()?;
+        self.validate_log_and_api()?;
         self.validate_operators()
+    }
+
+    fn validate_log_and_api(&self) -> Result<(), ConfigError> {
+        // What main would otherwise replace by `info` without a word.
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(self.invalid(
+                "log.level",
+                "is not a log filter: write a level (error, warn, info, debug, trace) or directives such as \"info,cti_gateway=debug\"",
+            ));
+        }
+        if self.api.token.as_ref().is_some_and(Secret::is_empty) {
+            return Err(self.invalid(
+                "api.token",
+                "is empty: set a token, or remove the key to refuse every push and journal request",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_soap(&self) -> Result<(), ConfigError> {
@@ -661,6 +679,19 @@ mod tests {
         ))
         .expect_err("bad duration");
         assert!(err.to_string().contains("header_read_timeout"), "{err}");
+    }
+
+    #[test]
+    fn a_log_filter_that_does_not_parse_and_an_empty_api_token_are_refused() {
+        let err =
+            parse(&format!("{MINIMAL}[log]\nlevel = \"inf o,=[\"\n")).expect_err("bad filter");
+        assert!(err.to_string().contains("log.level"), "{err}");
+        assert!(parse(&format!(
+            "{MINIMAL}[log]\nlevel = \"info,cti_gateway=debug\"\n"
+        ))
+        .is_ok());
+        let err = parse(&format!("{MINIMAL}[api]\ntoken = \"\"\n")).expect_err("empty token");
+        assert!(err.to_string().contains("api.token"), "{err}");
     }
 
     #[test]
