@@ -307,8 +307,8 @@ fn calls_query(query: &str) -> Result<CallQuery, String> {
         match name {
             "key" => calls.key = Some(value),
             "since" => {
-                let since = humantime::parse_rfc3339_weak(&value).map_err(|_| {
-                    "since must be an RFC 3339 time, e.g. 2026-11-23T10:00:00Z".to_owned()
+                let since = rfc3339_with_offset(&value).ok_or_else(|| {
+                    "since must be an RFC 3339 time, e.g. 2026-11-23T10:00:00Z or 2026-11-23T13:00:00+03:00".to_owned()
                 })?;
                 calls.since = Some(since);
             }
@@ -407,6 +407,35 @@ fn record_refused(e: &push::RecordError) -> Response<Body> {
     )
 }
 
+/// An RFC 3339 time in UTC (`Z`, or no zone) or with an offset (`+03:00`),
+/// as 1C and scripts write it; `humantime` alone reads UTC only.
+fn rfc3339_with_offset(text: &str) -> Option<std::time::SystemTime> {
+    let text = text.trim();
+    let split = text
+        .len()
+        .checked_sub(6)
+        .filter(|&at| text.is_char_boundary(at));
+    if let Some((local, offset)) = split.map(|at| text.split_at(at)) {
+        let b = offset.as_bytes();
+        // "YYYY-MM-DDTHH:MM:SS" at least before the offset, so a bare date is not read as one.
+        if matches!(b[0], b'+' | b'-') && b[3] == b':' && local.len() >= 19 {
+            let hours: u64 = offset[1..3].parse().ok()?;
+            let minutes: u64 = offset[4..6].parse().ok()?;
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let local = humantime::parse_rfc3339_weak(local).ok()?;
+            let shift = std::time::Duration::from_secs(hours * 3600 + minutes * 60);
+            return if b[0] == b'+' {
+                local.checked_sub(shift)
+            } else {
+                local.checked_add(shift)
+            };
+        }
+    }
+    humantime::parse_rfc3339_weak(text).ok()
+}
+
 /// A push the gateway accepted but could not (fully) carry out.
 fn push_failed(e: PushError) -> Response<Body> {
     match e {
@@ -423,6 +452,27 @@ fn push_failed(e: PushError) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_reads_utc_and_offsets() {
+        let utc = rfc3339_with_offset("2026-11-23T10:00:00Z").expect("utc");
+        for same in [
+            "2026-11-23T10:00:00",
+            "2026-11-23T13:00:00+03:00",
+            "2026-11-23T05:30:00-04:30",
+            "2026-11-23 13:00:00.000+03:00",
+        ] {
+            assert_eq!(rfc3339_with_offset(same), Some(utc), "{same}");
+        }
+        for bad in [
+            "2026-11-23T10:00:00+24:00",
+            "2026-11-23T10:00:00+03:7x",
+            "yesterday",
+            "ёёёёёёё",
+        ] {
+            assert_eq!(rfc3339_with_offset(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn the_journal_query_reads_its_parameters() {
