@@ -76,6 +76,15 @@ impl Index {
         is_hidden(&self.tombstones, entry)
     }
 
+    /// True when `tombstone` is in force here.
+    pub fn holds_tombstone(&self, tombstone: &Tombstone) -> bool {
+        self.tombstones.get(&tombstone.id).is_some_and(|copies| {
+            copies
+                .iter()
+                .any(|(s, c)| *s == tombstone.source && *c == tombstone.content)
+        })
+    }
+
     /// Every tombstone in force.
     pub fn tombstones(&self) -> Vec<Tombstone> {
         self.tombstones

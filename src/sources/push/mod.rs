@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
-use crate::directory::{Counterparty, Directory};
+use crate::directory::{Counterparty, Directory, Tombstone};
 use crate::store::{SnapshotRecord, Store, StoreError};
 pub use parse::{parse_batch, BatchError, RecordError, MAX_RECORDS};
 
@@ -295,23 +295,43 @@ impl PushSource {
         })
     }
 
+    /// Makes the store forget `spent`, but those in force again: a DELETE
+    /// made since may have put the very same tombstone back (the copy went
+    /// back to the deleted content and was deleted again). Under `order`, so
+    /// no DELETE comes in between.
+    async fn forget(&self, spent: &mut Vec<Tombstone>) -> Result<usize, StoreError> {
+        let _order = self.order.lock().await;
+        let index = self.directory.snapshot();
+        spent.retain(|t| !index.holds_tombstone(t));
+        self.store.forget_tombstones(spent).await
+    }
+
     /// Makes the store forget the tombstones that sources' changed copies
     /// spent, as the directory reports them, until `stop`. Run in a task of
     /// its own: a failure only keeps a spent tombstone a while longer (a
     /// restart spends it again against the snapshot).
     pub async fn forget_spent_tombstones(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
-            let spent = tokio::select! {
+            let mut spent = tokio::select! {
                 spent = self.directory.spent_tombstones() => spent,
                 _ = stop.wait_for(|s| *s) => return,
             };
-            match self.store.forget_tombstones(&spent).await {
-                Ok(n) => tracing::info!(
-                    forgotten = n,
-                    "tombstones of deleted counterparties spent: their sources changed them"
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, "spent tombstones not forgotten; retried after the next change")
+            loop {
+                match self.forget(&mut spent).await {
+                    Ok(n) => {
+                        tracing::info!(
+                            forgotten = n,
+                            "tombstones of deleted counterparties spent: their sources changed them"
+                        );
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_s = 5, "spent tombstones not forgotten; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                            _ = stop.wait_for(|s| *s) => return,
+                        }
+                    }
                 }
             }
         }
@@ -448,6 +468,26 @@ mod tests {
             .await
             .expect("tombstones")
             .is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tombstone_deleted_again_after_it_was_spent_is_not_forgotten() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let directory = directory();
+        let (push, store) = push_source(tmp.path(), &directory);
+        let file = |name: &str| vec![cp("c0", name, "89160000001")];
+        directory.replace_source("file", file("A"), Some("1".into()), SystemTime::now());
+        push.delete("c0").await.expect("delete");
+        // The copy changes (the tombstone is spent), changes back, and is deleted again.
+        directory.replace_source("file", file("B"), Some("2".into()), SystemTime::now());
+        directory.replace_source("file", file("A"), Some("3".into()), SystemTime::now());
+        assert!(directory.lookup_id("c0").is_some());
+        push.delete("c0").await.expect("delete again");
+        let mut spent = directory.take_spent_tombstones();
+        assert_eq!(spent.len(), 1, "{spent:?}");
+        assert_eq!(push.forget(&mut spent).await.expect("forget"), 0);
+        assert_eq!(store.load_tombstones().await.expect("tombstones").len(), 1);
+        assert!(directory.lookup_id("c0").is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
