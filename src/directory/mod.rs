@@ -146,15 +146,18 @@ impl Directory {
         if index.is_deleted(entry) {
             return false;
         }
+        // Only an id another source answers for needs its source's own copy
+        // (a walk of the sets): the common live answer, an id the directory
+        // lacks or holds from the same source, takes two lookups.
+        let Some(current) = index.by_id(entry.id()).filter(|c| c.source != entry.source) else {
+            return true;
+        };
         let received = index
             .copies(entry.id())
             .iter()
             .find(|c| c.source == entry.source && c.content() == entry.content())
             .map_or(entry.received_at_ms(), |c| c.received_at_ms());
-        match index.by_id(entry.id()) {
-            Some(current) if current.source != entry.source => current.received_at_ms() <= received,
-            _ => true,
-        }
+        current.received_at_ms() <= received
     }
 
     /// The record answering for this phone, by the ambiguity rule of [`Index`].
