@@ -1,5 +1,6 @@
-# Shared by the benchmark scripts (bench/run.sh, bench/onec.sh): logging,
-# clean-up of what a script started, clocks, and SayName over HTTP and wrk.
+# Shared by the benchmark scripts (bench/run.sh, bench/onec.sh, bench/popup.sh):
+# logging, clean-up of what a script started, clocks, steal time, the
+# background-work control (busy_control), and SayName over HTTP and wrk.
 # Source it after REPO is set; it uses the caller's PORT, SOAP_PATH,
 # THREADS and CONNS when the functions that need them are called.
 
@@ -37,6 +38,39 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# steal_ticks: CPU time the hypervisor stole from this VM so far, all CPUs,
+# in clock ticks (the 8th number of /proc/stat's cpu line).
+steal_ticks() { awk '/^cpu / {print $9; exit}' /proc/stat; }
+
+# ------------------------------------------------------------ background-work control
+# busy_control KIND STOP_FILE: runs in the foreground, until STOP_FILE exists
+# (or its folder is gone), one thread of work at the priority of the gateway's
+# background threads (SCHED_IDLE and nice 19) that is not the gateway's:
+# "spin" a busy loop, "memory" a memory writer (dd bs=64M). It is the control
+# background work is judged against: what any work at that priority costs
+# SayName on this machine (BENCH_BUSY=spin in bench/onec.sh).
+busy_control() {
+  local kind=$1 stop=$2
+  case $kind in
+    spin)
+      chrt --idle 0 nice -n 19 bash -c \
+        'while [[ ! -e $1 && -d ${1%/*} ]]; do for ((i = 0; i < 100000; i++)); do :; done; done' _ "$stop" ;;
+    memory)
+      chrt --idle 0 nice -n 19 bash -c \
+        'while [[ ! -e $1 && -d ${1%/*} ]]; do dd if=/dev/zero of=/dev/null bs=64M count=8 status=none; done' _ "$stop" ;;
+    *) die "busy_control: KIND must be spin or memory: $kind" ;;
+  esac
+}
+
+# start_busy_control KIND STOP_FILE: busy_control in the background; sets
+# BUSY_PID (added to PIDS, so it stops with the script). Touch STOP_FILE to
+# end it.
+start_busy_control() {
+  busy_control "$1" "$2" &
+  BUSY_PID=$!
+  PIDS+=("$BUSY_PID")
+}
 
 # ------------------------------------------------------------ SayName
 envelope() {

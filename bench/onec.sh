@@ -40,7 +40,7 @@
 #     the mock alone costs SayName), "spin" / "memory" (controls: a busy loop
 #     / a memory writer (dd bs=64M) under SCHED_IDLE and nice 19 like the read
 #     thread, the gateway reading nothing: what any work at that priority
-#     costs SayName on this machine)
+#     costs SayName on this machine; bench/lib.sh's busy_control)
 #   BENCH_PERF [0] 1: `perf record` the gateway during e. (adds its own
 #     overhead to e.'s figures); the top of the profile is printed, perf.data kept
 #   BENCH_MOCK_NICE [unset] run the mock under `nice -n N` (19: the mock takes
@@ -273,11 +273,7 @@ refresh_loop() {
       # A control: one thread of work at the read thread's priority that
       # is not the gateway's; what any SCHED_IDLE work costs SayName here.
       : >"$TMP/loop.started"
-      if [[ $BUSY_MODE == spin ]]; then
-        chrt --idle 0 nice -n 19 bash -c 'while [[ ! -e $1 ]]; do for ((i = 0; i < 100000; i++)); do :; done; done' _ "$TMP/loop.stop"
-      else
-        chrt --idle 0 nice -n 19 bash -c 'while [[ ! -e $1 ]]; do dd if=/dev/zero of=/dev/null bs=64M count=8 status=none; done' _ "$TMP/loop.stop"
-      fi
+      busy_control "$BUSY_MODE" "$TMP/loop.stop"
     elif [[ $BUSY_MODE == mock ]]; then
       : >"$TMP/loop.started"
       curl -s -f --max-time "$READ_TIMEOUT" -K "$TMP/pages.curl" \

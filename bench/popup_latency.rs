@@ -13,6 +13,9 @@
 //! - per call, last screen: request written → the last screen of the key has
 //!   it (the issue's "received by every screen");
 //! - per call, first screen; and the SOAP answer (`1`, after the journal commit);
+//! - with `--idle-calls N`: the SOAP answer of N calls sent the same way
+//!   before any screen connects (after a warm-up), the yardstick for the
+//!   answer's latency while the screens are served;
 //!
 //! and the counts: frames expected, received, lost, duplicated, misrouted
 //! (a screen got another key's call), wrong card, out of order, screens that
@@ -35,12 +38,16 @@
 //! to an open keep-alive connection, and just after a screen's task gets the
 //! text frame from its socket (the frame is kept and parsed after the run, so
 //! that parsing does not delay the other screens). Clients and gateway share
-//! the machine: the figures include the clients' own scheduling.
+//! the machine: the figures include the clients' own scheduling. The PBX's
+//! side (the calls and their answers) runs on a runtime of its own (one
+//! thread, `pbx`), as a PBX is another machine: a SOAP answer is not read late
+//! because this client's screens have a thousand frames to read.
 //!
 //! CPU: over the measured calls it reads /proc for its own CPU time, the
 //! gateway's (`--gateway-pid`) and the machine's idle time, and prints the
 //! gateway's and its own CPU per call and what other processes used meanwhile
-//! (a busy neighbour explains a bad p99). Exit status 1 when anything was
+//! (a busy neighbour explains a bad p99), and the hypervisor's steal time
+//! over the same span. Exit status 1 when anything was
 //! lost, misrouted or failed, or `--goal-p99-ms` (on the last screen) was missed.
 
 use std::collections::HashMap;
@@ -76,6 +83,7 @@ struct Args {
     calls: usize,
     interval: Duration,
     warmup: usize,
+    idle_calls: usize,
     seed: u64,
     tokens_file: Option<PathBuf>,
     soap_path: String,
@@ -96,7 +104,7 @@ struct Args {
 fn usage() -> ! {
     eprintln!(
         "usage: popup_latency --addr HOST:PORT [--keys K] [--screens-per-key S] [--calls N]
-         [--interval-ms 20] [--warmup 20] [--seed 42] [--tokens-file FILE]
+         [--interval-ms 20] [--warmup 20] [--idle-calls 0] [--seed 42] [--tokens-file FILE]
          [--soap-path /telephony/ws/VATS] [--user SOAP] [--password 123]
          [--unknown-ratio 0.1] [--drain-ms 3000] [--connect-concurrency 32]
          [--connect-timeout-s 60] [--client-threads 2] [--soap-conns 4]
@@ -115,6 +123,7 @@ fn parse_args() -> Args {
         calls: 200,
         interval: Duration::from_millis(20),
         warmup: 20,
+        idle_calls: 0,
         seed: 42,
         tokens_file: None,
         soap_path: "/telephony/ws/VATS".into(),
@@ -150,6 +159,7 @@ fn parse_args() -> Args {
             "--calls" => a.calls = num(&flag, &v),
             "--interval-ms" => a.interval = Duration::from_secs_f64(num::<f64>(&flag, &v) / 1e3),
             "--warmup" => a.warmup = num(&flag, &v),
+            "--idle-calls" => a.idle_calls = num(&flag, &v),
             "--seed" => a.seed = num(&flag, &v),
             "--tokens-file" => a.tokens_file = Some(v.into()),
             "--soap-path" => a.soap_path = v,
@@ -521,19 +531,31 @@ fn process_cpu(pid: &str) -> Option<f64> {
 /// periods exactly, while its busy counters are sampled at each tick and miss
 /// short bursts such as an event loop's.
 fn machine_idle() -> Option<f64> {
+    let v = machine_times()?;
+    Some((v.get(3)? + v.get(4)?) / TICKS_PER_SEC)
+}
+
+/// CPU time the hypervisor stole from this VM so far (all CPUs, seconds).
+fn machine_steal() -> Option<f64> {
+    Some(machine_times()?.get(7)? / TICKS_PER_SEC)
+}
+
+/// The `cpu` line of /proc/stat: user nice system idle iowait irq softirq steal …
+fn machine_times() -> Option<Vec<f64>> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
-    let v: Vec<f64> = line
-        .split_whitespace()
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    Some((v.get(3)? + v.get(4)?) / TICKS_PER_SEC)
+    Some(
+        line.split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect(),
+    )
 }
 
 #[derive(Clone, Copy)]
 struct CpuMark {
     at: Instant,
     idle: Option<f64>,
+    steal: Option<f64>,
     gateway: Option<f64>,
     client: Option<f64>,
 }
@@ -542,6 +564,7 @@ fn cpu_mark(gateway_pid: Option<u32>) -> CpuMark {
     CpuMark {
         at: Instant::now(),
         idle: machine_idle(),
+        steal: machine_steal(),
         gateway: gateway_pid.and_then(|p| process_cpu(&p.to_string())),
         client: process_cpu("self"),
     }
@@ -555,6 +578,8 @@ struct CpuUsed {
     client: Option<f64>,
     /// Everything else the machine ran meanwhile.
     others: Option<f64>,
+    /// What the hypervisor stole meanwhile (counted in `others` too).
+    steal: Option<f64>,
 }
 
 fn cpu_used(a: CpuMark, b: CpuMark) -> CpuUsed {
@@ -574,6 +599,7 @@ fn cpu_used(a: CpuMark, b: CpuMark) -> CpuUsed {
         gateway,
         client,
         others,
+        steal: d(a.steal, b.steal),
     }
 }
 
@@ -621,7 +647,7 @@ fn log(msg: impl AsRef<str>) {
     eprintln!("[popup_latency] {}", msg.as_ref());
 }
 
-async fn run(args: Args) -> Result<bool, String> {
+async fn run(args: Args, pbx_runtime: tokio::runtime::Handle) -> Result<bool, String> {
     let ops = Arc::new(operators(&args)?);
     let k = ops.len();
     let s = args.screens_per_key;
@@ -629,6 +655,17 @@ async fn run(args: Args) -> Result<bool, String> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
 
     let before = metrics_snapshot(&args.addr).await;
+    let soap = Soap {
+        addr: args.addr.clone(),
+        path: args.soap_path.clone(),
+        auth: base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", args.user, args.password)),
+        pool: Mutex::new(Vec::new()),
+    };
+    let pbx = Pbx::connect(soap, args.soap_conns, pbx_runtime).await?;
+
+    // ---- SOAP with no screen connected (the answer's own latency)
+    let idle_soap = idle_soap(&args, &pbx, &ops, &mut rng).await?;
 
     // ---- screens
     log(format!("connecting {screens} screens ({k} keys x {s})"));
@@ -700,29 +737,26 @@ async fn run(args: Args) -> Result<bool, String> {
         subscribers.map_or("?".into(), |v| v.to_string())
     ));
 
-    let soap = Arc::new(Soap {
-        addr: args.addr.clone(),
-        path: args.soap_path.clone(),
-        auth: base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", args.user, args.password)),
-        pool: Mutex::new(Vec::new()),
-    });
-    for _ in 0..args.soap_conns {
-        let c = soap.connection().await?;
-        soap.pool.lock().expect("pool").push(c);
-    }
-
     // ---- warm-up (not measured)
     let mut expected_frames = 0usize;
     if args.warmup > 0 {
         log(format!("warm-up: {} calls", args.warmup));
-        for i in 0..args.warmup {
-            let key = rng.random_range(0..k);
-            soap.call(WARMUP_PREFIX + i as u64, &ops[key].0)
-                .await
-                .map_err(|e| format!("warm-up call {i}: {e}"))?;
+        let calls = (0..args.warmup)
+            .map(|i| {
+                (
+                    WARMUP_PREFIX + i as u64,
+                    ops[rng.random_range(0..k)].0.clone(),
+                )
+            })
+            .collect();
+        for (i, answer) in pbx
+            .open_loop(args.interval, calls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            answer.map_err(|e| format!("warm-up call {i}: {e}"))?;
             expected_frames += s;
-            tokio::time::sleep(args.interval).await;
         }
         wait_for(&received, expected_frames, Duration::from_secs(5)).await;
     }
@@ -735,7 +769,6 @@ async fn run(args: Args) -> Result<bool, String> {
             known: !rng.random_bool(args.unknown_ratio.clamp(0.0, 1.0)),
         })
         .collect();
-    let plan = Arc::new(plan);
     log(format!(
         "{} calls, one every {:?}, to random keys ({:.0}% unknown callers)",
         args.calls,
@@ -744,32 +777,26 @@ async fn run(args: Args) -> Result<bool, String> {
     ));
     let cpu_start = cpu_mark(args.gateway_pid);
     let start = tokio::time::Instant::now();
-    let mut calls = Vec::with_capacity(args.calls);
-    for i in 0..args.calls {
-        tokio::time::sleep_until(start + args.interval.mul_f64(i as f64)).await;
-        let (soap, plan, ops) = (Arc::clone(&soap), Arc::clone(&plan), Arc::clone(&ops));
-        calls.push(tokio::spawn(async move {
-            let c = &plan[i];
-            let num = if c.known {
-                KNOWN_PREFIX
-            } else {
-                UNKNOWN_PREFIX
-            } + i as u64;
-            soap.call(num, &ops[c.key].0).await
-        }));
-        expected_frames += s;
-    }
+    let to_send = plan.iter().enumerate().map(|(i, c)| {
+        let prefix = if c.known {
+            KNOWN_PREFIX
+        } else {
+            UNKNOWN_PREFIX
+        };
+        (prefix + i as u64, ops[c.key].0.clone())
+    });
+    let answers = pbx.open_loop(args.interval, to_send.collect()).await;
+    expected_frames += args.calls * s;
     let mut sent: Vec<Option<Instant>> = vec![None; args.calls];
     let mut soap_ms = Vec::with_capacity(args.calls);
     let mut soap_errors = Vec::new();
-    for (i, task) in calls.into_iter().enumerate() {
-        match task.await {
-            Ok(Ok((t0, t1))) => {
+    for (i, answer) in answers.into_iter().enumerate() {
+        match answer {
+            Ok((t0, t1)) => {
                 sent[i] = Some(t0);
                 soap_ms.push(ms(t1 - t0));
             }
-            Ok(Err(e)) => soap_errors.push(format!("call {i}: {e}")),
-            Err(e) => soap_errors.push(format!("call {i}: task: {e}")),
+            Err(e) => soap_errors.push(format!("call {i}: {e}")),
         }
     }
     let send_span = start.elapsed();
@@ -796,6 +823,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let (mut duplicates, mut misrouted, mut wrong_card, mut out_of_order, mut unparsable) =
         (0usize, 0usize, 0usize, 0usize, 0usize);
     let mut closed_early = Vec::new();
+    let mut frame_bytes = 0usize;
     for r in &results {
         match &r.end {
             ScreenEnd::Stopped => {}
@@ -851,6 +879,7 @@ async fn run(args: Args) -> Result<bool, String> {
             }
             seen[i] = true;
             got[i] += 1;
+            frame_bytes += text.len();
             let Some(t0) = sent[i] else { continue };
             let lat = at.saturating_duration_since(t0);
             per_screen.push(ms(lat));
@@ -906,6 +935,7 @@ async fn run(args: Args) -> Result<bool, String> {
         gateway: gw_cpu,
         client: cl_cpu,
         others,
+        steal,
     } = cpu_used(cpu_start, cpu_end);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let per_call = |v: Option<f64>| v.map(|v| v * 1e3 / args.calls.max(1) as f64);
@@ -919,6 +949,11 @@ async fn run(args: Args) -> Result<bool, String> {
         show(per_call(cl_cpu)),
         show(others),
         others.map_or("?".into(), |o| format!("{:.0}", 100.0 * o / (wall * cpus))),
+    );
+    println!(
+        "hypervisor steal meanwhile: {} CPU-s; WebSocket payload {:.0} bytes a frame on average",
+        show(steal),
+        frame_bytes as f64 / delivered.max(1) as f64
     );
     for e in soap_errors.iter().take(5) {
         println!("  SOAP error: {e}");
@@ -935,6 +970,7 @@ async fn run(args: Args) -> Result<bool, String> {
         ("per call: ... -> LAST screen of the key has it", &last_d),
         ("per call: ... -> first screen has it", &first_d),
         ("SOAP answer (IncomingCall -> \"1\", journaled)", &soap_d),
+        ("SOAP answer, no screen connected", &idle_soap),
     ] {
         println!(
             "{:<48} {:>8} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
@@ -963,7 +999,7 @@ async fn run(args: Args) -> Result<bool, String> {
         );
     }
     println!(
-        "BENCH_RESULT mode=popup scenario={} keys={k} screens_per_key={s} screens={screens} calls={} interval_ms={} client_threads={} connect_ms={connect_ms:.0} expected={expected} received={delivered} lost={lost} duplicates={duplicates} misrouted={misrouted} wrong_card={wrong_card} out_of_order={out_of_order} soap_errors={} closed_early={} screen_p50_ms={:.3} screen_p90_ms={:.3} screen_p99_ms={:.3} screen_max_ms={:.3} last_p50_ms={:.3} last_p90_ms={:.3} last_p99_ms={:.3} last_max_ms={:.3} soap_p50_ms={:.3} soap_p99_ms={:.3} gateway_cpu_ms_per_call={} client_cpu_ms_per_call={} other_cpu_pct={} goal_p99_ms={} goal_met={}",
+        "BENCH_RESULT mode=popup scenario={} keys={k} screens_per_key={s} screens={screens} calls={} interval_ms={} client_threads={} connect_ms={connect_ms:.0} expected={expected} received={delivered} lost={lost} duplicates={duplicates} misrouted={misrouted} wrong_card={wrong_card} out_of_order={out_of_order} soap_errors={} closed_early={} screen_p50_ms={:.3} screen_p90_ms={:.3} screen_p99_ms={:.3} screen_max_ms={:.3} last_p50_ms={:.3} last_p90_ms={:.3} last_p99_ms={:.3} last_max_ms={:.3} soap_p50_ms={:.3} soap_p99_ms={:.3} idle_soap_p50_ms={:.3} idle_soap_p99_ms={:.3} frame_bytes={:.0} steal_s={} gateway_cpu_ms_per_call={} client_cpu_ms_per_call={} other_cpu_pct={} goal_p99_ms={} goal_met={}",
         args.label,
         args.calls,
         ms(args.interval),
@@ -973,6 +1009,9 @@ async fn run(args: Args) -> Result<bool, String> {
         screen_d.p50, screen_d.p90, screen_d.p99, screen_d.max,
         last_d.p50, last_d.p90, last_d.p99, last_d.max,
         soap_d.p50, soap_d.p99,
+        idle_soap.p50, idle_soap.p99,
+        frame_bytes as f64 / delivered.max(1) as f64,
+        show(steal),
         show(per_call(gw_cpu)),
         show(per_call(cl_cpu)),
         others.map_or("?".into(), |o| format!("{:.0}", 100.0 * o / (wall * cpus))),
@@ -980,6 +1019,106 @@ async fn run(args: Args) -> Result<bool, String> {
         match goal_ok { Some(true) if clean => "1", None => "-", _ => "0" },
     );
     Ok(clean && goal_ok != Some(false))
+}
+
+/// The PBX's side: SOAP calls on a runtime of their own.
+struct Pbx {
+    soap: Arc<Soap>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Pbx {
+    /// Opens `conns` keep-alive connections on the PBX's runtime.
+    async fn connect(
+        soap: Soap,
+        conns: usize,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Pbx, String> {
+        let soap = Arc::new(soap);
+        let pool = Arc::clone(&soap);
+        runtime
+            .spawn(async move {
+                for _ in 0..conns {
+                    let c = pool.connection().await?;
+                    pool.pool.lock().expect("pool").push(c);
+                }
+                Ok::<_, String>(())
+            })
+            .await
+            .map_err(|e| format!("PBX task: {e}"))??;
+        Ok(Pbx { soap, runtime })
+    }
+
+    /// [`open_loop`] on the PBX's runtime.
+    async fn open_loop(
+        &self,
+        interval: Duration,
+        calls: Vec<(u64, String)>,
+    ) -> Vec<Result<(Instant, Instant), String>> {
+        let n = calls.len();
+        self.runtime
+            .spawn(open_loop(Arc::clone(&self.soap), interval, calls))
+            .await
+            .unwrap_or_else(|e| vec![Err(format!("PBX task: {e}")); n])
+    }
+}
+
+/// Sends `calls` (NumFrom, key) `interval` apart, open loop (a slow answer
+/// does not delay the next call); for each, when it was written and answered.
+async fn open_loop(
+    soap: Arc<Soap>,
+    interval: Duration,
+    calls: Vec<(u64, String)>,
+) -> Vec<Result<(Instant, Instant), String>> {
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(calls.len());
+    for (i, (num, key)) in calls.into_iter().enumerate() {
+        tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+        let soap = Arc::clone(&soap);
+        tasks.push(tokio::spawn(async move { soap.call(num, &key).await }));
+    }
+    let mut answers = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        answers.push(task.await.unwrap_or_else(|e| Err(format!("task: {e}"))));
+    }
+    answers
+}
+
+/// `--idle-calls`: a warm-up, then IncomingCall to random keys with no
+/// screen connected, as the measured calls are sent; their SOAP answer times.
+async fn idle_soap(
+    args: &Args,
+    pbx: &Pbx,
+    ops: &[(String, String)],
+    rng: &mut rand::rngs::StdRng,
+) -> Result<Dist, String> {
+    if args.idle_calls == 0 {
+        return Ok(dist(Vec::new()));
+    }
+    log(format!(
+        "no screen connected: {} warm-up and {} measured calls",
+        args.warmup, args.idle_calls
+    ));
+    let mut pick = |prefix: u64, i: usize| {
+        (
+            prefix + i as u64,
+            ops[rng.random_range(0..ops.len())].0.clone(),
+        )
+    };
+    let warmup: Vec<_> = (0..args.warmup).map(|i| pick(WARMUP_PREFIX, i)).collect();
+    for answer in pbx.open_loop(args.interval, warmup).await {
+        answer.map_err(|e| format!("warm-up call with no screen: {e}"))?;
+    }
+    // Callers the directory knows, as most measured calls are.
+    let calls: Vec<_> = (0..args.idle_calls)
+        .map(|i| pick(KNOWN_PREFIX, i % args.calls.max(1)))
+        .collect();
+    let mut times = Vec::with_capacity(calls.len());
+    for answer in pbx.open_loop(args.interval, calls).await {
+        let (t0, t1) = answer.map_err(|e| format!("call with no screen: {e}"))?;
+        times.push(ms(t1 - t0));
+    }
+    Ok(dist(times))
 }
 
 /// Waits until `counter` reaches `target` or `limit` passes.
@@ -1004,7 +1143,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(args)) {
+    let pbx = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("pbx")
+        .enable_all()
+        .build()
+        .expect("tokio runtime of the PBX side");
+    match runtime.block_on(run(args, pbx.handle().clone())) {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
         Err(e) => {
@@ -1014,4 +1159,5 @@ fn main() {
     }
     // Screens still open (after an error) are dropped with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    pbx.shutdown_timeout(Duration::from_secs(1));
 }

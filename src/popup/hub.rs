@@ -286,11 +286,11 @@ impl Hub {
         let (seq, delivered, cut_off) = {
             let mut inner = state.lock();
             let seq = inner.last_seq + 1;
+            let message = compose(seq, &body).map_err(|e| {
+                tracing::error!(error = %e, "pop-up message could not be written");
+                HubError::Encode(e.to_string())
+            })?;
             inner.last_seq = seq;
-            let message = Message {
-                seq,
-                json: compose(seq, &body),
-            };
             let mut delivered = 0usize;
             let mut cut_off = 0usize;
             let before = inner.subscribers.len();

@@ -4,7 +4,7 @@
 //! The answer is `{"messages":[…],"next_after":N}`: as soon as at least one
 //! message with `seq > after` exists, or after `wait` seconds with
 //! `"messages":[]`. The items are the hub's [`Message::json`] as they are,
-//! byte for byte the WebSocket frames. The screen sends `next_after` as its
+//! byte for byte the WebSocket frames' payloads. The screen sends `next_after` as its
 //! next `after`.
 
 use std::fmt::Write as _;

@@ -7,15 +7,26 @@
 //! sequence number before the lock is taken, and `compose` puts
 //! `{"type":"incoming_call","seq":N,` in front of it under the lock.
 //!
+//! `compose` writes the JSON once, as the payload of a WebSocket text frame
+//! (header included): a server's frames are not masked (RFC 6455 §5.1), so
+//! the very same bytes go to every screen's socket, and the long-poll
+//! transport reads the JSON out of the same buffer. Handing a message to a
+//! screen copies no byte: it counts one more reference to that buffer.
+//!
 //! [`rfc3339_seconds`] writes a time as the message does
 //! (`2026-11-22T10:15:00Z`); it is public so that the call journal API can
 //! write its times the same way instead of with a helper of its own.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde::Serialize;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::directory::Counterparty;
 
@@ -33,13 +44,25 @@ pub struct CallEvent {
     pub counterparty: Option<Arc<Counterparty>>,
 }
 
-/// One pop-up message, rendered once and shared by every screen.
+/// One pop-up message, rendered once and shared by every screen: cloning it
+/// copies no byte of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub seq: u64,
-    /// The whole message as JSON text: a WebSocket text frame as is, or an
-    /// item of a long-poll answer's `messages` array.
-    pub json: Arc<str>,
+    /// The whole message as JSON text: an item of a long-poll answer's
+    /// `messages` array, and the payload of [`Message::frame`] (the same
+    /// bytes, not a copy).
+    pub json: Utf8Bytes,
+    /// The WebSocket text frame that carries `json`, header included, as it
+    /// goes on every screen's socket.
+    frame: Bytes,
+}
+
+impl Message {
+    /// The encoded WebSocket frame (unmasked, final, text).
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
 }
 
 /// The message without `type` and `seq`, in contract order.
@@ -99,15 +122,45 @@ pub(super) fn encode_body(key: &str, event: &CallEvent) -> Result<String, serde_
 
 const HEAD: &str = r#"{"type":"incoming_call","seq":"#;
 
-/// `{"type":"incoming_call","seq":N,` + the body without its opening brace.
-pub(super) fn compose(seq: u64, body: &str) -> Arc<str> {
+/// Why [`compose`] could not write a message. Cannot happen (a `Vec` takes
+/// every write, and the pieces are UTF-8); an error rather than a panic on
+/// the PBX's request path.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ComposeError {
+    #[error("WebSocket frame header: {0}")]
+    Header(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("message is not UTF-8: {0}")]
+    Utf8(#[from] std::str::Utf8Error),
+    #[error("writing the message: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// The message numbered `seq`: `{"type":"incoming_call","seq":N,` + the body
+/// without its opening brace, written once, behind its WebSocket frame header.
+pub(super) fn compose(seq: u64, body: &str) -> Result<Message, ComposeError> {
     let rest = body.strip_prefix('{').unwrap_or(body);
-    let mut json = String::with_capacity(HEAD.len() + 21 + rest.len());
-    json.push_str(HEAD);
-    // Writing to a String cannot fail.
-    let _ = write!(json, "{seq},");
-    json.push_str(rest);
-    Arc::from(json)
+    let json_len = HEAD.len() + decimal_len(seq) + 1 + rest.len();
+    let header = FrameHeader {
+        is_final: true,
+        opcode: OpCode::Data(Data::Text),
+        mask: None,
+        ..FrameHeader::default()
+    };
+    let header_len = header.len(json_len as u64);
+    let mut frame = Vec::with_capacity(header_len + json_len);
+    header.format(json_len as u64, &mut frame)?;
+    frame.extend_from_slice(HEAD.as_bytes());
+    write!(frame, "{seq},")?;
+    frame.extend_from_slice(rest.as_bytes());
+    debug_assert_eq!(frame.len(), header_len + json_len);
+    let frame = Bytes::from(frame);
+    let json = Utf8Bytes::try_from(frame.slice(header_len..))?;
+    Ok(Message { seq, json, frame })
+}
+
+/// How many digits `n` has in decimal.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |l| l as usize + 1)
 }
 
 /// `2026-11-22T10:15:00Z`: UTC, whole seconds.
@@ -142,9 +195,50 @@ mod tests {
     #[test]
     fn compose_puts_type_and_seq_first() {
         let body = r#"{"at":"2026-11-22T10:15:00Z","key":"k"}"#;
+        let message = compose(42, body).expect("composed");
+        assert_eq!(message.seq, 42);
         assert_eq!(
-            &*compose(42, body),
+            message.json,
             r#"{"type":"incoming_call","seq":42,"at":"2026-11-22T10:15:00Z","key":"k"}"#
         );
+    }
+
+    /// What a client's WebSocket reader makes of `frame`: (final, opcode, payload).
+    fn decode(frame: &[u8]) -> (bool, OpCode, Vec<u8>) {
+        let mut cursor = std::io::Cursor::new(frame);
+        let (header, len) = FrameHeader::parse(&mut cursor)
+            .expect("a header")
+            .expect("a whole header");
+        let start = cursor.position() as usize;
+        assert_eq!(header.mask, None, "a server's frames are not masked");
+        assert_eq!(frame.len(), start + len as usize, "one frame, nothing more");
+        (header.is_final, header.opcode, frame[start..].to_vec())
+    }
+
+    #[test]
+    fn the_frame_is_one_final_text_frame_carrying_the_json_itself() {
+        // Payload lengths on both sides of each length encoding (7 bits, 16, 64).
+        for pad in [0, 60, 100, 65_600] {
+            let body = format!(r#"{{"at":"{}"}}"#, "x".repeat(pad));
+            for seq in [0, 9, 10, 99_999, u64::MAX] {
+                let message = compose(seq, &body).expect("composed");
+                let (is_final, opcode, payload) = decode(message.frame());
+                assert!(is_final);
+                assert_eq!(opcode, OpCode::Data(Data::Text));
+                assert_eq!(payload, message.json.as_bytes());
+                let v: serde_json::Value = serde_json::from_str(&message.json).expect("JSON");
+                assert_eq!(v["seq"], seq);
+                // The JSON is a view into the frame, not a copy.
+                let frame = message.frame().as_ptr_range();
+                assert!(frame.contains(&message.json.as_ptr()));
+            }
+        }
+    }
+
+    #[test]
+    fn decimal_len_counts_digits() {
+        for n in [0u64, 1, 9, 10, 99, 100, 12_345, u64::MAX] {
+            assert_eq!(decimal_len(n), n.to_string().len(), "{n}");
+        }
     }
 }

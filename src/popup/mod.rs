@@ -13,8 +13,9 @@
 //! abonent key. The transports are thin layers over the hub:
 //!
 //! - WebSocket ([`websocket`]): [`Hub::subscribe`] with the key and the
-//!   screen's `after`, then a loop over [`Subscription::recv`] writing
-//!   [`Message::json`] as text frames. A [`Closed`] says why the stream ended
+//!   screen's `after`, then a loop over [`Subscription::recv`] writing each
+//!   message's WebSocket frame, encoded once for every screen
+//!   ([`Message::frame`]). A [`Closed`] says why the stream ended
 //!   (a slow screen, or shutdown), so the transport can pick a close code; the
 //!   screen reconnects with `after=<last seq it saw>` and catches up from the
 //!   replay buffer.

@@ -4,8 +4,11 @@
 //! checks that the request is a WebSocket handshake ([`Handshake::check`]),
 //! subscribes to the hub *before* the `101` goes out (so a screen that has
 //! its `101` cannot miss a message published after it), and runs one task
-//! per screen that writes each [`Message::json`](super::Message) as a text
-//! frame.
+//! per screen that writes each message's frame ([`Message::frame`]) to the
+//! socket as it is: the hub encoded it once for every screen, so sending it
+//! neither allocates nor copies. tungstenite reads the screen's frames,
+//! answers its pings and writes pings and closes; its own output is flushed
+//! before a message frame goes out, so frames never interleave.
 //!
 //! What a screen can rely on, and what it must do:
 //!
@@ -41,7 +44,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -50,7 +53,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::{Closed, Hub, HubError, Subscription};
+use super::{Closed, Hub, HubError, Message, Subscription};
 
 /// Largest frame or message a screen may send (it only ever sends pongs and
 /// a close, a few bytes each).
@@ -401,8 +404,7 @@ where
             },
             next = subscription.recv() => match next {
                 Ok(message) => {
-                    let text = WsMessage::Text(Utf8Bytes::from(&*message.json));
-                    if let Err(end) = send(ws, text, ping_interval).await {
+                    if let Err(end) = send_message(ws, &message, ping_interval).await {
                         return (end, Then::Drop);
                     }
                     resume = message.seq;
@@ -509,6 +511,33 @@ where
         Ok(Err(e)) => Err(End::Broken(e.to_string())),
         Err(_) => Err(End::Stalled),
     }
+}
+
+/// Writes a message's frame, encoded once by the hub for every screen, to
+/// the screen's socket within `limit` ([`End::Stalled`] otherwise).
+///
+/// tungstenite is flushed first: a pong it owes or a ping it could not write
+/// whole goes out before, so the frames stay whole and in order. Only this
+/// task writes, and only between two reads of the loop in [`pump`], where no
+/// close has been received (the loop ends on one) and none sent yet.
+async fn send_message<S>(
+    ws: &mut WebSocketStream<S>,
+    message: &Message,
+    limit: Duration,
+) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let write = async {
+        ws.flush().await.map_err(|e| End::Broken(e.to_string()))?;
+        ws.get_mut()
+            .write_all(message.frame())
+            .await
+            .map_err(|e| End::Broken(e.to_string()))
+    };
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or(Err(End::Stalled))
 }
 
 /// Reads (and drops) frames until the close handshake is over.
