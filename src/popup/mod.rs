@@ -18,7 +18,9 @@
 //!   ([`Message::frame`]). A [`Closed`] says why the stream ended
 //!   (a slow screen, or shutdown), so the transport can pick a close code; the
 //!   screen reconnects with `after=<last seq it saw>` and catches up from the
-//!   replay buffer.
+//!   replay buffer. The screens' tasks and sockets live on a runtime of their
+//!   own (`screen_runtime`): a fan-out to a thousand screens never queues in
+//!   front of the HTTP requests.
 //! - Long-poll ([`long_poll`]): [`Hub::wait_after`], which reads only the
 //!   replay buffer.
 //!
@@ -36,6 +38,7 @@ pub mod long_poll;
 pub mod message;
 pub mod page;
 pub(crate) mod query;
+mod screen_runtime;
 pub mod websocket;
 
 use std::time::Duration;
