@@ -1,11 +1,13 @@
 //! Pop-ups: the caller's card on every screen of the operator the PBX names.
 //!
 //! When the PBX sends `IncomingCall(number, key)`, the SOAP handler calls
-//! [`Hub::publish`] with the abonent key and the call ([`CallEvent`]). The
+//! [`Hub::queue`] with the abonent key and the call ([`CallEvent`]). The
 //! hub gives the message the next sequence number of that key, renders its
-//! JSON once ([`message`], see "Pop-up message" in `docs/contract.md`), keeps
-//! it in the key's short replay buffer and hands it to every screen
-//! subscribed to that key.
+//! JSON and WebSocket frame once ([`message`], see "Pop-up message" in
+//! `docs/contract.md`), keeps it in the key's short replay buffer and puts it
+//! in the mailbox of every screen subscribed to that key; the screens are
+//! woken by one notification when the handler says so ([`Queued`]).
+//! [`Hub::publish`] queues and wakes at once.
 //!
 //! The HTTP front owns the routes and the screens' tokens: it reads the
 //! query string ([`ScreenQuery`]), resolves the operator from the token
@@ -45,7 +47,7 @@ use std::time::Duration;
 
 use crate::config::PopupConfig;
 
-pub use hub::{Closed, Hub, HubConfig, HubError, Published, Subscription};
+pub use hub::{Closed, Hub, HubConfig, HubError, Published, Queued, Subscription};
 pub use message::{CallEvent, Message};
 pub use query::ScreenQuery;
 
