@@ -6,10 +6,12 @@
 //! microseconds and never across an `.await`. Publishes to different keys
 //! never contend, and a key the PBX invents creates nothing.
 //!
-//! Delivery uses one bounded tokio mpsc queue per subscriber and `try_send`
-//! only: when a subscriber's queue is full, the subscriber is cut off (its
+//! Delivery puts the message into one bounded mailbox per subscriber and never
+//! waits: when a subscriber's mailbox is full, the subscriber is cut off (its
 //! [`Subscription::recv`] reports [`Closed::SlowConsumer`]) instead of the
-//! publisher waiting for it.
+//! publisher waiting for it. Queuing wakes nobody; one notification per key
+//! then wakes every screen of the key ([`Hub::publish`] sends it at once,
+//! [`Hub::queue`] leaves it to the caller: see [`Queued`]).
 //!
 //! Ordering guarantee: the sequence number is assigned, the message stored in
 //! the replay buffer and queued to every subscriber under the key's lock, and
@@ -19,19 +21,23 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use prometheus::Registry;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use self::metrics::Metrics;
+use self::subscription::{Mailbox, SHUTDOWN};
 use super::message::{compose, encode_body, CallEvent, Message};
+use super::screen_runtime;
 use crate::config::PopupConfig;
 
+pub use self::subscription::Subscription;
+
 mod metrics;
+mod subscription;
 #[cfg(test)]
 mod tests;
 
@@ -43,7 +49,7 @@ pub struct HubConfig {
     /// Oldest message kept per key; older ones are not replayed.
     pub replay_age: Duration,
     /// Messages a subscriber may have waiting before it is cut off as slow.
-    /// Zero is treated as one (a tokio mpsc queue needs room for one).
+    /// Zero is treated as one (a screen must be able to have one waiting).
     pub queue_len: usize,
 }
 
@@ -92,10 +98,6 @@ pub enum Closed {
     HubShutdown,
 }
 
-const OPEN: u8 = 0;
-const SLOW: u8 = 1;
-const SHUTDOWN: u8 = 2;
-
 /// The hub. Build it once at start-up; share it behind an `Arc`.
 pub struct Hub {
     keys: HashMap<Box<str>, Arc<KeyState>>,
@@ -118,6 +120,8 @@ struct KeyState {
     /// The key's last seq, for long-poll waiters: they subscribe to it before
     /// reading the buffer, so a publish after their read always wakes them.
     last_seq_tx: watch::Sender<u64>,
+    /// Wakes the key's subscriptions waiting in [`Subscription::recv`].
+    arrived: Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -136,8 +140,7 @@ struct Buffered {
 
 struct Subscriber {
     id: u64,
-    tx: mpsc::Sender<Message>,
-    reason: Arc<AtomicU8>,
+    mailbox: Arc<Mailbox>,
 }
 
 impl KeyState {
@@ -152,6 +155,7 @@ impl KeyState {
                 closed: false,
             }),
             last_seq_tx: watch::Sender::new(0),
+            arrived: Notify::new(),
             metrics,
         }
     }
@@ -173,6 +177,28 @@ impl KeyState {
 }
 
 impl KeyInner {
+    /// Puts `message` into every subscriber's mailbox; drops the subscribers
+    /// whose mailbox is full (closed as slow) and those whose subscription is
+    /// gone without unregistering. Returns (delivered, cut off, gone).
+    fn offer(&mut self, message: &Message, capacity: usize) -> (usize, usize, usize) {
+        let (mut delivered, mut cut_off, mut gone) = (0, 0, 0);
+        self.subscribers.retain(|s| {
+            // Only the hub holds the mailbox: nobody will ever read it.
+            if Arc::strong_count(&s.mailbox) == 1 {
+                gone += 1;
+                return false;
+            }
+            if s.mailbox.offer(message, capacity) {
+                delivered += 1;
+                true
+            } else {
+                cut_off += 1;
+                false
+            }
+        });
+        (delivered, cut_off, gone)
+    }
+
     /// Drops what is too old or beyond the count from the replay buffer.
     fn evict(&mut self, config: &HubConfig, now: Instant) {
         while self.buffer.len() > config.replay_len {
@@ -268,11 +294,27 @@ impl Hub {
         self.keys.get(key).ok_or(HubError::UnknownKey)
     }
 
-    /// Publishes an incoming call to every screen of `key`.
+    /// Publishes an incoming call to every screen of `key` and wakes them:
+    /// [`Hub::queue`], then [`Queued::wake_here`].
     ///
-    /// Never waits: subscribers whose queue is full are cut off. A key no
+    /// Never waits: subscribers whose mailbox is full are cut off. A key no
     /// operator has is refused (and counted), and nothing is stored for it.
     pub fn publish(&self, key: &str, event: &CallEvent) -> Result<Published, HubError> {
+        let queued = self.queue(key, event)?;
+        let published = queued.published();
+        queued.wake_here();
+        Ok(published)
+    }
+
+    /// Queues an incoming call for every screen of `key` without waking
+    /// them: the message is numbered, buffered for replay and long-poll, and
+    /// in every subscriber's mailbox (subscribers whose mailbox is full are
+    /// cut off, and are not counted in `delivered`); the screens' tasks run
+    /// once the returned [`Queued`] is woken or dropped.
+    ///
+    /// Long-poll waiters are woken at once: they are few, and on the HTTP
+    /// runtime anyway.
+    pub fn queue(&self, key: &str, event: &CallEvent) -> Result<Queued, HubError> {
         let Some(state) = self.keys.get(key) else {
             self.metrics.unknown_key.inc();
             return Err(HubError::UnknownKey);
@@ -283,7 +325,7 @@ impl Hub {
             HubError::Encode(e.to_string())
         })?;
         let now = Instant::now();
-        let (seq, delivered, cut_off) = {
+        let (seq, delivered, cut_off, gone) = {
             let mut inner = state.lock();
             let seq = inner.last_seq + 1;
             let message = compose(seq, &body).map_err(|e| {
@@ -291,45 +333,26 @@ impl Hub {
                 HubError::Encode(e.to_string())
             })?;
             inner.last_seq = seq;
-            let mut delivered = 0usize;
-            let mut cut_off = 0usize;
-            let before = inner.subscribers.len();
-            inner
-                .subscribers
-                .retain(|s| match s.tx.try_send(message.clone()) {
-                    Ok(()) => {
-                        delivered += 1;
-                        true
-                    }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        // Set the reason before the sender is dropped, so the
-                        // receiver sees it once its channel reports closed.
-                        s.reason.store(SLOW, Ordering::Release);
-                        cut_off += 1;
-                        false
-                    }
-                    // The receiver is gone without unregistering: prune.
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                });
-            let removed = before - inner.subscribers.len();
-            if removed > 0 {
-                self.metrics.subscribers.sub(removed as i64);
-            }
+            let (delivered, cut_off, gone) = inner.offer(&message, self.config.queue_len);
             inner.buffer.push_back(Buffered {
                 stored: now,
                 message,
             });
             inner.evict(&self.config, now);
-            (seq, delivered, cut_off)
+            (seq, delivered, cut_off, gone)
         };
         state.last_seq_tx.send_replace(seq);
         self.metrics.published.inc();
         self.metrics.delivered.inc_by(delivered as u64);
+        self.metrics.subscribers.sub((cut_off + gone) as i64);
         if cut_off > 0 {
             self.metrics.slow_disconnects.inc_by(cut_off as u64);
             tracing::info!(key, seq, cut_off, "pop-up subscribers cut off: queue full");
         }
-        Ok(Published { seq, delivered })
+        Ok(Queued {
+            published: Published { seq, delivered },
+            state: Some(Arc::clone(state)),
+        })
     }
 
     /// Subscribes to `key`'s messages.
@@ -341,12 +364,11 @@ impl Hub {
     /// After [`Hub::shutdown`] the subscription is already closed.
     pub fn subscribe(&self, key: &str, after: Option<u64>) -> Result<Subscription, HubError> {
         let state = self.state(key)?;
-        let (tx, rx) = mpsc::channel(self.config.queue_len);
-        let reason = Arc::new(AtomicU8::new(OPEN));
+        let mailbox = Arc::new(Mailbox::new());
         let (pending, id) = {
             let mut inner = state.lock();
             if inner.closed {
-                reason.store(SHUTDOWN, Ordering::Release);
+                mailbox.close(SHUTDOWN);
                 (VecDeque::new(), None)
             } else {
                 inner.evict(&self.config, Instant::now());
@@ -358,8 +380,7 @@ impl Hub {
                 inner.next_subscriber_id += 1;
                 inner.subscribers.push(Subscriber {
                     id,
-                    tx,
-                    reason: Arc::clone(&reason),
+                    mailbox: Arc::clone(&mailbox),
                 });
                 self.metrics.subscribers.inc();
                 (pending, Some(id))
@@ -370,8 +391,7 @@ impl Hub {
             state: Arc::clone(state),
             id,
             pending,
-            rx,
-            reason,
+            mailbox,
         })
     }
 
@@ -456,11 +476,12 @@ impl Hub {
                 inner.closed = true;
                 let removed = inner.subscribers.len();
                 for s in inner.subscribers.drain(..) {
-                    s.reason.store(SHUTDOWN, Ordering::Release);
+                    s.mailbox.close(SHUTDOWN);
                 }
                 removed
             };
             self.metrics.subscribers.sub(removed as i64);
+            state.arrived.notify_waiters();
             state.last_seq_tx.send_modify(|_| {});
         }
     }
@@ -474,65 +495,53 @@ impl Drop for Hub {
     }
 }
 
-/// A screen's stream of messages for one key. Dropping it unregisters it.
-pub struct Subscription {
-    state: Arc<KeyState>,
-    /// `None` when it was closed from the start (subscribed after shutdown).
-    id: Option<u64>,
-    /// Replayed messages, handed out before the queue.
-    pending: VecDeque<Message>,
-    rx: mpsc::Receiver<Message>,
-    reason: Arc<AtomicU8>,
+/// A message queued for every screen of its key, the screens not woken yet
+/// ([`Hub::queue`]). Waking them is one notification, whatever their number;
+/// dropping it wakes them too, so a message is never left unseen.
+#[must_use = "the screens are woken when this is woken or dropped"]
+pub struct Queued {
+    published: Published,
+    /// `None` once woken.
+    state: Option<Arc<KeyState>>,
 }
 
-impl fmt::Debug for Subscription {
+impl fmt::Debug for Queued {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subscription")
-            .field("key", &self.state.key)
-            .field("id", &self.id)
-            .field("pending", &self.pending.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Queued")
+            .field("published", &self.published)
+            .field("woken", &self.state.is_none())
+            .finish()
     }
 }
 
-impl Subscription {
-    /// The next message, or why there will be no more.
-    ///
-    /// Replayed messages come first, then live ones. Once the subscription
-    /// is cut off (slow) or the hub shuts down, this reports it at once, even
-    /// if messages were still queued: the screen resubscribes with `after`
-    /// and gets them from the replay buffer. Cancel-safe (fit for `select!`).
-    pub async fn recv(&mut self) -> Result<Message, Closed> {
-        if let Some(closed) = self.closed() {
-            return Err(closed);
-        }
-        if let Some(m) = self.pending.pop_front() {
-            return Ok(m);
-        }
-        match self.rx.recv().await {
-            Some(m) => Ok(m),
-            None => Err(self.closed().unwrap_or(Closed::HubShutdown)),
+impl Queued {
+    /// What [`Hub::queue`] did.
+    pub fn published(&self) -> Published {
+        self.published
+    }
+
+    /// Wakes the key's screens from the screens' runtime, where their tasks
+    /// run: this thread only hands one task over, and the thousand wake-ups
+    /// of a large fan-out are that runtime's own (no cross-thread queue per
+    /// screen).
+    pub fn wake(mut self) {
+        if let Some(state) = self.state.take() {
+            screen_runtime::spawn(async move { state.arrived.notify_waiters() });
         }
     }
 
-    /// The operator key this subscription is for.
-    pub fn key(&self) -> &str {
-        &self.state.key
-    }
-
-    fn closed(&self) -> Option<Closed> {
-        match self.reason.load(Ordering::Acquire) {
-            OPEN => None,
-            SLOW => Some(Closed::SlowConsumer),
-            _ => Some(Closed::HubShutdown),
+    /// Wakes the key's screens from this thread.
+    pub fn wake_here(mut self) {
+        if let Some(state) = self.state.take() {
+            state.arrived.notify_waiters();
         }
     }
 }
 
-impl Drop for Subscription {
+impl Drop for Queued {
     fn drop(&mut self) {
-        if let Some(id) = self.id {
-            self.state.unregister(id);
+        if let Some(state) = self.state.take() {
+            state.arrived.notify_waiters();
         }
     }
 }

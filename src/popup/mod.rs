@@ -1,11 +1,13 @@
 //! Pop-ups: the caller's card on every screen of the operator the PBX names.
 //!
 //! When the PBX sends `IncomingCall(number, key)`, the SOAP handler calls
-//! [`Hub::publish`] with the abonent key and the call ([`CallEvent`]). The
+//! [`Hub::queue`] with the abonent key and the call ([`CallEvent`]). The
 //! hub gives the message the next sequence number of that key, renders its
-//! JSON once ([`message`], see "Pop-up message" in `docs/contract.md`), keeps
-//! it in the key's short replay buffer and hands it to every screen
-//! subscribed to that key.
+//! JSON and WebSocket frame once ([`message`], see "Pop-up message" in
+//! `docs/contract.md`), keeps it in the key's short replay buffer and puts it
+//! in the mailbox of every screen subscribed to that key; the screens are
+//! woken by one notification when the handler says so ([`Queued`]).
+//! [`Hub::publish`] queues and wakes at once.
 //!
 //! The HTTP front owns the routes and the screens' tokens: it reads the
 //! query string ([`ScreenQuery`]), resolves the operator from the token
@@ -18,7 +20,9 @@
 //!   ([`Message::frame`]). A [`Closed`] says why the stream ended
 //!   (a slow screen, or shutdown), so the transport can pick a close code; the
 //!   screen reconnects with `after=<last seq it saw>` and catches up from the
-//!   replay buffer.
+//!   replay buffer. The screens' tasks and sockets live on a runtime of their
+//!   own (`screen_runtime`): a fan-out to a thousand screens never queues in
+//!   front of the HTTP requests.
 //! - Long-poll ([`long_poll`]): [`Hub::wait_after`], which reads only the
 //!   replay buffer.
 //!
@@ -36,13 +40,14 @@ pub mod long_poll;
 pub mod message;
 pub mod page;
 pub(crate) mod query;
+mod screen_runtime;
 pub mod websocket;
 
 use std::time::Duration;
 
 use crate::config::PopupConfig;
 
-pub use hub::{Closed, Hub, HubConfig, HubError, Published, Subscription};
+pub use hub::{Closed, Hub, HubConfig, HubError, Published, Queued, Subscription};
 pub use message::{CallEvent, Message};
 pub use query::ScreenQuery;
 

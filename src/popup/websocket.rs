@@ -35,6 +35,8 @@
 //! Nothing here runs on the PBX's request path: the hub hands messages over
 //! with `try_send`, and each screen's task does its own writing.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,7 +55,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::{Closed, Hub, HubError, Message, Subscription};
+use super::{screen_runtime, Closed, Hub, HubError, Message, Subscription};
 
 /// Largest frame or message a screen may send (it only ever sends pongs and
 /// a close, a few bytes each).
@@ -180,7 +182,8 @@ impl Handshake {
         tracing::debug!(%key, %operator, after, "operator screen connected (WebSocket)");
         let (key, operator) = (key.to_owned(), operator.to_owned());
         let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
+        // On the screens' runtime: see `screen_runtime` for why.
+        screen_runtime::spawn(async move {
             let end = match on_upgrade.await {
                 Ok(upgraded) => run(upgraded, subscription, resume, ping_interval).await,
                 Err(e) => End::Broken(format!("upgrade failed: {e}")),
@@ -243,10 +246,20 @@ async fn run(
     ping_interval: Duration,
 ) -> End {
     // The server hands hyper a `TokioIo<TcpStream>`: take the plain socket
-    // back (to cap its send buffer) with what hyper read past the request.
+    // back (to cap its send buffer) with what hyper read past the request,
+    // and register it with this task's runtime (the screens'), so that its
+    // readiness events are not handled by the HTTP runtime's workers.
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
-            let tcp = parts.io.into_inner();
+            let tcp = match parts
+                .io
+                .into_inner()
+                .into_std()
+                .and_then(TcpStream::from_std)
+            {
+                Ok(tcp) => tcp,
+                Err(e) => return End::Broken(format!("cannot move the socket: {e}")),
+            };
             if let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER) {
                 tracing::debug!(error = %e, "cannot cap a screen's send buffer");
             }
@@ -366,6 +379,9 @@ where
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = started;
     let mut frames_this_interval: u32 = 0;
+    // Whether tungstenite may have output of its own waiting (a pong for a
+    // ping it just read): then it is flushed before the next message frame.
+    let mut owed = false;
     loop {
         tokio::select! {
             // Frames from the screen first: a pong waiting to be read must
@@ -376,6 +392,7 @@ where
                 Some(Ok(WsMessage::Close(_))) => return (End::ClientClosed, Then::Finish),
                 Some(Ok(_)) => {
                     last_heard = Instant::now();
+                    owed = true;
                     frames_this_interval += 1;
                     if frames_this_interval > MAX_CLIENT_FRAMES_PER_INTERVAL {
                         return (End::Flood, close(CloseCode::Policy, "too many frames: a screen sends only pongs and close"));
@@ -404,9 +421,10 @@ where
             },
             next = subscription.recv() => match next {
                 Ok(message) => {
-                    if let Err(end) = send_message(ws, &message, ping_interval).await {
+                    if let Err(end) = send_message(ws, &message, owed, ping_interval).await {
                         return (end, Then::Drop);
                     }
+                    owed = false;
                     resume = message.seq;
                 }
                 Err(Closed::SlowConsumer) => {
@@ -516,28 +534,39 @@ where
 /// Writes a message's frame, encoded once by the hub for every screen, to
 /// the screen's socket within `limit` ([`End::Stalled`] otherwise).
 ///
-/// tungstenite is flushed first: a pong it owes or a ping it could not write
-/// whole goes out before, so the frames stay whole and in order. Only this
-/// task writes, and only between two reads of the loop in [`pump`], where no
-/// close has been received (the loop ends on one) and none sent yet.
+/// With `owed`, tungstenite is flushed first: a pong it owes goes out before,
+/// so the frames stay whole and in order (its own frames, pings and closes,
+/// are awaited until written). Only this task writes, and only between two
+/// reads of the loop in [`pump`], where no close has been received (the loop
+/// ends on one) and none sent yet.
+///
+/// A frame the socket takes at once (nearly always) costs one write and no
+/// timer: the timeout starts only if the first attempt has to wait.
 async fn send_message<S>(
     ws: &mut WebSocketStream<S>,
     message: &Message,
+    owed: bool,
     limit: Duration,
 ) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let write = async {
-        ws.flush().await.map_err(|e| End::Broken(e.to_string()))?;
+        if owed {
+            ws.flush().await.map_err(|e| End::Broken(e.to_string()))?;
+        }
         ws.get_mut()
             .write_all(message.frame())
             .await
             .map_err(|e| End::Broken(e.to_string()))
     };
-    tokio::time::timeout(limit, write)
-        .await
-        .unwrap_or(Err(End::Stalled))
+    let mut write = std::pin::pin!(write);
+    match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        Poll::Ready(written) => written,
+        Poll::Pending => tokio::time::timeout(limit, write)
+            .await
+            .unwrap_or(Err(End::Stalled)),
+    }
 }
 
 /// Reads (and drops) frames until the close handshake is over.

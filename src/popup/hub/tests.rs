@@ -342,13 +342,12 @@ async fn dropped_subscriptions_are_pruned() {
 fn publish_prunes_subscribers_whose_receiver_is_gone() {
     let (hub, registry) = hub();
     {
-        let (tx, rx) = mpsc::channel(1);
-        drop(rx);
+        // A subscriber whose subscription is gone (never unregistered): only
+        // the hub holds its mailbox.
         let state = &hub.keys[K1];
         state.lock().subscribers.push(Subscriber {
             id: 999,
-            tx,
-            reason: Arc::new(AtomicU8::new(OPEN)),
+            mailbox: Arc::new(Mailbox::new()),
         });
         hub.metrics.subscribers.inc();
     }
@@ -600,4 +599,62 @@ async fn a_zero_queue_len_is_treated_as_one() {
     let mut sub = hub.subscribe(K1, None).expect("sub");
     publish(&hub, K1);
     assert_eq!(ready(&mut sub).await, vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_fills_the_mailboxes_and_wakes_nobody_until_told() {
+    let (hub, registry) = hub();
+    let mut sub = hub.subscribe(K1, None).expect("sub");
+    let waiter = tokio::spawn(async move {
+        let got = sub.recv().await.map(|m| m.seq);
+        (got, sub)
+    });
+    tokio::task::yield_now().await;
+    let mut late = hub.subscribe(K1, None).expect("sub");
+
+    let queued = hub.queue(K1, &call("+79235292926")).expect("queued");
+    assert_eq!(
+        queued.published(),
+        Published {
+            seq: 1,
+            delivered: 2
+        }
+    );
+    assert_eq!(metric(&registry, "cti_popup_delivered_total"), 2.0);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiter.is_finished(), "queued, not woken");
+    // Queued all the same: a screen that looks finds it.
+    assert_eq!(ready(&mut late).await, vec![1]);
+
+    queued.wake_here();
+    let (got, mut sub) = waiter.await.expect("woken");
+    assert_eq!(got, Ok(1));
+    assert!(ready(&mut sub).await.is_empty(), "exactly once");
+
+    // Dropped without a word, it wakes them too.
+    let waiter = tokio::spawn(async move { sub.recv().await.map(|m| m.seq) });
+    tokio::task::yield_now().await;
+    drop(hub.queue(K1, &call("+79235292926")).expect("queued"));
+    assert_eq!(waiter.await.expect("woken"), Ok(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_wakes_its_screens_from_the_screens_runtime() {
+    let (hub, _r) = hub();
+    let hub = Arc::new(hub);
+    let mut subs: Vec<_> = (0..3)
+        .map(|_| hub.subscribe(K1, None).expect("sub"))
+        .collect();
+    let waiters: Vec<_> = subs
+        .drain(..)
+        .map(|mut sub| tokio::spawn(async move { sub.recv().await.map(|m| m.seq) }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    hub.queue(K1, &call("+79235292926")).expect("queued").wake();
+    for waiter in waiters {
+        let got = timeout(Duration::from_secs(5), waiter).await;
+        assert_eq!(got.expect("woken within 5 s").expect("task"), Ok(1));
+    }
 }
