@@ -55,13 +55,13 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use futures_util::StreamExt;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -378,14 +378,17 @@ impl Soap {
             .await
             .map_err(|e| format!("connect {}: {e}", self.addr))?;
         let _ = c.set_nodelay(true);
+        stamp_arrivals(&c).map_err(|e| format!("SO_TIMESTAMPNS: {e}"))?;
         Ok(c)
     }
 
-    /// Sends one IncomingCall; returns when it was written and when answered.
-    async fn call(&self, num_from: u64, key: &str) -> Result<(Instant, Instant), String> {
+    /// Sends one IncomingCall; returns when it was written, when its answer
+    /// arrived and when it was read.
+    async fn call(&self, num_from: u64, key: &str) -> Result<Answered, String> {
         let request = self.request(num_from, key);
         let mut conn = self.connection().await?;
         let sent = Instant::now();
+        let sent_at = SystemTime::now();
         let answer = tokio::time::timeout(SOAP_TIMEOUT, async {
             conn.write_all(&request)
                 .await
@@ -395,7 +398,7 @@ impl Soap {
         .await
         .map_err(|_| format!("no answer within {SOAP_TIMEOUT:?}"))??;
         let answered = Instant::now();
-        let (status, body, keep_alive) = answer;
+        let (status, body, keep_alive, arrived_at) = answer;
         if status != 200 || !body.contains(">1</") {
             return Err(format!(
                 "HTTP {status}: {}",
@@ -405,14 +408,111 @@ impl Soap {
         if keep_alive {
             self.pool.lock().expect("pool").push(conn);
         }
-        Ok((sent, answered))
+        Ok(Answered {
+            sent,
+            read: answered - sent,
+            arrived: arrived_at.and_then(|at| at.duration_since(sent_at).ok()),
+        })
     }
 }
 
-/// Reads one HTTP/1.1 response with a Content-Length body.
-async fn read_response(conn: &mut TcpStream) -> Result<(u16, String, bool), String> {
+/// One IncomingCall's times.
+#[derive(Debug, Clone, Copy)]
+struct Answered {
+    /// Just before the request was written.
+    sent: Instant,
+    /// Until this client read the answer.
+    read: Duration,
+    /// Until the answer's last bytes arrived in this client's socket (the
+    /// kernel's receive time stamp): what a PBX on another machine would see
+    /// (less the network), whatever this process's scheduling.
+    arrived: Option<Duration>,
+}
+
+/// Asks the kernel to stamp each segment `c` receives (SO_TIMESTAMPNS), for
+/// [`read_chunk`].
+fn stamp_arrivals(c: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket, an int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            std::ptr::from_ref(&on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Reads what has arrived (at least one byte, or 0 at the end), with the
+/// receive time stamp of the last segment read when the socket stamps them.
+async fn read_chunk(
+    conn: &TcpStream,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<SystemTime>)> {
+    use std::os::fd::AsRawFd;
+    loop {
+        conn.readable().await?;
+        let fd = conn.as_raw_fd();
+        match conn.try_io(tokio::io::Interest::READABLE, || recv_stamped(fd, buf)) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// recvmsg(2) with room for an SCM_TIMESTAMPNS control message.
+fn recv_stamped(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<SystemTime>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 16];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: fd is an open socket; msg describes valid buffers.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: the CMSG_* macros walk the control buffer recvmsg filled in.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                stamp = Some(UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((n as usize, stamp))
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body; with it, the
+/// arrival time of its last bytes if the socket stamps them.
+async fn read_response(
+    conn: &mut TcpStream,
+) -> Result<(u16, String, bool, Option<SystemTime>), String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
+    let mut arrived = None;
     let head_end = loop {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break p + 4;
@@ -420,13 +520,13 @@ async fn read_response(conn: &mut TcpStream) -> Result<(u16, String, bool), Stri
         if buf.len() > 64 * 1024 {
             return Err("response head too long".into());
         }
-        let n = conn
-            .read(&mut chunk)
+        let (n, at) = read_chunk(conn, &mut chunk)
             .await
             .map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             return Err("connection closed before the answer".into());
         }
+        arrived = at.or(arrived);
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
@@ -450,17 +550,17 @@ async fn read_response(conn: &mut TcpStream) -> Result<(u16, String, bool), Stri
     }
     let length = length.ok_or("answer without Content-Length")?;
     while buf.len() < head_end + length {
-        let n = conn
-            .read(&mut chunk)
+        let (n, at) = read_chunk(conn, &mut chunk)
             .await
             .map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             return Err("connection closed in the body".into());
         }
+        arrived = at.or(arrived);
         buf.extend_from_slice(&chunk[..n]);
     }
     let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
-    Ok((status, body, keep_alive))
+    Ok((status, body, keep_alive, arrived))
 }
 
 /// One plain GET (for /metrics), Connection: close.
@@ -472,7 +572,7 @@ async fn http_get(addr: &str, path: &str) -> Result<String, String> {
         )
         .await
         .map_err(|e| e.to_string())?;
-        let (status, body, _) = read_response(&mut c).await?;
+        let (status, body, _, _) = read_response(&mut c).await?;
         if status != 200 {
             return Err(format!("HTTP {status}"));
         }
@@ -665,7 +765,7 @@ async fn run(args: Args, pbx_runtime: tokio::runtime::Handle) -> Result<bool, St
     let pbx = Pbx::connect(soap, args.soap_conns, pbx_runtime).await?;
 
     // ---- SOAP with no screen connected (the answer's own latency)
-    let idle_soap = idle_soap(&args, &pbx, &ops, &mut rng).await?;
+    let (idle_soap, idle_arrived) = idle_soap(&args, &pbx, &ops, &mut rng).await?;
 
     // ---- screens
     log(format!("connecting {screens} screens ({k} keys x {s})"));
@@ -789,12 +889,14 @@ async fn run(args: Args, pbx_runtime: tokio::runtime::Handle) -> Result<bool, St
     expected_frames += args.calls * s;
     let mut sent: Vec<Option<Instant>> = vec![None; args.calls];
     let mut soap_ms = Vec::with_capacity(args.calls);
+    let mut arrived_ms = Vec::with_capacity(args.calls);
     let mut soap_errors = Vec::new();
     for (i, answer) in answers.into_iter().enumerate() {
         match answer {
-            Ok((t0, t1)) => {
-                sent[i] = Some(t0);
-                soap_ms.push(ms(t1 - t0));
+            Ok(a) => {
+                sent[i] = Some(a.sent);
+                soap_ms.push(ms(a.read));
+                arrived_ms.extend(a.arrived.map(ms));
             }
             Err(e) => soap_errors.push(format!("call {i}: {e}")),
         }
@@ -901,6 +1003,7 @@ async fn run(args: Args, pbx_runtime: tokio::runtime::Handle) -> Result<bool, St
     let last_d = dist(complete);
     let first_d = dist(firsts);
     let soap_d = dist(soap_ms);
+    let arrived_d = dist(arrived_ms);
 
     // ---- report
     let gauge = |m: &HashMap<&str, f64>, n: &str| m.get(n).copied();
@@ -971,6 +1074,8 @@ async fn run(args: Args, pbx_runtime: tokio::runtime::Handle) -> Result<bool, St
         ("per call: ... -> first screen has it", &first_d),
         ("SOAP answer (IncomingCall -> \"1\", journaled)", &soap_d),
         ("SOAP answer, no screen connected", &idle_soap),
+        ("SOAP answer arrived (kernel stamp), screens", &arrived_d),
+        ("SOAP answer arrived, no screen connected", &idle_arrived),
     ] {
         println!(
             "{:<48} {:>8} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
@@ -999,7 +1104,7 @@ async fn run(args: Args, pbx_runtime: tokio::runtime::Handle) -> Result<bool, St
         );
     }
     println!(
-        "BENCH_RESULT mode=popup scenario={} keys={k} screens_per_key={s} screens={screens} calls={} interval_ms={} client_threads={} connect_ms={connect_ms:.0} expected={expected} received={delivered} lost={lost} duplicates={duplicates} misrouted={misrouted} wrong_card={wrong_card} out_of_order={out_of_order} soap_errors={} closed_early={} screen_p50_ms={:.3} screen_p90_ms={:.3} screen_p99_ms={:.3} screen_max_ms={:.3} last_p50_ms={:.3} last_p90_ms={:.3} last_p99_ms={:.3} last_max_ms={:.3} soap_p50_ms={:.3} soap_p99_ms={:.3} idle_soap_p50_ms={:.3} idle_soap_p99_ms={:.3} frame_bytes={:.0} steal_s={} gateway_cpu_ms_per_call={} client_cpu_ms_per_call={} other_cpu_pct={} goal_p99_ms={} goal_met={}",
+        "BENCH_RESULT mode=popup scenario={} keys={k} screens_per_key={s} screens={screens} calls={} interval_ms={} client_threads={} connect_ms={connect_ms:.0} expected={expected} received={delivered} lost={lost} duplicates={duplicates} misrouted={misrouted} wrong_card={wrong_card} out_of_order={out_of_order} soap_errors={} closed_early={} screen_p50_ms={:.3} screen_p90_ms={:.3} screen_p99_ms={:.3} screen_max_ms={:.3} last_p50_ms={:.3} last_p90_ms={:.3} last_p99_ms={:.3} last_max_ms={:.3} soap_p50_ms={:.3} soap_p99_ms={:.3} idle_soap_p50_ms={:.3} idle_soap_p99_ms={:.3} soap_arrived_p50_ms={:.3} soap_arrived_p99_ms={:.3} idle_soap_arrived_p50_ms={:.3} idle_soap_arrived_p99_ms={:.3} frame_bytes={:.0} steal_s={} gateway_cpu_ms_per_call={} client_cpu_ms_per_call={} other_cpu_pct={} goal_p99_ms={} goal_met={}",
         args.label,
         args.calls,
         ms(args.interval),
@@ -1010,6 +1115,8 @@ async fn run(args: Args, pbx_runtime: tokio::runtime::Handle) -> Result<bool, St
         last_d.p50, last_d.p90, last_d.p99, last_d.max,
         soap_d.p50, soap_d.p99,
         idle_soap.p50, idle_soap.p99,
+        arrived_d.p50, arrived_d.p99,
+        idle_arrived.p50, idle_arrived.p99,
         frame_bytes as f64 / delivered.max(1) as f64,
         show(steal),
         show(per_call(gw_cpu)),
@@ -1054,7 +1161,7 @@ impl Pbx {
         &self,
         interval: Duration,
         calls: Vec<(u64, String)>,
-    ) -> Vec<Result<(Instant, Instant), String>> {
+    ) -> Vec<Result<Answered, String>> {
         let n = calls.len();
         self.runtime
             .spawn(open_loop(Arc::clone(&self.soap), interval, calls))
@@ -1069,7 +1176,7 @@ async fn open_loop(
     soap: Arc<Soap>,
     interval: Duration,
     calls: Vec<(u64, String)>,
-) -> Vec<Result<(Instant, Instant), String>> {
+) -> Vec<Result<Answered, String>> {
     let start = tokio::time::Instant::now();
     let mut tasks = Vec::with_capacity(calls.len());
     for (i, (num, key)) in calls.into_iter().enumerate() {
@@ -1085,15 +1192,16 @@ async fn open_loop(
 }
 
 /// `--idle-calls`: a warm-up, then IncomingCall to random keys with no
-/// screen connected, as the measured calls are sent; their SOAP answer times.
+/// screen connected, as the measured calls are sent; their SOAP answer times
+/// (read, arrived).
 async fn idle_soap(
     args: &Args,
     pbx: &Pbx,
     ops: &[(String, String)],
     rng: &mut rand::rngs::StdRng,
-) -> Result<Dist, String> {
+) -> Result<(Dist, Dist), String> {
     if args.idle_calls == 0 {
-        return Ok(dist(Vec::new()));
+        return Ok((dist(Vec::new()), dist(Vec::new())));
     }
     log(format!(
         "no screen connected: {} warm-up and {} measured calls",
@@ -1113,12 +1221,13 @@ async fn idle_soap(
     let calls: Vec<_> = (0..args.idle_calls)
         .map(|i| pick(KNOWN_PREFIX, i % args.calls.max(1)))
         .collect();
-    let mut times = Vec::with_capacity(calls.len());
+    let (mut read, mut arrived) = (Vec::with_capacity(calls.len()), Vec::new());
     for answer in pbx.open_loop(args.interval, calls).await {
-        let (t0, t1) = answer.map_err(|e| format!("call with no screen: {e}"))?;
-        times.push(ms(t1 - t0));
+        let a = answer.map_err(|e| format!("call with no screen: {e}"))?;
+        read.push(ms(a.read));
+        arrived.extend(a.arrived.map(ms));
     }
-    Ok(dist(times))
+    Ok((dist(read), dist(arrived)))
 }
 
 /// Waits until `counter` reaches `target` or `limit` passes.

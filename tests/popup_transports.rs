@@ -759,3 +759,36 @@ async fn seq_continues_across_a_restart_and_a_reconnecting_screen_misses_nothing
         "newest first, each with its seq"
     );
 }
+
+/// A pop-up for more screens than `vats` wakes before the journal commits
+/// (a large fan-out is woken after the answer): every screen still gets every
+/// card exactly once, in order, and the PBX its `1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_fan_out_reaches_every_screen_once_and_in_order() {
+    const SCREENS: usize = 150;
+    let gw = start("").await;
+    let mut screens = Vec::with_capacity(SCREENS);
+    for _ in 0..SCREENS {
+        screens.push(screen(gw.addr, OPERATOR_TOKEN, None).await);
+    }
+    assert_eq!(
+        gw.gateway().hub().subscriber_count(OPERATOR_KEY),
+        Some(SCREENS)
+    );
+    for number in [CALLER, "244", CALLER] {
+        incoming_call(gw.addr, number, OPERATOR_KEY).await;
+    }
+    for ws in &mut screens {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(seq_of(&next_text(ws, Duration::from_secs(5)).await));
+        }
+        assert_eq!(seen, vec![1, 2, 3]);
+    }
+    for ws in &mut screens {
+        assert!(matches!(
+            next_seen(ws, Duration::from_millis(20)).await,
+            Seen::Nothing
+        ));
+    }
+}
