@@ -234,7 +234,7 @@ impl PushSource {
             push_records = report.records,
             counterparties = report.total_records,
             store_ms,
-            directory_ms = applying.elapsed().as_millis() as u64,
+            directory_us = applying.elapsed().as_micros() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "push: counterparties upserted"
         );
