@@ -2,10 +2,11 @@
 //! an entry whose content is the same keeps its receive time (and, with the
 //! same change marker, the entry itself).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::entry::{Entry, Prepared};
+use super::keys::{by_id, ById};
+use super::shards::Shards;
 use super::{Counterparty, Renderer};
 
 /// When the records of a build were received.
@@ -34,7 +35,7 @@ impl Stamps {
 
 /// Records turned into entries, and what that took.
 pub(super) struct Built {
-    pub(super) entries: Arc<[Arc<Entry>]>,
+    pub(super) entries: Vec<Arc<Entry>>,
     /// Phone strings that are not a number.
     pub(super) unusable_phones: usize,
     /// Records whose entry was kept from the previous set (same content and
@@ -59,20 +60,18 @@ pub(super) fn build_entries(
     source: &Arc<str>,
     stamps: Stamps,
     render: Renderer,
-    previous: &[Arc<Entry>],
+    previous: &Shards<ById>,
     reuse: bool,
 ) -> Built {
     let records = stamps.attach(records);
-    let reusable = reusable_entries(previous);
     let convert = |chunk: Vec<(Counterparty, u64)>| -> (Vec<Arc<Entry>>, usize, usize) {
         let (mut unusable, mut unchanged) = (0, 0);
         let entries = chunk
             .into_iter()
             .map(|(c, stamp)| {
                 let prepared = Prepared::new(c);
-                let old = reusable
-                    .get(prepared.id())
-                    .filter(|old| old.content == prepared.content);
+                let old =
+                    by_id(previous, prepared.id()).filter(|old| old.content == prepared.content);
                 if let Some(old) = old.filter(|_| reuse) {
                     if old.data_version == prepared.data_version {
                         unchanged += 1;
@@ -96,12 +95,6 @@ pub(super) fn build_entries(
         unusable_phones,
         unchanged,
     }
-}
-
-/// The entries of `previous` by id, for records of the same id to compare
-/// their content with.
-pub(super) fn reusable_entries(previous: &[Arc<Entry>]) -> HashMap<&str, &Arc<Entry>> {
-    previous.iter().map(|e| (&*e.id, e)).collect()
 }
 
 /// `items` cut into one run per core, in order, each at least

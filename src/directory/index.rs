@@ -1,14 +1,32 @@
-//! One immutable, fully built view of the directory.
+//! One immutable view of the directory, and how a change makes the next.
+//!
+//! Every map of an [`Index`] is a [`Shards`]: a change copies only the few
+//! small leaves it touches and shares the rest with the index it was made
+//! from. A change names the ids it touched (a source's copy added, changed
+//! or gone, a tombstone put or spent); for each, the copy that answers is
+//! chosen again by the rule below, and only the ids whose answer moved are
+//! taken out of and put into the maps by id, phone and INN. A change that
+//! touches much of the directory (a first load, a whole-set read that
+//! changed most records) builds the maps in one pass instead: the same
+//! index, sooner.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::build::{build_entries, reusable_entries, Stamps};
+use super::build::{build_entries, Stamps};
 use super::entry::{unix_ms, Entry, Prepared};
-use super::tombstone::{is_hidden, spend_tombstones, Tombstone, Tombstones};
+use super::keys::{by_id, by_inn, on_phone, tombstones_of, ById, ByInn, OnPhone};
+use super::shards::{hash_str, Edit, Sharded, Shards};
+use super::tombstone::{is_hidden, is_spent_by, Tombstone, Tombstones};
 use super::{Counterparty, Renderer, ReplaceReport};
-use crate::phone::{PhoneKey, PhoneKeyHashing};
+use crate::phone::PhoneKey;
+
+/// A change touching more than this share of the directory (1/8) builds its
+/// maps in one pass: at that size one pass is cheaper than id by id.
+const BULK_SHARE: usize = 8;
+/// ... and at least this many ids (small directories change id by id).
+const BULK_MIN: usize = 4_096;
 
 /// What the directory knows about one source's record set.
 #[derive(Debug, Clone)]
@@ -19,49 +37,60 @@ pub struct SourceInfo {
     pub loaded_at: SystemTime,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct SourceSet {
     info: SourceInfo,
-    entries: Arc<[Arc<Entry>]>,
+    entries: Shards<ById>,
 }
 
-impl SourceSet {
-    /// The same set, for a new index (the entries are shared, not copied).
-    fn share(&self) -> SourceSet {
-        SourceSet {
-            info: self.info.clone(),
-            entries: Arc::clone(&self.entries),
-        }
-    }
+/// A source's whole new set, built beside the index (the costly part of a
+/// full read: every record prepared and rendered), ready to be put in by
+/// [`Index::with_set`].
+pub(super) struct NewSet {
+    info: SourceInfo,
+    entries: Shards<ById>,
+    unusable_phones: usize,
+    unchanged: usize,
 }
 
-/// Immutable lookup structures over all sources' records. When two sources
-/// hold the same id, the copy received last answers for it; a copy under a
-/// tombstone does not answer.
+/// Immutable lookup structures over all sources' records.
+///
+/// The answering copy of an id: of the copies the sources hold that no
+/// tombstone hides, the one received last (its entry's `stamp`); within one
+/// millisecond, the copy of the source whose name sorts last, so that
+/// neither the order sources load in nor a restart changes the answer.
 #[derive(Debug)]
 pub struct Index {
     loaded: bool,
-    /// Deleted copies, shared between indexes until a change touches them.
-    tombstones: Arc<Tombstones>,
-    /// Ordered by `loaded_at`, oldest first.
+    tombstones: Tombstones,
     sources: Vec<SourceSet>,
-    by_phone: HashMap<PhoneKey, Arc<Entry>, PhoneKeyHashing>,
-    /// Sorted by id; a sorted vector costs 8 bytes a record, a map several times that.
-    by_id: Vec<Arc<Entry>>,
-    /// Records with an INN, sorted by it (INNs repeat: branches share one).
-    by_inn: Vec<Arc<Entry>>,
+    /// The answering copy of each id.
+    by_id: Shards<ById>,
+    /// Each answering copy under each of its phones, best first.
+    by_phone: Shards<OnPhone>,
+    /// Each answering copy with an INN, under it.
+    by_inn: Shards<ByInn>,
+    /// Distinct phones in `by_phone`.
+    phones: usize,
+    /// Phones that more than one answering copy lists.
     ambiguous_phones: usize,
+}
+
+/// Whether copy `a` answers rather than copy `b` of the same id.
+fn answers_over(a: &Entry, b: &Entry) -> bool {
+    (a.stamp, &*a.source) > (b.stamp, &*b.source)
 }
 
 impl Index {
     pub(super) fn empty() -> Index {
         Index {
             loaded: false,
-            tombstones: Arc::default(),
+            tombstones: Shards::new(),
             sources: Vec::new(),
-            by_phone: HashMap::default(),
-            by_id: Vec::new(),
-            by_inn: Vec::new(),
+            by_id: Shards::new(),
+            by_phone: Shards::new(),
+            by_inn: Shards::new(),
+            phones: 0,
             ambiguous_phones: 0,
         }
     }
@@ -78,32 +107,19 @@ impl Index {
 
     /// True when `tombstone` is in force here.
     pub fn holds_tombstone(&self, tombstone: &Tombstone) -> bool {
-        self.tombstones.get(&tombstone.id).is_some_and(|copies| {
-            copies
-                .iter()
-                .any(|(s, c)| *s == tombstone.source && *c == tombstone.content)
-        })
+        tombstones_of(&self.tombstones, &tombstone.id).contains(tombstone)
     }
 
     /// Every tombstone in force.
     pub fn tombstones(&self) -> Vec<Tombstone> {
-        self.tombstones
-            .iter()
-            .flat_map(|(id, copies)| {
-                copies.iter().map(|(source, content)| Tombstone {
-                    id: id.clone(),
-                    source: source.clone(),
-                    content: *content,
-                })
-            })
-            .collect()
+        self.tombstones.iter().cloned().collect()
     }
 
-    /// Each source's copy of `id` (hidden ones included), oldest source first.
+    /// Each source's copy of `id` (hidden ones included).
     pub fn copies(&self, id: &str) -> Vec<Arc<Entry>> {
         self.sources
             .iter()
-            .filter_map(|s| s.entries.iter().find(|e| &*e.id == id).cloned())
+            .filter_map(|s| by_id(&s.entries, id).cloned())
             .collect()
     }
 
@@ -113,11 +129,11 @@ impl Index {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.by_id.len() == 0
     }
 
     pub fn phone_count(&self) -> usize {
-        self.by_phone.len()
+        self.phones
     }
 
     pub fn ambiguous_phones(&self) -> usize {
@@ -130,39 +146,37 @@ impl Index {
 
     /// What the directory knows about one source's set, if it has one.
     pub fn source(&self, name: &str) -> Option<&SourceInfo> {
-        self.sources
-            .iter()
-            .find(|s| &*s.info.name == name)
-            .map(|s| &s.info)
+        self.set(name).map(|s| &s.info)
     }
 
-    /// All records of one source, as last loaded.
+    fn set(&self, name: &str) -> Option<&SourceSet> {
+        self.sources.iter().find(|s| &*s.info.name == name)
+    }
+
+    /// All records of one source, as last loaded (collected: O(records),
+    /// for readers of a whole set such as the snapshot's save).
     pub fn source_records(&self, source: &str) -> Option<Arc<[Arc<Entry>]>> {
-        self.sources
-            .iter()
-            .find(|s| &*s.info.name == source)
-            .map(|s| Arc::clone(&s.entries))
+        self.set(source)
+            .map(|s| s.entries.iter().map(|e| Arc::clone(&e.0)).collect())
     }
 
+    /// The answer for `phone`: of the answering copies that list it, the
+    /// first by the shared-phone rule.
     #[inline]
     pub fn by_phone(&self, phone: PhoneKey) -> Option<&Arc<Entry>> {
-        self.by_phone.get(&phone)
+        on_phone(&self.by_phone, phone).first().map(|p| &p.entry)
     }
 
     pub fn by_id(&self, id: &str) -> Option<&Arc<Entry>> {
-        self.by_id
-            .binary_search_by(|e| (*e.id).cmp(id))
-            .ok()
-            .map(|i| &self.by_id[i])
+        by_id(&self.by_id, id)
     }
 
-    pub fn by_inn(&self, inn: &str) -> &[Arc<Entry>] {
-        fn inn_of(e: &Arc<Entry>) -> &str {
-            e.inn.as_deref().unwrap_or_default()
-        }
-        let start = self.by_inn.partition_point(|e| inn_of(e) < inn);
-        let end = start + self.by_inn[start..].partition_point(|e| inn_of(e) == inn);
-        &self.by_inn[start..end]
+    /// The answering copies with this INN, by id.
+    pub fn by_inn(&self, inn: &str) -> Vec<Arc<Entry>> {
+        by_inn(&self.by_inn, inn)
+            .iter()
+            .map(|e| Arc::clone(&e.0))
+            .collect()
     }
 
     /// When each of `records` counts as received if `source` took it now:
@@ -176,24 +190,21 @@ impl Index {
         records: &[Counterparty],
         now: u64,
     ) -> Vec<u64> {
-        let previous = self.source_records(source);
-        let by_id = reusable_entries(previous.as_deref().unwrap_or_default());
+        let set = self.set(source).map(|s| &s.entries);
         records
             .iter()
-            .map(|r| match by_id.get(&*r.id) {
+            .map(|r| match set.and_then(|s| by_id(s, &r.id)) {
                 Some(old) if old.content == Prepared::new(r.clone()).content => old.stamp,
                 _ => now,
             })
             .collect()
     }
 
-    /// A new index: this one with `source`'s records replaced by `records`.
-    /// Records whose change marker (`data_version`) is that of their entry in
-    /// the current set keep that entry, and with it the time it was received.
-    // Internal: the directory's three replace entry points call it with
-    // their own mix of these.
+    /// `source`'s whole new set, built beside this index: records whose
+    /// content is that of their entry in the current set keep its receive
+    /// time, and with `reuse` and the same change marker the entry itself.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn with_source(
+    pub(super) fn prepare_set(
         &self,
         source: &str,
         records: Vec<Counterparty>,
@@ -202,48 +213,74 @@ impl Index {
         received: Option<Vec<Option<u64>>>,
         render: Renderer,
         reuse: bool,
-    ) -> (Index, ReplaceReport) {
+    ) -> NewSet {
         let name: Arc<str> = Arc::from(source);
-        let previous = self.source_records(source);
         let stamps = match received {
             Some(each) => Stamps::Each(each, unix_ms(loaded_at)),
             None => Stamps::All(unix_ms(loaded_at)),
         };
-        let built = build_entries(
-            records,
-            &name,
-            stamps,
-            render,
-            previous.as_deref().unwrap_or_default(),
-            reuse,
-        );
-        drop(previous);
-        let (tombstones, spent) = spend_tombstones(&self.tombstones, source, &built.entries);
-        let info = SourceInfo {
-            name: Arc::clone(&name),
-            records: built.entries.len(),
-            fingerprint,
-            loaded_at,
-        };
+        let empty = Shards::new();
+        let previous = self.set(source).map_or(&empty, |s| &s.entries);
+        let built = build_entries(records, &name, stamps, render, previous, reuse);
+        // One id twice in a set: the first record is the one kept.
+        let entries = Shards::build(built.entries.into_iter().map(ById));
+        NewSet {
+            info: SourceInfo {
+                name,
+                records: entries.len(),
+                fingerprint,
+                loaded_at,
+            },
+            entries,
+            unusable_phones: built.unusable_phones,
+            unchanged: built.unchanged,
+        }
+    }
+
+    /// A new index: this one with `set` in place of its source's set.
+    /// Costs the size of the set (to tell what changed) and then the size
+    /// of the change.
+    pub(super) fn with_set(&self, set: &NewSet) -> (Index, ReplaceReport) {
+        let name = &set.info.name;
+        let old = self.set(name).map(|s| &s.entries);
+        let mut touched: Vec<&str> = Vec::new();
+        for ById(entry) in set.entries.iter() {
+            let before = old.and_then(|o| by_id(o, &entry.id));
+            if !before.is_some_and(|b| Arc::ptr_eq(b, entry)) {
+                touched.push(&entry.id);
+            }
+        }
+        if let Some(old) = old {
+            for ById(entry) in old.iter() {
+                if by_id(&set.entries, &entry.id).is_none() {
+                    touched.push(&entry.id);
+                }
+            }
+        }
+        // A tombstone of this source is spent once its copy changed or is
+        // gone; a tombstone of a copy this source never had is spent too.
+        let mut tombstones = self.tombstones.edit();
+        let mut spent = Vec::new();
+        for t in self.tombstones.iter() {
+            if *t.source == **name && is_spent_by(t, by_id(&set.entries, &t.id).map(|e| &**e)) {
+                tombstones.remove(t);
+                spent.push(t.clone());
+                touched.push(&t.id);
+            }
+        }
         let sources = self.sources_with(SourceSet {
-            info,
-            entries: built.entries,
+            info: set.info.clone(),
+            entries: set.entries.clone(),
         });
-        let (index, mut report) = self.finish(
-            sources,
-            tombstones,
-            name,
-            built.unusable_phones,
-            built.unchanged,
-        );
-        report.spent_tombstones = spent;
+        let index = self.derive(sources, tombstones.finish(), &touched, true);
+        let report = index.report(name, set.unusable_phones, set.unchanged, spent);
         (index, report)
     }
 
     /// A new index: this one with `upserts` added to (or replacing records of
     /// the same id in) `source`'s set, the records with an id in `removals`
     /// taken out of that set, and `buried` added to the tombstones (hiding
-    /// other sources' copies of deleted ids).
+    /// other sources' copies of deleted ids). Costs the size of the change.
     pub(super) fn with_changes(
         &self,
         source: &str,
@@ -254,34 +291,50 @@ impl Index {
         render: Renderer,
     ) -> (Index, ReplaceReport) {
         let name: Arc<str> = Arc::from(source);
-        // One id twice in one change: the later record is the change.
-        let mut upserts = upserts;
-        let mut seen = HashSet::with_capacity(upserts.len());
-        upserts.reverse();
-        upserts.retain(|r| seen.insert(r.id.clone()));
-        upserts.reverse();
+        let empty = Shards::new();
+        let previous = self.set(source).map_or(&empty, |s| &s.entries);
         // Compared with the source's own copies: an upsert of unchanged
         // content keeps its receive time (see `build_entries`).
-        let previous = self.source_records(source);
         let built = build_entries(
             upserts,
             &name,
             Stamps::All(unix_ms(at)),
             render,
-            previous.as_deref().unwrap_or_default(),
+            previous,
             true,
         );
-        let replaced: HashSet<&str> = built.entries.iter().map(|e| &*e.id).collect();
-        let removed: HashSet<&str> = removals.iter().map(|id| &**id).collect();
-        let mut entries: Vec<Arc<Entry>> = previous
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .filter(|e| !removed.contains(&*e.id) && !replaced.contains(&*e.id))
-            .cloned()
-            .collect();
-        drop(previous);
-        entries.extend(built.entries.iter().cloned());
+        let mut entries = previous.edit();
+        let mut touched: Vec<&str> = Vec::new();
+        // In order: of one id twice in one change, the later record stays.
+        for entry in &built.entries {
+            let replaced = entries.insert(ById(Arc::clone(entry)));
+            if !replaced.is_some_and(|r| Arc::ptr_eq(&r.0, entry)) {
+                touched.push(&entry.id);
+            }
+        }
+        for id in removals {
+            if let Some(entry) = by_id(previous, id) {
+                entries.remove(&ById(Arc::clone(entry)));
+                touched.push(id);
+            }
+        }
+        let entries = entries.finish();
+        let mut tombstones = self.tombstones.edit();
+        let mut spent = Vec::new();
+        if self.tombstones.len() > 0 {
+            for id in &touched {
+                for t in tombstones_of(&self.tombstones, id) {
+                    if *t.source == *source && is_spent_by(t, by_id(&entries, id).map(|e| &**e)) {
+                        tombstones.remove(t);
+                        spent.push(t.clone());
+                    }
+                }
+            }
+        }
+        for t in buried {
+            tombstones.insert(t.clone());
+            touched.push(&t.id);
+        }
         let mut info = self.source(source).cloned().unwrap_or(SourceInfo {
             name: Arc::clone(&name),
             records: 0,
@@ -290,138 +343,259 @@ impl Index {
         });
         info.loaded_at = at;
         info.records = entries.len();
-        let sources = self.sources_with(SourceSet {
-            info,
-            entries: entries.into(),
-        });
-        let tombstones = if buried.is_empty() {
-            Arc::clone(&self.tombstones)
-        } else {
-            let mut more = (*self.tombstones).clone();
-            for t in buried {
-                let copies = more.entry(t.id.clone()).or_default();
-                copies.retain(|(s, _)| *s != t.source);
-                copies.push((t.source.clone(), t.content));
-            }
-            Arc::new(more)
-        };
-        self.finish(sources, tombstones, name, built.unusable_phones, 0)
-    }
-
-    /// This index's source sets (shared, not copied) with `set` in place of
-    /// the one of its name.
-    fn sources_with(&self, set: SourceSet) -> Vec<SourceSet> {
-        let mut sources: Vec<SourceSet> = self
-            .sources
-            .iter()
-            .filter(|s| s.info.name != set.info.name)
-            .map(SourceSet::share)
-            .collect();
-        sources.push(set);
-        sources
+        let sources = self.sources_with(SourceSet { info, entries });
+        let index = self.derive(sources, tombstones.finish(), &touched, true);
+        let report = index.report(&name, built.unusable_phones, 0, spent);
+        (index, report)
     }
 
     /// A new index: this one with `tombstones` in force instead of its own
     /// (the store's, at start-up, before any set is loaded).
     pub(super) fn with_tombstones(&self, tombstones: &[Tombstone]) -> Index {
-        let mut all = Tombstones::with_capacity(tombstones.len());
+        let mut edit = Shards::new().edit();
         for t in tombstones {
-            all.entry(t.id.clone())
-                .or_default()
-                .push((t.source.clone(), t.content));
+            edit.insert(t.clone());
         }
-        let sources = self.sources.iter().map(SourceSet::share).collect();
-        let mut index = Index::build(sources, Arc::new(all));
-        index.loaded = self.loaded;
+        let new = edit.finish();
+        let touched: Vec<&str> = self
+            .tombstones
+            .iter()
+            .chain(new.iter())
+            .map(|t| &*t.id)
+            .collect();
+        self.derive(self.sources.clone(), new.clone(), &touched, self.loaded)
+    }
+
+    /// This index's source sets (shared, not copied) with `set` in place of
+    /// the one of its name.
+    fn sources_with(&self, set: SourceSet) -> Vec<SourceSet> {
+        let mut sources = self.sources.clone();
+        match sources.iter_mut().find(|s| s.info.name == set.info.name) {
+            Some(slot) => *slot = set,
+            None => sources.push(set),
+        }
+        sources
+    }
+
+    fn report(
+        &self,
+        name: &Arc<str>,
+        unusable_phones: usize,
+        unchanged: usize,
+        spent_tombstones: Vec<Tombstone>,
+    ) -> ReplaceReport {
+        ReplaceReport {
+            source: Arc::clone(name),
+            records: self.source(name).map_or(0, |s| s.records),
+            total_records: self.len(),
+            phones: self.phones,
+            ambiguous_phones: self.ambiguous_phones,
+            unusable_phones,
+            unchanged,
+            spent_tombstones,
+        }
+    }
+
+    /// The index of `sources` under `tombstones`, where only the ids in
+    /// `touched` may answer differently from this one.
+    fn derive(
+        &self,
+        sources: Vec<SourceSet>,
+        tombstones: Tombstones,
+        touched: &[&str],
+        loaded: bool,
+    ) -> Index {
+        let total: usize = sources.iter().map(|s| s.entries.len()).sum();
+        let mut index = if touched.len() >= BULK_MIN && touched.len() * BULK_SHARE > total {
+            Index::build(sources, tombstones)
+        } else {
+            self.update(sources, tombstones, touched)
+        };
+        index.loaded = loaded;
         index
     }
 
-    fn finish(
-        &self,
-        mut sources: Vec<SourceSet>,
-        tombstones: Arc<Tombstones>,
-        name: Arc<str>,
-        unusable_phones: usize,
-        unchanged: usize,
-    ) -> (Index, ReplaceReport) {
-        sources.sort_by_key(|s| s.info.loaded_at);
-        let index = Index::build(sources, tombstones);
-        let report = ReplaceReport {
-            records: index.source_records(&name).map_or(0, |e| e.len()),
-            source: name,
-            total_records: index.len(),
-            phones: index.phone_count(),
-            ambiguous_phones: index.ambiguous_phones,
-            unusable_phones,
-            unchanged,
-            spent_tombstones: Vec::new(),
+    /// [`Index::derive`] id by id: each touched id's answer is chosen
+    /// again, and where it moved the old answer leaves the maps and the new
+    /// one enters them.
+    fn update(&self, sources: Vec<SourceSet>, tombstones: Tombstones, touched: &[&str]) -> Index {
+        let mut answers = Answers {
+            by_id: self.by_id.edit(),
+            by_phone: self.by_phone.edit(),
+            by_inn: self.by_inn.edit(),
+            phones: self.phones,
+            ambiguous_phones: self.ambiguous_phones,
         };
-        (index, report)
-    }
-
-    fn build(sources: Vec<SourceSet>, tombstones: Arc<Tombstones>) -> Index {
-        // When sources share an id, the most recently received version
-        // answers; between equal stamps, the source loaded last. Walking the
-        // newest source first makes that the first copy seen. Deleted copies
-        // (under a tombstone) take no part.
-        let capacity: usize = sources.iter().map(|s| s.entries.len()).sum();
-        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(capacity);
-        let mut by_id: Vec<Arc<Entry>> = Vec::with_capacity(capacity);
-        for set in sources.iter().rev() {
-            for entry in set.entries.iter() {
-                if !tombstones.is_empty() && is_hidden(&tombstones, entry) {
-                    continue;
-                }
-                match seen.entry(&entry.id) {
-                    std::collections::hash_map::Entry::Vacant(slot) => {
-                        slot.insert(by_id.len());
-                        by_id.push(Arc::clone(entry));
-                    }
-                    std::collections::hash_map::Entry::Occupied(slot) => {
-                        let kept = &mut by_id[*slot.get()];
-                        if entry.stamp > kept.stamp {
-                            *kept = Arc::clone(entry);
-                        }
-                    }
-                }
+        for id in touched {
+            let now = answer_for(&sources, &tombstones, id);
+            let leaf = answers.by_id.leaf(hash_str(id));
+            let before = leaf
+                .binary_search_by(|e| (*e.0.id).cmp(id))
+                .ok()
+                .map(|i| Arc::clone(&leaf[i].0));
+            match (&before, &now) {
+                (Some(b), Some(n)) if Arc::ptr_eq(b, n) => continue,
+                (None, None) => continue,
+                _ => {}
+            }
+            if let Some(before) = before {
+                answers.remove(&before);
+            }
+            if let Some(now) = now {
+                answers.add(now);
             }
         }
-        drop(seen);
-        by_id.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-
-        let phone_count: usize = by_id.iter().map(|e| e.phones.len()).sum();
-        let mut by_phone: HashMap<PhoneKey, Arc<Entry>, PhoneKeyHashing> =
-            HashMap::with_capacity_and_hasher(phone_count, PhoneKeyHashing::default());
-        let mut ambiguous: HashSet<PhoneKey> = HashSet::new();
-        for entry in &by_id {
-            for &phone in entry.phones.iter() {
-                match by_phone.entry(phone) {
-                    std::collections::hash_map::Entry::Vacant(slot) => {
-                        slot.insert(Arc::clone(entry));
-                    }
-                    std::collections::hash_map::Entry::Occupied(mut slot) => {
-                        ambiguous.insert(phone);
-                        if entry.wins_phone_over(slot.get(), phone) {
-                            slot.insert(Arc::clone(entry));
-                        }
-                    }
-                }
-            }
-        }
-        by_phone.shrink_to_fit();
-
-        let mut by_inn: Vec<Arc<Entry>> =
-            by_id.iter().filter(|e| e.inn.is_some()).cloned().collect();
-        by_inn.sort_by(|a, b| a.inn.cmp(&b.inn));
-
         Index {
             loaded: true,
             tombstones,
             sources,
-            by_phone,
+            by_id: answers.by_id.finish(),
+            by_phone: answers.by_phone.finish(),
+            by_inn: answers.by_inn.finish(),
+            phones: answers.phones,
+            ambiguous_phones: answers.ambiguous_phones,
+        }
+    }
+
+    /// [`Index::derive`] in one pass over every source's set.
+    fn build(sources: Vec<SourceSet>, tombstones: Tombstones) -> Index {
+        let capacity: usize = sources.iter().map(|s| s.entries.len()).sum();
+        let mut answering: HashMap<&str, &Arc<Entry>> = HashMap::with_capacity(capacity);
+        for set in &sources {
+            for ById(entry) in set.entries.iter() {
+                if is_hidden(&tombstones, entry) {
+                    continue;
+                }
+                answering
+                    .entry(&entry.id)
+                    .and_modify(|kept| {
+                        if answers_over(entry, kept) {
+                            *kept = entry;
+                        }
+                    })
+                    .or_insert(entry);
+            }
+        }
+        let by_id = Shards::build(answering.values().map(|e| ById(Arc::clone(e))));
+        drop(answering);
+        let by_phone = Shards::build(by_id.iter().flat_map(|ById(e)| {
+            e.phones.iter().map(|&phone| OnPhone {
+                phone,
+                entry: Arc::clone(e),
+            })
+        }));
+        let by_inn = Shards::build(
+            by_id
+                .iter()
+                .filter(|e| e.0.inn.is_some())
+                .map(|e| ByInn(Arc::clone(&e.0))),
+        );
+        // A phone's items sit side by side in one leaf.
+        let (mut phones, mut ambiguous_phones) = (0, 0);
+        let mut last: Option<(PhoneKey, usize)> = None;
+        for item in by_phone.iter() {
+            last = match last {
+                Some((phone, n)) if phone == item.phone => {
+                    if n == 1 {
+                        ambiguous_phones += 1;
+                    }
+                    Some((phone, n + 1))
+                }
+                _ => {
+                    phones += 1;
+                    Some((item.phone, 1))
+                }
+            };
+        }
+        Index {
+            loaded: true,
+            tombstones,
+            sources,
             by_id,
+            by_phone,
             by_inn,
-            ambiguous_phones: ambiguous.len(),
+            phones,
+            ambiguous_phones,
         }
     }
 }
+
+/// The copy of `id` that answers: see [`Index`].
+fn answer_for(sources: &[SourceSet], tombstones: &Tombstones, id: &str) -> Option<Arc<Entry>> {
+    sources
+        .iter()
+        .filter_map(|s| by_id(&s.entries, id))
+        .filter(|e| !is_hidden(tombstones, e))
+        .fold(None, |best: Option<&Arc<Entry>>, e| match best {
+            Some(b) if !answers_over(e, b) => Some(b),
+            _ => Some(e),
+        })
+        .cloned()
+}
+
+/// The maps of answering copies, being edited.
+struct Answers {
+    by_id: Edit<ById>,
+    by_phone: Edit<OnPhone>,
+    by_inn: Edit<ByInn>,
+    phones: usize,
+    ambiguous_phones: usize,
+}
+
+impl Answers {
+    fn add(&mut self, entry: Arc<Entry>) {
+        for &phone in entry.phones.iter() {
+            let item = OnPhone {
+                phone,
+                entry: Arc::clone(&entry),
+            };
+            let listed = self.by_phone.change_leaf(item.shard_hash(), |items| {
+                let start = items.partition_point(|p| p.phone < phone);
+                let listed = items[start..].partition_point(|p| p.phone == phone);
+                let at = start
+                    + items[start..start + listed].partition_point(|p| p.order(&item).is_lt());
+                items.insert(at, item);
+                listed
+            });
+            match listed {
+                0 => self.phones += 1,
+                1 => self.ambiguous_phones += 1,
+                _ => {}
+            }
+        }
+        if entry.inn.is_some() {
+            self.by_inn.insert(ByInn(Arc::clone(&entry)));
+        }
+        self.by_id.insert(ById(entry));
+    }
+
+    fn remove(&mut self, entry: &Arc<Entry>) {
+        for &phone in entry.phones.iter() {
+            let item = OnPhone {
+                phone,
+                entry: Arc::clone(entry),
+            };
+            let left = self.by_phone.change_leaf(item.shard_hash(), |items| {
+                if let Some(i) = items
+                    .iter()
+                    .position(|p| p.phone == phone && p.entry.id == entry.id)
+                {
+                    items.remove(i);
+                }
+                items.iter().filter(|p| p.phone == phone).count()
+            });
+            match left {
+                0 => self.phones -= 1,
+                1 => self.ambiguous_phones -= 1,
+                _ => {}
+            }
+        }
+        if entry.inn.is_some() {
+            self.by_inn.remove(&ByInn(Arc::clone(entry)));
+        }
+        self.by_id.remove(&ById(Arc::clone(entry)));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,10 +1,19 @@
 //! The directory: every counterparty the gateway knows, indexed for the ring.
 //!
-//! Sources (the JSON Lines file, 1C, the push API, the snapshot at start-up)
-//! hand whole record sets to [`Directory::replace_source`]; the directory
-//! builds a new [`Index`] beside the one readers use and swaps it in one step
-//! (`arc-swap`), so a reader sees either the old directory or the new one,
-//! never half of each. Lookups take no lock and allocate nothing.
+//! Sources hand the directory either a whole record set
+//! ([`Directory::replace_source`]: the JSON Lines file, a 1C full read, the
+//! snapshot at start-up) or a change ([`Directory::apply_changes`]: the push
+//! API). Either way a new [`Index`] is made beside the one readers use and
+//! swapped in one step (`arc-swap`), so a reader sees either the old
+//! directory or the new one, never half of each. Lookups take no lock and
+//! allocate nothing.
+//!
+//! A change costs its size, not the directory's: the index's maps share all
+//! they can with the previous index ([`shards`]), and only the ids a change
+//! touched are looked at again ([`index`]). A whole set is built outside any
+//! lock, on the caller's thread (the lowest-priority one for a 1C read), and
+//! put in with a compare-and-swap; writers of changes take the writer lock,
+//! which a lowest-priority thread never holds (see [`Directory::replace_source`]).
 //!
 //! The directory never calls out: it knows no source, no store, no network.
 //! The SayName answer for each record is rendered once, when the record is
@@ -14,7 +23,9 @@
 mod build;
 mod entry;
 mod index;
+mod keys;
 pub mod model;
+mod shards;
 mod tombstone;
 
 use std::sync::{Arc, Mutex};
@@ -54,11 +65,16 @@ pub struct ReplaceReport {
     pub spent_tombstones: Vec<Tombstone>,
 }
 
+/// Tries a whole-set replacement makes without the writer lock.
+const OPTIMISTIC_TRIES: usize = 3;
+
 pub struct Directory {
     current: ArcSwap<Index>,
     render: Renderer,
-    /// Serializes writers: two sources replacing at once must not each build
-    /// from the same old index and lose the other's change.
+    /// Serializes writers of changes: two changes must not each start from
+    /// the same old index and lose the other. Never held by a
+    /// lowest-priority thread but in [`Directory::replace_source`]'s last
+    /// resort, so normal-priority writers do not wait on one.
     writer: Mutex<()>,
     /// Tombstones spent by a source's new set, for the store to forget
     /// (a store write is not the directory's to make).
@@ -97,9 +113,7 @@ impl Directory {
 
     /// Puts the store's tombstones in force: call it before any set is loaded.
     pub fn set_tombstones(&self, tombstones: &[Tombstone]) {
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let index = self.current.load().with_tombstones(tombstones);
-        self.current.store(Arc::new(index));
+        self.write(|base| (base.with_tombstones(tombstones), ()));
     }
 
     /// The tombstones a delete of `id` leaves: one for each copy of it that
@@ -185,7 +199,7 @@ impl Directory {
     }
 
     pub fn lookup_inn(&self, inn: &str) -> Vec<Arc<Entry>> {
-        self.current.load().by_inn(inn).to_vec()
+        self.current.load().by_inn(inn)
     }
 
     /// The whole current index, for readers that need a consistent view.
@@ -255,9 +269,9 @@ impl Directory {
         received: Option<Vec<Option<u64>>>,
         reuse: bool,
     ) -> ReplaceReport {
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.current.load_full();
-        let (index, report) = old.with_source(
+        // The costly part (every record prepared and rendered, the set's map
+        // built) needs no lock: the caller may be the lowest-priority thread.
+        let set = self.current.load().prepare_set(
             source,
             records,
             fingerprint,
@@ -266,7 +280,28 @@ impl Directory {
             self.render,
             reuse,
         );
-        self.current.store(Arc::new(index));
+        // Then the set goes in without the writer lock: a writer that
+        // swapped meanwhile makes this try again on its index.
+        for _ in 0..OPTIMISTIC_TRIES {
+            let base = self.current.load_full();
+            let (index, report) = base.with_set(&set);
+            if self.swap(&base, index) {
+                return self.replaced(report);
+            }
+        }
+        // Writes kept winning (a stream of pushes during a read that changed
+        // most of a large set): take the lock, at last, and say so.
+        tracing::warn!(
+            source,
+            tries = OPTIMISTIC_TRIES,
+            "directory: a whole-set replacement kept losing to concurrent changes; changes now wait for it"
+        );
+        let report = self.write(|base| base.with_set(&set));
+        self.replaced(report)
+    }
+
+    /// What follows a replacement: metrics, spent tombstones handed over.
+    fn replaced(&self, report: ReplaceReport) -> ReplaceReport {
         self.count_unusable(&report);
         if !report.spent_tombstones.is_empty() {
             self.spent
@@ -278,12 +313,31 @@ impl Directory {
         report
     }
 
+    /// Swaps `index` in if the current index is still `base`.
+    fn swap(&self, base: &Arc<Index>, index: Index) -> bool {
+        let previous = self.current.compare_and_swap(base, Arc::new(index));
+        Arc::ptr_eq(&previous, base)
+    }
+
+    /// Makes the next index from the current one under the writer lock.
+    /// Only a whole-set replacement, which takes no lock, can swap in
+    /// between; then the change is made again on its index.
+    fn write<R>(&self, change: impl Fn(&Index) -> (Index, R)) -> R {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let base = self.current.load_full();
+            let (index, report) = change(&base);
+            if self.swap(&base, index) {
+                return report;
+            }
+        }
+    }
+
     /// Upserts `records` into `source`'s set (a record replaces the one of
     /// the same id there), takes the records whose id is in `removals` out
     /// of that set, and puts `buried` in force (other sources' copies of
-    /// deleted ids, hidden while their content is the deleted one). Rebuilds
-    /// the index like [`Directory::replace_source`] (unchanged entries are
-    /// shared, not rebuilt): call it from a blocking task.
+    /// deleted ids, hidden while their content is the deleted one). Costs
+    /// the size of the change, not of the directory.
     pub fn apply_changes(
         &self,
         source: &str,
@@ -292,12 +346,10 @@ impl Directory {
         buried: &[Tombstone],
         at: SystemTime,
     ) -> ReplaceReport {
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.current.load_full();
-        let (index, report) = old.with_changes(source, records, removals, buried, at, self.render);
-        self.current.store(Arc::new(index));
-        self.count_unusable(&report);
-        report
+        let report = self.write(|base| {
+            base.with_changes(source, records.clone(), removals, buried, at, self.render)
+        });
+        self.replaced(report)
     }
 
     /// When each of `records` counts as received if `source` took them at

@@ -186,7 +186,7 @@ impl PushSource {
             let index = self.directory.snapshot();
             return Ok(PushReport {
                 upserted: 0,
-                records: index.source_records(SOURCE).map_or(0, |r| r.len()),
+                records: index.source(SOURCE).map_or(0, |s| s.records),
                 counterparties: index.len(),
             });
         }
