@@ -19,9 +19,11 @@
 //! are numbers that no record has.
 //!
 //! Every phone number is distinct: phone slot `k` maps to a ten-digit national
-//! number through a bijection of `0..10^9`, so the unknown numbers are simply
-//! slots past the last one used. The output depends only on the flags (and on
-//! the `rand` version: `StdRng` is reproducible within one).
+//! number through a bijection of `0..10^9` (`bench/phone_slots.rs`), so the
+//! unknown numbers are simply slots past the last one used (below the slots
+//! left to `bench/push_load.rs`, whose pushed phones are thus new numbers). The
+//! output depends only on the flags (and on the `rand` version: `StdRng` is
+//! reproducible within one).
 //!
 //! Only std, serde_json (string escaping) and rand: this builds as an example
 //! of the crate with its dev-dependencies.
@@ -35,6 +37,11 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
+
+#[allow(dead_code)] // push_load uses the rest
+#[path = "phone_slots.rs"]
+mod phone_slots;
+use phone_slots::{national, FRESH_BASE, MAX_USED};
 
 struct Args {
     count: u64,
@@ -93,7 +100,7 @@ fn parse_args() -> Args {
         exit(2);
     }
     // Up to 3 phones per record, and the unknown numbers need room past them.
-    if count > 300_000_000 {
+    if count > MAX_USED / 3 {
         eprintln!("--count above 300000000 would run out of distinct phone numbers");
         exit(2);
     }
@@ -108,30 +115,6 @@ fn parse_args() -> Args {
 }
 
 // ---------------------------------------------------------------- phones
-
-/// Size of the space a national number's last nine digits come from.
-const SPACE: u64 = 1_000_000_000;
-/// Multiplier of the slot bijection: coprime to 10, so `k -> A*k + B mod 10^9`
-/// is a permutation and distinct slots give distinct numbers.
-const A: u64 = 387_420_489; // 3^18
-
-/// The ten-digit national number of phone slot `k`: the first digit picks a
-/// kind (mostly mobile 9xx, some city numbers 3xx/4xx/8xx), the other nine
-/// come from the bijection. Distinct `k` differ in the last nine digits.
-fn national(k: u64, b: u64) -> u64 {
-    let v = (A % SPACE * (k % SPACE) + b) % SPACE;
-    const FIRST: [u64; 8] = [9, 9, 9, 9, 9, 4, 3, 8];
-    // Mix k so the kind does not follow the slot order.
-    let h = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 61;
-    let mut first = FIRST[h as usize];
-    // Only the first digit may change here (v alone keeps numbers distinct):
-    // 40x is unused and 80x is toll-free or unused, so those become mobiles.
-    let second = v / 100_000_000;
-    if (first == 4 && second == 0) || (first == 8 && !(1..=6).contains(&second)) {
-        first = 9;
-    }
-    first * SPACE + v
-}
 
 /// Writes a national number the way a person may have typed it into 1C.
 fn human_phone(n: u64, style: u32, out: &mut String) {
@@ -466,7 +449,7 @@ fn main() -> io::Result<()> {
     let args = parse_args();
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let b: u64 = rng.random_range(0..SPACE);
+    let b = phone_slots::draw_offset(&mut rng);
 
     let mut out = BufWriter::with_capacity(1 << 20, File::create(&args.out)?);
     // First phone slot of record i is starts[i]; its phones are starts[i]..starts[i+1].
@@ -577,7 +560,7 @@ fn main() -> io::Result<()> {
                 q.random_range(u64::from(starts[r])..u64::from(starts[r + 1]))
             } else {
                 unknown += 1;
-                q.random_range(used..SPACE)
+                q.random_range(used..FRESH_BASE)
             };
             let n = national(k, b);
             if q.random_bool(0.8) {

@@ -1,8 +1,9 @@
-# Shared by the benchmark scripts (bench/run.sh, bench/onec.sh, bench/popup.sh):
-# logging, clean-up of what a script started, clocks, steal time, the
-# background-work control (busy_control), and SayName over HTTP and wrk.
-# Source it after REPO is set; it uses the caller's PORT, SOAP_PATH,
-# THREADS and CONNS when the functions that need them are called.
+# Shared by the benchmark scripts (bench/run.sh, bench/onec.sh, bench/popup.sh,
+# bench/push.sh...): logging, clean-up of what a script started, clocks, CPU
+# and steal time, the background-work control (busy_control), the gateway's
+# config, start, readiness and stop, and SayName over HTTP and wrk.
+# Source it after REPO is set; it uses the caller's PORT, SOAP_PATH, GATEWAY, GEN,
+# READY_TIMEOUT, THREADS and CONNS when the functions that need them are called.
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -39,6 +40,62 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# cpu_ticks PID: utime+stime of the whole process (all threads), in clock ticks.
+cpu_ticks() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  stat=${stat##*) }  # the fields after "(comm) "; field 1 here is the state
+  awk '{print $12 + $13}' <<<"$stat"
+}
+
+# wait_idle PID [MAX_S]: until the process uses at most 2 ticks of CPU in 1 s
+# (the background work after a change, such as a snapshot save, has
+# finished), at most MAX_S [60] s. Prints its ticks then.
+wait_idle() {
+  local pid=$1 last cur
+  last=$(cpu_ticks "$pid")
+  for _ in $(seq 1 "${2:-60}"); do
+    sleep 1
+    cur=$(cpu_ticks "$pid")
+    (( cur - last <= 2 )) && break
+    last=$cur
+  done
+  cpu_ticks "$pid"
+}
+
+# wait_http URL PID TIMEOUT_S: until URL answers 200; fails if PID dies.
+wait_http() {
+  local url=$1 pid=$2 timeout=$3 code deadline
+  deadline=$(( $(date +%s) + timeout ))
+  while (( $(date +%s) < deadline )); do
+    kill -0 "$pid" 2>/dev/null || return 2
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)
+    [[ $code == 200 ]] && return 0
+    sleep 0.02
+  done
+  return 1
+}
+
+# stop_pid PID: SIGTERM, wait up to 30 s, then SIGKILL. Prints ms to exit.
+stop_pid() {
+  local pid=$1 t0
+  t0=$(now_ns)
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "pid $pid ignored SIGTERM for 30 s: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+  ms_since "$t0"
+}
+
+# median of the arguments ("-" when none), two decimals.
+median() {
+  (( $# > 0 )) || { echo -; return; }
+  printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+
 # steal_ticks: CPU time the hypervisor stole from this VM so far, all CPUs,
 # in clock ticks (the 8th number of /proc/stat's cpu line).
 steal_ticks() { awk '/^cpu / {print $9; exit}' /proc/stat; }
@@ -72,6 +129,66 @@ start_busy_control() {
   PIDS+=("$BUSY_PID")
 }
 
+# ------------------------------------------------------------ the gateway
+# write_gateway_config [LEVEL [EXTRA]]: $TMP/gateway.toml for a gateway on
+# 127.0.0.1:$PORT, SOAP at $SOAP_PATH (SOAP / 123), the file source
+# $TMP/counterparties.jsonl, the store $TMP/store.sqlite, log level LEVEL
+# [warn] (a tracing filter: "warn,cti_gateway::sources::push=info"), then
+# EXTRA (more TOML sections, such as "[api]...") as it is.
+write_gateway_config() {
+  cat >"$TMP/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PORT"
+
+[soap]
+path = "$SOAP_PATH"
+username = "SOAP"
+password = "123"
+
+[directory]
+file = "$TMP/counterparties.jsonl"
+
+[store]
+path = "$TMP/store.sqlite"
+
+[log]
+level = "${1:-warn}"
+${2:-}
+EOF
+  chmod 600 "$TMP/gateway.toml" # the gateway warns about a password in a world-readable file
+}
+
+# generate_counterparties COUNT QUERIES SEED: $GEN (bench/gen_counterparties.rs)
+# writes COUNT records to $TMP/counterparties.jsonl and QUERIES caller numbers
+# (~90% of them known) to $TMP/numbers.txt.
+generate_counterparties() {
+  "$GEN" --count "$1" --out "$TMP/counterparties.jsonl" --numbers "$TMP/numbers.txt" \
+    --queries "$2" --seed "$3" >&2 || die "gen_counterparties failed"
+}
+
+# start_gateway LOGNAME: starts $GATEWAY with $TMP/gateway.toml in the
+# background, its output in $TMP/LOGNAME.log; sets GW_PID (added to PIDS)
+# and GW_T0.
+start_gateway() {
+  port_free "$PORT" || die "127.0.0.1:$PORT is already in use (set BENCH_PORT)"
+  GW_T0=$(now_ns)
+  "$GATEWAY" serve --config "$TMP/gateway.toml" >"$TMP/$1.log" 2>&1 &
+  GW_PID=$!
+  PIDS+=("$GW_PID")
+}
+
+# ready_or_die LOGNAME: waits (READY_TIMEOUT s) for /readyz, prints ms from
+# process start.
+ready_or_die() {
+  local rc=0
+  wait_http "http://127.0.0.1:$PORT/readyz" "$GW_PID" "$READY_TIMEOUT" || rc=$?
+  case $rc in
+    0) ms_since "$GW_T0" ;;
+    2) die "gateway exited before /readyz: $(tail -20 "$TMP/$1.log")" ;;
+    *) die "gateway not ready after ${READY_TIMEOUT}s: $(tail -20 "$TMP/$1.log")" ;;
+  esac
+}
+
 # ------------------------------------------------------------ SayName
 envelope() {
   cat <<EOF
@@ -91,6 +208,15 @@ say_name() {
   envelope "$1" | curl -s -o "$2" -w '%{http_code} %{size_download}' --max-time 5 \
     -X POST -H 'Content-Type: text/xml' -u SOAP:123 --data-binary @- \
     "http://127.0.0.1:$PORT$SOAP_PATH" || echo "000 0"
+}
+
+# need_wrk: installs wrk (apt-get) when it is missing; dies without it.
+need_wrk() {
+  command -v wrk >/dev/null 2>&1 && return 0
+  log "wrk not found: apt-get install -y wrk"
+  if [[ $(id -u) == 0 ]]; then apt-get install -y wrk >&2 || { apt-get update >&2 && apt-get install -y wrk >&2; }
+  else sudo apt-get install -y wrk >&2; fi
+  command -v wrk >/dev/null 2>&1 || die "wrk is required"
 }
 
 # wrk duration (20, 20s, 2m) in seconds, for the outer timeout.

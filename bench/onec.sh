@@ -96,13 +96,6 @@ source "$REPO/bench/lib.sh"
 
 # ------------------------------------------------------------ helpers
 
-# cpu_ticks PID: utime+stime of the whole process (all threads), in clock ticks.
-cpu_ticks() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-  stat=${stat##*) }  # the fields after "(comm) "; field 1 here is the state
-  awk '{print $12 + $13}' <<<"$stat"
-}
 # thread_ticks PID: "NAME TICKS" per thread name (threads of one name summed).
 thread_ticks() {
   local f stat comm
@@ -204,20 +197,6 @@ hup_and_wait() {
   wait_line "$TMP/gateway.log" "$at" 'counterparties read from 1C|reading 1C failed' "$READ_TIMEOUT"
 }
 
-# wait_idle PID: until the process uses at most 2 ticks of CPU in 1 s (the
-# snapshot save after a read has finished), at most 60 s. Prints its ticks then.
-wait_idle() {
-  local pid=$1 last cur
-  last=$(cpu_ticks "$pid")
-  for _ in $(seq 1 60); do
-    sleep 1
-    cur=$(cpu_ticks "$pid")
-    (( cur - last <= 2 )) && break
-    last=$cur
-  done
-  cpu_ticks "$pid"
-}
-
 # gateway_sum: cti_onec_refresh_seconds_sum (0 if absent).
 gateway_sum() { local v; v=$(metric cti_onec_refresh_seconds_sum); echo "${v:-0}"; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
@@ -292,12 +271,7 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
 fi
 for b in "$GATEWAY" "$MOCK"; do [[ -x $b ]] || die "missing $b (build failed?)"; done
 
-if ! command -v wrk >/dev/null 2>&1; then
-  log "wrk not found: apt-get install -y wrk"
-  if [[ $(id -u) == 0 ]]; then apt-get install -y wrk >&2 || { apt-get update >&2 && apt-get install -y wrk >&2; }
-  else sudo apt-get install -y wrk >&2; fi
-  command -v wrk >/dev/null 2>&1 || die "wrk is required"
-fi
+need_wrk
 command -v curl >/dev/null 2>&1 || die "curl is required"
 port_free "$PORT" || die "127.0.0.1:$PORT is already in use (set BENCH_PORT)"
 
@@ -494,7 +468,7 @@ for (( round = 1; round <= ROUNDS * 3 && ${#RATIOS[@]} < ROUNDS; round++ )); do
   log "round $round: p99 busy/idle $r; $E_READS reads completed in the busy run (reading ~$E_BUSY% of it)"
 done
 (( ${#RATIOS[@]} > 0 )) || die "every round had more than $STEAL_MAX s of steal time: the machine is too noisy to measure p99 now"
-RATIO=$(printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{v[NR] = $1} END { print (NR % 2 ? v[(NR + 1) / 2] : sprintf("%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2)) }')
+RATIO=$(median "${RATIOS[@]}")
 
 GW_RSS=$(rss_kb "$GW_PID"); GW_HWM=$(hwm_kb "$GW_PID")
 READS_LOG=$(grep -c 'counterparties read from 1C' "$TMP/gateway.log" || true)

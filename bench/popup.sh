@@ -201,11 +201,6 @@ run_one() {
 
 # ------------------------------------------------------------ arithmetic
 calc() { awk "BEGIN {printf \"%.2f\", $1}"; }
-# median of the arguments ("-" when none).
-median() {
-  (( $# > 0 )) || { echo -; return; }
-  printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
-}
 le() { awk "BEGIN {exit !($1 <= $2)}"; }
 clean() {
   local r=$1 k

@@ -63,81 +63,6 @@ source "$REPO/bench/lib.sh"
 
 # ------------------------------------------------------------ helpers
 
-# wait_http URL PID TIMEOUT_S: until URL answers 200; fails if PID dies.
-wait_http() {
-  local url=$1 pid=$2 timeout=$3 code deadline
-  deadline=$(( $(date +%s) + timeout ))
-  while (( $(date +%s) < deadline )); do
-    kill -0 "$pid" 2>/dev/null || return 2
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)
-    [[ $code == 200 ]] && return 0
-    sleep 0.02
-  done
-  return 1
-}
-
-# stop_pid PID: SIGTERM, wait up to 30 s, then SIGKILL. Prints ms to exit.
-stop_pid() {
-  local pid=$1 t0
-  t0=$(now_ns)
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "pid $pid ignored SIGTERM for 30 s: SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-  ms_since "$t0"
-}
-
-
-
-
-
-
-
-write_config() {
-  cat >"$TMP/gateway.toml" <<EOF
-[server]
-listen = "127.0.0.1:$PORT"
-
-[soap]
-path = "$SOAP_PATH"
-username = "SOAP"
-password = "123"
-
-[directory]
-file = "$TMP/counterparties.jsonl"
-
-[store]
-path = "$TMP/store.sqlite"
-
-[log]
-level = "warn"
-EOF
-  chmod 600 "$TMP/gateway.toml" # the gateway warns about a password in a world-readable file
-}
-
-# start_gateway LOGNAME: starts it in the background, sets GW_PID and GW_T0.
-start_gateway() {
-  port_free "$PORT" || die "127.0.0.1:$PORT is already in use (set BENCH_PORT)"
-  GW_T0=$(now_ns)
-  "$GATEWAY" serve --config "$TMP/gateway.toml" >"$TMP/$1.log" 2>&1 &
-  GW_PID=$!
-  PIDS+=("$GW_PID")
-}
-
-# ready_or_die LOGNAME: waits for /readyz, prints ms from process start.
-ready_or_die() {
-  local rc=0
-  wait_http "http://127.0.0.1:$PORT/readyz" "$GW_PID" "$READY_TIMEOUT" || rc=$?
-  case $rc in
-    0) ms_since "$GW_T0" ;;
-    2) die "gateway exited before /readyz: $(tail -20 "$TMP/$1.log")" ;;
-    *) die "gateway not ready after ${READY_TIMEOUT}s: $(tail -20 "$TMP/$1.log")" ;;
-  esac
-}
-
 # Sizes of the store files (sqlite, -wal, -shm), in bytes.
 store_bytes() { du -cb "$TMP"/store.sqlite* 2>/dev/null | awk 'END {print $1+0}'; }
 
@@ -166,21 +91,15 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
 fi
 for b in "$GATEWAY" "$GEN" "$FLOOR"; do [[ -x $b ]] || die "missing $b (build failed?)"; done
 
-if ! command -v wrk >/dev/null 2>&1; then
-  log "wrk not found: apt-get install -y wrk"
-  if [[ $(id -u) == 0 ]]; then apt-get install -y wrk >&2 || { apt-get update >&2 && apt-get install -y wrk >&2; }
-  else sudo apt-get install -y wrk >&2; fi
-  command -v wrk >/dev/null 2>&1 || die "wrk is required"
-fi
+need_wrk
 command -v curl >/dev/null 2>&1 || die "curl is required"
 
 TMP=$(mktemp -d /tmp/cti-bench.XXXXXX)
 log "work dir $TMP"
 [[ $MODE == memory ]] && QUERIES=1000
-"$GEN" --count "$COUNT" --out "$TMP/counterparties.jsonl" --numbers "$TMP/numbers.txt" \
-  --queries "$QUERIES" --seed "$SEED" >&2
+generate_counterparties "$COUNT" "$QUERIES" "$SEED"
 JSONL_BYTES=$(stat -c %s "$TMP/counterparties.jsonl")
-write_config
+write_gateway_config
 
 CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 log "machine: $(nproc) CPUs ($CPU), $(awk '/MemTotal/ {printf "%.1f GB", $2/1048576}' /proc/meminfo); load average $(cut -d' ' -f1-3 /proc/loadavg)"
