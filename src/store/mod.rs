@@ -555,7 +555,7 @@ impl Store {
 
     /// Write transactions run so far (each group commit counts once).
     #[cfg(test)]
-    fn transactions(&self) -> u64 {
+    pub(crate) fn transactions(&self) -> u64 {
         self.inner.metrics.commit_seconds.get_sample_count()
     }
 }

@@ -88,6 +88,8 @@ pub struct PushSource {
     store: Store,
     /// Held from the store commit to the end of the directory apply.
     order: tokio::sync::Mutex<()>,
+    /// Upserts waiting for the next group commit.
+    queued: std::sync::Mutex<Vec<Queued>>,
     /// True once the store's snapshot is in the directory; see
     /// [`PushSource::snapshot_loaded`].
     ready: tokio::sync::watch::Sender<bool>,
@@ -117,6 +119,7 @@ impl PushSource {
             directory,
             store,
             order: tokio::sync::Mutex::new(()),
+            queued: std::sync::Mutex::new(Vec::new()),
             ready: tokio::sync::watch::Sender::new(false),
             upserted: records.with_label_values(&["upsert"]),
             deleted: records.with_label_values(&["delete"]),
@@ -178,55 +181,118 @@ impl PushSource {
             .unwrap_or_else(|e| Err(PushError::NotApplied(e.to_string())))
     }
 
+    /// Queues `records` and commits them, with every upsert queued
+    /// meanwhile, once this change's turn comes: concurrent pushes share
+    /// one store transaction and one directory change (group commit), and
+    /// each is answered when that is done.
     async fn upsert_now(&self, records: Vec<Counterparty>) -> Result<PushReport, PushError> {
-        let started = Instant::now();
         self.wait_ready().await?;
-        let _order = self.order.lock().await;
-        if records.is_empty() {
-            let index = self.directory.snapshot();
-            return Ok(PushReport {
-                upserted: 0,
-                records: index.source(SOURCE).map_or(0, |s| s.records),
-                counterparties: index.len(),
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Queued {
+                records,
+                reply,
+                at: Instant::now(),
             });
+        {
+            let _order = self.order.lock().await;
+            // An earlier turn may have taken this change with its own.
+            let group = std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()));
+            if !group.is_empty() {
+                self.commit_group(group).await;
+            }
         }
+        answer.await.unwrap_or_else(|_| {
+            Err(PushError::NotApplied(
+                "the task committing the change stopped before answering".into(),
+            ))
+        })
+    }
+
+    /// Commits `group` (the upserts queued, in the order they came) in one
+    /// store transaction, applies it to the directory in one change, and
+    /// answers each. Of one id in two upserts, the later wins in both.
+    /// Called under `order`.
+    async fn commit_group(&self, group: Vec<Queued>) {
+        let requests = group.len();
         let at = SystemTime::now();
-        let upserted = records.len();
+        let mut replies = Vec::with_capacity(requests);
+        let mut all = Vec::new();
+        let mut oldest = Instant::now();
+        for queued in group {
+            replies.push((queued.reply, queued.records.len()));
+            all.extend(queued.records);
+            oldest = oldest.min(queued.at);
+        }
+        let answer =
+            |replies: Vec<(Reply, usize)>,
+             result: &dyn Fn(usize) -> Result<PushReport, PushError>| {
+                for (reply, upserted) in replies {
+                    // The caller may have hung up: its change is made all the same.
+                    let _ = reply.send(result(upserted));
+                }
+            };
+        let upserted = all.len();
+        if all.is_empty() {
+            let index = self.directory.snapshot();
+            let (records, counterparties) =
+                (index.source(SOURCE).map_or(0, |s| s.records), index.len());
+            answer(replies, &|_| {
+                Ok(PushReport {
+                    upserted: 0,
+                    records,
+                    counterparties,
+                })
+            });
+            return;
+        }
         // A record whose content the push source already holds keeps its
         // receive time, in the store as in the directory (under `order`, so
         // the push set cannot change in between).
-        let received = self.directory.receive_times(SOURCE, &records, at);
-        let records: Arc<[Received]> = records
+        let received = self.directory.receive_times(SOURCE, &all, at);
+        let records: Arc<[Received]> = all
             .into_iter()
             .zip(received)
             .map(|(record, at)| Received { record, at })
             .collect();
         let committing = Instant::now();
-        let applied = self
+        let applied = match self
             .store
             .apply_changes(SOURCE, Arc::clone(&records), &[], &[])
             .await
-            .map_err(|e| {
-                tracing::error!(records = upserted, error = %e, "push not saved: the store failed; the caller is told to retry");
-                PushError::NotSaved(e)
-            })?;
+        {
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::error!(records = upserted, requests, error = %e, "push not saved: the store failed; the callers are told to retry");
+                answer(replies, &|_| Err(PushError::NotSaved(e.clone())));
+                return;
+            }
+        };
         #[cfg(test)]
         self.pause().await;
         let store_ms = committing.elapsed().as_millis() as u64;
         let applying = Instant::now();
         let directory = Arc::clone(&self.directory);
-        let report = tokio::task::spawn_blocking(move || {
+        let applied_here = tokio::task::spawn_blocking(move || {
             let records = records.iter().map(|r| r.record.clone()).collect();
             directory.apply_changes(SOURCE, records, &[], &[], at)
         })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "push committed but not applied to the directory");
-            PushError::NotApplied(e.to_string())
-        })?;
+        .await;
+        let report = match applied_here {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::error!(error = %e, "push committed but not applied to the directory");
+                let message = e.to_string();
+                answer(replies, &|_| Err(PushError::NotApplied(message.clone())));
+                return;
+            }
+        };
         self.upserted.inc_by(upserted as u64);
         tracing::info!(
             upserted,
+            requests,
             inserted = applied.inserted,
             updated = applied.updated,
             unchanged = applied.unchanged,
@@ -235,14 +301,16 @@ impl PushSource {
             counterparties = report.total_records,
             store_ms,
             directory_us = applying.elapsed().as_micros() as u64,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = oldest.elapsed().as_millis() as u64,
             "push: counterparties upserted"
         );
-        Ok(PushReport {
-            upserted,
-            records: report.records,
-            counterparties: report.total_records,
-        })
+        answer(replies, &|upserted| {
+            Ok(PushReport {
+                upserted,
+                records: report.records,
+                counterparties: report.total_records,
+            })
+        });
     }
 
     async fn delete_now(&self, id: Box<str>) -> Result<DeleteReport, PushError> {
@@ -350,6 +418,15 @@ impl PushSource {
             tokio::time::sleep(pause).await;
         }
     }
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<PushReport, PushError>>;
+
+/// An upsert waiting for its group commit.
+struct Queued {
+    records: Vec<Counterparty>,
+    reply: Reply,
+    at: Instant,
 }
 
 /// A pushed record as the store keeps it: with the time it was received, so
@@ -604,6 +681,38 @@ mod tests {
             let saved = snapshot[0].records[0].name.to_string();
             assert_eq!(served.as_deref(), Some(saved.as_str()), "round {round}");
         }
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_upserts_share_a_commit_and_each_is_answered_with_its_own_count() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let directory = directory();
+        let (push, store) = push_source(tmp.path(), &directory);
+        // The first commit is held: the others queue behind it and go in
+        // together.
+        *push.pauses.lock().expect("pauses") = [Duration::from_millis(200)].into();
+        let before = store.transactions();
+        let tasks: Vec<_> = (0..32usize)
+            .map(|k| {
+                let push = Arc::clone(&push);
+                tokio::spawn(async move {
+                    let records = (0..=k % 3)
+                        .map(|j| cp(&format!("{k}-{j}"), "N", &format!("8916{k:03}{j:04}")))
+                        .collect();
+                    (k, push.upsert(records).await)
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (k, report) = task.await.expect("task");
+            assert_eq!(report.expect("upsert").upserted, k % 3 + 1, "upsert {k}");
+        }
+        let transactions = store.transactions() - before;
+        assert!(transactions < 8, "{transactions} store transactions for 32 upserts");
+        let all: usize = (0..32).map(|k| k % 3 + 1).sum();
+        assert_eq!(directory.snapshot().len(), all);
+        assert_eq!(store.load_snapshot().await.expect("load")[0].records.len(), all);
         store.close().await;
     }
 
