@@ -709,10 +709,16 @@ mod tests {
             assert_eq!(report.expect("upsert").upserted, k % 3 + 1, "upsert {k}");
         }
         let transactions = store.transactions() - before;
-        assert!(transactions < 8, "{transactions} store transactions for 32 upserts");
+        assert!(
+            transactions < 8,
+            "{transactions} store transactions for 32 upserts"
+        );
         let all: usize = (0..32).map(|k| k % 3 + 1).sum();
         assert_eq!(directory.snapshot().len(), all);
-        assert_eq!(store.load_snapshot().await.expect("load")[0].records.len(), all);
+        assert_eq!(
+            store.load_snapshot().await.expect("load")[0].records.len(),
+            all
+        );
         store.close().await;
     }
 
