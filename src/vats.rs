@@ -78,6 +78,8 @@ pub struct Vats {
     metrics: Arc<Metrics>,
     /// Asks 1C for callers the directory lacks, when `[onec]` is set.
     live: Option<LiveLookup>,
+    /// Reads envelopes, a SayName of the PBX's usual shape by its number.
+    reader: soap::RequestReader,
 }
 
 impl Vats {
@@ -93,6 +95,7 @@ impl Vats {
             store,
             metrics,
             live: None,
+            reader: soap::RequestReader::new(),
         }
     }
 
@@ -106,7 +109,7 @@ impl Vats {
     /// is the version of a fault when the envelope itself cannot be read.
     pub async fn answer(&self, body: &[u8], version_hint: SoapVersion) -> SoapReply {
         let started = Instant::now();
-        let (reply, op, outcome) = match soap::parse_request(body) {
+        let (reply, op, outcome) = match self.reader.read(body) {
             Err(e) => {
                 tracing::debug!(error = %e, "unreadable SOAP request");
                 let reply = SoapReply::fault(version_hint, FaultCode::Client, &e.to_string());

@@ -13,6 +13,7 @@
 
 mod request;
 mod response;
+mod shape;
 mod wsdl;
 
 pub use request::{parse_request, Operation, Request, RequestError};
@@ -20,6 +21,7 @@ pub use response::{
     say_name_payload, unknown_caller_payload, write_fault, write_incoming_call_response,
     write_say_name_response,
 };
+pub use shape::RequestReader;
 pub use wsdl::wsdl;
 
 const SOAP11_ENVELOPE_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";

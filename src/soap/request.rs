@@ -22,7 +22,7 @@ const MAX_DEPTH: usize = 32;
 /// Elements in the whole document, Header included.
 const MAX_ELEMENTS: usize = 1000;
 /// Bytes of one field's text after trimming: numbers and keys are short.
-const MAX_FIELD_LEN: usize = 256;
+pub(super) const MAX_FIELD_LEN: usize = 256;
 /// How many characters of a name taken from the request an error quotes.
 const MAX_QUOTED_CHARS: usize = 64;
 
@@ -126,6 +126,15 @@ pub enum RequestError {
 
 /// Reads a SOAP 1.1 or 1.2 envelope holding `SayName` or `IncomingCall`.
 pub fn parse_request(body: &[u8]) -> Result<Request, RequestError> {
+    parse_request_with_span(body).map(|(request, _)| request)
+}
+
+/// [`parse_request`], and where in `body` the text of the operation's only
+/// field lies when it was read from plain text alone (no reference, no
+/// CDATA): what [`super::RequestReader`] learns a request's shape from.
+pub(super) fn parse_request_with_span(
+    body: &[u8],
+) -> Result<(Request, Option<std::ops::Range<usize>>), RequestError> {
     // Checked once here so that every event below can be read as `&str`
     // without a second look at the encoding.
     let text = std::str::from_utf8(body).map_err(|_| RequestError::NotUtf8)?;
@@ -136,7 +145,9 @@ pub fn parse_request(body: &[u8]) -> Result<Request, RequestError> {
     config.allow_dangling_amp = false;
     config.expand_empty_elements = false;
     let mut parser = Parser::default();
+    let (mut field_start, mut span, mut fields_read, mut plain) = (0, None, 0, true);
     loop {
+        let before = reader.buffer_position();
         let (resolved, event) = match reader.read_resolved_event() {
             Ok(pair) => pair,
             Err(error) => {
@@ -146,8 +157,25 @@ pub fn parse_request(body: &[u8]) -> Result<Request, RequestError> {
                 })
             }
         };
+        let was_reading = parser.reading.is_some();
+        match &event {
+            Event::CData(_) | Event::GeneralRef(_) if was_reading => plain = false,
+            _ => {}
+        }
+        let (is_start, is_end) = (
+            matches!(event, Event::Start(_)),
+            matches!(event, Event::End(_)),
+        );
         if let Some(request) = parser.feed(resolved, event)? {
-            return Ok(request);
+            let span = span.filter(|_| plain && fields_read == 1);
+            return Ok((request, span));
+        }
+        let reading = parser.reading.is_some();
+        if is_start && reading && !was_reading {
+            field_start = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+        } else if is_end && was_reading && !reading {
+            fields_read += 1;
+            span = usize::try_from(before).ok().map(|end| field_start..end);
         }
     }
 }
