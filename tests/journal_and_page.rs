@@ -109,4 +109,10 @@ async fn the_operator_page_is_served_self_contained() {
         page.body.contains("#token=") || page.body.contains("location.hash"),
         "token from the fragment"
     );
+    // The help names both ways a program passes a screen's token.
+    assert!(
+        page.body.contains("Authorization: Bearer &lt;токен&gt;")
+            && page.body.contains("?token=&lt;токен&gt;"),
+        "the page's help names the header and the query token"
+    );
 }

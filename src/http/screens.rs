@@ -1,10 +1,12 @@
 //! Operator screens: the page (`GET /operator`), the WebSocket
 //! (`GET /operator/ws`) and the long-poll (`GET /operator/events`).
 //!
-//! Both transports authenticate the same way, here: `?token=` is looked up
-//! in the screen-token table ([`ScreenTokens`]), before anything else is
-//! read; the hub gets the key of the operator that the token resolved to.
-//! Refusals are JSON.
+//! Both transports authenticate the same way, here, before anything else is
+//! read: the screen's token, from `Authorization: Bearer <token>` (what
+//! 1C's WebSocket client sends in `ПараметрыWebSocketКлиентСоединения.Заголовки`)
+//! or from `?token=` (what a browser can send), is looked up in the
+//! screen-token table ([`ScreenTokens`]); the hub gets the key of the
+//! operator that the token resolved to. Refusals are JSON.
 
 use std::sync::Arc;
 
@@ -14,8 +16,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
-use super::auth::{ScreenOperator, ScreenTokens};
-use super::respond::{json_error, Body};
+use super::auth::{self, ScreenOperator, ScreenTokens};
+use super::respond::{json_error, with_header, Body};
 use crate::config::Config;
 use crate::popup::{self, Hub, ScreenQuery, TransportConfig};
 
@@ -60,12 +62,13 @@ impl Screens {
         response
     }
 
-    /// `GET /operator/ws?token=T[&after=N]`: the token is checked before
-    /// anything else (401, and no handshake), then `after`, then the handshake.
+    /// `GET /operator/ws[?token=T][&after=N]`: the token (header or query)
+    /// is checked before anything else (401, and no handshake), then
+    /// `after`, then the handshake.
     pub fn websocket(&self, mut req: Request<Incoming>) -> Response<Body> {
-        let (operator, query) = match self.screen(req.uri().query()) {
+        let (operator, query) = match self.screen(&req) {
             Ok(found) => found,
-            Err((status, message)) => return json_error(status, &message),
+            Err((status, message)) => return refused(status, &message),
         };
         let after = match query.after() {
             Ok(after) => after,
@@ -96,11 +99,11 @@ impl Screens {
         }
     }
 
-    /// `GET /operator/events?token=T&after=N[&wait=S]`: the long-poll.
+    /// `GET /operator/events[?token=T][&after=N][&wait=S]`: the long-poll.
     pub async fn events(&self, req: Request<Incoming>) -> Response<Body> {
-        let (operator, query) = match self.screen(req.uri().query()) {
+        let (operator, query) = match self.screen(&req) {
             Ok(found) => found,
-            Err((status, message)) => return json_error(status, &message),
+            Err((status, message)) => return refused(status, &message),
         };
         let (after, wait) = match (query.after(), query.wait_secs()) {
             (Ok(after), Ok(wait)) => (after, wait),
@@ -125,18 +128,33 @@ impl Screens {
         }
     }
 
-    /// The operator whose screen this is, from `?token=`; a 400 for a query
-    /// that cannot be read, a 401 for a missing or unknown token.
+    /// The operator whose screen this is, from `Authorization: Bearer` or
+    /// `?token=`; a 400 for a query that cannot be read or a token given
+    /// both ways, a 401 for a missing or unknown token. Either way the token
+    /// goes through the same constant-time lookup.
     fn screen(
         &self,
-        query: Option<&str>,
+        req: &Request<Incoming>,
     ) -> Result<(ScreenOperator, ScreenQuery), (StatusCode, String)> {
-        let query = ScreenQuery::parse(query).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
-        let Some(token) = query.token() else {
-            return Err((
-                StatusCode::UNAUTHORIZED,
-                "missing token: connect with ?token=<this screen's token>".into(),
-            ));
+        let query =
+            ScreenQuery::parse(req.uri().query()).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        let header = auth::authorization(req.headers()).map_err(|e| (e.status(), e.to_string()))?;
+        // Another scheme (a browser's cached Basic credentials) is not a
+        // screen token: it is ignored, and `?token=` may still give one.
+        let token = match (auth::bearer_token(header), query.token()) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "the token is given twice: send it either as `Authorization: Bearer <token>` or as ?token=, not both".into(),
+                ))
+            }
+            (Some(token), None) | (None, Some(token)) => token,
+            (None, None) => {
+                return Err((
+                    StatusCode::UNAUTHORIZED,
+                    "missing token: send `Authorization: Bearer <this screen's token>` or connect with ?token=<this screen's token>".into(),
+                ))
+            }
         };
         match self.tokens.operator_for_token(token) {
             Some(operator) => Ok((operator, query)),
@@ -148,4 +166,13 @@ impl Screens {
             }
         }
     }
+}
+
+/// A screen's refusal in JSON; a 401 says which scheme the token takes.
+fn refused(status: StatusCode, message: &str) -> Response<Body> {
+    let response = json_error(status, message);
+    if status == StatusCode::UNAUTHORIZED {
+        return with_header(response, header::WWW_AUTHENTICATE, "Bearer");
+    }
+    response
 }
