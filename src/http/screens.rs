@@ -20,6 +20,7 @@ use super::auth::{self, ScreenOperator, ScreenTokens};
 use super::respond::{json_error, with_header, Body};
 use crate::config::Config;
 use crate::popup::{self, Hub, ScreenQuery, TransportConfig};
+use crate::store::Store;
 
 /// Where the screens' endpoints live; `soap.path` may not be under it.
 pub const PREFIX: &str = "/operator";
@@ -37,12 +38,20 @@ pub struct Screens {
     /// connection ends at the upgrade, so a WebSocket screen takes a slot of
     /// its own for its lifetime.
     connection_slots: Arc<Semaphore>,
+    /// The call journal, whose rows count long-poll deliveries.
+    store: Store,
 }
 
 impl Screens {
-    pub fn new(config: &Config, hub: Arc<Hub>, connection_slots: Arc<Semaphore>) -> Screens {
+    pub fn new(
+        config: &Config,
+        hub: Arc<Hub>,
+        store: Store,
+        connection_slots: Arc<Semaphore>,
+    ) -> Screens {
         Screens {
             hub,
+            store,
             tokens: ScreenTokens::new(&config.operators),
             transport: TransportConfig::from(&config.popup),
             connection_slots,
@@ -111,8 +120,9 @@ impl Screens {
         };
         let wait = popup::long_poll::wait_for(wait, self.transport.long_poll_max_wait);
         match popup::long_poll::poll(&self.hub, &operator.key, after, wait).await {
-            Ok(body) => {
-                let mut response = Response::new(Body::new(Bytes::from(body)));
+            Ok(polled) => {
+                self.journal_delivery(&operator.key, polled.seqs);
+                let mut response = Response::new(Body::new(Bytes::from(polled.body)));
                 let headers = response.headers_mut();
                 headers.insert(
                     header::CONTENT_TYPE,
@@ -126,6 +136,22 @@ impl Screens {
                 json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read messages")
             }
         }
+    }
+
+    /// Counts a long-poll answer's messages as delivered in their journal
+    /// rows, in the background: the screen's answer does not wait for the
+    /// store. (A WebSocket screen is counted when the call is published.)
+    fn journal_delivery(&self, key: &str, seqs: Vec<u64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = store.add_delivered(&key, seqs).await {
+                tracing::warn!(error = %e, key, "long-poll delivery not counted in the call journal");
+            }
+        });
     }
 
     /// The operator whose screen this is, from `Authorization: Bearer` or

@@ -413,6 +413,18 @@ impl Store {
             .await
     }
 
+    /// One more screen got `key`'s pop-ups `seqs` after they were published
+    /// (a long-poll request returned them): adds one to `delivered` of each
+    /// one's journal row. Committed with the journal appends' group; a
+    /// delivery that comes before its row (the hub wakes long-poll requests
+    /// before the PBX's request writes the row) is added when the row is
+    /// written. Resolves with how many of the rows were there already.
+    pub async fn add_delivered(&self, key: &str, seqs: Vec<u64>) -> Result<usize, StoreError> {
+        let key = key.to_owned();
+        self.request(|reply| Command::AddDelivered { key, seqs, reply })
+            .await
+    }
+
     /// Journal rows, newest first (by `at`, then id), optionally only for
     /// `key` and only from `since` on (inclusive). At most `limit` rows, and
     /// never more than 10,000. [`Store::calls_page`] with no `before`.

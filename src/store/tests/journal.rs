@@ -162,6 +162,62 @@ async fn concurrent_appends_all_commit_in_fewer_transactions() {
     store.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_adds_to_its_row_whether_it_comes_before_or_after_the_append() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&store_path(dir.path()));
+    let with_seq = |key: &str, seq: u64, delivered: u32| CallRecord {
+        seq: Some(seq),
+        delivered,
+        ..call(key, 1_000_000 + seq, "9235292926")
+    };
+    // After: the row is there.
+    store
+        .append_call(with_seq("k", 1, 2))
+        .await
+        .expect("append");
+    assert_eq!(
+        store.add_delivered("k", vec![1]).await.expect("delivered"),
+        1
+    );
+    // Before: kept, then added to the row when it is written.
+    assert_eq!(
+        store.add_delivered("k", vec![2]).await.expect("delivered"),
+        0
+    );
+    assert_eq!(
+        store.add_delivered("k", vec![2]).await.expect("delivered"),
+        0
+    );
+    store
+        .append_call(with_seq("k", 2, 0))
+        .await
+        .expect("append");
+    // Another key's seq 1 is another row; a seq no call gets is harmless.
+    store
+        .append_call(with_seq("other", 1, 0))
+        .await
+        .expect("append");
+    assert_eq!(
+        store
+            .add_delivered("k", vec![1, 2, 99])
+            .await
+            .expect("delivered"),
+        2
+    );
+    let delivered = |calls: &[StoredCall], key: &str, seq: u64| {
+        calls
+            .iter()
+            .find(|c| c.key == key && c.seq == Some(seq))
+            .map(|c| c.delivered)
+    };
+    let calls = store.calls(None, None, 100).await.expect("calls");
+    assert_eq!(delivered(&calls, "k", 1), Some(4));
+    assert_eq!(delivered(&calls, "k", 2), Some(3));
+    assert_eq!(delivered(&calls, "other", 1), Some(0));
+    store.close().await;
+}
+
 #[test]
 fn unix_ms_round_trips_both_sides_of_the_epoch() {
     for ms in [0i64, 1, 1_763_800_000_123, -1, -86_400_000] {
