@@ -121,6 +121,9 @@ pub struct CallRecord {
 pub struct CallQuery {
     /// Only this operator key's calls.
     pub key: Option<String>,
+    /// Only calls from this number, in the journal's form (`number` of
+    /// [`CallRecord`]: E.164 with `+`, an extension as its digits).
+    pub number: Option<String>,
     /// Only calls from this time on (inclusive).
     pub since: Option<SystemTime>,
     /// Only the calls that come after call `before` in the journal's order
@@ -436,6 +439,7 @@ impl Store {
     ) -> Result<Vec<StoredCall>, StoreError> {
         self.calls_page(CallQuery {
             key: key.map(str::to_owned),
+            number: None,
             since,
             before: None,
             limit,
@@ -455,13 +459,19 @@ impl Store {
     pub async fn calls_page(&self, query: CallQuery) -> Result<Vec<StoredCall>, StoreError> {
         let CallQuery {
             key,
+            number,
             since,
             before,
             limit,
         } = query;
-        let since = since.map(unix_ms);
-        let limit = limit.min(MAX_CALLS_LIMIT);
-        self.read(move |conn, path| read::calls(conn, path, key.as_deref(), since, before, limit))
+        let filter = read::CallFilter {
+            key,
+            number,
+            since_ms: since.map(unix_ms),
+            before,
+            limit: limit.min(MAX_CALLS_LIMIT),
+        };
+        self.read(move |conn, path| read::calls(conn, path, &filter))
             .await
     }
 
