@@ -109,6 +109,106 @@ async fn before_combines_with_key_and_a_full_last_page_points_to_an_empty_one() 
     assert!(third["next_before"].is_null());
 }
 
+/// A `GET /api/v1/calls` with the API token.
+async fn calls_reply(addr: std::net::SocketAddr, query: &str) -> Reply {
+    let bearer = format!("Authorization: Bearer {API_TOKEN}");
+    request(
+        addr,
+        "GET",
+        &format!("/api/v1/calls?{query}"),
+        &[&bearer],
+        b"",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn number_filters_the_journal_in_any_written_form() {
+    let gw = start("").await;
+    for number in [
+        "89235292926",
+        "+7 495 000-00-01",
+        "8 (923) 529-29-26",
+        "244",
+    ] {
+        soap(gw.addr, &incoming_call_envelope(number, OPERATOR_KEY)).await;
+    }
+    for form in [
+        "89235292926",
+        "%2B7%20923%20529-29-26",
+        "+79235292926",
+        "9235292926",
+        "8%20(923)%20529-29-26",
+    ] {
+        let page = calls_page(gw.addr, &format!("number={form}")).await;
+        let raw: Vec<&str> = page["calls"]
+            .as_array()
+            .expect("calls")
+            .iter()
+            .map(|c| c["raw_number"].as_str().expect("raw_number"))
+            .collect();
+        assert_eq!(raw, ["8 (923) 529-29-26", "89235292926"], "{form}");
+    }
+    let page = calls_page(gw.addr, &format!("number=244&key={OPERATOR_KEY}")).await;
+    assert_eq!(ids(&page).len(), 1);
+    let page = calls_page(gw.addr, &format!("number=244&key={OTHER_KEY}")).await;
+    assert_eq!(ids(&page).len(), 0);
+    let page = calls_page(gw.addr, "number=89990000000").await;
+    assert_eq!(ids(&page).len(), 0, "nobody called from there");
+}
+
+#[tokio::test]
+async fn an_unknown_or_repeated_parameter_is_a_400_naming_it() {
+    let gw = start("").await;
+    soap(gw.addr, &incoming_call_envelope("244", OPERATOR_KEY)).await;
+    for (query, named) in [
+        ("numbr=244", "'numbr'"),
+        ("phone=244&limit=5", "'phone'"),
+        ("_=1700000000", "'_'"),
+        ("key=a&key=b", "'key' given more than once"),
+        ("number=1&number=2", "'number' given more than once"),
+    ] {
+        let reply = calls_reply(gw.addr, query).await;
+        assert_eq!(reply.status, 400, "{query}: {}", reply.body);
+        assert!(reply.body.contains(named), "{query}: {}", reply.body);
+    }
+}
+
+#[tokio::test]
+async fn since_takes_any_rfc_3339_offset_and_refuses_a_time_without_one() {
+    let gw = start("").await;
+    soap(gw.addr, &incoming_call_envelope("244", OPERATOR_KEY)).await;
+    let now = std::time::SystemTime::now();
+    let utc = humantime::format_rfc3339_seconds(now - Duration::from_secs(60)).to_string();
+    // The same instant in Moscow time, lowercase, encoded or not.
+    let moscow_local = humantime::format_rfc3339_seconds(
+        now - Duration::from_secs(60) + Duration::from_secs(3 * 3600),
+    )
+    .to_string();
+    let moscow = moscow_local.replace('Z', "+03:00");
+    for since in [
+        utc.clone(),
+        utc.to_lowercase(),
+        moscow.clone(),
+        moscow.replace('+', "%2B").replace(':', "%3A"),
+    ] {
+        let page = calls_page(gw.addr, &format!("since={since}")).await;
+        assert_eq!(ids(&page).len(), 1, "{since}: {page}");
+    }
+    // A minute ahead: nothing yet.
+    let ahead = humantime::format_rfc3339_seconds(now + Duration::from_secs(60)).to_string();
+    let page = calls_page(gw.addr, &format!("since={ahead}")).await;
+    assert_eq!(ids(&page).len(), 0);
+    // No offset: refused, saying which it needs.
+    let reply = calls_reply(gw.addr, &format!("since={}", utc.trim_end_matches('Z'))).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body.contains("offset") && reply.body.contains("+03:00"),
+        "{}",
+        reply.body
+    );
+}
+
 #[tokio::test]
 async fn a_bad_before_is_a_400() {
     let gw = start("").await;

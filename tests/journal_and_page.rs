@@ -89,6 +89,89 @@ async fn the_journal_needs_the_api_token_and_sane_parameters() {
     }
 }
 
+/// `delivered` of the journal rows, oldest first.
+async fn delivered(addr: std::net::SocketAddr) -> Vec<u64> {
+    let reply = get_with(addr, "/api/v1/calls", Some(&format!("Bearer {API_TOKEN}"))).await;
+    let json: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
+    let mut rows: Vec<u64> = json["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .map(|c| c["delivered"].as_u64().expect("delivered"))
+        .collect();
+    rows.reverse();
+    rows
+}
+
+/// Waits (up to 2 s) until the rows' `delivered` are `expected`.
+async fn delivered_becomes(addr: std::net::SocketAddr, expected: &[u64]) {
+    for _ in 0..100 {
+        if delivered(addr).await == expected {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(delivered(addr).await, expected);
+}
+
+/// `cti_popup_delivered_total` now.
+async fn delivered_total(addr: std::net::SocketAddr) -> u64 {
+    let body = get(addr, "/metrics").await.body;
+    body.lines()
+        .find_map(|l| l.strip_prefix("cti_popup_delivered_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("cti_popup_delivered_total")
+}
+
+#[tokio::test]
+async fn a_card_a_long_poll_returns_counts_as_delivered_in_the_journal_and_the_metric() {
+    let gw = start("").await;
+    let events = format!("/operator/events?token={OPERATOR_TOKEN}&after=0&wait=10");
+    // A long-poll waiting when the call comes: woken before the row is written.
+    let waiting = tokio::spawn({
+        let addr = gw.addr;
+        let events = events.clone();
+        async move { get(addr, &events).await }
+    });
+    let hub = gw.gateway().hub();
+    eventually(
+        std::time::Duration::from_secs(5),
+        "long-poll waiting",
+        || hub.long_poll_waiters(OPERATOR_KEY) == Some(1),
+    )
+    .await;
+    soap(
+        gw.addr,
+        &incoming_call_envelope("89235292926", OPERATOR_KEY),
+    )
+    .await;
+    let reply = waiting.await.expect("task");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.contains("\"seq\":1"), "{}", reply.body);
+
+    // The answer does not wait for the journal: the count follows.
+    delivered_becomes(gw.addr, &[1]).await;
+
+    // A call no screen is waiting for, picked up by the next poll.
+    soap(gw.addr, &incoming_call_envelope("244", OPERATOR_KEY)).await;
+    assert_eq!(delivered(gw.addr).await, [1, 0]);
+    let reply = get(
+        gw.addr,
+        &format!("/operator/events?token={OPERATOR_TOKEN}&after=1&wait=0"),
+    )
+    .await;
+    assert!(reply.body.contains("\"seq\":2"), "{}", reply.body);
+    delivered_becomes(gw.addr, &[1, 1]).await;
+    assert_eq!(delivered_total(gw.addr).await, 2);
+    // An empty answer counts nothing.
+    get(
+        gw.addr,
+        &format!("/operator/events?token={OPERATOR_TOKEN}&after=2&wait=0"),
+    )
+    .await;
+    assert_eq!(delivered_total(gw.addr).await, 2);
+}
+
 #[tokio::test]
 async fn the_operator_page_is_served_self_contained() {
     let gw = start("").await;
@@ -108,5 +191,11 @@ async fn the_operator_page_is_served_self_contained() {
     assert!(
         page.body.contains("#token=") || page.body.contains("location.hash"),
         "token from the fragment"
+    );
+    // The help names both ways a program passes a screen's token.
+    assert!(
+        page.body.contains("Authorization: Bearer &lt;токен&gt;")
+            && page.body.contains("?token=&lt;токен&gt;"),
+        "the page's help names the header and the query token"
     );
 }

@@ -227,6 +227,158 @@ async fn a_wrong_or_missing_token_gets_401_before_any_handshake() {
     assert_eq!(gw.gateway().hub().subscriber_count(OPERATOR_KEY), Some(0));
 }
 
+/// A WebSocket screen presenting its token the way 1C's client does: in
+/// `Authorization: Bearer`, the URL carrying only `after`.
+async fn screen_with_header(
+    addr: SocketAddr,
+    token: &str,
+    query: &str,
+) -> Result<WebSocketStream<TcpStream>, WsError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/operator/ws{query}")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::client_async(request, stream),
+    )
+    .await
+    .expect("answer within 5 s")
+    .map(|(ws, _)| ws)
+}
+
+#[tokio::test]
+async fn a_bearer_header_carries_the_token_on_both_transports_with_the_same_refusals() {
+    let gw = start("").await;
+    let bearer = format!("Authorization: Bearer {OPERATOR_TOKEN}");
+
+    // WebSocket: the header alone opens the operator's screen.
+    let mut ws = screen_with_header(gw.addr, OPERATOR_TOKEN, "")
+        .await
+        .expect("accepted with the header");
+    wait_for_subscribers(&gw, OPERATOR_KEY, 1).await;
+    incoming_call(gw.addr, CALLER, OPERATOR_KEY).await;
+    assert_eq!(seq_of(&next_text(&mut ws, Duration::from_secs(5)).await), 1);
+
+    // Long-poll: the same.
+    let reply = request(
+        gw.addr,
+        "GET",
+        "/operator/events?after=0&wait=0",
+        &[&bearer],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(json_body(&reply)["messages"][0]["seq"], 1);
+
+    // A wrong header token: 401 before any handshake, on both.
+    match screen_with_header(gw.addr, "wrong-token", "").await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 401),
+        other => panic!("expected an HTTP 401, got {other:?}"),
+    }
+    let wrong = "Authorization: Bearer wrong-token";
+    let upgrade = upgrade_request(gw.addr, "/operator/ws", "13").replacen(
+        "\r\n\r\n",
+        &format!("\r\n{wrong}\r\n\r\n"),
+        1,
+    );
+    let reply = raw(gw.addr, upgrade.as_bytes()).await;
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+    assert!(reply.header("sec-websocket-accept").is_none());
+    let reply = request(gw.addr, "GET", "/operator/events?wait=0", &[wrong], b"").await;
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_eq!(error_of(&reply), "unknown token");
+
+    // The token given both ways, or two Authorization headers: 400.
+    let both = format!("/operator/events?wait=0&token={OPERATOR_TOKEN}");
+    let reply = request(gw.addr, "GET", &both, &[&bearer], b"").await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(error_of(&reply).contains("twice"), "{}", reply.body);
+    let reply = request(
+        gw.addr,
+        "GET",
+        "/operator/events?wait=0",
+        &[&bearer, &bearer],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+
+    // Another scheme (a browser's cached Basic credentials) is no token:
+    // the query's token still counts, and without one it is a 401.
+    let reply = request(gw.addr, "GET", &both, &[SEED_AUTH_HEADER], b"").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let reply = request(
+        gw.addr,
+        "GET",
+        "/operator/events?wait=0",
+        &[SEED_AUTH_HEADER],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert!(error_of(&reply).contains("Bearer"), "{}", reply.body);
+
+    ws.close(None).await.expect("close");
+}
+
+/// Waits until `key` has `n` live WebSocket screens.
+async fn wait_for_subscribers(gw: &TestGateway, key: &str, n: usize) {
+    let hub = gw.gateway().hub();
+    eventually(Duration::from_secs(2), "screens subscribed", || {
+        hub.subscriber_count(key) == Some(n)
+    })
+    .await;
+}
+
+const SEED_AUTH_HEADER: &str = "Authorization: Basic U09BUDoxMjM=";
+
+#[tokio::test]
+async fn an_empty_after_asks_for_no_replay_on_both_transports() {
+    let gw = start("").await;
+    incoming_call(gw.addr, CALLER, OPERATOR_KEY).await;
+    incoming_call(gw.addr, CALLER, OPERATOR_KEY).await;
+
+    // What 1C's `Формат(0, "ЧГ=0")` writes for 0: no replay, the key's place.
+    let reply = get(
+        gw.addr,
+        &format!("/operator/events?token={OPERATOR_TOKEN}&after=&wait=0"),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        json_body(&reply),
+        serde_json::json!({"messages": [], "next_after": 2})
+    );
+
+    let mut ws = screen_with_header(gw.addr, OPERATOR_TOKEN, "?after=")
+        .await
+        .expect("accepted");
+    wait_for_subscribers(&gw, OPERATOR_KEY, 1).await;
+    incoming_call(gw.addr, CALLER, OPERATOR_KEY).await;
+    assert_eq!(
+        seq_of(&next_text(&mut ws, Duration::from_secs(5)).await),
+        3,
+        "no replay of 1 and 2, then the live call"
+    );
+
+    // Anything else that is not a number stays a 400 that says what is wrong.
+    let reply = get(
+        gw.addr,
+        &format!("/operator/events?token={OPERATOR_TOKEN}&after=1%C2%A0234&wait=0"),
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(error_of(&reply).contains("ЧН=0; ЧГ=0"), "{}", reply.body);
+}
+
 #[tokio::test]
 async fn a_request_that_is_not_a_good_handshake_gets_400_or_426() {
     let gw = start("").await;

@@ -560,6 +560,52 @@ async fn other_methods_on_the_push_paths_get_405_with_allow() {
 }
 
 #[tokio::test]
+async fn a_query_parameter_on_a_push_path_is_a_400_naming_it_and_changes_nothing() {
+    let gw = start("").await;
+    let body = serde_json::to_string(&[record("q1", "Q", "+7 912 000-00-01")]).expect("json");
+    let reply = request(
+        gw.addr,
+        "POST",
+        &format!("{PATH}?dry_run=1"),
+        &[JSON, BEARER],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    let error = json(&reply)["error"].as_str().expect("error").to_owned();
+    assert!(error.contains("'dry_run'"), "{error}");
+    assert!(error.contains("takes no query parameters"), "{error}");
+    let reply = request(
+        gw.addr,
+        "DELETE",
+        &format!("{PATH}/a1?force"),
+        &[BEARER],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("'force'"), "{}", reply.body);
+    // Nothing changed: a1 still answers, q1 was never pushed.
+    assert_eq!(title(gw.addr, "89235292926").await, "Фэйковый чиж");
+    assert_eq!(
+        request(gw.addr, "DELETE", &format!("{PATH}/q1"), &[BEARER], b"")
+            .await
+            .status,
+        404
+    );
+    // The token is checked first: without it, a 401 says nothing about the query.
+    let reply = request(
+        gw.addr,
+        "POST",
+        &format!("{PATH}?x=1"),
+        &[JSON],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 401, "{}", reply.body);
+}
+
+#[tokio::test]
 async fn deleting_an_id_no_source_has_is_a_404_and_an_unreadable_id_a_400() {
     let gw = start("").await;
     let reply = delete(gw.addr, "nobody").await;

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::api::require_token;
+use super::api::{no_query, require_token};
 use super::respond::{json, json_error, with_header, Body};
 use crate::config::{Config, Secret};
 use crate::directory::Directory;
@@ -51,6 +51,9 @@ impl Admin {
             return with_header(refused, header::ALLOW, "POST");
         }
         if let Err(refused) = require_token(self.token.as_ref(), &req) {
+            return refused;
+        }
+        if let Err(refused) = no_query(&req) {
             return refused;
         }
         let Some(file) = &self.file else {

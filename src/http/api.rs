@@ -15,9 +15,12 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::auth::{self, AuthFailure, RefusalLog};
 use super::body::{self, BodyError};
+use super::query::ApiQuery;
 use super::respond::{json, json_error, with_header, Body};
+use super::rfc3339;
 use crate::config::{Config, Secret};
 use crate::directory::model::MAX_ID_LEN;
+use crate::phone;
 use crate::sources::push::{self, BatchError, PushError, PushSource};
 use crate::store::{CallQuery, Store, StoredCall};
 
@@ -75,6 +78,9 @@ impl Api {
         if let Err(refused) = self.check_token(&req) {
             return refused;
         }
+        if let Err(refused) = no_query(&req) {
+            return refused;
+        }
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -123,6 +129,9 @@ impl Api {
         if let Err(refused) = self.check_token(&req) {
             return refused;
         }
+        if let Err(refused) = no_query(&req) {
+            return refused;
+        }
         let raw = req
             .uri()
             .path()
@@ -156,15 +165,18 @@ impl Api {
         }
     }
 
-    /// `GET /api/v1/calls?key=&since=&before=&limit=`: the call journal,
-    /// newest first. `since` is an RFC 3339 time; `limit` defaults to 100, at
-    /// most 1000. A full page carries `next_before`, the id to pass as
-    /// `before` for the next (older) page; `null` once the journal is read.
+    /// `GET /api/v1/calls?key=&number=&since=&before=&limit=`: the call
+    /// journal, newest first. `number` is any written form of a caller's
+    /// number (normalized as SayName does); `since` an RFC 3339 time with
+    /// its offset; `limit` defaults to 100, at most 1000. A full page
+    /// carries `next_before`, the id to pass as `before` for the next
+    /// (older) page; `null` once the journal is read. An unknown or repeated
+    /// parameter is a 400 naming it.
     pub async fn calls(&self, req: &Request<Incoming>) -> Response<Body> {
         if let Err(refused) = self.check_token(req) {
             return refused;
         }
-        let query = match calls_query(req.uri().query().unwrap_or("")) {
+        let query = match calls_query(req.uri().query()) {
             Ok(query) => query,
             Err(message) => return json_error(StatusCode::BAD_REQUEST, &message),
         };
@@ -290,26 +302,25 @@ fn id_from_path(raw: &str) -> Result<String, Response<Body>> {
     Ok(id)
 }
 
+/// The parameters `GET /api/v1/calls` takes.
+const CALLS_PARAMETERS: &[&str] = &["key", "number", "since", "before", "limit"];
+
 /// The journal query a query string asks for; the message of a 400 if it
-/// cannot be read. Unknown parameters are ignored.
-fn calls_query(query: &str) -> Result<CallQuery, String> {
+/// cannot be read (an unknown or repeated parameter named).
+fn calls_query(query: Option<&str>) -> Result<CallQuery, String> {
     let mut calls = CallQuery {
         limit: DEFAULT_CALLS_LIMIT,
         ..CallQuery::default()
     };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
-        let Some(value) = crate::popup::query::percent_decode(raw) else {
-            return Err(format!(
-                "query parameter '{name}' is not valid percent-encoded UTF-8"
-            ));
-        };
+    for (name, value) in ApiQuery::parse(query, CALLS_PARAMETERS)?.pairs() {
         match name {
-            "key" => calls.key = Some(value),
+            "key" if value.is_empty() => {
+                return Err("key is empty: give an operator's abonent key, or leave key out for every operator".to_owned())
+            }
+            "key" => calls.key = Some(value.to_owned()),
+            "number" => calls.number = Some(journal_number(value)?),
             "since" => {
-                let since = rfc3339_with_offset(&value).ok_or_else(|| {
-                    "since must be an RFC 3339 time, e.g. 2026-11-23T10:00:00Z or 2026-11-23T13:00:00+03:00".to_owned()
-                })?;
+                let since = rfc3339::parse(value).map_err(|e| format!("since: {e}"))?;
                 calls.since = Some(since);
             }
             "before" => match value.parse::<i64>() {
@@ -324,10 +335,40 @@ fn calls_query(query: &str) -> Result<CallQuery, String> {
                 Ok(n) if (1..=MAX_CALLS_LIMIT).contains(&n) => calls.limit = n,
                 _ => return Err(format!("limit must be a number from 1 to {MAX_CALLS_LIMIT}")),
             },
+            // `ApiQuery` let through only the names above.
             _ => {}
         }
     }
     Ok(calls)
+}
+
+/// A caller's number as the journal keeps it, from any written form: read
+/// as SayName reads it, then written as the pop-up's `number` (E.164 with
+/// `+`; an extension as its digits). A text that is no number the gateway
+/// can read is taken as it is (trimmed), as the journal keeps such callers.
+fn journal_number(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(
+            "number is empty: give the caller's number in any written form, e.g. +7 912 345-67-89 or 89123456789".to_owned(),
+        );
+    }
+    Ok(match phone::normalize(value) {
+        Some(key) => key.display_e164(),
+        None => value.to_owned(),
+    })
+}
+
+/// 400 for any query parameter: the push and admin endpoints take none.
+#[allow(clippy::result_large_err)] // the Err is the answer itself
+pub(super) fn no_query(req: &Request<Incoming>) -> Result<(), Response<Body>> {
+    match ApiQuery::parse(req.uri().query(), &[]) {
+        Ok(_) => Ok(()),
+        Err(message) => Err(push_refused(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": format!("{message}; nothing was changed") }),
+        )),
+    }
 }
 
 /// One journal row as the API shows it.
@@ -407,35 +448,6 @@ fn record_refused(e: &push::RecordError) -> Response<Body> {
     )
 }
 
-/// An RFC 3339 time in UTC (`Z`, or no zone) or with an offset (`+03:00`),
-/// as 1C and scripts write it; `humantime` alone reads UTC only.
-fn rfc3339_with_offset(text: &str) -> Option<std::time::SystemTime> {
-    let text = text.trim();
-    let split = text
-        .len()
-        .checked_sub(6)
-        .filter(|&at| text.is_char_boundary(at));
-    if let Some((local, offset)) = split.map(|at| text.split_at(at)) {
-        let b = offset.as_bytes();
-        // "YYYY-MM-DDTHH:MM:SS" at least before the offset, so a bare date is not read as one.
-        if matches!(b[0], b'+' | b'-') && b[3] == b':' && local.len() >= 19 {
-            let hours: u64 = offset[1..3].parse().ok()?;
-            let minutes: u64 = offset[4..6].parse().ok()?;
-            if hours > 23 || minutes > 59 {
-                return None;
-            }
-            let local = humantime::parse_rfc3339_weak(local).ok()?;
-            let shift = std::time::Duration::from_secs(hours * 3600 + minutes * 60);
-            return if b[0] == b'+' {
-                local.checked_sub(shift)
-            } else {
-                local.checked_add(shift)
-            };
-        }
-    }
-    humantime::parse_rfc3339_weak(text).ok()
-}
-
 /// A push the gateway accepted but could not (fully) carry out.
 fn push_failed(e: PushError) -> Response<Body> {
     match e {
@@ -454,37 +466,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn since_reads_utc_and_offsets() {
-        let utc = rfc3339_with_offset("2026-11-23T10:00:00Z").expect("utc");
-        for same in [
-            "2026-11-23T10:00:00",
-            "2026-11-23T13:00:00+03:00",
-            "2026-11-23T05:30:00-04:30",
-            "2026-11-23 13:00:00.000+03:00",
-        ] {
-            assert_eq!(rfc3339_with_offset(same), Some(utc), "{same}");
-        }
-        for bad in [
-            "2026-11-23T10:00:00+24:00",
-            "2026-11-23T10:00:00+03:7x",
-            "yesterday",
-            "ёёёёёёё",
-        ] {
-            assert_eq!(rfc3339_with_offset(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
     fn the_journal_query_reads_its_parameters() {
-        let q = calls_query("key=k%20x&before=250&limit=7&other=1").expect("query");
+        let q = calls_query(Some(
+            "key=k%20x&before=250&limit=7&number=8%20(912)%20345-67-89",
+        ))
+        .expect("query");
         assert_eq!(q.key.as_deref(), Some("k x"));
+        assert_eq!(q.number.as_deref(), Some("+79123456789"));
         assert_eq!(q.before, Some(250));
         assert_eq!(q.limit, 7);
         assert_eq!(q.since, None);
-        assert_eq!(calls_query("").expect("empty").limit, DEFAULT_CALLS_LIMIT);
-        for bad in ["before=0", "before=-3", "before=x", "before=", "limit=1001"] {
-            assert!(calls_query(bad).is_err(), "{bad}");
+        assert_eq!(calls_query(None).expect("none").limit, DEFAULT_CALLS_LIMIT);
+        let q = calls_query(Some("since=2026-12-04T23:00:00%2B03:00")).expect("since");
+        assert_eq!(
+            q.since,
+            Some(humantime::parse_rfc3339("2026-12-04T20:00:00Z").expect("utc"))
+        );
+        for bad in [
+            "before=0",
+            "before=-3",
+            "before=x",
+            "before=",
+            "limit=1001",
+            "key=",
+            "number=",
+            "since=2026-12-04T23:00:00",
+            "other=1",
+            "key=a&key=b",
+        ] {
+            assert!(calls_query(Some(bad)).is_err(), "{bad}");
         }
+        let e = calls_query(Some("numbr=1")).expect_err("unknown");
+        assert!(e.contains("'numbr'") && e.contains("number"), "{e}");
+        let e = calls_query(Some("since=2026-12-04T23:00:00")).expect_err("no offset");
+        assert!(e.contains("offset"), "{e}");
+    }
+
+    #[test]
+    fn a_number_is_written_as_the_journal_keeps_it() {
+        for same in [
+            "+7 912 345-67-89",
+            "89123456789",
+            "9123456789",
+            "+7(912)3456789",
+        ] {
+            assert_eq!(
+                journal_number(same).as_deref(),
+                Ok("+79123456789"),
+                "{same}"
+            );
+        }
+        assert_eq!(journal_number(" 244 ").as_deref(), Ok("244"));
+        assert_eq!(journal_number("anonymous").as_deref(), Ok("anonymous"));
+        assert!(journal_number("  ").is_err());
     }
 
     #[test]

@@ -112,15 +112,21 @@ impl BasicAuth {
     }
 }
 
-/// Checks `Authorization: Bearer <token>` against the configured token; no
-/// configured token refuses everyone.
-pub fn check_bearer(header: Option<&HeaderValue>, token: Option<&str>) -> Result<(), AuthFailure> {
-    let given = header
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any
+/// case, spaces around the token dropped); `None` for no header, another
+/// scheme, or a value that is not text.
+pub fn bearer_token(header: Option<&HeaderValue>) -> Option<&str> {
+    header
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim())
-        .ok_or(AuthFailure::MissingBearer)?;
+}
+
+/// Checks `Authorization: Bearer <token>` against the configured token; no
+/// configured token refuses everyone.
+pub fn check_bearer(header: Option<&HeaderValue>, token: Option<&str>) -> Result<(), AuthFailure> {
+    let given = bearer_token(header).ok_or(AuthFailure::MissingBearer)?;
     match token {
         Some(expected) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
         _ => Err(AuthFailure::WrongToken),

@@ -52,7 +52,7 @@ impl Front {
         let connection_slots = Arc::new(Semaphore::new(config.server.max_connections));
         Front {
             soap: SoapEndpoint::new(config, vats),
-            screens: Screens::new(config, hub, Arc::clone(&connection_slots)),
+            screens: Screens::new(config, hub, store.clone(), Arc::clone(&connection_slots)),
             api: Api::new(config, push, store),
             admin: Admin::new(config, file, Arc::clone(&directory)),
             ops: Ops::new(directory, health, Arc::clone(&metrics)),

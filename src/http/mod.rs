@@ -11,7 +11,8 @@
 //! the directory file past its guard), `ops.rs` (`/metrics`,
 //! `/healthz`, `/readyz`). This file holds only the route table; `front.rs`
 //! builds the groups, `server.rs` accepts connections, `auth.rs` checks every
-//! credential, `body.rs` reads bodies, `respond.rs` builds answers. A new
+//! credential, `body.rs` reads bodies, `query.rs` reads the API's query
+//! strings (`rfc3339.rs` their times), `respond.rs` builds answers. A new
 //! endpoint group is a new file and its lines in the table.
 
 mod admin;
@@ -20,7 +21,9 @@ mod auth;
 mod body;
 mod front;
 mod ops;
+mod query;
 mod respond;
+mod rfc3339;
 mod screens;
 pub mod server;
 mod soap;

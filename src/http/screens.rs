@@ -1,10 +1,12 @@
 //! Operator screens: the page (`GET /operator`), the WebSocket
 //! (`GET /operator/ws`) and the long-poll (`GET /operator/events`).
 //!
-//! Both transports authenticate the same way, here: `?token=` is looked up
-//! in the screen-token table ([`ScreenTokens`]), before anything else is
-//! read; the hub gets the key of the operator that the token resolved to.
-//! Refusals are JSON.
+//! Both transports authenticate the same way, here, before anything else is
+//! read: the screen's token, from `Authorization: Bearer <token>` (what
+//! 1C's WebSocket client sends in `ПараметрыWebSocketКлиентСоединения.Заголовки`)
+//! or from `?token=` (what a browser can send), is looked up in the
+//! screen-token table ([`ScreenTokens`]); the hub gets the key of the
+//! operator that the token resolved to. Refusals are JSON.
 
 use std::sync::Arc;
 
@@ -14,10 +16,11 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
-use super::auth::{ScreenOperator, ScreenTokens};
-use super::respond::{json_error, Body};
+use super::auth::{self, ScreenOperator, ScreenTokens};
+use super::respond::{json_error, with_header, Body};
 use crate::config::Config;
 use crate::popup::{self, Hub, ScreenQuery, TransportConfig};
+use crate::store::Store;
 
 /// Where the screens' endpoints live; `soap.path` may not be under it.
 pub const PREFIX: &str = "/operator";
@@ -35,12 +38,20 @@ pub struct Screens {
     /// connection ends at the upgrade, so a WebSocket screen takes a slot of
     /// its own for its lifetime.
     connection_slots: Arc<Semaphore>,
+    /// The call journal, whose rows count long-poll deliveries.
+    store: Store,
 }
 
 impl Screens {
-    pub fn new(config: &Config, hub: Arc<Hub>, connection_slots: Arc<Semaphore>) -> Screens {
+    pub fn new(
+        config: &Config,
+        hub: Arc<Hub>,
+        store: Store,
+        connection_slots: Arc<Semaphore>,
+    ) -> Screens {
         Screens {
             hub,
+            store,
             tokens: ScreenTokens::new(&config.operators),
             transport: TransportConfig::from(&config.popup),
             connection_slots,
@@ -60,12 +71,13 @@ impl Screens {
         response
     }
 
-    /// `GET /operator/ws?token=T[&after=N]`: the token is checked before
-    /// anything else (401, and no handshake), then `after`, then the handshake.
+    /// `GET /operator/ws[?token=T][&after=N]`: the token (header or query)
+    /// is checked before anything else (401, and no handshake), then
+    /// `after`, then the handshake.
     pub fn websocket(&self, mut req: Request<Incoming>) -> Response<Body> {
-        let (operator, query) = match self.screen(req.uri().query()) {
+        let (operator, query) = match self.screen(&req) {
             Ok(found) => found,
-            Err((status, message)) => return json_error(status, &message),
+            Err((status, message)) => return refused(status, &message),
         };
         let after = match query.after() {
             Ok(after) => after,
@@ -96,11 +108,11 @@ impl Screens {
         }
     }
 
-    /// `GET /operator/events?token=T&after=N[&wait=S]`: the long-poll.
+    /// `GET /operator/events[?token=T][&after=N][&wait=S]`: the long-poll.
     pub async fn events(&self, req: Request<Incoming>) -> Response<Body> {
-        let (operator, query) = match self.screen(req.uri().query()) {
+        let (operator, query) = match self.screen(&req) {
             Ok(found) => found,
-            Err((status, message)) => return json_error(status, &message),
+            Err((status, message)) => return refused(status, &message),
         };
         let (after, wait) = match (query.after(), query.wait_secs()) {
             (Ok(after), Ok(wait)) => (after, wait),
@@ -108,8 +120,9 @@ impl Screens {
         };
         let wait = popup::long_poll::wait_for(wait, self.transport.long_poll_max_wait);
         match popup::long_poll::poll(&self.hub, &operator.key, after, wait).await {
-            Ok(body) => {
-                let mut response = Response::new(Body::new(Bytes::from(body)));
+            Ok(polled) => {
+                self.journal_delivery(&operator.key, polled.seqs);
+                let mut response = Response::new(Body::new(Bytes::from(polled.body)));
                 let headers = response.headers_mut();
                 headers.insert(
                     header::CONTENT_TYPE,
@@ -125,18 +138,49 @@ impl Screens {
         }
     }
 
-    /// The operator whose screen this is, from `?token=`; a 400 for a query
-    /// that cannot be read, a 401 for a missing or unknown token.
+    /// Counts a long-poll answer's messages as delivered in their journal
+    /// rows, in the background: the screen's answer does not wait for the
+    /// store. (A WebSocket screen is counted when the call is published.)
+    fn journal_delivery(&self, key: &str, seqs: Vec<u64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = store.add_delivered(&key, seqs).await {
+                tracing::warn!(error = %e, key, "long-poll delivery not counted in the call journal");
+            }
+        });
+    }
+
+    /// The operator whose screen this is, from `Authorization: Bearer` or
+    /// `?token=`; a 400 for a query that cannot be read or a token given
+    /// both ways, a 401 for a missing or unknown token. Either way the token
+    /// goes through the same constant-time lookup.
     fn screen(
         &self,
-        query: Option<&str>,
+        req: &Request<Incoming>,
     ) -> Result<(ScreenOperator, ScreenQuery), (StatusCode, String)> {
-        let query = ScreenQuery::parse(query).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
-        let Some(token) = query.token() else {
-            return Err((
-                StatusCode::UNAUTHORIZED,
-                "missing token: connect with ?token=<this screen's token>".into(),
-            ));
+        let query =
+            ScreenQuery::parse(req.uri().query()).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        let header = auth::authorization(req.headers()).map_err(|e| (e.status(), e.to_string()))?;
+        // Another scheme (a browser's cached Basic credentials) is not a
+        // screen token: it is ignored, and `?token=` may still give one.
+        let token = match (auth::bearer_token(header), query.token()) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "the token is given twice: send it either as `Authorization: Bearer <token>` or as ?token=, not both".into(),
+                ))
+            }
+            (Some(token), None) | (None, Some(token)) => token,
+            (None, None) => {
+                return Err((
+                    StatusCode::UNAUTHORIZED,
+                    "missing token: send `Authorization: Bearer <this screen's token>` or connect with ?token=<this screen's token>".into(),
+                ))
+            }
         };
         match self.tokens.operator_for_token(token) {
             Some(operator) => Ok((operator, query)),
@@ -148,4 +192,13 @@ impl Screens {
             }
         }
     }
+}
+
+/// A screen's refusal in JSON; a 401 says which scheme the token takes.
+fn refused(status: StatusCode, message: &str) -> Response<Body> {
+    let response = json_error(status, message);
+    if status == StatusCode::UNAUTHORIZED {
+        return with_header(response, header::WWW_AUTHENTICATE, "Bearer");
+    }
+    response
 }

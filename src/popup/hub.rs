@@ -69,7 +69,8 @@ pub struct Published {
     /// The sequence number the message got (per key, from 1).
     pub seq: u64,
     /// Live subscriptions the message was queued to. Long-poll screens read
-    /// the replay buffer and are not counted here.
+    /// the replay buffer later and are not counted here (see
+    /// [`Hub::wait_after`]).
     pub delivered: usize,
 }
 
@@ -398,7 +399,8 @@ impl Hub {
     /// For long-poll: the buffered messages of `key` with `seq > after`, at
     /// once if there are any; otherwise waits up to `wait` for the next
     /// message(s) and returns them, or an empty `Vec` when the time is up (or
-    /// the hub shuts down).
+    /// the hub shuts down). What it returns counts as delivered (to the
+    /// screen whose request this is) in `cti_popup_delivered_total`.
     ///
     /// An `after` greater than the key's last seq is treated as a reset: the
     /// gateway restarted and its numbering began again at 1, so the screen
@@ -429,7 +431,9 @@ impl Hub {
                 (found, inner.closed)
             };
             if !found.is_empty() {
+                // The long-poll request hands them to its screen: delivered.
                 self.metrics.replayed.inc_by(found.len() as u64);
+                self.metrics.delivered.inc_by(found.len() as u64);
                 return Ok(found);
             }
             if closed {

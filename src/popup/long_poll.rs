@@ -22,8 +22,16 @@ pub fn wait_for(requested_secs: Option<u64>, max: Duration) -> Duration {
         .min(max)
 }
 
+/// A long-poll answer: its JSON body, and the seqs of the messages in it
+/// (delivered to the screen: the journal counts them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Polled {
+    pub body: String,
+    pub seqs: Vec<u64>,
+}
+
 /// Waits for `key`'s messages after `after` (up to `wait`) and returns the
-/// JSON body of the answer.
+/// answer.
 ///
 /// Without `after`, only messages published from now on are waited for.
 /// `next_after` is the last returned seq; with nothing returned it is
@@ -36,12 +44,15 @@ pub async fn poll(
     key: &str,
     after: Option<u64>,
     wait: Duration,
-) -> Result<String, HubError> {
+) -> Result<Polled, HubError> {
     let last_seq = hub.last_seq(key).ok_or(HubError::UnknownKey)?;
     let after = after.unwrap_or(last_seq);
     let messages = hub.wait_after(key, after, wait).await?;
     let next_after = messages.last().map_or(after.min(last_seq), |m| m.seq);
-    Ok(render(&messages, next_after))
+    Ok(Polled {
+        body: render(&messages, next_after),
+        seqs: messages.iter().map(|m| m.seq).collect(),
+    })
 }
 
 fn render(messages: &[Message], next_after: u64) -> String {
@@ -111,7 +122,10 @@ mod tests {
         for _ in 0..3 {
             publish(&hub);
         }
-        let body = poll(&hub, KEY, Some(1), DEFAULT_WAIT).await.expect("key");
+        let body = poll(&hub, KEY, Some(1), DEFAULT_WAIT)
+            .await
+            .expect("key")
+            .body;
         let v = parse(&body);
         assert_eq!(v["next_after"], 3);
         assert_eq!(v["messages"].as_array().map(Vec::len), Some(2));
@@ -129,16 +143,20 @@ mod tests {
         let started = tokio::time::Instant::now();
         let body = poll(&hub, KEY, None, Duration::from_secs(5))
             .await
-            .expect("key");
+            .expect("key")
+            .body;
         assert_eq!(parse(&body), json!({"messages": [], "next_after": 2}));
         assert_eq!(started.elapsed(), Duration::from_secs(5));
 
-        let body = poll(&hub, KEY, Some(1), Duration::ZERO).await.expect("key");
+        let body = poll(&hub, KEY, Some(1), Duration::ZERO)
+            .await
+            .expect("key")
+            .body;
         assert_eq!(parse(&body)["next_after"], 2);
 
         let waiter = {
             let hub = Arc::clone(&hub);
-            tokio::spawn(async move { poll(&hub, KEY, None, DEFAULT_WAIT).await })
+            tokio::spawn(async move { poll(&hub, KEY, None, DEFAULT_WAIT).await.map(|p| p.body) })
         };
         tokio::task::yield_now().await;
         publish(&hub);
@@ -153,11 +171,14 @@ mod tests {
         // Nothing published yet: next_after comes back to 0.
         let body = poll(&hub, KEY, Some(40), Duration::from_secs(1))
             .await
-            .expect("key");
+            .expect("key")
+            .body;
         assert_eq!(parse(&body), json!({"messages": [], "next_after": 0}));
         publish(&hub);
         publish(&hub);
-        let v = parse(&poll(&hub, KEY, Some(40), DEFAULT_WAIT).await.expect("key"));
+        let polled = poll(&hub, KEY, Some(40), DEFAULT_WAIT).await.expect("key");
+        assert_eq!(polled.seqs, [1, 2]);
+        let v = parse(&polled.body);
         assert_eq!(v["next_after"], 2);
         assert_eq!(v["messages"][0]["seq"], 1);
     }

@@ -63,16 +63,20 @@ impl ScreenQuery {
         self.token.as_deref().filter(|t| !t.is_empty())
     }
 
-    /// `after=N`: the last seq the screen has seen. `None` when absent.
+    /// `after=N`: the last seq the screen has seen. `None` when absent or
+    /// empty: 1C's `Формат(0, "ЧГ=0")` writes 0 as an empty string, and a
+    /// screen that has seen nothing asks for no replay.
     pub fn after(&self) -> Result<Option<u64>, String> {
-        number(
-            self.after.as_deref(),
-            "after",
-            "the last seq the screen has seen",
-        )
+        match self.after.as_deref() {
+            Some("") => Ok(None),
+            after => number(after, "after", "the last seq the screen has seen"),
+        }
     }
 
-    /// `wait=S`: seconds a long-poll may wait. `None` when absent.
+    /// `wait=S`: seconds a long-poll may wait. `None` when absent. An empty
+    /// `wait=` is refused: it is most likely a 0 that `Формат(0, "ЧГ=0")`
+    /// wrote as nothing, and taking it as the default would hold the
+    /// client for 25 s where it asked for an answer at once.
     pub fn wait_secs(&self) -> Result<Option<u64>, String> {
         number(self.wait.as_deref(), "wait", "whole seconds")
     }
@@ -82,17 +86,32 @@ fn number(value: Option<&str>, name: &str, meaning: &str) -> Result<Option<u64>,
     let Some(value) = value else {
         return Ok(None);
     };
-    // `u64::from_str` would accept a leading '+'; a screen sends digits.
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+    if value.is_empty() {
         return Err(format!(
-            "'{name}' must be a non-negative integer ({meaning}), got '{:.20}'",
+            "'{name}' is empty: give a whole number ({meaning}); in 1C, Формат(0, \"ЧГ=0\") writes 0 as an empty string, Формат(N, \"ЧН=0; ЧГ=0\") or XMLСтрока(N) writes it as 0"
+        ));
+    }
+    // `u64::from_str` would accept a leading '+'; a screen sends digits.
+    if !value.bytes().all(|b| b.is_ascii_digit()) {
+        // Digit groups (1C's `Формат` without `ЧГ=0` writes 1 234 with a
+        // no-break space) are the likely slip: say so.
+        let grouped = value
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ' ' || c == '\u{a0}' || c == '\u{202f}');
+        let hint = if grouped {
+            "; write it without digit grouping: in 1C, Формат(N, \"ЧН=0; ЧГ=0\") or XMLСтрока(N)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "'{name}' must be a non-negative whole number ({meaning}), got '{:.20}'{hint}",
             value.escape_debug()
         ));
     }
     value
         .parse()
         .map(Some)
-        .map_err(|_| format!("'{name}' is too large"))
+        .map_err(|_| format!("'{name}' is too large (at most {})", u64::MAX))
 }
 
 /// `%XX` → byte; the result must be UTF-8. `None` on a broken escape.
@@ -131,9 +150,17 @@ mod tests {
         assert_eq!(q.token(), None);
         assert_eq!(q.after(), Ok(None));
         assert_eq!(q.wait_secs(), Ok(None));
+        let q = ScreenQuery::parse(Some("token=&after")).expect("q");
+        assert_eq!(q.token(), None);
+        // An empty `after` (1C's `Формат(0, "ЧГ=0")`) asks for no replay.
+        assert_eq!(q.after(), Ok(None));
         assert_eq!(
-            ScreenQuery::parse(Some("token=&after")).expect("q").token(),
-            None
+            ScreenQuery::parse(Some("after=")).expect("q").after(),
+            Ok(None)
+        );
+        assert_eq!(
+            ScreenQuery::parse(Some("after=0")).expect("q").after(),
+            Ok(Some(0))
         );
         assert_eq!(
             ScreenQuery::parse(Some("token=%D0%B8")).expect("q").token(),
@@ -143,18 +170,18 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_number_or_not_a_query() {
-        for bad in [
-            "abc",
-            "-1",
-            "+1",
-            "1.5",
-            "",
-            " 1",
-            "99999999999999999999999",
-        ] {
+        for bad in ["abc", "-1", "+1", "1.5", " 1", "99999999999999999999999"] {
             let q = ScreenQuery::parse(Some(&format!("after={bad}"))).expect("query");
             assert!(q.after().is_err(), "{bad:?}");
         }
+        // 1C's grouped digits: refused, saying how to write the number.
+        let q = ScreenQuery::parse(Some("after=1%C2%A0234")).expect("query");
+        let e = q.after().expect_err("grouped");
+        assert!(e.contains("ЧН=0; ЧГ=0"), "{e}");
+        // An empty `wait` is refused, saying why.
+        let q = ScreenQuery::parse(Some("wait=")).expect("query");
+        let e = q.wait_secs().expect_err("empty wait");
+        assert!(e.contains("empty"), "{e}");
         for bad in [
             "token=%",
             "token=%G1",

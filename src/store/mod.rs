@@ -121,6 +121,9 @@ pub struct CallRecord {
 pub struct CallQuery {
     /// Only this operator key's calls.
     pub key: Option<String>,
+    /// Only calls from this number, in the journal's form (`number` of
+    /// [`CallRecord`]: E.164 with `+`, an extension as its digits).
+    pub number: Option<String>,
     /// Only calls from this time on (inclusive).
     pub since: Option<SystemTime>,
     /// Only the calls that come after call `before` in the journal's order
@@ -413,6 +416,18 @@ impl Store {
             .await
     }
 
+    /// One more screen got `key`'s pop-ups `seqs` after they were published
+    /// (a long-poll request returned them): adds one to `delivered` of each
+    /// one's journal row. Committed with the journal appends' group; a
+    /// delivery that comes before its row (the hub wakes long-poll requests
+    /// before the PBX's request writes the row) is added when the row is
+    /// written. Resolves with how many of the rows were there already.
+    pub async fn add_delivered(&self, key: &str, seqs: Vec<u64>) -> Result<usize, StoreError> {
+        let key = key.to_owned();
+        self.request(|reply| Command::AddDelivered { key, seqs, reply })
+            .await
+    }
+
     /// Journal rows, newest first (by `at`, then id), optionally only for
     /// `key` and only from `since` on (inclusive). At most `limit` rows, and
     /// never more than 10,000. [`Store::calls_page`] with no `before`.
@@ -424,6 +439,7 @@ impl Store {
     ) -> Result<Vec<StoredCall>, StoreError> {
         self.calls_page(CallQuery {
             key: key.map(str::to_owned),
+            number: None,
             since,
             before: None,
             limit,
@@ -443,13 +459,19 @@ impl Store {
     pub async fn calls_page(&self, query: CallQuery) -> Result<Vec<StoredCall>, StoreError> {
         let CallQuery {
             key,
+            number,
             since,
             before,
             limit,
         } = query;
-        let since = since.map(unix_ms);
-        let limit = limit.min(MAX_CALLS_LIMIT);
-        self.read(move |conn, path| read::calls(conn, path, key.as_deref(), since, before, limit))
+        let filter = read::CallFilter {
+            key,
+            number,
+            since_ms: since.map(unix_ms),
+            before,
+            limit: limit.min(MAX_CALLS_LIMIT),
+        };
+        self.read(move |conn, path| read::calls(conn, path, &filter))
             .await
     }
 

@@ -309,20 +309,30 @@ pub(super) fn source_fingerprint(
 
 /// [`calls_page_sql`] without paging: what the query-plan test checks.
 #[cfg(test)]
-pub(super) fn calls_sql(by_key: bool, since: bool) -> String {
-    calls_page_sql(by_key, since, false)
+pub(super) fn calls_sql(by_key: bool, by_number: bool, since: bool) -> String {
+    calls_page_sql(by_key, by_number, since, false)
+}
+
+/// Which journal rows [`calls`] reads (a `CallQuery` with the time in unix ms
+/// and the limit capped).
+pub(super) struct CallFilter {
+    pub key: Option<String>,
+    pub number: Option<String>,
+    pub since_ms: Option<i64>,
+    pub before: Option<i64>,
+    pub limit: u32,
 }
 
 /// The journal query for a filter combination: one statement each, so each
-/// walks an index (`calls_key_at` or `calls_at`) in order, with no sort.
-/// With `before`, it starts after call `?b` in the journal's order (by `at`,
-/// then id, newest first), still as an index range. When that call is not
-/// there (an id never given, or one removed), the position is the latest
-/// time of the calls with a smaller id, so none of those is left out.
-/// Parameters: the key if filtered, the time if filtered, the call id if
-/// paging, the limit.
-pub(super) fn calls_page_sql(by_key: bool, since: bool, before: bool) -> String {
-    let mut conditions = Vec::with_capacity(3);
+/// walks an index (`calls_key_at`, `calls_number_at` or `calls_at`) in
+/// order, with no sort. With `before`, it starts after call `?b` in the
+/// journal's order (by `at`, then id, newest first), still as an index
+/// range. When that call is not there (an id never given, or one removed),
+/// the position is the latest time of the calls with a smaller id, so none
+/// of those is left out. Parameters: the key if filtered, the number if
+/// filtered, the time if filtered, the call id if paging, the limit.
+pub(super) fn calls_page_sql(by_key: bool, by_number: bool, since: bool, before: bool) -> String {
+    let mut conditions = Vec::with_capacity(4);
     let mut n = 0;
     let mut next = || {
         n += 1;
@@ -330,6 +340,9 @@ pub(super) fn calls_page_sql(by_key: bool, since: bool, before: bool) -> String 
     };
     if by_key {
         conditions.push(format!("key = ?{}", next()));
+    }
+    if by_number {
+        conditions.push(format!("number = ?{}", next()));
     }
     if since {
         conditions.push(format!("at >= ?{}", next()));
@@ -353,28 +366,33 @@ pub(super) fn calls_page_sql(by_key: bool, since: bool, before: bool) -> String 
     )
 }
 
-/// Journal rows, newest first, optionally for one key, from a time on, and
-/// before a journal position (see [`calls_page_sql`]).
+/// Journal rows, newest first, optionally for one key, one number, from a
+/// time on, and before a journal position (see [`calls_page_sql`]).
 pub(super) fn calls(
     conn: &Connection,
     path: &Path,
-    key: Option<&str>,
-    since_ms: Option<i64>,
-    before: Option<i64>,
-    limit: u32,
+    filter: &CallFilter,
 ) -> Result<Vec<StoredCall>, StoreError> {
-    let sql = calls_page_sql(key.is_some(), since_ms.is_some(), before.is_some());
-    let mut args: Vec<&dyn ToSql> = Vec::with_capacity(4);
-    if let Some(k) = &key {
+    let sql = calls_page_sql(
+        filter.key.is_some(),
+        filter.number.is_some(),
+        filter.since_ms.is_some(),
+        filter.before.is_some(),
+    );
+    let mut args: Vec<&dyn ToSql> = Vec::with_capacity(5);
+    if let Some(k) = &filter.key {
         args.push(k);
     }
-    if let Some(s) = &since_ms {
+    if let Some(n) = &filter.number {
+        args.push(n);
+    }
+    if let Some(s) = &filter.since_ms {
         args.push(s);
     }
-    if let Some(b) = &before {
+    if let Some(b) = &filter.before {
         args.push(b);
     }
-    args.push(&limit);
+    args.push(&filter.limit);
     let query = || -> rusqlite::Result<Vec<StoredCall>> {
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(args.as_slice(), |r| {

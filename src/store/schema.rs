@@ -76,6 +76,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (id, source)
     ) WITHOUT ROWID;
     ",
+    // 5: the journal by caller (`GET /api/v1/calls?number=`: a client's
+    // call history), newest first without a sort.
+    "
+    CREATE INDEX calls_number_at ON calls (number, at);
+    ",
 ];
 
 /// The schema version this build writes and understands.

@@ -35,7 +35,7 @@ impl Metrics {
             delivered: counter(
                 registry,
                 "cti_popup_delivered_total",
-                "Pop-up messages queued to live subscriptions.",
+                "Pop-up messages handed to screens: queued to a live WebSocket subscription, or returned to a long-poll request.",
             )?,
             unknown_key: counter(
                 registry,

@@ -77,6 +77,32 @@ async fn journal_ids_increase_and_calls_filter_by_key_since_limit_newest_first()
         .expect("none")
         .is_empty());
 
+    // By number (the journal's form), alone and with the other filters.
+    let by_number = |number: &str, key: Option<&str>, since: Option<u64>| CallQuery {
+        key: key.map(str::to_owned),
+        number: Some(number.to_owned()),
+        since: since.map(at_ms),
+        before: None,
+        limit: 100,
+    };
+    let third = store
+        .calls_page(by_number("+79235292903", None, None))
+        .await
+        .expect("by number");
+    assert_eq!(third.iter().map(|c| c.id).collect::<Vec<_>>(), [ids[3]]);
+    for (key, since) in [(Some("even"), None), (None, Some(1_004_000))] {
+        let none = store
+            .calls_page(by_number("+79235292903", key, since))
+            .await
+            .expect("by number");
+        assert!(none.is_empty(), "{key:?} {since:?}: {none:?}");
+    }
+    let both = store
+        .calls_page(by_number("+79235292903", Some("odd"), Some(1_003_000)))
+        .await
+        .expect("by number");
+    assert_eq!(both.len(), 1);
+
     // Newest means by `at`, not by id: a late-committed older call sorts after.
     let late = store
         .append_call(call("odd", 1_000_500, "1"))
@@ -96,8 +122,16 @@ async fn journal_queries_walk_an_index_without_sorting() {
     let path = store_path(dir.path());
     open(&path).close().await;
     let conn = Connection::open(&path).expect("raw open");
-    for (by_key, since) in [(true, true), (true, false), (false, true), (false, false)] {
-        let sql = read::calls_sql(by_key, since);
+    for (by_key, by_number, since) in [
+        (true, false, true),
+        (true, false, false),
+        (false, false, true),
+        (false, false, false),
+        (false, true, false),
+        (false, true, true),
+        (true, true, true),
+    ] {
+        let sql = read::calls_sql(by_key, by_number, since);
         let mut stmt = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .expect("explain");
@@ -105,7 +139,7 @@ async fn journal_queries_walk_an_index_without_sorting() {
             .query_map(
                 rusqlite::params_from_iter(std::iter::repeat_n(
                     1,
-                    1 + by_key as usize + since as usize,
+                    1 + by_key as usize + by_number as usize + since as usize,
                 )),
                 |r| r.get::<_, String>(3),
             )
@@ -159,6 +193,62 @@ async fn concurrent_appends_all_commit_in_fewer_transactions() {
         counter(&registry, "cti_store_journal_writes_total", "ok"),
         N as u64
     );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_adds_to_its_row_whether_it_comes_before_or_after_the_append() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&store_path(dir.path()));
+    let with_seq = |key: &str, seq: u64, delivered: u32| CallRecord {
+        seq: Some(seq),
+        delivered,
+        ..call(key, 1_000_000 + seq, "9235292926")
+    };
+    // After: the row is there.
+    store
+        .append_call(with_seq("k", 1, 2))
+        .await
+        .expect("append");
+    assert_eq!(
+        store.add_delivered("k", vec![1]).await.expect("delivered"),
+        1
+    );
+    // Before: kept, then added to the row when it is written.
+    assert_eq!(
+        store.add_delivered("k", vec![2]).await.expect("delivered"),
+        0
+    );
+    assert_eq!(
+        store.add_delivered("k", vec![2]).await.expect("delivered"),
+        0
+    );
+    store
+        .append_call(with_seq("k", 2, 0))
+        .await
+        .expect("append");
+    // Another key's seq 1 is another row; a seq no call gets is harmless.
+    store
+        .append_call(with_seq("other", 1, 0))
+        .await
+        .expect("append");
+    assert_eq!(
+        store
+            .add_delivered("k", vec![1, 2, 99])
+            .await
+            .expect("delivered"),
+        2
+    );
+    let delivered = |calls: &[StoredCall], key: &str, seq: u64| {
+        calls
+            .iter()
+            .find(|c| c.key == key && c.seq == Some(seq))
+            .map(|c| c.delivered)
+    };
+    let calls = store.calls(None, None, 100).await.expect("calls");
+    assert_eq!(delivered(&calls, "k", 1), Some(4));
+    assert_eq!(delivered(&calls, "k", 2), Some(3));
+    assert_eq!(delivered(&calls, "other", 1), Some(0));
     store.close().await;
 }
 

@@ -28,12 +28,14 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+mod delivered;
 mod replace;
 
 use super::metrics::Metrics;
 use super::snapshot::{self, Plan, RecordSet, Upserted};
 use super::{unix_ms, AppliedChanges, CallRecord, StoreError};
 use crate::directory::Tombstone;
+use delivered::EarlyDeliveries;
 use replace::{CHUNK_TIME, MAX_CHUNK_OPS};
 
 /// Room in the channel: callers beyond it wait (asynchronously) for space.
@@ -59,6 +61,15 @@ pub(super) enum Command {
     AppendCall {
         call: CallRecord,
         reply: Reply<i64>,
+    },
+    /// One more screen got these pop-ups of `key` (a long-poll answer): adds
+    /// one to each one's journal row. Committed with the appends' group;
+    /// answers how many rows were there already (the others get it when
+    /// their append comes).
+    AddDelivered {
+        key: String,
+        seqs: Vec<u64>,
+        reply: Reply<usize>,
     },
     ReplaceSource {
         source: String,
@@ -121,6 +132,8 @@ pub(super) fn spawn(
         rx,
         deferred: VecDeque::new(),
         batch: Vec::with_capacity(GROUP_CAP),
+        deliveries: Vec::new(),
+        early: EarlyDeliveries::default(),
         max_chunk_ops: MAX_CHUNK_OPS,
         chunk_time: CHUNK_TIME,
     };
@@ -154,6 +167,10 @@ struct Writer {
     deferred: VecDeque<Command>,
     /// Journal appends of the next group commit.
     batch: Vec<(CallRecord, Reply<i64>)>,
+    /// Deliveries of the next group commit (see [`Command::AddDelivered`]).
+    deliveries: Vec<(String, Vec<u64>, Reply<usize>)>,
+    /// Deliveries that came before their journal row.
+    early: EarlyDeliveries,
     /// [`MAX_CHUNK_OPS`] and [`CHUNK_TIME`], unless a measurement or a test
     /// set others ([`Store::set_chunk`](super::Store::set_chunk)).
     max_chunk_ops: usize,
@@ -173,6 +190,10 @@ impl Writer {
             match cmd {
                 Command::AppendCall { call, reply } => {
                     self.batch.push((call, reply));
+                    self.commit_appends();
+                }
+                Command::AddDelivered { key, seqs, reply } => {
+                    self.deliveries.push((key, seqs, reply));
                     self.commit_appends();
                 }
                 Command::ReplaceSource {
@@ -241,22 +262,28 @@ impl Writer {
         self.shutdown();
     }
 
-    /// Group commit: adds every append already waiting in the channel to the
-    /// batch, up to the cap, and commits it; returns how many it committed.
-    /// Other commands met on the way wait in `deferred` for their turn.
+    /// Group commit: adds every append (and delivery) already waiting in the
+    /// channel to the batch, up to the cap, and commits it; returns how many
+    /// it committed. Other commands met on the way wait in `deferred` for
+    /// their turn.
     fn commit_appends(&mut self) -> usize {
-        while self.batch.len() < GROUP_CAP {
+        while self.batch.len() + self.deliveries.len() < GROUP_CAP {
             match self.rx.try_recv() {
                 Ok(Command::AppendCall { call, reply }) => self.batch.push((call, reply)),
+                Ok(Command::AddDelivered { key, seqs, reply }) => {
+                    self.deliveries.push((key, seqs, reply))
+                }
                 Ok(other) => self.deferred.push_back(other),
                 Err(_) => break,
             }
         }
-        let n = self.batch.len();
+        let n = self.batch.len() + self.deliveries.len();
         if n > 0 {
             let mut batch = std::mem::take(&mut self.batch);
-            self.append_calls(&mut batch);
+            let mut deliveries = std::mem::take(&mut self.deliveries);
+            self.append_calls(&mut batch, &mut deliveries);
             self.batch = batch;
+            self.deliveries = deliveries;
         }
         n
     }
@@ -271,40 +298,87 @@ impl Writer {
         }
     }
 
-    /// Commits a group of journal appends in one transaction and answers each.
-    fn append_calls(&mut self, batch: &mut Vec<(CallRecord, Reply<i64>)>) {
+    /// Commits a group of journal appends and deliveries in one transaction
+    /// and answers each. Appends go first, so a delivery of a call appended
+    /// in the same group finds its row; a delivery whose row is not there is
+    /// kept for its append ([`EarlyDeliveries`]), and an append takes the
+    /// deliveries kept for it.
+    fn append_calls(
+        &mut self,
+        batch: &mut Vec<(CallRecord, Reply<i64>)>,
+        deliveries: &mut Vec<(String, Vec<u64>, Reply<usize>)>,
+    ) {
         let n = batch.len();
+        // Deliveries that came before these rows, taken now and put back if
+        // the transaction fails.
+        let early: Vec<u32> = batch
+            .iter()
+            .map(|(c, _)| c.seq.map_or(0, |seq| self.early.take(&c.key, seq)))
+            .collect();
         let result = self.transact("appending to the call journal", |tx| {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO calls (at, raw_number, number, key, counterparty_id, delivered, seq)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut ids = Vec::with_capacity(n);
-            for (c, _) in batch.iter() {
+            for ((c, _), early) in batch.iter().zip(&early) {
                 stmt.execute(params![
                     unix_ms(c.at),
                     c.raw_number,
                     c.number,
                     c.key,
                     c.counterparty_id,
-                    c.delivered,
+                    c.delivered.saturating_add(*early),
                     c.seq.and_then(|s| i64::try_from(s).ok()),
                 ])?;
                 ids.push(tx.last_insert_rowid());
             }
-            Ok(ids)
+            let mut update = tx.prepare_cached(
+                "UPDATE calls SET delivered = delivered + 1 WHERE key = ?1 AND seq = ?2",
+            )?;
+            let mut missing = Vec::new();
+            let mut found = Vec::with_capacity(deliveries.len());
+            for (key, seqs, _) in deliveries.iter() {
+                let mut rows = 0;
+                for &seq in seqs {
+                    let Ok(seq_value) = i64::try_from(seq) else {
+                        continue;
+                    };
+                    match update.execute(params![key, seq_value])? {
+                        0 => missing.push((key.clone(), seq)),
+                        _ => rows += 1,
+                    }
+                }
+                found.push(rows);
+            }
+            Ok((ids, found, missing))
         });
         match result {
-            Ok(ids) => {
+            Ok((ids, found, missing)) => {
+                for (key, seq) in missing {
+                    self.early.keep(&key, seq);
+                }
                 self.metrics.journal_ok.inc_by(n as u64);
                 for ((_, reply), id) in batch.drain(..).zip(ids) {
                     let _ = reply.send(Ok(id));
                 }
+                for ((_, _, reply), rows) in deliveries.drain(..).zip(found) {
+                    let _ = reply.send(Ok(rows));
+                }
             }
             Err(e) => {
+                for ((c, _), early) in batch.iter().zip(early) {
+                    if let Some(seq) = c.seq {
+                        self.early.put_back(&c.key, seq, early);
+                    }
+                }
                 self.metrics.journal_error.inc_by(n as u64);
-                self.failures.failed("call journal append", n, &e);
+                self.failures
+                    .failed("call journal append", n + deliveries.len(), &e);
                 for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for (_, _, reply) in deliveries.drain(..) {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
