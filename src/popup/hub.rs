@@ -31,7 +31,6 @@ use tokio::time::Instant;
 use self::metrics::Metrics;
 use self::subscription::{Mailbox, SHUTDOWN};
 use super::message::{compose, encode_body, CallEvent, Message};
-use super::screen_runtime;
 use crate::config::PopupConfig;
 
 pub use self::subscription::Subscription;
@@ -524,13 +523,12 @@ impl Queued {
         self.published
     }
 
-    /// Wakes the key's screens from the screens' runtime, where their tasks
-    /// run: this thread only hands one task over, and the thousand wake-ups
-    /// of a large fan-out are that runtime's own (no cross-thread queue per
-    /// screen).
+    /// Wakes the key's screens from a task of its own: the caller only
+    /// spawns one task, and the thousand wake-ups of a large fan-out run
+    /// after it, not inside the request that queued the pop-up.
     pub fn wake(mut self) {
         if let Some(state) = self.state.take() {
-            screen_runtime::spawn(async move { state.arrived.notify_waiters() });
+            tokio::spawn(async move { state.arrived.notify_waiters() });
         }
     }
 

@@ -55,7 +55,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::{screen_runtime, Closed, Hub, HubError, Message, Subscription};
+use super::{Closed, Hub, HubError, Message, Subscription};
 
 /// Largest frame or message a screen may send (it only ever sends pongs and
 /// a close, a few bytes each).
@@ -182,8 +182,7 @@ impl Handshake {
         tracing::debug!(%key, %operator, after, "operator screen connected (WebSocket)");
         let (key, operator) = (key.to_owned(), operator.to_owned());
         let on_upgrade = self.on_upgrade;
-        // On the screens' runtime: see `screen_runtime` for why.
-        screen_runtime::spawn(async move {
+        tokio::spawn(async move {
             let end = match on_upgrade.await {
                 Ok(upgraded) => run(upgraded, subscription, resume, ping_interval).await,
                 Err(e) => End::Broken(format!("upgrade failed: {e}")),
