@@ -44,11 +44,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
+use http_body_util::Full;
 use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 #[allow(dead_code)] // gen_counterparties uses the rest
 #[path = "phone_slots.rs"]
@@ -132,72 +129,9 @@ struct Common {
 
 // ------------------------------------------------------------------ HTTP
 
-/// One keep-alive HTTP/1.1 connection to the gateway (reconnected after a failure).
-struct Conn {
-    addr: String,
-    sender: Option<SendRequest<Full<Bytes>>>,
-}
-
-impl Conn {
-    fn new(addr: &str) -> Conn {
-        Conn {
-            addr: addr.to_owned(),
-            sender: None,
-        }
-    }
-
-    async fn connect(&mut self) -> Result<(), String> {
-        let tcp = TcpStream::connect(&self.addr)
-            .await
-            .map_err(|e| format!("connect {}: {e}", self.addr))?;
-        let _ = tcp.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        self.sender = Some(sender);
-        Ok(())
-    }
-
-    /// Sends one request; the status and body, or why not. Bounded by `limit`
-    /// (connecting included); a failed connection is dropped.
-    async fn send(
-        &mut self,
-        req: Request<Full<Bytes>>,
-        limit: Duration,
-    ) -> Result<(u16, Bytes), String> {
-        let result = tokio::time::timeout(limit, async {
-            if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-                self.connect().await?;
-            }
-            let sender = self.sender.as_mut().expect("connected");
-            sender
-                .ready()
-                .await
-                .map_err(|e| format!("connection not ready: {e}"))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| format!("request: {e}"))?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("body: {e}"))?
-                .to_bytes();
-            Ok::<_, String>((status, body))
-        })
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")));
-        if result.is_err() {
-            self.sender = None;
-        }
-        result
-    }
-}
+#[path = "http_conn.rs"]
+mod http_conn;
+use http_conn::Conn;
 
 fn snippet(body: &[u8]) -> String {
     String::from_utf8_lossy(body).chars().take(300).collect()
