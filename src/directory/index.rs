@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use super::build::{build_entries, Stamps};
 use super::entry::{unix_ms, Entry, Prepared};
-use super::keys::{by_id, by_inn, on_phone, tombstones_of, ById, ByInn, OnPhone};
+use super::keys::{by_id, by_inn, first_on_phone, tombstones_of, ById, ByInn, OnPhone};
 use super::shards::{hash_str, Edit, Sharded, Shards};
 use super::tombstone::{is_hidden, is_spent_by, Tombstone, Tombstones};
 use super::{Counterparty, Renderer, ReplaceReport};
@@ -164,7 +164,7 @@ impl Index {
     /// first by the shared-phone rule.
     #[inline]
     pub fn by_phone(&self, phone: PhoneKey) -> Option<&Arc<Entry>> {
-        on_phone(&self.by_phone, phone).first().map(|p| &p.entry)
+        first_on_phone(&self.by_phone, phone).map(|p| &p.entry)
     }
 
     pub fn by_id(&self, id: &str) -> Option<&Arc<Entry>> {

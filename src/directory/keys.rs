@@ -64,13 +64,12 @@ impl Sharded for OnPhone {
     }
 }
 
-/// Every item under `phone`, best first.
+/// The best item under `phone`: the answer (the SayName path).
 #[inline]
-pub(super) fn on_phone(map: &Shards<OnPhone>, phone: PhoneKey) -> &[OnPhone] {
+pub(super) fn first_on_phone(map: &Shards<OnPhone>, phone: PhoneKey) -> Option<&OnPhone> {
     let leaf = map.leaf(phone_hash(phone));
-    let start = leaf.partition_point(|p| p.phone < phone);
-    let end = start + leaf[start..].partition_point(|p| p.phone == phone);
-    &leaf[start..end]
+    leaf.get(leaf.partition_point(|p| p.phone < phone))
+        .filter(|p| p.phone == phone)
 }
 
 /// An answering entry that has an INN, under it (branches share one).
