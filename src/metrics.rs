@@ -88,6 +88,7 @@ pub struct Metrics {
     pub http_connections: IntGauge,
     pub http_connections_refused: IntCounter,
     pub http_responses: IntCounterVec,
+    pub http_refused: IntCounterVec,
     pub directory_counterparties: IntGauge,
     pub directory_phones: IntGauge,
     pub directory_ambiguous_phones: IntGauge,
@@ -155,6 +156,13 @@ impl Metrics {
             ),
             &["endpoint", "status"],
         ));
+        let http_refused = must(IntCounterVec::new(
+            Opts::new(
+                "cti_http_refused_total",
+                "Requests refused before their credentials were looked at, by endpoint and reason (address: not in the endpoint group's allow_from).",
+            ),
+            &["endpoint", "reason"],
+        ));
         let directory_counterparties = must(IntGauge::new(
             "cti_directory_counterparties",
             "Counterparties in the directory.",
@@ -213,6 +221,7 @@ impl Metrics {
             Box::new(http_connections.clone()),
             Box::new(http_connections_refused.clone()),
             Box::new(http_responses.clone()),
+            Box::new(http_refused.clone()),
             Box::new(directory_counterparties.clone()),
             Box::new(directory_phones.clone()),
             Box::new(directory_ambiguous_phones.clone()),
@@ -235,6 +244,7 @@ impl Metrics {
             http_connections,
             http_connections_refused,
             http_responses,
+            http_refused,
             directory_counterparties,
             directory_phones,
             directory_ambiguous_phones,

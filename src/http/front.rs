@@ -6,7 +6,9 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use super::admin::Admin;
+use super::allow::AllowLists;
 use super::api::Api;
+use super::client::ClientResolver;
 use super::ops::Ops;
 use super::screens::Screens;
 use super::soap::SoapEndpoint;
@@ -27,6 +29,10 @@ pub struct Front {
     pub(super) api: Api,
     pub(super) admin: Admin,
     pub(super) ops: Ops,
+    /// Who a request comes from (`server.trusted_proxies`).
+    pub(super) clients: ClientResolver,
+    /// Each endpoint group's address allow-list.
+    pub(super) allow: AllowLists,
     pub(super) metrics: Arc<Metrics>,
     /// `server.max_connections` slots, shared by HTTP connections and the
     /// WebSocket screens they upgrade into.
@@ -56,6 +62,8 @@ impl Front {
             api: Api::new(config, push, store),
             admin: Admin::new(config, file, Arc::clone(&directory)),
             ops: Ops::new(directory, health, Arc::clone(&metrics)),
+            clients: ClientResolver::new(&config.server.trusted_proxies),
+            allow: AllowLists::new(config),
             soap_ok_responses: metrics.http_responses.with_label_values(&["soap", "200"]),
             metrics,
             connection_slots,

@@ -125,7 +125,8 @@ impl Connection {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
         let front_for_conn = Arc::clone(front);
-        let service = service_fn(move |req| Arc::clone(&front_for_conn).handle(req));
+        let peer_ip = peer.ip();
+        let service = service_fn(move |req| Arc::clone(&front_for_conn).handle(req, peer_ip));
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
