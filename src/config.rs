@@ -190,6 +190,12 @@ pub struct ServerConfig {
     /// On SIGTERM, how long requests in flight may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Failed credential checks from one client address within a minute
+    /// past which that address is blocked (429) for `auth_block`.
+    pub auth_failures_per_minute: u32,
+    /// How long an address over `auth_failures_per_minute` is blocked.
+    #[serde(with = "humantime_serde")]
+    pub auth_block: Duration,
     /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` /
     /// `X-Forwarded-Proto` headers are believed; from anyone else they are
     /// ignored.
@@ -385,6 +391,8 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            auth_failures_per_minute: 20,
+            auth_block: Duration::from_secs(300),
             trusted_proxies: AddressList::default(),
         }
     }
@@ -629,6 +637,14 @@ impl Config {
             if value.is_zero() {
                 return Err(self.invalid(key, "must be longer than 0s"));
             }
+        }
+        if self.server.auth_failures_per_minute == 0 {
+            return Err(self.invalid("server.auth_failures_per_minute", "must be at least 1"));
+        }
+        if self.server.auth_block < Duration::from_secs(1)
+            || self.server.auth_block > Duration::from_secs(24 * 3600)
+        {
+            return Err(self.invalid("server.auth_block", "must be between 1s and 24h"));
         }
         Ok(())
     }
@@ -932,6 +948,21 @@ mod tests {
         }
         let list = AddressList::parse(["10.0.0.0/33"]);
         assert!(!list.is_valid() && !list.contains("10.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn auth_throttling_keys_have_defaults_and_bounds() {
+        let c = parse(MINIMAL).expect("config");
+        assert_eq!(c.server.auth_failures_per_minute, 20);
+        assert_eq!(c.server.auth_block, Duration::from_secs(300));
+        for (key, value) in [
+            ("auth_failures_per_minute", "0"),
+            ("auth_block", "\"0s\""),
+            ("auth_block", "\"2d\""),
+        ] {
+            let err = parse(&format!("{MINIMAL}[server]\n{key} = {value}\n")).expect_err(key);
+            assert!(err.to_string().contains(&format!("server.{key}")), "{err}");
+        }
     }
 
     #[test]

@@ -159,7 +159,7 @@ impl Metrics {
         let http_refused = must(IntCounterVec::new(
             Opts::new(
                 "cti_http_refused_total",
-                "Requests refused before their credentials were looked at, by endpoint and reason (address: not in the endpoint group's allow_from).",
+                "Requests refused before their credentials were looked at, by endpoint and reason (address: not in the endpoint group's allow_from; auth_throttled: too many failed credential checks from the address).",
             ),
             &["endpoint", "reason"],
         ));

@@ -35,6 +35,12 @@ impl AllowList {
         self.list.is_empty() || self.list.contains(client)
     }
 
+    /// Whether `client` is named by the list itself (an empty list names
+    /// nobody): the addresses a configuration vouches for.
+    pub fn names(&self, client: IpAddr) -> bool {
+        self.list.contains(client)
+    }
+
     /// The configuration key of the list.
     pub fn key(&self) -> &'static str {
         self.key
@@ -84,6 +90,11 @@ impl AllowLists {
             Group::Open => None,
         }
     }
+
+    /// `soap.allow_from`: the PBX's addresses, when configured.
+    pub fn soap(&self) -> &AllowList {
+        &self.soap
+    }
 }
 
 #[cfg(test)]
@@ -95,9 +106,10 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_list_allows_everyone() {
+    fn an_empty_list_allows_everyone_and_names_nobody() {
         let list = AllowList::new("x.allow_from", &AddressList::default());
         assert!(list.allows(ip("192.0.2.1")) && list.allows(ip("::1")));
+        assert!(!list.names(ip("192.0.2.1")));
     }
 
     #[test]
@@ -106,7 +118,7 @@ mod tests {
             "x.allow_from",
             &AddressList::parse(["203.0.113.0/24", "2001:db8::/32"]),
         );
-        assert!(list.allows(ip("203.0.113.77")));
+        assert!(list.allows(ip("203.0.113.77")) && list.names(ip("203.0.113.77")));
         assert!(list.allows(ip("2001:db8::5")));
         assert!(!list.allows(ip("203.0.114.1")));
         assert!(!list.allows(ip("2001:db9::5")));

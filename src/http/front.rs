@@ -12,6 +12,7 @@ use super::client::ClientResolver;
 use super::ops::Ops;
 use super::screens::Screens;
 use super::soap::SoapEndpoint;
+use super::throttle::AuthThrottle;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
@@ -33,6 +34,8 @@ pub struct Front {
     pub(super) clients: ClientResolver,
     /// Each endpoint group's address allow-list.
     pub(super) allow: AllowLists,
+    /// Failed credential checks per address.
+    pub(super) throttle: AuthThrottle,
     pub(super) metrics: Arc<Metrics>,
     /// `server.max_connections` slots, shared by HTTP connections and the
     /// WebSocket screens they upgrade into.
@@ -64,6 +67,10 @@ impl Front {
             ops: Ops::new(directory, health, Arc::clone(&metrics)),
             clients: ClientResolver::new(&config.server.trusted_proxies),
             allow: AllowLists::new(config),
+            throttle: AuthThrottle::new(
+                config.server.auth_failures_per_minute,
+                config.server.auth_block,
+            ),
             soap_ok_responses: metrics.http_responses.with_label_values(&["soap", "200"]),
             metrics,
             connection_slots,

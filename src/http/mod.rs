@@ -12,7 +12,8 @@
 //! `/healthz`, `/readyz`). This file holds only the route table; `front.rs`
 //! builds the groups, `server.rs` accepts connections, `client.rs` tells
 //! who a request comes from (behind trusted proxies too), `allow.rs` holds
-//! the address allow-lists of the groups, `auth.rs` checks every
+//! the address allow-lists of the groups, `throttle.rs` blocks addresses
+//! that fail credential checks too often, `auth.rs` checks every
 //! credential, `body.rs` reads bodies, `query.rs` reads the API's query
 //! strings (`rfc3339.rs` their times), `respond.rs` builds answers. A new
 //! endpoint group is a new file and its lines in the table.
@@ -31,13 +32,16 @@ mod rfc3339;
 mod screens;
 pub mod server;
 mod soap;
+mod throttle;
 
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use tokio::time::Instant;
 
 use crate::config::{Config, ConfigError};
 use allow::Group;
@@ -116,6 +120,25 @@ impl Route {
             Route::Other => "other",
         }
     }
+
+    /// The endpoints that check credentials: where failed checks are
+    /// counted and a throttled address gets 429.
+    fn authenticated(self) -> bool {
+        match self {
+            Route::Soap
+            | Route::ApiCounterparties
+            | Route::ApiCounterparty
+            | Route::ApiCalls
+            | Route::ApiAcceptFile
+            | Route::OperatorWs
+            | Route::OperatorEvents => true,
+            Route::Metrics
+            | Route::Healthz
+            | Route::Readyz
+            | Route::OperatorPage
+            | Route::Other => false,
+        }
+    }
 }
 
 /// `path` is `prefix` or lies under it.
@@ -186,9 +209,9 @@ impl Front {
         }
     }
 
-    /// Checks the client's address against its group's allow-list, then
-    /// sends the request to its endpoint; the endpoint's label with the
-    /// answer.
+    /// Checks the client's address against its group's allow-list and,
+    /// on an endpoint with credentials, the failed-auth throttle; then sends
+    /// the request to its endpoint. The endpoint's label with the answer.
     async fn dispatch(
         &self,
         req: Request<Incoming>,
@@ -204,7 +227,47 @@ impl Front {
                 );
             }
         }
-        let response = match route {
+        // The PBX's own addresses are never throttled.
+        let throttled = route.authenticated() && !self.allow.soap().names(client.addr);
+        if throttled {
+            if let Some(left) = self.throttle.blocked(client.addr, Instant::now()) {
+                return (route.label(), self.throttled(route, &req, left));
+            }
+        }
+        // The version a 429 on the SOAP path is written in, read before the
+        // endpoint takes the request.
+        let soap_version = if throttled && route == Route::Soap {
+            soap::declared_version(&req)
+        } else {
+            None
+        };
+        let response = self.endpoint(route, req, client).await;
+        if throttled && response.status() == StatusCode::UNAUTHORIZED {
+            if let Some(block) = self.throttle.failed(client.addr, Instant::now()) {
+                tracing::warn!(
+                    client = %client.addr,
+                    failures = block.failures,
+                    block_s = block.block.as_secs(),
+                    "client address blocked: too many failed credential checks within a minute (server.auth_failures_per_minute); its requests to authenticated endpoints get 429 until the block ends"
+                );
+                // The failure over the limit hears it at once.
+                return (
+                    route.label(),
+                    self.throttled_as(route, soap_version, block.block),
+                );
+            }
+        }
+        (route.label(), response)
+    }
+
+    /// The endpoint's answer.
+    async fn endpoint(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+        client: Client,
+    ) -> Response<Body> {
+        match route {
             Route::Soap => self.soap.handle(req, client).await,
             Route::ApiCounterparties => self.api.upsert(req, client).await,
             Route::ApiCounterparty => self.api.delete(req, client).await,
@@ -217,8 +280,42 @@ impl Front {
             Route::OperatorWs => self.screens.websocket(req),
             Route::OperatorEvents => self.screens.events(req).await,
             Route::Other => respond::json_error(StatusCode::NOT_FOUND, "no such endpoint"),
+        }
+    }
+
+    /// 429 with `Retry-After` for a blocked address, in the path's
+    /// protocol, counted.
+    fn throttled(&self, route: Route, req: &Request<Incoming>, left: Duration) -> Response<Body> {
+        self.throttled_as(route, soap::declared_version(req), left)
+    }
+
+    fn throttled_as(
+        &self,
+        route: Route,
+        soap_version: Option<crate::soap::SoapVersion>,
+        left: Duration,
+    ) -> Response<Body> {
+        self.metrics
+            .http_refused
+            .with_label_values(&[route.label(), "auth_throttled"])
+            .inc();
+        // Whole seconds, rounded up: never an invitation to come back early.
+        let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        let message = format!(
+            "too many failed credential checks from this address: try again in {seconds} s"
+        );
+        let status = StatusCode::TOO_MANY_REQUESTS;
+        let mut response = if route == Route::Soap {
+            let version = soap_version.unwrap_or(crate::soap::SoapVersion::V11);
+            soap::fault(version, status, &message)
+        } else {
+            respond::json_error(status, &message)
         };
-        (route.label(), response)
+        response.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from(seconds),
+        );
+        response
     }
 
     /// 403 for a client address outside the group's allow-list, in the
