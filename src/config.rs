@@ -196,6 +196,11 @@ pub struct ServerConfig {
     /// How long an address over `auth_failures_per_minute` is blocked.
     #[serde(with = "humantime_serde")]
     pub auth_block: Duration,
+    /// PEM file of the listener's certificate (then its chain); with
+    /// `tls_key`, the listener speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of that certificate's private key.
+    pub tls_key: Option<PathBuf>,
     /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` /
     /// `X-Forwarded-Proto` headers are believed; from anyone else they are
     /// ignored.
@@ -393,6 +398,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             auth_failures_per_minute: 20,
             auth_block: Duration::from_secs(300),
+            tls_cert: None,
+            tls_key: None,
             trusted_proxies: AddressList::default(),
         }
     }
@@ -637,6 +644,21 @@ impl Config {
             if value.is_zero() {
                 return Err(self.invalid(key, "must be longer than 0s"));
             }
+        }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => {
+                return Err(self.invalid(
+                    "server.tls_key",
+                    "is not set while server.tls_cert is: give both (the certificate's PEM file and its key's), or neither for plain HTTP",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid(
+                    "server.tls_cert",
+                    "is not set while server.tls_key is: give both (the certificate's PEM file and its key's), or neither for plain HTTP",
+                ))
+            }
+            _ => {}
         }
         if self.server.auth_failures_per_minute == 0 {
             return Err(self.invalid("server.auth_failures_per_minute", "must be at least 1"));

@@ -89,6 +89,7 @@ pub struct Metrics {
     pub http_connections_refused: IntCounter,
     pub http_responses: IntCounterVec,
     pub http_refused: IntCounterVec,
+    pub tls_handshake_failures: IntCounter,
     pub directory_counterparties: IntGauge,
     pub directory_phones: IntGauge,
     pub directory_ambiguous_phones: IntGauge,
@@ -163,6 +164,10 @@ impl Metrics {
             ),
             &["endpoint", "reason"],
         ));
+        let tls_handshake_failures = must(IntCounter::new(
+            "cti_tls_handshake_failures_total",
+            "TLS connections closed before their handshake ended: failed, not TLS (plain HTTP on the TLS port), or not finished within server.header_read_timeout.",
+        ));
         let directory_counterparties = must(IntGauge::new(
             "cti_directory_counterparties",
             "Counterparties in the directory.",
@@ -222,6 +227,7 @@ impl Metrics {
             Box::new(http_connections_refused.clone()),
             Box::new(http_responses.clone()),
             Box::new(http_refused.clone()),
+            Box::new(tls_handshake_failures.clone()),
             Box::new(directory_counterparties.clone()),
             Box::new(directory_phones.clone()),
             Box::new(directory_ambiguous_phones.clone()),
@@ -245,6 +251,7 @@ impl Metrics {
             http_connections_refused,
             http_responses,
             http_refused,
+            tls_handshake_failures,
             directory_counterparties,
             directory_phones,
             directory_ambiguous_phones,

@@ -13,6 +13,7 @@ use super::ops::Ops;
 use super::screens::Screens;
 use super::soap::SoapEndpoint;
 use super::throttle::AuthThrottle;
+use super::tls::Tls;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
@@ -40,6 +41,8 @@ pub struct Front {
     /// `server.max_connections` slots, shared by HTTP connections and the
     /// WebSocket screens they upgrade into.
     connection_slots: Arc<Semaphore>,
+    /// The listener's TLS, with `server.tls_cert` and `server.tls_key`.
+    tls: Option<Arc<Tls>>,
     /// `cti_http_responses_total{endpoint="soap",status="200"}`, resolved once.
     pub(super) soap_ok_responses: prometheus::IntCounter,
 }
@@ -74,7 +77,18 @@ impl Front {
             soap_ok_responses: metrics.http_responses.with_label_values(&["soap", "200"]),
             metrics,
             connection_slots,
+            tls: None,
         }
+    }
+
+    /// The same front, its listener speaking TLS only.
+    pub fn with_tls(mut self, tls: Arc<Tls>) -> Front {
+        self.tls = Some(tls);
+        self
+    }
+
+    pub fn tls(&self) -> Option<&Arc<Tls>> {
+        self.tls.as_ref()
     }
 
     pub fn metrics(&self) -> &Metrics {

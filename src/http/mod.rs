@@ -33,6 +33,7 @@ mod screens;
 pub mod server;
 mod soap;
 mod throttle;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -149,13 +150,16 @@ fn under(path: &str, prefix: &str) -> bool {
 
 impl Front {
     /// hyper's entry point: never fails, every error is an answer. `peer`
-    /// is the address the connection comes from.
+    /// is the address the connection comes from, `over_tls` whether it
+    /// speaks TLS to this listener.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: IpAddr,
+        over_tls: bool,
     ) -> Result<Response<Body>, Infallible> {
-        let client = self.clients.resolve(peer, req.headers());
+        let mut client = self.clients.resolve(peer, req.headers());
+        client.https |= over_tls;
         let (endpoint, response) = if server::head_len(&req) > server::MAX_HEAD_BYTES {
             ("head_too_large", self.head_too_large(req.uri().path()))
         } else {
