@@ -83,12 +83,17 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let started = Instant::now();
         http::check_soap_path(&config)?;
+        let metrics = Arc::new(Metrics::new());
         // Before anything is opened: a bad certificate stops start-up at once.
         let tls = match (&config.server.tls_cert, &config.server.tls_key) {
-            (Some(cert), Some(key)) => Some(Arc::new(http::tls::Tls::new(cert, key)?)),
+            (Some(cert), Some(key)) => {
+                let expiry = metrics
+                    .tls_certificate_expiry()
+                    .map_err(StartError::Metrics)?;
+                Some(Arc::new(http::tls::Tls::new(cert, key, expiry)?))
+            }
             _ => None,
         };
-        let metrics = Arc::new(Metrics::new());
         let store = open_main_store(&config, &metrics)?;
         let directory = Arc::new(
             Directory::new(soap::say_name_payload)

@@ -264,6 +264,17 @@ impl Metrics {
         }
     }
 
+    /// `cti_tls_certificate_expiry_timestamp_seconds`, registered only when
+    /// the listener speaks TLS (a 0 would set off every expiry alert).
+    pub fn tls_certificate_expiry(&self) -> prometheus::Result<prometheus::Gauge> {
+        let gauge = prometheus::Gauge::new(
+            "cti_tls_certificate_expiry_timestamp_seconds",
+            "When the listener's TLS certificate expires (unix time; 0 if its notAfter could not be read).",
+        )?;
+        self.registry.register(Box::new(gauge.clone()))?;
+        Ok(gauge)
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -164,6 +164,16 @@ async fn say_name_on(stream: &mut TlsStream<TcpStream>, addr: SocketAddr) -> (u1
     }
 }
 
+/// `GET path` over a new TLS connection; the whole answer as text.
+async fn https_get(addr: SocketAddr, ca: &Path, path: &str) -> String {
+    let mut stream = connect(addr, ca).await.expect("handshake");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 fn tls_config(cert: &Path, key: &Path) -> String {
     format!(
         "server.tls_cert = \"{}\"\nserver.tls_key = \"{}\"\n",
@@ -204,6 +214,27 @@ async fn the_listener_speaks_https_with_the_configured_certificate() {
         answer.contains(&format!("https://{}{SOAP_PATH}", gw.addr)),
         "{answer}"
     );
+    // The certificate's expiry, for Prometheus and /readyz (openssl -days 2).
+    let metrics = https_get(gw.addr, &ca, "/metrics").await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("cti_tls_certificate_expiry_timestamp_seconds "))
+        .unwrap_or_else(|| panic!("no expiry in {metrics}"));
+    let expires: f64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a number");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    assert!(
+        expires > now + 86_400.0 && expires < now + 3.0 * 86_400.0,
+        "{expires} vs {now}"
+    );
+    let ready = https_get(gw.addr, &ca, "/readyz").await;
+    assert!(ready.contains(r#""certificate_expires":"20"#), "{ready}");
 }
 
 #[tokio::test]
@@ -242,6 +273,11 @@ async fn a_new_certificate_is_picked_up_and_open_connections_stay_up() {
     connect(gw.addr, &ca1)
         .await
         .expect("the old pair still serves");
+    let ready = https_get(gw.addr, &ca1, "/readyz").await;
+    assert!(
+        ready.contains(r#""state":"reload_failed""#) && ready.contains("server.tls_key"),
+        "{ready}"
+    );
 
     // The whole new pair: new handshakes get it (by SIGHUP or the files' change).
     std::fs::copy(&key2, &key).expect("copy key");
@@ -258,6 +294,8 @@ async fn a_new_certificate_is_picked_up_and_open_connections_stay_up() {
         connect(gw.addr, &ca1).await.is_err(),
         "the old CA no longer verifies"
     );
+    let ready = https_get(gw.addr, &ca2, "/readyz").await;
+    assert!(ready.contains(r#""state":"ok""#), "{ready}");
     // The connection opened before the rotation is still served.
     assert_eq!(say_name_on(&mut kept, gw.addr).await.0, 200);
 }

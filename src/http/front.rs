@@ -83,6 +83,7 @@ impl Front {
 
     /// The same front, its listener speaking TLS only.
     pub fn with_tls(mut self, tls: Arc<Tls>) -> Front {
+        self.ops.report_tls(Arc::clone(&tls));
         self.tls = Some(tls);
         self
     }
