@@ -6,11 +6,12 @@
 //! file at all the gateway runs in demo mode with published demo credentials;
 //! a real config file must set its own SOAP password.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use std::{fmt, fs};
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 /// Environment variables that override secrets from the file, so the file
@@ -93,6 +94,67 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A list of IP networks, as `allow_from` and `server.trusted_proxies` take
+/// them: CIDRs (`203.0.113.0/24`, `2001:db8::/32`) or bare addresses (a /32
+/// or a /128). An entry that is not one (a host name, a typo) is kept by its
+/// text, so that validation names it; [`AddressList::contains`] never
+/// matches anything for a list holding one (see [`AddressList::is_valid`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "Vec<String>")]
+pub struct AddressList {
+    nets: Vec<IpNet>,
+    bad: Vec<String>,
+}
+
+impl From<Vec<String>> for AddressList {
+    fn from(entries: Vec<String>) -> AddressList {
+        AddressList::parse(entries)
+    }
+}
+
+impl AddressList {
+    /// Reads each entry: a network in CIDR notation (host bits dropped) or
+    /// a bare address.
+    pub fn parse<S: AsRef<str>>(entries: impl IntoIterator<Item = S>) -> AddressList {
+        let mut list = AddressList::default();
+        for entry in entries {
+            let text = entry.as_ref().trim();
+            let net = text
+                .parse::<IpNet>()
+                .map(|net| net.trunc())
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
+            match net {
+                Ok(net) => list.nets.push(net),
+                Err(_) => list.bad.push(entry.as_ref().to_owned()),
+            }
+        }
+        list
+    }
+
+    /// No entry at all: for an allow-list, everyone.
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty() && self.bad.is_empty()
+    }
+
+    /// Every entry is an address or a network.
+    pub fn is_valid(&self) -> bool {
+        self.bad.is_empty()
+    }
+
+    /// The first entry that is neither an address nor a network.
+    pub fn first_bad(&self) -> Option<&str> {
+        self.bad.first().map(String::as_str)
+    }
+
+    /// Whether `ip` lies in one of the networks (an IPv4 address mapped
+    /// into IPv6, as a dual-stack listener sees it, counts as the IPv4
+    /// address). Never for a list with a bad entry.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.is_valid() && self.nets.iter().any(|net| net.contains(&ip))
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -103,6 +165,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub api: ApiConfig,
     pub popup: PopupConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
     #[serde(rename = "operator")]
     pub operators: Vec<OperatorConfig>,
@@ -127,6 +190,21 @@ pub struct ServerConfig {
     /// On SIGTERM, how long requests in flight may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Failed credential checks from one client address within a minute
+    /// past which that address is blocked (429) for `auth_block`.
+    pub auth_failures_per_minute: u32,
+    /// How long an address over `auth_failures_per_minute` is blocked.
+    #[serde(with = "humantime_serde")]
+    pub auth_block: Duration,
+    /// PEM file of the listener's certificate (then its chain); with
+    /// `tls_key`, the listener speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of that certificate's private key.
+    pub tls_key: Option<PathBuf>,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` /
+    /// `X-Forwarded-Proto` headers are believed; from anyone else they are
+    /// ignored.
+    pub trusted_proxies: AddressList,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,6 +218,8 @@ pub struct SoapConfig {
     /// The service address written into the WSDL; by default it is built
     /// from the request's `Host` header.
     pub public_url: Option<String>,
+    /// Client addresses that may reach `path` (the PBX's); empty: everyone.
+    pub allow_from: AddressList,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +328,15 @@ pub struct StoreConfig {
 pub struct ApiConfig {
     /// Bearer token of the push API; the API answers 401 to everyone when unset.
     pub token: Option<Secret>,
+    /// Client addresses that may reach `/api/`; empty: everyone.
+    pub allow_from: AddressList,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Client addresses that may read `/metrics`; empty: everyone.
+    pub allow_from: AddressList,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -268,6 +357,9 @@ pub struct PopupConfig {
     /// clamped to this); at most 60 s, as the contract says.
     #[serde(with = "humantime_serde")]
     pub long_poll_max_wait: Duration,
+    /// Client addresses that may reach the operator page, WebSocket and
+    /// long-poll; empty: everyone.
+    pub allow_from: AddressList,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -304,6 +396,11 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            auth_failures_per_minute: 20,
+            auth_block: Duration::from_secs(300),
+            tls_cert: None,
+            tls_key: None,
+            trusted_proxies: AddressList::default(),
         }
     }
 }
@@ -316,6 +413,7 @@ impl Default for SoapConfig {
             password: None,
             wsdl_requires_auth: false,
             public_url: None,
+            allow_from: AddressList::default(),
         }
     }
 }
@@ -348,6 +446,7 @@ impl Default for PopupConfig {
             queue_len: 64,
             ping_interval: Duration::from_secs(25),
             long_poll_max_wait: Duration::from_secs(60),
+            allow_from: AddressList::default(),
         }
     }
 }
@@ -388,6 +487,7 @@ impl Config {
             },
             api: ApiConfig {
                 token: Some(Secret::new(DEMO_API_TOKEN)),
+                ..ApiConfig::default()
             },
             operators: vec![OperatorConfig {
                 key: DEMO_OPERATOR_KEY.into(),
@@ -465,7 +565,28 @@ impl Config {
         }
         self.validate_popup()?;
         self.validate_log_and_api()?;
+        self.validate_address_lists()?;
         self.validate_operators()
+    }
+
+    /// Each allow-list and `server.trusted_proxies`: every entry an address
+    /// or a network (a host name is not: the gateway resolves nothing).
+    fn validate_address_lists(&self) -> Result<(), ConfigError> {
+        for (key, list) in [
+            ("server.trusted_proxies", &self.server.trusted_proxies),
+            ("soap.allow_from", &self.soap.allow_from),
+            ("popup.allow_from", &self.popup.allow_from),
+            ("api.allow_from", &self.api.allow_from),
+            ("metrics.allow_from", &self.metrics.allow_from),
+        ] {
+            if let Some(entry) = list.first_bad() {
+                return Err(self.invalid(
+                    key,
+                    format!("has the entry {entry:?}, which is neither an IP address nor a network: write addresses or CIDRs such as \"203.0.113.0/24\", \"198.51.100.7\" or \"2001:db8::/32\" (host names are not resolved)"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_log_and_api(&self) -> Result<(), ConfigError> {
@@ -523,6 +644,29 @@ impl Config {
             if value.is_zero() {
                 return Err(self.invalid(key, "must be longer than 0s"));
             }
+        }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => {
+                return Err(self.invalid(
+                    "server.tls_key",
+                    "is not set while server.tls_cert is: give both (the certificate's PEM file and its key's), or neither for plain HTTP",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid(
+                    "server.tls_cert",
+                    "is not set while server.tls_key is: give both (the certificate's PEM file and its key's), or neither for plain HTTP",
+                ))
+            }
+            _ => {}
+        }
+        if self.server.auth_failures_per_minute == 0 {
+            return Err(self.invalid("server.auth_failures_per_minute", "must be at least 1"));
+        }
+        if self.server.auth_block < Duration::from_secs(1)
+            || self.server.auth_block > Duration::from_secs(24 * 3600)
+        {
+            return Err(self.invalid("server.auth_block", "must be between 1s and 24h"));
         }
         Ok(())
     }
@@ -779,6 +923,68 @@ mod tests {
         assert!(err.to_string().contains("max_shrink"), "{err}");
         let err = with("settle = \"2h\"").expect_err("too long");
         assert!(err.to_string().contains("directory.settle"), "{err}");
+    }
+
+    #[test]
+    fn address_lists_take_networks_and_bare_addresses_of_both_families() {
+        let c = parse(&format!(
+            "{MINIMAL}[api]\nallow_from = [\"203.0.113.0/24\", \"198.51.100.7\", \"2001:db8::/32\", \"::1\"]\n"
+        ))
+        .expect("config");
+        let list = &c.api.allow_from;
+        let ip = |s: &str| s.parse::<IpAddr>().expect("address");
+        assert!(list.contains(ip("203.0.113.200")));
+        assert!(list.contains(ip("198.51.100.7")));
+        assert!(!list.contains(ip("198.51.100.8")));
+        assert!(list.contains(ip("2001:db8:1::5")));
+        assert!(list.contains(ip("::1")));
+        assert!(!list.contains(ip("127.0.0.1")));
+        // As a dual-stack listener sees an IPv4 client.
+        assert!(list.contains(ip("::ffff:203.0.113.9")));
+        assert!(c.soap.allow_from.is_empty() && c.metrics.allow_from.is_empty());
+    }
+
+    #[test]
+    fn a_bad_address_list_entry_is_named_with_its_key_and_the_file() {
+        for (table, key) in [
+            ("server", "trusted_proxies"),
+            ("soap", "allow_from"),
+            ("popup", "allow_from"),
+            ("api", "allow_from"),
+            ("metrics", "allow_from"),
+        ] {
+            let line = format!("{key} = [\"10.0.0.0/8\", \"pbx.example.ru\"]\n");
+            let text = if table == "soap" {
+                MINIMAL.replace("[soap]\n", &format!("[soap]\n{line}"))
+            } else {
+                format!("{MINIMAL}[{table}]\n{line}")
+            };
+            let err = parse(&text).expect_err("a host name");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("{table}.{key}"))
+                    && msg.contains("pbx.example.ru")
+                    && msg.contains("gw.toml"),
+                "{msg}"
+            );
+        }
+        let list = AddressList::parse(["10.0.0.0/33"]);
+        assert!(!list.is_valid() && !list.contains("10.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn auth_throttling_keys_have_defaults_and_bounds() {
+        let c = parse(MINIMAL).expect("config");
+        assert_eq!(c.server.auth_failures_per_minute, 20);
+        assert_eq!(c.server.auth_block, Duration::from_secs(300));
+        for (key, value) in [
+            ("auth_failures_per_minute", "0"),
+            ("auth_block", "\"0s\""),
+            ("auth_block", "\"2d\""),
+        ] {
+            let err = parse(&format!("{MINIMAL}[server]\n{key} = {value}\n")).expect_err(key);
+            assert!(err.to_string().contains(&format!("server.{key}")), "{err}");
+        }
     }
 
     #[test]

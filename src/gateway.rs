@@ -42,6 +42,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("metrics registry: {0}")]
     Metrics(prometheus::Error),
+    #[error("TLS cannot start: {0}")]
+    Tls(#[from] http::tls::TlsError),
     #[error("the 1C source cannot start: {0}")]
     Onec(#[from] OnecError),
     /// A configuration the HTTP front cannot serve (`soap.path` on one of
@@ -82,6 +84,16 @@ impl Gateway {
         let started = Instant::now();
         http::check_soap_path(&config)?;
         let metrics = Arc::new(Metrics::new());
+        // Before anything is opened: a bad certificate stops start-up at once.
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => {
+                let expiry = metrics
+                    .tls_certificate_expiry()
+                    .map_err(StartError::Metrics)?;
+                Some(Arc::new(http::tls::Tls::new(cert, key, expiry)?))
+            }
+            _ => None,
+        };
         let store = open_main_store(&config, &metrics)?;
         let directory = Arc::new(
             Directory::new(soap::say_name_payload)
@@ -110,6 +122,17 @@ impl Gateway {
             Arc::clone(&push),
             file.clone(),
         );
+        let (reload, _) = watch::channel(0u64);
+        let (stop_sources, _) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let front = match tls {
+            Some(tls) => {
+                let watch = Arc::clone(&tls).watch(reload.subscribe(), stop_sources.subscribe());
+                tasks.push(tokio::spawn(watch));
+                front.with_tls(tls)
+            }
+            None => front,
+        };
         let (server, stop_server) = serve(listener, front, &config);
         tracing::info!(%addr, soap_path = %config.soap.path, "listening");
 
@@ -119,8 +142,6 @@ impl Gateway {
             load_snapshot(&config, &store, onec_store.as_ref(), &directory).await;
         push.snapshot_loaded();
 
-        let (reload, _) = watch::channel(0u64);
-        let (stop_sources, _) = watch::channel(false);
         let keeper = forget_spent_tombstones(Arc::clone(&push), stop_sources.subscribe());
         let tombstone_keeper = tokio::spawn(keeper);
         let mut sources = SourceContext {
@@ -131,6 +152,7 @@ impl Gateway {
         .start(file, onec)
         .await;
         sources.push(tombstone_keeper);
+        sources.extend(tasks);
 
         Ok(Gateway {
             report: StartReport {

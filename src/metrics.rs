@@ -88,6 +88,8 @@ pub struct Metrics {
     pub http_connections: IntGauge,
     pub http_connections_refused: IntCounter,
     pub http_responses: IntCounterVec,
+    pub http_refused: IntCounterVec,
+    pub tls_handshake_failures: IntCounter,
     pub directory_counterparties: IntGauge,
     pub directory_phones: IntGauge,
     pub directory_ambiguous_phones: IntGauge,
@@ -155,6 +157,17 @@ impl Metrics {
             ),
             &["endpoint", "status"],
         ));
+        let http_refused = must(IntCounterVec::new(
+            Opts::new(
+                "cti_http_refused_total",
+                "Requests refused before their credentials were looked at, by endpoint and reason (address: not in the endpoint group's allow_from; auth_throttled: too many failed credential checks from the address).",
+            ),
+            &["endpoint", "reason"],
+        ));
+        let tls_handshake_failures = must(IntCounter::new(
+            "cti_tls_handshake_failures_total",
+            "TLS connections closed before their handshake ended: failed, not TLS (plain HTTP on the TLS port), or not finished within server.header_read_timeout.",
+        ));
         let directory_counterparties = must(IntGauge::new(
             "cti_directory_counterparties",
             "Counterparties in the directory.",
@@ -213,6 +226,8 @@ impl Metrics {
             Box::new(http_connections.clone()),
             Box::new(http_connections_refused.clone()),
             Box::new(http_responses.clone()),
+            Box::new(http_refused.clone()),
+            Box::new(tls_handshake_failures.clone()),
             Box::new(directory_counterparties.clone()),
             Box::new(directory_phones.clone()),
             Box::new(directory_ambiguous_phones.clone()),
@@ -235,6 +250,8 @@ impl Metrics {
             http_connections,
             http_connections_refused,
             http_responses,
+            http_refused,
+            tls_handshake_failures,
             directory_counterparties,
             directory_phones,
             directory_ambiguous_phones,
@@ -245,6 +262,17 @@ impl Metrics {
             directory_unusable_phones,
             incoming_calls_unknown_key,
         }
+    }
+
+    /// `cti_tls_certificate_expiry_timestamp_seconds`, registered only when
+    /// the listener speaks TLS (a 0 would set off every expiry alert).
+    pub fn tls_certificate_expiry(&self) -> prometheus::Result<prometheus::Gauge> {
+        let gauge = prometheus::Gauge::new(
+            "cti_tls_certificate_expiry_timestamp_seconds",
+            "When the listener's TLS certificate expires (unix time; 0 if its notAfter could not be read).",
+        )?;
+        self.registry.register(Box::new(gauge.clone()))?;
+        Ok(gauge)
     }
 
     pub fn registry(&self) -> &Registry {

@@ -12,6 +12,7 @@ use hyper::header;
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::api::{no_query, require_token};
+use super::client::Client;
 use super::respond::{json, json_error, with_header, Body};
 use crate::config::{Config, Secret};
 use crate::directory::Directory;
@@ -41,7 +42,7 @@ impl Admin {
     /// 409 when there is no file source or the file cannot be read, 422 when
     /// it is not valid (the line named), 503 while the gateway starts. The
     /// directory is unchanged whenever the answer is not 200.
-    pub async fn accept_file(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn accept_file(&self, req: Request<Incoming>, client: Client) -> Response<Body> {
         if req.method() != Method::POST {
             let message = format!(
                 "method {} is not allowed here: POST {ACCEPT_FILE} (no body) makes the file source take the directory file as it is",
@@ -50,7 +51,7 @@ impl Admin {
             let refused = json_error(StatusCode::METHOD_NOT_ALLOWED, &message);
             return with_header(refused, header::ALLOW, "POST");
         }
-        if let Err(refused) = require_token(self.token.as_ref(), &req) {
+        if let Err(refused) = require_token(self.token.as_ref(), &req, client) {
             return refused;
         }
         if let Err(refused) = no_query(&req) {

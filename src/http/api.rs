@@ -15,6 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::auth::{self, AuthFailure, RefusalLog};
 use super::body::{self, BodyError};
+use super::client::Client;
 use super::query::ApiQuery;
 use super::respond::{json, json_error, with_header, Body};
 use super::rfc3339;
@@ -67,7 +68,7 @@ impl Api {
     /// `POST /api/v1/counterparties`: a JSON array of counterparties,
     /// upserted into the `push` source, all or none. 200 once committed in
     /// the store and applied to the directory.
-    pub async fn upsert(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn upsert(&self, req: Request<Incoming>, client: Client) -> Response<Body> {
         if req.method() != Method::POST {
             return method_not_allowed(
                 req.method(),
@@ -75,7 +76,7 @@ impl Api {
                 "POST a JSON array of counterparties here; DELETE /api/v1/counterparties/{id} removes one",
             );
         }
-        if let Err(refused) = self.check_token(&req) {
+        if let Err(refused) = self.check_token(&req, client) {
             return refused;
         }
         if let Err(refused) = no_query(&req) {
@@ -118,7 +119,7 @@ impl Api {
 
     /// `DELETE /api/v1/counterparties/{id}`: removes the id from every
     /// source; 404 when none has it.
-    pub async fn delete(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn delete(&self, req: Request<Incoming>, client: Client) -> Response<Body> {
         if req.method() != Method::DELETE {
             return method_not_allowed(
                 req.method(),
@@ -126,7 +127,7 @@ impl Api {
                 "DELETE /api/v1/counterparties/{id} removes a counterparty; POST /api/v1/counterparties upserts",
             );
         }
-        if let Err(refused) = self.check_token(&req) {
+        if let Err(refused) = self.check_token(&req, client) {
             return refused;
         }
         if let Err(refused) = no_query(&req) {
@@ -172,8 +173,8 @@ impl Api {
     /// carries `next_before`, the id to pass as `before` for the next
     /// (older) page; `null` once the journal is read. An unknown or repeated
     /// parameter is a 400 naming it.
-    pub async fn calls(&self, req: &Request<Incoming>) -> Response<Body> {
-        if let Err(refused) = self.check_token(req) {
+    pub async fn calls(&self, req: &Request<Incoming>, client: Client) -> Response<Body> {
+        if let Err(refused) = self.check_token(req, client) {
             return refused;
         }
         let query = match calls_query(req.uri().query()) {
@@ -204,8 +205,8 @@ impl Api {
     }
 
     #[allow(clippy::result_large_err)] // the Err is the answer itself
-    fn check_token(&self, req: &Request<Incoming>) -> Result<(), Response<Body>> {
-        require_token(self.token.as_ref(), req)
+    fn check_token(&self, req: &Request<Incoming>, client: Client) -> Result<(), Response<Body>> {
+        require_token(self.token.as_ref(), req, client)
     }
 }
 
@@ -217,6 +218,7 @@ impl Api {
 pub(super) fn require_token(
     token: Option<&Secret>,
     req: &Request<Incoming>,
+    client: Client,
 ) -> Result<(), Response<Body>> {
     let token = token.map(Secret::expose);
     let Err(failure) =
@@ -228,7 +230,7 @@ pub(super) fn require_token(
         (AuthFailure::Repeated, _) | (_, Some(_)) => failure.to_string(),
         (_, None) => "no api.token is configured on the gateway: this API refuses every request until one is set".to_owned(),
     };
-    REFUSALS.refused(req.uri().path(), &message);
+    REFUSALS.refused(req.uri().path(), client.addr, &message);
     let response = json_error(failure.status(), &message);
     Err(match failure {
         AuthFailure::Repeated => response,

@@ -6,6 +6,7 @@
 //! first byte or the last one differs, so response timing does not reveal
 //! how much of a guess was right.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
@@ -196,10 +197,11 @@ impl std::fmt::Debug for ScreenTokens {
 /// Seconds between two warnings of one [`RefusalLog`].
 const REFUSAL_WARNING_EVERY_S: u64 = 60;
 
-/// Logs refused credentials: a warning at most once a minute, the rest at
+/// Logs refused requests: a warning at most once a minute, the rest at
 /// debug level, so a misconfigured client or a password guesser cannot write
 /// a log line per request (every refusal is counted in
-/// `cti_http_responses_total` anyway). Never logs what the client sent.
+/// `cti_http_responses_total` anyway). Never logs what the client sent;
+/// logs the client's address (behind a trusted proxy, the proxy's client).
 pub struct RefusalLog {
     /// What was refused, for the log line: "SOAP request", "API request".
     what: &'static str,
@@ -215,12 +217,23 @@ impl RefusalLog {
         }
     }
 
-    pub fn refused(&self, path: &str, reason: &dyn std::fmt::Display) {
+    /// Bad or missing credentials.
+    pub fn refused(&self, path: &str, client: IpAddr, reason: &dyn std::fmt::Display) {
         let what = self.what;
         if self.warning_due() {
-            tracing::warn!(what, path, %reason, "request refused: bad or missing credentials (repeats within a minute are logged at debug level and counted in cti_http_responses_total)");
+            tracing::warn!(what, path, %client, %reason, "request refused: bad or missing credentials (repeats within a minute are logged at debug level and counted in cti_http_responses_total)");
         } else {
-            tracing::debug!(what, path, %reason, "request refused: bad or missing credentials");
+            tracing::debug!(what, path, %client, %reason, "request refused: bad or missing credentials");
+        }
+    }
+
+    /// A client address outside the allow-list `key`.
+    pub fn refused_address(&self, path: &str, client: IpAddr, key: &str) {
+        let what = self.what;
+        if self.warning_due() {
+            tracing::warn!(what, path, %client, allow_list = key, "request refused: the client address is not in the endpoint's allow-list (repeats within a minute are logged at debug level and counted in cti_http_refused_total)");
+        } else {
+            tracing::debug!(what, path, %client, allow_list = key, "request refused: the client address is not in the endpoint's allow-list");
         }
     }
 
@@ -330,7 +343,7 @@ mod tests {
         let log = RefusalLog::new("test request");
         assert!(log.warning_due());
         assert!(!log.warning_due());
-        log.refused("/x", &AuthFailure::Wrong);
+        log.refused("/x", IpAddr::from([127, 0, 0, 1]), &AuthFailure::Wrong);
     }
 
     fn hv(s: &str) -> HeaderValue {

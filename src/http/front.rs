@@ -6,10 +6,14 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use super::admin::Admin;
+use super::allow::AllowLists;
 use super::api::Api;
+use super::client::ClientResolver;
 use super::ops::Ops;
 use super::screens::Screens;
 use super::soap::SoapEndpoint;
+use super::throttle::AuthThrottle;
+use super::tls::Tls;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
@@ -27,10 +31,18 @@ pub struct Front {
     pub(super) api: Api,
     pub(super) admin: Admin,
     pub(super) ops: Ops,
+    /// Who a request comes from (`server.trusted_proxies`).
+    pub(super) clients: ClientResolver,
+    /// Each endpoint group's address allow-list.
+    pub(super) allow: AllowLists,
+    /// Failed credential checks per address.
+    pub(super) throttle: AuthThrottle,
     pub(super) metrics: Arc<Metrics>,
     /// `server.max_connections` slots, shared by HTTP connections and the
     /// WebSocket screens they upgrade into.
     connection_slots: Arc<Semaphore>,
+    /// The listener's TLS, with `server.tls_cert` and `server.tls_key`.
+    tls: Option<Arc<Tls>>,
     /// `cti_http_responses_total{endpoint="soap",status="200"}`, resolved once.
     pub(super) soap_ok_responses: prometheus::IntCounter,
 }
@@ -56,10 +68,28 @@ impl Front {
             api: Api::new(config, push, store),
             admin: Admin::new(config, file, Arc::clone(&directory)),
             ops: Ops::new(directory, health, Arc::clone(&metrics)),
+            clients: ClientResolver::new(&config.server.trusted_proxies),
+            allow: AllowLists::new(config),
+            throttle: AuthThrottle::new(
+                config.server.auth_failures_per_minute,
+                config.server.auth_block,
+            ),
             soap_ok_responses: metrics.http_responses.with_label_values(&["soap", "200"]),
             metrics,
             connection_slots,
+            tls: None,
         }
+    }
+
+    /// The same front, its listener speaking TLS only.
+    pub fn with_tls(mut self, tls: Arc<Tls>) -> Front {
+        self.ops.report_tls(Arc::clone(&tls));
+        self.tls = Some(tls);
+        self
+    }
+
+    pub fn tls(&self) -> Option<&Arc<Tls>> {
+        self.tls.as_ref()
     }
 
     pub fn metrics(&self) -> &Metrics {

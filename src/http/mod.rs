@@ -10,15 +10,20 @@
 //! long-poll), `api.rs` (push API, call journal), `admin.rs` (accepting
 //! the directory file past its guard), `ops.rs` (`/metrics`,
 //! `/healthz`, `/readyz`). This file holds only the route table; `front.rs`
-//! builds the groups, `server.rs` accepts connections, `auth.rs` checks every
+//! builds the groups, `server.rs` accepts connections, `client.rs` tells
+//! who a request comes from (behind trusted proxies too), `allow.rs` holds
+//! the address allow-lists of the groups, `throttle.rs` blocks addresses
+//! that fail credential checks too often, `auth.rs` checks every
 //! credential, `body.rs` reads bodies, `query.rs` reads the API's query
 //! strings (`rfc3339.rs` their times), `respond.rs` builds answers. A new
 //! endpoint group is a new file and its lines in the table.
 
 mod admin;
+mod allow;
 mod api;
 mod auth;
 mod body;
+mod client;
 mod front;
 mod ops;
 mod query;
@@ -27,14 +32,22 @@ mod rfc3339;
 mod screens;
 pub mod server;
 mod soap;
+mod throttle;
+pub mod tls;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use tokio::time::Instant;
 
 use crate::config::{Config, ConfigError};
+use allow::Group;
+use auth::RefusalLog;
+use client::Client;
 
 pub use admin::ACCEPT_FILE;
 pub use api::MAX_PUSH_BODY;
@@ -54,10 +67,9 @@ pub const RESERVED_PREFIXES: &[&str] = &[
 
 /// Whether `path` is one of [`RESERVED_PREFIXES`] or lies under one.
 pub fn reserved_path(path: &str) -> bool {
-    RESERVED_PREFIXES.iter().any(|reserved| {
-        path.strip_prefix(reserved)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    })
+    RESERVED_PREFIXES
+        .iter()
+        .any(|reserved| under(path, reserved))
 }
 
 /// Refuses a `soap.path` that would hide one of the gateway's own endpoints.
@@ -71,16 +83,87 @@ pub fn check_soap_path(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Requests refused for their address, logged at most once a minute.
+static ADDRESS_REFUSALS: RefusalLog = RefusalLog::new("request");
+
+/// Every endpoint, as the route table finds it; its label is the
+/// `endpoint` of `cti_http_responses_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Soap,
+    ApiCounterparties,
+    ApiCounterparty,
+    ApiCalls,
+    ApiAcceptFile,
+    Metrics,
+    Healthz,
+    Readyz,
+    OperatorPage,
+    OperatorWs,
+    OperatorEvents,
+    Other,
+}
+
+impl Route {
+    fn label(self) -> &'static str {
+        match self {
+            Route::Soap => "soap",
+            Route::ApiCounterparties => "api_counterparties",
+            Route::ApiCounterparty => "api_counterparty",
+            Route::ApiCalls => "api_calls",
+            Route::ApiAcceptFile => "api_accept_file",
+            Route::Metrics => "metrics",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::OperatorPage => "operator_page",
+            Route::OperatorWs => "operator_ws",
+            Route::OperatorEvents => "operator_events",
+            Route::Other => "other",
+        }
+    }
+
+    /// The endpoints that check credentials: where failed checks are
+    /// counted and a throttled address gets 429.
+    fn authenticated(self) -> bool {
+        match self {
+            Route::Soap
+            | Route::ApiCounterparties
+            | Route::ApiCounterparty
+            | Route::ApiCalls
+            | Route::ApiAcceptFile
+            | Route::OperatorWs
+            | Route::OperatorEvents => true,
+            Route::Metrics
+            | Route::Healthz
+            | Route::Readyz
+            | Route::OperatorPage
+            | Route::Other => false,
+        }
+    }
+}
+
+/// `path` is `prefix` or lies under it.
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 impl Front {
-    /// hyper's entry point: never fails, every error is an answer.
+    /// hyper's entry point: never fails, every error is an answer. `peer`
+    /// is the address the connection comes from, `over_tls` whether it
+    /// speaks TLS to this listener.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
+        peer: IpAddr,
+        over_tls: bool,
     ) -> Result<Response<Body>, Infallible> {
+        let mut client = self.clients.resolve(peer, req.headers());
+        client.https |= over_tls;
         let (endpoint, response) = if server::head_len(&req) > server::MAX_HEAD_BYTES {
             ("head_too_large", self.head_too_large(req.uri().path()))
         } else {
-            self.dispatch(req).await
+            self.dispatch(req, client).await
         };
         if endpoint == "soap" && response.status() == StatusCode::OK {
             self.soap_ok_responses.inc();
@@ -92,33 +175,178 @@ impl Front {
         Ok(response)
     }
 
-    /// The route table: the endpoint that answers, with its label in
-    /// `cti_http_responses_total`. The API's paths take every method (and
-    /// answer 405 in JSON); the others only `GET`.
-    async fn dispatch(&self, req: Request<Incoming>) -> (&'static str, Response<Body>) {
-        let path = req.uri().path();
+    /// The route table: the endpoint that answers. The API's paths take
+    /// every method (and answer 405 in JSON); the others only `GET`.
+    fn route(&self, method: &Method, path: &str) -> Route {
         if path == self.soap.path() {
-            return ("soap", self.soap.handle(req).await);
+            return Route::Soap;
         }
-        match (req.method(), path) {
-            (_, api::COUNTERPARTIES) => ("api_counterparties", self.api.upsert(req).await),
-            (_, p) if p.starts_with(api::COUNTERPARTY_PREFIX) => {
-                ("api_counterparty", self.api.delete(req).await)
+        match (method, path) {
+            (_, api::COUNTERPARTIES) => Route::ApiCounterparties,
+            (_, p) if p.starts_with(api::COUNTERPARTY_PREFIX) => Route::ApiCounterparty,
+            (&Method::GET, api::CALLS) => Route::ApiCalls,
+            (_, admin::ACCEPT_FILE) => Route::ApiAcceptFile,
+            (&Method::GET, ops::METRICS) => Route::Metrics,
+            (&Method::GET, ops::HEALTHZ) => Route::Healthz,
+            (&Method::GET, ops::READYZ) => Route::Readyz,
+            (&Method::GET, screens::PAGE | screens::PAGE_SLASH) => Route::OperatorPage,
+            (&Method::GET, screens::WEBSOCKET) => Route::OperatorWs,
+            (&Method::GET, screens::EVENTS) => Route::OperatorEvents,
+            _ => Route::Other,
+        }
+    }
+
+    /// The group whose allow-list covers `path`: by path alone, so a
+    /// stranger gets the same 403 for an endpoint of the group and for a
+    /// path under it that does not exist.
+    fn group(&self, path: &str) -> Group {
+        if path == self.soap.path() {
+            Group::Soap
+        } else if under(path, api::PREFIX) {
+            Group::Api
+        } else if under(path, screens::PREFIX) {
+            Group::Popup
+        } else if under(path, ops::METRICS) {
+            Group::Metrics
+        } else {
+            Group::Open
+        }
+    }
+
+    /// Checks the client's address against its group's allow-list and,
+    /// on an endpoint with credentials, the failed-auth throttle; then sends
+    /// the request to its endpoint. The endpoint's label with the answer.
+    async fn dispatch(
+        &self,
+        req: Request<Incoming>,
+        client: Client,
+    ) -> (&'static str, Response<Body>) {
+        let path = req.uri().path();
+        let route = self.route(req.method(), path);
+        if let Some(list) = self.allow.of(self.group(path)) {
+            if !list.allows(client.addr) {
+                return (
+                    route.label(),
+                    self.address_refused(route, list.key(), &req, client),
+                );
             }
-            (&Method::GET, api::CALLS) => ("api_calls", self.api.calls(&req).await),
-            (_, admin::ACCEPT_FILE) => ("api_accept_file", self.admin.accept_file(req).await),
-            (&Method::GET, ops::METRICS) => ("metrics", self.ops.metrics()),
-            (&Method::GET, ops::HEALTHZ) => ("healthz", self.ops.healthz()),
-            (&Method::GET, ops::READYZ) => ("readyz", self.ops.readyz()),
-            (&Method::GET, screens::PAGE | screens::PAGE_SLASH) => {
-                ("operator_page", self.screens.page())
+        }
+        // The PBX's own addresses are never throttled.
+        let throttled = route.authenticated() && !self.allow.soap().names(client.addr);
+        if throttled {
+            if let Some(left) = self.throttle.blocked(client.addr, Instant::now()) {
+                return (route.label(), self.throttled(route, &req, left));
             }
-            (&Method::GET, screens::WEBSOCKET) => ("operator_ws", self.screens.websocket(req)),
-            (&Method::GET, screens::EVENTS) => ("operator_events", self.screens.events(req).await),
-            _ => (
-                "other",
-                respond::json_error(StatusCode::NOT_FOUND, "no such endpoint"),
-            ),
+        }
+        // The version a 429 on the SOAP path is written in, read before the
+        // endpoint takes the request.
+        let soap_version = if throttled && route == Route::Soap {
+            soap::declared_version(&req)
+        } else {
+            None
+        };
+        let response = self.endpoint(route, req, client).await;
+        if throttled && response.status() == StatusCode::UNAUTHORIZED {
+            if let Some(block) = self.throttle.failed(client.addr, Instant::now()) {
+                tracing::warn!(
+                    client = %client.addr,
+                    failures = block.failures,
+                    block_s = block.block.as_secs(),
+                    "client address blocked: too many failed credential checks within a minute (server.auth_failures_per_minute); its requests to authenticated endpoints get 429 until the block ends"
+                );
+                // The failure over the limit hears it at once.
+                return (
+                    route.label(),
+                    self.throttled_as(route, soap_version, block.block),
+                );
+            }
+        }
+        (route.label(), response)
+    }
+
+    /// The endpoint's answer.
+    async fn endpoint(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+        client: Client,
+    ) -> Response<Body> {
+        match route {
+            Route::Soap => self.soap.handle(req, client).await,
+            Route::ApiCounterparties => self.api.upsert(req, client).await,
+            Route::ApiCounterparty => self.api.delete(req, client).await,
+            Route::ApiCalls => self.api.calls(&req, client).await,
+            Route::ApiAcceptFile => self.admin.accept_file(req, client).await,
+            Route::Metrics => self.ops.metrics(),
+            Route::Healthz => self.ops.healthz(),
+            Route::Readyz => self.ops.readyz(),
+            Route::OperatorPage => self.screens.page(),
+            Route::OperatorWs => self.screens.websocket(req),
+            Route::OperatorEvents => self.screens.events(req).await,
+            Route::Other => respond::json_error(StatusCode::NOT_FOUND, "no such endpoint"),
+        }
+    }
+
+    /// 429 with `Retry-After` for a blocked address, in the path's
+    /// protocol, counted.
+    fn throttled(&self, route: Route, req: &Request<Incoming>, left: Duration) -> Response<Body> {
+        self.throttled_as(route, soap::declared_version(req), left)
+    }
+
+    fn throttled_as(
+        &self,
+        route: Route,
+        soap_version: Option<crate::soap::SoapVersion>,
+        left: Duration,
+    ) -> Response<Body> {
+        self.metrics
+            .http_refused
+            .with_label_values(&[route.label(), "auth_throttled"])
+            .inc();
+        // Whole seconds, rounded up: never an invitation to come back early.
+        let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        let message = format!(
+            "too many failed credential checks from this address: try again in {seconds} s"
+        );
+        let status = StatusCode::TOO_MANY_REQUESTS;
+        let mut response = if route == Route::Soap {
+            let version = soap_version.unwrap_or(crate::soap::SoapVersion::V11);
+            soap::fault(version, status, &message)
+        } else {
+            respond::json_error(status, &message)
+        };
+        response.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from(seconds),
+        );
+        response
+    }
+
+    /// 403 for a client address outside the group's allow-list, in the
+    /// path's protocol, counted and logged (at most once a minute at warn).
+    fn address_refused(
+        &self,
+        route: Route,
+        key: &'static str,
+        req: &Request<Incoming>,
+        client: Client,
+    ) -> Response<Body> {
+        self.metrics
+            .http_refused
+            .with_label_values(&[route.label(), "address"])
+            .inc();
+        let path = req.uri().path();
+        ADDRESS_REFUSALS.refused_address(path, client.addr, key);
+        let message = format!(
+            "requests to this endpoint from {} are not allowed",
+            client.addr
+        );
+        let status = StatusCode::FORBIDDEN;
+        if route == Route::Soap {
+            let version = soap::declared_version(req).unwrap_or(crate::soap::SoapVersion::V11);
+            soap::fault(version, status, &message)
+        } else {
+            respond::json_error(status, &message)
         }
     }
 

@@ -12,6 +12,8 @@ use crate::directory::Directory;
 use crate::metrics::Metrics;
 use crate::sources::SourceHealth;
 
+use super::tls::Tls;
+
 pub const METRICS: &str = "/metrics";
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
@@ -21,6 +23,8 @@ pub struct Ops {
     directory: Arc<Directory>,
     health: Arc<SourceHealth>,
     metrics: Arc<Metrics>,
+    /// The listener's TLS, whose certificate `/readyz` reports.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Ops {
@@ -29,7 +33,13 @@ impl Ops {
             directory,
             health,
             metrics,
+            tls: None,
         }
+    }
+
+    /// `/readyz` reports this TLS's certificate.
+    pub fn report_tls(&mut self, tls: Arc<Tls>) {
+        self.tls = Some(tls);
     }
 
     /// `GET /healthz`: the process answers.
@@ -80,13 +90,26 @@ impl Ops {
         }
         let failing = self.add_health(&mut sources);
         let ready = index.is_loaded();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "ready": ready,
             "counterparties": index.len(),
             "phones": index.phone_count(),
             "sources": sources,
             "failing_sources": failing,
         });
+        if let (Some(tls), Some(obj)) = (&self.tls, body.as_object_mut()) {
+            // A failed reload leaves the old certificate serving: reported,
+            // never a reason to be unready.
+            let report = tls.report();
+            obj.insert(
+                "tls".into(),
+                serde_json::json!({
+                    "state": if report.reload_error.is_some() { "reload_failed" } else { "ok" },
+                    "certificate_expires": report.expires.map(rfc3339),
+                    "last_reload_error": report.reload_error,
+                }),
+            );
+        }
         let status = if ready {
             StatusCode::OK
         } else {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
@@ -91,7 +92,7 @@ pub async fn run(
             stop: StopSignal::stopped(&stop),
             done: all_done_tx.clone(),
         };
-        connection.serve(&builder, stream, &front);
+        connection.serve(&builder, stream, &front, settings.header_read_timeout);
     }
 
     drop(listener);
@@ -117,22 +118,64 @@ struct Connection {
 }
 
 impl Connection {
-    /// Serves the connection's requests on a task of its own; on shutdown,
-    /// finishes the request in flight and closes.
-    fn serve(self, builder: &http1::Builder, stream: TcpStream, front: &Arc<Front>) {
+    /// Serves the connection's requests on a task of its own (after the
+    /// TLS handshake, which must end within `handshake_timeout`, when the
+    /// listener speaks TLS); on shutdown, finishes the request in flight and
+    /// closes.
+    fn serve(
+        self,
+        builder: &http1::Builder,
+        stream: TcpStream,
+        front: &Arc<Front>,
+        handshake_timeout: Duration,
+    ) {
         let peer = self.peer;
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let front_for_conn = Arc::clone(front);
-        let service = service_fn(move |req| Arc::clone(&front_for_conn).handle(req));
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
+        let front = Arc::clone(front);
+        let builder = builder.clone();
         let gauge = front.metrics().http_connections.clone();
         gauge.inc();
-        let mut stop = self.stop;
         tokio::spawn(async move {
+            match front.tls().cloned() {
+                // The plain socket as it is: the WebSocket transport takes
+                // it back from hyper by this type (to cap its send buffer).
+                None => self.drive(&builder, stream, front, false).await,
+                Some(tls) => {
+                    let handshake = tls.acceptor().accept(stream);
+                    match tokio::time::timeout(handshake_timeout, handshake).await {
+                        Ok(Ok(tls_stream)) => self.drive(&builder, tls_stream, front, true).await,
+                        Ok(Err(e)) => {
+                            front.metrics().tls_handshake_failures.inc();
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            front.metrics().tls_handshake_failures.inc();
+                            tracing::debug!(%peer, "TLS handshake not finished within server.header_read_timeout");
+                        }
+                    }
+                }
+            }
+            gauge.dec();
+        });
+    }
+
+    /// Runs hyper's connection over `io` until it ends or the server
+    /// stops; then frees the connection's slot (the permit and the sender
+    /// of the living, dropped with `self`).
+    async fn drive<I>(self, builder: &http1::Builder, io: I, front: Arc<Front>, over_tls: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = self.peer;
+        let peer_ip = peer.ip();
+        let service = service_fn(move |req| Arc::clone(&front).handle(req, peer_ip, over_tls));
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let mut stop = self.stop;
+        {
             tokio::pin!(conn);
             let result = tokio::select! {
                 biased;
@@ -147,10 +190,9 @@ impl Connection {
                 // Timeouts, resets, malformed requests: the client's problem, not ours.
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            gauge.dec();
-            drop(self.permit);
-            drop(self.done);
-        });
+        }
+        drop(self.permit);
+        drop(self.done);
     }
 }
 

@@ -15,6 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::auth::{self, AuthFailure, BasicAuth, RefusalLog};
 use super::body::{self, BodyError};
+use super::client::Client;
 use super::respond::{self, with_header, with_status, Body};
 use crate::config::Config;
 use crate::soap::{FaultCode, SoapVersion};
@@ -60,12 +61,8 @@ impl SoapEndpoint {
     }
 
     /// Any method on `soap.path`.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+    pub async fn handle(&self, req: Request<Incoming>, client: Client) -> Response<Body> {
+        let content_type = content_type(&req);
         let declared = SoapVersion::from_content_type(content_type);
         let hint = declared.unwrap_or(SoapVersion::V11);
         let is_wsdl = req
@@ -74,7 +71,7 @@ impl SoapEndpoint {
             .is_some_and(|q| q.split('&').any(|p| p.eq_ignore_ascii_case("wsdl")));
         match *req.method() {
             Method::POST => {}
-            Method::GET if is_wsdl => return self.wsdl(&req),
+            Method::GET if is_wsdl => return self.wsdl(&req, client),
             _ => {
                 let message = format!(
                     "method {} is not allowed here: POST a SOAP request, or GET ?wsdl",
@@ -84,7 +81,7 @@ impl SoapEndpoint {
                 return with_header(response, header::ALLOW, "GET, POST");
             }
         }
-        if let Err(refused) = self.check_credentials(&req, hint) {
+        if let Err(refused) = self.check_credentials(&req, client, hint) {
             return refused;
         }
         let Some(version) = declared else {
@@ -103,13 +100,14 @@ impl SoapEndpoint {
     fn check_credentials(
         &self,
         req: &Request<Incoming>,
+        client: Client,
         version: SoapVersion,
     ) -> Result<(), Response<Body>> {
         let Err(failure) = auth::authorization(req.headers()).and_then(|h| self.basic.check(h))
         else {
             return Ok(());
         };
-        REFUSALS.refused(req.uri().path(), &failure);
+        REFUSALS.refused(req.uri().path(), client.addr, &failure);
         let response = fault(version, failure.status(), &failure.to_string());
         Err(match failure {
             AuthFailure::Repeated => response,
@@ -121,10 +119,11 @@ impl SoapEndpoint {
         })
     }
 
-    /// The WSDL with this gateway's address as the service's.
-    fn wsdl(&self, req: &Request<Incoming>) -> Response<Body> {
+    /// The WSDL with this gateway's address as the service's: `https://`
+    /// when the client reached a trusted proxy over HTTPS.
+    fn wsdl(&self, req: &Request<Incoming>, client: Client) -> Response<Body> {
         if self.wsdl_requires_auth {
-            if let Err(refused) = self.check_credentials(req, SoapVersion::V11) {
+            if let Err(refused) = self.check_credentials(req, client, SoapVersion::V11) {
                 return refused;
             }
         }
@@ -139,11 +138,26 @@ impl SoapEndpoint {
                     .and_then(|h| h.to_str().ok())
                     .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
                     .map_or_else(|| "localhost".to_owned(), |a| a.to_string());
-                format!("http://{host}{}", self.path)
+                let scheme = if client.https { "https" } else { "http" };
+                format!("{scheme}://{host}{}", self.path)
             }
         };
         respond::bytes(crate::soap::wsdl(&url), "text/xml; charset=utf-8")
     }
+}
+
+/// The request's `Content-Type`, or "" when it has none (or not as text).
+fn content_type<B>(req: &Request<B>) -> &str {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// The SOAP version the request's `Content-Type` names, if any: the
+/// version its refusals are written in.
+pub fn declared_version<B>(req: &Request<B>) -> Option<SoapVersion> {
+    SoapVersion::from_content_type(content_type(req))
 }
 
 /// A body that could not be read, as a `soap:Client` fault.

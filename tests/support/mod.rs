@@ -62,7 +62,7 @@ impl TestGateway {
 }
 
 /// The test configuration. `extra` is appended (whole tables); lines of
-/// `extra` that start with `soap.` or `server.` go into those tables.
+/// `extra` that start with `soap.`, `server.` or `api.` go into those tables.
 pub fn config_text(dir: &Path, extra: &str) -> String {
     config_text_on(dir, "127.0.0.1:0", extra)
 }
@@ -70,8 +70,12 @@ pub fn config_text(dir: &Path, extra: &str) -> String {
 /// [`config_text`] listening on `listen` (a child process's fixed port).
 pub fn config_text_on(dir: &Path, listen: &str, extra: &str) -> String {
     let (mut soap, mut server, mut rest) = (String::new(), String::new(), String::new());
+    let mut api = String::new();
     for line in extra.lines() {
-        if let Some(l) = line.strip_prefix("soap.") {
+        if let Some(l) = line.strip_prefix("api.") {
+            api.push_str(l);
+            api.push('\n');
+        } else if let Some(l) = line.strip_prefix("soap.") {
             soap.push_str(l);
             soap.push('\n');
         } else if let Some(l) = line.strip_prefix("server.") {
@@ -99,6 +103,7 @@ settle = "0s"
 path = "{store}"
 [api]
 token = "api-token-for-tests"
+{api}
 [[operator]]
 key = "{OPERATOR_KEY}"
 token = "{OPERATOR_TOKEN}"
@@ -164,6 +169,35 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> Reply {
     read_reply(&mut stream).await
 }
 
+/// A connection to `addr` from the local address `source` (any of
+/// 127.0.0.0/8 is this machine on Linux): "another client" for the tests of
+/// address rules.
+pub async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let source: std::net::IpAddr = source.parse().expect("source address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind the source address");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// [`request`] on a connection from `source` (see [`connect_from`]).
+pub async fn request_from(
+    source: &str,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> Reply {
+    let mut stream = connect_from(source, addr).await;
+    stream
+        .write_all(&request_bytes(addr, method, path, headers, body))
+        .await
+        .expect("send");
+    read_reply(&mut stream).await
+}
+
 pub async fn read_reply(stream: &mut TcpStream) -> Reply {
     let mut buf = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -220,6 +254,17 @@ pub async fn request(
     headers: &[&str],
     body: &[u8],
 ) -> Reply {
+    raw(addr, &request_bytes(addr, method, path, headers, body)).await
+}
+
+/// The bytes of a request as [`request`] sends it.
+pub fn request_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> Vec<u8> {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if method != "GET" || !body.is_empty() {
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
@@ -231,7 +276,7 @@ pub async fn request(
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
-    raw(addr, &bytes).await
+    bytes
 }
 
 pub async fn get(addr: SocketAddr, path_and_query: &str) -> Reply {
