@@ -234,7 +234,7 @@ impl Front {
         // The PBX's own addresses are never throttled.
         let throttled = route.authenticated() && !self.allow.soap().names(client.addr);
         if throttled {
-            if let Some(left) = self.throttle.blocked(client.addr, Instant::now()) {
+            if let Some(left) = self.throttle.blocked_now(client.addr) {
                 return (route.label(), self.throttled(route, &req, left));
             }
         }

@@ -58,8 +58,9 @@ pub struct AuthThrottle {
     capacity: usize,
     state: Mutex<State>,
     /// When the last block ends, in milliseconds since `epoch` (0: no block
-    /// was ever started): past it nobody is blocked, and a check takes no
-    /// lock, which keeps the throttle off every authenticated request's path.
+    /// is on): past it nobody is blocked, and a check takes no lock; at 0 it
+    /// reads no clock either, which keeps the throttle off every
+    /// authenticated request's path (SayName's included).
     blocks_end_ms: AtomicU64,
     epoch: Instant,
 }
@@ -80,9 +81,24 @@ impl AuthThrottle {
         }
     }
 
+    /// How long `addr` stays blocked now, if it is: reads the clock only
+    /// while some block may be on.
+    pub fn blocked_now(&self, addr: IpAddr) -> Option<Duration> {
+        if self.blocks_end_ms.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.blocked(addr, Instant::now())
+    }
+
     /// How long `addr` stays blocked, if it is blocked at `now`.
     pub fn blocked(&self, addr: IpAddr, now: Instant) -> Option<Duration> {
-        if self.millis(now) >= self.blocks_end_ms.load(Ordering::Acquire) {
+        let end = self.blocks_end_ms.load(Ordering::Acquire);
+        if self.millis(now) >= end {
+            // Every block is over: later checks need no clock. A block
+            // started meanwhile changed `end`, and then this does nothing.
+            let _ =
+                self.blocks_end_ms
+                    .compare_exchange(end, 0, Ordering::AcqRel, Ordering::Relaxed);
             return None;
         }
         let mut state = self.state();
