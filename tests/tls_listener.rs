@@ -183,6 +183,7 @@ fn tls_config(cert: &Path, key: &Path) -> String {
 }
 
 #[tokio::test]
+#[ignore = "needs the openssl command line; .ci/run installs it"]
 async fn the_listener_speaks_https_with_the_configured_certificate() {
     let certs = tempfile::tempdir().expect("temp dir");
     let (ca, cert, key) = make_pair(certs.path(), "first");
@@ -238,6 +239,7 @@ async fn the_listener_speaks_https_with_the_configured_certificate() {
 }
 
 #[tokio::test]
+#[ignore = "needs the openssl command line; .ci/run installs it"]
 async fn plain_http_to_the_tls_port_gets_no_answer_and_others_are_served() {
     let certs = tempfile::tempdir().expect("temp dir");
     let (ca, cert, key) = make_pair(certs.path(), "first");
@@ -258,6 +260,7 @@ async fn plain_http_to_the_tls_port_gets_no_answer_and_others_are_served() {
 }
 
 #[tokio::test]
+#[ignore = "needs the openssl command line; .ci/run installs it"]
 async fn a_new_certificate_is_picked_up_and_open_connections_stay_up() {
     let certs = tempfile::tempdir().expect("temp dir");
     let (ca1, cert, key) = make_pair(certs.path(), "first");
@@ -301,6 +304,7 @@ async fn a_new_certificate_is_picked_up_and_open_connections_stay_up() {
 }
 
 #[tokio::test]
+#[ignore = "needs the openssl command line; .ci/run installs it"]
 async fn a_missing_or_mismatched_pair_stops_start_up_naming_the_file() {
     let certs = tempfile::tempdir().expect("temp dir");
     let (_, cert, key) = make_pair(certs.path(), "first");
@@ -337,6 +341,7 @@ async fn a_missing_or_mismatched_pair_stops_start_up_naming_the_file() {
 }
 
 #[tokio::test]
+#[ignore = "needs the openssl command line; .ci/run installs it"]
 async fn tls_1_2_is_spoken_and_a_silent_client_is_cut_at_the_header_timeout() {
     let certs = tempfile::tempdir().expect("temp dir");
     let (ca, cert, key) = make_pair(certs.path(), "first");
@@ -391,6 +396,7 @@ async fn tls_1_2_is_spoken_and_a_silent_client_is_cut_at_the_header_timeout() {
 }
 
 #[tokio::test]
+#[ignore = "needs the openssl command line; .ci/run installs it"]
 async fn operator_screens_connect_over_wss() {
     use futures_util::StreamExt;
     let certs = tempfile::tempdir().expect("temp dir");
