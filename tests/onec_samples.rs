@@ -26,7 +26,6 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
@@ -347,21 +346,7 @@ async fn open_connection_1c(
     query: &str,
     token: &str,
 ) -> Result<WebSocketStream<TcpStream>, WsError> {
-    let mut request = format!("ws://{addr}/operator/ws{query}")
-        .into_client_request()
-        .expect("request");
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {token}").parse().expect("header value"),
-    );
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_tungstenite::client_async(request, stream),
-    )
-    .await
-    .expect("answer within 5 s")
-    .map(|(ws, _)| ws)
+    screen_with_bearer(addr, token, query).await
 }
 
 /// The URL's query as `Подключить` builds it from `ПоследнийSeq`.

@@ -227,38 +227,13 @@ async fn a_wrong_or_missing_token_gets_401_before_any_handshake() {
     assert_eq!(gw.gateway().hub().subscriber_count(OPERATOR_KEY), Some(0));
 }
 
-/// A WebSocket screen presenting its token the way 1C's client does: in
-/// `Authorization: Bearer`, the URL carrying only `after`.
-async fn screen_with_header(
-    addr: SocketAddr,
-    token: &str,
-    query: &str,
-) -> Result<WebSocketStream<TcpStream>, WsError> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("ws://{addr}/operator/ws{query}")
-        .into_client_request()
-        .expect("request");
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {token}").parse().expect("header value"),
-    );
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    timeout(
-        Duration::from_secs(5),
-        tokio_tungstenite::client_async(request, stream),
-    )
-    .await
-    .expect("answer within 5 s")
-    .map(|(ws, _)| ws)
-}
-
 #[tokio::test]
 async fn a_bearer_header_carries_the_token_on_both_transports_with_the_same_refusals() {
     let gw = start("").await;
     let bearer = format!("Authorization: Bearer {OPERATOR_TOKEN}");
 
     // WebSocket: the header alone opens the operator's screen.
-    let mut ws = screen_with_header(gw.addr, OPERATOR_TOKEN, "")
+    let mut ws = screen_with_bearer(gw.addr, OPERATOR_TOKEN, "")
         .await
         .expect("accepted with the header");
     wait_for_subscribers(&gw, OPERATOR_KEY, 1).await;
@@ -278,7 +253,7 @@ async fn a_bearer_header_carries_the_token_on_both_transports_with_the_same_refu
     assert_eq!(json_body(&reply)["messages"][0]["seq"], 1);
 
     // A wrong header token: 401 before any handshake, on both.
-    match screen_with_header(gw.addr, "wrong-token", "").await {
+    match screen_with_bearer(gw.addr, "wrong-token", "").await {
         Err(WsError::Http(response)) => assert_eq!(response.status(), 401),
         other => panic!("expected an HTTP 401, got {other:?}"),
     }
@@ -358,7 +333,7 @@ async fn an_empty_after_asks_for_no_replay_on_both_transports() {
         serde_json::json!({"messages": [], "next_after": 2})
     );
 
-    let mut ws = screen_with_header(gw.addr, OPERATOR_TOKEN, "?after=")
+    let mut ws = screen_with_bearer(gw.addr, OPERATOR_TOKEN, "?after=")
         .await
         .expect("accepted");
     wait_for_subscribers(&gw, OPERATOR_KEY, 1).await;

@@ -367,3 +367,29 @@ pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> b
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A WebSocket screen presenting its token the way 1C's client does: in
+/// `Authorization: Bearer`, the URL (`/operator/ws{query}`) carrying only
+/// `after`. The handshake's answer within 5 s.
+pub async fn screen_with_bearer(
+    addr: SocketAddr,
+    token: &str,
+    query: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/operator/ws{query}")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::client_async(request, stream),
+    )
+    .await
+    .expect("answer within 5 s")
+    .map(|(ws, _)| ws)
+}
