@@ -1,6 +1,6 @@
 //! One keep-alive HTTP/1.1 client connection for the load generators
-//! (bench/push_load.rs, bench/soak_load.rs), included by each with
-//! `#[path = "http_conn.rs"] mod http_conn;`.
+//! (bench/push_load.rs, bench/soak_load.rs), and the SayName envelope they
+//! send, included by each with `#[path = "http_conn.rs"] mod http_conn;`.
 
 use std::time::Duration;
 
@@ -76,4 +76,19 @@ impl Conn {
         }
         result
     }
+}
+
+/// The seed's SayName envelope for `number`, as the PBX sends it.
+pub fn say_name_envelope(number: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="utf-8"?>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">
+    <soap:Body>
+        <SayName xmlns="http://VATS">
+            <Number>{number}</Number>
+        </SayName>
+    </soap:Body>
+</soap:Envelope>
+"#
+    )
 }

@@ -95,17 +95,7 @@ ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 SRV_PID=""
 
 # wait_ready PID TIMEOUT_S: until /readyz answers 200; fails if PID dies.
-wait_ready() {
-  local pid=$1 deadline code
-  deadline=$(( $(date +%s) + $2 ))
-  while (( $(date +%s) < deadline )); do
-    kill -0 "$pid" 2>/dev/null || return 2
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$PORT/readyz" || true)
-    [[ $code == 200 ]] && return 0
-    sleep 0.05
-  done
-  return 1
-}
+wait_ready() { wait_http "http://127.0.0.1:$PORT/readyz" "$1" "$2"; }
 
 # start_server KIND DIR KEYS LOG: the gateway (a new store each time) or the floor.
 start_server() {

@@ -131,7 +131,7 @@ struct Common {
 
 #[path = "http_conn.rs"]
 mod http_conn;
-use http_conn::Conn;
+use http_conn::{say_name_envelope, Conn};
 
 fn snippet(body: &[u8]) -> String {
     String::from_utf8_lossy(body).chars().take(300).collect()
@@ -170,17 +170,7 @@ impl Target {
     }
 
     fn say_name_request(&self, number: &str) -> Request<Full<Bytes>> {
-        let body = format!(
-            r#"<?xml version="1.0" encoding="utf-8"?>
-<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">
-    <soap:Body>
-        <SayName xmlns="http://VATS">
-            <Number>{number}</Number>
-        </SayName>
-    </soap:Body>
-</soap:Envelope>
-"#
-        );
+        let body = say_name_envelope(number);
         Request::builder()
             .method(Method::POST)
             .uri(&self.common.soap_path)

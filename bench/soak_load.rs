@@ -273,7 +273,7 @@ impl State {
 
 #[path = "http_conn.rs"]
 mod http_conn;
-use http_conn::Conn;
+use http_conn::{say_name_envelope, Conn};
 
 fn soap_request(st: &State, body: String) -> Request<Full<Bytes>> {
     Request::builder()
@@ -284,20 +284,6 @@ fn soap_request(st: &State, body: String) -> Request<Full<Bytes>> {
         .header("authorization", &st.auth)
         .body(Full::new(Bytes::from(body)))
         .expect("request")
-}
-
-fn say_name_envelope(number: &str) -> String {
-    format!(
-        r#"<?xml version="1.0" encoding="utf-8"?>
-<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">
-    <soap:Body>
-        <SayName xmlns="http://VATS">
-            <Number>{number}</Number>
-        </SayName>
-    </soap:Body>
-</soap:Envelope>
-"#
-    )
 }
 
 fn incoming_call_envelope(number: &str, key: &str) -> String {
