@@ -121,7 +121,11 @@ impl Vats {
                     (reply, OperationLabel::SayName, outcome)
                 }
                 Operation::IncomingCall { num_from, key } => {
-                    let (reply, outcome) = self.incoming_call(&request, num_from, key).await;
+                    // Boxed: its future (journal, screens, timeouts) is
+                    // ten times SayName's, and inline it would be moved
+                    // with every SayName's future too.
+                    let call = Box::pin(self.incoming_call(&request, num_from, key));
+                    let (reply, outcome) = call.await;
                     (reply, OperationLabel::IncomingCall, outcome)
                 }
             },

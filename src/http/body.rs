@@ -47,21 +47,42 @@ where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let declared_len = req
-        .headers()
+    let declared = declared_len(req.headers());
+    read_body(req.into_body(), declared, limit, timeout).await
+}
+
+/// The `Content-Length` a request declares, if it declares a readable one.
+pub fn declared_len(headers: &header::HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Reads a body whole, already parted from its head ([`read`]): at most
+/// `limit` bytes, within `timeout`.
+pub async fn read_body<B>(
+    body: B,
+    declared_len: Option<u64>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if declared_len.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
-    let collect = Limited::new(req.into_body(), limit).collect();
+    let collect = Limited::new(body, limit).collect();
     tokio::pin!(collect);
     // The PBX's request usually arrives in one packet with its headers: the
     // body is then complete at the first poll and no timer is armed for it.
+    // The timer is boxed: inline, it would make every request's future (the
+    // SayName path's too) larger by its size, moved on every request.
     let collected = match poll_once(collect.as_mut()) {
         Some(done) => done,
-        None => tokio::time::timeout(timeout, collect)
+        None => Box::pin(tokio::time::timeout(timeout, collect))
             .await
             .map_err(|_| BodyError::TimedOut { after: timeout })?,
     };

@@ -36,7 +36,9 @@ mod throttle;
 pub mod tls;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,31 +150,75 @@ fn under(path: &str, prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// A request after [`Front::dispatch`]: what is left to wait for.
+enum Routed {
+    /// Answered from the head alone: refusals, the WSDL.
+    Answered(&'static str, Response<Body>),
+    /// The PBX's request, its head checked: read the body and answer.
+    Soap(crate::http::soap::SoapCall),
+    /// Another endpoint's work.
+    Later(Later),
+}
+
+/// Another endpoint's work, boxed: those futures are large (the push API's
+/// is a kilobyte and a half) and rarely made.
+struct Later {
+    check: CredentialCheck,
+    work: Pin<Box<dyn Future<Output = Response<Body>> + Send>>,
+}
+
+/// What a failed credential check needs to count toward the throttle.
+struct CredentialCheck {
+    route: Route,
+    /// The route has credentials and the client may be throttled.
+    throttled: bool,
+    soap_version: Option<crate::soap::SoapVersion>,
+    client: Client,
+}
+
 impl Front {
     /// hyper's entry point: never fails, every error is an answer. `peer`
     /// is the address the connection comes from, `over_tls` whether it
     /// speaks TLS to this listener.
-    pub async fn handle(
+    ///
+    /// Everything decided from the head (route, allow-list, throttle,
+    /// credentials of the PBX) is done here, before the future is made: the
+    /// future hyper stores and moves on every request then holds only what
+    /// is left to wait for. For the PBX's requests that is reading the body
+    /// and answering, unboxed; every other endpoint's work is boxed.
+    pub fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: IpAddr,
         over_tls: bool,
-    ) -> Result<Response<Body>, Infallible> {
+    ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
         let mut client = self.clients.resolve(peer, req.headers());
         client.https |= over_tls;
-        let (endpoint, response) = if server::head_len(&req) > server::MAX_HEAD_BYTES {
-            ("head_too_large", self.head_too_large(req.uri().path()))
+        let routed = if server::head_len(&req) > server::MAX_HEAD_BYTES {
+            let response = self.head_too_large(req.uri().path());
+            Routed::Answered("head_too_large", response)
         } else {
-            self.dispatch(req, client).await
+            self.dispatch(req, client)
         };
-        if endpoint == "soap" && response.status() == StatusCode::OK {
-            self.soap_ok_responses.inc();
-        } else {
-            let status = response.status();
-            let labels = [endpoint, status.as_str()];
-            self.metrics.http_responses.with_label_values(&labels).inc();
+        async move {
+            let (endpoint, response) = match routed {
+                Routed::Answered(endpoint, response) => (endpoint, response),
+                Routed::Soap(call) => (Route::Soap.label(), self.soap.answer(call).await),
+                Routed::Later(later) => {
+                    let response = later.work.await;
+                    let response = self.after_credentials(&later.check, response);
+                    (later.check.route.label(), response)
+                }
+            };
+            if endpoint == "soap" && response.status() == StatusCode::OK {
+                self.soap_ok_responses.inc();
+            } else {
+                let status = response.status();
+                let labels = [endpoint, status.as_str()];
+                self.metrics.http_responses.with_label_values(&labels).inc();
+            }
+            Ok(response)
         }
-        Ok(response)
     }
 
     /// The route table: the endpoint that answers. The API's paths take
@@ -214,54 +260,70 @@ impl Front {
     }
 
     /// Checks the client's address against its group's allow-list and,
-    /// on an endpoint with credentials, the failed-auth throttle; then sends
-    /// the request to its endpoint. The endpoint's label with the answer.
-    async fn dispatch(
-        &self,
-        req: Request<Incoming>,
-        client: Client,
-    ) -> (&'static str, Response<Body>) {
+    /// on an endpoint with credentials, the failed-auth throttle; then
+    /// checks the PBX's request's head, or starts another endpoint's work.
+    fn dispatch(self: &Arc<Self>, req: Request<Incoming>, client: Client) -> Routed {
         let path = req.uri().path();
         let route = self.route(req.method(), path);
         if let Some(list) = self.allow.of(self.group(path)) {
             if !list.allows(client.addr) {
-                return (
-                    route.label(),
-                    self.address_refused(route, list.key(), &req, client),
-                );
+                let refused = self.address_refused(route, list.key(), &req, client);
+                return Routed::Answered(route.label(), refused);
             }
         }
-        // The PBX's own addresses are never throttled.
+        // The PBX (an address in `soap.allow_from`) is never throttled.
         let throttled = route.authenticated() && !self.allow.soap().names(client.addr);
         if throttled {
             if let Some(left) = self.throttle.blocked_now(client.addr) {
-                return (route.label(), self.throttled(route, &req, left));
+                return Routed::Answered(route.label(), self.throttled(route, &req, left));
             }
         }
-        // The version a 429 on the SOAP path is written in, read before the
-        // endpoint takes the request.
+        // A 401 that starts a block is answered in SOAP when the request
+        // said it speaks it; read before the endpoint takes the request.
         let soap_version = if throttled && route == Route::Soap {
             soap::declared_version(&req)
         } else {
             None
         };
-        let response = self.endpoint(route, req, client).await;
-        if throttled && response.status() == StatusCode::UNAUTHORIZED {
-            if let Some(block) = self.throttle.failed(client.addr, Instant::now()) {
-                tracing::warn!(
-                    client = %client.addr,
-                    failures = block.failures,
-                    block_s = block.block.as_secs(),
-                    "client address blocked: too many failed credential checks within a minute (server.auth_failures_per_minute); its requests to authenticated endpoints get 429 until the block ends"
-                );
-                // The failure over the limit hears it at once.
-                return (
-                    route.label(),
-                    self.throttled_as(route, soap_version, block.block),
-                );
-            }
+        let check = CredentialCheck {
+            route,
+            throttled,
+            soap_version,
+            client,
+        };
+        if route == Route::Soap {
+            return match self.soap.check(req, client) {
+                Ok(call) => Routed::Soap(call),
+                Err(refused) => {
+                    Routed::Answered(route.label(), self.after_credentials(&check, refused))
+                }
+            };
         }
-        (route.label(), response)
+        let front = Arc::clone(self);
+        let work = Box::pin(async move { front.endpoint(route, req, client).await });
+        Routed::Later(Later { check, work })
+    }
+
+    /// Counts a failed credential check toward the address's throttle: the
+    /// failure that starts a block is answered 429 instead of 401.
+    fn after_credentials(
+        &self,
+        check: &CredentialCheck,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        if !check.throttled || response.status() != StatusCode::UNAUTHORIZED {
+            return response;
+        }
+        let Some(block) = self.throttle.failed(check.client.addr, Instant::now()) else {
+            return response;
+        };
+        tracing::warn!(
+            client = %check.client.addr,
+            failures = block.failures,
+            block_s = block.block.as_secs(),
+            "client address blocked: too many failed credential checks within a minute (server.auth_failures_per_minute); its requests to authenticated endpoints get 429 until the block ends"
+        );
+        self.throttled_as(check.route, check.soap_version, block.block)
     }
 
     /// The endpoint's answer.
@@ -272,7 +334,11 @@ impl Front {
         client: Client,
     ) -> Response<Body> {
         match route {
-            Route::Soap => self.soap.handle(req, client).await,
+            // Checked and answered by `dispatch` and `handle`.
+            Route::Soap => match self.soap.check(req, client) {
+                Ok(call) => self.soap.answer(call).await,
+                Err(refused) => refused,
+            },
             Route::ApiCounterparties => self.api.upsert(req, client).await,
             Route::ApiCounterparty => self.api.delete(req, client).await,
             Route::ApiCalls => self.api.calls(&req, client).await,

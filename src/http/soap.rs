@@ -27,6 +27,14 @@ pub const MAX_SOAP_BODY: usize = 64 * 1024;
 /// Bad credentials from the PBX side, logged at most once a minute.
 static REFUSALS: RefusalLog = RefusalLog::new("SOAP request");
 
+/// A request to `soap.path` whose head passed [`SoapEndpoint::check`]:
+/// its body, still to be read, and the SOAP version it speaks.
+pub struct SoapCall {
+    body: Incoming,
+    declared_len: Option<u64>,
+    version: SoapVersion,
+}
+
 /// The PBX's endpoint, built once at start-up.
 pub struct SoapEndpoint {
     path: String,
@@ -60,8 +68,18 @@ impl SoapEndpoint {
         &self.path
     }
 
-    /// Any method on `soap.path`.
-    pub async fn handle(&self, req: Request<Incoming>, client: Client) -> Response<Body> {
+    /// Checks the head of a request to `soap.path` (method, credentials,
+    /// `Content-Type`) and answers at once what needs no body: the WSDL and
+    /// every refusal. A request that passes is handed back as a
+    /// [`SoapCall`] for [`SoapEndpoint::answer`]. Split so that the future
+    /// the PBX's requests wait on holds neither the request's head nor any
+    /// of this: it is moved on every request.
+    #[allow(clippy::result_large_err)] // the Err is the answer itself
+    pub fn check(
+        &self,
+        req: Request<Incoming>,
+        client: Client,
+    ) -> Result<SoapCall, Response<Body>> {
         let content_type = content_type(&req);
         let declared = SoapVersion::from_content_type(content_type);
         let hint = declared.unwrap_or(SoapVersion::V11);
@@ -71,24 +89,38 @@ impl SoapEndpoint {
             .is_some_and(|q| q.split('&').any(|p| p.eq_ignore_ascii_case("wsdl")));
         match *req.method() {
             Method::POST => {}
-            Method::GET if is_wsdl => return self.wsdl(&req, client),
+            Method::GET if is_wsdl => return Err(self.wsdl(&req, client)),
             _ => {
                 let message = format!(
                     "method {} is not allowed here: POST a SOAP request, or GET ?wsdl",
                     req.method()
                 );
                 let response = fault(hint, StatusCode::METHOD_NOT_ALLOWED, &message);
-                return with_header(response, header::ALLOW, "GET, POST");
+                return Err(with_header(response, header::ALLOW, "GET, POST"));
             }
         }
-        if let Err(refused) = self.check_credentials(&req, client, hint) {
-            return refused;
-        }
+        self.check_credentials(&req, client, hint)?;
         let Some(version) = declared else {
             let message = format!("Content-Type '{content_type:.100}' is not SOAP: send text/xml (SOAP 1.1) or application/soap+xml (SOAP 1.2)");
-            return fault(hint, StatusCode::UNSUPPORTED_MEDIA_TYPE, &message);
+            return Err(fault(hint, StatusCode::UNSUPPORTED_MEDIA_TYPE, &message));
         };
-        match body::read(req, MAX_SOAP_BODY, self.body_read_timeout).await {
+        let declared_len = body::declared_len(req.headers());
+        Ok(SoapCall {
+            body: req.into_body(),
+            declared_len,
+            version,
+        })
+    }
+
+    /// Reads a checked call's body and answers it.
+    pub async fn answer(&self, call: SoapCall) -> Response<Body> {
+        let SoapCall {
+            body,
+            declared_len,
+            version,
+        } = call;
+        let read = body::read_body(body, declared_len, MAX_SOAP_BODY, self.body_read_timeout);
+        match read.await {
             Ok(body) => reply(self.vats.answer(&body, version).await),
             Err(e) => body_refused(version, e),
         }
