@@ -70,6 +70,65 @@ fn keep_on_last_core(name: &str) {
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn lower_current(_name: &str) {}
 
+/// Asks the scheduler for a short time slice for the calling thread (true
+/// when the kernel took the request), at
+/// its present priority: a thread that wakes for a moment of work (the
+/// store's writer, between a request and its disk) then preempts a busy
+/// core at once instead of waiting for the running thread's slice to end
+/// (about 3 ms on two cores). Linux 6.12 and later take this from any
+/// thread (`sched_setattr`'s `sched_runtime` for `SCHED_OTHER`); older
+/// kernels refuse or ignore it, logged at debug: the thread then waits as
+/// before.
+#[cfg(target_os = "linux")]
+pub(crate) fn short_slice_current(name: &str, slice: std::time::Duration) -> bool {
+    /// `struct sched_attr` as the kernel's first version of it (48 bytes).
+    #[repr(C)]
+    struct SchedAttr {
+        size: u32,
+        sched_policy: u32,
+        sched_flags: u64,
+        sched_nice: i32,
+        sched_priority: u32,
+        sched_runtime: u64,
+        sched_deadline: u64,
+        sched_period: u64,
+    }
+    // SAFETY: getpriority reads its integer arguments; errno is cleared
+    // first because -1 is also a valid nice value.
+    let nice = unsafe {
+        *libc::__errno_location() = 0;
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if *libc::__errno_location() != 0 {
+            return false;
+        }
+        nice
+    };
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        sched_policy: libc::SCHED_OTHER as u32,
+        sched_flags: 0,
+        sched_nice: nice,
+        sched_priority: 0,
+        sched_runtime: u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX),
+        sched_deadline: 0,
+        sched_period: 0,
+    };
+    // SAFETY: pid 0 is the calling thread; `attr` is a valid, fully
+    // initialized sched_attr whose `size` says how much of it to read.
+    let result = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if result != 0 {
+        tracing::debug!(thread = name, error = %std::io::Error::last_os_error(), "could not ask for a short time slice");
+        return false;
+    }
+    true
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn short_slice_current(_name: &str, _slice: std::time::Duration) -> bool {
+    false
+}
+
 /// The cores the calling thread may run on (tests).
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) fn current_cores() -> usize {
@@ -109,4 +168,30 @@ pub(crate) fn thread_is_idle_scheduled(name: &str) -> Option<bool> {
         return Some(policy == libc::SCHED_IDLE);
     }
     None
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The calling thread's slice as the kernel reports it, if it does.
+    fn reported_slice_ns() -> Option<u64> {
+        let sched = std::fs::read_to_string("/proc/thread-self/sched").ok()?;
+        let line = sched.lines().find(|l| l.starts_with("se.slice"))?;
+        line.split(':').nth(1)?.trim().parse().ok()
+    }
+
+    #[test]
+    fn a_thread_that_asks_for_a_short_slice_gets_it_where_the_kernel_grants_it() {
+        let (granted, slice) = std::thread::spawn(|| {
+            let granted = short_slice_current("test", std::time::Duration::from_micros(100));
+            (granted, reported_slice_ns())
+        })
+        .join()
+        .expect("thread");
+        // Kernels before 6.12 may refuse or not report it: nothing to check.
+        if let (true, Some(slice)) = (granted, slice) {
+            assert_eq!(slice, 100_000);
+        }
+    }
 }

@@ -6,7 +6,9 @@
 //! and no XML; it returns bytes and what they are (an answer or whose fault)
 //! for the front to send.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::directory::{Counterparty, Directory, Entry};
@@ -20,19 +22,6 @@ use crate::store::{CallRecord, Store};
 /// How long IncomingCall waits for the journal to commit before it answers
 /// with a fault; the PBX should not hang on a sick disk.
 const JOURNAL_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A pop-up queued for at least this many screens is a large fan-out: its
-/// screens are woken once the call is journaled and answered, not before.
-/// Writing a frame to a screen costs about 6 µs of CPU on the 2-core VM, so
-/// from about 100 screens the fan-out outlasts the journal's commit (~0.6
-/// ms); a thousand keep both cores busy for milliseconds, and a commit
-/// running beside them took four times as long (p50 2.5 ms against 0.6 ms),
-/// the PBX's answer with it.
-const WAKE_AFTER_COMMIT_FROM: usize = 100;
-
-/// Longest the screens of a large fan-out wait for the journal: with a slow
-/// disk they are woken anyway (the answer then still waits for the commit).
-const SCREENS_WAIT: Duration = Duration::from_millis(20);
 
 /// What a reply is, for the front to pick the transport's status from: the
 /// operation's answer, or a fault and whose it is.
@@ -179,8 +168,7 @@ impl Vats {
 
     /// Queues the caller's card for the operator's screens, journals the
     /// call and answers `1` once the journal row is committed; the screens
-    /// are woken at once for a small fan-out, after the answer for a large
-    /// one ([`Vats::journal_and_wake`]).
+    /// are woken while the journal commits ([`Vats::journal_and_wake`]).
     async fn incoming_call(
         &self,
         request: &Request,
@@ -271,39 +259,27 @@ impl Vats {
 
     /// Journals the call and wakes its screens.
     ///
-    /// A small fan-out is woken first: the operator sees the card while the
-    /// disk works. A large one ([`WAKE_AFTER_COMMIT_FROM`]) would slow the
-    /// commit, and the PBX's answer with it: its screens are woken once the
-    /// row is committed, by a task spawned then (tokio runs it on this
-    /// worker right after the request's task, which writes the answer in
-    /// the same poll that gets it), or after [`SCREENS_WAIT`] if the commit
-    /// takes longer. The card reaches the screens a commit later (~0.6 ms).
+    /// The row goes to the store's writer first (the future is polled once,
+    /// which sends it), then the screens are woken from a task of their own,
+    /// a group at a time ([`Queued::wake`]): the card reaches the screens
+    /// while the disk commits, and the PBX's request, woken by the commit
+    /// from the writer's thread, waits behind one group of screens' sends
+    /// at most, not behind a thousand.
     async fn journal_and_wake(
         &self,
         record: CallRecord,
         delivered: usize,
         queued: Option<Queued>,
     ) -> Result<i64, String> {
-        let queued = match queued {
-            Some(queued) if delivered >= WAKE_AFTER_COMMIT_FROM => queued,
-            small => {
-                if let Some(queued) = small {
-                    queued.wake();
-                }
-                return self.journal(record, delivered).await;
-            }
-        };
         let journal = self.journal(record, delivered);
         tokio::pin!(journal);
-        match tokio::time::timeout(SCREENS_WAIT, &mut journal).await {
-            Ok(journaled) => {
-                tokio::spawn(async move { queued.wake() });
-                journaled
-            }
-            Err(_) => {
-                queued.wake();
-                journal.await
-            }
+        let first = std::future::poll_fn(|cx| Poll::Ready(journal.as_mut().poll(cx))).await;
+        if let Some(queued) = queued {
+            queued.wake();
+        }
+        match first {
+            Poll::Ready(journaled) => journaled,
+            Poll::Pending => journal.await,
         }
     }
 

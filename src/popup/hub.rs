@@ -120,8 +120,10 @@ struct KeyState {
     /// The key's last seq, for long-poll waiters: they subscribe to it before
     /// reading the buffer, so a publish after their read always wakes them.
     last_seq_tx: watch::Sender<u64>,
-    /// Wakes the key's subscriptions waiting in [`Subscription::recv`].
-    arrived: Notify,
+    /// Wakes the key's subscriptions waiting in [`Subscription::recv`],
+    /// each subscription on the notification of its group (its id modulo
+    /// [`WAKE_GROUPS`]): a large fan-out is woken a group at a time.
+    arrived: [Notify; WAKE_GROUPS],
     metrics: Arc<Metrics>,
 }
 
@@ -143,7 +145,30 @@ struct Subscriber {
     mailbox: Arc<Mailbox>,
 }
 
+/// How many groups a key's subscriptions are woken in. A thousand screens
+/// woken at once are a thousand tasks queued on the worker that wakes them:
+/// past tokio's local queue (256) they spill into the runtime's shared
+/// queue, ahead of whatever is woken from another thread next, such as the
+/// PBX's request when the journal commits. Sixty-odd at a time fit.
+pub(super) const WAKE_GROUPS: usize = 16;
+
 impl KeyState {
+    /// Wakes every subscription waiting on the key now.
+    fn wake_all(&self) {
+        for group in &self.arrived {
+            group.notify_waiters();
+        }
+    }
+
+    /// Wakes the key's subscriptions a group at a time, letting the tasks
+    /// woken (and anything else queued) run between groups.
+    async fn wake_in_groups(&self) {
+        for group in &self.arrived {
+            group.notify_waiters();
+            tokio::task::yield_now().await;
+        }
+    }
+
     fn new(key: Box<str>, metrics: Arc<Metrics>) -> Self {
         KeyState {
             key,
@@ -155,7 +180,7 @@ impl KeyState {
                 closed: false,
             }),
             last_seq_tx: watch::Sender::new(0),
-            arrived: Notify::new(),
+            arrived: std::array::from_fn(|_| Notify::new()),
             metrics,
         }
     }
@@ -484,7 +509,7 @@ impl Hub {
                 removed
             };
             self.metrics.subscribers.sub(removed as i64);
-            state.arrived.notify_waiters();
+            state.wake_all();
             state.last_seq_tx.send_modify(|_| {});
         }
     }
@@ -523,19 +548,20 @@ impl Queued {
         self.published
     }
 
-    /// Wakes the key's screens from a task of its own: the caller only
-    /// spawns one task, and the thousand wake-ups of a large fan-out run
-    /// after it, not inside the request that queued the pop-up.
+    /// Wakes the key's screens from a task of its own, a group at a time
+    /// ([`WAKE_GROUPS`]): the caller only spawns one task, and the thousand
+    /// wake-ups of a large fan-out run after it, interleaved with the
+    /// screens' sends and whatever else is woken meanwhile.
     pub fn wake(mut self) {
         if let Some(state) = self.state.take() {
-            tokio::spawn(async move { state.arrived.notify_waiters() });
+            tokio::spawn(async move { state.wake_in_groups().await });
         }
     }
 
-    /// Wakes the key's screens from this thread.
+    /// Wakes the key's screens from this thread, all at once.
     pub fn wake_here(mut self) {
         if let Some(state) = self.state.take() {
-            state.arrived.notify_waiters();
+            state.wake_all();
         }
     }
 }
@@ -543,7 +569,7 @@ impl Queued {
 impl Drop for Queued {
     fn drop(&mut self) {
         if let Some(state) = self.state.take() {
-            state.arrived.notify_waiters();
+            state.wake_all();
         }
     }
 }

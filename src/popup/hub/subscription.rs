@@ -4,16 +4,17 @@
 //! Queuing and waking are separate steps. [`Hub`](super::Hub) pushes a
 //! message into every mailbox of the key under the key's lock, which wakes
 //! nobody; the key's `arrived` notification then wakes every subscription
-//! waiting in [`Subscription::recv`] at once. So the publisher decides when
-//! the screens' tasks run (see [`Queued`](super::Queued)), and one
-//! notification serves a thousand screens.
+//! waiting in [`Subscription::recv`], a group of them per notification
+//! (`WAKE_GROUPS`). So the publisher decides when the screens' tasks run
+//! (see [`Queued`](super::Queued)), and a few notifications serve a
+//! thousand screens.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::{Closed, KeyState};
+use super::{Closed, KeyState, WAKE_GROUPS};
 use crate::popup::message::Message;
 
 pub(super) const OPEN: u8 = 0;
@@ -103,7 +104,7 @@ impl Subscription {
             // Created before the mailbox is looked at: a notification sent
             // after this line wakes it, even before it is first polled (and
             // it costs nothing if it is dropped unpolled).
-            let arrived = self.state.arrived.notified();
+            let arrived = self.state.arrived[self.wake_group()].notified();
             if let Some(closed) = self.mailbox.closed() {
                 return Err(closed);
             }
@@ -115,6 +116,12 @@ impl Subscription {
             }
             arrived.await;
         }
+    }
+
+    /// The notification of the key that wakes this subscription.
+    fn wake_group(&self) -> usize {
+        // The remainder is below WAKE_GROUPS: the cast cannot truncate.
+        self.id.map_or(0, |id| (id % WAKE_GROUPS as u64) as usize)
     }
 
     /// The operator key this subscription is for.

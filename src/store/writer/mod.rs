@@ -114,6 +114,12 @@ pub(super) enum Command {
 }
 
 /// Starts the writer thread over an open, migrated connection.
+/// The time slice the normal writer asks for: its work between waits is a
+/// commit's CPU part, tens of microseconds. Measured on the 2-core VM with a
+/// pop-up fanned out to 1,000 screens while the call is journaled: commit
+/// p50 1.5 ms with it, 3.1 ms without (0.9-1.4 ms with no screens).
+const WAKE_SLICE: std::time::Duration = std::time::Duration::from_micros(100);
+
 pub(super) fn spawn(
     conn: Connection,
     path: PathBuf,
@@ -146,6 +152,8 @@ pub(super) fn spawn(
         .spawn(move || {
             if priority == super::Priority::Background {
                 crate::thread_priority::lower_current(name);
+            } else {
+                let _ = crate::thread_priority::short_slice_current(name, WAKE_SLICE);
             }
             writer.run()
         })
