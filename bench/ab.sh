@@ -29,6 +29,7 @@ config() {
   cat >"$TMP/$1.toml" <<EOT
 [server]
 listen = "127.0.0.1:$2"
+max_connections_per_address = 100000   # every bench client comes from 127.0.0.1
 [soap]
 path = "/telephony/ws/VATS"
 username = "SOAP"
