@@ -336,24 +336,40 @@ impl OnecConfig {
     }
 }
 
-/// A `server.names` entry: a host (a name, an IPv4 address or a bracketed
-/// IPv6 one) with an optional port, nothing else (no scheme, user or path).
+/// A `server.names` entry: a host (a DNS name, an IPv4 address or a
+/// bracketed IPv6 one) with an optional port, nothing else (no scheme,
+/// user or path).
 fn check_host_name(entry: &str) -> Result<(), &'static str> {
-    if entry.is_empty() {
+    let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+        let (v6, after) = rest
+            .split_once(']')
+            .ok_or("is not a host name (an IPv6 address without its closing bracket)")?;
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("is not a host name (not an IPv6 address in the brackets)");
+        }
+        match after.strip_prefix(':') {
+            Some(port) => (v6, Some(port)),
+            None if after.is_empty() => (v6, None),
+            None => return Err("is not a host name with an optional port"),
+        }
+    } else {
+        match entry.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (entry, None),
+        }
+    };
+    if host.is_empty() {
         return Err("is empty");
     }
-    if entry.contains(['@', '/', '?', '#']) || entry.chars().any(|c| c.is_whitespace()) {
-        return Err("is not a host name (a scheme, user, path or space in it)");
-    }
-    let authority = entry
-        .parse::<hyper::http::uri::Authority>()
-        .map_err(|_| "is not a host name")?;
-    // A colon outside the brackets of an IPv6 address starts a port.
-    let after_brackets = entry.rsplit_once(']').map_or(entry, |(_, rest)| rest);
-    if authority.host().is_empty()
-        || (after_brackets.contains(':') && authority.port_u16().is_none())
+    if !entry.starts_with('[')
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
     {
-        return Err("is not a host name with an optional port (an IPv6 address goes in brackets)");
+        return Err("is not a host name (letters, digits, '-' and '.' only; an IPv6 address goes in brackets; no scheme, user or path)");
+    }
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err("is not a host name with an optional port (a number up to 65535)");
     }
     Ok(())
 }
