@@ -9,8 +9,10 @@
 //!   store's own (it holds nothing but the store's files, and this user
 //!   owns it: the default `var/`, made 0755 by earlier versions). Any other
 //!   folder (a home, `/srv`, a folder shared with the directory file) is
-//!   left as it is, with one warning: what else lives there and who needs
-//!   it is not the gateway's to know, and the files in it are 0600 anyway.
+//!   left as it is, said once at info level: what else lives there and who
+//!   needs it is not the gateway's to know, and the files in it are 0600
+//!   anyway, so nothing of the store can be read there (a warning at every
+//!   start would be noise about a choice that is the administrator's).
 
 use std::collections::HashSet;
 use std::fs::{DirBuilder, Permissions};
@@ -26,7 +28,7 @@ pub const FOLDER_MODE: u32 = 0o700;
 /// The store's files: the owner only.
 pub const FILE_MODE: u32 = 0o600;
 
-/// Folders already warned about in this process (the main store and 1C's
+/// Folders already logged about in this process (the main store and 1C's
 /// snapshot share one).
 static WARNED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
 
@@ -60,8 +62,8 @@ pub fn prepare_folder(dir: &Path, store: &Path) -> io::Result<()> {
             now = format!("{now:o}"),
             "store: the store's folder was open to other users; now it is the owner's only"
         );
-    } else if first_warning(dir) {
-        tracing::warn!(
+    } else if first_notice(dir) {
+        tracing::info!(
             folder = %dir.display(),
             mode = format!("{was:o}"),
             "store: the folder the store is in is open to other users; left as it is because other things live in it (the store's own files are 600). A folder of the store's own is best: point store.path into one, or run chmod 700 {}",
@@ -130,7 +132,7 @@ fn holds_only_store_files(dir: &Path, store: &Path) -> bool {
     })
 }
 
-fn first_warning(dir: &Path) -> bool {
+fn first_notice(dir: &Path) -> bool {
     let mut warned = WARNED.lock().unwrap_or_else(PoisonError::into_inner);
     warned
         .get_or_insert_with(HashSet::new)
