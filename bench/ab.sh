@@ -10,6 +10,8 @@
 # runs wrk -t1 -c32 (bench/saynames.lua) against A, B and the floor and
 # prints requests/s, p99 and the ratios A/floor, B/floor, B/A. Needs release
 # builds of the examples (cargo build --release --examples) and wrk.
+# The config sets only keys every build knows (A may predate a key): 32
+# connections stay under server.max_connections_per_address's default.
 set -euo pipefail
 A=${1:?usage: bench/ab.sh BIN_A BIN_B [ROUNDS] [DURATION]}
 B=${2:?usage: bench/ab.sh BIN_A BIN_B [ROUNDS] [DURATION]}

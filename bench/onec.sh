@@ -290,6 +290,7 @@ start_mock_onec "$COUNT" "${MOCK_PREFIX[@]}"
 cat >"$TMP/gateway.toml" <<EOF
 [server]
 listen = "127.0.0.1:$PORT"
+max_connections_per_address = 100000   # every bench client comes from 127.0.0.1
 
 [soap]
 path = "$SOAP_PATH"

@@ -137,6 +137,7 @@ write_config() {
     cat <<EOF
 [server]
 listen = "127.0.0.1:$PORT"
+max_connections_per_address = 100000   # every bench client comes from 127.0.0.1
 max_connections = 4096
 
 [soap]

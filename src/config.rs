@@ -36,6 +36,21 @@ pub const DEMO_DIRECTORY_FILE: &str = "counterparties.jsonl";
 /// Where demo mode keeps its files instead of the default folder (environment).
 pub const ENV_DEMO_DIR: &str = "CTI_DEMO_DIR";
 
+/// Secret values anyone can read: demo mode's and the examples of
+/// `config/example.toml`. On a listener other machines reach, a secret
+/// equal to one of them stops start-up (see [`Config::check_secrets`]).
+pub const PUBLISHED_SECRETS: &[&str] = &[
+    DEMO_SOAP_PASSWORD,
+    DEMO_API_TOKEN,
+    DEMO_OPERATOR_TOKEN,
+    "change-me",
+    "change-me-too",
+    "operator-token-1",
+];
+
+/// The shortest secret accepted on a listener other machines reach.
+pub const MIN_SECRET_CHARS: usize = 16;
+
 /// The folder demo mode keeps its directory file and store in, never the
 /// current directory: `CTI_DEMO_DIR`, else `$XDG_STATE_HOME/cti-gateway/demo`,
 /// else `~/.local/state/cti-gateway/demo`, else one under the temporary folder.
@@ -180,6 +195,17 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Connections served at once; more are closed as soon as accepted.
     pub max_connections: usize,
+    /// Connections one client address (the TCP peer; an IPv6 client's /64)
+    /// may hold open at once; more from it are closed as soon as accepted.
+    /// `trusted_proxies` and `soap.allow_from` are exempt.
+    pub max_connections_per_address: usize,
+    /// The last of `max_connections` that only `soap.allow_from` (the PBX)
+    /// and `trusted_proxies` may take; only when `soap.allow_from` is set.
+    pub reserved_connections: usize,
+    /// Longest a new connection may take to deliver its first whole request
+    /// head, the TLS handshake included; then it is closed.
+    #[serde(with = "humantime_serde")]
+    pub first_request_timeout: Duration,
     /// Longest wait for a request's headers, and for the next request on an
     /// idle keep-alive connection; a slower client is disconnected.
     #[serde(with = "humantime_serde")]
@@ -205,6 +231,10 @@ pub struct ServerConfig {
     /// `X-Forwarded-Proto` headers are believed; from anyone else they are
     /// ignored.
     pub trusted_proxies: AddressList,
+    /// Host names (with an optional port) the gateway is reached by: a
+    /// request's `Host` naming one of them may be written into the WSDL
+    /// (without `soap.public_url`).
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -306,6 +336,44 @@ impl OnecConfig {
     }
 }
 
+/// A `server.names` entry: a host (a DNS name, an IPv4 address or a
+/// bracketed IPv6 one) with an optional port, nothing else (no scheme,
+/// user or path).
+fn check_host_name(entry: &str) -> Result<(), &'static str> {
+    let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+        let (v6, after) = rest
+            .split_once(']')
+            .ok_or("is not a host name (an IPv6 address without its closing bracket)")?;
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("is not a host name (not an IPv6 address in the brackets)");
+        }
+        match after.strip_prefix(':') {
+            Some(port) => (v6, Some(port)),
+            None if after.is_empty() => (v6, None),
+            None => return Err("is not a host name with an optional port"),
+        }
+    } else {
+        match entry.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (entry, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("is empty");
+    }
+    if !entry.starts_with('[')
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
+        return Err("is not a host name (letters, digits, '-' and '.' only; an IPv6 address goes in brackets; no scheme, user or path)");
+    }
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err("is not a host name with an optional port (a number up to 65535)");
+    }
+    Ok(())
+}
+
 /// An OData name (entity set or field): letters (Cyrillic included), digits
 /// and `_`, so a configured name can never change the shape of a URL.
 fn is_odata_name(name: &str) -> bool {
@@ -393,6 +461,9 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_connections: 1024,
+            max_connections_per_address: 64,
+            reserved_connections: 32,
+            first_request_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
@@ -401,6 +472,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             trusted_proxies: AddressList::default(),
+            names: Vec::new(),
         }
     }
 }
@@ -566,7 +638,47 @@ impl Config {
         self.validate_popup()?;
         self.validate_log_and_api()?;
         self.validate_address_lists()?;
-        self.validate_operators()
+        self.validate_operators()?;
+        self.check_secrets()
+    }
+
+    /// Unless `server.listen` is a loopback address (only this machine can
+    /// connect): refuses a `soap.password`, `api.token` or operator token
+    /// that is one of [`PUBLISHED_SECRETS`] or shorter than
+    /// [`MIN_SECRET_CHARS`], naming the key. Part of every load; call it
+    /// again after changing `server.listen` (`serve --listen`).
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        let listen = self.server.listen;
+        if listen.ip().is_loopback() {
+            return Ok(());
+        }
+        let mut secrets: Vec<(String, &Secret, Option<&str>)> = Vec::new();
+        if let Some(password) = &self.soap.password {
+            secrets.push(("soap.password".into(), password, Some(ENV_SOAP_PASSWORD)));
+        }
+        if let Some(token) = &self.api.token {
+            secrets.push(("api.token".into(), token, Some(ENV_API_TOKEN)));
+        }
+        for (i, op) in self.operators.iter().enumerate() {
+            secrets.push((format!("operator[{i}].token"), &op.token, None));
+        }
+        for (key, secret, env) in secrets {
+            let value = secret.expose();
+            let or_env = env.map(|e| format!(" (or set {e})")).unwrap_or_default();
+            if PUBLISHED_SECRETS.contains(&value) {
+                return Err(self.invalid(
+                    &key,
+                    format!("is a published example or demo value, which anyone can try, while server.listen ({listen}) is reachable from other machines: set a secret of your own{or_env}, at least {MIN_SECRET_CHARS} characters (e.g. `openssl rand -hex 16`)"),
+                ));
+            }
+            if value.chars().count() < MIN_SECRET_CHARS {
+                return Err(self.invalid(
+                    &key,
+                    format!("is shorter than {MIN_SECRET_CHARS} characters while server.listen ({listen}) is reachable from other machines: set a longer one{or_env} (e.g. `openssl rand -hex 16`)"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Each allow-list and `server.trusted_proxies`: every entry an address
@@ -660,6 +772,7 @@ impl Config {
             }
             _ => {}
         }
+        self.validate_connection_limits()?;
         if self.server.auth_failures_per_minute == 0 {
             return Err(self.invalid("server.auth_failures_per_minute", "must be at least 1"));
         }
@@ -667,6 +780,44 @@ impl Config {
             || self.server.auth_block > Duration::from_secs(24 * 3600)
         {
             return Err(self.invalid("server.auth_block", "must be between 1s and 24h"));
+        }
+        Ok(())
+    }
+
+    /// `server.max_connections_per_address`, `server.reserved_connections`,
+    /// `server.first_request_timeout` and `server.names`.
+    fn validate_connection_limits(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        if server.max_connections_per_address == 0 {
+            return Err(self.invalid("server.max_connections_per_address", "must be at least 1"));
+        }
+        // Reserved slots are for the addresses soap.allow_from names; with
+        // no list they would be for nobody, so they are not set aside.
+        if !self.soap.allow_from.is_empty() && server.reserved_connections >= server.max_connections
+        {
+            return Err(self.invalid(
+                "server.reserved_connections",
+                format!(
+                    "must be less than server.max_connections ({}): the reserved slots are the last of them, kept for soap.allow_from",
+                    server.max_connections
+                ),
+            ));
+        }
+        if server.first_request_timeout.is_zero()
+            || server.first_request_timeout > Duration::from_secs(600)
+        {
+            return Err(self.invalid(
+                "server.first_request_timeout",
+                "must be longer than 0s and at most 10m",
+            ));
+        }
+        for name in &server.names {
+            if let Err(problem) = check_host_name(name) {
+                return Err(self.invalid(
+                    "server.names",
+                    format!("has the entry {name:?}, which {problem}: write host names the gateway is reached by, with an optional port, e.g. \"gw.example.ru\" or \"gw.example.ru:8443\""),
+                ));
+            }
         }
         Ok(())
     }
@@ -985,6 +1136,114 @@ mod tests {
             let err = parse(&format!("{MINIMAL}[server]\n{key} = {value}\n")).expect_err(key);
             assert!(err.to_string().contains(&format!("server.{key}")), "{err}");
         }
+    }
+
+    #[test]
+    fn connection_limit_keys_have_defaults_and_bounds() {
+        let c = parse(MINIMAL).expect("config");
+        assert_eq!(c.server.max_connections_per_address, 64);
+        assert_eq!(c.server.reserved_connections, 32);
+        assert_eq!(c.server.first_request_timeout, Duration::from_secs(5));
+        let c = parse(&format!(
+            "{MINIMAL}[server]\nfirst_request_timeout = \"300ms\"\nmax_connections = 8\n"
+        ))
+        .expect("reserved is not set aside without soap.allow_from");
+        assert_eq!(c.server.first_request_timeout, Duration::from_millis(300));
+        for (key, value) in [
+            ("max_connections_per_address", "0"),
+            ("first_request_timeout", "\"0s\""),
+            ("first_request_timeout", "\"11m\""),
+        ] {
+            let err = parse(&format!("{MINIMAL}[server]\n{key} = {value}\n")).expect_err(key);
+            assert!(err.to_string().contains(&format!("server.{key}")), "{err}");
+        }
+        let with_pbx = MINIMAL.replace("[soap]\n", "[soap]\nallow_from = [\"203.0.113.0/24\"]\n");
+        let err = parse(&format!("{with_pbx}[server]\nmax_connections = 32\n"))
+            .expect_err("every slot reserved");
+        assert!(
+            err.to_string().contains("server.reserved_connections"),
+            "{err}"
+        );
+        assert!(parse(&format!("{with_pbx}[server]\nmax_connections = 33\n")).is_ok());
+    }
+
+    #[test]
+    fn server_names_take_hosts_with_an_optional_port_only() {
+        let c = parse(&format!(
+            "{MINIMAL}[server]\nnames = [\"gw.corp.ru\", \"gw.corp.ru:8443\", \"203.0.113.5\", \"[2001:db8::1]:8080\"]\n"
+        ))
+        .expect("names");
+        assert_eq!(c.server.names.len(), 4);
+        for bad in [
+            "",
+            "gw.corp.ru@evil.example",
+            "https://gw.corp.ru",
+            "gw.corp.ru/x",
+            "gw corp",
+            "gw.corp.ru:",
+            "gw.corp.ru:port",
+            "2001:db8::1",
+        ] {
+            let err = parse(&format!("{MINIMAL}[server]\nnames = [{bad:?}]\n")).expect_err(bad);
+            assert!(err.to_string().contains("server.names"), "{bad}: {err}");
+        }
+    }
+
+    /// `config/example.toml` listening on `listen`, the secrets as they are.
+    fn example_on(listen: &str) -> String {
+        include_str!("../config/example.toml").replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"{listen}\""),
+        )
+    }
+
+    #[test]
+    fn every_secret_of_the_example_config_counts_as_published() {
+        let c = parse(include_str!("../config/example.toml")).expect("example");
+        let mut secrets = vec![c.soap.password.clone(), c.api.token.clone()];
+        secrets.extend(c.operators.iter().map(|o| Some(o.token.clone())));
+        for secret in secrets.into_iter().flatten() {
+            assert!(
+                PUBLISHED_SECRETS.contains(&secret.expose()),
+                "config/example.toml has a secret PUBLISHED_SECRETS lacks"
+            );
+        }
+    }
+
+    #[test]
+    fn published_or_short_secrets_stop_a_listener_other_machines_reach() {
+        // On loopback the example runs as it is (tests and benches too).
+        assert!(parse(&example_on("127.0.0.1:8080")).is_ok());
+        assert!(parse(&example_on("[::1]:8080")).is_ok());
+        let err = parse(&example_on("0.0.0.0:8080")).expect_err("published password");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("soap.password") && msg.contains("published"),
+            "{msg}"
+        );
+        let long = "x".repeat(MIN_SECRET_CHARS);
+        let text = example_on("0.0.0.0:8080").replace("\"change-me\"", &format!("\"{long}\""));
+        let err = parse(&text).expect_err("published token");
+        assert!(err.to_string().contains("api.token"), "{err}");
+        let text = text.replace("\"change-me-too\"", &format!("\"{long}-api\""));
+        let err = parse(&text).expect_err("published operator token");
+        assert!(err.to_string().contains("operator[0].token"), "{err}");
+        let text = text.replace("\"operator-token-1\"", "\"short-token-1\"");
+        let err = parse(&text).expect_err("short operator token");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("operator[0].token") && msg.contains("shorter than 16"),
+            "{msg}"
+        );
+        let text = text.replace("\"short-token-1\"", &format!("\"{long}-op\""));
+        let c = parse(&text).expect("secrets of its own");
+        // The demo values and the environment count the same.
+        let mut demo = c.clone();
+        demo.soap.password = Some(Secret::new(DEMO_SOAP_PASSWORD));
+        assert!(demo.check_secrets().is_err());
+        let env = |name: &str| (name == ENV_SOAP_PASSWORD).then(|| "123".to_owned());
+        let err = Config::parse(&text, Path::new("gw.toml"), &env).expect_err("env");
+        assert!(err.to_string().contains("CTI_SOAP_PASSWORD"), "{err}");
     }
 
     #[test]

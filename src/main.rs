@@ -97,6 +97,13 @@ fn main() -> anyhow::Result<()> {
             };
             if let Some(listen) = listen {
                 config.server.listen = listen;
+                if demo && !listen.ip().is_loopback() {
+                    anyhow::bail!(
+                        "demo mode uses published credentials, so it listens on a loopback address only (not {listen}): give --config with secrets of your own to listen on other addresses"
+                    );
+                }
+                // The loaded file was checked for its own server.listen.
+                config.check_secrets()?;
             }
             config.store.new_store = new_store;
             init_logging(&config, &config.log.level);
@@ -133,7 +140,10 @@ fn main() -> anyhow::Result<()> {
 /// kept, so edits to it survive a restart.
 fn demo_config() -> anyhow::Result<Config> {
     let folder = config::demo_folder(&config::process_env);
-    std::fs::create_dir_all(&folder).with_context(|| {
+    // The owner's only, as the store wants its folder (it holds the store).
+    let mut builder = std::fs::DirBuilder::new();
+    std::os::unix::fs::DirBuilderExt::mode(builder.recursive(true), 0o700);
+    builder.create(&folder).with_context(|| {
         format!(
             "cannot create the demo folder {} (set {} to another one)",
             folder.display(),

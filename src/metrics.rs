@@ -148,7 +148,7 @@ impl Metrics {
         ));
         let http_connections_refused = must(IntCounter::new(
             "cti_http_connections_refused_total",
-            "Connections closed at accept because server.max_connections were open.",
+            "Connections closed at accept because server.max_connections were open (for an address outside soap.allow_from and server.trusted_proxies: all but the server.reserved_connections).",
         ));
         let http_responses = must(IntCounterVec::new(
             Opts::new(
@@ -160,13 +160,13 @@ impl Metrics {
         let http_refused = must(IntCounterVec::new(
             Opts::new(
                 "cti_http_refused_total",
-                "Requests refused before their credentials were looked at, by endpoint and reason (address: not in the endpoint group's allow_from; auth_throttled: too many failed credential checks from the address).",
+                "Requests refused before their credentials were looked at, by endpoint and reason (address: not in the endpoint group's allow_from; auth_throttled: too many failed credential checks from the address); and connections, endpoint=\"connection\", closed before any request (per_address: server.max_connections_per_address open from the address; reserved: only the slots reserved for soap.allow_from were free; max_connections: every slot taken; first_request_timeout: no whole request head, TLS handshake included, within server.first_request_timeout).",
             ),
             &["endpoint", "reason"],
         ));
         let tls_handshake_failures = must(IntCounter::new(
             "cti_tls_handshake_failures_total",
-            "TLS connections closed before their handshake ended: failed, not TLS (plain HTTP on the TLS port), or not finished within server.header_read_timeout.",
+            "TLS connections closed before their handshake ended: failed, not TLS (plain HTTP on the TLS port), or not finished within server.first_request_timeout.",
         ));
         let directory_counterparties = must(IntGauge::new(
             "cti_directory_counterparties",

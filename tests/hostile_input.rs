@@ -863,7 +863,12 @@ async fn bodies_trickled_a_byte_every_100_ms_get_408_at_the_body_timeout() {
 
 #[tokio::test]
 async fn three_hundred_idle_connections_leave_say_name_served_and_are_cut_by_the_header_timeout() {
-    let gw = start("server.header_read_timeout = \"3s\"").await;
+    // All from 127.0.0.1, each held past first_request_timeout's default:
+    // the per-address limit and that timeout are tests/connection_limits.rs's.
+    let gw = start(
+        "server.header_read_timeout = \"3s\"\nserver.max_connections_per_address = 400\nserver.first_request_timeout = \"10s\"",
+    )
+    .await;
     let opened = Instant::now();
     let mut idle = Vec::new();
     // 100 that never send a byte.

@@ -95,6 +95,12 @@ impl AllowLists {
     pub fn soap(&self) -> &AllowList {
         &self.soap
     }
+
+    /// `metrics.allow_from`: who may read `/metrics` (and `/readyz`'s
+    /// error texts).
+    pub fn metrics(&self) -> &AllowList {
+        &self.metrics
+    }
 }
 
 #[cfg(test)]

@@ -238,7 +238,7 @@ impl RefusalLog {
     }
 
     /// True at most once a minute (across threads).
-    fn warning_due(&self) -> bool {
+    pub(super) fn warning_due(&self) -> bool {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

@@ -10,7 +10,7 @@
 //! to the left of it were written by the client itself and are never
 //! believed.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use hyper::header::{HeaderMap, HeaderName};
 
@@ -25,8 +25,11 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 pub struct Client {
     /// The peer, or the address a trusted proxy forwarded for.
     pub addr: IpAddr,
-    /// The client spoke HTTPS to a trusted proxy (which said so).
+    /// The client spoke HTTPS to a trusted proxy (which said so), or to
+    /// the gateway itself.
     pub https: bool,
+    /// The gateway's address the connection reached (set by the front).
+    pub local: Option<SocketAddr>,
 }
 
 /// `server.trusted_proxies`, and reading a request's client with them.
@@ -56,6 +59,7 @@ impl ClientResolver {
         let direct = Client {
             addr: peer,
             https: false,
+            local: None,
         };
         // The common case costs one check: no proxies configured.
         if self.trusted.is_empty() || !self.trusted.contains(peer) {

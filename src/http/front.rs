@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
-
 use super::admin::Admin;
 use super::allow::AllowLists;
 use super::api::Api;
 use super::client::ClientResolver;
+use super::limits::ConnectionLimits;
 use super::ops::Ops;
 use super::screens::Screens;
 use super::soap::SoapEndpoint;
@@ -38,9 +37,10 @@ pub struct Front {
     /// Failed credential checks per address.
     pub(super) throttle: AuthThrottle,
     pub(super) metrics: Arc<Metrics>,
-    /// `server.max_connections` slots, shared by HTTP connections and the
-    /// WebSocket screens they upgrade into.
-    connection_slots: Arc<Semaphore>,
+    /// Who may open a connection: `server.max_connections` slots (shared
+    /// by HTTP connections and the WebSocket screens they upgrade into), the
+    /// per-address limit and the PBX's reserved slots.
+    limits: ConnectionLimits,
     /// The listener's TLS, with `server.tls_cert` and `server.tls_key`.
     tls: Option<Arc<Tls>>,
     /// `cti_http_responses_total{endpoint="soap",status="200"}`, resolved once.
@@ -61,10 +61,10 @@ impl Front {
         push: Arc<PushSource>,
         file: Option<Arc<FileSource>>,
     ) -> Front {
-        let connection_slots = Arc::new(Semaphore::new(config.server.max_connections));
+        let limits = ConnectionLimits::new(config);
         Front {
             soap: SoapEndpoint::new(config, vats),
-            screens: Screens::new(config, hub, store.clone(), Arc::clone(&connection_slots)),
+            screens: Screens::new(config, hub, store.clone(), limits.general_slots()),
             api: Api::new(config, push, store),
             admin: Admin::new(config, file, Arc::clone(&directory)),
             ops: Ops::new(directory, health, Arc::clone(&metrics)),
@@ -76,7 +76,7 @@ impl Front {
             ),
             soap_ok_responses: metrics.http_responses.with_label_values(&["soap", "200"]),
             metrics,
-            connection_slots,
+            limits,
             tls: None,
         }
     }
@@ -96,7 +96,7 @@ impl Front {
         &self.metrics
     }
 
-    pub fn connection_slots(&self) -> Arc<Semaphore> {
-        Arc::clone(&self.connection_slots)
+    pub fn limits(&self) -> &ConnectionLimits {
+        &self.limits
     }
 }

@@ -10,8 +10,10 @@
 //! long-poll), `api.rs` (push API, call journal), `admin.rs` (accepting
 //! the directory file past its guard), `ops.rs` (`/metrics`,
 //! `/healthz`, `/readyz`). This file holds only the route table; `front.rs`
-//! builds the groups, `server.rs` accepts connections, `client.rs` tells
-//! who a request comes from (behind trusted proxies too), `allow.rs` holds
+//! builds the groups, `server.rs` accepts connections (`limits.rs` says
+//! who may open one), `client.rs` tells who a request comes from (behind
+//! trusted proxies too), `host.rs` which `Host` the WSDL may name,
+//! `allow.rs` holds
 //! the address allow-lists of the groups, `throttle.rs` blocks addresses
 //! that fail credential checks too often, `auth.rs` checks every
 //! credential, `body.rs` reads bodies, `query.rs` reads the API's query
@@ -25,6 +27,8 @@ mod auth;
 mod body;
 mod client;
 mod front;
+mod host;
+mod limits;
 mod ops;
 mod query;
 mod respond;
@@ -37,7 +41,7 @@ pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,8 +182,8 @@ struct CredentialCheck {
 
 impl Front {
     /// hyper's entry point: never fails, every error is an answer. `peer`
-    /// is the address the connection comes from, `over_tls` whether it
-    /// speaks TLS to this listener.
+    /// is the address the connection comes from, `local` the gateway's
+    /// address it reached, `over_tls` whether it speaks TLS to this listener.
     ///
     /// Everything decided from the head (route, allow-list, throttle,
     /// credentials of the PBX) is done here, before the future is made: the
@@ -190,10 +194,12 @@ impl Front {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: IpAddr,
+        local: SocketAddr,
         over_tls: bool,
     ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
         let mut client = self.clients.resolve(peer, req.headers());
         client.https |= over_tls;
+        client.local = Some(local);
         let routed = if server::head_len(&req) > server::MAX_HEAD_BYTES {
             let response = self.head_too_large(req.uri().path());
             Routed::Answered("head_too_large", response)
@@ -345,7 +351,11 @@ impl Front {
             Route::ApiAcceptFile => self.admin.accept_file(req, client).await,
             Route::Metrics => self.ops.metrics(),
             Route::Healthz => self.ops.healthz(),
-            Route::Readyz => self.ops.readyz(),
+            Route::Readyz => {
+                // Everyone may probe readiness; the errors' texts are for
+                // those who may read /metrics.
+                self.ops.readyz(self.allow.metrics().allows(client.addr))
+            }
             Route::OperatorPage => self.screens.page(),
             Route::OperatorWs => self.screens.websocket(req),
             Route::OperatorEvents => self.screens.events(req).await,

@@ -1,6 +1,11 @@
 //! What operations people and their tools read: `GET /metrics`
 //! (Prometheus), `GET /healthz` (alive) and `GET /readyz` (a directory is
 //! loaded; which sources are failing).
+//!
+//! `/readyz` is open to everyone (load balancers probe it), but the texts
+//! of its errors (a source's `last_error`, a certificate reload's) name
+//! hosts, files and what 1C answered: only the addresses
+//! `metrics.allow_from` lets read `/metrics` get them.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -75,8 +80,9 @@ impl Ops {
     }
 
     /// `GET /readyz`: 200 once a directory is loaded (from a source or the
-    /// snapshot), with each source's state; 503 only before that.
-    pub fn readyz(&self) -> Response<Body> {
+    /// snapshot), with each source's state; 503 only before that. The
+    /// errors' texts only `with_errors` (for `metrics.allow_from`).
+    pub fn readyz(&self, with_errors: bool) -> Response<Body> {
         let index = self.directory.snapshot();
         let mut sources = serde_json::Map::new();
         for info in index.sources() {
@@ -88,7 +94,7 @@ impl Ops {
                 }),
             );
         }
-        let failing = self.add_health(&mut sources);
+        let failing = self.add_health(&mut sources, with_errors);
         let ready = index.is_loaded();
         let mut body = serde_json::json!({
             "ready": ready,
@@ -100,11 +106,19 @@ impl Ops {
         if let (Some(tls), Some(obj)) = (&self.tls, body.as_object_mut()) {
             // A failed reload leaves the old certificate serving: reported,
             // never a reason to be unready.
-            let report = tls.report();
+            let mut report = tls.report();
+            let state = if report.reload_error.is_some() {
+                "reload_failed"
+            } else {
+                "ok"
+            };
+            if !with_errors {
+                report.reload_error = None;
+            }
             obj.insert(
                 "tls".into(),
                 serde_json::json!({
-                    "state": if report.reload_error.is_some() { "reload_failed" } else { "ok" },
+                    "state": state,
                     "certificate_expires": report.expires.map(rfc3339),
                     "last_reload_error": report.reload_error,
                 }),
@@ -119,8 +133,13 @@ impl Ops {
     }
 
     /// Adds each source's health to its entry in `sources` (creating the
-    /// entry for a source that has loaded nothing); the failing sources.
-    fn add_health(&self, sources: &mut serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+    /// entry for a source that has loaded nothing), its last error's text
+    /// only `with_errors`; the failing sources.
+    fn add_health(
+        &self,
+        sources: &mut serde_json::Map<String, serde_json::Value>,
+        with_errors: bool,
+    ) -> Vec<String> {
         let mut failing = Vec::new();
         for (name, state) in self.health.report() {
             let entry = sources
@@ -145,7 +164,9 @@ impl Ops {
             );
             if let Some(since) = state.failing_since {
                 obj.insert("failing_since".into(), rfc3339(since).into());
-                obj.insert("last_error".into(), state.last_error.into());
+                if with_errors {
+                    obj.insert("last_error".into(), state.last_error.into());
+                }
                 failing.push(name);
             }
         }

@@ -1,10 +1,13 @@
 //! The accept loop: connections in, each served on its own task.
 //!
-//! Shaped after mini-redis's `Listener`: a semaphore caps open connections,
-//! every connection is watched for graceful shutdown, and the loop itself
-//! does nothing but accept. Slow or idle clients are cut off by hyper's
-//! header read timeout, which also runs while a keep-alive connection waits
-//! for its next request.
+//! Shaped after mini-redis's `Listener`: semaphores cap open connections
+//! (`limits.rs`: in all, per client address, and the PBX's reserved
+//! ones), every connection is watched for graceful shutdown, and the loop
+//! itself does nothing but accept. A new connection must deliver its first
+//! request head (after its TLS handshake) within
+//! `server.first_request_timeout`; after that, slow or idle clients are cut
+//! off by hyper's header read timeout, which also runs while a keep-alive
+//! connection waits for its next request.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,8 +23,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
+use super::auth::RefusalLog;
+use super::limits::{Admission, Refusal};
 use super::Front;
 use crate::config::ServerConfig;
 
@@ -51,7 +57,9 @@ pub async fn run(
     settings: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let limit = front.connection_slots();
+    let refusals = ConnectionRefusals::new(&front);
+    // What a connection reached when its socket cannot say.
+    let listening = listener.local_addr().unwrap_or(settings.listen);
     // Shutdown, as in mini-redis: a signal tells connections to finish, and
     // each connection holds a sender of `all_done`; when the last one drops,
     // `recv` returns None and every connection has finished.
@@ -80,19 +88,34 @@ pub async fn run(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            front.metrics().http_connections_refused.inc();
-            tracing::warn!(%peer, max = settings.max_connections, "connection refused: server.max_connections are open");
-            drop(stream);
-            continue;
+        let accepted_at = Instant::now();
+        let admission = match front.limits().admit(peer.ip()) {
+            Ok(admission) => admission,
+            Err(refusal) => {
+                // Closed without a word: an answer would be a write to
+                // every socket of a flood, and a client that has sent
+                // nothing yet is not waiting for one.
+                refusals.refused(refusal, peer, settings);
+                drop(stream);
+                continue;
+            }
         };
         let connection = Connection {
             peer,
-            permit,
+            // The address the client reached: the WSDL's default (one
+            // getsockname per connection, never per request).
+            local: stream.local_addr().unwrap_or(listening),
+            admission,
             stop: StopSignal::stopped(&stop),
             done: all_done_tx.clone(),
+            // hyper's header timeout runs for the first head too: the
+            // shorter of the two is when it must have come.
+            first_request_by: accepted_at
+                + settings
+                    .first_request_timeout
+                    .min(settings.header_read_timeout),
         };
-        connection.serve(&builder, stream, &front, settings.header_read_timeout);
+        connection.serve(&builder, stream, &front);
     }
 
     drop(listener);
@@ -106,11 +129,72 @@ pub async fn run(
     }
 }
 
+/// Counts and logs connections closed at accept, by reason: each reason
+/// warned of at most once a minute (a flood writes no log line per
+/// connection), the rest at debug level.
+struct ConnectionRefusals {
+    by_reason: [(Refusal, prometheus::IntCounter, RefusalLog); 3],
+    /// `cti_http_connections_refused_total`: closed for want of a slot.
+    no_slot: prometheus::IntCounter,
+}
+
+impl ConnectionRefusals {
+    fn new(front: &Front) -> ConnectionRefusals {
+        let metrics = front.metrics();
+        ConnectionRefusals {
+            by_reason: Refusal::ALL.map(|reason| {
+                let counter = metrics
+                    .http_refused
+                    .with_label_values(&[CONNECTION, reason.label()]);
+                (reason, counter, RefusalLog::new("connection"))
+            }),
+            no_slot: metrics.http_connections_refused.clone(),
+        }
+    }
+
+    fn refused(&self, refusal: Refusal, peer: SocketAddr, settings: &ServerConfig) {
+        let Some((_, counter, log)) = self.by_reason.iter().find(|(r, ..)| *r == refusal) else {
+            return;
+        };
+        counter.inc();
+        let why = match refusal {
+            Refusal::PerAddress => {
+                "its address has server.max_connections_per_address open (exempt: server.trusted_proxies and soap.allow_from)"
+            }
+            Refusal::Reserved => {
+                self.no_slot.inc();
+                "only the server.reserved_connections slots are free, which are kept for soap.allow_from and server.trusted_proxies"
+            }
+            Refusal::MaxConnections => {
+                self.no_slot.inc();
+                "server.max_connections are open"
+            }
+        };
+        let reason = refusal.label();
+        if log.warning_due() {
+            tracing::warn!(%peer, reason, why, max_connections = settings.max_connections, per_address = settings.max_connections_per_address, "connection refused at accept (repeats within a minute are logged at debug level and counted in cti_http_refused_total{{endpoint=\"connection\"}})");
+        } else {
+            tracing::debug!(%peer, reason, why, "connection refused at accept");
+        }
+    }
+}
+
+/// The `endpoint` label of what is refused before any request is read.
+const CONNECTION: &str = "connection";
+
+/// The `reason` of a connection closed before its first request head.
+const FIRST_REQUEST_TIMEOUT: &str = "first_request_timeout";
+
 /// One accepted connection and what it holds while it lives.
 struct Connection {
     peer: SocketAddr,
-    /// Its `server.max_connections` slot.
-    permit: OwnedSemaphorePermit,
+    /// The gateway's address the connection reached.
+    local: SocketAddr,
+    /// Its slot and its place in its address's count.
+    admission: Admission,
+    /// When its first request head must have arrived (the TLS handshake
+    /// included), or it is closed.
+    first_request_by: Instant,
     /// Resolves when the server stops.
     stop: Stopped,
     /// Dropped when the connection ends: the accept loop's count of the living.
@@ -119,16 +203,10 @@ struct Connection {
 
 impl Connection {
     /// Serves the connection's requests on a task of its own (after the
-    /// TLS handshake, which must end within `handshake_timeout`, when the
+    /// TLS handshake, which must end by `first_request_by`, when the
     /// listener speaks TLS); on shutdown, finishes the request in flight and
     /// closes.
-    fn serve(
-        self,
-        builder: &http1::Builder,
-        stream: TcpStream,
-        front: &Arc<Front>,
-        handshake_timeout: Duration,
-    ) {
+    fn serve(self, builder: &http1::Builder, stream: TcpStream, front: &Arc<Front>) {
         let peer = self.peer;
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
@@ -144,7 +222,7 @@ impl Connection {
                 None => self.drive(&builder, stream, front, false).await,
                 Some(tls) => {
                     let handshake = tls.acceptor().accept(stream);
-                    match tokio::time::timeout(handshake_timeout, handshake).await {
+                    match tokio::time::timeout_at(self.first_request_by, handshake).await {
                         Ok(Ok(tls_stream)) => self.drive(&builder, tls_stream, front, true).await,
                         Ok(Err(e)) => {
                             front.metrics().tls_handshake_failures.inc();
@@ -152,7 +230,8 @@ impl Connection {
                         }
                         Err(_) => {
                             front.metrics().tls_handshake_failures.inc();
-                            tracing::debug!(%peer, "TLS handshake not finished within server.header_read_timeout");
+                            first_request_late(&front);
+                            tracing::debug!(%peer, "TLS handshake not finished within server.first_request_timeout");
                         }
                     }
                 }
@@ -161,39 +240,75 @@ impl Connection {
         });
     }
 
-    /// Runs hyper's connection over `io` until it ends or the server
-    /// stops; then frees the connection's slot (the permit and the sender
-    /// of the living, dropped with `self`).
+    /// Runs hyper's connection over `io` until it ends, the server stops,
+    /// or no request head has come by `first_request_by`; then frees the
+    /// connection's slot (the admission and the sender of the living,
+    /// dropped with `self`).
     async fn drive<I>(self, builder: &http1::Builder, io: I, front: Arc<Front>, over_tls: bool)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let peer = self.peer;
         let peer_ip = peer.ip();
-        let service = service_fn(move |req| Arc::clone(&front).handle(req, peer_ip, over_tls));
+        let local = self.local;
+        // Set by the first request: one load per request on this
+        // connection's own flag, nothing shared with other connections.
+        let first_request = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&first_request);
+        let handler = Arc::clone(&front);
+        let service = service_fn(move |req| {
+            if !seen.load(Ordering::Relaxed) {
+                seen.store(true, Ordering::Relaxed);
+            }
+            Arc::clone(&handler).handle(req, peer_ip, local, over_tls)
+        });
         let conn = builder
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         let mut stop = self.stop;
         {
             tokio::pin!(conn);
-            let result = tokio::select! {
-                biased;
-                result = conn.as_mut() => result,
-                () = &mut stop => {
-                    // Finish the request in flight, then close; idle connections close now.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let first_deadline = tokio::time::sleep_until(self.first_request_by);
+            tokio::pin!(first_deadline);
+            let mut waiting_for_first = true;
+            let result = loop {
+                tokio::select! {
+                    biased;
+                    result = conn.as_mut() => break Some(result),
+                    () = &mut stop => {
+                        // Finish the request in flight, then close; idle connections close now.
+                        conn.as_mut().graceful_shutdown();
+                        break Some(conn.as_mut().await);
+                    }
+                    () = &mut first_deadline, if waiting_for_first => {
+                        if first_request.load(Ordering::Relaxed) {
+                            waiting_for_first = false;
+                        } else {
+                            // Dropping hyper's connection closes the socket.
+                            first_request_late(&front);
+                            tracing::debug!(%peer, "connection closed: no request head within server.first_request_timeout");
+                            break None;
+                        }
+                    }
                 }
             };
-            if let Err(e) = result {
+            if let Some(Err(e)) = result {
                 // Timeouts, resets, malformed requests: the client's problem, not ours.
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         }
-        drop(self.permit);
+        drop(self.admission);
         drop(self.done);
     }
+}
+
+/// Counts a connection closed for want of a first request head in time.
+fn first_request_late(front: &Front) {
+    front
+        .metrics()
+        .http_refused
+        .with_label_values(&[CONNECTION, FIRST_REQUEST_TIMEOUT])
+        .inc();
 }
 
 /// Tells every open connection to finish. A connection waiting for it pays

@@ -16,6 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use super::auth::{self, AuthFailure, BasicAuth, RefusalLog};
 use super::body::{self, BodyError};
 use super::client::Client;
+use super::host::KnownHosts;
 use super::respond::{self, with_header, with_status, Body};
 use crate::config::Config;
 use crate::soap::{FaultCode, SoapVersion};
@@ -40,6 +41,11 @@ pub struct SoapEndpoint {
     path: String,
     wsdl_requires_auth: bool,
     public_url: Option<String>,
+    /// `server.names`: the `Host`s the WSDL may name besides the address
+    /// a connection reached.
+    hosts: KnownHosts,
+    /// `server.listen`, for a request that did not say what it reached.
+    listen: std::net::SocketAddr,
     body_read_timeout: Duration,
     basic: BasicAuth,
     vats: Vats,
@@ -57,6 +63,8 @@ impl SoapEndpoint {
             path: config.soap.path.clone(),
             wsdl_requires_auth: config.soap.wsdl_requires_auth,
             public_url: config.soap.public_url.clone(),
+            hosts: KnownHosts::new(&config.server.names),
+            listen: config.server.listen,
             body_read_timeout: config.server.body_read_timeout,
             basic: BasicAuth::new(&config.soap.username, password),
             vats,
@@ -152,7 +160,10 @@ impl SoapEndpoint {
     }
 
     /// The WSDL with this gateway's address as the service's: `https://`
-    /// when the client reached a trusted proxy over HTTPS.
+    /// when the client reached the gateway or a trusted proxy over HTTPS;
+    /// the request's `Host` only when it names the address the connection
+    /// reached or one of `server.names` (see `host.rs`). Never stored by a
+    /// cache: it depends on the request.
     fn wsdl(&self, req: &Request<Incoming>, client: Client) -> Response<Body> {
         if self.wsdl_requires_auth {
             if let Err(refused) = self.check_credentials(req, client, SoapVersion::V11) {
@@ -162,19 +173,17 @@ impl SoapEndpoint {
         let url = match &self.public_url {
             Some(url) => url.clone(),
             None => {
-                // The address the client reached us by; a Host header that is not a
-                // plain authority would inject text into the document, so it is checked.
-                let host = req
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
-                    .map_or_else(|| "localhost".to_owned(), |a| a.to_string());
+                let host = self.hosts.service_authority(
+                    req.headers().get(header::HOST),
+                    client.local.unwrap_or(self.listen),
+                    client.https,
+                );
                 let scheme = if client.https { "https" } else { "http" };
                 format!("{scheme}://{host}{}", self.path)
             }
         };
-        respond::bytes(crate::soap::wsdl(&url), "text/xml; charset=utf-8")
+        let response = respond::bytes(crate::soap::wsdl(&url), "text/xml; charset=utf-8");
+        with_header(response, header::CACHE_CONTROL, "no-store")
     }
 }
 

@@ -35,6 +35,7 @@
 mod error;
 mod metrics;
 mod open;
+mod private;
 mod read;
 mod schema;
 mod snapshot;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use super::metrics::Metrics;
-use super::{schema, writer, Inner, Priority, Store, StoreError, StoreRole};
+use super::{private, schema, writer, Inner, Priority, Store, StoreError, StoreRole};
 
 /// How [`Store::open_with_options`] opens a store: what the file holds, and
 /// whether it may begin empty where a store was expected.
@@ -138,13 +138,22 @@ impl Store {
             StoreRole::Cache { source } => (source.as_str(), Priority::Background),
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            private::prepare_folder(dir, path).map_err(|e| StoreError::Open {
                 path: path.to_path_buf(),
-                cause: format!("cannot create folder {}: {e}", dir.display()),
+                cause: format!("cannot create folder {} (mode 700): {e}", dir.display()),
             })?;
         }
         schema::check_presence(path, &options.role, options.new_store, &options.companions)?;
         let existed = path.exists();
+        // Private whatever the umask: created 0600 before SQLite opens it
+        // (its -wal and -shm files take the same mode), and files an
+        // earlier version left readable by others set to 0600.
+        private::create_file(path)
+            .and_then(|()| private::tighten_files(path))
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                cause: format!("cannot make the store's files private (mode 600): {e}"),
+            })?;
         let (conn, info) = schema::open_writer(path).inspect_err(|_| {
             // A file this failed first open created is empty: left there,
             // it would pass for a lost store at the next start.

@@ -243,7 +243,7 @@ fn expected_but_absent(path: &Path, companions: &[PathBuf]) -> Option<String> {
 }
 
 /// `path` with `suffix` appended to its file name (`store.sqlite-wal`).
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
+pub(super) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = OsString::from(path.as_os_str());
     name.push(suffix);
     PathBuf::from(name)
