@@ -160,7 +160,7 @@ impl Metrics {
         let http_refused = must(IntCounterVec::new(
             Opts::new(
                 "cti_http_refused_total",
-                "Requests refused before their credentials were looked at, by endpoint and reason (address: not in the endpoint group's allow_from; auth_throttled: too many failed credential checks from the address).",
+                "Requests refused before their credentials were looked at, by endpoint and reason (address: not in the endpoint group's allow_from; auth_throttled: too many failed credential checks from the address; origin: an operator screen opened by a page of an origin not in popup.allowed_origins).",
             ),
             &["endpoint", "reason"],
         ));

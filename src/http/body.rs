@@ -1,6 +1,9 @@
 //! The one bounded request body reader: a size cap (checked against the
 //! declared `Content-Length` first, then while streaming, chunked or not)
-//! and a read timeout.
+//! and a read timeout. A body with a `Content-Encoding` (gzip...) is not
+//! read at all: the gateway decodes none, and compressed bytes read as the
+//! plain body would be misread, or a small request could stand for a large
+//! one.
 //!
 //! It answers nothing itself: a [`BodyError`] says what went wrong and its
 //! status, and each protocol words it its own way (a SOAP fault for the PBX,
@@ -28,6 +31,9 @@ pub enum BodyError {
     /// Not all there within the timeout.
     #[error("the request body did not arrive within {} s", .after.as_secs_f64())]
     TimedOut { after: Duration },
+    /// Sent with a `Content-Encoding` other than `identity`.
+    #[error("the request body has a Content-Encoding, and the gateway decodes none: send it uncompressed")]
+    Encoded,
 }
 
 impl BodyError {
@@ -37,8 +43,23 @@ impl BodyError {
             BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyError::Broken => StatusCode::BAD_REQUEST,
             BodyError::TimedOut { .. } => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Encoded => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
+}
+
+/// Whether the request's body is sent as is: no `Content-Encoding`, or only
+/// `identity`. One header lookup when there is none (the PBX's case).
+fn unencoded<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .all(|value| {
+            value.as_bytes().split(|&b| b == b',').all(|coding| {
+                let coding = coding.trim_ascii();
+                coding.is_empty() || coding.eq_ignore_ascii_case(b"identity")
+            })
+        })
 }
 
 /// Reads `req`'s body whole: at most `limit` bytes, within `timeout`.
@@ -47,6 +68,9 @@ where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    if !unencoded(&req) {
+        return Err(BodyError::Encoded);
+    }
     let declared_len = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -148,6 +172,34 @@ mod tests {
         assert_eq!(
             BodyError::TimedOut { after: TIMEOUT }.to_string(),
             "the request body did not arrive within 10 s"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_encoded_body_is_not_read_and_identity_is_no_encoding() {
+        for coding in ["gzip", "identity, gzip", "br", "x-anything"] {
+            let mut req = request(Full::new(Bytes::from_static(b"abc")), Some(3));
+            req.headers_mut()
+                .insert(header::CONTENT_ENCODING, coding.parse().expect("value"));
+            assert_eq!(
+                read(req, 100, TIMEOUT).await,
+                Err(BodyError::Encoded),
+                "{coding}"
+            );
+        }
+        for coding in ["identity", "IDENTITY", ""] {
+            let mut req = request(Full::new(Bytes::from_static(b"abc")), Some(3));
+            req.headers_mut()
+                .insert(header::CONTENT_ENCODING, coding.parse().expect("value"));
+            assert_eq!(
+                read(req, 100, TIMEOUT).await,
+                Ok(Bytes::from_static(b"abc")),
+                "{coding:?}"
+            );
+        }
+        assert_eq!(
+            BodyError::Encoded.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
         );
     }
 

@@ -169,8 +169,16 @@ fn body_refused(version: SoapVersion, e: BodyError) -> Response<Body> {
             "request body did not arrive within {} s",
             after.as_secs_f64()
         ),
+        BodyError::Encoded => {
+            "request body has a Content-Encoding, and the gateway decodes none: send it uncompressed".to_owned()
+        }
     };
-    fault(version, e.status(), &message)
+    let response = fault(version, e.status(), &message);
+    if e == BodyError::Encoded {
+        // RFC 7694: the codings this endpoint takes.
+        return with_header(response, header::ACCEPT_ENCODING, "identity");
+    }
+    response
 }
 
 /// A `soap:Client` fault sent with `status` rather than the fault's own.
