@@ -160,8 +160,8 @@ impl Route {
             | Route::Healthz
             | Route::Readyz
             | Route::OperatorPage
-            | Route::OperatorFile => Some("GET, HEAD"),
-            Route::ApiCalls | Route::OperatorWs | Route::OperatorEvents => Some("GET"),
+            | Route::OperatorFile => Some(GET_AND_HEAD),
+            Route::ApiCalls | Route::OperatorWs | Route::OperatorEvents => Some(GET_ONLY),
             Route::Soap
             | Route::ApiCounterparties
             | Route::ApiCounterparty
@@ -175,7 +175,7 @@ impl Route {
         match self.read_methods() {
             None => true,
             Some(_) if method == Method::GET => true,
-            Some(allow) => method == Method::HEAD && allow.contains("HEAD"),
+            Some(allow) => method == Method::HEAD && allow == GET_AND_HEAD,
         }
     }
 
@@ -186,9 +186,13 @@ impl Route {
     }
 }
 
+/// The `Allow` of the read-only endpoints ([`Route::read_methods`]).
+const GET_AND_HEAD: &str = "GET, HEAD";
+const GET_ONLY: &str = "GET";
+
 /// 405 in JSON for a method a read-only endpoint does not take, with `Allow`.
 fn method_not_allowed(route: Route, method: &Method) -> Response<Body> {
-    let allow = route.read_methods().unwrap_or("GET");
+    let allow = route.read_methods().unwrap_or(GET_ONLY);
     let message = format!("method {method} is not allowed here: use {allow}");
     let mut response = respond::json_error(StatusCode::METHOD_NOT_ALLOWED, &message);
     response.headers_mut().insert(
