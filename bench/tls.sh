@@ -194,6 +194,9 @@ run_wrk gateway-warmup "$URL" "$WARMUP" >/dev/null
 run_wrk floor-warmup "$FURL" "$WARMUP" >/dev/null
 
 # ------------------------------------------------------------ (a) keep-alive
+# CPU time the hypervisor takes from this VM over the rounds: a round it
+# stalled (seen: a 30 s pause of every process) is not the servers' doing.
+STEAL0=$(steal_ticks)
 # Interleaved rounds, both servers up throughout: each round's ratio compares
 # runs seconds apart (this VM's floor moves by +-20% over minutes).
 KA_G=(); KA_F=(); KA_R=()
@@ -215,6 +218,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   NC_R+=("$(ratio_of "$(field rps "$G")" "$(field rps "$F")")")
 done
 
+STEAL=$(( $(steal_ticks) - STEAL0 ))
 HANDSHAKE_FAILURES=$(tls_curl "https://127.0.0.1:$PORT/metrics" | awk '/^cti_tls_handshake_failures_total / {print $2}')
 GW_RSS=$(rss_kb "$GW_PID")
 stop_pid "$GW_PID" >/dev/null
@@ -254,6 +258,7 @@ echo "p99 median gateway $ka_g_p99 ms / floor $ka_f_p99 ms = $ka_p99_ratio (goal
 echo "-- (b) new TLS connections (TLS $tls_version, full handshakes, no resumption), one SayName each: $CONNS concurrent"
 print_rounds NC_G NC_F NC_R "conns/s"
 echo "gateway/floor connections/s per round: ${NC_R[*]}; median $nc_ratio (goal >= 0.85: $(met "$nc_ratio" ">=" 0.85)); lowest $nc_low"
+echo "CPU steal during the rounds: $STEAL ticks ($(getconf CLK_TCK) a second per CPU): a round with a large share of it, or with errors, is to be run again"
 echo "gateway: ready in $READY ms, RSS after the runs $((GW_RSS / 1024)) MB, cti_tls_handshake_failures_total ${HANDSHAKE_FAILURES:-?} (wrk opens and drops one plain TCP connection per run to check the address: $(( 1 + ROUNDS )) of them are those)"
 echo "BENCH_RESULT mode=tls_keepalive count=$COUNT key=$KEY_KIND threads=$THREADS conns=$CONNS duration=$DURATION rounds=$ROUNDS answer_bytes=$SIZE gateway_rps=$ka_g_rps gateway_p99_ms=$ka_g_p99 floor_rps=$ka_f_rps floor_p99_ms=$ka_f_p99 ratio=$ka_ratio ratios=$(IFS=,; echo "${KA_R[*]}") lowest_ratio=$ka_low p99_ratio=$ka_p99_ratio"
-echo "BENCH_RESULT mode=tls_new_connections count=$COUNT key=$KEY_KIND tls=$tls_version conns=$CONNS duration=$DURATION rounds=$ROUNDS gateway_cps=$nc_g_rps gateway_p99_ms=$nc_g_p99 floor_cps=$nc_f_rps floor_p99_ms=$nc_f_p99 ratio=$nc_ratio ratios=$(IFS=,; echo "${NC_R[*]}") lowest_ratio=$nc_low handshake_failures=${HANDSHAKE_FAILURES:-unknown}"
+echo "BENCH_RESULT mode=tls_new_connections count=$COUNT key=$KEY_KIND tls=$tls_version conns=$CONNS duration=$DURATION rounds=$ROUNDS gateway_cps=$nc_g_rps gateway_p99_ms=$nc_g_p99 floor_cps=$nc_f_rps floor_p99_ms=$nc_f_p99 ratio=$nc_ratio ratios=$(IFS=,; echo "${NC_R[*]}") lowest_ratio=$nc_low handshake_failures=${HANDSHAKE_FAILURES:-unknown} steal_ticks=$STEAL"
