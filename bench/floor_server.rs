@@ -8,16 +8,27 @@
 //!
 //! ```text
 //! cargo run --release --example floor_server -- --listen 127.0.0.1:9090 --size 512
+//! cargo run --release --example floor_server -- --listen 127.0.0.1:9443 --size 512 \
+//!     --tls-cert cert.pem --tls-key key.pem
 //! ```
 //!
 //! `bench/run.sh` sizes the body to the gateway's SayName answer, so both
 //! servers write the same bytes per request and the ratio gateway/floor shows
 //! what the gateway's own work costs.
+//!
+//! With `--tls-cert` and `--tls-key` it speaks HTTPS only, through the
+//! gateway's own TLS setup (`cti_gateway::http::tls::Tls`: rustls with the
+//! ring provider, TLS 1.2 and 1.3, ALPN http/1.1, the same certificate
+//! resolver), so the TLS floor differs from the gateway by the gateway's
+//! work alone (`bench/tls.sh`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
+use cti_gateway::http::tls::Tls;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -29,10 +40,12 @@ use tokio::net::TcpListener;
 struct Args {
     listen: SocketAddr,
     size: usize,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: floor_server [--listen 127.0.0.1:9090] [--size BYTES]");
+    eprintln!("usage: floor_server [--listen 127.0.0.1:9090] [--size BYTES] [--tls-cert PEM --tls-key PEM]");
     std::process::exit(2);
 }
 
@@ -40,6 +53,8 @@ fn parse_args() -> Args {
     let mut args = Args {
         listen: "127.0.0.1:9090".parse().expect("literal address"),
         size: 512,
+        tls_cert: None,
+        tls_key: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,10 +72,27 @@ fn parse_args() -> Args {
                     std::process::exit(2)
                 })
             }
+            "--tls-cert" => args.tls_cert = Some(PathBuf::from(value)),
+            "--tls-key" => args.tls_key = Some(PathBuf::from(value)),
             _ => usage(),
         }
     }
+    if args.tls_cert.is_some() != args.tls_key.is_some() {
+        eprintln!("--tls-cert and --tls-key go together");
+        std::process::exit(2);
+    }
     args
+}
+
+/// The gateway's TLS for `cert` and `key`, or the reason it cannot be had.
+fn gateway_tls(cert: &Path, key: &Path) -> Tls {
+    // The gateway reports the certificate's expiry here; the floor has no
+    // /metrics, so the gauge goes nowhere.
+    let expiry = prometheus::Gauge::new("floor_tls_expiry", "unused").expect("a valid gauge");
+    Tls::new(cert, key, expiry).unwrap_or_else(|e| {
+        eprintln!("TLS: {e}");
+        std::process::exit(1)
+    })
 }
 
 /// A body of exactly `size` bytes that looks like a SOAP envelope (so any
@@ -98,17 +130,22 @@ async fn answer(req: Request<Incoming>, body: Bytes) -> Result<Response<Full<Byt
 async fn main() {
     let args = parse_args();
     let body = fixed_body(args.size);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(gateway_tls(cert, key))),
+        _ => None,
+    };
     let listener = TcpListener::bind(args.listen).await.unwrap_or_else(|e| {
         eprintln!("cannot listen on {}: {e}", args.listen);
         std::process::exit(1)
     });
     eprintln!(
-        "floor_server listening on {} (body {} bytes)",
+        "floor_server listening on {} (body {} bytes, {})",
         listener
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default(),
-        args.size
+        args.size,
+        if tls.is_some() { "HTTPS" } else { "HTTP" }
     );
     loop {
         let (stream, _) = match listener.accept().await {
@@ -122,11 +159,25 @@ async fn main() {
         };
         let _ = stream.set_nodelay(true);
         let body = body.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| answer(req, body.clone()));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                None => {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+                Some(tls) => {
+                    // A failed handshake just ends the connection, as in the gateway.
+                    let Ok(stream) = tls.acceptor().accept(stream).await else {
+                        return;
+                    };
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+            }
         });
     }
 }

@@ -134,12 +134,14 @@ start_busy_control() {
 # 127.0.0.1:$PORT, SOAP at $SOAP_PATH (SOAP / 123), the file source
 # $TMP/counterparties.jsonl, the store $TMP/store.sqlite, log level LEVEL
 # [warn] (a tracing filter: "warn,cti_gateway::sources::push=info"), then
-# EXTRA (more TOML sections, such as "[api]...") as it is.
+# EXTRA (more TOML sections, such as "[api]...") as it is. GATEWAY_SERVER_EXTRA,
+# if set, is more keys of [server] (bench/tls.sh: tls_cert, tls_key).
 write_gateway_config() {
   cat >"$TMP/gateway.toml" <<EOF
 [server]
 listen = "127.0.0.1:$PORT"
 max_connections_per_address = 100000   # every bench client comes from 127.0.0.1
+${GATEWAY_SERVER_EXTRA:-}
 
 [soap]
 path = "$SOAP_PATH"

@@ -170,6 +170,103 @@ impl AddressList {
     }
 }
 
+/// Web origins as `popup.allowed_origins` takes them: `https://crm.example.ru`,
+/// `http://10.0.0.5:8080` (scheme `http` or `https`, a host, an optional
+/// port; no path). Kept in the form browsers send in `Origin` (lower case,
+/// no default port; see [`normalize_origin`]), so a check is a comparison
+/// of strings. An entry that is not one is kept by its text, so that
+/// validation names it; [`OriginList::contains`] never matches anything for
+/// a list holding one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "Vec<String>")]
+pub struct OriginList {
+    origins: Vec<String>,
+    bad: Vec<String>,
+}
+
+impl From<Vec<String>> for OriginList {
+    fn from(entries: Vec<String>) -> OriginList {
+        let mut list = OriginList::default();
+        for entry in entries {
+            match normalize_origin(&entry) {
+                Some(origin) => list.origins.push(origin),
+                None => list.bad.push(entry),
+            }
+        }
+        list
+    }
+}
+
+impl OriginList {
+    /// No entry at all: no check.
+    pub fn is_empty(&self) -> bool {
+        self.origins.is_empty() && self.bad.is_empty()
+    }
+
+    /// The first entry that is not a web origin.
+    pub fn first_bad(&self) -> Option<&str> {
+        self.bad.first().map(String::as_str)
+    }
+
+    /// Whether `origin` (normalized) is one of the list's. Never for a list
+    /// with a bad entry.
+    pub fn contains(&self, origin: &str) -> bool {
+        self.bad.is_empty() && self.origins.iter().any(|o| o == origin)
+    }
+}
+
+/// `text` as a browser writes an `Origin` header: `scheme://host[:port]`
+/// with the scheme and host in lower case and the scheme's default port
+/// left out; `None` for anything else (another scheme, a path, user
+/// information, a wildcard, `null`). A trailing `/` is forgiven.
+pub fn normalize_origin(text: &str) -> Option<String> {
+    let (scheme, rest) = text.trim().split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port: u16 = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = match authority.strip_prefix('[') {
+        // An IPv6 literal: `[2001:db8::1]:8443`.
+        Some(bracketed) => {
+            let (address, tail) = bracketed.split_once(']')?;
+            let address: std::net::Ipv6Addr = address.parse().ok()?;
+            let port = match tail {
+                "" => None,
+                tail => Some(tail.strip_prefix(':')?),
+            };
+            (format!("[{address}]"), port)
+        }
+        None => {
+            let (host, port) = match authority.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            };
+            let host_ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !host_ok {
+                return None;
+            }
+            (host.to_ascii_lowercase(), port)
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(digits.parse::<u16>().ok()?)
+        }
+        Some(_) => return None,
+    };
+    Some(match port {
+        Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -428,6 +525,10 @@ pub struct PopupConfig {
     /// Client addresses that may reach the operator page, WebSocket and
     /// long-poll; empty: everyone.
     pub allow_from: AddressList,
+    /// Web origins whose pages may open the WebSocket and the long-poll
+    /// (`Origin` header); empty: no check. A request without `Origin` (1C,
+    /// programs) and the gateway's own page are always let through.
+    pub allowed_origins: OriginList,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -519,6 +620,7 @@ impl Default for PopupConfig {
             ping_interval: Duration::from_secs(25),
             long_poll_max_wait: Duration::from_secs(60),
             allow_from: AddressList::default(),
+            allowed_origins: OriginList::default(),
         }
     }
 }
@@ -890,6 +992,12 @@ impl Config {
         {
             return Err(self.invalid("popup.long_poll_max_wait", "must be between 1s and 60s"));
         }
+        if let Some(entry) = self.popup.allowed_origins.first_bad() {
+            return Err(self.invalid(
+                "popup.allowed_origins",
+                format!("has the entry {entry:?}, which is not a web origin: write the scheme and host (and a port if not the default) of the pages that open the screens, such as \"https://crm.example.ru\" or \"http://10.0.0.5:8080\", with no path"),
+            ));
+        }
         Ok(())
     }
 
@@ -1121,6 +1229,51 @@ mod tests {
         }
         let list = AddressList::parse(["10.0.0.0/33"]);
         assert!(!list.is_valid() && !list.contains("10.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn allowed_origins_are_kept_as_browsers_send_them_and_bad_ones_named() {
+        let c = parse(MINIMAL).expect("config");
+        assert!(c.popup.allowed_origins.is_empty());
+        let c = parse(&format!(
+            "{MINIMAL}[popup]\nallowed_origins = [\"HTTPS://CRM.Example.ru/\", \"http://10.0.0.5:8080\", \"https://[2001:DB8::1]:443\", \"http://intranet:80\"]\n"
+        ))
+        .expect("config");
+        let list = &c.popup.allowed_origins;
+        for origin in [
+            "https://crm.example.ru",
+            "http://10.0.0.5:8080",
+            "https://[2001:db8::1]",
+            "http://intranet",
+        ] {
+            assert!(list.contains(origin), "{origin}: {list:?}");
+        }
+        assert!(!list.contains("http://crm.example.ru"));
+        for bad in [
+            "crm.example.ru",
+            "https://crm.example.ru/app",
+            "ftp://crm.example.ru",
+            "https://user@crm.example.ru",
+            "https://*.example.ru",
+            "https://crm.example.ru:99999",
+            "https://crm.example.ru:",
+            "null",
+        ] {
+            let err = parse(&format!(
+                "{MINIMAL}[popup]\nallowed_origins = [\"{bad}\"]\n"
+            ))
+            .expect_err(bad);
+            let msg = err.to_string();
+            assert!(
+                msg.contains("popup.allowed_origins") && msg.contains(&format!("{bad:?}")),
+                "{bad}: {msg}"
+            );
+        }
+        assert_eq!(normalize_origin("null"), None);
+        assert_eq!(
+            normalize_origin("https://GW.example:8443").as_deref(),
+            Some("https://gw.example:8443")
+        );
     }
 
     #[test]

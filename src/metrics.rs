@@ -160,7 +160,7 @@ impl Metrics {
         let http_refused = must(IntCounterVec::new(
             Opts::new(
                 "cti_http_refused_total",
-                "Requests refused before their credentials were looked at, by endpoint and reason (address: not in the endpoint group's allow_from; auth_throttled: too many failed credential checks from the address); and connections, endpoint=\"connection\", closed before any request (per_address: server.max_connections_per_address open from the address; reserved: only the slots reserved for soap.allow_from were free; max_connections: every slot taken; first_request_timeout: no whole request head, TLS handshake included, within server.first_request_timeout).",
+                "Requests refused before their credentials were looked at, by endpoint and reason (address: not in the endpoint group's allow_from; auth_throttled: too many failed credential checks from the address; origin: an operator screen opened by a page of an origin not in popup.allowed_origins); and connections, endpoint=\"connection\", closed before any request (per_address: server.max_connections_per_address open from the address; reserved: only the slots reserved for soap.allow_from were free; max_connections: every slot taken; first_request_timeout: no whole request head, TLS handshake included, within server.first_request_timeout).",
             ),
             &["endpoint", "reason"],
         ));

@@ -5,7 +5,11 @@
 //! browser lays out) until the caller's card is there. Beyond the first
 //! card: a gateway restarted between calls (same store, same address: the
 //! page's numbers start again), a token changed in the fragment, and a
-//! token with `+` in a bookmark.
+//! token with `+` in a bookmark. Each page is checked to have run under
+//! its Content-Security-Policy with no violation (no inline script or style
+//! is allowed) and with its stylesheet applied; one runs with
+//! `popup.allowed_origins` set to another site, which the page's own origin
+//! need not be listed in.
 //!
 //! Ignored by default: it needs `/usr/bin/chromium`, which `.ci/run`
 //! installs. Run with `cargo test --test operator_page_browser --
@@ -64,6 +68,12 @@ struct PageState {
     login_error: String,
     login_error_shown: bool,
     cards: Vec<Card>,
+    /// What the page's policy blocked (`securitypolicyviolation` events,
+    /// recorded by [`RECORD_CSP_VIOLATIONS`]).
+    csp_violations: Vec<String>,
+    /// The header's computed background: the stylesheet's colour once it
+    /// has loaded.
+    header_background: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +107,8 @@ const STATE_JS: &str = r#"(() => {
     loginShown: shown(login),
     loginError: error ? error.textContent : "",
     loginErrorShown: shown(error),
+    cspViolations: window.__cspViolations || [],
+    headerBackground: document.querySelector("header") ? getComputedStyle(document.querySelector("header")).backgroundColor : "",
     cards: [...document.querySelectorAll("article.card")].map((card) => ({
       class: card.className,
       title: card.querySelector("h2")?.textContent ?? "",
@@ -106,6 +118,16 @@ const STATE_JS: &str = r#"(() => {
     })),
   };
 })()"#;
+
+/// Added to every document before its own scripts: records what the page's
+/// Content-Security-Policy blocks, which the page itself would only log.
+const RECORD_CSP_VIOLATIONS: &str = r#"window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__cspViolations.push(e.violatedDirective + " " + (e.blockedURI || "inline") + " " + (e.sample || ""));
+});"#;
+
+/// The header's background in `assets/operator.css` (#1d2330).
+const HEADER_BACKGROUND: &str = "rgb(29, 35, 48)";
 
 /// A headless Chromium with one page, driven over its DevTools WebSocket.
 /// Killed when dropped (a failing test included).
@@ -286,6 +308,12 @@ impl Browser {
             .to_owned();
         self.session = Some(session);
         self.call("Runtime.enable", json!({})).await;
+        self.call("Page.enable", json!({})).await;
+        self.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": RECORD_CSP_VIOLATIONS }),
+        )
+        .await;
         self.call(
             "Emulation.setDeviceMetricsOverride",
             json!({ "width": 1024, "height": 700, "deviceScaleFactor": 1, "mobile": false }),
@@ -348,8 +376,19 @@ impl Browser {
     }
 
     /// Asks the browser to close and waits (bounded) for it to exit; kills
-    /// it otherwise. Asserts the page threw no exceptions.
+    /// it otherwise. Asserts the page threw no exceptions, its policy
+    /// blocked nothing and its stylesheet applied.
     async fn close(mut self) {
+        let state = self
+            .wait_for("its stylesheet applied", |s| {
+                s.header_background == HEADER_BACKGROUND
+            })
+            .await;
+        assert!(
+            state.csp_violations.is_empty(),
+            "the page's Content-Security-Policy blocked: {:?}",
+            state.csp_violations
+        );
         let exceptions = std::mem::take(&mut self.exceptions);
         self.session = None;
         // The browser may go before it answers: either is fine.
@@ -739,5 +778,78 @@ async fn a_token_with_a_plus_is_accepted_from_the_fragment_as_is_or_encoded() {
         "both pages connected"
     );
 
+    browser.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn the_policy_blocks_inline_script_and_style_in_the_browser() {
+    let gw = start("").await;
+    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
+    browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    // What an injection would try: markup with a script and a style.
+    let injected = r#"(() => {
+      const script = document.createElement("script");
+      script.textContent = "window.__injected = true;";
+      document.body.append(script);
+      const style = document.createElement("style");
+      style.textContent = "header { background: rgb(255, 0, 0); }";
+      document.head.append(style);
+      return window.__injected === true;
+    })()"#;
+    let ran = browser
+        .call(
+            "Runtime.evaluate",
+            json!({ "expression": injected, "returnByValue": true }),
+        )
+        .await;
+    assert_eq!(
+        ran["result"]["value"],
+        json!(false),
+        "inline script ran: {ran}"
+    );
+    let state = browser
+        .wait_for("both violations reported", |s| s.csp_violations.len() >= 2)
+        .await;
+    assert!(
+        state
+            .csp_violations
+            .iter()
+            .any(|v| v.starts_with("script-src")),
+        "{:?}",
+        state.csp_violations
+    );
+    assert!(
+        state
+            .csp_violations
+            .iter()
+            .any(|v| v.starts_with("style-src")),
+        "{:?}",
+        state.csp_violations
+    );
+    assert_eq!(state.header_background, HEADER_BACKGROUND, "{state:#?}");
+    // Dropped, not closed: close() asserts no violations.
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn the_page_works_with_allowed_origins_that_do_not_list_it() {
+    let gw = start("[popup]\nallowed_origins = [\"https://crm.example.ru\"]\n").await;
+    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
+    browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    incoming_call(&gw, CALLER).await;
+    browser
+        .wait_for("the caller's card", |s| {
+            s.cards.iter().any(|c| c.title.contains("Фэйковый чиж"))
+        })
+        .await;
     browser.close().await;
 }

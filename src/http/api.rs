@@ -416,8 +416,14 @@ fn body_refused(e: BodyError) -> Response<Body> {
         BodyError::TimedOut { .. } => serde_json::json!({
             "error": format!("{e} (server.body_read_timeout); nothing was changed"),
         }),
+        BodyError::Encoded => serde_json::json!({ "error": format!("{e}; nothing was changed") }),
     };
-    push_refused(e.status(), body)
+    let response = push_refused(e.status(), body);
+    if e == BodyError::Encoded {
+        // RFC 7694: the codings this endpoint takes.
+        return with_header(response, header::ACCEPT_ENCODING, "identity");
+    }
+    response
 }
 
 /// A 405 in JSON with `Allow`.

@@ -237,6 +237,17 @@ impl RefusalLog {
         }
     }
 
+    /// An operator screen opened by a page of an origin not in
+    /// `popup.allowed_origins`.
+    pub fn refused_origin(&self, path: &str, client: IpAddr, origin: &str) {
+        let what = self.what;
+        if self.warning_due() {
+            tracing::warn!(what, path, %client, origin, "request refused: the page's origin is not in popup.allowed_origins (repeats within a minute are logged at debug level and counted in cti_http_refused_total)");
+        } else {
+            tracing::debug!(what, path, %client, origin, "request refused: the page's origin is not in popup.allowed_origins");
+        }
+    }
+
     /// True at most once a minute (across threads).
     pub(super) fn warning_due(&self) -> bool {
         let now = SystemTime::now()

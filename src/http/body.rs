@@ -1,6 +1,9 @@
 //! The one bounded request body reader: a size cap (checked against the
 //! declared `Content-Length` first, then while streaming, chunked or not)
-//! and a read timeout.
+//! and a read timeout. A body with a `Content-Encoding` (gzip...) is not
+//! read at all: the gateway decodes none, and compressed bytes read as the
+//! plain body would be misread, or a small request could stand for a large
+//! one.
 //!
 //! It answers nothing itself: a [`BodyError`] says what went wrong and its
 //! status, and each protocol words it its own way (a SOAP fault for the PBX,
@@ -28,6 +31,9 @@ pub enum BodyError {
     /// Not all there within the timeout.
     #[error("the request body did not arrive within {} s", .after.as_secs_f64())]
     TimedOut { after: Duration },
+    /// Sent with a `Content-Encoding` other than `identity`.
+    #[error("the request body has a Content-Encoding, and the gateway decodes none: send it uncompressed")]
+    Encoded,
 }
 
 impl BodyError {
@@ -37,8 +43,46 @@ impl BodyError {
             BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyError::Broken => StatusCode::BAD_REQUEST,
             BodyError::TimedOut { .. } => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Encoded => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
+}
+
+/// What a request's head says about its body: its declared length and
+/// whether it is sent as is. Taken from the head before the body is parted
+/// from it ([`read_body`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyHead {
+    declared_len: Option<u64>,
+    encoded: bool,
+}
+
+impl BodyHead {
+    /// Reads the head's `Content-Length` and `Content-Encoding`.
+    pub fn of(headers: &header::HeaderMap) -> BodyHead {
+        let declared_len = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        BodyHead {
+            declared_len,
+            encoded: !unencoded(headers),
+        }
+    }
+}
+
+/// Whether the body is sent as is: no `Content-Encoding`, or only
+/// `identity`. One header lookup when there is none (the PBX's case).
+fn unencoded(headers: &header::HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .all(|value| {
+            value.as_bytes().split(|&b| b == b',').all(|coding| {
+                let coding = coding.trim_ascii();
+                coding.is_empty() || coding.eq_ignore_ascii_case(b"identity")
+            })
+        })
 }
 
 /// Reads `req`'s body whole: at most `limit` bytes, within `timeout`.
@@ -47,23 +91,15 @@ where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let declared = declared_len(req.headers());
-    read_body(req.into_body(), declared, limit, timeout).await
-}
-
-/// The `Content-Length` a request declares, if it declares a readable one.
-pub fn declared_len(headers: &header::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+    let head = BodyHead::of(req.headers());
+    read_body(req.into_body(), head, limit, timeout).await
 }
 
 /// Reads a body whole, already parted from its head ([`read`]): at most
-/// `limit` bytes, within `timeout`.
+/// `limit` bytes, within `timeout`; an encoded one not at all.
 pub async fn read_body<B>(
     body: B,
-    declared_len: Option<u64>,
+    head: BodyHead,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, BodyError>
@@ -71,7 +107,10 @@ where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if declared_len.is_some_and(|n| n > limit as u64) {
+    if head.encoded {
+        return Err(BodyError::Encoded);
+    }
+    if head.declared_len.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
     let collect = Limited::new(body, limit).collect();
@@ -169,6 +208,34 @@ mod tests {
         assert_eq!(
             BodyError::TimedOut { after: TIMEOUT }.to_string(),
             "the request body did not arrive within 10 s"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_encoded_body_is_not_read_and_identity_is_no_encoding() {
+        for coding in ["gzip", "identity, gzip", "br", "x-anything"] {
+            let mut req = request(Full::new(Bytes::from_static(b"abc")), Some(3));
+            req.headers_mut()
+                .insert(header::CONTENT_ENCODING, coding.parse().expect("value"));
+            assert_eq!(
+                read(req, 100, TIMEOUT).await,
+                Err(BodyError::Encoded),
+                "{coding}"
+            );
+        }
+        for coding in ["identity", "IDENTITY", ""] {
+            let mut req = request(Full::new(Bytes::from_static(b"abc")), Some(3));
+            req.headers_mut()
+                .insert(header::CONTENT_ENCODING, coding.parse().expect("value"));
+            assert_eq!(
+                read(req, 100, TIMEOUT).await,
+                Ok(Bytes::from_static(b"abc")),
+                "{coding:?}"
+            );
+        }
+        assert_eq!(
+            BodyError::Encoded.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
         );
     }
 

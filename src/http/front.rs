@@ -9,6 +9,7 @@ use super::api::Api;
 use super::client::ClientResolver;
 use super::limits::ConnectionLimits;
 use super::ops::Ops;
+use super::origin::AllowedOrigins;
 use super::screens::Screens;
 use super::soap::SoapEndpoint;
 use super::throttle::AuthThrottle;
@@ -34,6 +35,8 @@ pub struct Front {
     pub(super) clients: ClientResolver,
     /// Each endpoint group's address allow-list.
     pub(super) allow: AllowLists,
+    /// Web origins whose pages may open operator screens.
+    pub(super) origins: AllowedOrigins,
     /// Failed credential checks per address.
     pub(super) throttle: AuthThrottle,
     pub(super) metrics: Arc<Metrics>,
@@ -70,6 +73,7 @@ impl Front {
             ops: Ops::new(directory, health, Arc::clone(&metrics)),
             clients: ClientResolver::new(&config.server.trusted_proxies),
             allow: AllowLists::new(config),
+            origins: AllowedOrigins::new(&config.popup.allowed_origins),
             throttle: AuthThrottle::new(
                 config.server.auth_failures_per_minute,
                 config.server.auth_block,

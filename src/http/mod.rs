@@ -13,8 +13,8 @@
 //! builds the groups, `server.rs` accepts connections (`limits.rs` says
 //! who may open one), `client.rs` tells who a request comes from (behind
 //! trusted proxies too), `host.rs` which `Host` the WSDL may name,
-//! `allow.rs` holds
-//! the address allow-lists of the groups, `throttle.rs` blocks addresses
+//! `allow.rs` holds the address allow-lists of the groups, `origin.rs` the
+//! web origins that may open operator screens, `throttle.rs` blocks addresses
 //! that fail credential checks too often, `auth.rs` checks every
 //! credential, `body.rs` reads bodies, `query.rs` reads the API's query
 //! strings (`rfc3339.rs` their times), `respond.rs` builds answers. A new
@@ -30,6 +30,7 @@ mod front;
 mod host;
 mod limits;
 mod ops;
+mod origin;
 mod query;
 mod respond;
 mod rfc3339;
@@ -91,6 +92,8 @@ pub fn check_soap_path(config: &Config) -> Result<(), ConfigError> {
 
 /// Requests refused for their address, logged at most once a minute.
 static ADDRESS_REFUSALS: RefusalLog = RefusalLog::new("request");
+/// Screens refused for their page's origin, logged at most once a minute.
+static ORIGIN_REFUSALS: RefusalLog = RefusalLog::new("operator screen");
 
 /// Every endpoint, as the route table finds it; its label is the
 /// `endpoint` of `cti_http_responses_total`.
@@ -105,6 +108,7 @@ enum Route {
     Healthz,
     Readyz,
     OperatorPage,
+    OperatorFile,
     OperatorWs,
     OperatorEvents,
     Other,
@@ -122,6 +126,7 @@ impl Route {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::OperatorPage => "operator_page",
+            Route::OperatorFile => "operator_file",
             Route::OperatorWs => "operator_ws",
             Route::OperatorEvents => "operator_events",
             Route::Other => "other",
@@ -143,9 +148,63 @@ impl Route {
             | Route::Healthz
             | Route::Readyz
             | Route::OperatorPage
+            | Route::OperatorFile
             | Route::Other => false,
         }
     }
+
+    /// The methods of an endpoint that takes only reads, for the route
+    /// table to check (405 with this as `Allow`); `None` for the endpoints
+    /// that check their methods themselves, in their own protocol. `HEAD`
+    /// is a `GET` whose body hyper leaves out (with its `Content-Length`):
+    /// load balancers check health with it. The screens' transports and the
+    /// journal take no `HEAD`: it would subscribe, poll or query for nothing.
+    fn read_methods(self) -> Option<&'static str> {
+        match self {
+            Route::Metrics
+            | Route::Healthz
+            | Route::Readyz
+            | Route::OperatorPage
+            | Route::OperatorFile => Some(GET_AND_HEAD),
+            Route::ApiCalls | Route::OperatorWs | Route::OperatorEvents => Some(GET_ONLY),
+            Route::Soap
+            | Route::ApiCounterparties
+            | Route::ApiCounterparty
+            | Route::ApiAcceptFile
+            | Route::Other => None,
+        }
+    }
+
+    /// Whether `method` is one `read_methods` names.
+    fn takes(self, method: &Method) -> bool {
+        match self.read_methods() {
+            None => true,
+            Some(_) if method == Method::GET => true,
+            Some(allow) => method == Method::HEAD && allow == GET_AND_HEAD,
+        }
+    }
+
+    /// The endpoints a web page may open from another origin: checked
+    /// against `popup.allowed_origins`.
+    fn checks_origin(self) -> bool {
+        matches!(self, Route::OperatorWs | Route::OperatorEvents)
+    }
+}
+
+/// The `Allow` of the read-only endpoints ([`Route::read_methods`]).
+const GET_AND_HEAD: &str = "GET, HEAD";
+const GET_ONLY: &str = "GET";
+
+/// 405 in JSON for a method a read-only endpoint does not take, with `Allow`.
+fn method_not_allowed(route: Route, method: &Method) -> Response<Body> {
+    let allow = route.read_methods().unwrap_or(GET_ONLY);
+    let message = format!("method {method} is not allowed here: use {allow}");
+    let mut response = respond::json_error(StatusCode::METHOD_NOT_ALLOWED, &message);
+    response.headers_mut().insert(
+        hyper::header::ALLOW,
+        hyper::header::HeaderValue::from_static(allow),
+    );
+    response
 }
 
 /// `path` is `prefix` or lies under it.
@@ -227,23 +286,25 @@ impl Front {
         }
     }
 
-    /// The route table: the endpoint that answers. The API's paths take
-    /// every method (and answer 405 in JSON); the others only `GET`.
-    fn route(&self, method: &Method, path: &str) -> Route {
+    /// The route table: the endpoint that answers, by path alone. Which
+    /// methods each takes is [`Route::read_methods`]'s (the others check
+    /// their own and answer 405 in their protocol).
+    fn route(&self, path: &str) -> Route {
         if path == self.soap.path() {
             return Route::Soap;
         }
-        match (method, path) {
-            (_, api::COUNTERPARTIES) => Route::ApiCounterparties,
-            (_, p) if p.starts_with(api::COUNTERPARTY_PREFIX) => Route::ApiCounterparty,
-            (&Method::GET, api::CALLS) => Route::ApiCalls,
-            (_, admin::ACCEPT_FILE) => Route::ApiAcceptFile,
-            (&Method::GET, ops::METRICS) => Route::Metrics,
-            (&Method::GET, ops::HEALTHZ) => Route::Healthz,
-            (&Method::GET, ops::READYZ) => Route::Readyz,
-            (&Method::GET, screens::PAGE | screens::PAGE_SLASH) => Route::OperatorPage,
-            (&Method::GET, screens::WEBSOCKET) => Route::OperatorWs,
-            (&Method::GET, screens::EVENTS) => Route::OperatorEvents,
+        match path {
+            api::COUNTERPARTIES => Route::ApiCounterparties,
+            p if p.starts_with(api::COUNTERPARTY_PREFIX) => Route::ApiCounterparty,
+            api::CALLS => Route::ApiCalls,
+            admin::ACCEPT_FILE => Route::ApiAcceptFile,
+            ops::METRICS => Route::Metrics,
+            ops::HEALTHZ => Route::Healthz,
+            ops::READYZ => Route::Readyz,
+            screens::PAGE | screens::PAGE_SLASH => Route::OperatorPage,
+            screens::WEBSOCKET => Route::OperatorWs,
+            screens::EVENTS => Route::OperatorEvents,
+            p if self.screens.is_page_file(p) => Route::OperatorFile,
             _ => Route::Other,
         }
     }
@@ -265,19 +326,29 @@ impl Front {
         }
     }
 
-    /// Checks the client's address against its group's allow-list and,
-    /// on an endpoint with credentials, the failed-auth throttle; then
-    /// checks the PBX's request's head, or starts another endpoint's work.
+    /// Checks the client's address against its group's allow-list, the
+    /// method, a screen's `Origin` and, on an endpoint with credentials,
+    /// the failed-auth throttle; then checks the PBX's request's head, or
+    /// starts another endpoint's work.
     fn dispatch(self: &Arc<Self>, req: Request<Incoming>, client: Client) -> Routed {
         let path = req.uri().path();
-        let route = self.route(req.method(), path);
+        let route = self.route(path);
         if let Some(list) = self.allow.of(self.group(path)) {
             if !list.allows(client.addr) {
                 let refused = self.address_refused(route, list.key(), &req, client);
                 return Routed::Answered(route.label(), refused);
             }
         }
-        // The PBX (an address in `soap.allow_from`) is never throttled.
+        if !route.takes(req.method()) {
+            return Routed::Answered(route.label(), method_not_allowed(route, req.method()));
+        }
+        if route.checks_origin() {
+            if let Err(origin) = self.origins.check(req.headers(), client.https) {
+                let refused = self.origin_refused(route, &req, client, origin);
+                return Routed::Answered(route.label(), refused);
+            }
+        }
+        // The PBX's own addresses are never throttled.
         let throttled = route.authenticated() && !self.allow.soap().names(client.addr);
         if throttled {
             if let Some(left) = self.throttle.blocked_now(client.addr) {
@@ -357,6 +428,7 @@ impl Front {
                 self.ops.readyz(self.allow.metrics().allows(client.addr))
             }
             Route::OperatorPage => self.screens.page(),
+            Route::OperatorFile => self.screens.page_file(req.uri().path()),
             Route::OperatorWs => self.screens.websocket(req),
             Route::OperatorEvents => self.screens.events(req).await,
             Route::Other => respond::json_error(StatusCode::NOT_FOUND, "no such endpoint"),
@@ -424,6 +496,28 @@ impl Front {
         } else {
             respond::json_error(status, &message)
         }
+    }
+
+    /// 403 for a screen opened by a page of an origin not in
+    /// `popup.allowed_origins`, in JSON, counted and logged (at most once a
+    /// minute at warn).
+    fn origin_refused(
+        &self,
+        route: Route,
+        req: &Request<Incoming>,
+        client: Client,
+        origin: origin::ForeignOrigin,
+    ) -> Response<Body> {
+        self.metrics
+            .http_refused
+            .with_label_values(&[route.label(), "origin"])
+            .inc();
+        ORIGIN_REFUSALS.refused_origin(req.uri().path(), client.addr, &origin.0);
+        let message = format!(
+            "pages of {} may not open operator screens (popup.allowed_origins)",
+            origin.0
+        );
+        respond::json_error(StatusCode::FORBIDDEN, &message)
     }
 
     /// 431 for a request head over the limit, in the protocol of the path.

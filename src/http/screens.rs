@@ -1,4 +1,5 @@
-//! Operator screens: the page (`GET /operator`), the WebSocket
+//! Operator screens: the page (`GET /operator`) and its script and styles
+//! (`GET /operator/app.<hash>.js`, `.css`), the WebSocket
 //! (`GET /operator/ws`) and the long-poll (`GET /operator/events`).
 //!
 //! Both transports authenticate the same way, here, before anything else is
@@ -19,6 +20,7 @@ use tokio::sync::Semaphore;
 use super::auth::{self, ScreenOperator, ScreenTokens};
 use super::respond::{json_error, with_header, Body};
 use crate::config::Config;
+use crate::popup::page::OperatorPage;
 use crate::popup::{self, Hub, ScreenQuery, TransportConfig};
 use crate::store::Store;
 
@@ -40,6 +42,8 @@ pub struct Screens {
     connection_slots: Arc<Semaphore>,
     /// The call journal, whose rows count long-poll deliveries.
     store: Store,
+    /// The page and its files, compiled in.
+    page: OperatorPage,
 }
 
 impl Screens {
@@ -55,18 +59,40 @@ impl Screens {
             tokens: ScreenTokens::new(&config.operators),
             transport: TransportConfig::from(&config.popup),
             connection_slots,
+            page: OperatorPage::new(),
         }
+    }
+
+    /// Whether `path` is one of the page's files (its script, its styles).
+    pub fn is_page_file(&self, path: &str) -> bool {
+        self.page.file(path).is_some()
     }
 
     /// `GET /operator`: the page, compiled in, with its security headers.
     pub fn page(&self) -> Response<Body> {
-        let mut response = Response::new(Body::new(Bytes::from_static(
-            popup::page::OPERATOR_PAGE.as_bytes(),
-        )));
+        let mut response = Response::new(Body::new(self.page.html()));
         for (name, value) in popup::page::PAGE_HEADERS {
             response
                 .headers_mut()
                 .insert(name, HeaderValue::from_static(value));
+        }
+        response
+    }
+
+    /// `GET /operator/app.<hash>.js` or `.css`: one of the page's files
+    /// (a 404 for another path, which the route table does not send here).
+    pub fn page_file(&self, path: &str) -> Response<Body> {
+        let Some(file) = self.page.file(path) else {
+            return json_error(StatusCode::NOT_FOUND, "no such endpoint");
+        };
+        let mut response = Response::new(Body::new(Bytes::from_static(file.body.as_bytes())));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(file.content_type),
+        );
+        for (name, value) in popup::page::FILE_HEADERS {
+            headers.insert(name, HeaderValue::from_static(value));
         }
         response
     }

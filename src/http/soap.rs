@@ -32,7 +32,7 @@ static REFUSALS: RefusalLog = RefusalLog::new("SOAP request");
 /// its body, still to be read, and the SOAP version it speaks.
 pub struct SoapCall {
     body: Incoming,
-    declared_len: Option<u64>,
+    body_head: body::BodyHead,
     version: SoapVersion,
 }
 
@@ -112,10 +112,10 @@ impl SoapEndpoint {
             let message = format!("Content-Type '{content_type:.100}' is not SOAP: send text/xml (SOAP 1.1) or application/soap+xml (SOAP 1.2)");
             return Err(fault(hint, StatusCode::UNSUPPORTED_MEDIA_TYPE, &message));
         };
-        let declared_len = body::declared_len(req.headers());
+        let body_head = body::BodyHead::of(req.headers());
         Ok(SoapCall {
             body: req.into_body(),
-            declared_len,
+            body_head,
             version,
         })
     }
@@ -124,10 +124,10 @@ impl SoapEndpoint {
     pub async fn answer(&self, call: SoapCall) -> Response<Body> {
         let SoapCall {
             body,
-            declared_len,
+            body_head,
             version,
         } = call;
-        let read = body::read_body(body, declared_len, MAX_SOAP_BODY, self.body_read_timeout);
+        let read = body::read_body(body, body_head, MAX_SOAP_BODY, self.body_read_timeout);
         match read.await {
             Ok(body) => reply(self.vats.answer(&body, version).await),
             Err(e) => body_refused(version, e),
@@ -210,8 +210,16 @@ fn body_refused(version: SoapVersion, e: BodyError) -> Response<Body> {
             "request body did not arrive within {} s",
             after.as_secs_f64()
         ),
+        BodyError::Encoded => {
+            "request body has a Content-Encoding, and the gateway decodes none: send it uncompressed".to_owned()
+        }
     };
-    fault(version, e.status(), &message)
+    let response = fault(version, e.status(), &message);
+    if e == BodyError::Encoded {
+        // RFC 7694: the codings this endpoint takes.
+        return with_header(response, header::ACCEPT_ENCODING, "identity");
+    }
+    response
 }
 
 /// A `soap:Client` fault sent with `status` rather than the fault's own.
