@@ -237,7 +237,11 @@ pub fn reply(reply: SoapReply) -> Response<Body> {
         (ReplyOutcome::Fault(FaultCode::Client), SoapVersion::V12) => StatusCode::BAD_REQUEST,
         (ReplyOutcome::Fault(_), _) => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let mut response = Response::new(Body::new(Bytes::from(reply.body)));
+    // A boxed slice becomes `Bytes` as it is; a `Vec` with spare capacity
+    // would cost a second allocation for its shared header. The shrink
+    // stays in place (the answer fills most of what was reserved).
+    let body = Bytes::from(reply.body.into_boxed_slice());
+    let mut response = Response::new(Body::new(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
