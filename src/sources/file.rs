@@ -484,7 +484,10 @@ fn read_stamped(
         guard::check(previous.as_deref(), &records, max_shrink)?;
     }
     drop((previous, index));
+    let faults = directory.check_requisites(SOURCE, &records);
     let report = directory.replace_source(SOURCE, records, Some(print), SystemTime::now());
+    directory.count_requisite_faults(SOURCE, &faults);
+    super::log_requisite_faults(SOURCE, &faults);
     Ok(Loaded {
         previous: held,
         records: report.records,

@@ -305,7 +305,7 @@ fn without_position(e: &serde_json::Error) -> String {
 }
 
 /// An id as an error message may repeat it: at most [`MAX_ID_LEN`] bytes.
-fn shown_id(id: &str) -> String {
+pub(super) fn shown_id(id: &str) -> String {
     if id.len() <= MAX_ID_LEN {
         return id.to_owned();
     }
