@@ -482,6 +482,33 @@ mod tests {
         c.name.as_bytes().into()
     }
 
+    #[test]
+    fn a_faulty_record_is_counted_once_per_content_and_kept() {
+        let counter =
+            prometheus::IntCounterVec::new(prometheus::Opts::new("t", "t"), &["source", "field"])
+                .expect("metric");
+        let dir = Directory::new(render).counting_invalid_requisites(counter.clone());
+        let mut typo = cp("1", "A", &["89160000001"], None);
+        typo.inn = Some("7707083894".into());
+        let mut clean = cp("2", "B", &["89160000002"], None);
+        clean.inn = Some("7707083893".into());
+        let records = vec![typo.clone(), clean];
+        let faults = dir.check_requisites("onec", &records);
+        assert_eq!(faults.records.len(), 1);
+        assert_eq!(faults.new_faults(), 1);
+        dir.replace_source("onec", records.clone(), None, SystemTime::now());
+        dir.count_requisite_faults("onec", &faults);
+        assert!(dir.lookup_id("1").is_some(), "kept");
+        // Read again, the same content: reported, not counted again.
+        let again = dir.check_requisites("onec", &records);
+        assert_eq!((again.records.len(), again.new_faults()), (1, 0));
+        // Another source's same record is new to that source.
+        assert_eq!(dir.check_requisites("push", &records).new_faults(), 1);
+        typo.name = "A2".into();
+        assert_eq!(dir.check_requisites("onec", &[typo]).new_faults(), 1);
+        assert_eq!(counter.with_label_values(&["onec", "inn"]).get(), 1);
+    }
+
     fn cp(id: &str, name: &str, phones: &[&str], manager: Option<&str>) -> Counterparty {
         Counterparty {
             id: id.into(),
