@@ -835,6 +835,38 @@ mod tests {
     }
 
     #[test]
+    fn the_contacts_layout_picks_the_default_contacts_set() {
+        let onec = |extra: &str| {
+            parse(&format!(
+                "{MINIMAL}[onec]\nodata_url = \"http://1c/base/odata/standard.odata\"\n{extra}"
+            ))
+        };
+        let section = onec("").expect("valid").onec.expect("onec");
+        assert_eq!(section.contacts_layout, ContactsLayout::Section);
+        assert_eq!(
+            section.contacts_set(),
+            "Catalog_Контрагенты_КонтактнаяИнформация"
+        );
+        let register = onec("contacts_layout = \"register\"\nkind_field = \"ЮрФизЛицо\"\n")
+            .expect("valid")
+            .onec
+            .expect("onec");
+        assert_eq!(
+            register.contacts_set(),
+            "InformationRegister_КонтактнаяИнформация"
+        );
+        let named = onec("contacts_layout = \"register\"\ncontacts = \"InformationRegister_КИ\"\n")
+            .expect("valid")
+            .onec
+            .expect("onec");
+        assert_eq!(named.contacts_set(), "InformationRegister_КИ");
+        let err = onec("contacts_layout = \"table\"\n").expect_err("unknown layout");
+        assert!(err.to_string().contains("contacts_layout"), "{err}");
+        let err = onec("ogrn_field = \"ОГРН; drop\"\n").expect_err("not an OData name");
+        assert!(err.to_string().contains("onec.ogrn_field"), "{err}");
+    }
+
+    #[test]
     fn every_key_has_a_default() {
         let c = parse(MINIMAL).expect("minimal config");
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
