@@ -36,6 +36,7 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::directory::{Counterparty, Directory, Tombstone};
 use crate::store::{SnapshotRecord, Store, StoreError};
+pub(crate) use parse::diagnose_text;
 pub use parse::{parse_batch, BatchError, RecordError, MAX_RECORDS};
 
 /// The name pushed records carry in the directory and the store.
