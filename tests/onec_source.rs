@@ -1445,7 +1445,8 @@ async fn the_ka11_register_gives_phones_emails_and_addresses() {
     assert!(
         register.iter().all(|r| r.status == Some(200)
             && r.entity_set.as_deref() == Some(REGISTER)
-            && r.option("$select") == Some("Объект,Тип,Представление")),
+            && r.option("$select") == Some("Объект,Тип,Представление")
+            && r.option("$orderby") == Some("Объект,Тип")),
         "{register:?}"
     );
 }

@@ -64,9 +64,13 @@ pub const CONTACTS_SELECT: &str = "Ref_Key,LineNumber,Тип,Представл�
 /// the dimension `Объект` (a composite reference: the GUID, its type in
 /// `Объект_Type`, not asked for: a GUID of another catalog never matches a
 /// counterparty), the number only in `Представление`. Assumption: the
-/// register as КА 1.1 ships it.
+/// register as КА 1.1 ships it. Ordered by the dimensions `Объект` and `Тип`
+/// only: `Вид`'s OData name depends on its type and `Представление` may be
+/// a string 1C cannot order by; rows tied on both may move between pages
+/// (read twice: kept once; missed: read at the next refresh), as any row
+/// changed during a read may.
 pub const REGISTER_SELECT: &str = "Объект,Тип,Представление";
-pub const REGISTER_ORDER: &str = "Объект,Тип,Представление";
+pub const REGISTER_ORDER: &str = "Объект,Тип";
 
 /// One row of the counterparties catalog.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -197,10 +197,16 @@ impl PushSource {
             })
             .collect();
         let this = Arc::clone(self);
-        let mut report = tokio::spawn(async move { this.upsert_now(records).await })
-            .await
-            .unwrap_or_else(|e| Err(PushError::NotApplied(e.to_string())))?;
-        self.directory.count_requisite_faults(SOURCE, &faults);
+        let mut report = tokio::spawn(async move {
+            let report = this.upsert_now(records).await;
+            // Counted in the task: a caller that hangs up does not stop the change.
+            if report.is_ok() {
+                this.directory.count_requisite_faults(SOURCE, &faults);
+            }
+            report
+        })
+        .await
+        .unwrap_or_else(|e| Err(PushError::NotApplied(e.to_string())))?;
         report.warnings = warnings;
         Ok(report)
     }
