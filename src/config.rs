@@ -384,15 +384,34 @@ pub struct OnecConfig {
     /// The counterparties catalog's entity set.
     #[serde(default = "OnecConfig::default_counterparties")]
     pub counterparties: String,
-    /// Its contact information tabular section's entity set.
-    #[serde(default = "OnecConfig::default_contacts")]
-    pub contacts: String,
+    /// Where contact information is read: its tabular section's entity set
+    /// (`contacts_layout = "section"`), or the information register
+    /// (`"register"`). Unset: the layout's usual name, see
+    /// [`OnecConfig::contacts_set`].
+    #[serde(default)]
+    pub contacts: Option<String>,
+    /// How the configuration keeps contact information: `section` (the
+    /// catalog's tabular section, БП 3.0, УТ 11, КА 2) or `register`
+    /// (`InformationRegister_КонтактнаяИнформация`, КА 1.1 and УПП).
+    #[serde(default)]
+    pub contacts_layout: ContactsLayout,
     /// The catalog field holding the client category (a number); empty: not read.
     #[serde(default)]
     pub category_field: String,
     /// The catalog field holding the responsible manager's extension; empty: not read.
     #[serde(default)]
     pub manager_phone_field: String,
+    /// The catalog field holding the OGRN or a sole proprietor's OGRNIP
+    /// (told apart by length); empty: not read.
+    #[serde(default)]
+    pub ogrn_field: String,
+    /// The catalog field holding the record's code (usually `Code`); empty: not read.
+    #[serde(default)]
+    pub code_field: String,
+    /// The catalog field telling a legal entity from a person (`ЮрФизЛицо`);
+    /// empty: not read, the kind follows the INN.
+    #[serde(default)]
+    pub kind_field: String,
     /// Rows asked for per request (`$top`) in a full read.
     #[serde(default = "OnecConfig::default_page_size")]
     pub page_size: usize,
@@ -402,6 +421,19 @@ pub struct OnecConfig {
     /// How long a number 1C does not know is remembered as unknown.
     #[serde(default = "OnecConfig::default_negative_ttl", with = "humantime_serde")]
     pub negative_ttl: Duration,
+}
+
+/// Where a 1C configuration keeps counterparties' contact information.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContactsLayout {
+    /// The catalog's tabular section `КонтактнаяИнформация`, rows with
+    /// `LineNumber`, `НомерТелефона`, `АдресЭП`.
+    #[default]
+    Section,
+    /// The information register `КонтактнаяИнформация`: owner in `Объект`,
+    /// the number only in `Представление`.
+    Register,
 }
 
 impl OnecConfig {
@@ -414,8 +446,13 @@ impl OnecConfig {
     fn default_counterparties() -> String {
         "Catalog_Контрагенты".into()
     }
-    fn default_contacts() -> String {
-        "Catalog_Контрагенты_КонтактнаяИнформация".into()
+    /// The entity set contact information is read from.
+    pub fn contacts_set(&self) -> String {
+        match (&self.contacts, self.contacts_layout) {
+            (Some(set), _) => set.clone(),
+            (None, ContactsLayout::Section) => "Catalog_Контрагенты_КонтактнаяИнформация".into(),
+            (None, ContactsLayout::Register) => "InformationRegister_КонтактнаяИнформация".into(),
+        }
     }
     fn default_page_size() -> usize {
         1000
@@ -954,9 +991,12 @@ impl Config {
         }
         for (key, name, optional) in [
             ("onec.counterparties", &onec.counterparties, false),
-            ("onec.contacts", &onec.contacts, false),
+            ("onec.contacts", &onec.contacts_set(), false),
             ("onec.category_field", &onec.category_field, true),
             ("onec.manager_phone_field", &onec.manager_phone_field, true),
+            ("onec.ogrn_field", &onec.ogrn_field, true),
+            ("onec.code_field", &onec.code_field, true),
+            ("onec.kind_field", &onec.kind_field, true),
         ] {
             let unset = optional && name.is_empty();
             if !unset && !is_odata_name(name) {
@@ -1051,6 +1091,38 @@ mod tests {
         let config = parse(text).expect("config/example.toml must load");
         assert_eq!(config.soap.path, "/telephony/ws/VATS");
         assert!(!config.operators.is_empty());
+    }
+
+    #[test]
+    fn the_contacts_layout_picks_the_default_contacts_set() {
+        let onec = |extra: &str| {
+            parse(&format!(
+                "{MINIMAL}[onec]\nodata_url = \"http://1c/base/odata/standard.odata\"\n{extra}"
+            ))
+        };
+        let section = onec("").expect("valid").onec.expect("onec");
+        assert_eq!(section.contacts_layout, ContactsLayout::Section);
+        assert_eq!(
+            section.contacts_set(),
+            "Catalog_Контрагенты_КонтактнаяИнформация"
+        );
+        let register = onec("contacts_layout = \"register\"\nkind_field = \"ЮрФизЛицо\"\n")
+            .expect("valid")
+            .onec
+            .expect("onec");
+        assert_eq!(
+            register.contacts_set(),
+            "InformationRegister_КонтактнаяИнформация"
+        );
+        let named = onec("contacts_layout = \"register\"\ncontacts = \"InformationRegister_КИ\"\n")
+            .expect("valid")
+            .onec
+            .expect("onec");
+        assert_eq!(named.contacts_set(), "InformationRegister_КИ");
+        let err = onec("contacts_layout = \"table\"\n").expect_err("unknown layout");
+        assert!(err.to_string().contains("contacts_layout"), "{err}");
+        let err = onec("ogrn_field = \"ОГРН; drop\"\n").expect_err("not an OData name");
+        assert!(err.to_string().contains("onec.ogrn_field"), "{err}");
     }
 
     #[test]

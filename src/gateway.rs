@@ -97,7 +97,8 @@ impl Gateway {
         let store = open_main_store(&config, &metrics)?;
         let directory = Arc::new(
             Directory::new(soap::say_name_payload)
-                .counting_unusable_phones(metrics.directory_unusable_phones.clone()),
+                .counting_unusable_phones(metrics.directory_unusable_phones.clone())
+                .counting_invalid_requisites(metrics.directory_invalid_requisites.clone()),
         );
         let health = Arc::new(SourceHealth::default());
         let hub = Arc::new(new_hub(&config, &metrics, &store).await?);

@@ -51,17 +51,23 @@ pub mod fuzzing {
     use crate::sources::onec::rows;
 
     /// Reads `data` as a 1C OData list answer, both as a catalog page (with
-    /// the example configuration's category and manager fields) and as a
-    /// contact information page, then turns what was read into records, as
+    /// the example configuration's category, manager, OGRN, code and kind
+    /// fields), as a contact information page and as a register page, then turns what was read into records, as
     /// a full read does. Outcomes are discarded: only panics, hangs and
     /// allocations matter.
     pub fn odata_page(data: &[u8]) {
         let fields = rows::FieldNames {
             category: Some("КатегорияКлиента".to_owned()),
             manager_phone: Some("ДобавочныйМенеджера".to_owned()),
+            ogrn: Some("ОГРН".to_owned()),
+            code: Some("Code".to_owned()),
+            kind: Some("ЮрФизЛицо".to_owned()),
         };
         let catalog = rows::parse_catalog_page(data, &fields).unwrap_or_default();
-        let contacts = rows::parse_contacts_page(data).unwrap_or_default();
+        let mut contacts = rows::parse_contacts_page(data).unwrap_or_default();
+        let mut register = rows::parse_register_page(data).unwrap_or_default();
+        rows::number_register_rows(&mut register);
+        contacts.extend(register);
         let _ = rows::into_records(catalog, contacts);
     }
 }

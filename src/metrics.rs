@@ -96,6 +96,8 @@ pub struct Metrics {
     pub directory_reloads: IntCounterVec,
     /// Handed to the directory, which counts as it loads.
     pub directory_unusable_phones: IntCounterVec,
+    /// Handed to the directory, which counts as records enter.
+    pub directory_invalid_requisites: IntCounterVec,
     pub incoming_calls_unknown_key: IntCounter,
     /// Per source (`file`, `onec`, `push`...), set when `/metrics` is scraped.
     pub source_records: IntGaugeVec,
@@ -194,6 +196,13 @@ impl Metrics {
             ),
             &["source"],
         ));
+        let directory_invalid_requisites = must(IntCounterVec::new(
+            Opts::new(
+                "cti_directory_invalid_requisites_total",
+                "Records that entered the directory with a requisite failing its check (INN, KPP, OGRN, OGRNIP: length, form, check digits), by source and field; each content counted once. The record is kept and answers; the push API also warns in its answer.",
+            ),
+            &["source", "field"],
+        ));
         let incoming_calls_unknown_key = must(IntCounter::new(
             "cti_incoming_calls_unknown_key_total",
             "IncomingCall requests whose Key no [[operator]] has (answered 1 and journaled).",
@@ -233,6 +242,7 @@ impl Metrics {
             Box::new(directory_ambiguous_phones.clone()),
             Box::new(directory_reloads.clone()),
             Box::new(directory_unusable_phones.clone()),
+            Box::new(directory_invalid_requisites.clone()),
             Box::new(incoming_calls_unknown_key.clone()),
         ] {
             reg(c);
@@ -260,6 +270,7 @@ impl Metrics {
             source_consecutive_failures,
             directory_reloads,
             directory_unusable_phones,
+            directory_invalid_requisites,
             incoming_calls_unknown_key,
         }
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::mock_onec::{
     guid, MockCounterparty, MockOnec, Mode, RequestKind, CONTACTS, COUNTERPARTIES, PASSWORD,
+    REGISTER,
 };
 use support::*;
 
@@ -1319,4 +1320,160 @@ async fn a_live_lookup_never_answers_1cs_copy_of_an_id_a_later_push_overrides() 
         !mock.requests().is_empty(),
         "the number was asked of 1C (and its answer refused), not skipped"
     );
+}
+
+// ---------------------------------------------------------------- issue #17 (a): new fields, requisites, КА 1.1
+
+/// The directory's JSON of `id`, as the snapshot and the card see it.
+fn entry_json(gw: &TestGateway, id: &str) -> Value {
+    let entry = gw
+        .gateway()
+        .directory()
+        .lookup_id(id)
+        .unwrap_or_else(|| panic!("{id} is in the directory"));
+    serde_json::from_str(entry.json()).expect("entry JSON")
+}
+
+#[tokio::test]
+async fn ogrn_code_and_kind_are_read_by_the_configured_fields() {
+    let legal = MockCounterparty::new(guid(71), "ПАО Сбербанк")
+        .inn("7707083893", "773601001")
+        .extra("ОГРН", "1027700132195")
+        .extra("ЮрФизЛицо", "ЮрЛицо")
+        .phone("+7 495 500-55-50", "74955005550");
+    let sole = MockCounterparty::new(guid(72), "ИП Петров")
+        .inn("500100732259", "")
+        .extra("ОГРН", "304500116000157")
+        .extra("ЮрФизЛицо", "ФизЛицо")
+        .phone("+7 916 000-00-72", "79160000072");
+    let unread = MockCounterparty::new(guid(73), "Петров Пётр")
+        .inn("500100732259", "")
+        .phone("+7 916 000-00-73", "79160000073");
+    let mock = mock_with(vec![legal, sole, unread]).await;
+    let table = onec_table(&mock, PASSWORD)
+        + "ogrn_field = \"ОГРН\"\ncode_field = \"Code\"\nkind_field = \"ЮрФизЛицо\"\n";
+    let gw = start_with("", &table).await;
+    wait_warm(gw.addr).await;
+    let legal = entry_json(&gw, &guid(71));
+    assert_eq!(legal["ogrn"], "1027700132195", "{legal}");
+    assert_eq!(legal["kind"], "legal", "{legal}");
+    assert!(
+        legal["code"].as_str().is_some_and(|c| c.len() == 9),
+        "{legal}"
+    );
+    let sole = entry_json(&gw, &guid(72));
+    assert_eq!(sole["ogrnip"], "304500116000157", "{sole}");
+    assert!(sole.get("ogrn").is_none(), "{sole}");
+    assert_eq!(sole["kind"], "sole_proprietor", "{sole}");
+    // Empty ЮрФизЛицо, a 12-digit INN, no OGRNIP: a person.
+    assert_eq!(entry_json(&gw, &guid(73))["kind"], "person");
+    let select = mock
+        .requests()
+        .into_iter()
+        .find(|r| r.kind == RequestKind::CatalogPage)
+        .and_then(|r| r.option("$select").map(str::to_owned))
+        .expect("a catalog page was read");
+    for field in ["ОГРН", "Code", "ЮрФизЛицо"] {
+        assert!(select.split(',').any(|f| f == field), "{field} in {select}");
+    }
+}
+
+#[tokio::test]
+async fn a_mistyped_inn_in_1c_answers_say_name_and_is_counted_once() {
+    let typo = MockCounterparty::new(guid(74), "ООО Опечатка")
+        .inn("7707083894", "77-07")
+        .extra("ДобавочныйМенеджера", "250")
+        .phone("+7 916 000-00-74", "79160000074");
+    let mock = mock_with(vec![alpha(), typo]).await;
+    let gw = start_on(&mock).await;
+    wait_warm(gw.addr).await;
+    let (data, _) = say(gw.addr, "89160000074").await;
+    assert_eq!(data, data_doc("ООО Опечатка", "0", "250"));
+    let counted = |body: &str, field: &str| {
+        metric(
+            body,
+            "cti_directory_invalid_requisites_total",
+            &format!("field=\"{field}\",source=\"onec\""),
+        )
+    };
+    let body = metrics(gw.addr).await;
+    assert_eq!(counted(&body, "kpp"), Some(1.0), "{body}");
+    assert!(counted(&body, "inn").is_some_and(|n| n >= 1.0), "{body}");
+    let inn_before = counted(&body, "inn");
+    // Another record comes: the unchanged typo is not counted again.
+    mock.upsert(gamma());
+    gw.gateway().reload();
+    wait_for("gamma to be read", Duration::from_secs(10), || async {
+        let (data, _) = say(gw.addr, "89257776655").await;
+        if is_unknown(&data) {
+            Err(data)
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let body = metrics(gw.addr).await;
+    assert_eq!(counted(&body, "kpp"), Some(1.0), "{body}");
+    assert_eq!(counted(&body, "inn"), inn_before, "{body}");
+}
+
+/// КА 1.1: contacts in `InformationRegister_КонтактнаяИнформация`.
+fn register_table(mock: &MockOnec) -> String {
+    onec_table(mock, PASSWORD) + "contacts_layout = \"register\"\n"
+}
+
+#[tokio::test]
+async fn the_ka11_register_gives_phones_emails_and_addresses() {
+    let mock = mock_with(vec![alpha(), beta(), delta()]).await;
+    let gw = start_with("", &register_table(&mock)).await;
+    wait_warm(gw.addr).await;
+    let (data, _) = say(gw.addr, "89250452343").await;
+    assert_eq!(data, ALPHA_DATA);
+    // Beta's mobile is only in Представление, as every register number is.
+    let (data, _) = say(gw.addr, "+7 916 111-22-33").await;
+    assert!(data.contains("ИП Бетов"), "{data}");
+    let alpha = entry_json(&gw, &guid(1));
+    assert_eq!(alpha["emails"], serde_json::json!(["info@alpha.example"]));
+    assert_eq!(alpha["address"], "г. Москва, ул. Тверская, д. 1");
+    assert_eq!(mock.count(RequestKind::ContactsPage), 0);
+    let register = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::RegisterPage)
+        .collect::<Vec<_>>();
+    assert!(!register.is_empty(), "the register was read");
+    assert!(
+        register.iter().all(|r| r.status == Some(200)
+            && r.entity_set.as_deref() == Some(REGISTER)
+            && r.option("$select") == Some("Объект,Тип,Представление")
+            && r.option("$orderby") == Some("Объект,Тип")),
+        "{register:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_the_register_an_unknown_caller_is_not_looked_up_live() {
+    let mock = mock_with(vec![alpha()]).await;
+    let gw = start_with("", &register_table(&mock)).await;
+    wait_warm(gw.addr).await;
+    mock.upsert(newcomer(75, "916 000-00-75"));
+    let (data, took) = say(gw.addr, "89160000075").await;
+    assert_unknown("89160000075", &data);
+    assert!(took < BUDGET + SLACK, "{took:?}");
+    assert_eq!(mock.count(RequestKind::Lookup), 0);
+    // The next full read finds it.
+    gw.gateway().reload();
+    wait_for(
+        "the newcomer to be read",
+        Duration::from_secs(10),
+        || async {
+            let (data, _) = say(gw.addr, "89160000075").await;
+            if is_unknown(&data) {
+                Err(data)
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
 }

@@ -759,3 +759,121 @@ async fn a_push_that_a_newer_file_version_replaced_stays_replaced_after_a_restar
     assert_eq!(title(gw.addr, "89165555555").await, "Ромашка (file)");
     assert_eq!(title(gw.addr, "89120000019").await, "Другой");
 }
+
+#[tokio::test]
+async fn a_mistyped_inn_is_taken_with_a_warning_answers_say_name_and_is_counted() {
+    let gw = start("").await;
+    // 7707083893 is a valid INN; its last digit off by one is not.
+    let reply = push(
+        gw.addr,
+        r#"[{"id":"p-good","name":"Сбер","inn":"7707083893","phones":["89120000011"]},
+            {"id":"p-inn","name":"Опечатка","inn":"7707083894","kpp":"77-07","manager_phone":"512","phones":["89120000012"]}]"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer = json(&reply);
+    assert_eq!(answer["upserted"], 2);
+    assert_eq!(
+        answer["warnings"],
+        serde_json::json!([
+            {"record": 1, "id": "p-inn", "field": "inn", "value": "7707083894", "problem": "check digit does not match"},
+            {"record": 1, "id": "p-inn", "field": "kpp", "value": "77-07",
+             "problem": "must be 9 characters: 4 digits, 2 digits or capital Latin letters, 3 digits"}
+        ]),
+        "{answer}"
+    );
+    assert_eq!(
+        say_name(gw.addr, "89120000012").await,
+        ("Опечатка".into(), String::new(), "512".into()),
+        "a mistyped INN never costs a caller"
+    );
+    let metrics = get(gw.addr, "/metrics").await.body;
+    for line in [
+        r#"cti_directory_invalid_requisites_total{field="inn",source="push"} 1"#,
+        r#"cti_directory_invalid_requisites_total{field="kpp",source="push"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    // The same content pushed again is not counted again; a clean push
+    // answers without `warnings`.
+    let again = push(
+        gw.addr,
+        r#"[{"id":"p-inn","name":"Опечатка","inn":"7707083894","kpp":"77-07","manager_phone":"512","phones":["89120000012"]}]"#,
+    )
+    .await;
+    assert_eq!(json(&again)["warnings"].as_array().map(Vec::len), Some(2));
+    let metrics = get(gw.addr, "/metrics").await.body;
+    assert!(
+        metrics.contains(r#"cti_directory_invalid_requisites_total{field="inn",source="push"} 1"#),
+        "{metrics}"
+    );
+    let clean = push(gw.addr, &body(&[record("p-clean", "Чисто", "89120000013")])).await;
+    assert_eq!(clean.status, 200, "{}", clean.body);
+    assert!(json(&clean).get("warnings").is_none(), "{}", clean.body);
+}
+
+#[tokio::test]
+async fn the_new_fields_round_trip_through_a_push_and_a_restart() {
+    let gw = start("").await;
+    let pushed = serde_json::json!({
+        "id": "p-ip", "name": "ИП Петров", "inn": "500100732259",
+        "ogrnip": "304500116000157", "code": "000000042", "kind": "sole_proprietor",
+        "manager_phone": "512", "manager_name": "Иванова", "manager_source": "bitrix24",
+        "phones": ["89120000021"],
+        "links": [{"system": "bitrix24", "kind": "company",
+                   "url": "https://portal.example/crm/company/details/2919/"}]
+    });
+    let reply = push(gw.addr, &body(std::slice::from_ref(&pushed))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(json(&reply).get("warnings").is_none(), "{}", reply.body);
+    let gw = restart(gw).await;
+    let entry = gw
+        .gateway()
+        .directory()
+        .lookup_id("p-ip")
+        .expect("restored from the snapshot");
+    let back: serde_json::Value = serde_json::from_str(entry.json()).expect("json");
+    assert_eq!(back, pushed);
+}
+
+#[tokio::test]
+async fn a_bad_kind_link_or_ninth_link_is_a_422_naming_record_id_and_field() {
+    let gw = start("").await;
+    let link = |url: &str| serde_json::json!({"system": "bitrix24", "kind": "company", "url": url});
+    let cases = [
+        (
+            serde_json::json!({"id": "p-k", "name": "x", "kind": "company"}),
+            "kind",
+        ),
+        (
+            serde_json::json!({"id": "p-j", "name": "x", "links": [link("javascript:alert(1)")]}),
+            "links",
+        ),
+        (
+            serde_json::json!({"id": "p-n", "name": "x", "links": vec![link("https://h/"); 9]}),
+            "links",
+        ),
+        (
+            serde_json::json!({"id": "p-t", "name": "x", "links": [{"system": "b", "kind": "c", "href": "https://h/"}]}),
+            "links",
+        ),
+        (
+            serde_json::json!({"id": "p-s", "name": "x", "manager_source": "Битрикс"}),
+            "manager_source",
+        ),
+        (
+            serde_json::json!({"id": "p-o", "name": "x", "ogrnip": 304500116000157u64}),
+            "ogrnip",
+        ),
+    ];
+    for (record, field) in cases {
+        let ok = serde_json::json!({"id": "p-ok", "name": "ok"});
+        let reply = push(gw.addr, &body(&[ok, record.clone()])).await;
+        assert_eq!(reply.status, 422, "{record}: {}", reply.body);
+        let answer = json(&reply);
+        assert_eq!(answer["record"], 1, "{answer}");
+        assert_eq!(answer["id"], record["id"], "{answer}");
+        assert_eq!(answer["field"], field, "{answer}");
+    }
+    assert!(gw.gateway().directory().lookup_id("p-ok").is_none());
+}

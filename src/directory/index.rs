@@ -171,6 +171,11 @@ impl Index {
         by_id(&self.by_id, id)
     }
 
+    /// `source`'s own copy of `id`, answering or not.
+    pub fn source_entry(&self, source: &str, id: &str) -> Option<&Arc<Entry>> {
+        self.set(source).and_then(|s| by_id(&s.entries, id))
+    }
+
     /// The answering copies with this INN, by id.
     pub fn by_inn(&self, inn: &str) -> Vec<Arc<Entry>> {
         by_inn(&self.by_inn, inn)

@@ -25,6 +25,7 @@ mod entry;
 mod index;
 mod keys;
 pub mod model;
+pub mod requisites;
 mod shards;
 mod tombstone;
 
@@ -36,6 +37,7 @@ use arc_swap::ArcSwap;
 pub use entry::Entry;
 pub use index::{Index, SourceInfo};
 pub use model::Counterparty;
+
 pub use tombstone::Tombstone;
 
 use crate::phone::PhoneKey;
@@ -82,6 +84,56 @@ pub struct Directory {
     spent_added: tokio::sync::Notify,
     /// `cti_directory_unusable_phones_total{source}`, when one is handed over.
     unusable_phones: Option<prometheus::IntCounterVec>,
+    /// `cti_directory_invalid_requisites_total{source,field}`, likewise.
+    invalid_requisites: Option<prometheus::IntCounterVec>,
+}
+
+/// The records of a change or a set whose requisites fail
+/// [`requisites::check`]: they are kept (a mistyped INN never costs a
+/// caller), and counted once [`Directory::count_requisite_faults`] is told
+/// the records went in.
+#[derive(Debug, Default)]
+pub struct RequisiteFaults {
+    /// In the records' order.
+    pub records: Vec<FaultyRecord>,
+    /// The failing fields of records whose content the source did not hold
+    /// yet: what is counted (a record read again is not counted again).
+    new_fields: Vec<&'static str>,
+}
+
+/// A record whose requisites fail their check.
+#[derive(Debug)]
+pub struct FaultyRecord {
+    /// Its position in the records given.
+    pub index: usize,
+    pub id: Box<str>,
+    pub problems: Vec<requisites::Problem>,
+}
+
+impl RequisiteFaults {
+    /// Failing fields of records the source did not hold with this content.
+    pub fn new_faults(&self) -> usize {
+        self.new_fields.len()
+    }
+
+    /// The first `n` faulty records, for a log line:
+    /// `id "k1": `inn`: check digit does not match: 7707083894; …`.
+    pub fn first_few(&self, n: usize) -> String {
+        let mut text = String::new();
+        for record in self.records.iter().take(n) {
+            for problem in &record.problems {
+                if !text.is_empty() {
+                    text.push_str("; ");
+                }
+                let id: String = record.id.chars().take(64).collect();
+                text.push_str(&format!("id {id:?}: {problem}"));
+            }
+        }
+        if self.records.len() > n {
+            text.push_str(&format!("; and {} more records", self.records.len() - n));
+        }
+        text
+    }
 }
 
 impl Directory {
@@ -93,6 +145,49 @@ impl Directory {
             spent: Mutex::new(Vec::new()),
             spent_added: tokio::sync::Notify::new(),
             unusable_phones: None,
+            invalid_requisites: None,
+        }
+    }
+
+    /// Counts, by source and field, the records that entered with a
+    /// requisite failing [`requisites::check`] (see [`RequisiteFaults`]).
+    pub fn counting_invalid_requisites(mut self, counter: prometheus::IntCounterVec) -> Directory {
+        self.invalid_requisites = Some(counter);
+        self
+    }
+
+    /// Checks the requisites of `records`, about to enter `source`. Costs
+    /// a few digit sums per record; only a failing record is compared with
+    /// the source's copy (to count each content once).
+    pub fn check_requisites(&self, source: &str, records: &[Counterparty]) -> RequisiteFaults {
+        let index = self.current.load();
+        let mut faults = RequisiteFaults::default();
+        for (i, record) in records.iter().enumerate() {
+            let problems = requisites::check(record);
+            if problems.is_empty() {
+                continue;
+            }
+            let known = index
+                .source_entry(source, &record.id)
+                .is_some_and(|old| old.content == entry::Prepared::new(record.clone()).content);
+            if !known {
+                faults.new_fields.extend(problems.iter().map(|p| p.field));
+            }
+            faults.records.push(FaultyRecord {
+                index: i,
+                id: record.id.clone(),
+                problems,
+            });
+        }
+        faults
+    }
+
+    /// Counts `faults` once their records are in the directory.
+    pub fn count_requisite_faults(&self, source: &str, faults: &RequisiteFaults) {
+        if let Some(counter) = &self.invalid_requisites {
+            for field in &faults.new_fields {
+                counter.with_label_values(&[source, field]).inc();
+            }
         }
     }
 
@@ -387,6 +482,33 @@ mod tests {
         c.name.as_bytes().into()
     }
 
+    #[test]
+    fn a_faulty_record_is_counted_once_per_content_and_kept() {
+        let counter =
+            prometheus::IntCounterVec::new(prometheus::Opts::new("t", "t"), &["source", "field"])
+                .expect("metric");
+        let dir = Directory::new(render).counting_invalid_requisites(counter.clone());
+        let mut typo = cp("1", "A", &["89160000001"], None);
+        typo.inn = Some("7707083894".into());
+        let mut clean = cp("2", "B", &["89160000002"], None);
+        clean.inn = Some("7707083893".into());
+        let records = vec![typo.clone(), clean];
+        let faults = dir.check_requisites("onec", &records);
+        assert_eq!(faults.records.len(), 1);
+        assert_eq!(faults.new_faults(), 1);
+        dir.replace_source("onec", records.clone(), None, SystemTime::now());
+        dir.count_requisite_faults("onec", &faults);
+        assert!(dir.lookup_id("1").is_some(), "kept");
+        // Read again, the same content: reported, not counted again.
+        let again = dir.check_requisites("onec", &records);
+        assert_eq!((again.records.len(), again.new_faults()), (1, 0));
+        // Another source's same record is new to that source.
+        assert_eq!(dir.check_requisites("push", &records).new_faults(), 1);
+        typo.name = "A2".into();
+        assert_eq!(dir.check_requisites("onec", &[typo]).new_faults(), 1);
+        assert_eq!(counter.with_label_values(&["onec", "inn"]).get(), 1);
+    }
+
     fn cp(id: &str, name: &str, phones: &[&str], manager: Option<&str>) -> Counterparty {
         Counterparty {
             id: id.into(),
@@ -402,6 +524,7 @@ mod tests {
             emails: vec![],
             address: None,
             data_version: None,
+            ..Default::default()
         }
     }
 

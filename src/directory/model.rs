@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A client of the business as 1C (or another source) knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Counterparty {
     /// Stable identifier in the source (1C's `Ref_Key` GUID, a CRM id...).
@@ -23,6 +23,14 @@ pub struct Counterparty {
     pub kpp: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ogrn: Option<Box<str>>,
+    /// A sole proprietor's registration number (15 digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ogrnip: Option<Box<str>>,
+    /// The source's own code of the record (1C's `Код`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<Box<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
     /// Client category; its meaning is site-specific (often a VIP level).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<i64>,
@@ -31,6 +39,10 @@ pub struct Counterparty {
     pub manager_phone: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manager_name: Option<Box<str>>,
+    /// Which system named the manager (`onec`, `bitrix24`...): a name of
+    /// lowercase Latin letters, digits, `_` and `-`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_source: Option<Box<str>>,
     /// Phone numbers as the source wrote them (any human format).
     #[serde(default)]
     pub phones: Vec<Box<str>>,
@@ -38,9 +50,37 @@ pub struct Counterparty {
     pub emails: Vec<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Box<str>>,
+    /// The record's pages in other systems (a CRM card...). A boxed slice:
+    /// an absent list costs no allocation and no spare capacity.
+    #[serde(default, skip_serializing_if = "<[Link]>::is_empty")]
+    pub links: Box<[Link]>,
     /// The source's change marker (1C's `DataVersion`), used to skip unchanged records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_version: Option<Box<str>>,
+}
+
+/// What kind of party a counterparty is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// An organization (10-digit INN).
+    Legal,
+    /// A sole proprietor, ИП (12-digit INN and an OGRNIP).
+    SoleProprietor,
+    /// A private person.
+    Person,
+}
+
+/// A page about the record in another system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// The system (`bitrix24`, `amocrm`...).
+    pub system: Box<str>,
+    /// What the page shows there (`company`, `contact`, `deal`...).
+    pub kind: Box<str>,
+    /// An `http://` or `https://` URL: it becomes a link on the operator's card.
+    pub url: Box<str>,
 }
 
 /// Bounds on one record, so a file line or a pushed record cannot make the
@@ -49,6 +89,9 @@ pub const MAX_ID_LEN: usize = 128;
 pub const MAX_TEXT_LEN: usize = 1024;
 pub const MAX_PHONES: usize = 32;
 pub const MAX_EMAILS: usize = 32;
+pub const MAX_LINKS: usize = 8;
+/// Longest system name (`manager_source`, a link's `system` and `kind`).
+pub const MAX_NAME_LEN: usize = 64;
 
 /// A record that breaks the model's rules: which field and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +136,8 @@ impl Counterparty {
             ("inn", self.inn.as_ref()),
             ("kpp", self.kpp.as_ref()),
             ("ogrn", self.ogrn.as_ref()),
+            ("ogrnip", self.ogrnip.as_ref()),
+            ("code", self.code.as_ref()),
             ("manager_phone", self.manager_phone.as_ref()),
             ("manager_name", self.manager_name.as_ref()),
             ("address", self.address.as_ref()),
@@ -121,6 +166,25 @@ impl Counterparty {
                 format!("an address is longer than {MAX_TEXT_LEN} bytes"),
             );
         }
+        if let Some(source) = self.manager_source.as_deref() {
+            if !is_system_name(source) {
+                return bad(
+                    "manager_source",
+                    format!(
+                        "{:?} is not a system name (1-{MAX_NAME_LEN} lowercase Latin letters, digits, _ or -)",
+                        source.chars().take(40).collect::<String>()
+                    ),
+                );
+            }
+        }
+        if self.links.len() > MAX_LINKS {
+            return bad("links", format!("more than {MAX_LINKS} links"));
+        }
+        for (i, link) in self.links.iter().enumerate() {
+            if let Err(problem) = link.check() {
+                return bad("links", format!("link {i}: {problem}"));
+            }
+        }
         Ok(())
     }
 
@@ -141,6 +205,8 @@ impl Counterparty {
             &mut self.inn,
             &mut self.kpp,
             &mut self.ogrn,
+            &mut self.ogrnip,
+            &mut self.code,
             &mut self.manager_phone,
             &mut self.manager_name,
             &mut self.address,
@@ -153,6 +219,60 @@ impl Counterparty {
         self.phones.iter_mut().for_each(clean);
         self.emails.iter_mut().for_each(clean);
     }
+}
+
+impl Link {
+    /// Names of a system and kind, and an `http(s)://` URL with a host,
+    /// without spaces or control characters (it becomes an `href`).
+    fn check(&self) -> Result<(), String> {
+        if !is_system_name(&self.system) {
+            return Err(format!(
+                "`system` {:?} is not a system name (1-{MAX_NAME_LEN} lowercase Latin letters, digits, _ or -)",
+                self.system.chars().take(40).collect::<String>()
+            ));
+        }
+        if self.kind.trim().is_empty() || self.kind.len() > MAX_NAME_LEN {
+            return Err(format!("`kind` must be 1-{MAX_NAME_LEN} bytes"));
+        }
+        if self.kind.chars().any(is_unclean) {
+            return Err("`kind` holds control characters".into());
+        }
+        if !is_web_url(&self.url) {
+            return Err(format!(
+                "`url` {:?} is not an http:// or https:// URL (with a host, without spaces, at most {MAX_TEXT_LEN} bytes)",
+                self.url.chars().take(60).collect::<String>()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A system's name: 1-64 lowercase Latin letters, digits, `_` and `-`.
+pub fn is_system_name(text: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// An `http://` or `https://` URL (scheme in any case) with a host, no
+/// whitespace, control characters or quotes, at most [`MAX_TEXT_LEN`] bytes:
+/// never `javascript:` or `data:`, whatever a CRM sends.
+pub fn is_web_url(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let rest = if lower.starts_with("https://") {
+        &url[8..]
+    } else if lower.starts_with("http://") {
+        &url[7..]
+    } else {
+        return false;
+    };
+    url.len() <= MAX_TEXT_LEN
+        && !rest.is_empty()
+        && !rest.starts_with('/')
+        && !url.chars().any(|c| {
+            c.is_whitespace() || is_unclean(c) || matches!(c, '"' | '\'' | '<' | '>' | '\\')
+        })
 }
 
 /// True for an extension (2-6 digits) or a number [`crate::phone::normalize`]
@@ -267,5 +387,84 @@ mod tests {
         let mut c = minimal();
         c.name = "\u{202e}\u{feff}\n".into();
         assert_eq!(c.validate().map_err(|e| e.field), Err("name"));
+    }
+
+    #[test]
+    fn the_new_optional_fields_round_trip_and_are_absent_when_unset() {
+        let text = r#"{"id":"1","name":"ИП Петров","inn":"500100732259","ogrnip":"304500116000157","code":"000000042","kind":"sole_proprietor","manager_source":"bitrix24","phones":[],"links":[{"system":"bitrix24","kind":"company","url":"https://portal.example/crm/company/details/2919/"}]}"#;
+        let c: Counterparty = serde_json::from_str(text).expect("valid json");
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.kind, Some(Kind::SoleProprietor));
+        let back = serde_json::to_string(&c).expect("serializes");
+        assert_eq!(
+            serde_json::from_str::<Counterparty>(&back).expect("reads back"),
+            c
+        );
+        let plain = serde_json::to_string(&minimal()).expect("serializes");
+        for absent in ["ogrnip", "code", "kind", "links", "manager_source"] {
+            assert!(!plain.contains(absent), "{plain}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_kind_or_a_mistyped_link_is_refused() {
+        assert!(
+            serde_json::from_str::<Counterparty>(r#"{"id":"1","name":"x","kind":"company"}"#)
+                .is_err()
+        );
+        assert!(serde_json::from_str::<Counterparty>(
+            r#"{"id":"1","name":"x","links":[{"system":"a","kind":"b","href":"https://x"}]}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn links_are_http_urls_at_most_eight() {
+        let link = |url: &str| Link {
+            system: "bitrix24".into(),
+            kind: "company".into(),
+            url: url.into(),
+        };
+        for good in [
+            "https://portal.example/crm/company/details/1/",
+            "HTTP://host:8080/a?b=c",
+        ] {
+            let mut c = minimal();
+            c.links = vec![link(good)].into();
+            assert_eq!(c.validate(), Ok(()), "{good}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "https://",
+            "https:///path",
+            "ftp://host/",
+            "https://host/a b",
+            "https://host/\"onmouseover=x",
+            "//host/",
+        ] {
+            let mut c = minimal();
+            c.links = vec![link(bad)].into();
+            assert_eq!(c.validate().map_err(|e| e.field), Err("links"), "{bad}");
+        }
+        let mut c = minimal();
+        c.links = vec![link("https://h/"); MAX_LINKS + 1].into();
+        assert_eq!(c.validate().map_err(|e| e.field), Err("links"));
+        let mut c = minimal();
+        c.links = vec![Link {
+            system: "Bitrix 24".into(),
+            ..link("https://h/")
+        }]
+        .into();
+        assert_eq!(c.validate().map_err(|e| e.field), Err("links"));
+    }
+
+    #[test]
+    fn a_manager_source_is_a_system_name() {
+        let mut c = minimal();
+        c.manager_source = Some("onec".into());
+        assert_eq!(c.validate(), Ok(()));
+        c.manager_source = Some("1С Бухгалтерия".into());
+        assert_eq!(c.validate().map_err(|e| e.field), Err("manager_source"));
     }
 }

@@ -105,14 +105,19 @@ impl Api {
             Err(refused) => return refused,
         };
         match self.push.upsert(records).await {
-            Ok(report) => json(
-                StatusCode::OK,
-                &serde_json::json!({
+            Ok(report) => {
+                let mut answer = serde_json::json!({
                     "upserted": report.upserted,
                     "records": report.records,
                     "counterparties": report.counterparties,
-                }),
-            ),
+                });
+                // Only when there is something to say: the answer of a clean
+                // push stays what it was.
+                if !report.warnings.is_empty() {
+                    answer["warnings"] = serde_json::json!(report.warnings);
+                }
+                json(StatusCode::OK, &answer)
+            }
             Err(e) => push_failed(e),
         }
     }

@@ -83,7 +83,7 @@ pub fn parse_jsonl(bytes: &[u8]) -> Result<Vec<Counterparty>, FileError> {
             continue;
         }
         let record: Counterparty =
-            serde_json::from_str(text).map_err(|e| line_err(line, e.to_string()))?;
+            serde_json::from_str(text).map_err(|e| line_err(line, line_problem(text, &e)))?;
         record
             .validate()
             .map_err(|e| line_err(line, format!("{e} (id {:?})", record.id)))?;
@@ -96,6 +96,23 @@ pub fn parse_jsonl(bytes: &[u8]) -> Result<Vec<Counterparty>, FileError> {
         records.push(record);
     }
     Ok(records)
+}
+
+/// Why a line that is JSON does not read as a counterparty, naming the
+/// field at fault and the id (as the push API's 422 does): serde names a
+/// missing or unknown field, not one whose value is wrong (`"kind":"company"`).
+fn line_problem(text: &str, error: &serde_json::Error) -> String {
+    let found = super::push::diagnose_text(text, error);
+    let mut problem = match &found.field {
+        Some(field) if !found.problem.contains(&format!("`{field}`")) => {
+            format!("field `{field}`: {}", found.problem)
+        }
+        _ => found.problem,
+    };
+    if let Some(id) = found.id {
+        problem.push_str(&format!(" (id {id:?})"));
+    }
+    problem
 }
 
 /// A content fingerprint: unchanged content is not parsed or snapshotted again.
@@ -484,7 +501,10 @@ fn read_stamped(
         guard::check(previous.as_deref(), &records, max_shrink)?;
     }
     drop((previous, index));
+    let faults = directory.check_requisites(SOURCE, &records);
     let report = directory.replace_source(SOURCE, records, Some(print), SystemTime::now());
+    directory.count_requisite_faults(SOURCE, &faults);
+    super::log_requisite_faults(SOURCE, &faults);
     Ok(Loaded {
         previous: held,
         records: report.records,
@@ -510,6 +530,36 @@ mod tests {
         let err = parse_jsonl(text.as_bytes()).expect_err("bad field");
         let msg = err.to_string();
         assert!(msg.starts_with("line 2:") && msg.contains("nam"), "{msg}");
+    }
+
+    #[test]
+    fn a_mistyped_new_field_refuses_the_file_naming_line_field_and_id() {
+        for (line, field) in [
+            (r#"{"id":"k","name":"A","kind":"company"}"#, "kind"),
+            (
+                r#"{"id":"k","name":"A","links":[{"system":"b","kind":"c","url":"javascript:x"}]}"#,
+                "links",
+            ),
+            (
+                r#"{"id":"k","name":"A","ogrnip":304500116000157}"#,
+                "ogrnip",
+            ),
+        ] {
+            let text = format!("{{\"id\":\"1\",\"name\":\"A\"}}\n{line}\n");
+            let msg = parse_jsonl(text.as_bytes()).expect_err(line).to_string();
+            assert!(
+                msg.starts_with("line 2:")
+                    && msg.contains(&format!("`{field}`"))
+                    && msg.contains("\"k\""),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_mistyped_inn_keeps_the_file() {
+        let text = "{\"id\":\"1\",\"name\":\"A\",\"inn\":\"7707083894\",\"kpp\":\"x\"}\n";
+        assert_eq!(parse_jsonl(text.as_bytes()).expect("kept").len(), 1);
     }
 
     #[test]

@@ -15,8 +15,24 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::directory::Directory;
+use crate::directory::{Directory, RequisiteFaults};
 use crate::store::Store;
+
+/// Logs the records of a read whose requisites fail their check (new ones
+/// only: a record read again with the same content was logged when it
+/// came): how many, and the first few by id, field and value. The records
+/// are kept and answer; `cti_directory_invalid_requisites_total` counts them.
+pub(crate) fn log_requisite_faults(source: &str, faults: &RequisiteFaults) {
+    if faults.new_faults() == 0 {
+        return;
+    }
+    tracing::warn!(
+        source,
+        records = faults.records.len(),
+        first = %faults.first_few(3),
+        "records whose requisites fail their check were kept (they answer; they will not be synced until corrected)"
+    );
+}
 
 /// Writes one source's records to the store after the directory took them,
 /// so a restart answers at once. Saves run in the background (the directory

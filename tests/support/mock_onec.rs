@@ -3,7 +3,10 @@
 //!
 //! It serves, under `/base/odata/standard.odata/`, the counterparty catalog
 //! `Catalog_Контрагенты` and its contact information
-//! `Catalog_Контрагенты_КонтактнаяИнформация` the way real bases answer (see
+//! `Catalog_Контрагенты_КонтактнаяИнформация` (and the same rows as the
+//! information register `InformationRegister_КонтактнаяИнформация` of КА 1.1 /
+//! УПП: owner in `Объект`, the number only in `Представление`, no line
+//! numbers) the way real bases answer (see
 //! the "1C:Enterprise" section of `docs/external-systems.md`): HTTP
 //! Basic auth on every request, `{"odata.metadata":…,"value":[…]}` lists,
 //! embedded tabular sections, `DataVersion` changing on every write, noise
@@ -55,6 +58,8 @@ pub const PASSWORD: &str = "secret";
 pub const ROOT_PATH: &str = "/base/odata/standard.odata";
 pub const COUNTERPARTIES: &str = "Catalog_Контрагенты";
 pub const CONTACTS: &str = "Catalog_Контрагенты_КонтактнаяИнформация";
+/// КА 1.1's contact information register (the same contacts, another shape).
+pub const REGISTER: &str = "InformationRegister_КонтактнаяИнформация";
 /// 1C's empty reference.
 pub const EMPTY_REF: &str = "00000000-0000-0000-0000-000000000000";
 /// `Вид_Key` of the contact kinds (the configuration's predefined kinds).
@@ -89,6 +94,8 @@ pub enum RequestKind {
     CatalogPage,
     /// A list read of the contact set without `substringof`.
     ContactsPage,
+    /// A list read of the contact information register.
+    RegisterPage,
     /// A live lookup: the contact set with a `substringof` `$filter`.
     Lookup,
     /// Counterparties by key: `(guid'…')` or a `Ref_Key eq guid'…'` filter.
@@ -802,6 +809,7 @@ fn not_found(message: impl Into<String>) -> Reject {
 enum Set {
     Counterparties,
     Contacts,
+    Register,
 }
 
 impl Set {
@@ -809,6 +817,7 @@ impl Set {
         match self {
             Set::Counterparties => COUNTERPARTIES,
             Set::Contacts => CONTACTS,
+            Set::Register => REGISTER,
         }
     }
 }
@@ -863,6 +872,7 @@ impl Parsed {
             Some(COUNTERPARTIES | CONTACTS) if by_ref => RequestKind::ByRef,
             Some(COUNTERPARTIES) => RequestKind::CatalogPage,
             Some(CONTACTS) => RequestKind::ContactsPage,
+            Some(REGISTER) => RequestKind::RegisterPage,
             _ => RequestKind::Other,
         }
     }
@@ -963,11 +973,12 @@ fn plan(
     let set = match name.as_str() {
         COUNTERPARTIES => Set::Counterparties,
         CONTACTS => Set::Contacts,
+        REGISTER => Set::Register,
         _ => return Err(not_found(format!("Не найден набор сущностей: {name}"))),
     };
-    if set == Set::Contacts && key.is_some() {
+    if set != Set::Counterparties && key.is_some() {
         return Err(bad_request(
-            "mock 1C does not serve single rows of a tabular section",
+            "mock 1C does not serve single rows of a tabular section or a register",
         ));
     }
     if !target.is_ascii() {
@@ -1418,11 +1429,28 @@ const CONTACT_PROPS: &[(&str, Ty)] = &[
     ("АдресЭП", Ty::Str),
 ];
 
+/// The register's properties: dimensions `Объект` (a composite reference:
+/// the GUID and its type), `Тип`, `Вид`; resources `Представление`,
+/// `Поле1`…`Поле3`, `Комментарий`.
+const REGISTER_PROPS: &[(&str, Ty)] = &[
+    ("Объект", Ty::Guid),
+    ("Объект_Type", Ty::Str),
+    ("Тип", Ty::Str),
+    ("Вид", Ty::Guid),
+    ("Представление", Ty::Str),
+    ("Поле1", Ty::Str),
+    ("Поле2", Ty::Str),
+    ("Поле3", Ty::Str),
+    ("Комментарий", Ty::Str),
+];
+
 #[derive(Clone, Copy)]
 enum Item<'a> {
     Counterparty(&'a Row),
     /// Owner and index into its contacts.
     Contact(&'a Row, usize),
+    /// The same contact as a register row.
+    Register(&'a Row, usize),
 }
 
 impl Data {
@@ -1430,6 +1458,7 @@ impl Data {
         let fixed = match set {
             Set::Counterparties => CATALOG_PROPS,
             Set::Contacts => CONTACT_PROPS,
+            Set::Register => REGISTER_PROPS,
         };
         if let Some((_, ty)) = fixed.iter().find(|(n, _)| *n == name) {
             return Some(*ty);
@@ -1452,6 +1481,7 @@ impl Data {
                 .chain(self.extras.iter().map(|(n, _)| n.as_str()))
                 .collect(),
             Set::Contacts => CONTACT_PROPS.iter().map(|(n, _)| *n).collect(),
+            Set::Register => REGISTER_PROPS.iter().map(|(n, _)| *n).collect(),
         }
     }
 
@@ -1463,6 +1493,11 @@ impl Data {
                 .iter()
                 .flat_map(|r| (0..r.cp.contacts.len()).map(move |i| Item::Contact(r, i)))
                 .collect(),
+            Set::Register => self
+                .rows
+                .iter()
+                .flat_map(|r| (0..r.cp.contacts.len()).map(move |i| Item::Register(r, i)))
+                .collect(),
         }
     }
 
@@ -1470,6 +1505,7 @@ impl Data {
         match set {
             Set::Counterparties => Item::Counterparty(&self.rows[row]),
             Set::Contacts => Item::Contact(&self.rows[row], line),
+            Set::Register => Item::Register(&self.rows[row], line),
         }
     }
 
@@ -1511,7 +1547,9 @@ impl Data {
                 .iter()
                 .map(|it| match it {
                     Item::Counterparty(r) => (self.by_key[&r.cp.ref_key], 0),
-                    Item::Contact(r, line) => (self.by_key[&r.cp.ref_key], *line),
+                    Item::Contact(r, line) | Item::Register(r, line) => {
+                        (self.by_key[&r.cp.ref_key], *line)
+                    }
                 })
                 .collect()
         };
@@ -1567,6 +1605,20 @@ impl Data {
                     _ => Prop::None,
                 }
             }
+            Item::Register(row, i) => {
+                let k = &row.cp.contacts[i];
+                match name {
+                    "Объект" => Prop::Str(&row.cp.ref_key),
+                    "Объект_Type" => Prop::Str("StandardODATA.Catalog_Контрагенты"),
+                    "Тип" => Prop::Str(k.kind),
+                    "Вид" => Prop::Str(k.kind_key()),
+                    "Представление" => Prop::Str(&k.presentation),
+                    "Поле1" | "Поле2" | "Поле3" | "Комментарий" => {
+                        Prop::Str("")
+                    }
+                    _ => Prop::None,
+                }
+            }
         }
     }
 
@@ -1596,7 +1648,7 @@ impl Data {
                 },
             },
             (Item::Contact(_, i), "LineNumber") => json!((i + 1).to_string()),
-            (Item::Contact(..), _) => prop_json(self.prop(item, name)),
+            (Item::Contact(..) | Item::Register(..), _) => prop_json(self.prop(item, name)),
         }
     }
 

@@ -68,6 +68,7 @@ fn record(rng: &mut StdRng, id: u32) -> Counterparty {
         emails: vec![],
         address: None,
         data_version: Some(format!("v{}", rng.random_range(0..2)).into()),
+        ..Default::default()
     }
 }
 

@@ -88,6 +88,9 @@ struct Live {
     client: Arc<OdataClient>,
     catalog_set: String,
     contacts_set: String,
+    /// False where the contacts cannot be searched by number (the КА 1.1
+    /// register): every caller the directory lacks is unknown.
+    enabled: bool,
     fields: FieldNames,
     directory: Arc<Directory>,
     cache: Cache<PhoneKey, Cached>,
@@ -99,6 +102,7 @@ struct Live {
 pub(super) struct LiveSettings {
     pub catalog_set: String,
     pub contacts_set: String,
+    pub enabled: bool,
     pub fields: FieldNames,
     pub budget: Duration,
     pub found_ttl: Duration,
@@ -124,6 +128,7 @@ impl LiveLookup {
                 client,
                 catalog_set: settings.catalog_set,
                 contacts_set: settings.contacts_set,
+                enabled: settings.enabled,
                 fields: settings.fields,
                 directory,
                 cache,
@@ -138,7 +143,7 @@ impl LiveLookup {
     /// within the budget). Called only for numbers the directory lacks.
     pub async fn find(&self, phone: PhoneKey) -> Option<Arc<Entry>> {
         // Extensions are the office's own phones, never a 1C client's.
-        if phone.is_extension() {
+        if phone.is_extension() || !self.inner.enabled {
             return None;
         }
         let live = &self.inner;

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 use super::low_priority::LowPriority;
 use super::{SnapshotSaver, SnapshotSavers, SourceHealth};
-use crate::config::OnecConfig;
+use crate::config::{ContactsLayout, OnecConfig};
 use crate::directory::{Counterparty, Directory, ReplaceReport};
 use crate::store::Store;
 pub use live::LiveLookup;
@@ -96,6 +96,7 @@ struct Reader {
     client: OdataClient,
     catalog_set: String,
     contacts_set: String,
+    contacts_layout: ContactsLayout,
     fields: FieldNames,
     page_size: usize,
     /// A tag of the settings that shape records (field names): records read
@@ -119,12 +120,25 @@ impl OnecSource {
         let fields = FieldNames {
             category: non_empty(&config.category_field),
             manager_phone: non_empty(&config.manager_phone_field),
+            ogrn: non_empty(&config.ogrn_field),
+            code: non_empty(&config.code_field),
+            kind: non_empty(&config.kind_field),
         };
+        let contacts_set = config.contacts_set();
+        let register = config.contacts_layout == ContactsLayout::Register;
+        if register {
+            tracing::info!(
+                source = SOURCE,
+                contacts = %contacts_set,
+                "onec.contacts_layout = \"register\": callers the directory lacks are not looked up live in 1C (the register keeps no digits-only number to search by)"
+            );
+        }
         let live = LiveLookup::new(
             Arc::new(OdataClient::new(config)?),
             live::LiveSettings {
                 catalog_set: config.counterparties.clone(),
-                contacts_set: config.contacts.clone(),
+                contacts_set: contacts_set.clone(),
+                enabled: !register,
                 fields: fields.clone(),
                 budget: config.lookup_budget(),
                 found_ttl: config.refresh,
@@ -136,7 +150,11 @@ impl OnecSource {
         let settings_tag = {
             let mut h = std::hash::DefaultHasher::new();
             h.write(config.counterparties.as_bytes());
-            h.write(config.contacts.as_bytes());
+            h.write(contacts_set.as_bytes());
+            h.write(&[register as u8]);
+            // What `rows.rs` makes of a row: a new version rebuilds records
+            // whose rows are unchanged (2: ogrnip, code and kind).
+            h.write(b"rows 2");
             h.write(fields.catalog_select().as_bytes());
             format!("{:08x}", h.finish() as u32)
         };
@@ -146,7 +164,8 @@ impl OnecSource {
             reader: Arc::new(Reader {
                 client: OdataClient::new(config)?,
                 catalog_set: config.counterparties.clone(),
-                contacts_set: config.contacts.clone(),
+                contacts_set,
+                contacts_layout: config.contacts_layout,
                 page_size: config.page_size,
                 settings_tag,
                 fields,
@@ -271,16 +290,37 @@ impl Reader {
     async fn read(&self) -> Result<Built, OnecError> {
         let catalog_select = self.fields.catalog_select();
         let fields = self.fields.clone();
+        let contacts = async {
+            match self.contacts_layout {
+                ContactsLayout::Section => {
+                    self.read_all(
+                        &self.contacts_set,
+                        CONTACTS_SELECT,
+                        "Ref_Key,LineNumber",
+                        rows::parse_contacts_page,
+                    )
+                    .await
+                }
+                ContactsLayout::Register => {
+                    let pages = self
+                        .read_all(
+                            &self.contacts_set,
+                            rows::REGISTER_SELECT,
+                            rows::REGISTER_ORDER,
+                            rows::parse_register_page,
+                        )
+                        .await?;
+                    let mut rows: Vec<ContactRow> = pages.into_iter().flatten().collect();
+                    rows::number_register_rows(&mut rows);
+                    Ok(vec![rows])
+                }
+            }
+        };
         let (catalog, contacts) = tokio::try_join!(
             self.read_all(&self.catalog_set, &catalog_select, "Ref_Key", move |body| {
                 rows::parse_catalog_page(body, &fields)
             }),
-            self.read_all(
-                &self.contacts_set,
-                CONTACTS_SELECT,
-                "Ref_Key,LineNumber",
-                rows::parse_contacts_page,
-            ),
+            contacts,
         )?;
         let last = self
             .last_built
@@ -403,11 +443,14 @@ fn build(
         .source(SOURCE)
         .and_then(|s| s.fingerprint.as_deref())
         .is_some_and(|f| f.starts_with(settings_tag));
+    let faults = directory.check_requisites(SOURCE, &records);
     let report = if same_settings {
         directory.replace_source(SOURCE, records, Some(fingerprint), SystemTime::now())
     } else {
         directory.replace_source_rebuilt(SOURCE, records, Some(fingerprint), SystemTime::now())
     };
+    directory.count_requisite_faults(SOURCE, &faults);
+    super::log_requisite_faults(SOURCE, &faults);
     Built {
         report: Some(report),
         outcome,

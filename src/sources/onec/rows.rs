@@ -11,7 +11,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserializer;
 
-use crate::directory::model::{is_manager_phone, MAX_EMAILS, MAX_PHONES, MAX_TEXT_LEN};
+use crate::directory::model::{is_manager_phone, Kind, MAX_EMAILS, MAX_PHONES, MAX_TEXT_LEN};
 use crate::directory::Counterparty;
 use crate::phone;
 
@@ -27,6 +27,12 @@ const KIND_ADDRESS: &str = "Адрес";
 pub struct FieldNames {
     pub category: Option<String>,
     pub manager_phone: Option<String>,
+    /// OGRN or OGRNIP (told apart by length).
+    pub ogrn: Option<String>,
+    /// The catalog's code (`Code`).
+    pub code: Option<String>,
+    /// Legal or natural person (`ЮрФизЛицо`, `ВидКонтрагента`).
+    pub kind: Option<String>,
 }
 
 impl FieldNames {
@@ -35,7 +41,14 @@ impl FieldNames {
         let mut select = String::from(
             "Ref_Key,DataVersion,DeletionMark,IsFolder,Description,НаименованиеПолное,ИНН,КПП",
         );
-        for extra in [&self.category, &self.manager_phone].into_iter().flatten() {
+        let extras = [
+            &self.category,
+            &self.manager_phone,
+            &self.ogrn,
+            &self.code,
+            &self.kind,
+        ];
+        for extra in extras.into_iter().flatten() {
             select.push(',');
             select.push_str(extra);
         }
@@ -45,6 +58,19 @@ impl FieldNames {
 
 /// `$select` of a contact information read.
 pub const CONTACTS_SELECT: &str = "Ref_Key,LineNumber,Тип,Представление,НомерТелефона,АдресЭП";
+
+/// `$select` and `$orderby` of a read of the contact information register
+/// (`InformationRegister_КонтактнаяИнформация`, КА 1.1 / УПП): the owner is
+/// the dimension `Объект` (a composite reference: the GUID, its type in
+/// `Объект_Type`, not asked for: a GUID of another catalog never matches a
+/// counterparty), the number only in `Представление`. Assumption: the
+/// register as КА 1.1 ships it. Ordered by the dimensions `Объект` and `Тип`
+/// only: `Вид`'s OData name depends on its type and `Представление` may be
+/// a string 1C cannot order by; rows tied on both may move between pages
+/// (read twice: kept once; missed: read at the next refresh), as any row
+/// changed during a read may.
+pub const REGISTER_SELECT: &str = "Объект,Тип,Представление";
+pub const REGISTER_ORDER: &str = "Объект,Тип";
 
 /// One row of the counterparties catalog.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -59,6 +85,9 @@ pub struct CatalogRow {
     pub kpp: String,
     pub category: Option<i64>,
     pub manager_phone: String,
+    pub ogrn: String,
+    pub code: String,
+    pub kind: String,
     /// Contact rows embedded in the catalog row, when 1C sent them.
     pub contacts: Vec<ContactRow>,
 }
@@ -83,6 +112,58 @@ pub fn parse_catalog_page(body: &[u8], fields: &FieldNames) -> Result<Vec<Catalo
 /// Reads a list answer of contact information rows.
 pub fn parse_contacts_page(body: &[u8]) -> Result<Vec<ContactRow>, String> {
     parse_list(body, ContactSeed)
+}
+
+/// Reads a list answer of contact information register rows; their line
+/// numbers are 0 until [`number_register_rows`].
+pub fn parse_register_page(body: &[u8]) -> Result<Vec<ContactRow>, String> {
+    parse_list(body, RegisterSeed)
+}
+
+/// Gives register rows (which have no `LineNumber`) the line numbers of
+/// the tabular section: per owner, from 1, in the order read. A row read
+/// twice (it moved between pages) is kept once; a phone row whose
+/// `Представление` lists several numbers (`"+7 495 …, +7 916 …"`, one kind
+/// holds one value in the register) becomes one row per number.
+pub fn number_register_rows(rows: &mut Vec<ContactRow>) {
+    let mut seen: std::collections::HashSet<(String, String, String)> =
+        std::collections::HashSet::with_capacity(rows.len());
+    let mut lines: HashMap<String, u32> = HashMap::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows.drain(..) {
+        let key = (
+            row.owner.clone(),
+            row.kind.clone(),
+            row.presentation.clone(),
+        );
+        if !seen.insert(key) {
+            continue;
+        }
+        let split: Vec<String> = row
+            .presentation
+            .split([',', ';'])
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
+        let several = row.kind == KIND_PHONE
+            && split.len() > 1
+            && split.iter().all(|p| phone::normalize(p).is_some());
+        let parts = if several {
+            split
+        } else {
+            vec![row.presentation.clone()]
+        };
+        for presentation in parts {
+            let line = lines.entry(row.owner.clone()).or_insert(0);
+            *line += 1;
+            out.push(ContactRow {
+                line: *line,
+                presentation,
+                ..row.clone()
+            });
+        }
+    }
+    *rows = out;
 }
 
 /// Reads `{"value":[…]}` (other members ignored), each item with `item`.
@@ -188,6 +269,9 @@ impl<'de> Visitor<'de> for CatalogSeed<'_> {
                 k if Some(k) == self.0.manager_phone.as_deref() => {
                     row.manager_phone = map.next_value::<Text>()?.0;
                 }
+                k if Some(k) == self.0.ogrn.as_deref() => row.ogrn = map.next_value::<Text>()?.0,
+                k if Some(k) == self.0.code.as_deref() => row.code = map.next_value::<Text>()?.0,
+                k if Some(k) == self.0.kind.as_deref() => row.kind = map.next_value::<Text>()?.0,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -262,6 +346,41 @@ impl<'de> Visitor<'de> for ContactSeed {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
+        }
+        Ok(row)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct RegisterSeed;
+
+impl<'de> DeserializeSeed<'de> for RegisterSeed {
+    type Value = ContactRow;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ContactRow, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RegisterSeed {
+    type Value = ContactRow;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a contact information register row")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ContactRow, A::Error> {
+        let mut row = ContactRow::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "Объект" => row.owner = map.next_value::<Text>()?.0,
+                "Тип" => row.kind = map.next_value::<Text>()?.0,
+                "Представление" => row.presentation = map.next_value::<Text>()?.0,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        // The register keeps an e-mail address in `Представление` too.
+        if row.kind == KIND_EMAIL {
+            row.email = row.presentation.clone();
         }
         Ok(row)
     }
@@ -400,6 +519,9 @@ pub fn record_of(row: CatalogRow) -> Option<Counterparty> {
         kpp,
         category,
         manager_phone,
+        ogrn,
+        code,
+        kind,
         mut contacts,
         ..
     } = row;
@@ -436,24 +558,62 @@ pub fn record_of(row: CatalogRow) -> Option<Counterparty> {
         .into_iter()
         .find(|n| !n.is_empty())?;
     let some = |s: &str| (!s.trim().is_empty()).then(|| clip(s.trim()));
+    // A 15-digit number is a sole proprietor's OGRNIP; anything else goes to
+    // `ogrn`, where the requisite check names what is wrong with it.
+    let (ogrn, ogrnip) = if ogrn.trim().len() == 15 {
+        (None, some(&ogrn))
+    } else {
+        (some(&ogrn), None)
+    };
+    let kind = kind_of(&kind, &inn, ogrnip.is_some());
     let record = Counterparty {
         id: ref_key.into(),
         name: clip(name),
         full_name: some(&full_name),
         inn: some(&inn),
         kpp: some(&kpp),
-        ogrn: None,
+        ogrn,
+        ogrnip,
+        code: some(&code),
+        kind: Some(kind),
         category,
         // A manager field holding text or markup is not sent to the PBX as a
         // routing target; the record itself is kept.
         manager_phone: some(&manager_phone).filter(|m| is_manager_phone(m)),
         manager_name: None,
+        manager_source: None,
         phones,
         emails,
         address,
+        links: Box::default(),
         data_version: data_version.map(Into::into),
     };
     record.validate().ok().map(|()| record)
+}
+
+/// The kind of party from 1C's legal/natural person field (`ЮрФизЛицо`:
+/// `ЮрЛицо`/`ФизЛицо`; `ВидКонтрагента` in other configurations), a
+/// natural person with a 12-digit INN being a sole proprietor. Unread or
+/// unknown: by the INN, 10 digits a legal entity, 12 with an OGRNIP a sole
+/// proprietor, anything else a person.
+fn kind_of(field: &str, inn: &str, has_ogrnip: bool) -> Kind {
+    let inn = inn.trim();
+    let inn_digits = if inn.bytes().all(|b| b.is_ascii_digit()) {
+        inn.len()
+    } else {
+        0
+    };
+    match field.trim() {
+        "ЮрЛицо" | "ЮридическоеЛицо" => Kind::Legal,
+        "ИндивидуальныйПредприниматель" => Kind::SoleProprietor,
+        "ФизЛицо" | "ФизическоеЛицо" if inn_digits == 12 => {
+            Kind::SoleProprietor
+        }
+        "ФизЛицо" | "ФизическоеЛицо" => Kind::Person,
+        _ if inn_digits == 10 => Kind::Legal,
+        _ if inn_digits == 12 && has_ogrnip => Kind::SoleProprietor,
+        _ => Kind::Person,
+    }
 }
 
 /// The phone a contact row holds, as the text to keep: `НомерТелефона` is
@@ -502,6 +662,9 @@ mod tests {
         FieldNames {
             category: Some("КатегорияКлиента".into()),
             manager_phone: Some("ДобавочныйМенеджера".into()),
+            ogrn: Some("ОГРН".into()),
+            code: Some("Code".into()),
+            kind: Some("ЮрФизЛицо".into()),
         }
     }
 
@@ -608,5 +771,93 @@ mod tests {
             "5f1c2a3b-0000-11e0-8000-00000000000a') or true or ('"
         ));
         assert!(!is_guid("k1"));
+    }
+
+    #[test]
+    fn ogrn_code_and_kind_are_read_by_the_configured_names() {
+        let page = r#"{"value":[
+          {"Ref_Key":"k1","Description":"Ромашка","ИНН":"7707083893","Code":" 000000001 ","ОГРН":"1027700132195","ЮрФизЛицо":"ЮрЛицо"},
+          {"Ref_Key":"k2","Description":"ИП Петров","ИНН":"500100732259","ОГРН":"304500116000157","ЮрФизЛицо":"ФизЛицо"},
+          {"Ref_Key":"k3","Description":"Петров","ИНН":"500100732259","ЮрФизЛицо":"ФизЛицо"},
+          {"Ref_Key":"k4","Description":"Без вида","ИНН":"7707083893","ОГРН":"","ЮрФизЛицо":null}
+        ]}"#;
+        let rows = parse_catalog_page(page.as_bytes(), &fields()).expect("parses");
+        let (records, _) = into_records(rows, vec![]);
+        assert_eq!(records[0].code.as_deref(), Some("000000001"));
+        assert_eq!(records[0].ogrn.as_deref(), Some("1027700132195"));
+        assert_eq!(records[0].ogrnip, None);
+        assert_eq!(records[0].kind, Some(Kind::Legal));
+        assert_eq!(records[1].ogrn, None);
+        assert_eq!(records[1].ogrnip.as_deref(), Some("304500116000157"));
+        assert_eq!(records[1].kind, Some(Kind::SoleProprietor));
+        assert_eq!(
+            records[2].kind,
+            Some(Kind::SoleProprietor),
+            "ФизЛицо, 12-digit INN"
+        );
+        assert_eq!(records[3].kind, Some(Kind::Legal), "unread: by the INN");
+        assert_eq!(records[3].ogrn, None);
+    }
+
+    #[test]
+    fn an_unread_kind_follows_the_inn() {
+        assert_eq!(kind_of("", "7707083893", false), Kind::Legal);
+        assert_eq!(kind_of("", "500100732259", true), Kind::SoleProprietor);
+        assert_eq!(kind_of("", "500100732259", false), Kind::Person);
+        assert_eq!(kind_of("", "", false), Kind::Person);
+        assert_eq!(kind_of("Неизвестно", "77070838", false), Kind::Person);
+        assert_eq!(kind_of("ФизЛицо", "7707083893", false), Kind::Person);
+        assert_eq!(kind_of("ЮрЛицо", "", false), Kind::Legal);
+    }
+
+    #[test]
+    fn a_mistyped_inn_keeps_the_record() {
+        let rows = vec![CatalogRow {
+            ref_key: "k1".into(),
+            description: "Ромашка".into(),
+            inn: "7707083894".into(),
+            kpp: "77-07".into(),
+            ..Default::default()
+        }];
+        let (records, skipped) = into_records(rows, vec![]);
+        assert_eq!(skipped.invalid, 0);
+        assert_eq!(records[0].inn.as_deref(), Some("7707083894"));
+    }
+
+    #[test]
+    fn register_rows_join_their_owner_with_line_numbers() {
+        let page = r#"{"value":[
+          {"Объект":"k1","Объект_Type":"StandardODATA.Catalog_Контрагенты","Тип":"Телефон","Вид":"v1","Представление":"+7 (495) 123-45-67, 8 916 000-00-01","Поле1":""},
+          {"Объект":"k1","Тип":"АдресЭлектроннойПочты","Представление":"a@b.ru"},
+          {"Объект":"k1","Тип":"Адрес","Представление":"Москва, ул. Ленина, 1"},
+          {"Объект":"k1","Тип":"Телефон","Представление":"+7 (495) 123-45-67, 8 916 000-00-01"},
+          {"Объект":"other","Тип":"Телефон","Представление":"+7 916 000-00-09"}
+        ]}"#;
+        let mut contacts = parse_register_page(page.as_bytes()).expect("parses");
+        assert!(contacts.iter().all(|c| c.line == 0));
+        number_register_rows(&mut contacts);
+        assert_eq!(
+            contacts
+                .iter()
+                .map(|c| (c.owner.as_str(), c.line))
+                .collect::<Vec<_>>(),
+            [("k1", 1), ("k1", 2), ("k1", 3), ("k1", 4), ("other", 1)]
+        );
+        let rows = vec![CatalogRow {
+            ref_key: "k1".into(),
+            description: "Ромашка".into(),
+            ..Default::default()
+        }];
+        let (records, _) = into_records(rows, contacts);
+        let r = &records[0];
+        assert_eq!(
+            r.phones.iter().map(|p| &**p).collect::<Vec<_>>(),
+            ["+7 (495) 123-45-67", "8 916 000-00-01"]
+        );
+        assert_eq!(
+            r.emails.iter().map(|e| &**e).collect::<Vec<_>>(),
+            ["a@b.ru"]
+        );
+        assert_eq!(r.address.as_deref(), Some("Москва, ул. Ленина, 1"));
     }
 }

@@ -36,6 +36,7 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::directory::{Counterparty, Directory, Tombstone};
 use crate::store::{SnapshotRecord, Store, StoreError};
+pub(crate) use parse::diagnose_text;
 pub use parse::{parse_batch, BatchError, RecordError, MAX_RECORDS};
 
 /// The name pushed records carry in the directory and the store.
@@ -64,7 +65,7 @@ pub enum PushError {
 }
 
 /// What an accepted upsert did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushReport {
     /// Distinct ids upserted (of two records with one id, the later counts).
     pub upserted: usize,
@@ -72,6 +73,21 @@ pub struct PushReport {
     pub records: usize,
     /// Counterparties in the whole directory.
     pub counterparties: usize,
+    /// Requisites of accepted records that fail their check: the records
+    /// were taken all the same (a mistyped INN never costs a caller).
+    pub warnings: Vec<RequisiteWarning>,
+}
+
+/// One requisite of an accepted record that fails
+/// [`crate::directory::requisites::check`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RequisiteWarning {
+    /// The record's position in the pushed array, from 0.
+    pub record: usize,
+    pub id: String,
+    pub field: &'static str,
+    pub value: String,
+    pub problem: &'static str,
 }
 
 /// What a delete did.
@@ -165,10 +181,34 @@ impl PushSource {
             }
         }
         refuse_repeated_ids(&records).map_err(PushError::Invalid)?;
+        let faults = self.directory.check_requisites(SOURCE, &records);
+        let warnings: Vec<RequisiteWarning> = faults
+            .records
+            .iter()
+            .flat_map(|faulty| {
+                let (index, id) = (faulty.index, parse::shown_id(&faulty.id));
+                faulty.problems.iter().map(move |p| RequisiteWarning {
+                    record: index,
+                    id: id.clone(),
+                    field: p.field,
+                    value: p.value.clone(),
+                    problem: p.problem,
+                })
+            })
+            .collect();
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.upsert_now(records).await })
-            .await
-            .unwrap_or_else(|e| Err(PushError::NotApplied(e.to_string())))
+        let mut report = tokio::spawn(async move {
+            let report = this.upsert_now(records).await;
+            // Counted in the task: a caller that hangs up does not stop the change.
+            if report.is_ok() {
+                this.directory.count_requisite_faults(SOURCE, &faults);
+            }
+            report
+        })
+        .await
+        .unwrap_or_else(|e| Err(PushError::NotApplied(e.to_string())))?;
+        report.warnings = warnings;
+        Ok(report)
     }
 
     /// Removes `id` from every source, in the store and in the directory.
@@ -244,6 +284,7 @@ impl PushSource {
                     upserted: 0,
                     records,
                     counterparties,
+                    warnings: Vec::new(),
                 })
             });
             return;
@@ -309,6 +350,7 @@ impl PushSource {
                 upserted,
                 records: report.records,
                 counterparties: report.total_records,
+                warnings: Vec::new(),
             })
         });
     }
@@ -596,7 +638,8 @@ mod tests {
             PushReport {
                 upserted: 2,
                 records: 2,
-                counterparties: 2
+                counterparties: 2,
+                warnings: vec![],
             }
         );
         let name = |id: &str| {

@@ -200,6 +200,22 @@ fn parse_record(index: usize, line: usize, raw: &RawValue) -> Result<Counterpart
     }
 }
 
+/// [`diagnose`] for one record's text outside a push body (a JSON Lines
+/// line): its readable id, the field at fault and why. Text that is not
+/// JSON keeps serde's own message.
+pub(crate) fn diagnose_text(text: &str, error: &serde_json::Error) -> RecordError {
+    match serde_json::from_str::<&RawValue>(text) {
+        Ok(raw) => diagnose(0, 0, raw, error),
+        Err(_) => RecordError {
+            index: 0,
+            line: 0,
+            id: None,
+            field: None,
+            problem: error.to_string(),
+        },
+    }
+}
+
 /// Finds what is wrong with a record that does not deserialize: serde names
 /// a missing or unknown field, but not the field whose value has the wrong
 /// type. Each field is tried on its own, beside a valid `id` and `name`,
@@ -305,7 +321,7 @@ fn without_position(e: &serde_json::Error) -> String {
 }
 
 /// An id as an error message may repeat it: at most [`MAX_ID_LEN`] bytes.
-fn shown_id(id: &str) -> String {
+pub(super) fn shown_id(id: &str) -> String {
     if id.len() <= MAX_ID_LEN {
         return id.to_owned();
     }

@@ -155,6 +155,7 @@ fn realistic(i: usize) -> Counterparty {
         emails: vec![format!("client{i}@example.ru").into()],
         address: Some(format!("г. Москва, ул. Ленина, д. {}, офис {}", i % 200, i % 50).into()),
         data_version: Some(format!("AAAAAA{i:06}").into()),
+        ..Default::default()
     }
 }
 
