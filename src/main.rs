@@ -210,8 +210,13 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
         ready_ms = report.ready_after.as_millis() as u64,
         "directory ready"
     );
+    let scheme = if config.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     println!(
-        "cti-gateway listening on http://{addr}{soap_path} ({} counterparties loaded)",
+        "cti-gateway listening on {scheme}://{addr}{soap_path} ({} counterparties loaded)",
         report.counterparties
     );
     if demo {

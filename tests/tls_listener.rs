@@ -424,3 +424,46 @@ async fn operator_screens_connect_over_wss() {
         .expect("readable");
     assert!(message.to_string().contains("Фэйковый чиж"), "{message}");
 }
+
+/// Python's zeep, as a PBX-side SOAP client would be set up for `https://`:
+/// it loads the WSDL over TLS, verifies the certificate against the CA,
+/// follows the WSDL's `https://` address and calls both operations.
+const ZEEP_OVER_HTTPS: &str = r#"
+import sys
+import zeep
+from requests import Session
+from requests.auth import HTTPBasicAuth
+from zeep.transports import Transport
+
+session = Session()
+session.auth = HTTPBasicAuth("SOAP", "123")
+session.verify = sys.argv[2]
+# REQUESTS_CA_BUNDLE in the environment would win over session.verify.
+session.trust_env = False
+client = zeep.Client(sys.argv[1], transport=Transport(session=session))
+print("SAYNAME:" + client.service.SayName(Number="89235292926"))
+print("INCOMING:" + client.service.IncomingCall(NumFrom="89235292926", Key=sys.argv[3]))
+"#;
+
+#[tokio::test]
+#[ignore = "needs the openssl command line and Python's zeep; .ci/run installs them"]
+async fn zeep_calls_both_operations_over_https_verifying_the_certificate() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let (ca, cert, key) = make_pair(certs.path(), "zeep");
+    let gw = start(&tls_config(&cert, &key)).await;
+    let script = certs.path().join("client.py");
+    std::fs::write(&script, ZEEP_OVER_HTTPS).expect("write script");
+    let output = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(format!("https://{}{SOAP_PATH}?wsdl", gw.addr))
+        .arg(&ca)
+        .arg(OPERATOR_KEY)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "zeep failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("<title>Фэйковый чиж</title>"), "{stdout}");
+    assert!(stdout.contains("INCOMING:1"), "{stdout}");
+}
