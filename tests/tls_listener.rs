@@ -467,3 +467,46 @@ async fn zeep_calls_both_operations_over_https_verifying_the_certificate() {
     assert!(stdout.contains("<title>Фэйковый чиж</title>"), "{stdout}");
     assert!(stdout.contains("INCOMING:1"), "{stdout}");
 }
+
+/// PHP's SoapClient over `https://`, the certificate verified against the
+/// CA: it loads the WSDL, follows its `https://` address, calls both
+/// operations with Basic credentials.
+const PHP_OVER_HTTPS: &str = r#"<?php
+[$wsdl, $ca, $key] = array_slice($argv, 1);
+$context = stream_context_create(['ssl' => ['cafile' => $ca, 'verify_peer' => true, 'verify_peer_name' => true]]);
+$client = new SoapClient($wsdl, [
+    'login' => 'SOAP',
+    'password' => '123',
+    'authentication' => SOAP_AUTHENTICATION_BASIC,
+    'stream_context' => $context,
+    'cache_wsdl' => WSDL_CACHE_NONE,
+    'exceptions' => true,
+]);
+$said = $client->SayName(['Number' => '89235292926']);
+echo "SAYNAME:", $said->return, "\n";
+$rang = $client->IncomingCall(['NumFrom' => '89235292926', 'Key' => $key]);
+echo "INCOMING:", $rang->return, "\n";
+"#;
+
+#[tokio::test]
+#[ignore = "needs the openssl command line and PHP's soap extension; .ci/run installs them"]
+async fn php_soap_client_calls_both_operations_over_https_verifying_the_certificate() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let (ca, cert, key) = make_pair(certs.path(), "php");
+    let gw = start(&tls_config(&cert, &key)).await;
+    let script = certs.path().join("client.php");
+    std::fs::write(&script, PHP_OVER_HTTPS).expect("write script");
+    let output = tokio::process::Command::new("php")
+        .arg(&script)
+        .arg(format!("https://{}{SOAP_PATH}?wsdl", gw.addr))
+        .arg(&ca)
+        .arg(OPERATOR_KEY)
+        .output()
+        .await
+        .expect("php runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "php failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("<title>Фэйковый чиж</title>"), "{stdout}");
+    assert!(stdout.contains("INCOMING:1"), "{stdout}");
+}
