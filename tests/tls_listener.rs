@@ -448,24 +448,7 @@ print("INCOMING:" + client.service.IncomingCall(NumFrom="89235292926", Key=sys.a
 #[tokio::test]
 #[ignore = "needs the openssl command line and Python's zeep; .ci/run installs them"]
 async fn zeep_calls_both_operations_over_https_verifying_the_certificate() {
-    let certs = tempfile::tempdir().expect("temp dir");
-    let (ca, cert, key) = make_pair(certs.path(), "zeep");
-    let gw = start(&tls_config(&cert, &key)).await;
-    let script = certs.path().join("client.py");
-    std::fs::write(&script, ZEEP_OVER_HTTPS).expect("write script");
-    let output = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(format!("https://{}{SOAP_PATH}?wsdl", gw.addr))
-        .arg(&ca)
-        .arg(OPERATOR_KEY)
-        .output()
-        .await
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "zeep failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("<title>Фэйковый чиж</title>"), "{stdout}");
-    assert!(stdout.contains("INCOMING:1"), "{stdout}");
+    https_client_calls_both_operations("python3", "client.py", ZEEP_OVER_HTTPS).await;
 }
 
 /// PHP's SoapClient over `https://`, the certificate verified against the
@@ -491,22 +474,32 @@ echo "INCOMING:", $rang->return, "\n";
 #[tokio::test]
 #[ignore = "needs the openssl command line and PHP's soap extension; .ci/run installs them"]
 async fn php_soap_client_calls_both_operations_over_https_verifying_the_certificate() {
+    https_client_calls_both_operations("php", "client.php", PHP_OVER_HTTPS).await;
+}
+
+/// Runs a third-party client's `script` with `interpreter` against a TLS
+/// gateway: arguments the WSDL's https URL, the CA file, the operator key.
+/// It must print `SAYNAME:<answer>` and `INCOMING:<answer>`.
+async fn https_client_calls_both_operations(interpreter: &str, file: &str, script: &str) {
     let certs = tempfile::tempdir().expect("temp dir");
-    let (ca, cert, key) = make_pair(certs.path(), "php");
+    let (ca, cert, key) = make_pair(certs.path(), "client");
     let gw = start(&tls_config(&cert, &key)).await;
-    let script = certs.path().join("client.php");
-    std::fs::write(&script, PHP_OVER_HTTPS).expect("write script");
-    let output = tokio::process::Command::new("php")
-        .arg(&script)
+    let path = certs.path().join(file);
+    std::fs::write(&path, script).expect("write script");
+    let output = tokio::process::Command::new(interpreter)
+        .arg(&path)
         .arg(format!("https://{}{SOAP_PATH}?wsdl", gw.addr))
         .arg(&ca)
         .arg(OPERATOR_KEY)
         .output()
         .await
-        .expect("php runs");
+        .unwrap_or_else(|e| panic!("{interpreter} runs: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "php failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "{interpreter} failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("<title>Фэйковый чиж</title>"), "{stdout}");
     assert!(stdout.contains("INCOMING:1"), "{stdout}");
 }
