@@ -103,12 +103,14 @@ impl Admin {
         }
         let to = match serde_json::from_slice::<BackupRequest>(&raw) {
             Ok(request) => request.to,
-            Err(e) => return json_error(
-                StatusCode::BAD_REQUEST,
-                &format!(
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
                     "the body must be {{\"to\": \"/absolute/folder\"}} ({e}); no backup was made"
                 ),
-            ),
+                )
+            }
         };
         let Ok(_running) = self.backing_up.try_lock() else {
             return json_error(
