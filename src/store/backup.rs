@@ -24,6 +24,9 @@ pub const BACKUP_STEP_PAGES: i32 = 256;
 /// The pause between two steps.
 const BACKUP_PAUSE: Duration = Duration::from_millis(5);
 
+/// Copies started by this process, for their temporary names.
+static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// One file a backup wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupFile {
@@ -125,8 +128,14 @@ fn copy(source: &Path, dir: &Path) -> Result<BackupFile, BackupError> {
         .file_name()
         .ok_or_else(|| BackupError::Failed(format!("{} has no file name", source.display())))?;
     let target = dir.join(name);
+    // A name of this copy's own: a copy still running when its request went
+    // away (the HTTP client gave up) never shares a file with the next one.
     let mut partial_name = name.to_os_string();
-    partial_name.push(".partial");
+    partial_name.push(format!(
+        ".partial-{}-{}",
+        std::process::id(),
+        COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let partial = dir.join(partial_name);
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         BackupError::Failed(format!(
@@ -135,12 +144,6 @@ fn copy(source: &Path, dir: &Path) -> Result<BackupFile, BackupError> {
             dir.display()
         ))
     };
-    // A partial copy left by an earlier failure is no store: start afresh.
-    match std::fs::remove_file(&partial) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(failed("removing an earlier partial copy", &e)),
-    }
     let result = (|| {
         let from = schema::open_reader(source).map_err(|e| failed("opening the store", &e))?;
         // One read transaction for the whole copy: one consistent snapshot.

@@ -53,6 +53,7 @@ impl Store {
 /// task is then not needed; it returns at once).
 pub async fn keep_journal_for(store: Store, keep: Duration, mut stop: watch::Receiver<bool>) {
     if keep.is_zero() {
+        tracing::info!("store.journal_retention = 0: the call journal is kept forever");
         return;
     }
     loop {
