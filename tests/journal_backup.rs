@@ -280,3 +280,46 @@ async fn the_backup_command_copies_a_live_store_while_calls_come_in() {
     assert!(stderr.contains("--to"), "{stderr}");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_onec_the_backup_copies_both_store_files() {
+    let mock = mock_onec::MockOnec::start().await;
+    let onec = format!(
+        "\n[onec]\nodata_url = \"{}\"\nusername = \"{}\"\npassword = \"{}\"\nrefresh = \"1h\"\ntimeout = \"2s\"\n",
+        mock.url(),
+        mock_onec::USERNAME,
+        mock_onec::PASSWORD
+    );
+    let mut gw = start_with(DIRECTORY, &onec).await;
+    let target = tempfile::tempdir().expect("backup dir");
+    let body = serde_json::json!({ "to": target.path() }).to_string();
+    let reply = post(gw.addr, BACKUP, &[BEARER, JSON], body.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer: serde_json::Value = serde_json::from_str(&reply.body).expect("JSON");
+    let mut names: Vec<String> = answer["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| {
+            Path::new(f["path"].as_str().expect("path"))
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["store.onec.sqlite", "store.sqlite"], "{answer}");
+    for name in names {
+        let conn = rusqlite::Connection::open_with_flags(
+            target.path().join(&name),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("the copy opens");
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity_check");
+        assert_eq!(check, "ok", "{name}");
+    }
+    gw.stop().await;
+}
