@@ -523,6 +523,10 @@ pub struct StoreConfig {
     /// for one start, not a setting.
     #[serde(skip)]
     pub new_store: bool,
+    /// Call journal rows older than this are deleted, in small batches at
+    /// the lowest priority; zero (`"0"`) keeps them forever.
+    #[serde(with = "humantime_serde")]
+    pub journal_retention: Duration,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -644,6 +648,7 @@ impl Default for StoreConfig {
         StoreConfig {
             path: PathBuf::from("var/cti-gateway.sqlite"),
             new_store: false,
+            journal_retention: Duration::from_secs(400 * 86_400),
         }
     }
 }
@@ -694,7 +699,7 @@ impl Config {
             },
             store: StoreConfig {
                 path: folder.join("cti-gateway.sqlite"),
-                new_store: false,
+                ..StoreConfig::default()
             },
             api: ApiConfig {
                 token: Some(Secret::new(DEMO_API_TOKEN)),

@@ -123,6 +123,11 @@ impl Gateway {
             Arc::clone(&push),
             file.clone(),
         );
+        // Backups copy 1C's snapshot too: rebuilding it means reading 1C again.
+        let front = match &onec_store {
+            Some(onec_store) => front.backing_up_too(onec_store.clone()),
+            None => front,
+        };
         let (reload, _) = watch::channel(0u64);
         let (stop_sources, _) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -153,6 +158,11 @@ impl Gateway {
         .start(file, onec)
         .await;
         sources.push(tombstone_keeper);
+        sources.push(tokio::spawn(crate::store::keep_journal_for(
+            store.clone(),
+            config.store.journal_retention,
+            stop_sources.subscribe(),
+        )));
         sources.extend(tasks);
 
         Ok(Gateway {

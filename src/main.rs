@@ -1,7 +1,8 @@
 //! `cti-gateway serve [--config FILE] [--listen ADDR] [--new-store]`,
-//! `check-config`, `forget-source NAME` and `accept-file` (the client of the
+//! `check-config`, `forget-source NAME`, `accept-file` (the client of the
 //! admin endpoint that makes a running gateway take its directory file past
-//! the guard): the command line around [`Gateway`].
+//! the guard) and `backup --to DIR` (the client of the one that copies its
+//! store files, live): the command line around [`Gateway`].
 
 use std::path::{Path, PathBuf};
 
@@ -73,6 +74,23 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Make the running gateway copy every store file it holds (the call
+    /// journal and the snapshots) into DIR, live and consistent. Prints the
+    /// files written; exits 1 with the gateway's message when it made none.
+    Backup {
+        /// The folder for the copies: existing, writable by the gateway's
+        /// user, not the store's own folder (another disk, ideally).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// The gateway's configuration, for `server.listen` and `api.token`
+        /// (without it: demo mode's).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The gateway's address instead of `server.listen`, e.g.
+        /// http://127.0.0.1:8080 (plain HTTP).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::AcceptFile { config, url } => accept_file(config, url.as_deref()),
+        Command::Backup { to, config, url } => backup(&to, config, url.as_deref()),
         Command::Serve {
             config,
             listen,
@@ -456,7 +475,7 @@ fn accept_file(config: Option<PathBuf>, url: Option<&str>) -> anyhow::Result<()>
         Some(url) => Target::from_url(url)?,
         None => Target::listening_on(config.server.listen),
     };
-    let (status, body) = target.post(cti_gateway::http::ACCEPT_FILE, token.expose())?;
+    let (status, body) = target.post(cti_gateway::http::ACCEPT_FILE, token.expose(), None)?;
     println!("{}", body.trim_end());
     anyhow::ensure!(
         (200..300).contains(&status),
@@ -465,7 +484,41 @@ fn accept_file(config: Option<PathBuf>, url: Option<&str>) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Where `accept-file` sends its request: plain HTTP/1.1 over a
+/// `backup`: `POST /api/v1/admin/backup` with `{"to": DIR}` (made absolute
+/// here: the gateway's working directory is not ours).
+fn backup(to: &Path, config: Option<PathBuf>, url: Option<&str>) -> anyhow::Result<()> {
+    let dir = std::path::absolute(to)
+        .with_context(|| format!("cannot make {} an absolute path", to.display()))?;
+    let config = match config {
+        Some(path) => Config::load(&path, &config::process_env)?,
+        None => Config::demo(
+            &config::process_env,
+            &config::demo_folder(&config::process_env),
+        ),
+    };
+    let token = config.api.token.as_ref().context(format!(
+        "no api.token in the configuration (nor {}): the admin endpoint needs it",
+        config::ENV_API_TOKEN
+    ))?;
+    let target = match url {
+        Some(url) => Target::from_url(url)?,
+        None => Target::listening_on(config.server.listen),
+    };
+    let request = serde_json::json!({ "to": dir }).to_string();
+    let (status, body) = target.post(cti_gateway::http::BACKUP, token.expose(), Some(&request))?;
+    if (200..300).contains(&status) {
+        println!("{}", body.trim_end());
+        return Ok(());
+    }
+    // The gateway's own message, not its JSON wrapping.
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| body.trim().to_owned());
+    anyhow::bail!("the gateway answered {status}: {message}")
+}
+
+/// Where `accept-file` and `backup` send their request: plain HTTP/1.1 over a
 /// `std::net::TcpStream`, one request, `Connection: close`.
 struct Target {
     /// The `Host` header: the address as given.
@@ -524,9 +577,9 @@ impl Target {
         })
     }
 
-    /// POSTs an empty body to `path` with the Bearer `token`; the status and
-    /// the body of the answer.
-    fn post(&self, path: &str, token: &str) -> anyhow::Result<(u16, String)> {
+    /// POSTs `json` (or an empty body) to `path` with the Bearer `token`;
+    /// the status and the body of the answer.
+    fn post(&self, path: &str, token: &str, json: Option<&str>) -> anyhow::Result<(u16, String)> {
         use std::io::{Read as _, Write as _};
         use std::time::Duration;
         let mut stream = self
@@ -537,9 +590,15 @@ impl Target {
         // Taking a large file (parsing, building the index) takes a while.
         stream.set_read_timeout(Some(Duration::from_secs(300)))?;
         stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let (content_type, body) = match json {
+            Some(json) => ("Content-Type: application/json\r\n", json),
+            None => ("", ""),
+        };
         let request = format!(
-            "POST {}{path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.prefix, self.host
+            "POST {}{path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.prefix,
+            self.host,
+            body.len()
         );
         stream.write_all(request.as_bytes())?;
         let mut answer = Vec::new();

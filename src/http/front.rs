@@ -68,8 +68,8 @@ impl Front {
         Front {
             soap: SoapEndpoint::new(config, vats),
             screens: Screens::new(config, hub, store.clone(), limits.general_slots()),
-            api: Api::new(config, push, store),
-            admin: Admin::new(config, file, Arc::clone(&directory)),
+            api: Api::new(config, push, store.clone()),
+            admin: Admin::new(config, file, Arc::clone(&directory), store),
             ops: Ops::new(directory, health, Arc::clone(&metrics)),
             clients: ClientResolver::new(&config.server.trusted_proxies),
             allow: AllowLists::new(config),
@@ -83,6 +83,12 @@ impl Front {
             limits,
             tls: None,
         }
+    }
+
+    /// The same front, its backups copying `store` too (1C's snapshot).
+    pub fn backing_up_too(mut self, store: Store) -> Front {
+        self.admin.backing_up_too(store);
+        self
     }
 
     /// The same front, its listener speaking TLS only.

@@ -56,7 +56,7 @@ use allow::Group;
 use auth::RefusalLog;
 use client::Client;
 
-pub use admin::ACCEPT_FILE;
+pub use admin::{ACCEPT_FILE, BACKUP};
 pub use api::MAX_PUSH_BODY;
 pub use front::Front;
 pub use respond::Body;
@@ -104,6 +104,7 @@ enum Route {
     ApiCounterparty,
     ApiCalls,
     ApiAcceptFile,
+    ApiBackup,
     Metrics,
     Healthz,
     Readyz,
@@ -122,6 +123,7 @@ impl Route {
             Route::ApiCounterparty => "api_counterparty",
             Route::ApiCalls => "api_calls",
             Route::ApiAcceptFile => "api_accept_file",
+            Route::ApiBackup => "api_backup",
             Route::Metrics => "metrics",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
@@ -142,6 +144,7 @@ impl Route {
             | Route::ApiCounterparty
             | Route::ApiCalls
             | Route::ApiAcceptFile
+            | Route::ApiBackup
             | Route::OperatorWs
             | Route::OperatorEvents => true,
             Route::Metrics
@@ -171,6 +174,7 @@ impl Route {
             | Route::ApiCounterparties
             | Route::ApiCounterparty
             | Route::ApiAcceptFile
+            | Route::ApiBackup
             | Route::Other => None,
         }
     }
@@ -298,6 +302,7 @@ impl Front {
             p if p.starts_with(api::COUNTERPARTY_PREFIX) => Route::ApiCounterparty,
             api::CALLS => Route::ApiCalls,
             admin::ACCEPT_FILE => Route::ApiAcceptFile,
+            admin::BACKUP => Route::ApiBackup,
             ops::METRICS => Route::Metrics,
             ops::HEALTHZ => Route::Healthz,
             ops::READYZ => Route::Readyz,
@@ -420,6 +425,7 @@ impl Front {
             Route::ApiCounterparty => self.api.delete(req, client).await,
             Route::ApiCalls => self.api.calls(&req, client).await,
             Route::ApiAcceptFile => self.admin.accept_file(req, client).await,
+            Route::ApiBackup => self.admin.backup(req, client).await,
             Route::Metrics => self.ops.metrics(),
             Route::Healthz => self.ops.healthz(),
             Route::Readyz => {

@@ -18,6 +18,8 @@ pub(super) struct Metrics {
     pub snapshot_ok: IntCounter,
     pub snapshot_error: IntCounter,
     pub commit_seconds: Histogram,
+    /// Journal rows deleted by retention (`store.journal_retention`).
+    pub journal_pruned: IntCounter,
     journal: IntCounterVec,
     snapshot: IntCounterVec,
 }
@@ -57,12 +59,22 @@ impl Metrics {
         )
         .map_err(err)?;
 
+        let journal_pruned = IntCounter::with_opts(
+            Opts::new(
+                "cti_store_journal_pruned_total",
+                "Call journal rows deleted because they were older than store.journal_retention.",
+            )
+            .const_label("db", db),
+        )
+        .map_err(err)?;
+
         let metrics = Metrics {
             journal_ok: journal.with_label_values(&["ok"]),
             journal_error: journal.with_label_values(&["error"]),
             snapshot_ok: snapshot.with_label_values(&["ok"]),
             snapshot_error: snapshot.with_label_values(&["error"]),
             commit_seconds,
+            journal_pruned,
             journal,
             snapshot,
         };
@@ -91,6 +103,7 @@ impl Metrics {
             Box::new(self.journal.clone()),
             Box::new(self.snapshot.clone()),
             Box::new(self.commit_seconds.clone()),
+            Box::new(self.journal_pruned.clone()),
         ]
     }
 }

@@ -32,11 +32,13 @@
 //! ([`StoreRole`]) when they concern losing it. A full disk or a read-only file
 //! answers the calls that hit it with an error; the writer keeps serving.
 
+mod backup;
 mod error;
 mod metrics;
 mod open;
 mod private;
 mod read;
+mod retention;
 mod schema;
 mod snapshot;
 mod writer;
@@ -51,9 +53,11 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::directory::{Counterparty, Tombstone};
+pub use backup::{check_target as check_backup_target, BackupError, BackupFile};
 pub use error::{StoreError, StoreRole};
 use metrics::Metrics;
 pub use open::{OpenOptions, StoredSet};
+pub use retention::{keep_journal_for, PRUNE_BATCH, PRUNE_PAUSE};
 pub use snapshot::SnapshotRecord;
 use writer::Command;
 

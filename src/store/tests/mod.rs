@@ -11,16 +11,20 @@
 //!   and other replaces in between;
 //! - `crash.rs`: a writer killed (SIGKILL) in a child process;
 //! - `start_checks.rs`: the checks before opening (a lost store file, a
-//!   store in use) and messages that say what a file holds.
+//!   store in use) and messages that say what a file holds;
+//! - `retention.rs`: journal retention (pruning old rows in batches);
+//! - `backup.rs`: copies of a live store and the folders refused.
 //!
 //! The 1M-row measurement is a bench program (`bench/store.sh`), not a test.
 
+mod backup;
 mod changes;
 mod chunked_replace;
 mod crash;
 mod failures;
 mod journal;
 mod lifecycle;
+mod retention;
 mod snapshot;
 mod start_checks;
 

@@ -98,6 +98,13 @@ pub(super) enum Command {
         source: String,
         reply: Reply<usize>,
     },
+    /// Deletes at most `limit` journal rows older than `before_ms` (unix
+    /// ms), the oldest first (journal retention); answers how many went.
+    PruneCalls {
+        before_ms: i64,
+        limit: u32,
+        reply: Reply<usize>,
+    },
     /// Runs raw SQL on the write connection (tests: inject failures).
     #[cfg(test)]
     Exec {
@@ -252,6 +259,17 @@ impl Writer {
                     }
                     let _ = reply.send(result);
                 }
+                Command::PruneCalls {
+                    before_ms,
+                    limit,
+                    reply,
+                } => {
+                    // Retention is the least urgent work there is: the
+                    // appends already waiting are committed first.
+                    self.commit_appends();
+                    let result = self.prune_calls(before_ms, limit);
+                    let _ = reply.send(result);
+                }
                 #[cfg(test)]
                 Command::Exec { sql, reply } => {
                     let result = self
@@ -389,6 +407,29 @@ impl Writer {
                 for (_, _, reply) in deliveries.drain(..) {
                     let _ = reply.send(Err(e.clone()));
                 }
+            }
+        }
+    }
+
+    /// One batch of journal retention: at most `limit` rows older than
+    /// `before_ms`, the oldest first (the `calls_at` index), in one short
+    /// transaction, so an append that arrives meanwhile waits for one batch.
+    fn prune_calls(&mut self, before_ms: i64, limit: u32) -> Result<usize, StoreError> {
+        let result = self.transact("pruning old call journal rows", |tx| {
+            tx.prepare_cached(
+                "DELETE FROM calls WHERE id IN
+                     (SELECT id FROM calls WHERE at < ?1 ORDER BY at LIMIT ?2)",
+            )?
+            .execute(params![before_ms, limit])
+        });
+        match result {
+            Ok(n) => {
+                self.metrics.journal_pruned.inc_by(n as u64);
+                Ok(n)
+            }
+            Err(e) => {
+                self.failures.failed("call journal retention", 1, &e);
+                Err(e)
             }
         }
     }
