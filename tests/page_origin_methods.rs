@@ -50,7 +50,7 @@ async fn the_page_allows_nothing_inline_and_serves_its_files() {
     }
     assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
-    assert_eq!(page.header("cache-control"), Some("no-cache"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
     assert!(!page.body.contains("<script>") && !page.body.contains("<style"));
     assert!(!page.body.contains(" style=") && !page.body.contains(" onclick="));
 

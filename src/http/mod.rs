@@ -111,6 +111,7 @@ enum Route {
     OperatorFile,
     OperatorWs,
     OperatorEvents,
+    OperatorMe,
     Other,
 }
 
@@ -129,6 +130,7 @@ impl Route {
             Route::OperatorFile => "operator_file",
             Route::OperatorWs => "operator_ws",
             Route::OperatorEvents => "operator_events",
+            Route::OperatorMe => "operator_me",
             Route::Other => "other",
         }
     }
@@ -143,7 +145,8 @@ impl Route {
             | Route::ApiCalls
             | Route::ApiAcceptFile
             | Route::OperatorWs
-            | Route::OperatorEvents => true,
+            | Route::OperatorEvents
+            | Route::OperatorMe => true,
             Route::Metrics
             | Route::Healthz
             | Route::Readyz
@@ -166,7 +169,9 @@ impl Route {
             | Route::Readyz
             | Route::OperatorPage
             | Route::OperatorFile => Some(GET_AND_HEAD),
-            Route::ApiCalls | Route::OperatorWs | Route::OperatorEvents => Some(GET_ONLY),
+            Route::ApiCalls | Route::OperatorWs | Route::OperatorEvents | Route::OperatorMe => {
+                Some(GET_ONLY)
+            }
             Route::Soap
             | Route::ApiCounterparties
             | Route::ApiCounterparty
@@ -187,7 +192,10 @@ impl Route {
     /// The endpoints a web page may open from another origin: checked
     /// against `popup.allowed_origins`.
     fn checks_origin(self) -> bool {
-        matches!(self, Route::OperatorWs | Route::OperatorEvents)
+        matches!(
+            self,
+            Route::OperatorWs | Route::OperatorEvents | Route::OperatorMe
+        )
     }
 }
 
@@ -304,6 +312,7 @@ impl Front {
             screens::PAGE | screens::PAGE_SLASH => Route::OperatorPage,
             screens::WEBSOCKET => Route::OperatorWs,
             screens::EVENTS => Route::OperatorEvents,
+            screens::ME => Route::OperatorMe,
             p if self.screens.is_page_file(p) => Route::OperatorFile,
             _ => Route::Other,
         }
@@ -431,6 +440,7 @@ impl Front {
             Route::OperatorFile => self.screens.page_file(req.uri().path()),
             Route::OperatorWs => self.screens.websocket(req),
             Route::OperatorEvents => self.screens.events(req).await,
+            Route::OperatorMe => self.screens.me(&req),
             Route::Other => respond::json_error(StatusCode::NOT_FOUND, "no such endpoint"),
         }
     }

@@ -88,10 +88,14 @@ struct Card<'a> {
     category: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     manager_phone: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manager_name: Option<&'a str>,
     /// Always present (maybe empty), as in the counterparty JSON shape.
     phones: &'a [Box<str>],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     emails: &'a [Box<str>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<&'a str>,
 }
 
 impl<'a> Card<'a> {
@@ -103,8 +107,10 @@ impl<'a> Card<'a> {
             kpp: c.kpp.as_deref(),
             category: c.category,
             manager_phone: c.manager_phone.as_deref(),
+            manager_name: c.manager_name.as_deref(),
             phones: &c.phones,
             emails: &c.emails,
+            address: c.address.as_deref(),
         }
     }
 }
