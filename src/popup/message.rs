@@ -242,6 +242,41 @@ mod tests {
     }
 
     #[test]
+    fn the_card_carries_the_manager_name_and_address_only_when_the_record_has_them() {
+        let event = |c: Counterparty| CallEvent {
+            at: UNIX_EPOCH,
+            number: "+79235292926".into(),
+            raw_number: "89235292926".into(),
+            counterparty: Some(Arc::new(c)),
+        };
+        let full = Counterparty {
+            id: "a1".into(),
+            name: "Чиж".into(),
+            manager_name: Some("Смирнова Ольга".into()),
+            address: Some("г. Москва, ул. Тверская, д. 1".into()),
+            ..Counterparty::default()
+        };
+        let body = encode_body("k", &event(full)).expect("encoded");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["counterparty"]["manager_name"], "Смирнова Ольга");
+        assert_eq!(
+            v["counterparty"]["address"],
+            "г. Москва, ул. Тверская, д. 1"
+        );
+
+        let bare = Counterparty {
+            id: "c3".into(),
+            name: "ИП".into(),
+            ..Counterparty::default()
+        };
+        let body = encode_body("k", &event(bare)).expect("encoded");
+        assert!(
+            !body.contains("manager_name") && !body.contains("address"),
+            "{body}"
+        );
+    }
+
+    #[test]
     fn decimal_len_counts_digits() {
         for n in [0u64, 1, 9, 10, 99, 100, 12_345, u64::MAX] {
             assert_eq!(decimal_len(n), n.to_string().len(), "{n}");
