@@ -1236,3 +1236,55 @@ async fn the_retry_label_counts_down() {
     assert_eq!(state.status_class, "retrying", "{state:#?}");
     browser.close().await;
 }
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn the_page_follows_a_seq_reset_of_a_replaced_store() {
+    let mut gw = start("").await;
+    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
+    browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    for count in 1..=3 {
+        call_and_see(
+            &mut browser,
+            &gw,
+            OPERATOR_KEY,
+            CALLER,
+            count,
+            "Фэйковый чиж",
+        )
+        .await;
+    }
+    // The store goes (replaced by an empty one): the key's numbers start
+    // again at 1, below the page's last seq (3).
+    gw.stop().await;
+    browser
+        .wait_for("the connection as lost", |s| s.status_class == "retrying")
+        .await;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = gw.dir.path().join(format!("store.sqlite{suffix}"));
+        if file.exists() {
+            std::fs::remove_file(&file).expect("remove the store");
+        }
+    }
+    let gw = restart(gw).await;
+    browser
+        .wait_for("connected to the new store's gateway", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    call_and_see(
+        &mut browser,
+        &gw,
+        OPERATOR_KEY,
+        UNKNOWN_CALLER,
+        4,
+        "+79990000000",
+    )
+    .await;
+    call_and_see(&mut browser, &gw, OPERATOR_KEY, "89165555555", 5, "Ромашка").await;
+    browser.close().await;
+}
