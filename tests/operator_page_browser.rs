@@ -3,9 +3,15 @@
 //! `/operator#token=T` on a gateway at 127.0.0.1:0; IncomingCall goes over
 //! SOAP as the PBX sends it, and the test reads the page's DOM (and what the
 //! browser lays out) until the caller's card is there. Beyond the first
-//! card: a gateway restarted between calls (same store, same address: the
-//! page's numbers start again), a token changed in the fragment, and a
-//! token with `+` in a bookmark. Each page is checked to have run under
+//! card: a gateway restarted between calls (same store, same address), a
+//! store replaced (the numbers start again), a reload while a call rings
+//! (shown again, marked earlier), a token changed in the fragment (the old
+//! socket closed, the page emptied), a page left (its socket closed), a
+//! typed token against a stale fragment, 200 calls (50 cards kept), a
+//! 300-letter name (wrapped), the sound and notification switch and the
+//! unread count (with the browser's notifications, sound and visibility
+//! stood in for), the retry countdown, and a token with `+` in a
+//! bookmark. Each page is checked to have run under
 //! its Content-Security-Policy with no violation (no inline script or style
 //! is allowed) and with its stylesheet applied; one runs with
 //! `popup.allowed_origins` set to another site, which the page's own origin
