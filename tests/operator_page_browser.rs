@@ -3,9 +3,15 @@
 //! `/operator#token=T` on a gateway at 127.0.0.1:0; IncomingCall goes over
 //! SOAP as the PBX sends it, and the test reads the page's DOM (and what the
 //! browser lays out) until the caller's card is there. Beyond the first
-//! card: a gateway restarted between calls (same store, same address: the
-//! page's numbers start again), a token changed in the fragment, and a
-//! token with `+` in a bookmark. Each page is checked to have run under
+//! card: a gateway restarted between calls (same store, same address), a
+//! store replaced (the numbers start again), a reload while a call rings
+//! (shown again, marked earlier), a token changed in the fragment (the old
+//! socket closed, the page emptied), a page left (its socket closed), a
+//! typed token against a stale fragment, 200 calls (50 cards kept), a
+//! 300-letter name (wrapped), the sound and notification switch and the
+//! unread count (with the browser's notifications, sound and visibility
+//! stood in for), the retry countdown, and a token with `+` in a
+//! bookmark. Each page is checked to have run under
 //! its Content-Security-Policy with no violation (no inline script or style
 //! is allowed) and with its stylesheet applied; one runs with
 //! `popup.allowed_origins` set to another site, which the page's own origin
@@ -74,6 +80,16 @@ struct PageState {
     /// The header's computed background: the stylesheet's colour once it
     /// has loaded.
     header_background: String,
+    /// `#operator`: who the token belongs to.
+    operator: String,
+    /// `document.title`.
+    title: String,
+    /// The sound and notification switch is on.
+    alerts_on: bool,
+    /// The page is wider than its window (something overflows).
+    overflows: bool,
+    /// The document's height in px.
+    height: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +101,8 @@ struct Card {
     fields: Vec<(String, String)>,
     /// The card has a box on screen.
     shown: bool,
+    /// The card's content is wider than its box.
+    overflows: bool,
 }
 
 impl Card {
@@ -109,12 +127,19 @@ const STATE_JS: &str = r#"(() => {
     loginErrorShown: shown(error),
     cspViolations: window.__cspViolations || [],
     headerBackground: document.querySelector("header") ? getComputedStyle(document.querySelector("header")).backgroundColor : "",
+    operator: $("operator") ? $("operator").textContent : "",
+    title: document.title,
+    alertsOn: !!($("alerts") && $("alerts").checked),
+    overflows: document.documentElement.scrollWidth > document.documentElement.clientWidth,
+    height: document.documentElement.scrollHeight,
     cards: [...document.querySelectorAll("article.card")].map((card) => ({
       class: card.className,
       title: card.querySelector("h2")?.textContent ?? "",
       fields: [...card.querySelectorAll("dl > dt")].map((dt) =>
         [dt.textContent, dt.nextElementSibling ? dt.nextElementSibling.textContent : ""]),
       shown: shown(card),
+      overflows: card.scrollWidth > card.clientWidth ||
+        [...card.querySelectorAll("h2, dd")].some((el) => el.scrollWidth > el.clientWidth),
     })),
   };
 })()"#;
@@ -292,6 +317,12 @@ impl Browser {
 
     /// Opens a page (1024×700), attaches to it and navigates it to `url`.
     async fn open(&mut self, url: &str) {
+        self.open_with(url, "").await;
+    }
+
+    /// [`Browser::open`], with `script` run in every document before the
+    /// page's own (to stand in for browser features a test must observe).
+    async fn open_with(&mut self, url: &str, script: &str) {
         let target = self
             .call("Target.createTarget", json!({ "url": "about:blank" }))
             .await;
@@ -314,6 +345,13 @@ impl Browser {
             json!({ "source": RECORD_CSP_VIOLATIONS }),
         )
         .await;
+        if !script.is_empty() {
+            self.call(
+                "Page.addScriptToEvaluateOnNewDocument",
+                json!({ "source": script }),
+            )
+            .await;
+        }
         self.call(
             "Emulation.setDeviceMetricsOverride",
             json!({ "width": 1024, "height": 700, "deviceScaleFactor": 1, "mobile": false }),
@@ -324,6 +362,21 @@ impl Browser {
             navigated.get("errorText").is_none(),
             "navigating to {url}: {navigated}"
         );
+    }
+
+    /// Runs `expression` in the page and returns its value.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
+            )
+            .await;
+        assert!(
+            result.get("exceptionDetails").is_none(),
+            "{expression}: {result}"
+        );
+        result["result"]["value"].clone()
     }
 
     /// What the page shows now; `None` while there is no document to ask
@@ -504,7 +557,10 @@ async fn incoming_call_shows_the_callers_card_in_the_browser() {
             s.status_class == "connected"
         })
         .await;
-    assert!(state.url.ends_with("/operator#token=operator-token-1"));
+    // The token left the address bar; the page says whose screen it is.
+    assert!(state.url.ends_with("/operator"), "{state:#?}");
+    assert_eq!(state.operator, "Оператор: Иванова", "{state:#?}");
+    assert_eq!(state.status, "подключено", "{state:#?}");
     assert!(!state.login_shown, "the login form is shown: {state:#?}");
     assert!(state.cards.is_empty(), "cards before any call: {state:#?}");
 
@@ -681,7 +737,7 @@ async fn the_page_shows_the_calls_a_restarted_gateway_sends() {
 
 #[tokio::test]
 #[ignore = "needs chromium; .ci/run installs it"]
-async fn a_token_change_shows_the_new_operators_calls_from_their_first() {
+async fn a_token_change_starts_clean_and_closes_the_old_operators_socket() {
     let gw = start("").await;
     let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
     browser
@@ -701,34 +757,47 @@ async fn a_token_change_shows_the_new_operators_calls_from_their_first() {
         .await;
     }
 
-    // Another operator's token in the fragment: the page leaves the first
-    // operator's key and takes the second's, whose numbers start at 1.
+    // Another operator's token in the fragment: the page closes the first
+    // operator's socket, forgets their cards and numbers, and takes the
+    // second's key.
     browser
-        .call(
-            "Runtime.evaluate",
-            json!({ "expression": format!("location.hash = 'token={OTHER_TOKEN}'") }),
-        )
+        .eval(&format!("location.hash = 'token={OTHER_TOKEN}'"))
         .await;
     let hub = gw.gateway().hub();
     until("the page on the other operator's key only", || {
         hub.subscriber_count(OTHER_KEY) == Some(1) && hub.subscriber_count(OPERATOR_KEY) == Some(0)
     })
     .await;
+    let state = browser
+        .wait_for("the other operator's name and no card", |s| {
+            s.operator == "Оператор: Петров" && s.cards.is_empty()
+        })
+        .await;
+    assert!(state.url.ends_with("/operator"), "{state:#?}");
     call_and_see(
         &mut browser,
         &gw,
         OTHER_KEY,
         UNKNOWN_CALLER,
-        4,
+        1,
         "+79990000000",
     )
     .await;
     // The first operator's calls no longer reach this page.
     incoming_call(&gw, CALLER).await;
-    call_and_see(&mut browser, &gw, OTHER_KEY, "89165555555", 5, "Ромашка").await;
+    call_and_see(&mut browser, &gw, OTHER_KEY, "89165555555", 2, "Ромашка").await;
+    sleep(Duration::from_millis(300)).await;
     let state = browser.state().await.expect("page state");
-    assert_eq!(state.cards.len(), 5, "{state:#?}");
+    assert_eq!(state.cards.len(), 2, "{state:#?}");
+    assert!(
+        state
+            .cards
+            .iter()
+            .all(|c| !c.title.contains("Фэйковый чиж")),
+        "{state:#?}"
+    );
     assert_eq!(state.status_class, "connected", "{state:#?}");
+    assert_eq!(hub.subscriber_count(OPERATOR_KEY), Some(0));
 
     browser.close().await;
 }
@@ -762,12 +831,14 @@ async fn a_token_with_a_plus_is_accepted_from_the_fragment_as_is_or_encoded() {
         })
         .await;
     assert!(!state.login_shown, "the token was refused: {state:#?}");
+    // The first call is still within popup.replay_age: the new page shows
+    // it too, then the live one.
     call_and_see(
         &mut browser,
         &gw,
         PLUS_KEY,
         UNKNOWN_CALLER,
-        1,
+        2,
         "+79990000000",
     )
     .await;
@@ -851,5 +922,375 @@ async fn the_page_works_with_allowed_origins_that_do_not_list_it() {
             s.cards.iter().any(|c| c.title.contains("Фэйковый чиж"))
         })
         .await;
+    browser.close().await;
+}
+
+/// The page's title as written in `assets/operator.html`.
+const PAGE_TITLE: &str = "Входящие звонки — cti-gateway";
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn a_reload_during_a_call_shows_it_again_marked_earlier() {
+    let gw = start("").await;
+    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
+    browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    call_and_see(&mut browser, &gw, OPERATOR_KEY, CALLER, 1, "Фэйковый чиж").await;
+    let state = browser.state().await.expect("page state");
+    assert!(!state.cards[0].class.contains("earlier"), "{state:#?}");
+
+    // F5 while it rings (`at` has whole seconds: the reload is in a later one).
+    sleep(Duration::from_millis(1100)).await;
+    browser.call("Page.reload", json!({})).await;
+    let state = browser
+        .wait_for("the ringing call shown again", |s| {
+            s.status_class == "connected" && s.cards.len() == 1
+        })
+        .await;
+    assert!(state.url.ends_with("/operator"), "{state:#?}");
+    assert!(state.cards[0].title.contains("Фэйковый чиж"), "{state:#?}");
+    assert!(state.cards[0].class.contains("earlier"), "{state:#?}");
+    assert_eq!(state.operator, "Оператор: Иванова", "{state:#?}");
+
+    // A live call after it is not marked.
+    call_and_see(
+        &mut browser,
+        &gw,
+        OPERATOR_KEY,
+        UNKNOWN_CALLER,
+        2,
+        "+79990000000",
+    )
+    .await;
+    let state = browser.state().await.expect("page state");
+    assert!(!state.cards[0].class.contains("earlier"), "{state:#?}");
+    assert!(state.cards[1].class.contains("earlier"), "{state:#?}");
+
+    browser.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn leaving_the_page_closes_its_socket() {
+    let gw = start("").await;
+    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
+    browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    let hub = gw.gateway().hub();
+    until("one screen", || {
+        hub.subscriber_count(OPERATOR_KEY) == Some(1)
+    })
+    .await;
+    let navigated = browser
+        .call("Page.navigate", json!({ "url": "about:blank" }))
+        .await;
+    assert!(navigated.get("errorText").is_none(), "{navigated}");
+    until("no screen once the page is left", || {
+        hub.subscriber_count(OPERATOR_KEY) == Some(0)
+    })
+    .await;
+    // Back: a fresh page (never kept in the back/forward cache), one screen.
+    browser
+        .call(
+            "Page.navigate",
+            json!({ "url": format!("http://{}/operator", gw.addr) }),
+        )
+        .await;
+    browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    until("one screen again", || {
+        hub.subscriber_count(OPERATOR_KEY) == Some(1)
+    })
+    .await;
+    browser.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn a_typed_token_beats_a_stale_fragment_after_a_reload() {
+    let gw = start("").await;
+    // A bookmark with an outdated token.
+    let mut browser = open_operator_page(&gw, "outdated-token").await;
+    let state = browser
+        .wait_for("the token as refused", |s| s.login_shown)
+        .await;
+    assert!(!state.url.contains("token="), "{state:#?}");
+    browser
+        .eval(&format!(
+            r#"document.getElementById("token").value = "{OPERATOR_TOKEN}";
+               document.getElementById("login").requestSubmit(); true"#
+        ))
+        .await;
+    browser
+        .wait_for("connected with the typed token", |s| {
+            s.status_class == "connected" && s.operator == "Оператор: Иванова"
+        })
+        .await;
+    browser.call("Page.reload", json!({})).await;
+    let state = browser
+        .wait_for("connected with the typed token after the reload", |s| {
+            s.status_class == "connected" && s.operator == "Оператор: Иванова"
+        })
+        .await;
+    assert!(!state.login_shown, "{state:#?}");
+    assert!(!state.url.contains("token="), "{state:#?}");
+    browser.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn only_the_last_50_cards_are_kept_over_200_calls() {
+    let gw = start("").await;
+    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
+    browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    for i in 0..200 {
+        incoming_call(&gw, &format!("8999{i:07}")).await;
+    }
+    let state = browser
+        .wait_for("the 200th call on top", |s| {
+            s.cards
+                .first()
+                .is_some_and(|c| c.title.contains("+79990000199"))
+        })
+        .await;
+    assert_eq!(state.cards.len(), 50, "{:?}", state.cards.len());
+    assert!(
+        state.cards[49].title.contains("+79990000150"),
+        "{:?}",
+        state.cards[49]
+    );
+    assert!(
+        state.height < 8000.0,
+        "the page is {} px high",
+        state.height
+    );
+    browser.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn a_long_name_wraps_and_the_manager_and_address_are_shown() {
+    let name = "Ж".repeat(300);
+    let directory = format!(
+        "{{\"id\":\"z9\",\"name\":\"{name}\",\"manager_name\":\"Смирнова Ольга\",\"manager_phone\":\"245\",\"address\":\"г. Москва, ул. Тверская, д. 1\",\"phones\":[\"84957770000\"]}}\n"
+    );
+    let gw = start_with(&directory, "").await;
+    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
+    browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    incoming_call(&gw, "84957770000").await;
+    let state = browser.wait_for("the card", |s| s.cards.len() == 1).await;
+    let card = &state.cards[0];
+    assert_eq!(card.title, name);
+    assert!(!card.overflows, "the card overflows: {card:#?}");
+    assert!(!state.overflows, "the page scrolls sideways");
+    assert_eq!(card.field("Менеджер"), Some("Смирнова Ольга"), "{card:#?}");
+    assert_eq!(card.field("Менеджер (доб.)"), Some("245"), "{card:#?}");
+    assert_eq!(
+        card.field("Адрес"),
+        Some("г. Москва, ул. Тверская, д. 1"),
+        "{card:#?}"
+    );
+    browser.close().await;
+}
+
+/// Stands in for the browser's notifications, sound and visibility, so a
+/// test can see what the page asks for: `window.__asked` (permission
+/// requests), `__notes` (notifications shown), `__tones` (tones started),
+/// and `__hidden` (set to hide the tab; then dispatch `visibilitychange`).
+const ALERT_STUBS: &str = r#"
+window.__asked = 0; window.__notes = []; window.__tones = 0; window.__hidden = false;
+window.Notification = class {
+  constructor(title, options) { window.__notes.push(title + " / " + ((options && options.body) || "")); }
+  static requestPermission() { window.__asked++; window.Notification.permission = "granted"; return Promise.resolve("granted"); }
+};
+window.Notification.permission = "default";
+window.AudioContext = class {
+  get currentTime() { return 0; }
+  get destination() { return {}; }
+  resume() { return Promise.resolve(); }
+  createOscillator() { return { frequency: {}, connect() {}, start() { window.__tones++; }, stop() {} }; }
+  createGain() { return { gain: {}, connect() {} }; }
+};
+Object.defineProperty(document, "hidden", { get: () => window.__hidden });
+Object.defineProperty(document, "visibilityState", { get: () => (window.__hidden ? "hidden" : "visible") });
+"#;
+
+/// Hides (or shows) the tab as far as the page can tell.
+async fn set_hidden(browser: &mut Browser, hidden: bool) {
+    browser
+        .eval(&format!(
+            "window.__hidden = {hidden}; document.dispatchEvent(new Event('visibilitychange')); true"
+        ))
+        .await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn sound_and_notifications_are_off_until_switched_on_and_hidden_calls_are_counted() {
+    let gw = start("").await;
+    let mut browser = Browser::launch().await;
+    browser
+        .open_with(
+            &format!("http://{}/operator#token={OPERATOR_TOKEN}", gw.addr),
+            ALERT_STUBS,
+        )
+        .await;
+    let state = browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    assert!(!state.alerts_on, "the switch is on by default");
+    assert_eq!(state.title, PAGE_TITLE);
+
+    // Off: a call in a hidden tab only counts in the title.
+    set_hidden(&mut browser, true).await;
+    call_and_see(&mut browser, &gw, OPERATOR_KEY, CALLER, 1, "Фэйковый чиж").await;
+    let state = browser.state().await.expect("page state");
+    assert_eq!(state.title, format!("(1) {PAGE_TITLE}"));
+    let seen = browser
+        .eval("[window.__asked, window.__notes.length, window.__tones]")
+        .await;
+    assert_eq!(seen, json!([0, 0, 0]), "asked, notified, tones while off");
+
+    // On: the permission is asked once, however often it is switched.
+    for _ in 0..3 {
+        browser
+            .eval("document.getElementById('alerts').click(); true")
+            .await;
+    }
+    let state = browser.state().await.expect("page state");
+    assert!(state.alerts_on, "{state:#?}");
+    assert_eq!(browser.eval("window.__asked").await, json!(1));
+
+    call_and_see(
+        &mut browser,
+        &gw,
+        OPERATOR_KEY,
+        UNKNOWN_CALLER,
+        2,
+        "+79990000000",
+    )
+    .await;
+    let state = browser.state().await.expect("page state");
+    assert_eq!(state.title, format!("(2) {PAGE_TITLE}"));
+    let notes = browser.eval("window.__notes").await;
+    assert_eq!(notes.as_array().map(Vec::len), Some(1), "{notes}");
+    assert!(
+        notes[0].as_str().unwrap_or("").contains("+79990000000"),
+        "{notes}"
+    );
+    assert!(browser.eval("window.__tones").await.as_u64() > Some(0));
+
+    // Back in view: the count goes; a call now sounds but notifies no one.
+    set_hidden(&mut browser, false).await;
+    let state = browser.state().await.expect("page state");
+    assert_eq!(state.title, PAGE_TITLE);
+    call_and_see(&mut browser, &gw, OPERATOR_KEY, "89165555555", 3, "Ромашка").await;
+    let state = browser.state().await.expect("page state");
+    assert_eq!(state.title, PAGE_TITLE);
+    assert_eq!(browser.eval("window.__notes.length").await, json!(1));
+
+    // Remembered in this browser, and not asked again.
+    browser.call("Page.reload", json!({})).await;
+    let state = browser
+        .wait_for("connected after the reload", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    assert!(state.alerts_on, "{state:#?}");
+    browser.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn the_retry_label_counts_down() {
+    let mut gw = start("").await;
+    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
+    browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    gw.stop().await;
+    // Retries after 1, 2, then 4 s: the 4 s wait is shown as 4, then 3.
+    browser
+        .wait_for("a 4 s wait", |s| s.status.contains("через 4 с"))
+        .await;
+    let state = browser
+        .wait_for("the same wait a second later", |s| {
+            s.status.contains("через 3 с")
+        })
+        .await;
+    assert_eq!(state.status_class, "retrying", "{state:#?}");
+    browser.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn the_page_follows_a_seq_reset_of_a_replaced_store() {
+    let mut gw = start("").await;
+    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
+    browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    for count in 1..=3 {
+        call_and_see(
+            &mut browser,
+            &gw,
+            OPERATOR_KEY,
+            CALLER,
+            count,
+            "Фэйковый чиж",
+        )
+        .await;
+    }
+    // The store goes (replaced by an empty one): the key's numbers start
+    // again at 1, below the page's last seq (3).
+    gw.stop().await;
+    browser
+        .wait_for("the connection as lost", |s| s.status_class == "retrying")
+        .await;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = gw.dir.path().join(format!("store.sqlite{suffix}"));
+        if file.exists() {
+            std::fs::remove_file(&file).expect("remove the store");
+        }
+    }
+    let gw = restart(gw).await;
+    browser
+        .wait_for("connected to the new store's gateway", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    call_and_see(
+        &mut browser,
+        &gw,
+        OPERATOR_KEY,
+        UNKNOWN_CALLER,
+        4,
+        "+79990000000",
+    )
+    .await;
+    call_and_see(&mut browser, &gw, OPERATOR_KEY, "89165555555", 5, "Ромашка").await;
     browser.close().await;
 }

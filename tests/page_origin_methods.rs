@@ -50,7 +50,7 @@ async fn the_page_allows_nothing_inline_and_serves_its_files() {
     }
     assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
-    assert_eq!(page.header("cache-control"), Some("no-cache"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
     assert!(!page.body.contains("<script>") && !page.body.contains("<style"));
     assert!(!page.body.contains(" style=") && !page.body.contains(" onclick="));
 
@@ -367,4 +367,37 @@ async fn a_compressed_body_is_refused_with_415_in_the_paths_protocol() {
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn operator_me_names_the_tokens_operator_with_the_screens_refusals() {
+    let gw = start(ORIGINS).await;
+    let reply = get(gw.addr, &format!("/operator/me?token={OPERATOR_TOKEN}")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    let me: serde_json::Value = serde_json::from_str(&reply.body).expect("JSON");
+    assert_eq!(
+        me,
+        serde_json::json!({ "name": "Иванова", "key": OPERATOR_KEY })
+    );
+    // The bearer header too.
+    let bearer = format!("Authorization: Bearer {OTHER_TOKEN}");
+    let reply = request(gw.addr, "GET", "/operator/me", &[&bearer], b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.contains("Петров"), "{}", reply.body);
+
+    // The screens' refusals: 401 with Bearer, 403 from a foreign origin,
+    // 405 for another method.
+    for path in ["/operator/me", "/operator/me?token=nope"] {
+        let reply = get(gw.addr, path).await;
+        assert_eq!(reply.status, 401, "{path}: {}", reply.body);
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+        assert!(!reply.body.contains("Иванова"), "{}", reply.body);
+    }
+    let me = format!("/operator/me?token={OPERATOR_TOKEN}");
+    let reply = request(gw.addr, "GET", &me, &["Origin: https://evil.example"], b"").await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(origin_refusals(gw.addr, "operator_me").await, 1);
+    let reply = request(gw.addr, "POST", &me, &[], b"").await;
+    assert_eq!(reply.status, 405, "{}", reply.body);
 }

@@ -112,6 +112,7 @@ enum Route {
     OperatorFile,
     OperatorWs,
     OperatorEvents,
+    OperatorMe,
     Other,
 }
 
@@ -131,6 +132,7 @@ impl Route {
             Route::OperatorFile => "operator_file",
             Route::OperatorWs => "operator_ws",
             Route::OperatorEvents => "operator_events",
+            Route::OperatorMe => "operator_me",
             Route::Other => "other",
         }
     }
@@ -146,7 +148,8 @@ impl Route {
             | Route::ApiAcceptFile
             | Route::ApiBackup
             | Route::OperatorWs
-            | Route::OperatorEvents => true,
+            | Route::OperatorEvents
+            | Route::OperatorMe => true,
             Route::Metrics
             | Route::Healthz
             | Route::Readyz
@@ -169,7 +172,9 @@ impl Route {
             | Route::Readyz
             | Route::OperatorPage
             | Route::OperatorFile => Some(GET_AND_HEAD),
-            Route::ApiCalls | Route::OperatorWs | Route::OperatorEvents => Some(GET_ONLY),
+            Route::ApiCalls | Route::OperatorWs | Route::OperatorEvents | Route::OperatorMe => {
+                Some(GET_ONLY)
+            }
             Route::Soap
             | Route::ApiCounterparties
             | Route::ApiCounterparty
@@ -191,7 +196,10 @@ impl Route {
     /// The endpoints a web page may open from another origin: checked
     /// against `popup.allowed_origins`.
     fn checks_origin(self) -> bool {
-        matches!(self, Route::OperatorWs | Route::OperatorEvents)
+        matches!(
+            self,
+            Route::OperatorWs | Route::OperatorEvents | Route::OperatorMe
+        )
     }
 }
 
@@ -309,6 +317,7 @@ impl Front {
             screens::PAGE | screens::PAGE_SLASH => Route::OperatorPage,
             screens::WEBSOCKET => Route::OperatorWs,
             screens::EVENTS => Route::OperatorEvents,
+            screens::ME => Route::OperatorMe,
             p if self.screens.is_page_file(p) => Route::OperatorFile,
             _ => Route::Other,
         }
@@ -437,6 +446,7 @@ impl Front {
             Route::OperatorFile => self.screens.page_file(req.uri().path()),
             Route::OperatorWs => self.screens.websocket(req),
             Route::OperatorEvents => self.screens.events(req).await,
+            Route::OperatorMe => self.screens.me(&req),
             Route::Other => respond::json_error(StatusCode::NOT_FOUND, "no such endpoint"),
         }
     }

@@ -1,6 +1,7 @@
 //! Operator screens: the page (`GET /operator`) and its script and styles
 //! (`GET /operator/app.<hash>.js`, `.css`), the WebSocket
-//! (`GET /operator/ws`) and the long-poll (`GET /operator/events`).
+//! (`GET /operator/ws`), the long-poll (`GET /operator/events`) and who the
+//! token belongs to (`GET /operator/me`, the page's token check).
 //!
 //! Both transports authenticate the same way, here, before anything else is
 //! read: the screen's token, from `Authorization: Bearer <token>` (what
@@ -30,6 +31,7 @@ pub const PAGE: &str = "/operator";
 pub const PAGE_SLASH: &str = "/operator/";
 pub const WEBSOCKET: &str = "/operator/ws";
 pub const EVENTS: &str = "/operator/events";
+pub const ME: &str = "/operator/me";
 
 /// The screens' endpoints, built once at start-up.
 pub struct Screens {
@@ -162,6 +164,29 @@ impl Screens {
                 json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read messages")
             }
         }
+    }
+
+    /// `GET /operator/me[?token=T]`: `{"name":…,"key":…}` of the operator
+    /// the token belongs to, or the screens' 401. The page asks it before
+    /// opening its WebSocket (a refused handshake only shows as a closed
+    /// socket) and shows the name. An endpoint of its own rather than a
+    /// first message on the transports: 1C screens and other clients read
+    /// every message as a call, and a long-poll with `after=0` would count
+    /// the buffered calls as delivered to a page that only checked a token.
+    pub fn me(&self, req: &Request<Incoming>) -> Response<Body> {
+        let (operator, _) = match self.screen(req) {
+            Ok(found) => found,
+            Err((status, message)) => return refused(status, &message),
+        };
+        let body = serde_json::json!({ "name": operator.name, "key": operator.key });
+        let mut response = Response::new(Body::new(Bytes::from(body.to_string())));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
     }
 
     /// Counts a long-poll answer's messages as delivered in their journal

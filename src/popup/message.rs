@@ -88,10 +88,14 @@ struct Card<'a> {
     category: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     manager_phone: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manager_name: Option<&'a str>,
     /// Always present (maybe empty), as in the counterparty JSON shape.
     phones: &'a [Box<str>],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     emails: &'a [Box<str>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<&'a str>,
 }
 
 impl<'a> Card<'a> {
@@ -103,8 +107,10 @@ impl<'a> Card<'a> {
             kpp: c.kpp.as_deref(),
             category: c.category,
             manager_phone: c.manager_phone.as_deref(),
+            manager_name: c.manager_name.as_deref(),
             phones: &c.phones,
             emails: &c.emails,
+            address: c.address.as_deref(),
         }
     }
 }
@@ -233,6 +239,41 @@ mod tests {
                 assert!(frame.contains(&message.json.as_ptr()));
             }
         }
+    }
+
+    #[test]
+    fn the_card_carries_the_manager_name_and_address_only_when_the_record_has_them() {
+        let event = |c: Counterparty| CallEvent {
+            at: UNIX_EPOCH,
+            number: "+79235292926".into(),
+            raw_number: "89235292926".into(),
+            counterparty: Some(Arc::new(c)),
+        };
+        let full = Counterparty {
+            id: "a1".into(),
+            name: "Чиж".into(),
+            manager_name: Some("Смирнова Ольга".into()),
+            address: Some("г. Москва, ул. Тверская, д. 1".into()),
+            ..Counterparty::default()
+        };
+        let body = encode_body("k", &event(full)).expect("encoded");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["counterparty"]["manager_name"], "Смирнова Ольга");
+        assert_eq!(
+            v["counterparty"]["address"],
+            "г. Москва, ул. Тверская, д. 1"
+        );
+
+        let bare = Counterparty {
+            id: "c3".into(),
+            name: "ИП".into(),
+            ..Counterparty::default()
+        };
+        let body = encode_body("k", &event(bare)).expect("encoded");
+        assert!(
+            !body.contains("manager_name") && !body.contains("address"),
+            "{body}"
+        );
     }
 
     #[test]

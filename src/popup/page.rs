@@ -12,7 +12,7 @@
 //! (`script-src 'self'; style-src 'self'`): text that ever got into the page
 //! as markup could not run. Their paths carry a hash of their contents
 //! (`/operator/app.<hash>.js`) and are cached for a year as immutable: the
-//! page itself is revalidated on every load (`no-cache`), and a gateway with
+//! page itself is never stored (`no-store`), and a gateway with
 //! other files names other paths, so a browser never pairs a new page with
 //! an old script, and never asks again for a file it has.
 
@@ -30,11 +30,13 @@ const STYLE_REF: &str = "\"/operator/app.css\"";
 
 /// Headers that keep the page self-contained: it may load script and
 /// styles only from this origin (its own files), talk only to this origin,
-/// send no referrer (the URL fragment holds a token), and is revalidated on
-/// every load (an upgrade of the gateway ships a new page).
+/// send no referrer (the URL fragment holds a token), and is never stored
+/// (`no-store`): an upgrade of the gateway ships a new page, and a page kept
+/// in the back/forward cache would keep its screen's socket open, answering
+/// pings and counted as a screen, while no one sees it.
 pub const PAGE_HEADERS: [(&str, &str); 5] = [
     ("content-type", "text/html; charset=utf-8"),
-    ("cache-control", "no-cache"),
+    ("cache-control", "no-store"),
     ("referrer-policy", "no-referrer"),
     ("x-content-type-options", "nosniff"),
     (
