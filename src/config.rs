@@ -90,6 +90,19 @@ pub fn is_log_filter(filter: &str) -> bool {
         })
 }
 
+/// The `log.format` a config file asks for, read as far as it can be even
+/// when the file does not load: a fatal error about the file is then still
+/// written in the format the admin's log collector expects.
+pub fn peek_log_format(path: &Path) -> Option<LogFormat> {
+    let text = fs::read_to_string(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    match table.get("log")?.get("format")?.as_str()? {
+        "json" => Some(LogFormat::Json),
+        "text" => Some(LogFormat::Text),
+        _ => None,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
