@@ -37,6 +37,7 @@ mod metrics;
 mod open;
 mod private;
 mod read;
+mod refusals;
 mod schema;
 mod snapshot;
 mod writer;
@@ -54,6 +55,7 @@ use crate::directory::{Counterparty, Tombstone};
 pub use error::{StoreError, StoreRole};
 use metrics::Metrics;
 pub use open::{OpenOptions, StoredSet};
+pub use refusals::{Refusal, RefusalLog};
 pub use snapshot::SnapshotRecord;
 use writer::Command;
 
