@@ -241,6 +241,16 @@ async fn on_a_full_disk_pushes_are_refused_never_acknowledged_and_say_name_keeps
 
     // Room again: everything acknowledged is there, the store opens.
     let gw = start(dir.path(), addr, "run3.log", None).await;
+    // /readyz is 200 once the first snapshot set is in; the pushed set
+    // follows it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !get(addr, "/readyz").await.body.contains("\"push\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push set was not loaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     for i in acknowledged.iter().step_by(7).chain(std::iter::once(&last)) {
         assert!(
             title(addr, &format!("8913{i:07}"))
