@@ -123,6 +123,11 @@ fn report_fatal(error: &anyhow::Error, verbose: bool, config_file: Option<&Path>
             return;
         }
     }
+    if !tracing::enabled!(tracing::Level::ERROR) {
+        // `log.level = "off"`: a fatal error is still said.
+        eprintln!("error: {message}");
+        return;
+    }
     if verbose {
         tracing::error!(details = ?error, "{message}");
     } else {
