@@ -67,6 +67,42 @@ pub fn demo_folder(env: EnvLookup<'_>) -> PathBuf {
     }
 }
 
+/// Whether `filter` is a tracing filter whose every directive names a level:
+/// a bare level (`warn`) or `target=level`. `EnvFilter` itself takes a bare
+/// word as a target enabled at every level, so `warning` or `verbose` would
+/// pass it and turn off every line but that target's. Span directives
+/// (`target[span]=level`) are left to `EnvFilter`.
+pub fn is_log_filter(filter: &str) -> bool {
+    use std::str::FromStr as _;
+    use tracing_subscriber::filter::LevelFilter;
+    if tracing_subscriber::EnvFilter::try_new(filter).is_err() {
+        return false;
+    }
+    let is_level =
+        |word: &str| LevelFilter::from_str(word.trim()).is_ok() && !word.trim().is_empty();
+    filter
+        .split(',')
+        .map(str::trim)
+        .filter(|directive| !directive.is_empty())
+        .all(|directive| match directive.rsplit_once('=') {
+            Some((_, level)) => is_level(level),
+            None => is_level(directive),
+        })
+}
+
+/// The `log.format` a config file asks for, read as far as it can be even
+/// when the file does not load: a fatal error about the file is then still
+/// written in the format the admin's log collector expects.
+pub fn peek_log_format(path: &Path) -> Option<LogFormat> {
+    let text = fs::read_to_string(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    match table.get("log")?.get("format")?.as_str()? {
+        "json" => Some(LogFormat::Json),
+        "text" => Some(LogFormat::Text),
+        _ => None,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -730,9 +766,38 @@ impl Config {
             message: e.to_string().trim_end().to_owned(),
         })?;
         config.source = Some(path.to_owned());
+        config.resolve_paths(path);
         config.apply_env(env);
         config.validate()?;
         Ok(config)
+    }
+
+    /// Relative file paths in a config file (`directory.file`, `store.path`,
+    /// `server.tls_cert`, `server.tls_key`) name files beside the config
+    /// file, not in whatever directory the gateway was started from: the
+    /// same file then means the same paths from a shell, systemd or cron.
+    /// Demo mode has its own folder ([`demo_folder`]) and never comes here.
+    fn resolve_paths(&mut self, config_file: &Path) {
+        let base = match config_file.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.store.path);
+        for path in [
+            &mut self.directory.file,
+            &mut self.server.tls_cert,
+            &mut self.server.tls_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(path);
+        }
     }
 
     fn apply_env(&mut self, env: EnvLookup<'_>) {
@@ -846,11 +911,13 @@ impl Config {
     }
 
     fn validate_log_and_api(&self) -> Result<(), ConfigError> {
-        // What main would otherwise replace by `info` without a word.
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+        // What main would otherwise replace by `info` without a word; and a
+        // misspelt level (`warning`) reads as a target name, which would
+        // silence every line, errors included.
+        if !is_log_filter(&self.log.level) {
             return Err(self.invalid(
                 "log.level",
-                "is not a log filter: write a level (error, warn, info, debug, trace) or directives such as \"info,cti_gateway=debug\"",
+                format!("is {:?}, not a log filter: write a level (off, error, warn, info, debug, trace) or directives such as \"info,cti_gateway=debug\" (each directive a level or target=level)", self.log.level),
             ));
         }
         if self.api.token.as_ref().is_some_and(Secret::is_empty) {
@@ -1134,8 +1201,24 @@ mod tests {
     fn every_key_has_a_default() {
         let c = parse(MINIMAL).expect("minimal config");
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.store.path, PathBuf::from("var/cti-gateway.sqlite"));
+        assert_eq!(c.store.path, PathBuf::from("./var/cti-gateway.sqlite"));
         assert!(c.onec.is_none());
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_files_folder() {
+        let text = format!(
+            "{MINIMAL}[store]\npath = \"data/s.sqlite\"\n[server]\ntls_cert = \"tls/c.pem\"\ntls_key = \"/abs/k.pem\"\n"
+        );
+        let c = Config::parse(&text, Path::new("/etc/cti/gw.toml"), &no_env).expect("config");
+        assert_eq!(c.store.path, Path::new("/etc/cti/data/s.sqlite"));
+        assert_eq!(
+            c.server.tls_cert.as_deref(),
+            Some(Path::new("/etc/cti/tls/c.pem"))
+        );
+        assert_eq!(c.server.tls_key.as_deref(), Some(Path::new("/abs/k.pem")));
+        let file = c.directory.file.as_deref().expect("directory.file");
+        assert!(file.starts_with("/etc/cti"), "{}", file.display());
     }
 
     #[test]
@@ -1170,6 +1253,17 @@ mod tests {
             "{MINIMAL}[log]\nlevel = \"info,cti_gateway=debug\"\n"
         ))
         .is_ok());
+        for misspelt in ["warning", "verbose", "info,cti_gateway=loud"] {
+            let err = parse(&format!("{MINIMAL}[log]\nlevel = \"{misspelt}\"\n"))
+                .expect_err("a misspelt level");
+            assert!(err.to_string().contains("log.level"), "{err}");
+        }
+        for good in ["WARN", "off", "warn,hyper=error", "cti_gateway[call]=debug"] {
+            assert!(
+                parse(&format!("{MINIMAL}[log]\nlevel = \"{good}\"\n")).is_ok(),
+                "{good}"
+            );
+        }
         let err = parse(&format!("{MINIMAL}[api]\ntoken = \"\"\n")).expect_err("empty token");
         assert!(err.to_string().contains("api.token"), "{err}");
     }

@@ -94,6 +94,9 @@ impl Gateway {
             }
             _ => None,
         };
+        // Bound before the store is opened: a port already taken stops
+        // start-up before anything is created on disk (no `var/` left behind).
+        let (listener, addr) = bind(config.server.listen).await?;
         let store = open_main_store(&config, &metrics)?;
         let directory = Arc::new(
             Directory::new(soap::say_name_payload)
@@ -102,7 +105,6 @@ impl Gateway {
         );
         let health = Arc::new(SourceHealth::default());
         let hub = Arc::new(new_hub(&config, &metrics, &store).await?);
-        let (listener, addr) = bind(config.server.listen).await?;
         // Sources that save their snapshot in the background; a delete through
         // the push API asks them to save again.
         let savers = Arc::new(SnapshotSavers::default());

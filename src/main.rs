@@ -22,6 +22,11 @@ use tracing_subscriber::EnvFilter;
     about = "CTI gateway between the Mobilon virtual PBX, 1C and operator screens"
 )]
 struct Cli {
+    /// On a fatal error, also print its debug form (with a backtrace when
+    /// RUST_BACKTRACE or RUST_LIB_BACKTRACE asks for one). `RUST_LOG=debug`
+    /// does the same.
+    #[arg(long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,16 +98,83 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { config } => {
-            let loaded = Config::load(&config, &config::process_env)?;
-            // The same check `serve` makes at start: routes are the front's.
-            cti_gateway::http::check_soap_path(&loaded)?;
-            println!("{}: OK", config.display());
-            Ok(())
+    let verbose = cli.verbose
+        || std::env::var("RUST_LOG").is_ok_and(|v| v.contains("debug") || v.contains("trace"));
+    let config_file = match &cli.command {
+        Command::Serve { config, .. }
+        | Command::ForgetSource { config, .. }
+        | Command::AcceptFile { config, .. }
+        | Command::Backup { config, .. } => config.clone(),
+        Command::CheckConfig { config } => Some(config.clone()),
+    };
+    match run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            report_fatal(&error, verbose, config_file.as_deref());
+            std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// A fatal error as an admin reads it: its message and each cause once, on
+/// one line, never a stack trace (whatever `RUST_BACKTRACE` says) unless
+/// `verbose`. Through the log when logging is set up (so `log.format =
+/// "json"` makes it a JSON line); before that, in the format the config file
+/// asks for if it can be read that far.
+fn report_fatal(error: &anyhow::Error, verbose: bool, config_file: Option<&Path>) {
+    let message = error_chain(error);
+    if !tracing::dispatcher::has_been_set() {
+        let format = config_file
+            .and_then(config::peek_log_format)
+            .unwrap_or(LogFormat::Text);
+        if format == LogFormat::Json {
+            let builder = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(std::io::stderr);
+            builder.json().flatten_event(true).init();
+        } else {
+            eprintln!("error: {message}");
+            if verbose {
+                eprintln!("{error:?}");
+            }
+            return;
+        }
+    }
+    if !tracing::enabled!(tracing::Level::ERROR) {
+        // `log.level = "off"`: a fatal error is still said.
+        eprintln!("error: {message}");
+        return;
+    }
+    if verbose {
+        tracing::error!(details = ?error, "{message}");
+    } else {
+        tracing::error!("{message}");
+    }
+}
+
+/// `error` and its causes joined by ": ", leaving out a cause whose text the
+/// message before it already holds (`cannot read X: No such file or
+/// directory (os error 2)` is not followed by the io error again).
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(text.trim()) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(text.trim());
+    }
+    message
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::CheckConfig { config } => check_config(&config),
         Command::AcceptFile { config, url } => accept_file(config, url.as_deref()),
         Command::Backup { to, config, url } => backup(&to, config, url.as_deref()),
         Command::Serve {
@@ -110,6 +182,17 @@ fn main() -> anyhow::Result<()> {
             listen,
             new_store,
         } => {
+            // Signals first: a SIGHUP (logrotate, `systemctl reload`) or a
+            // SIGTERM in the first moments must not kill the gateway with
+            // the default action while its directory loads.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let signals = {
+                let _inside = runtime.enter();
+                Signals::install()
+            };
             let (mut config, demo) = match config {
                 Some(path) => (Config::load(&path, &config::process_env)?, false),
                 None => (demo_config()?, true),
@@ -129,11 +212,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(path) = &config.source {
                 warn_if_readable_by_others(path);
             }
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(serve(config, demo))
+            signals.log_problems();
+            log_features_off(&config);
+            runtime.block_on(serve(config, demo, signals))
         }
         Command::ForgetSource { name, config } => {
             let config = match config {
@@ -151,6 +232,127 @@ fn main() -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(forget_source(&config, &name))
         }
+    }
+}
+
+/// `check-config`: the file loads, its routes fit, and the files it names
+/// can be used: the directory file exists and is readable, the store's
+/// folder is writable (or can be created). Each problem is named; all of
+/// them are listed before it fails.
+fn check_config(path: &Path) -> anyhow::Result<()> {
+    let loaded = Config::load(path, &config::process_env)?;
+    // The same check `serve` makes at start: routes are the front's.
+    cti_gateway::http::check_soap_path(&loaded)?;
+    let mut problems = Vec::new();
+    if let Some(file) = &loaded.directory.file {
+        if let Err(e) = std::fs::File::open(file) {
+            problems.push(format!(
+                "`directory.file` {} cannot be read: {e}",
+                file.display()
+            ));
+        }
+    }
+    if let Err(problem) = store_folder_writable(&loaded.store.path) {
+        problems.push(problem);
+    }
+    for (key, file) in [
+        ("server.tls_cert", &loaded.server.tls_cert),
+        ("server.tls_key", &loaded.server.tls_key),
+    ] {
+        if let Some(file) = file {
+            if let Err(e) = std::fs::File::open(file) {
+                problems.push(format!("`{key}` {} cannot be read: {e}", file.display()));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}: {}", path.display(), problems.join("; "));
+    }
+    println!("{}: OK", path.display());
+    for line in features_off(&loaded) {
+        println!("note: {line}");
+    }
+    Ok(())
+}
+
+/// Whether the store at `store` could be created or written: its folder, or
+/// the nearest folder above it that exists (the gateway creates the rest),
+/// must be a writable folder. Checked by the permission bits the process
+/// has (access(2)), so nothing is created.
+fn store_folder_writable(store: &Path) -> Result<(), String> {
+    let folder = store
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let existing = folder
+        .ancestors()
+        .find(|p| p.as_os_str().is_empty() || p.exists())
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(Path::new("."));
+    if !existing.is_dir() {
+        return Err(format!(
+            "`store.path` {}: {} is not a folder",
+            store.display(),
+            existing.display()
+        ));
+    }
+    let c_path =
+        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(existing.as_os_str()))
+            .map_err(|_| format!("`store.path` {} holds a NUL byte", store.display()))?;
+    // SAFETY: access reads a NUL-terminated path we own for the call's length.
+    let writable = unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) } == 0;
+    if writable {
+        Ok(())
+    } else {
+        Err(format!(
+            "`store.path` {}: the folder {} is not writable by this user: {}",
+            store.display(),
+            existing.display(),
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+/// One sentence per feature this configuration leaves off, with the reason:
+/// what an admin would otherwise learn only from a 401 or a silent screen.
+fn features_off(config: &Config) -> Vec<String> {
+    let mut off = Vec::new();
+    if config.api.token.is_none() {
+        off.push(format!(
+            "push API, call journal and admin endpoints off: api.token is not set (nor {})",
+            config::ENV_API_TOKEN
+        ));
+    }
+    if config.operators.is_empty() {
+        off.push(
+            "operator screens off: no [[operator]] in the config, so IncomingCall reaches no screen"
+                .to_owned(),
+        );
+    }
+    if config.directory.file.is_none() {
+        off.push("directory file off: directory.file is not set ([onec] only)".to_owned());
+    } else if config.directory.watch_interval.is_zero() {
+        off.push(
+            "directory file watching off: directory.watch_interval is 0s (SIGHUP still reloads)"
+                .to_owned(),
+        );
+    }
+    if config.onec.is_none() {
+        off.push("1C source off: no [onec] section".to_owned());
+    }
+    off
+}
+
+/// Logs [`features_off`], one line each.
+fn log_features_off(config: &Config) {
+    for line in features_off(config) {
+        tracing::info!("{line}");
     }
 }
 
@@ -217,10 +419,19 @@ fn warn_if_readable_by_others(path: &Path) {
     }
 }
 
-async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
+async fn serve(config: Config, demo: bool, mut signals: Signals) -> anyhow::Result<()> {
     let soap_path = config.soap.path.clone();
     let username = config.soap.username.clone();
-    let gateway = Gateway::start(config.clone()).await?;
+    let start = Gateway::start(config.clone());
+    tokio::pin!(start);
+    let gateway = tokio::select! {
+        gateway = &mut start => gateway?,
+        () = signals.stopped() => {
+            // Nothing was served yet: no request to finish.
+            tracing::info!("stop signal during start-up: exiting before serving");
+            return Ok(());
+        }
+    };
     let addr = gateway.local_addr();
     let report = gateway.start_report();
     tracing::info!(
@@ -283,8 +494,8 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
         );
     }
 
-    let hangups = reload_on_sighup(&gateway);
-    shutdown_signal().await;
+    let hangups = signals.reload_on_hangup(&gateway);
+    signals.stopped().await;
     tracing::info!("shutting down: finishing requests in flight");
     if let Some(task) = hangups {
         task.abort();
@@ -407,53 +618,74 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-#[cfg(unix)]
-fn reload_on_sighup(gateway: &Gateway) -> Option<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "SIGHUP reload unavailable");
-            return None;
-        }
-    };
-    let reload = gateway.reload_handle();
-    Some(tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            reload.send_modify(|generation| *generation += 1);
-        }
-    }))
+/// The signals `serve` answers, installed before anything else is done so
+/// that none of them finds the default action (which ends the process: exit
+/// 129 on SIGHUP, with no log line). A SIGHUP that arrives while the gateway
+/// starts is kept by its stream and becomes one reload once it is ready.
+struct Signals {
+    hangup: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+    /// What could not be installed, logged once logging is set up.
+    problems: Vec<String>,
 }
 
-#[cfg(not(unix))]
-fn reload_on_sighup(_: &Gateway) -> Option<tokio::task::JoinHandle<()>> {
-    None
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
+impl Signals {
+    /// Must run inside the runtime's context (`Runtime::enter`).
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut problems = Vec::new();
+        let mut install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+                problems.push(format!("cannot listen for {name}: {e}"));
+                None
+            }
+        };
+        let hangup = install(SignalKind::hangup(), "SIGHUP (reload)");
+        let terminate = install(SignalKind::terminate(), "SIGTERM");
+        let interrupt = install(SignalKind::interrupt(), "SIGINT");
+        Signals {
+            hangup,
+            terminate,
+            interrupt,
+            problems,
+        }
+    }
+
+    fn log_problems(&self) {
+        for problem in &self.problems {
+            tracing::error!("{problem}");
+        }
+    }
+
+    /// Until SIGTERM or SIGINT (Ctrl-C).
+    async fn stopped(&mut self) {
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
             }
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        tokio::select! {
+            () = next(&mut self.terminate) => {},
+            () = next(&mut self.interrupt) => {},
+        }
+    }
+
+    /// Each SIGHUP from now on (and one that came during start-up) reloads
+    /// the sources and the TLS certificate.
+    fn reload_on_hangup(&mut self, gateway: &Gateway) -> Option<tokio::task::JoinHandle<()>> {
+        let mut hup = self.hangup.take()?;
+        let reload = gateway.reload_handle();
+        Some(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading");
+                reload.send_modify(|generation| *generation += 1);
+            }
+        }))
     }
 }
 

@@ -17,7 +17,7 @@ use crate::phone::{self, PhoneKey};
 use crate::popup::{CallEvent, Hub, HubError, Queued};
 use crate::soap::{self, FaultCode, Operation, Request, SoapVersion};
 use crate::sources::onec::LiveLookup;
-use crate::store::{CallRecord, Store};
+use crate::store::{CallRecord, Refusal, RefusalLog, Store};
 
 /// How long IncomingCall waits for the journal to commit before it answers
 /// with a fault; the PBX should not hang on a sick disk.
@@ -69,6 +69,9 @@ pub struct Vats {
     live: Option<LiveLookup>,
     /// Reads envelopes, a SayName of the PBX's usual shape by its number.
     reader: soap::RequestReader,
+    /// Journal appends the store refused or did not confirm: logged once per
+    /// change of state with a count, not once per call.
+    journal_refusals: RefusalLog,
 }
 
 impl Vats {
@@ -85,6 +88,7 @@ impl Vats {
             metrics,
             live: None,
             reader: soap::RequestReader::new(),
+            journal_refusals: RefusalLog::new(),
         }
     }
 
@@ -288,18 +292,39 @@ impl Vats {
     async fn journal(&self, record: CallRecord, delivered: usize) -> Result<i64, String> {
         let key = record.key.clone();
         match tokio::time::timeout(JOURNAL_TIMEOUT, self.store.append_call(record)).await {
-            Ok(Ok(call_id)) => Ok(call_id),
+            Ok(Ok(call_id)) => {
+                if let Some(refused) = self.journal_refusals.saved() {
+                    tracing::info!(refused, "incoming calls are journaled again");
+                }
+                Ok(call_id)
+            }
             Ok(Err(e)) => {
-                tracing::error!(error = %e, key, delivered, "incoming call not journaled");
+                match self.journal_refusals.refused() {
+                    Refusal::Began => {
+                        tracing::error!(error = %e, key, delivered, "incoming call not journaled (further refusals are counted, not logged one by one)")
+                    }
+                    Refusal::Continues { since_last_line } => {
+                        tracing::error!(error = %e, refused = since_last_line, "incoming calls still not journaled")
+                    }
+                    Refusal::Counted => {}
+                }
                 Err(format!("the call was shown to {delivered} screen(s) but could not be written to the call journal: {e}"))
             }
             Err(_) => {
-                tracing::error!(
-                    key,
-                    delivered,
-                    timeout_s = JOURNAL_TIMEOUT.as_secs(),
-                    "incoming call journal write timed out"
-                );
+                match self.journal_refusals.refused() {
+                    Refusal::Began => tracing::error!(
+                        key,
+                        delivered,
+                        timeout_s = JOURNAL_TIMEOUT.as_secs(),
+                        "incoming call journal write timed out (further refusals are counted, not logged one by one)"
+                    ),
+                    Refusal::Continues { since_last_line } => tracing::error!(
+                        refused = since_last_line,
+                        timeout_s = JOURNAL_TIMEOUT.as_secs(),
+                        "incoming calls still not journaled"
+                    ),
+                    Refusal::Counted => {}
+                }
                 Err(format!(
                     "the call was shown to {delivered} screen(s) but the call journal did not confirm the write within {} s",
                     JOURNAL_TIMEOUT.as_secs()

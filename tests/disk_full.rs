@@ -172,7 +172,58 @@ async fn on_a_full_disk_pushes_are_refused_never_acknowledged_and_say_name_keeps
         (5 - answered_one.len()) as f64,
         "every call not journaled is counted"
     );
+    // A storm: calls and pushes go on against the full store. Each kind of
+    // refused work is one line when it begins, not one per request, and the
+    // writer's own WARN is not repeated because a small write fits between.
+    let mut storm_refused = (0, 0);
+    for i in 0..40 {
+        let number = format!("8915000{i:04}");
+        let reply = request(
+            addr,
+            "POST",
+            SOAP_PATH,
+            &[
+                "Content-Type: text/xml; charset=utf-8",
+                &format!("Authorization: {SEED_AUTH}"),
+            ],
+            incoming_call_envelope(&number, OPERATOR_KEY).as_bytes(),
+        )
+        .await;
+        if reply.status == 500 {
+            storm_refused.0 += 1;
+        }
+        if i % 4 == 0 {
+            let reply = request(
+                addr,
+                "POST",
+                "/api/v1/counterparties",
+                &["Content-Type: application/json", &auth],
+                batch(100_000 + i * 50, 50).as_bytes(),
+            )
+            .await;
+            if reply.status == 503 {
+                storm_refused.1 += 1;
+            }
+        }
+    }
     let log2 = std::fs::read_to_string(dir.path().join("run2.log")).unwrap_or_default();
+    let lines_with = |what: &str| log2.lines().filter(|l| l.contains(what)).count();
+    assert!(
+        storm_refused.0 >= 10 && storm_refused.1 >= 5,
+        "the storm was refused: {storm_refused:?}"
+    );
+    assert!(
+        lines_with("incoming call not journaled") <= 1,
+        "one line for refused calls, not one per call:\n{log2}"
+    );
+    assert!(
+        lines_with("push not saved") <= 1,
+        "one line for refused pushes, not one per push:\n{log2}"
+    );
+    assert!(
+        lines_with("store write failed") <= 3,
+        "the writer's WARN once per kind of failure:\n{log2}"
+    );
     assert!(
         log2.lines()
             .any(|l| (l.contains("ERROR") || l.contains("WARN")) && l.contains("store")),
@@ -190,6 +241,16 @@ async fn on_a_full_disk_pushes_are_refused_never_acknowledged_and_say_name_keeps
 
     // Room again: everything acknowledged is there, the store opens.
     let gw = start(dir.path(), addr, "run3.log", None).await;
+    // /readyz is 200 once the first snapshot set is in; the pushed set
+    // follows it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !get(addr, "/readyz").await.body.contains("\"push\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push set was not loaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     for i in acknowledged.iter().step_by(7).chain(std::iter::once(&last)) {
         assert!(
             title(addr, &format!("8913{i:07}"))

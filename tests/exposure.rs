@@ -38,6 +38,9 @@ fn wsdl_address(body: &str) -> &str {
 #[test]
 fn check_config_refuses_published_and_short_secrets_off_loopback() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // check-config also checks that the directory file can be read.
+    std::fs::write(dir.path().join("counterparties.jsonl"), support::DIRECTORY)
+        .expect("directory file");
     let file = dir.path().join("gateway.toml");
     let check = |text: String| {
         std::fs::write(&file, text).expect("write config");

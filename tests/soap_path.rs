@@ -55,6 +55,9 @@ async fn the_gateway_does_not_start_on_a_colliding_soap_path() {
 #[test]
 fn check_config_refuses_a_colliding_soap_path_and_accepts_the_default() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // check-config also checks that the directory file can be read.
+    std::fs::write(dir.path().join("counterparties.jsonl"), support::DIRECTORY)
+        .expect("directory file");
     let file = dir.path().join("gateway.toml");
     let check = |text: String| {
         std::fs::write(&file, text).expect("write config");

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::directory::{Counterparty, Directory, Tombstone};
-use crate::store::{SnapshotRecord, Store, StoreError};
+use crate::store::{Refusal, RefusalLog, SnapshotRecord, Store, StoreError};
 pub(crate) use parse::diagnose_text;
 pub use parse::{parse_batch, BatchError, RecordError, MAX_RECORDS};
 
@@ -111,6 +111,9 @@ pub struct PushSource {
     ready: tokio::sync::watch::Sender<bool>,
     upserted: IntCounter,
     deleted: IntCounter,
+    /// Pushes and deletes the store refused: logged once per change of
+    /// state with a count, not once per request.
+    refusals: RefusalLog,
     /// Tests: pauses between a change's commit and its apply, one per change.
     #[cfg(test)]
     pauses: std::sync::Mutex<std::collections::VecDeque<Duration>>,
@@ -139,9 +142,36 @@ impl PushSource {
             ready: tokio::sync::watch::Sender::new(false),
             upserted: records.with_label_values(&["upsert"]),
             deleted: records.with_label_values(&["delete"]),
+            refusals: RefusalLog::new(),
             #[cfg(test)]
             pauses: Default::default(),
         })
+    }
+
+    /// A change the store refused: the first of a failure and a reminder a
+    /// minute are logged; the rest are counted.
+    fn log_refused(&self, e: &StoreError, what: &str, records: usize, requests: usize) {
+        match self.refusals.refused() {
+            Refusal::Began => tracing::error!(
+                records,
+                requests,
+                error = %e,
+                "{what} (further refusals are counted, not logged one by one)"
+            ),
+            Refusal::Continues { since_last_line } => tracing::error!(
+                refused = since_last_line,
+                error = %e,
+                "pushes still not saved: the store keeps failing"
+            ),
+            Refusal::Counted => {}
+        }
+    }
+
+    /// A change the store saved: ends a failure once it has been quiet.
+    fn log_saved(&self) {
+        if let Some(refused) = self.refusals.saved() {
+            tracing::info!(refused, "pushes are saved again");
+        }
     }
 
     /// Lets changes through. Until then they wait (up to 10 s, then they
@@ -304,9 +334,17 @@ impl PushSource {
             .apply_changes(SOURCE, Arc::clone(&records), &[], &[])
             .await
         {
-            Ok(applied) => applied,
+            Ok(applied) => {
+                self.log_saved();
+                applied
+            }
             Err(e) => {
-                tracing::error!(records = upserted, requests, error = %e, "push not saved: the store failed; the callers are told to retry");
+                self.log_refused(
+                    &e,
+                    "push not saved: the store failed; the callers are told to retry",
+                    upserted,
+                    requests,
+                );
                 answer(replies, &|_| Err(PushError::NotSaved(e.clone())));
                 return;
             }
@@ -369,9 +407,15 @@ impl PushSource {
             .apply_changes::<Counterparty>(SOURCE, Arc::from([]), &removals, &buried)
             .await
             .map_err(|e| {
-                tracing::error!(error = %e, "push delete not saved: the store failed; the caller is told to retry");
+                self.log_refused(
+                    &e,
+                    "push delete not saved: the store failed; the caller is told to retry",
+                    0,
+                    1,
+                );
                 PushError::NotSaved(e)
             })?;
+        self.log_saved();
         if applied.removed == 0 && buried.is_empty() {
             return Ok(DeleteReport {
                 removed: false,

@@ -32,6 +32,7 @@ mod delivered;
 mod replace;
 
 use super::metrics::Metrics;
+use super::refusals::RECOVERY_QUIET;
 use super::snapshot::{self, Plan, RecordSet, Upserted};
 use super::{unix_ms, AppliedChanges, CallRecord, StoreError};
 use crate::directory::Tombstone;
@@ -600,19 +601,26 @@ struct FailureLog {
 struct Failing {
     kind: &'static str,
     last_warn: Instant,
+    /// When the last transaction failed: a success ends the failure only
+    /// once [`RECOVERY_QUIET`] has passed since (see [`FailureLog::succeeded`]).
+    last_failure: Instant,
     suppressed: u64,
     failed_transactions: u64,
 }
 
 impl FailureLog {
     fn failed(&mut self, what: &'static str, commands: usize, e: &StoreError) {
-        let now = Instant::now();
+        self.failed_at(Instant::now(), what, commands, e);
+    }
+
+    fn failed_at(&mut self, now: Instant, what: &'static str, commands: usize, e: &StoreError) {
         match &mut self.failing {
             Some(f)
                 if f.kind == e.kind() && now.duration_since(f.last_warn) < FAILURE_LOG_INTERVAL =>
             {
                 f.suppressed += 1;
                 f.failed_transactions += 1;
+                f.last_failure = now;
                 tracing::debug!(what, commands, error = %e, "store write failed again");
             }
             state => {
@@ -630,6 +638,7 @@ impl FailureLog {
                 *state = Some(Failing {
                     kind: e.kind(),
                     last_warn: now,
+                    last_failure: now,
                     suppressed: 0,
                     failed_transactions: failed,
                 });
@@ -637,12 +646,60 @@ impl FailureLog {
         }
     }
 
+    /// A transaction committed. On an almost full disk a small one fits
+    /// between refused large ones: that does not end the failure (nor reset
+    /// its counts, which would make the next refusal a new WARN); a success
+    /// [`RECOVERY_QUIET`] after the last failure does.
     fn succeeded(&mut self) {
-        if let Some(f) = self.failing.take() {
-            tracing::info!(
-                failed_transactions = f.failed_transactions,
-                "store writes succeed again"
-            );
+        self.succeeded_at(Instant::now());
+    }
+
+    fn succeeded_at(&mut self, now: Instant) {
+        let recovered = self
+            .failing
+            .as_ref()
+            .is_some_and(|f| now.duration_since(f.last_failure) >= RECOVERY_QUIET);
+        if recovered {
+            if let Some(f) = self.failing.take() {
+                tracing::info!(
+                    failed_transactions = f.failed_transactions,
+                    "store writes succeed again"
+                );
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod failure_log_tests {
+    use super::*;
+
+    fn full() -> StoreError {
+        StoreError::sqlite(
+            std::path::Path::new("/tmp/x.sqlite"),
+            "append_call",
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            ),
+        )
+    }
+
+    #[test]
+    fn a_small_write_between_failures_keeps_the_repeat_count() {
+        let mut log = FailureLog::default();
+        let t0 = Instant::now();
+        log.failed_at(t0, "replace", 1, &full());
+        for i in 1..50 {
+            let at = t0 + Duration::from_millis(i * 100);
+            log.succeeded_at(at);
+            log.failed_at(at, "replace", 1, &full());
+        }
+        let failing = log.failing.as_ref().expect("still failing");
+        assert_eq!(failing.failed_transactions, 50);
+        assert_eq!(failing.suppressed, 49, "one WARN, 49 repeats counted");
+        assert_eq!(failing.last_warn, t0);
+        log.succeeded_at(t0 + Duration::from_secs(5) + RECOVERY_QUIET);
+        assert!(log.failing.is_none(), "a quiet success ends it");
     }
 }
