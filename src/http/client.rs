@@ -30,6 +30,34 @@ pub struct Client {
     pub https: bool,
     /// The gateway's address the connection reached (set by the front).
     pub local: Option<SocketAddr>,
+    /// The request's id in the logs and its `X-Request-Id` (set by the front).
+    pub request: RequestId,
+}
+
+/// A request's number since start-up: on its log lines and in its
+/// `X-Request-Id` answer header, so an admin can find the lines of an
+/// answer a client shows them.
+///
+/// One relaxed atomic add per request; written out (by `itoa`, into the
+/// header's own small allocation) only in the header and the log lines
+/// that name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RequestId(pub u64);
+
+static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl RequestId {
+    /// The next request's id.
+    #[inline]
+    pub fn next() -> RequestId {
+        RequestId(NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// `server.trusted_proxies`, and reading a request's client with them.
@@ -60,6 +88,7 @@ impl ClientResolver {
             addr: peer,
             https: false,
             local: None,
+            request: RequestId(0),
         };
         // The common case costs one check: no proxies configured.
         if self.trusted.is_empty() || !self.trusted.contains(peer) {
