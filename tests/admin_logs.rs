@@ -33,6 +33,9 @@ async fn start(dir: &tempfile::TempDir) -> (Child, SocketAddr, std::path::PathBu
         r#"
 [server]
 listen = "{addr}"
+[soap]
+username = "SOAP"
+password = "123"
 [directory]
 file = "{file}"
 [store]
