@@ -10,6 +10,7 @@
 //! - [`config`]: typed configuration from TOML and environment, validated once.
 //! - [`phone`]: caller numbers normalized to one key (E.164 digits or an extension).
 //! - [`metrics`]: the Prometheus registry.
+//! - [`logging`]: outside text escaped in log lines, and warnings rate-limited per key.
 //! - [`directory`]: the counterparty model and the index swapped whole on change.
 //! - [`store`]: SQLite (snapshot of the directory, call journal); the only module that knows SQL.
 //! - [`soap`]: envelope reading and answer writing; the only module that knows XML.
@@ -22,7 +23,7 @@
 //!
 //! Dependencies point one way: `gateway` → `http` → `vats` → (`sources`,
 //! `popup`, `soap`, `store`); `sources` → `store`; all of them →
-//! `directory`. `config`, `metrics`, `phone` and the thread-priority helper
+//! `directory`. `config`, `logging`, `metrics`, `phone` and the thread-priority helper
 //! are leaves every module may use. The rules are checked by
 //! `tests/architecture.rs` (see ARCHITECTURE.md's table).
 
@@ -30,6 +31,7 @@ pub mod config;
 pub mod directory;
 pub mod gateway;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod phone;
 pub mod popup;

@@ -5,6 +5,9 @@
 //! Label values used on the hot path are resolved once, at start-up, so a
 //! request increments a plain atomic counter.
 
+#[cfg(target_os = "linux")]
+mod process;
+
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -72,6 +75,17 @@ impl OperationLabel {
         OperationLabel::Invalid,
     ];
 
+    /// The outcomes a request of this operation can end with: only these
+    /// pairs are exported (a SayName is never `ok`, an unreadable request
+    /// never `known`), so no series sits at 0 for ever.
+    fn outcomes(self) -> &'static [Outcome] {
+        match self {
+            OperationLabel::SayName => &[Outcome::Known, Outcome::Unknown, Outcome::NotReady],
+            OperationLabel::IncomingCall => &[Outcome::Ok, Outcome::ServerError],
+            OperationLabel::Invalid => &[Outcome::ClientError],
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             OperationLabel::SayName => "SayName",
@@ -83,7 +97,9 @@ impl OperationLabel {
 
 pub struct Metrics {
     registry: Registry,
-    requests: Vec<IntCounter>,
+    /// By `operation * Outcome::ALL.len() + outcome`; `None` for a pair
+    /// that cannot happen (not exported).
+    requests: Vec<Option<IntCounter>>,
     durations: Vec<Histogram>,
     pub http_connections: IntGauge,
     pub http_connections_refused: IntCounter,
@@ -99,6 +115,7 @@ pub struct Metrics {
     /// Handed to the directory, which counts as records enter.
     pub directory_invalid_requisites: IntCounterVec,
     pub incoming_calls_unknown_key: IntCounter,
+    pub incoming_calls_undelivered: IntCounter,
     /// Per source (`file`, `onec`, `push`...), set when `/metrics` is scraped.
     pub source_records: IntGaugeVec,
     pub source_last_success: GaugeVec,
@@ -134,7 +151,11 @@ impl Metrics {
         let mut requests = Vec::new();
         for op in OperationLabel::ALL {
             for outcome in Outcome::ALL {
-                requests.push(requests_vec.with_label_values(&[op.label(), outcome.label()]));
+                requests.push(
+                    op.outcomes()
+                        .contains(&outcome)
+                        .then(|| requests_vec.with_label_values(&[op.label(), outcome.label()])),
+                );
             }
         }
         let durations = OperationLabel::ALL
@@ -146,7 +167,7 @@ impl Metrics {
 
         let http_connections = must(IntGauge::new(
             "cti_http_connections",
-            "HTTP connections open now.",
+            "Connections open now, operator screens' WebSockets included (they hold server.max_connections slots too; cti_popup_subscribers counts them alone).",
         ));
         let http_connections_refused = must(IntCounter::new(
             "cti_http_connections_refused_total",
@@ -205,8 +226,22 @@ impl Metrics {
         ));
         let incoming_calls_unknown_key = must(IntCounter::new(
             "cti_incoming_calls_unknown_key_total",
-            "IncomingCall requests whose Key no [[operator]] has (answered 1 and journaled).",
+            "IncomingCall requests whose Key no [[operator]] has (answered 1 and journaled; logged at warn, at most once a minute per key). The one counter of these calls.",
         ));
+        let incoming_calls_undelivered = must(IntCounter::new(
+            "cti_incoming_calls_undelivered_total",
+            "IncomingCall requests for an operator's key that reached no WebSocket screen when published (a long-poll screen may still fetch the card while it is in the replay buffer). Calls for unknown keys are in cti_incoming_calls_unknown_key_total only.",
+        ));
+        let build_info = must(IntGaugeVec::new(
+            Opts::new(
+                "cti_build_info",
+                "Always 1: the gateway's version and the git commit it was built from (\"unknown\" when built outside a git checkout).",
+            ),
+            &["version", "commit"],
+        ));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CTI_GIT_COMMIT")])
+            .set(1);
         let source_records = must(IntGaugeVec::new(
             Opts::new(
                 "cti_source_records",
@@ -244,14 +279,14 @@ impl Metrics {
             Box::new(directory_unusable_phones.clone()),
             Box::new(directory_invalid_requisites.clone()),
             Box::new(incoming_calls_unknown_key.clone()),
+            Box::new(incoming_calls_undelivered.clone()),
+            Box::new(build_info),
         ] {
             reg(c);
         }
         // Resident memory, CPU time, open files: Linux only, from /proc.
         #[cfg(target_os = "linux")]
-        reg(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ));
+        reg(Box::new(process::ProcessMetrics::for_self()));
 
         Metrics {
             registry,
@@ -272,6 +307,7 @@ impl Metrics {
             directory_unusable_phones,
             directory_invalid_requisites,
             incoming_calls_unknown_key,
+            incoming_calls_undelivered,
         }
     }
 
@@ -294,7 +330,12 @@ impl Metrics {
     #[inline]
     pub fn observe_soap(&self, op: OperationLabel, outcome: Outcome, seconds: f64) {
         let op_index = op as usize;
-        self.requests[op_index * Outcome::ALL.len() + outcome as usize].inc();
+        if let Some(Some(counter)) = self
+            .requests
+            .get(op_index * Outcome::ALL.len() + outcome as usize)
+        {
+            counter.inc();
+        }
         self.durations[op_index].observe(seconds);
     }
 
@@ -330,5 +371,39 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"cti_soap_requests_total{operation="SayName",outcome="known"} 0"#));
+    }
+
+    #[test]
+    fn impossible_label_pairs_are_not_exported() {
+        let text = String::from_utf8(Metrics::new().render()).expect("utf-8");
+        for pair in [
+            r#"operation="SayName",outcome="ok""#,
+            r#"operation="SayName",outcome="client_error""#,
+            r#"operation="IncomingCall",outcome="known""#,
+            r#"operation="invalid",outcome="known""#,
+            r#"operation="invalid",outcome="server_error""#,
+        ] {
+            assert!(!text.contains(pair), "{pair} in:\n{text}");
+        }
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("cti_soap_requests_total{"))
+            .count();
+        assert_eq!(series, 6, "{text}");
+    }
+
+    #[test]
+    fn build_info_names_version_and_commit() {
+        let text = String::from_utf8(Metrics::new().render()).expect("utf-8");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("cti_build_info{"))
+            .unwrap_or_else(|| panic!("no cti_build_info in:\n{text}"));
+        assert!(
+            line.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+            "{line}"
+        );
+        assert!(line.contains("commit=\""), "{line}");
+        assert!(line.ends_with(" 1"), "{line}");
     }
 }

@@ -12,6 +12,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::directory::{Counterparty, Directory, Entry};
+use crate::logging::{Escaped, WarnLimiter};
 use crate::metrics::{Metrics, OperationLabel, Outcome};
 use crate::phone::{self, PhoneKey};
 use crate::popup::{CallEvent, Hub, HubError, Queued};
@@ -72,6 +73,9 @@ pub struct Vats {
     /// Journal appends the store refused or did not confirm: logged once per
     /// change of state with a count, not once per call.
     journal_refusals: RefusalLog,
+    /// IncomingCalls for a key no operator has: a warning per key at most
+    /// once a minute (the PBX sends one per call).
+    unknown_keys: WarnLimiter,
 }
 
 impl Vats {
@@ -89,6 +93,7 @@ impl Vats {
             live: None,
             reader: soap::RequestReader::new(),
             journal_refusals: RefusalLog::new(),
+            unknown_keys: WarnLimiter::new(),
         }
     }
 
@@ -104,7 +109,8 @@ impl Vats {
         let started = Instant::now();
         let (reply, op, outcome) = match self.reader.read(body) {
             Err(e) => {
-                tracing::debug!(error = %e, "unreadable SOAP request");
+                // The reader's message may quote the request: escaped.
+                tracing::debug!(error = %Escaped(&e.to_string()), "unreadable SOAP request");
                 let reply = SoapReply::fault(version_hint, FaultCode::Client, &e.to_string());
                 (reply, OperationLabel::Invalid, Outcome::ClientError)
             }
@@ -189,6 +195,9 @@ impl Vats {
         };
         let (queued, seq) = self.queue(key, &event);
         let delivered = queued.as_ref().map_or(0, |q| q.published().delivered);
+        if queued.is_some() && delivered == 0 {
+            self.metrics.incoming_calls_undelivered.inc();
+        }
         let record = CallRecord {
             at,
             raw_number: num_from.to_owned(),
@@ -252,6 +261,13 @@ impl Vats {
             }
             Err(HubError::UnknownKey) => {
                 self.metrics.incoming_calls_unknown_key.inc();
+                // `key` as a plain str is written with Debug: quoted, escaped.
+                match self.unknown_keys.due(key) {
+                    Some(repeats) => {
+                        tracing::warn!(key, repeats, "incoming call for a key no [[operator]] has: no screen can show it (answered 1 and journaled; check the PBX's abonent key or add an [[operator]] with it; repeats of this key within a minute are logged at debug level and counted in cti_incoming_calls_unknown_key_total)")
+                    }
+                    None => tracing::debug!(key, "incoming call for a key no [[operator]] has"),
+                }
                 (None, None)
             }
             Err(e @ HubError::Encode(_)) => {

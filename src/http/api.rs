@@ -21,6 +21,7 @@ use super::respond::{json, json_error, with_header, Body};
 use super::rfc3339;
 use crate::config::{Config, Secret};
 use crate::directory::model::MAX_ID_LEN;
+use crate::logging::Escaped;
 use crate::phone;
 use crate::sources::push::{self, BatchError, PushError, PushSource};
 use crate::store::{CallQuery, Store, StoredCall};
@@ -157,7 +158,7 @@ impl Api {
                 }),
             ),
             Ok(_) => {
-                tracing::info!(id = %id, "push: delete of an id no source has; nothing changed");
+                tracing::info!(id = %Escaped(&id), request_id = %client.request, "push: delete of an id no source has; nothing changed");
                 json(
                     StatusCode::NOT_FOUND,
                     &serde_json::json!({
@@ -235,7 +236,7 @@ pub(super) fn require_token(
         (AuthFailure::Repeated, _) | (_, Some(_)) => failure.to_string(),
         (_, None) => "no api.token is configured on the gateway: this API refuses every request until one is set".to_owned(),
     };
-    REFUSALS.refused(req.uri().path(), client.addr, &message);
+    REFUSALS.refused(req.uri().path(), client, &message);
     let response = json_error(failure.status(), &message);
     Err(match failure {
         AuthFailure::Repeated => response,
@@ -444,7 +445,9 @@ fn method_not_allowed(method: &Method, allow: &'static str, hint: &str) -> Respo
 /// credential) and answered in JSON.
 fn push_refused(status: StatusCode, body: serde_json::Value) -> Response<Body> {
     let reason = body.get("error").and_then(|e| e.as_str()).unwrap_or("");
-    tracing::warn!(status = status.as_u16(), reason, "push API request refused");
+    // Debug here: the front warns of every refusal with the client's
+    // address and the request id, rate-limited per address.
+    tracing::debug!(status = status.as_u16(), reason = %Escaped(reason), "push API request refused");
     json(status, &body)
 }
 

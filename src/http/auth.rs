@@ -8,6 +8,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::time::SystemTime;
 
 use base64::engine::general_purpose::STANDARD;
@@ -15,7 +16,9 @@ use base64::Engine as _;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::StatusCode;
 
+use super::client::{Client, RequestId};
 use crate::config::OperatorConfig;
+use crate::logging::WarnLimiter;
 
 /// Why a request's credentials were refused; the message is safe to send
 /// back (it never repeats what the client sent).
@@ -197,16 +200,22 @@ impl std::fmt::Debug for ScreenTokens {
 /// Seconds between two warnings of one [`RefusalLog`].
 const REFUSAL_WARNING_EVERY_S: u64 = 60;
 
-/// Logs refused requests: a warning at most once a minute, the rest at
-/// debug level, so a misconfigured client or a password guesser cannot write
-/// a log line per request (every refusal is counted in
-/// `cti_http_responses_total` anyway). Never logs what the client sent;
-/// logs the client's address (behind a trusted proxy, the proxy's client).
+/// Logs refused requests at warn level, each (reason, client address) at
+/// most once a minute with the count of repeats kept quiet, the rest at
+/// debug level: a misconfigured PBX or a password guesser cannot write a
+/// log line per request, and one noisy client does not hide another (every
+/// refusal is counted in `cti_http_responses_total` anyway). Never logs
+/// credentials; logs the client's address (behind a trusted proxy, the
+/// proxy's client) and the request's id; what the client sent (path,
+/// origin) as plain `&str` fields, which the log writes quoted and escaped
+/// (`Debug`), never with `%` (`Display`, written raw).
 pub struct RefusalLog {
     /// What was refused, for the log line: "SOAP request", "API request".
     what: &'static str,
-    /// Unix second of the last warning.
+    /// Unix second of the last warning of [`RefusalLog::warning_due`].
     last_warning: AtomicU64,
+    /// Per (reason, address).
+    limiter: LazyLock<WarnLimiter>,
 }
 
 impl RefusalLog {
@@ -214,41 +223,81 @@ impl RefusalLog {
         RefusalLog {
             what,
             last_warning: AtomicU64::new(0),
+            limiter: LazyLock::new(WarnLimiter::new),
         }
     }
 
+    /// `Some(repeats)` when `reason` from `client` may be warned of now.
+    fn due(&self, reason: &str, client: IpAddr) -> Option<u64> {
+        self.limiter.due(&format!("{reason} {client}"))
+    }
+
     /// Bad or missing credentials.
-    pub fn refused(&self, path: &str, client: IpAddr, reason: &dyn std::fmt::Display) {
+    pub fn refused(&self, path: &str, client: Client, reason: &dyn std::fmt::Display) {
         let what = self.what;
-        if self.warning_due() {
-            tracing::warn!(what, path, %client, %reason, "request refused: bad or missing credentials (repeats within a minute are logged at debug level and counted in cti_http_responses_total)");
-        } else {
-            tracing::debug!(what, path, %client, %reason, "request refused: bad or missing credentials");
+        let (request_id, client) = (client.request, client.addr);
+        let reason = reason.to_string();
+        match self.due(&reason, client) {
+            Some(repeats) => {
+                tracing::warn!(what, path, %client, %request_id, %reason, repeats, "request refused: bad or missing credentials (repeats of this reason from this address within a minute are logged at debug level and counted in cti_http_responses_total)")
+            }
+            None => {
+                tracing::debug!(what, path, %client, %request_id, %reason, "request refused: bad or missing credentials")
+            }
         }
     }
 
     /// A client address outside the allow-list `key`.
-    pub fn refused_address(&self, path: &str, client: IpAddr, key: &str) {
+    pub fn refused_address(&self, path: &str, client: Client, key: &str) {
         let what = self.what;
-        if self.warning_due() {
-            tracing::warn!(what, path, %client, allow_list = key, "request refused: the client address is not in the endpoint's allow-list (repeats within a minute are logged at debug level and counted in cti_http_refused_total)");
-        } else {
-            tracing::debug!(what, path, %client, allow_list = key, "request refused: the client address is not in the endpoint's allow-list");
+        let (request_id, client) = (client.request, client.addr);
+        match self.due("address", client) {
+            Some(repeats) => {
+                tracing::warn!(what, path, %client, %request_id, allow_list = key, repeats, "request refused: the client address is not in the endpoint's allow-list (repeats from this address within a minute are logged at debug level and counted in cti_http_refused_total)")
+            }
+            None => {
+                tracing::debug!(what, path, %client, %request_id, allow_list = key, "request refused: the client address is not in the endpoint's allow-list")
+            }
         }
     }
 
     /// An operator screen opened by a page of an origin not in
     /// `popup.allowed_origins`.
-    pub fn refused_origin(&self, path: &str, client: IpAddr, origin: &str) {
+    pub fn refused_origin(&self, path: &str, client: Client, origin: &str) {
         let what = self.what;
-        if self.warning_due() {
-            tracing::warn!(what, path, %client, origin, "request refused: the page's origin is not in popup.allowed_origins (repeats within a minute are logged at debug level and counted in cti_http_refused_total)");
-        } else {
-            tracing::debug!(what, path, %client, origin, "request refused: the page's origin is not in popup.allowed_origins");
+        let (request_id, client) = (client.request, client.addr);
+        match self.due("origin", client) {
+            Some(repeats) => {
+                tracing::warn!(what, path, %client, %request_id, origin, repeats, "request refused: the page's origin is not in popup.allowed_origins (repeats from this address within a minute are logged at debug level and counted in cti_http_refused_total)")
+            }
+            None => {
+                tracing::debug!(what, path, %client, %request_id, origin, "request refused: the page's origin is not in popup.allowed_origins")
+            }
         }
     }
 
-    /// True at most once a minute (across threads).
+    /// Any other refusal (405, 413, 415, 429, 431, a SOAP fault...): at
+    /// warn level once a minute per (status, endpoint, address).
+    pub fn refused_status(
+        &self,
+        endpoint: &str,
+        status: u16,
+        client: IpAddr,
+        request_id: RequestId,
+    ) {
+        let what = self.what;
+        match self.due(&format!("{status} {endpoint}"), client) {
+            Some(repeats) => {
+                tracing::warn!(what, endpoint, status, %client, %request_id, repeats, "request refused (repeats of this status on this endpoint from this address within a minute are logged at debug level and counted in cti_http_responses_total)")
+            }
+            None => {
+                tracing::debug!(what, endpoint, status, %client, %request_id, "request refused")
+            }
+        }
+    }
+
+    /// True at most once a minute (across threads), whoever is refused:
+    /// for refusals of a flood from many addresses (connections).
     pub(super) fn warning_due(&self) -> bool {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -354,7 +403,21 @@ mod tests {
         let log = RefusalLog::new("test request");
         assert!(log.warning_due());
         assert!(!log.warning_due());
-        log.refused("/x", IpAddr::from([127, 0, 0, 1]), &AuthFailure::Wrong);
+        let client = Client {
+            addr: IpAddr::from([127, 0, 0, 1]),
+            https: false,
+            local: None,
+            request: RequestId {
+                connection: 3,
+                number: 7,
+            },
+        };
+        log.refused("/x", client, &AuthFailure::Wrong);
+        assert_eq!(log.due("wrong user name or password", client.addr), None);
+        assert_eq!(
+            log.due("wrong user name or password", [127, 0, 0, 2].into()),
+            Some(0)
+        );
     }
 
     fn hv(s: &str) -> HeaderValue {

@@ -67,7 +67,13 @@ impl Front {
         let limits = ConnectionLimits::new(config);
         Front {
             soap: SoapEndpoint::new(config, vats),
-            screens: Screens::new(config, hub, store.clone(), limits.general_slots()),
+            screens: Screens::new(
+                config,
+                hub,
+                store.clone(),
+                limits.general_slots(),
+                metrics.http_connections.clone(),
+            ),
             api: Api::new(config, push, store.clone()),
             admin: Admin::new(config, file, Arc::clone(&directory), store),
             ops: Ops::new(directory, health, Arc::clone(&metrics)),

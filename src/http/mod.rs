@@ -94,6 +94,13 @@ pub fn check_soap_path(config: &Config) -> Result<(), ConfigError> {
 static ADDRESS_REFUSALS: RefusalLog = RefusalLog::new("request");
 /// Screens refused for their page's origin, logged at most once a minute.
 static ORIGIN_REFUSALS: RefusalLog = RefusalLog::new("operator screen");
+/// Every other refusal (400, 405, 413, 415, 429, 431, 5xx, SOAP faults),
+/// logged by the front once its answer is made.
+static STATUS_REFUSALS: RefusalLog = RefusalLog::new("request");
+
+/// `X-Request-Id`: the request's id, as its log lines name it.
+static X_REQUEST_ID: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-request-id");
 
 /// Every endpoint, as the route table finds it; its label is the
 /// `endpoint` of `cti_http_responses_total`.
@@ -219,6 +226,34 @@ fn method_not_allowed(route: Route, method: &Method) -> Response<Body> {
     response
 }
 
+/// Warns of a refused request that its endpoint has not warned of already
+/// (401 and 403 are, with their reasons, by their [`RefusalLog`]s, but for
+/// the screens' 401s); a 404
+/// is not a refusal, only logged at debug level.
+fn log_refusal(
+    endpoint: &'static str,
+    status: StatusCode,
+    addr: IpAddr,
+    request: client::RequestId,
+) {
+    let screen = endpoint == Route::OperatorWs.label() || endpoint == Route::OperatorEvents.label();
+    match status {
+        // The screens' own 401s (a token that is missing or no operator's)
+        // are not logged where they are answered.
+        StatusCode::UNAUTHORIZED if screen => {
+            STATUS_REFUSALS.refused_status(endpoint, status.as_u16(), addr, request);
+        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {}
+        StatusCode::NOT_FOUND => {
+            tracing::debug!(endpoint, client = %addr, request_id = %request, "not found");
+        }
+        s if s.is_client_error() || s.is_server_error() => {
+            STATUS_REFUSALS.refused_status(endpoint, s.as_u16(), addr, request);
+        }
+        _ => {}
+    }
+}
+
 /// `path` is `prefix` or lies under it.
 fn under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
@@ -267,10 +302,14 @@ impl Front {
         peer: IpAddr,
         local: SocketAddr,
         over_tls: bool,
+        request: client::RequestId,
     ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
         let mut client = self.clients.resolve(peer, req.headers());
         client.https |= over_tls;
         client.local = Some(local);
+        client.request = request;
+        // All the answer's future keeps of the client: its log needs no more.
+        let addr = client.addr;
         let routed = if server::head_len(&req) > server::MAX_HEAD_BYTES {
             let response = self.head_too_large(req.uri().path());
             Routed::Answered("head_too_large", response)
@@ -287,13 +326,22 @@ impl Front {
                     (later.check.route.label(), response)
                 }
             };
+            let mut response = response;
             if endpoint == "soap" && response.status() == StatusCode::OK {
+                // The PBX's answered request: no log line to find, so no id
+                // sent (formatting and inserting it cost 3% of SayName's
+                // requests/s on two cores, bench/ab.sh).
                 self.soap_ok_responses.inc();
-            } else {
-                let status = response.status();
-                let labels = [endpoint, status.as_str()];
-                self.metrics.http_responses.with_label_values(&labels).inc();
+                return Ok(response);
             }
+            let status = response.status();
+            let labels = [endpoint, status.as_str()];
+            self.metrics.http_responses.with_label_values(&labels).inc();
+            log_refusal(endpoint, status, addr, request);
+            // One small allocation (the header's bytes) and one insert.
+            response
+                .headers_mut()
+                .insert(X_REQUEST_ID.clone(), request.header_value());
             Ok(response)
         }
     }
@@ -500,7 +548,7 @@ impl Front {
             .with_label_values(&[route.label(), "address"])
             .inc();
         let path = req.uri().path();
-        ADDRESS_REFUSALS.refused_address(path, client.addr, key);
+        ADDRESS_REFUSALS.refused_address(path, client, key);
         let message = format!(
             "requests to this endpoint from {} are not allowed",
             client.addr
@@ -528,7 +576,7 @@ impl Front {
             .http_refused
             .with_label_values(&[route.label(), "origin"])
             .inc();
-        ORIGIN_REFUSALS.refused_origin(req.uri().path(), client.addr, &origin.0);
+        ORIGIN_REFUSALS.refused_origin(req.uri().path(), client, &origin.0);
         let message = format!(
             "pages of {} may not open operator screens (popup.allowed_origins)",
             origin.0

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::{self, ScreenOperator, ScreenTokens};
 use super::respond::{json_error, with_header, Body};
@@ -42,6 +42,9 @@ pub struct Screens {
     /// connection ends at the upgrade, so a WebSocket screen takes a slot of
     /// its own for its lifetime.
     connection_slots: Arc<Semaphore>,
+    /// `cti_http_connections`: a screen's WebSocket is counted in it while
+    /// it lives, as it was while it was an HTTP connection.
+    connections: prometheus::IntGauge,
     /// The call journal, whose rows count long-poll deliveries.
     store: Store,
     /// The page and its files, compiled in.
@@ -54,6 +57,7 @@ impl Screens {
         hub: Arc<Hub>,
         store: Store,
         connection_slots: Arc<Semaphore>,
+        connections: prometheus::IntGauge,
     ) -> Screens {
         Screens {
             hub,
@@ -61,6 +65,7 @@ impl Screens {
             tokens: ScreenTokens::new(&config.operators),
             transport: TransportConfig::from(&config.popup),
             connection_slots,
+            connections,
             page: OperatorPage::new(),
         }
     }
@@ -119,13 +124,15 @@ impl Screens {
                 return response;
             }
         };
-        let Ok(slot) = Arc::clone(&self.connection_slots).try_acquire_owned() else {
-            tracing::warn!(key = %operator.key, "operator screen refused: server.max_connections are open");
+        let Ok(permit) = Arc::clone(&self.connection_slots).try_acquire_owned() else {
+            // Debug here: the front warns of the 503, once a minute per address.
+            tracing::debug!(key = %operator.key, "operator screen refused: server.max_connections are open");
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many connections (server.max_connections); try again later",
             );
         };
+        let slot = ScreenSlot::new(permit, self.connections.clone());
         let ping = self.transport.ping_interval;
         match handshake.accept(&self.hub, &operator.key, &operator.name, after, ping, slot) {
             Ok(response) => response,
@@ -242,6 +249,30 @@ impl Screens {
                 Err((StatusCode::UNAUTHORIZED, "unknown token".into()))
             }
         }
+    }
+}
+
+/// What a WebSocket screen holds while it lives: its `server.max_connections`
+/// slot, and its place in `cti_http_connections` (hyper's connection, which
+/// counted it, ended at the upgrade).
+struct ScreenSlot {
+    _permit: OwnedSemaphorePermit,
+    connections: prometheus::IntGauge,
+}
+
+impl ScreenSlot {
+    fn new(permit: OwnedSemaphorePermit, connections: prometheus::IntGauge) -> ScreenSlot {
+        connections.inc();
+        ScreenSlot {
+            _permit: permit,
+            connections,
+        }
+    }
+}
+
+impl Drop for ScreenSlot {
+    fn drop(&mut self) {
+        self.connections.dec();
     }
 }
 

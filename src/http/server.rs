@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::auth::RefusalLog;
+use super::client::RequestId;
 use super::limits::{Admission, Refusal};
 use super::Front;
 use crate::config::ServerConfig;
@@ -75,6 +76,8 @@ pub async fn run(
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
     tokio::pin!(shutdown);
+    // Connections since start-up: the first half of every request id.
+    let mut next_connection: u64 = 0;
 
     loop {
         let accepted = tokio::select! {
@@ -102,7 +105,9 @@ pub async fn run(
                 continue;
             }
         };
+        next_connection += 1;
         let connection = Connection {
+            id: next_connection,
             peer,
             // The address the client reached: the WSDL's default (one
             // getsockname per connection, never per request).
@@ -191,6 +196,8 @@ const FIRST_REQUEST_TIMEOUT: &str = "first_request_timeout";
 
 /// One accepted connection and what it holds while it lives.
 struct Connection {
+    /// Its number since start-up: the first half of its requests' ids.
+    id: u64,
     peer: SocketAddr,
     /// The gateway's address the connection reached.
     local: SocketAddr,
@@ -260,12 +267,16 @@ impl Connection {
         let peer_ip = peer.ip();
         let local = self.local;
         let head_wait = Arc::clone(&self.head_wait);
+        let connection = self.id;
         let handler = Arc::clone(&front);
         let service = service_fn(move |req| {
             // One store when the head is in, one clock read and store when
             // the answer is made: this connection's own, shared with no other.
-            head_wait.request_in();
-            let answer = Arc::clone(&handler).handle(req, peer_ip, local, over_tls);
+            let request = RequestId {
+                connection,
+                number: head_wait.request_in(),
+            };
+            let answer = Arc::clone(&handler).handle(req, peer_ip, local, over_tls, request);
             let head_wait = Arc::clone(&head_wait);
             async move {
                 let answered = answer.await;
@@ -333,6 +344,8 @@ struct HeadWait {
     since_us: AtomicU64,
     /// Whether a request head has come at all.
     any: AtomicBool,
+    /// Request heads so far.
+    requests: AtomicU64,
 }
 
 /// `HeadWait::since_us` while a request is being answered.
@@ -344,15 +357,18 @@ impl HeadWait {
             accepted,
             since_us: AtomicU64::new(0),
             any: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
         }
     }
 
-    /// A request head is in.
-    fn request_in(&self) {
+    /// A request head is in: its number on the connection, from 1.
+    fn request_in(&self) -> u64 {
         self.since_us.store(ANSWERING, Ordering::Relaxed);
         if !self.any.load(Ordering::Relaxed) {
             self.any.store(true, Ordering::Relaxed);
         }
+        // Only this connection's task counts here: no other core touches it.
+        self.requests.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Its answer is made: the wait for the next head starts.

@@ -147,7 +147,7 @@ impl SoapEndpoint {
         else {
             return Ok(());
         };
-        REFUSALS.refused(req.uri().path(), client.addr, &failure);
+        REFUSALS.refused(req.uri().path(), client, &failure);
         let response = fault(version, failure.status(), &failure.to_string());
         Err(match failure {
             AuthFailure::Repeated => response,

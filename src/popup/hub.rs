@@ -125,6 +125,8 @@ struct KeyState {
     /// [`WAKE_GROUPS`]): a large fan-out is woken a group at a time.
     arrived: [Notify; WAKE_GROUPS],
     metrics: Arc<Metrics>,
+    /// This key's `cti_popup_screens{key}`, moved with `cti_popup_subscribers`.
+    screens: prometheus::IntGauge,
 }
 
 struct KeyInner {
@@ -170,7 +172,9 @@ impl KeyState {
     }
 
     fn new(key: Box<str>, metrics: Arc<Metrics>) -> Self {
+        let screens = metrics.screens_of(&key);
         KeyState {
+            screens,
             key,
             inner: Mutex::new(KeyInner {
                 last_seq: 0,
@@ -185,6 +189,18 @@ impl KeyState {
         }
     }
 
+    /// Counts `n` more screens of this key in the gauges.
+    fn screens_came(&self, n: usize) {
+        self.metrics.subscribers.add(n as i64);
+        self.screens.add(n as i64);
+    }
+
+    /// Counts `n` screens of this key gone from the gauges.
+    fn screens_gone(&self, n: usize) {
+        self.metrics.subscribers.sub(n as i64);
+        self.screens.sub(n as i64);
+    }
+
     fn lock(&self) -> MutexGuard<'_, KeyInner> {
         // Nothing under this lock panics; if something ever did, the state is
         // still consistent enough to go on (worst case a lost message).
@@ -196,7 +212,7 @@ impl KeyState {
         let mut inner = self.lock();
         if let Some(i) = inner.subscribers.iter().position(|s| s.id == id) {
             inner.subscribers.swap_remove(i);
-            self.metrics.subscribers.dec();
+            self.screens_gone(1);
         }
     }
 }
@@ -341,7 +357,7 @@ impl Hub {
     /// runtime anyway.
     pub fn queue(&self, key: &str, event: &CallEvent) -> Result<Queued, HubError> {
         let Some(state) = self.keys.get(key) else {
-            self.metrics.unknown_key.inc();
+            // Counted by the caller (cti_incoming_calls_unknown_key_total).
             return Err(HubError::UnknownKey);
         };
         // Everything but the seq is rendered before taking the lock.
@@ -369,7 +385,7 @@ impl Hub {
         state.last_seq_tx.send_replace(seq);
         self.metrics.published.inc();
         self.metrics.delivered.inc_by(delivered as u64);
-        self.metrics.subscribers.sub((cut_off + gone) as i64);
+        state.screens_gone(cut_off + gone);
         if cut_off > 0 {
             self.metrics.slow_disconnects.inc_by(cut_off as u64);
             tracing::info!(key, seq, cut_off, "pop-up subscribers cut off: queue full");
@@ -407,7 +423,7 @@ impl Hub {
                     id,
                     mailbox: Arc::clone(&mailbox),
                 });
-                self.metrics.subscribers.inc();
+                state.screens_came(1);
                 (pending, Some(id))
             }
         };
@@ -508,7 +524,7 @@ impl Hub {
                 }
                 removed
             };
-            self.metrics.subscribers.sub(removed as i64);
+            state.screens_gone(removed);
             state.wake_all();
             state.last_seq_tx.send_modify(|_| {});
         }

@@ -171,7 +171,7 @@ impl Handshake {
         operator: &str,
         after: Option<u64>,
         ping_interval: Duration,
-        slot: tokio::sync::OwnedSemaphorePermit,
+        slot: impl Send + 'static,
     ) -> Result<Response<Full<Bytes>>, HubError> {
         // Where the screen stands if it is cut off before it is sent anything.
         let resume = match after {
@@ -307,16 +307,32 @@ enum End {
 }
 
 impl End {
+    /// Why the screen's connection ended, in words an admin can act on.
+    fn reason(&self) -> &'static str {
+        match self {
+            End::ClientClosed => "the screen closed the connection",
+            End::ClientGone => "the connection ended without a close frame (the page closed, the network dropped)",
+            End::Slow => "the screen did not read its messages: its queue (popup.queue_len) filled up",
+            End::Shutdown => "the gateway is shutting down",
+            End::Dead => "the screen answered no ping: nothing came from it for two popup.ping_interval",
+            End::Stalled => "a message could not be written to the screen within popup.ping_interval (its network or browser is stuck)",
+            End::Flood => "the screen sent too many frames",
+            End::TooBig => "the screen sent a frame over the size limit",
+            End::Broken(_) => "protocol or network error",
+        }
+    }
+
     fn log(&self, key: &str, name: &str) {
+        let reason = self.reason();
         match self {
             End::ClientClosed | End::ClientGone | End::Shutdown => {
-                tracing::debug!(%key, operator = %name, end = ?self, "operator screen disconnected");
+                tracing::debug!(%key, operator = %name, reason, "operator screen disconnected");
             }
             End::Broken(error) => {
-                tracing::debug!(%key, operator = %name, %error, "operator screen connection failed");
+                tracing::debug!(%key, operator = %name, reason, %error, "operator screen connection failed");
             }
             End::Slow | End::Dead | End::Stalled | End::Flood | End::TooBig => {
-                tracing::info!(%key, operator = %name, end = ?self, "operator screen dropped");
+                tracing::info!(%key, operator = %name, reason, "operator screen dropped");
             }
         }
     }
@@ -579,6 +595,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drop_reasons_are_words_not_variant_names() {
+        // Issue #16: the log said `end="Dead"`.
+        for end in [
+            End::ClientClosed,
+            End::ClientGone,
+            End::Slow,
+            End::Shutdown,
+            End::Dead,
+            End::Stalled,
+            End::Flood,
+            End::TooBig,
+            End::Broken("x".into()),
+        ] {
+            let reason = end.reason();
+            let variant = format!("{end:?}");
+            let variant = variant.split('(').next().unwrap_or_default();
+            assert!(!reason.contains(variant), "{reason}");
+            assert!(reason.contains(' '), "{reason}");
+        }
+        assert!(End::Dead.reason().contains("ping"));
+    }
 
     fn request(headers: &[(&str, &str)]) -> Request<()> {
         let mut builder = Request::get("/operator/ws?token=x");

@@ -49,8 +49,16 @@ pub enum FileError {
     },
     #[error("{path} is larger than {MAX_FILE_BYTES} bytes")]
     TooLarge { path: PathBuf },
-    #[error("line {line}: {problem}")]
-    Line { line: usize, problem: String },
+    /// A line of the file that is not a counterparty: its number, the
+    /// column (bytes, from 1) where JSON reading stopped when it did, and
+    /// why, named once (serde's own "at line 1 column N", which counts in
+    /// the line alone, is left out).
+    #[error("line {line}{}: {problem}", at_column(.column))]
+    Line {
+        line: usize,
+        column: Option<usize>,
+        problem: String,
+    },
     /// Not a failure of the file: it is read again once it has settled.
     #[error("{path} changed while it was read; it is read again once it has not changed for directory.settle")]
     ChangedWhileRead { path: PathBuf },
@@ -64,7 +72,11 @@ pub enum FileError {
 
 /// Parses a whole JSON Lines document. Blank lines are skipped.
 pub fn parse_jsonl(bytes: &[u8]) -> Result<Vec<Counterparty>, FileError> {
-    let line_err = |line: usize, problem: String| FileError::Line { line, problem };
+    let line_err = |line: usize, problem: String| FileError::Line {
+        line,
+        column: None,
+        problem,
+    };
     let mut records = Vec::with_capacity(bytes.len() / 256);
     let mut first_seen: HashMap<Box<str>, usize> = HashMap::new();
     for (i, raw) in bytes.split(|b| *b == b'\n').enumerate() {
@@ -78,12 +90,18 @@ pub fn parse_jsonl(bytes: &[u8]) -> Result<Vec<Counterparty>, FileError> {
         }
         let text =
             std::str::from_utf8(raw).map_err(|_| line_err(line, "not valid UTF-8".into()))?;
-        let text = text.trim_start_matches('\u{feff}').trim();
-        if text.is_empty() {
+        let trimmed = text.trim_start_matches('\u{feff}').trim();
+        if trimmed.is_empty() {
             continue;
         }
-        let record: Counterparty =
-            serde_json::from_str(text).map_err(|e| line_err(line, line_problem(text, &e)))?;
+        // serde counts columns in the trimmed text: the file's start with it.
+        let leading = text.len() - text.trim_start_matches('\u{feff}').trim_start().len();
+        let text = trimmed;
+        let record: Counterparty = serde_json::from_str(text).map_err(|e| FileError::Line {
+            line,
+            column: (e.column() > 0).then(|| leading + e.column()),
+            problem: without_position(&line_problem(text, &e)),
+        })?;
         record
             .validate()
             .map_err(|e| line_err(line, format!("{e} (id {:?})", record.id)))?;
@@ -113,6 +131,30 @@ fn line_problem(text: &str, error: &serde_json::Error) -> String {
         problem.push_str(&format!(" (id {id:?})"));
     }
     problem
+}
+
+/// ", column N" when the column is known.
+fn at_column(column: &Option<usize>) -> String {
+    column.map_or_else(String::new, |c| format!(", column {c}"))
+}
+
+/// serde_json's message without its " at line L column C" ending: that
+/// position counts in the line alone (always line 1), or in a record
+/// rebuilt to find the faulty field; the file's own is said once, by
+/// [`FileError::Line`].
+fn without_position(problem: &str) -> String {
+    let Some(at) = problem.rfind(" at line ") else {
+        return problem.to_owned();
+    };
+    let rest = &problem[at + " at line ".len()..];
+    let Some((line, after)) = rest.split_once(" column ") else {
+        return problem.to_owned();
+    };
+    let column_len = after.bytes().take_while(u8::is_ascii_digit).count();
+    if line.is_empty() || !line.bytes().all(|b| b.is_ascii_digit()) || column_len == 0 {
+        return problem.to_owned();
+    }
+    format!("{}{}", &problem[..at], &after[column_len..])
 }
 
 /// A content fingerprint: unchanged content is not parsed or snapshotted again.
@@ -529,7 +571,28 @@ mod tests {
         let text = "{\"id\":\"1\",\"name\":\"A\"}\n{\"id\":\"2\",\"nam\":\"B\"}\n";
         let err = parse_jsonl(text.as_bytes()).expect_err("bad field");
         let msg = err.to_string();
-        assert!(msg.starts_with("line 2:") && msg.contains("nam"), "{msg}");
+        assert!(msg.starts_with("line 2") && msg.contains("nam"), "{msg}");
+    }
+
+    #[test]
+    fn a_broken_line_names_its_line_and_column_once() {
+        // Issue #16: "line 51: … at line 1 column 31". The `o` is byte 21 of
+        // the line (two spaces the column counts, though serde never saw them).
+        let text = "{\"id\":\"1\",\"name\":\"A\"}\n  {\"id\":\"2\",\"name\": oops}\n";
+        let msg = parse_jsonl(text.as_bytes())
+            .expect_err("broken")
+            .to_string();
+        assert!(msg.starts_with("line 2, column 21: "), "{msg}");
+        assert!(!msg.contains(" at line "), "{msg}");
+        assert_eq!(msg.matches("column").count(), 1, "{msg}");
+        assert_eq!(
+            without_position("expected value at line 1 column 19"),
+            "expected value"
+        );
+        assert_eq!(
+            without_position("missing field `name`"),
+            "missing field `name`"
+        );
     }
 
     #[test]
@@ -548,7 +611,7 @@ mod tests {
             let text = format!("{{\"id\":\"1\",\"name\":\"A\"}}\n{line}\n");
             let msg = parse_jsonl(text.as_bytes()).expect_err(line).to_string();
             assert!(
-                msg.starts_with("line 2:")
+                msg.starts_with("line 2")
                     && msg.contains(&format!("`{field}`"))
                     && msg.contains("\"k\""),
                 "{msg}"

@@ -1,15 +1,22 @@
 //! The hub's Prometheus metrics (`cti_popup_*`): what was published, to how
 //! many screens, what was replayed, who was cut off, who is connected.
+//!
+//! Calls for a key no operator has are counted once, by the SOAP side, in
+//! `cti_incoming_calls_unknown_key_total` (the hub's own counter of them
+//! counted the same calls a second time and is gone).
 
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub(super) struct Metrics {
     pub(super) published: IntCounter,
     pub(super) delivered: IntCounter,
-    pub(super) unknown_key: IntCounter,
     pub(super) replayed: IntCounter,
     pub(super) slow_disconnects: IntCounter,
     pub(super) subscribers: IntGauge,
+    /// `cti_popup_screens{key}`: one child per configured key, made when
+    /// the hub is built (keys come from the configuration, never from a
+    /// caller, so the label's values are bounded).
+    screens: IntGaugeVec,
 }
 
 impl Metrics {
@@ -26,6 +33,14 @@ impl Metrics {
             "Live pop-up subscriptions (WebSocket screens) now connected.",
         )?;
         registry.register(Box::new(subscribers.clone()))?;
+        let screens = IntGaugeVec::new(
+            Opts::new(
+                "cti_popup_screens",
+                "WebSocket screens connected now, by operator key (every configured key, 0 when none: alert on it).",
+            ),
+            &["key"],
+        )?;
+        registry.register(Box::new(screens.clone()))?;
         Ok(Self {
             published: counter(
                 registry,
@@ -36,11 +51,6 @@ impl Metrics {
                 registry,
                 "cti_popup_delivered_total",
                 "Pop-up messages handed to screens: queued to a live WebSocket subscription, or returned to a long-poll request.",
-            )?,
-            unknown_key: counter(
-                registry,
-                "cti_popup_unknown_key_total",
-                "Incoming calls for an abonent key no operator has.",
             )?,
             replayed: counter(
                 registry,
@@ -53,6 +63,12 @@ impl Metrics {
                 "Subscriptions cut off because their queue was full.",
             )?,
             subscribers,
+            screens,
         })
+    }
+
+    /// The `cti_popup_screens` gauge of one configured key.
+    pub(super) fn screens_of(&self, key: &str) -> IntGauge {
+        self.screens.with_label_values(&[key])
     }
 }

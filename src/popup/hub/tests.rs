@@ -137,7 +137,11 @@ async fn unknown_key_is_refused_and_allocates_no_state() {
         hub.wait_after("random-key", 0, WAIT).await,
         Err(HubError::UnknownKey)
     );
-    assert_eq!(metric(&registry, "cti_popup_unknown_key_total"), 3.0);
+    // Counted once, by the SOAP side (cti_incoming_calls_unknown_key_total).
+    assert!(!prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .expect("encodes")
+        .contains("unknown_key"));
     assert_eq!(metric(&registry, "cti_popup_published_total"), 0.0);
 }
 
@@ -325,6 +329,10 @@ async fn dropped_subscriptions_are_pruned() {
         .collect();
     assert_eq!(hub.subscriber_count(K1), Some(3));
     assert_eq!(metric(&registry, "cti_popup_subscribers"), 3.0);
+    // Per key: every configured key is there, at 0 when it has no screen.
+    let screens = |key: &str| metric(&registry, &format!("cti_popup_screens{{key=\"{key}\"}}"));
+    assert_eq!(screens(K1), 3.0);
+    assert_eq!(screens(K2), 0.0);
     drop(subs);
     assert_eq!(hub.subscriber_count(K1), Some(0));
     assert_eq!(metric(&registry, "cti_popup_subscribers"), 0.0);
@@ -349,7 +357,7 @@ fn publish_prunes_subscribers_whose_receiver_is_gone() {
             id: 999,
             mailbox: Arc::new(Mailbox::new()),
         });
-        hub.metrics.subscribers.inc();
+        state.screens_came(1);
     }
     assert_eq!(hub.subscriber_count(K1), Some(1));
     assert_eq!(publish(&hub, K1).delivered, 0);
@@ -580,7 +588,6 @@ fn metrics_are_registered_and_a_second_hub_on_one_registry_is_refused() {
     for name in [
         "cti_popup_published_total",
         "cti_popup_delivered_total",
-        "cti_popup_unknown_key_total",
         "cti_popup_replayed_total",
         "cti_popup_slow_disconnects_total",
         "cti_popup_subscribers",
