@@ -699,9 +699,9 @@ impl Signals {
     }
 }
 
-/// `accept-file`: `POST /api/v1/admin/accept-file` to the gateway the
-/// configuration describes (or `url`), with its `api.token`.
-fn accept_file(config: Option<PathBuf>, url: Option<&str>) -> anyhow::Result<()> {
+/// The gateway an admin command talks to (the configuration's listen
+/// address, or `url`) and the `api.token` it needs.
+fn admin_target(config: Option<PathBuf>, url: Option<&str>) -> anyhow::Result<(Target, String)> {
     let config = match config {
         Some(path) => Config::load(&path, &config::process_env)?,
         None => Config::demo(
@@ -717,7 +717,14 @@ fn accept_file(config: Option<PathBuf>, url: Option<&str>) -> anyhow::Result<()>
         Some(url) => Target::from_url(url)?,
         None => Target::listening_on(config.server.listen),
     };
-    let (status, body) = target.post(cti_gateway::http::ACCEPT_FILE, token.expose(), None)?;
+    Ok((target, token.expose().to_owned()))
+}
+
+/// `accept-file`: `POST /api/v1/admin/accept-file` to the gateway the
+/// configuration describes (or `url`), with its `api.token`.
+fn accept_file(config: Option<PathBuf>, url: Option<&str>) -> anyhow::Result<()> {
+    let (target, token) = admin_target(config, url)?;
+    let (status, body) = target.post(cti_gateway::http::ACCEPT_FILE, &token, None)?;
     println!("{}", body.trim_end());
     anyhow::ensure!(
         (200..300).contains(&status),
@@ -731,23 +738,9 @@ fn accept_file(config: Option<PathBuf>, url: Option<&str>) -> anyhow::Result<()>
 fn backup(to: &Path, config: Option<PathBuf>, url: Option<&str>) -> anyhow::Result<()> {
     let dir = std::path::absolute(to)
         .with_context(|| format!("cannot make {} an absolute path", to.display()))?;
-    let config = match config {
-        Some(path) => Config::load(&path, &config::process_env)?,
-        None => Config::demo(
-            &config::process_env,
-            &config::demo_folder(&config::process_env),
-        ),
-    };
-    let token = config.api.token.as_ref().context(format!(
-        "no api.token in the configuration (nor {}): the admin endpoint needs it",
-        config::ENV_API_TOKEN
-    ))?;
-    let target = match url {
-        Some(url) => Target::from_url(url)?,
-        None => Target::listening_on(config.server.listen),
-    };
+    let (target, token) = admin_target(config, url)?;
     let request = serde_json::json!({ "to": dir }).to_string();
-    let (status, body) = target.post(cti_gateway::http::BACKUP, token.expose(), Some(&request))?;
+    let (status, body) = target.post(cti_gateway::http::BACKUP, &token, Some(&request))?;
     if (200..300).contains(&status) {
         println!("{}", body.trim_end());
         return Ok(());

@@ -50,6 +50,24 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// What every admin endpoint checks first: `POST` (else 405 with
+    /// `usage`), the Bearer `api.token`, no query string.
+    #[allow(clippy::result_large_err)] // the Err is the answer itself
+    fn admin_request(
+        &self,
+        req: &Request<Incoming>,
+        client: Client,
+        usage: &str,
+    ) -> Result<(), Response<Body>> {
+        if req.method() != Method::POST {
+            let message = format!("method {} is not allowed here: {usage}", req.method());
+            let refused = json_error(StatusCode::METHOD_NOT_ALLOWED, &message);
+            return Err(with_header(refused, header::ALLOW, "POST"));
+        }
+        require_token(self.token.as_ref(), req, client)?;
+        no_query(req)
+    }
+
     pub fn new(
         config: &Config,
         file: Option<Arc<FileSource>>,
@@ -78,18 +96,10 @@ impl Admin {
     /// (missing, not writable, the store's own) or while another backup
     /// runs, 500 when a copy failed part-way (no partial file is left).
     pub async fn backup(&self, req: Request<Incoming>, client: Client) -> Response<Body> {
-        if req.method() != Method::POST {
-            let message = format!(
-                "method {} is not allowed here: POST {BACKUP} with {{\"to\": \"/absolute/folder\"}} copies the store files there",
-                req.method()
-            );
-            let refused = json_error(StatusCode::METHOD_NOT_ALLOWED, &message);
-            return with_header(refused, header::ALLOW, "POST");
-        }
-        if let Err(refused) = require_token(self.token.as_ref(), &req, client) {
-            return refused;
-        }
-        if let Err(refused) = no_query(&req) {
+        let usage = format!(
+            "POST {BACKUP} with {{\"to\": \"/absolute/folder\"}} copies the store files there"
+        );
+        if let Err(refused) = self.admin_request(&req, client, &usage) {
             return refused;
         }
         let raw = match body::read(req, MAX_BACKUP_BODY, self.body_read_timeout).await {
@@ -158,18 +168,10 @@ impl Admin {
     /// it is not valid (the line named), 503 while the gateway starts. The
     /// directory is unchanged whenever the answer is not 200.
     pub async fn accept_file(&self, req: Request<Incoming>, client: Client) -> Response<Body> {
-        if req.method() != Method::POST {
-            let message = format!(
-                "method {} is not allowed here: POST {ACCEPT_FILE} (no body) makes the file source take the directory file as it is",
-                req.method()
-            );
-            let refused = json_error(StatusCode::METHOD_NOT_ALLOWED, &message);
-            return with_header(refused, header::ALLOW, "POST");
-        }
-        if let Err(refused) = require_token(self.token.as_ref(), &req, client) {
-            return refused;
-        }
-        if let Err(refused) = no_query(&req) {
+        let usage = format!(
+            "POST {ACCEPT_FILE} (no body) makes the file source take the directory file as it is"
+        );
+        if let Err(refused) = self.admin_request(&req, client, &usage) {
             return refused;
         }
         let Some(file) = &self.file else {
