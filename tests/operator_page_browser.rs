@@ -473,6 +473,25 @@ async fn open_operator_page(gw: &TestGateway, token: &str) -> Browser {
     browser
 }
 
+/// Opens the operator page with `token` and waits until it says it is
+/// connected.
+async fn open_connected_page(gw: &TestGateway, token: &str) -> Browser {
+    let mut browser = open_operator_page(gw, token).await;
+    browser
+        .wait_for("the status pill as connected", |s| {
+            s.status_class == "connected"
+        })
+        .await;
+    browser
+}
+
+/// Three calls from [`CALLER`] to [`OPERATOR_KEY`], each seen on the page.
+async fn see_three_calls(browser: &mut Browser, gw: &TestGateway) {
+    for count in 1..=3 {
+        call_and_see(browser, gw, OPERATOR_KEY, CALLER, count, "Фэйковый чиж").await;
+    }
+}
+
 /// IncomingCall over SOAP for [`OPERATOR_KEY`], as the PBX sends it.
 async fn incoming_call(gw: &TestGateway, number: &str) {
     incoming_call_to(gw, number, OPERATOR_KEY).await;
@@ -550,13 +569,8 @@ async fn call_and_see(
 #[ignore = "needs chromium; .ci/run installs it"]
 async fn incoming_call_shows_the_callers_card_in_the_browser() {
     let gw = start("").await;
-    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
-
-    let state = browser
-        .wait_for("the status pill as connected", |s| {
-            s.status_class == "connected"
-        })
-        .await;
+    let mut browser = open_connected_page(&gw, OPERATOR_TOKEN).await;
+    let state = browser.state().await.expect("page state");
     // The token left the address bar; the page says whose screen it is.
     assert!(state.url.ends_with("/operator"), "{state:#?}");
     assert_eq!(state.operator, "Оператор: Иванова", "{state:#?}");
@@ -599,12 +613,7 @@ async fn incoming_call_shows_the_callers_card_in_the_browser() {
 #[ignore = "needs chromium; .ci/run installs it"]
 async fn unknown_callers_card_shows_the_number_in_the_browser() {
     let gw = start("").await;
-    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
-    browser
-        .wait_for("the status pill as connected", |s| {
-            s.status_class == "connected"
-        })
-        .await;
+    let mut browser = open_connected_page(&gw, OPERATOR_TOKEN).await;
 
     incoming_call(&gw, UNKNOWN_CALLER).await;
     let state = browser.wait_for("a card", |s| !s.cards.is_empty()).await;
@@ -655,23 +664,8 @@ async fn wrong_token_shows_the_login_form_with_an_error_in_the_browser() {
 #[ignore = "needs chromium; .ci/run installs it"]
 async fn the_page_shows_the_calls_a_restarted_gateway_sends() {
     let mut gw = start("").await;
-    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
-    browser
-        .wait_for("the status pill as connected", |s| {
-            s.status_class == "connected"
-        })
-        .await;
-    for count in 1..=3 {
-        call_and_see(
-            &mut browser,
-            &gw,
-            OPERATOR_KEY,
-            CALLER,
-            count,
-            "Фэйковый чиж",
-        )
-        .await;
-    }
+    let mut browser = open_connected_page(&gw, OPERATOR_TOKEN).await;
+    see_three_calls(&mut browser, &gw).await;
 
     // The gateway goes away; the page notices and retries.
     let addr = gw.addr;
@@ -739,23 +733,8 @@ async fn the_page_shows_the_calls_a_restarted_gateway_sends() {
 #[ignore = "needs chromium; .ci/run installs it"]
 async fn a_token_change_starts_clean_and_closes_the_old_operators_socket() {
     let gw = start("").await;
-    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
-    browser
-        .wait_for("the status pill as connected", |s| {
-            s.status_class == "connected"
-        })
-        .await;
-    for count in 1..=3 {
-        call_and_see(
-            &mut browser,
-            &gw,
-            OPERATOR_KEY,
-            CALLER,
-            count,
-            "Фэйковый чиж",
-        )
-        .await;
-    }
+    let mut browser = open_connected_page(&gw, OPERATOR_TOKEN).await;
+    see_three_calls(&mut browser, &gw).await;
 
     // Another operator's token in the fragment: the page closes the first
     // operator's socket, forgets their cards and numbers, and takes the
@@ -808,12 +787,8 @@ async fn a_token_with_a_plus_is_accepted_from_the_fragment_as_is_or_encoded() {
     let gw = start(&plus_operator()).await;
 
     // As written in a bookmark: `+` and `/` as they are.
-    let mut browser = open_operator_page(&gw, PLUS_TOKEN).await;
-    let state = browser
-        .wait_for("the status pill as connected", |s| {
-            s.status_class == "connected"
-        })
-        .await;
+    let mut browser = open_connected_page(&gw, PLUS_TOKEN).await;
+    let state = browser.state().await.expect("page state");
     assert!(!state.login_shown, "the token was refused: {state:#?}");
     call_and_see(&mut browser, &gw, PLUS_KEY, CALLER, 1, "Фэйковый чиж").await;
 
@@ -856,12 +831,7 @@ async fn a_token_with_a_plus_is_accepted_from_the_fragment_as_is_or_encoded() {
 #[ignore = "needs chromium; .ci/run installs it"]
 async fn the_policy_blocks_inline_script_and_style_in_the_browser() {
     let gw = start("").await;
-    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
-    browser
-        .wait_for("the status pill as connected", |s| {
-            s.status_class == "connected"
-        })
-        .await;
+    let mut browser = open_connected_page(&gw, OPERATOR_TOKEN).await;
     // What an injection would try: markup with a script and a style.
     let injected = r#"(() => {
       const script = document.createElement("script");
@@ -910,12 +880,7 @@ async fn the_policy_blocks_inline_script_and_style_in_the_browser() {
 #[ignore = "needs chromium; .ci/run installs it"]
 async fn the_page_works_with_allowed_origins_that_do_not_list_it() {
     let gw = start("[popup]\nallowed_origins = [\"https://crm.example.ru\"]\n").await;
-    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
-    browser
-        .wait_for("the status pill as connected", |s| {
-            s.status_class == "connected"
-        })
-        .await;
+    let mut browser = open_connected_page(&gw, OPERATOR_TOKEN).await;
     incoming_call(&gw, CALLER).await;
     browser
         .wait_for("the caller's card", |s| {
@@ -932,12 +897,7 @@ const PAGE_TITLE: &str = "Входящие звонки — cti-gateway";
 #[ignore = "needs chromium; .ci/run installs it"]
 async fn a_reload_during_a_call_shows_it_again_marked_earlier() {
     let gw = start("").await;
-    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
-    browser
-        .wait_for("the status pill as connected", |s| {
-            s.status_class == "connected"
-        })
-        .await;
+    let mut browser = open_connected_page(&gw, OPERATOR_TOKEN).await;
     call_and_see(&mut browser, &gw, OPERATOR_KEY, CALLER, 1, "Фэйковый чиж").await;
     let state = browser.state().await.expect("page state");
     assert!(!state.cards[0].class.contains("earlier"), "{state:#?}");
@@ -976,12 +936,7 @@ async fn a_reload_during_a_call_shows_it_again_marked_earlier() {
 #[ignore = "needs chromium; .ci/run installs it"]
 async fn leaving_the_page_closes_its_socket() {
     let gw = start("").await;
-    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
-    browser
-        .wait_for("the status pill as connected", |s| {
-            s.status_class == "connected"
-        })
-        .await;
+    let mut browser = open_connected_page(&gw, OPERATOR_TOKEN).await;
     let hub = gw.gateway().hub();
     until("one screen", || {
         hub.subscriber_count(OPERATOR_KEY) == Some(1)
@@ -1050,12 +1005,7 @@ async fn a_typed_token_beats_a_stale_fragment_after_a_reload() {
 #[ignore = "needs chromium; .ci/run installs it"]
 async fn only_the_last_50_cards_are_kept_over_200_calls() {
     let gw = start("").await;
-    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
-    browser
-        .wait_for("the status pill as connected", |s| {
-            s.status_class == "connected"
-        })
-        .await;
+    let mut browser = open_connected_page(&gw, OPERATOR_TOKEN).await;
     for i in 0..200 {
         incoming_call(&gw, &format!("8999{i:07}")).await;
     }
@@ -1088,12 +1038,7 @@ async fn a_long_name_wraps_and_the_manager_and_address_are_shown() {
         "{{\"id\":\"z9\",\"name\":\"{name}\",\"manager_name\":\"Смирнова Ольга\",\"manager_phone\":\"245\",\"address\":\"г. Москва, ул. Тверская, д. 1\",\"phones\":[\"84957770000\"]}}\n"
     );
     let gw = start_with(&directory, "").await;
-    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
-    browser
-        .wait_for("the status pill as connected", |s| {
-            s.status_class == "connected"
-        })
-        .await;
+    let mut browser = open_connected_page(&gw, OPERATOR_TOKEN).await;
     incoming_call(&gw, "84957770000").await;
     let state = browser.wait_for("the card", |s| s.cards.len() == 1).await;
     let card = &state.cards[0];
@@ -1223,12 +1168,7 @@ async fn sound_and_notifications_are_off_until_switched_on_and_hidden_calls_are_
 #[ignore = "needs chromium; .ci/run installs it"]
 async fn the_retry_label_counts_down() {
     let mut gw = start("").await;
-    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
-    browser
-        .wait_for("the status pill as connected", |s| {
-            s.status_class == "connected"
-        })
-        .await;
+    let mut browser = open_connected_page(&gw, OPERATOR_TOKEN).await;
     gw.stop().await;
     // Retries after 1, 2, then 4 s: the 4 s wait is shown as 4, then 3.
     browser
@@ -1247,23 +1187,8 @@ async fn the_retry_label_counts_down() {
 #[ignore = "needs chromium; .ci/run installs it"]
 async fn the_page_follows_a_seq_reset_of_a_replaced_store() {
     let mut gw = start("").await;
-    let mut browser = open_operator_page(&gw, OPERATOR_TOKEN).await;
-    browser
-        .wait_for("the status pill as connected", |s| {
-            s.status_class == "connected"
-        })
-        .await;
-    for count in 1..=3 {
-        call_and_see(
-            &mut browser,
-            &gw,
-            OPERATOR_KEY,
-            CALLER,
-            count,
-            "Фэйковый чиж",
-        )
-        .await;
-    }
+    let mut browser = open_connected_page(&gw, OPERATOR_TOKEN).await;
+    see_three_calls(&mut browser, &gw).await;
     // The store goes (replaced by an empty one): the key's numbers start
     // again at 1, below the page's last seq (3).
     gw.stop().await;
