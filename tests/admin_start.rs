@@ -10,10 +10,10 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::process::{free_port, Child};
+use support::process::{free_port, run_to_end, Child};
 use support::{element_text, say_name_data, say_name_envelope, soap, DIRECTORY};
 
 /// A config that names its files relative to its own folder.
@@ -40,21 +40,6 @@ fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cti-gateway"));
     command.env_remove("RUST_LOG");
     command
-}
-
-/// Runs `command` to its end (20 s at most) and returns what it printed.
-fn run_to_end(mut command: Command) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "the command did not end");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
 }
 
 fn stderr(output: &Output) -> String {

@@ -42,17 +42,7 @@ fn check_config_refuses_published_and_short_secrets_off_loopback() {
     std::fs::write(dir.path().join("counterparties.jsonl"), support::DIRECTORY)
         .expect("directory file");
     let file = dir.path().join("gateway.toml");
-    let check = |text: String| {
-        std::fs::write(&file, text).expect("write config");
-        std::process::Command::new(env!("CARGO_BIN_EXE_cti-gateway"))
-            .arg("check-config")
-            .arg("--config")
-            .arg(&file)
-            .env_remove("CTI_SOAP_PASSWORD")
-            .env_remove("CTI_API_TOKEN")
-            .output()
-            .expect("run cti-gateway check-config")
-    };
+    let check = |text: String| support::process::check_config(&file, &text);
     // The tests' config (password "123") is fine on loopback...
     let loopback = check(config_text_on(dir.path(), "127.0.0.1:8080", ""));
     assert!(

@@ -59,16 +59,7 @@ fn check_config_refuses_a_colliding_soap_path_and_accepts_the_default() {
     std::fs::write(dir.path().join("counterparties.jsonl"), support::DIRECTORY)
         .expect("directory file");
     let file = dir.path().join("gateway.toml");
-    let check = |text: String| {
-        std::fs::write(&file, text).expect("write config");
-        std::process::Command::new(env!("CARGO_BIN_EXE_cti-gateway"))
-            .arg("check-config")
-            .arg("--config")
-            .arg(&file)
-            .env_remove("CTI_SOAP_PASSWORD")
-            .output()
-            .expect("run cti-gateway check-config")
-    };
+    let check = |text: String| support::process::check_config(&file, &text);
     let refused = check(support::config_text(dir.path(), "soap.path = \"/readyz\""));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");

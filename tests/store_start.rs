@@ -11,14 +11,14 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cti_gateway::config::Config;
 use cti_gateway::gateway::{onec_store_path, StartError};
 use cti_gateway::store::{Store, StoreError};
 use cti_gateway::Gateway;
-use support::process::{free_port, serve_command, Child};
+use support::process::{free_port, run_to_end, serve_command, Child};
 use support::*;
 
 /// The seed's caller, listed in [`DIRECTORY`] (the file source).
@@ -105,21 +105,6 @@ fn forget_source(args: &[&str]) -> Output {
         .args(args)
         .env_remove("RUST_LOG");
     run_to_end(command)
-}
-
-/// Runs `command` with its output captured; panics after 20 s.
-fn run_to_end(mut command: Command) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "the command did not end");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
 }
 
 fn text(output: &Output) -> String {

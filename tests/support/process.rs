@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A port nobody listens on now (bind, read, release).
@@ -27,6 +27,35 @@ pub fn serve_command(config: &Path, log: &Path) -> Command {
         .stdout(Stdio::from(log.try_clone().expect("log fd")))
         .stderr(Stdio::from(log));
     command
+}
+
+/// Runs `command` to its end with its output captured; panics after 20 s.
+pub fn run_to_end(mut command: Command) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the command did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// `cti-gateway check-config --config FILE` with `text` written to FILE
+/// first, the secrets' environment variables unset.
+pub fn check_config(file: &Path, text: &str) -> Output {
+    std::fs::write(file, text).expect("write config");
+    Command::new(env!("CARGO_BIN_EXE_cti-gateway"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(file)
+        .env_remove("CTI_SOAP_PASSWORD")
+        .env_remove("CTI_API_TOKEN")
+        .output()
+        .expect("run cti-gateway check-config")
 }
 
 /// A running gateway process; killed (SIGKILL) if dropped still running.
