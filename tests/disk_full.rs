@@ -13,7 +13,7 @@ use std::path::Path;
 
 use support::process::{free_port, serve_command, Child};
 use support::{
-    config_text_on, element_text, get, incoming_call_envelope, request, say_name_envelope,
+    config_text_on, element_text, get, incoming_call_envelope, request, say_name_envelope, soap,
     unescape, DIRECTORY, OPERATOR_KEY, SEED_AUTH, SOAP_PATH,
 };
 
@@ -137,17 +137,7 @@ async fn on_a_full_disk_pushes_are_refused_never_acknowledged_and_say_name_keeps
     let mut answered_one = Vec::new();
     for i in 0..5 {
         let number = format!("8914000000{i}");
-        let reply = request(
-            addr,
-            "POST",
-            SOAP_PATH,
-            &[
-                "Content-Type: text/xml; charset=utf-8",
-                &format!("Authorization: {SEED_AUTH}"),
-            ],
-            incoming_call_envelope(&number, OPERATOR_KEY).as_bytes(),
-        )
-        .await;
+        let reply = soap(addr, &incoming_call_envelope(&number, OPERATOR_KEY)).await;
         match reply.status {
             200 if element_text(&reply.body, "m:return") == Some("1") => answered_one.push(number),
             500 => assert!(reply.body.contains("Fault"), "a SOAP fault: {}", reply.body),
@@ -178,17 +168,7 @@ async fn on_a_full_disk_pushes_are_refused_never_acknowledged_and_say_name_keeps
     let mut storm_refused = (0, 0);
     for i in 0..40 {
         let number = format!("8915000{i:04}");
-        let reply = request(
-            addr,
-            "POST",
-            SOAP_PATH,
-            &[
-                "Content-Type: text/xml; charset=utf-8",
-                &format!("Authorization: {SEED_AUTH}"),
-            ],
-            incoming_call_envelope(&number, OPERATOR_KEY).as_bytes(),
-        )
-        .await;
+        let reply = soap(addr, &incoming_call_envelope(&number, OPERATOR_KEY)).await;
         if reply.status == 500 {
             storm_refused.0 += 1;
         }
