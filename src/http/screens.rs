@@ -19,7 +19,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::{self, ScreenOperator, ScreenTokens};
-use super::respond::{json_error, with_header, Body};
+use super::respond::{bytes, json_error, with_header, Body};
 use crate::config::Config;
 use crate::popup::page::OperatorPage;
 use crate::popup::{self, Hub, ScreenQuery, TransportConfig};
@@ -157,14 +157,8 @@ impl Screens {
         match popup::long_poll::poll(&self.hub, &operator.key, after, wait).await {
             Ok(polled) => {
                 self.journal_delivery(&operator.key, polled.seqs);
-                let mut response = Response::new(Body::new(Bytes::from(polled.body)));
-                let headers = response.headers_mut();
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                response
+                let answer = bytes(polled.body, "application/json");
+                with_header(answer, header::CACHE_CONTROL, "no-store")
             }
             Err(e) => {
                 tracing::error!(error = %e, key = %operator.key, "long-poll failed");
@@ -186,14 +180,8 @@ impl Screens {
             Err((status, message)) => return refused(status, &message),
         };
         let body = serde_json::json!({ "name": operator.name, "key": operator.key });
-        let mut response = Response::new(Body::new(Bytes::from(body.to_string())));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        let answer = bytes(body.to_string(), "application/json");
+        with_header(answer, header::CACHE_CONTROL, "no-store")
     }
 
     /// Counts a long-poll answer's messages as delivered in their journal
