@@ -342,8 +342,6 @@ struct HeadWait {
     /// Microseconds from `accepted` to the last answer; [`ANSWERING`]
     /// while a request is being answered; 0 before the first request.
     since_us: AtomicU64,
-    /// Whether a request head has come at all.
-    any: AtomicBool,
     /// Request heads so far.
     requests: AtomicU64,
 }
@@ -356,7 +354,6 @@ impl HeadWait {
         HeadWait {
             accepted,
             since_us: AtomicU64::new(0),
-            any: AtomicBool::new(false),
             requests: AtomicU64::new(0),
         }
     }
@@ -364,9 +361,6 @@ impl HeadWait {
     /// A request head is in: its number on the connection, from 1.
     fn request_in(&self) -> u64 {
         self.since_us.store(ANSWERING, Ordering::Relaxed);
-        if !self.any.load(Ordering::Relaxed) {
-            self.any.store(true, Ordering::Relaxed);
-        }
         // Only this connection's task counts here: no other core touches it.
         self.requests.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -383,7 +377,7 @@ impl HeadWait {
     }
 
     fn any_request(&self) -> bool {
-        self.any.load(Ordering::Relaxed)
+        self.requests.load(Ordering::Relaxed) > 0
     }
 
     /// When the connection must be looked at again, or `None` when the head
