@@ -191,8 +191,10 @@ struct Inner {
 /// How a store's writes compete for the CPU (see [`Store::open_background`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Priority {
-    /// Callers wait for its writes (the call journal, acknowledged pushes).
-    Normal,
+    /// The call journal's store: the PBX waits for its commits, so its writer
+    /// is real-time while it waits for them where the kernel allows it
+    /// ([`Urgency`](crate::thread_priority::Urgency)).
+    Journal,
     /// Nobody waits for its writes but the next start-up.
     Background,
 }
@@ -314,7 +316,7 @@ impl Store {
         // main store diffs on a read connection first, see above.
         let plan = match self.inner.priority {
             Priority::Background => None,
-            Priority::Normal => self.plan_replace(source, &records).await?,
+            Priority::Journal => self.plan_replace(source, &records).await?,
         };
         let result = self
             .request(|reply| Command::ReplaceSource {

@@ -134,7 +134,7 @@ impl Store {
         options: &OpenOptions,
     ) -> Result<Store, StoreError> {
         let (name, priority) = match &options.role {
-            StoreRole::Main => ("main", Priority::Normal),
+            StoreRole::Main => ("main", Priority::Journal),
             StoreRole::Cache { source } => (source.as_str(), Priority::Background),
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -36,6 +36,7 @@ use super::refusals::RECOVERY_QUIET;
 use super::snapshot::{self, Plan, RecordSet, Upserted};
 use super::{unix_ms, AppliedChanges, CallRecord, StoreError};
 use crate::directory::Tombstone;
+use crate::thread_priority::Urgency;
 use delivered::EarlyDeliveries;
 use replace::{CHUNK_TIME, MAX_CHUNK_OPS};
 
@@ -121,13 +122,30 @@ pub(super) enum Command {
     },
 }
 
-/// Starts the writer thread over an open, migrated connection.
 /// The time slice the normal writer asks for: its work between waits is a
 /// commit's CPU part, tens of microseconds. Measured on the 2-core VM with a
 /// pop-up fanned out to 1,000 screens while the call is journaled: commit
 /// p50 1.5 ms with it, 3.1 ms without (0.9-1.4 ms with no screens).
 const WAKE_SLICE: std::time::Duration = std::time::Duration::from_micros(100);
 
+/// The journal writer's scheduling, and one line saying what the kernel
+/// allowed.
+fn journal_urgency(name: &'static str) -> Urgency {
+    let urgency = Urgency::start(name, WAKE_SLICE);
+    if urgency.granted() {
+        tracing::debug!(thread = name, "store: the call journal's writer runs real-time (SCHED_FIFO 1) while it waits for calls");
+    } else {
+        tracing::info!(
+            thread = name,
+            "store: the call journal's writer may not run real-time (no CAP_SYS_NICE or RLIMIT_RTPRIO); \
+             IncomingCall answers may wait a few ms longer while the cores are busy; \
+             allow it with LimitRTPRIO=1 in the systemd unit"
+        );
+    }
+    urgency
+}
+
+/// Starts the writer thread over an open, migrated connection.
 pub(super) fn spawn(
     conn: Connection,
     path: PathBuf,
@@ -152,18 +170,20 @@ pub(super) fn spawn(
         chunk_time: CHUNK_TIME,
     };
     let name = match priority {
-        super::Priority::Normal => "cti-store-writer",
+        super::Priority::Journal => "cti-store-writer",
         super::Priority::Background => BACKGROUND_WRITER,
     };
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            if priority == super::Priority::Background {
-                crate::thread_priority::lower_current(name);
-            } else {
-                let _ = crate::thread_priority::short_slice_current(name, WAKE_SLICE);
-            }
-            writer.run()
+            let urgency = match priority {
+                super::Priority::Background => {
+                    crate::thread_priority::lower_current(name);
+                    None
+                }
+                super::Priority::Journal => Some(journal_urgency(name)),
+            };
+            writer.run(urgency)
         })
 }
 
@@ -194,7 +214,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self) {
+    /// Serves commands until every sender is gone. With `urgency`, the
+    /// thread waits and commits journal appends real-time (where granted)
+    /// and does everything else relaxed.
+    fn run(mut self, mut urgency: Option<Urgency>) {
         loop {
             let cmd = match self.deferred.pop_front() {
                 Some(cmd) => cmd,
@@ -203,90 +226,106 @@ impl Writer {
                     None => break,
                 },
             };
-            match cmd {
-                Command::AppendCall { call, reply } => {
-                    self.batch.push((call, reply));
-                    self.commit_appends();
-                }
-                Command::AddDelivered { key, seqs, reply } => {
-                    self.deliveries.push((key, seqs, reply));
-                    self.commit_appends();
-                }
-                Command::ReplaceSource {
-                    source,
-                    fingerprint,
-                    records,
-                    plan,
-                    reply,
-                } => {
-                    let result = self.replace_source(&source, &fingerprint, &*records, plan);
-                    let _ = reply.send(result);
-                }
-                Command::ApplyChanges {
-                    source,
-                    upserts,
-                    removals,
-                    tombstones,
-                    reply,
-                } => {
-                    let result = self.apply_changes(&source, &*upserts, &removals, &tombstones);
-                    let _ = reply.send(result);
-                }
-                Command::ForgetTombstones { tombstones, reply } => {
-                    let result = self.transact("forgetting spent tombstones", |tx| {
-                        let mut stmt = tx.prepare_cached(
-                            "DELETE FROM tombstones WHERE id = ?1 AND source = ?2 AND content = ?3",
-                        )?;
-                        let mut n = 0;
-                        for t in tombstones.iter() {
-                            n += stmt.execute(params![&*t.id, &*t.source, t.content as i64])?;
-                        }
-                        Ok(n)
-                    });
-                    let _ = reply.send(result);
-                }
-                Command::ForgetSource { source, reply } => {
-                    let result = self.transact("forgetting a source's snapshot", |tx| {
-                        let rows = tx
-                            .prepare_cached("DELETE FROM counterparties WHERE source = ?1")?
-                            .execute([&source])?;
-                        tx.prepare_cached("DELETE FROM sources WHERE source = ?1")?
-                            .execute([&source])?;
-                        Ok(rows)
-                    });
-                    if result.is_ok() {
-                        // Plans computed before this commit are stale now.
-                        self.generation.fetch_add(1, Ordering::AcqRel);
-                    }
-                    let _ = reply.send(result);
-                }
-                Command::PruneCalls {
-                    before_ms,
-                    limit,
-                    reply,
-                } => {
-                    // Retention is the least urgent work there is: the
-                    // appends already waiting are committed first.
-                    self.commit_appends();
-                    let result = self.prune_calls(before_ms, limit);
-                    let _ = reply.send(result);
-                }
-                #[cfg(test)]
-                Command::Exec { sql, reply } => {
-                    let result = self
-                        .conn
-                        .execute_batch(&sql)
-                        .map_err(|e| StoreError::sqlite(&self.path, "test SQL", e));
-                    let _ = reply.send(result);
-                }
-                Command::SetChunk { ops, time, reply } => {
-                    self.max_chunk_ops = ops.max(1);
-                    self.chunk_time = time;
-                    let _ = reply.send(Ok(()));
-                }
+            // Long work is done relaxed; the thread waits for the next
+            // command real-time again, so that a call's append wakes it at once.
+            let brief = matches!(
+                cmd,
+                Command::AppendCall { .. } | Command::AddDelivered { .. }
+            );
+            if let (false, Some(urgency)) = (brief, urgency.as_mut()) {
+                urgency.relaxed();
+            }
+            self.serve(cmd);
+            if let Some(urgency) = urgency.as_mut() {
+                urgency.urgent();
             }
         }
         self.shutdown();
+    }
+
+    fn serve(&mut self, cmd: Command) {
+        match cmd {
+            Command::AppendCall { call, reply } => {
+                self.batch.push((call, reply));
+                self.commit_appends();
+            }
+            Command::AddDelivered { key, seqs, reply } => {
+                self.deliveries.push((key, seqs, reply));
+                self.commit_appends();
+            }
+            Command::ReplaceSource {
+                source,
+                fingerprint,
+                records,
+                plan,
+                reply,
+            } => {
+                let result = self.replace_source(&source, &fingerprint, &*records, plan);
+                let _ = reply.send(result);
+            }
+            Command::ApplyChanges {
+                source,
+                upserts,
+                removals,
+                tombstones,
+                reply,
+            } => {
+                let result = self.apply_changes(&source, &*upserts, &removals, &tombstones);
+                let _ = reply.send(result);
+            }
+            Command::ForgetTombstones { tombstones, reply } => {
+                let result = self.transact("forgetting spent tombstones", |tx| {
+                    let mut stmt = tx.prepare_cached(
+                        "DELETE FROM tombstones WHERE id = ?1 AND source = ?2 AND content = ?3",
+                    )?;
+                    let mut n = 0;
+                    for t in tombstones.iter() {
+                        n += stmt.execute(params![&*t.id, &*t.source, t.content as i64])?;
+                    }
+                    Ok(n)
+                });
+                let _ = reply.send(result);
+            }
+            Command::ForgetSource { source, reply } => {
+                let result = self.transact("forgetting a source's snapshot", |tx| {
+                    let rows = tx
+                        .prepare_cached("DELETE FROM counterparties WHERE source = ?1")?
+                        .execute([&source])?;
+                    tx.prepare_cached("DELETE FROM sources WHERE source = ?1")?
+                        .execute([&source])?;
+                    Ok(rows)
+                });
+                if result.is_ok() {
+                    // Plans computed before this commit are stale now.
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                }
+                let _ = reply.send(result);
+            }
+            Command::PruneCalls {
+                before_ms,
+                limit,
+                reply,
+            } => {
+                // Retention is the least urgent work there is: the
+                // appends already waiting are committed first.
+                self.commit_appends();
+                let result = self.prune_calls(before_ms, limit);
+                let _ = reply.send(result);
+            }
+            #[cfg(test)]
+            Command::Exec { sql, reply } => {
+                let result = self
+                    .conn
+                    .execute_batch(&sql)
+                    .map_err(|e| StoreError::sqlite(&self.path, "test SQL", e));
+                let _ = reply.send(result);
+            }
+            Command::SetChunk { ops, time, reply } => {
+                self.max_chunk_ops = ops.max(1);
+                self.chunk_time = time;
+                let _ = reply.send(Ok(()));
+            }
+        }
     }
 
     /// Group commit: adds every append (and delivery) already waiting in the
