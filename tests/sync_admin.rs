@@ -388,3 +388,45 @@ async fn the_sync_command_is_a_thin_client_of_the_api() {
 
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_file_that_does_not_open_costs_the_sync_api_not_the_calls() {
+    let mut gw = start("").await;
+    gw.stop().await;
+    // An empty file where the sync store was: refused (a lost store), so
+    // not opened.
+    std::fs::write(gw.dir.path().join("store.sync.sqlite"), b"").expect("empty sync file");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(gw.dir.path().join(format!("store.sync.sqlite{suffix}")));
+    }
+    let mut gw = start_in(gw.dir, "").await;
+    assert!(gw.gateway().sync_store().is_none());
+    let reply = get_api(gw.addr, "/api/v1/sync/status").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(
+        reply.body.contains("sync store is not open"),
+        "{}",
+        reply.body
+    );
+    // Calls are answered and journaled.
+    let reply = soap(
+        gw.addr,
+        &incoming_call_envelope("89235292926", OPERATOR_KEY),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let calls = gw
+        .gateway()
+        .store()
+        .calls(None, None, 10)
+        .await
+        .expect("journal");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        std::fs::metadata(gw.dir.path().join("store.sync.sqlite"))
+            .expect("left as it was")
+            .len(),
+        0
+    );
+    gw.stop().await;
+}
