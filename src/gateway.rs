@@ -68,6 +68,8 @@ pub struct Gateway {
     store: Store,
     /// The 1C snapshot's own store (with `[onec]`).
     onec_store: Option<Store>,
+    /// The sync store; `None` when it did not open (logged: calls go on).
+    sync_store: Option<Store>,
     metrics: Arc<Metrics>,
     reload: watch::Sender<u64>,
     stop_server: Arc<Notify>,
@@ -98,6 +100,7 @@ impl Gateway {
         // start-up before anything is created on disk (no `var/` left behind).
         let (listener, addr) = bind(config.server.listen).await?;
         let store = open_main_store(&config, &metrics)?;
+        let sync_store = open_sync_store_or_log(&config, &metrics);
         let directory = Arc::new(
             Directory::new(soap::say_name_payload)
                 .counting_unusable_phones(metrics.directory_unusable_phones.clone())
@@ -128,6 +131,10 @@ impl Gateway {
         // Backups copy 1C's snapshot too: rebuilding it means reading 1C again.
         let front = match &onec_store {
             Some(onec_store) => front.backing_up_too(onec_store.clone()),
+            None => front,
+        };
+        let front = match &sync_store {
+            Some(sync_store) => front.with_sync_store(sync_store.clone()),
             None => front,
         };
         let (reload, _) = watch::channel(0u64);
@@ -178,6 +185,7 @@ impl Gateway {
             hub,
             store,
             onec_store,
+            sync_store,
             metrics,
             reload,
             stop_server,
@@ -201,6 +209,11 @@ impl Gateway {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The sync store, when it opened.
+    pub fn sync_store(&self) -> Option<&Store> {
+        self.sync_store.as_ref()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -238,6 +251,9 @@ impl Gateway {
         }
         if let Some(onec_store) = &self.onec_store {
             onec_store.close().await;
+        }
+        if let Some(sync_store) = &self.sync_store {
+            sync_store.close().await;
         }
         self.store.close().await;
         tracing::info!("stopped");
@@ -435,6 +451,18 @@ fn store_path_beside(store_path: &Path, part: &str) -> PathBuf {
         None => format!("{stem}.{part}"),
     };
     store_path.with_file_name(name)
+}
+
+/// [`open_sync_store`], its failure logged instead of stopping start-up:
+/// a sync file that will not open costs the sync, never the calls.
+fn open_sync_store_or_log(config: &Config, metrics: &Metrics) -> Option<Store> {
+    match open_sync_store(config, metrics) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            tracing::error!(error = %e, "the sync store did not open: calls are answered and journaled, nothing is synced and the sync API answers 503");
+            None
+        }
+    }
 }
 
 /// The sync store at [`sync_store_path`]: its own file, writer thread and

@@ -96,6 +96,93 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Ask the running gateway about CRM sync: the outbox, its dead rows,
+    /// conflicts and the id links (the sync API under /api/v1/sync, with
+    /// api.token). Prints the gateway's answer; exits 1 with its message.
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
+    },
+}
+
+/// Where a command that asks the running gateway sends its request.
+#[derive(clap::Args)]
+struct GatewayArgs {
+    /// The gateway's configuration, for `server.listen` and `api.token`
+    /// (CTI_API_TOKEN also gives it; without a file: demo mode's).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The gateway's address instead of `server.listen`, e.g.
+    /// http://127.0.0.1:8080 (plain HTTP).
+    #[arg(long)]
+    url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// Per system: rows waiting to be sent, the oldest one's age, dead rows.
+    Status {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Outbox rows in id order, a page at a time (the answer's next_after
+    /// is the --after of the next page).
+    Outbox {
+        /// Only this system's rows.
+        #[arg(long)]
+        system: Option<String>,
+        /// Only rows in this state: pending or dead.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only rows after this id.
+        #[arg(long)]
+        after: Option<i64>,
+        /// At most this many rows (1 to 1000; 100 unless given).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Make dead outbox row ID pending again (attempts 0, sent at once).
+    Retry {
+        id: i64,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Fields a CRM and the gateway disagreed on, in the order recorded.
+    Conflicts {
+        /// Only this system's conflicts.
+        #[arg(long)]
+        system: Option<String>,
+        /// Only those recorded from this time on (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many (1 to 1000; 100 unless given).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// A system's id links as CSV, on standard output.
+    ExportMap {
+        /// The system whose links to export.
+        #[arg(long)]
+        system: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+}
+
+impl SyncCommand {
+    fn gateway(&self) -> &GatewayArgs {
+        match self {
+            SyncCommand::Status { gateway }
+            | SyncCommand::Outbox { gateway, .. }
+            | SyncCommand::Retry { gateway, .. }
+            | SyncCommand::Conflicts { gateway, .. }
+            | SyncCommand::ExportMap { gateway, .. } => gateway,
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -108,6 +195,7 @@ fn main() -> std::process::ExitCode {
         | Command::AcceptFile { config, .. }
         | Command::Backup { config, .. } => config.clone(),
         Command::CheckConfig { config } => Some(config.clone()),
+        Command::Sync { command } => command.gateway().config.clone(),
     };
     match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -177,6 +265,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig { config } => check_config(&config),
         Command::AcceptFile { config, url } => accept_file(config, url.as_deref()),
         Command::Backup { to, config, url } => backup(&to, config, url.as_deref()),
+        Command::Sync { command } => sync(command),
         Command::Serve {
             config,
             listen,
@@ -745,16 +834,95 @@ fn backup(to: &Path, config: Option<PathBuf>, url: Option<&str>) -> anyhow::Resu
         println!("{}", body.trim_end());
         return Ok(());
     }
-    // The gateway's own message, not its JSON wrapping.
-    let message = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| body.trim().to_owned());
-    anyhow::bail!("the gateway answered {status}: {message}")
+    anyhow::bail!("the gateway answered {status}: {}", gateway_message(&body))
 }
 
-/// Where `accept-file` and `backup` send their request: plain HTTP/1.1 over a
-/// `std::net::TcpStream`, one request, `Connection: close`.
+/// `sync ...`: a request to the sync API, its answer printed (the JSON, or
+/// the CSV of `export-map`); an error with the gateway's message when it
+/// refused.
+fn sync(command: SyncCommand) -> anyhow::Result<()> {
+    use cti_gateway::http::{
+        SYNC_CONFLICTS, SYNC_IDMAP_CSV, SYNC_OUTBOX, SYNC_OUTBOX_ROW, SYNC_STATUS,
+    };
+    let GatewayArgs { config, url } = command.gateway();
+    let (target, token) = admin_target(config.clone(), url.as_deref())?;
+    let (status, body) = match &command {
+        SyncCommand::Status { .. } => target.get(SYNC_STATUS, &token)?,
+        SyncCommand::Outbox {
+            system,
+            state,
+            after,
+            limit,
+            ..
+        } => {
+            let query = query_string(&[
+                ("system", system.clone()),
+                ("state", state.clone()),
+                ("after", after.map(|a| a.to_string())),
+                ("limit", limit.map(|l| l.to_string())),
+            ]);
+            target.get(&format!("{SYNC_OUTBOX}{query}"), &token)?
+        }
+        SyncCommand::Retry { id, .. } => {
+            target.post(&format!("{SYNC_OUTBOX_ROW}{id}/retry"), &token, None)?
+        }
+        SyncCommand::Conflicts {
+            system,
+            since,
+            limit,
+            ..
+        } => {
+            let query = query_string(&[
+                ("system", system.clone()),
+                ("since", since.clone()),
+                ("limit", limit.map(|l| l.to_string())),
+            ]);
+            target.get(&format!("{SYNC_CONFLICTS}{query}"), &token)?
+        }
+        SyncCommand::ExportMap { system, .. } => {
+            let query = query_string(&[("system", Some(system.clone()))]);
+            target.get(&format!("{SYNC_IDMAP_CSV}{query}"), &token)?
+        }
+    };
+    if (200..300).contains(&status) {
+        if matches!(command, SyncCommand::ExportMap { .. }) {
+            print!("{body}");
+        } else {
+            println!("{}", body.trim_end());
+        }
+        return Ok(());
+    }
+    anyhow::bail!("the gateway answered {status}: {}", gateway_message(&body))
+}
+
+/// `?name=value&...` of the values given, percent-encoded; "" when none is.
+fn query_string(pairs: &[(&str, Option<String>)]) -> String {
+    let encoded: Vec<String> = pairs
+        .iter()
+        .filter_map(|(name, value)| {
+            let value = value.as_deref()?;
+            let value =
+                percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC);
+            Some(format!("{name}={value}"))
+        })
+        .collect();
+    if encoded.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", encoded.join("&"))
+    }
+}
+
+/// The gateway's own message in a refusal, not its JSON wrapping.
+fn gateway_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| body.trim().to_owned())
+}
+
+/// Where `accept-file`, `backup` and `sync` send their request: plain
+/// HTTP/1.1 over a `std::net::TcpStream`, one request, `Connection: close`.
 struct Target {
     /// The `Host` header: the address as given.
     host: String,
@@ -815,6 +983,22 @@ impl Target {
     /// POSTs `json` (or an empty body) to `path` with the Bearer `token`;
     /// the status and the body of the answer.
     fn post(&self, path: &str, token: &str, json: Option<&str>) -> anyhow::Result<(u16, String)> {
+        self.request("POST", path, token, json)
+    }
+
+    /// GETs `path` (with its query) with the Bearer `token`; the status and
+    /// the body of the answer.
+    fn get(&self, path: &str, token: &str) -> anyhow::Result<(u16, String)> {
+        self.request("GET", path, token, None)
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        json: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
         use std::io::{Read as _, Write as _};
         use std::time::Duration;
         let mut stream = self
@@ -830,7 +1014,7 @@ impl Target {
             None => ("", ""),
         };
         let request = format!(
-            "POST {}{path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.prefix,
             self.host,
             body.len()
@@ -840,16 +1024,49 @@ impl Target {
         stream
             .read_to_end(&mut answer)
             .context("the gateway's answer did not arrive")?;
-        parse_answer(&answer).context("the gateway's answer is not HTTP")
+        let (status, chunked, body) =
+            parse_answer(&answer).context("the gateway's answer is not HTTP")?;
+        if !chunked {
+            return Ok((status, String::from_utf8_lossy(body).into_owned()));
+        }
+        let body = dechunk(body).context(
+            "the gateway's answer broke off before its end (see the gateway's log); nothing of it was printed",
+        )?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 }
 
-/// The status and body of an HTTP/1.1 answer read to its end.
-fn parse_answer(answer: &[u8]) -> Option<(u16, String)> {
-    let text = String::from_utf8_lossy(answer);
-    let (head, body) = text.split_once("\r\n\r\n")?;
+/// The status of an HTTP/1.1 answer read to its end, whether its body is
+/// chunked, and the body as sent.
+fn parse_answer(answer: &[u8]) -> Option<(u16, bool, &[u8])> {
+    let end = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&answer[..end]).ok()?;
     let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
+    let chunked = head.lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("transfer-encoding")
+                && value.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    Some((status, chunked, &answer[end + 4..]))
+}
+
+/// A chunked body's content; `None` when it does not end with its last
+/// (empty) chunk: the gateway broke the answer off.
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(body.len());
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
+        let size_text = size_text.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_text, 16).ok()?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(body.get(..size)?);
+        body = body.get(size..)?.strip_prefix(b"\r\n")?;
+    }
 }
 
 /// mimalloc: fewer cycles per allocation on the request path than glibc's

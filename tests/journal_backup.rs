@@ -282,7 +282,7 @@ async fn the_backup_command_copies_a_live_store_while_calls_come_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_onec_the_backup_copies_both_store_files() {
+async fn with_onec_the_backup_copies_every_store_file() {
     let mock = mock_onec::MockOnec::start().await;
     let onec = format!(
         "\n[onec]\nodata_url = \"{}\"\nusername = \"{}\"\npassword = \"{}\"\nrefresh = \"1h\"\ntimeout = \"2s\"\n",
@@ -309,7 +309,11 @@ async fn with_onec_the_backup_copies_both_store_files() {
         })
         .collect();
     names.sort();
-    assert_eq!(names, ["store.onec.sqlite", "store.sqlite"], "{answer}");
+    assert_eq!(
+        names,
+        ["store.onec.sqlite", "store.sqlite", "store.sync.sqlite"],
+        "{answer}"
+    );
     for name in names {
         let conn = rusqlite::Connection::open_with_flags(
             target.path().join(&name),

@@ -112,6 +112,16 @@ level = "trace"
             b"",
         )
         .await;
+        // The sync admin API: reads, a retry, the streamed id-map export.
+        for path in [
+            "/api/v1/sync/status",
+            "/api/v1/sync/outbox?state=dead&limit=1",
+            "/api/v1/sync/conflicts?limit=1",
+            "/api/v1/sync/idmap.csv?system=crm",
+        ] {
+            let _ = raw_to_end(addr, "GET", path, &header).await;
+        }
+        let _ = raw_to_end(addr, "POST", "/api/v1/sync/outbox/1/retry", &header).await;
     }
     for token in [OPERATOR_TOKEN, WRONG_TOKEN] {
         let _ = get(
@@ -177,4 +187,26 @@ level = "trace"
             panic!("a secret ({needle}) is in the log:\n{line}");
         }
     }
+}
+
+/// A request with `header`, its answer read to the end as bytes (the id-map
+/// export is chunked, which `support::request` does not read).
+async fn raw_to_end(addr: std::net::SocketAddr, method: &str, path: &str, header: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let length = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{header}\r\n{length}Connection: close\r\n\r\n"
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("request sent");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    answer
 }

@@ -12,6 +12,7 @@ use super::ops::Ops;
 use super::origin::AllowedOrigins;
 use super::screens::Screens;
 use super::soap::SoapEndpoint;
+use super::sync::SyncAdmin;
 use super::throttle::AuthThrottle;
 use super::tls::Tls;
 use crate::config::Config;
@@ -30,6 +31,7 @@ pub struct Front {
     pub(super) screens: Screens,
     pub(super) api: Api,
     pub(super) admin: Admin,
+    pub(super) sync: SyncAdmin,
     pub(super) ops: Ops,
     /// Who a request comes from (`server.trusted_proxies`).
     pub(super) clients: ClientResolver,
@@ -76,6 +78,7 @@ impl Front {
             ),
             api: Api::new(config, push, store.clone()),
             admin: Admin::new(config, file, Arc::clone(&directory), store),
+            sync: SyncAdmin::new(config),
             ops: Ops::new(directory, health, Arc::clone(&metrics)),
             clients: ClientResolver::new(&config.server.trusted_proxies),
             allow: AllowLists::new(config),
@@ -94,6 +97,14 @@ impl Front {
     /// The same front, its backups copying `store` too (1C's snapshot).
     pub fn backing_up_too(mut self, store: Store) -> Front {
         self.admin.backing_up_too(store);
+        self
+    }
+
+    /// The same front, its sync admin API served from `store` (the sync
+    /// store), which backups copy too.
+    pub fn with_sync_store(mut self, store: Store) -> Front {
+        self.admin.backing_up_too(store.clone());
+        self.sync.serve_from(store);
         self
     }
 

@@ -8,7 +8,8 @@
 //! One file per endpoint group, each with its paths: `soap.rs` (the PBX's
 //! endpoint and the WSDL), `screens.rs` (operator page, WebSocket,
 //! long-poll), `api.rs` (push API, call journal), `admin.rs` (accepting
-//! the directory file past its guard), `ops.rs` (`/metrics`,
+//! the directory file past its guard, backups), `sync.rs` (the sync admin
+//! API over the sync store), `ops.rs` (`/metrics`,
 //! `/healthz`, `/readyz`). This file holds only the route table; `front.rs`
 //! builds the groups, `server.rs` accepts connections (`limits.rs` says
 //! who may open one), `client.rs` tells who a request comes from (behind
@@ -37,6 +38,7 @@ mod rfc3339;
 mod screens;
 pub mod server;
 mod soap;
+mod sync;
 mod throttle;
 pub mod tls;
 
@@ -61,6 +63,10 @@ pub use api::MAX_PUSH_BODY;
 pub use front::Front;
 pub use respond::Body;
 pub use soap::MAX_SOAP_BODY;
+pub use sync::{
+    CONFLICTS as SYNC_CONFLICTS, IDMAP_CSV as SYNC_IDMAP_CSV, OUTBOX as SYNC_OUTBOX,
+    OUTBOX_ROW as SYNC_OUTBOX_ROW, STATUS as SYNC_STATUS,
+};
 
 /// The paths the gateway's own endpoints live at or under; `soap.path` may
 /// be none of them nor lie under one (see [`check_soap_path`]).
@@ -112,6 +118,11 @@ enum Route {
     ApiCalls,
     ApiAcceptFile,
     ApiBackup,
+    SyncStatus,
+    SyncOutbox,
+    SyncRetry,
+    SyncConflicts,
+    SyncIdmap,
     Metrics,
     Healthz,
     Readyz,
@@ -132,6 +143,11 @@ impl Route {
             Route::ApiCalls => "api_calls",
             Route::ApiAcceptFile => "api_accept_file",
             Route::ApiBackup => "api_backup",
+            Route::SyncStatus => "sync_status",
+            Route::SyncOutbox => "sync_outbox",
+            Route::SyncRetry => "sync_retry",
+            Route::SyncConflicts => "sync_conflicts",
+            Route::SyncIdmap => "sync_idmap",
             Route::Metrics => "metrics",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
@@ -154,6 +170,11 @@ impl Route {
             | Route::ApiCalls
             | Route::ApiAcceptFile
             | Route::ApiBackup
+            | Route::SyncStatus
+            | Route::SyncOutbox
+            | Route::SyncRetry
+            | Route::SyncConflicts
+            | Route::SyncIdmap
             | Route::OperatorWs
             | Route::OperatorEvents
             | Route::OperatorMe => true,
@@ -179,14 +200,20 @@ impl Route {
             | Route::Readyz
             | Route::OperatorPage
             | Route::OperatorFile => Some(GET_AND_HEAD),
-            Route::ApiCalls | Route::OperatorWs | Route::OperatorEvents | Route::OperatorMe => {
-                Some(GET_ONLY)
-            }
+            Route::ApiCalls
+            | Route::SyncStatus
+            | Route::SyncOutbox
+            | Route::SyncConflicts
+            | Route::SyncIdmap
+            | Route::OperatorWs
+            | Route::OperatorEvents
+            | Route::OperatorMe => Some(GET_ONLY),
             Route::Soap
             | Route::ApiCounterparties
             | Route::ApiCounterparty
             | Route::ApiAcceptFile
             | Route::ApiBackup
+            | Route::SyncRetry
             | Route::Other => None,
         }
     }
@@ -359,6 +386,11 @@ impl Front {
             api::CALLS => Route::ApiCalls,
             admin::ACCEPT_FILE => Route::ApiAcceptFile,
             admin::BACKUP => Route::ApiBackup,
+            sync::STATUS => Route::SyncStatus,
+            sync::OUTBOX => Route::SyncOutbox,
+            p if sync::is_outbox_row(p) => Route::SyncRetry,
+            sync::CONFLICTS => Route::SyncConflicts,
+            sync::IDMAP_CSV => Route::SyncIdmap,
             ops::METRICS => Route::Metrics,
             ops::HEALTHZ => Route::Healthz,
             ops::READYZ => Route::Readyz,
@@ -483,6 +515,11 @@ impl Front {
             Route::ApiCalls => self.api.calls(&req, client).await,
             Route::ApiAcceptFile => self.admin.accept_file(req, client).await,
             Route::ApiBackup => self.admin.backup(req, client).await,
+            Route::SyncStatus => self.sync.status(&req, client).await,
+            Route::SyncOutbox => self.sync.outbox(&req, client).await,
+            Route::SyncRetry => self.sync.retry(&req, client).await,
+            Route::SyncConflicts => self.sync.conflicts(&req, client).await,
+            Route::SyncIdmap => self.sync.idmap_csv(&req, client).await,
             Route::Metrics => self.ops.metrics(),
             Route::Healthz => self.ops.healthz(),
             Route::Readyz => {

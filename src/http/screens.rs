@@ -135,7 +135,7 @@ impl Screens {
         let slot = ScreenSlot::new(permit, self.connections.clone());
         let ping = self.transport.ping_interval;
         match handshake.accept(&self.hub, &operator.key, &operator.name, after, ping, slot) {
-            Ok(response) => response,
+            Ok(response) => response.map(Body::from),
             Err(e) => {
                 tracing::error!(error = %e, key = %operator.key, "operator screen not subscribed");
                 json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot subscribe")

@@ -710,3 +710,48 @@ async fn a_read_only_sync_file_fails_its_writes_and_leaves_the_main_store_alone(
     sync.close().await;
     main.close().await;
 }
+
+#[tokio::test]
+async fn a_full_sync_file_refuses_enqueues_whole_and_serves_again_once_there_is_room() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let main = open(&store_path(dir.path()));
+    let registry = Registry::new();
+    let sync = open_sync(&sync_path(dir.path()), &registry);
+    sync.enqueue(vec![row("crm", "before", 1)])
+        .await
+        .expect("room at first");
+    // The file may not grow: as a full disk does.
+    sync.exec_on_writer("PRAGMA max_page_count = 1")
+        .await
+        .expect("cap the file");
+    let rows: Vec<NewOutboxRow> = (0..2_000)
+        .map(|i| row("crm", &format!("r{i}"), i))
+        .collect();
+    let err = sync.enqueue(rows).await.expect_err("no room");
+    assert!(matches!(err, StoreError::DiskFull { .. }), "{err:?}");
+    assert!(err.to_string().contains("was not saved"), "{err}");
+    assert_eq!(
+        counter(&registry, "cti_store_outbox_rows_total", "error"),
+        2_000
+    );
+    // Nothing of it is there: the id-map holds only the row queued before.
+    assert_eq!(
+        sync.idmap_hashes("crm", "company")
+            .await
+            .expect("map")
+            .len(),
+        1
+    );
+    // The journal is another file: calls go on.
+    main.append_call(call("k", 1, "9235292926"))
+        .await
+        .expect("calls go on");
+    sync.exec_on_writer("PRAGMA max_page_count = 1073741823")
+        .await
+        .expect("room again");
+    sync.enqueue(vec![row("crm", "after", 2)])
+        .await
+        .expect("the writer serves again");
+    sync.close().await;
+    main.close().await;
+}
