@@ -99,14 +99,16 @@ impl SoapEndpoint {
             .is_some_and(|q| q.split('&').any(|p| p.eq_ignore_ascii_case("wsdl")));
         match *req.method() {
             Method::POST => {}
-            Method::GET if is_wsdl => return Err(self.wsdl(&req, client)),
+            // HEAD as GET: hyper leaves the body out and keeps its
+            // Content-Length (what a monitor checking the WSDL sends).
+            Method::GET | Method::HEAD if is_wsdl => return Err(self.wsdl(&req, client)),
             _ => {
                 let message = format!(
                     "method {} is not allowed here: POST a SOAP request, or GET ?wsdl",
                     req.method()
                 );
                 let response = fault(hint, StatusCode::METHOD_NOT_ALLOWED, &message);
-                return Err(with_header(response, header::ALLOW, "GET, POST"));
+                return Err(with_header(response, header::ALLOW, "GET, HEAD, POST"));
             }
         }
         self.check_credentials(&req, client, hint)?;
