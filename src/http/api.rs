@@ -19,7 +19,7 @@ use super::client::{Client, RequestId};
 use super::query::ApiQuery;
 use super::respond::{json, json_error, with_header, Body};
 use super::rfc3339;
-use crate::config::{Config, Secret};
+use crate::config::{Config, Secret, ENV_API_TOKEN};
 use crate::directory::model::MAX_ID_LEN;
 use crate::logging::Escaped;
 use crate::phone;
@@ -235,9 +235,13 @@ pub(super) fn require_token(
     else {
         return Ok(());
     };
-    let message = match (failure, token) {
-        (AuthFailure::Repeated, _) | (_, Some(_)) => failure.to_string(),
-        (_, None) => "no api.token is configured on the gateway: this API refuses every request until one is set".to_owned(),
+    // Without a token configured no credential can be right: say that the
+    // endpoint is off and how to turn it on, not how to send a token.
+    let message = match token {
+        Some(_) => failure.to_string(),
+        None => format!(
+            "this endpoint is off: no api.token is configured on the gateway, so no token is accepted; to turn it on, set api.token in the gateway's config file (or {ENV_API_TOKEN} in its environment) and restart it"
+        ),
     };
     REFUSALS.refused(req.uri().path(), client, &message);
     let response = json_error(failure.status(), &message);

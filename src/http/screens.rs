@@ -213,6 +213,14 @@ impl Screens {
         req: &Request<Incoming>,
         request: RequestId,
     ) -> Result<(ScreenOperator, ScreenQuery), (StatusCode, String)> {
+        if self.tokens.is_empty() {
+            // No token can be right: say that screens are off and how to
+            // turn them on, not how to send a token.
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "operator screens are off: no [[operator]] is configured on the gateway, so no screen token is accepted; to turn them on, add an [[operator]] (key, token, name) to the gateway's config file and restart it".into(),
+            ));
+        }
         let query =
             ScreenQuery::parse(req.uri().query()).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
         let header = auth::authorization(req.headers()).map_err(|e| (e.status(), e.to_string()))?;
