@@ -287,7 +287,7 @@ impl Vats {
         event: &CallEvent,
         request: RequestId,
     ) -> (Option<Queued>, Option<u64>) {
-        match self.hub.queue(key, event) {
+        match self.hub.queue(key, event, Some(request)) {
             Ok(queued) => {
                 let seq = queued.published().seq;
                 (Some(queued), Some(seq))
