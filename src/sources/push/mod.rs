@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::directory::{Counterparty, Directory, Tombstone};
-use crate::logging::{RequestId, RequestIds};
+use crate::logging::{Escaped, RequestId, RequestIds};
 use crate::store::{Refusal, RefusalLog, SnapshotRecord, Store, StoreError};
 pub(crate) use parse::diagnose_text;
 pub use parse::{parse_batch, BatchError, RecordError, MAX_RECORDS};
@@ -460,7 +460,7 @@ impl PushSource {
         })?;
         self.deleted.inc();
         tracing::info!(
-            id = %id,
+            id = %Escaped(&id),
             push_rows = applied.removed,
             hidden_in = ?sources,
             counterparties = report.total_records,
