@@ -18,16 +18,28 @@
 //!     --seconds 10 --basic SOAP:123
 //! ```
 //!
+//! With `--ca CA.pem` it speaks TLS (rustls, ring, TLS 1.3, the server's
+//! certificate verified against the CA for the address's IP), one handshake
+//! per connection before the measured second starts (`bench/tls.sh`).
+//!
 //! Prints one machine-readable line, `TAIL_RESULT key=value ...` (latencies
 //! in ms). Every answer must be a 200; anything else, or a connection that
 //! fails, is counted in `errors`. Runs on one thread (like `wrk -t1`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use clap::Parser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// A connection, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 #[derive(Parser)]
 struct Args {
@@ -51,6 +63,9 @@ struct Args {
     /// user:password for HTTP Basic.
     #[arg(long)]
     basic: Option<String>,
+    /// Speak TLS, trusting this CA (PEM).
+    #[arg(long)]
+    ca: Option<String>,
 }
 
 /// What one connection measured.
@@ -92,25 +107,24 @@ fn main() {
     let interval = Duration::from_secs_f64(f64::from(args.conns) / f64::from(args.rate));
     let warmup = Duration::from_secs(1);
     let measure = Duration::from_secs(args.seconds);
+    let tls = args.ca.as_deref().map(connector);
     let tallies = runtime.block_on(async {
         let start = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..args.conns {
             let requests = requests.clone();
             let addr = args.addr.clone();
+            let tls = tls.clone();
             // Connections take their slots in turn, not all at once.
             let offset = interval.mul_f64(f64::from(c) / f64::from(args.conns));
             tasks.push(tokio::spawn(async move {
-                connection(
-                    &addr,
-                    &requests,
-                    c as usize,
-                    start + offset,
+                let schedule = Schedule {
+                    first_slot: start + offset,
                     interval,
-                    start + warmup,
-                    start + warmup + measure,
-                )
-                .await
+                    from: start + warmup,
+                    end: start + warmup + measure,
+                };
+                connection(&addr, tls.as_ref(), &requests, c as usize, schedule).await
             }));
         }
         let mut all = Vec::new();
@@ -161,19 +175,33 @@ fn request(addr: &str, path: &str, auth: &str, number: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// One keep-alive connection sending on its schedule until `end`;
-/// latencies are kept for requests written after `from`.
+/// When one connection sends.
+struct Schedule {
+    first_slot: Instant,
+    interval: Duration,
+    /// Latencies are kept for requests written from here on.
+    from: Instant,
+    /// No request is sent after this.
+    end: Instant,
+}
+
+/// One keep-alive connection sending on its schedule, `requests` in turn
+/// from the `first`.
 async fn connection(
     addr: &str,
+    tls: Option<&TlsConnector>,
     requests: &[Vec<u8>],
     first: usize,
-    mut next: Instant,
-    interval: Duration,
-    from: Instant,
-    end: Instant,
+    schedule: Schedule,
 ) -> Tally {
+    let Schedule {
+        first_slot: mut next,
+        interval,
+        from,
+        end,
+    } = schedule;
     let mut tally = Tally::default();
-    let mut stream: Option<TcpStream> = None;
+    let mut stream: Option<Box<dyn Io>> = None;
     let mut buf = vec![0u8; 16 * 1024];
     let mut i = first;
     while next < end {
@@ -185,12 +213,9 @@ async fn connection(
         }
         next += interval;
         if stream.is_none() {
-            match TcpStream::connect(addr).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    stream = Some(s);
-                }
-                Err(_) => {
+            match connect(addr, tls).await {
+                Some(s) => stream = Some(s),
+                None => {
                     tally.errors += 1;
                     continue;
                 }
@@ -216,8 +241,36 @@ async fn connection(
     tally
 }
 
+async fn connect(addr: &str, tls: Option<&TlsConnector>) -> Option<Box<dyn Io>> {
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Some(Box::new(tcp));
+    };
+    let ip: std::net::IpAddr = addr.rsplit_once(':')?.0.parse().ok()?;
+    let name = ServerName::IpAddress(ip.into());
+    Some(Box::new(tls.connect(name, tcp).await.ok()?))
+}
+
+/// A TLS 1.3 client trusting the CA in `ca` (a PEM file).
+fn connector(ca: &str) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("--ca is a PEM file") {
+        roots
+            .add(cert.expect("--ca holds certificates"))
+            .expect("--ca certificate");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
 /// Reads one HTTP/1.1 answer with a Content-Length whole; true for a 200.
-async fn read_answer(s: &mut TcpStream, buf: &mut [u8]) -> bool {
+async fn read_answer(s: &mut Box<dyn Io>, buf: &mut [u8]) -> bool {
     let mut have = 0;
     loop {
         match s.read(&mut buf[have..]).await {

@@ -19,12 +19,16 @@
 #       handshake verified against the CA with no session resumption, one
 #       SayName with Connection: close, the whole answer, close): connections
 #       per second, ratio per round and median (goal >= 0.85).
+#   (c) fixed rate: BENCH_ROUNDS interleaved rounds of bench/open_loop.rs
+#       over TLS keep-alive connections at BENCH_TAIL_RATE SayName/s: p50/p99
+#       with the cores not saturated, and the ratio of the median p99s.
 #
 # Environment (defaults in brackets):
 #   BENCH_THREADS [1] wrk threads   BENCH_CONNS [32]   BENCH_DURATION [20s]
 #   BENCH_WARMUP [5s]   BENCH_ROUNDS [3]   BENCH_QUERIES [200000]   BENCH_SEED [42]
 #   BENCH_PORT [18443] FLOOR_PORT [19443]   BENCH_TLS_KEY [ec] ec or rsa
 #   BENCH_TLS12 [0] 1: part (b) negotiates TLS 1.2 instead of 1.3
+#   BENCH_TAIL_RATE [20000] requests/s of part (c) (0: none)   BENCH_TAIL_SECONDS [10]
 #   BENCH_READY_TIMEOUT [300]   BENCH_SKIP_BUILD [0]   BENCH_KEEP [0]
 #   CARGO_TARGET_DIR [./target]
 # Everything listens on 127.0.0.1 only; every wait is bounded; the processes
@@ -61,6 +65,9 @@ GATEWAY=$TARGET/release/cti-gateway
 GEN=$TARGET/release/examples/gen_counterparties
 FLOOR=$TARGET/release/examples/floor_server
 CONNECT=$TARGET/release/examples/tls_connect_load
+OPEN_LOOP=$TARGET/release/examples/open_loop
+TAIL_RATE=${BENCH_TAIL_RATE:-20000}
+TAIL_SECONDS=${BENCH_TAIL_SECONDS:-10}
 
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
@@ -136,11 +143,11 @@ column() { local key=$1; shift; for r in "$@"; do field "$key" "$r"; done; }
 
 # ------------------------------------------------------------ build, data, certificates
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-  log "cargo build --release (gateway, floor_server, gen_counterparties, tls_connect_load)"
+  log "cargo build --release (gateway, floor_server, gen_counterparties, tls_connect_load, open_loop)"
   cargo build --release --bin cti-gateway --example floor_server --example gen_counterparties \
-    --example tls_connect_load >&2
+    --example tls_connect_load --example open_loop >&2
 fi
-for b in "$GATEWAY" "$GEN" "$FLOOR" "$CONNECT"; do [[ -x $b ]] || die "missing $b (build failed?)"; done
+for b in "$GATEWAY" "$GEN" "$FLOOR" "$CONNECT" "$OPEN_LOOP"; do [[ -x $b ]] || die "missing $b (build failed?)"; done
 need_wrk
 command -v curl >/dev/null 2>&1 || die "curl is required"
 command -v openssl >/dev/null 2>&1 || die "openssl is required (the command line, for the certificates)"
@@ -218,6 +225,23 @@ for ((r = 1; r <= ROUNDS; r++)); do
   NC_R+=("$(ratio_of "$(field rps "$G")" "$(field rps "$F")")")
 done
 
+# ------------------------------------------------------------ (c) fixed rate
+# The keep-alive connections again, at a fixed rate (bench/open_loop.rs):
+# the latency a PBX sees with the cores not saturated; (a)'s p99 is queueing
+# at saturation, where a fraction of a microsecond per request moves it.
+TL_G=(); TL_F=()
+if [[ $TAIL_RATE != 0 ]]; then
+  tail_run() {
+    "$OPEN_LOOP" --addr "127.0.0.1:$1" --path "$SOAP_PATH" --numbers "$TMP/numbers.txt" --ca "$TMP/ca.pem" \
+      --rate "$TAIL_RATE" --conns "$CONNS" --seconds "$TAIL_SECONDS" --basic SOAP:123 | sed -n 's/^TAIL_RESULT //p'
+  }
+  for ((r = 1; r <= ROUNDS; r++)); do
+    log "fixed-rate round $r/$ROUNDS: $TAIL_RATE SayName/s over $CONNS TLS connections for ${TAIL_SECONDS}s, gateway then floor"
+    TL_G+=("$(tail_run "$PORT")")
+    TL_F+=("$(tail_run "$FPORT")")
+  done
+fi
+
 STEAL=$(( $(steal_ticks) - STEAL0 ))
 HANDSHAKE_FAILURES=$(tls_curl "https://127.0.0.1:$PORT/metrics" | awk '/^cti_tls_handshake_failures_total / {print $2}')
 GW_RSS=$(rss_kb "$GW_PID")
@@ -258,6 +282,20 @@ echo "p99 median gateway $ka_g_p99 ms / floor $ka_f_p99 ms = $ka_p99_ratio (goal
 echo "-- (b) new TLS connections (TLS $tls_version, full handshakes, no resumption), one SayName each: $CONNS concurrent"
 print_rounds NC_G NC_F NC_R "conns/s"
 echo "gateway/floor connections/s per round: ${NC_R[*]}; median $nc_ratio (goal >= 0.85: $(met "$nc_ratio" ">=" 0.85)); lowest $nc_low"
+if (( ${#TL_G[@]} > 0 )); then
+  echo "-- (c) keep-alive at a fixed rate: $TAIL_RATE SayName/s over $CONNS TLS connections, ${TAIL_SECONDS}s per run (bench/open_loop.rs)"
+  printf '%-14s %9s %9s %9s %9s %9s %6s %7s\n' server "p50 ms" "p90 ms" "p99 ms" "p99.9 ms" "max ms" late errors
+  for ((r = 0; r < ROUNDS; r++)); do
+    for row in "gateway $((r + 1))|${TL_G[r]}" "floor $((r + 1))|${TL_F[r]}"; do
+      name=${row%%|*}; v=${row#*|}
+      printf '%-14s %9s %9s %9s %9s %9s %6s %7s\n' "$name" "$(field p50_ms "$v")" "$(field p90_ms "$v")" \
+        "$(field p99_ms "$v")" "$(field p999_ms "$v")" "$(field max_ms "$v")" "$(field late "$v")" "$(field errors "$v")"
+    done
+  done
+  tl_g=$(median $(column p99_ms "${TL_G[@]}")); tl_f=$(median $(column p99_ms "${TL_F[@]}"))
+  echo "fixed-rate p99 median gateway $tl_g ms / floor $tl_f ms = $(ratio_of "$tl_g" "$tl_f")"
+  echo "BENCH_RESULT mode=tls_tail rate=$TAIL_RATE conns=$CONNS seconds=$TAIL_SECONDS rounds=$ROUNDS gateway_p99_ms=$tl_g floor_p99_ms=$tl_f p99_ratio=$(ratio_of "$tl_g" "$tl_f")"
+fi
 echo "CPU steal during the rounds: $STEAL ticks ($(getconf CLK_TCK) a second per CPU): a round with a large share of it, or with errors, is to be run again"
 echo "gateway: ready in $READY ms, RSS after the runs $((GW_RSS / 1024)) MB, cti_tls_handshake_failures_total ${HANDSHAKE_FAILURES:-?} (wrk opens and drops one plain TCP connection per run to check the address: $(( 1 + ROUNDS )) of them are those)"
 echo "BENCH_RESULT mode=tls_keepalive count=$COUNT key=$KEY_KIND threads=$THREADS conns=$CONNS duration=$DURATION rounds=$ROUNDS answer_bytes=$SIZE gateway_rps=$ka_g_rps gateway_p99_ms=$ka_g_p99 floor_rps=$ka_f_rps floor_p99_ms=$ka_f_p99 ratio=$ka_ratio ratios=$(IFS=,; echo "${KA_R[*]}") lowest_ratio=$ka_low p99_ratio=$ka_p99_ratio"

@@ -9,6 +9,10 @@
 //! escaped) or, written with `%`, wrapped in [`Escaped`]. The JSON format
 //! escapes on its own.
 //!
+//! Every line written while serving a request names it: `request_id`, a
+//! [`RequestId`] passed down as a plain value (no span: entering one per
+//! request would cost the PBX's SayName, which logs nothing).
+//!
 //! A refusal or an unknown key repeats as fast as a client sends: each
 //! (reason, address) or key is warned of at most once a minute by a
 //! [`WarnLimiter`], which counts what it kept quiet meanwhile.
@@ -48,6 +52,46 @@ impl fmt::Display for Escaped<'_> {
 impl fmt::Debug for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
+    }
+}
+
+/// A request's id on its log lines (`request_id`) and in its
+/// `X-Request-Id` answer header, so an admin can find the lines of an
+/// answer a client shows them: `<connection>.<request>`, the connection's
+/// number since start-up and the request's on that connection. A line of
+/// work done for several requests at once (a group commit of pushes) names
+/// each, comma-separated ([`RequestIds`]).
+///
+/// Both counters belong to one task each (the accept loop, the connection):
+/// a counter shared by every request would bounce its cache line between
+/// the cores on every request (2.5% of SayName's requests/s, measured).
+/// Two `u64`s, `Copy`: passing it down costs a register or two, nothing on
+/// the way of a request that logs nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RequestId {
+    pub connection: u64,
+    pub number: u64,
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.connection, self.number)
+    }
+}
+
+/// The ids of the requests one line speaks for, comma-separated
+/// (`3.1,4.1`): what a group commit of pushes logs as its `request_id`.
+pub struct RequestIds<'a>(pub &'a [RequestId]);
+
+impl fmt::Display for RequestIds<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, id) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_char(',')?;
+            }
+            write!(f, "{id}")?;
+        }
+        Ok(())
     }
 }
 
@@ -125,6 +169,22 @@ mod tests {
         assert_eq!(Escaped("\u{1b}[31mred").to_string(), "\\u{1b}[31mred");
         assert_eq!(Escaped("a\\b\r\u{2028}").to_string(), "a\\\\b\\r\\u{2028}");
         assert_eq!(Escaped("Иванова 42").to_string(), "Иванова 42");
+    }
+
+    #[test]
+    fn request_ids_are_written_connection_dot_request_and_a_group_comma_separated() {
+        let a = RequestId {
+            connection: 3,
+            number: 1,
+        };
+        let b = RequestId {
+            connection: 14,
+            number: 2,
+        };
+        assert_eq!(a.to_string(), "3.1");
+        assert_eq!(RequestIds(&[a]).to_string(), "3.1");
+        assert_eq!(RequestIds(&[a, b]).to_string(), "3.1,14.2");
+        assert_eq!(RequestIds(&[]).to_string(), "");
     }
 
     #[test]

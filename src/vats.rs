@@ -12,7 +12,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::directory::{Counterparty, Directory, Entry};
-use crate::logging::{Escaped, WarnLimiter};
+use crate::logging::{Escaped, RequestId, WarnLimiter};
 use crate::metrics::{Metrics, OperationLabel, Outcome};
 use crate::phone::{self, PhoneKey};
 use crate::popup::{CallEvent, Hub, HubError, Queued};
@@ -38,6 +38,10 @@ pub struct SoapReply {
     pub outcome: ReplyOutcome,
     pub version: SoapVersion,
     pub body: Vec<u8>,
+    /// The request wrote log lines under its id (an IncomingCall's): its
+    /// answer names the id (`X-Request-Id`) even when it is a success. A
+    /// SayName logs nothing and its answer carries no id.
+    pub logged: bool,
 }
 
 impl SoapReply {
@@ -49,6 +53,7 @@ impl SoapReply {
             outcome: ReplyOutcome::Fault(code),
             version,
             body,
+            logged: true,
         }
     }
 
@@ -57,6 +62,7 @@ impl SoapReply {
             outcome: ReplyOutcome::Answer,
             version,
             body,
+            logged: false,
         }
     }
 }
@@ -104,26 +110,33 @@ impl Vats {
     }
 
     /// Answers one SOAP request body. `version_hint` (from the Content-Type)
-    /// is the version of a fault when the envelope itself cannot be read.
-    pub async fn answer(&self, body: &[u8], version_hint: SoapVersion) -> SoapReply {
+    /// is the version of a fault when the envelope itself cannot be read;
+    /// `request` is the id the lines it logs name (SayName's answer logs
+    /// none: it only carries the id along, two words).
+    pub async fn answer(
+        &self,
+        body: &[u8],
+        version_hint: SoapVersion,
+        request: RequestId,
+    ) -> SoapReply {
         let started = Instant::now();
         let (reply, op, outcome) = match self.reader.read(body) {
             Err(e) => {
                 // The reader's message may quote the request: escaped.
-                tracing::debug!(error = %Escaped(&e.to_string()), "unreadable SOAP request");
+                tracing::debug!(error = %Escaped(&e.to_string()), request_id = %request, "unreadable SOAP request");
                 let reply = SoapReply::fault(version_hint, FaultCode::Client, &e.to_string());
                 (reply, OperationLabel::Invalid, Outcome::ClientError)
             }
-            Ok(request) => match &request.operation {
+            Ok(envelope) => match &envelope.operation {
                 Operation::SayName { number } => {
-                    let (reply, outcome) = self.say_name(&request, number).await;
+                    let (reply, outcome) = self.say_name(&envelope, number).await;
                     (reply, OperationLabel::SayName, outcome)
                 }
                 Operation::IncomingCall { num_from, key } => {
                     // Boxed: its future (journal, screens, timeouts) is
                     // ten times SayName's, and inline it would be moved
                     // with every SayName's future too.
-                    let call = Box::pin(self.incoming_call(&request, num_from, key));
+                    let call = Box::pin(self.incoming_call(&envelope, num_from, key, request));
                     let (reply, outcome) = call.await;
                     (reply, OperationLabel::IncomingCall, outcome)
                 }
@@ -181,11 +194,12 @@ impl Vats {
     /// are woken while the journal commits ([`Vats::journal_and_wake`]).
     async fn incoming_call(
         &self,
-        request: &Request,
+        envelope: &Request,
         num_from: &str,
         key: &str,
+        request: RequestId,
     ) -> (SoapReply, Outcome) {
-        let (number, counterparty) = self.caller_card(num_from).await;
+        let (number, counterparty) = self.caller_card(num_from, request).await;
         let at = SystemTime::now();
         let event = CallEvent {
             at,
@@ -193,7 +207,7 @@ impl Vats {
             raw_number: num_from.to_owned(),
             counterparty: counterparty.clone(),
         };
-        let (queued, seq) = self.queue(key, &event);
+        let (queued, seq) = self.queue(key, &event, request);
         let delivered = queued.as_ref().map_or(0, |q| q.published().delivered);
         if queued.is_some() && delivered == 0 {
             self.metrics.incoming_calls_undelivered.inc();
@@ -207,7 +221,10 @@ impl Vats {
             delivered: u32::try_from(delivered).unwrap_or(u32::MAX),
             seq,
         };
-        match self.journal_and_wake(record, delivered, queued).await {
+        match self
+            .journal_and_wake(record, delivered, queued, request)
+            .await
+        {
             Ok(call_id) => {
                 tracing::info!(
                     call_id,
@@ -215,14 +232,21 @@ impl Vats {
                     known = counterparty.is_some(),
                     counterparty_id = counterparty.as_ref().map(|c| &*c.id),
                     delivered,
+                    request_id = %request,
                     "incoming call"
                 );
                 let mut body = Vec::with_capacity(512);
-                soap::write_incoming_call_response(&mut body, request.version, &request.namespace);
-                (SoapReply::answer(request.version, body), Outcome::Ok)
+                soap::write_incoming_call_response(
+                    &mut body,
+                    envelope.version,
+                    &envelope.namespace,
+                );
+                let mut reply = SoapReply::answer(envelope.version, body);
+                reply.logged = true;
+                (reply, Outcome::Ok)
             }
             Err(message) => (
-                SoapReply::fault(request.version, FaultCode::Server, &message),
+                SoapReply::fault(envelope.version, FaultCode::Server, &message),
                 Outcome::ServerError,
             ),
         }
@@ -230,7 +254,11 @@ impl Vats {
 
     /// The number as screens show it (E.164 for national numbers, an
     /// extension as it came) and the caller's card, if the caller is known.
-    async fn caller_card(&self, num_from: &str) -> (String, Option<Arc<Counterparty>>) {
+    async fn caller_card(
+        &self,
+        num_from: &str,
+        request: RequestId,
+    ) -> (String, Option<Arc<Counterparty>>) {
         let normalized = phone::normalize(num_from);
         let counterparty = self
             .find_caller(normalized)
@@ -238,7 +266,7 @@ impl Vats {
             .and_then(|e| match e.counterparty() {
                 Ok(c) => Some(Arc::new(c)),
                 Err(err) => {
-                    tracing::error!(id = e.id(), error = %err, "directory entry unreadable; showing the caller as unknown");
+                    tracing::error!(id = e.id(), error = %err, request_id = %request, "directory entry unreadable; showing the caller as unknown");
                     None
                 }
             });
@@ -253,8 +281,13 @@ impl Vats {
     /// Queues the pop-up for the key's screens (not woken yet), and its
     /// `seq` (journaled, so the key's numbers continue after a restart). A
     /// key no operator has is counted, not an error for the PBX.
-    fn queue(&self, key: &str, event: &CallEvent) -> (Option<Queued>, Option<u64>) {
-        match self.hub.queue(key, event) {
+    fn queue(
+        &self,
+        key: &str,
+        event: &CallEvent,
+        request: RequestId,
+    ) -> (Option<Queued>, Option<u64>) {
+        match self.hub.queue(key, event, Some(request)) {
             Ok(queued) => {
                 let seq = queued.published().seq;
                 (Some(queued), Some(seq))
@@ -264,14 +297,16 @@ impl Vats {
                 // `key` as a plain str is written with Debug: quoted, escaped.
                 match self.unknown_keys.due(key) {
                     Some(repeats) => {
-                        tracing::warn!(key, repeats, "incoming call for a key no [[operator]] has: no screen can show it (answered 1 and journaled; check the PBX's abonent key or add an [[operator]] with it; repeats of this key within a minute are logged at debug level and counted in cti_incoming_calls_unknown_key_total)")
+                        tracing::warn!(key, repeats, request_id = %request, "incoming call for a key no [[operator]] has: no screen can show it (answered 1 and journaled; check the PBX's abonent key or add an [[operator]] with it; repeats of this key within a minute are logged at debug level and counted in cti_incoming_calls_unknown_key_total)")
                     }
-                    None => tracing::debug!(key, "incoming call for a key no [[operator]] has"),
+                    None => {
+                        tracing::debug!(key, request_id = %request, "incoming call for a key no [[operator]] has")
+                    }
                 }
                 (None, None)
             }
             Err(e @ HubError::Encode(_)) => {
-                tracing::error!(error = %e, key, "pop-up not published");
+                tracing::error!(error = %e, key, request_id = %request, "pop-up not published");
                 (None, None)
             }
         }
@@ -290,8 +325,9 @@ impl Vats {
         record: CallRecord,
         delivered: usize,
         queued: Option<Queued>,
+        request: RequestId,
     ) -> Result<i64, String> {
-        let journal = self.journal(record, delivered);
+        let journal = self.journal(record, delivered, request);
         tokio::pin!(journal);
         let first = std::future::poll_fn(|cx| Poll::Ready(journal.as_mut().poll(cx))).await;
         if let Some(queued) = queued {
@@ -305,22 +341,27 @@ impl Vats {
 
     /// Appends the call to the journal within [`JOURNAL_TIMEOUT`]: its row id,
     /// or the fault message for the PBX (the screens already have the card).
-    async fn journal(&self, record: CallRecord, delivered: usize) -> Result<i64, String> {
+    async fn journal(
+        &self,
+        record: CallRecord,
+        delivered: usize,
+        request: RequestId,
+    ) -> Result<i64, String> {
         let key = record.key.clone();
         match tokio::time::timeout(JOURNAL_TIMEOUT, self.store.append_call(record)).await {
             Ok(Ok(call_id)) => {
                 if let Some(refused) = self.journal_refusals.saved() {
-                    tracing::info!(refused, "incoming calls are journaled again");
+                    tracing::info!(refused, request_id = %request, "incoming calls are journaled again");
                 }
                 Ok(call_id)
             }
             Ok(Err(e)) => {
                 match self.journal_refusals.refused() {
                     Refusal::Began => {
-                        tracing::error!(error = %e, key, delivered, "incoming call not journaled (further refusals are counted, not logged one by one)")
+                        tracing::error!(error = %e, key, delivered, request_id = %request, "incoming call not journaled (further refusals are counted, not logged one by one)")
                     }
                     Refusal::Continues { since_last_line } => {
-                        tracing::error!(error = %e, refused = since_last_line, "incoming calls still not journaled")
+                        tracing::error!(error = %e, refused = since_last_line, request_id = %request, "incoming calls still not journaled")
                     }
                     Refusal::Counted => {}
                 }
@@ -331,11 +372,13 @@ impl Vats {
                     Refusal::Began => tracing::error!(
                         key,
                         delivered,
+                        request_id = %request,
                         timeout_s = JOURNAL_TIMEOUT.as_secs(),
                         "incoming call journal write timed out (further refusals are counted, not logged one by one)"
                     ),
                     Refusal::Continues { since_last_line } => tracing::error!(
                         refused = since_last_line,
+                        request_id = %request,
                         timeout_s = JOURNAL_TIMEOUT.as_secs(),
                         "incoming calls still not journaled"
                     ),

@@ -98,7 +98,50 @@ async fn outside_text_cannot_forge_a_log_line_nor_reach_a_terminal_raw() {
         let reply = request(addr, "DELETE", &path, &[&auth], b"").await;
         assert_eq!(reply.status, 404, "{}", reply.body);
     }
+    // Ids a push may hold (the model refuses no control character in an
+    // id): their removal's line is escaped too.
+    let pushed = [
+        format!("pushed\n{FORGED}"),
+        "pushed-esc\u{1b}[31mred".to_owned(),
+    ];
+    let records: Vec<serde_json::Value> = pushed
+        .iter()
+        .enumerate()
+        .map(|(i, id)| serde_json::json!({ "id": id, "name": "Кто-то", "phones": [format!("8913000000{i}")] }))
+        .collect();
+    let body = serde_json::to_string(&records).expect("json");
+    let json = "Content-Type: application/json";
+    let reply = request(
+        addr,
+        "POST",
+        "/api/v1/counterparties",
+        &[&auth, json],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let percent = |id: &str| {
+        id.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'-' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
+    for id in &pushed {
+        let path = format!("/api/v1/counterparties/{}", percent(id));
+        let reply = request(addr, "DELETE", &path, &[&auth], b"").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
     line_with(&log_path, &["esc\\u{1b}[31mred"]).await;
+    line_with(
+        &log_path,
+        &["pushed-esc\\u{1b}[31mred", "counterparty removed"],
+    )
+    .await;
     gateway.stop().await;
 
     let bytes = std::fs::read(&log_path).expect("log");
@@ -114,10 +157,14 @@ async fn outside_text_cannot_forge_a_log_line_nor_reach_a_terminal_raw() {
             "a forged line is in the log:\n{text}"
         );
         if line.contains("FAKE admin") {
-            assert!(line.contains("nope\\n2026-01-01"), "{line}");
+            assert!(
+                line.contains("nope\\n2026-01-01") || line.contains("pushed\\n2026-01-01"),
+                "{line}"
+            );
         }
     }
     assert!(text.contains("nope\\n2026-01-01"), "{text}");
+    assert!(text.contains("pushed\\n2026-01-01"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

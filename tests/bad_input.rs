@@ -146,7 +146,7 @@ async fn wrong_method_gets_405_with_allow_and_a_fault() {
         let req = format!("{method} {SOAP_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         let reply = raw(gw.addr, req.as_bytes()).await;
         assert_fault(&reply, 405, method);
-        assert_eq!(reply.header("allow"), Some("GET, POST"));
+        assert_eq!(reply.header("allow"), Some("GET, HEAD, POST"));
     }
     let plain_get = get(gw.addr, SOAP_PATH).await;
     assert_eq!(plain_get.status, 405);

@@ -1,5 +1,7 @@
 //! Credentials at the HTTP front: a request with two `Authorization` headers
-//! is refused with 400 in its path's protocol, whichever of them is right.
+//! is refused with 400 in its path's protocol, whichever of them is right;
+//! an endpoint whose credentials are not configured says it is off and how
+//! to turn it on.
 
 mod support;
 
@@ -109,4 +111,41 @@ async fn two_authorization_headers_on_the_push_api_get_a_400_in_json() {
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn screens_without_any_operator_configured_say_they_are_off_and_how_to_turn_them_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("counterparties.jsonl"), DIRECTORY).expect("write directory");
+    let text = config_text(dir.path(), "");
+    // The operators are the config's last tables.
+    let text = &text[..text
+        .find("[[operator]]")
+        .expect("operators in the test config")];
+    let config =
+        cti_gateway::config::Config::parse(text, &dir.path().join("gateway.toml"), &|_| None)
+            .expect("config");
+    let gateway = cti_gateway::Gateway::start(config).await.expect("starts");
+    let addr = gateway.local_addr();
+    for path in [
+        format!("/operator/me?token={OPERATOR_TOKEN}"),
+        format!("/operator/events?token={OPERATOR_TOKEN}&wait=0"),
+        "/operator/ws".to_owned(),
+    ] {
+        let reply = get(addr, &path).await;
+        assert_eq!(reply.status, 401, "{path}: {}", reply.body);
+        for needle in [
+            "operator screens are off",
+            "no [[operator]]",
+            "add an [[operator]]",
+            "restart",
+        ] {
+            assert!(
+                reply.body.contains(needle),
+                "{path}: {needle}: {}",
+                reply.body
+            );
+        }
+    }
+    gateway.shutdown().await;
 }

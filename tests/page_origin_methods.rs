@@ -232,7 +232,16 @@ async fn head_answers_as_get_without_the_body() {
     let gw = start("").await;
     let page = get(gw.addr, "/operator").await;
     let script = attribute(&page.body, "src").to_owned();
-    for path in ["/operator", "/healthz", "/readyz", "/metrics", &script] {
+    // The WSDL too: a monitor checking the PBX's endpoint sends HEAD.
+    let wsdl = format!("{SOAP_PATH}?wsdl");
+    for path in [
+        "/operator",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        &script,
+        &wsdl,
+    ] {
         let got = get(gw.addr, path).await;
         let (status, headers, body) = head(gw.addr, path).await;
         assert_eq!(status, got.status, "HEAD {path}");

@@ -3,7 +3,9 @@
 //! distinctive secrets, is asked with right and wrong credentials on every
 //! authenticated endpoint, talks to a 1C (the mock) that refuses its
 //! password, and its whole output is searched for every secret, in clear,
-//! base64 (Basic auth) and percent-encoded.
+//! base64 (Basic auth) and percent-encoded. A 1C that cannot be reached
+//! (its lines of transport errors) with the password given twice, in
+//! `onec.password` and in the URL's user info, shows neither.
 
 mod support;
 
@@ -209,4 +211,69 @@ async fn raw_to_end(addr: std::net::SocketAddr, method: &str, path: &str, header
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
     answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_1c_logs_neither_its_password_nor_the_one_in_its_url() {
+    const URL_PASSWORD: &str = "Url-Pass-5d7c42";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    // Nobody listens there: every 1C request fails to connect.
+    let onec_port = free_port();
+    let config = format!(
+        r#"
+[server]
+listen = "{addr}"
+[soap]
+username = "SOAP"
+password = "{SOAP_PASSWORD}"
+[directory]
+file = "{file}"
+[store]
+path = "{store}"
+[onec]
+odata_url = "http://odata:{URL_PASSWORD}@127.0.0.1:{onec_port}/base/odata/standard.odata"
+username = "odata"
+password = "{ONEC_PASSWORD}"
+refresh = "1h"
+lookup_budget_ms = 300
+timeout = "1s"
+[log]
+level = "trace"
+"#,
+        file = dir.path().join("counterparties.jsonl").display(),
+        store = dir.path().join("store.sqlite").display(),
+    );
+    std::fs::write(dir.path().join("counterparties.jsonl"), "").expect("directory file");
+    let config_path = dir.path().join("gateway.toml");
+    std::fs::write(&config_path, config).expect("config");
+    let log_path = dir.path().join("gateway.log");
+    let gateway = Child::start(serve_command(&config_path, &log_path), addr, "/healthz").await;
+    // A number the directory lacks: a live lookup, which fails too.
+    let _ = soap(addr, &say_name_envelope("89001234567")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("cannot reach 1C") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the unreachable 1C was never logged:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gateway.stop().await;
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    for needle in [
+        ONEC_PASSWORD.to_owned(),
+        URL_PASSWORD.to_owned(),
+        basic("odata", ONEC_PASSWORD),
+        basic("odata", URL_PASSWORD),
+        SOAP_PASSWORD.to_owned(),
+    ] {
+        if let Some(line) = text.lines().find(|l| l.contains(needle.as_str())) {
+            panic!("a secret ({needle}) is in the log:\n{line}");
+        }
+    }
 }

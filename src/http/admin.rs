@@ -65,7 +65,7 @@ impl Admin {
             return Err(with_header(refused, header::ALLOW, "POST"));
         }
         require_token(self.token.as_ref(), req, client)?;
-        no_query(req)
+        no_query(req, client.request)
     }
 
     pub fn new(
@@ -132,7 +132,8 @@ impl Admin {
             Ok(dir) => dir,
             Err(e) => return backup_refused(&e),
         };
-        tracing::info!(to = %dir.display(), stores = self.stores.len(), "backup: copying the store files");
+        let request_id = client.request;
+        tracing::info!(to = %dir.display(), stores = self.stores.len(), %request_id, "backup: copying the store files");
         let mut files = Vec::with_capacity(self.stores.len());
         for store in &self.stores {
             match store.backup_into(&dir).await {
@@ -142,6 +143,7 @@ impl Admin {
                         copy = %file.path.display(),
                         bytes = file.bytes,
                         elapsed_ms = file.elapsed.as_millis() as u64,
+                        %request_id,
                         "backup: store file copied"
                     );
                     files.push(serde_json::json!({
@@ -152,7 +154,7 @@ impl Admin {
                     }));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "backup failed");
+                    tracing::warn!(error = %e, %request_id, "backup failed");
                     return backup_refused(&e);
                 }
             }
@@ -180,8 +182,8 @@ impl Admin {
                 "no directory.file is configured: there is no file to accept",
             );
         };
-        tracing::info!(path = %file.path().display(), "accept-file: taking the directory file as it is, past the guard");
-        match file.accept().await {
+        tracing::info!(path = %file.path().display(), request_id = %client.request, "accept-file: taking the directory file as it is, past the guard");
+        match file.accept(client.request).await {
             Ok(loaded) => json(
                 StatusCode::OK,
                 &serde_json::json!({

@@ -15,11 +15,11 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::auth::{self, AuthFailure, RefusalLog};
 use super::body::{self, BodyError};
-use super::client::Client;
+use super::client::{Client, RequestId};
 use super::query::ApiQuery;
 use super::respond::{json, json_error, with_header, Body};
 use super::rfc3339;
-use crate::config::{Config, Secret};
+use crate::config::{Config, Secret, ENV_API_TOKEN};
 use crate::directory::model::MAX_ID_LEN;
 use crate::logging::Escaped;
 use crate::phone;
@@ -75,12 +75,13 @@ impl Api {
                 req.method(),
                 "POST",
                 "POST a JSON array of counterparties here; DELETE /api/v1/counterparties/{id} removes one",
+                client.request,
             );
         }
         if let Err(refused) = self.check_token(&req, client) {
             return refused;
         }
-        if let Err(refused) = no_query(&req) {
+        if let Err(refused) = no_query(&req, client.request) {
             return refused;
         }
         let content_type = req
@@ -95,17 +96,18 @@ impl Api {
                     "Content-Type '{}' is not JSON: send application/json (UTF-8)",
                     content_type.chars().take(100).collect::<String>().escape_debug()
                 ) }),
+                client.request,
             );
         }
         let body = match body::read(req, MAX_PUSH_BODY, self.body_read_timeout).await {
             Ok(body) => body,
-            Err(e) => return body_refused(e),
+            Err(e) => return body_refused(e, client.request),
         };
-        let records = match parse_batch(body).await {
+        let records = match parse_batch(body, client.request).await {
             Ok(records) => records,
             Err(refused) => return refused,
         };
-        match self.push.upsert(records).await {
+        match self.push.upsert(records, client.request).await {
             Ok(report) => {
                 let mut answer = serde_json::json!({
                     "upserted": report.upserted,
@@ -119,7 +121,7 @@ impl Api {
                 }
                 json(StatusCode::OK, &answer)
             }
-            Err(e) => push_failed(e),
+            Err(e) => push_failed(e, client.request),
         }
     }
 
@@ -131,12 +133,13 @@ impl Api {
                 req.method(),
                 "DELETE",
                 "DELETE /api/v1/counterparties/{id} removes a counterparty; POST /api/v1/counterparties upserts",
+                client.request,
             );
         }
         if let Err(refused) = self.check_token(&req, client) {
             return refused;
         }
-        if let Err(refused) = no_query(&req) {
+        if let Err(refused) = no_query(&req, client.request) {
             return refused;
         }
         let raw = req
@@ -144,11 +147,11 @@ impl Api {
             .path()
             .strip_prefix(COUNTERPARTY_PREFIX)
             .unwrap_or_default();
-        let id = match id_from_path(raw) {
+        let id = match id_from_path(raw, client.request) {
             Ok(id) => id,
             Err(refused) => return refused,
         };
-        match self.push.delete(&id).await {
+        match self.push.delete(&id, client.request).await {
             Ok(report) if report.removed => json(
                 StatusCode::OK,
                 &serde_json::json!({
@@ -168,7 +171,7 @@ impl Api {
                     }),
                 )
             }
-            Err(e) => push_failed(e),
+            Err(e) => push_failed(e, client.request),
         }
     }
 
@@ -201,7 +204,7 @@ impl Api {
                 )
             }
             Err(e) => {
-                tracing::error!(error = %e, "call journal query failed");
+                tracing::error!(error = %e, request_id = %client.request, "call journal query failed");
                 json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("the call journal cannot be read: {e}"),
@@ -232,9 +235,13 @@ pub(super) fn require_token(
     else {
         return Ok(());
     };
-    let message = match (failure, token) {
-        (AuthFailure::Repeated, _) | (_, Some(_)) => failure.to_string(),
-        (_, None) => "no api.token is configured on the gateway: this API refuses every request until one is set".to_owned(),
+    // Without a token configured no credential can be right: say that the
+    // endpoint is off and how to turn it on, not how to send a token.
+    let message = match token {
+        Some(_) => failure.to_string(),
+        None => format!(
+            "this endpoint is off: no api.token is configured on the gateway, so no token is accepted; to turn it on, set api.token in the gateway's config file (or {ENV_API_TOKEN} in its environment) and restart it"
+        ),
     };
     REFUSALS.refused(req.uri().path(), client, &message);
     let response = json_error(failure.status(), &message);
@@ -247,14 +254,17 @@ pub(super) fn require_token(
 /// Reads a push body into records: on the request's task when small, on the
 /// blocking pool when large.
 #[allow(clippy::result_large_err)] // the Err is the answer itself
-async fn parse_batch(body: Bytes) -> Result<Vec<crate::directory::Counterparty>, Response<Body>> {
+async fn parse_batch(
+    body: Bytes,
+    request: RequestId,
+) -> Result<Vec<crate::directory::Counterparty>, Response<Body>> {
     let parsed = if body.len() <= INLINE_PARSE_BYTES {
         push::parse_batch(&body)
     } else {
         match tokio::task::spawn_blocking(move || push::parse_batch(&body)).await {
             Ok(parsed) => parsed,
             Err(e) => {
-                tracing::error!(error = %e, "push body parser task failed");
+                tracing::error!(error = %e, request_id = %request, "push body parser task failed");
                 return Err(json_error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "the body could not be read; nothing was changed",
@@ -270,22 +280,25 @@ async fn parse_batch(body: Bytes) -> Result<Vec<crate::directory::Counterparty>,
                 "line": line,
                 "column": column,
             }),
+            request,
         ),
         BatchError::TooMany { limit } => push_refused(
             StatusCode::PAYLOAD_TOO_LARGE,
             serde_json::json!({ "error": format!("{e}; nothing was changed"), "limit": limit }),
+            request,
         ),
-        BatchError::Record(e) => record_refused(&e),
+        BatchError::Record(e) => record_refused(&e, request),
     })
 }
 
 /// The id a `DELETE` names, percent-decoded; a 400 when it cannot be one.
 #[allow(clippy::result_large_err)] // the Err is the answer itself
-fn id_from_path(raw: &str) -> Result<String, Response<Body>> {
+fn id_from_path(raw: &str, request: RequestId) -> Result<String, Response<Body>> {
     let too_long = || {
         push_refused(
             StatusCode::BAD_REQUEST,
             serde_json::json!({ "error": format!("the id is longer than {MAX_ID_LEN} bytes (the longest an id may be)") }),
+            request,
         )
     };
     // Each byte of an id is at most three characters percent-encoded.
@@ -296,12 +309,14 @@ fn id_from_path(raw: &str) -> Result<String, Response<Body>> {
         return Err(push_refused(
             StatusCode::BAD_REQUEST,
             serde_json::json!({ "error": "the id in the path is not valid percent-encoded UTF-8" }),
+            request,
         ));
     };
     if id.trim().is_empty() {
         return Err(push_refused(
             StatusCode::BAD_REQUEST,
             serde_json::json!({ "error": "no id: DELETE /api/v1/counterparties/{id}, the id percent-encoded" }),
+            request,
         ));
     }
     if id.len() > MAX_ID_LEN {
@@ -369,12 +384,13 @@ fn journal_number(value: &str) -> Result<String, String> {
 
 /// 400 for any query parameter: the push and admin endpoints take none.
 #[allow(clippy::result_large_err)] // the Err is the answer itself
-pub(super) fn no_query(req: &Request<Incoming>) -> Result<(), Response<Body>> {
+pub(super) fn no_query(req: &Request<Incoming>, request: RequestId) -> Result<(), Response<Body>> {
     match ApiQuery::parse(req.uri().query(), &[]) {
         Ok(_) => Ok(()),
         Err(message) => Err(push_refused(
             StatusCode::BAD_REQUEST,
             serde_json::json!({ "error": format!("{message}; nothing was changed") }),
+            request,
         )),
     }
 }
@@ -412,7 +428,7 @@ fn is_json_utf8(content_type: &str) -> bool {
 }
 
 /// A body that could not be read, in JSON: 413 with the limit, 400, 408.
-fn body_refused(e: BodyError) -> Response<Body> {
+fn body_refused(e: BodyError, request: RequestId) -> Response<Body> {
     let body = match e {
         BodyError::TooLarge { limit } => serde_json::json!({
             "error": format!("{e}: send fewer records per request; nothing was changed"),
@@ -424,7 +440,7 @@ fn body_refused(e: BodyError) -> Response<Body> {
         }),
         BodyError::Encoded => serde_json::json!({ "error": format!("{e}; nothing was changed") }),
     };
-    let response = push_refused(e.status(), body);
+    let response = push_refused(e.status(), body, request);
     if e == BodyError::Encoded {
         // RFC 7694: the codings this endpoint takes.
         return with_header(response, header::ACCEPT_ENCODING, "identity");
@@ -433,26 +449,32 @@ fn body_refused(e: BodyError) -> Response<Body> {
 }
 
 /// A 405 in JSON with `Allow`.
-fn method_not_allowed(method: &Method, allow: &'static str, hint: &str) -> Response<Body> {
+fn method_not_allowed(
+    method: &Method,
+    allow: &'static str,
+    hint: &str,
+    request: RequestId,
+) -> Response<Body> {
     let response = push_refused(
         StatusCode::METHOD_NOT_ALLOWED,
         serde_json::json!({ "error": format!("method {method} is not allowed here: {hint}") }),
+        request,
     );
     with_header(response, header::ALLOW, allow)
 }
 
 /// A refused push API request: logged (what and why, never the body or a
 /// credential) and answered in JSON.
-fn push_refused(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+fn push_refused(status: StatusCode, body: serde_json::Value, request: RequestId) -> Response<Body> {
     let reason = body.get("error").and_then(|e| e.as_str()).unwrap_or("");
     // Debug here: the front warns of every refusal with the client's
     // address and the request id, rate-limited per address.
-    tracing::debug!(status = status.as_u16(), reason = %Escaped(reason), "push API request refused");
+    tracing::debug!(status = status.as_u16(), reason = %Escaped(reason), request_id = %request, "push API request refused");
     json(status, &body)
 }
 
 /// 422 for a record that does not fit the model: which one, which field.
-fn record_refused(e: &push::RecordError) -> Response<Body> {
+fn record_refused(e: &push::RecordError, request: RequestId) -> Response<Body> {
     push_refused(
         StatusCode::UNPROCESSABLE_ENTITY,
         serde_json::json!({
@@ -461,13 +483,14 @@ fn record_refused(e: &push::RecordError) -> Response<Body> {
             "id": e.id,
             "field": e.field,
         }),
+        request,
     )
 }
 
 /// A push the gateway accepted but could not (fully) carry out.
-fn push_failed(e: PushError) -> Response<Body> {
+fn push_failed(e: PushError, request: RequestId) -> Response<Body> {
     match e {
-        PushError::Invalid(e) => record_refused(&e),
+        PushError::Invalid(e) => record_refused(&e, request),
         PushError::NotSaved(_) | PushError::Starting => with_header(
             json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
             header::RETRY_AFTER,

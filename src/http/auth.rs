@@ -169,6 +169,11 @@ impl ScreenTokens {
         ScreenTokens { entries }
     }
 
+    /// No `[[operator]]` is configured: every screen is refused.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// The operator whose token this is, if any.
     ///
     /// Every configured token is compared, each in constant time, so the time

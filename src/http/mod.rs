@@ -368,7 +368,7 @@ impl Front {
             // One small allocation (the header's bytes) and one insert.
             response
                 .headers_mut()
-                .insert(X_REQUEST_ID.clone(), request.header_value());
+                .insert(X_REQUEST_ID.clone(), client::request_id_header(request));
             Ok(response)
         }
     }
@@ -490,6 +490,7 @@ impl Front {
         };
         tracing::warn!(
             client = %check.client.addr,
+            request_id = %check.client.request,
             failures = block.failures,
             block_s = block.block.as_secs(),
             "client address blocked: too many failed credential checks within a minute (server.auth_failures_per_minute); its requests to authenticated endpoints get 429 until the block ends"
@@ -529,9 +530,9 @@ impl Front {
             }
             Route::OperatorPage => self.screens.page(),
             Route::OperatorFile => self.screens.page_file(req.uri().path()),
-            Route::OperatorWs => self.screens.websocket(req),
-            Route::OperatorEvents => self.screens.events(req).await,
-            Route::OperatorMe => self.screens.me(&req),
+            Route::OperatorWs => self.screens.websocket(req, client.request),
+            Route::OperatorEvents => self.screens.events(req, client.request).await,
+            Route::OperatorMe => self.screens.me(&req, client.request),
             Route::Other => respond::json_error(StatusCode::NOT_FOUND, "no such endpoint"),
         }
     }

@@ -19,6 +19,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::{self, ScreenOperator, ScreenTokens};
+use super::client::RequestId;
 use super::respond::{bytes, json_error, with_header, Body};
 use crate::config::Config;
 use crate::popup::page::OperatorPage;
@@ -106,9 +107,10 @@ impl Screens {
 
     /// `GET /operator/ws[?token=T][&after=N]`: the token (header or query)
     /// is checked before anything else (401, and no handshake), then
-    /// `after`, then the handshake.
-    pub fn websocket(&self, mut req: Request<Incoming>) -> Response<Body> {
-        let (operator, query) = match self.screen(&req) {
+    /// `after`, then the handshake. Every line of the screen's connection
+    /// names `request`, the handshake's id.
+    pub fn websocket(&self, mut req: Request<Incoming>, request: RequestId) -> Response<Body> {
+        let (operator, query) = match self.screen(&req, request) {
             Ok(found) => found,
             Err((status, message)) => return refused(status, &message),
         };
@@ -126,7 +128,7 @@ impl Screens {
         };
         let Ok(permit) = Arc::clone(&self.connection_slots).try_acquire_owned() else {
             // Debug here: the front warns of the 503, once a minute per address.
-            tracing::debug!(key = %operator.key, "operator screen refused: server.max_connections are open");
+            tracing::debug!(key = %operator.key, request_id = %request, "operator screen refused: server.max_connections are open");
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many connections (server.max_connections); try again later",
@@ -134,18 +136,19 @@ impl Screens {
         };
         let slot = ScreenSlot::new(permit, self.connections.clone());
         let ping = self.transport.ping_interval;
-        match handshake.accept(&self.hub, &operator.key, &operator.name, after, ping, slot) {
+        let (key, name) = (&operator.key, &operator.name);
+        match handshake.accept(&self.hub, key, name, after, ping, slot, request) {
             Ok(response) => response.map(Body::from),
             Err(e) => {
-                tracing::error!(error = %e, key = %operator.key, "operator screen not subscribed");
+                tracing::error!(error = %e, key = %operator.key, request_id = %request, "operator screen not subscribed");
                 json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot subscribe")
             }
         }
     }
 
     /// `GET /operator/events[?token=T][&after=N][&wait=S]`: the long-poll.
-    pub async fn events(&self, req: Request<Incoming>) -> Response<Body> {
-        let (operator, query) = match self.screen(&req) {
+    pub async fn events(&self, req: Request<Incoming>, request: RequestId) -> Response<Body> {
+        let (operator, query) = match self.screen(&req, request) {
             Ok(found) => found,
             Err((status, message)) => return refused(status, &message),
         };
@@ -156,12 +159,13 @@ impl Screens {
         let wait = popup::long_poll::wait_for(wait, self.transport.long_poll_max_wait);
         match popup::long_poll::poll(&self.hub, &operator.key, after, wait).await {
             Ok(polled) => {
-                self.journal_delivery(&operator.key, polled.seqs);
+                tracing::debug!(key = %operator.key, after, messages = polled.seqs.len(), request_id = %request, "operator screen's long-poll answered");
+                self.journal_delivery(&operator.key, polled.seqs, request);
                 let answer = bytes(polled.body, "application/json");
                 with_header(answer, header::CACHE_CONTROL, "no-store")
             }
             Err(e) => {
-                tracing::error!(error = %e, key = %operator.key, "long-poll failed");
+                tracing::error!(error = %e, key = %operator.key, request_id = %request, "long-poll failed");
                 json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read messages")
             }
         }
@@ -174,8 +178,8 @@ impl Screens {
     /// first message on the transports: 1C screens and other clients read
     /// every message as a call, and a long-poll with `after=0` would count
     /// the buffered calls as delivered to a page that only checked a token.
-    pub fn me(&self, req: &Request<Incoming>) -> Response<Body> {
-        let (operator, _) = match self.screen(req) {
+    pub fn me(&self, req: &Request<Incoming>, request: RequestId) -> Response<Body> {
+        let (operator, _) = match self.screen(req, request) {
             Ok(found) => found,
             Err((status, message)) => return refused(status, &message),
         };
@@ -187,7 +191,7 @@ impl Screens {
     /// Counts a long-poll answer's messages as delivered in their journal
     /// rows, in the background: the screen's answer does not wait for the
     /// store. (A WebSocket screen is counted when the call is published.)
-    fn journal_delivery(&self, key: &str, seqs: Vec<u64>) {
+    fn journal_delivery(&self, key: &str, seqs: Vec<u64>, request: RequestId) {
         if seqs.is_empty() {
             return;
         }
@@ -195,7 +199,7 @@ impl Screens {
         let key = key.to_owned();
         tokio::spawn(async move {
             if let Err(e) = store.add_delivered(&key, seqs).await {
-                tracing::warn!(error = %e, key, "long-poll delivery not counted in the call journal");
+                tracing::warn!(error = %e, key, request_id = %request, "long-poll delivery not counted in the call journal");
             }
         });
     }
@@ -207,7 +211,16 @@ impl Screens {
     fn screen(
         &self,
         req: &Request<Incoming>,
+        request: RequestId,
     ) -> Result<(ScreenOperator, ScreenQuery), (StatusCode, String)> {
+        if self.tokens.is_empty() {
+            // No token can be right: say that screens are off and how to
+            // turn them on, not how to send a token.
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "operator screens are off: no [[operator]] is configured on the gateway, so no screen token is accepted; to turn them on, add an [[operator]] (key, token, name) to the gateway's config file and restart it".into(),
+            ));
+        }
         let query =
             ScreenQuery::parse(req.uri().query()).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
         let header = auth::authorization(req.headers()).map_err(|e| (e.status(), e.to_string()))?;
@@ -233,7 +246,7 @@ impl Screens {
             None => {
                 // Debug only: a screen with an outdated token retries for ever;
                 // refusals are counted in cti_http_responses_total.
-                tracing::debug!("operator screen refused: unknown token");
+                tracing::debug!(request_id = %request, "operator screen refused: unknown token");
                 Err((StatusCode::UNAUTHORIZED, "unknown token".into()))
             }
         }

@@ -15,7 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::auth::{self, AuthFailure, BasicAuth, RefusalLog};
 use super::body::{self, BodyError};
-use super::client::Client;
+use super::client::{self, Client, RequestId};
 use super::host::KnownHosts;
 use super::respond::{self, with_header, with_status, Body};
 use crate::config::Config;
@@ -34,6 +34,8 @@ pub struct SoapCall {
     body: Incoming,
     body_head: body::BodyHead,
     version: SoapVersion,
+    /// The id its log lines name, if it logs any (an IncomingCall).
+    request: RequestId,
 }
 
 /// The PBX's endpoint, built once at start-up.
@@ -97,14 +99,16 @@ impl SoapEndpoint {
             .is_some_and(|q| q.split('&').any(|p| p.eq_ignore_ascii_case("wsdl")));
         match *req.method() {
             Method::POST => {}
-            Method::GET if is_wsdl => return Err(self.wsdl(&req, client)),
+            // HEAD as GET: hyper leaves the body out and keeps its
+            // Content-Length (what a monitor checking the WSDL sends).
+            Method::GET | Method::HEAD if is_wsdl => return Err(self.wsdl(&req, client)),
             _ => {
                 let message = format!(
                     "method {} is not allowed here: POST a SOAP request, or GET ?wsdl",
                     req.method()
                 );
                 let response = fault(hint, StatusCode::METHOD_NOT_ALLOWED, &message);
-                return Err(with_header(response, header::ALLOW, "GET, POST"));
+                return Err(with_header(response, header::ALLOW, "GET, HEAD, POST"));
             }
         }
         self.check_credentials(&req, client, hint)?;
@@ -117,6 +121,7 @@ impl SoapEndpoint {
             body: req.into_body(),
             body_head,
             version,
+            request: client.request,
         })
     }
 
@@ -126,10 +131,25 @@ impl SoapEndpoint {
             body,
             body_head,
             version,
+            request,
         } = call;
         let read = body::read_body(body, body_head, MAX_SOAP_BODY, self.body_read_timeout);
         match read.await {
-            Ok(body) => reply(self.vats.answer(&body, version).await),
+            Ok(body) => {
+                let answered = self.vats.answer(&body, version, request).await;
+                let logged = answered.logged;
+                let mut response = reply(answered);
+                // An IncomingCall's success is logged: its answer names the
+                // line's id (every other answer but a 200 gets it from the
+                // front; a SayName's 200 gets none, it logs nothing).
+                if logged && response.status() == StatusCode::OK {
+                    response.headers_mut().insert(
+                        super::X_REQUEST_ID.clone(),
+                        client::request_id_header(request),
+                    );
+                }
+                response
+            }
             Err(e) => body_refused(version, e),
         }
     }
@@ -259,6 +279,7 @@ mod tests {
             outcome,
             version,
             body: Vec::new(),
+            logged: false,
         };
         self::reply(reply).status()
     }

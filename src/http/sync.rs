@@ -90,7 +90,7 @@ impl SyncAdmin {
             Ok(store) => store,
             Err(refused) => return refused,
         };
-        if let Err(refused) = no_query(req) {
+        if let Err(refused) = no_query(req, client.request) {
             return refused;
         }
         match store.sync_status().await {
@@ -155,7 +155,7 @@ impl SyncAdmin {
             Ok(store) => store,
             Err(refused) => return refused,
         };
-        if let Err(refused) = no_query(req) {
+        if let Err(refused) = no_query(req, client.request) {
             return refused;
         }
         let Some(id) = retry_id(req.uri().path()) else {

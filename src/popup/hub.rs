@@ -32,6 +32,7 @@ use self::metrics::Metrics;
 use self::subscription::{Mailbox, SHUTDOWN};
 use super::message::{compose, encode_body, CallEvent, Message};
 use crate::config::PopupConfig;
+use crate::logging::RequestId;
 
 pub use self::subscription::Subscription;
 
@@ -341,7 +342,7 @@ impl Hub {
     /// Never waits: subscribers whose mailbox is full are cut off. A key no
     /// operator has is refused (and counted), and nothing is stored for it.
     pub fn publish(&self, key: &str, event: &CallEvent) -> Result<Published, HubError> {
-        let queued = self.queue(key, event)?;
+        let queued = self.queue(key, event, None)?;
         let published = queued.published();
         queued.wake_here();
         Ok(published)
@@ -355,7 +356,14 @@ impl Hub {
     ///
     /// Long-poll waiters are woken at once: they are few, and on the HTTP
     /// runtime anyway.
-    pub fn queue(&self, key: &str, event: &CallEvent) -> Result<Queued, HubError> {
+    ///
+    /// `request` is the IncomingCall's id, which the cut-off line names.
+    pub fn queue(
+        &self,
+        key: &str,
+        event: &CallEvent,
+        request: Option<RequestId>,
+    ) -> Result<Queued, HubError> {
         let Some(state) = self.keys.get(key) else {
             // Counted by the caller (cti_incoming_calls_unknown_key_total).
             return Err(HubError::UnknownKey);
@@ -388,7 +396,14 @@ impl Hub {
         state.screens_gone(cut_off + gone);
         if cut_off > 0 {
             self.metrics.slow_disconnects.inc_by(cut_off as u64);
-            tracing::info!(key, seq, cut_off, "pop-up subscribers cut off: queue full");
+            let request_id = request.map(tracing::field::display);
+            tracing::info!(
+                key,
+                seq,
+                cut_off,
+                request_id,
+                "pop-up subscribers cut off: queue full"
+            );
         }
         Ok(Queued {
             published: Published { seq, delivered },

@@ -56,6 +56,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf
 use tokio_tungstenite::WebSocketStream;
 
 use super::{Closed, Hub, HubError, Message, Subscription};
+use crate::logging::RequestId;
 
 /// Largest frame or message a screen may send (it only ever sends pongs and
 /// a close, a few bytes each).
@@ -163,7 +164,10 @@ impl Handshake {
 
     /// Subscribes the screen to its operator's `key` (with `after`, see
     /// [`Hub::subscribe`]), starts the screen's task and returns the `101`.
-    /// `operator` is the operator's name, for the logs.
+    /// `operator` is the operator's name, `request` the handshake's id
+    /// (its `X-Request-Id`), for the logs: every line of the screen's
+    /// connection, to its end, names that id.
+    #[allow(clippy::too_many_arguments)] // each is one thing the screen's task needs
     pub fn accept(
         self,
         hub: &Hub,
@@ -172,6 +176,7 @@ impl Handshake {
         after: Option<u64>,
         ping_interval: Duration,
         slot: impl Send + 'static,
+        request: RequestId,
     ) -> Result<Response<Full<Bytes>>, HubError> {
         // Where the screen stands if it is cut off before it is sent anything.
         let resume = match after {
@@ -179,15 +184,15 @@ impl Handshake {
             None => hub.last_seq(key).ok_or(HubError::UnknownKey)?,
         };
         let subscription = hub.subscribe(key, after)?;
-        tracing::debug!(%key, %operator, after, "operator screen connected (WebSocket)");
+        tracing::debug!(%key, %operator, after, request_id = %request, "operator screen connected (WebSocket)");
         let (key, operator) = (key.to_owned(), operator.to_owned());
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {
             let end = match on_upgrade.await {
-                Ok(upgraded) => run(upgraded, subscription, resume, ping_interval).await,
+                Ok(upgraded) => run(upgraded, subscription, resume, ping_interval, request).await,
                 Err(e) => End::Broken(format!("upgrade failed: {e}")),
             };
-            end.log(&key, &operator);
+            end.log(&key, &operator, request);
             drop(slot); // the screen's connection slot, held while it lives
         });
 
@@ -243,6 +248,7 @@ async fn run(
     subscription: Subscription,
     resume: u64,
     ping_interval: Duration,
+    request: RequestId,
 ) -> End {
     // The server hands hyper a `TokioIo<TcpStream>`: take the plain socket
     // back (to cap its send buffer) with what hyper read past the request,
@@ -260,7 +266,7 @@ async fn run(
                 Err(e) => return End::Broken(format!("cannot move the socket: {e}")),
             };
             if let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER) {
-                tracing::debug!(error = %e, "cannot cap a screen's send buffer");
+                tracing::debug!(error = %e, request_id = %request, "cannot cap a screen's send buffer");
             }
             let ws = WebSocketStream::from_partially_read(
                 Metered::new(tcp),
@@ -322,17 +328,17 @@ impl End {
         }
     }
 
-    fn log(&self, key: &str, name: &str) {
+    fn log(&self, key: &str, name: &str, request: RequestId) {
         let reason = self.reason();
         match self {
             End::ClientClosed | End::ClientGone | End::Shutdown => {
-                tracing::debug!(%key, operator = %name, reason, "operator screen disconnected");
+                tracing::debug!(%key, operator = %name, reason, request_id = %request, "operator screen disconnected");
             }
             End::Broken(error) => {
-                tracing::debug!(%key, operator = %name, reason, %error, "operator screen connection failed");
+                tracing::debug!(%key, operator = %name, reason, %error, request_id = %request, "operator screen connection failed");
             }
             End::Slow | End::Dead | End::Stalled | End::Flood | End::TooBig => {
-                tracing::info!(%key, operator = %name, reason, "operator screen dropped");
+                tracing::info!(%key, operator = %name, reason, request_id = %request, "operator screen dropped");
             }
         }
     }

@@ -30,6 +30,7 @@ use settle::{stamp, FileStamp, Pending, Settle, Step};
 use super::{SnapshotSaver, SnapshotSavers, SourceHealth};
 use crate::config::DirectoryConfig;
 use crate::directory::{Counterparty, Directory, ReplaceReport};
+use crate::logging::RequestId;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -302,20 +303,22 @@ impl FileSource {
         let guard = Guard::Apply {
             max_shrink: self.settings.max_shrink,
         };
-        self.load_as(guard).await.map(|loaded| loaded.report)
+        self.load_as(guard, None).await.map(|loaded| loaded.report)
     }
 
     /// An operator's `accept-file`: takes the file as it is now, once,
     /// without the guard (an empty file or one that removes most records
     /// included). Errors: the file cannot be read or is not valid.
-    pub async fn accept(&self) -> Result<Loaded, FileError> {
+    pub async fn accept(&self, request: RequestId) -> Result<Loaded, FileError> {
         if !self.started.load(Ordering::Acquire) {
             return Err(FileError::Starting);
         }
-        self.load_as(Guard::Off).await
+        self.load_as(Guard::Off, Some(request)).await
     }
 
-    async fn load_as(&self, guard: Guard) -> Result<Loaded, FileError> {
+    /// `request`: the admin's request that asked for the load, which its
+    /// log lines name; `None` for the source's own loads.
+    async fn load_as(&self, guard: Guard, request: Option<RequestId>) -> Result<Loaded, FileError> {
         let _loading = self.loading.lock().await;
         let path = self.settings.path.clone();
         let directory = Arc::clone(&self.directory);
@@ -333,7 +336,7 @@ impl FileSource {
                 source: std::io::Error::other(e),
             }),
         };
-        self.record(&result, guard);
+        self.record(&result, guard, request);
         if let Ok(Loaded {
             report: Some(_), ..
         }) = &result
@@ -344,8 +347,10 @@ impl FileSource {
     }
 
     /// Logs, counts and reports to `/readyz` what a load did.
-    fn record(&self, result: &Result<Loaded, FileError>, guard: Guard) {
+    fn record(&self, result: &Result<Loaded, FileError>, guard: Guard, request: Option<RequestId>) {
         let path = self.path().display();
+        // Absent from the lines of the source's own loads.
+        let request_id = request.map(tracing::field::display);
         let reloads = |outcome: &str| {
             self.metrics
                 .directory_reloads
@@ -355,7 +360,7 @@ impl FileSource {
         match result {
             Ok(loaded) => {
                 if self.health.success(SOURCE) {
-                    tracing::info!(path = %path, "directory file loaded again after failures");
+                    tracing::info!(path = %path, request_id, "directory file loaded again after failures");
                 }
                 let Some(report) = &loaded.report else {
                     return;
@@ -371,11 +376,12 @@ impl FileSource {
                     ambiguous_phones = report.ambiguous_phones,
                     unusable_phones = report.unusable_phones,
                     accepted,
+                    request_id,
                     "directory file loaded"
                 );
             }
             Err(FileError::ChangedWhileRead { .. }) => {
-                tracing::debug!(path = %path, "directory file changed while read; read again once settled");
+                tracing::debug!(path = %path, request_id, "directory file changed while read; read again once settled");
             }
             Err(FileError::Starting) => {}
             Err(e @ FileError::Refused(_)) => {
@@ -383,12 +389,12 @@ impl FileSource {
                 self.health.failure(SOURCE, &e.to_string());
                 // Every refusal is logged: one happens only when the file
                 // changed (or on SIGHUP), never on every check.
-                tracing::warn!(path = %path, "directory file refused: {e}");
+                tracing::warn!(path = %path, request_id, "directory file refused: {e}");
             }
             Err(e) => {
                 reloads("error");
                 if self.health.failure(SOURCE, &e.to_string()) {
-                    tracing::error!(path = %path, error = %e, "directory file not loaded; serving the directory as it was");
+                    tracing::error!(path = %path, error = %e, request_id, "directory file not loaded; serving the directory as it was");
                 }
             }
         }

@@ -208,3 +208,63 @@ fn copy(source: &Path, dir: &Path) -> Result<BackupFile, BackupError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A crash can come at any moment of a copy: at no moment before the
+    /// end is there a file under the store's name in the folder (only the
+    /// `.partial-…` one, which no one takes for a backup), and at the end
+    /// there is only the whole copy.
+    #[test]
+    fn until_the_copy_is_whole_no_file_has_the_stores_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("cti-gateway.sqlite");
+        {
+            let conn = Connection::open(&source).expect("source");
+            conn.execute_batch("CREATE TABLE bulk (b BLOB)")
+                .expect("table");
+            // About 8 MB: some thirty steps, a pause after each.
+            for _ in 0..2_000 {
+                conn.execute("INSERT INTO bulk VALUES (zeroblob(4000))", [])
+                    .expect("insert");
+            }
+        }
+        let target = tempfile::tempdir().expect("backup dir");
+        let copying = {
+            let (source, target) = (source.clone(), target.path().to_path_buf());
+            std::thread::spawn(move || copy(&source, &target))
+        };
+        let named = target.path().join("cti-gateway.sqlite");
+        let mut partial_seen = false;
+        let partials = || {
+            std::fs::read_dir(target.path())
+                .expect("read dir")
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains(".partial-"))
+                .count()
+        };
+        while !copying.is_finished() {
+            // The name appears only by the rename of the whole copy: once it
+            // is there, the partial file is gone.
+            if named.exists() {
+                assert_eq!(partials(), 0, "the store's name beside a partial copy");
+            } else if partials() > 0 {
+                partial_seen = true;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        let copied = copying.join().expect("copy thread").expect("copy");
+        assert!(
+            partial_seen,
+            "the copy was never seen under its temporary name"
+        );
+        assert_eq!(copied.path, named);
+        let names: Vec<String> = std::fs::read_dir(target.path())
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["cti-gateway.sqlite"]);
+    }
+}

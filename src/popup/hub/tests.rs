@@ -619,7 +619,7 @@ async fn queue_fills_the_mailboxes_and_wakes_nobody_until_told() {
     tokio::task::yield_now().await;
     let mut late = hub.subscribe(K1, None).expect("sub");
 
-    let queued = hub.queue(K1, &call("+79235292926")).expect("queued");
+    let queued = hub.queue(K1, &call("+79235292926"), None).expect("queued");
     assert_eq!(
         queued.published(),
         Published {
@@ -643,7 +643,7 @@ async fn queue_fills_the_mailboxes_and_wakes_nobody_until_told() {
     // Dropped without a word, it wakes them too.
     let waiter = tokio::spawn(async move { sub.recv().await.map(|m| m.seq) });
     tokio::task::yield_now().await;
-    drop(hub.queue(K1, &call("+79235292926")).expect("queued"));
+    drop(hub.queue(K1, &call("+79235292926"), None).expect("queued"));
     assert_eq!(waiter.await.expect("woken"), Ok(2));
 }
 
@@ -659,7 +659,9 @@ async fn queued_wakes_its_screens_from_the_screens_runtime() {
         .map(|mut sub| tokio::spawn(async move { sub.recv().await.map(|m| m.seq) }))
         .collect();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    hub.queue(K1, &call("+79235292926")).expect("queued").wake();
+    hub.queue(K1, &call("+79235292926"), None)
+        .expect("queued")
+        .wake();
     for waiter in waiters {
         let got = timeout(Duration::from_secs(5), waiter).await;
         assert_eq!(got.expect("woken within 5 s").expect("task"), Ok(1));

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::directory::{Counterparty, Directory, Tombstone};
+use crate::logging::{Escaped, RequestId, RequestIds};
 use crate::store::{Refusal, RefusalLog, SnapshotRecord, Store, StoreError};
 pub(crate) use parse::diagnose_text;
 pub use parse::{parse_batch, BatchError, RecordError, MAX_RECORDS};
@@ -150,17 +151,21 @@ impl PushSource {
 
     /// A change the store refused: the first of a failure and a reminder a
     /// minute are logged; the rest are counted.
-    fn log_refused(&self, e: &StoreError, what: &str, records: usize, requests: usize) {
+    /// `ids` are the refused change's requests.
+    fn log_refused(&self, e: &StoreError, what: &str, records: usize, ids: &[RequestId]) {
+        let (requests, request_id) = (ids.len(), RequestIds(ids));
         match self.refusals.refused() {
             Refusal::Began => tracing::error!(
                 records,
                 requests,
                 error = %e,
+                %request_id,
                 "{what} (further refusals are counted, not logged one by one)"
             ),
             Refusal::Continues { since_last_line } => tracing::error!(
                 refused = since_last_line,
                 error = %e,
+                %request_id,
                 "pushes still not saved: the store keeps failing"
             ),
             Refusal::Counted => {}
@@ -168,9 +173,9 @@ impl PushSource {
     }
 
     /// A change the store saved: ends a failure once it has been quiet.
-    fn log_saved(&self) {
+    fn log_saved(&self, ids: &[RequestId]) {
         if let Some(refused) = self.refusals.saved() {
-            tracing::info!(refused, "pushes are saved again");
+            tracing::info!(refused, request_id = %RequestIds(ids), "pushes are saved again");
         }
     }
 
@@ -198,10 +203,12 @@ impl PushSource {
     /// Upserts `records` into the push source: all of them or none. Checks
     /// each record first ([`Counterparty::validate`]); a batch holding one id
     /// twice is refused, naming both positions. Resolves once the change is
-    /// committed in the store and applied to the directory.
+    /// committed in the store and applied to the directory. `request` is
+    /// the push's id on the log lines.
     pub async fn upsert(
         self: &Arc<Self>,
         records: Vec<Counterparty>,
+        request: RequestId,
     ) -> Result<PushReport, PushError> {
         for (index, record) in records.iter().enumerate() {
             if let Err(e) = record.validate() {
@@ -228,7 +235,7 @@ impl PushSource {
             .collect();
         let this = Arc::clone(self);
         let mut report = tokio::spawn(async move {
-            let report = this.upsert_now(records).await;
+            let report = this.upsert_now(records, request).await;
             // Counted in the task: a caller that hangs up does not stop the change.
             if report.is_ok() {
                 this.directory.count_requisite_faults(SOURCE, &faults);
@@ -243,10 +250,14 @@ impl PushSource {
 
     /// Removes `id` from every source, in the store and in the directory.
     /// `removed: false` when no source had it (then nothing is changed).
-    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<DeleteReport, PushError> {
+    pub async fn delete(
+        self: &Arc<Self>,
+        id: &str,
+        request: RequestId,
+    ) -> Result<DeleteReport, PushError> {
         let this = Arc::clone(self);
         let id: Box<str> = id.into();
-        tokio::spawn(async move { this.delete_now(id).await })
+        tokio::spawn(async move { this.delete_now(id, request).await })
             .await
             .unwrap_or_else(|e| Err(PushError::NotApplied(e.to_string())))
     }
@@ -255,7 +266,11 @@ impl PushSource {
     /// meanwhile, once this change's turn comes: concurrent pushes share
     /// one store transaction and one directory change (group commit), and
     /// each is answered when that is done.
-    async fn upsert_now(&self, records: Vec<Counterparty>) -> Result<PushReport, PushError> {
+    async fn upsert_now(
+        &self,
+        records: Vec<Counterparty>,
+        request: RequestId,
+    ) -> Result<PushReport, PushError> {
         self.wait_ready().await?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.queued
@@ -265,6 +280,7 @@ impl PushSource {
                 records,
                 reply,
                 at: Instant::now(),
+                request,
             });
         {
             let _order = self.order.lock().await;
@@ -291,6 +307,9 @@ impl PushSource {
         let mut replies = Vec::with_capacity(requests);
         let mut all = Vec::new();
         let mut oldest = Instant::now();
+        // Every line of the group names each push's request.
+        let ids: Vec<RequestId> = group.iter().map(|q| q.request).collect();
+        let request_id = RequestIds(&ids);
         for queued in group {
             replies.push((queued.reply, queued.records.len()));
             all.extend(queued.records);
@@ -335,7 +354,7 @@ impl PushSource {
             .await
         {
             Ok(applied) => {
-                self.log_saved();
+                self.log_saved(&ids);
                 applied
             }
             Err(e) => {
@@ -343,7 +362,7 @@ impl PushSource {
                     &e,
                     "push not saved: the store failed; the callers are told to retry",
                     upserted,
-                    requests,
+                    &ids,
                 );
                 answer(replies, &|_| Err(PushError::NotSaved(e.clone())));
                 return;
@@ -362,7 +381,7 @@ impl PushSource {
         let report = match applied_here {
             Ok(report) => report,
             Err(e) => {
-                tracing::error!(error = %e, "push committed but not applied to the directory");
+                tracing::error!(error = %e, %request_id, "push committed but not applied to the directory");
                 let message = e.to_string();
                 answer(replies, &|_| Err(PushError::NotApplied(message.clone())));
                 return;
@@ -381,6 +400,7 @@ impl PushSource {
             store_ms,
             directory_us = applying.elapsed().as_micros() as u64,
             elapsed_ms = oldest.elapsed().as_millis() as u64,
+            %request_id,
             "push: counterparties upserted"
         );
         answer(replies, &|upserted| {
@@ -393,7 +413,11 @@ impl PushSource {
         });
     }
 
-    async fn delete_now(&self, id: Box<str>) -> Result<DeleteReport, PushError> {
+    async fn delete_now(
+        &self,
+        id: Box<str>,
+        request: RequestId,
+    ) -> Result<DeleteReport, PushError> {
         let started = Instant::now();
         self.wait_ready().await?;
         let _order = self.order.lock().await;
@@ -411,11 +435,11 @@ impl PushSource {
                     &e,
                     "push delete not saved: the store failed; the caller is told to retry",
                     0,
-                    1,
+                    &[request],
                 );
                 PushError::NotSaved(e)
             })?;
-        self.log_saved();
+        self.log_saved(&[request]);
         if applied.removed == 0 && buried.is_empty() {
             return Ok(DeleteReport {
                 removed: false,
@@ -431,16 +455,17 @@ impl PushSource {
         })
         .await
         .map_err(|e| {
-            tracing::error!(error = %e, "push delete committed but not applied to the directory");
+            tracing::error!(error = %e, request_id = %request, "push delete committed but not applied to the directory");
             PushError::NotApplied(e.to_string())
         })?;
         self.deleted.inc();
         tracing::info!(
-            id = %id,
+            id = %Escaped(&id),
             push_rows = applied.removed,
             hidden_in = ?sources,
             counterparties = report.total_records,
             elapsed_ms = started.elapsed().as_millis() as u64,
+            request_id = %request,
             "push: counterparty removed"
         );
         Ok(DeleteReport {
@@ -513,6 +538,8 @@ struct Queued {
     records: Vec<Counterparty>,
     reply: Reply,
     at: Instant,
+    /// The push's request, named on the group commit's log lines.
+    request: RequestId,
 }
 
 /// A pushed record as the store keeps it: with the time it was received, so
@@ -595,7 +622,10 @@ mod tests {
                 .collect()
         };
         directory.replace_source("file", records("A"), Some("p1".into()), SystemTime::now());
-        let deleted = push.delete("000000").await.expect("delete");
+        let deleted = push
+            .delete("000000", RequestId::default())
+            .await
+            .expect("delete");
         assert_eq!(
             deleted,
             DeleteReport {
@@ -640,12 +670,16 @@ mod tests {
         let (push, store) = push_source(tmp.path(), &directory);
         let file = |name: &str| vec![cp("c0", name, "89160000001")];
         directory.replace_source("file", file("A"), Some("1".into()), SystemTime::now());
-        push.delete("c0").await.expect("delete");
+        push.delete("c0", RequestId::default())
+            .await
+            .expect("delete");
         // The copy changes (the tombstone is spent), changes back, and is deleted again.
         directory.replace_source("file", file("B"), Some("2".into()), SystemTime::now());
         directory.replace_source("file", file("A"), Some("3".into()), SystemTime::now());
         assert!(directory.lookup_id("c0").is_some());
-        push.delete("c0").await.expect("delete again");
+        push.delete("c0", RequestId::default())
+            .await
+            .expect("delete again");
         let mut spent = directory.take_spent_tombstones();
         assert_eq!(spent.len(), 1, "{spent:?}");
         assert_eq!(push.forget(&mut spent).await.expect("forget"), 0);
@@ -659,11 +693,14 @@ mod tests {
         let directory = directory();
         let (push, store) = push_source(tmp.path(), &directory);
         let repeated = push
-            .upsert(vec![
-                cp("1", "A", "89160000001"),
-                cp("2", "B", "89160000002"),
-                cp("1", "A2", "89160000001"),
-            ])
+            .upsert(
+                vec![
+                    cp("1", "A", "89160000001"),
+                    cp("2", "B", "89160000002"),
+                    cp("1", "A2", "89160000001"),
+                ],
+                RequestId::default(),
+            )
             .await;
         assert!(
             matches!(&repeated, Err(PushError::Invalid(e)) if e.index == 2),
@@ -671,10 +708,10 @@ mod tests {
         );
         assert!(directory.lookup_id("1").is_none(), "nothing was changed");
         let report = push
-            .upsert(vec![
-                cp("2", "B", "89160000002"),
-                cp("1", "A2", "89160000001"),
-            ])
+            .upsert(
+                vec![cp("2", "B", "89160000002"), cp("1", "A2", "89160000001")],
+                RequestId::default(),
+            )
             .await
             .expect("upsert");
         assert_eq!(
@@ -695,7 +732,10 @@ mod tests {
         let snapshot = store.load_snapshot().await.expect("load");
         assert_eq!(snapshot[0].records.len(), 2);
 
-        let deleted = push.delete("1").await.expect("delete");
+        let deleted = push
+            .delete("1", RequestId::default())
+            .await
+            .expect("delete");
         assert_eq!(
             deleted,
             DeleteReport {
@@ -708,7 +748,10 @@ mod tests {
             store.load_snapshot().await.expect("load")[0].records.len(),
             1
         );
-        let again = push.delete("1").await.expect("delete again");
+        let again = push
+            .delete("1", RequestId::default())
+            .await
+            .expect("delete again");
         assert!(!again.removed);
         store.close().await;
     }
@@ -718,12 +761,12 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let directory = directory();
         let (push, store) = push_source(tmp.path(), &directory);
-        push.upsert(vec![cp("1", "A", "89160000001")])
+        push.upsert(vec![cp("1", "A", "89160000001")], RequestId::default())
             .await
             .expect("upsert");
         store.close().await;
         let err = push
-            .upsert(vec![cp("2", "B", "89160000002")])
+            .upsert(vec![cp("2", "B", "89160000002")], RequestId::default())
             .await
             .expect_err("store closed");
         assert!(
@@ -731,7 +774,10 @@ mod tests {
             "{err}"
         );
         assert!(directory.lookup_id("2").is_none());
-        let err = push.delete("1").await.expect_err("store closed");
+        let err = push
+            .delete("1", RequestId::default())
+            .await
+            .expect_err("store closed");
         assert!(matches!(err, PushError::NotSaved(_)), "{err}");
         assert!(
             directory.lookup_id("1").is_some(),
@@ -753,8 +799,11 @@ mod tests {
                 .map(|k| {
                     let push = Arc::clone(&push);
                     tokio::spawn(async move {
-                        push.upsert(vec![cp("same", &format!("v{round}-{k}"), "89160000001")])
-                            .await
+                        push.upsert(
+                            vec![cp("same", &format!("v{round}-{k}"), "89160000001")],
+                            RequestId::default(),
+                        )
+                        .await
                     })
                 })
                 .collect();
@@ -787,7 +836,7 @@ mod tests {
                     let records = (0..=k % 3)
                         .map(|j| cp(&format!("{k}-{j}"), "N", &format!("8916{k:03}{j:04}")))
                         .collect();
-                    (k, push.upsert(records).await)
+                    (k, push.upsert(records, RequestId::default()).await)
                 })
             })
             .collect();
@@ -817,7 +866,7 @@ mod tests {
         let mut bad = cp("2", "B", "89160000002");
         bad.name = "".into();
         let err = push
-            .upsert(vec![cp("1", "A", "89160000001"), bad])
+            .upsert(vec![cp("1", "A", "89160000001"), bad], RequestId::default())
             .await
             .expect_err("invalid");
         match err {
