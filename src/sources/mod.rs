@@ -11,6 +11,10 @@ mod low_priority;
 pub mod onec;
 pub mod push;
 
+/// The lowest-priority worker: also the sync feed's (its reconcile reads
+/// every record).
+pub(crate) use low_priority::LowPriority;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
