@@ -42,6 +42,7 @@ mod refusals;
 mod retention;
 mod schema;
 mod snapshot;
+mod sync;
 mod writer;
 
 use std::collections::HashSet;
@@ -61,6 +62,10 @@ pub use open::{OpenOptions, StoredSet};
 pub use refusals::{Refusal, RefusalLog};
 pub use retention::{keep_journal_for, PRUNE_BATCH, PRUNE_PAUSE};
 pub use snapshot::SnapshotRecord;
+pub use sync::{
+    Conflict, ConflictQuery, IdMapRow, NewConflict, NewOutboxRow, OutboxOp, OutboxQuery, OutboxRow,
+    OutboxState, RetryOutcome, SystemStatus, EXPORT_CHUNK, MAX_PAGE,
+};
 use writer::Command;
 
 /// Most idle read connections kept for reuse.

@@ -30,20 +30,32 @@ use tokio::sync::{mpsc, oneshot};
 
 mod delivered;
 mod replace;
+mod sync;
 
 use super::metrics::Metrics;
 use super::refusals::RECOVERY_QUIET;
 use super::snapshot::{self, Plan, RecordSet, Upserted};
-use super::{unix_ms, AppliedChanges, CallRecord, StoreError};
+use super::{unix_ms, AppliedChanges, CallRecord, StoreError, StoreRole};
 use crate::directory::Tombstone;
 use delivered::EarlyDeliveries;
 use replace::{CHUNK_TIME, MAX_CHUNK_OPS};
+use sync::SyncGroup;
+pub(super) use sync::SyncWrite;
 
 /// Room in the channel: callers beyond it wait (asynchronously) for space.
 pub(super) const CHANNEL_CAPACITY: usize = 1024;
 
 /// The writer thread of a [`Priority::Background`](super::Priority) store.
 pub(super) const BACKGROUND_WRITER: &str = "cti-store-bg";
+
+/// The writer thread's name for a store of `role` (what `top -H` shows).
+pub(super) fn thread_name(role: &StoreRole) -> &'static str {
+    match role {
+        StoreRole::Main => "cti-store-writer",
+        StoreRole::Cache { .. } => BACKGROUND_WRITER,
+        StoreRole::Sync => "cti-store-sync",
+    }
+}
 
 /// Most journal appends committed in one transaction.
 const GROUP_CAP: usize = 256;
@@ -106,6 +118,23 @@ pub(super) enum Command {
         limit: u32,
         reply: Reply<usize>,
     },
+    /// Queues rows in the sync store's outbox and sets their id-map
+    /// hashes; group-committed with the other enqueues and inbox appends
+    /// waiting (see `writer/sync.rs`).
+    Enqueue {
+        rows: Vec<super::sync::NewOutboxRow>,
+        reply: Reply<Vec<i64>>,
+    },
+    /// Commits a webhook body to the sync store's inbox; group-committed
+    /// like `Enqueue`.
+    InboxAppend {
+        system: String,
+        body: String,
+        reply: Reply<i64>,
+    },
+    /// A sync store write of its own transaction (overlay, requisites,
+    /// retry, conflict).
+    Sync(SyncWrite),
     /// Runs raw SQL on the write connection (tests: inject failures).
     #[cfg(test)]
     Exec {
@@ -135,7 +164,13 @@ pub(super) fn spawn(
     generation: Arc<AtomicU64>,
     rx: mpsc::Receiver<Command>,
     priority: super::Priority,
+    role: &StoreRole,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let name = thread_name(role);
+    // Only the journal's writer asks for a short slice: calls wait for its
+    // commits. The sync writer's bulk enqueues would use one to preempt the
+    // cores that answer the PBX.
+    let short_slice = *role == StoreRole::Main;
     let writer = Writer {
         conn,
         path,
@@ -147,20 +182,17 @@ pub(super) fn spawn(
         deferred: VecDeque::new(),
         batch: Vec::with_capacity(GROUP_CAP),
         deliveries: Vec::new(),
+        sync_group: SyncGroup::default(),
         early: EarlyDeliveries::default(),
         max_chunk_ops: MAX_CHUNK_OPS,
         chunk_time: CHUNK_TIME,
-    };
-    let name = match priority {
-        super::Priority::Normal => "cti-store-writer",
-        super::Priority::Background => BACKGROUND_WRITER,
     };
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             if priority == super::Priority::Background {
                 crate::thread_priority::lower_current(name);
-            } else {
+            } else if short_slice {
                 let _ = crate::thread_priority::short_slice_current(name, WAKE_SLICE);
             }
             writer.run()
@@ -185,6 +217,8 @@ struct Writer {
     batch: Vec<(CallRecord, Reply<i64>)>,
     /// Deliveries of the next group commit (see [`Command::AddDelivered`]).
     deliveries: Vec<(String, Vec<u64>, Reply<usize>)>,
+    /// Outbox enqueues and inbox appends of the next sync group commit.
+    sync_group: SyncGroup,
     /// Deliveries that came before their journal row.
     early: EarlyDeliveries,
     /// [`MAX_CHUNK_OPS`] and [`CHUNK_TIME`], unless a measurement or a test
@@ -212,6 +246,19 @@ impl Writer {
                     self.deliveries.push((key, seqs, reply));
                     self.commit_appends();
                 }
+                Command::Enqueue { rows, reply } => {
+                    self.sync_group.enqueue(rows, reply);
+                    self.commit_appends();
+                }
+                Command::InboxAppend {
+                    system,
+                    body,
+                    reply,
+                } => {
+                    self.sync_group.inbox(system, body, reply);
+                    self.commit_appends();
+                }
+                Command::Sync(write) => self.sync_write(write),
                 Command::ReplaceSource {
                     source,
                     fingerprint,
@@ -289,30 +336,42 @@ impl Writer {
         self.shutdown();
     }
 
-    /// Group commit: adds every append (and delivery) already waiting in the
-    /// channel to the batch, up to the cap, and commits it; returns how many
-    /// it committed. Other commands met on the way wait in `deferred` for
-    /// their turn.
+    /// Group commit: adds every append (and delivery, enqueue, inbox
+    /// append) already waiting in the channel to the batch, up to the caps,
+    /// and commits it; returns how many commands it committed. Other
+    /// commands met on the way wait in `deferred` for their turn. Journal
+    /// appends and sync writes are committed in a transaction each (they
+    /// live in different files; one store never gets both).
     fn commit_appends(&mut self) -> usize {
-        while self.batch.len() + self.deliveries.len() < GROUP_CAP {
+        while self.batch.len() + self.deliveries.len() + self.sync_group.commands() < GROUP_CAP
+            && !self.sync_group.is_full()
+        {
             match self.rx.try_recv() {
                 Ok(Command::AppendCall { call, reply }) => self.batch.push((call, reply)),
                 Ok(Command::AddDelivered { key, seqs, reply }) => {
                     self.deliveries.push((key, seqs, reply))
                 }
+                Ok(Command::Enqueue { rows, reply }) => self.sync_group.enqueue(rows, reply),
+                Ok(Command::InboxAppend {
+                    system,
+                    body,
+                    reply,
+                }) => self.sync_group.inbox(system, body, reply),
                 Ok(other) => self.deferred.push_back(other),
                 Err(_) => break,
             }
         }
+        let synced = self.commit_sync_group();
         let n = self.batch.len() + self.deliveries.len();
-        if n > 0 {
-            let mut batch = std::mem::take(&mut self.batch);
-            let mut deliveries = std::mem::take(&mut self.deliveries);
-            self.append_calls(&mut batch, &mut deliveries);
-            self.batch = batch;
-            self.deliveries = deliveries;
+        if n == 0 {
+            return synced;
         }
-        n
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        self.append_calls(&mut batch, &mut deliveries);
+        self.batch = batch;
+        self.deliveries = deliveries;
+        n + synced
     }
 
     /// Between two chunks of a replace: commits the appends that arrived
