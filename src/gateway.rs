@@ -29,6 +29,7 @@ use crate::sources::onec::{self, OnecError, OnecSource};
 use crate::sources::push::{self, PushSource};
 use crate::sources::{SnapshotSavers, SourceHealth};
 use crate::store::{OpenOptions, SourceSnapshot, Store, StoreError};
+use crate::sync::{self, Feed, FeedMetrics, FeedSettings, Registry, RegistryError, SystemSpec};
 use crate::vats::Vats;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,11 @@ pub enum StartError {
     /// its own endpoints).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A sync system's registration the core refuses.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("the sync feed cannot start: {0}")]
+    SyncFeed(std::io::Error),
 }
 
 /// How the directory was first filled, for the start-up message.
@@ -68,6 +74,8 @@ pub struct Gateway {
     store: Store,
     /// The 1C snapshot's own store (with `[onec]`).
     onec_store: Option<Store>,
+    /// With a sync system registered: the sync store and the change feed.
+    sync: Option<SyncParts>,
     metrics: Arc<Metrics>,
     reload: watch::Sender<u64>,
     stop_server: Arc<Notify>,
@@ -77,11 +85,39 @@ pub struct Gateway {
     report: StartReport,
 }
 
+/// What syncing adds to a gateway: the sync store and the change feed.
+struct SyncParts {
+    store: Store,
+    feed: Feed,
+}
+
 impl Gateway {
     /// Binds, loads the snapshot and the sources, and returns once the
     /// directory is as complete as start-up can make it.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Gateway::start_with(config, Vec::new()).await
+    }
+
+    /// [`Gateway::start`] with sync systems registered (see
+    /// [`crate::sync::registry`]): then the sync store is opened and the
+    /// change feed runs. Without one, no sync file is created.
+    pub async fn start_with(
+        config: Config,
+        systems: Vec<SystemSpec>,
+    ) -> Result<Gateway, StartError> {
+        Gateway::start_with_feed(config, systems, FeedSettings::default()).await
+    }
+
+    /// [`Gateway::start_with`] with the feed's settings (tests: a tiny
+    /// channel, a short retry).
+    #[doc(hidden)]
+    pub async fn start_with_feed(
+        config: Config,
+        systems: Vec<SystemSpec>,
+        feed_settings: FeedSettings,
+    ) -> Result<Gateway, StartError> {
         let started = Instant::now();
+        let registry = Registry::new(systems)?;
         http::check_soap_path(&config)?;
         let metrics = Arc::new(Metrics::new());
         // Before anything is opened: a bad certificate stops start-up at once.
@@ -98,11 +134,16 @@ impl Gateway {
         // start-up before anything is created on disk (no `var/` left behind).
         let (listener, addr) = bind(config.server.listen).await?;
         let store = open_main_store(&config, &metrics)?;
-        let directory = Arc::new(
-            Directory::new(soap::say_name_payload)
-                .counting_unusable_phones(metrics.directory_unusable_phones.clone())
-                .counting_invalid_requisites(metrics.directory_invalid_requisites.clone()),
-        );
+        let sync = open_sync(&config, &metrics, &registry, &feed_settings)?;
+        let directory = Directory::new(soap::say_name_payload)
+            .counting_unusable_phones(metrics.directory_unusable_phones.clone())
+            .counting_invalid_requisites(metrics.directory_invalid_requisites.clone());
+        // The feed hears every change from the first source load on (the
+        // snapshot's load is not a change; the start-up reconcile covers it).
+        let directory = Arc::new(match &sync {
+            Some((parts, _)) => directory.reporting_changes(parts.feed.sink()),
+            None => directory,
+        });
         let health = Arc::new(SourceHealth::default());
         let hub = Arc::new(new_hub(&config, &metrics, &store).await?);
         // Sources that save their snapshot in the background; a delete through
@@ -128,6 +169,11 @@ impl Gateway {
         // Backups copy 1C's snapshot too: rebuilding it means reading 1C again.
         let front = match &onec_store {
             Some(onec_store) => front.backing_up_too(onec_store.clone()),
+            None => front,
+        };
+        // And the sync store: its id links are what keeps a CRM free of duplicates.
+        let front = match &sync {
+            Some((parts, _)) => front.backing_up_too(parts.store.clone()),
             None => front,
         };
         let (reload, _) = watch::channel(0u64);
@@ -160,6 +206,23 @@ impl Gateway {
         .start(file, onec)
         .await;
         sources.push(tombstone_keeper);
+        // After the sources' first loads: the feed's start-up reconcile
+        // compares the directory as it stands with the id-maps.
+        let sync = match sync {
+            Some((parts, input)) => {
+                let feed = sync::feed::spawn(
+                    input,
+                    Arc::clone(&directory),
+                    registry,
+                    parts.store.clone(),
+                    stop_sources.subscribe(),
+                )
+                .map_err(StartError::SyncFeed)?;
+                sources.push(feed);
+                Some(parts)
+            }
+            None => None,
+        };
         sources.push(tokio::spawn(crate::store::keep_journal_for(
             store.clone(),
             config.store.journal_retention,
@@ -178,6 +241,7 @@ impl Gateway {
             hub,
             store,
             onec_store,
+            sync,
             metrics,
             reload,
             stop_server,
@@ -201,6 +265,16 @@ impl Gateway {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The sync store, when a sync system is registered.
+    pub fn sync_store(&self) -> Option<&Store> {
+        self.sync.as_ref().map(|s| &s.store)
+    }
+
+    /// The change feed, when a sync system is registered.
+    pub fn sync_feed(&self) -> Option<&Feed> {
+        self.sync.as_ref().map(|s| &s.feed)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -239,6 +313,9 @@ impl Gateway {
         if let Some(onec_store) = &self.onec_store {
             onec_store.close().await;
         }
+        if let Some(sync) = &self.sync {
+            sync.store.close().await;
+        }
         self.store.close().await;
         tracing::info!("stopped");
     }
@@ -256,6 +333,24 @@ fn open_main_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreErr
         .companion(onec_store_path(&config.store.path))
         .companion(sync_store_path(&config.store.path));
     Store::open_with_options(&config.store.path, metrics.registry(), &options)
+}
+
+/// With a sync system registered: the sync store, and the change feed
+/// whose input [`sync::feed::spawn`] takes once the sources have loaded.
+fn open_sync(
+    config: &Config,
+    metrics: &Metrics,
+    registry: &Registry,
+    settings: &FeedSettings,
+) -> Result<Option<(SyncParts, sync::feed::FeedInput)>, StartError> {
+    if registry.is_empty() {
+        return Ok(None);
+    }
+    let store = open_sync_store(config, metrics)?;
+    let feed_metrics =
+        FeedMetrics::new(metrics.registry(), registry).map_err(StartError::Metrics)?;
+    let (feed, input) = sync::feed::channel(settings, feed_metrics);
+    Ok(Some((SyncParts { store, feed }, input)))
 }
 
 /// The pop-up hub, with the configured operators' keys.

@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::directory::{requisites, ChangeSink, Directory, Entry, ReplaceReport};
 use crate::logging::Escaped;
 use crate::sources::LowPriority;
+use crate::store::{NewOutboxRow, OutboxOp, Store};
 
 use super::hash::{self, REMOVED};
 use super::metrics::FeedMetrics;
@@ -118,6 +119,8 @@ struct Inlet {
     sent: AtomicU64,
     /// Test hook: reports are dropped as a crash after the swap would.
     dropping: AtomicBool,
+    /// Test hook: while true the task reads no report (the channel fills).
+    held: watch::Sender<bool>,
     progress: watch::Sender<Progress>,
     metrics: FeedMetrics,
 }
@@ -149,6 +152,7 @@ pub fn channel(settings: &FeedSettings, metrics: FeedMetrics) -> (Feed, FeedInpu
         wake: Notify::new(),
         sent: AtomicU64::new(0),
         dropping: AtomicBool::new(false),
+        held: watch::Sender::new(false),
         progress: watch::Sender::new(Progress {
             reconcile_due: true,
             ..Progress::default()
@@ -176,6 +180,14 @@ impl Feed {
     #[doc(hidden)]
     pub fn drop_reports_for_tests(&self, on: bool) {
         self.inlet.dropping.store(on, Ordering::SeqCst);
+    }
+
+    /// Test hook: while on, the feed's task reads no report, so the
+    /// channel fills as behind a slow enqueue, and the next report takes
+    /// the overflow path.
+    #[doc(hidden)]
+    pub fn hold_for_tests(&self, on: bool) {
+        self.inlet.held.send_replace(on);
     }
 
     /// Waits until every report handed over before the call is handled and
@@ -318,6 +330,18 @@ async fn run<O: Outbox>(
             }
             continue;
         }
+        let mut held = inlet.held.subscribe();
+        if *held.borrow_and_update() {
+            tokio::select! {
+                _ = held.wait_for(|on| !on) => {}
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            continue;
+        }
         let mut reports = Vec::new();
         tokio::select! {
             got = receiver.recv_many(&mut reports, BATCH_REPORTS) => {
@@ -326,6 +350,7 @@ async fn run<O: Outbox>(
                 }
             }
             _ = inlet.wake.notified() => continue,
+            _ = held.wait_for(|on| *on) => continue,
             changed = stop.changed() => {
                 if changed.is_err() {
                     return;
@@ -515,6 +540,32 @@ async fn enqueue<O: Outbox>(
         known.extend(committed);
     }
     Ok(())
+}
+
+/// The sync store's outbox and id-map.
+impl Outbox for Store {
+    async fn enqueue(&self, rows: Vec<FeedRow>) -> Result<(), OutboxError> {
+        let rows = rows
+            .into_iter()
+            .map(|row| NewOutboxRow {
+                system: row.system,
+                kind: row.kind,
+                record_key: row.record_key,
+                op: match row.op {
+                    Op::Upsert => OutboxOp::Upsert,
+                    Op::Remove => OutboxOp::Remove,
+                },
+                body: row.body,
+                hash: row.hash,
+            })
+            .collect();
+        Store::enqueue(self, rows).await?;
+        Ok(())
+    }
+
+    async fn hashes(&self, system: &str, kind: &str) -> Result<HashMap<String, u64>, OutboxError> {
+        Ok(self.idmap_hashes(system, kind).await?)
+    }
 }
 
 #[cfg(test)]

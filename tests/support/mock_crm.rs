@@ -144,7 +144,10 @@ async fn handle(
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let Ok(collected) = Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await else {
+    let Ok(collected) = Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    else {
         return Ok(answer(StatusCode::PAYLOAD_TOO_LARGE, json!({"ok": false})));
     };
     let raw = String::from_utf8_lossy(&collected.to_bytes()).into_owned();

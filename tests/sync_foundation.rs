@@ -1,0 +1,385 @@
+//! The sync foundation over a real gateway: systems registered with
+//! `Gateway::start_with`, the change feed from the directory into the sync
+//! store's outbox (read back from the store), and the reconcile that makes
+//! good a lost report (a crash between the directory's swap and the
+//! enqueue, a full channel).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cti_gateway::config::Config;
+use cti_gateway::gateway::sync_store_path;
+use cti_gateway::store::{OutboxOp, OutboxQuery, OutboxRow};
+use cti_gateway::sync::{DedupeKey, FeedSettings, SystemSpec};
+use cti_gateway::Gateway;
+use support::mock_crm::MockCrm;
+use support::*;
+
+const PATH: &str = "/api/v1/counterparties";
+const BEARER: &str = "Authorization: Bearer api-token-for-tests";
+const JSON: &str = "Content-Type: application/json";
+
+/// Five records; only `k1` has requisites (valid ones).
+const FILE: &str = concat!(
+    r#"{"id":"k1","name":"Альфа","inn":"7707083893","kpp":"773601001","phones":["84951110001"]}"#,
+    "\n",
+    r#"{"id":"k2","name":"Бета","phones":["84951110002"]}"#,
+    "\n",
+    r#"{"id":"k3","name":"Гамма","phones":["84951110003"]}"#,
+    "\n",
+    r#"{"id":"k4","name":"Дельта","phones":["84951110004"]}"#,
+    "\n",
+    r#"{"id":"k5","name":"Эпсилон","phones":["84951110005"]}"#,
+    "\n",
+);
+
+/// Two systems: one keeping every field, one names and phones only.
+fn systems(crm: &MockCrm) -> Vec<SystemSpec> {
+    let templates = BTreeMap::from([(
+        "company".to_owned(),
+        format!("{}/crm/company/details/{{id}}/", crm.url()),
+    )]);
+    let all = SystemSpec::new("testcrm")
+        .expect("name")
+        .with_link_templates(templates);
+    let names = SystemSpec::new("othercrm")
+        .expect("name")
+        .with_dedupe_key(DedupeKey::Inn)
+        .with_fields(&["name", "phones"])
+        .expect("fields");
+    vec![all, names]
+}
+
+async fn start_syncing(dir: tempfile::TempDir, crm: &MockCrm, feed: FeedSettings) -> TestGateway {
+    let path = dir.path().join("gateway.toml");
+    let config = Config::parse(&config_text(dir.path(), ""), &path, &|_| None)
+        .expect("test config is valid");
+    let gateway = Gateway::start_with_feed(config, systems(crm), feed)
+        .await
+        .expect("gateway starts");
+    let addr = gateway.local_addr();
+    TestGateway {
+        gateway: Some(gateway),
+        addr,
+        dir,
+    }
+}
+
+async fn start_fresh(crm: &MockCrm, feed: FeedSettings) -> TestGateway {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("counterparties.jsonl"), FILE).expect("write directory");
+    start_syncing(dir, crm, feed).await
+}
+
+/// Waits for the feed to have handled every report and reconcile due.
+async fn settled(gw: &TestGateway) {
+    let feed = gw.gateway().sync_feed().expect("a feed with systems");
+    tokio::time::timeout(Duration::from_secs(30), feed.settled())
+        .await
+        .expect("the feed settles");
+}
+
+/// `system`'s outbox rows after row `after`, in order.
+async fn rows(gw: &TestGateway, system: &str, after: i64) -> Vec<OutboxRow> {
+    gw.gateway()
+        .sync_store()
+        .expect("a sync store with systems")
+        .outbox_page(OutboxQuery {
+            system: Some(system.to_owned()),
+            after: Some(after),
+            limit: 1_000,
+            ..OutboxQuery::default()
+        })
+        .await
+        .expect("outbox read")
+}
+
+/// The last row id so far (0 when none).
+async fn last_row(gw: &TestGateway) -> i64 {
+    let mut last = 0;
+    for system in ["testcrm", "othercrm"] {
+        last = rows(gw, system, 0)
+            .await
+            .iter()
+            .map(|r| r.id)
+            .fold(last, i64::max);
+    }
+    last
+}
+
+/// `(record_key, op)` of each row, sorted.
+fn keys(rows: &[OutboxRow]) -> Vec<(String, OutboxOp)> {
+    let mut keys: Vec<_> = rows.iter().map(|r| (r.record_key.clone(), r.op)).collect();
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    keys
+}
+
+/// Writes the directory file whole, in one rename: the watcher never reads half.
+fn replace_file(gw: &TestGateway, text: &str) {
+    let next = gw.dir.path().join("counterparties.next");
+    std::fs::write(&next, text).expect("write directory");
+    std::fs::rename(&next, gw.directory_file()).expect("rename directory");
+}
+
+async fn push(addr: std::net::SocketAddr, body: &str) -> Reply {
+    request(addr, "POST", PATH, &[JSON, BEARER], body.as_bytes()).await
+}
+
+async fn delete(addr: std::net::SocketAddr, id: &str) -> Reply {
+    request(addr, "DELETE", &format!("{PATH}/{id}"), &[BEARER], b"").await
+}
+
+#[tokio::test]
+async fn a_refresh_changing_three_records_enqueues_three_rows_per_system_and_an_unchanged_one_none()
+{
+    let crm = MockCrm::start().await;
+    let gw = start_fresh(&crm, FeedSettings::default()).await;
+    settled(&gw).await;
+    // The start-up reconcile sent every record to both systems.
+    for system in ["testcrm", "othercrm"] {
+        let rows = rows(&gw, system, 0).await;
+        assert_eq!(rows.len(), 5, "{system}: {rows:?}");
+        assert!(rows.iter().all(|r| r.op == OutboxOp::Upsert));
+    }
+    let before = last_row(&gw).await;
+    // Three records change: a name, a phone, a new record.
+    let changed = FILE
+        .replace("Альфа", "Альфа-2")
+        .replace("84951110002", "84951119999")
+        + r#"{"id":"k6","name":"Дзета","phones":["84951110006"]}"#
+        + "\n";
+    replace_file(&gw, &changed);
+    gw.gateway().reload();
+    let mut tries = 0;
+    while rows(&gw, "othercrm", before).await.len() < 3
+        || rows(&gw, "testcrm", before).await.len() < 3
+    {
+        tries += 1;
+        assert!(tries < 300, "the refresh was not enqueued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settled(&gw).await;
+    let expected = [
+        ("k1".to_owned(), OutboxOp::Upsert),
+        ("k2".to_owned(), OutboxOp::Upsert),
+        ("k6".to_owned(), OutboxOp::Upsert),
+    ];
+    for system in ["testcrm", "othercrm"] {
+        assert_eq!(keys(&rows(&gw, system, before).await), expected, "{system}");
+    }
+    let upsert = &rows(&gw, "testcrm", before).await[0];
+    let body: serde_json::Value = serde_json::from_str(&upsert.body).expect("JSON body");
+    assert_eq!(body["name"], "Альфа-2", "the record's JSON");
+
+    // A refresh that writes the same numbers and name another way changes
+    // the directory's records, not what the systems hold.
+    let before = last_row(&gw).await;
+    let reformatted = changed
+        .replace("\"84951110003\"", "\"+7 (495) 111-00-03\"")
+        .replace("\"Дельта\"", "\"  Дельта \"");
+    replace_file(&gw, &reformatted);
+    gw.gateway().reload();
+    let directory = gw.gateway().directory();
+    let mut tries = 0;
+    while !directory
+        .lookup_id("k3")
+        .is_some_and(|e| e.json().contains("+7 (495)"))
+    {
+        tries += 1;
+        assert!(tries < 300, "the reformatted file was not read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settled(&gw).await;
+    for system in ["testcrm", "othercrm"] {
+        assert!(rows(&gw, system, before).await.is_empty(), "{system}");
+    }
+    drop(gw);
+}
+
+#[tokio::test]
+async fn a_removal_enqueues_a_remove_and_a_bad_inn_is_never_enqueued() {
+    let crm = MockCrm::start().await;
+    let mut gw = start_fresh(&crm, FeedSettings::default()).await;
+    settled(&gw).await;
+    let before = last_row(&gw).await;
+    // A mistyped INN: answered, warned about, counted, never enqueued.
+    let reply = push(
+        gw.addr,
+        r#"[{"id":"p-bad","name":"Опечатка","inn":"7707083894","phones":["89120000001"]},
+            {"id":"p-good","name":"Верный","inn":"7707083893","kpp":"773601001","phones":["89120000002"]}]"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.contains("warnings"), "{}", reply.body);
+    settled(&gw).await;
+    for system in ["testcrm", "othercrm"] {
+        assert_eq!(
+            keys(&rows(&gw, system, before).await),
+            [("p-good".to_owned(), OutboxOp::Upsert)],
+            "{system}"
+        );
+    }
+    let title = say_name_data(&soap(gw.addr, &say_name_envelope("89120000001")).await);
+    assert!(
+        title.contains("Опечатка"),
+        "the bad INN still answers: {title}"
+    );
+
+    // Deletes: a pushed record and a file record hidden by the push API.
+    let before = last_row(&gw).await;
+    assert_eq!(delete(gw.addr, "p-good").await.status, 200);
+    assert_eq!(delete(gw.addr, "k2").await.status, 200);
+    assert_eq!(delete(gw.addr, "p-bad").await.status, 200);
+    settled(&gw).await;
+    for system in ["testcrm", "othercrm"] {
+        let removed = rows(&gw, system, before).await;
+        assert_eq!(
+            keys(&removed),
+            [
+                ("k2".to_owned(), OutboxOp::Remove),
+                ("p-good".to_owned(), OutboxOp::Remove)
+            ],
+            "{system}: never sent, never removed"
+        );
+        assert!(removed.iter().any(|r| r.body == "\"k2\""), "{removed:?}");
+    }
+    let metrics = get(gw.addr, "/metrics").await.body;
+    assert!(
+        metrics.contains(r#"cti_sync_duplicates_refused_total{system="testcrm"} 0"#),
+        "registered per system"
+    );
+    assert!(
+        metrics.contains(r#"cti_sync_feed_invalid_requisites_total{system="testcrm"} 1"#),
+        "the bad INN held back once"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_crash_between_swap_and_enqueue_is_made_good_at_the_next_start_up() {
+    let crm = MockCrm::start().await;
+    let mut gw = start_fresh(&crm, FeedSettings::default()).await;
+    settled(&gw).await;
+    let before = last_row(&gw).await;
+    let feed = gw.gateway().sync_feed().expect("feed").clone();
+    // The directory swaps, the reports are lost as in a crash at that instant.
+    feed.drop_reports_for_tests(true);
+    let reply = push(
+        gw.addr,
+        r#"[{"id":"p1","name":"Новый","phones":["89120000011"]},
+            {"id":"k3","name":"Гамма-2","phones":["84951110003"]}]"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(delete(gw.addr, "k4").await.status, 200);
+    settled(&gw).await;
+    assert_eq!(last_row(&gw).await, before, "nothing enqueued");
+    gw.stop().await;
+
+    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().expect("temp dir"));
+    let gw = start_syncing(dir, &crm, FeedSettings::default()).await;
+    settled(&gw).await;
+    let expected = [
+        ("k3".to_owned(), OutboxOp::Upsert),
+        ("k4".to_owned(), OutboxOp::Remove),
+        ("p1".to_owned(), OutboxOp::Upsert),
+    ];
+    for system in ["testcrm", "othercrm"] {
+        assert_eq!(keys(&rows(&gw, system, before).await), expected, "{system}");
+    }
+    drop(gw);
+}
+
+#[tokio::test]
+async fn a_full_channel_drops_reports_for_a_reconcile_that_enqueues_them_all() {
+    let crm = MockCrm::start().await;
+    let tiny = FeedSettings {
+        capacity: 1,
+        retry_after: Duration::from_millis(50),
+    };
+    let gw = start_fresh(&crm, tiny).await;
+    settled(&gw).await;
+    let feed = gw.gateway().sync_feed().expect("feed").clone();
+    let reconciles = feed.reconciles();
+    let before = last_row(&gw).await;
+    // The feed reads nothing: the first report fills the channel, the
+    // others are dropped and the pushes answer all the same.
+    feed.hold_for_tests(true);
+    for i in 1..=4 {
+        let body = format!(r#"[{{"id":"q{i}","name":"Q{i}","phones":["8912000010{i}"]}}]"#);
+        assert_eq!(push(gw.addr, &body).await.status, 200);
+    }
+    feed.hold_for_tests(false);
+    settled(&gw).await;
+    assert!(feed.reconciles() > reconciles, "a reconcile ran");
+    for system in ["testcrm", "othercrm"] {
+        let keys: Vec<String> = keys(&rows(&gw, system, before).await)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["q1", "q2", "q3", "q4"], "{system}");
+    }
+    let metrics = get(gw.addr, "/metrics").await.body;
+    let overflows: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cti_sync_feed_overflows_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the overflow counter");
+    assert!(overflows >= 1, "reports were dropped: {overflows}");
+    drop(gw);
+}
+
+#[tokio::test]
+async fn no_sync_file_appears_without_a_registered_system() {
+    let mut plain = start("").await;
+    assert!(plain.gateway().sync_store().is_none());
+    assert!(plain.gateway().sync_feed().is_none());
+    assert!(!sync_store_path(&plain.store_file()).exists());
+    plain.stop().await;
+    assert!(!sync_store_path(&plain.store_file()).exists());
+
+    let crm = MockCrm::start().await;
+    let mut syncing = start_fresh(&crm, FeedSettings::default()).await;
+    assert!(sync_store_path(&syncing.store_file()).exists());
+    syncing.stop().await;
+}
+
+#[tokio::test]
+async fn a_system_registered_twice_stops_start_up() {
+    let crm = MockCrm::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("counterparties.jsonl"), FILE).expect("write directory");
+    let path = dir.path().join("gateway.toml");
+    let config = Config::parse(&config_text(dir.path(), ""), &path, &|_| None).expect("config");
+    let mut twice = systems(&crm);
+    twice.push(twice[0].clone());
+    let error = Gateway::start_with(config, twice)
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("testcrm"), "{error}");
+}
+
+#[tokio::test]
+async fn the_mock_crm_records_what_it_receives() {
+    let crm = MockCrm::start().await;
+    let reply = post(
+        crm.addr(),
+        "/rest/crm.company.add",
+        &[JSON, "Authorization: Bearer crm-token"],
+        r#"{"fields":{"TITLE":"Альфа"}}"#.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    crm.set_status(503);
+    let reply = post(crm.addr(), "/rest/crm.company.list", &[JSON], b"{}").await;
+    assert_eq!(reply.status, 503);
+    let seen = crm.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].target, "/rest/crm.company.add");
+    assert_eq!(seen[0].body["fields"]["TITLE"], "Альфа");
+    assert_eq!(seen[0].authorization.as_deref(), Some("Bearer crm-token"));
+}
