@@ -29,6 +29,7 @@ use crate::sources::onec::{self, OnecError, OnecSource};
 use crate::sources::push::{self, PushSource};
 use crate::sources::{SnapshotSavers, SourceHealth};
 use crate::store::{OpenOptions, SourceSnapshot, Store, StoreError};
+use crate::sync::crm_source::CrmRecords;
 use crate::sync::{self, Feed, FeedMetrics, FeedSettings, Registry, RegistryError, SystemSpec};
 use crate::vats::Vats;
 
@@ -85,10 +86,12 @@ pub struct Gateway {
     report: StartReport,
 }
 
-/// What syncing adds to a gateway: the sync store and the change feed.
+/// What syncing adds to a gateway: the sync store, the change feed and
+/// each system's CRM-only records.
 struct SyncParts {
     store: Store,
     feed: Feed,
+    crm: Vec<Arc<CrmRecords>>,
 }
 
 impl Gateway {
@@ -192,8 +195,11 @@ impl Gateway {
 
         // Deleted copies stay hidden from the first set loaded on.
         directory.set_tombstones(&store.load_tombstones().await?);
-        let snapshot_records =
+        let mut snapshot_records =
             load_snapshot(&config, &store, onec_store.as_ref(), &directory).await;
+        if let Some((parts, _)) = &sync {
+            snapshot_records += load_crm_snapshot(&parts.store, &registry, &directory).await;
+        }
         push.snapshot_loaded();
 
         let keeper = forget_spent_tombstones(Arc::clone(&push), stop_sources.subscribe());
@@ -209,7 +215,18 @@ impl Gateway {
         // After the sources' first loads: the feed's start-up reconcile
         // compares the directory as it stands with the id-maps.
         let sync = match sync {
-            Some((parts, input)) => {
+            Some((mut parts, input)) => {
+                for system in registry.systems() {
+                    let records = Arc::new(CrmRecords::new(
+                        system.name(),
+                        Arc::clone(&directory),
+                        parts.store.clone(),
+                    ));
+                    sources.push(tokio::spawn(
+                        Arc::clone(&records).run(stop_sources.subscribe()),
+                    ));
+                    parts.crm.push(records);
+                }
                 let feed = sync::feed::spawn(
                     input,
                     Arc::clone(&directory),
@@ -270,6 +287,13 @@ impl Gateway {
     /// The sync store, when a sync system is registered.
     pub fn sync_store(&self) -> Option<&Store> {
         self.sync.as_ref().map(|s| &s.store)
+    }
+
+    /// `system`'s CRM-only records (a source named after it), when it is registered.
+    pub fn crm_records(&self, system: &str) -> Option<&Arc<CrmRecords>> {
+        self.sync
+            .as_ref()
+            .and_then(|s| s.crm.iter().find(|c| c.source() == system))
     }
 
     /// The change feed, when a sync system is registered.
@@ -350,7 +374,14 @@ fn open_sync(
     let feed_metrics =
         FeedMetrics::new(metrics.registry(), registry).map_err(StartError::Metrics)?;
     let (feed, input) = sync::feed::channel(settings, feed_metrics);
-    Ok(Some((SyncParts { store, feed }, input)))
+    Ok(Some((
+        SyncParts {
+            store,
+            feed,
+            crm: Vec::new(),
+        },
+        input,
+    )))
 }
 
 /// The pop-up hub, with the configured operators' keys.
@@ -573,6 +604,49 @@ async fn load_snapshot(
     if config.onec.is_none() {
         warn_if_onec_store_left(config);
     }
+    let total = load_sets(directory, snapshot).await;
+    if total > 0 {
+        tracing::info!(
+            records = total,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "directory loaded from the snapshot"
+        );
+    }
+    total
+}
+
+/// The CRM-only records of the registered systems, from the sync store's
+/// snapshot sets (a set of a system no longer registered stays there,
+/// named in a warning); returns the records loaded.
+async fn load_crm_snapshot(
+    sync_store: &Store,
+    registry: &Registry,
+    directory: &Arc<Directory>,
+) -> usize {
+    let mut sets = match sync_store.load_snapshot().await {
+        Ok(sets) => sets,
+        Err(e) => {
+            tracing::error!(error = %e, "CRM-only records not loaded from the sync store");
+            return 0;
+        }
+    };
+    sets.retain(|set| {
+        let registered = registry.get(&set.source).is_some();
+        if !registered {
+            tracing::warn!(
+                source = %crate::logging::Escaped(&set.source),
+                records = set.records.len(),
+                "CRM-only records of a system that is not registered are not loaded; they stay in the sync store"
+            );
+        }
+        registered
+    });
+    load_sets(directory, sets).await
+}
+
+/// Puts snapshot sets in the directory with their receive times; returns
+/// the records loaded.
+async fn load_sets(directory: &Arc<Directory>, snapshot: Vec<SourceSnapshot>) -> usize {
     let mut total = 0;
     for source in snapshot {
         let directory = Arc::clone(directory);
@@ -599,13 +673,6 @@ async fn load_snapshot(
                 tracing::error!(source = %name, error = %e, "snapshot of a source not loaded")
             }
         }
-    }
-    if total > 0 {
-        tracing::info!(
-            records = total,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "directory loaded from the snapshot"
-        );
     }
     total
 }

@@ -2,7 +2,8 @@
 //! `Gateway::start_with`, the change feed from the directory into the sync
 //! store's outbox (read back from the store), and the reconcile that makes
 //! good a lost report (a crash between the directory's swap and the
-//! enqueue, a full channel).
+//! enqueue, a full channel); a system's CRM-only records as a source of
+//! their own, stored in the sync store.
 
 mod support;
 
@@ -10,8 +11,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cti_gateway::config::Config;
+use cti_gateway::directory::Counterparty;
 use cti_gateway::gateway::sync_store_path;
 use cti_gateway::store::{OutboxOp, OutboxQuery, OutboxRow};
+use cti_gateway::sync::crm_source::CrmError;
 use cti_gateway::sync::{DedupeKey, FeedSettings, SystemSpec};
 use cti_gateway::Gateway;
 use support::mock_crm::MockCrm;
@@ -382,4 +385,139 @@ async fn the_mock_crm_records_what_it_receives() {
     assert_eq!(seen[0].target, "/rest/crm.company.add");
     assert_eq!(seen[0].body["fields"]["TITLE"], "Альфа");
     assert_eq!(seen[0].authorization.as_deref(), Some("Bearer crm-token"));
+}
+
+fn crm_record(id: &str, name: &str, manager: &str, phone: &str) -> Counterparty {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "name": name, "manager_phone": manager, "phones": [phone]
+    }))
+    .expect("a valid record")
+}
+
+/// SayName's (title, manager's phone) for `number`.
+async fn say_name(addr: std::net::SocketAddr, number: &str) -> (String, String) {
+    let reply = soap(addr, &say_name_envelope(number)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let data = say_name_data(&reply);
+    let field = |tag| element_text(&data, tag).unwrap_or_default().to_owned();
+    (field("title"), field("phone"))
+}
+
+#[tokio::test]
+async fn a_crm_only_record_answers_say_name_with_its_manager_after_a_restart_too() {
+    let crm = MockCrm::start().await;
+    let mut gw = start_fresh(&crm, FeedSettings::default()).await;
+    settled(&gw).await;
+    let before = last_row(&gw).await;
+    let records = gw
+        .gateway()
+        .crm_records("testcrm")
+        .expect("registered")
+        .clone();
+    records
+        .upsert(vec![crm_record(
+            "testcrm:company:7",
+            "Из CRM",
+            "245",
+            "89125550007",
+        )])
+        .await
+        .expect("stored and applied");
+    assert_eq!(
+        say_name(gw.addr, "+7 912 555-00-07").await,
+        ("Из CRM".to_owned(), "245".to_owned())
+    );
+    // Sent to the other system, never back to its own.
+    settled(&gw).await;
+    assert!(rows(&gw, "testcrm", before).await.is_empty());
+    assert_eq!(
+        keys(&rows(&gw, "othercrm", before).await),
+        [("testcrm:company:7".to_owned(), OutboxOp::Upsert)]
+    );
+    // What the source refuses: another system's id, a mistyped INN.
+    let foreign = records
+        .upsert(vec![crm_record(
+            "othercrm:company:1",
+            "Чужая",
+            "246",
+            "89125550008",
+        )])
+        .await;
+    assert!(
+        matches!(foreign, Err(CrmError::Invalid { .. })),
+        "{foreign:?}"
+    );
+    let mut typo = crm_record("testcrm:company:8", "Опечатка", "246", "89125550008");
+    typo.inn = Some("7707083894".into());
+    let refused = records.upsert(vec![typo]).await;
+    assert!(
+        matches!(&refused, Err(CrmError::Invalid { problem, .. }) if problem.contains("inn")),
+        "{refused:?}"
+    );
+    assert_eq!(say_name(gw.addr, "89125550008").await.0, "", "not applied");
+    gw.stop().await;
+
+    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().expect("temp dir"));
+    let mut gw = start_syncing(dir, &crm, FeedSettings::default()).await;
+    assert_eq!(
+        say_name(gw.addr, "89125550007").await,
+        ("Из CRM".to_owned(), "245".to_owned()),
+        "loaded from the sync store at start"
+    );
+    let records = gw
+        .gateway()
+        .crm_records("testcrm")
+        .expect("registered")
+        .clone();
+    records
+        .remove(vec!["testcrm:company:7".into()])
+        .await
+        .expect("removed");
+    assert_eq!(say_name(gw.addr, "89125550007").await.0, "");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_crm_source_applies_at_most_once_a_second() {
+    let crm = MockCrm::start().await;
+    let gw = start_fresh(&crm, FeedSettings::default()).await;
+    let records = gw
+        .gateway()
+        .crm_records("othercrm")
+        .expect("registered")
+        .clone();
+    records
+        .upsert(vec![crm_record(
+            "othercrm:company:1",
+            "Первая",
+            "245",
+            "89125550101",
+        )])
+        .await
+        .expect("first");
+    let applied_first = std::time::Instant::now();
+    // Three changes queued together within the second: one apply, a
+    // second after the first.
+    let changes: Vec<_> = (2..5)
+        .map(|i| {
+            let records = records.clone();
+            tokio::spawn(async move {
+                let id = format!("othercrm:company:{i}");
+                let phone = format!("8912555010{i}");
+                records
+                    .upsert(vec![crm_record(&id, "Следующая", "245", &phone)])
+                    .await
+            })
+        })
+        .collect();
+    for change in changes {
+        change.await.expect("task").expect("applied");
+    }
+    assert!(
+        applied_first.elapsed() >= Duration::from_millis(900),
+        "applied {:?} after the previous apply",
+        applied_first.elapsed()
+    );
+    assert_eq!(say_name(gw.addr, "89125550104").await.0, "Следующая");
+    drop(gw);
 }

@@ -468,7 +468,8 @@ async fn reconcile<O: Outbox>(context: &Context<O>) -> Result<Known, OutboxError
     Ok(all)
 }
 
-/// The row `system` needs for `id`, whose answer is `entry`, if any.
+/// The row `system` needs for `id`, whose answer is `entry`, if any: none
+/// for a record of the system's own source (its CRM-only records).
 fn row_for<O>(
     context: &Context<O>,
     system: &SystemSpec,
@@ -495,6 +496,10 @@ fn row_for<O>(
             _ => None,
         };
     };
+    // A system's own CRM-only records are its, not ours to send it back.
+    if &*entry.source == system.name() {
+        return None;
+    }
     let record = match entry.counterparty() {
         Ok(record) => record,
         Err(e) => {
