@@ -360,7 +360,8 @@ fn open_main_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreErr
 }
 
 /// With a sync system registered: the sync store, and the change feed
-/// whose input [`sync::feed::spawn`] takes once the sources have loaded.
+/// whose input [`sync::feed::spawn`] takes once the sources have loaded;
+/// `None` without one, or when the sync store does not open (logged).
 fn open_sync(
     config: &Config,
     metrics: &Metrics,
@@ -370,7 +371,19 @@ fn open_sync(
     if registry.is_empty() {
         return Ok(None);
     }
-    let store = open_sync_store(config, metrics)?;
+    // A sync file that will not open costs no call: the gateway answers
+    // without syncing, and the next start's reconcile sends what changed.
+    let store = match open_sync_store(config, metrics) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                path = %sync_store_path(&config.store.path).display(),
+                "the sync store did not open: calls are answered, nothing is synced until a restart opens it"
+            );
+            return Ok(None);
+        }
+    };
     let feed_metrics =
         FeedMetrics::new(metrics.registry(), registry).map_err(StartError::Metrics)?;
     let (feed, input) = sync::feed::channel(settings, feed_metrics);

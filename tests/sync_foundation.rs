@@ -521,3 +521,20 @@ async fn a_crm_source_applies_at_most_once_a_second() {
     assert_eq!(say_name(gw.addr, "89125550104").await.0, "Следующая");
     drop(gw);
 }
+
+#[tokio::test]
+async fn a_sync_store_that_does_not_open_costs_no_call() {
+    let crm = MockCrm::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("counterparties.jsonl"), FILE).expect("write directory");
+    // The main store exists; an empty sync file beside it is a lost one,
+    // which the sync store refuses to start over from.
+    let mut first = start_in(dir, "").await;
+    first.stop().await;
+    let dir = std::mem::replace(&mut first.dir, tempfile::tempdir().expect("temp dir"));
+    std::fs::write(sync_store_path(&dir.path().join("store.sqlite")), b"").expect("empty file");
+    let mut gw = start_syncing(dir, &crm, FeedSettings::default()).await;
+    assert!(gw.gateway().sync_store().is_none(), "not opened");
+    assert_eq!(say_name(gw.addr, "84951110001").await.0, "Альфа");
+    gw.stop().await;
+}

@@ -170,8 +170,17 @@ impl CrmRecords {
     }
 
     /// Applies what is queued, at most once per [`APPLY_EVERY`] or at once
-    /// at [`APPLY_AT`] changes, until `stop`.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// at [`APPLY_AT`] changes, until `stop`; what is still queued then is
+    /// answered [`CrmError::Stopped`] (its inbox rows stay for the next start).
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        self.apply_until(stop).await;
+        let left = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        for waiting in left {
+            let _ = waiting.reply.send(Err(CrmError::Stopped));
+        }
+    }
+
+    async fn apply_until(&self, mut stop: watch::Receiver<bool>) {
         let mut last: Option<Instant> = None;
         loop {
             if self.queued.load(std::sync::atomic::Ordering::SeqCst) == 0 {

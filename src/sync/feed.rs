@@ -21,7 +21,11 @@
 //! record, and a call must never wait for it.
 //!
 //! The id-map hashes are kept in memory per system (read at each reconcile,
-//! updated by each enqueue): one store read per reconcile, not per change.
+//! updated by each enqueue, keyed by a 64-bit hash of the id: about 20
+//! bytes a record): one store read per reconcile, not per change. The sync
+//! runtime (issue 18), which also writes id-map hashes (a CRM's change
+//! applied here), must tell the feed, or the feed would send that change
+//! back; until then a reconcile reads them again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -254,7 +258,32 @@ struct Context<O> {
 }
 
 /// Per system (in the registry's order): the id-map's hash of each record key.
-type Known = Vec<HashMap<Box<str>, u64>>;
+type Known = Vec<KnownHashes>;
+
+/// One system's id-map hashes between reconciles, keyed by a 64-bit hash
+/// of the record key: about 20 bytes a record, not a string each (a
+/// million records, several systems). Two keys of one key hash (odds of
+/// about 3·10⁻⁸ at a million) cost at most a row too many or too few until
+/// the next reconcile, which compares whole keys.
+#[derive(Default)]
+struct KnownHashes(HashMap<u64, u64>);
+
+impl KnownHashes {
+    fn get(&self, key: &str) -> Option<u64> {
+        self.0.get(&key_hash(key)).copied()
+    }
+
+    fn set(&mut self, key: &str, hash: u64) {
+        self.0.insert(key_hash(key), hash);
+    }
+}
+
+/// FNV-1a of a record key.
+fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 /// Starts the feed's task and its lowest-priority worker thread
 /// (`cti-sync-feed`); both end at `stop`. First a reconcile (start-up),
@@ -305,9 +334,12 @@ async fn run<O: Outbox>(
             inlet.progress.send_modify(|p| p.reconcile_due = true);
             inlet.overflowed.store(false, Ordering::SeqCst);
             let context = Arc::clone(&context);
-            let done = low
-                .run_future("sync feed", async move { reconcile(&context).await })
-                .await;
+            let reconciling = low.run_future("sync feed", async move { reconcile(&context).await });
+            // Stopping cancels a reconcile on the worker: the next start makes one.
+            let done = tokio::select! {
+                done = reconciling => done,
+                _ = stop.wait_for(|s| *s) => return,
+            };
             let outcome = match done {
                 Ok(Ok(fresh)) => Ok(fresh),
                 Ok(Err(e)) => Err(e.to_string()),
@@ -364,13 +396,15 @@ async fn run<O: Outbox>(
         ids.dedup();
         let taken = known.take().unwrap_or_default();
         let context_for = Arc::clone(&context);
-        let done = low
-            .run_future("sync feed", async move {
-                let mut taken = taken;
-                let result = feed_changes(&context_for, &mut taken, &ids).await;
-                (taken, result)
-            })
-            .await;
+        let feeding = low.run_future("sync feed", async move {
+            let mut taken = taken;
+            let result = feed_changes(&context_for, &mut taken, &ids).await;
+            (taken, result)
+        });
+        let done = tokio::select! {
+            done = feeding => done,
+            _ = stop.wait_for(|s| *s) => return,
+        };
         match done {
             Ok((back, Ok(()))) => known = Some(back),
             Ok((back, Err(e))) => {
@@ -405,11 +439,12 @@ async fn feed_changes<O: Outbox>(
     for (system, known) in context.registry.systems().iter().zip(known.iter_mut()) {
         let mut rows = Vec::new();
         for id in ids {
-            if let Some(row) = row_for(context, system, id, index.by_id(id).map(|e| &**e), known) {
+            let entry = index.by_id(id).map(|e| &**e);
+            if let Some(row) = row_for(context, system, id, entry, known.get(id)) {
                 rows.push(row);
             }
         }
-        enqueue(context, known, rows).await?;
+        enqueue(context, rows, |key, hash| known.set(key, hash)).await?;
     }
     Ok(())
 }
@@ -422,40 +457,50 @@ async fn reconcile<O: Outbox>(context: &Context<O>) -> Result<Known, OutboxError
     let index = context.directory.snapshot();
     let mut all = Vec::with_capacity(context.registry.systems().len());
     for system in context.registry.systems() {
-        let mut known: HashMap<Box<str>, u64> = context
+        // Whole keys for the pass: removes need the ids the id-map holds.
+        let mut known: HashMap<String, u64> = context
             .outbox
             .hashes(system.name(), system.record_kind())
-            .await?
-            .into_iter()
-            .map(|(k, h)| (k.into_boxed_str(), h))
-            .collect();
+            .await?;
         let mut rows = Vec::new();
         let mut enqueued = 0;
         for entry in index.answering() {
-            if let Some(row) = row_for(context, system, entry.id(), Some(entry), &known) {
+            let hash = known.get(entry.id()).copied();
+            if let Some(row) = row_for(context, system, entry.id(), Some(entry), hash) {
                 rows.push(row);
             }
             if rows.len() >= ENQUEUE_CHUNK {
                 enqueued += rows.len();
-                enqueue(context, &mut known, std::mem::take(&mut rows)).await?;
+                let chunk = std::mem::take(&mut rows);
+                enqueue(context, chunk, |k, h| {
+                    known.insert(k.to_owned(), h);
+                })
+                .await?;
             }
         }
-        let gone: Vec<Box<str>> = known
+        let gone: Vec<(String, u64)> = known
             .iter()
             .filter(|(key, &h)| h != REMOVED && index.by_id(key).is_none())
-            .map(|(key, _)| key.clone())
+            .map(|(key, &h)| (key.clone(), h))
             .collect();
-        for key in gone {
-            if let Some(row) = row_for(context, system, &key, None, &known) {
+        for (key, hash) in gone {
+            if let Some(row) = row_for(context, system, &key, None, Some(hash)) {
                 rows.push(row);
             }
             if rows.len() >= ENQUEUE_CHUNK {
                 enqueued += rows.len();
-                enqueue(context, &mut known, std::mem::take(&mut rows)).await?;
+                let chunk = std::mem::take(&mut rows);
+                enqueue(context, chunk, |k, h| {
+                    known.insert(k.to_owned(), h);
+                })
+                .await?;
             }
         }
         enqueued += rows.len();
-        enqueue(context, &mut known, rows).await?;
+        enqueue(context, rows, |k, h| {
+            known.insert(k.to_owned(), h);
+        })
+        .await?;
         tracing::info!(
             system = system.name(),
             records = index.len(),
@@ -463,7 +508,12 @@ async fn reconcile<O: Outbox>(context: &Context<O>) -> Result<Known, OutboxError
             elapsed_ms = started.elapsed().as_millis() as u64,
             "sync feed: reconciled"
         );
-        all.push(known);
+        let mut compact = KnownHashes::default();
+        compact.0.reserve(known.len());
+        for (key, hash) in known {
+            compact.set(&key, hash);
+        }
+        all.push(compact);
     }
     Ok(all)
 }
@@ -475,7 +525,7 @@ fn row_for<O>(
     system: &SystemSpec,
     id: &str,
     entry: Option<&Entry>,
-    known: &HashMap<Box<str>, u64>,
+    known: Option<u64>,
 ) -> Option<FeedRow> {
     let row = |op, body, hash| FeedRow {
         system: system.name().to_owned(),
@@ -487,8 +537,8 @@ fn row_for<O>(
     };
     let Some(entry) = entry else {
         // A remove only for what the system was sent and holds.
-        return match known.get(id) {
-            Some(&h) if h != REMOVED => Some(row(
+        return match known {
+            Some(h) if h != REMOVED => Some(row(
                 Op::Remove,
                 serde_json::Value::from(id).to_string(),
                 REMOVED,
@@ -516,17 +566,18 @@ fn row_for<O>(
         return None;
     }
     let hash = hash::hash(&record, system.fields());
-    if known.get(id) == Some(&hash) {
+    if known == Some(hash) {
         return None;
     }
     Some(row(Op::Upsert, entry.json().to_owned(), hash))
 }
 
-/// Enqueues `rows` in chunks; each committed chunk's hashes become known.
+/// Enqueues `rows` in chunks; `committed(key, hash)` for each row of each
+/// committed chunk.
 async fn enqueue<O: Outbox>(
     context: &Context<O>,
-    known: &mut HashMap<Box<str>, u64>,
     rows: Vec<FeedRow>,
+    mut committed: impl FnMut(&str, u64),
 ) -> Result<(), OutboxError> {
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
@@ -535,14 +586,16 @@ async fn enqueue<O: Outbox>(
             Op::Upsert => (u + 1, r),
             Op::Remove => (u, r + 1),
         });
-        let committed: Vec<(Box<str>, u64)> = chunk
+        let keys: Vec<(String, u64)> = chunk
             .iter()
-            .map(|r| (r.record_key.as_str().into(), r.hash))
+            .map(|r| (r.record_key.clone(), r.hash))
             .collect();
         let system = chunk[0].system.clone();
         context.outbox.enqueue(chunk).await?;
         context.metrics.enqueued(&system, counts.0, counts.1);
-        known.extend(committed);
+        for (key, hash) in keys {
+            committed(&key, hash);
+        }
     }
     Ok(())
 }
