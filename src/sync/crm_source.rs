@@ -272,3 +272,84 @@ impl CrmRecords {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::OpenOptions;
+
+    fn record(id: &str, phone: &str) -> Counterparty {
+        Counterparty {
+            id: id.into(),
+            name: id.into(),
+            phones: vec![phone.into()],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_queued_together_apply_once_the_last_change_of_an_id_winning() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let registry = prometheus::Registry::new();
+        let store = Store::open_with_options(
+            &tmp.path().join("s.sync.sqlite"),
+            &registry,
+            &OpenOptions::sync(),
+        )
+        .expect("sync store");
+        let directory = Arc::new(Directory::new(crate::soap::say_name_payload));
+        let crm = Arc::new(CrmRecords::new(
+            "crm",
+            Arc::clone(&directory),
+            store.clone(),
+        ));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(Arc::clone(&crm).run(stopped));
+        crm.upsert(vec![record("crm:company:1", "89160000001")])
+            .await
+            .expect("first");
+        let later = |change: u8| {
+            let crm = Arc::clone(&crm);
+            tokio::spawn(async move {
+                match change {
+                    0 => {
+                        crm.upsert(vec![record("crm:company:2", "89160000002")])
+                            .await
+                    }
+                    1 => crm.remove(vec!["crm:company:2".into()]).await,
+                    _ => {
+                        crm.upsert(vec![record("crm:company:3", "89160000003")])
+                            .await
+                    }
+                }
+            })
+        };
+        let tasks: Vec<_> = (0..3).map(later).collect();
+        for task in tasks {
+            task.await.expect("task").expect("applied");
+        }
+        assert!(
+            directory.lookup_id("crm:company:2").is_none(),
+            "removed last"
+        );
+        assert!(directory.lookup_id("crm:company:3").is_some());
+        let mut stored: Vec<String> = store
+            .load_snapshot()
+            .await
+            .expect("snapshot")
+            .into_iter()
+            .filter(|s| s.source == "crm")
+            .flat_map(|s| s.records.into_iter().map(|r| r.id.to_string()))
+            .collect();
+        stored.sort();
+        assert_eq!(stored, ["crm:company:1", "crm:company:3"]);
+        let refused = crm.upsert(vec![record("company:4", "89160000004")]).await;
+        assert!(
+            matches!(refused, Err(CrmError::Invalid { .. })),
+            "{refused:?}"
+        );
+        stop.send_replace(true);
+        task.await.expect("run ends");
+        store.close().await;
+    }
+}
