@@ -24,8 +24,8 @@
 //! updated by each enqueue, keyed by a 64-bit hash of the id: about 20
 //! bytes a record): one store read per reconcile, not per change. The sync
 //! runtime (issue 18), which also writes id-map hashes (a CRM's change
-//! applied here), must tell the feed, or the feed would send that change
-//! back; until then a reconcile reads them again.
+//! applied here), tells the feed through the same channel
+//! ([`Feed::note_hashes`]), or the feed would send that change back.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -114,7 +114,7 @@ pub struct Feed {
 }
 
 struct Inlet {
-    sender: mpsc::Sender<Vec<Box<str>>>,
+    sender: mpsc::Sender<Report>,
     /// A report was dropped (the channel was full, or an enqueue failed):
     /// a reconcile is due.
     overflowed: AtomicBool,
@@ -127,6 +127,17 @@ struct Inlet {
     held: watch::Sender<bool>,
     progress: watch::Sender<Progress>,
     metrics: FeedMetrics,
+}
+
+/// What the channel carries, in the order it happened.
+enum Report {
+    /// Ids whose answer a directory change moved.
+    Changed(Vec<Box<str>>),
+    /// Id-map hashes another writer committed (see [`Feed::note_hashes`]).
+    Noted {
+        system: Box<str>,
+        hashes: Vec<(Box<str>, u64)>,
+    },
 }
 
 /// How far the feed's task got.
@@ -142,7 +153,7 @@ struct Progress {
 
 /// The feed's receiving side, for [`run`].
 pub struct FeedInput {
-    receiver: mpsc::Receiver<Vec<Box<str>>>,
+    receiver: mpsc::Receiver<Report>,
     inlet: Arc<Inlet>,
     retry_after: Duration,
 }
@@ -212,6 +223,19 @@ impl Feed {
         }
     }
 
+    /// Tells the feed of id-map hashes `system`'s runtime committed (a
+    /// record the system sent, applied here): the feed compares the next
+    /// change of those records with them, so what the system sent is never
+    /// queued back to it. Call it after the commit and before the change
+    /// reaches the directory. Never blocks: when the channel is full a
+    /// reconcile reads the id-map instead.
+    pub fn note_hashes(&self, system: &str, hashes: Vec<(Box<str>, u64)>) {
+        self.inlet.send(Report::Noted {
+            system: system.into(),
+            hashes,
+        });
+    }
+
     /// Successful reconciles so far (the start-up one included).
     pub fn reconciles(&self) -> u64 {
         self.inlet.progress.borrow().reconciles
@@ -231,9 +255,13 @@ impl Inlet {
             .chain(&changes.removed)
             .cloned()
             .collect();
+        self.send(Report::Changed(ids));
+    }
+
+    fn send(&self, report: Report) {
         // Counted before the send: the task may handle it at once.
         self.sent.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = self.sender.try_send(ids) {
+        if let Err(e) = self.sender.try_send(report) {
             self.sent.fetch_sub(1, Ordering::SeqCst);
             if matches!(e, mpsc::error::TrySendError::Full(_)) {
                 self.metrics.overflows.inc();
@@ -391,13 +419,28 @@ async fn run<O: Outbox>(
             }
         }
         let handled = reports.len() as u64;
-        let mut ids: Vec<Box<str>> = reports.into_iter().flatten().collect();
+        let mut taken = known.take().unwrap_or_default();
+        // Hashes noted first: a change of the same batch is compared with them.
+        let mut ids: Vec<Box<str>> = Vec::new();
+        for report in reports {
+            match report {
+                Report::Changed(changed) => ids.extend(changed),
+                Report::Noted { system, hashes } => {
+                    let systems = context.registry.systems();
+                    if let Some(at) = systems.iter().position(|s| s.name() == &*system) {
+                        if let Some(known) = taken.get_mut(at) {
+                            for (key, hash) in hashes {
+                                known.set(&key, hash);
+                            }
+                        }
+                    }
+                }
+            }
+        }
         ids.sort_unstable();
         ids.dedup();
-        let taken = known.take().unwrap_or_default();
         let context_for = Arc::clone(&context);
         let feeding = low.run_future("sync feed", async move {
-            let mut taken = taken;
             let result = feed_changes(&context_for, &mut taken, &ids).await;
             (taken, result)
         });

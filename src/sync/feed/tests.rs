@@ -253,3 +253,28 @@ async fn reports_dropped_as_by_a_crash_are_found_by_the_next_start_up() {
     );
     again.stop().await;
 }
+
+#[tokio::test]
+async fn a_hash_the_runtime_noted_is_not_sent_back_to_its_system() {
+    let outbox = Memory::default();
+    let gw = start(16, outbox.clone(), vec![record("1", "A")]);
+    gw.feed.settled().await;
+    outbox.taken();
+    // "crm" sent a new name: its runtime committed the hash, notes it, then
+    // applies the record.
+    let from_crm = record("1", "From CRM");
+    let registry = registry();
+    let crm = registry.get("crm").expect("crm");
+    gw.feed.note_hashes(
+        "crm",
+        vec![("1".into(), hash::hash(&from_crm, crm.fields()))],
+    );
+    push(&gw.directory, vec![from_crm], &[]);
+    gw.feed.settled().await;
+    assert_eq!(
+        outbox.taken(),
+        [("names".into(), "1".into(), Op::Upsert)],
+        "only the other system is sent the change"
+    );
+    gw.stop().await;
+}
