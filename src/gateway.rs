@@ -29,6 +29,8 @@ use crate::sources::onec::{self, OnecError, OnecSource};
 use crate::sources::push::{self, PushSource};
 use crate::sources::{SnapshotSavers, SourceHealth};
 use crate::store::{OpenOptions, SourceSnapshot, Store, StoreError};
+use crate::sync::crm_source::CrmRecords;
+use crate::sync::{self, Feed, FeedMetrics, FeedSettings, Registry, RegistryError, SystemSpec};
 use crate::vats::Vats;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,11 @@ pub enum StartError {
     /// its own endpoints).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A sync system's registration the core refuses.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("the sync feed cannot start: {0}")]
+    SyncFeed(std::io::Error),
 }
 
 /// How the directory was first filled, for the start-up message.
@@ -68,8 +75,8 @@ pub struct Gateway {
     store: Store,
     /// The 1C snapshot's own store (with `[onec]`).
     onec_store: Option<Store>,
-    /// The sync store; `None` when it did not open (logged: calls go on).
-    sync_store: Option<Store>,
+    /// With a sync system registered: the sync store and the change feed.
+    sync: Option<SyncParts>,
     metrics: Arc<Metrics>,
     reload: watch::Sender<u64>,
     stop_server: Arc<Notify>,
@@ -79,11 +86,41 @@ pub struct Gateway {
     report: StartReport,
 }
 
+/// What syncing adds to a gateway: the sync store, the change feed and
+/// each system's CRM-only records.
+struct SyncParts {
+    store: Store,
+    feed: Feed,
+    crm: Vec<Arc<CrmRecords>>,
+}
+
 impl Gateway {
     /// Binds, loads the snapshot and the sources, and returns once the
     /// directory is as complete as start-up can make it.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Gateway::start_with(config, Vec::new()).await
+    }
+
+    /// [`Gateway::start`] with sync systems registered (see
+    /// [`crate::sync::registry`]): then the sync store is opened and the
+    /// change feed runs. Without one, no sync file is created.
+    pub async fn start_with(
+        config: Config,
+        systems: Vec<SystemSpec>,
+    ) -> Result<Gateway, StartError> {
+        Gateway::start_with_feed(config, systems, FeedSettings::default()).await
+    }
+
+    /// [`Gateway::start_with`] with the feed's settings (tests: a tiny
+    /// channel, a short retry).
+    #[doc(hidden)]
+    pub async fn start_with_feed(
+        config: Config,
+        systems: Vec<SystemSpec>,
+        feed_settings: FeedSettings,
+    ) -> Result<Gateway, StartError> {
         let started = Instant::now();
+        let registry = Registry::new(systems)?;
         http::check_soap_path(&config)?;
         let metrics = Arc::new(Metrics::new());
         // Before anything is opened: a bad certificate stops start-up at once.
@@ -100,12 +137,16 @@ impl Gateway {
         // start-up before anything is created on disk (no `var/` left behind).
         let (listener, addr) = bind(config.server.listen).await?;
         let store = open_main_store(&config, &metrics)?;
-        let sync_store = open_sync_store_or_log(&config, &metrics);
-        let directory = Arc::new(
-            Directory::new(soap::say_name_payload)
-                .counting_unusable_phones(metrics.directory_unusable_phones.clone())
-                .counting_invalid_requisites(metrics.directory_invalid_requisites.clone()),
-        );
+        let sync = open_sync(&config, &metrics, &registry, &feed_settings)?;
+        let directory = Directory::new(soap::say_name_payload)
+            .counting_unusable_phones(metrics.directory_unusable_phones.clone())
+            .counting_invalid_requisites(metrics.directory_invalid_requisites.clone());
+        // The feed hears every change from the first source load on (the
+        // snapshot's load is not a change; the start-up reconcile covers it).
+        let directory = Arc::new(match &sync {
+            Some((parts, _)) => directory.reporting_changes(parts.feed.sink()),
+            None => directory,
+        });
         let health = Arc::new(SourceHealth::default());
         let hub = Arc::new(new_hub(&config, &metrics, &store).await?);
         // Sources that save their snapshot in the background; a delete through
@@ -133,8 +174,10 @@ impl Gateway {
             Some(onec_store) => front.backing_up_too(onec_store.clone()),
             None => front,
         };
-        let front = match &sync_store {
-            Some(sync_store) => front.with_sync_store(sync_store.clone()),
+        // And the sync store: its id links are what keeps a CRM free of
+        // duplicates (backed up with the others), and the sync API reads it.
+        let front = match &sync {
+            Some((parts, _)) => front.with_sync_store(parts.store.clone()),
             None => front,
         };
         let (reload, _) = watch::channel(0u64);
@@ -153,8 +196,11 @@ impl Gateway {
 
         // Deleted copies stay hidden from the first set loaded on.
         directory.set_tombstones(&store.load_tombstones().await?);
-        let snapshot_records =
+        let mut snapshot_records =
             load_snapshot(&config, &store, onec_store.as_ref(), &directory).await;
+        if let Some((parts, _)) = &sync {
+            snapshot_records += load_crm_snapshot(&parts.store, &registry, &directory).await;
+        }
         push.snapshot_loaded();
 
         let keeper = forget_spent_tombstones(Arc::clone(&push), stop_sources.subscribe());
@@ -167,6 +213,34 @@ impl Gateway {
         .start(file, onec)
         .await;
         sources.push(tombstone_keeper);
+        // After the sources' first loads: the feed's start-up reconcile
+        // compares the directory as it stands with the id-maps.
+        let sync = match sync {
+            Some((mut parts, input)) => {
+                for system in registry.systems() {
+                    let records = Arc::new(CrmRecords::new(
+                        system.name(),
+                        Arc::clone(&directory),
+                        parts.store.clone(),
+                    ));
+                    sources.push(tokio::spawn(
+                        Arc::clone(&records).run(stop_sources.subscribe()),
+                    ));
+                    parts.crm.push(records);
+                }
+                let feed = sync::feed::spawn(
+                    input,
+                    Arc::clone(&directory),
+                    registry,
+                    parts.store.clone(),
+                    stop_sources.subscribe(),
+                )
+                .map_err(StartError::SyncFeed)?;
+                sources.push(feed);
+                Some(parts)
+            }
+            None => None,
+        };
         sources.push(tokio::spawn(crate::store::keep_journal_for(
             store.clone(),
             config.store.journal_retention,
@@ -185,7 +259,7 @@ impl Gateway {
             hub,
             store,
             onec_store,
-            sync_store,
+            sync,
             metrics,
             reload,
             stop_server,
@@ -211,9 +285,21 @@ impl Gateway {
         &self.store
     }
 
-    /// The sync store, when it opened.
+    /// The sync store, when a sync system is registered.
     pub fn sync_store(&self) -> Option<&Store> {
-        self.sync_store.as_ref()
+        self.sync.as_ref().map(|s| &s.store)
+    }
+
+    /// `system`'s CRM-only records (a source named after it), when it is registered.
+    pub fn crm_records(&self, system: &str) -> Option<&Arc<CrmRecords>> {
+        self.sync
+            .as_ref()
+            .and_then(|s| s.crm.iter().find(|c| c.source() == system))
+    }
+
+    /// The change feed, when a sync system is registered.
+    pub fn sync_feed(&self) -> Option<&Feed> {
+        self.sync.as_ref().map(|s| &s.feed)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -252,8 +338,8 @@ impl Gateway {
         if let Some(onec_store) = &self.onec_store {
             onec_store.close().await;
         }
-        if let Some(sync_store) = &self.sync_store {
-            sync_store.close().await;
+        if let Some(sync) = &self.sync {
+            sync.store.close().await;
         }
         self.store.close().await;
         tracing::info!("stopped");
@@ -272,6 +358,44 @@ fn open_main_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreErr
         .companion(onec_store_path(&config.store.path))
         .companion(sync_store_path(&config.store.path));
     Store::open_with_options(&config.store.path, metrics.registry(), &options)
+}
+
+/// With a sync system registered: the sync store, and the change feed
+/// whose input [`sync::feed::spawn`] takes once the sources have loaded;
+/// `None` without one, or when the sync store does not open (logged).
+fn open_sync(
+    config: &Config,
+    metrics: &Metrics,
+    registry: &Registry,
+    settings: &FeedSettings,
+) -> Result<Option<(SyncParts, sync::feed::FeedInput)>, StartError> {
+    if registry.is_empty() {
+        return Ok(None);
+    }
+    // A sync file that will not open costs no call: the gateway answers
+    // without syncing, and the next start's reconcile sends what changed.
+    let store = match open_sync_store(config, metrics) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                path = %sync_store_path(&config.store.path).display(),
+                "the sync store did not open: calls are answered, nothing is synced until a restart opens it"
+            );
+            return Ok(None);
+        }
+    };
+    let feed_metrics =
+        FeedMetrics::new(metrics.registry(), registry).map_err(StartError::Metrics)?;
+    let (feed, input) = sync::feed::channel(settings, feed_metrics);
+    Ok(Some((
+        SyncParts {
+            store,
+            feed,
+            crm: Vec::new(),
+        },
+        input,
+    )))
 }
 
 /// The pop-up hub, with the configured operators' keys.
@@ -453,18 +577,6 @@ fn store_path_beside(store_path: &Path, part: &str) -> PathBuf {
     store_path.with_file_name(name)
 }
 
-/// [`open_sync_store`], its failure logged instead of stopping start-up:
-/// a sync file that will not open costs the sync, never the calls.
-fn open_sync_store_or_log(config: &Config, metrics: &Metrics) -> Option<Store> {
-    match open_sync_store(config, metrics) {
-        Ok(store) => Some(store),
-        Err(e) => {
-            tracing::error!(error = %e, "the sync store did not open: calls are answered and journaled, nothing is synced and the sync API answers 503");
-            None
-        }
-    }
-}
-
 /// The sync store at [`sync_store_path`]: its own file, writer thread and
 /// metrics (`db="sync"`), so a sync file that fails (will not open, disk
 /// full, read-only) never touches the journal's store. A missing file is
@@ -506,6 +618,49 @@ async fn load_snapshot(
     if config.onec.is_none() {
         warn_if_onec_store_left(config);
     }
+    let total = load_sets(directory, snapshot).await;
+    if total > 0 {
+        tracing::info!(
+            records = total,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "directory loaded from the snapshot"
+        );
+    }
+    total
+}
+
+/// The CRM-only records of the registered systems, from the sync store's
+/// snapshot sets (a set of a system no longer registered stays there,
+/// named in a warning); returns the records loaded.
+async fn load_crm_snapshot(
+    sync_store: &Store,
+    registry: &Registry,
+    directory: &Arc<Directory>,
+) -> usize {
+    let mut sets = match sync_store.load_snapshot().await {
+        Ok(sets) => sets,
+        Err(e) => {
+            tracing::error!(error = %e, "CRM-only records not loaded from the sync store");
+            return 0;
+        }
+    };
+    sets.retain(|set| {
+        let registered = registry.get(&set.source).is_some();
+        if !registered {
+            tracing::warn!(
+                source = %crate::logging::Escaped(&set.source),
+                records = set.records.len(),
+                "CRM-only records of a system that is not registered are not loaded; they stay in the sync store"
+            );
+        }
+        registered
+    });
+    load_sets(directory, sets).await
+}
+
+/// Puts snapshot sets in the directory with their receive times; returns
+/// the records loaded.
+async fn load_sets(directory: &Arc<Directory>, snapshot: Vec<SourceSnapshot>) -> usize {
     let mut total = 0;
     for source in snapshot {
         let directory = Arc::clone(directory);
@@ -532,13 +687,6 @@ async fn load_snapshot(
                 tracing::error!(source = %name, error = %e, "snapshot of a source not loaded")
             }
         }
-    }
-    if total > 0 {
-        tracing::info!(
-            records = total,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "directory loaded from the snapshot"
-        );
     }
     total
 }

@@ -16,14 +16,16 @@
 //! - [`soap`]: envelope reading and answer writing; the only module that knows XML.
 //! - [`popup`]: the hub that routes caller cards to operators' screens, and its transports.
 //! - [`sources`]: where counterparties come from: the JSON Lines file, 1C's OData, the push API.
+//! - [`sync`]: keeping other systems (CRMs) in step: their registrations, the normalized
+//!   hash of a record, the change feed to each system's outbox, "the same client?".
 //! - [`vats`]: the PBX's two operations, from parsed request to answer bytes.
 //! - [`http`]: the accept loop, the route table and one file per endpoint group; the only
 //!   module that knows routes and credentials.
 //! - [`gateway`]: wires it all together and runs it.
 //!
 //! Dependencies point one way: `gateway` → `http` → `vats` → (`sources`,
-//! `popup`, `soap`, `store`); `sources` → `store`; all of them →
-//! `directory`. `config`, `logging`, `metrics`, `phone` and the thread-priority helper
+//! `popup`, `soap`, `store`); `gateway` → `sync` → (`sources`, `store`);
+//! `sources` → `store`; all of them → `directory`. `config`, `logging`, `metrics`, `phone` and the thread-priority helper
 //! are leaves every module may use. The rules are checked by
 //! `tests/architecture.rs` (see ARCHITECTURE.md's table).
 
@@ -38,6 +40,7 @@ pub mod popup;
 pub mod soap;
 pub mod sources;
 pub mod store;
+pub mod sync;
 mod thread_priority;
 pub mod vats;
 

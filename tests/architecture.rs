@@ -35,8 +35,12 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
             "store",
             "soap",
             "directory",
+            "sync",
         ],
     ),
+    // Keeping other systems in step: the change feed into the sync store,
+    // run on the sources' lowest-priority worker.
+    ("sync", &["directory", "store", "sources"]),
     // Routes, auth and each endpoint group; only `gateway` imports it.
     (
         "http",

@@ -24,6 +24,10 @@ pub struct Entry {
     pub(super) json: Box<str>,
     pub(super) id: Box<str>,
     pub(super) inn: Option<Box<str>>,
+    /// The KPP, normalized ([`normalize_kpp`]); `None` when absent or not
+    /// nine letters and digits. Nine bytes in place, no allocation: a
+    /// million entries stay in memory.
+    pub(super) kpp: Option<Kpp>,
     /// The source this record came from (`file`, `onec`, `push`...).
     pub source: Arc<str>,
     /// The record's phones, normalized, without repeats, in the order written.
@@ -118,6 +122,7 @@ impl Entry {
         let Counterparty {
             id,
             inn,
+            kpp,
             manager_phone,
             data_version,
             ..
@@ -130,6 +135,7 @@ impl Entry {
                 .is_some_and(|m| !m.trim().is_empty()),
             id: id.clone(),
             inn: inn.clone().filter(|i| !i.is_empty()),
+            kpp: kpp.as_deref().and_then(normalize_kpp),
             source: Arc::clone(source),
             phones: phones.into_boxed_slice(),
             data_version: data_version.clone(),
@@ -157,6 +163,11 @@ impl Entry {
 
     pub fn inn(&self) -> Option<&str> {
         self.inn.as_deref()
+    }
+
+    /// The KPP as [`normalize_kpp`] writes it.
+    pub fn kpp(&self) -> Option<&str> {
+        self.kpp.as_ref().map(Kpp::as_str)
     }
 
     /// The record as canonical JSON, the shape of the contract.
@@ -204,6 +215,34 @@ impl Entry {
         let rank = |e: &Entry| (!e.has_manager, e.position_of(phone));
         (rank(self), &*self.id) < (rank(other), &*other.id)
     }
+}
+
+/// A KPP in nine bytes: four digits, two digits or capital Latin letters,
+/// three digits (the tax service's form; only its characters are checked
+/// here, `requisites::check` checks the form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Kpp([u8; 9]);
+
+impl Kpp {
+    fn as_str(&self) -> &str {
+        // Only ASCII letters and digits are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// A written KPP as entries keep it: spaces and dashes dropped, letters
+/// capitalized; `None` unless nine ASCII letters and digits remain.
+pub(super) fn normalize_kpp(text: &str) -> Option<Kpp> {
+    let mut kpp = [0u8; 9];
+    let mut n = 0;
+    for b in text.bytes().filter(|b| !matches!(b, b' ' | b'-' | b'\t')) {
+        if !b.is_ascii_alphanumeric() || n == kpp.len() {
+            return None;
+        }
+        kpp[n] = b.to_ascii_uppercase();
+        n += 1;
+    }
+    (n == kpp.len()).then_some(Kpp(kpp))
 }
 
 /// Unix milliseconds of `t` (0 before the epoch).

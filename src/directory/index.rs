@@ -10,7 +10,7 @@
 //! changed most records) builds the maps in one pass instead: the same
 //! index, sooner.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -19,7 +19,7 @@ use super::entry::{unix_ms, Entry, Prepared};
 use super::keys::{by_id, by_inn, first_on_phone, tombstones_of, ById, ByInn, OnPhone};
 use super::shards::{hash_str, Edit, Sharded, Shards};
 use super::tombstone::{is_hidden, is_spent_by, Tombstone, Tombstones};
-use super::{Counterparty, Renderer, ReplaceReport};
+use super::{Changes, Counterparty, Renderer, ReplaceReport};
 use crate::phone::PhoneKey;
 
 /// A change touching more than this share of the directory (1/8) builds its
@@ -51,6 +51,9 @@ pub(super) struct NewSet {
     entries: Shards<ById>,
     unusable_phones: usize,
     unchanged: usize,
+    /// Whether putting it in reports the ids it changed ([`Changes`]): not
+    /// for a snapshot loaded at start-up, which is what the directory held.
+    report_changes: bool,
 }
 
 /// Immutable lookup structures over all sources' records.
@@ -171,6 +174,11 @@ impl Index {
         by_id(&self.by_id, id)
     }
 
+    /// Every answering copy, each id once (O(directory): for a reconcile).
+    pub fn answering(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.by_id.iter().map(|e| &e.0)
+    }
+
     /// `source`'s own copy of `id`, answering or not.
     pub fn source_entry(&self, source: &str, id: &str) -> Option<&Arc<Entry>> {
         self.set(source).and_then(|s| by_id(&s.entries, id))
@@ -220,6 +228,7 @@ impl Index {
         reuse: bool,
     ) -> NewSet {
         let name: Arc<str> = Arc::from(source);
+        let report_changes = received.is_none();
         let stamps = match received {
             Some(each) => Stamps::Each(each, unix_ms(loaded_at)),
             None => Stamps::All(unix_ms(loaded_at)),
@@ -239,6 +248,7 @@ impl Index {
             entries,
             unusable_phones: built.unusable_phones,
             unchanged: built.unchanged,
+            report_changes,
         }
     }
 
@@ -278,7 +288,12 @@ impl Index {
             entries: set.entries.clone(),
         });
         let index = self.derive(sources, tombstones.finish(), &touched, true);
-        let report = index.report(name, set.unusable_phones, set.unchanged, spent);
+        let changes = if set.report_changes {
+            self.changes_to(&index, &touched)
+        } else {
+            Changes::default()
+        };
+        let report = index.report(name, set.unusable_phones, set.unchanged, spent, changes);
         (index, report)
     }
 
@@ -350,7 +365,8 @@ impl Index {
         info.records = entries.len();
         let sources = self.sources_with(SourceSet { info, entries });
         let index = self.derive(sources, tombstones.finish(), &touched, true);
-        let report = index.report(&name, built.unusable_phones, 0, spent);
+        let changes = self.changes_to(&index, &touched);
+        let report = index.report(&name, built.unusable_phones, 0, spent, changes);
         (index, report)
     }
 
@@ -388,6 +404,7 @@ impl Index {
         unusable_phones: usize,
         unchanged: usize,
         spent_tombstones: Vec<Tombstone>,
+        changes: Changes,
     ) -> ReplaceReport {
         ReplaceReport {
             source: Arc::clone(name),
@@ -398,7 +415,31 @@ impl Index {
             unusable_phones,
             unchanged,
             spent_tombstones,
+            changes,
         }
+    }
+
+    /// How the answers of the `touched` ids differ in `next`, made from
+    /// this index: two lookups per id the change touched, never a pass
+    /// over the directory. An id whose answer moved to a copy of the same
+    /// content (another source's, or rebuilt alike) did not change.
+    fn changes_to(&self, next: &Index, touched: &[&str]) -> Changes {
+        let mut changes = Changes::default();
+        let mut seen = HashSet::with_capacity(touched.len());
+        for &id in touched {
+            if !seen.insert(id) {
+                continue;
+            }
+            match (self.by_id(id), next.by_id(id)) {
+                (None, Some(_)) => changes.added.push(id.into()),
+                (Some(before), Some(after)) if before.content != after.content => {
+                    changes.rebuilt.push(id.into())
+                }
+                (Some(_), None) => changes.removed.push(id.into()),
+                _ => {}
+            }
+        }
+        changes
     }
 
     /// The index of `sources` under `tombstones`, where only the ids in

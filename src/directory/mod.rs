@@ -65,7 +65,43 @@ pub struct ReplaceReport {
     /// Tombstones of this source that its new set spent (the copy changed or
     /// is gone); the directory also keeps them for [`Directory::take_spent_tombstones`].
     pub spent_tombstones: Vec<Tombstone>,
+    /// The ids whose answer this replacement or change moved (empty for a
+    /// snapshot loaded at start-up).
+    pub changes: Changes,
 }
+
+/// The ids whose answering record a replacement or change added, changed
+/// or took away: what the change feed hands to the systems that sync
+/// (`sync::feed`). Made from the ids the change touched (the index knows
+/// them), so a one-record push reports in proportion to itself. A record
+/// that left its source (a 1C record marked for deletion leaves the read
+/// set) and left no other source's copy answering is removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Ids that had no answer before.
+    pub added: Vec<Box<str>>,
+    /// Ids whose answer's content changed (a new version, or another
+    /// source's different copy answering now).
+    pub rebuilt: Vec<Box<str>>,
+    /// Ids that answer no more.
+    pub removed: Vec<Box<str>>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.rebuilt.is_empty() && self.removed.is_empty()
+    }
+
+    /// Ids changed in any way.
+    pub fn len(&self) -> usize {
+        self.added.len() + self.rebuilt.len() + self.removed.len()
+    }
+}
+
+/// Told of every replacement or change that moved an answer, after the
+/// swap, on the thread that made it: it must not block (the change feed
+/// hands the report to a bounded channel and never waits).
+pub type ChangeSink = Arc<dyn Fn(&ReplaceReport) + Send + Sync>;
 
 /// Tries a whole-set replacement makes without the writer lock.
 const OPTIMISTIC_TRIES: usize = 3;
@@ -86,6 +122,8 @@ pub struct Directory {
     unusable_phones: Option<prometheus::IntCounterVec>,
     /// `cti_directory_invalid_requisites_total{source,field}`, likewise.
     invalid_requisites: Option<prometheus::IntCounterVec>,
+    /// Who hears of the changes (the change feed), when someone does.
+    changes: Option<ChangeSink>,
 }
 
 /// The records of a change or a set whose requisites fail
@@ -146,7 +184,14 @@ impl Directory {
             spent_added: tokio::sync::Notify::new(),
             unusable_phones: None,
             invalid_requisites: None,
+            changes: None,
         }
+    }
+
+    /// Hands every non-empty [`Changes`] report to `sink` (see [`ChangeSink`]).
+    pub fn reporting_changes(mut self, sink: ChangeSink) -> Directory {
+        self.changes = Some(sink);
+        self
     }
 
     /// Counts, by source and field, the records that entered with a
@@ -297,6 +342,16 @@ impl Directory {
         self.current.load().by_inn(inn)
     }
 
+    /// The answering records with this INN and this KPP (`None`: those
+    /// without a KPP), both compared as [`entry::normalize_kpp`] writes
+    /// them: a branch of a company shares its INN, not its KPP.
+    pub fn lookup_inn_kpp(&self, inn: &str, kpp: Option<&str>) -> Vec<Arc<Entry>> {
+        let wanted = kpp.and_then(entry::normalize_kpp);
+        let mut found = self.current.load().by_inn(inn);
+        found.retain(|e| e.kpp == wanted);
+        found
+    }
+
     /// The whole current index, for readers that need a consistent view.
     pub fn snapshot(&self) -> Arc<Index> {
         self.current.load_full()
@@ -398,6 +453,9 @@ impl Directory {
     /// What follows a replacement: metrics, spent tombstones handed over.
     fn replaced(&self, report: ReplaceReport) -> ReplaceReport {
         self.count_unusable(&report);
+        if let (Some(sink), false) = (&self.changes, report.changes.is_empty()) {
+            sink(&report);
+        }
         if !report.spent_tombstones.is_empty() {
             self.spent
                 .lock()
@@ -828,6 +886,138 @@ mod tests {
             "the file's copy stays in its set, hidden: {counts:?}"
         );
         assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn changes_report_the_ids_added_changed_and_removed_not_a_snapshot_load() {
+        let dir = Directory::new(render);
+        let report = dir.replace_source_received(
+            "file",
+            vec![cp("1", "A", &[], None), cp("2", "B", &[], None)],
+            vec![None, None],
+            None,
+            SystemTime::now(),
+        );
+        assert!(report.changes.is_empty(), "a snapshot load reports nothing");
+        let report = dir.replace_source(
+            "file",
+            vec![
+                cp("1", "A", &[], None),
+                cp("2", "B2", &[], None),
+                cp("3", "C", &[], None),
+            ],
+            None,
+            SystemTime::now(),
+        );
+        let ids = |v: &[Box<str>]| v.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(&report.changes.added), ["3"]);
+        assert_eq!(ids(&report.changes.rebuilt), ["2"]);
+        assert!(report.changes.removed.is_empty());
+        // The same content again, rebuilt or pushed alike: nothing changed.
+        let report = dir.apply_changes(
+            "push",
+            vec![cp("1", "A", &[], None)],
+            &[],
+            &[],
+            SystemTime::now(),
+        );
+        assert!(report.changes.is_empty(), "{:?}", report.changes);
+        // A push of other content answers now; its removal gives the file's copy back.
+        let report = dir.apply_changes(
+            "push",
+            vec![cp("1", "A2", &[], None)],
+            &[],
+            &[],
+            SystemTime::now(),
+        );
+        assert_eq!(ids(&report.changes.rebuilt), ["1"]);
+        let report = dir.apply_changes("push", vec![], &["1".into()], &[], SystemTime::now());
+        assert_eq!(ids(&report.changes.rebuilt), ["1"]);
+        let report = dir.replace_source(
+            "file",
+            vec![cp("1", "A", &[], None)],
+            None,
+            SystemTime::now(),
+        );
+        let mut removed = ids(&report.changes.removed);
+        removed.sort();
+        assert_eq!(removed, ["2", "3"]);
+        assert!(report.changes.added.is_empty() && report.changes.rebuilt.is_empty());
+    }
+
+    #[test]
+    fn the_change_sink_hears_every_change_that_moved_an_answer() {
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let sink = {
+            let heard = Arc::clone(&heard);
+            Arc::new(move |r: &ReplaceReport| {
+                heard.lock().expect("lock").push(r.changes.len());
+            }) as ChangeSink
+        };
+        let dir = Directory::new(render).reporting_changes(sink);
+        dir.replace_source(
+            "file",
+            vec![cp("1", "A", &[], None)],
+            None,
+            SystemTime::now(),
+        );
+        dir.replace_source(
+            "file",
+            vec![cp("1", "A", &[], None)],
+            None,
+            SystemTime::now(),
+        );
+        dir.apply_changes(
+            "push",
+            vec![cp("2", "B", &[], None)],
+            &[],
+            &[],
+            SystemTime::now(),
+        );
+        assert_eq!(
+            *heard.lock().expect("lock"),
+            [1, 1],
+            "an unchanged reload is not heard"
+        );
+    }
+
+    #[test]
+    fn an_inn_is_looked_up_with_its_kpp() {
+        let dir = Directory::new(render);
+        let with = |id: &str, kpp: Option<&str>| Counterparty {
+            inn: Some("7707083893".into()),
+            kpp: kpp.map(Into::into),
+            ..cp(id, id, &[], None)
+        };
+        dir.replace_source(
+            "file",
+            vec![
+                with("head", Some("773601001")),
+                with("branch", Some("7736 0A 002")),
+                with("none", None),
+            ],
+            None,
+            SystemTime::now(),
+        );
+        let ids =
+            |found: Vec<Arc<Entry>>| found.iter().map(|e| e.id().to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            ids(dir.lookup_inn_kpp("7707083893", Some("773601001"))),
+            ["head"]
+        );
+        assert_eq!(
+            ids(dir.lookup_inn_kpp("7707083893", Some("77360a002"))),
+            ["branch"]
+        );
+        assert_eq!(ids(dir.lookup_inn_kpp("7707083893", None)), ["none"]);
+        assert!(dir
+            .lookup_inn_kpp("7707083893", Some("773601009"))
+            .is_empty());
+        assert_eq!(dir.lookup_inn("7707083893").len(), 3);
+        assert_eq!(
+            dir.lookup_id("branch").expect("branch").kpp(),
+            Some("77360A002")
+        );
     }
 
     #[test]

@@ -6,10 +6,15 @@
 //! source is down and since when; a source logs once when it goes down and
 //! once when it comes back, not on every retry.
 
+pub(crate) mod changes;
 pub mod file;
 mod low_priority;
 pub mod onec;
 pub mod push;
+
+/// The lowest-priority worker: also the sync feed's (its reconcile reads
+/// every record).
+pub(crate) use low_priority::LowPriority;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

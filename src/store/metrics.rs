@@ -30,17 +30,27 @@ pub(super) struct Metrics {
     snapshot: IntCounterVec,
     outbox: IntCounterVec,
     inbox: IntCounterVec,
-    /// Whether the sync store's counters are registered (only a sync
-    /// store exports them: the others can never move them).
-    sync: bool,
+    /// Which counters this store exports: only those it can move.
+    holds: Holds,
+}
+
+/// What a store's file holds, for its metrics: a store exports only the
+/// counters it can move (a dashboard never sees a journal counter of the 1C
+/// cache stuck at 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Holds {
+    /// The main store: the call journal and the directory snapshot.
+    Journal,
+    /// A source's own snapshot (1C's).
+    Snapshot,
+    /// The sync store: outbox, inbox, and the CRM-only records' snapshot.
+    Sync,
 }
 
 impl Metrics {
     /// Registers the metrics of the store `db` (a const label, so that two
     /// stores of one process report apart).
-    /// `sync`: the store is the sync store, which also exports its outbox
-    /// and inbox counters.
-    pub fn register(registry: &Registry, db: &str, sync: bool) -> Result<Metrics, StoreError> {
+    pub fn register(registry: &Registry, db: &str, holds: Holds) -> Result<Metrics, StoreError> {
         let err = |e: prometheus::Error| StoreError::Metrics {
             detail: e.to_string(),
         };
@@ -115,7 +125,7 @@ impl Metrics {
             snapshot,
             outbox,
             inbox,
-            sync,
+            holds,
         };
         for (i, c) in metrics.collectors().into_iter().enumerate() {
             if let Err(e) = registry.register(c) {
@@ -139,14 +149,19 @@ impl Metrics {
 
     fn collectors(&self) -> Vec<Box<dyn Collector>> {
         let mut all: Vec<Box<dyn Collector>> = vec![
-            Box::new(self.journal.clone()),
             Box::new(self.snapshot.clone()),
             Box::new(self.commit_seconds.clone()),
-            Box::new(self.journal_pruned.clone()),
         ];
-        if self.sync {
-            all.push(Box::new(self.outbox.clone()));
-            all.push(Box::new(self.inbox.clone()));
+        match self.holds {
+            Holds::Journal => {
+                all.push(Box::new(self.journal.clone()));
+                all.push(Box::new(self.journal_pruned.clone()));
+            }
+            Holds::Snapshot => {}
+            Holds::Sync => {
+                all.push(Box::new(self.outbox.clone()));
+                all.push(Box::new(self.inbox.clone()));
+            }
         }
         all
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use super::metrics::Metrics;
+use super::metrics::{Holds, Metrics};
 use super::schema::Schema;
 use super::{private, schema, writer, Inner, Priority, Store, StoreError, StoreRole};
 
@@ -188,7 +188,12 @@ impl Store {
             }
         })?;
         let reader = schema::open_reader(path)?;
-        let metrics = Metrics::register(registry, name, schema == Schema::Sync)?;
+        let holds = match &options.role {
+            StoreRole::Main => Holds::Journal,
+            StoreRole::Cache { .. } => Holds::Snapshot,
+            StoreRole::Sync => Holds::Sync,
+        };
+        let metrics = Metrics::register(registry, name, holds)?;
         let (sender, rx) = mpsc::channel(writer::CHANNEL_CAPACITY);
         let generation = Arc::new(AtomicU64::new(0));
         let handle = writer::spawn(

@@ -4,6 +4,7 @@
 //! directory file, and talks to it over real sockets.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod mock_crm;
 pub mod mock_onec;
 pub mod process;
 

@@ -34,9 +34,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
+use super::changes;
 use crate::directory::{Counterparty, Directory, Tombstone};
 use crate::logging::{Escaped, RequestId, RequestIds};
-use crate::store::{Refusal, RefusalLog, SnapshotRecord, Store, StoreError};
+use crate::store::{Refusal, RefusalLog, Store, StoreError};
 pub(crate) use parse::diagnose_text;
 pub use parse::{parse_batch, BatchError, RecordError, MAX_RECORDS};
 
@@ -341,21 +342,21 @@ impl PushSource {
         // A record whose content the push source already holds keeps its
         // receive time, in the store as in the directory (under `order`, so
         // the push set cannot change in between).
-        let received = self.directory.receive_times(SOURCE, &all, at);
-        let records: Arc<[Received]> = all
-            .into_iter()
-            .zip(received)
-            .map(|(record, at)| Received { record, at })
-            .collect();
         let committing = Instant::now();
-        let applied = match self
-            .store
-            .apply_changes(SOURCE, Arc::clone(&records), &[], &[])
-            .await
+        let committed = match changes::commit(
+            &self.store,
+            &self.directory,
+            SOURCE,
+            all,
+            Vec::new(),
+            Vec::new(),
+            at,
+        )
+        .await
         {
-            Ok(applied) => {
+            Ok(committed) => {
                 self.log_saved(&ids);
-                applied
+                committed
             }
             Err(e) => {
                 self.log_refused(
@@ -372,21 +373,15 @@ impl PushSource {
         self.pause().await;
         let store_ms = committing.elapsed().as_millis() as u64;
         let applying = Instant::now();
-        let directory = Arc::clone(&self.directory);
-        let applied_here = tokio::task::spawn_blocking(move || {
-            let records = records.iter().map(|r| r.record.clone()).collect();
-            directory.apply_changes(SOURCE, records, &[], &[], at)
-        })
-        .await;
-        let report = match applied_here {
+        let report = match changes::apply(&self.directory, &committed).await {
             Ok(report) => report,
-            Err(e) => {
-                tracing::error!(error = %e, %request_id, "push committed but not applied to the directory");
-                let message = e.to_string();
+            Err(message) => {
+                tracing::error!(error = %message, %request_id, "push committed but not applied to the directory");
                 answer(replies, &|_| Err(PushError::NotApplied(message.clone())));
                 return;
             }
         };
+        let applied = &committed.applied;
         self.upserted.inc_by(upserted as u64);
         tracing::info!(
             upserted,
@@ -425,39 +420,40 @@ impl PushSource {
         // its content, and stays hidden until that copy changes. Its rows
         // stay as its source holds them: a DELETE writes one row per source.
         let buried = self.directory.tombstones_for(&id, SOURCE);
-        let removals = [id];
-        let applied = self
-            .store
-            .apply_changes::<Counterparty>(SOURCE, Arc::from([]), &removals, &buried)
-            .await
-            .map_err(|e| {
-                self.log_refused(
-                    &e,
-                    "push delete not saved: the store failed; the caller is told to retry",
-                    0,
-                    &[request],
-                );
-                PushError::NotSaved(e)
-            })?;
+        let sources: Vec<Box<str>> = buried.iter().map(|t| t.source.clone()).collect();
+        let committed = changes::commit(
+            &self.store,
+            &self.directory,
+            SOURCE,
+            Vec::new(),
+            vec![id.clone()],
+            buried,
+            SystemTime::now(),
+        )
+        .await
+        .map_err(|e| {
+            self.log_refused(
+                &e,
+                "push delete not saved: the store failed; the caller is told to retry",
+                0,
+                &[request],
+            );
+            PushError::NotSaved(e)
+        })?;
         self.log_saved(&[request]);
-        if applied.removed == 0 && buried.is_empty() {
+        let applied = &committed.applied;
+        if applied.removed == 0 && sources.is_empty() {
             return Ok(DeleteReport {
                 removed: false,
                 counterparties: self.directory.snapshot().len(),
             });
         }
-        let directory = Arc::clone(&self.directory);
-        let at = SystemTime::now();
-        let sources: Vec<Box<str>> = buried.iter().map(|t| t.source.clone()).collect();
-        let (report, [id]) = tokio::task::spawn_blocking(move || {
-            let report = directory.apply_changes(SOURCE, Vec::new(), &removals, &buried, at);
-            (report, removals)
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, request_id = %request, "push delete committed but not applied to the directory");
-            PushError::NotApplied(e.to_string())
-        })?;
+        let report = changes::apply(&self.directory, &committed)
+            .await
+            .map_err(|message| {
+                tracing::error!(error = %message, request_id = %request, "push delete committed but not applied to the directory");
+                PushError::NotApplied(message)
+            })?;
         self.deleted.inc();
         tracing::info!(
             id = %Escaped(&id),
@@ -540,28 +536,6 @@ struct Queued {
     at: Instant,
     /// The push's request, named on the group commit's log lines.
     request: RequestId,
-}
-
-/// A pushed record as the store keeps it: with the time it was received, so
-/// that after a restart it still loses to a newer version from 1C or the
-/// file, and still wins over an older one.
-struct Received {
-    record: Counterparty,
-    at: SystemTime,
-}
-
-impl SnapshotRecord for Received {
-    fn id(&self) -> &str {
-        &self.record.id
-    }
-
-    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-        serde_json::to_writer(buf, &self.record)
-    }
-
-    fn received_at(&self) -> Option<SystemTime> {
-        Some(self.at)
-    }
 }
 
 /// Refuses a batch that holds one id twice: which copy is meant cannot be

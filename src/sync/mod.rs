@@ -1,0 +1,21 @@
+//! Keeping other systems (CRMs, later 1C as a target) in step with the
+//! directory: the systems' registrations ([`registry`]), the normalized
+//! hash of what each keeps of a record ([`hash`]), the change feed from the
+//! directory to each system's outbox in the sync store ([`feed`]), and how a
+//! system's record is matched with the directory's ([`identity`]), and the
+//! records only a CRM holds, a source named after it ([`crm_source`]).
+//!
+//! The sync store (`<name>.sync.sqlite`) is opened only when a system is
+//! registered: an installation that does not sync has no such file. What
+//! sends the outbox's rows is the sync runtime's (issue 18).
+
+pub mod crm_source;
+pub mod feed;
+pub mod hash;
+pub mod identity;
+pub mod metrics;
+pub mod registry;
+
+pub use feed::{Feed, FeedSettings};
+pub use metrics::FeedMetrics;
+pub use registry::{DedupeKey, Exports, Field, Registry, RegistryError, SystemSpec};
