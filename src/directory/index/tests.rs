@@ -85,7 +85,11 @@ fn who(e: Option<&Arc<Entry>>) -> Option<(String, String, u64, u64)> {
 
 /// Every answer of `index` against those of a one-pass build of its sets.
 fn check_against_full_build(index: &Index, step: &str) {
-    let full = Index::build(index.sources.clone(), index.tombstones.clone());
+    let full = Index::build(
+        index.sources.clone(),
+        index.tombstones.clone(),
+        index.overlays.clone(),
+    );
     for n in 0..PHONES {
         let key = normalize(&format!("8916000{n:04}")).expect("a phone");
         assert_eq!(
