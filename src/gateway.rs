@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
-use crate::directory::Directory;
+use crate::directory::{self, Directory};
 use crate::http::{self, Front};
 use crate::metrics::Metrics;
 use crate::popup::{Hub, HubConfig};
@@ -101,7 +101,9 @@ impl Gateway {
         let directory = Arc::new(
             Directory::new(soap::say_name_payload)
                 .counting_unusable_phones(metrics.directory_unusable_phones.clone())
-                .counting_invalid_requisites(metrics.directory_invalid_requisites.clone()),
+                .counting_invalid_requisites(metrics.directory_invalid_requisites.clone())
+                .with_managers(managers(&config))
+                .counting_unmapped_managers(metrics.sync_unmapped_managers.clone()),
         );
         let health = Arc::new(SourceHealth::default());
         let hub = Arc::new(new_hub(&config, &metrics, &store).await?);
@@ -572,4 +574,23 @@ async fn read_snapshot(store: &Store, onec_store: Option<&Store>) -> Vec<SourceS
         }
     }
     snapshot
+}
+
+/// `[sync] manager_precedence` and `[[manager]]`'s user ids, as the
+/// directory maps CRM users (see `directory::overlay`).
+fn managers(config: &Config) -> directory::Managers {
+    let mut managers = directory::Managers::new(&config.sync.manager_precedence);
+    for m in &config.managers {
+        for (system, _, user_id) in m.user_ids() {
+            managers.map(
+                system,
+                user_id,
+                directory::Manager {
+                    extension: m.extension.trim().into(),
+                    name: m.name.trim().into(),
+                },
+            );
+        }
+    }
+    managers
 }
