@@ -325,6 +325,7 @@ fn open_onec(
     )?;
     let onec = OnecSource::new(
         onec_config,
+        onec_users(config),
         Arc::clone(directory),
         onec_store.clone(),
         Arc::clone(health),
@@ -593,4 +594,23 @@ fn managers(config: &Config) -> directory::Managers {
         }
     }
     managers
+}
+
+/// `[[manager]] onec_user`: the 1C users `onec.manager_ref_field` names,
+/// with the extension and name their clients' calls go to.
+fn onec_users(config: &Config) -> onec::OnecUsers {
+    config
+        .managers
+        .iter()
+        .filter_map(|m| {
+            let user = m.onec_user.as_deref()?.trim();
+            Some((
+                user.to_owned(),
+                onec::OnecManager {
+                    extension: m.extension.trim().to_owned(),
+                    name: m.name.trim().to_owned(),
+                },
+            ))
+        })
+        .collect()
 }
