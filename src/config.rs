@@ -1419,6 +1419,37 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configs_sync_and_manager_blocks_load_once_uncommented() {
+        let text = include_str!("../config/example.toml");
+        let start = text.find("# [sync]").expect("a [sync] block");
+        let end = text
+            .find("# One block per operator")
+            .expect("[[operator]] after it");
+        let is_key = |line: &str| {
+            line.starts_with('[')
+                || line.split_once(" = ").is_some_and(|(key, _)| {
+                    key.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                })
+        };
+        let uncommented: String = text[start..end]
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if is_key(rest) => format!("{rest}\n"),
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        let text = format!("{}{uncommented}{}", &text[..start], &text[end..]);
+        let config = parse(&text).expect("the uncommented example must load");
+        assert_eq!(config.sync.manager_precedence, MANAGER_SOURCES);
+        let b24 = config.sync.system("bitrix24").expect("[sync.bitrix24]");
+        assert_eq!(b24.dedupe_key, DedupeKey::InnKpp);
+        assert!(b24.link("company", "1").is_some());
+        assert_eq!(config.managers.len(), 1);
+        assert_eq!(config.managers[0].user_ids().count(), 4);
+    }
+
+    #[test]
     fn the_contacts_layout_picks_the_default_contacts_set() {
         let onec = |extra: &str| {
             parse(&format!(

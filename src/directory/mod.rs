@@ -1157,6 +1157,16 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_grows_by_one_pointer_for_its_overlay() {
+        // 136 bytes before overlays: a million entries may grow by 8 MB, no more.
+        assert!(
+            std::mem::size_of::<Entry>() <= 136 + std::mem::size_of::<usize>(),
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+    }
+
+    #[test]
     fn readers_see_whole_directories_during_a_reload() {
         let dir = Arc::new(Directory::new(render));
         let set = |tag: &str| -> Vec<Counterparty> {
