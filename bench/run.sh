@@ -14,6 +14,9 @@
 #   the gateway, then the floor. Prints every round's requests/s, p50, p99
 #   and ratio gateway/floor, the median ratio, the lowest, the ratio of the
 #   median p99s, each against issue 13's goals, and the gateway's RSS.
+#   Then, per round, both servers at a fixed rate (bench/open_loop.rs,
+#   BENCH_TAIL_RATE SayName/s over the same connections): the p50/p99 a PBX
+#   sees when the cores are not saturated, and the ratio of the median p99s.
 # memory: generates N, starts the gateway, records time to /readyz and RSS,
 #   stops it with SIGTERM, starts it again on the same store and records the
 #   time from process start to /readyz 200 (start-up from snapshot); then once
@@ -24,6 +27,8 @@
 #   BENCH_ROUNDS [3] interleaved rounds (gateway, then floor) of throughput
 #   BENCH_QUERIES [200000] BENCH_SEED [42] BENCH_PORT [18080] FLOOR_PORT [19090]
 #   BENCH_READY_TIMEOUT [300] seconds to wait for /readyz
+#   BENCH_TAIL_RATE [20000] requests/s of the fixed-rate runs (0: none)
+#   BENCH_TAIL_SECONDS [10] seconds per fixed-rate run
 #   BENCH_SKIP_BUILD [0] BENCH_KEEP [0] keep the temp dir (data, config, logs)
 #   CARGO_TARGET_DIR [./target]
 # Everything listens on 127.0.0.1 only. Every wait is bounded. The script stops
@@ -53,6 +58,8 @@ SEED=${BENCH_SEED:-42}
 PORT=${BENCH_PORT:-18080}
 FPORT=${FLOOR_PORT:-19090}
 READY_TIMEOUT=${BENCH_READY_TIMEOUT:-300}
+TAIL_RATE=${BENCH_TAIL_RATE:-20000}
+TAIL_SECONDS=${BENCH_TAIL_SECONDS:-10}
 SOAP_PATH=/telephony/ws/VATS
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -205,6 +212,23 @@ for ((r = 1; r <= ROUNDS; r++)); do
   GWS+=("$G"); FLS+=("$F")
   RATIOS+=("$(awk -v g="$(field rps "$G")" -v f="$(field rps "$F")" 'BEGIN { printf "%.2f", (f > 0 ? g / f : 0) }')")
 done
+# The same servers at a fixed rate (bench/open_loop.rs): the latency a PBX
+# sees, with the cores not saturated; wrk's p99 above is queueing at
+# saturation, where a fraction of a microsecond of CPU per request moves it.
+TAILS_G=(); TAILS_F=()
+if [[ $TAIL_RATE != 0 ]]; then
+  OPEN_LOOP=$TARGET/release/examples/open_loop
+  [[ -x $OPEN_LOOP ]] || die "missing $OPEN_LOOP (build failed?)"
+  tail_run() {
+    "$OPEN_LOOP" --addr "127.0.0.1:$1" --path "$SOAP_PATH" --numbers "$TMP/numbers.txt" \
+      --rate "$TAIL_RATE" --conns "$CONNS" --seconds "$TAIL_SECONDS" --basic SOAP:123 | sed -n 's/^TAIL_RESULT //p'
+  }
+  for ((r = 1; r <= ROUNDS; r++)); do
+    log "fixed rate round $r/$ROUNDS: $TAIL_RATE SayName/s over $CONNS connections for ${TAIL_SECONDS}s, gateway then floor"
+    TAILS_G+=("$(tail_run "$PORT")")
+    TAILS_F+=("$(tail_run "$FPORT")")
+  done
+fi
 GW_RSS=$(rss_kb "$GW_PID"); GW_HWM=$(hwm_kb "$GW_PID")
 log "answers check (3 s, wrk reads every body)"
 CHECK=$(run_wrk gateway-check "$URL" 3s BENCH_CHECK=1)
@@ -234,6 +258,22 @@ for ((r = 0; r < ROUNDS; r++)); do
 done
 echo "gateway/floor requests/s per round: ${RATIOS[*]}; median $ratio (goal >= 0.85: $(met "$ratio" ">=" 0.85)), lowest $low (goal >= 0.75: $(met "$low" ">=" 0.75))"
 echo "p99 median gateway $g_p99 ms / floor $f_p99 ms = $p99_ratio (goal <= 1.2: $(met "$p99_ratio" "<=" 1.2))"
+if (( ${#TAILS_G[@]} > 0 )); then
+  echo
+  echo "== SayName at a fixed rate: $TAIL_RATE/s over $CONNS keep-alive connections, ${TAIL_SECONDS}s per run, latency from write to whole answer (bench/open_loop.rs) =="
+  printf '%-14s %9s %9s %9s %9s %9s %6s %7s\n' server "p50 ms" "p90 ms" "p99 ms" "p99.9 ms" "max ms" late errors
+  for ((r = 0; r < ROUNDS; r++)); do
+    for row in "gateway $((r + 1))|${TAILS_G[r]}" "floor $((r + 1))|${TAILS_F[r]}"; do
+      name=${row%%|*}; v=${row#*|}
+      printf '%-14s %9s %9s %9s %9s %9s %6s %7s\n' "$name" "$(field p50_ms "$v")" "$(field p90_ms "$v")" \
+        "$(field p99_ms "$v")" "$(field p999_ms "$v")" "$(field max_ms "$v")" "$(field late "$v")" "$(field errors "$v")"
+    done
+  done
+  t_g=$(median $(column p99_ms "${TAILS_G[@]}")); t_f=$(median $(column p99_ms "${TAILS_F[@]}"))
+  t_ratio=$(awk -v g="$t_g" -v f="$t_f" 'BEGIN { printf "%.2f", (f > 0 ? g / f : 0) }')
+  echo "fixed-rate p99 median gateway $t_g ms / floor $t_f ms = $t_ratio"
+  echo "BENCH_RESULT mode=tail rate=$TAIL_RATE conns=$CONNS seconds=$TAIL_SECONDS rounds=$ROUNDS gateway_p99_ms=$t_g floor_p99_ms=$t_f p99_ratio=$t_ratio"
+fi
 echo "gateway ready in $READY ms; RSS after the runs $((GW_RSS / 1024)) MB (peak $((GW_HWM / 1024)) MB) = $bpc bytes per counterparty (whole process / N)"
 echo "answers check: known=$(field known "$CHECK") unknown=$(field unknown "$CHECK") non2xx=$(field non2xx "$CHECK") (numbers file: ~90% known)"
 echo "BENCH_RESULT mode=throughput count=$COUNT threads=$THREADS conns=$CONNS duration=$DURATION rounds=$ROUNDS answer_bytes=$SIZE gateway_rps=$g_rps gateway_p99_ms=$g_p99 floor_rps=$f_rps floor_p99_ms=$f_p99 ratio=$ratio ratios=$(IFS=,; echo "${RATIOS[*]}") lowest_ratio=$low p99_ratio=$p99_ratio rss_kb=$GW_RSS bytes_per_counterparty=$bpc ready_ms=$READY metrics_lines=$METRICS_LINES"

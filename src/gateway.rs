@@ -250,11 +250,13 @@ impl Gateway {
 /// where a store was (see [`OpenOptions::new_store`]) unless `--new-store`
 /// was given.
 fn open_main_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreError> {
-    // 1C's snapshot file exists only beside a store that was written: with
-    // it there, a missing store file is a lost store, not a new one.
+    // 1C's snapshot file and the sync store exist only beside a store that
+    // was written: with one there, a missing store file is a lost store,
+    // not a new one.
     let options = OpenOptions::main()
         .new_store(config.store.new_store)
-        .companion(onec_store_path(&config.store.path));
+        .companion(onec_store_path(&config.store.path))
+        .companion(sync_store_path(&config.store.path));
     Store::open_with_options(&config.store.path, metrics.registry(), &options)
 }
 
@@ -416,15 +418,40 @@ impl SourceContext<'_> {
 /// Where the 1C snapshot is kept: beside `store.path`, named after it
 /// (`var/cti-gateway.sqlite` → `var/cti-gateway.onec.sqlite`).
 pub fn onec_store_path(store_path: &Path) -> PathBuf {
+    store_path_beside(store_path, onec::SOURCE)
+}
+
+/// Where the sync store is kept: beside `store.path`, named after it
+/// (`var/cti-gateway.sqlite` → `var/cti-gateway.sync.sqlite`).
+pub fn sync_store_path(store_path: &Path) -> PathBuf {
+    store_path_beside(store_path, "sync")
+}
+
+/// `store.path` with `part` before its extension.
+fn store_path_beside(store_path: &Path, part: &str) -> PathBuf {
     let stem = store_path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "cti-gateway".to_owned());
     let name = match store_path.extension() {
-        Some(ext) => format!("{stem}.{}.{}", onec::SOURCE, ext.to_string_lossy()),
-        None => format!("{stem}.{}", onec::SOURCE),
+        Some(ext) => format!("{stem}.{part}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{part}"),
     };
     store_path.with_file_name(name)
+}
+
+/// The sync store at [`sync_store_path`]: its own file, writer thread and
+/// metrics (`db="sync"`), so a sync file that fails (will not open, disk
+/// full, read-only) never touches the journal's store. A missing file is
+/// created (sync may be new on an existing install); an empty one, or a
+/// missing one whose `-wal` is still there, is refused unless
+/// `--new-store` (see [`OpenOptions::sync`]).
+pub fn open_sync_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreError> {
+    Store::open_with_options(
+        &sync_store_path(&config.store.path),
+        metrics.registry(),
+        &OpenOptions::sync().new_store(config.store.new_store),
+    )
 }
 
 /// Fills the directory from the stores' snapshot sets of the sources

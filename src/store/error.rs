@@ -107,6 +107,11 @@ pub enum StoreRole {
         /// The source whose snapshot it holds (`onec`).
         source: String,
     },
+    /// The sync store (`<name>.sync.sqlite`): the outbox of changes not yet
+    /// sent to CRMs, the id links to CRM records, the records that exist
+    /// only in a CRM, and the CRM-side details of records (requisites,
+    /// overlay). Losing it loses the unsent changes and the links.
+    Sync,
 }
 
 impl StoreRole {
@@ -124,6 +129,14 @@ impl StoreRole {
                  (no call journal, no pushed records): stop the gateway and delete it with its -wal \
                  and -shm files; it is rebuilt by the source's next read"
             ),
+            StoreRole::Sync => "this file is the sync store: the outbox of changes not yet sent \
+                 to CRMs, the id links to CRM records and the records kept only in a CRM (no call \
+                 journal, no directory of 1C): stop the gateway, restore the file from a backup, \
+                 or move the file aside (with its -wal and -shm files) and start once with \
+                 `cti-gateway serve --new-store`; the unsent changes are lost, and each CRM's \
+                 links must be rebuilt (relink) before anything is sent, or records are created \
+                 twice"
+                .to_owned(),
         }
     }
 
@@ -139,6 +152,14 @@ impl StoreRole {
                  read rebuilds: delete what is left of it, or start once with `cti-gateway serve \
                  --new-store` to begin with an empty one"
             ),
+            StoreRole::Sync => {
+                "it was the sync store: the outbox of changes not yet sent to CRMs, \
+                 the id links to CRM records and the records kept only in a CRM: restore the file \
+                 from a backup, or start once with `cti-gateway serve --new-store` to begin with \
+                 an empty one (the unsent changes are lost, and each CRM's links must be rebuilt, \
+                 relink, before anything is sent, or records are created twice)"
+                    .to_owned()
+            }
         }
     }
 }

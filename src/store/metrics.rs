@@ -20,14 +20,27 @@ pub(super) struct Metrics {
     pub commit_seconds: Histogram,
     /// Journal rows deleted by retention (`store.journal_retention`).
     pub journal_pruned: IntCounter,
+    /// Sync store: outbox rows enqueued, by outcome (rows, not commands).
+    pub outbox_ok: IntCounter,
+    pub outbox_error: IntCounter,
+    /// Sync store: webhook bodies appended to the inbox, by outcome.
+    pub inbox_ok: IntCounter,
+    pub inbox_error: IntCounter,
     journal: IntCounterVec,
     snapshot: IntCounterVec,
+    outbox: IntCounterVec,
+    inbox: IntCounterVec,
+    /// Whether the sync store's counters are registered (only a sync
+    /// store exports them: the others can never move them).
+    sync: bool,
 }
 
 impl Metrics {
     /// Registers the metrics of the store `db` (a const label, so that two
     /// stores of one process report apart).
-    pub fn register(registry: &Registry, db: &str) -> Result<Metrics, StoreError> {
+    /// `sync`: the store is the sync store, which also exports its outbox
+    /// and inbox counters.
+    pub fn register(registry: &Registry, db: &str, sync: bool) -> Result<Metrics, StoreError> {
         let err = |e: prometheus::Error| StoreError::Metrics {
             detail: e.to_string(),
         };
@@ -68,6 +81,25 @@ impl Metrics {
         )
         .map_err(err)?;
 
+        let outbox = IntCounterVec::new(
+            Opts::new(
+                "cti_store_outbox_rows_total",
+                "Rows queued in the sync store's outbox, by outcome (ok = committed).",
+            )
+            .const_label("db", db),
+            &["outcome"],
+        )
+        .map_err(err)?;
+        let inbox = IntCounterVec::new(
+            Opts::new(
+                "cti_store_inbox_rows_total",
+                "Webhook bodies appended to the sync store's inbox, by outcome (ok = committed).",
+            )
+            .const_label("db", db),
+            &["outcome"],
+        )
+        .map_err(err)?;
+
         let metrics = Metrics {
             journal_ok: journal.with_label_values(&["ok"]),
             journal_error: journal.with_label_values(&["error"]),
@@ -75,8 +107,15 @@ impl Metrics {
             snapshot_error: snapshot.with_label_values(&["error"]),
             commit_seconds,
             journal_pruned,
+            outbox_ok: outbox.with_label_values(&["ok"]),
+            outbox_error: outbox.with_label_values(&["error"]),
+            inbox_ok: inbox.with_label_values(&["ok"]),
+            inbox_error: inbox.with_label_values(&["error"]),
             journal,
             snapshot,
+            outbox,
+            inbox,
+            sync,
         };
         for (i, c) in metrics.collectors().into_iter().enumerate() {
             if let Err(e) = registry.register(c) {
@@ -99,11 +138,16 @@ impl Metrics {
     }
 
     fn collectors(&self) -> Vec<Box<dyn Collector>> {
-        vec![
+        let mut all: Vec<Box<dyn Collector>> = vec![
             Box::new(self.journal.clone()),
             Box::new(self.snapshot.clone()),
             Box::new(self.commit_seconds.clone()),
             Box::new(self.journal_pruned.clone()),
-        ]
+        ];
+        if self.sync {
+            all.push(Box::new(self.outbox.clone()));
+            all.push(Box::new(self.inbox.clone()));
+        }
+        all
     }
 }

@@ -42,6 +42,7 @@ mod refusals;
 mod retention;
 mod schema;
 mod snapshot;
+mod sync;
 mod writer;
 
 use std::collections::HashSet;
@@ -61,6 +62,10 @@ pub use open::{OpenOptions, StoredSet};
 pub use refusals::{Refusal, RefusalLog};
 pub use retention::{keep_journal_for, PRUNE_BATCH, PRUNE_PAUSE};
 pub use snapshot::SnapshotRecord;
+pub use sync::{
+    Conflict, ConflictQuery, IdMapRow, NewConflict, NewOutboxRow, OutboxOp, OutboxQuery, OutboxRow,
+    OutboxState, RetryOutcome, SystemStatus, EXPORT_CHUNK, MAX_PAGE,
+};
 use writer::Command;
 
 /// Most idle read connections kept for reuse.
@@ -191,7 +196,12 @@ struct Inner {
 /// How a store's writes compete for the CPU (see [`Store::open_background`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Priority {
-    /// Callers wait for its writes (the call journal, acknowledged pushes).
+    /// The call journal's store: the PBX waits for its commits, so its writer
+    /// is real-time while it waits for them where the kernel allows it
+    /// ([`Urgency`](crate::thread_priority::Urgency)).
+    Journal,
+    /// Callers wait for its writes, but nothing as urgent as a call (the
+    /// sync store's acknowledged enqueues).
     Normal,
     /// Nobody waits for its writes but the next start-up.
     Background,
@@ -314,7 +324,7 @@ impl Store {
         // main store diffs on a read connection first, see above.
         let plan = match self.inner.priority {
             Priority::Background => None,
-            Priority::Normal => self.plan_replace(source, &records).await?,
+            Priority::Journal | Priority::Normal => self.plan_replace(source, &records).await?,
         };
         let result = self
             .request(|reply| Command::ReplaceSource {

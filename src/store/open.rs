@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use super::metrics::Metrics;
+use super::schema::Schema;
 use super::{private, schema, writer, Inner, Priority, Store, StoreError, StoreRole};
 
 /// How [`Store::open_with_options`] opens a store: what the file holds, and
@@ -39,6 +40,30 @@ impl OpenOptions {
             role: StoreRole::Cache {
                 source: source.to_owned(),
             },
+            ..OpenOptions::main()
+        }
+    }
+
+    /// The sync store (`<name>.sync.sqlite`, see
+    /// `gateway::sync_store_path`): the outbox of changes not yet sent to
+    /// CRMs, the id links to CRM records, the CRM-only records (as snapshot
+    /// rows, so [`Store::apply_changes`] and [`Store::load_snapshot`] work on
+    /// it), requisites and the overlay. Its own migration list, its own
+    /// writer thread at normal priority (callers wait for its commits: a
+    /// webhook is answered after its inbox row is), metrics `db="sync"`.
+    ///
+    /// A missing file with nothing beside it is created: sync may be
+    /// switched on for an install whose main store has existed for years,
+    /// and a new sync store loses nothing (the reconcile queues every record
+    /// whose hash is not in the id-map). An empty (0-byte) file, or a
+    /// missing one with its `-wal` or `-shm` still there, is refused as
+    /// [`StoreError::Missing`] unless [`OpenOptions::new_store`] allows it,
+    /// as for the other stores: a sync store was there, and starting empty
+    /// would forget the id links and send creates for records a CRM already
+    /// has.
+    pub fn sync() -> OpenOptions {
+        OpenOptions {
+            role: StoreRole::Sync,
             ..OpenOptions::main()
         }
     }
@@ -133,9 +158,10 @@ impl Store {
         registry: &prometheus::Registry,
         options: &OpenOptions,
     ) -> Result<Store, StoreError> {
-        let (name, priority) = match &options.role {
-            StoreRole::Main => ("main", Priority::Normal),
-            StoreRole::Cache { source } => (source.as_str(), Priority::Background),
+        let (name, priority, schema) = match &options.role {
+            StoreRole::Main => ("main", Priority::Journal, Schema::Main),
+            StoreRole::Cache { source } => (source.as_str(), Priority::Background, Schema::Main),
+            StoreRole::Sync => ("sync", Priority::Normal, Schema::Sync),
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             private::prepare_folder(dir, path).map_err(|e| StoreError::Open {
@@ -154,7 +180,7 @@ impl Store {
                 path: path.to_path_buf(),
                 cause: format!("cannot make the store's files private (mode 600): {e}"),
             })?;
-        let (conn, info) = schema::open_writer(path).inspect_err(|_| {
+        let (conn, info) = schema::open_writer(path, schema).inspect_err(|_| {
             // A file this failed first open created is empty: left there,
             // it would pass for a lost store at the next start.
             if !existed && std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
@@ -162,7 +188,7 @@ impl Store {
             }
         })?;
         let reader = schema::open_reader(path)?;
-        let metrics = Metrics::register(registry, name)?;
+        let metrics = Metrics::register(registry, name, schema == Schema::Sync)?;
         let (sender, rx) = mpsc::channel(writer::CHANNEL_CAPACITY);
         let generation = Arc::new(AtomicU64::new(0));
         let handle = writer::spawn(
@@ -172,6 +198,7 @@ impl Store {
             Arc::clone(&generation),
             rx,
             priority,
+            &options.role,
         )
         .map_err(|e| {
             metrics.unregister(registry);
@@ -186,6 +213,7 @@ impl Store {
             sources = info.sources,
             counterparties = info.counterparties,
             journal_last_id = info.journal_last_id,
+            outbox_pending = info.outbox_pending,
             "store opened"
         );
         Ok(Store {

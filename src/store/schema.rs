@@ -83,8 +83,49 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
-/// The schema version this build writes and understands.
-pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+/// Which migration list a file takes: each kind of store file has its own,
+/// so the sync store's tables never appear in the main store (whose list,
+/// [`MIGRATIONS`], stays as it shipped) and the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Schema {
+    /// The main store and the 1C snapshot's cache: [`MIGRATIONS`].
+    Main,
+    /// The sync store: [`SYNC_MIGRATIONS`](super::sync::SYNC_MIGRATIONS).
+    Sync,
+}
+
+impl Schema {
+    fn migrations(self) -> &'static [&'static str] {
+        match self {
+            Schema::Main => MIGRATIONS,
+            Schema::Sync => super::sync::SYNC_MIGRATIONS,
+        }
+    }
+
+    /// The version this build writes and understands.
+    pub(super) fn version(self) -> i64 {
+        self.migrations().len() as i64
+    }
+
+    /// `PRAGMA application_id` of a file of this schema (set by its first
+    /// migration; 0 for the main store, which never set one): a sync file
+    /// opened as the main store, or the other way round, is refused
+    /// instead of being migrated with the other list.
+    fn application_id(self) -> i32 {
+        match self {
+            Schema::Main => 0,
+            Schema::Sync => super::sync::SYNC_APPLICATION_ID,
+        }
+    }
+
+    /// What a file of this schema is, for the message refusing another.
+    fn name(self) -> &'static str {
+        match self {
+            Schema::Main => "a main store or 1C snapshot file",
+            Schema::Sync => "a sync store file",
+        }
+    }
+}
 
 /// How long a connection waits for a lock another process holds.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,12 +140,18 @@ pub(super) struct OpenInfo {
     pub migrated_from: Option<i64>,
     pub sources: i64,
     pub counterparties: i64,
-    pub journal_last_id: i64,
+    /// The main schema's journal; `None` for the sync store (no journal).
+    pub journal_last_id: Option<i64>,
+    /// The sync store's outbox rows waiting to be sent; `None` elsewhere.
+    pub outbox_pending: Option<i64>,
 }
 
 /// Opens (creating if needed) the one read-write connection, sets its pragmas
-/// and brings the schema up to date.
-pub(super) fn open_writer(path: &Path) -> Result<(Connection, OpenInfo), StoreError> {
+/// and brings the file up to date with `schema`'s migrations.
+pub(super) fn open_writer(
+    path: &Path,
+    schema: Schema,
+) -> Result<(Connection, OpenInfo), StoreError> {
     let err = |op| move |e| StoreError::sqlite(path, op, e);
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -152,7 +199,7 @@ pub(super) fn open_writer(path: &Path) -> Result<(Connection, OpenInfo), StoreEr
     conn.pragma_update(None, "cache_size", -32 * 1024)
         .map_err(err("setting cache_size"))?;
 
-    let migrated_from = migrate(&mut conn, path)?;
+    let migrated_from = migrate(&mut conn, path, schema)?;
 
     let (sources, counterparties): (i64, i64) = conn
         .query_row(
@@ -161,17 +208,33 @@ pub(super) fn open_writer(path: &Path) -> Result<(Connection, OpenInfo), StoreEr
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(err("counting snapshot rows"))?;
-    let journal_last_id: i64 = conn
-        .query_row("SELECT coalesce(max(id), 0) FROM calls", [], |r| r.get(0))
-        .map_err(err("reading the journal's last id"))?;
+    let (journal_last_id, outbox_pending) = match schema {
+        Schema::Main => {
+            let last: i64 = conn
+                .query_row("SELECT coalesce(max(id), 0) FROM calls", [], |r| r.get(0))
+                .map_err(err("reading the journal's last id"))?;
+            (Some(last), None)
+        }
+        Schema::Sync => {
+            let pending: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM outbox WHERE state = 'pending'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(err("counting the outbox"))?;
+            (None, Some(pending))
+        }
+    };
     Ok((
         conn,
         OpenInfo {
-            schema_version: SCHEMA_VERSION,
+            schema_version: schema.version(),
             migrated_from,
             sources,
             counterparties,
             journal_last_id,
+            outbox_pending,
         },
     ))
 }
@@ -339,18 +402,38 @@ fn list_sets(conn: &Connection) -> rusqlite::Result<Vec<StoredSet>> {
     rows.collect()
 }
 
-/// Applies the migrations the file lacks. Returns the version it started
-/// from when it migrated anything.
-fn migrate(conn: &mut Connection, path: &Path) -> Result<Option<i64>, StoreError> {
+/// Applies the migrations of `schema` the file lacks. Returns the version
+/// it started from when it migrated anything.
+fn migrate(conn: &mut Connection, path: &Path, schema: Schema) -> Result<Option<i64>, StoreError> {
     let err = |op| move |e| StoreError::sqlite(path, op, e);
     let found: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(err("reading the schema version"))?;
-    if found > SCHEMA_VERSION {
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(err("reading the application id"))?;
+    // A file with tables of its own (version above 0) must be of this
+    // schema: the other list's migrations would fail on it half-way, or
+    // (a newer main file read as a sync file) name the wrong remedy.
+    if found > 0 && app_id != schema.application_id() {
+        let is = [Schema::Main, Schema::Sync]
+            .into_iter()
+            .find(|s| s.application_id() == app_id)
+            .map_or("a file of another program", |s| s.name());
+        return Err(StoreError::Open {
+            path: path.to_path_buf(),
+            cause: format!(
+                "the file is {is}, not {}; check store.path and that no file was renamed or copied over another",
+                schema.name()
+            ),
+        });
+    }
+    let supported = schema.version();
+    if found > supported {
         return Err(StoreError::NewerSchema {
             path: path.to_path_buf(),
             found,
-            supported: SCHEMA_VERSION,
+            supported,
         });
     }
     if found < 0 {
@@ -361,10 +444,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<Option<i64>, StoreError
             role: StoreRole::Main,
         });
     }
-    if found == SCHEMA_VERSION {
+    if found == supported {
         return Ok(None);
     }
-    for (done, sql) in (found..).zip(MIGRATIONS.iter().skip(found as usize)) {
+    for (done, sql) in (found..).zip(schema.migrations().iter().skip(found as usize)) {
         let to = done + 1;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)

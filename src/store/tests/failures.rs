@@ -156,10 +156,10 @@ async fn a_newer_schema_is_refused_and_the_file_left_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = store_path(dir.path());
     open(&path).close().await;
-    schema::set_user_version(&path, schema::SCHEMA_VERSION + 1);
+    schema::set_user_version(&path, schema::Schema::Main.version() + 1);
     let err = Store::open(&path, &Registry::new()).expect_err("newer schema refused");
     assert!(
-        matches!(err, StoreError::NewerSchema { found, .. } if found == schema::SCHEMA_VERSION + 1),
+        matches!(err, StoreError::NewerSchema { found, .. } if found == schema::Schema::Main.version() + 1),
         "{err:?}"
     );
     assert!(err.to_string().contains("newer cti-gateway"), "{err}");

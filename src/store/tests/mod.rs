@@ -13,7 +13,9 @@
 //! - `start_checks.rs`: the checks before opening (a lost store file, a
 //!   store in use) and messages that say what a file holds;
 //! - `retention.rs`: journal retention (pruning old rows in batches);
-//! - `backup.rs`: copies of a live store and the folders refused.
+//! - `backup.rs`: copies of a live store and the folders refused;
+//! - `sync.rs`: the sync store: its own migrations, outbox and id-map,
+//!   group-committed enqueues, retry, paging, inbox, overlay, requisites.
 //!
 //! The 1M-row measurement is a bench program (`bench/store.sh`), not a test.
 
@@ -27,7 +29,9 @@ mod lifecycle;
 mod retention;
 mod snapshot;
 mod start_checks;
+mod sync;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

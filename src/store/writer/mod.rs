@@ -30,20 +30,33 @@ use tokio::sync::{mpsc, oneshot};
 
 mod delivered;
 mod replace;
+mod sync;
 
 use super::metrics::Metrics;
 use super::refusals::RECOVERY_QUIET;
 use super::snapshot::{self, Plan, RecordSet, Upserted};
-use super::{unix_ms, AppliedChanges, CallRecord, StoreError};
+use super::{unix_ms, AppliedChanges, CallRecord, StoreError, StoreRole};
 use crate::directory::Tombstone;
+use crate::thread_priority::Urgency;
 use delivered::EarlyDeliveries;
 use replace::{CHUNK_TIME, MAX_CHUNK_OPS};
+use sync::SyncGroup;
+pub(super) use sync::SyncWrite;
 
 /// Room in the channel: callers beyond it wait (asynchronously) for space.
 pub(super) const CHANNEL_CAPACITY: usize = 1024;
 
 /// The writer thread of a [`Priority::Background`](super::Priority) store.
 pub(super) const BACKGROUND_WRITER: &str = "cti-store-bg";
+
+/// The writer thread's name for a store of `role` (what `top -H` shows).
+pub(super) fn thread_name(role: &StoreRole) -> &'static str {
+    match role {
+        StoreRole::Main => "cti-store-writer",
+        StoreRole::Cache { .. } => BACKGROUND_WRITER,
+        StoreRole::Sync => "cti-store-sync",
+    }
+}
 
 /// Most journal appends committed in one transaction.
 const GROUP_CAP: usize = 256;
@@ -106,6 +119,23 @@ pub(super) enum Command {
         limit: u32,
         reply: Reply<usize>,
     },
+    /// Queues rows in the sync store's outbox and sets their id-map
+    /// hashes; group-committed with the other enqueues and inbox appends
+    /// waiting (see `writer/sync.rs`).
+    Enqueue {
+        rows: Vec<super::sync::NewOutboxRow>,
+        reply: Reply<Vec<i64>>,
+    },
+    /// Commits a webhook body to the sync store's inbox; group-committed
+    /// like `Enqueue`.
+    InboxAppend {
+        system: String,
+        body: String,
+        reply: Reply<i64>,
+    },
+    /// A sync store write of its own transaction (overlay, requisites,
+    /// retry, conflict).
+    Sync(SyncWrite),
     /// Runs raw SQL on the write connection (tests: inject failures).
     #[cfg(test)]
     Exec {
@@ -121,13 +151,30 @@ pub(super) enum Command {
     },
 }
 
-/// Starts the writer thread over an open, migrated connection.
 /// The time slice the normal writer asks for: its work between waits is a
 /// commit's CPU part, tens of microseconds. Measured on the 2-core VM with a
 /// pop-up fanned out to 1,000 screens while the call is journaled: commit
 /// p50 1.5 ms with it, 3.1 ms without (0.9-1.4 ms with no screens).
 const WAKE_SLICE: std::time::Duration = std::time::Duration::from_micros(100);
 
+/// The journal writer's scheduling, and one line saying what the kernel
+/// allowed.
+fn journal_urgency(name: &'static str) -> Urgency {
+    let urgency = Urgency::start(name, WAKE_SLICE);
+    if urgency.granted() {
+        tracing::debug!(thread = name, "store: the call journal's writer runs real-time (SCHED_FIFO 1) while it waits for calls");
+    } else {
+        tracing::info!(
+            thread = name,
+            "store: the call journal's writer may not run real-time (no CAP_SYS_NICE or RLIMIT_RTPRIO); \
+             IncomingCall answers may wait a few ms longer while the cores are busy; \
+             allow it with LimitRTPRIO=1 in the systemd unit"
+        );
+    }
+    urgency
+}
+
+/// Starts the writer thread over an open, migrated connection.
 pub(super) fn spawn(
     conn: Connection,
     path: PathBuf,
@@ -135,7 +182,9 @@ pub(super) fn spawn(
     generation: Arc<AtomicU64>,
     rx: mpsc::Receiver<Command>,
     priority: super::Priority,
+    role: &StoreRole,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let name = thread_name(role);
     let writer = Writer {
         conn,
         path,
@@ -147,23 +196,25 @@ pub(super) fn spawn(
         deferred: VecDeque::new(),
         batch: Vec::with_capacity(GROUP_CAP),
         deliveries: Vec::new(),
+        sync_group: SyncGroup::default(),
         early: EarlyDeliveries::default(),
         max_chunk_ops: MAX_CHUNK_OPS,
         chunk_time: CHUNK_TIME,
     };
-    let name = match priority {
-        super::Priority::Normal => "cti-store-writer",
-        super::Priority::Background => BACKGROUND_WRITER,
-    };
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            if priority == super::Priority::Background {
-                crate::thread_priority::lower_current(name);
-            } else {
-                let _ = crate::thread_priority::short_slice_current(name, WAKE_SLICE);
-            }
-            writer.run()
+            let urgency = match priority {
+                super::Priority::Background => {
+                    crate::thread_priority::lower_current(name);
+                    None
+                }
+                super::Priority::Journal => Some(journal_urgency(name)),
+                // Only the journal's writer is urgent: the sync writer's bulk
+                // enqueues must not preempt the cores that answer the PBX.
+                super::Priority::Normal => None,
+            };
+            writer.run(urgency)
         })
 }
 
@@ -185,6 +236,8 @@ struct Writer {
     batch: Vec<(CallRecord, Reply<i64>)>,
     /// Deliveries of the next group commit (see [`Command::AddDelivered`]).
     deliveries: Vec<(String, Vec<u64>, Reply<usize>)>,
+    /// Outbox enqueues and inbox appends of the next sync group commit.
+    sync_group: SyncGroup,
     /// Deliveries that came before their journal row.
     early: EarlyDeliveries,
     /// [`MAX_CHUNK_OPS`] and [`CHUNK_TIME`], unless a measurement or a test
@@ -194,7 +247,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self) {
+    /// Serves commands until every sender is gone. With `urgency`, the
+    /// thread waits and commits journal appends real-time (where granted)
+    /// and does everything else relaxed.
+    fn run(mut self, mut urgency: Option<Urgency>) {
         loop {
             let cmd = match self.deferred.pop_front() {
                 Some(cmd) => cmd,
@@ -203,116 +259,157 @@ impl Writer {
                     None => break,
                 },
             };
-            match cmd {
-                Command::AppendCall { call, reply } => {
-                    self.batch.push((call, reply));
-                    self.commit_appends();
-                }
-                Command::AddDelivered { key, seqs, reply } => {
-                    self.deliveries.push((key, seqs, reply));
-                    self.commit_appends();
-                }
-                Command::ReplaceSource {
-                    source,
-                    fingerprint,
-                    records,
-                    plan,
-                    reply,
-                } => {
-                    let result = self.replace_source(&source, &fingerprint, &*records, plan);
-                    let _ = reply.send(result);
-                }
-                Command::ApplyChanges {
-                    source,
-                    upserts,
-                    removals,
-                    tombstones,
-                    reply,
-                } => {
-                    let result = self.apply_changes(&source, &*upserts, &removals, &tombstones);
-                    let _ = reply.send(result);
-                }
-                Command::ForgetTombstones { tombstones, reply } => {
-                    let result = self.transact("forgetting spent tombstones", |tx| {
-                        let mut stmt = tx.prepare_cached(
-                            "DELETE FROM tombstones WHERE id = ?1 AND source = ?2 AND content = ?3",
-                        )?;
-                        let mut n = 0;
-                        for t in tombstones.iter() {
-                            n += stmt.execute(params![&*t.id, &*t.source, t.content as i64])?;
-                        }
-                        Ok(n)
-                    });
-                    let _ = reply.send(result);
-                }
-                Command::ForgetSource { source, reply } => {
-                    let result = self.transact("forgetting a source's snapshot", |tx| {
-                        let rows = tx
-                            .prepare_cached("DELETE FROM counterparties WHERE source = ?1")?
-                            .execute([&source])?;
-                        tx.prepare_cached("DELETE FROM sources WHERE source = ?1")?
-                            .execute([&source])?;
-                        Ok(rows)
-                    });
-                    if result.is_ok() {
-                        // Plans computed before this commit are stale now.
-                        self.generation.fetch_add(1, Ordering::AcqRel);
-                    }
-                    let _ = reply.send(result);
-                }
-                Command::PruneCalls {
-                    before_ms,
-                    limit,
-                    reply,
-                } => {
-                    // Retention is the least urgent work there is: the
-                    // appends already waiting are committed first.
-                    self.commit_appends();
-                    let result = self.prune_calls(before_ms, limit);
-                    let _ = reply.send(result);
-                }
-                #[cfg(test)]
-                Command::Exec { sql, reply } => {
-                    let result = self
-                        .conn
-                        .execute_batch(&sql)
-                        .map_err(|e| StoreError::sqlite(&self.path, "test SQL", e));
-                    let _ = reply.send(result);
-                }
-                Command::SetChunk { ops, time, reply } => {
-                    self.max_chunk_ops = ops.max(1);
-                    self.chunk_time = time;
-                    let _ = reply.send(Ok(()));
-                }
+            // Long work is done relaxed; the thread waits for the next
+            // command real-time again, so that a call's append wakes it at once.
+            let brief = matches!(
+                cmd,
+                Command::AppendCall { .. } | Command::AddDelivered { .. }
+            );
+            if let (false, Some(urgency)) = (brief, urgency.as_mut()) {
+                urgency.relaxed();
+            }
+            self.serve(cmd);
+            if let Some(urgency) = urgency.as_mut() {
+                urgency.urgent();
             }
         }
         self.shutdown();
     }
 
-    /// Group commit: adds every append (and delivery) already waiting in the
-    /// channel to the batch, up to the cap, and commits it; returns how many
-    /// it committed. Other commands met on the way wait in `deferred` for
-    /// their turn.
+    fn serve(&mut self, cmd: Command) {
+        match cmd {
+            Command::AppendCall { call, reply } => {
+                self.batch.push((call, reply));
+                self.commit_appends();
+            }
+            Command::AddDelivered { key, seqs, reply } => {
+                self.deliveries.push((key, seqs, reply));
+                self.commit_appends();
+            }
+            Command::Enqueue { rows, reply } => {
+                self.sync_group.enqueue(rows, reply);
+                self.commit_appends();
+            }
+            Command::InboxAppend {
+                system,
+                body,
+                reply,
+            } => {
+                self.sync_group.inbox(system, body, reply);
+                self.commit_appends();
+            }
+            Command::Sync(write) => self.sync_write(write),
+            Command::ReplaceSource {
+                source,
+                fingerprint,
+                records,
+                plan,
+                reply,
+            } => {
+                let result = self.replace_source(&source, &fingerprint, &*records, plan);
+                let _ = reply.send(result);
+            }
+            Command::ApplyChanges {
+                source,
+                upserts,
+                removals,
+                tombstones,
+                reply,
+            } => {
+                let result = self.apply_changes(&source, &*upserts, &removals, &tombstones);
+                let _ = reply.send(result);
+            }
+            Command::ForgetTombstones { tombstones, reply } => {
+                let result = self.transact("forgetting spent tombstones", |tx| {
+                    let mut stmt = tx.prepare_cached(
+                        "DELETE FROM tombstones WHERE id = ?1 AND source = ?2 AND content = ?3",
+                    )?;
+                    let mut n = 0;
+                    for t in tombstones.iter() {
+                        n += stmt.execute(params![&*t.id, &*t.source, t.content as i64])?;
+                    }
+                    Ok(n)
+                });
+                let _ = reply.send(result);
+            }
+            Command::ForgetSource { source, reply } => {
+                let result = self.transact("forgetting a source's snapshot", |tx| {
+                    let rows = tx
+                        .prepare_cached("DELETE FROM counterparties WHERE source = ?1")?
+                        .execute([&source])?;
+                    tx.prepare_cached("DELETE FROM sources WHERE source = ?1")?
+                        .execute([&source])?;
+                    Ok(rows)
+                });
+                if result.is_ok() {
+                    // Plans computed before this commit are stale now.
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                }
+                let _ = reply.send(result);
+            }
+            Command::PruneCalls {
+                before_ms,
+                limit,
+                reply,
+            } => {
+                // Retention is the least urgent work there is: the
+                // appends already waiting are committed first.
+                self.commit_appends();
+                let result = self.prune_calls(before_ms, limit);
+                let _ = reply.send(result);
+            }
+            #[cfg(test)]
+            Command::Exec { sql, reply } => {
+                let result = self
+                    .conn
+                    .execute_batch(&sql)
+                    .map_err(|e| StoreError::sqlite(&self.path, "test SQL", e));
+                let _ = reply.send(result);
+            }
+            Command::SetChunk { ops, time, reply } => {
+                self.max_chunk_ops = ops.max(1);
+                self.chunk_time = time;
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// Group commit: adds every append (and delivery, enqueue, inbox
+    /// append) already waiting in the channel to the batch, up to the caps,
+    /// and commits it; returns how many commands it committed. Other
+    /// commands met on the way wait in `deferred` for their turn. Journal
+    /// appends and sync writes are committed in a transaction each (they
+    /// live in different files; one store never gets both).
     fn commit_appends(&mut self) -> usize {
-        while self.batch.len() + self.deliveries.len() < GROUP_CAP {
+        while self.batch.len() + self.deliveries.len() + self.sync_group.commands() < GROUP_CAP
+            && !self.sync_group.is_full()
+        {
             match self.rx.try_recv() {
                 Ok(Command::AppendCall { call, reply }) => self.batch.push((call, reply)),
                 Ok(Command::AddDelivered { key, seqs, reply }) => {
                     self.deliveries.push((key, seqs, reply))
                 }
+                Ok(Command::Enqueue { rows, reply }) => self.sync_group.enqueue(rows, reply),
+                Ok(Command::InboxAppend {
+                    system,
+                    body,
+                    reply,
+                }) => self.sync_group.inbox(system, body, reply),
                 Ok(other) => self.deferred.push_back(other),
                 Err(_) => break,
             }
         }
+        let synced = self.commit_sync_group();
         let n = self.batch.len() + self.deliveries.len();
-        if n > 0 {
-            let mut batch = std::mem::take(&mut self.batch);
-            let mut deliveries = std::mem::take(&mut self.deliveries);
-            self.append_calls(&mut batch, &mut deliveries);
-            self.batch = batch;
-            self.deliveries = deliveries;
+        if n == 0 {
+            return synced;
         }
-        n
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        self.append_calls(&mut batch, &mut deliveries);
+        self.batch = batch;
+        self.deliveries = deliveries;
+        n + synced
     }
 
     /// Between two chunks of a replace: commits the appends that arrived

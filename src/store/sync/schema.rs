@@ -1,0 +1,119 @@
+//! The sync store's migration list: its own, applied to `<name>.sync.sqlite`
+//! only (the main store's list, `schema::MIGRATIONS`, knows nothing of it).
+//! The same rules hold: migration `n` takes the file from version `n - 1` to
+//! `n` in one transaction; append new migrations, never edit one that has
+//! shipped. Every sync table goes here, later issues' too.
+
+/// `PRAGMA application_id` of a sync store file ("ctiS"): a sync file
+/// opened as the main store (or the other way round) is refused, not
+/// migrated with the wrong list.
+pub(in crate::store) const SYNC_APPLICATION_ID: i32 = 0x6374_6953;
+
+/// Each entry is one migration; the sync schema's version is its position from 1.
+pub(in crate::store) const SYNC_MIGRATIONS: &[&str] = &[
+    // 1: the sync foundation (issue 17, item 5).
+    //
+    // `sources`, `counterparties` and `tombstones` are the main store's
+    // snapshot tables, as they stand after its migrations: the records
+    // that exist only in a CRM are a source of their own, stored with
+    // `Store::apply_changes` and loaded with `Store::load_snapshot` like
+    // any other, by the same code.
+    //
+    // Times are unix ms; hashes are the u64 hash of the synced fields,
+    // stored as the i64 of the same bits.
+    "
+    PRAGMA application_id = 1668573523;
+
+    CREATE TABLE sources (
+        source      TEXT PRIMARY KEY NOT NULL,
+        fingerprint TEXT,
+        saved_at    INTEGER NOT NULL,
+        records     INTEGER NOT NULL
+    );
+    CREATE TABLE counterparties (
+        source      TEXT NOT NULL REFERENCES sources(source) ON DELETE CASCADE,
+        id          TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        received_at INTEGER,
+        PRIMARY KEY (source, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE tombstones (
+        id         TEXT NOT NULL,
+        source     TEXT NOT NULL,
+        content    INTEGER NOT NULL,
+        deleted_at INTEGER NOT NULL,
+        PRIMARY KEY (id, source)
+    ) WITHOUT ROWID;
+
+    -- The link between a local record and its copy in a system. `hash`:
+    -- what was last queued or confirmed for it (NULL: never), so a change
+    -- equal to it is not queued again. `remote_id` is NULL until the
+    -- system has confirmed a create (several NULLs are allowed by UNIQUE).
+    -- `closed_at`: the system deleted its copy; the link is kept, closed.
+    CREATE TABLE idmap (
+        system         TEXT NOT NULL,
+        kind           TEXT NOT NULL,
+        local_id       TEXT NOT NULL,
+        remote_id      TEXT,
+        remote_version TEXT,
+        hash           INTEGER,
+        closed_at      INTEGER,
+        PRIMARY KEY (system, kind, local_id)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX idmap_remote ON idmap (system, kind, remote_id);
+
+    -- Changes to send, in id order per record. `kind` (company, contact...)
+    -- is what the id-map row written on confirmation needs.
+    CREATE TABLE outbox (
+        id         INTEGER PRIMARY KEY,
+        system     TEXT NOT NULL,
+        kind       TEXT NOT NULL,
+        record_key TEXT NOT NULL,
+        op         TEXT NOT NULL CHECK (op IN ('upsert', 'remove')),
+        body       TEXT NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        next_at    INTEGER NOT NULL,
+        state      TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'dead', 'done')),
+        last_error TEXT,
+        created_at INTEGER NOT NULL
+    );
+    -- A worker's due rows (state = 'pending', next_at <= now), and the
+    -- counts of `sync_status`.
+    CREATE INDEX outbox_due ON outbox (system, state, next_at);
+
+    -- Webhook bodies as received, committed before the 2xx.
+    CREATE TABLE inbox (
+        id          INTEGER PRIMARY KEY,
+        system      TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        body        TEXT NOT NULL,
+        state       TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'failed'))
+    );
+    CREATE INDEX inbox_system_state ON inbox (system, state, id);
+
+    -- A field two sides disagreed on, and what was done about it.
+    CREATE TABLE conflicts (
+        id         INTEGER PRIMARY KEY,
+        at         INTEGER NOT NULL,
+        system     TEXT NOT NULL,
+        record_key TEXT NOT NULL,
+        field      TEXT NOT NULL,
+        ours       TEXT,
+        theirs     TEXT,
+        resolution TEXT NOT NULL
+    );
+    CREATE INDEX conflicts_at ON conflicts (at);
+    CREATE INDEX conflicts_system_at ON conflicts (system, at);
+
+    -- Per record id, as JSON: legal and actual address, director, bank
+    -- (kept out of memory), and what CRMs add to records linked to 1C.
+    CREATE TABLE requisites (
+        id   TEXT PRIMARY KEY NOT NULL,
+        body TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE overlay (
+        id   TEXT PRIMARY KEY NOT NULL,
+        body TEXT NOT NULL
+    ) WITHOUT ROWID;
+    ",
+];
