@@ -258,3 +258,92 @@ async fn a_websocket_card_carries_links_manager_name_and_manager_source() {
     );
     gw.stop().await;
 }
+
+/// A sync store in `dir`, as the gateway opens it.
+fn sync_store(dir: &std::path::Path) -> cti_gateway::store::Store {
+    cti_gateway::store::Store::open_with_options(
+        &dir.join("gw.sync.sqlite"),
+        &prometheus::Registry::new(),
+        &cti_gateway::store::OpenOptions::sync(),
+    )
+    .expect("the sync store opens")
+}
+
+/// A directory mapping bitrix24 users 17 and 18 as [`MANAGERS`] does, CRM first.
+fn directory_with_managers() -> cti_gateway::directory::Directory {
+    use cti_gateway::directory::{Directory, Manager, Managers};
+    let mut managers = Managers::new(["bitrix24", "onec"]);
+    for (user, extension) in [("17", "301"), ("18", "302")] {
+        managers.map(
+            "bitrix24",
+            user,
+            Manager {
+                extension: extension.into(),
+                name: format!("user {user}").into(),
+            },
+        );
+    }
+    Directory::new(cti_gateway::soap::say_name_payload).with_managers(managers)
+}
+
+#[tokio::test]
+async fn overlays_are_stored_before_they_apply_and_set_again_at_start() {
+    use cti_gateway::sources::overlays;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let record = || {
+        serde_json::from_str::<cti_gateway::directory::Counterparty>(&format!(
+            r#"{{"id":"k1","name":"Альфа","manager_phone":"244","phones":["{NUMBER}"]}}"#
+        ))
+        .expect("record")
+    };
+    let answer = |directory: &cti_gateway::directory::Directory| {
+        directory
+            .lookup_phone(normalize(NUMBER).expect("number"))
+            .and_then(|e| e.manager())
+            .and_then(|m| m.extension)
+            .map(String::from)
+    };
+    {
+        let store = sync_store(dir.path());
+        let directory = directory_with_managers();
+        directory.replace_source("onec", vec![record()], None, std::time::SystemTime::now());
+        overlays::set(
+            &store,
+            &directory,
+            vec![
+                ("k1".into(), Some(bitrix24("17", "1", &[]))),
+                ("k2".into(), Some(bitrix24("18", "2", &[]))),
+            ],
+        )
+        .await
+        .expect("stored and set");
+        assert_eq!(answer(&directory).as_deref(), Some("301"));
+        // A bad overlay is refused whole: nothing stored, nothing set.
+        let mut bad = bitrix24("18", "1", &[]);
+        bad.links[0].url = "javascript:alert(1)".into();
+        let refused = overlays::set(
+            &store,
+            &directory,
+            vec![("k1".into(), Some(bad)), ("k2".into(), None)],
+        )
+        .await;
+        assert!(
+            matches!(refused, Err(overlays::OverlayWriteError::Invalid(_))),
+            "{refused:?}"
+        );
+        assert_eq!(answer(&directory).as_deref(), Some("301"));
+        overlays::set(&store, &directory, vec![("k2".into(), None)])
+            .await
+            .expect("a removal");
+        store.close().await;
+    }
+    // A restart: the snapshot's record, then the stored overlays.
+    let store = sync_store(dir.path());
+    let directory = directory_with_managers();
+    directory.replace_source("onec", vec![record()], None, std::time::SystemTime::now());
+    assert_eq!(answer(&directory).as_deref(), Some("244"));
+    assert_eq!(overlays::load(&store, &directory).await.expect("loaded"), 1);
+    assert_eq!(answer(&directory).as_deref(), Some("301"));
+    assert!(!directory.has_overlay("k2"));
+    store.close().await;
+}

@@ -20,27 +20,39 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use super::model::{is_manager_phone, is_system_name, FieldError, Link, MAX_LINKS, MAX_PHONES};
 use super::Counterparty;
 
-/// What a CRM adds to one record.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What a CRM adds to one record. Stored as JSON in the sync store
+/// (`overlay` table) as it was set, CRM user ids unmapped, so that a start
+/// maps them with the `[[manager]]` of that start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Overlay {
     /// The record's responsible managers in the CRMs, one per system as a rule.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub managers: Vec<OverlayManager>,
     /// The record's pages there (built from `link_templates`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<Link>,
     /// Numbers the CRMs know that the record lacks: indexed after its own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub phones: Vec<Box<str>>,
 }
 
 /// A record's manager as a CRM names it: by extension, or by the CRM's user
 /// id, which [`Managers`] maps to an extension and a name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OverlayManager {
     pub system: Box<str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<Box<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extension: Option<Box<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<Box<str>>,
 }
 

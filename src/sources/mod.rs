@@ -9,6 +9,7 @@
 pub mod file;
 mod low_priority;
 pub mod onec;
+pub mod overlays;
 pub mod push;
 
 use std::collections::BTreeMap;
