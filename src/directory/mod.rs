@@ -210,8 +210,12 @@ impl Directory {
                     if let Err(problem) = overlay.validate() {
                         return Err(OverlayError { id, problem });
                     }
+                    // What reaches a card is clean, as a source's records are.
                     for m in &mut overlay.managers {
                         m.name = m.name.take().map(|n| model::clean_text(&n).trim().into());
+                    }
+                    for p in &mut overlay.phones {
+                        *p = model::clean_text(p).trim().into();
                     }
                     Some(Arc::new(self.managers.apply(&id, overlay)))
                 }
