@@ -135,6 +135,45 @@ function field(dl, label, value) {
   dl.append(dt, dd);
 }
 
+// Only an http:// or https:// URL becomes a link: a `javascript:` or
+// `data:` one (whatever a CRM sent) is never put in an href.
+function isWebUrl(url) {
+  if (typeof url !== "string" || !/^https?:\/\//i.test(url)) return false;
+  try {
+    const parsed = new URL(url);
+    return parsed.protocol === "http:" || parsed.protocol === "https:";
+  } catch (_) {
+    return false;
+  }
+}
+
+// The record's pages in other systems (its own, a CRM's): each a link that
+// opens in a new tab, which gets neither this page (noopener) nor its
+// address (noreferrer, the token having been in it once).
+function links(dl, list) {
+  if (!Array.isArray(list)) return;
+  const anchors = [];
+  for (const link of list) {
+    if (!link || !isWebUrl(link.url)) continue;
+    const a = document.createElement("a");
+    a.href = link.url;
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+    a.className = "link";
+    a.textContent = [link.system, link.kind].filter(Boolean).join(": ") || link.url;
+    anchors.push(a);
+  }
+  if (anchors.length === 0) return;
+  const dt = document.createElement("dt");
+  dt.textContent = "Ссылки";
+  const dd = document.createElement("dd");
+  anchors.forEach((a, i) => {
+    if (i > 0) dd.append(" · ");
+    dd.append(a);
+  });
+  dl.append(dt, dd);
+}
+
 // Whether a call was made before the current token was taken (a reload's
 // replay): `at` has whole seconds, so it is compared with the second the
 // token was taken.
@@ -175,9 +214,11 @@ function showCall(msg) {
     field(dl, "Категория", c.category);
     field(dl, "Менеджер", c.manager_name);
     field(dl, "Менеджер (доб.)", c.manager_phone);
+    field(dl, "Менеджер из", c.manager_source);
     field(dl, "Телефоны", c.phones);
     field(dl, "E-mail", c.emails);
     field(dl, "Адрес", c.address);
+    links(dl, c.links);
   }
   card.append(time, title, dl);
   for (const old of callsEl.querySelectorAll(".card.latest")) old.classList.remove("latest");

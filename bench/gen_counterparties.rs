@@ -11,7 +11,13 @@
 //! (`ООО "…"`, `АО «…»`, `ИП Фамилия Имя Отчество`…), INN with correct check
 //! digits, KPP for legal entities, category 0-3 (sometimes missing), the
 //! manager's extension (sometimes missing), 1-3 phones in the formats people
-//! type into 1C, an e-mail for some, and a `data_version`.
+//! type into 1C, an e-mail for some, and a `data_version`. Then what issue 17
+//! added to the model, so that the memory benchmark measures it: `kind`
+//! (`legal`, `sole_proprietor`), an OGRN (legal) or OGRNIP (sole
+//! proprietor) with its check digit, 1C's `code`, `manager_source` beside a
+//! manager, and for about a third a CRM page in `links`. These come from a
+//! random stream of their own, so the older fields are the same records as
+//! before for the same `--seed`.
 //!
 //! `--numbers` gets `--queries` lines, one caller number each, as the PBX sends
 //! them: `8XXXXXXXXXX` mostly, `+7XXXXXXXXXX` for some. About 90% are numbers of
@@ -418,6 +424,18 @@ fn push_digits(d: &[u8], out: &mut String) {
     out.extend(d.iter().map(|x| char::from(b'0' + x)));
 }
 
+/// An OGRN (13 digits) or, for a sole proprietor, an OGRNIP (15): the
+/// number without its last digit, modulo 11 (OGRN) or 13 (OGRNIP), modulo
+/// 10, is the check digit.
+fn ogrn(rng: &mut StdRng, sole: bool) -> String {
+    let (len, first, modulus) = if sole { (15, 3, 13) } else { (13, 1, 11) };
+    let mut number: u64 = first;
+    for _ in 1..len - 1 {
+        number = number * 10 + rng.random_range(0..10u64);
+    }
+    format!("{number}{}", number % modulus % 10)
+}
+
 // ---------------------------------------------------------------- records
 
 /// Appends `"key":` and the JSON string `value`.
@@ -450,6 +468,8 @@ fn main() -> io::Result<()> {
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(args.seed);
     let b = phone_slots::draw_offset(&mut rng);
+    // The fields issue 17 added, from a stream of their own (see above).
+    let mut added = StdRng::seed_from_u64(args.seed ^ 0x0017_0017_0017);
 
     let mut out = BufWriter::with_capacity(1 << 20, File::create(&args.out)?);
     // First phone slot of record i is starts[i]; its phones are starts[i]..starts[i+1].
@@ -503,6 +523,8 @@ fn main() -> io::Result<()> {
             let ext = rng.random_range(101..=250u32);
             line.push(b',');
             json_str("manager_phone", &ext.to_string(), &mut line);
+            line.push(b',');
+            json_str("manager_source", "onec", &mut line);
         }
 
         let n_phones = match rng.random_range(0..10) {
@@ -531,6 +553,35 @@ fn main() -> io::Result<()> {
             line.extend_from_slice(b",\"emails\":[");
             serde_json::to_writer(&mut line, s.as_str()).expect("writing to a Vec cannot fail");
             line.push(b']');
+        }
+
+        line.push(b',');
+        json_str(
+            "kind",
+            if sole { "sole_proprietor" } else { "legal" },
+            &mut line,
+        );
+        line.push(b',');
+        json_str(
+            if sole { "ogrnip" } else { "ogrn" },
+            &ogrn(&mut added, sole),
+            &mut line,
+        );
+        line.push(b',');
+        json_str("code", &format!("{:09}", i + 1), &mut line);
+        if added.random_bool(0.33) {
+            let company: u32 = added.random_range(1..10_000_000);
+            line.extend_from_slice(b",\"links\":[{");
+            json_str("system", "bitrix24", &mut line);
+            line.push(b',');
+            json_str("kind", "company", &mut line);
+            line.push(b',');
+            json_str(
+                "url",
+                &format!("https://portal.example.ru/crm/company/details/{company}/"),
+                &mut line,
+            );
+            line.extend_from_slice(b"}]");
         }
 
         // 1C's DataVersion looks like a short base64 string.

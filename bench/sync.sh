@@ -132,4 +132,8 @@ if [[ " ${EXAMPLES[*]} " == *" sync_store "* ]]; then
   echo "64 tasks enqueuing single rows: $(field rows_per_s "$s") rows/s, $(field rows_per_commit "$s") rows per commit; goal >= 5000: $(goal "$s")"
   echo "journal append at $(field rate "$j")/s: p99 idle $(field idle_p99_ms "$j") ms ($(field idle_appends "$j") appends), during the bulk $(field bulk_p99_ms "$j") ms ($(field bulk_appends "$j")), ratio $(field p99_ratio "$j"); goal <= 2: $(goal "$j")"
 fi
+if [[ " ${EXAMPLES[*]} " == *" sync_overlay "* ]]; then
+  o=$(line sync_overlay)
+  echo "overlay, $(field counterparties "$o") counterparties, $(field linked "$o") linked, $(field changes "$o") one-record changes: change -> SayName p50 $(field p50_ms "$o") ms, p99 $(field p99_ms "$o") ms, max $(field max_ms "$o") ms ($(field missed "$o") missed; the change itself p99 $(field set_p99_ms "$o") ms); goal p99 <= 10: $(goal "$o")"
+fi
 printf '%s' "$RESULTS"

@@ -317,6 +317,11 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(rename = "operator")]
     pub operators: Vec<OperatorConfig>,
+    pub sync: SyncConfig,
+    /// Who answers for counterparties in each system: the extension and
+    /// name a CRM's (or 1C's) responsible user stands for.
+    #[serde(rename = "manager")]
+    pub managers: Vec<ManagerConfig>,
     /// Where this configuration came from; `None` in demo mode.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -448,6 +453,11 @@ pub struct OnecConfig {
     /// empty: not read, the kind follows the INN.
     #[serde(default)]
     pub kind_field: String,
+    /// The catalog field holding the responsible user, a reference
+    /// (`_Key`) to `Catalog_Пользователи`, mapped to an extension through
+    /// `[[manager]] onec_user`; empty: not read.
+    #[serde(default)]
+    pub manager_ref_field: String,
     /// Rows asked for per request (`$top`) in a full read.
     #[serde(default = "OnecConfig::default_page_size")]
     pub page_size: usize,
@@ -632,6 +642,139 @@ pub struct OperatorConfig {
     pub token: Secret,
     #[serde(default)]
     pub name: String,
+}
+
+/// The CRM systems the gateway can sync with: each may have a
+/// `[sync.<system>]` table, and each is a name `manager_precedence` knows.
+pub const SYNC_SYSTEMS: &[&str] = &["bitrix24", "amocrm", "bpium"];
+
+/// The names `[sync] manager_precedence` may hold: the sources that name a
+/// record's own manager (`onec`, `push`, `file`) and the CRM systems.
+pub const MANAGER_SOURCES: &[&str] = &["onec", "push", "file", "bitrix24", "amocrm", "bpium"];
+
+/// `[sync]`: what the CRM systems share, and one table per system.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Whose manager answers when a record has several (its own, named by
+    /// its source or `manager_source`, and those a CRM's overlay adds):
+    /// the first listed; a system not listed ranks after every listed one.
+    pub manager_precedence: Vec<String>,
+    pub bitrix24: Option<SyncSystemConfig>,
+    pub amocrm: Option<SyncSystemConfig>,
+    pub bpium: Option<SyncSystemConfig>,
+}
+
+impl SyncConfig {
+    /// Whether any system has a `[sync.<system>]` section: the sync store
+    /// is then kept (its admin API, the CRMs' overlays) even before a
+    /// module of that system runs.
+    pub fn configured(&self) -> bool {
+        self.bitrix24.is_some() || self.amocrm.is_some() || self.bpium.is_some()
+    }
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            manager_precedence: MANAGER_SOURCES.iter().map(|s| (*s).to_owned()).collect(),
+            bitrix24: None,
+            amocrm: None,
+            bpium: None,
+        }
+    }
+}
+
+impl SyncConfig {
+    /// Each configured system with its table, in [`SYNC_SYSTEMS`]' order.
+    pub fn systems(&self) -> impl Iterator<Item = (&'static str, &SyncSystemConfig)> {
+        [
+            ("bitrix24", &self.bitrix24),
+            ("amocrm", &self.amocrm),
+            ("bpium", &self.bpium),
+        ]
+        .into_iter()
+        .filter_map(|(name, table)| table.as_ref().map(|t| (name, t)))
+    }
+
+    /// The table of `system`, if configured.
+    pub fn system(&self, system: &str) -> Option<&SyncSystemConfig> {
+        self.systems()
+            .find(|(name, _)| *name == system)
+            .map(|s| s.1)
+    }
+}
+
+/// `[sync.<system>]`: one CRM system.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSystemConfig {
+    /// What makes a record there "the same client" as one here.
+    pub dedupe_key: DedupeKey,
+    /// The URL of a record's page there, by kind (`company`, `contact`...):
+    /// `http(s)://`, with `{id}` where the record's id goes (URL-encoded).
+    pub link_templates: std::collections::BTreeMap<String, String>,
+}
+
+impl SyncSystemConfig {
+    /// The page of the record `id` of `kind`, if a template is configured:
+    /// `{id}` replaced by the id, percent-encoded (every byte but
+    /// unreserved ones), so an id can never add a path, a query or a scheme.
+    pub fn link(&self, kind: &str, id: &str) -> Option<String> {
+        let template = self.link_templates.get(kind)?;
+        let mut encoded = String::with_capacity(id.len());
+        for b in id.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                encoded.push(char::from(b));
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        Some(template.replace("{id}", &encoded))
+    }
+}
+
+/// How a CRM record is matched to one here by its requisites.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupeKey {
+    /// The INN alone (branches with their own KPP are one client).
+    Inn,
+    /// The INN and the KPP (a branch is a client of its own).
+    #[default]
+    InnKpp,
+}
+
+/// `[[manager]]`: one responsible person, the extension calls for their
+/// clients are routed to, and who they are in each system.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerConfig {
+    pub extension: String,
+    pub name: String,
+    /// The `_Key` of their `Catalog_Пользователи` entry in 1C.
+    #[serde(default)]
+    pub onec_user: Option<String>,
+    #[serde(default)]
+    pub bitrix24_user_id: Option<String>,
+    #[serde(default)]
+    pub amocrm_user_id: Option<String>,
+    #[serde(default)]
+    pub bpium_user_id: Option<String>,
+}
+
+impl ManagerConfig {
+    /// The user ids this manager has, as (system, config key, id).
+    pub fn user_ids(&self) -> impl Iterator<Item = (&'static str, &'static str, &str)> {
+        [
+            ("onec", "onec_user", &self.onec_user),
+            ("bitrix24", "bitrix24_user_id", &self.bitrix24_user_id),
+            ("amocrm", "amocrm_user_id", &self.amocrm_user_id),
+            ("bpium", "bpium_user_id", &self.bpium_user_id),
+        ]
+        .into_iter()
+        .filter_map(|(system, key, id)| id.as_deref().map(|id| (system, key, id)))
+    }
 }
 
 impl Default for ServerConfig {
@@ -848,6 +991,8 @@ impl Config {
         self.validate_log_and_api()?;
         self.validate_address_lists()?;
         self.validate_operators()?;
+        self.validate_sync()?;
+        self.validate_managers()?;
         self.check_secrets()
     }
 
@@ -1069,6 +1214,7 @@ impl Config {
             ("onec.ogrn_field", &onec.ogrn_field, true),
             ("onec.code_field", &onec.code_field, true),
             ("onec.kind_field", &onec.kind_field, true),
+            ("onec.manager_ref_field", &onec.manager_ref_field, true),
         ] {
             let unset = optional && name.is_empty();
             if !unset && !is_odata_name(name) {
@@ -1143,6 +1289,122 @@ impl Config {
     }
 }
 
+impl Config {
+    /// `[sync]`: precedence names known and each once; every link template
+    /// an `http(s)://` URL with a host and `{id}`.
+    fn validate_sync(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for name in &self.sync.manager_precedence {
+            if !MANAGER_SOURCES.contains(&name.as_str()) {
+                return Err(self.invalid(
+                    "sync.manager_precedence",
+                    format!(
+                        "names {name:?}, which is not a source of managers: use {}",
+                        MANAGER_SOURCES.join(", ")
+                    ),
+                ));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(
+                    self.invalid("sync.manager_precedence", format!("names {name:?} twice"))
+                );
+            }
+        }
+        for (system, table) in self.sync.systems() {
+            for (kind, template) in &table.link_templates {
+                let key = format!("sync.{system}.link_templates.{kind}");
+                if kind.is_empty()
+                    || kind.len() > 64
+                    || !kind
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                {
+                    return Err(self.invalid(
+                        &key,
+                        "is not a kind: lowercase Latin letters, digits and _, e.g. company or contact",
+                    ));
+                }
+                if let Err(problem) = check_link_template(template) {
+                    return Err(self.invalid(
+                        &key,
+                        format!("is {template:?}, which {problem}: write e.g. \"https://portal.example.ru/crm/company/details/{{id}}/\""),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `[[manager]]`: an extension and a name each; no extension and no
+    /// user id of a system used twice (a user id must say one person).
+    fn validate_managers(&self) -> Result<(), ConfigError> {
+        let mut extensions = std::collections::HashSet::new();
+        let mut users = std::collections::HashSet::new();
+        for (i, manager) in self.managers.iter().enumerate() {
+            let extension = manager.extension.trim();
+            if !(2..=6).contains(&extension.len()) || !extension.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(self.invalid(
+                    &format!("manager[{i}].extension"),
+                    format!(
+                        "is {:?}, not an extension (2-6 digits): the PBX routes calls to it",
+                        manager.extension
+                    ),
+                ));
+            }
+            if !extensions.insert(extension) {
+                return Err(self.invalid(
+                    &format!("manager[{i}].extension"),
+                    format!("'{extension}' is used by an earlier [[manager]]"),
+                ));
+            }
+            if manager.name.trim().is_empty() {
+                return Err(self.invalid(&format!("manager[{i}].name"), "must not be empty"));
+            }
+            for (system, key, id) in manager.user_ids() {
+                if id.trim().is_empty() {
+                    return Err(self.invalid(&format!("manager[{i}].{key}"), "must not be empty"));
+                }
+                if !users.insert((system, id.trim())) {
+                    return Err(self.invalid(
+                        &format!("manager[{i}].{key}"),
+                        format!(
+                            "'{id}' is used by an earlier [[manager]]: a user id names one person"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A link template: an `http(s)://` URL with a host, `{id}` in it, no
+/// whitespace, quotes or angle brackets (it becomes an `href`).
+fn check_link_template(template: &str) -> Result<(), &'static str> {
+    let lower = template.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .ok_or("is not an http:// or https:// URL")?;
+    if rest.is_empty() || rest.starts_with('/') || rest.starts_with("{id}") {
+        return Err("has no host");
+    }
+    if !template.contains("{id}") {
+        return Err("has no {id} for the record's id");
+    }
+    if template.len() > 512
+        || template.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '<' | '>' | '\\')
+        })
+    {
+        return Err(
+            "holds spaces, quotes, angle brackets or control characters, or is over 512 bytes",
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1163,6 +1425,37 @@ mod tests {
         let config = parse(text).expect("config/example.toml must load");
         assert_eq!(config.soap.path, "/telephony/ws/VATS");
         assert!(!config.operators.is_empty());
+    }
+
+    #[test]
+    fn the_example_configs_sync_and_manager_blocks_load_once_uncommented() {
+        let text = include_str!("../config/example.toml");
+        let start = text.find("# [sync]").expect("a [sync] block");
+        let end = text
+            .find("# One block per operator")
+            .expect("[[operator]] after it");
+        let is_key = |line: &str| {
+            line.starts_with('[')
+                || line.split_once(" = ").is_some_and(|(key, _)| {
+                    key.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                })
+        };
+        let uncommented: String = text[start..end]
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if is_key(rest) => format!("{rest}\n"),
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        let text = format!("{}{uncommented}{}", &text[..start], &text[end..]);
+        let config = parse(&text).expect("the uncommented example must load");
+        assert_eq!(config.sync.manager_precedence, MANAGER_SOURCES);
+        let b24 = config.sync.system("bitrix24").expect("[sync.bitrix24]");
+        assert_eq!(b24.dedupe_key, DedupeKey::InnKpp);
+        assert!(b24.link("company", "1").is_some());
+        assert_eq!(config.managers.len(), 1);
+        assert_eq!(config.managers[0].user_ids().count(), 4);
     }
 
     #[test]
@@ -1306,6 +1599,104 @@ mod tests {
         );
         let err = parse(&text).expect_err("duplicate key");
         assert!(err.to_string().contains("operator[1].key"), "{err}");
+    }
+
+    #[test]
+    fn sync_and_managers_have_defaults() {
+        let c = parse(MINIMAL).expect("config");
+        assert_eq!(c.sync.manager_precedence, MANAGER_SOURCES);
+        assert!(c.managers.is_empty() && c.sync.systems().next().is_none());
+        let c = parse(&format!(
+            "{MINIMAL}[sync]\nmanager_precedence = [\"bitrix24\", \"onec\"]\n[sync.bitrix24]\ndedupe_key = \"inn\"\nlink_templates = {{ company = \"https://portal.example/crm/company/details/{{id}}/\" }}\n[sync.amocrm]\n[[manager]]\nextension = \"244\"\nname = \"Смирнова\"\nonec_user = \"a1\"\nbitrix24_user_id = \"17\"\n"
+        ))
+        .expect("config");
+        assert_eq!(c.sync.manager_precedence, ["bitrix24", "onec"]);
+        let b24 = c.sync.system("bitrix24").expect("bitrix24");
+        assert_eq!(b24.dedupe_key, DedupeKey::Inn);
+        assert_eq!(
+            c.sync.system("amocrm").map(|s| s.dedupe_key),
+            Some(DedupeKey::InnKpp)
+        );
+        assert_eq!(
+            b24.link("company", "29 19/?x").as_deref(),
+            Some("https://portal.example/crm/company/details/29%2019%2F%3Fx/")
+        );
+        assert_eq!(b24.link("deal", "1"), None);
+        let ids: Vec<_> = c.managers[0].user_ids().collect();
+        assert_eq!(
+            ids,
+            [
+                ("onec", "onec_user", "a1"),
+                ("bitrix24", "bitrix24_user_id", "17")
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_sync_and_manager_keys_stop_start_up_naming_key_and_file() {
+        let manager =
+            |extra: &str| format!("[[manager]]\nextension = \"244\"\nname = \"A\"\n{extra}");
+        for (text, key) in [
+            (
+                "[sync]\nmanager_precedence = [\"onec\", \"sap\"]\n".to_owned(),
+                "sync.manager_precedence",
+            ),
+            (
+                "[sync]\nmanager_precedence = [\"onec\", \"onec\"]\n".to_owned(),
+                "sync.manager_precedence",
+            ),
+            ("[sync.sap]\n".to_owned(), "sap"),
+            ("[sync.bitrix24]\ndedupe = \"inn\"\n".to_owned(), "dedupe"),
+            (
+                "[sync.bitrix24]\ndedupe_key = \"kpp\"\n".to_owned(),
+                "dedupe_key",
+            ),
+            (
+                "[sync.bitrix24]\nlink_templates = { company = \"javascript:alert({id})\" }\n"
+                    .to_owned(),
+                "sync.bitrix24.link_templates.company",
+            ),
+            (
+                "[sync.bitrix24]\nlink_templates = { company = \"https://portal/crm/\" }\n"
+                    .to_owned(),
+                "sync.bitrix24.link_templates.company",
+            ),
+            (
+                "[sync.amocrm]\nlink_templates = { company = \"https:///{id}\" }\n".to_owned(),
+                "sync.amocrm.link_templates.company",
+            ),
+            (
+                format!("{}{}", manager(""), manager("")),
+                "manager[1].extension",
+            ),
+            (
+                format!(
+                    "{}[[manager]]\nextension = \"245\"\nname = \"B\"\nbitrix24_user_id = \"7\"\n",
+                    manager("bitrix24_user_id = \"7\"\n")
+                ),
+                "manager[1].bitrix24_user_id",
+            ),
+            (
+                "[[manager]]\nextension = \"24 4a\"\nname = \"A\"\n".to_owned(),
+                "manager[0].extension",
+            ),
+            (manager("crm_user = \"1\"\n"), "crm_user"),
+            (
+                "[onec]\nodata_url = \"http://1c/odata\"\nmanager_ref_field = \"Ответственный/Key\"\n"
+                    .to_owned(),
+                "onec.manager_ref_field",
+            ),
+        ] {
+            let err = parse(&format!("{MINIMAL}{text}")).expect_err(key);
+            let msg = err.to_string();
+            assert!(msg.contains("gw.toml") && msg.contains(key), "{key}: {msg}");
+        }
+        // The same user id in two systems is two people, not a clash.
+        assert!(parse(&format!(
+            "{MINIMAL}{}[[manager]]\nextension = \"245\"\nname = \"B\"\namocrm_user_id = \"7\"\n",
+            manager("bitrix24_user_id = \"7\"\n")
+        ))
+        .is_ok());
     }
 
     #[test]

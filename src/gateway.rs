@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
-use crate::directory::Directory;
+use crate::directory::{self, Directory};
 use crate::http::{self, Front};
 use crate::metrics::Metrics;
 use crate::popup::{Hub, HubConfig};
@@ -86,11 +86,11 @@ pub struct Gateway {
     report: StartReport,
 }
 
-/// What syncing adds to a gateway: the sync store, the change feed and
-/// each system's CRM-only records.
+/// What syncing adds to a gateway: the sync store, and with a system
+/// registered the change feed and each system's CRM-only records.
 struct SyncParts {
     store: Store,
-    feed: Feed,
+    feed: Option<Feed>,
     crm: Vec<Arc<CrmRecords>>,
 }
 
@@ -140,12 +140,19 @@ impl Gateway {
         let sync = open_sync(&config, &metrics, &registry, &feed_settings)?;
         let directory = Directory::new(soap::say_name_payload)
             .counting_unusable_phones(metrics.directory_unusable_phones.clone())
-            .counting_invalid_requisites(metrics.directory_invalid_requisites.clone());
+            .counting_invalid_requisites(metrics.directory_invalid_requisites.clone())
+            .with_managers(managers(&config))
+            .counting_unmapped_managers(metrics.sync_unmapped_managers.clone());
         // The feed hears every change from the first source load on (the
         // snapshot's load is not a change; the start-up reconcile covers it).
         let directory = Arc::new(match &sync {
-            Some((parts, _)) => directory.reporting_changes(parts.feed.sink()),
-            None => directory,
+            Some((
+                SyncParts {
+                    feed: Some(feed), ..
+                },
+                _,
+            )) => directory.reporting_changes(feed.sink()),
+            _ => directory,
         });
         let health = Arc::new(SourceHealth::default());
         let hub = Arc::new(new_hub(&config, &metrics, &store).await?);
@@ -200,6 +207,10 @@ impl Gateway {
             load_snapshot(&config, &store, onec_store.as_ref(), &directory).await;
         if let Some((parts, _)) = &sync {
             snapshot_records += load_crm_snapshot(&parts.store, &registry, &directory).await;
+            // The CRMs' managers, links and numbers over the records just loaded.
+            if let Err(e) = crate::sources::overlays::load(&parts.store, &directory).await {
+                tracing::error!(error = %e, "CRM overlays not loaded from the sync store: records answer with their own managers until a CRM sets them again");
+            }
         }
         push.snapshot_loaded();
 
@@ -216,7 +227,7 @@ impl Gateway {
         // After the sources' first loads: the feed's start-up reconcile
         // compares the directory as it stands with the id-maps.
         let sync = match sync {
-            Some((mut parts, input)) => {
+            Some((mut parts, Some(input))) => {
                 for system in registry.systems() {
                     let records = Arc::new(CrmRecords::new(
                         system.name(),
@@ -239,6 +250,7 @@ impl Gateway {
                 sources.push(feed);
                 Some(parts)
             }
+            Some((parts, None)) => Some(parts),
             None => None,
         };
         sources.push(tokio::spawn(crate::store::keep_journal_for(
@@ -299,7 +311,7 @@ impl Gateway {
 
     /// The change feed, when a sync system is registered.
     pub fn sync_feed(&self) -> Option<&Feed> {
-        self.sync.as_ref().map(|s| &s.feed)
+        self.sync.as_ref().and_then(|s| s.feed.as_ref())
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -360,16 +372,21 @@ fn open_main_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreErr
     Store::open_with_options(&config.store.path, metrics.registry(), &options)
 }
 
-/// With a sync system registered: the sync store, and the change feed
-/// whose input [`sync::feed::spawn`] takes once the sources have loaded;
-/// `None` without one, or when the sync store does not open (logged).
+/// The sync parts, and the feed's input when a system is registered.
+type OpenedSync = (SyncParts, Option<sync::feed::FeedInput>);
+
+/// With a sync system registered or a `[sync.<system>]` configured: the
+/// sync store (its admin API, its overlays); with a system registered, also
+/// the change feed whose input [`sync::feed::spawn`] takes once the sources
+/// have loaded. `None` without either, or when the sync store does not open
+/// (logged): no sync file appears on an install that does not sync.
 fn open_sync(
     config: &Config,
     metrics: &Metrics,
     registry: &Registry,
     settings: &FeedSettings,
-) -> Result<Option<(SyncParts, sync::feed::FeedInput)>, StartError> {
-    if registry.is_empty() {
+) -> Result<Option<OpenedSync>, StartError> {
+    if registry.is_empty() && !config.sync.configured() {
         return Ok(None);
     }
     // A sync file that will not open costs no call: the gateway answers
@@ -385,17 +402,23 @@ fn open_sync(
             return Ok(None);
         }
     };
+    if registry.is_empty() {
+        let parts = SyncParts {
+            store,
+            feed: None,
+            crm: Vec::new(),
+        };
+        return Ok(Some((parts, None)));
+    }
     let feed_metrics =
         FeedMetrics::new(metrics.registry(), registry).map_err(StartError::Metrics)?;
     let (feed, input) = sync::feed::channel(settings, feed_metrics);
-    Ok(Some((
-        SyncParts {
-            store,
-            feed,
-            crm: Vec::new(),
-        },
-        input,
-    )))
+    let parts = SyncParts {
+        store,
+        feed: Some(feed),
+        crm: Vec::new(),
+    };
+    Ok(Some((parts, Some(input))))
 }
 
 /// The pop-up hub, with the configured operators' keys.
@@ -465,6 +488,7 @@ fn open_onec(
     )?;
     let onec = OnecSource::new(
         onec_config,
+        onec_users(config),
         Arc::clone(directory),
         onec_store.clone(),
         Arc::clone(health),
@@ -775,4 +799,42 @@ async fn read_snapshot(store: &Store, onec_store: Option<&Store>) -> Vec<SourceS
         }
     }
     snapshot
+}
+
+/// `[sync] manager_precedence` and `[[manager]]`'s user ids, as the
+/// directory maps CRM users (see `directory::overlay`).
+fn managers(config: &Config) -> directory::Managers {
+    let mut managers = directory::Managers::new(&config.sync.manager_precedence);
+    for m in &config.managers {
+        for (system, _, user_id) in m.user_ids() {
+            managers.map(
+                system,
+                user_id,
+                directory::Manager {
+                    extension: m.extension.trim().into(),
+                    name: m.name.trim().into(),
+                },
+            );
+        }
+    }
+    managers
+}
+
+/// `[[manager]] onec_user`: the 1C users `onec.manager_ref_field` names,
+/// with the extension and name their clients' calls go to.
+fn onec_users(config: &Config) -> onec::OnecUsers {
+    config
+        .managers
+        .iter()
+        .filter_map(|m| {
+            let user = m.onec_user.as_deref()?.trim();
+            Some((
+                user.to_owned(),
+                onec::OnecManager {
+                    extension: m.extension.trim().to_owned(),
+                    name: m.name.trim().to_owned(),
+                },
+            ))
+        })
+        .collect()
 }

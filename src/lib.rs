@@ -67,6 +67,7 @@ pub mod fuzzing {
             ogrn: Some("ОГРН".to_owned()),
             code: Some("Code".to_owned()),
             kind: Some("ЮрФизЛицо".to_owned()),
+            ..rows::FieldNames::default()
         };
         let catalog = rows::parse_catalog_page(data, &fields).unwrap_or_default();
         let mut contacts = rows::parse_contacts_page(data).unwrap_or_default();

@@ -114,6 +114,8 @@ pub struct Metrics {
     pub directory_unusable_phones: IntCounterVec,
     /// Handed to the directory, which counts as records enter.
     pub directory_invalid_requisites: IntCounterVec,
+    /// Handed to the directory, which sets it as CRM overlays are set.
+    pub sync_unmapped_managers: IntGaugeVec,
     pub incoming_calls_unknown_key: IntCounter,
     pub incoming_calls_undelivered: IntCounter,
     /// Per source (`file`, `onec`, `push`...), set when `/metrics` is scraped.
@@ -224,6 +226,13 @@ impl Metrics {
             ),
             &["source", "field"],
         ));
+        let sync_unmapped_managers = must(IntGaugeVec::new(
+            Opts::new(
+                "cti_sync_unmapped_managers",
+                "CRM users named as a record's responsible manager that no [[manager]] maps to an extension, by system: those records' calls go to the next manager by [sync] manager_precedence. Each user is logged once.",
+            ),
+            &["system"],
+        ));
         let incoming_calls_unknown_key = must(IntCounter::new(
             "cti_incoming_calls_unknown_key_total",
             "IncomingCall requests whose Key no [[operator]] has (answered 1 and journaled; logged at warn, at most once a minute per key). The one counter of these calls.",
@@ -278,6 +287,7 @@ impl Metrics {
             Box::new(directory_reloads.clone()),
             Box::new(directory_unusable_phones.clone()),
             Box::new(directory_invalid_requisites.clone()),
+            Box::new(sync_unmapped_managers.clone()),
             Box::new(incoming_calls_unknown_key.clone()),
             Box::new(incoming_calls_undelivered.clone()),
             Box::new(build_info),
@@ -306,6 +316,7 @@ impl Metrics {
             directory_reloads,
             directory_unusable_phones,
             directory_invalid_requisites,
+            sync_unmapped_managers,
             incoming_calls_unknown_key,
             incoming_calls_undelivered,
         }

@@ -263,7 +263,9 @@ impl Vats {
         let counterparty = self
             .find_caller(normalized)
             .await
-            .and_then(|e| match e.counterparty() {
+            // The card shows what a CRM's overlay adds (the effective
+            // manager, links, numbers); the journal keeps only the id.
+            .and_then(|e| match e.card() {
                 Ok(c) => Some(Arc::new(c)),
                 Err(err) => {
                     tracing::error!(id = e.id(), error = %err, request_id = %request, "directory entry unreadable; showing the caller as unknown");

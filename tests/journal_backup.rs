@@ -282,10 +282,10 @@ async fn the_backup_command_copies_a_live_store_while_calls_come_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_onec_the_backup_copies_every_store_file() {
+async fn with_onec_and_sync_the_backup_copies_every_store_file() {
     let mock = mock_onec::MockOnec::start().await;
     let onec = format!(
-        "\n[onec]\nodata_url = \"{}\"\nusername = \"{}\"\npassword = \"{}\"\nrefresh = \"1h\"\ntimeout = \"2s\"\n",
+        "\n[onec]\nodata_url = \"{}\"\nusername = \"{}\"\npassword = \"{}\"\nrefresh = \"1h\"\ntimeout = \"2s\"\n[sync.bitrix24]\n",
         mock.url(),
         mock_onec::USERNAME,
         mock_onec::PASSWORD

@@ -10,8 +10,9 @@
 //! typed token against a stale fragment, 200 calls (50 cards kept), a
 //! 300-letter name (wrapped), the sound and notification switch and the
 //! unread count (with the browser's notifications, sound and visibility
-//! stood in for), the retry countdown, and a token with `+` in a
-//! bookmark. Each page is checked to have run under
+//! stood in for), the retry countdown, a token with `+` in a
+//! bookmark, and a CRM's manager and links (a link opens in a new tab;
+//! a `javascript:` one is never a link). Each page is checked to have run under
 //! its Content-Security-Policy with no violation (no inline script or style
 //! is allowed) and with its stylesheet applied; one runs with
 //! `popup.allowed_origins` set to another site, which the page's own origin
@@ -1217,5 +1218,120 @@ async fn the_page_follows_a_seq_reset_of_a_replaced_store() {
     )
     .await;
     call_and_see(&mut browser, &gw, OPERATOR_KEY, "89165555555", 5, "Ромашка").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium; .ci/run installs it"]
+async fn a_crms_manager_and_links_are_shown_and_a_link_opens_but_never_a_javascript_one() {
+    use cti_gateway::directory::model::Link;
+    use cti_gateway::directory::{Overlay, OverlayManager};
+    let gw = start_with(
+        "{\"id\":\"l1\",\"name\":\"ООО Ссылка\",\"phones\":[\"84957770001\"]}\n",
+        "",
+    )
+    .await;
+    // What a CRM module would set: its manager, the record's page there
+    // (here a page of the gateway itself, so that it loads).
+    let page = format!("http://{}/healthz", gw.addr);
+    gw.gateway()
+        .directory()
+        .set_overlays(vec![(
+            "l1".into(),
+            Some(Overlay {
+                managers: vec![OverlayManager {
+                    system: "bitrix24".into(),
+                    extension: Some("301".into()),
+                    name: Some("Смирнова Ольга".into()),
+                    ..Default::default()
+                }],
+                links: vec![Link {
+                    system: "bitrix24".into(),
+                    kind: "company".into(),
+                    url: page.clone().into(),
+                }],
+                phones: vec![],
+            }),
+        )])
+        .expect("a valid overlay");
+    let mut browser = open_connected_page(&gw, OPERATOR_TOKEN).await;
+    incoming_call(&gw, "84957770001").await;
+    let state = browser.wait_for("the card", |s| s.cards.len() == 1).await;
+    let card = &state.cards[0];
+    assert_eq!(card.field("Менеджер"), Some("Смирнова Ольга"), "{card:#?}");
+    assert_eq!(card.field("Менеджер (доб.)"), Some("301"), "{card:#?}");
+    assert_eq!(card.field("Менеджер из"), Some("bitrix24"), "{card:#?}");
+    assert_eq!(card.field("Ссылки"), Some("bitrix24: company"), "{card:#?}");
+    let anchors = |selector: &str| {
+        format!(
+            "[...document.querySelectorAll({selector:?})].map((a) => [a.getAttribute('href'), a.target, a.rel])"
+        )
+    };
+    let found = browser.eval(&anchors("article.card a")).await;
+    assert_eq!(
+        found,
+        json!([[page, "_blank", "noopener noreferrer"]]),
+        "the card's links"
+    );
+
+    // The link opens in a new tab (a click with a user's gesture: the
+    // browser blocks a tab a script opens on its own).
+    browser
+        .call(
+            "Runtime.evaluate",
+            json!({
+                "expression": "document.querySelector('article.card a').click(), true",
+                "userGesture": true,
+            }),
+        )
+        .await;
+    let deadline = Instant::now() + PAGE_LIMIT;
+    loop {
+        let targets = browser.call("Target.getTargets", json!({})).await;
+        let opened = targets["targetInfos"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["type"] == "page" && t["url"] == page));
+        if opened {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no tab opened {page}: {targets}");
+        sleep(Duration::from_millis(50)).await;
+    }
+
+    // A message whose links are not http(s) (the gateway refuses them; a
+    // card must not trust that): none becomes a link, the good one does.
+    browser
+        .eval(
+            r#"showCall({seq: 1000, at: new Date().toISOString(), number: "+74957770002",
+                counterparty: {id: "x", name: "Злая ссылка", phones: [], links: [
+                  {system: "evil", kind: "a", url: "javascript:alert(1)"},
+                  {system: "evil", kind: "b", url: " JaVaScRiPt:alert(2)"},
+                  {system: "evil", kind: "c", url: "data:text/html,<script>alert(3)</script>"},
+                  {system: "evil", kind: "d", url: "//evil.example/"},
+                  {system: "good", kind: "e", url: "https://portal.example/crm/1/"}]}}), true"#,
+        )
+        .await;
+    let state = browser
+        .wait_for("the second card", |s| s.cards.len() == 2)
+        .await;
+    assert_eq!(
+        state.cards[0].field("Ссылки"),
+        Some("good: e"),
+        "{state:#?}"
+    );
+    let found = browser.eval(&anchors("article.card a")).await;
+    let hrefs: Vec<&str> = found
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|a| a[0].as_str())
+        .collect();
+    assert!(
+        hrefs
+            .iter()
+            .all(|h| h.starts_with("http://") || h.starts_with("https://")),
+        "{hrefs:?}"
+    );
+    assert!(state.csp_violations.is_empty(), "{state:#?}");
     browser.close().await;
 }

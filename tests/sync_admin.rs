@@ -27,7 +27,8 @@ async fn start_gateway() -> TestGateway {
     std::fs::write(dir.path().join("counterparties.jsonl"), DIRECTORY).expect("write directory");
     let listen = format!("127.0.0.1:{}", process::free_port());
     let config_path = dir.path().join("gateway.toml");
-    let text = config_text_on(dir.path(), &listen, "");
+    // A `[sync.<system>]` keeps the sync store, before any module runs.
+    let text = config_text_on(dir.path(), &listen, "\n[sync.bitrix24]\n");
     std::fs::write(&config_path, &text).expect("write config");
     let config = Config::parse(&text, &config_path, &|_| None).expect("test config is valid");
     let gateway = Gateway::start(config).await.expect("gateway starts");

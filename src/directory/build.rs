@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::entry::{Entry, Prepared};
-use super::keys::{by_id, ById};
+use super::keys::{by_id, overlay_of, ById, ByOverlay};
 use super::shards::Shards;
 use super::{Counterparty, Renderer};
 
@@ -54,13 +54,15 @@ const MIN_CHUNK: usize = 16_384;
 /// A record whose content is that of its entry in `previous` (the same
 /// source's set) keeps that entry's receive time: it was not received
 /// again, only read again. With the same change marker too, and `reuse`, it
-/// keeps the entry itself (nothing is rendered).
+/// keeps the entry itself (nothing is rendered), unless its id's overlay
+/// (in `overlays`) is not the one that entry was built with.
 pub(super) fn build_entries(
     records: Vec<Counterparty>,
     source: &Arc<str>,
     stamps: Stamps,
     render: Renderer,
     previous: &Shards<ById>,
+    overlays: &Shards<ByOverlay>,
     reuse: bool,
 ) -> Built {
     let records = stamps.attach(records);
@@ -70,16 +72,17 @@ pub(super) fn build_entries(
             .into_iter()
             .map(|(c, stamp)| {
                 let prepared = Prepared::new(c);
+                let overlay = overlay_of(overlays, prepared.id());
                 let old =
                     by_id(previous, prepared.id()).filter(|old| old.content == prepared.content);
                 if let Some(old) = old.filter(|_| reuse) {
-                    if old.data_version == prepared.data_version {
+                    if old.data_version == prepared.data_version && old.same_overlay(overlay) {
                         unchanged += 1;
                         return Arc::clone(old);
                     }
                 }
                 let stamp = old.map_or(stamp, |old| old.stamp);
-                let (entry, bad) = Entry::new(prepared, source, stamp, render);
+                let (entry, bad) = Entry::new(prepared, source, stamp, render, overlay);
                 unusable += bad;
                 Arc::new(entry)
             })

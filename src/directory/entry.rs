@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::overlay::{self, Applied};
 use super::{Counterparty, Renderer};
 use crate::phone::{self, PhoneKey};
 
@@ -44,6 +45,10 @@ pub struct Entry {
     /// the content last changed in this source. When two sources hold the
     /// same id, the newer content answers.
     pub(super) stamp: u64,
+    /// What CRMs add to the record (see [`overlay`]), applied to `say_name`,
+    /// `phones` and `has_manager`, never to `json`. One pointer: a record
+    /// without an overlay grows by no more.
+    pub(super) overlay: Option<Arc<Applied>>,
 }
 
 /// A record made ready for an entry: cleaned, its canonical JSON written
@@ -94,6 +99,7 @@ impl Entry {
         source: &Arc<str>,
         stamp: u64,
         render: Renderer,
+        overlay: Option<&Arc<Applied>>,
     ) -> (Entry, usize) {
         let Prepared {
             mut counterparty,
@@ -101,15 +107,6 @@ impl Entry {
             mut json,
             content,
         } = prepared;
-        let mut phones = Vec::with_capacity(counterparty.phones.len());
-        let mut unusable = 0;
-        for raw in &counterparty.phones {
-            match phone::normalize(raw) {
-                Some(key) if !phones.contains(&key) => phones.push(key),
-                Some(_) => {}
-                None => unusable += 1,
-            }
-        }
         // `data_version` is the model's last field: the canonical JSON with it
         // is the JSON without it, extended before the closing brace.
         if let (Some(version), Some(b'}')) = (&data_version, json.as_bytes().last()) {
@@ -119,40 +116,106 @@ impl Entry {
             json.push('}');
         }
         counterparty.data_version = data_version;
-        let Counterparty {
-            id,
-            inn,
-            kpp,
-            manager_phone,
-            data_version,
-            ..
-        } = &counterparty;
+        Entry::assemble(
+            counterparty,
+            json.into_boxed_str(),
+            content,
+            source,
+            stamp,
+            render,
+            overlay.cloned(),
+        )
+    }
+
+    /// This entry with `overlay` in place of its own: the same record
+    /// (JSON, content, receive time), rendered again. `None` if the JSON
+    /// no longer reads back, which only a bug could cause.
+    pub(super) fn with_overlay(
+        &self,
+        overlay: Option<Arc<Applied>>,
+        render: Renderer,
+    ) -> Option<Entry> {
+        let counterparty = self.counterparty().ok()?;
+        let (mut entry, _) = Entry::assemble(
+            counterparty,
+            self.json.clone(),
+            self.content,
+            &self.source,
+            self.stamp,
+            render,
+            overlay,
+        );
+        // The JSON's `data_version` is the entry's, as it was.
+        entry.data_version = self.data_version.clone();
+        Some(entry)
+    }
+
+    /// The entry of `counterparty` (its canonical JSON `json`), with the
+    /// overlay applied to what is rendered and indexed: its effective
+    /// manager, its numbers after the record's own.
+    fn assemble(
+        mut counterparty: Counterparty,
+        json: Box<str>,
+        content: u64,
+        source: &Arc<str>,
+        stamp: u64,
+        render: Renderer,
+        overlay: Option<Arc<Applied>>,
+    ) -> (Entry, usize) {
+        let mut phones = Vec::with_capacity(counterparty.phones.len());
+        let mut unusable = 0;
+        for raw in &counterparty.phones {
+            match phone::normalize(raw) {
+                Some(key) if !phones.contains(&key) => phones.push(key),
+                Some(_) => {}
+                None => unusable += 1,
+            }
+        }
+        if let Some(overlay) = &overlay {
+            // A CRM's number that is no number is its problem, not the
+            // source's: not counted as the source's unusable phones.
+            for key in overlay.phones.iter().filter_map(|p| phone::normalize(p)) {
+                if !phones.contains(&key) {
+                    phones.push(key);
+                }
+            }
+            overlay::apply(&mut counterparty, source, Some(overlay));
+        }
         let entry = Entry {
             say_name: render(&counterparty),
-            json: json.into_boxed_str(),
-            has_manager: manager_phone
+            json,
+            has_manager: counterparty
+                .manager_phone
                 .as_deref()
                 .is_some_and(|m| !m.trim().is_empty()),
-            id: id.clone(),
-            inn: inn.clone().filter(|i| !i.is_empty()),
-            kpp: kpp.as_deref().and_then(normalize_kpp),
+            id: counterparty.id,
+            inn: counterparty.inn.filter(|i| !i.is_empty()),
+            kpp: counterparty.kpp.as_deref().and_then(normalize_kpp),
             source: Arc::clone(source),
             phones: phones.into_boxed_slice(),
-            data_version: data_version.clone(),
+            data_version: counterparty.data_version,
             content,
             stamp,
+            overlay,
         };
         (entry, unusable)
     }
 
-    /// An entry outside any index (a live lookup's result), stamped now.
-    pub(super) fn detached(counterparty: Counterparty, source: &str, render: Renderer) -> Entry {
+    /// An entry outside any index (a live lookup's result), stamped now,
+    /// with the overlay its id has in the directory.
+    pub(super) fn detached(
+        counterparty: Counterparty,
+        source: &str,
+        render: Renderer,
+        overlay: Option<&Arc<Applied>>,
+    ) -> Entry {
         let source: Arc<str> = Arc::from(source);
         Entry::new(
             Prepared::new(counterparty),
             &source,
             unix_ms(SystemTime::now()),
             render,
+            overlay,
         )
         .0
     }
@@ -175,9 +238,40 @@ impl Entry {
         &self.json
     }
 
-    /// The full record, parsed back from its JSON.
+    /// The full record, parsed back from its JSON: the source's, without
+    /// what a CRM's overlay adds.
     pub fn counterparty(&self) -> Result<Counterparty, serde_json::Error> {
         serde_json::from_str(&self.json)
+    }
+
+    /// The record as the operator's card shows it: the effective manager
+    /// (`manager_phone`, `manager_name`, `manager_source`: its own, named by
+    /// its source, or a CRM's, by `[sync] manager_precedence`), the
+    /// overlay's links and numbers after the record's own.
+    pub fn card(&self) -> Result<Counterparty, serde_json::Error> {
+        let mut record = self.counterparty()?;
+        overlay::apply(&mut record, &self.source, self.overlay.as_deref());
+        Ok(record)
+    }
+
+    /// The manager calls for this record are routed to (see [`Entry::card`]).
+    pub fn manager(&self) -> Option<overlay::EffectiveManager> {
+        let record = self.counterparty().ok()?;
+        overlay::effective_manager(&record, &self.source, self.overlay.as_deref())
+    }
+
+    /// Whether a CRM's overlay is applied to this entry.
+    pub fn has_overlay(&self) -> bool {
+        self.overlay.is_some()
+    }
+
+    /// The same overlay (one `Arc`) as `other`, or both none.
+    pub(super) fn same_overlay(&self, other: Option<&Arc<Applied>>) -> bool {
+        match (&self.overlay, other) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 
     pub fn phones(&self) -> &[PhoneKey] {
@@ -206,7 +300,8 @@ impl Entry {
     }
 
     /// The ambiguity rule: when several counterparties list one phone, the
-    /// answer is the one that (1) has a responsible manager's extension, so the
+    /// answer is the one that (1) has a responsible manager's extension (its
+    /// effective manager's: a CRM's overlay may give one), so the
     /// PBX can route the call; then (2) lists that phone earlier among its own
     /// phones (a client's main number beats a shared office line listed
     /// later); then (3) has the lowest id in byte order, so the choice never

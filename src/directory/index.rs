@@ -16,7 +16,10 @@ use std::time::SystemTime;
 
 use super::build::{build_entries, Stamps};
 use super::entry::{unix_ms, Entry, Prepared};
-use super::keys::{by_id, by_inn, first_on_phone, tombstones_of, ById, ByInn, OnPhone};
+use super::keys::{
+    by_id, by_inn, first_on_phone, overlay_of, tombstones_of, ById, ByInn, ByOverlay, OnPhone,
+};
+use super::overlay::Applied;
 use super::shards::{hash_str, Edit, Sharded, Shards};
 use super::tombstone::{is_hidden, is_spent_by, Tombstone, Tombstones};
 use super::{Changes, Counterparty, Renderer, ReplaceReport};
@@ -54,6 +57,9 @@ pub(super) struct NewSet {
     /// Whether putting it in reports the ids it changed ([`Changes`]): not
     /// for a snapshot loaded at start-up, which is what the directory held.
     report_changes: bool,
+    /// The overlays' generation the entries were built with: when an
+    /// overlay was set since, [`Index::with_set`] applies it.
+    overlay_generation: u64,
 }
 
 /// Immutable lookup structures over all sources' records.
@@ -77,6 +83,16 @@ pub struct Index {
     phones: usize,
     /// Phones that more than one answering copy lists.
     ambiguous_phones: usize,
+    /// CRMs' overlays by record id, applied to every copy of the id.
+    overlays: Overlays,
+}
+
+/// The overlays and a count of their changes, so that a set built against
+/// older overlays is known to need them applied again.
+#[derive(Debug, Clone)]
+struct Overlays {
+    map: Shards<ByOverlay>,
+    generation: u64,
 }
 
 /// Whether copy `a` answers rather than copy `b` of the same id.
@@ -95,7 +111,22 @@ impl Index {
             by_inn: Shards::new(),
             phones: 0,
             ambiguous_phones: 0,
+            overlays: Overlays {
+                map: Shards::new(),
+                generation: 0,
+            },
         }
+    }
+
+    /// The overlay set for `id`, if any (kept whether or not a source holds
+    /// the record yet).
+    pub(super) fn overlay(&self, id: &str) -> Option<&Arc<Applied>> {
+        overlay_of(&self.overlays.map, id)
+    }
+
+    /// Ids with an overlay.
+    pub fn overlay_count(&self) -> usize {
+        self.overlays.map.len()
     }
 
     pub fn is_loaded(&self) -> bool {
@@ -235,7 +266,15 @@ impl Index {
         };
         let empty = Shards::new();
         let previous = self.set(source).map_or(&empty, |s| &s.entries);
-        let built = build_entries(records, &name, stamps, render, previous, reuse);
+        let built = build_entries(
+            records,
+            &name,
+            stamps,
+            render,
+            previous,
+            &self.overlays.map,
+            reuse,
+        );
         // One id twice in a set: the first record is the one kept.
         let entries = Shards::build(built.entries.into_iter().map(ById));
         NewSet {
@@ -249,17 +288,24 @@ impl Index {
             unusable_phones: built.unusable_phones,
             unchanged: built.unchanged,
             report_changes,
+            overlay_generation: self.overlays.generation,
         }
     }
 
     /// A new index: this one with `set` in place of its source's set.
     /// Costs the size of the set (to tell what changed) and then the size
-    /// of the change.
-    pub(super) fn with_set(&self, set: &NewSet) -> (Index, ReplaceReport) {
+    /// of the change. A set built before an overlay changed gets the
+    /// overlays as they are now (`render` renders those entries again).
+    pub(super) fn with_set(&self, set: &NewSet, render: Renderer) -> (Index, ReplaceReport) {
         let name = &set.info.name;
         let old = self.set(name).map(|s| &s.entries);
+        let entries = if set.overlay_generation == self.overlays.generation {
+            set.entries.clone()
+        } else {
+            self.with_current_overlays(&set.entries, render)
+        };
         let mut touched: Vec<&str> = Vec::new();
-        for ById(entry) in set.entries.iter() {
+        for ById(entry) in entries.iter() {
             let before = old.and_then(|o| by_id(o, &entry.id));
             if !before.is_some_and(|b| Arc::ptr_eq(b, entry)) {
                 touched.push(&entry.id);
@@ -267,7 +313,7 @@ impl Index {
         }
         if let Some(old) = old {
             for ById(entry) in old.iter() {
-                if by_id(&set.entries, &entry.id).is_none() {
+                if by_id(&entries, &entry.id).is_none() {
                     touched.push(&entry.id);
                 }
             }
@@ -277,7 +323,7 @@ impl Index {
         let mut tombstones = self.tombstones.edit();
         let mut spent = Vec::new();
         for t in self.tombstones.iter() {
-            if *t.source == **name && is_spent_by(t, by_id(&set.entries, &t.id).map(|e| &**e)) {
+            if *t.source == **name && is_spent_by(t, by_id(&entries, &t.id).map(|e| &**e)) {
                 tombstones.remove(t);
                 spent.push(t.clone());
                 touched.push(&t.id);
@@ -285,7 +331,7 @@ impl Index {
         }
         let sources = self.sources_with(SourceSet {
             info: set.info.clone(),
-            entries: set.entries.clone(),
+            entries: entries.clone(),
         });
         let index = self.derive(sources, tombstones.finish(), &touched, true);
         let changes = if set.report_changes {
@@ -295,6 +341,84 @@ impl Index {
         };
         let report = index.report(name, set.unusable_phones, set.unchanged, spent, changes);
         (index, report)
+    }
+
+    /// `entries` with each entry whose overlay is not its id's here built
+    /// again with it: O(entries) lookups, then O(overlays changed).
+    fn with_current_overlays(&self, entries: &Shards<ById>, render: Renderer) -> Shards<ById> {
+        let mut edit = entries.edit();
+        for ById(entry) in entries.iter() {
+            let overlay = self.overlay(&entry.id);
+            if !entry.same_overlay(overlay) {
+                if let Some(again) = entry.with_overlay(overlay.cloned(), render) {
+                    edit.insert(ById(Arc::new(again)));
+                }
+            }
+        }
+        edit.finish()
+    }
+
+    /// A new index: this one with `changes` made to the overlays (`None`
+    /// takes an id's overlay away), every source's copy of each id built
+    /// again with its new overlay, and the ids' answers chosen again. Costs
+    /// the size of the change. Also gives the overlays replaced, by id.
+    pub(super) fn with_overlays(
+        &self,
+        changes: &[(Box<str>, Option<Arc<Applied>>)],
+        render: Renderer,
+    ) -> (Index, Vec<Arc<Applied>>) {
+        let mut map = self.overlays.map.edit();
+        let mut replaced = Vec::new();
+        let mut touched: Vec<&str> = Vec::with_capacity(changes.len());
+        for (id, overlay) in changes {
+            let old = match overlay {
+                Some(overlay) => map.insert(ByOverlay(Arc::clone(overlay))),
+                None => match self.overlay(id) {
+                    Some(old) => map.remove(&ByOverlay(Arc::clone(old))),
+                    None => None,
+                },
+            };
+            replaced.extend(old.map(|o| o.0));
+            touched.push(id);
+        }
+        let overlays = Overlays {
+            map: map.finish(),
+            generation: self.overlays.generation + 1,
+        };
+        let sources = self
+            .sources
+            .iter()
+            .map(|set| {
+                let mut entries = set.entries.edit();
+                let mut changed = false;
+                for id in &touched {
+                    let Some(entry) = by_id(&set.entries, id) else {
+                        continue;
+                    };
+                    let overlay = overlay_of(&overlays.map, id);
+                    if entry.same_overlay(overlay) {
+                        continue;
+                    }
+                    if let Some(again) = entry.with_overlay(overlay.cloned(), render) {
+                        entries.insert(ById(Arc::new(again)));
+                        changed = true;
+                    }
+                }
+                SourceSet {
+                    info: set.info.clone(),
+                    entries: if changed {
+                        entries.finish()
+                    } else {
+                        set.entries.clone()
+                    },
+                }
+            })
+            .collect();
+        let index = Index {
+            overlays,
+            ..self.derive(sources, self.tombstones.clone(), &touched, self.loaded)
+        };
+        (index, replaced)
     }
 
     /// A new index: this one with `upserts` added to (or replacing records of
@@ -321,6 +445,7 @@ impl Index {
             Stamps::All(unix_ms(at)),
             render,
             previous,
+            &self.overlays.map,
             true,
         );
         let mut entries = previous.edit();
@@ -453,7 +578,7 @@ impl Index {
     ) -> Index {
         let total: usize = sources.iter().map(|s| s.entries.len()).sum();
         let mut index = if touched.len() >= BULK_MIN && touched.len() * BULK_SHARE > total {
-            Index::build(sources, tombstones)
+            Index::build(sources, tombstones, self.overlays.clone())
         } else {
             self.update(sources, tombstones, touched)
         };
@@ -500,11 +625,12 @@ impl Index {
             by_inn: answers.by_inn.finish(),
             phones: answers.phones,
             ambiguous_phones: answers.ambiguous_phones,
+            overlays: self.overlays.clone(),
         }
     }
 
     /// [`Index::derive`] in one pass over every source's set.
-    fn build(sources: Vec<SourceSet>, tombstones: Tombstones) -> Index {
+    fn build(sources: Vec<SourceSet>, tombstones: Tombstones, overlays: Overlays) -> Index {
         let capacity: usize = sources.iter().map(|s| s.entries.len()).sum();
         let mut answering: HashMap<&str, &Arc<Entry>> = HashMap::with_capacity(capacity);
         for set in &sources {
@@ -562,6 +688,7 @@ impl Index {
             by_inn,
             phones,
             ambiguous_phones,
+            overlays,
         }
     }
 }

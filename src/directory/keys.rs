@@ -7,6 +7,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use super::entry::Entry;
+use super::overlay::Applied;
 use super::shards::{hash_str, Sharded, Shards};
 use super::tombstone::Tombstone;
 use crate::phone::{PhoneKey, PhoneKeyHashing};
@@ -114,4 +115,26 @@ pub(super) fn tombstones_of<'a>(map: &'a Shards<Tombstone>, id: &str) -> &'a [To
     let start = leaf.partition_point(|t| &*t.id < id);
     let end = start + leaf[start..].partition_point(|t| &*t.id == id);
     &leaf[start..end]
+}
+
+/// A CRM's overlay, keyed by the id of the record it is for (held whether
+/// or not a source has that record yet).
+#[derive(Clone, Debug)]
+pub(super) struct ByOverlay(pub(super) Arc<Applied>);
+
+impl Sharded for ByOverlay {
+    fn shard_hash(&self) -> u64 {
+        hash_str(&self.0.id)
+    }
+    fn order(&self, other: &Self) -> Ordering {
+        self.0.id.cmp(&other.0.id)
+    }
+}
+
+/// The overlay of `id`, if any.
+pub(super) fn overlay_of<'a>(map: &'a Shards<ByOverlay>, id: &str) -> Option<&'a Arc<Applied>> {
+    let leaf = map.leaf(hash_str(id));
+    leaf.binary_search_by(|o| (*o.0.id).cmp(id))
+        .ok()
+        .map(|i| &leaf[i].0)
 }

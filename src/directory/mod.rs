@@ -25,10 +25,12 @@ mod entry;
 mod index;
 mod keys;
 pub mod model;
+pub mod overlay;
 pub mod requisites;
 mod shards;
 mod tombstone;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -37,9 +39,11 @@ use arc_swap::ArcSwap;
 pub use entry::Entry;
 pub use index::{Index, SourceInfo};
 pub use model::Counterparty;
+pub use overlay::{EffectiveManager, Manager, Managers, Overlay, OverlayManager};
 
 pub use tombstone::Tombstone;
 
+use crate::logging;
 use crate::phone::PhoneKey;
 
 /// Renders the ready-made SayName answer payload of a record.
@@ -124,6 +128,28 @@ pub struct Directory {
     invalid_requisites: Option<prometheus::IntCounterVec>,
     /// Who hears of the changes (the change feed), when someone does.
     changes: Option<ChangeSink>,
+    /// `[[manager]]` and `manager_precedence`, applied to overlays when set.
+    managers: Arc<Managers>,
+    /// CRM users that overlays name and no `[[manager]]` maps.
+    unmapped: Mutex<UnmappedUsers>,
+    /// `cti_sync_unmapped_managers{system}`, when one is handed over.
+    unmapped_gauge: Option<prometheus::IntGaugeVec>,
+}
+
+/// The CRM users overlays name that no `[[manager]]` maps: how many
+/// overlays name each, and which were logged (once each).
+#[derive(Default)]
+struct UnmappedUsers {
+    overlays: HashMap<(Box<str>, Box<str>), usize>,
+    logged: HashSet<(Box<str>, Box<str>)>,
+}
+
+/// An overlay the directory refused: whose, which field, why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("overlay of id {id:?}: {problem}")]
+pub struct OverlayError {
+    pub id: Box<str>,
+    pub problem: model::FieldError,
 }
 
 /// The records of a change or a set whose requisites fail
@@ -185,7 +211,107 @@ impl Directory {
             unusable_phones: None,
             invalid_requisites: None,
             changes: None,
+            managers: Arc::new(Managers::default()),
+            unmapped: Mutex::new(UnmappedUsers::default()),
+            unmapped_gauge: None,
         }
+    }
+
+    /// Maps CRM users to extensions and ranks managers by this (see
+    /// [`overlay`]); for overlays set from now on.
+    pub fn with_managers(mut self, managers: Managers) -> Directory {
+        self.managers = Arc::new(managers);
+        self
+    }
+
+    /// Sets `cti_sync_unmapped_managers{system}`: how many CRM users that
+    /// overlays name have no `[[manager]]`.
+    pub fn counting_unmapped_managers(mut self, gauge: prometheus::IntGaugeVec) -> Directory {
+        self.unmapped_gauge = Some(gauge);
+        self
+    }
+
+    /// Sets, replaces (`Some`) or takes away (`None`) the overlays of these
+    /// ids, mapping the CRMs' users to extensions now (see [`overlay`]), and
+    /// swaps in the index where every copy of those ids carries its new
+    /// overlay: no reader sees a number an overlay adds unknown, or twice.
+    /// An id no source holds keeps its overlay until a record of it comes.
+    /// Costs the size of the change. Refuses the whole change if an
+    /// overlay breaks the model's bounds. Gives the number of ids changed.
+    pub fn set_overlays(
+        &self,
+        changes: Vec<(Box<str>, Option<Overlay>)>,
+    ) -> Result<usize, OverlayError> {
+        let mut applied = Vec::with_capacity(changes.len());
+        for (id, overlay) in changes {
+            let overlay = match overlay {
+                Some(mut overlay) => {
+                    if let Err(problem) = overlay.validate() {
+                        return Err(OverlayError { id, problem });
+                    }
+                    // What reaches a card is clean, as a source's records are.
+                    for m in &mut overlay.managers {
+                        m.name = m.name.take().map(|n| model::clean_text(&n).trim().into());
+                    }
+                    for p in &mut overlay.phones {
+                        *p = model::clean_text(p).trim().into();
+                    }
+                    Some(Arc::new(self.managers.apply(&id, overlay)))
+                }
+                None => None,
+            };
+            applied.push((id, overlay));
+        }
+        let replaced = self.write(|base| base.with_overlays(&applied, self.render));
+        self.count_unmapped(&replaced, &applied);
+        Ok(applied.len())
+    }
+
+    /// Updates `cti_sync_unmapped_managers`: the `replaced` overlays' users
+    /// count no more, the new ones' do; a user is logged the first time.
+    fn count_unmapped(
+        &self,
+        replaced: &[Arc<overlay::Applied>],
+        set: &[(Box<str>, Option<Arc<overlay::Applied>>)],
+    ) {
+        let mut unmapped = self.unmapped.lock().unwrap_or_else(|p| p.into_inner());
+        let mut systems: HashSet<Box<str>> = HashSet::new();
+        for user in replaced.iter().flat_map(|o| o.unmapped.iter()) {
+            if let Some(n) = unmapped.overlays.get_mut(user) {
+                *n -= 1;
+                if *n == 0 {
+                    unmapped.overlays.remove(user);
+                }
+            }
+            systems.insert(user.0.clone());
+        }
+        for (id, overlay) in set {
+            for user in overlay.iter().flat_map(|o| o.unmapped.iter()) {
+                *unmapped.overlays.entry(user.clone()).or_default() += 1;
+                systems.insert(user.0.clone());
+                if unmapped.logged.insert(user.clone()) {
+                    tracing::warn!(
+                        system = %logging::Escaped(&user.0),
+                        user_id = %logging::Escaped(&user.1),
+                        id = %logging::Escaped(id),
+                        "a CRM names a responsible user no [[manager]] maps: their records' calls go to the next manager by [sync] manager_precedence (add a [[manager]] with this user id; logged once per user, counted in cti_sync_unmapped_managers)"
+                    );
+                }
+            }
+        }
+        if let Some(gauge) = &self.unmapped_gauge {
+            for system in systems {
+                let users = unmapped.overlays.keys().filter(|k| k.0 == system).count();
+                gauge
+                    .with_label_values(&[&*system])
+                    .set(i64::try_from(users).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// Whether `id` has an overlay (whether or not a source holds it yet).
+    pub fn has_overlay(&self, id: &str) -> bool {
+        self.current.load().overlay(id).is_some()
     }
 
     /// Hands every non-empty [`Changes`] report to `sink` (see [`ChangeSink`]).
@@ -434,7 +560,7 @@ impl Directory {
         // swapped meanwhile makes this try again on its index.
         for _ in 0..OPTIMISTIC_TRIES {
             let base = self.current.load_full();
-            let (index, report) = base.with_set(&set);
+            let (index, report) = base.with_set(&set, self.render);
             if self.swap(&base, index) {
                 return self.replaced(report);
             }
@@ -446,7 +572,7 @@ impl Directory {
             tries = OPTIMISTIC_TRIES,
             "directory: a whole-set replacement kept losing to concurrent changes; changes now wait for it"
         );
-        let report = self.write(|base| base.with_set(&set));
+        let report = self.write(|base| base.with_set(&set, self.render));
         self.replaced(report)
     }
 
@@ -527,7 +653,9 @@ impl Directory {
     /// An entry for a record that is not (yet) in the directory, rendered
     /// like the directory's own: what a live lookup answers with.
     pub fn prepare_entry(&self, source: &str, record: Counterparty) -> Arc<Entry> {
-        Arc::new(Entry::detached(record, source, self.render))
+        let index = self.current.load();
+        let overlay = index.overlay(&record.id);
+        Arc::new(Entry::detached(record, source, self.render, overlay))
     }
 }
 
@@ -886,6 +1014,220 @@ mod tests {
             "the file's copy stays in its set, hidden: {counts:?}"
         );
         assert_eq!(index.len(), 1);
+    }
+
+    fn render_with_manager(c: &Counterparty) -> Box<[u8]> {
+        format!("{}/{}", c.name, c.manager_phone.as_deref().unwrap_or("-"))
+            .into_bytes()
+            .into()
+    }
+
+    fn crm_overlay(user: &str, phones: &[&str]) -> Overlay {
+        Overlay {
+            managers: vec![OverlayManager {
+                system: "bitrix24".into(),
+                user_id: Some(user.into()),
+                ..Default::default()
+            }],
+            links: vec![],
+            phones: phones.iter().map(|p| (*p).into()).collect(),
+        }
+    }
+
+    fn crm_directory(precedence: &[&str]) -> Directory {
+        let mut managers = Managers::new(precedence.iter().copied());
+        for (user, ext) in [("17", "301"), ("18", "302")] {
+            managers.map(
+                "bitrix24",
+                user,
+                Manager {
+                    extension: ext.into(),
+                    name: format!("user {user}").into(),
+                },
+            );
+        }
+        Directory::new(render_with_manager).with_managers(managers)
+    }
+
+    fn answer(dir: &Directory, phone: &str) -> Option<String> {
+        let e = dir.lookup_phone(normalize(phone)?)?;
+        Some(String::from_utf8_lossy(&e.say_name).into_owned())
+    }
+
+    #[test]
+    fn an_overlay_is_applied_to_the_answer_and_reapplied_when_it_changes() {
+        let dir = crm_directory(&["bitrix24", "onec"]);
+        dir.replace_source(
+            "onec",
+            vec![
+                cp("1", "A", &["89160000001"], Some("244")),
+                cp("2", "B", &["89160000002"], Some("245")),
+            ],
+            None,
+            SystemTime::now(),
+        );
+        let untouched = dir.lookup_id("2").expect("2");
+        dir.set_overlays(vec![(
+            "1".into(),
+            Some(crm_overlay("17", &["89160000011"])),
+        )])
+        .expect("valid overlay");
+        assert_eq!(answer(&dir, "89160000001").as_deref(), Some("A/301"));
+        assert_eq!(answer(&dir, "89160000011").as_deref(), Some("A/301"));
+        assert!(
+            Arc::ptr_eq(&untouched, &dir.lookup_id("2").expect("2")),
+            "only the overlay's id is rebuilt"
+        );
+        // The JSON stays the source's: no CRM value in what is stored.
+        let entry = dir.lookup_id("1").expect("1");
+        assert!(!entry.json().contains("301") && !entry.json().contains("89160000011"));
+        let card = entry.card().expect("card");
+        assert_eq!(card.manager_source.as_deref(), Some("bitrix24"));
+        assert_eq!(card.manager_name.as_deref(), Some("user 17"));
+        // A new responsible user.
+        dir.set_overlays(vec![("1".into(), Some(crm_overlay("18", &[])))])
+            .expect("valid overlay");
+        assert_eq!(answer(&dir, "89160000001").as_deref(), Some("A/302"));
+        assert_eq!(answer(&dir, "89160000011"), None);
+        // A refresh with the same content keeps the overlay (and the entry).
+        let before = dir.lookup_id("1").expect("1");
+        let report = dir.replace_source(
+            "onec",
+            vec![
+                cp("1", "A", &["89160000001"], Some("244")),
+                cp("2", "B", &["89160000002"], Some("245")),
+            ],
+            None,
+            SystemTime::now(),
+        );
+        assert_eq!(report.unchanged, 2);
+        assert!(Arc::ptr_eq(&before, &dir.lookup_id("1").expect("1")));
+        // A changed record gets it too; a push's copy of the id as well.
+        dir.apply_changes(
+            "push",
+            vec![cp("1", "A2", &["89160000001"], Some("244"))],
+            &[],
+            &[],
+            SystemTime::now(),
+        );
+        assert_eq!(answer(&dir, "89160000001").as_deref(), Some("A2/302"));
+        // Taken away: the record's own manager again.
+        dir.set_overlays(vec![("1".into(), None)]).expect("removal");
+        assert_eq!(answer(&dir, "89160000001").as_deref(), Some("A2/244"));
+        assert!(!dir.has_overlay("1"));
+    }
+
+    #[test]
+    fn the_records_own_manager_answers_when_its_source_ranks_first() {
+        let dir = crm_directory(&["onec", "bitrix24"]);
+        dir.replace_source(
+            "onec",
+            vec![cp("1", "A", &["89160000001"], Some("244"))],
+            None,
+            SystemTime::now(),
+        );
+        dir.set_overlays(vec![("1".into(), Some(crm_overlay("17", &[])))])
+            .expect("valid overlay");
+        assert_eq!(answer(&dir, "89160000001").as_deref(), Some("A/244"));
+        // An unmapped user gives no extension: the record's own answers
+        // even where the CRM ranks first, and the gauge counts the user.
+        let gauge =
+            prometheus::IntGaugeVec::new(prometheus::Opts::new("g", "g"), &["system"]).expect("g");
+        let dir = crm_directory(&["bitrix24", "onec"]).counting_unmapped_managers(gauge.clone());
+        dir.replace_source(
+            "onec",
+            vec![cp("1", "A", &["89160000001"], Some("244"))],
+            None,
+            SystemTime::now(),
+        );
+        dir.set_overlays(vec![("1".into(), Some(crm_overlay("99", &[])))])
+            .expect("valid overlay");
+        assert_eq!(answer(&dir, "89160000001").as_deref(), Some("A/244"));
+        assert_eq!(gauge.with_label_values(&["bitrix24"]).get(), 1);
+        dir.set_overlays(vec![("1".into(), Some(crm_overlay("17", &[])))])
+            .expect("valid overlay");
+        assert_eq!(gauge.with_label_values(&["bitrix24"]).get(), 0);
+        assert_eq!(answer(&dir, "89160000001").as_deref(), Some("A/301"));
+    }
+
+    #[test]
+    fn an_overlay_waits_for_its_record_and_a_set_built_before_it_gets_it() {
+        let dir = crm_directory(&["bitrix24", "onec"]);
+        dir.set_overlays(vec![("1".into(), Some(crm_overlay("17", &[])))])
+            .expect("valid overlay");
+        assert!(dir.has_overlay("1") && dir.lookup_id("1").is_none());
+        dir.replace_source(
+            "onec",
+            vec![cp("1", "A", &["89160000001"], None)],
+            None,
+            SystemTime::now(),
+        );
+        assert_eq!(answer(&dir, "89160000001").as_deref(), Some("A/301"));
+        // A whole set prepared before an overlay changed (a 1C read on its
+        // own thread) is swapped in with the overlay as it is now.
+        let set = dir.current.load().prepare_set(
+            "onec",
+            vec![
+                cp("1", "A", &["89160000001"], None),
+                cp("2", "B", &[], None),
+            ],
+            None,
+            SystemTime::now(),
+            None,
+            dir.render,
+            true,
+        );
+        dir.set_overlays(vec![("1".into(), Some(crm_overlay("18", &[])))])
+            .expect("valid overlay");
+        let (index, _) = dir.current.load().with_set(&set, dir.render);
+        let entry = index.by_id("1").expect("1");
+        assert_eq!(&*entry.say_name, b"A/302");
+    }
+
+    #[test]
+    fn the_shared_phone_rule_looks_at_the_effective_manager() {
+        let dir = crm_directory(&["onec", "bitrix24"]);
+        dir.replace_source(
+            "onec",
+            vec![
+                cp("a", "A", &["89160000001"], None),
+                cp("b", "B", &["89160000001"], None),
+            ],
+            None,
+            SystemTime::now(),
+        );
+        assert_eq!(answer(&dir, "89160000001").as_deref(), Some("A/-"));
+        dir.set_overlays(vec![("b".into(), Some(crm_overlay("17", &[])))])
+            .expect("valid overlay");
+        assert_eq!(answer(&dir, "89160000001").as_deref(), Some("B/301"));
+    }
+
+    #[test]
+    fn an_overlay_with_a_javascript_link_is_refused_naming_the_id() {
+        let dir = crm_directory(&["onec"]);
+        let mut overlay = crm_overlay("17", &[]);
+        overlay.links.push(model::Link {
+            system: "bitrix24".into(),
+            kind: "company".into(),
+            url: "javascript:alert(1)".into(),
+        });
+        let err = dir
+            .set_overlays(vec![("1".into(), Some(overlay))])
+            .expect_err("refused");
+        assert_eq!((&*err.id, err.problem.field), ("1", "links"));
+        assert!(!dir.has_overlay("1"));
+    }
+
+    #[test]
+    fn an_entry_grows_by_one_pointer_for_its_overlay_and_one_word_for_its_kpp() {
+        // 136 bytes before overlays and KPPs: the overlay's pointer and the
+        // KPP's nine bytes in place (with `has_manager`, 16 bytes where the
+        // flag took 8) may grow a million entries by 16 MB, no more.
+        assert!(
+            std::mem::size_of::<Entry>() <= 136 + 2 * std::mem::size_of::<usize>(),
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
     }
 
     #[test]

@@ -224,7 +224,7 @@ impl Counterparty {
 impl Link {
     /// Names of a system and kind, and an `http(s)://` URL with a host,
     /// without spaces or control characters (it becomes an `href`).
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if !is_system_name(&self.system) {
             return Err(format!(
                 "`system` {:?} is not a system name (1-{MAX_NAME_LEN} lowercase Latin letters, digits, _ or -)",
@@ -294,7 +294,7 @@ fn is_unclean(c: char) -> bool {
         )
 }
 
-fn clean_text(text: &str) -> String {
+pub(crate) fn clean_text(text: &str) -> String {
     text.chars()
         .filter_map(|c| match c {
             '\n' | '\r' | '\t' | '\u{2028}' | '\u{2029}' => Some(' '),

@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::directory::model::Link;
 use crate::directory::Counterparty;
 
 /// An incoming call as the SOAP handler hands it to the hub.
@@ -90,6 +91,13 @@ struct Card<'a> {
     manager_phone: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     manager_name: Option<&'a str>,
+    /// Which system named the manager (`onec`, `bitrix24`...): with a CRM's
+    /// overlay, the effective manager's (`[sync] manager_precedence`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manager_source: Option<&'a str>,
+    /// The record's pages in other systems, flat: its own, then a CRM's.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    links: &'a [Link],
     /// Always present (maybe empty), as in the counterparty JSON shape.
     phones: &'a [Box<str>],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
@@ -108,6 +116,8 @@ impl<'a> Card<'a> {
             category: c.category,
             manager_phone: c.manager_phone.as_deref(),
             manager_name: c.manager_name.as_deref(),
+            manager_source: c.manager_source.as_deref(),
+            links: &c.links,
             phones: &c.phones,
             emails: &c.emails,
             address: c.address.as_deref(),
@@ -273,6 +283,40 @@ mod tests {
         assert!(
             !body.contains("manager_name") && !body.contains("address"),
             "{body}"
+        );
+    }
+
+    #[test]
+    fn the_card_carries_links_and_the_managers_source_when_set() {
+        let card = Counterparty {
+            id: "a1".into(),
+            name: "Чиж".into(),
+            manager_phone: Some("301".into()),
+            manager_name: Some("Смирнова Ольга".into()),
+            manager_source: Some("bitrix24".into()),
+            links: vec![Link {
+                system: "bitrix24".into(),
+                kind: "company".into(),
+                url: "https://portal.example/crm/company/details/2919/".into(),
+            }]
+            .into(),
+            ..Counterparty::default()
+        };
+        let body = encode_body(
+            "k",
+            &CallEvent {
+                at: UNIX_EPOCH,
+                number: "+79235292926".into(),
+                raw_number: "89235292926".into(),
+                counterparty: Some(Arc::new(card)),
+            },
+        )
+        .expect("encoded");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["counterparty"]["manager_source"], "bitrix24");
+        assert_eq!(
+            v["counterparty"]["links"],
+            serde_json::json!([{"system": "bitrix24", "kind": "company", "url": "https://portal.example/crm/company/details/2919/"}])
         );
     }
 

@@ -10,6 +10,7 @@ pub(crate) mod changes;
 pub mod file;
 mod low_priority;
 pub mod onec;
+pub mod overlays;
 pub mod push;
 
 /// The lowest-priority worker: also the sync feed's (its reconcile reads

@@ -1,5 +1,5 @@
 //! Incremental against full: random histories of whole-set replacements,
-//! changes, deletes and restarts, where after every step the index the
+//! changes, deletes, CRM overlays set and taken away, and restarts, where after every step the index the
 //! directory made change by change must answer every phone, id and INN as
 //! an index built in one pass from the same sets and tombstones does.
 //!
@@ -11,8 +11,10 @@ use std::time::{Duration, SystemTime};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use std::collections::BTreeMap;
+
 use super::*;
-use crate::directory::Directory;
+use crate::directory::{Directory, Overlay, OverlayManager};
 use crate::phone::normalize;
 
 const SOURCES: [&str; 3] = ["file", "onec", "push"];
@@ -21,8 +23,41 @@ const IDS: u32 = 40;
 const PHONES: u32 = 16;
 const INNS: u32 = 6;
 
+/// The name and the (effective) manager: an overlay's manager shows.
 fn render(c: &Counterparty) -> Box<[u8]> {
-    c.name.as_bytes().into()
+    format!("{}/{}", c.name, c.manager_phone.as_deref().unwrap_or("-"))
+        .into_bytes()
+        .into()
+}
+
+/// An overlay of a CRM whose manager (by extension, or none) may outrank
+/// the record's own, with numbers of the universe the record may lack.
+fn overlay(rng: &mut StdRng) -> Overlay {
+    let system = ["bitrix24", "amocrm"][rng.random_range(0..2)];
+    let phones = (0..rng.random_range(0..3))
+        .map(|_| {
+            let n = rng.random_range(0..PHONES);
+            phone(rng, n)
+        })
+        .collect();
+    Overlay {
+        managers: vec![OverlayManager {
+            system: system.into(),
+            extension: rng
+                .random_bool(0.7)
+                .then(|| format!("3{}", rng.random_range(0..3)).into()),
+            ..Default::default()
+        }],
+        links: vec![],
+        phones,
+    }
+}
+
+/// A directory where bitrix24 outranks the sources and amocrm ranks last.
+fn directory() -> Directory {
+    Directory::new(render).with_managers(crate::directory::Managers::new([
+        "bitrix24", "onec", "push", "file",
+    ]))
 }
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -85,7 +120,11 @@ fn who(e: Option<&Arc<Entry>>) -> Option<(String, String, u64, u64)> {
 
 /// Every answer of `index` against those of a one-pass build of its sets.
 fn check_against_full_build(index: &Index, step: &str) {
-    let full = Index::build(index.sources.clone(), index.tombstones.clone());
+    let full = Index::build(
+        index.sources.clone(),
+        index.tombstones.clone(),
+        index.overlays.clone(),
+    );
     for n in 0..PHONES {
         let key = normalize(&format!("8916000{n:04}")).expect("a phone");
         assert_eq!(
@@ -114,13 +153,24 @@ fn check_against_full_build(index: &Index, step: &str) {
         (full.len(), full.phone_count(), full.ambiguous_phones()),
         "counts after {step}"
     );
+    // Every copy carries its id's overlay as the index holds it now.
+    for set in &index.sources {
+        for ById(e) in set.entries.iter() {
+            assert!(
+                e.same_overlay(index.overlay(&e.id)),
+                "id {} of {} has a stale overlay after {step}",
+                e.id,
+                set.info.name
+            );
+        }
+    }
 }
 
 /// The directory a restart makes: the tombstones, then each source's set
 /// with its receive times, in a random order of sources.
-fn restarted(dir: &Directory, rng: &mut StdRng) -> Directory {
+fn restarted(dir: &Directory, overlays: &BTreeMap<u32, Overlay>, rng: &mut StdRng) -> Directory {
     let old = dir.snapshot();
-    let again = Directory::new(render);
+    let again = directory();
     again.set_tombstones(&old.tombstones());
     let mut sets: Vec<&SourceInfo> = old.sources().collect();
     for i in (1..sets.len()).rev() {
@@ -135,12 +185,19 @@ fn restarted(dir: &Directory, rng: &mut StdRng) -> Directory {
         let received = entries.iter().map(|e| Some(e.stamp)).collect();
         again.replace_source_received(&info.name, records, received, None, info.loaded_at);
     }
+    // The stored overlays, set again after the snapshot (as at start).
+    let stored = overlays
+        .iter()
+        .map(|(id, o)| (id.to_string().into(), Some(o.clone())))
+        .collect();
+    again.set_overlays(stored).expect("valid overlays");
     again
 }
 
 fn play(seed: u64, steps: usize) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut dir = Directory::new(render);
+    let mut dir = directory();
+    let mut overlays: BTreeMap<u32, Overlay> = BTreeMap::new();
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let mut clock = 0u64;
     for step in 0..steps {
@@ -149,7 +206,7 @@ fn play(seed: u64, steps: usize) {
         clock += rng.random_range(0..2);
         let at = t0 + Duration::from_millis(clock);
         let source = SOURCES[rng.random_range(0..SOURCES.len())];
-        let what = match rng.random_range(0..10) {
+        let what = match rng.random_range(0..12) {
             0..=2 => {
                 let ids = some_ids(&mut rng, IDS);
                 let records = ids.iter().map(|&id| record(&mut rng, id)).collect();
@@ -168,8 +225,20 @@ fn play(seed: u64, steps: usize) {
                 dir.apply_changes(source, vec![], std::slice::from_ref(&id), &buried, at);
                 format!("deleting {id} through {source}")
             }
+            9..=10 => {
+                let id = rng.random_range(0..IDS);
+                let change = rng.random_bool(0.75).then(|| overlay(&mut rng));
+                match &change {
+                    Some(o) => overlays.insert(id, o.clone()),
+                    None => overlays.remove(&id),
+                };
+                let what = format!("overlay of {id}: {change:?}");
+                dir.set_overlays(vec![(id.to_string().into(), change)])
+                    .expect("a valid overlay");
+                what
+            }
             _ => {
-                let again = restarted(&dir, &mut rng);
+                let again = restarted(&dir, &overlays, &mut rng);
                 let (before, after) = (dir.snapshot(), again.snapshot());
                 for n in 0..PHONES {
                     let key = normalize(&format!("8916000{n:04}")).expect("a phone");
@@ -177,6 +246,11 @@ fn play(seed: u64, steps: usize) {
                         who(before.by_phone(key)),
                         who(after.by_phone(key)),
                         "seed {seed} step {step}: a restart changed phone {n}'s answer"
+                    );
+                    assert_eq!(
+                        before.by_phone(key).map(|e| e.say_name.clone()),
+                        after.by_phone(key).map(|e| e.say_name.clone()),
+                        "seed {seed} step {step}: a restart changed phone {n}'s SayName"
                     );
                 }
                 dir = again;
@@ -198,7 +272,7 @@ fn changes_made_one_by_one_answer_as_a_build_from_scratch_does() {
 #[test]
 fn a_large_change_is_built_in_one_pass_and_answers_the_same() {
     // Past the bulk threshold: the one-pass build runs inside a change.
-    let dir = Directory::new(render);
+    let dir = directory();
     let mut rng = StdRng::seed_from_u64(7);
     let many = |rng: &mut StdRng, name: &str| -> Vec<Counterparty> {
         (0..(BULK_MIN as u32 * 2))
@@ -217,4 +291,11 @@ fn a_large_change_is_built_in_one_pass_and_answers_the_same() {
     dir.replace_source("onec", second, None, SystemTime::now());
     check_against_full_build(&dir.snapshot(), "two large sets and a push");
     assert_eq!(dir.snapshot().len(), BULK_MIN * 2);
+    // Overlays on every id: past the threshold too.
+    let all = (0..(BULK_MIN as u32 * 2))
+        .map(|i| (i.to_string().into(), Some(overlay(&mut rng))))
+        .collect();
+    dir.set_overlays(all).expect("valid overlays");
+    check_against_full_build(&dir.snapshot(), "overlays on every id");
+    assert_eq!(dir.snapshot().overlay_count(), BULK_MIN * 2);
 }

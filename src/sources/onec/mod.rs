@@ -21,6 +21,8 @@ mod odata;
 /// Reachable in the crate for `crate::fuzzing` only.
 pub(crate) mod rows;
 
+pub use rows::{OnecManager, OnecUsers};
+
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
@@ -109,6 +111,7 @@ struct Reader {
 impl OnecSource {
     pub fn new(
         config: &OnecConfig,
+        users: OnecUsers,
         directory: Arc<Directory>,
         store: Store,
         health: Arc<SourceHealth>,
@@ -123,6 +126,8 @@ impl OnecSource {
             ogrn: non_empty(&config.ogrn_field),
             code: non_empty(&config.code_field),
             kind: non_empty(&config.kind_field),
+            manager_ref: non_empty(&config.manager_ref_field),
+            users: Arc::new(users),
         };
         let contacts_set = config.contacts_set();
         let register = config.contacts_layout == ContactsLayout::Register;
@@ -156,6 +161,10 @@ impl OnecSource {
             // whose rows are unchanged (2: ogrnip, code and kind).
             h.write(b"rows 2");
             h.write(fields.catalog_select().as_bytes());
+            // Who each responsible user is: a changed [[manager]] rebuilds.
+            if fields.manager_ref.is_some() {
+                std::hash::Hash::hash(&*fields.users, &mut h);
+            }
             format!("{:08x}", h.finish() as u32)
         };
         let saver = Arc::new(SnapshotSaver::new(SOURCE, Arc::clone(&directory), store));

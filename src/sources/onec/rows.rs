@@ -5,8 +5,9 @@
 //! configured names and skips everything else (navigation links, other
 //! tabular sections, `Predefined`…) without building a JSON tree.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserializer;
@@ -33,6 +34,21 @@ pub struct FieldNames {
     pub code: Option<String>,
     /// Legal or natural person (`ЮрФизЛицо`, `ВидКонтрагента`).
     pub kind: Option<String>,
+    /// The responsible user, a `Catalog_Пользователи` reference
+    /// (`onec.manager_ref_field`), mapped through `users`.
+    pub manager_ref: Option<String>,
+    /// `[[manager]] onec_user`: whom each 1C user's clients are routed to.
+    pub users: Arc<OnecUsers>,
+}
+
+/// 1C users (their `Catalog_Пользователи` `_Key`) and the managers they are.
+pub type OnecUsers = BTreeMap<String, OnecManager>;
+
+/// The extension and name a 1C user's clients' calls go to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OnecManager {
+    pub extension: String,
+    pub name: String,
 }
 
 impl FieldNames {
@@ -47,6 +63,7 @@ impl FieldNames {
             &self.ogrn,
             &self.code,
             &self.kind,
+            &self.manager_ref,
         ];
         for extra in extras.into_iter().flatten() {
             select.push(',');
@@ -85,6 +102,10 @@ pub struct CatalogRow {
     pub kpp: String,
     pub category: Option<i64>,
     pub manager_phone: String,
+    /// The manager's name, when the responsible user is mapped.
+    pub manager_name: String,
+    /// The responsible user's `Catalog_Пользователи` `_Key`.
+    pub manager_ref: String,
     pub ogrn: String,
     pub code: String,
     pub kind: String,
@@ -272,6 +293,9 @@ impl<'de> Visitor<'de> for CatalogSeed<'_> {
                 k if Some(k) == self.0.ogrn.as_deref() => row.ogrn = map.next_value::<Text>()?.0,
                 k if Some(k) == self.0.code.as_deref() => row.code = map.next_value::<Text>()?.0,
                 k if Some(k) == self.0.kind.as_deref() => row.kind = map.next_value::<Text>()?.0,
+                k if Some(k) == self.0.manager_ref.as_deref() => {
+                    row.manager_ref = map.next_value::<Text>()?.0;
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -279,6 +303,13 @@ impl<'de> Visitor<'de> for CatalogSeed<'_> {
         }
         if row.ref_key.is_empty() {
             return Err(de::Error::custom("a row without Ref_Key"));
+        }
+        // A responsible user `[[manager]]` maps gives the extension and the
+        // name (over the extension field, which holds no name); an unmapped
+        // or empty reference leaves the extension field's value.
+        if let Some(manager) = self.0.users.get(row.manager_ref.trim()) {
+            row.manager_phone.clone_from(&manager.extension);
+            row.manager_name.clone_from(&manager.name);
         }
         Ok(row)
     }
@@ -519,6 +550,7 @@ pub fn record_of(row: CatalogRow) -> Option<Counterparty> {
         kpp,
         category,
         manager_phone,
+        manager_name,
         ogrn,
         code,
         kind,
@@ -580,7 +612,7 @@ pub fn record_of(row: CatalogRow) -> Option<Counterparty> {
         // A manager field holding text or markup is not sent to the PBX as a
         // routing target; the record itself is kept.
         manager_phone: some(&manager_phone).filter(|m| is_manager_phone(m)),
-        manager_name: None,
+        manager_name: some(&manager_name),
         manager_source: None,
         phones,
         emails,
@@ -665,7 +697,36 @@ mod tests {
             ogrn: Some("ОГРН".into()),
             code: Some("Code".into()),
             kind: Some("ЮрФизЛицо".into()),
+            ..FieldNames::default()
         }
+    }
+
+    #[test]
+    fn a_mapped_responsible_user_gives_the_extension_and_the_name() {
+        let mut users = OnecUsers::new();
+        users.insert(
+            "9a2b5c1e-0000-0000-0000-000000000001".into(),
+            OnecManager {
+                extension: "301".into(),
+                name: "Смирнова Ольга".into(),
+            },
+        );
+        let fields = FieldNames {
+            manager_ref: Some("ОсновнойМенеджер_Key".into()),
+            users: Arc::new(users),
+            ..fields()
+        };
+        assert!(fields.catalog_select().ends_with(",ОсновнойМенеджер_Key"));
+        let page = r#"{"value":[
+          {"Ref_Key":"k1","Description":"А","ДобавочныйМенеджера":"244","ОсновнойМенеджер_Key":"9a2b5c1e-0000-0000-0000-000000000001"},
+          {"Ref_Key":"k2","Description":"Б","ДобавочныйМенеджера":"245","ОсновнойМенеджер_Key":"00000000-0000-0000-0000-000000000000"}]}"#;
+        let rows = parse_catalog_page(page.as_bytes(), &fields).expect("page");
+        let records: Vec<_> = rows.into_iter().filter_map(record_of).collect();
+        assert_eq!(records[0].manager_phone.as_deref(), Some("301"));
+        assert_eq!(records[0].manager_name.as_deref(), Some("Смирнова Ольга"));
+        // Unmapped (here 1C's empty reference): the extension field's value.
+        assert_eq!(records[1].manager_phone.as_deref(), Some("245"));
+        assert_eq!(records[1].manager_name, None);
     }
 
     /// A row as a real base sends it, noise included.
