@@ -266,3 +266,40 @@ start_mock_onec() {
   (( NUMBERS > 0 )) || die "the mock wrote no caller numbers"
   log "mock 1C at $URL (pid $MOCK_PID); $NUMBERS caller numbers; $(tail -1 "$TMP/mock.log")"
 }
+
+# --- SayName at a fixed rate (bench/open_loop.rs), for run.sh and tls.sh ---
+
+# open_loop_run PORT [ARG...]: one run of $OPEN_LOOP against 127.0.0.1:PORT at
+# $TAIL_RATE SayName/s over $CONNS connections for $TAIL_SECONDS s (numbers
+# from $TMP/numbers.txt, the bench config's SOAP credentials); prints the
+# fields of its TAIL_RESULT line.
+open_loop_run() {
+  local port=$1; shift
+  "$OPEN_LOOP" --addr "127.0.0.1:$port" --path "$SOAP_PATH" --numbers "$TMP/numbers.txt" \
+    --rate "$TAIL_RATE" --conns "$CONNS" --seconds "$TAIL_SECONDS" --basic SOAP:123 "$@" |
+    sed -n 's/^TAIL_RESULT //p'
+}
+
+# print_fixed_rate TITLE GATEWAY_RUNS FLOOR_RUNS MODE: the rounds of both
+# servers (arrays named by GATEWAY_RUNS and FLOOR_RUNS, one open_loop_run
+# each), the ratio of their median p99s and a BENCH_RESULT line of MODE.
+print_fixed_rate() {
+  local title=$1 mode=$4
+  local -n gs=$2 fs=$3
+  echo "$title"
+  printf '%-14s %9s %9s %9s %9s %9s %6s %7s\n' server "p50 ms" "p90 ms" "p99 ms" "p99.9 ms" "max ms" late errors
+  local r row name v
+  for ((r = 0; r < ${#gs[@]}; r++)); do
+    for row in "gateway $((r + 1))|${gs[r]}" "floor $((r + 1))|${fs[r]}"; do
+      name=${row%%|*}; v=${row#*|}
+      printf '%-14s %9s %9s %9s %9s %9s %6s %7s\n' "$name" "$(field p50_ms "$v")" "$(field p90_ms "$v")" \
+        "$(field p99_ms "$v")" "$(field p999_ms "$v")" "$(field max_ms "$v")" "$(field late "$v")" "$(field errors "$v")"
+    done
+  done
+  local g f ratio
+  g=$(median $(for v in "${gs[@]}"; do field p99_ms "$v"; done))
+  f=$(median $(for v in "${fs[@]}"; do field p99_ms "$v"; done))
+  ratio=$(awk -v g="$g" -v f="$f" 'BEGIN { printf "%.2f", (f > 0 ? g / f : 0) }')
+  echo "fixed-rate p99 median gateway $g ms / floor $f ms = $ratio"
+  echo "BENCH_RESULT mode=$mode rate=$TAIL_RATE conns=$CONNS seconds=$TAIL_SECONDS rounds=${#gs[@]} gateway_p99_ms=$g floor_p99_ms=$f p99_ratio=$ratio"
+}

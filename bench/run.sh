@@ -219,14 +219,10 @@ TAILS_G=(); TAILS_F=()
 if [[ $TAIL_RATE != 0 ]]; then
   OPEN_LOOP=$TARGET/release/examples/open_loop
   [[ -x $OPEN_LOOP ]] || die "missing $OPEN_LOOP (build failed?)"
-  tail_run() {
-    "$OPEN_LOOP" --addr "127.0.0.1:$1" --path "$SOAP_PATH" --numbers "$TMP/numbers.txt" \
-      --rate "$TAIL_RATE" --conns "$CONNS" --seconds "$TAIL_SECONDS" --basic SOAP:123 | sed -n 's/^TAIL_RESULT //p'
-  }
   for ((r = 1; r <= ROUNDS; r++)); do
     log "fixed rate round $r/$ROUNDS: $TAIL_RATE SayName/s over $CONNS connections for ${TAIL_SECONDS}s, gateway then floor"
-    TAILS_G+=("$(tail_run "$PORT")")
-    TAILS_F+=("$(tail_run "$FPORT")")
+    TAILS_G+=("$(open_loop_run "$PORT")")
+    TAILS_F+=("$(open_loop_run "$FPORT")")
   done
 fi
 GW_RSS=$(rss_kb "$GW_PID"); GW_HWM=$(hwm_kb "$GW_PID")
@@ -260,19 +256,7 @@ echo "gateway/floor requests/s per round: ${RATIOS[*]}; median $ratio (goal >= 0
 echo "p99 median gateway $g_p99 ms / floor $f_p99 ms = $p99_ratio (goal <= 1.2: $(met "$p99_ratio" "<=" 1.2))"
 if (( ${#TAILS_G[@]} > 0 )); then
   echo
-  echo "== SayName at a fixed rate: $TAIL_RATE/s over $CONNS keep-alive connections, ${TAIL_SECONDS}s per run, latency from write to whole answer (bench/open_loop.rs) =="
-  printf '%-14s %9s %9s %9s %9s %9s %6s %7s\n' server "p50 ms" "p90 ms" "p99 ms" "p99.9 ms" "max ms" late errors
-  for ((r = 0; r < ROUNDS; r++)); do
-    for row in "gateway $((r + 1))|${TAILS_G[r]}" "floor $((r + 1))|${TAILS_F[r]}"; do
-      name=${row%%|*}; v=${row#*|}
-      printf '%-14s %9s %9s %9s %9s %9s %6s %7s\n' "$name" "$(field p50_ms "$v")" "$(field p90_ms "$v")" \
-        "$(field p99_ms "$v")" "$(field p999_ms "$v")" "$(field max_ms "$v")" "$(field late "$v")" "$(field errors "$v")"
-    done
-  done
-  t_g=$(median $(column p99_ms "${TAILS_G[@]}")); t_f=$(median $(column p99_ms "${TAILS_F[@]}"))
-  t_ratio=$(awk -v g="$t_g" -v f="$t_f" 'BEGIN { printf "%.2f", (f > 0 ? g / f : 0) }')
-  echo "fixed-rate p99 median gateway $t_g ms / floor $t_f ms = $t_ratio"
-  echo "BENCH_RESULT mode=tail rate=$TAIL_RATE conns=$CONNS seconds=$TAIL_SECONDS rounds=$ROUNDS gateway_p99_ms=$t_g floor_p99_ms=$t_f p99_ratio=$t_ratio"
+  print_fixed_rate "== SayName at a fixed rate: $TAIL_RATE/s over $CONNS keep-alive connections, ${TAIL_SECONDS}s per run, latency from write to whole answer (bench/open_loop.rs) ==" TAILS_G TAILS_F tail
 fi
 echo "gateway ready in $READY ms; RSS after the runs $((GW_RSS / 1024)) MB (peak $((GW_HWM / 1024)) MB) = $bpc bytes per counterparty (whole process / N)"
 echo "answers check: known=$(field known "$CHECK") unknown=$(field unknown "$CHECK") non2xx=$(field non2xx "$CHECK") (numbers file: ~90% known)"

@@ -231,14 +231,10 @@ done
 # at saturation, where a fraction of a microsecond per request moves it.
 TL_G=(); TL_F=()
 if [[ $TAIL_RATE != 0 ]]; then
-  tail_run() {
-    "$OPEN_LOOP" --addr "127.0.0.1:$1" --path "$SOAP_PATH" --numbers "$TMP/numbers.txt" --ca "$TMP/ca.pem" \
-      --rate "$TAIL_RATE" --conns "$CONNS" --seconds "$TAIL_SECONDS" --basic SOAP:123 | sed -n 's/^TAIL_RESULT //p'
-  }
   for ((r = 1; r <= ROUNDS; r++)); do
     log "fixed-rate round $r/$ROUNDS: $TAIL_RATE SayName/s over $CONNS TLS connections for ${TAIL_SECONDS}s, gateway then floor"
-    TL_G+=("$(tail_run "$PORT")")
-    TL_F+=("$(tail_run "$FPORT")")
+    TL_G+=("$(open_loop_run "$PORT" --ca "$TMP/ca.pem")")
+    TL_F+=("$(open_loop_run "$FPORT" --ca "$TMP/ca.pem")")
   done
 fi
 
@@ -283,18 +279,7 @@ echo "-- (b) new TLS connections (TLS $tls_version, full handshakes, no resumpti
 print_rounds NC_G NC_F NC_R "conns/s"
 echo "gateway/floor connections/s per round: ${NC_R[*]}; median $nc_ratio (goal >= 0.85: $(met "$nc_ratio" ">=" 0.85)); lowest $nc_low"
 if (( ${#TL_G[@]} > 0 )); then
-  echo "-- (c) keep-alive at a fixed rate: $TAIL_RATE SayName/s over $CONNS TLS connections, ${TAIL_SECONDS}s per run (bench/open_loop.rs)"
-  printf '%-14s %9s %9s %9s %9s %9s %6s %7s\n' server "p50 ms" "p90 ms" "p99 ms" "p99.9 ms" "max ms" late errors
-  for ((r = 0; r < ROUNDS; r++)); do
-    for row in "gateway $((r + 1))|${TL_G[r]}" "floor $((r + 1))|${TL_F[r]}"; do
-      name=${row%%|*}; v=${row#*|}
-      printf '%-14s %9s %9s %9s %9s %9s %6s %7s\n' "$name" "$(field p50_ms "$v")" "$(field p90_ms "$v")" \
-        "$(field p99_ms "$v")" "$(field p999_ms "$v")" "$(field max_ms "$v")" "$(field late "$v")" "$(field errors "$v")"
-    done
-  done
-  tl_g=$(median $(column p99_ms "${TL_G[@]}")); tl_f=$(median $(column p99_ms "${TL_F[@]}"))
-  echo "fixed-rate p99 median gateway $tl_g ms / floor $tl_f ms = $(ratio_of "$tl_g" "$tl_f")"
-  echo "BENCH_RESULT mode=tls_tail rate=$TAIL_RATE conns=$CONNS seconds=$TAIL_SECONDS rounds=$ROUNDS gateway_p99_ms=$tl_g floor_p99_ms=$tl_f p99_ratio=$(ratio_of "$tl_g" "$tl_f")"
+  print_fixed_rate "-- (c) keep-alive at a fixed rate: $TAIL_RATE SayName/s over $CONNS TLS connections, ${TAIL_SECONDS}s per run (bench/open_loop.rs)" TL_G TL_F tls_tail
 fi
 echo "CPU steal during the rounds: $STEAL ticks ($(getconf CLK_TCK) a second per CPU): a round with a large share of it, or with errors, is to be run again"
 echo "gateway: ready in $READY ms, RSS after the runs $((GW_RSS / 1024)) MB, cti_tls_handshake_failures_total ${HANDSHAKE_FAILURES:-?} (wrk opens and drops one plain TCP connection per run to check the address: $(( 1 + ROUNDS )) of them are those)"
