@@ -13,8 +13,8 @@ use std::path::Path;
 
 use support::process::{free_port, serve_command, Child};
 use support::{
-    config_text_on, element_text, get, incoming_call_envelope, request, say_name_envelope, soap,
-    unescape, DIRECTORY, OPERATOR_KEY, SEED_AUTH, SOAP_PATH,
+    bulky_batch, config_text_on, element_text, get, incoming_call_envelope, request,
+    say_name_envelope, soap, unescape, DIRECTORY, OPERATOR_KEY, SEED_AUTH, SOAP_PATH,
 };
 
 const API_TOKEN: &str = "api-token-for-tests";
@@ -60,20 +60,6 @@ async fn title(addr: SocketAddr, number: &str) -> String {
     element_text(&data, "title").unwrap_or_default().to_owned()
 }
 
-fn batch(first: usize, n: usize) -> String {
-    let records: Vec<serde_json::Value> = (first..first + n)
-        .map(|i| {
-            serde_json::json!({
-                "id": format!("full-{i:06}"),
-                "name": format!("ООО \"Запись {i}\" — {}", "длинное название ".repeat(8)),
-                "phones": [format!("8913{i:07}")],
-                "address": "г. Новосибирск, ".repeat(20),
-            })
-        })
-        .collect();
-    serde_json::to_string(&records).expect("json")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_full_disk_pushes_are_refused_never_acknowledged_and_say_name_keeps_answering() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -102,7 +88,7 @@ async fn on_a_full_disk_pushes_are_refused_never_acknowledged_and_say_name_keeps
             "POST",
             "/api/v1/counterparties",
             &["Content-Type: application/json", &auth],
-            batch(first, 50).as_bytes(),
+            bulky_batch(first, 50).as_bytes(),
         )
         .await;
         match reply.status {
@@ -178,7 +164,7 @@ async fn on_a_full_disk_pushes_are_refused_never_acknowledged_and_say_name_keeps
                 "POST",
                 "/api/v1/counterparties",
                 &["Content-Type: application/json", &auth],
-                batch(100_000 + i * 50, 50).as_bytes(),
+                bulky_batch(100_000 + i * 50, 50).as_bytes(),
             )
             .await;
             if reply.status == 503 {

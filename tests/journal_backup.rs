@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use cti_gateway::config::Config;
 use cti_gateway::store::{CallRecord, Store};
 use cti_gateway::Gateway;
+use support::process::run_cli;
 use support::*;
 
 const BACKUP: &str = "/api/v1/admin/backup";
@@ -153,24 +154,6 @@ async fn the_backup_endpoint_refuses_what_it_cannot_do_with_a_message() {
         "nothing written on a refusal"
     );
     gw.stop().await;
-}
-
-/// Runs the binary with `args`; its exit code, stdout and stderr.
-async fn run_cli(args: Vec<String>) -> (Option<i32>, String, String) {
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_cti-gateway"))
-            .args(args)
-            .env_remove("CTI_API_TOKEN")
-            .output()
-            .expect("the binary runs")
-    })
-    .await
-    .expect("join");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

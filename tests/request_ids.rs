@@ -24,8 +24,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use support::process::{free_port, serve_command, Child};
 use support::{
-    config_text_on, get, incoming_call_envelope, request, soap, DIRECTORY, OPERATOR_KEY,
-    OPERATOR_TOKEN,
+    bulky_batch, config_text_on, get, incoming_call_envelope, request, soap, DIRECTORY,
+    OPERATOR_KEY, OPERATOR_TOKEN,
 };
 
 const API_TOKEN: &str = "api-token-for-tests";
@@ -366,20 +366,6 @@ async fn every_line_of_a_request_names_the_id_its_answer_had() {
     gw.stop().await;
 }
 
-fn batch(first: usize, n: usize) -> String {
-    let records: Vec<serde_json::Value> = (first..first + n)
-        .map(|i| {
-            serde_json::json!({
-                "id": format!("full-{i:06}"),
-                "name": format!("ООО \"Запись {i}\" — {}", "длинное название ".repeat(8)),
-                "phones": [format!("8913{i:07}")],
-                "address": "г. Новосибирск, ".repeat(20),
-            })
-        })
-        .collect();
-    serde_json::to_string(&records).expect("json")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_full_disk_the_refused_push_and_call_are_named() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -404,7 +390,7 @@ async fn on_a_full_disk_the_refused_push_and_call_are_named() {
             addr,
             "POST",
             "/api/v1/counterparties",
-            &batch(round * 50, 50),
+            &bulky_batch(round * 50, 50),
         )
         .await;
         match reply.status {

@@ -298,20 +298,7 @@ async fn run_cli(args: &[&str], config: &Path) -> (Option<i32>, String, String) 
     let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     args.push("--config".into());
     args.push(config.display().to_string());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_cti-gateway"))
-            .args(args)
-            .env_remove("CTI_API_TOKEN")
-            .output()
-            .expect("the binary runs")
-    })
-    .await
-    .expect("join");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    process::run_cli(args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -394,3 +394,20 @@ pub async fn screen_with_bearer(
     .expect("answer within 5 s")
     .map(|(ws, _)| ws)
 }
+
+/// A push body of `n` records from id `full-{first}` on, each about 1 KB
+/// (a long name and address): what fills a store under a small file-size
+/// limit in a few pushes.
+pub fn bulky_batch(first: usize, n: usize) -> String {
+    let records: Vec<serde_json::Value> = (first..first + n)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("full-{i:06}"),
+                "name": format!("ООО \"Запись {i}\" — {}", "длинное название ".repeat(8)),
+                "phones": [format!("8913{i:07}")],
+                "address": "г. Новосибирск, ".repeat(20),
+            })
+        })
+        .collect();
+    serde_json::to_string(&records).expect("json")
+}

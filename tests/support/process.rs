@@ -44,6 +44,24 @@ pub fn run_to_end(mut command: Command) -> Output {
     child.wait_with_output().expect("output")
 }
 
+/// The binary run with `args` (a command-line client of a running gateway:
+/// no `CTI_API_TOKEN` from outside), to its end: its exit code, stdout and
+/// stderr.
+pub async fn run_cli(args: Vec<String>) -> (Option<i32>, String, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cti-gateway"));
+        command.args(args).env_remove("CTI_API_TOKEN");
+        run_to_end(command)
+    })
+    .await
+    .expect("join");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `cti-gateway check-config --config FILE` with `text` written to FILE
 /// first, the secrets' environment variables unset.
 pub fn check_config(file: &Path, text: &str) -> Output {
