@@ -458,6 +458,32 @@ pub struct OnecConfig {
     /// `[[manager]] onec_user`; empty: not read.
     #[serde(default)]
     pub manager_ref_field: String,
+    /// The catalog field holding the director's name (text), written to
+    /// the sync store's requisites; empty: not read.
+    #[serde(default)]
+    pub director_field: String,
+    /// The `Вид_Key` (GUID) of the contact information kind "Юридический
+    /// адрес" (in the register layout, the dimension `Вид`), written to the
+    /// sync store's requisites as the legal address; empty: not read.
+    #[serde(default)]
+    pub legal_address_kind: String,
+    /// The same for "Фактический адрес", the actual address.
+    #[serde(default)]
+    pub actual_address_kind: String,
+    /// The bank accounts catalog (`Catalog_БанковскиеСчета`), read for the
+    /// sync store's requisites; empty: not read.
+    #[serde(default)]
+    pub bank_accounts: String,
+    /// The banks catalog the accounts refer to (`Catalog_Банки`; newer БП
+    /// 3.0 releases call it `Catalog_КлассификаторБанков`).
+    #[serde(default = "OnecConfig::default_banks")]
+    pub banks: String,
+    /// Field names of a bank account row.
+    #[serde(default)]
+    pub bank_account_fields: BankAccountFields,
+    /// Field names of a bank row.
+    #[serde(default)]
+    pub bank_fields: BankFields,
     /// Rows asked for per request (`$top`) in a full read.
     #[serde(default = "OnecConfig::default_page_size")]
     pub page_size: usize,
@@ -467,6 +493,55 @@ pub struct OnecConfig {
     /// How long a number 1C does not know is remembered as unknown.
     #[serde(default = "OnecConfig::default_negative_ttl", with = "humantime_serde")]
     pub negative_ttl: Duration,
+}
+
+/// `[onec.bank_account_fields]`: the fields of a `Catalog_БанковскиеСчета`
+/// row. `docs/external-systems.md` does not list them: the defaults are the
+/// names БП 3.0 and УТ 11 publish, configurable for other configurations.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BankAccountFields {
+    /// The counterparty owning the account (`Owner`; a composite reference
+    /// in БП 3.0, whose GUID is this field; `Owner_Key` where the catalog
+    /// has one owner type).
+    pub owner: String,
+    /// The account number (`НомерСчета`).
+    pub number: String,
+    /// The reference to the bank (`Банк_Key`).
+    pub bank: String,
+}
+
+impl Default for BankAccountFields {
+    fn default() -> Self {
+        BankAccountFields {
+            owner: "Owner".into(),
+            number: "НомерСчета".into(),
+            bank: "Банк_Key".into(),
+        }
+    }
+}
+
+/// `[onec.bank_fields]`: the fields of a `Catalog_Банки` row (defaults as
+/// БП 3.0 publishes them; not in `docs/external-systems.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BankFields {
+    /// The BIK (the catalog's `Code`).
+    pub bik: String,
+    /// The bank's name (`Description`).
+    pub name: String,
+    /// The bank's correspondent account (`КоррСчет`).
+    pub corr_account: String,
+}
+
+impl Default for BankFields {
+    fn default() -> Self {
+        BankFields {
+            bik: "Code".into(),
+            name: "Description".into(),
+            corr_account: "КоррСчет".into(),
+        }
+    }
 }
 
 /// Where a 1C configuration keeps counterparties' contact information.
@@ -499,6 +574,9 @@ impl OnecConfig {
             (None, ContactsLayout::Section) => "Catalog_Контрагенты_КонтактнаяИнформация".into(),
             (None, ContactsLayout::Register) => "InformationRegister_КонтактнаяИнформация".into(),
         }
+    }
+    fn default_banks() -> String {
+        "Catalog_Банки".into()
     }
     fn default_page_size() -> usize {
         1000
@@ -1215,12 +1293,48 @@ impl Config {
             ("onec.code_field", &onec.code_field, true),
             ("onec.kind_field", &onec.kind_field, true),
             ("onec.manager_ref_field", &onec.manager_ref_field, true),
+            ("onec.director_field", &onec.director_field, true),
+            ("onec.bank_accounts", &onec.bank_accounts, true),
+            ("onec.banks", &onec.banks, false),
+            (
+                "onec.bank_account_fields.owner",
+                &onec.bank_account_fields.owner,
+                false,
+            ),
+            (
+                "onec.bank_account_fields.number",
+                &onec.bank_account_fields.number,
+                false,
+            ),
+            (
+                "onec.bank_account_fields.bank",
+                &onec.bank_account_fields.bank,
+                false,
+            ),
+            ("onec.bank_fields.bik", &onec.bank_fields.bik, false),
+            ("onec.bank_fields.name", &onec.bank_fields.name, false),
+            (
+                "onec.bank_fields.corr_account",
+                &onec.bank_fields.corr_account,
+                false,
+            ),
         ] {
             let unset = optional && name.is_empty();
             if !unset && !is_odata_name(name) {
                 return Err(self.invalid(
                     key,
                     "must be an OData name as 1C publishes it: letters, digits and _ only",
+                ));
+            }
+        }
+        for (key, kind) in [
+            ("onec.legal_address_kind", &onec.legal_address_kind),
+            ("onec.actual_address_kind", &onec.actual_address_kind),
+        ] {
+            if !kind.is_empty() && !crate::sources::onec::rows::is_guid(kind) {
+                return Err(self.invalid(
+                    key,
+                    "must be the contact kind's Вид_Key, a GUID (8-4-4-4-12 hex digits)",
                 ));
             }
         }
