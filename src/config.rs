@@ -1605,6 +1605,40 @@ mod tests {
     }
 
     #[test]
+    fn the_requisites_keys_have_defaults_and_are_checked() {
+        let onec = |extra: &str| {
+            parse(&format!(
+                "{MINIMAL}[onec]\nodata_url = \"http://1c/base/odata/standard.odata\"\n{extra}"
+            ))
+        };
+        let plain = onec("").expect("valid").onec.expect("onec");
+        assert!(plain.director_field.is_empty() && plain.bank_accounts.is_empty());
+        assert_eq!(plain.banks, "Catalog_Банки");
+        assert_eq!(plain.bank_account_fields.number, "НомерСчета");
+        assert_eq!(plain.bank_fields.corr_account, "КоррСчет");
+        let set = onec(
+            "director_field = \"Руководитель\"\nlegal_address_kind = \"2B7A9C64-1F0E-4D6A-9A41-7C1E0D5B3A04\"\nbank_accounts = \"Catalog_БанковскиеСчета\"\nbank_account_fields = { owner = \"Owner_Key\" }\n",
+        )
+        .expect("valid")
+        .onec
+        .expect("onec");
+        assert_eq!(set.bank_account_fields.owner, "Owner_Key");
+        assert_eq!(
+            set.bank_account_fields.bank, "Банк_Key",
+            "the others keep theirs"
+        );
+        let err = onec("actual_address_kind = \"Фактический адрес\"\n").expect_err("not a GUID");
+        assert!(
+            err.to_string().contains("onec.actual_address_kind"),
+            "{err}"
+        );
+        let err = onec("bank_fields = { bik = \"\" }\n").expect_err("empty name");
+        assert!(err.to_string().contains("onec.bank_fields.bik"), "{err}");
+        let err = onec("bank_fields = { swift = \"X\" }\n").expect_err("unknown key");
+        assert!(err.to_string().contains("swift"), "{err}");
+    }
+
+    #[test]
     fn every_key_has_a_default() {
         let c = parse(MINIMAL).expect("minimal config");
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
