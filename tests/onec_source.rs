@@ -1659,24 +1659,33 @@ async fn the_ka11_register_gives_phones_and_typed_addresses() {
 async fn without_a_sync_store_nothing_is_read_for_requisites() {
     let mock = mock_with(vec![epsilon("Иванов Иван Иванович")]).await;
     with_bank(&mock, BIK);
-    let table = onec_table(&mock, PASSWORD) + &requisites_keys();
-    let gw = start_with("", &table).await;
-    wait_warm(gw.addr).await;
-    assert!(gw.gateway().sync_store().is_none());
-    let (data, _) = say(gw.addr, "89160000081").await;
-    assert_eq!(data, data_doc("ООО Эпсилон", "0", "260"));
-    assert_eq!(mock.count(RequestKind::BankAccountsPage), 0);
-    assert_eq!(mock.count(RequestKind::BanksPage), 0);
-    for r in mock.requests() {
-        let select = r.option("$select").unwrap_or_default();
-        assert!(
-            !select.contains(DIRECTOR_FIELD) && !select.contains("Вид"),
-            "{:?} asked for {select}",
-            r.kind
-        );
-        assert!(
-            !matches!(r.entity_set.as_deref(), Some(BANKS | BANK_ACCOUNTS)),
-            "{r:?}"
-        );
+    // The keys without a sync store, and a sync store without the keys.
+    let tables = [
+        onec_table(&mock, PASSWORD) + &requisites_keys(),
+        onec_table(&mock, PASSWORD) + SYNC_TABLE,
+    ];
+    for table in tables {
+        mock.reset_requests();
+        let gw = start_with("", &table).await;
+        wait_warm(gw.addr).await;
+        let (data, _) = say(gw.addr, "89160000081").await;
+        assert_eq!(data, data_doc("ООО Эпсилон", "0", "260"));
+        assert_eq!(mock.count(RequestKind::BankAccountsPage), 0);
+        assert_eq!(mock.count(RequestKind::BanksPage), 0);
+        for r in mock.requests() {
+            let select = r.option("$select").unwrap_or_default();
+            assert!(
+                !select.contains(DIRECTOR_FIELD) && !select.contains("Вид"),
+                "{:?} asked for {select}",
+                r.kind
+            );
+            assert!(
+                !matches!(r.entity_set.as_deref(), Some(BANKS | BANK_ACCOUNTS)),
+                "{r:?}"
+            );
+        }
+        if let Some(store) = gw.gateway().sync_store() {
+            assert_eq!(store.requisites_get(&guid(81)).await.expect("reads"), None);
+        }
     }
 }

@@ -152,7 +152,8 @@ impl OnecSource {
             director: non_empty(&config.director_field).filter(|_| sync_store.is_some()),
             users: Arc::new(users),
         };
-        let requisites = sync_store.map(|s| Requisites::new(config, s, Arc::clone(&directory)));
+        let requisites =
+            sync_store.and_then(|s| Requisites::new(config, s, Arc::clone(&directory)));
         let contacts_set = config.contacts_set();
         let register = config.contacts_layout == ContactsLayout::Register;
         if register {

@@ -12,8 +12,10 @@
 //!
 //! A record's body is written only when it differs from what this process
 //! wrote last: a hash per id is kept in memory (16 bytes of payload per
-//! record, the id itself hashed too), not the body, and not compared with
-//! `requisites_get` (a read per record per refresh). After a restart every
+//! record, the id itself hashed too: about 35 MB at a million records), not
+//! the body, and not compared with `requisites_get` (a read per record per
+//! refresh, or every body loaded at start). Two ids whose hashes collide
+//! only cost their bodies being written at every read. After a restart every
 //! body is written once more, in chunks, on the low-priority reader.
 //!
 //! Nothing here fails or holds up the directory: it runs after the
@@ -133,9 +135,19 @@ pub(super) struct Requisites {
 }
 
 impl Requisites {
-    pub fn new(config: &OnecConfig, store: Store, directory: Arc<Directory>) -> Requisites {
+    /// `None` when no requisites key is set: then nothing is gathered.
+    pub fn new(config: &OnecConfig, store: Store, directory: Arc<Directory>) -> Option<Requisites> {
         let non_empty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_ascii_lowercase());
-        Requisites {
+        let configured = [
+            &config.director_field,
+            &config.legal_address_kind,
+            &config.actual_address_kind,
+            &config.bank_accounts,
+        ];
+        if configured.iter().all(|key| key.trim().is_empty()) {
+            return None;
+        }
+        Some(Requisites {
             store,
             directory,
             legal_kind: non_empty(&config.legal_address_kind),
@@ -149,7 +161,7 @@ impl Requisites {
             written: Mutex::new(HashMap::new()),
             store_failing: AtomicBool::new(false),
             banks_failing: AtomicBool::new(false),
-        }
+        })
     }
 
     /// Whether contact rows are asked for their kind (typed addresses).
@@ -574,7 +586,8 @@ mod tests {
         )
         .expect("[onec] parses");
         let directory = Arc::new(Directory::new(crate::soap::say_name_payload));
-        let requisites = Requisites::new(&config, store.clone(), directory);
+        let requisites =
+            Requisites::new(&config, store.clone(), directory).expect("address kinds are set");
         let catalog = vec![vec![row("k1", "Иванов"), row("k2", "")]];
         let contacts = vec![vec![
             address("k1", 3, "aa", "Юр. адрес 2"),
