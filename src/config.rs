@@ -594,6 +594,16 @@ impl OnecConfig {
     }
 }
 
+/// True when `text` is a GUID as 1C writes its keys (8-4-4-4-12 hex digits).
+fn is_guid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// A `server.names` entry: a host (a DNS name, an IPv4 address or a
 /// bracketed IPv6 one) with an optional port, nothing else (no scheme,
 /// user or path).
@@ -1331,7 +1341,7 @@ impl Config {
             ("onec.legal_address_kind", &onec.legal_address_kind),
             ("onec.actual_address_kind", &onec.actual_address_kind),
         ] {
-            if !kind.is_empty() && !crate::sources::onec::rows::is_guid(kind) {
+            if !kind.is_empty() && !is_guid(kind) {
                 return Err(self.invalid(
                     key,
                     "must be the contact kind's Вид_Key, a GUID (8-4-4-4-12 hex digits)",
