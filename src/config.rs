@@ -458,6 +458,32 @@ pub struct OnecConfig {
     /// `[[manager]] onec_user`; empty: not read.
     #[serde(default)]
     pub manager_ref_field: String,
+    /// The catalog field holding the director's name (text), written to
+    /// the sync store's requisites; empty: not read.
+    #[serde(default)]
+    pub director_field: String,
+    /// The `Вид_Key` (GUID) of the contact information kind "Юридический
+    /// адрес" (in the register layout, the dimension `Вид`), written to the
+    /// sync store's requisites as the legal address; empty: not read.
+    #[serde(default)]
+    pub legal_address_kind: String,
+    /// The same for "Фактический адрес", the actual address.
+    #[serde(default)]
+    pub actual_address_kind: String,
+    /// The bank accounts catalog (`Catalog_БанковскиеСчета`), read for the
+    /// sync store's requisites; empty: not read.
+    #[serde(default)]
+    pub bank_accounts: String,
+    /// The banks catalog the accounts refer to (`Catalog_Банки`; newer БП
+    /// 3.0 releases call it `Catalog_КлассификаторБанков`).
+    #[serde(default = "OnecConfig::default_banks")]
+    pub banks: String,
+    /// Field names of a bank account row.
+    #[serde(default)]
+    pub bank_account_fields: BankAccountFields,
+    /// Field names of a bank row.
+    #[serde(default)]
+    pub bank_fields: BankFields,
     /// Rows asked for per request (`$top`) in a full read.
     #[serde(default = "OnecConfig::default_page_size")]
     pub page_size: usize,
@@ -467,6 +493,55 @@ pub struct OnecConfig {
     /// How long a number 1C does not know is remembered as unknown.
     #[serde(default = "OnecConfig::default_negative_ttl", with = "humantime_serde")]
     pub negative_ttl: Duration,
+}
+
+/// `[onec.bank_account_fields]`: the fields of a `Catalog_БанковскиеСчета`
+/// row. `docs/external-systems.md` does not list them: the defaults are the
+/// names БП 3.0 and УТ 11 publish, configurable for other configurations.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BankAccountFields {
+    /// The counterparty owning the account (`Owner`; a composite reference
+    /// in БП 3.0, whose GUID is this field; `Owner_Key` where the catalog
+    /// has one owner type).
+    pub owner: String,
+    /// The account number (`НомерСчета`).
+    pub number: String,
+    /// The reference to the bank (`Банк_Key`).
+    pub bank: String,
+}
+
+impl Default for BankAccountFields {
+    fn default() -> Self {
+        BankAccountFields {
+            owner: "Owner".into(),
+            number: "НомерСчета".into(),
+            bank: "Банк_Key".into(),
+        }
+    }
+}
+
+/// `[onec.bank_fields]`: the fields of a `Catalog_Банки` row (defaults as
+/// БП 3.0 publishes them; not in `docs/external-systems.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BankFields {
+    /// The BIK (the catalog's `Code`).
+    pub bik: String,
+    /// The bank's name (`Description`).
+    pub name: String,
+    /// The bank's correspondent account (`КоррСчет`).
+    pub corr_account: String,
+}
+
+impl Default for BankFields {
+    fn default() -> Self {
+        BankFields {
+            bik: "Code".into(),
+            name: "Description".into(),
+            corr_account: "КоррСчет".into(),
+        }
+    }
 }
 
 /// Where a 1C configuration keeps counterparties' contact information.
@@ -500,6 +575,9 @@ impl OnecConfig {
             (None, ContactsLayout::Register) => "InformationRegister_КонтактнаяИнформация".into(),
         }
     }
+    fn default_banks() -> String {
+        "Catalog_Банки".into()
+    }
     fn default_page_size() -> usize {
         1000
     }
@@ -514,6 +592,16 @@ impl OnecConfig {
     pub fn lookup_budget(&self) -> Duration {
         Duration::from_millis(self.lookup_budget_ms)
     }
+}
+
+/// True when `text` is a GUID as 1C writes its keys (8-4-4-4-12 hex digits).
+fn is_guid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A `server.names` entry: a host (a DNS name, an IPv4 address or a
@@ -1215,12 +1303,48 @@ impl Config {
             ("onec.code_field", &onec.code_field, true),
             ("onec.kind_field", &onec.kind_field, true),
             ("onec.manager_ref_field", &onec.manager_ref_field, true),
+            ("onec.director_field", &onec.director_field, true),
+            ("onec.bank_accounts", &onec.bank_accounts, true),
+            ("onec.banks", &onec.banks, false),
+            (
+                "onec.bank_account_fields.owner",
+                &onec.bank_account_fields.owner,
+                false,
+            ),
+            (
+                "onec.bank_account_fields.number",
+                &onec.bank_account_fields.number,
+                false,
+            ),
+            (
+                "onec.bank_account_fields.bank",
+                &onec.bank_account_fields.bank,
+                false,
+            ),
+            ("onec.bank_fields.bik", &onec.bank_fields.bik, false),
+            ("onec.bank_fields.name", &onec.bank_fields.name, false),
+            (
+                "onec.bank_fields.corr_account",
+                &onec.bank_fields.corr_account,
+                false,
+            ),
         ] {
             let unset = optional && name.is_empty();
             if !unset && !is_odata_name(name) {
                 return Err(self.invalid(
                     key,
                     "must be an OData name as 1C publishes it: letters, digits and _ only",
+                ));
+            }
+        }
+        for (key, kind) in [
+            ("onec.legal_address_kind", &onec.legal_address_kind),
+            ("onec.actual_address_kind", &onec.actual_address_kind),
+        ] {
+            if !kind.is_empty() && !is_guid(kind) {
+                return Err(self.invalid(
+                    key,
+                    "must be the contact kind's Вид_Key, a GUID (8-4-4-4-12 hex digits)",
                 ));
             }
         }
@@ -1488,6 +1612,40 @@ mod tests {
         assert!(err.to_string().contains("contacts_layout"), "{err}");
         let err = onec("ogrn_field = \"ОГРН; drop\"\n").expect_err("not an OData name");
         assert!(err.to_string().contains("onec.ogrn_field"), "{err}");
+    }
+
+    #[test]
+    fn the_requisites_keys_have_defaults_and_are_checked() {
+        let onec = |extra: &str| {
+            parse(&format!(
+                "{MINIMAL}[onec]\nodata_url = \"http://1c/base/odata/standard.odata\"\n{extra}"
+            ))
+        };
+        let plain = onec("").expect("valid").onec.expect("onec");
+        assert!(plain.director_field.is_empty() && plain.bank_accounts.is_empty());
+        assert_eq!(plain.banks, "Catalog_Банки");
+        assert_eq!(plain.bank_account_fields.number, "НомерСчета");
+        assert_eq!(plain.bank_fields.corr_account, "КоррСчет");
+        let set = onec(
+            "director_field = \"Руководитель\"\nlegal_address_kind = \"2B7A9C64-1F0E-4D6A-9A41-7C1E0D5B3A04\"\nbank_accounts = \"Catalog_БанковскиеСчета\"\nbank_account_fields = { owner = \"Owner_Key\" }\n",
+        )
+        .expect("valid")
+        .onec
+        .expect("onec");
+        assert_eq!(set.bank_account_fields.owner, "Owner_Key");
+        assert_eq!(
+            set.bank_account_fields.bank, "Банк_Key",
+            "the others keep theirs"
+        );
+        let err = onec("actual_address_kind = \"Фактический адрес\"\n").expect_err("not a GUID");
+        assert!(
+            err.to_string().contains("onec.actual_address_kind"),
+            "{err}"
+        );
+        let err = onec("bank_fields = { bik = \"\" }\n").expect_err("empty name");
+        assert!(err.to_string().contains("onec.bank_fields.bik"), "{err}");
+        let err = onec("bank_fields = { swift = \"X\" }\n").expect_err("unknown key");
+        assert!(err.to_string().contains("swift"), "{err}");
     }
 
     #[test]

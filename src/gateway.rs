@@ -159,7 +159,11 @@ impl Gateway {
         // Sources that save their snapshot in the background; a delete through
         // the push API asks them to save again.
         let savers = Arc::new(SnapshotSavers::default());
-        let (onec, onec_store) = open_onec(&config, &directory, &health, &metrics, &savers)?;
+        // 1C writes the requisites it reads (director, addresses, bank
+        // details) to the sync store, when there is one.
+        let sync_store = sync.as_ref().map(|(parts, _)| parts.store.clone());
+        let (onec, onec_store) =
+            open_onec(&config, &directory, &health, &metrics, &savers, sync_store)?;
         let file = open_file(&config, &directory, &store, &health, &metrics, &savers);
         let vats = new_vats(&directory, &hub, &store, &metrics, onec.as_ref());
         let push = PushSource::new(Arc::clone(&directory), store.clone(), metrics.registry())
@@ -477,6 +481,7 @@ fn open_onec(
     health: &Arc<SourceHealth>,
     metrics: &Metrics,
     savers: &Arc<SnapshotSavers>,
+    sync_store: Option<Store>,
 ) -> Result<(Option<OnecSource>, Option<Store>), StartError> {
     let Some(onec_config) = &config.onec else {
         return Ok((None, None));
@@ -490,7 +495,10 @@ fn open_onec(
         onec_config,
         onec_users(config),
         Arc::clone(directory),
-        onec_store.clone(),
+        onec::OnecStores {
+            snapshot: onec_store.clone(),
+            sync: sync_store,
+        },
         Arc::clone(health),
         metrics.registry(),
         savers,

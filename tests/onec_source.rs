@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::mock_onec::{
-    guid, MockCounterparty, MockOnec, Mode, RequestKind, CONTACTS, COUNTERPARTIES, PASSWORD,
-    REGISTER,
+    guid, MockCounterparty, MockOnec, Mode, RequestKind, ACTUAL_ADDRESS_KIND_KEY, BANKS,
+    BANK_ACCOUNTS, CONTACTS, COUNTERPARTIES, LEGAL_ADDRESS_KIND_KEY, PASSWORD, REGISTER,
 };
 use support::*;
 
@@ -1476,4 +1476,216 @@ async fn with_the_register_an_unknown_caller_is_not_looked_up_live() {
         },
     )
     .await;
+}
+
+// ---------------------------------------------------------------- requisites
+
+/// Sberbank's BIK and correspondent account, and an account keyed against them.
+const BIK: &str = "044525225";
+const CORR_ACCOUNT: &str = "30101810400000000225";
+const ACCOUNT: &str = "40702810200000000001";
+/// The director's field of the mock's catalog.
+const DIRECTOR_FIELD: &str = "Руководитель";
+
+/// The `[onec]` keys that read requisites (before any `[sync.*]` table).
+fn requisites_keys() -> String {
+    format!(
+        "director_field = \"{DIRECTOR_FIELD}\"\nlegal_address_kind = \"{LEGAL_ADDRESS_KIND_KEY}\"\nactual_address_kind = \"{ACTUAL_ADDRESS_KIND_KEY}\"\nbank_accounts = \"{BANK_ACCOUNTS}\"\n"
+    )
+}
+
+/// With `[sync.bitrix24]` the sync store exists (no system registered).
+const SYNC_TABLE: &str = "\n[sync.bitrix24]\n";
+
+/// A legal entity with a director, both typed addresses and a bank account.
+fn epsilon(director: &str) -> MockCounterparty {
+    MockCounterparty::new(guid(81), "ООО Эпсилон")
+        .inn("7707083893", "773601001")
+        .extra(DIRECTOR_FIELD, director)
+        .extra("ДобавочныйМенеджера", "260")
+        .phone("+7 916 000-00-81", "79160000081")
+        .typed_address(
+            "115035, г. Москва, ул. Садовническая, д. 1",
+            LEGAL_ADDRESS_KIND_KEY,
+        )
+        .typed_address("г. Москва, ул. Тверская, д. 7", ACTUAL_ADDRESS_KIND_KEY)
+}
+
+/// 1C's banks and epsilon's account.
+fn with_bank(mock: &MockOnec, bik: &str) {
+    mock.add_bank(&guid(90), bik, "ПАО СБЕРБАНК", CORR_ACCOUNT);
+    mock.add_bank_account(&guid(91), &guid(81), ACCOUNT, &guid(90));
+}
+
+/// Waits for record `id`'s requisites in the sync store to satisfy `done`.
+async fn requisites_of(gw: &TestGateway, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let store = gw.gateway().sync_store().expect("the sync store is open");
+    wait_for(
+        "the requisites to be written",
+        Duration::from_secs(10),
+        || async {
+            match store.requisites_get(id).await {
+                Ok(Some(body)) => {
+                    let body: Value = serde_json::from_str(&body).expect("requisites JSON");
+                    if done(&body) {
+                        Ok(body)
+                    } else {
+                        Err(body.to_string())
+                    }
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_director_addresses_and_bank_details_reach_the_sync_store() {
+    let mock = mock_with(vec![alpha(), epsilon("Иванов Иван Иванович")]).await;
+    with_bank(&mock, BIK);
+    let table = onec_table(&mock, PASSWORD) + &requisites_keys() + SYNC_TABLE;
+    let gw = start_with("", &table).await;
+    wait_warm(gw.addr).await;
+    let body = requisites_of(&gw, &guid(81), |_| true).await;
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "director": "Иванов Иван Иванович",
+            "legal_address": "115035, г. Москва, ул. Садовническая, д. 1",
+            "actual_address": "г. Москва, ул. Тверская, д. 7",
+            "bank": [{"name": "ПАО СБЕРБАНК", "bik": BIK, "account": ACCOUNT, "corr_account": CORR_ACCOUNT}]
+        })
+    );
+    // Alpha's address has the usual kind, it has no director nor bank:
+    // nothing to write.
+    let store = gw.gateway().sync_store().expect("sync store");
+    assert_eq!(store.requisites_get(&guid(1)).await.expect("reads"), None);
+    // Nothing of it in the directory's entry.
+    let entry = entry_json(&gw, &guid(81));
+    assert!(
+        entry.get("director").is_none() && entry.get("bank").is_none(),
+        "{entry}"
+    );
+    // Valid bank details are not counted.
+    let body = metrics(gw.addr).await;
+    for field in ["bik", "account", "corr_account"] {
+        let labels = format!("field=\"{field}\",source=\"onec\"");
+        assert!(
+            metric(&body, "cti_directory_invalid_requisites_total", &labels).unwrap_or(0.0) == 0.0,
+            "{field}: {body}"
+        );
+    }
+    // The requests named the requisites' fields.
+    let requests = mock.requests();
+    let select_of = |kind| {
+        requests
+            .iter()
+            .find(|r| r.kind == kind)
+            .and_then(|r| r.option("$select").map(str::to_owned))
+            .unwrap_or_else(|| panic!("a {kind:?} request"))
+    };
+    assert!(select_of(RequestKind::CatalogPage)
+        .split(',')
+        .any(|f| f == DIRECTOR_FIELD));
+    assert!(select_of(RequestKind::ContactsPage)
+        .split(',')
+        .any(|f| f == "Вид_Key"));
+    assert!(select_of(RequestKind::BankAccountsPage).contains("НомерСчета"));
+    assert!(select_of(RequestKind::BanksPage).contains("КоррСчет"));
+    // A new director reaches the store at the next read.
+    mock.upsert(epsilon("Петров Пётр Петрович"));
+    gw.gateway().reload();
+    let body = requisites_of(&gw, &guid(81), |b| b["director"] == "Петров Пётр Петрович").await;
+    assert_eq!(body["bank"][0]["bik"], BIK, "{body}");
+}
+
+#[tokio::test]
+async fn a_bad_bik_is_stored_and_counted_and_the_record_answers() {
+    let mock = mock_with(vec![epsilon("Иванов Иван Иванович")]).await;
+    with_bank(&mock, "04452522");
+    let table = onec_table(&mock, PASSWORD) + &requisites_keys() + SYNC_TABLE;
+    let gw = start_with("", &table).await;
+    wait_warm(gw.addr).await;
+    let body = requisites_of(&gw, &guid(81), |_| true).await;
+    assert_eq!(body["bank"][0]["bik"], "04452522", "{body}");
+    let (data, _) = say(gw.addr, "89160000081").await;
+    assert_eq!(data, data_doc("ООО Эпсилон", "0", "260"));
+    let counted = wait_for(
+        "the bad BIK to be counted",
+        Duration::from_secs(5),
+        || async {
+            let body = metrics(gw.addr).await;
+            metric(
+                &body,
+                "cti_directory_invalid_requisites_total",
+                "field=\"bik\",source=\"onec\"",
+            )
+            .filter(|n| *n >= 1.0)
+            .ok_or(body)
+        },
+    )
+    .await;
+    assert_eq!(counted, 1.0);
+}
+
+#[tokio::test]
+async fn the_ka11_register_gives_phones_and_typed_addresses() {
+    let mock = mock_with(vec![epsilon("Иванов Иван Иванович")]).await;
+    let table = register_table(&mock) + &requisites_keys() + SYNC_TABLE;
+    let gw = start_with("", &table).await;
+    wait_warm(gw.addr).await;
+    let (data, _) = say(gw.addr, "+7 916 000-00-81").await;
+    assert_eq!(data, data_doc("ООО Эпсилон", "0", "260"));
+    let body = requisites_of(&gw, &guid(81), |_| true).await;
+    assert_eq!(
+        body["legal_address"], "115035, г. Москва, ул. Садовническая, д. 1",
+        "{body}"
+    );
+    assert_eq!(
+        body["actual_address"], "г. Москва, ул. Тверская, д. 7",
+        "{body}"
+    );
+    // 1C has no bank accounts here: none in the body.
+    assert!(body.get("bank").is_none(), "{body}");
+    assert!(mock
+        .requests()
+        .iter()
+        .filter(|r| r.kind == RequestKind::RegisterPage)
+        .all(|r| r.option("$select") == Some("Объект,Тип,Представление,Вид")));
+}
+
+#[tokio::test]
+async fn without_a_sync_store_nothing_is_read_for_requisites() {
+    let mock = mock_with(vec![epsilon("Иванов Иван Иванович")]).await;
+    with_bank(&mock, BIK);
+    // The keys without a sync store, and a sync store without the keys.
+    let tables = [
+        onec_table(&mock, PASSWORD) + &requisites_keys(),
+        onec_table(&mock, PASSWORD) + SYNC_TABLE,
+    ];
+    for table in tables {
+        mock.reset_requests();
+        let gw = start_with("", &table).await;
+        wait_warm(gw.addr).await;
+        let (data, _) = say(gw.addr, "89160000081").await;
+        assert_eq!(data, data_doc("ООО Эпсилон", "0", "260"));
+        assert_eq!(mock.count(RequestKind::BankAccountsPage), 0);
+        assert_eq!(mock.count(RequestKind::BanksPage), 0);
+        for r in mock.requests() {
+            let select = r.option("$select").unwrap_or_default();
+            assert!(
+                !select.contains(DIRECTOR_FIELD) && !select.contains("Вид"),
+                "{:?} asked for {select}",
+                r.kind
+            );
+            assert!(
+                !matches!(r.entity_set.as_deref(), Some(BANKS | BANK_ACCOUNTS)),
+                "{r:?}"
+            );
+        }
+        if let Some(store) = gw.gateway().sync_store() {
+            assert_eq!(store.requisites_get(&guid(81)).await.expect("reads"), None);
+        }
+    }
 }

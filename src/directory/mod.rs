@@ -362,6 +362,17 @@ impl Directory {
         }
     }
 
+    /// Counts requisites kept outside the directory (1C's bank details, in
+    /// the sync store) that fail their check, one per failing field; the
+    /// caller counts each content once, as [`Directory::check_requisites`] does.
+    pub fn count_invalid_requisites(&self, source: &str, fields: &[&'static str]) {
+        if let Some(counter) = &self.invalid_requisites {
+            for field in fields {
+                counter.with_label_values(&[source, field]).inc();
+            }
+        }
+    }
+
     /// Counts, by source, the phone strings dropped at load because they
     /// hold no usable number (the record is kept without them).
     pub fn counting_unusable_phones(mut self, counter: prometheus::IntCounterVec) -> Directory {

@@ -14,6 +14,14 @@
 //! It refuses what 1C refuses (an unknown property in `$select`, `$orderby`
 //! or `$filter`, an unknown entity set) so a wrong configured name shows.
 //!
+//! With the sync store's requisites in mind it also serves the bank
+//! accounts `Catalog_БанковскиеСчета` (owner in `Owner`, `НомерСчета`,
+//! `Банк_Key`) and the banks `Catalog_Банки` (BIK in `Code`, `Description`,
+//! `КоррСчет`), filled with [`MockOnec::add_bank`] and
+//! [`MockOnec::add_bank_account`], and typed addresses
+//! ([`MockCounterparty::typed_address`]: `Вид_Key` in the tabular section,
+//! `Вид` in the register).
+//!
 //! Query options: `$format` (`json`; absent or `atom` gives Atom XML, another
 //! value 406), `$select`, `$orderby` (`asc`/`desc`), `$top`, `$skip`,
 //! `$inlinecount=allpages` and a `$filter` subset: `eq`/`ne` comparisons of a
@@ -66,6 +74,12 @@ pub const EMPTY_REF: &str = "00000000-0000-0000-0000-000000000000";
 pub const PHONE_KIND_KEY: &str = "2b7a9c64-1f0e-4d6a-9a41-7c1e0d5b3a01";
 pub const EMAIL_KIND_KEY: &str = "2b7a9c64-1f0e-4d6a-9a41-7c1e0d5b3a02";
 pub const ADDRESS_KIND_KEY: &str = "2b7a9c64-1f0e-4d6a-9a41-7c1e0d5b3a03";
+/// `Вид_Key` of "Юридический адрес" and "Фактический адрес".
+pub const LEGAL_ADDRESS_KIND_KEY: &str = "2b7a9c64-1f0e-4d6a-9a41-7c1e0d5b3a04";
+pub const ACTUAL_ADDRESS_KIND_KEY: &str = "2b7a9c64-1f0e-4d6a-9a41-7c1e0d5b3a05";
+/// The bank accounts and banks catalogs.
+pub const BANK_ACCOUNTS: &str = "Catalog_БанковскиеСчета";
+pub const BANKS: &str = "Catalog_Банки";
 
 const MAX_CONNECTIONS: usize = 256;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -96,6 +110,10 @@ pub enum RequestKind {
     ContactsPage,
     /// A list read of the contact information register.
     RegisterPage,
+    /// A list read of the bank accounts catalog.
+    BankAccountsPage,
+    /// A list read of the banks catalog.
+    BanksPage,
     /// A live lookup: the contact set with a `substringof` `$filter`.
     Lookup,
     /// Counterparties by key: `(guid'…')` or a `Ref_Key eq guid'…'` filter.
@@ -164,6 +182,8 @@ pub struct MockContact {
     pub phone_digits: String,
     /// `АдресЭП`.
     pub email: String,
+    /// `Вид_Key`, when not the kind's usual one.
+    pub kind_key: Option<&'static str>,
 }
 
 impl MockContact {
@@ -173,6 +193,7 @@ impl MockContact {
             presentation: presentation.into(),
             phone_digits: digits.into(),
             email: String::new(),
+            kind_key: None,
         }
     }
 
@@ -183,6 +204,7 @@ impl MockContact {
             presentation: address.clone(),
             phone_digits: String::new(),
             email: address,
+            kind_key: None,
         }
     }
 
@@ -192,10 +214,22 @@ impl MockContact {
             presentation: text.into(),
             phone_digits: String::new(),
             email: String::new(),
+            kind_key: None,
+        }
+    }
+
+    /// An address of the contact kind `kind_key` (e.g. [`LEGAL_ADDRESS_KIND_KEY`]).
+    pub fn typed_address(text: impl Into<String>, kind_key: &'static str) -> MockContact {
+        MockContact {
+            kind_key: Some(kind_key),
+            ..MockContact::address(text)
         }
     }
 
     fn kind_key(&self) -> &'static str {
+        if let Some(key) = self.kind_key {
+            return key;
+        }
         match self.kind {
             "Телефон" => PHONE_KIND_KEY,
             "АдресЭлектроннойПочты" => EMAIL_KIND_KEY,
@@ -250,6 +284,13 @@ impl MockCounterparty {
 
     pub fn address(mut self, text: impl Into<String>) -> Self {
         self.contacts.push(MockContact::address(text));
+        self
+    }
+
+    /// An address of the contact kind `kind_key` ([`LEGAL_ADDRESS_KIND_KEY`]…).
+    pub fn typed_address(mut self, text: impl Into<String>, kind_key: &'static str) -> Self {
+        self.contacts
+            .push(MockContact::typed_address(text, kind_key));
         self
     }
 
@@ -381,6 +422,8 @@ impl MockOnec {
                 version: 1,
                 next_code: 1,
                 orders: Vec::new(),
+                bank_accounts: Vec::new(),
+                banks: Vec::new(),
             }),
             mode: watch::channel(Mode::Normal).0,
             lookup_delay: Mutex::new(Duration::ZERO),
@@ -433,6 +476,35 @@ impl MockOnec {
                 });
             }
         }
+    }
+
+    /// Adds a bank to `Catalog_Банки`: key, BIK (`Code`), name, correspondent account.
+    pub fn add_bank(&self, ref_key: &str, bik: &str, name: &str, corr_account: &str) {
+        let mut data = self.state.data();
+        data.bump();
+        data.banks.push(
+            json!({"Ref_Key": ref_key, "DeletionMark": false, "IsFolder": false,
+                   "Code": bik, "Description": name, "КоррСчет": corr_account, "Город": "г. Москва"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        );
+    }
+
+    /// Adds an account of counterparty `owner` at bank `bank_key` to
+    /// `Catalog_БанковскиеСчета` (`Owner` as БП 3.0 publishes it: a composite
+    /// reference, with `Owner_Type`).
+    pub fn add_bank_account(&self, ref_key: &str, owner: &str, number: &str, bank_key: &str) {
+        let mut data = self.state.data();
+        let version = data.bump();
+        data.bank_accounts.push(
+            json!({"Ref_Key": ref_key, "DataVersion": data_version(version), "DeletionMark": false,
+                   "Owner": owner, "Owner_Type": "StandardODATA.Catalog_Контрагенты",
+                   "Description": number, "НомерСчета": number, "Банк_Key": bank_key})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        );
     }
 
     /// Sets `DeletionMark`; its `DataVersion` changes. Panics if unknown.
@@ -558,6 +630,9 @@ struct Data {
     /// Unfiltered orders computed since the last write (a few: a full read
     /// pages both sets at once).
     orders: Vec<CachedOrder>,
+    /// `Catalog_БанковскиеСчета` and `Catalog_Банки` rows, as served.
+    bank_accounts: Vec<Map<String, Value>>,
+    banks: Vec<Map<String, Value>>,
 }
 
 struct CachedOrder {
@@ -810,6 +885,8 @@ enum Set {
     Counterparties,
     Contacts,
     Register,
+    BankAccounts,
+    Banks,
 }
 
 impl Set {
@@ -818,6 +895,8 @@ impl Set {
             Set::Counterparties => COUNTERPARTIES,
             Set::Contacts => CONTACTS,
             Set::Register => REGISTER,
+            Set::BankAccounts => BANK_ACCOUNTS,
+            Set::Banks => BANKS,
         }
     }
 }
@@ -873,6 +952,8 @@ impl Parsed {
             Some(COUNTERPARTIES) => RequestKind::CatalogPage,
             Some(CONTACTS) => RequestKind::ContactsPage,
             Some(REGISTER) => RequestKind::RegisterPage,
+            Some(BANK_ACCOUNTS) => RequestKind::BankAccountsPage,
+            Some(BANKS) => RequestKind::BanksPage,
             _ => RequestKind::Other,
         }
     }
@@ -974,6 +1055,8 @@ fn plan(
         COUNTERPARTIES => Set::Counterparties,
         CONTACTS => Set::Contacts,
         REGISTER => Set::Register,
+        BANK_ACCOUNTS => Set::BankAccounts,
+        BANKS => Set::Banks,
         _ => return Err(not_found(format!("Не найден набор сущностей: {name}"))),
     };
     if set != Set::Counterparties && key.is_some() {
@@ -1444,8 +1527,31 @@ const REGISTER_PROPS: &[(&str, Ty)] = &[
     ("Комментарий", Ty::Str),
 ];
 
+const BANK_ACCOUNT_PROPS: &[(&str, Ty)] = &[
+    ("Ref_Key", Ty::Guid),
+    ("DataVersion", Ty::Str),
+    ("DeletionMark", Ty::Bool),
+    ("Owner", Ty::Guid),
+    ("Owner_Type", Ty::Str),
+    ("Description", Ty::Str),
+    ("НомерСчета", Ty::Str),
+    ("Банк_Key", Ty::Guid),
+];
+
+const BANK_PROPS: &[(&str, Ty)] = &[
+    ("Ref_Key", Ty::Guid),
+    ("DeletionMark", Ty::Bool),
+    ("IsFolder", Ty::Bool),
+    ("Code", Ty::Str),
+    ("Description", Ty::Str),
+    ("КоррСчет", Ty::Str),
+    ("Город", Ty::Str),
+];
+
 #[derive(Clone, Copy)]
 enum Item<'a> {
+    /// A bank account or bank row and its index in its list.
+    Plain(&'a Map<String, Value>, usize),
     Counterparty(&'a Row),
     /// Owner and index into its contacts.
     Contact(&'a Row, usize),
@@ -1459,6 +1565,8 @@ impl Data {
             Set::Counterparties => CATALOG_PROPS,
             Set::Contacts => CONTACT_PROPS,
             Set::Register => REGISTER_PROPS,
+            Set::BankAccounts => BANK_ACCOUNT_PROPS,
+            Set::Banks => BANK_PROPS,
         };
         if let Some((_, ty)) = fixed.iter().find(|(n, _)| *n == name) {
             return Some(*ty);
@@ -1482,6 +1590,8 @@ impl Data {
                 .collect(),
             Set::Contacts => CONTACT_PROPS.iter().map(|(n, _)| *n).collect(),
             Set::Register => REGISTER_PROPS.iter().map(|(n, _)| *n).collect(),
+            Set::BankAccounts => BANK_ACCOUNT_PROPS.iter().map(|(n, _)| *n).collect(),
+            Set::Banks => BANK_PROPS.iter().map(|(n, _)| *n).collect(),
         }
     }
 
@@ -1498,6 +1608,27 @@ impl Data {
                 .iter()
                 .flat_map(|r| (0..r.cp.contacts.len()).map(move |i| Item::Register(r, i)))
                 .collect(),
+            Set::BankAccounts => self
+                .plain(set)
+                .iter()
+                .enumerate()
+                .map(|(i, m)| Item::Plain(m, i))
+                .collect(),
+            Set::Banks => self
+                .plain(set)
+                .iter()
+                .enumerate()
+                .map(|(i, m)| Item::Plain(m, i))
+                .collect(),
+        }
+    }
+
+    /// The rows of a bank set.
+    fn plain(&self, set: Set) -> &[Map<String, Value>] {
+        match set {
+            Set::BankAccounts => &self.bank_accounts,
+            Set::Banks => &self.banks,
+            _ => &[],
         }
     }
 
@@ -1506,6 +1637,7 @@ impl Data {
             Set::Counterparties => Item::Counterparty(&self.rows[row]),
             Set::Contacts => Item::Contact(&self.rows[row], line),
             Set::Register => Item::Register(&self.rows[row], line),
+            Set::BankAccounts | Set::Banks => Item::Plain(&self.plain(set)[row], row),
         }
     }
 
@@ -1547,6 +1679,7 @@ impl Data {
                 .iter()
                 .map(|it| match it {
                     Item::Counterparty(r) => (self.by_key[&r.cp.ref_key], 0),
+                    Item::Plain(_, i) => (*i, 0),
                     Item::Contact(r, line) | Item::Register(r, line) => {
                         (self.by_key[&r.cp.ref_key], *line)
                     }
@@ -1567,6 +1700,7 @@ impl Data {
 
     fn prop<'a>(&'a self, item: Item<'a>, name: &str) -> Prop<'a> {
         match item {
+            Item::Plain(m, _) => m.get(name).map_or(Prop::None, json_prop),
             Item::Counterparty(row) => {
                 let c = &row.cp;
                 match name {
@@ -1649,6 +1783,7 @@ impl Data {
             },
             (Item::Contact(_, i), "LineNumber") => json!((i + 1).to_string()),
             (Item::Contact(..) | Item::Register(..), _) => prop_json(self.prop(item, name)),
+            (Item::Plain(m, _), _) => m.get(name).cloned().unwrap_or(Value::Null),
         }
     }
 

@@ -12,12 +12,16 @@
 //!   `onec.refresh`, at once on SIGHUP; after a failure, retries with
 //!   exponential backoff and jitter while the last good directory keeps
 //!   serving. The log says once when 1C goes down and once when it is back.
+//! - **Requisites** (with the sync store only): the director, the typed
+//!   addresses and the bank details go to the sync store's `requisites`
+//!   after each full read, never to the directory (see `requisites.rs`).
 //! - **Live lookup** ([`LiveLookup`]): callers the directory lacks, asked of
 //!   1C within `onec.lookup_budget_ms`.
 
 mod live;
 mod metrics;
 mod odata;
+mod requisites;
 /// Reachable in the crate for `crate::fuzzing` only.
 pub(crate) mod rows;
 
@@ -40,6 +44,7 @@ pub use live::LiveLookup;
 use metrics::OnecMetrics;
 use odata::OdataClient;
 pub use odata::OdataError;
+use requisites::Requisites;
 use rows::{CatalogRow, ContactRow, FieldNames, CONTACTS_SELECT};
 
 /// The name this source's records carry in the directory and the store.
@@ -79,6 +84,14 @@ pub struct RefreshReport {
     pub elapsed: Duration,
 }
 
+/// The stores the 1C source writes to.
+pub struct OnecStores {
+    /// 1C's own file: the snapshot of its records.
+    pub snapshot: Store,
+    /// The sync store, when there is one: the requisites go there.
+    pub sync: Option<Store>,
+}
+
 pub struct OnecSource {
     /// The full read; it runs on `low`.
     reader: Arc<Reader>,
@@ -100,7 +113,11 @@ struct Reader {
     contacts_set: String,
     contacts_layout: ContactsLayout,
     fields: FieldNames,
+    /// `$select` of the contact read (the tabular section's, or the register's).
+    contacts_select: String,
     page_size: usize,
+    /// With the sync store: what is written to its `requisites`.
+    requisites: Option<Requisites>,
     /// A tag of the settings that shape records (field names): records read
     /// under other settings are rebuilt even when their `DataVersion` is the same.
     settings_tag: String,
@@ -113,11 +130,15 @@ impl OnecSource {
         config: &OnecConfig,
         users: OnecUsers,
         directory: Arc<Directory>,
-        store: Store,
+        stores: OnecStores,
         health: Arc<SourceHealth>,
         registry: &prometheus::Registry,
         savers: &SnapshotSavers,
     ) -> Result<OnecSource, OnecError> {
+        let OnecStores {
+            snapshot: store,
+            sync: sync_store,
+        } = stores;
         let metrics = Arc::new(OnecMetrics::register(registry)?);
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let fields = FieldNames {
@@ -127,8 +148,12 @@ impl OnecSource {
             code: non_empty(&config.code_field),
             kind: non_empty(&config.kind_field),
             manager_ref: non_empty(&config.manager_ref_field),
+            // Requisites are read only where they can be kept.
+            director: non_empty(&config.director_field).filter(|_| sync_store.is_some()),
             users: Arc::new(users),
         };
+        let requisites =
+            sync_store.and_then(|s| Requisites::new(config, s, Arc::clone(&directory)));
         let contacts_set = config.contacts_set();
         let register = config.contacts_layout == ContactsLayout::Register;
         if register {
@@ -167,6 +192,18 @@ impl OnecSource {
             }
             format!("{:08x}", h.finish() as u32)
         };
+        let contacts_select = {
+            let (select, kind) = if register {
+                (rows::REGISTER_SELECT, rows::REGISTER_KIND_FIELD)
+            } else {
+                (CONTACTS_SELECT, rows::SECTION_KIND_FIELD)
+            };
+            if requisites.as_ref().is_some_and(|r| r.reads_address_kinds()) {
+                format!("{select},{kind}")
+            } else {
+                select.to_owned()
+            }
+        };
         let saver = Arc::new(SnapshotSaver::new(SOURCE, Arc::clone(&directory), store));
         savers.register(Arc::clone(&saver));
         Ok(OnecSource {
@@ -178,6 +215,8 @@ impl OnecSource {
                 page_size: config.page_size,
                 settings_tag,
                 fields,
+                contacts_select,
+                requisites,
                 directory,
                 last_built: Mutex::new(None),
             }),
@@ -304,7 +343,7 @@ impl Reader {
                 ContactsLayout::Section => {
                     self.read_all(
                         &self.contacts_set,
-                        CONTACTS_SELECT,
+                        &self.contacts_select,
                         "Ref_Key,LineNumber",
                         rows::parse_contacts_page,
                     )
@@ -314,7 +353,7 @@ impl Reader {
                     let pages = self
                         .read_all(
                             &self.contacts_set,
-                            rows::REGISTER_SELECT,
+                            &self.contacts_select,
                             rows::REGISTER_ORDER,
                             rows::parse_register_page,
                         )
@@ -325,12 +364,24 @@ impl Reader {
                 }
             }
         };
-        let (catalog, contacts) = tokio::try_join!(
-            self.read_all(&self.catalog_set, &catalog_select, "Ref_Key", move |body| {
-                rows::parse_catalog_page(body, &fields)
-            }),
-            contacts,
-        )?;
+        let directory_rows = async {
+            tokio::try_join!(
+                self.read_all(&self.catalog_set, &catalog_select, "Ref_Key", move |body| {
+                    rows::parse_catalog_page(body, &fields)
+                }),
+                contacts,
+            )
+        };
+        // The bank catalogs are read alongside; their failure fails no read.
+        let (read, accounts) = tokio::join!(directory_rows, self.read_accounts());
+        let (catalog, contacts) = read?;
+        let pending = self.requisites.as_ref().and_then(|r| {
+            let accounts = match accounts {
+                None => None,
+                Some(result) => Some(r.banks_read(result)?),
+            };
+            Some(r.gather(&catalog, &contacts, accounts.as_ref()))
+        });
         let last = self
             .last_built
             .lock()
@@ -338,7 +389,38 @@ impl Reader {
             .clone();
         let built = build(&self.directory, catalog, contacts, &self.settings_tag, last);
         *self.last_built.lock().unwrap_or_else(|p| p.into_inner()) = Some(built.outcome.clone());
+        // After the directory took the records.
+        if let (Some(r), Some(pending)) = (&self.requisites, pending) {
+            r.write(pending).await;
+        }
         Ok(built)
+    }
+
+    /// With the sync store and `onec.bank_accounts`: the bank accounts with
+    /// their banks joined, by owner; `None` when they are not read.
+    async fn read_accounts(&self) -> Option<Result<requisites::AccountsByOwner, String>> {
+        let sets = self.requisites.as_ref()?.bank_sets()?;
+        let (accounts_select, banks_select) = (sets.accounts_select(), sets.banks_select());
+        let read = async {
+            tokio::try_join!(
+                self.read_all(&sets.accounts_set, &accounts_select, "Ref_Key", |body| {
+                    requisites::parse_accounts_page(body, &sets.account_fields)
+                }),
+                self.read_all(&sets.banks_set, &banks_select, "Ref_Key", |body| {
+                    requisites::parse_banks_page(body, &sets.bank_fields)
+                }),
+            )
+        };
+        Some(
+            read.await
+                .map(|(accounts, banks)| {
+                    requisites::join_accounts(
+                        accounts.into_iter().flatten().collect(),
+                        banks.into_iter().flatten().collect(),
+                    )
+                })
+                .map_err(|e| e.to_string()),
+        )
     }
 
     /// Every row of `set`, page by page, as the pages came. A row that

@@ -21,7 +21,7 @@ const EMBEDDED_CONTACTS: &str = "КонтактнаяИнформация";
 /// The `Тип` values of contact information rows.
 const KIND_PHONE: &str = "Телефон";
 const KIND_EMAIL: &str = "АдресЭлектроннойПочты";
-const KIND_ADDRESS: &str = "Адрес";
+pub(super) const KIND_ADDRESS: &str = "Адрес";
 
 /// The configured names of the catalog fields that vary by configuration.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +37,9 @@ pub struct FieldNames {
     /// The responsible user, a `Catalog_Пользователи` reference
     /// (`onec.manager_ref_field`), mapped through `users`.
     pub manager_ref: Option<String>,
+    /// The director's name (`onec.director_field`), for the sync store's
+    /// requisites: set only when the sync store exists.
+    pub director: Option<String>,
     /// `[[manager]] onec_user`: whom each 1C user's clients are routed to.
     pub users: Arc<OnecUsers>,
 }
@@ -64,6 +67,7 @@ impl FieldNames {
             &self.code,
             &self.kind,
             &self.manager_ref,
+            &self.director,
         ];
         for extra in extras.into_iter().flatten() {
             select.push(',');
@@ -89,6 +93,13 @@ pub const CONTACTS_SELECT: &str = "Ref_Key,LineNumber,Тип,Представл�
 pub const REGISTER_SELECT: &str = "Объект,Тип,Представление";
 pub const REGISTER_ORDER: &str = "Объект,Тип";
 
+/// The contact kind's field, added to the `$select` of a contact read when
+/// typed addresses are read for the sync store's requisites: `Вид_Key` in
+/// the tabular section, the dimension `Вид` in the register (its GUID; the
+/// same assumption on КА 1.1's shipped metadata as above).
+pub const SECTION_KIND_FIELD: &str = "Вид_Key";
+pub const REGISTER_KIND_FIELD: &str = "Вид";
+
 /// One row of the counterparties catalog.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct CatalogRow {
@@ -109,6 +120,8 @@ pub struct CatalogRow {
     pub ogrn: String,
     pub code: String,
     pub kind: String,
+    /// The director's name, for the sync store's requisites.
+    pub director: String,
     /// Contact rows embedded in the catalog row, when 1C sent them.
     pub contacts: Vec<ContactRow>,
 }
@@ -120,6 +133,9 @@ pub struct ContactRow {
     pub owner: String,
     pub line: u32,
     pub kind: String,
+    /// The contact kind (`Вид_Key`; the register's `Вид`): which address
+    /// an address row is.
+    pub kind_key: String,
     pub presentation: String,
     pub phone_digits: String,
     pub email: String,
@@ -147,14 +163,21 @@ pub fn parse_register_page(body: &[u8]) -> Result<Vec<ContactRow>, String> {
 /// `Представление` lists several numbers (`"+7 495 …, +7 916 …"`, one kind
 /// holds one value in the register) becomes one row per number.
 pub fn number_register_rows(rows: &mut Vec<ContactRow>) {
-    let mut seen: std::collections::HashSet<(String, String, String)> =
+    let mut seen: std::collections::HashSet<(String, String, String, String)> =
         std::collections::HashSet::with_capacity(rows.len());
     let mut lines: HashMap<String, u32> = HashMap::new();
     let mut out = Vec::with_capacity(rows.len());
     for row in rows.drain(..) {
+        // One address text may be both the legal and the actual address.
+        let kind_key = if row.kind == KIND_ADDRESS {
+            row.kind_key.clone()
+        } else {
+            String::new()
+        };
         let key = (
             row.owner.clone(),
             row.kind.clone(),
+            kind_key,
             row.presentation.clone(),
         );
         if !seen.insert(key) {
@@ -188,7 +211,7 @@ pub fn number_register_rows(rows: &mut Vec<ContactRow>) {
 }
 
 /// Reads `{"value":[…]}` (other members ignored), each item with `item`.
-fn parse_list<S, T>(body: &[u8], item: S) -> Result<Vec<T>, String>
+pub(super) fn parse_list<S, T>(body: &[u8], item: S) -> Result<Vec<T>, String>
 where
     S: for<'de> DeserializeSeed<'de, Value = T> + Copy,
 {
@@ -296,6 +319,9 @@ impl<'de> Visitor<'de> for CatalogSeed<'_> {
                 k if Some(k) == self.0.manager_ref.as_deref() => {
                     row.manager_ref = map.next_value::<Text>()?.0;
                 }
+                k if Some(k) == self.0.director.as_deref() => {
+                    row.director = map.next_value::<Text>()?.0;
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -370,6 +396,7 @@ impl<'de> Visitor<'de> for ContactSeed {
                         .unwrap_or(0)
                 }
                 "Тип" => row.kind = map.next_value::<Text>()?.0,
+                "Вид_Key" => row.kind_key = map.next_value::<Text>()?.0,
                 "Представление" => row.presentation = map.next_value::<Text>()?.0,
                 "НомерТелефона" => row.phone_digits = map.next_value::<Text>()?.0,
                 "АдресЭП" => row.email = map.next_value::<Text>()?.0,
@@ -403,6 +430,9 @@ impl<'de> Visitor<'de> for RegisterSeed {
             match key.as_str() {
                 "Объект" => row.owner = map.next_value::<Text>()?.0,
                 "Тип" => row.kind = map.next_value::<Text>()?.0,
+                // A composite dimension in КА 1.1 (`Вид` and `Вид_Type`); a
+                // single-typed one would be published as `Вид_Key`.
+                "Вид" | "Вид_Key" => row.kind_key = map.next_value::<Text>()?.0,
                 "Представление" => row.presentation = map.next_value::<Text>()?.0,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -418,7 +448,7 @@ impl<'de> Visitor<'de> for RegisterSeed {
 }
 
 /// A text field: a string, or a number or bool written as text; `null` is empty.
-struct Text(String);
+pub(super) struct Text(pub(super) String);
 
 impl<'de> de::Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
@@ -481,7 +511,7 @@ impl<'de> de::Deserialize<'de> for Number {
 }
 
 /// A boolean field: `true`/`false`, or their text.
-struct Flag(bool);
+pub(super) struct Flag(pub(super) bool);
 
 impl<'de> de::Deserialize<'de> for Flag {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Flag, D::Error> {
