@@ -743,3 +743,59 @@ fn normalized(field: Field, value: Option<&str>) -> Option<String> {
     };
     (!normal.is_empty()).then_some(normal)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manager(system: &str, user: &str) -> OverlayManager {
+        OverlayManager {
+            system: system.into(),
+            user_id: Some(user.into()),
+            extension: None,
+            name: None,
+        }
+    }
+
+    #[test]
+    fn owned_fields_compare_as_the_hash_normalizes_them() {
+        assert_eq!(
+            normalized(Field::Inn, Some("7707 083893")),
+            normalized(Field::Inn, Some("7707083893"))
+        );
+        assert_eq!(
+            normalized(Field::Kpp, Some("7736ab001")),
+            Some("7736AB001".to_owned())
+        );
+        assert_eq!(
+            normalized(Field::Name, Some("  Альфа   ООО ")),
+            Some("Альфа ООО".to_owned())
+        );
+        // Empty is absent: a CRM dropping an empty field changed nothing.
+        assert_eq!(normalized(Field::Address, Some("  ")), None);
+        assert_ne!(
+            normalized(Field::Inn, Some("7707083893")),
+            normalized(Field::Inn, Some("7702070139"))
+        );
+    }
+
+    #[test]
+    fn a_deletion_takes_away_the_systems_part_and_numbers_only_with_the_last_part() {
+        let both = Overlay {
+            managers: vec![manager("bitrix24", "17"), manager("amocrm", "5")],
+            links: Vec::new(),
+            phones: vec!["89125550201".into()],
+        };
+        let left = without_system(&both, "bitrix24").expect("amocrm's part stays");
+        assert_eq!(left.managers, vec![manager("amocrm", "5")]);
+        assert_eq!(
+            left.phones, both.phones,
+            "numbers kept while amocrm links it"
+        );
+        let alone = Overlay {
+            managers: vec![manager("bitrix24", "17")],
+            ..both
+        };
+        assert_eq!(without_system(&alone, "bitrix24"), None);
+    }
+}
