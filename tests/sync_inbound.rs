@@ -441,3 +441,33 @@ async fn a_record_matching_several_is_refused_counted_and_recorded() {
     by_key.gw.stop().await;
     s.gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_new_record_sharing_a_phone_with_a_known_one_is_kept_apart() {
+    let mut s = start(DedupeKey::InnKpp).await;
+    // k3's number, another client (no INN to match): a CRM-only record of
+    // its own; the phone never merges the two.
+    let record = RemoteRecord {
+        name: "Бухгалтерия на аутсорсе".into(),
+        phones: vec!["+7 495 111-00-03".into()],
+        ..RemoteRecord::default()
+    };
+    assert_eq!(
+        s.apply("401", upsert(record)).await,
+        Outcome::Created {
+            id: "bitrix24:company:401".into()
+        }
+    );
+    let directory = s.gw.gateway().directory();
+    assert!(directory.lookup_id("k3").is_some(), "k3 untouched");
+    assert!(directory.lookup_id("bitrix24:company:401").is_some());
+    assert!(
+        s.store()
+            .idmap_get(SYSTEM, "company", "k3")
+            .await
+            .expect("id-map read")
+            .is_none_or(|row| row.remote_id.is_none()),
+        "k3 not linked"
+    );
+    s.gw.stop().await;
+}
