@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cti_gateway::config::Config;
 use cti_gateway::store::{Conflict, ConflictQuery, OutboxQuery, OutboxRow, Store};
-use cti_gateway::sync::inbound::{Applier, Change, Inbound, Outcome, RemoteRecord};
+use cti_gateway::sync::inbound::{Applier, Change, Inbound, InboundError, Outcome, RemoteRecord};
 use cti_gateway::sync::{DedupeKey, SystemSpec};
 use cti_gateway::Gateway;
 use support::*;
@@ -233,6 +233,22 @@ async fn a_crm_only_record_with_a_failing_requisite_is_not_applied_and_recorded(
         Outcome::Refused { conflicts: 1 }
     );
     assert_eq!(say_name(s.gw.addr, "89125550102").await.0, "");
+    // An id that cannot key a record: refused, nothing written.
+    for (kind, remote_id) in [("company", " "), ("com:pany", "103"), ("", "103")] {
+        let refused = s
+            .applier
+            .apply(Inbound {
+                system: SYSTEM.to_owned(),
+                kind: kind.to_owned(),
+                remote_id: remote_id.to_owned(),
+                change: Change::Deleted,
+            })
+            .await;
+        assert!(
+            matches!(refused, Err(InboundError::Invalid { .. })),
+            "{kind:?}/{remote_id:?}: {refused:?}"
+        );
+    }
     let conflicts = s.conflicts().await;
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     assert_eq!(conflicts[0].record_key, "bitrix24:company:102");

@@ -57,6 +57,9 @@ pub const OWNED: &[Field] = &[
     Field::Address,
 ];
 
+/// The longest remote id taken (bytes).
+pub const MAX_REMOTE_ID: usize = 256;
+
 /// `conflicts.resolution` of a linked record's field a CRM changed: 1C's
 /// value stays and is sent back.
 pub const ONEC_WINS: &str = "1c_wins";
@@ -203,6 +206,25 @@ impl Applier {
             return Err(InboundError::WrongSystem {
                 expected: self.spec.name().to_owned(),
                 got: inbound.system.chars().take(64).collect(),
+            });
+        }
+        // The runtime decodes outside input: an id that cannot key a record is refused.
+        let bad_kind = inbound.kind.is_empty()
+            || inbound.kind.len() > 64
+            || inbound.kind.contains(':')
+            || inbound.kind.chars().any(char::is_control);
+        let bad_id = inbound.remote_id.trim().is_empty()
+            || inbound.remote_id.len() > MAX_REMOTE_ID
+            || inbound.remote_id.chars().any(char::is_control);
+        if bad_kind || bad_id {
+            return Err(InboundError::Invalid {
+                system: self.spec.name().to_owned(),
+                remote_id: inbound.remote_id.chars().take(128).collect(),
+                problem: if bad_kind {
+                    "the kind must be 1-64 characters without a colon".to_owned()
+                } else {
+                    format!("the remote id must be 1-{MAX_REMOTE_ID} characters, not blank")
+                },
             });
         }
         let link = self
