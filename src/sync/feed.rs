@@ -236,6 +236,11 @@ impl Feed {
         });
     }
 
+    /// The sync metrics (the inbound path counts duplicates refused).
+    pub fn metrics(&self) -> &FeedMetrics {
+        &self.inlet.metrics
+    }
+
     /// Successful reconciles so far (the start-up one included).
     pub fn reconciles(&self) -> u64 {
         self.inlet.progress.borrow().reconciles

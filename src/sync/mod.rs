@@ -3,7 +3,8 @@
 //! hash of what each keeps of a record ([`hash`]), the change feed from the
 //! directory to each system's outbox in the sync store ([`feed`]), and how a
 //! system's record is matched with the directory's ([`identity`]), and the
-//! records only a CRM holds, a source named after it ([`crm_source`]).
+//! records only a CRM holds, a source named after it ([`crm_source`]), and
+//! what the core does with a record a system reports ([`inbound`]).
 //!
 //! The sync store (`<name>.sync.sqlite`) is opened only when a system is
 //! registered: an installation that does not sync has no such file. What
@@ -13,6 +14,7 @@ pub mod crm_source;
 pub mod feed;
 pub mod hash;
 pub mod identity;
+pub mod inbound;
 pub mod metrics;
 pub mod registry;
 

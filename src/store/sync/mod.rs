@@ -219,6 +219,17 @@ pub struct IdMapRow {
     pub closed_at: Option<SystemTime>,
 }
 
+/// A link to make ([`Store::idmap_link`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMapLink {
+    pub system: String,
+    pub kind: String,
+    pub local_id: String,
+    pub remote_id: String,
+    /// The new hash of the link; `None` keeps the row's.
+    pub hash: Option<u64>,
+}
+
 impl Store {
     /// Queues `rows` (1..n) in one transaction and, in the same one, sets
     /// the id-map hash of each row's (system, kind, record_key) to its
@@ -274,6 +285,68 @@ impl Store {
     /// Every overlay body, by record id, in id order.
     pub async fn overlay_all(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.read(|conn, path| read::overlay_all(conn, path)).await
+    }
+
+    /// The overlay body (JSON) of record `id`, if any.
+    pub async fn overlay_get(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn, path| read::overlay_get(conn, path, &id))
+            .await
+    }
+
+    /// The id-map row linking `system`'s record `remote_id` of `kind`, open
+    /// or closed (see [`IdMapRow::closed_at`]).
+    pub async fn idmap_by_remote(
+        &self,
+        system: &str,
+        kind: &str,
+        remote_id: &str,
+    ) -> Result<Option<IdMapRow>, StoreError> {
+        let (system, kind, remote_id) = (system.to_owned(), kind.to_owned(), remote_id.to_owned());
+        self.read(move |conn, path| read::idmap_by_remote(conn, path, &system, &kind, &remote_id))
+            .await
+    }
+
+    /// The id-map row of local record `local_id` for `system` and `kind`.
+    pub async fn idmap_get(
+        &self,
+        system: &str,
+        kind: &str,
+        local_id: &str,
+    ) -> Result<Option<IdMapRow>, StoreError> {
+        let (system, kind, local_id) = (system.to_owned(), kind.to_owned(), local_id.to_owned());
+        self.read(move |conn, path| read::idmap_get(conn, path, &system, &kind, &local_id))
+            .await
+    }
+
+    /// Links local record `local_id` with `system`'s record `remote_id` (of
+    /// `kind`), open: a closed link is opened again. `hash`, when given,
+    /// becomes the link's hash (what both sides now hold); `None` keeps the
+    /// one it has. A link of `remote_id` to another local record is taken
+    /// away in the same transaction (the id-map is unique both ways: the
+    /// system's record is one client, now this one).
+    pub async fn idmap_link(&self, link: IdMapLink) -> Result<(), StoreError> {
+        self.sync_write(|reply| SyncWrite::IdmapLink { link, reply })
+            .await
+    }
+
+    /// Closes the link of local record `local_id` for `system` and `kind`
+    /// (the system deleted its copy): the row stays, with `closed_at` now.
+    /// Resolves with whether an open link was closed.
+    pub async fn idmap_close(
+        &self,
+        system: &str,
+        kind: &str,
+        local_id: &str,
+    ) -> Result<bool, StoreError> {
+        let (system, kind, local_id) = (system.to_owned(), kind.to_owned(), local_id.to_owned());
+        self.sync_write(|reply| SyncWrite::IdmapClose {
+            system,
+            kind,
+            local_id,
+            reply,
+        })
+        .await
     }
 
     /// Writes requisites bodies (JSON) by record id, replacing what was

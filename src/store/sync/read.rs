@@ -45,6 +45,68 @@ pub(super) fn overlay_all(
     query().map_err(|e| StoreError::sqlite(path, "reading the overlay", e))
 }
 
+/// The overlay body of record `id`.
+pub(super) fn overlay_get(
+    conn: &Connection,
+    path: &Path,
+    id: &str,
+) -> Result<Option<String>, StoreError> {
+    conn.prepare_cached("SELECT body FROM overlay WHERE id = ?1")
+        .and_then(|mut stmt| stmt.query_row([id], |r| r.get(0)).optional())
+        .map_err(|e| StoreError::sqlite(path, "reading a record's overlay", e))
+}
+
+/// The id-map row of `system`'s record `remote_id` of `kind`, open or closed.
+pub(super) fn idmap_by_remote(
+    conn: &Connection,
+    path: &Path,
+    system: &str,
+    kind: &str,
+    remote_id: &str,
+) -> Result<Option<IdMapRow>, StoreError> {
+    conn.prepare_cached(
+        "SELECT kind, local_id, remote_id, remote_version, hash, closed_at FROM idmap
+         WHERE system = ?1 AND kind = ?2 AND remote_id = ?3",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_row([system, kind, remote_id], idmap_row)
+            .optional()
+    })
+    .map_err(|e| StoreError::sqlite(path, "reading the id-map by remote id", e))
+}
+
+/// The id-map row of local record `local_id` for `system` and `kind`.
+pub(super) fn idmap_get(
+    conn: &Connection,
+    path: &Path,
+    system: &str,
+    kind: &str,
+    local_id: &str,
+) -> Result<Option<IdMapRow>, StoreError> {
+    conn.prepare_cached(
+        "SELECT kind, local_id, remote_id, remote_version, hash, closed_at FROM idmap
+         WHERE system = ?1 AND kind = ?2 AND local_id = ?3",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_row([system, kind, local_id], idmap_row)
+            .optional()
+    })
+    .map_err(|e| StoreError::sqlite(path, "reading the id-map by local id", e))
+}
+
+/// An id-map row of the columns `kind, local_id, remote_id, remote_version,
+/// hash, closed_at`.
+fn idmap_row(r: &Row<'_>) -> rusqlite::Result<IdMapRow> {
+    Ok(IdMapRow {
+        kind: r.get(0)?,
+        local_id: r.get(1)?,
+        remote_id: r.get(2)?,
+        remote_version: r.get(3)?,
+        hash: r.get::<_, Option<i64>>(4)?.map(hash_from_sql),
+        closed_at: r.get::<_, Option<i64>>(5)?.map(from_unix_ms),
+    })
+}
+
 /// The requisites body of record `id`.
 pub(super) fn requisites_get(
     conn: &Connection,
@@ -207,16 +269,7 @@ pub(super) fn idmap_chunk(
     let read = || -> rusqlite::Result<Vec<IdMapRow>> {
         let columns =
             "SELECT kind, local_id, remote_id, remote_version, hash, closed_at FROM idmap";
-        let map = |r: &Row<'_>| -> rusqlite::Result<IdMapRow> {
-            Ok(IdMapRow {
-                kind: r.get(0)?,
-                local_id: r.get(1)?,
-                remote_id: r.get(2)?,
-                remote_version: r.get(3)?,
-                hash: r.get::<_, Option<i64>>(4)?.map(hash_from_sql),
-                closed_at: r.get::<_, Option<i64>>(5)?.map(from_unix_ms),
-            })
-        };
+        let map = idmap_row;
         match after {
             None => {
                 let mut stmt = conn.prepare_cached(&format!(

@@ -353,6 +353,76 @@ async fn the_id_map_is_unique_both_ways() {
 }
 
 #[tokio::test]
+async fn a_link_moves_a_remote_id_keeps_or_sets_the_hash_and_closes_and_opens_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_sync(&sync_path(dir.path()), &Registry::new());
+    // The feed queued `a` (hash 7, no remote id yet).
+    store
+        .enqueue(vec![row("crm", "a", 7)])
+        .await
+        .expect("enqueue");
+    let link = |local: &str, remote: &str, hash: Option<u64>| IdMapLink {
+        system: "crm".to_owned(),
+        kind: "company".to_owned(),
+        local_id: local.to_owned(),
+        remote_id: remote.to_owned(),
+        hash,
+    };
+    store
+        .idmap_link(link("a", "2919", None))
+        .await
+        .expect("link");
+    let a = store
+        .idmap_by_remote("crm", "company", "2919")
+        .await
+        .expect("read")
+        .expect("linked");
+    assert_eq!((a.local_id.as_str(), a.hash), ("a", Some(7)), "hash kept");
+    // The remote record linked to another local record: the old link goes.
+    store
+        .idmap_link(link("b", "2919", Some(9)))
+        .await
+        .expect("relink");
+    let b = store
+        .idmap_by_remote("crm", "company", "2919")
+        .await
+        .expect("read")
+        .expect("linked");
+    assert_eq!((b.local_id.as_str(), b.hash), ("b", Some(9)));
+    assert!(store
+        .idmap_get("crm", "company", "a")
+        .await
+        .expect("read")
+        .is_none());
+    // Closed once; a second close finds nothing open; a new link opens it.
+    assert!(store
+        .idmap_close("crm", "company", "b")
+        .await
+        .expect("close"));
+    assert!(!store
+        .idmap_close("crm", "company", "b")
+        .await
+        .expect("close"));
+    let closed = store
+        .idmap_get("crm", "company", "b")
+        .await
+        .expect("read")
+        .expect("kept");
+    assert!(closed.closed_at.is_some());
+    store
+        .idmap_link(link("b", "2919", None))
+        .await
+        .expect("link again");
+    let open = store
+        .idmap_get("crm", "company", "b")
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!((open.closed_at, open.hash), (None, Some(9)));
+    store.close().await;
+}
+
+#[tokio::test]
 async fn retry_answers_retried_not_found_or_not_dead() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_sync(&sync_path(dir.path()), &Registry::new());

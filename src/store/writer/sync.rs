@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use rusqlite::{params, OptionalExtension};
 
 use super::{Reply, Writer};
-use crate::store::sync::{hash_to_sql, NewConflict, NewOutboxRow, RetryOutcome};
+use crate::store::sync::{hash_to_sql, IdMapLink, NewConflict, NewOutboxRow, RetryOutcome};
 use crate::store::{unix_ms, StoreError};
 
 /// Most outbox rows gathered into one group: a group of bulk commands
@@ -40,6 +40,16 @@ pub(in crate::store) enum SyncWrite {
     ConflictAdd {
         conflict: NewConflict,
         reply: Reply<i64>,
+    },
+    IdmapLink {
+        link: IdMapLink,
+        reply: Reply<()>,
+    },
+    IdmapClose {
+        system: String,
+        kind: String,
+        local_id: String,
+        reply: Reply<bool>,
     },
 }
 
@@ -227,6 +237,56 @@ impl Writer {
                         conflict.resolution
                     ])?;
                     Ok(tx.last_insert_rowid())
+                });
+                let _ = reply.send(result);
+            }
+            SyncWrite::IdmapLink { link, reply } => {
+                let result = self.logged("sync id-map", "linking a record", |tx| {
+                    // Unique both ways: the remote record leaves any other link first.
+                    tx.prepare_cached(
+                        "DELETE FROM idmap WHERE system = ?1 AND kind = ?2 AND remote_id = ?3
+                         AND local_id <> ?4",
+                    )?
+                    .execute(params![
+                        link.system,
+                        link.kind,
+                        link.remote_id,
+                        link.local_id
+                    ])?;
+                    tx.prepare_cached(
+                        "INSERT INTO idmap (system, kind, local_id, remote_id, hash)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (system, kind, local_id) DO UPDATE SET
+                             remote_id = excluded.remote_id,
+                             hash = COALESCE(excluded.hash, idmap.hash),
+                             closed_at = NULL",
+                    )?
+                    .execute(params![
+                        link.system,
+                        link.kind,
+                        link.local_id,
+                        link.remote_id,
+                        link.hash.map(hash_to_sql)
+                    ])?;
+                    Ok(())
+                });
+                let _ = reply.send(result);
+            }
+            SyncWrite::IdmapClose {
+                system,
+                kind,
+                local_id,
+                reply,
+            } => {
+                let now = unix_ms(SystemTime::now());
+                let result = self.logged("sync id-map", "closing a link", |tx| {
+                    let closed = tx
+                        .prepare_cached(
+                            "UPDATE idmap SET closed_at = ?4
+                             WHERE system = ?1 AND kind = ?2 AND local_id = ?3 AND closed_at IS NULL",
+                        )?
+                        .execute(params![system, kind, local_id, now])?;
+                    Ok(closed > 0)
                 });
                 let _ = reply.send(result);
             }
