@@ -758,7 +758,7 @@ impl SyncConfig {
     /// is then kept (its admin API, the CRMs' overlays) even before a
     /// module of that system runs.
     pub fn configured(&self) -> bool {
-        self.bitrix24.is_some() || self.amocrm.is_some() || self.bpium.is_some()
+        self.systems().next().is_some()
     }
 }
 

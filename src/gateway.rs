@@ -188,7 +188,9 @@ impl Gateway {
         // And the sync store: its id links are what keeps a CRM free of
         // duplicates (backed up with the others), and the sync API reads it.
         let front = match &sync {
-            Some((parts, _)) => front.with_sync_store(parts.store.clone()),
+            Some((parts, _)) => {
+                front.with_sync_store(parts.store.clone(), synced_systems(&config, &registry))
+            }
             None => front,
         };
         let (reload, _) = watch::channel(0u64);
@@ -374,6 +376,23 @@ fn open_main_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreErr
         .companion(onec_store_path(&config.store.path))
         .companion(sync_store_path(&config.store.path));
     Store::open_with_options(&config.store.path, metrics.registry(), &options)
+}
+
+/// The systems this gateway syncs: those registered and those with a
+/// `[sync.<system>]` section, each once, by name.
+fn synced_systems(config: &Config, registry: &Registry) -> Vec<String> {
+    let mut systems: Vec<String> = registry
+        .systems()
+        .iter()
+        .map(|s| s.name().to_owned())
+        .collect();
+    for (name, _) in config.sync.systems() {
+        if !systems.iter().any(|s| s == name) {
+            systems.push(name.to_owned());
+        }
+    }
+    systems.sort();
+    systems
 }
 
 /// The sync parts, and the feed's input when a system is registered.

@@ -28,7 +28,11 @@ async fn start_gateway() -> TestGateway {
     let listen = format!("127.0.0.1:{}", process::free_port());
     let config_path = dir.path().join("gateway.toml");
     // A `[sync.<system>]` keeps the sync store, before any module runs.
-    let text = config_text_on(dir.path(), &listen, "\n[sync.bitrix24]\n");
+    let text = config_text_on(
+        dir.path(),
+        &listen,
+        "\n[sync.amocrm]\n[sync.bitrix24]\n[sync.bpium]\n",
+    );
     std::fs::write(&config_path, &text).expect("write config");
     let config = Config::parse(&text, &config_path, &|_| None).expect("test config is valid");
     let gateway = Gateway::start(config).await.expect("gateway starts");
@@ -57,16 +61,20 @@ fn row(system: &str, key: &str) -> NewOutboxRow {
     }
 }
 
-/// 250 rows for `crm` (two of them dead), 5 for `other`, two conflicts;
-/// the ids of the crm rows.
+/// 250 rows for `amocrm` (two of them dead), 5 for `bitrix24`, two
+/// conflicts; the ids of the amocrm rows.
 async fn fill(gw: &TestGateway) -> Vec<i64> {
     let store = sync_store(gw);
     let ids = store
-        .enqueue((0..250).map(|i| row("crm", &format!("c{i:03}"))).collect())
+        .enqueue(
+            (0..250)
+                .map(|i| row("amocrm", &format!("c{i:03}")))
+                .collect(),
+        )
         .await
         .expect("enqueue");
     store
-        .enqueue((0..5).map(|i| row("other", &format!("o{i}"))).collect())
+        .enqueue((0..5).map(|i| row("bitrix24", &format!("o{i}"))).collect())
         .await
         .expect("enqueue");
     // The runtime that kills rows comes later: its UPDATE, by hand.
@@ -77,7 +85,7 @@ async fn fill(gw: &TestGateway) -> Vec<i64> {
         [ids[3], ids[7]],
     )
     .expect("kill two rows");
-    for (system, key) in [("crm", "c001"), ("other", "o1")] {
+    for (system, key) in [("amocrm", "c001"), ("bitrix24", "o1")] {
         store
             .conflict_add(NewConflict {
                 system: system.into(),
@@ -160,7 +168,7 @@ async fn status_outbox_retry_conflicts_and_the_csv_over_http() {
         ("GET", "/api/v1/sync/outbox"),
         ("POST", "/api/v1/sync/outbox/1/retry"),
         ("GET", "/api/v1/sync/conflicts"),
-        ("GET", "/api/v1/sync/idmap.csv?system=crm"),
+        ("GET", "/api/v1/sync/idmap.csv?system=amocrm"),
     ] {
         let reply = request(addr, method, path, &[], b"").await;
         assert_eq!(reply.status, 401, "{method} {path}: {}", reply.body);
@@ -169,22 +177,48 @@ async fn status_outbox_retry_conflicts_and_the_csv_over_http() {
 
     let status = json(&get_api(addr, "/api/v1/sync/status").await);
     let systems = status["systems"].as_array().expect("systems");
-    assert_eq!(systems.len(), 2, "{status}");
-    assert_eq!(systems[0]["system"], "crm");
+    // Every system synced is listed, bpium with nothing queued.
+    assert_eq!(systems.len(), 3, "{status}");
+    assert_eq!(systems[0]["system"], "amocrm");
     assert_eq!(systems[0]["pending"], 248);
     assert_eq!(systems[0]["dead"], 2);
     assert!(systems[0]["oldest_pending_age_s"].as_f64().expect("age") >= 0.0);
-    assert_eq!(systems[1]["system"], "other");
+    assert_eq!(systems[1]["system"], "bitrix24");
     assert_eq!(systems[1]["pending"], 5);
+    assert_eq!(systems[2]["system"], "bpium");
+    assert_eq!(
+        (&systems[2]["pending"], &systems[2]["dead"]),
+        (&0.into(), &0.into())
+    );
 
-    // Every crm row once, 100 a page; next_after is null on the last.
+    // A system this gateway does not sync is a 404 naming those it does (a
+    // typo would otherwise read as an empty outbox).
+    for path in [
+        "/api/v1/sync/outbox?system=amocrn",
+        "/api/v1/sync/conflicts?system=amocrn",
+        "/api/v1/sync/idmap.csv?system=amocrn",
+    ] {
+        let reply = get_api(addr, path).await;
+        assert_eq!(reply.status, 404, "{path}: {}", reply.body);
+        let error = json(&reply)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            error.contains("unknown system \"amocrn\"")
+                && error.contains("amocrm, bitrix24, bpium"),
+            "{path}: {error}"
+        );
+    }
+
+    // Every amocrm row once, 100 a page; next_after is null on the last.
     let mut seen = Vec::new();
     let mut after = String::new();
     for page in 0.. {
         assert!(page < 5, "paging does not end");
         let reply = get_api(
             addr,
-            &format!("/api/v1/sync/outbox?system=crm&limit=100{after}"),
+            &format!("/api/v1/sync/outbox?system=amocrm&limit=100{after}"),
         )
         .await;
         assert_eq!(reply.status, 200, "{}", reply.body);
@@ -250,7 +284,7 @@ async fn status_outbox_retry_conflicts_and_the_csv_over_http() {
     let crm = json(
         &get_api(
             addr,
-            "/api/v1/sync/conflicts?system=crm&since=2020-01-01T00:00:00Z",
+            "/api/v1/sync/conflicts?system=amocrm&since=2020-01-01T00:00:00Z",
         )
         .await,
     );
@@ -265,7 +299,8 @@ async fn status_outbox_retry_conflicts_and_the_csv_over_http() {
     assert!(reply.body.contains("since"), "{}", reply.body);
 
     // The id-map as CSV, streamed (chunked), every link once.
-    let (status, head, body) = to_end(addr, "/api/v1/sync/idmap.csv?system=crm", &[BEARER]).await;
+    let (status, head, body) =
+        to_end(addr, "/api/v1/sync/idmap.csv?system=amocrm", &[BEARER]).await;
     assert_eq!(status, 200, "{head}");
     assert!(
         head.to_ascii_lowercase().contains("content-type: text/csv"),
@@ -282,7 +317,8 @@ async fn status_outbox_retry_conflicts_and_the_csv_over_http() {
     let reply = get_api(addr, "/api/v1/sync/idmap.csv").await;
     assert_eq!(reply.status, 400);
     assert!(reply.body.contains("system"), "{}", reply.body);
-    let (status, _, body) = to_end(addr, "/api/v1/sync/idmap.csv?system=nobody", &[BEARER]).await;
+    // A system synced but with no id-map rows: the header alone.
+    let (status, _, body) = to_end(addr, "/api/v1/sync/idmap.csv?system=bpium", &[BEARER]).await;
     assert_eq!(status, 200);
     assert_eq!(
         body.as_deref(),
@@ -314,7 +350,7 @@ async fn the_sync_command_is_a_thin_client_of_the_api() {
 
     let (code, stdout, stderr) = run_cli(
         &[
-            "sync", "outbox", "--system", "crm", "--state", "dead", "--limit", "1",
+            "sync", "outbox", "--system", "amocrm", "--state", "dead", "--limit", "1",
         ],
         &config,
     )
@@ -342,11 +378,12 @@ async fn the_sync_command_is_a_thin_client_of_the_api() {
     );
 
     let (code, stdout, stderr) =
-        run_cli(&["sync", "conflicts", "--system", "other"], &config).await;
+        run_cli(&["sync", "conflicts", "--system", "bitrix24"], &config).await;
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("\"o1\""), "{stdout}");
 
-    let (code, stdout, stderr) = run_cli(&["sync", "export-map", "--system", "crm"], &config).await;
+    let (code, stdout, stderr) =
+        run_cli(&["sync", "export-map", "--system", "amocrm"], &config).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout.lines().count(), 251, "{stdout}");
     assert!(stdout.starts_with("kind,local_id,"), "{stdout}");

@@ -102,9 +102,9 @@ impl Front {
 
     /// The same front, its sync admin API served from `store` (the sync
     /// store), which backups copy too.
-    pub fn with_sync_store(mut self, store: Store) -> Front {
+    pub fn with_sync_store(mut self, store: Store, systems: Vec<String>) -> Front {
         self.admin.backing_up_too(store.clone());
-        self.sync.serve_from(store);
+        self.sync.serve_from(store, systems);
         self
     }
 

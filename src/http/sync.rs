@@ -12,8 +12,8 @@
 //!   streamed in chunks as the store reads them.
 //!
 //! `cti-gateway sync status|outbox|retry|conflicts|export-map` is their
-//! command-line client. A system is any name with rows: until systems are
-//! registered with the core, a system with no rows is empty, not unknown.
+//! command-line client. A `system` parameter must name a system this gateway
+//! syncs (registered, or with a `[sync.<system>]` section): another is a 404.
 
 use std::time::SystemTime;
 
@@ -31,7 +31,7 @@ use super::rfc3339;
 use crate::config::{Config, Secret};
 use crate::store::{
     Conflict, ConflictQuery, IdMapRow, OutboxQuery, OutboxRow, OutboxState, RetryOutcome, Store,
-    StoreError, MAX_PAGE,
+    StoreError, SystemStatus, MAX_PAGE,
 };
 
 pub const STATUS: &str = "/api/v1/sync/status";
@@ -57,6 +57,9 @@ pub struct SyncAdmin {
     token: Option<Secret>,
     /// The sync store, once the gateway opened it.
     store: Option<Store>,
+    /// The systems this gateway syncs (registered or configured): a
+    /// `system` parameter naming another is a 404.
+    systems: Vec<String>,
 }
 
 impl SyncAdmin {
@@ -64,12 +67,34 @@ impl SyncAdmin {
         SyncAdmin {
             token: config.api.token.clone(),
             store: None,
+            systems: Vec::new(),
         }
     }
 
-    /// Serves the API from `store` (the sync store).
-    pub fn serve_from(&mut self, store: Store) {
+    /// Serves the API from `store` (the sync store) for `systems`.
+    pub fn serve_from(&mut self, store: Store, systems: Vec<String>) {
         self.store = Some(store);
+        self.systems = systems;
+    }
+
+    /// 404 for a `system` parameter naming a system this gateway does not
+    /// sync (a typo would otherwise look like an empty outbox).
+    #[allow(clippy::result_large_err)] // the Err is the answer itself
+    fn known(&self, system: Option<&str>) -> Result<(), Response<Body>> {
+        match system {
+            Some(name) if !self.systems.iter().any(|s| s == name) => Err(json_error(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "unknown system {name:?}: this gateway syncs {}",
+                    if self.systems.is_empty() {
+                        "no system".to_owned()
+                    } else {
+                        self.systems.join(", ")
+                    }
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The token, then the store; the refusal otherwise.
@@ -94,7 +119,19 @@ impl SyncAdmin {
             return refused;
         }
         match store.sync_status().await {
-            Ok(systems) => {
+            Ok(mut systems) => {
+                // Every system synced, with rows or not.
+                for name in &self.systems {
+                    if !systems.iter().any(|s| &s.system == name) {
+                        systems.push(SystemStatus {
+                            system: name.clone(),
+                            pending: 0,
+                            oldest_pending_age: None,
+                            dead: 0,
+                        });
+                    }
+                }
+                systems.sort_by(|a, b| a.system.cmp(&b.system));
                 let systems: Vec<serde_json::Value> = systems
                     .iter()
                     .map(|s| {
@@ -124,6 +161,9 @@ impl SyncAdmin {
             Ok(query) => query,
             Err(message) => return json_error(StatusCode::BAD_REQUEST, &message),
         };
+        if let Err(unknown) = self.known(query.system.as_deref()) {
+            return unknown;
+        }
         let limit = query.limit as usize;
         match store.outbox_page(query).await {
             Ok(rows) => {
@@ -203,6 +243,9 @@ impl SyncAdmin {
             Ok(query) => query,
             Err(message) => return json_error(StatusCode::BAD_REQUEST, &message),
         };
+        if let Err(unknown) = self.known(query.system.as_deref()) {
+            return unknown;
+        }
         match store.conflicts_page(query).await {
             Ok(conflicts) => {
                 let conflicts: Vec<serde_json::Value> =
@@ -229,6 +272,9 @@ impl SyncAdmin {
             Ok(system) => system,
             Err(message) => return json_error(StatusCode::BAD_REQUEST, &message),
         };
+        if let Err(unknown) = self.known(Some(&system)) {
+            return unknown;
+        }
         let (rows_tx, mut rows_rx) = mpsc::channel::<Vec<IdMapRow>>(1);
         let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, StreamError>>(EXPORT_BACKLOG);
         tokio::spawn(async move {
