@@ -137,7 +137,7 @@ impl Gateway {
         // start-up before anything is created on disk (no `var/` left behind).
         let (listener, addr) = bind(config.server.listen).await?;
         let store = open_main_store(&config, &metrics)?;
-        let sync = open_sync(&config, &metrics, &registry, &feed_settings)?;
+        let (sync, sync_failure) = open_sync(&config, &metrics, &registry, &feed_settings)?;
         let directory = Directory::new(soap::say_name_payload)
             .counting_unusable_phones(metrics.directory_unusable_phones.clone())
             .counting_invalid_requisites(metrics.directory_invalid_requisites.clone())
@@ -191,7 +191,10 @@ impl Gateway {
             Some((parts, _)) => {
                 front.with_sync_store(parts.store.clone(), synced_systems(&config, &registry))
             }
-            None => front,
+            None => match sync_failure {
+                Some(why) => front.with_sync_store_failed(why),
+                None => front,
+            },
         };
         let (reload, _) = watch::channel(0u64);
         let (stop_sources, _) = watch::channel(false);
@@ -401,16 +404,17 @@ type OpenedSync = (SyncParts, Option<sync::feed::FeedInput>);
 /// With a sync system registered or a `[sync.<system>]` configured: the
 /// sync store (its admin API, its overlays); with a system registered, also
 /// the change feed whose input [`sync::feed::spawn`] takes once the sources
-/// have loaded. `None` without either, or when the sync store does not open
-/// (logged): no sync file appears on an install that does not sync.
+/// have loaded. `None` without either (no sync file appears on an install
+/// that does not sync), or when the sync store does not open: then also why
+/// (logged here, reported by `/readyz`).
 fn open_sync(
     config: &Config,
     metrics: &Metrics,
     registry: &Registry,
     settings: &FeedSettings,
-) -> Result<Option<OpenedSync>, StartError> {
+) -> Result<(Option<OpenedSync>, Option<String>), StartError> {
     if registry.is_empty() && !config.sync.configured() {
-        return Ok(None);
+        return Ok((None, None));
     }
     // A sync file that will not open costs no call: the gateway answers
     // without syncing, and the next start's reconcile sends what changed.
@@ -422,7 +426,7 @@ fn open_sync(
                 path = %sync_store_path(&config.store.path).display(),
                 "the sync store did not open: calls are answered, nothing is synced until a restart opens it"
             );
-            return Ok(None);
+            return Ok((None, Some(e.to_string())));
         }
     };
     if registry.is_empty() {
@@ -431,7 +435,7 @@ fn open_sync(
             feed: None,
             crm: Vec::new(),
         };
-        return Ok(Some((parts, None)));
+        return Ok((Some((parts, None)), None));
     }
     let feed_metrics =
         FeedMetrics::new(metrics.registry(), registry).map_err(StartError::Metrics)?;
@@ -441,7 +445,7 @@ fn open_sync(
         feed: Some(feed),
         crm: Vec::new(),
     };
-    Ok(Some((parts, Some(input))))
+    Ok((Some((parts, Some(input))), None))
 }
 
 /// The pop-up hub, with the configured operators' keys.

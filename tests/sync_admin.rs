@@ -416,7 +416,10 @@ async fn the_sync_command_is_a_thin_client_of_the_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_file_that_does_not_open_costs_the_sync_api_not_the_calls() {
-    let mut gw = start("").await;
+    let mut gw = start("\n[sync.bitrix24]\n").await;
+    assert!(gw.gateway().sync_store().is_some(), "opened at first");
+    let ready = json(&get_api(gw.addr, "/readyz").await);
+    assert_eq!(ready["sync"]["store"], "ok", "{ready}");
     gw.stop().await;
     // An empty file where the sync store was: refused (a lost store), so
     // not opened.
@@ -424,8 +427,12 @@ async fn a_sync_file_that_does_not_open_costs_the_sync_api_not_the_calls() {
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(gw.dir.path().join(format!("store.sync.sqlite{suffix}")));
     }
-    let mut gw = start_in(gw.dir, "").await;
+    let mut gw = start_in(gw.dir, "\n[sync.bitrix24]\n").await;
     assert!(gw.gateway().sync_store().is_none());
+    // Ready (calls go on), and /readyz says the sync store failed.
+    let reply = get_api(gw.addr, "/readyz").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(json(&reply)["sync"]["store"], "failed", "{}", reply.body);
     let reply = get_api(gw.addr, "/api/v1/sync/status").await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert!(

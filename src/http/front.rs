@@ -103,8 +103,16 @@ impl Front {
     /// The same front, its sync admin API served from `store` (the sync
     /// store), which backups copy too.
     pub fn with_sync_store(mut self, store: Store, systems: Vec<String>) -> Front {
+        self.ops.report_sync_open();
         self.admin.backing_up_too(store.clone());
         self.sync.serve_from(store, systems);
+        self
+    }
+
+    /// The same front, the sync store having failed to open (`why`):
+    /// `/readyz` says so, the sync API answers 503.
+    pub fn with_sync_store_failed(mut self, why: String) -> Front {
+        self.ops.report_sync_failure(why);
         self
     }
 

@@ -30,6 +30,9 @@ pub struct Ops {
     metrics: Arc<Metrics>,
     /// The listener's TLS, whose certificate `/readyz` reports.
     tls: Option<Arc<Tls>>,
+    /// Whether the sync store opened (`Ok`), or why not; `None` on a
+    /// gateway that does not sync.
+    sync: Option<Result<(), String>>,
 }
 
 impl Ops {
@@ -39,7 +42,19 @@ impl Ops {
             health,
             metrics,
             tls: None,
+            sync: None,
         }
+    }
+
+    /// `/readyz` reports the sync store as open.
+    pub fn report_sync_open(&mut self) {
+        self.sync = Some(Ok(()));
+    }
+
+    /// `/readyz` reports the sync store as failed to open, and why: never
+    /// a reason to be unready (calls go on), but nothing is synced.
+    pub fn report_sync_failure(&mut self, why: String) {
+        self.sync = Some(Err(why));
     }
 
     /// `/readyz` reports this TLS's certificate.
@@ -103,6 +118,14 @@ impl Ops {
             "sources": sources,
             "failing_sources": failing,
         });
+        if let (Some(sync), Some(obj)) = (&self.sync, body.as_object_mut()) {
+            let report = match sync {
+                Ok(()) => serde_json::json!({ "store": "ok" }),
+                Err(why) if with_errors => serde_json::json!({ "store": "failed", "error": why }),
+                Err(_) => serde_json::json!({ "store": "failed" }),
+            };
+            obj.insert("sync".into(), report);
+        }
         if let (Some(tls), Some(obj)) = (&self.tls, body.as_object_mut()) {
             // A failed reload leaves the old certificate serving: reported,
             // never a reason to be unready.
