@@ -417,6 +417,31 @@ async fn a_crm_deleting_a_linked_record_keeps_it_and_closes_the_link() {
     assert!(link.closed_at.is_some(), "closed: {link:?}");
     // A second deletion finds no open link.
     assert_eq!(s.apply("201", Change::Deleted).await, Outcome::NotLinked);
+    // A change of the record here is not sent to the system that deleted
+    // it (that would create it there anew), while the others' changes are.
+    let before = s.outbox().await.last().map_or(0, |r| r.id);
+    let renamed = FILE
+        .replace("\"Альфа\"", "\"Альфа Плюс\"")
+        .replace("\"Бета\"", "\"Бета Плюс\"");
+    std::fs::write(s.gw.dir.path().join("counterparties.jsonl"), renamed).expect("write");
+    s.gw.gateway().reload();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while say_name(s.gw.addr, "84951110003").await.0 != "Бета Плюс" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file was not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.settled().await;
+    let queued: Vec<String> = s
+        .outbox()
+        .await
+        .into_iter()
+        .filter(|r| r.id > before)
+        .map(|r| r.record_key)
+        .collect();
+    assert_eq!(queued, ["k3"], "k1's link is closed: only k3 is sent");
     s.gw.stop().await;
 }
 

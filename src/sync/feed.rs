@@ -40,7 +40,7 @@ use crate::logging::Escaped;
 use crate::sources::LowPriority;
 use crate::store::{NewOutboxRow, OutboxOp, Store};
 
-use super::hash::{self, REMOVED};
+use super::hash::{self, CLOSED, REMOVED};
 use super::metrics::FeedMetrics;
 use super::registry::{Registry, SystemSpec};
 
@@ -528,7 +528,7 @@ async fn reconcile<O: Outbox>(context: &Context<O>) -> Result<Known, OutboxError
         }
         let gone: Vec<(String, u64)> = known
             .iter()
-            .filter(|(key, &h)| h != REMOVED && index.by_id(key).is_none())
+            .filter(|(key, &h)| h != REMOVED && h != CLOSED && index.by_id(key).is_none())
             .map(|(key, &h)| (key.clone(), h))
             .collect();
         for (key, hash) in gone {
@@ -583,6 +583,10 @@ fn row_for<O>(
         body,
         hash,
     };
+    if known == Some(CLOSED) {
+        // The system deleted its copy: never sent again (see hash::CLOSED).
+        return None;
+    }
     let Some(entry) = entry else {
         // A remove only for what the system was sent and holds.
         return match known {
@@ -670,7 +674,11 @@ impl Outbox for Store {
     }
 
     async fn hashes(&self, system: &str, kind: &str) -> Result<HashMap<String, u64>, OutboxError> {
-        Ok(self.idmap_hashes(system, kind).await?)
+        let mut hashes = self.idmap_hashes(system, kind).await?;
+        for key in self.idmap_closed(system, kind).await? {
+            hashes.insert(key, CLOSED);
+        }
+        Ok(hashes)
     }
 }
 

@@ -20,8 +20,13 @@ use super::registry::Field;
 /// a record ([`hash`] avoids it), so a record that comes back is sent again.
 pub const REMOVED: u64 = 0;
 
+/// The id-map's mark of a link the system closed (it deleted its copy; the
+/// record stays here): nothing is sent to that system for the record again,
+/// until a new link replaces the mark. Never the hash of a record either.
+pub const CLOSED: u64 = u64::MAX;
+
 /// The hash of `record`'s `fields` (as a [`super::SystemSpec`] lists them:
-/// sorted, each once), never [`REMOVED`].
+/// sorted, each once), never [`REMOVED`] nor [`CLOSED`].
 pub fn hash(record: &Counterparty, fields: &[Field]) -> u64 {
     let mut hasher = Fnv::new();
     for &field in fields {
@@ -71,6 +76,7 @@ pub fn hash(record: &Counterparty, fields: &[Field]) -> u64 {
     }
     match hasher.finish() {
         REMOVED => 1,
+        CLOSED => CLOSED - 1,
         h => h,
     }
 }

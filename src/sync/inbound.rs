@@ -606,6 +606,10 @@ impl Applier {
         self.store
             .idmap_close(self.spec.name(), kind, local_id)
             .await?;
+        // Nor is the record sent to that system again (the feed's next
+        // change or reconcile would otherwise create it there anew).
+        self.feed
+            .note_hashes(self.spec.name(), vec![(local_id.into(), hash::CLOSED)]);
         let current = self.overlay_of(local_id).await?;
         if let Some(current) = &current {
             let wanted = without_system(current, self.spec.name());

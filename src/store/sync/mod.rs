@@ -272,6 +272,14 @@ impl Store {
             .await
     }
 
+    /// The local ids of `system`'s closed links of `kind`: records that
+    /// system deleted, which are not to be sent to it again.
+    pub async fn idmap_closed(&self, system: &str, kind: &str) -> Result<Vec<String>, StoreError> {
+        let (system, kind) = (system.to_owned(), kind.to_owned());
+        self.read(move |conn, path| read::idmap_closed(conn, path, &system, &kind))
+            .await
+    }
+
     /// Writes overlay bodies (JSON) by record id; `None` deletes the id's.
     /// One transaction.
     pub async fn overlay_put(

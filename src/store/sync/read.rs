@@ -32,6 +32,24 @@ pub(super) fn idmap_hashes(
     query().map_err(|e| StoreError::sqlite(path, "reading the id-map's hashes", e))
 }
 
+/// The local ids of `system`'s closed links of `kind` (the system deleted
+/// its copies).
+pub(super) fn idmap_closed(
+    conn: &Connection,
+    path: &Path,
+    system: &str,
+    kind: &str,
+) -> Result<Vec<String>, StoreError> {
+    let query = || -> rusqlite::Result<Vec<String>> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT local_id FROM idmap WHERE system = ?1 AND kind = ?2 AND closed_at IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([system, kind], |r| r.get::<_, String>(0))?;
+        rows.collect()
+    };
+    query().map_err(|e| StoreError::sqlite(path, "reading the id-map's closed links", e))
+}
+
 /// Every overlay body, in id order.
 pub(super) fn overlay_all(
     conn: &Connection,
