@@ -131,11 +131,13 @@ impl Schema {
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The sync file's WAL cap, in pages (4 KiB: 128 MiB): where SQLite's own
-/// checkpoint runs, in the commit that reaches it. Above a 100,000-row bulk
-/// enqueue (about 17,600 pages), so that such a bulk writes only its WAL and
-/// the checkpoint thread folds it in once the bulk is over; a longer bulk
-/// pays one inline checkpoint per 128 MiB. `journal_size_limit` (64 MiB)
-/// truncates the WAL again after it.
+/// checkpoint runs, in the commit that reaches it; below it the checkpoint
+/// thread folds the WAL in once the writer is idle (`writer/checkpoint.rs`).
+/// A bulk of 100,000 rows in commands of 1,000 writes about 30,000 frames
+/// (each commit rewrites the id-map leaves it touches, and the keys are
+/// random), so it reaches the cap once, near its end: one inline checkpoint
+/// per about 100,000 rows instead of one per 5 commits. `journal_size_limit`
+/// (64 MiB) truncates the WAL again after a checkpoint.
 const SYNC_WAL_CAP_PAGES: i64 = 32_768;
 
 /// How long a maintenance command waits for another process to let go of

@@ -124,8 +124,9 @@ pub(in crate::store) const SYNC_MIGRATIONS: &[&str] = &[
     // B-tree of scattered page writes per enqueued row. UNIQUE allowed
     // several NULLs anyway, and a lookup `remote_id = ?` implies NOT NULL,
     // so the partial index answers it and enforces the same rule. Measured
-    // (bench/sync.sh store, this VM's disk): 764 -> 704 bytes per queued
-    // row, bulk enqueue 36,000 -> 55,000 rows/s.
+    // (bench/sync.sh store, this VM's disk, file and WAL after the bulk):
+    // 764 -> 704 bytes per queued row; bulk enqueue 36,000-40,800 -> 55,400
+    // rows/s (one quiet run; SQLite's checkpoint every 1,000 pages still).
     "
     DROP INDEX idmap_remote;
     CREATE UNIQUE INDEX idmap_remote ON idmap (system, kind, remote_id)
