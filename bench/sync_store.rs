@@ -24,6 +24,10 @@
 //!    `--tasks` (64) concurrent tasks: rows per second (goal >= 5,000) and
 //!    rows per commit (group commit).
 //!
+//! The stores share a disk gate, as the gateway opens them (`--no-gate`:
+//! without it, to measure what it does). After closing, the sync file's
+//! size (WAL folded in) per row of both phases.
+//!
 //! Row bodies are CRM-like JSON of about 400 bytes. It allocates with
 //! mimalloc, as the gateway does. Human-readable lines go to stderr; lines
 //! starting with `BENCH_RESULT` (key=value, times in seconds `_s` or
