@@ -128,7 +128,8 @@ if [[ " ${EXAMPLES[*]} " == *" sync_store "* ]]; then
   j=$(line sync_journal)
   s=$(line sync_single)
   echo "bulk enqueue, $(field rows "$b") rows in commands of $(field batch "$b"): $(field rows_per_s "$b") rows/s ($(field wall_s "$b") s, $(field transactions "$b") transactions); goal >= 50000: $(goal "$b")"
-  echo "  sync file $(( $(field file_bytes "$b") >> 10 )) KiB + WAL $(( $(field wal_bytes "$b") >> 10 )) KiB, $(field bytes_per_row "$b") B per row"
+  c=$(line sync_file)
+  echo "  after the bulk: sync file $(( $(field file_bytes "$b") >> 10 )) KiB + WAL $(( $(field wal_bytes "$b") >> 10 )) KiB (checkpointed once idle); closed with $(field rows "$c") rows: $(( $(field file_bytes "$c") >> 10 )) KiB, $(field bytes_per_row "$c") B per row"
   echo "64 tasks enqueuing single rows: $(field rows_per_s "$s") rows/s, $(field rows_per_commit "$s") rows per commit; goal >= 5000: $(goal "$s")"
   echo "journal append at $(field rate "$j")/s: p99 idle $(field idle_p99_ms "$j") ms ($(field idle_appends "$j") appends), during the bulk $(field bulk_p99_ms "$j") ms ($(field bulk_appends "$j")), ratio $(field p99_ratio "$j"); goal <= 2: $(goal "$j")"
 fi

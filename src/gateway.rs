@@ -28,7 +28,7 @@ use crate::sources::file::{self, FileSettings, FileSource};
 use crate::sources::onec::{self, OnecError, OnecSource};
 use crate::sources::push::{self, PushSource};
 use crate::sources::{SnapshotSavers, SourceHealth};
-use crate::store::{OpenOptions, SourceSnapshot, Store, StoreError};
+use crate::store::{DiskGate, OpenOptions, SourceSnapshot, Store, StoreError};
 use crate::sync::crm_source::CrmRecords;
 use crate::sync::{self, Feed, FeedMetrics, FeedSettings, Registry, RegistryError, SystemSpec};
 use crate::vats::Vats;
@@ -374,7 +374,9 @@ fn open_main_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreErr
     // 1C's snapshot file and the sync store exist only beside a store that
     // was written: with one there, a missing store file is a lost store,
     // not a new one.
+    // The journal's commits hold the sync store's disk writes (`DiskGate`).
     let options = OpenOptions::main()
+        .disk_gate(DiskGate::process())
         .new_store(config.store.new_store)
         .companion(onec_store_path(&config.store.path))
         .companion(sync_store_path(&config.store.path));
@@ -642,7 +644,9 @@ pub fn open_sync_store(config: &Config, metrics: &Metrics) -> Result<Store, Stor
     Store::open_with_options(
         &sync_store_path(&config.store.path),
         metrics.registry(),
-        &OpenOptions::sync().new_store(config.store.new_store),
+        &OpenOptions::sync()
+            .disk_gate(DiskGate::process())
+            .new_store(config.store.new_store),
     )
 }
 

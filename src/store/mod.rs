@@ -34,6 +34,7 @@
 
 mod backup;
 mod error;
+mod gate;
 mod metrics;
 mod open;
 mod private;
@@ -57,6 +58,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::directory::{Counterparty, Tombstone};
 pub use backup::{check_target as check_backup_target, BackupError, BackupFile};
 pub use error::{StoreError, StoreRole};
+pub use gate::DiskGate;
 use metrics::Metrics;
 pub use open::{OpenOptions, StoredSet};
 pub use refusals::{Refusal, RefusalLog};

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::metrics::{Holds, Metrics};
 use super::schema::Schema;
-use super::{private, schema, writer, Inner, Priority, Store, StoreError, StoreRole};
+use super::{private, schema, writer, DiskGate, Inner, Priority, Store, StoreError, StoreRole};
 
 /// How [`Store::open_with_options`] opens a store: what the file holds, and
 /// whether it may begin empty where a store was expected.
@@ -20,6 +20,7 @@ pub struct OpenOptions {
     role: StoreRole,
     new_store: bool,
     companions: Vec<PathBuf>,
+    gate: Option<DiskGate>,
 }
 
 impl OpenOptions {
@@ -30,6 +31,7 @@ impl OpenOptions {
             role: StoreRole::Main,
             new_store: false,
             companions: Vec::new(),
+            gate: None,
         }
     }
 
@@ -72,6 +74,15 @@ impl OpenOptions {
     /// (`cti-gateway serve --new-store`); see [`StoreError::Missing`].
     pub fn new_store(mut self, allow: bool) -> OpenOptions {
         self.new_store = allow;
+        self
+    }
+
+    /// The disk gate between the call journal and the sync store (see
+    /// [`DiskGate`]): the main store marks its journal commits on it, the
+    /// sync store holds its commits and checkpoints while one is marked.
+    /// Give the same gate to both; other stores ignore it.
+    pub fn disk_gate(mut self, gate: &DiskGate) -> OpenOptions {
+        self.gate = Some(gate.clone());
         self
     }
 
@@ -204,6 +215,7 @@ impl Store {
             rx,
             priority,
             &options.role,
+            options.gate.clone(),
         )
         .map_err(|e| {
             metrics.unregister(registry);

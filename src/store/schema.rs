@@ -130,6 +130,16 @@ impl Schema {
 /// How long a connection waits for a lock another process holds.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The sync file's WAL cap, in pages (4 KiB: 128 MiB): where SQLite's own
+/// checkpoint runs, in the commit that reaches it; below it the checkpoint
+/// thread folds the WAL in once the writer is idle (`writer/checkpoint.rs`).
+/// A bulk of 100,000 rows in commands of 1,000 writes about 30,000 frames
+/// (each commit rewrites the id-map leaves it touches, and the keys are
+/// random), so it reaches the cap once, near its end: one inline checkpoint
+/// per about 100,000 rows instead of one per 5 commits. `journal_size_limit`
+/// (64 MiB) truncates the WAL again after a checkpoint.
+const SYNC_WAL_CAP_PAGES: i64 = 32_768;
+
 /// How long a maintenance command waits for another process to let go of
 /// the file: a running gateway never does, so a short wait is enough.
 const ALONE_WAIT: Duration = Duration::from_millis(500);
@@ -198,6 +208,13 @@ pub(super) fn open_writer(
     // page cache keeps a full replace from thrashing the B-tree.
     conn.pragma_update(None, "cache_size", -32 * 1024)
         .map_err(err("setting cache_size"))?;
+    if matches!(schema, Schema::Sync) {
+        // The sync file is checkpointed by a thread of its own when its
+        // writer is idle (`writer/checkpoint.rs`); SQLite's own checkpoint,
+        // run in a commit, is kept only as the WAL's cap.
+        conn.pragma_update(None, "wal_autocheckpoint", SYNC_WAL_CAP_PAGES)
+            .map_err(err("setting wal_autocheckpoint"))?;
+    }
 
     let migrated_from = migrate(&mut conn, path, schema)?;
 
@@ -241,6 +258,20 @@ pub(super) fn open_writer(
 
 /// Opens a read-only connection; the writer must have opened the file first
 /// (it creates it and switches it to WAL).
+/// The sync file's checkpoint connection (`writer/checkpoint.rs`): read-write,
+/// never creating (the writer opened and migrated the file), and quick to
+/// give up on a lock: a checkpoint that cannot run now runs on the next round.
+pub(super) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {
+        path: path.to_path_buf(),
+        cause: e.to_string(),
+    })?;
+    conn.busy_timeout(Duration::from_millis(100))
+        .map_err(|e| StoreError::sqlite(path, "setting busy_timeout", e))?;
+    Ok(conn)
+}
+
 pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {

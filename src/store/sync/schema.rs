@@ -116,4 +116,20 @@ pub(in crate::store) const SYNC_MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     ) WITHOUT ROWID;
     ",
+    // 2: the id-map's remote ids are indexed only where there is one.
+    //
+    // A row is queued (its id-map row written with its hash) long before
+    // its system confirms a remote id, so most rows have none, and the full
+    // index held an entry per row, keyed on the random local id: a second
+    // B-tree of scattered page writes per enqueued row. UNIQUE allowed
+    // several NULLs anyway, and a lookup `remote_id = ?` implies NOT NULL,
+    // so the partial index answers it and enforces the same rule. Measured
+    // (bench/sync.sh store, this VM's disk, file and WAL after the bulk):
+    // 764 -> 704 bytes per queued row; bulk enqueue 36,000-40,800 -> 55,400
+    // rows/s (one quiet run; SQLite's checkpoint every 1,000 pages still).
+    "
+    DROP INDEX idmap_remote;
+    CREATE UNIQUE INDEX idmap_remote ON idmap (system, kind, remote_id)
+        WHERE remote_id IS NOT NULL;
+    ",
 ];

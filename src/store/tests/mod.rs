@@ -14,6 +14,8 @@
 //!   store in use) and messages that say what a file holds;
 //! - `retention.rs`: journal retention (pruning old rows in batches);
 //! - `backup.rs`: copies of a live store and the folders refused;
+//! - `gate.rs`: the disk gate between the journal and the sync store, and
+//!   the sync file's checkpoints off its writer;
 //! - `sync.rs`: the sync store: its own migrations, outbox and id-map,
 //!   group-committed enqueues, retry, paging, inbox, overlay, requisites.
 //!
@@ -24,6 +26,7 @@ mod changes;
 mod chunked_replace;
 mod crash;
 mod failures;
+mod gate;
 mod journal;
 mod lifecycle;
 mod retention;

@@ -28,16 +28,19 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+mod checkpoint;
 mod delivered;
 mod replace;
 mod sync;
 
+use super::gate::DiskGate;
 use super::metrics::Metrics;
 use super::refusals::RECOVERY_QUIET;
 use super::snapshot::{self, Plan, RecordSet, Upserted};
 use super::{unix_ms, AppliedChanges, CallRecord, StoreError, StoreRole};
 use crate::directory::Tombstone;
 use crate::thread_priority::Urgency;
+use checkpoint::Checkpointer;
 use delivered::EarlyDeliveries;
 use replace::{CHUNK_TIME, MAX_CHUNK_OPS};
 use sync::SyncGroup;
@@ -64,6 +67,10 @@ const GROUP_CAP: usize = 256;
 /// Most group commits between two chunks of a replace, so that a steady
 /// flood of calls cannot stall a replace: the channel's worth.
 const GROUPS_BETWEEN_CHUNKS: usize = CHANNEL_CAPACITY / GROUP_CAP;
+
+/// Longest a sync write waits at the [`DiskGate`] for a journal commit (one
+/// takes 1-2 ms): past it, a flood of calls lets the sync store through.
+const GATE_MAX: Duration = Duration::from_millis(20);
 
 /// Repeats of the same failure within this long are not logged again at warn.
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -175,6 +182,9 @@ fn journal_urgency(name: &'static str) -> Urgency {
 }
 
 /// Starts the writer thread over an open, migrated connection.
+// Each argument is a distinct part of the store `open` assembled; a struct
+// gathering them would be built at one call site only.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn spawn(
     conn: Connection,
     path: PathBuf,
@@ -183,8 +193,20 @@ pub(super) fn spawn(
     rx: mpsc::Receiver<Command>,
     priority: super::Priority,
     role: &StoreRole,
+    gate: Option<DiskGate>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let name = thread_name(role);
+    let gate = match (role, gate) {
+        (StoreRole::Main, Some(gate)) => GateUse::Marks(gate),
+        (StoreRole::Sync, Some(gate)) => GateUse::Yields(gate),
+        _ => GateUse::None,
+    };
+    // The sync file's checkpoints run on a thread of their own.
+    let checkpointer = match (role, &gate) {
+        (StoreRole::Sync, GateUse::Yields(gate)) => Checkpointer::start(&path, Some(gate.clone())),
+        (StoreRole::Sync, _) => Checkpointer::start(&path, None),
+        _ => None,
+    };
     let writer = Writer {
         conn,
         path,
@@ -200,6 +222,8 @@ pub(super) fn spawn(
         early: EarlyDeliveries::default(),
         max_chunk_ops: MAX_CHUNK_OPS,
         chunk_time: CHUNK_TIME,
+        gate,
+        checkpointer,
     };
     std::thread::Builder::new()
         .name(name.into())
@@ -244,6 +268,19 @@ struct Writer {
     /// set others ([`Store::set_chunk`](super::Store::set_chunk)).
     max_chunk_ops: usize,
     chunk_time: Duration,
+    /// This writer's side of the disk gate, if any.
+    gate: GateUse,
+    /// The sync file's checkpoint thread (`None` elsewhere).
+    checkpointer: Option<Checkpointer>,
+}
+
+/// What a writer does with the [`DiskGate`] it was given.
+enum GateUse {
+    None,
+    /// The journal's writer: marks each commit.
+    Marks(DiskGate),
+    /// The sync writer: holds its disk writes while a journal commit is marked.
+    Yields(DiskGate),
 }
 
 impl Writer {
@@ -439,6 +476,12 @@ impl Writer {
             .iter()
             .map(|(c, _)| c.seq.map_or(0, |seq| self.early.take(&c.key, seq)))
             .collect();
+        let gate = match &self.gate {
+            GateUse::Marks(gate) => Some(gate.clone()),
+            _ => None,
+        };
+        // Marked for the transaction only: ended before anyone is answered.
+        let marked = gate.as_ref().map(DiskGate::journal_commit);
         let result = self.transact("appending to the call journal", |tx| {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO calls (at, raw_number, number, key, counterparty_id, delivered, seq)
@@ -477,6 +520,7 @@ impl Writer {
             }
             Ok((ids, found, missing))
         });
+        drop(marked);
         match result {
             Ok((ids, found, missing)) => {
                 for (key, seq) in missing {
@@ -634,11 +678,20 @@ impl Writer {
         f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
+        let gate = match &self.gate {
+            GateUse::Yields(gate) => Some(gate),
+            _ => None,
+        };
         let result = (|| {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let value = f(&tx)?;
+            // The commit writes the WAL and fsyncs it: not while a call's
+            // journal commit needs the disk.
+            if let Some(gate) = gate {
+                gate.wait_clear(GATE_MAX);
+            }
             // On a failed COMMIT the transaction is rolled back when `tx` drops.
             tx.commit()?;
             Ok(value)
@@ -649,6 +702,9 @@ impl Writer {
         match result {
             Ok(value) => {
                 self.failures.succeeded();
+                if let Some(checkpointer) = &self.checkpointer {
+                    checkpointer.committed();
+                }
                 Ok(value)
             }
             Err(e) => Err(StoreError::sqlite(&self.path, op, e)),
@@ -656,7 +712,9 @@ impl Writer {
     }
 
     /// Leaves the file tidy: the WAL folded back into the database.
-    fn shutdown(self) {
+    fn shutdown(mut self) {
+        // The checkpoint thread stops first: the last checkpoint is the writer's.
+        drop(self.checkpointer.take());
         let checkpoint = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
