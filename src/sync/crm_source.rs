@@ -308,25 +308,16 @@ mod tests {
         crm.upsert(vec![record("crm:company:1", "89160000001")])
             .await
             .expect("first");
-        let later = |change: u8| {
-            let crm = Arc::clone(&crm);
-            tokio::spawn(async move {
-                match change {
-                    0 => {
-                        crm.upsert(vec![record("crm:company:2", "89160000002")])
-                            .await
-                    }
-                    1 => crm.remove(vec!["crm:company:2".into()]).await,
-                    _ => {
-                        crm.upsert(vec![record("crm:company:3", "89160000003")])
-                            .await
-                    }
-                }
-            })
-        };
-        let tasks: Vec<_> = (0..3).map(later).collect();
-        for task in tasks {
-            task.await.expect("task").expect("applied");
+        // Queued in this order (each change is queued when its future is
+        // first polled, and `join!` polls them in order), so they apply
+        // together after the first: spawned tasks would queue in any order.
+        let (a, b, c) = tokio::join!(
+            crm.upsert(vec![record("crm:company:2", "89160000002")]),
+            crm.remove(vec!["crm:company:2".into()]),
+            crm.upsert(vec![record("crm:company:3", "89160000003")]),
+        );
+        for applied in [a, b, c] {
+            applied.expect("applied");
         }
         assert!(
             directory.lookup_id("crm:company:2").is_none(),
