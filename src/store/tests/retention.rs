@@ -113,3 +113,50 @@ async fn the_retention_task_prunes_at_start_and_a_zero_retention_keeps_everythin
         .expect("task");
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_store_exports_only_the_counters_it_can_move() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::new();
+    let main = Store::open(&store_path(dir.path()), &registry).expect("main store");
+    let onec = Store::open_with_options(
+        &dir.path().join("store.onec.sqlite"),
+        &registry,
+        &OpenOptions::cache("onec").new_store(true),
+    )
+    .expect("1C's store");
+    let sync = Store::open_with_options(
+        &dir.path().join("store.sync.sqlite"),
+        &registry,
+        &OpenOptions::sync().new_store(true),
+    )
+    .expect("sync store");
+    // The db labels each family is exported with.
+    let dbs = |family: &str| -> Vec<String> {
+        let mut dbs: Vec<String> = registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == family)
+            .flat_map(|f| f.get_metric().to_vec())
+            .flat_map(|m| m.get_label().to_vec())
+            .filter(|l| l.name() == "db")
+            .map(|l| l.value().to_owned())
+            .collect();
+        dbs.sort();
+        dbs.dedup();
+        dbs
+    };
+    // A journal counter of 1C's cache or the sync store would stay 0 for
+    // ever: an impossible pair on a dashboard.
+    assert_eq!(dbs("cti_store_journal_writes_total"), ["main"]);
+    assert_eq!(dbs("cti_store_journal_pruned_total"), ["main"]);
+    assert_eq!(dbs("cti_store_outbox_rows_total"), ["sync"]);
+    assert_eq!(dbs("cti_store_inbox_rows_total"), ["sync"]);
+    assert_eq!(
+        dbs("cti_store_snapshot_writes_total"),
+        ["main", "onec", "sync"]
+    );
+    for store in [sync, onec, main] {
+        store.close().await;
+    }
+}
