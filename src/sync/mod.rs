@@ -4,7 +4,8 @@
 //! directory to each system's outbox in the sync store ([`feed`]), and how a
 //! system's record is matched with the directory's ([`identity`]), and the
 //! records only a CRM holds, a source named after it ([`crm_source`]), and
-//! what the core does with a record a system reports ([`inbound`]).
+//! what the core does with a record a system reports ([`inbound`]), and
+//! what a system gives the sending runtime ([`system`]).
 //!
 //! The sync store (`<name>.sync.sqlite`) is opened only when a system is
 //! registered: an installation that does not sync has no such file. What
@@ -17,6 +18,7 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod registry;
+pub mod system;
 
 pub use feed::{Feed, FeedSettings};
 pub use metrics::FeedMetrics;

@@ -1,0 +1,151 @@
+//! What a system (a CRM, SERVIO, 1C as a target) gives the sync runtime:
+//! its registration ([`SystemSpec`]), its published limits, how to send a
+//! batch of outbox rows and what became of each, how to find a record it
+//! already holds before creating one, and how to read its webhooks. Each
+//! CRM's module implements [`System`] with its API client and field
+//! mapping; the runtime (workers, limiter, retries, inbox) is the same for
+//! every system.
+//!
+//! The trait's methods that speak to the remote return boxed futures so
+//! that systems can be held as `Arc<dyn System>`, one per `[sync.<name>]`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use hyper::HeaderMap;
+
+use crate::store::OutboxOp;
+use crate::sync::inbound::Inbound;
+use crate::sync::registry::SystemSpec;
+
+/// A future a system's remote call returns: boxed, so that [`System`] is
+/// usable as a trait object.
+pub type RemoteFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The rate a system's API publishes, which the runtime's limiter keeps to
+/// unless `[sync.<name>]` says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PublishedLimit {
+    /// A leaky bucket: `burst` requests at once, refilled at `per_second`
+    /// (Bitrix24: 50 and 2/s; Enterprise 250 and 5/s).
+    Bucket { burst: u32, per_second: f64 },
+    /// Requests at least `interval` apart, no burst (amoCRM: 7/s, 143 ms).
+    Interval { interval: Duration },
+    /// At most `requests` in any `window` (Bpium: 100 per 30 s).
+    Window { requests: u32, window: Duration },
+}
+
+/// One outbox row as the runtime hands it to [`System::send`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingRow {
+    /// The outbox row's id: ascending per record.
+    pub id: i64,
+    /// The system's kind of record (`company`): the id-map's kind.
+    pub kind: String,
+    /// The local record's id (the id-map's `local_id`).
+    pub record_key: String,
+    pub op: OutboxOp,
+    /// What to send, as the feed wrote it (JSON).
+    pub body: String,
+    /// The record's id in the system, when the id-map links one: an update,
+    /// not a create. `None` for a create: the runtime has called
+    /// [`System::find_existing`] first.
+    pub remote_id: Option<String>,
+    /// The system's version of the record as last confirmed, if it has one.
+    pub remote_version: Option<String>,
+}
+
+/// A record the system holds, as it names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub remote_id: String,
+    pub remote_version: Option<String>,
+}
+
+/// What became of one row [`System::send`] was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The system holds the row's change (for a `remove`: marked, never
+    /// hard-deleted). The runtime deletes the row in the transaction that
+    /// writes the id-map row.
+    Confirmed(Remote),
+    /// A failure worth trying again (5xx, timeout, refused connection,
+    /// malformed answer): after the backoff.
+    Retry(String),
+    /// The system's limit was hit: the whole system waits (`retry_after`
+    /// when the system said how long), the row's attempts do not grow.
+    Limited { retry_after: Option<Duration> },
+    /// The system refuses all work until someone acts (amoCRM's 403 page,
+    /// Bitrix24's `OVERLOAD_LIMIT`): sending stops, probes only.
+    Blocked(String),
+    /// The system refused this row for good (its validation error): the row
+    /// is dead at once, with this message.
+    Permanent(String),
+}
+
+/// A webhook request as the inbox received it (already bounded in size).
+#[derive(Debug, Clone, Copy)]
+pub struct Webhook<'a> {
+    /// `/api/v1/sync/{system}/webhook/{name}`: the hook's name, where a
+    /// system has several (Bpium); `None` for `/webhook`.
+    pub name: Option<&'a str>,
+    /// The path's secret segment, for systems that can neither sign nor send
+    /// a token (amoCRM's legacy webhooks).
+    pub secret: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// Why a webhook's body was not taken: answered 400 naming `what`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("webhook body refused: {what}")]
+pub struct WebhookError {
+    pub what: String,
+}
+
+/// One page of a system's records, for a relink (`after` pages on).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub records: Vec<Inbound>,
+    /// Where the next page starts; `None`: this was the last.
+    pub next: Option<String>,
+}
+
+/// A system the runtime keeps in step with the directory.
+pub trait System: Send + Sync + 'static {
+    /// Its registration: name, record kind, dedupe key, exports, fields.
+    fn spec(&self) -> &SystemSpec;
+
+    /// The limit its API publishes.
+    fn published_limit(&self) -> PublishedLimit;
+
+    /// At most this many rows in one [`System::send`] (its batch API's size;
+    /// 1 where there is none).
+    fn batch_size(&self) -> usize;
+
+    /// Sends `rows` (at most [`System::batch_size`], each of another record)
+    /// and says what became of each, in the same order, one outcome per row.
+    fn send<'a>(&'a self, rows: &'a [OutgoingRow]) -> RemoteFuture<'a, Vec<Outcome>>;
+
+    /// Before a create: the system's record for this row if it already holds
+    /// one (by the external id the gateway writes, then the business key),
+    /// so that a crash between the remote's accept and our commit never
+    /// creates a record twice. `Err` with a non-`Confirmed` outcome when the
+    /// lookup itself failed.
+    fn find_existing<'a>(
+        &'a self,
+        row: &'a OutgoingRow,
+    ) -> RemoteFuture<'a, Result<Option<Remote>, Outcome>>;
+
+    /// Whether a webhook comes from the system (its signature, token or
+    /// secret segment), checked in constant time.
+    fn authenticate(&self, hook: &Webhook<'_>) -> bool;
+
+    /// The records a webhook reports, in the system-neutral form the
+    /// inbound policy applies.
+    fn parse(&self, hook: &Webhook<'_>) -> Result<Vec<Inbound>, WebhookError>;
+
+    /// A page of every record the system holds, for a relink.
+    fn list<'a>(&'a self, after: Option<&'a str>) -> RemoteFuture<'a, Result<Page, Outcome>>;
+}
