@@ -6,31 +6,33 @@
 //! swap, on the thread of the change; the feed's task then, per system,
 //! reads each id's answer *now* (so the order reports arrive in does not
 //! matter, and a report read twice does nothing), hashes the synced fields
-//! ([`super::hash`]) and enqueues only what differs from the id-map's hash:
+//! ([`super::hash`]) and enqueues only what differs from the last hash
+//! queued or confirmed (the newest outbox row's, else the id-map's):
 //! an upsert with the record's JSON, or a remove with its id for an id that
 //! answers no more. A record whose requisites fail
 //! [`requisites::check`] is never enqueued (counted).
 //!
 //! A source never waits for the feed: when the channel is full the report
 //! is dropped and a flag set, and a **reconcile** runs instead: every
-//! exported record whose hash differs from the id-map's is enqueued, and a
-//! remove for every id the id-map holds that answers no more. The
+//! exported record whose hash differs from the last one is enqueued, and a
+//! remove for every id queued or linked that answers no more. The
 //! reconcile also runs at start-up, so a crash between a directory swap and
 //! its enqueue (or a failed enqueue) loses nothing. The feed's work runs on
 //! the lowest-priority thread ([`LowPriority`]): a reconcile parses every
 //! record, and a call must never wait for it.
 //!
-//! The id-map hashes are kept in memory per system (read at each reconcile,
+//! The last hashes are kept in memory per system (read at each reconcile,
 //! updated by each enqueue, keyed by a 64-bit hash of the id: about 20
-//! bytes a record): one store read per reconcile, not per change. The sync
-//! runtime (issue 18), which also writes id-map hashes (a CRM's change
-//! applied here), tells the feed through the same channel
-//! ([`Feed::note_hashes`]), or the feed would send that change back.
+//! bytes a record): one store read per reconcile, not per change; the
+//! inbound path reads them too ([`Feed::last_hash`]). Whoever else writes
+//! id-map hashes (a CRM's change applied here) tells the feed through the
+//! same channel ([`Feed::note_hashes`]), or the feed would send that change
+//! back.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify};
@@ -67,7 +69,8 @@ pub struct FeedRow {
     pub op: Op,
     /// The record's JSON (upsert), or its id as a JSON string (remove).
     pub body: String,
-    /// The hash the id-map takes in the same transaction ([`REMOVED`] for a remove).
+    /// The hash of what the row sends ([`REMOVED`] for a remove): kept with
+    /// the row, the id-map's once the system confirms it.
     pub hash: u64,
 }
 
@@ -75,11 +78,11 @@ pub type OutboxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where the feed's rows go: the sync store's outbox and id-map.
 pub trait Outbox: Clone + Send + Sync + 'static {
-    /// Commits `rows`, and each row's hash as its id-map hash, in one
-    /// transaction.
+    /// Commits `rows`, each with its hash, in one transaction.
     fn enqueue(&self, rows: Vec<FeedRow>) -> impl Future<Output = Result<(), OutboxError>> + Send;
 
-    /// The id-map's hashes of `system`'s records of `kind`, by record key.
+    /// The last hash queued or confirmed of each of `system`'s records of
+    /// `kind`, by record key ([`Store::last_hashes`], closed links as [`CLOSED`]).
     fn hashes(
         &self,
         system: &str,
@@ -127,6 +130,12 @@ struct Inlet {
     held: watch::Sender<bool>,
     progress: watch::Sender<Progress>,
     metrics: FeedMetrics,
+    /// The last hash queued or confirmed per system and record, once the
+    /// start-up reconcile has read them: the feed compares each change with
+    /// it, and the inbound path ([`Feed::last_hash`]) tells an echo of a row
+    /// still queued or in flight (the id-map takes a hash only when the
+    /// system confirms). Locked briefly, never across an await.
+    known: RwLock<Option<Known>>,
 }
 
 /// What the channel carries, in the order it happened.
@@ -173,6 +182,7 @@ pub fn channel(settings: &FeedSettings, metrics: FeedMetrics) -> (Feed, FeedInpu
             ..Progress::default()
         }),
         metrics,
+        known: RwLock::new(None),
     });
     let input = FeedInput {
         receiver,
@@ -236,6 +246,14 @@ impl Feed {
         });
     }
 
+    /// The last hash queued or confirmed for `system`'s record `key`, as the
+    /// feed knows it (`None` before the start-up reconcile, or for a record
+    /// never queued): newer than the id-map's while a row is queued or in
+    /// flight.
+    pub fn last_hash(&self, system: &str, key: &str) -> Option<u64> {
+        self.inlet.last_hash(system, key)
+    }
+
     /// The sync metrics (the inbound path counts duplicates refused).
     pub fn metrics(&self) -> &FeedMetrics {
         &self.inlet.metrics
@@ -248,6 +266,23 @@ impl Feed {
 }
 
 impl Inlet {
+    /// Whether the start-up reconcile has read the last hashes.
+    fn knows(&self) -> bool {
+        self.known
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn last_hash(&self, system: &str, key: &str) -> Option<u64> {
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+        known.as_ref()?.get(system)?.get(key)
+    }
+
+    fn known_mut(&self) -> std::sync::RwLockWriteGuard<'_, Option<Known>> {
+        self.known.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn hand_over(&self, report: &ReplaceReport) {
         if self.dropping.load(Ordering::SeqCst) {
             return;
@@ -290,8 +325,8 @@ struct Context<O> {
     metrics: FeedMetrics,
 }
 
-/// Per system (in the registry's order): the id-map's hash of each record key.
-type Known = Vec<KnownHashes>;
+/// Per system: the last hash queued or confirmed of each record key.
+type Known = HashMap<Box<str>, KnownHashes>;
 
 /// One system's id-map hashes between reconciles, keyed by a 64-bit hash
 /// of the record key: about 20 bytes a record, not a string each (a
@@ -354,7 +389,6 @@ async fn run<O: Outbox>(
         outbox,
         metrics: inlet.metrics.clone(),
     });
-    let mut known: Option<Known> = None;
     loop {
         if *stop.borrow() {
             return;
@@ -362,7 +396,7 @@ async fn run<O: Outbox>(
         // The start-up reconcile, or one a dropped report or a failed
         // enqueue called for. The flag is cleared first: a report dropped
         // while it runs calls for another.
-        if known.is_none() || inlet.overflowed.load(Ordering::SeqCst) {
+        if !inlet.knows() || inlet.overflowed.load(Ordering::SeqCst) {
             // Due before the flag is cleared: `Feed::settled` sees one or the other.
             inlet.progress.send_modify(|p| p.reconcile_due = true);
             inlet.overflowed.store(false, Ordering::SeqCst);
@@ -380,7 +414,7 @@ async fn run<O: Outbox>(
             };
             match outcome {
                 Ok(fresh) => {
-                    known = Some(fresh);
+                    *inlet.known_mut() = Some(fresh);
                     reconciled(&inlet, true);
                 }
                 Err(error) => {
@@ -424,19 +458,16 @@ async fn run<O: Outbox>(
             }
         }
         let handled = reports.len() as u64;
-        let mut taken = known.take().unwrap_or_default();
         // Hashes noted first: a change of the same batch is compared with them.
         let mut ids: Vec<Box<str>> = Vec::new();
         for report in reports {
             match report {
                 Report::Changed(changed) => ids.extend(changed),
                 Report::Noted { system, hashes } => {
-                    let systems = context.registry.systems();
-                    if let Some(at) = systems.iter().position(|s| s.name() == &*system) {
-                        if let Some(known) = taken.get_mut(at) {
-                            for (key, hash) in hashes {
-                                known.set(&key, hash);
-                            }
+                    if let Some(known) = inlet.known_mut().as_mut().and_then(|k| k.get_mut(&system))
+                    {
+                        for (key, hash) in hashes {
+                            known.set(&key, hash);
                         }
                     }
                 }
@@ -444,19 +475,17 @@ async fn run<O: Outbox>(
         }
         ids.sort_unstable();
         ids.dedup();
-        let context_for = Arc::clone(&context);
+        let (context_for, inlet_for) = (Arc::clone(&context), Arc::clone(&inlet));
         let feeding = low.run_future("sync feed", async move {
-            let result = feed_changes(&context_for, &mut taken, &ids).await;
-            (taken, result)
+            feed_changes(&context_for, &inlet_for, &ids).await
         });
         let done = tokio::select! {
             done = feeding => done,
             _ = stop.wait_for(|s| *s) => return,
         };
         match done {
-            Ok((back, Ok(()))) => known = Some(back),
-            Ok((back, Err(e))) => {
-                known = Some(back);
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "sync feed: enqueue failed; a reconcile will make it good");
                 inlet.reconcile_later();
             }
@@ -480,19 +509,26 @@ fn reconciled(inlet: &Inlet, ok: bool) {
 /// Enqueues, per system, what the changed `ids` call for.
 async fn feed_changes<O: Outbox>(
     context: &Context<O>,
-    known: &mut Known,
+    inlet: &Inlet,
     ids: &[Box<str>],
 ) -> Result<(), OutboxError> {
     let index = context.directory.snapshot();
-    for (system, known) in context.registry.systems().iter().zip(known.iter_mut()) {
+    for system in context.registry.systems() {
+        let name = system.name();
         let mut rows = Vec::new();
         for id in ids {
             let entry = index.by_id(id).map(|e| &**e);
-            if let Some(row) = row_for(context, system, id, entry, known.get(id)) {
+            let known = inlet.last_hash(name, id);
+            if let Some(row) = row_for(context, system, id, entry, known) {
                 rows.push(row);
             }
         }
-        enqueue(context, rows, |key, hash| known.set(key, hash)).await?;
+        enqueue(context, rows, |key, hash| {
+            if let Some(known) = inlet.known_mut().as_mut().and_then(|k| k.get_mut(name)) {
+                known.set(key, hash);
+            }
+        })
+        .await?;
     }
     Ok(())
 }
@@ -503,7 +539,7 @@ async fn feed_changes<O: Outbox>(
 async fn reconcile<O: Outbox>(context: &Context<O>) -> Result<Known, OutboxError> {
     let started = std::time::Instant::now();
     let index = context.directory.snapshot();
-    let mut all = Vec::with_capacity(context.registry.systems().len());
+    let mut all = Known::with_capacity(context.registry.systems().len());
     for system in context.registry.systems() {
         // Whole keys for the pass: removes need the ids the id-map holds.
         let mut known: HashMap<String, u64> = context
@@ -561,7 +597,7 @@ async fn reconcile<O: Outbox>(context: &Context<O>) -> Result<Known, OutboxError
         for (key, hash) in known {
             compact.set(&key, hash);
         }
-        all.push(compact);
+        all.insert(system.name().into(), compact);
     }
     Ok(all)
 }
@@ -674,7 +710,7 @@ impl Outbox for Store {
     }
 
     async fn hashes(&self, system: &str, kind: &str) -> Result<HashMap<String, u64>, OutboxError> {
-        let mut hashes = self.idmap_hashes(system, kind).await?;
+        let mut hashes = self.last_hashes(system, kind).await?;
         for key in self.idmap_closed(system, kind).await? {
             hashes.insert(key, CLOSED);
         }

@@ -241,11 +241,23 @@ impl Applier {
                 }
             },
             Change::Upsert(remote) => {
-                let known = link.map(|row| (row.local_id, row.hash));
+                let known = link.map(|row| {
+                    let hash = self.last_hash(&row.local_id, row.hash);
+                    (row.local_id, hash)
+                });
                 self.upsert(&inbound.kind, &inbound.remote_id, &remote, known)
                     .await
             }
         }
+    }
+
+    /// The last hash queued or confirmed for `local_id` in this system: the
+    /// feed's (a row still queued or in flight is newer than the id-map,
+    /// which takes a hash only on confirmation), else the id-map's.
+    fn last_hash(&self, local_id: &str, confirmed: Option<u64>) -> Option<u64> {
+        self.feed
+            .last_hash(self.spec.name(), local_id)
+            .or(confirmed)
     }
 
     async fn upsert(
@@ -312,11 +324,12 @@ impl Applier {
                     id = %Escaped(entry.id()),
                     "sync: a system's record linked to the directory's record of the same business key"
                 );
-                let hash = self
+                let confirmed = self
                     .store
                     .idmap_get(self.spec.name(), kind, entry.id())
                     .await?
                     .and_then(|r| r.hash);
+                let hash = self.last_hash(entry.id(), confirmed);
                 self.merge(kind, remote_id, &entry, remote, hash, true)
                     .await
             }

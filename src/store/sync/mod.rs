@@ -102,8 +102,9 @@ pub struct NewOutboxRow {
     pub op: OutboxOp,
     /// What to send, as JSON.
     pub body: String,
-    /// The hash of the synced fields of this version: written to the id-map
-    /// row of (system, kind, record_key) in the same transaction.
+    /// The hash of the synced fields of this version: kept with the row; the
+    /// id-map row of (system, kind, record_key) takes it when the system
+    /// confirms the row.
     pub hash: u64,
 }
 
@@ -231,13 +232,13 @@ pub struct IdMapLink {
 }
 
 impl Store {
-    /// Queues `rows` (1..n) in one transaction and, in the same one, sets
-    /// the id-map hash of each row's (system, kind, record_key) to its
-    /// `hash` (creating the id-map row without a remote id when there is
-    /// none), so the change feed compares the next change with what was
-    /// queued, and a reconcile after a crash finds what never was. Resolves
-    /// with the rows' ids, in order, once committed; on `Err` nothing of it
-    /// is. Commands waiting together share one transaction (group commit).
+    /// Queues `rows` (1..n), each with its hash, in one transaction that
+    /// only appends: the id-map is written when a system confirms a row, so
+    /// a bulk enqueue never rewrites pages scattered by the random local
+    /// ids. The change feed compares the next change with the newest queued
+    /// hash ([`Store::last_hashes`]), and a reconcile after a crash finds
+    /// what never was queued. Resolves with the rows' ids, in order, once
+    /// committed; on `Err` nothing of it is. Commands waiting together share one transaction (group commit).
     /// Dropping the future once sent does not cancel the write.
     pub async fn enqueue(&self, rows: Vec<NewOutboxRow>) -> Result<Vec<i64>, StoreError> {
         if rows.is_empty() {
@@ -258,17 +259,18 @@ impl Store {
         .await
     }
 
-    /// The hash of every open id-map row of `system` and `kind` that has
-    /// one, by local id: what the reconcile compares each record with.
-    /// Closed rows (the system deleted its copy) and rows never queued are
-    /// left out.
-    pub async fn idmap_hashes(
+    /// The last hash queued or confirmed for each of `system`'s records of
+    /// `kind`, by local id: the newest outbox row's (pending or dead), else
+    /// the id-map's. What the reconcile compares each record with. Closed
+    /// links (the system deleted its copy) and records never queued are left
+    /// out.
+    pub async fn last_hashes(
         &self,
         system: &str,
         kind: &str,
     ) -> Result<HashMap<String, u64>, StoreError> {
         let (system, kind) = (system.to_owned(), kind.to_owned());
-        self.read(move |conn, path| read::idmap_hashes(conn, path, &system, &kind))
+        self.read(move |conn, path| read::last_hashes(conn, path, &system, &kind))
             .await
     }
 

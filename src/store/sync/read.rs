@@ -12,24 +12,44 @@ use super::{
 };
 use crate::store::{from_unix_ms, StoreError};
 
-/// Open id-map rows of `system` and `kind` that have a hash, by local id.
-pub(super) fn idmap_hashes(
+/// The last hash queued or confirmed per local id (see `Store::last_hashes`).
+pub(super) fn last_hashes(
     conn: &Connection,
     path: &Path,
     system: &str,
     kind: &str,
 ) -> Result<HashMap<String, u64>, StoreError> {
     let query = || -> rusqlite::Result<HashMap<String, u64>> {
-        let mut stmt = conn.prepare_cached(
+        let mut confirmed = conn.prepare_cached(
             "SELECT local_id, hash FROM idmap
              WHERE system = ?1 AND kind = ?2 AND closed_at IS NULL AND hash IS NOT NULL",
         )?;
-        let rows = stmt.query_map([system, kind], |r| {
+        let mut hashes = confirmed
+            .query_map([system, kind], |r| {
+                Ok((r.get::<_, String>(0)?, hash_from_sql(r.get(1)?)))
+            })?
+            .collect::<rusqlite::Result<HashMap<_, _>>>()?;
+        // Queued rows in id order: the newest of a key is the last one. The
+        // outbox is scanned whole (no index on the random record keys: that
+        // is what keeps an enqueue an append); a closed link stays out.
+        let mut queued = conn.prepare_cached(
+            "SELECT o.record_key, o.hash FROM outbox o
+             WHERE o.system = ?1 AND o.kind = ?2 AND o.hash IS NOT NULL AND o.state != 'done'
+               AND NOT EXISTS (SELECT 1 FROM idmap i
+                               WHERE i.system = o.system AND i.kind = o.kind
+                                 AND i.local_id = o.record_key AND i.closed_at IS NOT NULL)
+             ORDER BY o.id",
+        )?;
+        let rows = queued.query_map([system, kind], |r| {
             Ok((r.get::<_, String>(0)?, hash_from_sql(r.get(1)?)))
         })?;
-        rows.collect()
+        for row in rows {
+            let (key, hash) = row?;
+            hashes.insert(key, hash);
+        }
+        Ok(hashes)
     };
-    query().map_err(|e| StoreError::sqlite(path, "reading the id-map's hashes", e))
+    query().map_err(|e| StoreError::sqlite(path, "reading the last queued hashes", e))
 }
 
 /// The local ids of `system`'s closed links of `kind` (the system deleted

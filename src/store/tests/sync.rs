@@ -191,7 +191,7 @@ async fn a_damaged_sync_file_names_what_is_lost() {
 }
 
 #[tokio::test]
-async fn enqueue_returns_ids_in_order_and_sets_the_id_map_hash() {
+async fn enqueue_returns_ids_in_order_and_the_newest_queued_hash_counts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let registry = Registry::new();
     let store = open_sync(&sync_path(dir.path()), &registry);
@@ -210,13 +210,13 @@ async fn enqueue_returns_ids_in_order_and_sets_the_id_map_hash() {
         .enqueue(vec![row("crm", "a", u64::MAX)])
         .await
         .expect("enqueue");
-    let hashes = store.idmap_hashes("crm", "company").await.expect("hashes");
+    let hashes = store.last_hashes("crm", "company").await.expect("hashes");
     assert_eq!(
         hashes,
         HashMap::from([("a".to_owned(), u64::MAX), ("b".to_owned(), 2)])
     );
     assert_eq!(
-        store.idmap_hashes("crm", "contact").await.expect("hashes"),
+        store.last_hashes("crm", "contact").await.expect("hashes"),
         HashMap::new()
     );
     let page = store
@@ -241,16 +241,30 @@ async fn enqueue_returns_ids_in_order_and_sets_the_id_map_hash() {
     assert!(store.enqueue(Vec::new()).await.expect("nothing").is_empty());
     assert_eq!(counter(&registry, "cti_store_outbox_rows_total", "ok"), 4);
 
-    // Closed links and rows never queued are not in the reconcile's map.
+    // An enqueue writes no id-map row: that is the confirmation's.
+    let conn = Connection::open(sync_path(dir.path())).expect("raw open");
+    let links: i64 = conn
+        .query_row("SELECT count(*) FROM idmap", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(links, 0);
+    drop(conn);
+
+    // A confirmed hash counts where nothing newer is queued; closed links
+    // (their rows queued or not) and links without a hash are left out.
     store
         .exec_on_writer(
-            "UPDATE idmap SET closed_at = 1 WHERE local_id = 'b';
-             INSERT INTO idmap (system, kind, local_id, remote_id) VALUES ('crm', 'company', 'c', '17');",
+            "INSERT INTO idmap (system, kind, local_id, hash) VALUES ('crm', 'company', 'a', 5);
+             INSERT INTO idmap (system, kind, local_id, hash, closed_at) VALUES ('crm', 'company', 'b', 2, 1);
+             INSERT INTO idmap (system, kind, local_id, remote_id) VALUES ('crm', 'company', 'c', '17');
+             INSERT INTO idmap (system, kind, local_id, remote_id, hash) VALUES ('crm', 'company', 'd', '18', 4);",
         )
         .await
-        .expect("close b");
-    let hashes = store.idmap_hashes("crm", "company").await.expect("hashes");
-    assert_eq!(hashes, HashMap::from([("a".to_owned(), u64::MAX)]));
+        .expect("links");
+    let hashes = store.last_hashes("crm", "company").await.expect("hashes");
+    assert_eq!(
+        hashes,
+        HashMap::from([("a".to_owned(), u64::MAX), ("d".to_owned(), 4)])
+    );
     store.close().await;
 }
 
@@ -297,9 +311,9 @@ async fn sixty_four_concurrent_enqueues_share_few_transactions() {
     );
     assert_eq!(
         store
-            .idmap_hashes("crm", "company")
+            .last_hashes("crm", "company")
             .await
-            .expect("map")
+            .expect("queued hashes")
             .len(),
         N
     );
@@ -311,18 +325,13 @@ async fn the_id_map_is_unique_both_ways() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = sync_path(dir.path());
     let store = open_sync(&path, &Registry::new());
-    // By local id: a second enqueue of a record updates its one row.
-    store
-        .enqueue(vec![row("crm", "a", 1), row("crm", "a", 2)])
-        .await
-        .expect("enqueue");
+    // By local id: one row per (system, kind, local id).
     let conn = Connection::open(&path).expect("raw open");
-    let rows: i64 = conn
-        .query_row("SELECT count(*) FROM idmap WHERE local_id = 'a'", [], |r| {
-            r.get(0)
-        })
-        .expect("count");
-    assert_eq!(rows, 1);
+    conn.execute(
+        "INSERT INTO idmap (system, kind, local_id) VALUES ('crm', 'company', 'a')",
+        [],
+    )
+    .expect("the first row");
     let err = conn
         .execute(
             "INSERT INTO idmap (system, kind, local_id) VALUES ('crm', 'company', 'a')",
@@ -356,11 +365,13 @@ async fn the_id_map_is_unique_both_ways() {
 async fn a_link_moves_a_remote_id_keeps_or_sets_the_hash_and_closes_and_opens_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_sync(&sync_path(dir.path()), &Registry::new());
-    // The feed queued `a` (hash 7, no remote id yet).
+    // `a` has a hash and no remote id yet.
     store
-        .enqueue(vec![row("crm", "a", 7)])
+        .exec_on_writer(
+            "INSERT INTO idmap (system, kind, local_id, hash) VALUES ('crm', 'company', 'a', 7)",
+        )
         .await
-        .expect("enqueue");
+        .expect("a's row");
     let link = |local: &str, remote: &str, hash: Option<u64>| IdMapLink {
         system: "crm".to_owned(),
         kind: "company".to_owned(),
@@ -609,14 +620,15 @@ async fn the_id_map_export_comes_in_chunks_in_key_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_sync(&sync_path(dir.path()), &Registry::new());
     let n = EXPORT_CHUNK as usize * 2 + 500;
-    let rows: Vec<NewOutboxRow> = (0..n)
-        .map(|i| row("crm", &format!("r{i:05}"), i as u64))
-        .collect();
-    store.enqueue(rows).await.expect("enqueue");
     store
-        .enqueue(vec![row("other", "x", 1)])
+        .exec_on_writer(&format!(
+            "WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < {n})
+             INSERT INTO idmap (system, kind, local_id, hash)
+                 SELECT 'crm', 'company', printf('r%05d', n), n FROM i;
+             INSERT INTO idmap (system, kind, local_id, hash) VALUES ('other', 'company', 'x', 1);"
+        ))
         .await
-        .expect("enqueue");
+        .expect("links");
     store
         .exec_on_writer(
             "UPDATE idmap SET remote_id = '42', closed_at = 1000 WHERE local_id = 'r00007'",
@@ -806,10 +818,7 @@ async fn a_full_sync_file_refuses_enqueues_whole_and_serves_again_once_there_is_
     );
     // Nothing of it is there: the id-map holds only the row queued before.
     assert_eq!(
-        sync.idmap_hashes("crm", "company")
-            .await
-            .expect("map")
-            .len(),
+        sync.last_hashes("crm", "company").await.expect("map").len(),
         1
     );
     // The journal is another file: calls go on.

@@ -100,12 +100,8 @@ impl Writer {
         let now = unix_ms(SystemTime::now());
         let result = self.transact("queueing sync changes", |tx| {
             let mut outbox = tx.prepare_cached(
-                "INSERT INTO outbox (system, kind, record_key, op, body, attempts, next_at, state, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, 'pending', ?6)",
-            )?;
-            let mut idmap = tx.prepare_cached(
-                "INSERT INTO idmap (system, kind, local_id, hash) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (system, kind, local_id) DO UPDATE SET hash = excluded.hash",
+                "INSERT INTO outbox (system, kind, record_key, op, body, attempts, next_at, state, created_at, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, 'pending', ?6, ?7)",
             )?;
             let mut ids: Vec<Vec<i64>> = Vec::with_capacity(enqueues.len());
             for (command, _) in &enqueues {
@@ -117,15 +113,10 @@ impl Writer {
                         row.record_key,
                         row.op.as_str(),
                         row.body,
-                        now
-                    ])?;
-                    these.push(tx.last_insert_rowid());
-                    idmap.execute(params![
-                        row.system,
-                        row.kind,
-                        row.record_key,
+                        now,
                         hash_to_sql(row.hash)
                     ])?;
+                    these.push(tx.last_insert_rowid());
                 }
                 ids.push(these);
             }
