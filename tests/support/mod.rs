@@ -8,6 +8,7 @@ pub mod mock_crm;
 pub mod mock_http;
 pub mod mock_onec;
 pub mod process;
+pub mod test_system;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
