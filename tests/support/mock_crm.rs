@@ -411,6 +411,11 @@ impl MockCrm {
         self.data().records.values().cloned().collect()
     }
 
+    /// How many records the mock holds (removed ones too).
+    pub fn record_count(&self) -> usize {
+        self.data().records.len()
+    }
+
     pub fn record_by_external(&self, external_id: &str) -> Option<CrmRecord> {
         let data = self.data();
         let id = data.by_external.get(external_id)?;
