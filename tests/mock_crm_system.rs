@@ -149,6 +149,31 @@ async fn over_the_bucket_is_limited_503_or_429_with_retry_after_and_counted() {
 }
 
 #[tokio::test]
+async fn a_forced_429_carries_its_retry_after_and_one_failing_record_fails_only_its_batches() {
+    let crm = MockCrm::start().await;
+    let sys = system(&crm);
+    crm.set_limit_answer(LimitAnswer::RetryAfter429);
+    crm.force_limit(1, 2);
+    assert_eq!(
+        sys.send(&[upsert(1, "k1", "Альфа")]).await,
+        vec![Outcome::Limited {
+            retry_after: Some(Duration::from_secs(2))
+        }]
+    );
+    confirmed(&sys.send(&[upsert(2, "k1", "Альфа")]).await[0]);
+    assert_eq!(crm.counters().limit_answers, 1);
+
+    crm.set_failing("k2", true);
+    let outcome = sys.send(&[upsert(3, "k2", "Бета")]).await.remove(0);
+    assert!(is_retry(&outcome), "{outcome:?}");
+    let found = sys.find_existing(&upsert(3, "k2", "Бета")).await;
+    assert!(matches!(found, Err(Outcome::Retry(_))), "{found:?}");
+    confirmed(&sys.send(&[upsert(4, "k3", "Гамма")]).await[0]);
+    crm.set_failing("k2", false);
+    confirmed(&sys.send(&[upsert(5, "k2", "Бета")]).await[0]);
+}
+
+#[tokio::test]
 async fn the_bucket_drains_exactly_at_its_rate() {
     let crm = MockCrm::start().await;
     crm.set_bucket(Some(Bucket {

@@ -52,8 +52,10 @@
 //!    request that would take it over `capacity` is not taken and gets the
 //!    limit answer ([`LimitAnswer`]): 503 `{"error":"QUERY_LIMIT_EXCEEDED"}`
 //!    (Bitrix24) or 429 with `Retry-After` (whole seconds until one request
-//!    fits). Unlimited at first.
-//! 5. The API above. After a write is applied and before it is answered,
+//!    fits). Unlimited at first. [`MockCrm::force_limit`] gives the limit
+//!    answer to the next requests whatever the bucket says.
+//! 5. The API above ([`MockCrm::set_failing`]: a 500 to a batch or lookup
+//!    naming that external id). After a write is applied and before it is answered,
 //!    the hook set with [`MockCrm::on_write`] runs (it may wait, or have the
 //!    connection closed without an answer: a crash after the CRM accepted).
 //!
@@ -69,7 +71,7 @@
 //! `#[path]`. Bounds: heads 64 KiB, bodies 1 MiB (more: 413, not logged),
 //! 64 connections.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -232,6 +234,12 @@ struct Data {
     blocked: bool,
     bucket: Option<(Bucket, BucketLevel)>,
     limit_answer: LimitAnswer,
+    /// The next this many requests get the limit answer whatever the bucket
+    /// says, with `Retry-After` of `forced_retry_after` s on a 429.
+    forced_limits: u32,
+    forced_retry_after: u64,
+    /// External ids whose batches and lookups answer 500.
+    failing: HashSet<String>,
     webhook: Option<WebhookTarget>,
     counters: Counters,
 }
@@ -262,6 +270,9 @@ impl MockCrm {
                 blocked: false,
                 bucket: None,
                 limit_answer: LimitAnswer::QueryLimit503,
+                forced_limits: 0,
+                forced_retry_after: 1,
+                failing: HashSet::new(),
                 webhook: None,
                 counters: Counters::default(),
             }),
@@ -329,6 +340,26 @@ impl MockCrm {
 
     pub fn set_limit_answer(&self, answer: LimitAnswer) {
         self.data().limit_answer = answer;
+    }
+
+    /// The next `count` requests get the limit answer whatever the bucket
+    /// says (a 429 carries `Retry-After: retry_after_secs`): "a 429 with
+    /// `Retry-After: 2`" on demand. Counted in `limit_answers`.
+    pub fn force_limit(&self, count: u32, retry_after_secs: u64) {
+        let mut data = self.data();
+        data.forced_limits = count;
+        data.forced_retry_after = retry_after_secs;
+    }
+
+    /// While `failing`, a batch naming `external_id` (and its lookup) is
+    /// answered 500: one record failing while the rest of the system answers.
+    pub fn set_failing(&self, external_id: &str, failing: bool) {
+        let mut data = self.data();
+        if failing {
+            data.failing.insert(external_id.to_owned());
+        } else {
+            data.failing.remove(external_id);
+        }
     }
 
     /// Writes of `external_id` are refused with `message` (a validation
@@ -574,6 +605,14 @@ fn not_found() -> Reply {
     json_reply(StatusCode::NOT_FOUND, &json!({"error": "NOT_FOUND"}))
 }
 
+/// The answer to a request naming a record set failing.
+fn failing_answer() -> Reply {
+    json_reply(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &json!({"error": "INTERNAL_SERVER_ERROR", "message": "mock: set_failing"}),
+    )
+}
+
 fn bad_request(message: impl Into<String>) -> Reply {
     json_reply(
         StatusCode::BAD_REQUEST,
@@ -621,7 +660,13 @@ impl CrmHandler {
                 BLOCKED_PAGE,
             ));
         }
-        if let Err(wait) = data.take_token() {
+        let over = if data.forced_limits > 0 {
+            data.forced_limits -= 1;
+            Err(data.forced_retry_after)
+        } else {
+            data.take_token()
+        };
+        if let Err(wait) = over {
             data.counters.limit_answers += 1;
             return Some(match data.limit_answer {
                 LimitAnswer::QueryLimit503 => json_reply(
@@ -665,6 +710,9 @@ impl CrmHandler {
                         Vec::new(),
                     );
                 };
+                if data.failing.contains(&ext) {
+                    return (failing_answer(), Vec::new());
+                }
                 let found = data
                     .by_external
                     .get(&ext)
@@ -717,6 +765,14 @@ impl CrmHandler {
         let Some(entries) = parsed.get("records").and_then(Value::as_array) else {
             return (bad_request("no \"records\" array"), Vec::new());
         };
+        let names_failing = entries.iter().any(|e| {
+            e.get("external_id")
+                .and_then(Value::as_str)
+                .is_some_and(|ext| data.failing.contains(ext))
+        });
+        if names_failing {
+            return (failing_answer(), Vec::new());
+        }
         if entries.len() > MAX_BATCH {
             return (
                 json_reply(
