@@ -9,8 +9,9 @@
 //!
 //! - on SIGUSR1 prints `CRM_MOCK stats requests=… writes=… creates=…
 //!   updates=… removes=… refused=… limit_answers=… blocked_answers=…
-//!   webhooks_sent=… webhooks_failed=… records=… duplicate_creates=…`
-//!   (`duplicate_creates`: external ids created more than once);
+//!   webhooks_sent=… webhooks_failed=… records=… duplicate_creates=…
+//!   elapsed_s=…` (`duplicate_creates`: external ids created more than
+//!   once; `elapsed_s`: since the url line, for a rate);
 //! - on SIGTERM or SIGINT, or after `--max-seconds`, prints the stats line
 //!   and `CRM_MOCK stopped` and exits.
 //!
@@ -28,7 +29,7 @@ mod mock_http;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -128,11 +129,12 @@ async fn run(args: Args, limit_answer: LimitAnswer) -> anyhow::Result<()> {
     eprintln!("crm_mock: on {} ({limit})", mock.url());
     say(&format!("CRM_MOCK url={}", mock.url()))?;
 
+    let started = Instant::now();
     let deadline = tokio::time::sleep(Duration::from_secs(args.max_seconds));
     tokio::pin!(deadline);
     loop {
         tokio::select! {
-            _ = usr1.recv() => say(&stats(&mock))?,
+            _ = usr1.recv() => say(&stats(&mock, started))?,
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = &mut deadline => {
@@ -141,12 +143,12 @@ async fn run(args: Args, limit_answer: LimitAnswer) -> anyhow::Result<()> {
             }
         }
     }
-    say(&stats(&mock))?;
+    say(&stats(&mock, started))?;
     say("CRM_MOCK stopped")?;
     Ok(())
 }
 
-fn stats(mock: &MockCrm) -> String {
+fn stats(mock: &MockCrm, started: Instant) -> String {
     let c = mock.counters();
     let duplicates = mock
         .creates_per_external_id()
@@ -156,7 +158,7 @@ fn stats(mock: &MockCrm) -> String {
     format!(
         "CRM_MOCK stats requests={} writes={} creates={} updates={} removes={} refused={} \
          limit_answers={} blocked_answers={} webhooks_sent={} webhooks_failed={} records={} \
-         duplicate_creates={duplicates}",
+         duplicate_creates={duplicates} elapsed_s={:.3}",
         c.requests,
         c.writes,
         c.creates,
@@ -168,6 +170,7 @@ fn stats(mock: &MockCrm) -> String {
         c.webhooks_sent,
         c.webhooks_failed,
         mock.record_count(),
+        started.elapsed().as_secs_f64(),
     )
 }
 

@@ -482,3 +482,13 @@ async fn the_api_refuses_a_batch_over_fifty_and_answers_lookups_and_removes() {
         405
     );
 }
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_and_not_logged() {
+    let crm = MockCrm::start().await;
+    let big = vec![b'x'; 1024 * 1024 + 1];
+    let reply = post(crm.addr(), "/api/records/batch", &[], &big).await;
+    assert_eq!(reply.status, 413);
+    assert!(crm.requests().is_empty());
+    assert_eq!(crm.counters().requests, 0);
+}
