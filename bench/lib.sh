@@ -1,7 +1,8 @@
 # Shared by the benchmark scripts (bench/run.sh, bench/onec.sh, bench/popup.sh,
-# bench/push.sh...): logging, clean-up of what a script started, clocks, CPU
-# and steal time, the background-work control (busy_control), the gateway's
-# config, start, readiness and stop, and SayName over HTTP and wrk.
+# bench/push.sh, bench/sync.sh...): logging, clean-up of what a script
+# started, clocks, CPU and steal time, the background-work control
+# (busy_control, and wrk runs beside it: spin_control_wrk), CPU per thread,
+# the gateway's config, start, readiness and stop, and SayName over HTTP and wrk.
 # Source it after REPO is set; it uses the caller's PORT, SOAP_PATH, GATEWAY, GEN,
 # READY_TIMEOUT, THREADS and CONNS when the functions that need them are called.
 
@@ -127,6 +128,84 @@ start_busy_control() {
   busy_control "$1" "$2" &
   BUSY_PID=$!
   PIDS+=("$BUSY_PID")
+}
+
+# ------------------------------------------------------------ measured runs beside a control
+# How background work is judged (bench/onec.sh, bench/sync.sh drain): wrk
+# runs with the machine's interrupts and the hypervisor's steal time counted
+# around each (a run with steal is noise, not a figure), and the spin
+# control's run (busy_control spin beside wrk), the p99 any SCHED_IDLE work
+# costs SayName on this machine.
+HZ=${HZ:-$(getconf CLK_TCK)}
+
+# thread_ticks PID: "NAME TICKS" per thread name (threads of one name summed).
+thread_ticks() {
+  local f stat comm
+  for f in /proc/"$1"/task/*/stat; do
+    stat=$(cat "$f" 2>/dev/null) || continue
+    comm=${stat#*(}; comm=${comm%)*}; comm=${comm// /_}
+    stat=${stat##*) }
+    awk -v c="$comm" '{print c, $12 + $13}' <<<"$stat"
+  done | awk '{t[$1] += $2} END {for (c in t) print c, t[c]}'
+}
+# thread_delta BEFORE AFTER: "name s, name s" of the CPU each thread name used
+# in between (threads gone meanwhile are not counted), largest first.
+thread_delta() {
+  awk -v hz="$HZ" 'NR == FNR {b[$1] = $2; next} {d = $2 - b[$1]; if (d > 0) print d, $1}' "$1" "$2" \
+    | sort -rn | awk -v hz="$HZ" '{printf "%s%s %.2f s", (NR > 1 ? ", " : ""), $2, $1 / hz}'
+}
+# ipis: "TLB CAL RES STEAL" machine-wide counts: interrupts from
+# /proc/interrupts (TLB shootdowns, function calls, reschedules), all CPUs
+# summed, and the hypervisor's steal time from /proc/stat (clock ticks).
+ipis() {
+  awk '$1 == "TLB:" || $1 == "CAL:" || $1 == "RES:" {n = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i; c[$1] = n}
+       END {printf "%d %d %d ", c["TLB:"], c["CAL:"], c["RES:"]}' /proc/interrupts 2>/dev/null || printf '0 0 0 '
+  awk '$1 == "cpu" {print $9 + 0; exit}' /proc/stat 2>/dev/null || echo 0
+}
+# ipi_delta BEFORE AFTER: the counts in between, one line. Steal time (the
+# hypervisor running someone else on our CPUs) makes a run's p99 worthless.
+ipi_delta() {
+  awk -v b="$1" -v a="$2" -v hz="$HZ" 'BEGIN {split(b, x, " "); split(a, y, " ");
+    printf "TLB shootdowns %d, function-call IPIs %d, reschedule IPIs %d, steal %.2f s", y[1] - x[1], y[2] - x[2], y[3] - x[3], (y[4] - x[4]) / hz}'
+}
+# secs_of_ticks TICKS: seconds with two decimals.
+secs_of_ticks() { awk -v t="$1" -v hz="$HZ" 'BEGIN { printf "%.2f", t / hz }'; }
+
+# measured_wrk NAME URL DURATION: run_wrk with the interrupts and steal time
+# around it. Sets RUN_RESULT (its WRK_RESULT line), RUN_IPIS (ipi_delta's
+# line) and RUN_STEAL (seconds stolen). Runs in the caller's shell (not in
+# $(...)) so that it can set them.
+measured_wrk() {
+  local ipi0
+  ipi0=$(ipis)
+  RUN_RESULT=$(run_wrk "$@") || die "wrk run $1 failed"
+  RUN_IPIS=$(ipi_delta "$ipi0" "$(ipis)")
+  RUN_STEAL=$(sed -n 's/.*steal \([0-9.]*\) s.*/\1/p' <<<"$RUN_IPIS")
+}
+
+# spin_control_wrk NAME URL DURATION: measured_wrk beside the spin control
+# (busy_control spin, started before and stopped after the run, at most 5 s
+# to stop). Sets what measured_wrk sets. Needs TMP.
+SPIN_CONTROLS=0
+spin_control_wrk() {
+  # A stop file of its own each time: one left behind stops a stray spinner
+  # for good, never the next run's.
+  SPIN_CONTROLS=$(( SPIN_CONTROLS + 1 ))
+  local stop=$TMP/spin-control.$SPIN_CONTROLS.stop
+  start_busy_control spin "$stop"
+  measured_wrk "$@"
+  : >"$stop"
+  for _ in $(seq 1 100); do kill -0 "$BUSY_PID" 2>/dev/null || break; sleep 0.05; done
+  if kill -0 "$BUSY_PID" 2>/dev/null; then kill -TERM "$BUSY_PID" 2>/dev/null || true; fi
+  wait "$BUSY_PID" 2>/dev/null || true
+}
+
+# steal_over MAX S...: true when any of the steal times S (seconds) exceeds
+# MAX: the round is not counted.
+steal_over() {
+  local max=$1
+  shift
+  awk -v m="$max" 'BEGIN { for (i = 1; i < ARGC; i++) if (ARGV[i] + 0 > m) exit 0; exit 1 }' "$@"
 }
 
 # ------------------------------------------------------------ the gateway

@@ -5,7 +5,7 @@
 #   bench/onec.sh             100000 counterparties
 #   bench/onec.sh 250000
 #
-# Builds release, starts the mock 1C with COUNT generated counterparties, and
+# Builds (release; BENCH_PROFILE), starts the mock 1C with COUNT generated counterparties, and
 # the gateway with only [onec] as its source (page_size 1000 unless BENCH_PAGE_SIZE, refresh 1h, so
 # every read after the first is one the script asks for with SIGHUP). Then:
 #   a. warm-up: wall time from the gateway's start to its first completed read
@@ -33,6 +33,7 @@
 #   BENCH_READ_TIMEOUT [120] seconds to wait for one full read
 #   BENCH_PAGE_SIZE [1000] onec.page_size (rows per request)
 #   BENCH_SKIP_BUILD [0] BENCH_KEEP [0] keep the temp dir (config, logs, wrk output)
+#   BENCH_PROFILE [release] cargo profile to build and run (dev for a smoke run)
 #   BENCH_BUSY [changed] what runs back to back during e.: "changed" (the
 #     goal's case), "unchanged" (SIGHUP only: transfer and parse, no rebuild, no
 #     snapshot save), "mock" (the mock re-writes its records and serves the same
@@ -40,7 +41,8 @@
 #     the mock alone costs SayName), "spin" / "memory" (controls: a busy loop
 #     / a memory writer (dd bs=64M) under SCHED_IDLE and nice 19 like the read
 #     thread, the gateway reading nothing: what any work at that priority
-#     costs SayName on this machine; bench/lib.sh's busy_control)
+#     costs SayName on this machine; bench/lib.sh's busy_control, which
+#     bench/sync.sh runs beside wrk with spin_control_wrk)
 #   BENCH_PERF [0] 1: `perf record` the gateway during e. (adds its own
 #     overhead to e.'s figures); the top of the profile is printed, perf.data kept
 #   BENCH_MOCK_NICE [unset] run the mock under `nice -n N` (19: the mock takes
@@ -87,48 +89,18 @@ SOAP_URL=http://127.0.0.1:$PORT$SOAP_PATH
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-GATEWAY=$TARGET/release/cti-gateway
-MOCK=$TARGET/release/examples/onec_mock
+PROFILE=${BENCH_PROFILE:-release}
+[[ $PROFILE =~ ^[a-z][a-z0-9_-]*$ ]] || { echo "BENCH_PROFILE must be a cargo profile name: $PROFILE" >&2; exit 2; }
+# cargo puts the dev profile's output under debug/.
+OUT=$TARGET/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")
+GATEWAY=$OUT/cti-gateway
+MOCK=$OUT/examples/onec_mock
 HZ=$(getconf CLK_TCK)
 
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
 
 # ------------------------------------------------------------ helpers
-
-# thread_ticks PID: "NAME TICKS" per thread name (threads of one name summed).
-thread_ticks() {
-  local f stat comm
-  for f in /proc/"$1"/task/*/stat; do
-    stat=$(cat "$f" 2>/dev/null) || continue
-    comm=${stat#*(}; comm=${comm%)*}; comm=${comm// /_}
-    stat=${stat##*) }
-    awk -v c="$comm" '{print c, $12 + $13}' <<<"$stat"
-  done | awk '{t[$1] += $2} END {for (c in t) print c, t[c]}'
-}
-# thread_delta BEFORE AFTER: "name s, name s" of the CPU each thread name used
-# in between (threads gone meanwhile are not counted), largest first.
-thread_delta() {
-  awk -v hz="$HZ" 'NR == FNR {b[$1] = $2; next} {d = $2 - b[$1]; if (d > 0) print d, $1}' "$1" "$2" \
-    | sort -rn | awk -v hz="$HZ" '{printf "%s%s %.2f s", (NR > 1 ? ", " : ""), $2, $1 / hz}'
-}
-# ipis: "TLB CAL RES STEAL" machine-wide counts: interrupts from
-# /proc/interrupts (TLB shootdowns, function calls, reschedules), all CPUs
-# summed, and the hypervisor's steal time from /proc/stat (clock ticks).
-ipis() {
-  awk '$1 == "TLB:" || $1 == "CAL:" || $1 == "RES:" {n = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i; c[$1] = n}
-       END {printf "%d %d %d ", c["TLB:"], c["CAL:"], c["RES:"]}' /proc/interrupts 2>/dev/null || printf '0 0 0 '
-  awk '$1 == "cpu" {print $9 + 0; exit}' /proc/stat 2>/dev/null || echo 0
-}
-# ipi_delta BEFORE AFTER: the counts in between, one line. Steal time (the
-# hypervisor running someone else on our CPUs) makes a run's p99 worthless.
-ipi_delta() {
-  awk -v b="$1" -v a="$2" -v hz="$HZ" 'BEGIN {split(b, x, " "); split(a, y, " ");
-    printf "TLB shootdowns %d, function-call IPIs %d, reschedule IPIs %d, steal %.2f s", y[1] - x[1], y[2] - x[2], y[3] - x[3], (y[4] - x[4]) / hz}'
-}
-# secs_of_ticks TICKS: seconds with two decimals.
-secs_of_ticks() { awk -v t="$1" -v hz="$HZ" 'BEGIN { printf "%.2f", t / hz }'; }
-
 
 # metric NAME: its value in the gateway's /metrics (an unlabelled series), or empty.
 metric() {
@@ -266,8 +238,8 @@ refresh_loop() {
 
 # ------------------------------------------------------------ build
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-  log "cargo build --release --bin cti-gateway --example onec_mock"
-  cargo build --release --bin cti-gateway --example onec_mock >&2
+  log "cargo build --profile $PROFILE --bin cti-gateway --example onec_mock"
+  cargo build --profile "$PROFILE" --bin cti-gateway --example onec_mock >&2
 fi
 for b in "$GATEWAY" "$MOCK"; do [[ -x $b ]] || die "missing $b (build failed?)"; done
 
@@ -388,11 +360,8 @@ measure_round() {
   log "d$1. SayName, no read running: warm-up $WARMUP, then wrk -t$THREADS -c$CONNS -d$DURATION"
   run_wrk idle-warmup "$SOAP_URL" "$WARMUP" >/dev/null
   thread_ticks "$GW_PID" >"$TMP/threads-d0.txt"
-  local ipi0
-  ipi0=$(ipis)
-  IDLE=$(run_wrk "idle$1" "$SOAP_URL" "$DURATION")
-  D_IPIS=$(ipi_delta "$ipi0" "$(ipis)")
-  D_STEAL=$(sed -n 's/.*steal \([0-9.]*\) s.*/\1/p' <<<"$D_IPIS")
+  measured_wrk "idle$1" "$SOAP_URL" "$DURATION"
+  IDLE=$RUN_RESULT D_IPIS=$RUN_IPIS D_STEAL=$RUN_STEAL
   thread_ticks "$GW_PID" >"$TMP/threads-d1.txt"
   D_THREADS=$(thread_delta "$TMP/threads-d0.txt" "$TMP/threads-d1.txt")
   log "d$1. $IDLE"
@@ -419,10 +388,8 @@ measure_round() {
   E_COUNT0=$(refresh_count); E_SUM0=$(gateway_sum); E_CPU0=$(cpu_ticks "$GW_PID"); E_MOCK0=$(cpu_ticks "$MOCK_PID")
   E_LOOP0=$(grep -c '' "$TMP/loop.log" 2>/dev/null || true)
   E_T0=$(now_ns)
-  ipi0=$(ipis)
-  BUSY=$(run_wrk "busy$1" "$SOAP_URL" "$DURATION")
-  E_IPIS=$(ipi_delta "$ipi0" "$(ipis)")
-  E_STEAL=$(sed -n 's/.*steal \([0-9.]*\) s.*/\1/p' <<<"$E_IPIS")
+  measured_wrk "busy$1" "$SOAP_URL" "$DURATION"
+  BUSY=$RUN_RESULT E_IPIS=$RUN_IPIS E_STEAL=$RUN_STEAL
   E_MS=$(ms_since "$E_T0")
   E_COUNT1=$(refresh_count); E_SUM1=$(gateway_sum); E_CPU=$(( $(cpu_ticks "$GW_PID") - E_CPU0 )); E_MOCK=$(( $(cpu_ticks "$MOCK_PID") - E_MOCK0 ))
   E_LOOP1=$(grep -c '' "$TMP/loop.log" 2>/dev/null || true)
@@ -458,7 +425,7 @@ NOISY=0
 for (( round = 1; round <= ROUNDS * 3 && ${#RATIOS[@]} < ROUNDS; round++ )); do
   measure_round "$round"
   r=$(awk -v b="$(field p99_ms "$BUSY")" -v i="$(field p99_ms "$IDLE")" 'BEGIN { printf "%.2f", (i > 0 ? b / i : 0) }')
-  if awk -v d="${D_STEAL:-0}" -v e="${E_STEAL:-0}" -v m="$STEAL_MAX" 'BEGIN { exit !(d > m || e > m) }'; then
+  if steal_over "$STEAL_MAX" "${D_STEAL:-0}" "${E_STEAL:-0}"; then
     NOISY=$(( NOISY + 1 ))
     ROWS+=("d$round. idle (steal ${D_STEAL}s)|$IDLE" "e$round. (steal ${E_STEAL}s) NOT COUNTED|$BUSY")
     log "round $round: not counted, the hypervisor stole ${D_STEAL} s / ${E_STEAL} s of CPU (over $STEAL_MAX s); p99 busy/idle would be $r"

@@ -20,6 +20,9 @@
 //! One thread: the mock takes at most one of the machine's cores.
 
 #[allow(dead_code)]
+#[path = "../tests/support/mock_http.rs"]
+mod mock_http;
+#[allow(dead_code)]
 #[path = "../tests/support/mock_onec.rs"]
 mod mock_onec;
 

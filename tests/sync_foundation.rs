@@ -370,20 +370,20 @@ async fn the_mock_crm_records_what_it_receives() {
     let crm = MockCrm::start().await;
     let reply = post(
         crm.addr(),
-        "/rest/crm.company.add",
+        "/api/records/batch",
         &[JSON, "Authorization: Bearer crm-token"],
-        r#"{"fields":{"TITLE":"Альфа"}}"#.as_bytes(),
+        r#"{"records":[{"external_id":"k1","fields":{"name":"Альфа"}}]}"#.as_bytes(),
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     crm.set_status(503);
-    let reply = post(crm.addr(), "/rest/crm.company.list", &[JSON], b"{}").await;
+    let reply = post(crm.addr(), "/api/records/batch", &[JSON], b"{}").await;
     assert_eq!(reply.status, 503);
     let seen = crm.requests();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].method, "POST");
-    assert_eq!(seen[0].target, "/rest/crm.company.add");
-    assert_eq!(seen[0].body["fields"]["TITLE"], "Альфа");
+    assert_eq!(seen[0].target, "/api/records/batch");
+    assert_eq!(seen[0].body["records"][0]["fields"]["name"], "Альфа");
     assert_eq!(seen[0].authorization.as_deref(), Some("Bearer crm-token"));
 }
 

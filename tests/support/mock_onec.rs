@@ -29,12 +29,15 @@
 //! `substringof('text', Property)`, joined with `and`/`or` and parentheses.
 //! Anything else is a 400 `odata.error`.
 //!
-//! Self-contained (std, tokio, hyper, hyper-util, http-body-util, bytes,
-//! serde_json, percent-encoding): the benchmark includes this file with
+//! Served by `mock_http.rs` (accept loop, bounds, request log, [`Mode`]s):
+//! self-contained apart from it (std, tokio, hyper, hyper-util,
+//! http-body-util, bytes, serde_json, percent-encoding). The benchmark
+//! includes both as siblings:
+//! `#[path = "../tests/support/mock_http.rs"] mod mock_http;` and
 //! `#[path = "../tests/support/mock_onec.rs"] mod mock_onec;`.
 //!
 //! Bounds: request heads up to 64 KiB, at most 256 connections at once (more
-//! wait to be accepted), request bodies are never read (only GET is served).
+//! wait to be accepted), request bodies up to 64 KiB (only GET is served).
 //! Pages without `$filter` are cut from a sorted order kept until the next
 //! write, so a full read of N rows costs the mock O(N log N) once, not per page.
 //!
@@ -43,21 +46,20 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Map, Value};
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+
+pub use super::mock_http::Mode;
+use super::mock_http::{
+    Handler, HandlerFuture, HttpRequest, Limits, Logged, MockHttp, GARBAGE_TAIL,
+};
 
 /// The Basic credentials [`MockOnec::start`] accepts.
 pub const USERNAME: &str = "odata";
@@ -81,25 +83,10 @@ pub const ACTUAL_ADDRESS_KIND_KEY: &str = "2b7a9c64-1f0e-4d6a-9a41-7c1e0d5b3a05"
 pub const BANK_ACCOUNTS: &str = "Catalog_БанковскиеСчета";
 pub const BANKS: &str = "Catalog_Банки";
 
-const MAX_CONNECTIONS: usize = 256;
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-
-/// How the mock answers, applied to every request as it arrives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Normal,
-    /// Waits this long before each answer.
-    Slow(Duration),
-    /// Reads the request and never answers (until the mode changes; then the
-    /// connection is closed without an answer).
-    Hang,
-    /// 500 with an `odata.error` body, before the credentials are checked.
-    Fail,
-    /// 200 `application/json` whose body is not OData: an answer cut off in
-    /// the middle of a row, ending in bytes that are not UTF-8 (a proxy's
-    /// broken page, a 1C restarting mid-answer).
-    Garbage,
-}
+const LIMITS: Limits = Limits {
+    max_connections: 256,
+    max_body: 64 * 1024,
+};
 
 /// What a request was for, as the mock classifies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -395,9 +382,8 @@ pub fn generated(n: usize) -> Vec<MockCounterparty> {
 
 /// A running mock 1C base. Dropping it stops the server and every connection.
 pub struct MockOnec {
-    addr: SocketAddr,
     state: Arc<State>,
-    server: JoinHandle<()>,
+    server: MockHttp,
 }
 
 impl MockOnec {
@@ -405,45 +391,41 @@ impl MockOnec {
     /// The configuration defines the properties `КатегорияКлиента` (number,
     /// default 0) and `ДобавочныйМенеджера` (string, default "").
     pub async fn start() -> MockOnec {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("mock 1C binds");
-        let addr = listener.local_addr().expect("mock 1C address");
-        let state = Arc::new(State {
-            addr,
-            auth: basic_token(USERNAME, PASSWORD),
-            data: Mutex::new(Data {
-                rows: Vec::new(),
-                by_key: HashMap::new(),
-                extras: vec![
-                    ("КатегорияКлиента".to_owned(), json!(0)),
-                    ("ДобавочныйМенеджера".to_owned(), json!("")),
-                ],
-                version: 1,
-                next_code: 1,
-                orders: Vec::new(),
-                bank_accounts: Vec::new(),
-                banks: Vec::new(),
-            }),
-            mode: watch::channel(Mode::Normal).0,
-            lookup_delay: Mutex::new(Duration::ZERO),
-            log: Mutex::new(Log::default()),
-        });
-        let server = tokio::spawn(serve(listener, Arc::clone(&state)));
-        MockOnec {
-            addr,
-            state,
-            server,
-        }
+        let mut shared = None;
+        let server = MockHttp::start(LIMITS, |addr| {
+            let state = Arc::new(State {
+                addr,
+                auth: basic_token(USERNAME, PASSWORD),
+                data: Mutex::new(Data {
+                    rows: Vec::new(),
+                    by_key: HashMap::new(),
+                    extras: vec![
+                        ("КатегорияКлиента".to_owned(), json!(0)),
+                        ("ДобавочныйМенеджера".to_owned(), json!("")),
+                    ],
+                    version: 1,
+                    next_code: 1,
+                    orders: Vec::new(),
+                    bank_accounts: Vec::new(),
+                    banks: Vec::new(),
+                }),
+                lookup_delay: Mutex::new(Duration::ZERO),
+            });
+            shared = Some(Arc::clone(&state));
+            OnecHandler(state)
+        })
+        .await;
+        let state = shared.expect("the handler was built");
+        MockOnec { state, server }
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://127.0.0.1:PORT/base/odata/standard.odata`
     pub fn url(&self) -> String {
-        format!("http://{}{ROOT_PATH}", self.addr)
+        format!("http://{}{ROOT_PATH}", self.addr())
     }
 
     /// Inserts or replaces (by `ref_key`) a counterparty; its `DataVersion`
@@ -546,8 +528,11 @@ impl MockOnec {
         }
     }
 
+    /// How every later request is answered; [`Mode::Fail`] is a 500 with an
+    /// `odata.error` body before the credentials are checked, [`Mode::Garbage`]
+    /// a 200 `application/json` cut off in the middle of a row.
     pub fn set_mode(&self, mode: Mode) {
-        self.state.mode.send_replace(mode);
+        self.server.set_mode(mode);
     }
 
     /// Extra delay before answering live lookups (contact-set requests whose
@@ -558,25 +543,20 @@ impl MockOnec {
 
     /// Every request since the start or the last [`MockOnec::reset_requests`].
     pub fn requests(&self) -> Vec<SeenRequest> {
-        lock(&self.state.log).seen.clone()
+        self.server
+            .with_requests(|log| log.iter().map(|l| self.state.seen(l)).collect())
     }
 
     pub fn count(&self, kind: RequestKind) -> usize {
-        lock(&self.state.log)
-            .seen
-            .iter()
-            .filter(|r| r.kind == kind)
-            .count()
+        self.server.with_requests(|log| {
+            log.iter()
+                .filter(|l| parse_target(&l.request.target).kind() == kind)
+                .count()
+        })
     }
 
     pub fn reset_requests(&self) {
-        lock(&self.state.log).seen.clear();
-    }
-}
-
-impl Drop for MockOnec {
-    fn drop(&mut self) {
-        self.server.abort();
+        self.server.reset_requests();
     }
 }
 
@@ -587,9 +567,7 @@ struct State {
     /// `base64(user:password)`.
     auth: String,
     data: Mutex<Data>,
-    mode: watch::Sender<Mode>,
     lookup_delay: Mutex<Duration>,
-    log: Mutex<Log>,
 }
 
 impl State {
@@ -606,16 +584,27 @@ impl State {
         };
         scheme.eq_ignore_ascii_case("basic") && token.trim() == self.auth
     }
+
+    /// A logged request as the mock classifies it.
+    fn seen(&self, logged: &Logged) -> SeenRequest {
+        let req = &logged.request;
+        let parsed = parse_target(&req.target);
+        SeenRequest {
+            seq: req.seq,
+            method: req.method.to_string(),
+            target: req.target.clone(),
+            kind: parsed.kind(),
+            entity_set: parsed.entity_set,
+            key: parsed.key,
+            query: parsed.query,
+            authorized: self.authorized(req.headers.get(AUTHORIZATION)),
+            status: logged.status,
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-#[derive(Default)]
-struct Log {
-    next_seq: u64,
-    seen: Vec<SeenRequest>,
 }
 
 struct Data {
@@ -710,137 +699,70 @@ fn is_guid(s: &str) -> bool {
 
 // ---------------------------------------------------------------- server
 
-async fn serve(listener: TcpListener, state: Arc<State>) {
-    // Connections live in this set: when the server task is aborted (the
-    // mock dropped), the set is dropped and every connection with it.
-    let mut connections = JoinSet::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        while connections.try_join_next().is_some() {}
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return;
-        };
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let state = Arc::clone(&state);
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(Arc::clone(&state), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .max_buf_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            drop(permit);
-        });
-    }
-}
-
-/// Returned by the service in [`Mode::Hang`]: hyper closes the connection
-/// without an answer.
-#[derive(Debug)]
-struct Hung;
-
-impl fmt::Display for Hung {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("mock 1C hung up without answering")
-    }
-}
-
-impl std::error::Error for Hung {}
-
 type Body = Full<Bytes>;
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Hung> {
-    let method = req.method().clone();
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
-    let authorized = state.authorized(req.headers().get(AUTHORIZATION));
-    // The body is never read: only GET is served.
-    drop(req);
+/// The OData answers, served by `mock_http`.
+struct OnecHandler(Arc<State>);
 
-    let parsed = parse_target(&target);
-    let kind = parsed.kind();
-    let seq = {
-        let mut log = lock(&state.log);
-        let seq = log.next_seq;
-        log.next_seq += 1;
-        log.seen.push(SeenRequest {
-            seq,
-            method: method.to_string(),
-            target: target.clone(),
-            entity_set: parsed.entity_set.clone(),
-            key: parsed.key.clone(),
-            query: parsed.query.clone(),
-            kind,
-            authorized,
-            status: None,
-        });
-        seq
-    };
-
-    let mode = *state.mode.borrow();
-    match mode {
-        Mode::Slow(delay) => tokio::time::sleep(delay).await,
-        Mode::Hang => {
-            let mut rx = state.mode.subscribe();
-            let _ = rx.wait_for(|m| *m != Mode::Hang).await;
-            return Err(Hung);
-        }
-        Mode::Normal | Mode::Fail | Mode::Garbage => {}
-    }
-    if kind == RequestKind::Lookup {
-        let delay = *lock(&state.lookup_delay);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+impl Handler for OnecHandler {
+    fn handle<'a>(&'a self, req: &'a HttpRequest) -> HandlerFuture<'a> {
+        Box::pin(async move { Some(self.answer(req).await) })
     }
 
-    let response = if mode == Mode::Garbage {
+    fn fail(&self, _req: &HttpRequest) -> Response<Body> {
+        odata_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Внутренняя ошибка сервера 1С:Предприятия (mock: Mode::Fail)",
+        )
+    }
+
+    fn garbage(&self, _req: &HttpRequest) -> Response<Body> {
         let mut body = br#"{"odata.metadata":"mock","value":[{"Ref_Key":"00000000-0000-"#.to_vec();
-        body.extend_from_slice(&[0xff, 0xfe, 0x00, b'{', 0xc3]);
+        body.extend_from_slice(GARBAGE_TAIL);
         let mut r = Response::new(Full::new(Bytes::from(body)));
         r.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/json;charset=utf-8"),
         );
         r
-    } else if mode == Mode::Fail {
-        odata_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Внутренняя ошибка сервера 1С:Предприятия (mock: Mode::Fail)",
-        )
-    } else if !authorized {
-        let mut r = odata_error(
-            StatusCode::UNAUTHORIZED,
-            "Не пройдена аутентификация: неверное имя пользователя или пароль",
-        );
-        r.headers_mut().insert(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"1C\""),
-        );
-        r
-    } else if method != Method::GET {
-        let mut r = odata_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("mock 1C serves only GET, not {method}"),
-        );
-        r.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET"));
-        r
-    } else {
-        match parsed.plan {
-            Ok(plan) => answer(&state, &plan),
-            Err(reject) => odata_error(reject.status, &reject.message),
-        }
-    };
-
-    let mut log = lock(&state.log);
-    if let Some(seen) = log.seen.iter_mut().rev().find(|r| r.seq == seq) {
-        seen.status = Some(response.status().as_u16());
     }
-    Ok(response)
+}
+
+impl OnecHandler {
+    async fn answer(&self, req: &HttpRequest) -> Response<Body> {
+        let state = &self.0;
+        let parsed = parse_target(&req.target);
+        if parsed.kind() == RequestKind::Lookup {
+            let delay = *lock(&state.lookup_delay);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        if !state.authorized(req.headers.get(AUTHORIZATION)) {
+            let mut r = odata_error(
+                StatusCode::UNAUTHORIZED,
+                "Не пройдена аутентификация: неверное имя пользователя или пароль",
+            );
+            r.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"1C\""),
+            );
+            r
+        } else if req.method != Method::GET {
+            let mut r = odata_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("mock 1C serves only GET, not {}", req.method),
+            );
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET"));
+            r
+        } else {
+            match parsed.plan {
+                Ok(plan) => answer(state, &plan),
+                Err(reject) => odata_error(reject.status, &reject.message),
+            }
+        }
+    }
 }
 
 fn odata_error(status: StatusCode, message: &str) -> Response<Body> {

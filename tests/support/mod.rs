@@ -5,8 +5,10 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod mock_crm;
+pub mod mock_http;
 pub mod mock_onec;
 pub mod process;
+pub mod test_system;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
