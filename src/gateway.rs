@@ -30,6 +30,8 @@ use crate::sources::push::{self, PushSource};
 use crate::sources::{SnapshotSavers, SourceHealth};
 use crate::store::{DiskGate, OpenOptions, SourceSnapshot, Store, StoreError};
 use crate::sync::crm_source::CrmRecords;
+use crate::sync::parts::SyncRuntimeParts;
+use crate::sync::system::System;
 use crate::sync::{self, Feed, FeedMetrics, FeedSettings, Registry, RegistryError, SystemSpec};
 use crate::vats::Vats;
 
@@ -77,6 +79,8 @@ pub struct Gateway {
     onec_store: Option<Store>,
     /// With a sync system registered: the sync store and the change feed.
     sync: Option<SyncParts>,
+    /// Each sending system's limiter and health (none without one).
+    sync_systems: Arc<SyncRuntimeParts>,
     metrics: Arc<Metrics>,
     reload: watch::Sender<u64>,
     stop_server: Arc<Notify>,
@@ -119,10 +123,38 @@ impl Gateway {
         systems: Vec<SystemSpec>,
         feed_settings: FeedSettings,
     ) -> Result<Gateway, StartError> {
+        Gateway::start_inner(config, systems, Vec::new(), feed_settings).await
+    }
+
+    /// [`Gateway::start_with`] with sending systems: each registered by its
+    /// spec, with its limiter and health built (`/readyz`, `/metrics` and
+    /// the status API show them). Until the sync runtime's
+    /// `start_with(config, Vec<Arc<dyn System>>)` replaces it.
+    #[doc(hidden)]
+    pub async fn start_with_systems(
+        config: Config,
+        systems: Vec<Arc<dyn System>>,
+    ) -> Result<Gateway, StartError> {
+        let specs = systems.iter().map(|s| s.spec().clone()).collect();
+        Gateway::start_inner(config, specs, systems, FeedSettings::default()).await
+    }
+
+    async fn start_inner(
+        config: Config,
+        systems: Vec<SystemSpec>,
+        senders: Vec<Arc<dyn System>>,
+        feed_settings: FeedSettings,
+    ) -> Result<Gateway, StartError> {
         let started = Instant::now();
         let registry = Registry::new(systems)?;
         http::check_soap_path(&config)?;
         let metrics = Arc::new(Metrics::new());
+        // Each sending system's limiter and health: its worker takes them
+        // from here, `/readyz` and the status API show them.
+        let sync_systems = Arc::new(
+            SyncRuntimeParts::build(metrics.registry(), &senders, &config.sync)
+                .map_err(StartError::Metrics)?,
+        );
         // Before anything is opened: a bad certificate stops start-up at once.
         let tls = match (&config.server.tls_cert, &config.server.tls_key) {
             (Some(cert), Some(key)) => {
@@ -188,9 +220,9 @@ impl Gateway {
         // And the sync store: its id links are what keeps a CRM free of
         // duplicates (backed up with the others), and the sync API reads it.
         let front = match &sync {
-            Some((parts, _)) => {
-                front.with_sync_store(parts.store.clone(), synced_systems(&config, &registry))
-            }
+            Some((parts, _)) => front
+                .with_sync_store(parts.store.clone(), synced_systems(&config, &registry))
+                .with_sync_systems(Arc::clone(&sync_systems)),
             None => match sync_failure {
                 Some(why) => front.with_sync_store_failed(why),
                 None => front,
@@ -281,6 +313,7 @@ impl Gateway {
             store,
             onec_store,
             sync,
+            sync_systems,
             metrics,
             reload,
             stop_server,
@@ -316,6 +349,11 @@ impl Gateway {
         self.sync
             .as_ref()
             .and_then(|s| s.crm.iter().find(|c| c.source() == system))
+    }
+
+    /// Each sending system's limiter and health, by name.
+    pub fn sync_systems(&self) -> &Arc<SyncRuntimeParts> {
+        &self.sync_systems
     }
 
     /// The change feed, when a sync system is registered.

@@ -23,6 +23,7 @@ use crate::sources::file::FileSource;
 use crate::sources::push::PushSource;
 use crate::sources::SourceHealth;
 use crate::store::Store;
+use crate::sync::parts::SyncRuntimeParts;
 use crate::vats::Vats;
 
 /// Everything a request handler needs, built once at start-up.
@@ -106,6 +107,14 @@ impl Front {
         self.ops.report_sync_open();
         self.admin.backing_up_too(store.clone());
         self.sync.serve_from(store, systems);
+        self
+    }
+
+    /// The same front, `/readyz` and the sync status API showing each
+    /// sending system's state and limiter.
+    pub fn with_sync_systems(mut self, parts: Arc<SyncRuntimeParts>) -> Front {
+        self.ops.report_sync_systems(Arc::clone(&parts));
+        self.sync.report_systems(parts);
         self
     }
 

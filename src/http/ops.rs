@@ -1,6 +1,7 @@
 //! What operations people and their tools read: `GET /metrics`
 //! (Prometheus), `GET /healthz` (alive) and `GET /readyz` (a directory is
-//! loaded; which sources are failing).
+//! loaded; which sources are failing; each sync system's state under
+//! `sync.<system>`, never a reason to be unready).
 //!
 //! `/readyz` is open to everyone (load balancers probe it), but the texts
 //! of its errors (a source's `last_error`, a certificate reload's) name
@@ -16,6 +17,8 @@ use super::respond::{self, json, text, Body};
 use crate::directory::Directory;
 use crate::metrics::Metrics;
 use crate::sources::SourceHealth;
+use crate::sync::health::SyncState;
+use crate::sync::parts::SyncRuntimeParts;
 
 use super::tls::Tls;
 
@@ -33,6 +36,8 @@ pub struct Ops {
     /// Whether the sync store opened (`Ok`), or why not; `None` on a
     /// gateway that does not sync.
     sync: Option<Result<(), String>>,
+    /// The sending systems' health, shown under `sync.<system>`.
+    sync_systems: Option<Arc<SyncRuntimeParts>>,
 }
 
 impl Ops {
@@ -43,6 +48,7 @@ impl Ops {
             metrics,
             tls: None,
             sync: None,
+            sync_systems: None,
         }
     }
 
@@ -55,6 +61,12 @@ impl Ops {
     /// a reason to be unready (calls go on), but nothing is synced.
     pub fn report_sync_failure(&mut self, why: String) {
         self.sync = Some(Err(why));
+    }
+
+    /// `/readyz` reports each of these sending systems' state under
+    /// `sync.<system>`.
+    pub fn report_sync_systems(&mut self, parts: Arc<SyncRuntimeParts>) {
+        self.sync_systems = Some(parts);
     }
 
     /// `/readyz` reports this TLS's certificate.
@@ -109,7 +121,7 @@ impl Ops {
                 }),
             );
         }
-        let failing = self.add_health(&mut sources, with_errors);
+        let mut failing = self.add_health(&mut sources, with_errors);
         let ready = index.is_loaded();
         let mut body = serde_json::json!({
             "ready": ready,
@@ -119,11 +131,22 @@ impl Ops {
             "failing_sources": failing,
         });
         if let (Some(sync), Some(obj)) = (&self.sync, body.as_object_mut()) {
-            let report = match sync {
+            let mut report = match sync {
                 Ok(()) => serde_json::json!({ "store": "ok" }),
                 Err(why) if with_errors => serde_json::json!({ "store": "failed", "error": why }),
                 Err(_) => serde_json::json!({ "store": "failed" }),
             };
+            if let (Some(parts), Some(report)) = (&self.sync_systems, report.as_object_mut()) {
+                for (name, system) in sync_systems(parts, with_errors) {
+                    if system.state.is_failing() {
+                        failing.push(format!("sync.{name}"));
+                    }
+                    report.insert(name, system.json);
+                }
+            }
+            if let Some(failing_sources) = obj.get_mut("failing_sources") {
+                *failing_sources = failing.clone().into();
+            }
             obj.insert("sync".into(), report);
         }
         if let (Some(tls), Some(obj)) = (&self.tls, body.as_object_mut()) {
@@ -195,6 +218,43 @@ impl Ops {
         }
         failing
     }
+}
+
+/// A sending system as `/readyz` shows it.
+struct SystemReadiness {
+    state: SyncState,
+    json: serde_json::Value,
+}
+
+/// Each sending system's state, since when, its last success and (only
+/// `with_errors`: it may name hosts) why it is not ok.
+fn sync_systems(parts: &SyncRuntimeParts, with_errors: bool) -> Vec<(String, SystemReadiness)> {
+    parts
+        .iter()
+        .map(|system| {
+            let report = system.health.report();
+            let mut json = serde_json::json!({
+                "state": report.state.name(),
+                "since": rfc3339(report.since),
+                "last_success": report.last_success.map(rfc3339),
+            });
+            if let Some(obj) = json.as_object_mut() {
+                if let Some(until) = report.limited_until {
+                    obj.insert("limited_until".into(), rfc3339(until).into());
+                }
+                if with_errors && report.reason.is_some() {
+                    obj.insert("reason".into(), report.reason.into());
+                }
+            }
+            (
+                system.name.clone(),
+                SystemReadiness {
+                    state: report.state,
+                    json,
+                },
+            )
+        })
+        .collect()
 }
 
 fn rfc3339(t: SystemTime) -> String {

@@ -2,7 +2,9 @@
 //! sync store:
 //!
 //! - `GET /api/v1/sync/status`: per system, the outbox's pending rows, the
-//!   oldest pending row's age and the dead rows;
+//!   oldest pending row's age and the dead rows; for a sending system also
+//!   its state (why, since when, last success) and its limiter (rate,
+//!   tokens, paused until);
 //! - `GET /api/v1/sync/outbox?system=&state=pending|dead&after=&limit=`:
 //!   outbox rows in id order, at most 1,000 a page;
 //! - `POST /api/v1/sync/outbox/{id}/retry`: a dead row pending again
@@ -15,6 +17,7 @@
 //! command-line client. A `system` parameter must name a system this gateway
 //! syncs (registered, or with a `[sync.<system>]` section): another is a 404.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -33,6 +36,7 @@ use crate::store::{
     Conflict, ConflictQuery, IdMapRow, OutboxQuery, OutboxRow, OutboxState, RetryOutcome, Store,
     StoreError, SystemStatus, MAX_PAGE,
 };
+use crate::sync::parts::{SyncRuntimeParts, SystemParts};
 
 pub const STATUS: &str = "/api/v1/sync/status";
 pub const OUTBOX: &str = "/api/v1/sync/outbox";
@@ -60,6 +64,8 @@ pub struct SyncAdmin {
     /// The systems this gateway syncs (registered or configured): a
     /// `system` parameter naming another is a 404.
     systems: Vec<String>,
+    /// The sending systems' health and limiters, which the status adds.
+    parts: Option<Arc<SyncRuntimeParts>>,
 }
 
 impl SyncAdmin {
@@ -68,6 +74,7 @@ impl SyncAdmin {
             token: config.api.token.clone(),
             store: None,
             systems: Vec::new(),
+            parts: None,
         }
     }
 
@@ -75,6 +82,11 @@ impl SyncAdmin {
     pub fn serve_from(&mut self, store: Store, systems: Vec<String>) {
         self.store = Some(store);
         self.systems = systems;
+    }
+
+    /// The status adds each of these systems' state and limiter.
+    pub fn report_systems(&mut self, parts: Arc<SyncRuntimeParts>) {
+        self.parts = Some(parts);
     }
 
     /// 404 for a `system` parameter naming a system this gateway does not
@@ -135,12 +147,17 @@ impl SyncAdmin {
                 let systems: Vec<serde_json::Value> = systems
                     .iter()
                     .map(|s| {
-                        serde_json::json!({
+                        let mut system = serde_json::json!({
                             "system": s.system,
                             "pending": s.pending,
                             "oldest_pending_age_s": s.oldest_pending_age.map(|a| a.as_secs_f64()),
                             "dead": s.dead,
-                        })
+                        });
+                        let parts = self.parts.as_ref().and_then(|p| p.get(&s.system));
+                        if let (Some(parts), Some(obj)) = (parts, system.as_object_mut()) {
+                            add_runtime(obj, parts);
+                        }
+                        system
                     })
                     .collect();
                 json(StatusCode::OK, &serde_json::json!({ "systems": systems }))
@@ -445,6 +462,25 @@ fn limit(value: &str) -> Result<u32, String> {
         Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
         _ => Err(format!("limit must be a number from 1 to {MAX_PAGE}")),
     }
+}
+
+/// A sending system's state (why, since when, its last success) and its
+/// limiter (rate, tokens, paused until) in its status entry.
+fn add_runtime(obj: &mut serde_json::Map<String, serde_json::Value>, parts: &SystemParts) {
+    let health = parts.health.report();
+    let limiter = parts.limiter.snapshot();
+    obj.insert("state".into(), health.state.name().into());
+    obj.insert("reason".into(), health.reason.into());
+    obj.insert("since".into(), time(health.since).into());
+    obj.insert("last_success".into(), health.last_success.map(time).into());
+    obj.insert(
+        "limiter".into(),
+        serde_json::json!({
+            "rate_per_second": limiter.rate_per_second,
+            "tokens": limiter.tokens,
+            "paused_until": limiter.paused_until.map(time),
+        }),
+    );
 }
 
 /// 503 for a read of the sync store that failed, logged.
