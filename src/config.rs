@@ -741,16 +741,50 @@ pub const SYNC_SYSTEMS: &[&str] = &["bitrix24", "amocrm", "bpium"];
 pub const MANAGER_SOURCES: &[&str] = &["onec", "push", "file", "bitrix24", "amocrm", "bpium"];
 
 /// `[sync]`: what the CRM systems share, and one table per system.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone)]
 pub struct SyncConfig {
     /// Whose manager answers when a record has several (its own, named by
     /// its source or `manager_source`, and those a CRM's overlay adds):
     /// the first listed; a system not listed ranks after every listed one.
     pub manager_precedence: Vec<String>,
-    pub bitrix24: Option<SyncSystemConfig>,
-    pub amocrm: Option<SyncSystemConfig>,
-    pub bpium: Option<SyncSystemConfig>,
+    /// `[sync.<system>]`, by name: [`SYNC_SYSTEMS`] and any system a build
+    /// registers (a test's, a bench's). A name that is neither stops
+    /// start-up (the gateway knows what is registered); a key that is not a
+    /// table is refused here, as not a system's table.
+    tables: std::collections::BTreeMap<String, SyncSystemConfig>,
+}
+
+/// By hand rather than `#[serde(flatten)]`: each table is read straight
+/// from the TOML, so that an error points at its line and key (flatten
+/// buffers the values and loses both).
+impl<'de> Deserialize<'de> for SyncConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Tables;
+        impl<'de> serde::de::Visitor<'de> for Tables {
+            type Value = SyncConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("[sync]: manager_precedence and a [sync.<system>] table per system")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SyncConfig, A::Error> {
+                let mut config = SyncConfig::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "manager_precedence" {
+                        config.manager_precedence = map.next_value()?;
+                    } else {
+                        let table: SyncSystemConfig = map.next_value()?;
+                        config.tables.insert(key, table);
+                    }
+                }
+                Ok(config)
+            }
+        }
+        deserializer.deserialize_map(Tables)
+    }
 }
 
 impl SyncConfig {
@@ -766,30 +800,27 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             manager_precedence: MANAGER_SOURCES.iter().map(|s| (*s).to_owned()).collect(),
-            bitrix24: None,
-            amocrm: None,
-            bpium: None,
+            tables: std::collections::BTreeMap::new(),
         }
     }
 }
 
 impl SyncConfig {
-    /// Each configured system with its table, in [`SYNC_SYSTEMS`]' order.
-    pub fn systems(&self) -> impl Iterator<Item = (&'static str, &SyncSystemConfig)> {
-        [
-            ("bitrix24", &self.bitrix24),
-            ("amocrm", &self.amocrm),
-            ("bpium", &self.bpium),
-        ]
-        .into_iter()
-        .filter_map(|(name, table)| table.as_ref().map(|t| (name, t)))
+    /// Each configured system with its table, by name.
+    pub fn systems(&self) -> impl Iterator<Item = (&str, &SyncSystemConfig)> {
+        self.tables
+            .iter()
+            .map(|(name, table)| (name.as_str(), table))
     }
 
     /// The table of `system`, if configured.
     pub fn system(&self, system: &str) -> Option<&SyncSystemConfig> {
-        self.systems()
-            .find(|(name, _)| *name == system)
-            .map(|s| s.1)
+        self.tables.get(system)
+    }
+
+    /// Sets `[sync.<system>]` (tests and benches that build a config).
+    pub fn set_system(&mut self, system: &str, table: SyncSystemConfig) {
+        self.tables.insert(system.to_owned(), table);
     }
 }
 
@@ -1569,6 +1600,15 @@ impl Config {
             }
         }
         for (system, table) in self.sync.systems() {
+            if !crate::directory::model::is_system_name(system) {
+                return Err(self.invalid(
+                    &format!("sync.{}", system.chars().take(64).collect::<String>()),
+                    format!(
+                        "is not a system's name (1-64 lowercase Latin letters, digits, _ or -): the systems are {}",
+                        SYNC_SYSTEMS.join(", ")
+                    ),
+                ));
+            }
             self.validate_sync_system(system, table)?;
             for (kind, template) in &table.link_templates {
                 let key = format!("sync.{system}.link_templates.{kind}");
@@ -1967,7 +2007,8 @@ mod tests {
                 "[sync]\nmanager_precedence = [\"onec\", \"onec\"]\n".to_owned(),
                 "sync.manager_precedence",
             ),
-            ("[sync.sap]\n".to_owned(), "sap"),
+            ("[sync.\"S A P\"]\n".to_owned(), "sync.S A P"),
+            ("[sync]\nsap = 1\n".to_owned(), "sap = 1"),
             ("[sync.bitrix24]\nburst = 0\n".to_owned(), "sync.bitrix24.burst"),
             ("[sync.bitrix24]\nburst = -1\n".to_owned(), "burst"),
             (

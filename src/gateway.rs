@@ -147,6 +147,7 @@ impl Gateway {
     ) -> Result<Gateway, StartError> {
         let started = Instant::now();
         let registry = Registry::new(systems)?;
+        check_sync_tables(&config, &registry)?;
         http::check_soap_path(&config)?;
         let metrics = Arc::new(Metrics::new());
         // Each sending system's limiter and health: its worker takes them
@@ -419,6 +420,30 @@ fn open_main_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreErr
         .companion(onec_store_path(&config.store.path))
         .companion(sync_store_path(&config.store.path));
     Store::open_with_options(&config.store.path, metrics.registry(), &options)
+}
+
+/// Every `[sync.<system>]` names a CRM the gateway knows (its module may
+/// come later: the table keeps the sync store) or a registered system; a
+/// typo stops start-up naming the table and the file.
+fn check_sync_tables(config: &Config, registry: &Registry) -> Result<(), ConfigError> {
+    for (name, _) in config.sync.systems() {
+        if !crate::config::SYNC_SYSTEMS.contains(&name) && registry.get(name).is_none() {
+            let registered: Vec<&str> = registry.systems().iter().map(|s| s.name()).collect();
+            return Err(config.invalid(
+                &format!("sync.{name}"),
+                format!(
+                    "names no system this gateway knows: {}",
+                    crate::config::SYNC_SYSTEMS
+                        .iter()
+                        .copied()
+                        .chain(registered)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The systems this gateway syncs: those registered and those with a

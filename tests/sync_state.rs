@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cti_gateway::config::Config;
+use cti_gateway::gateway::StartError;
 use cti_gateway::sync::inbound::Inbound;
 use cti_gateway::sync::system::{
     Outcome, OutgoingRow, Page, PublishedLimit, Remote, RemoteFuture, System, Webhook, WebhookError,
@@ -21,6 +22,7 @@ use cti_gateway::sync::system::{
 use cti_gateway::sync::SystemSpec;
 use cti_gateway::Gateway;
 use support::*;
+use tempfile::TempDir;
 
 const BEARER: &str = "Authorization: Bearer api-token-for-tests";
 
@@ -73,18 +75,22 @@ impl System for QuietSystem {
     }
 }
 
-async fn start_quiet(name: &str) -> TestGateway {
+/// A gateway with `name` registered, `extra` appended to its config.
+async fn try_start_quiet(name: &str, extra: &str) -> (Result<Gateway, StartError>, TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("counterparties.jsonl"), DIRECTORY).expect("write directory");
     let path = dir.path().join("gateway.toml");
-    let text = config_text(dir.path(), "");
+    let text = config_text(dir.path(), extra);
     let config = Config::parse(&text, &path, &|_| None).expect("test config is valid");
     let system: Arc<dyn System> = Arc::new(QuietSystem {
         spec: SystemSpec::new(name).expect("spec"),
     });
-    let gateway = Gateway::start_with_systems(config, vec![system])
-        .await
-        .expect("gateway starts");
+    (Gateway::start_with_systems(config, vec![system]).await, dir)
+}
+
+async fn start_quiet(name: &str, extra: &str) -> TestGateway {
+    let (gateway, dir) = try_start_quiet(name, extra).await;
+    let gateway = gateway.expect("gateway starts");
     TestGateway {
         addr: gateway.local_addr(),
         gateway: Some(gateway),
@@ -98,7 +104,7 @@ fn json(reply: &Reply) -> serde_json::Value {
 
 #[tokio::test]
 async fn a_systems_state_shows_in_readyz_metrics_and_status() {
-    let mut gw = start_quiet("testcrm").await;
+    let mut gw = start_quiet("testcrm", "").await;
     let parts = Arc::clone(
         gw.gateway()
             .sync_systems()
@@ -185,4 +191,31 @@ async fn a_systems_state_shows_in_readyz_metrics_and_status() {
         "{body}"
     );
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_registered_systems_table_sets_its_limiter_and_a_stray_table_stops_start_up() {
+    let mut gw = start_quiet("testcrm", "[sync.testcrm]\nper_second = 1\nburst = 10\n").await;
+    let status = request(gw.addr, "GET", "/api/v1/sync/status", &[BEARER], b"").await;
+    let body = json(&status);
+    let system = body["systems"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["system"] == "testcrm"))
+        .unwrap_or_else(|| panic!("testcrm in {body}"))
+        .clone();
+    assert_eq!(system["limiter"]["rate_per_second"], 1.0, "{system}");
+    // One token of headroom: 9 of the bucket's 10.
+    assert_eq!(system["limiter"]["tokens"], 9.0, "{system}");
+    gw.stop().await;
+
+    // A table no system claims (nor a CRM the gateway knows) is a typo.
+    let (started, _dir) = try_start_quiet("testcrm", "[sync.testcmr]\n").await;
+    let error = started
+        .err()
+        .expect("a stray [sync.testcmr] stops start-up");
+    let message = error.to_string();
+    assert!(
+        message.contains("sync.testcmr") && message.contains("gateway.toml"),
+        "{message}"
+    );
 }
