@@ -239,6 +239,10 @@ impl Limiter {
     /// `until` (its `Retry-After`, Bitrix24's `operating_reset_at`, else the
     /// system's backoff). A later pause extends, an earlier one is ignored.
     /// The remote's bucket being full, the limiter's is emptied too.
+    ///
+    /// `until` is a std `Instant` (what `Instant::now() + retry_after`
+    /// gives); under tokio's paused time (tests) make it from
+    /// `tokio::time::Instant::now().into_std()`, the clock the limiter runs on.
     pub fn pause_until(&self, until: std::time::Instant) {
         let until = Instant::from_std(until);
         let now = Instant::now();
