@@ -824,6 +824,16 @@ impl SyncConfig {
     }
 }
 
+/// A system's name: 1-64 lowercase Latin letters, digits, `_` and `-`, as
+/// the directory's model takes it (config imports nothing of the crate, so
+/// the rule is written here too).
+fn is_system_name(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// `[sync.<system>]`: one CRM system.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1600,7 +1610,7 @@ impl Config {
             }
         }
         for (system, table) in self.sync.systems() {
-            if !crate::directory::model::is_system_name(system) {
+            if !is_system_name(system) {
                 return Err(self.invalid(
                     &format!("sync.{}", system.chars().take(64).collect::<String>()),
                     format!(

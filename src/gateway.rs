@@ -223,7 +223,7 @@ impl Gateway {
         let front = match &sync {
             Some((parts, _)) => front
                 .with_sync_store(parts.store.clone(), synced_systems(&config, &registry))
-                .with_sync_systems(Arc::clone(&sync_systems)),
+                .with_sync_systems(sync_systems_view(Arc::clone(&sync_systems))),
             None => match sync_failure {
                 Some(why) => front.with_sync_store_failed(why),
                 None => front,
@@ -420,6 +420,32 @@ fn open_main_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreErr
         .companion(onec_store_path(&config.store.path))
         .companion(sync_store_path(&config.store.path));
     Store::open_with_options(&config.store.path, metrics.registry(), &options)
+}
+
+/// What `/readyz` and the sync status API show of each sending system,
+/// read from its health and limiter when asked.
+fn sync_systems_view(parts: Arc<SyncRuntimeParts>) -> http::SyncSystemsView {
+    Arc::new(move || {
+        parts
+            .iter()
+            .map(|system| {
+                let health = system.health.report();
+                let limiter = system.limiter.snapshot();
+                http::SyncSystemView {
+                    name: system.name.clone(),
+                    state: health.state.name(),
+                    failing: health.state.is_failing(),
+                    reason: health.reason,
+                    since: health.since,
+                    last_success: health.last_success,
+                    limited_until: health.limited_until,
+                    rate_per_second: limiter.rate_per_second,
+                    tokens: limiter.tokens,
+                    paused_until: limiter.paused_until,
+                }
+            })
+            .collect()
+    })
 }
 
 /// Every `[sync.<system>]` names a CRM the gateway knows (its module may

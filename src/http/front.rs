@@ -8,7 +8,7 @@ use super::allow::AllowLists;
 use super::api::Api;
 use super::client::ClientResolver;
 use super::limits::ConnectionLimits;
-use super::ops::Ops;
+use super::ops::{Ops, SyncSystemsView};
 use super::origin::AllowedOrigins;
 use super::screens::Screens;
 use super::soap::SoapEndpoint;
@@ -23,7 +23,6 @@ use crate::sources::file::FileSource;
 use crate::sources::push::PushSource;
 use crate::sources::SourceHealth;
 use crate::store::Store;
-use crate::sync::parts::SyncRuntimeParts;
 use crate::vats::Vats;
 
 /// Everything a request handler needs, built once at start-up.
@@ -112,9 +111,9 @@ impl Front {
 
     /// The same front, `/readyz` and the sync status API showing each
     /// sending system's state and limiter.
-    pub fn with_sync_systems(mut self, parts: Arc<SyncRuntimeParts>) -> Front {
-        self.ops.report_sync_systems(Arc::clone(&parts));
-        self.sync.report_systems(parts);
+    pub fn with_sync_systems(mut self, systems: SyncSystemsView) -> Front {
+        self.ops.report_sync_systems(Arc::clone(&systems));
+        self.sync.report_systems(systems);
         self
     }
 

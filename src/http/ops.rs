@@ -17,8 +17,6 @@ use super::respond::{self, json, text, Body};
 use crate::directory::Directory;
 use crate::metrics::Metrics;
 use crate::sources::SourceHealth;
-use crate::sync::health::SyncState;
-use crate::sync::parts::SyncRuntimeParts;
 
 use super::tls::Tls;
 
@@ -36,9 +34,34 @@ pub struct Ops {
     /// Whether the sync store opened (`Ok`), or why not; `None` on a
     /// gateway that does not sync.
     sync: Option<Result<(), String>>,
-    /// The sending systems' health, shown under `sync.<system>`.
-    sync_systems: Option<Arc<SyncRuntimeParts>>,
+    /// The sending systems' state, shown under `sync.<system>`.
+    sync_systems: Option<SyncSystemsView>,
 }
+
+/// A sending system as `/readyz` and the sync status API show it: what the
+/// sync runtime reports of its health and its limiter, in this layer's
+/// terms (`http` does not import `sync`; the gateway fills it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncSystemView {
+    pub name: String,
+    /// `ok`, `failing`, `limited` or `blocked`.
+    pub state: &'static str,
+    /// `failing` or `blocked`: listed in `failing_sources`.
+    pub failing: bool,
+    /// Why it is not `ok`; may name hosts (`metrics.allow_from` only).
+    pub reason: Option<String>,
+    pub since: SystemTime,
+    pub last_success: Option<SystemTime>,
+    pub limited_until: Option<SystemTime>,
+    /// The limiter: its long-run rate, what it would send at once now, and
+    /// until when a limit answer paused it.
+    pub rate_per_second: f64,
+    pub tokens: f64,
+    pub paused_until: Option<SystemTime>,
+}
+
+/// Each sending system as it stands now, by name.
+pub type SyncSystemsView = Arc<dyn Fn() -> Vec<SyncSystemView> + Send + Sync>;
 
 impl Ops {
     pub fn new(directory: Arc<Directory>, health: Arc<SourceHealth>, metrics: Arc<Metrics>) -> Ops {
@@ -65,8 +88,8 @@ impl Ops {
 
     /// `/readyz` reports each of these sending systems' state under
     /// `sync.<system>`.
-    pub fn report_sync_systems(&mut self, parts: Arc<SyncRuntimeParts>) {
-        self.sync_systems = Some(parts);
+    pub fn report_sync_systems(&mut self, systems: SyncSystemsView) {
+        self.sync_systems = Some(systems);
     }
 
     /// `/readyz` reports this TLS's certificate.
@@ -136,12 +159,12 @@ impl Ops {
                 Err(why) if with_errors => serde_json::json!({ "store": "failed", "error": why }),
                 Err(_) => serde_json::json!({ "store": "failed" }),
             };
-            if let (Some(parts), Some(report)) = (&self.sync_systems, report.as_object_mut()) {
-                for (name, system) in sync_systems(parts, with_errors) {
-                    if system.state.is_failing() {
-                        failing.push(format!("sync.{name}"));
+            if let (Some(systems), Some(report)) = (&self.sync_systems, report.as_object_mut()) {
+                for system in systems() {
+                    if system.failing {
+                        failing.push(format!("sync.{}", system.name));
                     }
-                    report.insert(name, system.json);
+                    report.insert(system.name.clone(), readiness(system, with_errors));
                 }
             }
             if let Some(failing_sources) = obj.get_mut("failing_sources") {
@@ -220,41 +243,23 @@ impl Ops {
     }
 }
 
-/// A sending system as `/readyz` shows it.
-struct SystemReadiness {
-    state: SyncState,
-    json: serde_json::Value,
-}
-
-/// Each sending system's state, since when, its last success and (only
-/// `with_errors`: it may name hosts) why it is not ok.
-fn sync_systems(parts: &SyncRuntimeParts, with_errors: bool) -> Vec<(String, SystemReadiness)> {
-    parts
-        .iter()
-        .map(|system| {
-            let report = system.health.report();
-            let mut json = serde_json::json!({
-                "state": report.state.name(),
-                "since": rfc3339(report.since),
-                "last_success": report.last_success.map(rfc3339),
-            });
-            if let Some(obj) = json.as_object_mut() {
-                if let Some(until) = report.limited_until {
-                    obj.insert("limited_until".into(), rfc3339(until).into());
-                }
-                if with_errors && report.reason.is_some() {
-                    obj.insert("reason".into(), report.reason.into());
-                }
-            }
-            (
-                system.name.clone(),
-                SystemReadiness {
-                    state: report.state,
-                    json,
-                },
-            )
-        })
-        .collect()
+/// A sending system under `sync.<system>`: its state, since when, its last
+/// success and (only `with_errors`: it may name hosts) why it is not ok.
+fn readiness(system: SyncSystemView, with_errors: bool) -> serde_json::Value {
+    let mut json = serde_json::json!({
+        "state": system.state,
+        "since": rfc3339(system.since),
+        "last_success": system.last_success.map(rfc3339),
+    });
+    if let Some(obj) = json.as_object_mut() {
+        if let Some(until) = system.limited_until {
+            obj.insert("limited_until".into(), rfc3339(until).into());
+        }
+        if with_errors && system.reason.is_some() {
+            obj.insert("reason".into(), system.reason.into());
+        }
+    }
+    json
 }
 
 fn rfc3339(t: SystemTime) -> String {

@@ -17,7 +17,6 @@
 //! command-line client. A `system` parameter must name a system this gateway
 //! syncs (registered, or with a `[sync.<system>]` section): another is a 404.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -28,6 +27,7 @@ use tokio::sync::mpsc;
 
 use super::api::{no_query, require_token};
 use super::client::Client;
+use super::ops::{SyncSystemView, SyncSystemsView};
 use super::query::ApiQuery;
 use super::respond::{json, json_error, with_header, Body, StreamError};
 use super::rfc3339;
@@ -36,7 +36,6 @@ use crate::store::{
     Conflict, ConflictQuery, IdMapRow, OutboxQuery, OutboxRow, OutboxState, RetryOutcome, Store,
     StoreError, SystemStatus, MAX_PAGE,
 };
-use crate::sync::parts::{SyncRuntimeParts, SystemParts};
 
 pub const STATUS: &str = "/api/v1/sync/status";
 pub const OUTBOX: &str = "/api/v1/sync/outbox";
@@ -64,8 +63,8 @@ pub struct SyncAdmin {
     /// The systems this gateway syncs (registered or configured): a
     /// `system` parameter naming another is a 404.
     systems: Vec<String>,
-    /// The sending systems' health and limiters, which the status adds.
-    parts: Option<Arc<SyncRuntimeParts>>,
+    /// The sending systems' state and limiters, which the status adds.
+    runtime: Option<SyncSystemsView>,
 }
 
 impl SyncAdmin {
@@ -74,7 +73,7 @@ impl SyncAdmin {
             token: config.api.token.clone(),
             store: None,
             systems: Vec::new(),
-            parts: None,
+            runtime: None,
         }
     }
 
@@ -85,8 +84,8 @@ impl SyncAdmin {
     }
 
     /// The status adds each of these systems' state and limiter.
-    pub fn report_systems(&mut self, parts: Arc<SyncRuntimeParts>) {
-        self.parts = Some(parts);
+    pub fn report_systems(&mut self, runtime: SyncSystemsView) {
+        self.runtime = Some(runtime);
     }
 
     /// 404 for a `system` parameter naming a system this gateway does not
@@ -144,6 +143,7 @@ impl SyncAdmin {
                     }
                 }
                 systems.sort_by(|a, b| a.system.cmp(&b.system));
+                let runtime = self.runtime.as_ref().map(|view| view()).unwrap_or_default();
                 let systems: Vec<serde_json::Value> = systems
                     .iter()
                     .map(|s| {
@@ -153,9 +153,9 @@ impl SyncAdmin {
                             "oldest_pending_age_s": s.oldest_pending_age.map(|a| a.as_secs_f64()),
                             "dead": s.dead,
                         });
-                        let parts = self.parts.as_ref().and_then(|p| p.get(&s.system));
-                        if let (Some(parts), Some(obj)) = (parts, system.as_object_mut()) {
-                            add_runtime(obj, parts);
+                        let sending = runtime.iter().find(|r| r.name == s.system);
+                        if let (Some(sending), Some(obj)) = (sending, system.as_object_mut()) {
+                            add_runtime(obj, sending);
                         }
                         system
                     })
@@ -466,19 +466,17 @@ fn limit(value: &str) -> Result<u32, String> {
 
 /// A sending system's state (why, since when, its last success) and its
 /// limiter (rate, tokens, paused until) in its status entry.
-fn add_runtime(obj: &mut serde_json::Map<String, serde_json::Value>, parts: &SystemParts) {
-    let health = parts.health.report();
-    let limiter = parts.limiter.snapshot();
-    obj.insert("state".into(), health.state.name().into());
-    obj.insert("reason".into(), health.reason.into());
-    obj.insert("since".into(), time(health.since).into());
-    obj.insert("last_success".into(), health.last_success.map(time).into());
+fn add_runtime(obj: &mut serde_json::Map<String, serde_json::Value>, system: &SyncSystemView) {
+    obj.insert("state".into(), system.state.into());
+    obj.insert("reason".into(), system.reason.clone().into());
+    obj.insert("since".into(), time(system.since).into());
+    obj.insert("last_success".into(), system.last_success.map(time).into());
     obj.insert(
         "limiter".into(),
         serde_json::json!({
-            "rate_per_second": limiter.rate_per_second,
-            "tokens": limiter.tokens,
-            "paused_until": limiter.paused_until.map(time),
+            "rate_per_second": system.rate_per_second,
+            "tokens": system.tokens,
+            "paused_until": system.paused_until.map(time),
         }),
     );
 }
