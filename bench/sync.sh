@@ -4,6 +4,7 @@
 #   bench/sync.sh                 every part below that exists
 #   bench/sync.sh store           the sync store (bench/sync_store.rs)
 #   bench/sync.sh overlay         the overlay (bench/sync_overlay.rs, when it exists)
+#   bench/sync.sh limiter         the sync limiter (bench/sync_limiter.rs, issue 18)
 #
 # store: in a temp dir, the main store and the sync store opened as the
 # gateway opens them; a call's journal append 100 times a second, idle for
@@ -20,10 +21,18 @@
 # own; its BENCH_RESULT lines are passed on. Skipped, said once, while the
 # example is not there.
 #
+# limiter: the sync runtime's limiter (4 senders sharing it, as a worker's
+# concurrency) against an in-process HTTP server keeping an exact bucket
+# (Bitrix24's 50 and 2/s unless BENCH_SYNC_LIMITER_ARGS says otherwise, e.g.
+# "--gap-ms 143" for amoCRM, "--per-window 100 --window-s 30" for Bpium)
+# for BENCH_SYNC_LIMITER_S seconds. Goal (issue 18): zero limit answers and
+# >= 90% of what the bucket allows; requests/s printed.
+#
 # Environment (defaults in brackets):
 #   BENCH_SYNC_ROWS [100000] BENCH_SYNC_SINGLE [20000] BENCH_SYNC_IDLE_S [5]
 #   BENCH_SYNC_ROUNDS [5]
 #   BENCH_SYNC_OVERLAY_ARGS [] arguments of sync_overlay
+#   BENCH_SYNC_LIMITER_S [60] BENCH_SYNC_LIMITER_ARGS [--burst 50 --per-second 2]
 #   BENCH_PROFILE [release] cargo profile to build and run (dev for a smoke run)
 #   BENCH_TIMEOUT [600] seconds each program may run
 #   BENCH_SKIP_BUILD [0] BENCH_KEEP [0] keep the temp dir (the store files, the logs)
@@ -40,14 +49,15 @@ set -euo pipefail
 PART=${1:-all}
 case "$PART" in
   -h|--help) sed -n '2,/^$/p' "$0"; exit 0 ;;
-  all|store|overlay) ;;
-  *) echo "usage: $0 [all|store|overlay]" >&2; exit 2 ;;
+  all|store|overlay|limiter) ;;
+  *) echo "usage: $0 [all|store|overlay|limiter]" >&2; exit 2 ;;
 esac
 ROWS=${BENCH_SYNC_ROWS:-100000}
 SINGLE=${BENCH_SYNC_SINGLE:-20000}
 IDLE_S=${BENCH_SYNC_IDLE_S:-5}
 ROUNDS=${BENCH_SYNC_ROUNDS:-5}
-for v in ROWS SINGLE IDLE_S ROUNDS; do
+LIMITER_S=${BENCH_SYNC_LIMITER_S:-60}
+for v in ROWS SINGLE IDLE_S ROUNDS LIMITER_S; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_SYNC_$v must be a positive number: ${!v}" >&2; exit 2; }
 done
 PROFILE=${BENCH_PROFILE:-release}
@@ -77,6 +87,7 @@ if [[ $PART == all || $PART == overlay ]]; then
     log "overlay: skipped, no example sync_overlay yet"
   fi
 fi
+[[ $PART == all || $PART == limiter ]] && EXAMPLES+=(sync_limiter)
 
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
   args=()
@@ -122,6 +133,11 @@ for e in "${EXAMPLES[@]}"; do
       # shellcheck disable=SC2086 # the arguments are split on purpose
       RESULTS+=$(BENCH_TMP="$TMP/overlay" run_program sync_overlay ${BENCH_SYNC_OVERLAY_ARGS:-})$'\n'
       ;;
+    sync_limiter)
+      # shellcheck disable=SC2086 # the arguments are split on purpose
+      RESULTS+=$(run_program sync_limiter --seconds "$LIMITER_S" --tasks 4 \
+        ${BENCH_SYNC_LIMITER_ARGS:---burst 50 --per-second 2})$'\n'
+      ;;
   esac
 done
 
@@ -145,5 +161,9 @@ fi
 if [[ " ${EXAMPLES[*]} " == *" sync_overlay "* ]]; then
   o=$(line sync_overlay)
   echo "overlay, $(field counterparties "$o") counterparties, $(field linked "$o") linked, $(field changes "$o") one-record changes: change -> SayName p50 $(field p50_ms "$o") ms, p99 $(field p99_ms "$o") ms, max $(field max_ms "$o") ms ($(field missed "$o") missed; the change itself p99 $(field set_p99_ms "$o") ms); goal p99 <= 10: $(goal "$o")"
+fi
+if [[ " ${EXAMPLES[*]} " == *" sync_limiter "* ]]; then
+  l=$(line sync_limiter)
+  echo "limiter ($(field kind "$l"), $(field tasks "$l") senders, $(field seconds "$l") s): $(field requests "$l") requests, $(field requests_per_s "$l") requests/s, $(field used "$l") of the remote's allowance of $(field allowance "$l"), $(field limit_answers "$l") limit answers; goal 0 limit answers and >= 0.9: $(goal "$l")"
 fi
 printf '%s' "$RESULTS"

@@ -741,16 +741,50 @@ pub const SYNC_SYSTEMS: &[&str] = &["bitrix24", "amocrm", "bpium"];
 pub const MANAGER_SOURCES: &[&str] = &["onec", "push", "file", "bitrix24", "amocrm", "bpium"];
 
 /// `[sync]`: what the CRM systems share, and one table per system.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone)]
 pub struct SyncConfig {
     /// Whose manager answers when a record has several (its own, named by
     /// its source or `manager_source`, and those a CRM's overlay adds):
     /// the first listed; a system not listed ranks after every listed one.
     pub manager_precedence: Vec<String>,
-    pub bitrix24: Option<SyncSystemConfig>,
-    pub amocrm: Option<SyncSystemConfig>,
-    pub bpium: Option<SyncSystemConfig>,
+    /// `[sync.<system>]`, by name: [`SYNC_SYSTEMS`] and any system a build
+    /// registers (a test's, a bench's). A name that is neither stops
+    /// start-up (the gateway knows what is registered); a key that is not a
+    /// table is refused here, as not a system's table.
+    tables: std::collections::BTreeMap<String, SyncSystemConfig>,
+}
+
+/// By hand rather than `#[serde(flatten)]`: each table is read straight
+/// from the TOML, so that an error points at its line and key (flatten
+/// buffers the values and loses both).
+impl<'de> Deserialize<'de> for SyncConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Tables;
+        impl<'de> serde::de::Visitor<'de> for Tables {
+            type Value = SyncConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("[sync]: manager_precedence and a [sync.<system>] table per system")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SyncConfig, A::Error> {
+                let mut config = SyncConfig::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "manager_precedence" {
+                        config.manager_precedence = map.next_value()?;
+                    } else {
+                        let table: SyncSystemConfig = map.next_value()?;
+                        config.tables.insert(key, table);
+                    }
+                }
+                Ok(config)
+            }
+        }
+        deserializer.deserialize_map(Tables)
+    }
 }
 
 impl SyncConfig {
@@ -766,35 +800,42 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             manager_precedence: MANAGER_SOURCES.iter().map(|s| (*s).to_owned()).collect(),
-            bitrix24: None,
-            amocrm: None,
-            bpium: None,
+            tables: std::collections::BTreeMap::new(),
         }
     }
 }
 
 impl SyncConfig {
-    /// Each configured system with its table, in [`SYNC_SYSTEMS`]' order.
-    pub fn systems(&self) -> impl Iterator<Item = (&'static str, &SyncSystemConfig)> {
-        [
-            ("bitrix24", &self.bitrix24),
-            ("amocrm", &self.amocrm),
-            ("bpium", &self.bpium),
-        ]
-        .into_iter()
-        .filter_map(|(name, table)| table.as_ref().map(|t| (name, t)))
+    /// Each configured system with its table, by name.
+    pub fn systems(&self) -> impl Iterator<Item = (&str, &SyncSystemConfig)> {
+        self.tables
+            .iter()
+            .map(|(name, table)| (name.as_str(), table))
     }
 
     /// The table of `system`, if configured.
     pub fn system(&self, system: &str) -> Option<&SyncSystemConfig> {
-        self.systems()
-            .find(|(name, _)| *name == system)
-            .map(|s| s.1)
+        self.tables.get(system)
+    }
+
+    /// Sets `[sync.<system>]` (tests and benches that build a config).
+    pub fn set_system(&mut self, system: &str, table: SyncSystemConfig) {
+        self.tables.insert(system.to_owned(), table);
     }
 }
 
+/// A system's name: 1-64 lowercase Latin letters, digits, `_` and `-`, as
+/// the directory's model takes it (config imports nothing of the crate, so
+/// the rule is written here too).
+fn is_system_name(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// `[sync.<system>]`: one CRM system.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyncSystemConfig {
     /// What makes a record there "the same client" as one here.
@@ -802,6 +843,52 @@ pub struct SyncSystemConfig {
     /// The URL of a record's page there, by kind (`company`, `contact`...):
     /// `http(s)://`, with `{id}` where the record's id goes (URL-encoded).
     pub link_templates: std::collections::BTreeMap<String, String>,
+    /// The limiter's overrides of the system's published limit: a token
+    /// bucket of `burst` requests refilled at `per_second` (either alone
+    /// takes the other from the published limit; a burst of 1 is requests
+    /// `1/per_second` apart)...
+    pub burst: Option<u32>,
+    pub per_second: Option<f64>,
+    /// ...or at most `per_window` requests in any `window` (both set).
+    pub per_window: Option<u32>,
+    #[serde(with = "humantime_serde")]
+    pub window: Option<Duration>,
+    /// The first wait after a failed request; doubling (with jitter) up to
+    /// `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_first: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Longest a request to the system may take; then it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Records sent at once (each record's own changes strictly in order).
+    pub concurrency: usize,
+    /// A change still unsent after this long is given up (dead).
+    #[serde(with = "humantime_serde")]
+    pub dead_after: Duration,
+    /// While the system blocks the gateway: one probe request this often.
+    #[serde(with = "humantime_serde")]
+    pub block_probe: Duration,
+}
+
+impl Default for SyncSystemConfig {
+    fn default() -> Self {
+        SyncSystemConfig {
+            dedupe_key: DedupeKey::default(),
+            link_templates: std::collections::BTreeMap::new(),
+            burst: None,
+            per_second: None,
+            per_window: None,
+            window: None,
+            retry_first: Duration::from_secs(1),
+            retry_max: Duration::from_secs(5 * 60),
+            timeout: Duration::from_secs(30),
+            concurrency: 4,
+            dead_after: Duration::from_secs(7 * 24 * 3600),
+            block_probe: Duration::from_secs(10 * 60),
+        }
+    }
 }
 
 impl SyncSystemConfig {
@@ -1414,6 +1501,94 @@ impl Config {
 }
 
 impl Config {
+    /// `[sync.<system>]`'s limits, retries and timeouts: numbers a
+    /// limiter and a worker can run on.
+    fn validate_sync_system(
+        &self,
+        system: &str,
+        table: &SyncSystemConfig,
+    ) -> Result<(), ConfigError> {
+        let key = |name: &str| format!("sync.{system}.{name}");
+        if table.burst == Some(0) {
+            return Err(self.invalid(
+                &key("burst"),
+                "is 0: the system's bucket holds at least 1 request (1: no burst)",
+            ));
+        }
+        if let Some(rate) = table.per_second {
+            // Slower than one request a day is a typo, not a limit.
+            if !(1.0 / 86_400.0..=100_000.0).contains(&rate) {
+                return Err(self.invalid(
+                    &key("per_second"),
+                    format!("is {rate}: write the system's requests per second, e.g. 2 or 0.5"),
+                ));
+            }
+        }
+        match (table.per_window, table.window) {
+            (Some(0), _) => {
+                return Err(self.invalid(
+                    &key("per_window"),
+                    "is 0: write how many requests the system takes per window, e.g. 100",
+                ))
+            }
+            (_, Some(window)) if window < Duration::from_millis(10) => {
+                return Err(self.invalid(
+                    &key("window"),
+                    "is under 10ms: write the system's window, e.g. \"30s\"",
+                ))
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                let (set, unset) = if table.per_window.is_some() {
+                    ("per_window", "window")
+                } else {
+                    ("window", "per_window")
+                };
+                return Err(self.invalid(
+                    &key(set),
+                    format!("is set without {unset}: a window limit needs both"),
+                ));
+            }
+            _ => {}
+        }
+        if table.per_window.is_some() && (table.burst.is_some() || table.per_second.is_some()) {
+            return Err(self.invalid(
+                &key("per_window"),
+                "is set with burst or per_second: limit the system by a bucket or by a window, not both",
+            ));
+        }
+        for (name, value) in [
+            ("retry_first", table.retry_first),
+            ("retry_max", table.retry_max),
+            ("timeout", table.timeout),
+            ("dead_after", table.dead_after),
+            ("block_probe", table.block_probe),
+        ] {
+            if value.is_zero() {
+                return Err(self.invalid(&key(name), "is 0: write a duration, e.g. \"1s\""));
+            }
+        }
+        if table.retry_max < table.retry_first {
+            return Err(self.invalid(
+                &key("retry_max"),
+                format!(
+                    "is {}, under retry_first ({}): the longest wait cannot be shorter than the first",
+                    humantime::format_duration(table.retry_max),
+                    humantime::format_duration(table.retry_first)
+                ),
+            ));
+        }
+        if table.concurrency == 0 || table.concurrency > 64 {
+            return Err(self.invalid(
+                &key("concurrency"),
+                format!(
+                    "is {}: write how many records are sent at once, 1 to 64",
+                    table.concurrency
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// `[sync]`: precedence names known and each once; every link template
     /// an `http(s)://` URL with a host and `{id}`.
     fn validate_sync(&self) -> Result<(), ConfigError> {
@@ -1435,6 +1610,16 @@ impl Config {
             }
         }
         for (system, table) in self.sync.systems() {
+            if !is_system_name(system) {
+                return Err(self.invalid(
+                    &format!("sync.{}", system.chars().take(64).collect::<String>()),
+                    format!(
+                        "is not a system's name (1-64 lowercase Latin letters, digits, _ or -): the systems are {}",
+                        SYNC_SYSTEMS.join(", ")
+                    ),
+                ));
+            }
+            self.validate_sync_system(system, table)?;
             for (kind, template) in &table.link_templates {
                 let key = format!("sync.{system}.link_templates.{kind}");
                 if kind.is_empty()
@@ -1780,6 +1965,35 @@ mod tests {
             Some("https://portal.example/crm/company/details/29%2019%2F%3Fx/")
         );
         assert_eq!(b24.link("deal", "1"), None);
+        // The runtime's keys default as documented.
+        assert_eq!(b24.burst, None);
+        assert_eq!(b24.window, None);
+        assert_eq!(b24.retry_first, Duration::from_secs(1));
+        assert_eq!(b24.retry_max, Duration::from_secs(300));
+        assert_eq!(b24.timeout, Duration::from_secs(30));
+        assert_eq!(b24.concurrency, 4);
+        assert_eq!(b24.dead_after, Duration::from_secs(7 * 86_400));
+        assert_eq!(b24.block_probe, Duration::from_secs(600));
+        let tuned = parse(&format!(
+            "{MINIMAL}[sync.bitrix24]\nburst = 250\nper_second = 5\nretry_first = \"10ms\"\nretry_max = \"100ms\"\ntimeout = \"5s\"\nconcurrency = 2\ndead_after = \"2d\"\nblock_probe = \"1s\"\n[sync.bpium]\nper_window = 100\nwindow = \"30s\"\n"
+        ))
+        .expect("config");
+        let tuned_b24 = tuned.sync.system("bitrix24").expect("bitrix24");
+        assert_eq!(
+            (tuned_b24.burst, tuned_b24.per_second),
+            (Some(250), Some(5.0))
+        );
+        assert_eq!(tuned_b24.retry_first, Duration::from_millis(10));
+        assert_eq!(tuned_b24.retry_max, Duration::from_millis(100));
+        assert_eq!(tuned_b24.timeout, Duration::from_secs(5));
+        assert_eq!(tuned_b24.concurrency, 2);
+        assert_eq!(tuned_b24.dead_after, Duration::from_secs(2 * 86_400));
+        assert_eq!(tuned_b24.block_probe, Duration::from_secs(1));
+        let bpium = tuned.sync.system("bpium").expect("bpium");
+        assert_eq!(
+            (bpium.per_window, bpium.window),
+            (Some(100), Some(Duration::from_secs(30)))
+        );
         let ids: Vec<_> = c.managers[0].user_ids().collect();
         assert_eq!(
             ids,
@@ -1803,7 +2017,62 @@ mod tests {
                 "[sync]\nmanager_precedence = [\"onec\", \"onec\"]\n".to_owned(),
                 "sync.manager_precedence",
             ),
-            ("[sync.sap]\n".to_owned(), "sap"),
+            ("[sync.\"S A P\"]\n".to_owned(), "sync.S A P"),
+            ("[sync]\nsap = 1\n".to_owned(), "sap = 1"),
+            ("[sync.bitrix24]\nburst = 0\n".to_owned(), "sync.bitrix24.burst"),
+            ("[sync.bitrix24]\nburst = -1\n".to_owned(), "burst"),
+            (
+                "[sync.bitrix24]\nper_second = 0.0\n".to_owned(),
+                "sync.bitrix24.per_second",
+            ),
+            (
+                "[sync.bitrix24]\nper_second = nan\n".to_owned(),
+                "sync.bitrix24.per_second",
+            ),
+            (
+                "[sync.bpium]\nper_window = 100\n".to_owned(),
+                "sync.bpium.per_window",
+            ),
+            (
+                "[sync.bpium]\nwindow = \"30s\"\n".to_owned(),
+                "sync.bpium.window",
+            ),
+            (
+                "[sync.bpium]\nper_window = 0\nwindow = \"30s\"\n".to_owned(),
+                "sync.bpium.per_window",
+            ),
+            (
+                "[sync.bpium]\nper_window = 100\nwindow = \"30 parsecs\"\n".to_owned(),
+                "window",
+            ),
+            (
+                "[sync.bpium]\nper_window = 100\nwindow = \"30s\"\nburst = 5\n".to_owned(),
+                "sync.bpium.per_window",
+            ),
+            (
+                "[sync.amocrm]\nretry_first = \"0s\"\n".to_owned(),
+                "sync.amocrm.retry_first",
+            ),
+            (
+                "[sync.amocrm]\nretry_first = \"10m\"\nretry_max = \"1m\"\n".to_owned(),
+                "sync.amocrm.retry_max",
+            ),
+            (
+                "[sync.amocrm]\ntimeout = \"0s\"\n".to_owned(),
+                "sync.amocrm.timeout",
+            ),
+            (
+                "[sync.amocrm]\nconcurrency = 0\n".to_owned(),
+                "sync.amocrm.concurrency",
+            ),
+            (
+                "[sync.amocrm]\ndead_after = \"0s\"\n".to_owned(),
+                "sync.amocrm.dead_after",
+            ),
+            (
+                "[sync.amocrm]\nblock_probe = \"0s\"\n".to_owned(),
+                "sync.amocrm.block_probe",
+            ),
             ("[sync.bitrix24]\ndedupe = \"inn\"\n".to_owned(), "dedupe"),
             (
                 "[sync.bitrix24]\ndedupe_key = \"kpp\"\n".to_owned(),

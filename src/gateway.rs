@@ -30,6 +30,8 @@ use crate::sources::push::{self, PushSource};
 use crate::sources::{SnapshotSavers, SourceHealth};
 use crate::store::{DiskGate, OpenOptions, SourceSnapshot, Store, StoreError};
 use crate::sync::crm_source::CrmRecords;
+use crate::sync::parts::SyncRuntimeParts;
+use crate::sync::system::System;
 use crate::sync::{self, Feed, FeedMetrics, FeedSettings, Registry, RegistryError, SystemSpec};
 use crate::vats::Vats;
 
@@ -77,6 +79,8 @@ pub struct Gateway {
     onec_store: Option<Store>,
     /// With a sync system registered: the sync store and the change feed.
     sync: Option<SyncParts>,
+    /// Each sending system's limiter and health (none without one).
+    sync_systems: Arc<SyncRuntimeParts>,
     metrics: Arc<Metrics>,
     reload: watch::Sender<u64>,
     stop_server: Arc<Notify>,
@@ -119,10 +123,39 @@ impl Gateway {
         systems: Vec<SystemSpec>,
         feed_settings: FeedSettings,
     ) -> Result<Gateway, StartError> {
+        Gateway::start_inner(config, systems, Vec::new(), feed_settings).await
+    }
+
+    /// [`Gateway::start_with`] with sending systems: each registered by its
+    /// spec, with its limiter and health built (`/readyz`, `/metrics` and
+    /// the status API show them). Until the sync runtime's
+    /// `start_with(config, Vec<Arc<dyn System>>)` replaces it.
+    #[doc(hidden)]
+    pub async fn start_with_systems(
+        config: Config,
+        systems: Vec<Arc<dyn System>>,
+    ) -> Result<Gateway, StartError> {
+        let specs = systems.iter().map(|s| s.spec().clone()).collect();
+        Gateway::start_inner(config, specs, systems, FeedSettings::default()).await
+    }
+
+    async fn start_inner(
+        config: Config,
+        systems: Vec<SystemSpec>,
+        senders: Vec<Arc<dyn System>>,
+        feed_settings: FeedSettings,
+    ) -> Result<Gateway, StartError> {
         let started = Instant::now();
         let registry = Registry::new(systems)?;
+        check_sync_tables(&config, &registry)?;
         http::check_soap_path(&config)?;
         let metrics = Arc::new(Metrics::new());
+        // Each sending system's limiter and health: its worker takes them
+        // from here, `/readyz` and the status API show them.
+        let sync_systems = Arc::new(
+            SyncRuntimeParts::build(metrics.registry(), &senders, &config.sync)
+                .map_err(StartError::Metrics)?,
+        );
         // Before anything is opened: a bad certificate stops start-up at once.
         let tls = match (&config.server.tls_cert, &config.server.tls_key) {
             (Some(cert), Some(key)) => {
@@ -188,9 +221,9 @@ impl Gateway {
         // And the sync store: its id links are what keeps a CRM free of
         // duplicates (backed up with the others), and the sync API reads it.
         let front = match &sync {
-            Some((parts, _)) => {
-                front.with_sync_store(parts.store.clone(), synced_systems(&config, &registry))
-            }
+            Some((parts, _)) => front
+                .with_sync_store(parts.store.clone(), synced_systems(&config, &registry))
+                .with_sync_systems(sync_systems_view(Arc::clone(&sync_systems))),
             None => match sync_failure {
                 Some(why) => front.with_sync_store_failed(why),
                 None => front,
@@ -281,6 +314,7 @@ impl Gateway {
             store,
             onec_store,
             sync,
+            sync_systems,
             metrics,
             reload,
             stop_server,
@@ -316,6 +350,11 @@ impl Gateway {
         self.sync
             .as_ref()
             .and_then(|s| s.crm.iter().find(|c| c.source() == system))
+    }
+
+    /// Each sending system's limiter and health, by name.
+    pub fn sync_systems(&self) -> &Arc<SyncRuntimeParts> {
+        &self.sync_systems
     }
 
     /// The change feed, when a sync system is registered.
@@ -381,6 +420,56 @@ fn open_main_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreErr
         .companion(onec_store_path(&config.store.path))
         .companion(sync_store_path(&config.store.path));
     Store::open_with_options(&config.store.path, metrics.registry(), &options)
+}
+
+/// What `/readyz` and the sync status API show of each sending system,
+/// read from its health and limiter when asked.
+fn sync_systems_view(parts: Arc<SyncRuntimeParts>) -> http::SyncSystemsView {
+    Arc::new(move || {
+        parts
+            .iter()
+            .map(|system| {
+                let health = system.health.report();
+                let limiter = system.limiter.snapshot();
+                http::SyncSystemView {
+                    name: system.name.clone(),
+                    state: health.state.name(),
+                    failing: health.state.is_failing(),
+                    reason: health.reason,
+                    since: health.since,
+                    last_success: health.last_success,
+                    limited_until: health.limited_until,
+                    rate_per_second: limiter.rate_per_second,
+                    tokens: limiter.tokens,
+                    paused_until: limiter.paused_until,
+                }
+            })
+            .collect()
+    })
+}
+
+/// Every `[sync.<system>]` names a CRM the gateway knows (its module may
+/// come later: the table keeps the sync store) or a registered system; a
+/// typo stops start-up naming the table and the file.
+fn check_sync_tables(config: &Config, registry: &Registry) -> Result<(), ConfigError> {
+    for (name, _) in config.sync.systems() {
+        if !crate::config::SYNC_SYSTEMS.contains(&name) && registry.get(name).is_none() {
+            let registered: Vec<&str> = registry.systems().iter().map(|s| s.name()).collect();
+            return Err(config.invalid(
+                &format!("sync.{name}"),
+                format!(
+                    "names no system this gateway knows: {}",
+                    crate::config::SYNC_SYSTEMS
+                        .iter()
+                        .copied()
+                        .chain(registered)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The systems this gateway syncs: those registered and those with a

@@ -8,7 +8,7 @@ use super::allow::AllowLists;
 use super::api::Api;
 use super::client::ClientResolver;
 use super::limits::ConnectionLimits;
-use super::ops::Ops;
+use super::ops::{Ops, SyncSystemsView};
 use super::origin::AllowedOrigins;
 use super::screens::Screens;
 use super::soap::SoapEndpoint;
@@ -106,6 +106,14 @@ impl Front {
         self.ops.report_sync_open();
         self.admin.backing_up_too(store.clone());
         self.sync.serve_from(store, systems);
+        self
+    }
+
+    /// The same front, `/readyz` and the sync status API showing each
+    /// sending system's state and limiter.
+    pub fn with_sync_systems(mut self, systems: SyncSystemsView) -> Front {
+        self.ops.report_sync_systems(Arc::clone(&systems));
+        self.sync.report_systems(systems);
         self
     }
 

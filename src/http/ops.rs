@@ -1,6 +1,7 @@
 //! What operations people and their tools read: `GET /metrics`
 //! (Prometheus), `GET /healthz` (alive) and `GET /readyz` (a directory is
-//! loaded; which sources are failing).
+//! loaded; which sources are failing; each sync system's state under
+//! `sync.<system>`, never a reason to be unready).
 //!
 //! `/readyz` is open to everyone (load balancers probe it), but the texts
 //! of its errors (a source's `last_error`, a certificate reload's) name
@@ -33,7 +34,34 @@ pub struct Ops {
     /// Whether the sync store opened (`Ok`), or why not; `None` on a
     /// gateway that does not sync.
     sync: Option<Result<(), String>>,
+    /// The sending systems' state, shown under `sync.<system>`.
+    sync_systems: Option<SyncSystemsView>,
 }
+
+/// A sending system as `/readyz` and the sync status API show it: what the
+/// sync runtime reports of its health and its limiter, in this layer's
+/// terms (`http` does not import `sync`; the gateway fills it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncSystemView {
+    pub name: String,
+    /// `ok`, `failing`, `limited` or `blocked`.
+    pub state: &'static str,
+    /// `failing` or `blocked`: listed in `failing_sources`.
+    pub failing: bool,
+    /// Why it is not `ok`; may name hosts (`metrics.allow_from` only).
+    pub reason: Option<String>,
+    pub since: SystemTime,
+    pub last_success: Option<SystemTime>,
+    pub limited_until: Option<SystemTime>,
+    /// The limiter: its long-run rate, what it would send at once now, and
+    /// until when a limit answer paused it.
+    pub rate_per_second: f64,
+    pub tokens: f64,
+    pub paused_until: Option<SystemTime>,
+}
+
+/// Each sending system as it stands now, by name.
+pub type SyncSystemsView = Arc<dyn Fn() -> Vec<SyncSystemView> + Send + Sync>;
 
 impl Ops {
     pub fn new(directory: Arc<Directory>, health: Arc<SourceHealth>, metrics: Arc<Metrics>) -> Ops {
@@ -43,6 +71,7 @@ impl Ops {
             metrics,
             tls: None,
             sync: None,
+            sync_systems: None,
         }
     }
 
@@ -55,6 +84,12 @@ impl Ops {
     /// a reason to be unready (calls go on), but nothing is synced.
     pub fn report_sync_failure(&mut self, why: String) {
         self.sync = Some(Err(why));
+    }
+
+    /// `/readyz` reports each of these sending systems' state under
+    /// `sync.<system>`.
+    pub fn report_sync_systems(&mut self, systems: SyncSystemsView) {
+        self.sync_systems = Some(systems);
     }
 
     /// `/readyz` reports this TLS's certificate.
@@ -109,7 +144,7 @@ impl Ops {
                 }),
             );
         }
-        let failing = self.add_health(&mut sources, with_errors);
+        let mut failing = self.add_health(&mut sources, with_errors);
         let ready = index.is_loaded();
         let mut body = serde_json::json!({
             "ready": ready,
@@ -119,11 +154,22 @@ impl Ops {
             "failing_sources": failing,
         });
         if let (Some(sync), Some(obj)) = (&self.sync, body.as_object_mut()) {
-            let report = match sync {
+            let mut report = match sync {
                 Ok(()) => serde_json::json!({ "store": "ok" }),
                 Err(why) if with_errors => serde_json::json!({ "store": "failed", "error": why }),
                 Err(_) => serde_json::json!({ "store": "failed" }),
             };
+            if let (Some(systems), Some(report)) = (&self.sync_systems, report.as_object_mut()) {
+                for system in systems() {
+                    if system.failing {
+                        failing.push(format!("sync.{}", system.name));
+                    }
+                    report.insert(system.name.clone(), readiness(system, with_errors));
+                }
+            }
+            if let Some(failing_sources) = obj.get_mut("failing_sources") {
+                *failing_sources = failing.clone().into();
+            }
             obj.insert("sync".into(), report);
         }
         if let (Some(tls), Some(obj)) = (&self.tls, body.as_object_mut()) {
@@ -195,6 +241,25 @@ impl Ops {
         }
         failing
     }
+}
+
+/// A sending system under `sync.<system>`: its state, since when, its last
+/// success and (only `with_errors`: it may name hosts) why it is not ok.
+fn readiness(system: SyncSystemView, with_errors: bool) -> serde_json::Value {
+    let mut json = serde_json::json!({
+        "state": system.state,
+        "since": rfc3339(system.since),
+        "last_success": system.last_success.map(rfc3339),
+    });
+    if let Some(obj) = json.as_object_mut() {
+        if let Some(until) = system.limited_until {
+            obj.insert("limited_until".into(), rfc3339(until).into());
+        }
+        if with_errors && system.reason.is_some() {
+            obj.insert("reason".into(), system.reason.into());
+        }
+    }
+    json
 }
 
 fn rfc3339(t: SystemTime) -> String {

@@ -2,7 +2,9 @@
 //! sync store:
 //!
 //! - `GET /api/v1/sync/status`: per system, the outbox's pending rows, the
-//!   oldest pending row's age and the dead rows;
+//!   oldest pending row's age and the dead rows; for a sending system also
+//!   its state (why, since when, last success) and its limiter (rate,
+//!   tokens, paused until);
 //! - `GET /api/v1/sync/outbox?system=&state=pending|dead&after=&limit=`:
 //!   outbox rows in id order, at most 1,000 a page;
 //! - `POST /api/v1/sync/outbox/{id}/retry`: a dead row pending again
@@ -25,6 +27,7 @@ use tokio::sync::mpsc;
 
 use super::api::{no_query, require_token};
 use super::client::Client;
+use super::ops::{SyncSystemView, SyncSystemsView};
 use super::query::ApiQuery;
 use super::respond::{json, json_error, with_header, Body, StreamError};
 use super::rfc3339;
@@ -60,6 +63,8 @@ pub struct SyncAdmin {
     /// The systems this gateway syncs (registered or configured): a
     /// `system` parameter naming another is a 404.
     systems: Vec<String>,
+    /// The sending systems' state and limiters, which the status adds.
+    runtime: Option<SyncSystemsView>,
 }
 
 impl SyncAdmin {
@@ -68,6 +73,7 @@ impl SyncAdmin {
             token: config.api.token.clone(),
             store: None,
             systems: Vec::new(),
+            runtime: None,
         }
     }
 
@@ -75,6 +81,11 @@ impl SyncAdmin {
     pub fn serve_from(&mut self, store: Store, systems: Vec<String>) {
         self.store = Some(store);
         self.systems = systems;
+    }
+
+    /// The status adds each of these systems' state and limiter.
+    pub fn report_systems(&mut self, runtime: SyncSystemsView) {
+        self.runtime = Some(runtime);
     }
 
     /// 404 for a `system` parameter naming a system this gateway does not
@@ -132,15 +143,21 @@ impl SyncAdmin {
                     }
                 }
                 systems.sort_by(|a, b| a.system.cmp(&b.system));
+                let runtime = self.runtime.as_ref().map(|view| view()).unwrap_or_default();
                 let systems: Vec<serde_json::Value> = systems
                     .iter()
                     .map(|s| {
-                        serde_json::json!({
+                        let mut system = serde_json::json!({
                             "system": s.system,
                             "pending": s.pending,
                             "oldest_pending_age_s": s.oldest_pending_age.map(|a| a.as_secs_f64()),
                             "dead": s.dead,
-                        })
+                        });
+                        let sending = runtime.iter().find(|r| r.name == s.system);
+                        if let (Some(sending), Some(obj)) = (sending, system.as_object_mut()) {
+                            add_runtime(obj, sending);
+                        }
+                        system
                     })
                     .collect();
                 json(StatusCode::OK, &serde_json::json!({ "systems": systems }))
@@ -445,6 +462,23 @@ fn limit(value: &str) -> Result<u32, String> {
         Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
         _ => Err(format!("limit must be a number from 1 to {MAX_PAGE}")),
     }
+}
+
+/// A sending system's state (why, since when, its last success) and its
+/// limiter (rate, tokens, paused until) in its status entry.
+fn add_runtime(obj: &mut serde_json::Map<String, serde_json::Value>, system: &SyncSystemView) {
+    obj.insert("state".into(), system.state.into());
+    obj.insert("reason".into(), system.reason.clone().into());
+    obj.insert("since".into(), time(system.since).into());
+    obj.insert("last_success".into(), system.last_success.map(time).into());
+    obj.insert(
+        "limiter".into(),
+        serde_json::json!({
+            "rate_per_second": system.rate_per_second,
+            "tokens": system.tokens,
+            "paused_until": system.paused_until.map(time),
+        }),
+    );
 }
 
 /// 503 for a read of the sync store that failed, logged.

@@ -6,6 +6,7 @@
 //! source is down and since when; a source logs once when it goes down and
 //! once when it comes back, not on every retry.
 
+pub mod backoff;
 pub(crate) mod changes;
 pub mod file;
 mod low_priority;

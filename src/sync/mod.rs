@@ -5,7 +5,9 @@
 //! system's record is matched with the directory's ([`identity`]), and the
 //! records only a CRM holds, a source named after it ([`crm_source`]), and
 //! what the core does with a record a system reports ([`inbound`]), and
-//! what a system gives the sending runtime ([`system`]).
+//! what a system gives the sending runtime ([`system`]), how fast the
+//! runtime may call each system ([`limiter`]), how each system is doing
+//! ([`health`]) and where a system's limiter and health live ([`parts`]).
 //!
 //! The sync store (`<name>.sync.sqlite`) is opened only when a system is
 //! registered: an installation that does not sync has no such file. What
@@ -14,9 +16,12 @@
 pub mod crm_source;
 pub mod feed;
 pub mod hash;
+pub mod health;
 pub mod identity;
 pub mod inbound;
+pub mod limiter;
 pub mod metrics;
+pub mod parts;
 pub mod registry;
 pub mod system;
 

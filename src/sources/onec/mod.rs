@@ -27,14 +27,14 @@ pub(crate) mod rows;
 
 pub use rows::{OnecManager, OnecUsers};
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::Hasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use super::backoff::Backoff;
 use super::low_priority::LowPriority;
 use super::{SnapshotSaver, SnapshotSavers, SourceHealth};
 use crate::config::{ContactsLayout, OnecConfig};
@@ -587,31 +587,14 @@ fn records_fingerprint(settings_tag: &str, records: &[Counterparty]) -> String {
 }
 
 /// The wait before retry number `failures` (from 1): 1 s doubling up to
-/// `cap`, each wait drawn between half and all of that ("equal jitter"), so
-/// gateways that lost 1C together do not come back together.
+/// `cap`, with equal jitter (see [`Backoff`]).
 pub(crate) fn backoff(failures: u32, cap: Duration) -> Duration {
-    let exp = Duration::from_secs(1)
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(cap);
-    // RandomState is seeded randomly per instance: enough randomness for jitter.
-    let random = RandomState::new().build_hasher().finish();
-    let fraction = 0.5 + (random % 1000) as f64 / 2000.0;
-    exp.mul_f64(fraction)
+    Backoff::new(Duration::from_secs(1), cap).delay(failures)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_the_cap() {
-        let cap = Duration::from_secs(60);
-        for (failures, full) in [(1, 1), (2, 2), (3, 4), (7, 60), (40, 60)] {
-            let w = backoff(failures, cap);
-            let full = Duration::from_secs(full);
-            assert!(w >= full / 2 && w <= full, "retry {failures}: {w:?}");
-        }
-    }
 
     #[test]
     fn fingerprint_follows_versions_and_settings() {

@@ -1,0 +1,671 @@
+//! How fast a sync worker may call its system: the system's published limit
+//! (or `[sync.<system>]`'s overrides) as a token bucket, a minimum gap or a
+//! window, kept one request short of the remote's allowance so that network
+//! jitter (two requests sent apart arriving together) never overflows the
+//! remote's own bucket, and paused as a whole when the system answers that
+//! its limit was hit.
+//!
+//! Time is tokio's, so tests run it on paused time; waiting is cancel-safe
+//! (a token is taken only when [`Limiter::acquire`] returns).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::config::SyncSystemConfig;
+use crate::sync::system::PublishedLimit;
+
+/// What a [`Limiter`] keeps to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LimitSpec {
+    /// The remote's token (or leaky) bucket: `burst` requests at once,
+    /// refilled at `per_second`.
+    Bucket { burst: u32, per_second: f64 },
+    /// Requests at least `gap` apart, no burst.
+    Interval { gap: Duration },
+    /// At most `per_window` requests in any `window`.
+    Window { per_window: u32, window: Duration },
+}
+
+impl LimitSpec {
+    /// The system's published limit, unless `[sync.<system>]` overrides it:
+    /// `per_window` and `window` (validated to come together) make a window;
+    /// `burst` or `per_second` make a bucket, the one not set taken from
+    /// the published limit (its rate; its burst, 1 for a gap); a burst of 1
+    /// is a gap of `1/per_second`.
+    pub fn from_published(published: PublishedLimit, overrides: &SyncSystemConfig) -> LimitSpec {
+        if let (Some(per_window), Some(window)) = (overrides.per_window, overrides.window) {
+            return LimitSpec::Window { per_window, window };
+        }
+        let published_spec = LimitSpec::from(published);
+        if overrides.burst.is_none() && overrides.per_second.is_none() {
+            return published_spec;
+        }
+        let burst = overrides.burst.unwrap_or(published_spec.burst());
+        let per_second = overrides
+            .per_second
+            .unwrap_or(published_spec.published_rate());
+        if burst <= 1 {
+            LimitSpec::Interval {
+                gap: gap_for(per_second),
+            }
+        } else {
+            LimitSpec::Bucket { burst, per_second }
+        }
+    }
+
+    /// Requests the remote takes at once.
+    fn burst(&self) -> u32 {
+        match *self {
+            LimitSpec::Bucket { burst, .. } => burst,
+            LimitSpec::Interval { .. } => 1,
+            LimitSpec::Window { per_window, .. } => per_window,
+        }
+    }
+
+    /// Requests per second the remote allows in the long run.
+    fn published_rate(&self) -> f64 {
+        match *self {
+            LimitSpec::Bucket { per_second, .. } => per_second,
+            LimitSpec::Interval { gap } => 1.0 / gap.as_secs_f64(),
+            LimitSpec::Window { per_window, window } => {
+                f64::from(per_window) / window.as_secs_f64()
+            }
+        }
+    }
+}
+
+impl From<PublishedLimit> for LimitSpec {
+    fn from(published: PublishedLimit) -> LimitSpec {
+        match published {
+            PublishedLimit::Bucket { burst, per_second } => LimitSpec::Bucket { burst, per_second },
+            PublishedLimit::Interval { interval } => LimitSpec::Interval { gap: interval },
+            PublishedLimit::Window { requests, window } => LimitSpec::Window {
+                per_window: requests,
+                window,
+            },
+        }
+    }
+}
+
+/// What `GET /api/v1/sync/status` shows of a limiter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimiterSnapshot {
+    /// Requests per second the limiter lets through in the long run.
+    pub rate_per_second: f64,
+    /// Requests it would let through at once now.
+    pub tokens: f64,
+    /// Until when the system asked us to stop, if it did and that is ahead.
+    pub paused_until: Option<SystemTime>,
+}
+
+/// One system's limiter, shared by its worker's tasks.
+#[derive(Debug)]
+pub struct Limiter {
+    spec: LimitSpec,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    kind: Kind,
+    paused_until: Option<Instant>,
+}
+
+/// The limiter's bookkeeping, by kind, with the headroom applied.
+#[derive(Debug)]
+enum Kind {
+    /// Tokens up to `capacity` (the remote's burst less one), refilled at
+    /// `per_second` since `refilled_at`.
+    Bucket {
+        capacity: f64,
+        per_second: f64,
+        tokens: f64,
+        refilled_at: Instant,
+    },
+    /// The next request no earlier than `next`, then `gap` later.
+    Interval { gap: Duration, next: Instant },
+    /// The requests of the last `window` (plus margin): at most `allowed`.
+    Window {
+        allowed: usize,
+        window: Duration,
+        sent: VecDeque<Instant>,
+    },
+}
+
+/// A rate a limiter can run on: a published or configured one that is not
+/// (zero, negative, not a number) is taken as one a day at the least,
+/// a million a second at the most.
+fn sane_rate(per_second: f64) -> f64 {
+    if per_second.is_finite() {
+        per_second.clamp(1e-6, 1e6)
+    } else if per_second > 0.0 {
+        1e6
+    } else {
+        1e-6
+    }
+}
+
+/// The gap between requests at `per_second`.
+fn gap_for(per_second: f64) -> Duration {
+    Duration::from_secs_f64(1.0 / sane_rate(per_second))
+}
+
+/// The margin added to a gap or a window, so that two requests sent just
+/// far enough apart still arrive far enough apart: 2% of it, at least 1 ms,
+/// at most 1 s.
+fn margin(span: Duration) -> Duration {
+    (span / 50).clamp(Duration::from_millis(1), Duration::from_secs(1))
+}
+
+impl Limiter {
+    /// A limiter keeping to `spec` with one request of headroom: a bucket
+    /// never uses its last token, a window lets through one request less
+    /// (and is a little longer), a gap is a little longer. The limiter
+    /// starts full (as after a quiet while), less the headroom.
+    pub fn new(spec: LimitSpec) -> Limiter {
+        let now = Instant::now();
+        let kind = match spec {
+            // A bucket of 1 has no token to spare: requests a gap (and a
+            // margin) apart is the most it safely takes.
+            LimitSpec::Bucket { burst, per_second } if burst <= 1 => {
+                let gap = gap_for(per_second);
+                Kind::Interval {
+                    gap: gap + margin(gap),
+                    next: now,
+                }
+            }
+            LimitSpec::Bucket { burst, per_second } => {
+                let capacity = f64::from(burst) - 1.0;
+                Kind::Bucket {
+                    capacity,
+                    per_second: sane_rate(per_second),
+                    tokens: capacity,
+                    refilled_at: now,
+                }
+            }
+            LimitSpec::Interval { gap } => Kind::Interval {
+                gap: gap + margin(gap),
+                next: now,
+            },
+            LimitSpec::Window { per_window, window } => {
+                // A window of 1 request has none to spare: its margin alone.
+                let allowed = (per_window as usize).saturating_sub(1).max(1);
+                Kind::Window {
+                    allowed,
+                    window: window + margin(window),
+                    sent: VecDeque::with_capacity(allowed),
+                }
+            }
+        };
+        Limiter {
+            spec,
+            state: Mutex::new(State {
+                kind,
+                paused_until: None,
+            }),
+        }
+    }
+
+    /// What the limiter keeps to (before headroom).
+    pub fn spec(&self) -> LimitSpec {
+        self.spec
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until a request may be sent: a token is free and no pause is
+    /// on. Cancel-safe: dropping the future takes nothing.
+    pub async fn acquire(&self) {
+        loop {
+            let wait_until = match self.lock().try_take(Instant::now()) {
+                Ok(()) => return,
+                Err(at) => at,
+            };
+            tokio::time::sleep_until(wait_until).await;
+        }
+    }
+
+    /// Takes a token if one is free now and no pause is on.
+    pub fn try_acquire(&self) -> bool {
+        self.lock().try_take(Instant::now()).is_ok()
+    }
+
+    /// The system answered that its limit was hit: nothing is sent before
+    /// `until` (its `Retry-After`, Bitrix24's `operating_reset_at`, else the
+    /// system's backoff). A later pause extends, an earlier one is ignored.
+    /// The remote's bucket being full, the limiter's is emptied too.
+    ///
+    /// `until` is a std `Instant` (what `Instant::now() + retry_after`
+    /// gives); under tokio's paused time (tests) make it from
+    /// `tokio::time::Instant::now().into_std()`, the clock the limiter runs on.
+    pub fn pause_until(&self, until: std::time::Instant) {
+        let until = Instant::from_std(until);
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.paused_until = Some(state.paused_until.map_or(until, |p| p.max(until)));
+        match &mut state.kind {
+            Kind::Bucket {
+                tokens,
+                refilled_at,
+                ..
+            } => {
+                *tokens = 0.0;
+                *refilled_at = now;
+            }
+            Kind::Interval { .. } | Kind::Window { .. } => {}
+        }
+    }
+
+    /// The limiter as it stands, for the status API.
+    pub fn snapshot(&self) -> LimiterSnapshot {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.refill(now);
+        let paused_until = state
+            .paused_until
+            .filter(|&until| until > now)
+            .map(|until| SystemTime::now() + (until - now));
+        let (rate_per_second, tokens) = match &state.kind {
+            Kind::Bucket {
+                per_second, tokens, ..
+            } => (*per_second, *tokens),
+            Kind::Interval { gap, next } => {
+                let rate = 1.0 / gap.as_secs_f64();
+                let ready = if *next <= now {
+                    1.0
+                } else {
+                    1.0 - (*next - now).as_secs_f64() * rate
+                };
+                (rate, ready.clamp(0.0, 1.0))
+            }
+            Kind::Window {
+                allowed,
+                window,
+                sent,
+            } => (
+                *allowed as f64 / window.as_secs_f64(),
+                allowed.saturating_sub(sent.len()) as f64,
+            ),
+        };
+        LimiterSnapshot {
+            rate_per_second,
+            tokens,
+            paused_until,
+        }
+    }
+}
+
+impl State {
+    /// Brings the bookkeeping up to `now`: tokens refilled, requests older
+    /// than the window forgotten, a pause past dropped.
+    fn refill(&mut self, now: Instant) {
+        if self.paused_until.is_some_and(|until| until <= now) {
+            self.paused_until = None;
+        }
+        match &mut self.kind {
+            Kind::Bucket {
+                capacity,
+                per_second,
+                tokens,
+                refilled_at,
+            } => {
+                let elapsed = now.saturating_duration_since(*refilled_at).as_secs_f64();
+                *tokens = (*tokens + elapsed * *per_second).min(*capacity);
+                *refilled_at = now;
+            }
+            Kind::Interval { .. } => {}
+            Kind::Window { window, sent, .. } => {
+                while sent.front().is_some_and(|&t| t + *window <= now) {
+                    sent.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Takes a token at `now`, or says when to try again.
+    fn try_take(&mut self, now: Instant) -> Result<(), Instant> {
+        self.refill(now);
+        if let Some(until) = self.paused_until {
+            return Err(until);
+        }
+        match &mut self.kind {
+            Kind::Bucket {
+                per_second, tokens, ..
+            } => {
+                if *tokens >= 1.0 {
+                    *tokens -= 1.0;
+                    Ok(())
+                } else {
+                    let missing = 1.0 - *tokens;
+                    // Rounded up to the next microsecond: waking a hair
+                    // early would only loop once more.
+                    let wait =
+                        Duration::from_secs_f64(missing / *per_second) + Duration::from_micros(1);
+                    Err(now + wait)
+                }
+            }
+            Kind::Interval { gap, next } => {
+                if *next <= now {
+                    *next = now + *gap;
+                    Ok(())
+                } else {
+                    Err(*next)
+                }
+            }
+            Kind::Window {
+                allowed,
+                window,
+                sent,
+            } => {
+                if sent.len() < *allowed {
+                    sent.push_back(now);
+                    Ok(())
+                } else {
+                    // The oldest request leaves the window then.
+                    Err(sent.front().map_or(now, |&t| t + *window))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// The remote's own limit, exactly: what it answers "limit exceeded" to.
+    enum Remote {
+        /// A leaky bucket: each request adds 1, `per_second` drains, more
+        /// than `capacity` overflows.
+        Bucket {
+            capacity: f64,
+            per_second: f64,
+            level: f64,
+            at: Instant,
+        },
+        /// Requests closer than `gap` overflow.
+        Interval {
+            gap: Duration,
+            last: Option<Instant>,
+        },
+        /// More than `per_window` requests in any `window` overflow.
+        Window {
+            per_window: usize,
+            window: Duration,
+            seen: VecDeque<Instant>,
+        },
+    }
+
+    impl Remote {
+        fn new(spec: LimitSpec, start: Instant) -> Remote {
+            match spec {
+                LimitSpec::Bucket { burst, per_second } => Remote::Bucket {
+                    capacity: f64::from(burst),
+                    per_second,
+                    level: 0.0,
+                    at: start,
+                },
+                LimitSpec::Interval { gap } => Remote::Interval { gap, last: None },
+                LimitSpec::Window { per_window, window } => Remote::Window {
+                    per_window: per_window as usize,
+                    window,
+                    seen: VecDeque::new(),
+                },
+            }
+        }
+
+        /// A request arrives at `now`: false when it overflows the limit.
+        fn arrive(&mut self, now: Instant) -> bool {
+            match self {
+                Remote::Bucket {
+                    capacity,
+                    per_second,
+                    level,
+                    at,
+                } => {
+                    let drained = (now - *at).as_secs_f64() * *per_second;
+                    *level = (*level - drained).max(0.0);
+                    *at = now;
+                    // A hair of tolerance for float rounding, none for real.
+                    if *level + 1.0 > *capacity + 1e-9 {
+                        return false;
+                    }
+                    *level += 1.0;
+                    true
+                }
+                Remote::Interval { gap, last } => {
+                    let ok = last.is_none_or(|l| now - l >= *gap);
+                    *last = Some(now);
+                    ok
+                }
+                Remote::Window {
+                    per_window,
+                    window,
+                    seen,
+                } => {
+                    while seen.front().is_some_and(|&t| now - t >= *window) {
+                        seen.pop_front();
+                    }
+                    seen.push_back(now);
+                    seen.len() <= *per_window
+                }
+            }
+        }
+
+        /// Requests it allows over `span` from empty.
+        fn allowance(spec: LimitSpec, span: Duration) -> f64 {
+            let s = span.as_secs_f64();
+            match spec {
+                LimitSpec::Bucket { burst, per_second } => f64::from(burst) + s * per_second,
+                LimitSpec::Interval { gap } => s / gap.as_secs_f64(),
+                LimitSpec::Window { per_window, window } => {
+                    f64::from(per_window) * s / window.as_secs_f64()
+                }
+            }
+        }
+    }
+
+    /// Four tasks acquire as fast as the limiter lets them for `span` of
+    /// paused time; each request arrives at the remote at once. The
+    /// requests sent, and the remote's overflows.
+    async fn drive(spec: LimitSpec, span: Duration) -> (usize, usize) {
+        let limiter = Arc::new(Limiter::new(spec));
+        let start = Instant::now();
+        let remote = Arc::new(Mutex::new((Remote::new(spec, start), 0usize, 0usize)));
+        let end = start + span;
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (limiter, remote) = (Arc::clone(&limiter), Arc::clone(&remote));
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = limiter.acquire() => {}
+                        () = tokio::time::sleep_until(end) => return,
+                    }
+                    let now = Instant::now();
+                    if now >= end {
+                        return;
+                    }
+                    let mut remote = remote.lock().expect("remote");
+                    let ok = remote.0.arrive(now);
+                    remote.1 += 1;
+                    remote.2 += usize::from(!ok);
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+        let remote = remote.lock().expect("remote");
+        (remote.1, remote.2)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_kind_keeps_under_the_remote_limit_and_uses_most_of_it() {
+        let span = Duration::from_secs(60);
+        for spec in [
+            // Bitrix24, Bitrix24 Enterprise, amoCRM, Bpium.
+            LimitSpec::Bucket {
+                burst: 50,
+                per_second: 2.0,
+            },
+            LimitSpec::Bucket {
+                burst: 250,
+                per_second: 5.0,
+            },
+            LimitSpec::Interval {
+                gap: Duration::from_millis(143),
+            },
+            LimitSpec::Window {
+                per_window: 100,
+                window: Duration::from_secs(30),
+            },
+        ] {
+            let (sent, overflows) = drive(spec, span).await;
+            let allowed = Remote::allowance(spec, span);
+            assert_eq!(overflows, 0, "{spec:?}: {sent} sent");
+            assert!(
+                sent as f64 >= 0.9 * allowed,
+                "{spec:?}: {sent} sent of {allowed:.0} allowed"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_request_until_it_ends() {
+        let limiter = Limiter::new(LimitSpec::Bucket {
+            burst: 50,
+            per_second: 2.0,
+        });
+        let start = Instant::now();
+        limiter.acquire().await;
+        limiter.pause_until((start + Duration::from_secs(2)).into_std());
+        // An earlier pause does not shorten it.
+        limiter.pause_until((start + Duration::from_secs(1)).into_std());
+        let snapshot = limiter.snapshot();
+        assert_eq!(snapshot.tokens, 0.0);
+        assert!(snapshot.paused_until.is_some());
+        assert!(!limiter.try_acquire());
+        limiter.acquire().await;
+        assert!(Instant::now() >= start + Duration::from_secs(2));
+        assert_eq!(limiter.snapshot().paused_until, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_wait_takes_no_token() {
+        let limiter = Limiter::new(LimitSpec::Interval {
+            gap: Duration::from_secs(1),
+        });
+        limiter.acquire().await;
+        // Cancelled halfway through the gap.
+        let cancelled = tokio::time::timeout(Duration::from_millis(500), limiter.acquire()).await;
+        assert!(cancelled.is_err());
+        let start = Instant::now();
+        limiter.acquire().await;
+        // The next request came one gap (and margin) after the first, not
+        // a gap after the cancelled one.
+        let waited = Instant::now() - start;
+        assert!(waited <= Duration::from_millis(540), "{waited:?}");
+    }
+
+    #[test]
+    fn overrides_replace_the_published_limit() {
+        let bitrix = PublishedLimit::Bucket {
+            burst: 50,
+            per_second: 2.0,
+        };
+        let amo = PublishedLimit::Interval {
+            interval: Duration::from_millis(143),
+        };
+        let none = SyncSystemConfig::default();
+        assert_eq!(
+            LimitSpec::from_published(bitrix, &none),
+            LimitSpec::Bucket {
+                burst: 50,
+                per_second: 2.0
+            }
+        );
+        let enterprise = SyncSystemConfig {
+            burst: Some(250),
+            per_second: Some(5.0),
+            ..SyncSystemConfig::default()
+        };
+        assert_eq!(
+            LimitSpec::from_published(bitrix, &enterprise),
+            LimitSpec::Bucket {
+                burst: 250,
+                per_second: 5.0
+            }
+        );
+        // A rate alone keeps the published burst; on a gap, a gap.
+        let slower = SyncSystemConfig {
+            per_second: Some(1.0),
+            ..SyncSystemConfig::default()
+        };
+        assert_eq!(
+            LimitSpec::from_published(bitrix, &slower),
+            LimitSpec::Bucket {
+                burst: 50,
+                per_second: 1.0
+            }
+        );
+        assert_eq!(
+            LimitSpec::from_published(amo, &slower),
+            LimitSpec::Interval {
+                gap: Duration::from_secs(1)
+            }
+        );
+        // A burst alone on a gap: the gap's rate.
+        let burst = SyncSystemConfig {
+            burst: Some(10),
+            ..SyncSystemConfig::default()
+        };
+        match LimitSpec::from_published(amo, &burst) {
+            LimitSpec::Bucket { burst, per_second } => {
+                assert_eq!(burst, 10);
+                assert!((per_second - 1000.0 / 143.0).abs() < 1e-9);
+            }
+            other => panic!("{other:?}"),
+        }
+        let window = SyncSystemConfig {
+            per_window: Some(100),
+            window: Some(Duration::from_secs(30)),
+            ..SyncSystemConfig::default()
+        };
+        assert_eq!(
+            LimitSpec::from_published(bitrix, &window),
+            LimitSpec::Window {
+                per_window: 100,
+                window: Duration::from_secs(30)
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_snapshot_shows_rate_and_tokens() {
+        let limiter = Limiter::new(LimitSpec::Bucket {
+            burst: 50,
+            per_second: 2.0,
+        });
+        let s = limiter.snapshot();
+        assert_eq!(
+            (s.rate_per_second, s.tokens, s.paused_until),
+            (2.0, 49.0, None)
+        );
+        limiter.acquire().await;
+        assert_eq!(limiter.snapshot().tokens, 48.0);
+        let window = Limiter::new(LimitSpec::Window {
+            per_window: 100,
+            window: Duration::from_secs(30),
+        });
+        window.acquire().await;
+        assert_eq!(window.snapshot().tokens, 98.0);
+    }
+}
