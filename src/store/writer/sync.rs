@@ -14,8 +14,10 @@ use std::time::SystemTime;
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{Reply, Writer};
-use crate::store::sync::{hash_to_sql, IdMapLink, NewConflict, NewOutboxRow, RetryOutcome};
+use super::{sync_batch, Reply, Writer};
+use crate::store::sync::{
+    hash_to_sql, IdMapLink, NewConflict, NewOutboxRow, RetryOutcome, SyncBatch,
+};
 use crate::store::{unix_ms, StoreError};
 
 /// Most outbox rows gathered into one group: a group of bulk commands
@@ -50,6 +52,15 @@ pub(in crate::store) enum SyncWrite {
         kind: String,
         local_id: String,
         reply: Reply<bool>,
+    },
+    /// Several writes of one inbound change (`store/sync/batch.rs`).
+    Batch {
+        batch: SyncBatch,
+        reply: Reply<()>,
+    },
+    RequisitesDelete {
+        ids: Vec<String>,
+        reply: Reply<usize>,
     },
 }
 
@@ -170,18 +181,7 @@ impl Writer {
         match write {
             SyncWrite::OverlayPut { entries, reply } => {
                 let result = self.logged("sync overlay", "writing the overlay", |tx| {
-                    let mut put = tx.prepare_cached(
-                        "INSERT INTO overlay (id, body) VALUES (?1, ?2)
-                         ON CONFLICT (id) DO UPDATE SET body = excluded.body",
-                    )?;
-                    let mut delete = tx.prepare_cached("DELETE FROM overlay WHERE id = ?1")?;
-                    for (id, body) in &entries {
-                        match body {
-                            Some(body) => put.execute(params![id, body])?,
-                            None => delete.execute([id])?,
-                        };
-                    }
-                    Ok(())
+                    sync_batch::overlay_put(tx, &entries)
                 });
                 let _ = reply.send(result);
             }
@@ -223,52 +223,13 @@ impl Writer {
             SyncWrite::ConflictAdd { conflict, reply } => {
                 let now = unix_ms(SystemTime::now());
                 let result = self.logged("sync conflict", "recording a conflict", |tx| {
-                    tx.prepare_cached(
-                        "INSERT INTO conflicts (at, system, record_key, field, ours, theirs, resolution)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![
-                        now,
-                        conflict.system,
-                        conflict.record_key,
-                        conflict.field,
-                        conflict.ours,
-                        conflict.theirs,
-                        conflict.resolution
-                    ])?;
-                    Ok(tx.last_insert_rowid())
+                    sync_batch::conflict_add(tx, &conflict, now)
                 });
                 let _ = reply.send(result);
             }
             SyncWrite::IdmapLink { link, reply } => {
                 let result = self.logged("sync id-map", "linking a record", |tx| {
-                    // Unique both ways: the remote record leaves any other link first.
-                    tx.prepare_cached(
-                        "DELETE FROM idmap WHERE system = ?1 AND kind = ?2 AND remote_id = ?3
-                         AND local_id <> ?4",
-                    )?
-                    .execute(params![
-                        link.system,
-                        link.kind,
-                        link.remote_id,
-                        link.local_id
-                    ])?;
-                    tx.prepare_cached(
-                        "INSERT INTO idmap (system, kind, local_id, remote_id, hash)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (system, kind, local_id) DO UPDATE SET
-                             remote_id = excluded.remote_id,
-                             hash = COALESCE(excluded.hash, idmap.hash),
-                             closed_at = NULL",
-                    )?
-                    .execute(params![
-                        link.system,
-                        link.kind,
-                        link.local_id,
-                        link.remote_id,
-                        link.hash.map(hash_to_sql)
-                    ])?;
-                    Ok(())
+                    sync_batch::idmap_link(tx, &link)
                 });
                 let _ = reply.send(result);
             }
@@ -280,15 +241,15 @@ impl Writer {
             } => {
                 let now = unix_ms(SystemTime::now());
                 let result = self.logged("sync id-map", "closing a link", |tx| {
-                    let closed = tx
-                        .prepare_cached(
-                            "UPDATE idmap SET closed_at = ?4
-                             WHERE system = ?1 AND kind = ?2 AND local_id = ?3 AND closed_at IS NULL",
-                        )?
-                        .execute(params![system, kind, local_id, now])?;
-                    Ok(closed > 0)
+                    sync_batch::idmap_close(tx, &system, &kind, &local_id, now)
                 });
                 let _ = reply.send(result);
+            }
+            SyncWrite::Batch { batch, reply } => {
+                let _ = reply.send(self.sync_batch(&batch));
+            }
+            SyncWrite::RequisitesDelete { ids, reply } => {
+                let _ = reply.send(self.requisites_delete(&ids));
             }
         }
     }
