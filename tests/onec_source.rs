@@ -1598,6 +1598,22 @@ async fn the_director_addresses_and_bank_details_reach_the_sync_store() {
     gw.gateway().reload();
     let body = requisites_of(&gw, &guid(81), |b| b["director"] == "Петров Пётр Петрович").await;
     assert_eq!(body["bank"][0]["bik"], BIK, "{body}");
+    // Marked for deletion in 1C: it leaves the directory, and its
+    // requisites leave the sync store.
+    mock.mark_deleted(&guid(81));
+    gw.gateway().reload();
+    wait_for(
+        "the deleted record's requisites to go",
+        Duration::from_secs(10),
+        || async {
+            match store.requisites_get(&guid(81)).await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(gw.gateway().directory().lookup_id(&guid(81)).is_none());
 }
 
 #[tokio::test]

@@ -387,11 +387,25 @@ impl Reader {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let before = self.directory.snapshot();
         let built = build(&self.directory, catalog, contacts, &self.settings_tag, last);
         *self.last_built.lock().unwrap_or_else(|p| p.into_inner()) = Some(built.outcome.clone());
         // After the directory took the records.
         if let (Some(r), Some(pending)) = (&self.requisites, pending) {
             r.write(pending).await;
+        }
+        // Records 1C deleted (gone from the read, or marked for deletion)
+        // take their requisites with them.
+        if let (Some(r), Some(_)) = (&self.requisites, &built.report) {
+            let after = self.directory.snapshot();
+            let gone: Vec<String> = before
+                .source_records(SOURCE)
+                .iter()
+                .flat_map(|records| records.iter())
+                .filter(|e| after.source_entry(SOURCE, e.id()).is_none())
+                .map(|e| e.id().to_owned())
+                .collect();
+            r.remove(gone).await;
         }
         Ok(built)
     }
