@@ -4,7 +4,9 @@
 //! directory to each system's outbox in the sync store ([`feed`]), and how a
 //! system's record is matched with the directory's ([`identity`]), and the
 //! records only a CRM holds, a source named after it ([`crm_source`]), and
-//! what the core does with a record a system reports ([`inbound`]), and
+//! what the core does with a record a system reports ([`inbound`]), the
+//! CRM-only records another source's new record is the same client as
+//! ([`link`]), and
 //! what a system gives the sending runtime ([`system`]).
 //!
 //! The sync store (`<name>.sync.sqlite`) is opened only when a system is
@@ -16,6 +18,7 @@ pub mod feed;
 pub mod hash;
 pub mod identity;
 pub mod inbound;
+pub mod link;
 pub mod metrics;
 pub mod registry;
 pub mod system;
