@@ -387,6 +387,10 @@ impl Reader {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        if self.fields.manager_ref.is_some() {
+            self.directory
+                .note_unmapped_users(SOURCE, unmapped_users(&catalog, &self.fields.users));
+        }
         let before = self.directory.snapshot();
         let built = build(&self.directory, catalog, contacts, &self.settings_tag, last);
         *self.last_built.lock().unwrap_or_else(|p| p.into_inner()) = Some(built.outcome.clone());
@@ -560,6 +564,21 @@ fn build(
         report: Some(report),
         outcome,
     }
+}
+
+/// The responsible users (`onec.manager_ref_field`) of the read's records
+/// that no `[[manager]] onec_user` maps; an empty reference (1C's
+/// all-zero GUID) names nobody.
+fn unmapped_users(catalog: &[Vec<CatalogRow>], users: &OnecUsers) -> HashSet<Box<str>> {
+    catalog
+        .iter()
+        .flatten()
+        .filter(|r| !r.is_folder && !r.deletion_mark)
+        .map(|r| r.manager_ref.trim())
+        .filter(|user| !user.is_empty() && user.chars().any(|c| c != '0' && c != '-'))
+        .filter(|user| !users.contains_key(*user))
+        .map(Into::into)
+        .collect()
 }
 
 /// Keeps the first of the items with one key, in order, without copying keys.
