@@ -293,7 +293,13 @@ impl Applier {
     /// `entry` is not linked to another record of the system. Gives the
     /// CRM-only record's id when it was linked.
     pub async fn link_if_same_client(&self, entry: &Entry) -> Result<Option<String>, InboundError> {
-        if is_crm_only(entry) {
+        // Cheap checks first: a 1C read reports every id it rebuilt.
+        let holds_any = self
+            .directory
+            .snapshot()
+            .source(self.spec.name())
+            .is_some_and(|s| s.records > 0);
+        if !holds_any || is_crm_only(entry) {
             return Ok(None);
         }
         let Ok(record) = entry.counterparty() else {
