@@ -838,10 +838,11 @@ impl Applier {
         };
         // Nor is the record sent to that system again (the feed's next
         // change or reconcile would otherwise create it there anew, or
-        // send it a removal of what it deleted).
-        self.feed
-            .note_hashes(self.spec.name(), vec![(local_id.into(), hash::CLOSED)]);
+        // send it a removal of what it deleted): told before the
+        // directory's change, as the id-map's row is closed below.
+        let closed = vec![(Box::<str>::from(local_id), hash::CLOSED)];
         if crm_only {
+            self.feed.note_hashes(self.spec.name(), closed);
             self.crm.remove(vec![local_id.into()]).await?;
             let overlays = if self.overlay_of(local_id).await?.is_some() {
                 vec![(Box::<str>::from(local_id), None)]
@@ -897,7 +898,7 @@ impl Applier {
             overlays: overlays::encode(&overlays)?,
             ..SyncBatch::default()
         };
-        self.commit(batch, Vec::new()).await?;
+        self.commit(batch, closed).await?;
         if !overlays.is_empty() {
             self.directory.set_overlays(overlays)?;
         }
