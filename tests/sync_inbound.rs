@@ -93,6 +93,11 @@ impl Syncing {
 async fn start(dedupe_key: DedupeKey) -> Syncing {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("counterparties.jsonl"), FILE).expect("write directory");
+    start_in(dir, dedupe_key).await
+}
+
+/// A gateway over `dir` as it is (a restart over the same stores).
+async fn start_in(dir: tempfile::TempDir, dedupe_key: DedupeKey) -> Syncing {
     let path = dir.path().join("gateway.toml");
     let config = Config::parse(&config_text(dir.path(), MANAGERS), &path, &|_| None)
         .expect("test config is valid");
@@ -687,6 +692,15 @@ async fn a_crm_only_record_linked_to_a_new_1c_record_leaves_its_number_never_unk
         "{outcome:?}"
     );
     assert_eq!(say_name(s.gw.addr, "89125550402").await.0, "Гамма");
+    // After a restart: the same, from the sync store.
+    s.gw.stop().await;
+    let dir = std::mem::replace(&mut s.gw.dir, tempfile::tempdir().expect("temp dir"));
+    let mut s = start_in(dir, DedupeKey::InnKpp).await;
+    assert_eq!(
+        say_name(s.gw.addr, GAMMA_NUMBER).await,
+        ("Гамма".to_owned(), "301".to_owned())
+    );
+    assert!(s.gw.gateway().directory().lookup_id(crm_id).is_none());
     s.gw.stop().await;
 }
 
