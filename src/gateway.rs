@@ -30,6 +30,7 @@ use crate::sources::push::{self, PushSource};
 use crate::sources::{SnapshotSavers, SourceHealth};
 use crate::store::{DiskGate, OpenOptions, SourceSnapshot, Store, StoreError};
 use crate::sync::crm_source::CrmRecords;
+use crate::sync::inbound::Applier;
 use crate::sync::parts::SyncRuntimeParts;
 use crate::sync::system::System;
 use crate::sync::{self, Feed, FeedMetrics, FeedSettings, Registry, RegistryError, SystemSpec};
@@ -96,6 +97,16 @@ struct SyncParts {
     store: Store,
     feed: Option<Feed>,
     crm: Vec<Arc<CrmRecords>>,
+    /// Each system's inbound path (what the sync runtime hands a system's
+    /// records to; the linker's too).
+    inbound: Vec<Arc<Applier>>,
+}
+
+/// What the feed's and the linker's tasks take once the sources loaded.
+struct SyncInputs {
+    feed: sync::feed::FeedInput,
+    link_sink: sync::link::LinkSink,
+    link: sync::link::LinkInput,
 }
 
 impl Gateway {
@@ -178,13 +189,14 @@ impl Gateway {
             .counting_unmapped_managers(metrics.sync_unmapped_managers.clone());
         // The feed hears every change from the first source load on (the
         // snapshot's load is not a change; the start-up reconcile covers it).
+        // So does the linker of CRM-only records to the same clients.
         let directory = Arc::new(match &sync {
             Some((
                 SyncParts {
                     feed: Some(feed), ..
                 },
-                _,
-            )) => directory.reporting_changes(feed.sink()),
+                Some(inputs),
+            )) => directory.reporting_changes(inputs.link_sink.after(feed.sink())),
             _ => directory,
         });
         let health = Arc::new(SourceHealth::default());
@@ -269,7 +281,7 @@ impl Gateway {
         // After the sources' first loads: the feed's start-up reconcile
         // compares the directory as it stands with the id-maps.
         let sync = match sync {
-            Some((mut parts, Some(input))) => {
+            Some((mut parts, Some(inputs))) => {
                 for system in registry.systems() {
                     let records = Arc::new(CrmRecords::new(
                         system.name(),
@@ -279,10 +291,25 @@ impl Gateway {
                     sources.push(tokio::spawn(
                         Arc::clone(&records).run(stop_sources.subscribe()),
                     ));
+                    if let Some(feed) = &parts.feed {
+                        parts.inbound.push(Arc::new(Applier::new(
+                            system.clone(),
+                            Arc::clone(&directory),
+                            parts.store.clone(),
+                            feed.clone(),
+                            Arc::clone(&records),
+                        )));
+                    }
                     parts.crm.push(records);
                 }
+                sources.push(sync::link::spawn(
+                    inputs.link,
+                    Arc::clone(&directory),
+                    parts.inbound.clone(),
+                    stop_sources.subscribe(),
+                ));
                 let feed = sync::feed::spawn(
-                    input,
+                    inputs.feed,
                     Arc::clone(&directory),
                     registry,
                     parts.store.clone(),
@@ -355,6 +382,13 @@ impl Gateway {
     /// Each sending system's limiter and health, by name.
     pub fn sync_systems(&self) -> &Arc<SyncRuntimeParts> {
         &self.sync_systems
+    }
+
+    /// `system`'s inbound path (`sync::inbound`), when it is registered.
+    pub fn inbound(&self, system: &str) -> Option<&Arc<Applier>> {
+        self.sync
+            .as_ref()
+            .and_then(|s| s.inbound.iter().find(|a| a.system() == system))
     }
 
     /// The change feed, when a sync system is registered.
@@ -490,7 +524,7 @@ fn synced_systems(config: &Config, registry: &Registry) -> Vec<String> {
 }
 
 /// The sync parts, and the feed's input when a system is registered.
-type OpenedSync = (SyncParts, Option<sync::feed::FeedInput>);
+type OpenedSync = (SyncParts, Option<SyncInputs>);
 
 /// With a sync system registered or a `[sync.<system>]` configured: the
 /// sync store (its admin API, its overlays); with a system registered, also
@@ -525,18 +559,27 @@ fn open_sync(
             store,
             feed: None,
             crm: Vec::new(),
+            inbound: Vec::new(),
         };
         return Ok((Some((parts, None)), None));
     }
     let feed_metrics =
         FeedMetrics::new(metrics.registry(), registry).map_err(StartError::Metrics)?;
     let (feed, input) = sync::feed::channel(settings, feed_metrics);
+    let (link_sink, link) =
+        sync::link::channel(registry.systems().iter().map(|s| s.name().to_owned()));
     let parts = SyncParts {
         store,
         feed: Some(feed),
         crm: Vec::new(),
+        inbound: Vec::new(),
     };
-    Ok((Some((parts, Some(input))), None))
+    let inputs = SyncInputs {
+        feed: input,
+        link_sink,
+        link,
+    };
+    Ok((Some((parts, Some(inputs))), None))
 }
 
 /// The pop-up hub, with the configured operators' keys.

@@ -1598,6 +1598,22 @@ async fn the_director_addresses_and_bank_details_reach_the_sync_store() {
     gw.gateway().reload();
     let body = requisites_of(&gw, &guid(81), |b| b["director"] == "Петров Пётр Петрович").await;
     assert_eq!(body["bank"][0]["bik"], BIK, "{body}");
+    // Marked for deletion in 1C: it leaves the directory, and its
+    // requisites leave the sync store.
+    mock.mark_deleted(&guid(81));
+    gw.gateway().reload();
+    wait_for(
+        "the deleted record's requisites to go",
+        Duration::from_secs(10),
+        || async {
+            match store.requisites_get(&guid(81)).await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(gw.gateway().directory().lookup_id(&guid(81)).is_none());
 }
 
 #[tokio::test]
@@ -1688,4 +1704,55 @@ async fn without_a_sync_store_nothing_is_read_for_requisites() {
             assert_eq!(store.requisites_get(&guid(81)).await.expect("reads"), None);
         }
     }
+}
+
+// ---------------------------------------------------------------- responsible users
+
+/// A responsible user `[[manager]] onec_user` does not map is counted in
+/// `cti_sync_unmapped_managers{system="onec"}` (each user once, however
+/// many records name them; an empty reference is nobody), and a mapped one
+/// routes the record's calls.
+#[tokio::test]
+async fn unmapped_1c_users_are_counted_once_each() {
+    const FIELD: &str = "ОсновнойМенеджер_Key";
+    let mapped = guid(70);
+    let unmapped = guid(71);
+    let nobody = "00000000-0000-0000-0000-000000000000";
+    let mock = mock_with(vec![
+        alpha().extra(FIELD, mapped.as_str()),
+        beta().extra(FIELD, unmapped.as_str()),
+        delta().extra(FIELD, unmapped.as_str()),
+        gamma().extra(FIELD, nobody),
+    ])
+    .await;
+    let table = onec_table(&mock, PASSWORD)
+        + &format!(
+            "manager_ref_field = \"{FIELD}\"\n\n[[manager]]\nextension = \"333\"\nname = \"Смирнова\"\nonec_user = \"{mapped}\"\n"
+        );
+    let gw = start_with("", &table).await;
+    wait_warm(gw.addr).await;
+    let body = metrics(gw.addr).await;
+    assert_eq!(
+        metric(&body, "cti_sync_unmapped_managers", "system=\"onec\""),
+        Some(1.0),
+        "{body}"
+    );
+    let entry = entry_json(&gw, &guid(1));
+    assert_eq!(entry["manager_phone"], "333", "{entry}");
+    // The unmapped user's records go: the gauge follows the read.
+    mock.remove(&guid(2));
+    mock.remove(&guid(6));
+    gw.gateway().reload();
+    wait_for(
+        "the gauge to follow the read",
+        Duration::from_secs(10),
+        || async {
+            let body = metrics(gw.addr).await;
+            match metric(&body, "cti_sync_unmapped_managers", "system=\"onec\"") {
+                Some(0.0) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
 }

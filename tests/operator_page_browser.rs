@@ -1251,6 +1251,7 @@ async fn a_crms_manager_and_links_are_shown_and_a_link_opens_but_never_a_javascr
                     url: page.clone().into(),
                 }],
                 phones: vec![],
+                ..Default::default()
             }),
         )])
         .expect("a valid overlay");

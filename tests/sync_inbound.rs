@@ -7,9 +7,12 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cti_gateway::config::Config;
+use cti_gateway::phone::normalize;
 use cti_gateway::store::{Conflict, ConflictQuery, OutboxQuery, OutboxRow, Store};
 use cti_gateway::sync::inbound::{Applier, Change, Inbound, InboundError, Outcome, RemoteRecord};
 use cti_gateway::sync::{DedupeKey, SystemSpec};
@@ -90,6 +93,11 @@ impl Syncing {
 async fn start(dedupe_key: DedupeKey) -> Syncing {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("counterparties.jsonl"), FILE).expect("write directory");
+    start_in(dir, dedupe_key).await
+}
+
+/// A gateway over `dir` as it is (a restart over the same stores).
+async fn start_in(dir: tempfile::TempDir, dedupe_key: DedupeKey) -> Syncing {
     let path = dir.path().join("gateway.toml");
     let config = Config::parse(&config_text(dir.path(), MANAGERS), &path, &|_| None)
         .expect("test config is valid");
@@ -138,10 +146,10 @@ fn alpha(extra_phones: &[&str]) -> RemoteRecord {
     let mut phones = vec!["+7 (495) 111-00-01".to_owned()];
     phones.extend(extra_phones.iter().map(|p| (*p).to_owned()));
     RemoteRecord {
-        name: " Альфа ".into(),
+        name: Some(" Альфа ".into()),
         inn: Some("7707083893".into()),
         kpp: Some("773601001".into()),
-        phones,
+        phones: Some(phones),
         manager_user_id: Some("17".into()),
         ..RemoteRecord::default()
     }
@@ -155,8 +163,8 @@ fn upsert(record: RemoteRecord) -> Change {
 async fn a_new_remote_record_becomes_a_crm_only_record_answering_say_name() {
     let mut s = start(DedupeKey::InnKpp).await;
     let record = RemoteRecord {
-        name: "Новый клиент".into(),
-        phones: vec!["89125550101".into()],
+        name: Some("Новый клиент".into()),
+        phones: Some(vec!["89125550101".into()]),
         manager_user_id: Some("17".into()),
         ..RemoteRecord::default()
     };
@@ -194,7 +202,7 @@ async fn a_new_remote_record_becomes_a_crm_only_record_answering_say_name() {
     assert_eq!(s.apply("101", upsert(record.clone())).await, Outcome::Echo);
     // Renamed there: applied, it is its own source.
     let renamed = RemoteRecord {
-        name: "Новый клиент 2".into(),
+        name: Some("Новый клиент 2".into()),
         ..record
     };
     assert_eq!(
@@ -223,9 +231,9 @@ async fn a_new_remote_record_becomes_a_crm_only_record_answering_say_name() {
 async fn a_crm_only_record_with_a_failing_requisite_is_not_applied_and_recorded() {
     let mut s = start(DedupeKey::InnKpp).await;
     let record = RemoteRecord {
-        name: "Опечатка".into(),
+        name: Some("Опечатка".into()),
         inn: Some("7707083894".into()),
-        phones: vec!["89125550102".into()],
+        phones: Some(vec!["89125550102".into()]),
         ..RemoteRecord::default()
     };
     assert_eq!(
@@ -315,7 +323,7 @@ async fn an_echo_of_our_own_value_writes_nothing() {
     let overlay = s.store().overlay_get("k1").await.expect("overlay read");
     // What the gateway sent, written the CRM's way.
     let mut echo = alpha(&[]);
-    echo.phones = vec!["74951110001".into()];
+    echo.phones = Some(vec!["74951110001".into()]);
     echo.inn = Some("7707 083893".into());
     assert_eq!(s.apply("201", upsert(echo)).await, Outcome::Echo);
     s.settled().await;
@@ -449,9 +457,9 @@ async fn a_crm_deleting_a_linked_record_keeps_it_and_closes_the_link() {
 async fn a_record_matching_several_is_refused_counted_and_recorded() {
     let mut s = start(DedupeKey::Inn).await;
     let record = RemoteRecord {
-        name: "Альфа?".into(),
+        name: Some("Альфа?".into()),
         inn: Some("7707083893".into()),
-        phones: vec!["89125550301".into()],
+        phones: Some(vec!["89125550301".into()]),
         ..RemoteRecord::default()
     };
     assert_eq!(
@@ -489,8 +497,8 @@ async fn a_new_record_sharing_a_phone_with_a_known_one_is_kept_apart() {
     // k3's number, another client (no INN to match): a CRM-only record of
     // its own; the phone never merges the two.
     let record = RemoteRecord {
-        name: "Бухгалтерия на аутсорсе".into(),
-        phones: vec!["+7 495 111-00-03".into()],
+        name: Some("Бухгалтерия на аутсорсе".into()),
+        phones: Some(vec!["+7 495 111-00-03".into()]),
         ..RemoteRecord::default()
     };
     assert_eq!(
@@ -509,6 +517,287 @@ async fn a_new_record_sharing_a_phone_with_a_known_one_is_kept_apart() {
             .expect("id-map read")
             .is_none_or(|row| row.remote_id.is_none()),
         "k3 not linked"
+    );
+    s.gw.stop().await;
+}
+
+/// Writes `text` as the directory file and waits until `number` answers
+/// with `title` (the file's reload went through).
+async fn reload_file(s: &Syncing, text: &str, number: &str, title: &str) {
+    std::fs::write(s.gw.dir.path().join("counterparties.jsonl"), text).expect("write");
+    s.gw.gateway().reload();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while say_name(s.gw.addr, number).await.0 != title {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file was not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the CRM-only record `id` answers no more.
+async fn until_gone(s: &Syncing, id: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s.gw.gateway().directory().lookup_id(id).is_some() {
+        assert!(std::time::Instant::now() < deadline, "{id} was not linked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const GAMMA_NUMBER: &str = "89125550401";
+
+/// A CRM-only client: VTB's INN, its own number, an e-mail, user 17.
+fn gamma_crm() -> RemoteRecord {
+    RemoteRecord {
+        name: Some("Гамма (CRM)".into()),
+        inn: Some("7702070139".into()),
+        kpp: Some("770201001".into()),
+        phones: Some(vec![GAMMA_NUMBER.into()]),
+        emails: Some(vec!["Office@Gamma.ru".into()]),
+        manager_user_id: Some("17".into()),
+        ..RemoteRecord::default()
+    }
+}
+
+/// The file (1C's part) with the same client as `gamma_crm`, its own number only.
+fn file_with_gamma() -> String {
+    format!(
+        "{FILE}{}\n",
+        r#"{"id":"k9","name":"Гамма","inn":"7702070139","kpp":"770201001","phones":["84951110009"]}"#
+    )
+}
+
+#[tokio::test]
+async fn a_crm_only_record_linked_to_a_new_1c_record_leaves_its_number_never_unknown_or_twice() {
+    let mut s = start(DedupeKey::InnKpp).await;
+    let crm_id = "bitrix24:company:401";
+    assert_eq!(
+        s.apply("401", upsert(gamma_crm())).await,
+        Outcome::Created { id: crm_id.into() }
+    );
+    assert_eq!(
+        say_name(s.gw.addr, GAMMA_NUMBER).await,
+        ("Гамма (CRM)".to_owned(), "301".to_owned())
+    );
+    let directory = Arc::clone(s.gw.gateway().directory());
+    let number = normalize(GAMMA_NUMBER).expect("a number");
+    // Readers of whole indexes, and SayName over HTTP, all through the link.
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let directory = Arc::clone(&directory);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut seen = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let index = directory.snapshot();
+                    let entry = index.by_phone(number).expect("never unknown");
+                    assert!(
+                        entry.id() == "bitrix24:company:401" || entry.id() == "k9",
+                        "{}",
+                        entry.id()
+                    );
+                    assert_eq!(index.ambiguous_phones(), 0, "a number listed twice");
+                    seen += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    let addr = s.gw.addr;
+    let callers = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut calls = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (title, extension) = say_name(addr, GAMMA_NUMBER).await;
+                assert!(
+                    title == "Гамма (CRM)" || title == "Гамма",
+                    "SayName answered {title:?}"
+                );
+                assert_eq!(extension, "301", "{title}");
+                calls += 1;
+            }
+            calls
+        })
+    };
+    // 1C's read (the file here) brings the same client: linked, one swap.
+    reload_file(&s, &file_with_gamma(), "84951110009", "Гамма").await;
+    until_gone(&s, crm_id).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        assert!(reader.join().expect("a reader saw a bad index") > 0);
+    }
+    assert!(callers.await.expect("a caller saw a bad answer") > 0);
+    // The number, the manager and the e-mail are k9's overlay now.
+    assert_eq!(
+        say_name(s.gw.addr, GAMMA_NUMBER).await,
+        ("Гамма".to_owned(), "301".to_owned())
+    );
+    let card = directory.lookup_id("k9").expect("k9").card().expect("card");
+    assert!(
+        card.emails.iter().any(|e| &**e == "office@gamma.ru"),
+        "{:?}",
+        card.emails
+    );
+    assert!(
+        !directory
+            .lookup_id("k9")
+            .expect("k9")
+            .json()
+            .contains(GAMMA_NUMBER),
+        "the file's JSON keeps its own numbers"
+    );
+    // The id-map row moved; the CRM-only record left the sync store too.
+    let link = s
+        .store()
+        .idmap_by_remote(SYSTEM, "company", "401")
+        .await
+        .expect("id-map read")
+        .expect("linked");
+    assert_eq!(link.local_id, "k9");
+    assert!(s
+        .store()
+        .idmap_get(SYSTEM, "company", crm_id)
+        .await
+        .expect("id-map read")
+        .is_none());
+    assert!(s.store().overlay_get(crm_id).await.expect("read").is_none());
+    let stored = s.store().load_snapshot().await.expect("snapshot");
+    assert!(
+        stored
+            .iter()
+            .filter(|set| set.source == SYSTEM)
+            .all(|set| set.records.iter().all(|r| &*r.id != crm_id)),
+        "the CRM-only record left the sync store's set"
+    );
+    // Nothing asks the CRM to remove its own record.
+    s.settled().await;
+    let removes: Vec<OutboxRow> = s
+        .outbox()
+        .await
+        .into_iter()
+        .filter(|r| r.system == SYSTEM && r.record_key == crm_id)
+        .collect();
+    assert!(removes.is_empty(), "{removes:?}");
+    // The CRM's next change of its record merges into k9.
+    let mut next = gamma_crm();
+    next.name = None;
+    next.phones = Some(vec![GAMMA_NUMBER.into(), "89125550402".into()]);
+    let outcome = s.apply("401", upsert(next)).await;
+    assert!(
+        matches!(&outcome, Outcome::Merged { id, conflicts: 0, .. } if id == "k9"),
+        "{outcome:?}"
+    );
+    assert_eq!(say_name(s.gw.addr, "89125550402").await.0, "Гамма");
+    // After a restart: the same, from the sync store.
+    s.gw.stop().await;
+    let dir = std::mem::replace(&mut s.gw.dir, tempfile::tempdir().expect("temp dir"));
+    let mut s = start_in(dir, DedupeKey::InnKpp).await;
+    assert_eq!(
+        say_name(s.gw.addr, GAMMA_NUMBER).await,
+        ("Гамма".to_owned(), "301".to_owned())
+    );
+    assert!(s.gw.gateway().directory().lookup_id(crm_id).is_none());
+    s.gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_crm_only_record_whose_change_finds_a_1c_record_is_linked_on_the_inbound_path() {
+    let mut s = start(DedupeKey::InnKpp).await;
+    let mut record = gamma_crm();
+    record.inn = None;
+    record.kpp = None;
+    reload_file(&s, &file_with_gamma(), "84951110009", "Гамма").await;
+    assert!(matches!(
+        s.apply("402", upsert(record)).await,
+        Outcome::Created { .. }
+    ));
+    assert_eq!(say_name(s.gw.addr, GAMMA_NUMBER).await.0, "Гамма (CRM)");
+    // The CRM adds the INN and KPP: the same client as k9.
+    let found = RemoteRecord {
+        inn: Some("7702070139".into()),
+        kpp: Some("770201001".into()),
+        ..RemoteRecord::default()
+    };
+    let outcome = s.apply("402", upsert(found)).await;
+    assert!(
+        matches!(&outcome, Outcome::Merged { id, linked_now: true, conflicts: 0, .. } if id == "k9"),
+        "{outcome:?}"
+    );
+    assert!(s
+        .gw
+        .gateway()
+        .directory()
+        .lookup_id("bitrix24:company:402")
+        .is_none());
+    assert_eq!(
+        say_name(s.gw.addr, GAMMA_NUMBER).await,
+        ("Гамма".to_owned(), "301".to_owned())
+    );
+    s.gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_crms_numbers_are_its_current_set_and_a_field_it_did_not_tell_is_no_change() {
+    let mut s = start(DedupeKey::InnKpp).await;
+    s.apply("201", upsert(alpha(&["89125550201", "89125550202"])))
+        .await;
+    assert_eq!(say_name(s.gw.addr, "89125550201").await.0, "Альфа");
+    // The CRM removed 0201; its webhook tells the numbers only.
+    let numbers_only = RemoteRecord {
+        phones: Some(vec!["+7 (495) 111-00-01".into(), "89125550202".into()]),
+        ..RemoteRecord::default()
+    };
+    assert_eq!(
+        s.apply("201", upsert(numbers_only)).await,
+        Outcome::Merged {
+            id: "k1".into(),
+            linked_now: false,
+            conflicts: 0,
+            sent_back: false,
+            overlay_changed: true,
+        }
+    );
+    assert_eq!(say_name(s.gw.addr, "89125550201").await.0, "", "gone");
+    assert_eq!(
+        say_name(s.gw.addr, "89125550202").await,
+        ("Альфа".to_owned(), "301".to_owned()),
+        "the manager not told: kept"
+    );
+    // E-mails it adds are kept, lowercased, shown on the card.
+    let emails_only = RemoteRecord {
+        emails: Some(vec!["Sales@Alpha.RU".into()]),
+        ..RemoteRecord::default()
+    };
+    s.apply("201", upsert(emails_only)).await;
+    let card =
+        s.gw.gateway()
+            .directory()
+            .lookup_id("k1")
+            .expect("k1")
+            .card()
+            .expect("card");
+    assert_eq!(card.emails, vec![Box::<str>::from("sales@alpha.ru")]);
+    assert!(s.conflicts().await.is_empty(), "nothing 1C owns was told");
+    // Told as cleared, the INN is a change 1C refuses.
+    let cleared = RemoteRecord {
+        inn: Some(String::new()),
+        ..RemoteRecord::default()
+    };
+    let outcome = s.apply("201", upsert(cleared)).await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Merged {
+                conflicts: 1,
+                sent_back: true,
+                ..
+            }
+        ),
+        "{outcome:?}"
     );
     s.gw.stop().await;
 }

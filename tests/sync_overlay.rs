@@ -96,6 +96,7 @@ fn bitrix24(user: &str, company: &str, phones: &[&str]) -> Overlay {
             url: templates.link("company", company).expect("template").into(),
         }],
         phones: phones.iter().map(|p| (*p).into()).collect(),
+        ..Default::default()
     }
 }
 

@@ -124,6 +124,11 @@ impl Index {
         overlay_of(&self.overlays.map, id)
     }
 
+    /// Every overlay set (O(overlays)).
+    pub(super) fn overlays(&self) -> impl Iterator<Item = &Arc<Applied>> {
+        self.overlays.map.iter().map(|o| &o.0)
+    }
+
     /// Ids with an overlay.
     pub fn overlay_count(&self) -> usize {
         self.overlays.map.len()

@@ -39,7 +39,7 @@ use arc_swap::ArcSwap;
 pub use entry::Entry;
 pub use index::{Index, SourceInfo};
 pub use model::Counterparty;
-pub use overlay::{EffectiveManager, Manager, Managers, Overlay, OverlayManager};
+pub use overlay::{EffectiveManager, Manager, Managers, Overlay, OverlayManager, Told};
 
 pub use tombstone::Tombstone;
 
@@ -107,6 +107,9 @@ impl Changes {
 /// hands the report to a bounded channel and never waits).
 pub type ChangeSink = Arc<dyn Fn(&ReplaceReport) + Send + Sync>;
 
+/// An id's overlay as the index takes it (`None`: taken away).
+type AppliedOverlay = (Box<str>, Option<Arc<overlay::Applied>>);
+
 /// Tries a whole-set replacement makes without the writer lock.
 const OPTIMISTIC_TRIES: usize = 3;
 
@@ -128,8 +131,9 @@ pub struct Directory {
     invalid_requisites: Option<prometheus::IntCounterVec>,
     /// Who hears of the changes (the change feed), when someone does.
     changes: Option<ChangeSink>,
-    /// `[[manager]]` and `manager_precedence`, applied to overlays when set.
-    managers: Arc<Managers>,
+    /// `[[manager]]` and `manager_precedence`, applied to overlays when
+    /// set, and the mappings modules learned (see [`Directory::learn_managers`]).
+    managers: ArcSwap<Managers>,
     /// CRM users that overlays name and no `[[manager]]` maps.
     unmapped: Mutex<UnmappedUsers>,
     /// `cti_sync_unmapped_managers{system}`, when one is handed over.
@@ -137,11 +141,13 @@ pub struct Directory {
 }
 
 /// The CRM users overlays name that no `[[manager]]` maps: how many
-/// overlays name each, and which were logged (once each).
+/// overlays name each, and which were logged (once each); and the users a
+/// source's own records name unmapped, by system (1C's).
 #[derive(Default)]
 struct UnmappedUsers {
     overlays: HashMap<(Box<str>, Box<str>), usize>,
     logged: HashSet<(Box<str>, Box<str>)>,
+    by_source: HashMap<Box<str>, HashSet<Box<str>>>,
 }
 
 /// An overlay the directory refused: whose, which field, why.
@@ -211,7 +217,7 @@ impl Directory {
             unusable_phones: None,
             invalid_requisites: None,
             changes: None,
-            managers: Arc::new(Managers::default()),
+            managers: ArcSwap::from_pointee(Managers::default()),
             unmapped: Mutex::new(UnmappedUsers::default()),
             unmapped_gauge: None,
         }
@@ -219,9 +225,71 @@ impl Directory {
 
     /// Maps CRM users to extensions and ranks managers by this (see
     /// [`overlay`]); for overlays set from now on.
-    pub fn with_managers(mut self, managers: Managers) -> Directory {
-        self.managers = Arc::new(managers);
+    pub fn with_managers(self, managers: Managers) -> Directory {
+        self.managers.store(Arc::new(managers));
         self
+    }
+
+    /// Mappings a module learned of `system`'s users (a CRM's user list):
+    /// (user id, manager). A user `[[manager]]` maps keeps that mapping
+    /// (config wins); one learned before is replaced. The overlays naming
+    /// a user whose mapping changed are mapped again (one swap; a pass over
+    /// the overlays, not the records). In memory: a module learns its
+    /// users again at each start. Gives the number of overlays changed.
+    pub fn learn_managers(&self, system: &str, learned: Vec<(String, Manager)>) -> usize {
+        let mut users: HashSet<Box<str>> = HashSet::new();
+        let managers = {
+            // Learners one at a time: each starts from the last one's map.
+            let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let mut managers = Managers::clone(&self.managers.load());
+            for (user, manager) in learned {
+                if managers.learn(system, &user, manager) {
+                    users.insert(user.trim().into());
+                }
+            }
+            let managers = Arc::new(managers);
+            self.managers.store(Arc::clone(&managers));
+            managers
+        };
+        if users.is_empty() {
+            return 0;
+        }
+        let (replaced, changes) = self.write(|base| {
+            let changes: Vec<AppliedOverlay> = base
+                .overlays()
+                .filter(|o| o.names_user_of(system, &users))
+                .filter_map(|o| {
+                    managers
+                        .reapply(o)
+                        .map(|again| (o.id.clone(), Some(Arc::new(again))))
+                })
+                .collect();
+            let (index, replaced) = base.with_overlays(&changes, self.render);
+            (index, (replaced, changes))
+        });
+        self.count_unmapped(&replaced, &changes);
+        changes.len()
+    }
+
+    /// The users a source's own records name that no `[[manager]]` maps
+    /// (1C's responsible users, `onec.manager_ref_field`): they replace
+    /// what `system` reported before, count in
+    /// `cti_sync_unmapped_managers{system}` and are logged once each, like
+    /// the CRMs' users overlays name.
+    pub fn note_unmapped_users(&self, system: &str, users: HashSet<Box<str>>) {
+        let mut unmapped = self.unmapped.lock().unwrap_or_else(|p| p.into_inner());
+        for user in &users {
+            let key: (Box<str>, Box<str>) = (system.into(), user.clone());
+            if unmapped.logged.insert(key) {
+                tracing::warn!(
+                    system = %logging::Escaped(system),
+                    user_id = %logging::Escaped(user),
+                    "a responsible user no [[manager]] maps (add a [[manager]] with this user's key as onec_user): their clients' calls go without an extension; logged once per user, counted in cti_sync_unmapped_managers"
+                );
+            }
+        }
+        unmapped.by_source.insert(system.into(), users);
+        self.set_unmapped_gauge(&unmapped, std::iter::once(Box::<str>::from(system)));
     }
 
     /// Sets `cti_sync_unmapped_managers{system}`: how many CRM users that
@@ -242,6 +310,44 @@ impl Directory {
         &self,
         changes: Vec<(Box<str>, Option<Overlay>)>,
     ) -> Result<usize, OverlayError> {
+        let applied = self.prepare_overlays(changes)?;
+        let replaced = self.write(|base| base.with_overlays(&applied, self.render));
+        self.count_unmapped(&replaced, &applied);
+        Ok(applied.len())
+    }
+
+    /// Takes the records of `removals` out of `source`'s set and sets the
+    /// `overlays`, in ONE swap: what a CRM-only record becomes when it is
+    /// linked to another source's record (its numbers, manager and page
+    /// move to that record's overlay), so no reader sees a number unknown
+    /// (gone from the one, not yet on the other) or twice. Refuses the
+    /// whole change, changing nothing, if an overlay breaks the model's
+    /// bounds.
+    pub fn move_to_overlays(
+        &self,
+        source: &str,
+        removals: &[Box<str>],
+        overlays: Vec<(Box<str>, Option<Overlay>)>,
+        at: SystemTime,
+    ) -> Result<ReplaceReport, OverlayError> {
+        let applied = self.prepare_overlays(overlays)?;
+        let (report, replaced) = self.write(|base| {
+            let (removed, report) =
+                base.with_changes(source, Vec::new(), removals, &[], at, self.render);
+            let (index, replaced) = removed.with_overlays(&applied, self.render);
+            (index, (report, replaced))
+        });
+        self.count_unmapped(&replaced, &applied);
+        Ok(self.replaced(report))
+    }
+
+    /// Overlays checked, cleaned and mapped (users to extensions) for the
+    /// index; refused whole if one breaks the model's bounds.
+    fn prepare_overlays(
+        &self,
+        changes: Vec<(Box<str>, Option<Overlay>)>,
+    ) -> Result<Vec<AppliedOverlay>, OverlayError> {
+        let managers = self.managers.load();
         let mut applied = Vec::with_capacity(changes.len());
         for (id, overlay) in changes {
             let overlay = match overlay {
@@ -256,15 +362,16 @@ impl Directory {
                     for p in &mut overlay.phones {
                         *p = model::clean_text(p).trim().into();
                     }
-                    Some(Arc::new(self.managers.apply(&id, overlay)))
+                    for e in &mut overlay.emails {
+                        *e = model::clean_text(e).trim().into();
+                    }
+                    Some(Arc::new(managers.apply(&id, overlay)))
                 }
                 None => None,
             };
             applied.push((id, overlay));
         }
-        let replaced = self.write(|base| base.with_overlays(&applied, self.render));
-        self.count_unmapped(&replaced, &applied);
-        Ok(applied.len())
+        Ok(applied)
     }
 
     /// Updates `cti_sync_unmapped_managers`: the `replaced` overlays' users
@@ -299,13 +406,32 @@ impl Directory {
                 }
             }
         }
-        if let Some(gauge) = &self.unmapped_gauge {
-            for system in systems {
-                let users = unmapped.overlays.keys().filter(|k| k.0 == system).count();
-                gauge
-                    .with_label_values(&[&*system])
-                    .set(i64::try_from(users).unwrap_or(i64::MAX));
+        self.set_unmapped_gauge(&unmapped, systems.into_iter());
+    }
+
+    /// Sets `cti_sync_unmapped_managers` of `systems`: the distinct users
+    /// overlays name or a source reported, unmapped.
+    fn set_unmapped_gauge(
+        &self,
+        unmapped: &UnmappedUsers,
+        systems: impl Iterator<Item = Box<str>>,
+    ) {
+        let Some(gauge) = &self.unmapped_gauge else {
+            return;
+        };
+        for system in systems {
+            let mut users: HashSet<&str> = unmapped
+                .overlays
+                .keys()
+                .filter(|k| k.0 == system)
+                .map(|k| &*k.1)
+                .collect();
+            if let Some(reported) = unmapped.by_source.get(&system) {
+                users.extend(reported.iter().map(|u| &**u));
             }
+            gauge
+                .with_label_values(&[&*system])
+                .set(i64::try_from(users.len()).unwrap_or(i64::MAX));
         }
     }
 
@@ -1042,6 +1168,7 @@ mod tests {
             }],
             links: vec![],
             phones: phones.iter().map(|p| (*p).into()).collect(),
+            ..Default::default()
         }
     }
 
@@ -1159,6 +1286,54 @@ mod tests {
             .expect("valid overlay");
         assert_eq!(gauge.with_label_values(&["bitrix24"]).get(), 0);
         assert_eq!(answer(&dir, "89160000001").as_deref(), Some("A/301"));
+    }
+
+    #[test]
+    fn a_learned_mapping_routes_the_overlays_naming_its_user_and_config_wins() {
+        let gauge =
+            prometheus::IntGaugeVec::new(prometheus::Opts::new("g", "g"), &["system"]).expect("g");
+        let dir = crm_directory(&["bitrix24", "onec"]).counting_unmapped_managers(gauge.clone());
+        dir.replace_source(
+            "onec",
+            vec![
+                cp("1", "A", &["89160000001"], Some("244")),
+                cp("2", "B", &["89160000002"], Some("245")),
+            ],
+            None,
+            SystemTime::now(),
+        );
+        dir.set_overlays(vec![
+            ("1".into(), Some(crm_overlay("40", &[]))),
+            ("2".into(), Some(crm_overlay("17", &[]))),
+        ])
+        .expect("valid overlays");
+        assert_eq!(answer(&dir, "89160000001").as_deref(), Some("A/244"));
+        assert_eq!(gauge.with_label_values(&["bitrix24"]).get(), 1);
+        let learned = |ext: &str| Manager {
+            extension: ext.into(),
+            name: "learned".into(),
+        };
+        // The CRM's user list names 40 (new) and 17 (configured: 301 stays).
+        let changed = dir.learn_managers(
+            "bitrix24",
+            vec![("40".into(), learned("401")), ("17".into(), learned("417"))],
+        );
+        assert_eq!(changed, 1);
+        assert_eq!(answer(&dir, "89160000001").as_deref(), Some("A/401"));
+        assert_eq!(answer(&dir, "89160000002").as_deref(), Some("B/301"));
+        assert_eq!(gauge.with_label_values(&["bitrix24"]).get(), 0);
+        // Learned again otherwise: the later one.
+        dir.learn_managers("bitrix24", vec![("40".into(), learned("402"))]);
+        assert_eq!(answer(&dir, "89160000001").as_deref(), Some("A/402"));
+        // An overlay set later maps with what was learned.
+        dir.set_overlays(vec![("2".into(), Some(crm_overlay("40", &[])))])
+            .expect("valid overlay");
+        assert_eq!(answer(&dir, "89160000002").as_deref(), Some("B/402"));
+        // 1C's own unmapped users count under its name.
+        dir.note_unmapped_users("onec", ["u1".into(), "u2".into()].into());
+        assert_eq!(gauge.with_label_values(&["onec"]).get(), 2);
+        dir.note_unmapped_users("onec", HashSet::new());
+        assert_eq!(gauge.with_label_values(&["onec"]).get(), 0);
     }
 
     #[test]

@@ -17,12 +17,14 @@
 //! start, when the overlays are loaded and set again, so a changed mapping
 //! takes effect with the restart that reads it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{is_manager_phone, is_system_name, FieldError, Link, MAX_LINKS, MAX_PHONES};
+use super::model::{
+    is_manager_phone, is_system_name, FieldError, Link, MAX_EMAILS, MAX_LINKS, MAX_PHONES,
+};
 use super::Counterparty;
 
 /// What a CRM adds to one record. Stored as JSON in the sync store
@@ -40,6 +42,27 @@ pub struct Overlay {
     /// Numbers the CRMs know that the record lacks: indexed after its own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub phones: Vec<Box<str>>,
+    /// E-mails the CRMs know that the record lacks (lowercased): shown on
+    /// the card after its own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub emails: Vec<Box<str>>,
+    /// Which system told which of `phones` and `emails`: the inbound path
+    /// (`sync::inbound`) keeps each system's current set here, so a number
+    /// a CRM removed leaves while another CRM's stays; `phones` and
+    /// `emails` are their union. The directory applies only the union.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub told: Vec<Told>,
+}
+
+/// The numbers and e-mails one system told of a record (beyond its own).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Told {
+    pub system: Box<str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phones: Vec<Box<str>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub emails: Vec<Box<str>>,
 }
 
 /// A record's manager as a CRM names it: by extension, or by the CRM's user
@@ -77,6 +100,23 @@ impl Overlay {
         if self.phones.len() > MAX_PHONES {
             return bad("phones", format!("more than {MAX_PHONES} numbers"));
         }
+        if self.emails.len() > MAX_EMAILS {
+            return bad("emails", format!("more than {MAX_EMAILS} addresses"));
+        }
+        if self.told.len() > MAX_LINKS {
+            return bad("told", format!("more than {MAX_LINKS} systems"));
+        }
+        for told in &self.told {
+            if !is_system_name(&told.system) {
+                return bad("told", format!("{:?} is not a system name", told.system));
+            }
+            if told.phones.len() > MAX_PHONES || told.emails.len() > MAX_EMAILS {
+                return bad(
+                    "told",
+                    format!("{}: too many numbers or e-mails", told.system),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -89,11 +129,14 @@ pub struct Manager {
 }
 
 /// `[sync] manager_precedence` and `[[manager]]`'s user ids, as the
-/// directory uses them.
+/// directory uses them, and the mappings modules learned (a CRM's user
+/// list): a configured mapping always wins over a learned one; a learned
+/// one is replaced by a later learned one.
 #[derive(Debug, Clone)]
 pub struct Managers {
     precedence: Arc<[Box<str>]>,
     by_user: HashMap<(Box<str>, Box<str>), Manager>,
+    learned: HashMap<(Box<str>, Box<str>), Manager>,
 }
 
 /// `manager_precedence`'s default: a manager 1C pushed ranks with 1C's.
@@ -110,20 +153,35 @@ impl Managers {
         Managers {
             precedence: precedence.into_iter().map(|s| s.as_ref().into()).collect(),
             by_user: HashMap::new(),
+            learned: HashMap::new(),
         }
     }
 
-    /// `user_id` of `system` stands for `manager`.
+    /// `user_id` of `system` stands for `manager` (a `[[manager]]` block).
     pub fn map(&mut self, system: &str, user_id: &str, manager: Manager) {
         self.by_user
             .insert((system.into(), user_id.trim().into()), manager);
     }
 
-    /// The manager `user_id` of `system` stands for, if mapped.
+    /// A mapping a module learned: `user_id` of `system` stands for
+    /// `manager`, unless `[[manager]]` maps that user (config wins); it
+    /// replaces what was learned of the user before. Gives whether the
+    /// mapping in force changed.
+    pub fn learn(&mut self, system: &str, user_id: &str, manager: Manager) -> bool {
+        let key: (Box<str>, Box<str>) = (system.into(), user_id.trim().into());
+        if key.1.is_empty() || self.by_user.contains_key(&key) {
+            return false;
+        }
+        self.learned.insert(key, manager.clone()) != Some(manager)
+    }
+
+    /// The manager `user_id` of `system` stands for, if mapped: by
+    /// `[[manager]]`, else as learned.
     pub fn lookup(&self, system: &str, user_id: &str) -> Option<&Manager> {
         // A borrowed tuple key needs owned parts: the maps are small and
         // this runs when an overlay is set, never on the ring path.
-        self.by_user.get(&(system.into(), user_id.trim().into()))
+        let key = (system.into(), user_id.trim().into());
+        self.by_user.get(&key).or_else(|| self.learned.get(&key))
     }
 
     /// The overlay made ready for entries: users mapped to extensions.
@@ -133,6 +191,8 @@ impl Managers {
             .managers
             .into_iter()
             .map(|m| {
+                let named = m.name.is_some();
+                let by_user = m.extension.is_none();
                 let mapped = m
                     .user_id
                     .as_deref()
@@ -150,9 +210,11 @@ impl Managers {
                     None => (m.extension, m.name),
                 };
                 Candidate {
+                    user_id: m.user_id.filter(|_| by_user),
                     system: m.system,
                     extension: extension.filter(|e| is_manager_phone(e)),
                     name,
+                    named,
                 }
             })
             .collect();
@@ -161,9 +223,55 @@ impl Managers {
             managers,
             links: overlay.links.into(),
             phones: overlay.phones.into(),
+            emails: overlay.emails.into(),
             precedence: Arc::clone(&self.precedence),
             unmapped: unmapped.into(),
         }
+    }
+
+    /// `applied` with its CRM users mapped again by these mappings (after
+    /// a module learned some); `None` when nothing of it changes.
+    pub(super) fn reapply(&self, applied: &Applied) -> Option<Applied> {
+        let mut unmapped = Vec::new();
+        let mut changed = false;
+        let managers = applied
+            .managers
+            .iter()
+            .map(|c| {
+                let Some(user) = c.user_id.as_deref() else {
+                    return c.clone();
+                };
+                let (extension, name) = match self.lookup(&c.system, user) {
+                    Some(found) => (
+                        Some(found.extension.clone()).filter(|e| is_manager_phone(e)),
+                        if c.named {
+                            c.name.clone()
+                        } else {
+                            Some(found.name.clone())
+                        },
+                    ),
+                    None => {
+                        unmapped.push((c.system.clone(), user.into()));
+                        (None, c.name.clone().filter(|_| c.named))
+                    }
+                };
+                changed |= extension != c.extension || name != c.name;
+                Candidate {
+                    extension,
+                    name,
+                    ..c.clone()
+                }
+            })
+            .collect();
+        changed.then(|| Applied {
+            id: applied.id.clone(),
+            managers,
+            links: applied.links.clone(),
+            phones: applied.phones.clone(),
+            emails: applied.emails.clone(),
+            precedence: Arc::clone(&applied.precedence),
+            unmapped: unmapped.into(),
+        })
     }
 }
 
@@ -171,8 +279,13 @@ impl Managers {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Candidate {
     system: Box<str>,
+    /// The CRM's user, when the extension is looked up by it.
+    user_id: Option<Box<str>>,
     extension: Option<Box<str>>,
     name: Option<Box<str>>,
+    /// Whether the CRM gave the name itself (a mapping's name does not
+    /// override it).
+    named: bool,
 }
 
 /// An overlay as entries hold it (one `Arc` shared by the copies of its
@@ -183,12 +296,20 @@ pub(super) struct Applied {
     managers: Box<[Candidate]>,
     links: Box<[Link]>,
     pub(super) phones: Box<[Box<str>]>,
+    emails: Box<[Box<str>]>,
     precedence: Arc<[Box<str>]>,
     /// (system, user id) of the managers no `[[manager]]` maps.
     pub(super) unmapped: Box<[(Box<str>, Box<str>)]>,
 }
 
 impl Applied {
+    /// Whether a manager of `system` is one of `users` by user id.
+    pub(super) fn names_user_of(&self, system: &str, users: &HashSet<Box<str>>) -> bool {
+        self.managers
+            .iter()
+            .any(|c| *c.system == *system && c.user_id.as_ref().is_some_and(|u| users.contains(u)))
+    }
+
     fn rank(&self, system: &str) -> usize {
         self.precedence
             .iter()
@@ -271,6 +392,16 @@ pub(super) fn apply(record: &mut Counterparty, source: &str, overlay: Option<&Ap
             record.links = links.into();
         }
         record.phones.extend(overlay.phones.iter().cloned());
+        // The CRMs' e-mails after the record's own, none twice.
+        for email in overlay.emails.iter() {
+            let known = record
+                .emails
+                .iter()
+                .any(|own| own.trim().eq_ignore_ascii_case(email.trim()));
+            if !known {
+                record.emails.push(email.clone());
+            }
+        }
     }
 }
 
@@ -408,6 +539,41 @@ mod tests {
     }
 
     #[test]
+    fn config_wins_over_a_learned_mapping_and_a_later_learned_one_replaces_it() {
+        let mut m = managers(DEFAULT_PRECEDENCE);
+        let learned = |ext: &str| Manager {
+            extension: ext.into(),
+            name: format!("learned {ext}").into(),
+        };
+        // User 17 is configured (301): learning it changes nothing.
+        assert!(!m.learn("bitrix24", "17", learned("401")));
+        assert_eq!(&*m.lookup("bitrix24", "17").expect("17").extension, "301");
+        // A new user is learned, then learned again otherwise.
+        let applied = m.apply(
+            "1",
+            Overlay {
+                managers: vec![crm("bitrix24", "40")],
+                ..Default::default()
+            },
+        );
+        assert_eq!(applied.unmapped.len(), 1);
+        assert!(m.reapply(&applied).is_none(), "nothing learned yet");
+        assert!(m.learn("bitrix24", "40", learned("402")));
+        assert!(!m.learn("bitrix24", "40", learned("402")), "the same again");
+        let again = m.reapply(&applied).expect("mapped now");
+        assert!(again.unmapped.is_empty());
+        let found = effective_manager(&record(None), "onec", Some(&again)).expect("one");
+        assert_eq!(found.extension.as_deref(), Some("402"));
+        assert!(m.learn("bitrix24", "40", learned("403")));
+        let later = m.reapply(&again).expect("changed");
+        let found = effective_manager(&record(None), "onec", Some(&later)).expect("one");
+        assert_eq!(
+            (found.extension.as_deref(), found.name.as_deref()),
+            (Some("403"), Some("learned 403"))
+        );
+    }
+
+    #[test]
     fn apply_puts_the_overlay_after_the_records_own_links_and_numbers() {
         let mut r = record(None);
         r.phones = vec!["+7 916 000-00-01".into()];
@@ -421,9 +587,17 @@ mod tests {
                     url: "https://portal.example/crm/company/details/1/".into(),
                 }],
                 phones: vec!["+7 916 000-00-02".into()],
+                emails: vec!["sales@romashka.ru".into(), "info@romashka.ru".into()],
+                told: Vec::new(),
             },
         );
+        r.emails = vec!["Info@Romashka.ru".into()];
         apply(&mut r, "onec", Some(&applied));
+        assert_eq!(
+            r.emails,
+            vec!["Info@Romashka.ru".into(), "sales@romashka.ru".into()],
+            "the CRM's e-mails after the record's own, none twice"
+        );
         assert_eq!(r.manager_phone.as_deref(), Some("301"));
         assert_eq!(r.manager_name.as_deref(), Some("Смирнова"));
         assert_eq!(r.manager_source.as_deref(), Some("bitrix24"));

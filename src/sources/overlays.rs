@@ -30,8 +30,19 @@ pub async fn set(
     directory: &Directory,
     changes: Vec<(Box<str>, Option<Overlay>)>,
 ) -> Result<usize, OverlayWriteError> {
+    let rows = encode(&changes)?;
+    sync_store.overlay_put(rows).await?;
+    Ok(directory.set_overlays(changes)?)
+}
+
+/// The bodies `changes` are stored as (`None` deletes an id's), for
+/// [`Store::overlay_put`] or a `SyncBatch`: refused whole if an overlay
+/// breaks the model's bounds.
+pub fn encode(
+    changes: &[(Box<str>, Option<Overlay>)],
+) -> Result<Vec<(String, Option<String>)>, OverlayError> {
     let mut rows = Vec::with_capacity(changes.len());
-    for (id, overlay) in &changes {
+    for (id, overlay) in changes {
         let body = match overlay {
             Some(overlay) => {
                 overlay.validate().map_err(|problem| OverlayError {
@@ -45,8 +56,7 @@ pub async fn set(
         };
         rows.push((id.to_string(), body));
     }
-    sync_store.overlay_put(rows).await?;
-    Ok(directory.set_overlays(changes)?)
+    Ok(rows)
 }
 
 /// Sets every overlay `sync_store` holds in `directory` (at start, after

@@ -78,6 +78,14 @@ pub struct CrmRecords {
     /// Changes in `queue`.
     queued: std::sync::atomic::AtomicUsize,
     wake: Notify,
+    /// One inbound change of the system at a time (`inbound::Applier`,
+    /// whoever holds one for the system): an overlay is read, changed and
+    /// written back.
+    inbound: tokio::sync::Mutex<()>,
+    /// Held while a change of the source is committed and applied, so a
+    /// record linked to another source's (`Applier::link_crm_only`)
+    /// leaves the source between two applies, never inside one.
+    applying: tokio::sync::Mutex<()>,
 }
 
 impl CrmRecords {
@@ -92,7 +100,27 @@ impl CrmRecords {
             queue: Mutex::new(Vec::new()),
             queued: Default::default(),
             wake: Notify::new(),
+            inbound: tokio::sync::Mutex::new(()),
+            applying: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Waits for the system's turn to apply an inbound change.
+    pub(super) async fn inbound_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inbound.lock().await
+    }
+
+    /// Waits until no change of the source is being committed or applied.
+    pub(super) async fn applying_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.applying.lock().await
+    }
+
+    /// The source's own record of `id`, if it holds one.
+    pub fn record(&self, id: &str) -> Option<Counterparty> {
+        self.directory
+            .snapshot()
+            .source_entry(&self.system, id)
+            .and_then(|e| e.counterparty().ok())
     }
 
     /// The directory source (and snapshot set) these records form.
@@ -213,6 +241,7 @@ impl CrmRecords {
     /// Commits `batch` in one transaction and applies it in one change;
     /// of several changes of one id, the last counts.
     async fn apply(&self, batch: Vec<Waiting>) {
+        let _turn = self.applying.lock().await;
         let mut last_of: HashMap<Box<str>, Change> = HashMap::new();
         let mut replies = Vec::with_capacity(batch.len());
         let mut order: Vec<Box<str>> = Vec::new();

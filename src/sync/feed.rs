@@ -37,14 +37,14 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::directory::{requisites, ChangeSink, Directory, Entry, ReplaceReport};
+use crate::directory::{requisites, ChangeSink, Counterparty, Directory, Entry, ReplaceReport};
 use crate::logging::Escaped;
 use crate::sources::LowPriority;
 use crate::store::{NewOutboxRow, OutboxOp, Store};
 
 use super::hash::{self, CLOSED, REMOVED};
 use super::metrics::FeedMetrics;
-use super::registry::{Registry, SystemSpec};
+use super::registry::{Field, Registry, SystemSpec};
 
 /// Rows per enqueue: one store transaction each.
 const ENQUEUE_CHUNK: usize = 1_000;
@@ -323,6 +323,47 @@ struct Context<O> {
     registry: Registry,
     outbox: O,
     metrics: FeedMetrics,
+    /// The records held back for a failing requisite, by a hash of
+    /// (system, id), with a hash of the content that was counted: a record
+    /// is counted once per content, not at every change report or
+    /// reconcile that looks at it again. Only failing records are kept.
+    held_back: std::sync::Mutex<HashMap<u64, u64>>,
+}
+
+impl<O> Context<O> {
+    /// Notes whether `system`'s record `id` is held back for a failing
+    /// requisite (`failing`: the record) and counts it in
+    /// `cti_sync_feed_invalid_requisites_total` when its content is one not
+    /// counted yet; a record that passes is forgotten (broken again, it
+    /// counts again).
+    fn held_back(&self, system: &str, id: &str, failing: Option<&Counterparty>) {
+        let key = system_key_hash(system, id);
+        let mut held = self.held_back.lock().unwrap_or_else(|p| p.into_inner());
+        match failing {
+            None => {
+                if !held.is_empty() {
+                    held.remove(&key);
+                }
+            }
+            Some(record) => {
+                let content = hash::hash(record, Field::ALL);
+                if held.insert(key, content) != Some(content) {
+                    self.metrics.held_back(system);
+                }
+            }
+        }
+    }
+}
+
+/// FNV-1a of a system's name and a record key, a zero byte between.
+fn system_key_hash(system: &str, key: &str) -> u64 {
+    system
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(key.bytes())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 /// Per system: the last hash queued or confirmed of each record key.
@@ -388,6 +429,7 @@ async fn run<O: Outbox>(
         registry,
         outbox,
         metrics: inlet.metrics.clone(),
+        held_back: std::sync::Mutex::new(HashMap::new()),
     });
     loop {
         if *stop.borrow() {
@@ -650,9 +692,10 @@ fn row_for<O>(
         return None;
     }
     if !requisites::check(&record).is_empty() {
-        context.metrics.held_back(system.name());
+        context.held_back(system.name(), id, Some(&record));
         return None;
     }
+    context.held_back(system.name(), id, None);
     let hash = hash::hash(&record, system.fields());
     if known == Some(hash) {
         return None;

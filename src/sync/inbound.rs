@@ -29,20 +29,45 @@
 //! - **Echo**: a record equal (after [`hash`] normalization) to what the
 //!   id-map says was last sent or taken, with no overlay change, is our own
 //!   change coming back: nothing is written.
+//! - **Only what the payload carries counts**: a field a [`RemoteRecord`]
+//!   leaves `None` was not told and keeps its value; `Some("")` (or an
+//!   empty list) clears it.
+//! - **Numbers and e-mails** a system tells of a linked record are its
+//!   current set: the overlay keeps each system's part ([`Told`]), so a
+//!   number the CRM removed leaves (unless another system tells it too);
+//!   e-mails merge lowercased, shown on the card after the record's own.
+//! - **One transaction**: what one inbound record writes to the sync store
+//!   (conflicts, the row sent back, the id-map's link or close, the
+//!   overlay) is one [`SyncBatch`]: a failure part-way leaves nothing, and
+//!   the runtime's retry writes no conflict twice.
+//! - **A CRM-only record linked to 1C** ([`Applier::link_crm_only`]): when
+//!   another source (1C's read) brings a record with its business key,
+//!   or the system's change of it now finds one, it leaves its source and
+//!   the other record gets its numbers, e-mails, manager and page as an
+//!   overlay, in one sync-store transaction and ONE directory swap
+//!   ([`Directory::move_to_overlays`]); the id-map row moves to that
+//!   record. Found by [`super::link`] (the directory's added ids) or here.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use std::time::SystemTime;
+
 use crate::directory::model::Link;
-use crate::directory::{requisites, Counterparty, Directory, Entry, Overlay, OverlayManager};
+use crate::directory::overlay::Told;
+use crate::directory::{
+    requisites, Counterparty, Directory, Entry, Overlay, OverlayError, OverlayManager,
+};
 use crate::logging::Escaped;
 use crate::phone;
 use crate::sources::overlays::{self, OverlayWriteError};
-use crate::store::{IdMapLink, NewConflict, NewOutboxRow, OutboxOp, Store, StoreError};
+use crate::store::{
+    IdMapKey, IdMapLink, NewConflict, NewOutboxRow, OutboxOp, Store, StoreError, SyncBatch,
+};
 
 use super::crm_source::{CrmError, CrmRecords};
 use super::feed::Feed;
-use super::hash;
+use super::hash::{self, REMOVED};
 use super::identity::{self, Identity};
 use super::registry::{DedupeKey, Field, SystemSpec};
 
@@ -94,17 +119,22 @@ pub enum Change {
 
 /// A system's record, its fields as the counterparty model names them.
 /// Values are as the system wrote them: they are normalized here.
+///
+/// Only what the payload carries counts: `None` is "not told" (a webhook
+/// naming the changed fields only, a partial read) and keeps the value we
+/// have; `Some` of an empty text or list is "cleared there".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemoteRecord {
-    pub name: String,
+    pub name: Option<String>,
     pub inn: Option<String>,
     pub kpp: Option<String>,
     /// The OGRN, or a sole proprietor's OGRNIP (15 digits): told apart by length.
     pub ogrn: Option<String>,
-    pub phones: Vec<String>,
-    pub emails: Vec<String>,
+    pub phones: Option<Vec<String>>,
+    pub emails: Option<Vec<String>>,
     pub address: Option<String>,
-    /// The responsible user's id in the system: `[[manager]]` maps it.
+    /// The responsible user's id in the system: `[[manager]]` maps it;
+    /// `Some("")`: nobody is responsible there now.
     pub manager_user_id: Option<String>,
     /// The record's page there; `None`: built from the system's
     /// `link_templates` for `kind`, if it has one.
@@ -167,6 +197,12 @@ pub enum InboundError {
     Overlay(#[from] OverlayWriteError),
 }
 
+impl From<OverlayError> for InboundError {
+    fn from(e: OverlayError) -> InboundError {
+        InboundError::Overlay(OverlayWriteError::Invalid(e))
+    }
+}
+
 /// Applies one system's inbound records. The runtime calls it one record
 /// at a time per system, in the order received: an overlay is read,
 /// changed and written back.
@@ -200,7 +236,8 @@ impl Applier {
         self.spec.name()
     }
 
-    /// Handles `inbound` (see the module's rules).
+    /// Handles `inbound` (see the module's rules), one at a time per
+    /// system whoever calls.
     pub async fn apply(&self, inbound: Inbound) -> Result<Outcome, InboundError> {
         if inbound.system != self.spec.name() {
             return Err(InboundError::WrongSystem {
@@ -227,6 +264,7 @@ impl Applier {
                 },
             });
         }
+        let _turn = self.crm.inbound_turn().await;
         let link = self
             .store
             .idmap_by_remote(self.spec.name(), &inbound.kind, &inbound.remote_id)
@@ -260,6 +298,50 @@ impl Applier {
             .or(confirmed)
     }
 
+    /// Links this system's CRM-only record with the same business key as
+    /// `entry` (a record of another source that just came, or changed) to
+    /// it (see [`Applier::link_crm_only`]), when exactly one such CRM-only
+    /// record and no other record of another source has that key, and
+    /// `entry` is not linked to another record of the system. Gives the
+    /// CRM-only record's id when it was linked.
+    pub async fn link_if_same_client(&self, entry: &Entry) -> Result<Option<String>, InboundError> {
+        // Cheap checks first: a 1C read reports every id it rebuilt.
+        let holds_any = self
+            .directory
+            .snapshot()
+            .source(self.spec.name())
+            .is_some_and(|s| s.records > 0);
+        if !holds_any || is_crm_only(entry) {
+            return Ok(None);
+        }
+        let Ok(record) = entry.counterparty() else {
+            return Ok(None);
+        };
+        let _turn = self.crm.inbound_turn().await;
+        let matches = identity::by_business_key(&self.directory, self.spec.dedupe_key(), &record);
+        let (crm_only, others): (Vec<_>, Vec<_>) =
+            matches.into_iter().partition(|e| self.is_crm_only(e));
+        let [crm] = crm_only.as_slice() else {
+            return Ok(None);
+        };
+        if !(others.len() == 1 && others[0].id() == entry.id()) {
+            return Ok(None);
+        }
+        let Some((kind, _)) = self.split_crm_id(crm.id()) else {
+            return Ok(None);
+        };
+        if self.linked_elsewhere(&kind, entry.id(), None).await? {
+            return Ok(None);
+        }
+        let crm_id = crm.id().to_owned();
+        // Read again under the turn: the directory's record as it is now.
+        let Some(target) = self.directory.lookup_id(entry.id()) else {
+            return Ok(None);
+        };
+        self.link_crm_only(&crm_id, &target).await?;
+        Ok(Some(crm_id))
+    }
+
     async fn upsert(
         &self,
         kind: &str,
@@ -275,6 +357,16 @@ impl Applier {
                         .await
                 }
                 Some(_) => {
+                    // The system's change may now find another source's
+                    // record by its key (an INN added there): linked first.
+                    let base = self.crm.record(&local_id);
+                    let incoming = self.record(kind, remote_id, &local_id, remote, base.as_ref());
+                    if let Some(target) = self.link_target(kind, &incoming, &local_id).await? {
+                        self.link_crm_only(&local_id, &target).await?;
+                        return self
+                            .merge(kind, remote_id, &target, remote, None, true)
+                            .await;
+                    }
                     self.crm_only(kind, remote_id, &local_id, remote, hash)
                         .await
                 }
@@ -286,20 +378,17 @@ impl Applier {
                 None => Ok(Outcome::Gone { id: local_id }),
             };
         }
-        let incoming = self.record(kind, remote_id, &crm_id, remote);
+        let incoming = self.record(kind, remote_id, &crm_id, remote, None);
         // `identify` asks synchronously which candidates the system holds
         // under another id: read their links first.
         let mut elsewhere = HashSet::new();
         for candidate in
             identity::by_business_key(&self.directory, self.spec.dedupe_key(), &incoming)
         {
-            let row = self
-                .store
-                .idmap_get(self.spec.name(), kind, candidate.id())
-                .await?;
-            if row.is_some_and(|r| {
-                r.closed_at.is_none() && r.remote_id.as_deref().is_some_and(|id| id != remote_id)
-            }) {
+            if self
+                .linked_elsewhere(kind, candidate.id(), Some(remote_id))
+                .await?
+            {
                 elsewhere.insert(candidate.id().to_owned());
             }
         }
@@ -309,15 +398,6 @@ impl Applier {
         match found {
             Identity::Duplicate(ids) => self.refuse_duplicate(&crm_id, &incoming, &ids).await,
             Identity::SameClient(entry) if !self.is_crm_only(&entry) => {
-                self.store
-                    .idmap_link(IdMapLink {
-                        system: self.spec.name().to_owned(),
-                        kind: kind.to_owned(),
-                        local_id: entry.id().to_owned(),
-                        remote_id: remote_id.to_owned(),
-                        hash: None,
-                    })
-                    .await?;
                 tracing::info!(
                     system = self.spec.name(),
                     remote_id = %Escaped(remote_id),
@@ -347,57 +427,223 @@ impl Applier {
         }
     }
 
+    /// Whether the directory record `id` is linked (open) to a record of
+    /// the system other than `remote_id` (any, when `None`).
+    async fn linked_elsewhere(
+        &self,
+        kind: &str,
+        id: &str,
+        remote_id: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let row = self.store.idmap_get(self.spec.name(), kind, id).await?;
+        Ok(row.is_some_and(|r| {
+            r.closed_at.is_none()
+                && r.remote_id
+                    .as_deref()
+                    .is_some_and(|linked| Some(linked) != remote_id)
+        }))
+    }
+
+    /// The one record of another source (not a CRM's own) `record`'s
+    /// business key finds, not linked to another record of the system:
+    /// what the CRM-only record `crm_id` is to be linked to.
+    async fn link_target(
+        &self,
+        kind: &str,
+        record: &Counterparty,
+        crm_id: &str,
+    ) -> Result<Option<Arc<Entry>>, StoreError> {
+        let matches: Vec<Arc<Entry>> =
+            identity::by_business_key(&self.directory, self.spec.dedupe_key(), record)
+                .into_iter()
+                .filter(|e| e.id() != crm_id && !is_crm_only(e))
+                .collect();
+        let [target] = matches.as_slice() else {
+            return Ok(None);
+        };
+        if self.linked_elsewhere(kind, target.id(), None).await? {
+            return Ok(None);
+        }
+        Ok(Some(Arc::clone(target)))
+    }
+
+    /// (kind, remote id) of a CRM-only record's id `system:kind:remote id`.
+    fn split_crm_id(&self, id: &str) -> Option<(String, String)> {
+        let rest = id.strip_prefix(self.spec.name())?.strip_prefix(':')?;
+        let (kind, remote_id) = rest.split_once(':')?;
+        (!kind.is_empty() && !remote_id.is_empty()).then(|| (kind.to_owned(), remote_id.to_owned()))
+    }
+
+    /// Links the system's CRM-only record `crm_id` to `target`, a record
+    /// of another source that is the same client: the CRM-only record
+    /// leaves its source; its numbers and e-mails (those `target` lacks),
+    /// its responsible user and its page become `target`'s overlay; the
+    /// id-map row moves to `target`. One sync-store transaction, then ONE
+    /// directory swap, so no reader sees its numbers unknown or twice.
+    /// Called with the system's inbound turn held.
+    pub async fn link_crm_only(&self, crm_id: &str, target: &Entry) -> Result<(), InboundError> {
+        let system = self.spec.name();
+        let Some(crm_record) = self.crm.record(crm_id) else {
+            return Ok(());
+        };
+        let Some((kind, parsed_remote)) = self.split_crm_id(crm_id) else {
+            return Ok(());
+        };
+        let remote_id = self
+            .store
+            .idmap_get(system, &kind, crm_id)
+            .await?
+            .and_then(|r| r.remote_id)
+            .unwrap_or(parsed_remote);
+        let own = target.counterparty().map_err(|e| InboundError::Invalid {
+            system: system.to_owned(),
+            remote_id: remote_id.chars().take(128).collect(),
+            problem: format!("the directory's record does not read back: {e}"),
+        })?;
+        let crm_overlay = self.overlay_of(crm_id).await?;
+        let current = self.overlay_of(target.id()).await?;
+        let mut wanted = current
+            .as_ref()
+            .map_or_else(Overlay::default, |o| without_parts(o, system));
+        if let Some(o) = &crm_overlay {
+            wanted
+                .managers
+                .extend(o.managers.iter().filter(|m| &*m.system == system).cloned());
+        }
+        wanted.links.extend(
+            crm_record
+                .links
+                .iter()
+                .filter(|l| &*l.system == system)
+                .cloned(),
+        );
+        let phones: Vec<String> = crm_record.phones.iter().map(|p| p.to_string()).collect();
+        let emails: Vec<String> = crm_record.emails.iter().map(|e| e.to_string()).collect();
+        set_told(&mut wanted, system, Some(&phones), Some(&emails), &own);
+        let wanted = non_empty(wanted);
+        let mut overlays = vec![(Box::<str>::from(target.id()), wanted)];
+        if crm_overlay.is_some() {
+            overlays.push((crm_id.into(), None));
+        }
+        let batch = SyncBatch {
+            unlinks: vec![IdMapKey {
+                system: system.to_owned(),
+                kind: kind.clone(),
+                local_id: crm_id.to_owned(),
+            }],
+            links: vec![IdMapLink {
+                system: system.to_owned(),
+                kind,
+                local_id: target.id().to_owned(),
+                remote_id: remote_id.clone(),
+                hash: None,
+            }],
+            overlays: overlays::encode(&overlays)?,
+            snapshot_removals: vec![(system.to_owned(), crm_id.to_owned())],
+            ..SyncBatch::default()
+        };
+        // Between two applies of the CRM source, never inside one.
+        let _applying = self.crm.applying_turn().await;
+        self.store.sync_batch(batch).await?;
+        // The record leaving is no removal to send the system: it is its own.
+        self.feed
+            .note_hashes(system, vec![(crm_id.into(), REMOVED)]);
+        self.directory
+            .move_to_overlays(system, &[crm_id.into()], overlays, SystemTime::now())?;
+        tracing::info!(
+            system,
+            crm_id = %Escaped(crm_id),
+            id = %Escaped(target.id()),
+            remote_id = %Escaped(&remote_id),
+            "sync: a CRM-only record linked to the same client's record of another source; its numbers, manager and page go to that record's overlay"
+        );
+        Ok(())
+    }
+
     /// Whether `entry` is one of this system's CRM-only records.
     fn is_crm_only(&self, entry: &Entry) -> bool {
         *entry.source == *self.spec.name()
     }
 
-    /// The system's record as a counterparty of id `id`: the OGRN told from
-    /// the OGRNIP by its length, the page from the link templates.
-    fn record(&self, kind: &str, remote_id: &str, id: &str, remote: &RemoteRecord) -> Counterparty {
-        let text = |v: &Option<String>| {
-            v.as_deref()
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(Into::into)
-        };
-        let ogrn = text(&remote.ogrn);
-        let is_ogrnip = remote
-            .ogrn
-            .as_deref()
-            .is_some_and(|o| hash::digits(o).len() == 15);
-        let (ogrn, ogrnip) = if is_ogrnip {
-            (None, ogrn)
-        } else {
-            (ogrn, None)
-        };
+    /// The system's page of its record `remote_id`: as told, else from
+    /// the system's `link_templates` for `kind`.
+    fn page(&self, kind: &str, remote_id: &str, remote: &RemoteRecord) -> Option<Link> {
         let url = remote.link.clone().or_else(|| {
             self.spec
                 .link_templates()
                 .get(kind)
                 .map(|t| t.replace("{id}", remote_id))
-        });
-        let links: Vec<Link> = url
-            .map(|url| Link {
-                system: self.spec.name().into(),
-                kind: kind.into(),
-                url: url.into(),
-            })
-            .into_iter()
-            .collect();
-        Counterparty {
-            id: id.into(),
-            name: remote.name.trim().into(),
-            inn: text(&remote.inn),
-            kpp: text(&remote.kpp),
-            ogrn,
-            ogrnip,
-            phones: remote.phones.iter().map(|p| p.as_str().into()).collect(),
-            emails: remote.emails.iter().map(|e| e.as_str().into()).collect(),
-            address: text(&remote.address),
-            links: links.into(),
-            ..Default::default()
+        })?;
+        Some(Link {
+            system: self.spec.name().into(),
+            kind: kind.into(),
+            url: url.into(),
+        })
+    }
+
+    /// The system's record as a counterparty of id `id`: the fields it
+    /// told over `base` (what we hold of it; none: a new record), the OGRN
+    /// told from the OGRNIP by its length, its page as its link.
+    fn record(
+        &self,
+        kind: &str,
+        remote_id: &str,
+        id: &str,
+        remote: &RemoteRecord,
+        base: Option<&Counterparty>,
+    ) -> Counterparty {
+        let text = |v: &str| {
+            let v = v.trim();
+            (!v.is_empty()).then(|| v.into())
+        };
+        let mut record = base.cloned().unwrap_or_default();
+        record.id = id.into();
+        if let Some(name) = &remote.name {
+            record.name = name.trim().into();
         }
+        if let Some(inn) = &remote.inn {
+            record.inn = text(inn);
+        }
+        if let Some(kpp) = &remote.kpp {
+            record.kpp = text(kpp);
+        }
+        if let Some(ogrn) = &remote.ogrn {
+            let value = text(ogrn);
+            if hash::digits(ogrn).len() == 15 {
+                (record.ogrn, record.ogrnip) = (None, value);
+            } else {
+                (record.ogrn, record.ogrnip) = (value, None);
+            }
+        }
+        if let Some(phones) = &remote.phones {
+            record.phones = phones.iter().map(|p| p.as_str().into()).collect();
+        }
+        if let Some(emails) = &remote.emails {
+            record.emails = emails.iter().map(|e| e.as_str().into()).collect();
+        }
+        if let Some(address) = &remote.address {
+            record.address = text(address);
+        }
+        record.links = self
+            .page(kind, remote_id, remote)
+            .into_iter()
+            .collect::<Vec<_>>()
+            .into();
+        record
+    }
+
+    /// Commits `batch` (one transaction), then tells the feed of the
+    /// id-map hashes it wrote (`noted`).
+    async fn commit(
+        &self,
+        batch: SyncBatch,
+        noted: Vec<(Box<str>, u64)>,
+    ) -> Result<(), StoreError> {
+        self.store.sync_batch(batch).await?;
+        if !noted.is_empty() {
+            self.feed.note_hashes(self.spec.name(), noted);
+        }
+        Ok(())
     }
 
     /// A CRM-only record of id `id` created or changed.
@@ -409,9 +655,11 @@ impl Applier {
         remote: &RemoteRecord,
         known_hash: Option<u64>,
     ) -> Result<Outcome, InboundError> {
-        let record = self.record(kind, remote_id, id, remote);
+        let base = self.crm.record(id);
+        let record = self.record(kind, remote_id, id, remote, base.as_ref());
         let problems = requisites::check(&record);
         if !problems.is_empty() {
+            let mut batch = SyncBatch::default();
             for problem in &problems {
                 tracing::warn!(
                     system = self.spec.name(),
@@ -419,17 +667,16 @@ impl Applier {
                     problem = %problem,
                     "sync: a CRM record's requisite fails its check; not applied"
                 );
-                self.store
-                    .conflict_add(NewConflict {
-                        system: self.spec.name().to_owned(),
-                        record_key: id.to_owned(),
-                        field: problem.field.to_owned(),
-                        ours: None,
-                        theirs: Some(problem.value.clone()),
-                        resolution: format!("{NOT_APPLIED}: {}", problem.problem),
-                    })
-                    .await?;
+                batch.conflicts.push(NewConflict {
+                    system: self.spec.name().to_owned(),
+                    record_key: id.to_owned(),
+                    field: problem.field.to_owned(),
+                    ours: None,
+                    theirs: Some(problem.value.clone()),
+                    resolution: format!("{NOT_APPLIED}: {}", problem.problem),
+                });
             }
+            self.commit(batch, Vec::new()).await?;
             return Ok(Outcome::Refused {
                 conflicts: problems.len(),
             });
@@ -440,29 +687,36 @@ impl Applier {
             problem: e.to_string(),
         })?;
         let hash = hash::hash(&record, self.spec.fields());
-        // Its manager by the system's user id; its page is in its own JSON.
+        // Its manager by the system's user id; its page, numbers and
+        // e-mails are in its own JSON.
         let current = self.overlay_of(id).await?;
-        let wanted = self.wanted_overlay(current.as_ref(), remote, None, &[], false);
+        let wanted = self.wanted_overlay(current.as_ref(), remote, None, &record, false);
         let answering = self.directory.lookup_id(id).is_some();
         if answering && known_hash == Some(hash) && wanted == current {
             return Ok(Outcome::Echo);
         }
-        self.store
-            .idmap_link(IdMapLink {
+        let overlays = if wanted != current {
+            vec![(Box::<str>::from(id), wanted)]
+        } else {
+            Vec::new()
+        };
+        let batch = SyncBatch {
+            links: vec![IdMapLink {
                 system: self.spec.name().to_owned(),
                 kind: kind.to_owned(),
                 local_id: id.to_owned(),
                 remote_id: remote_id.to_owned(),
                 hash: Some(hash),
-            })
-            .await?;
+            }],
+            overlays: overlays::encode(&overlays)?,
+            ..SyncBatch::default()
+        };
         // Before the change reaches the directory (the feed never sends a
         // system its own records; told all the same, so its hashes agree).
-        self.feed
-            .note_hashes(self.spec.name(), vec![(id.into(), hash)]);
+        self.commit(batch, vec![(id.into(), hash)]).await?;
         self.crm.upsert(vec![record]).await?;
-        if wanted != current {
-            overlays::set(&self.store, &self.directory, vec![(id.into(), wanted)]).await?;
+        if !overlays.is_empty() {
+            self.directory.set_overlays(overlays)?;
         }
         Ok(if answering {
             Outcome::Updated { id: id.to_owned() }
@@ -471,7 +725,8 @@ impl Applier {
         })
     }
 
-    /// A system's edit of a record of another source (1C's), linked to it.
+    /// A system's edit of a record of another source (1C's), linked to it
+    /// (`linked_now`: by this call; the link is written with the rest).
     async fn merge(
         &self,
         kind: &str,
@@ -487,23 +742,16 @@ impl Applier {
             remote_id: id.chars().take(128).collect(),
             problem: format!("the directory's record does not read back: {e}"),
         })?;
-        let incoming = self.record(kind, remote_id, id, remote);
         // What the system holds, in our record's shape: the fields it
-        // reports over ours, so the hash compares like the feed's.
-        let mut theirs = ours.clone();
-        theirs.name = incoming.name.clone();
-        theirs.inn = incoming.inn.clone();
-        theirs.kpp = incoming.kpp.clone();
-        theirs.ogrn = incoming.ogrn.clone();
-        theirs.ogrnip = incoming.ogrnip.clone();
-        theirs.phones = incoming.phones.clone();
-        theirs.emails = incoming.emails.clone();
-        theirs.address = incoming.address.clone();
+        // told over ours, so the hash compares like the feed's and a field
+        // it did not tell is no difference.
+        let mut theirs = self.record(kind, remote_id, id, remote, Some(&ours));
+        theirs.links = ours.links.clone();
         let theirs_hash = hash::hash(&theirs, self.spec.fields());
         let current = self.overlay_of(id).await?;
         // The page goes on the overlay: a linked record's JSON is 1C's.
-        let page = incoming.links.first().cloned();
-        let wanted = self.wanted_overlay(current.as_ref(), remote, page, &ours.phones, true);
+        let page = self.page(kind, remote_id, remote);
+        let wanted = self.wanted_overlay(current.as_ref(), remote, page, &ours, true);
         let overlay_changed = wanted != current;
         if known_hash == Some(theirs_hash) && !overlay_changed && !linked_now {
             return Ok(Outcome::Echo);
@@ -517,6 +765,17 @@ impl Applier {
                 (normalized(f, a.as_deref()) != normalized(f, b.as_deref())).then_some((f, a, b))
             })
             .collect();
+        let mut batch = SyncBatch::default();
+        let mut noted = Vec::new();
+        if linked_now {
+            batch.links.push(IdMapLink {
+                system: self.spec.name().to_owned(),
+                kind: kind.to_owned(),
+                local_id: id.to_owned(),
+                remote_id: remote_id.to_owned(),
+                hash: None,
+            });
+        }
         for (field, ours_value, theirs_value) in &differing {
             tracing::warn!(
                 system = self.spec.name(),
@@ -524,16 +783,14 @@ impl Applier {
                 field = field.name(),
                 "sync: a CRM changed a field 1C owns on a linked record; 1C's value kept and sent back"
             );
-            self.store
-                .conflict_add(NewConflict {
-                    system: self.spec.name().to_owned(),
-                    record_key: id.to_owned(),
-                    field: field.name().to_owned(),
-                    ours: ours_value.clone(),
-                    theirs: theirs_value.clone(),
-                    resolution: ONEC_WINS.to_owned(),
-                })
-                .await?;
+            batch.conflicts.push(NewConflict {
+                system: self.spec.name().to_owned(),
+                record_key: id.to_owned(),
+                field: field.name().to_owned(),
+                ours: ours_value.clone(),
+                theirs: theirs_value.clone(),
+                resolution: ONEC_WINS.to_owned(),
+            });
         }
         let mut sent_back = false;
         if !differing.is_empty() {
@@ -545,23 +802,27 @@ impl Applier {
             let sendable =
                 self.spec.exports().accepts(&ours) && requisites::check(&ours).is_empty();
             if sendable && ours_hash != theirs_hash {
-                self.store
-                    .enqueue(vec![NewOutboxRow {
-                        system: self.spec.name().to_owned(),
-                        kind: kind.to_owned(),
-                        record_key: id.to_owned(),
-                        op: OutboxOp::Upsert,
-                        body: entry.json().to_owned(),
-                        hash: ours_hash,
-                    }])
-                    .await?;
-                self.feed
-                    .note_hashes(self.spec.name(), vec![(id.into(), ours_hash)]);
+                batch.outbox.push(NewOutboxRow {
+                    system: self.spec.name().to_owned(),
+                    kind: kind.to_owned(),
+                    record_key: id.to_owned(),
+                    op: OutboxOp::Upsert,
+                    body: entry.json().to_owned(),
+                    hash: ours_hash,
+                });
+                noted.push((id.into(), ours_hash));
                 sent_back = true;
             }
         }
-        if overlay_changed {
-            overlays::set(&self.store, &self.directory, vec![(id.into(), wanted)]).await?;
+        let overlays = if overlay_changed {
+            vec![(Box::<str>::from(id), wanted)]
+        } else {
+            Vec::new()
+        };
+        batch.overlays = overlays::encode(&overlays)?;
+        self.commit(batch, noted).await?;
+        if !overlays.is_empty() {
+            self.directory.set_overlays(overlays)?;
         }
         Ok(Outcome::Merged {
             id: id.to_owned(),
@@ -583,13 +844,32 @@ impl Applier {
             Some(entry) => self.is_crm_only(&entry),
             None => local_id.starts_with(&format!("{}:", self.spec.name())),
         };
+        let key = IdMapKey {
+            system: self.spec.name().to_owned(),
+            kind: kind.to_owned(),
+            local_id: local_id.to_owned(),
+        };
+        // Nor is the record sent to that system again (the feed's next
+        // change or reconcile would otherwise create it there anew, or
+        // send it a removal of what it deleted): told before the
+        // directory's change, as the id-map's row is closed below.
+        let closed = vec![(Box::<str>::from(local_id), hash::CLOSED)];
         if crm_only {
+            self.feed.note_hashes(self.spec.name(), closed);
             self.crm.remove(vec![local_id.into()]).await?;
-            self.store
-                .idmap_close(self.spec.name(), kind, local_id)
-                .await?;
-            if self.overlay_of(local_id).await?.is_some() {
-                overlays::set(&self.store, &self.directory, vec![(local_id.into(), None)]).await?;
+            let overlays = if self.overlay_of(local_id).await?.is_some() {
+                vec![(Box::<str>::from(local_id), None)]
+            } else {
+                Vec::new()
+            };
+            let batch = SyncBatch {
+                closes: vec![key],
+                overlays: overlays::encode(&overlays)?,
+                ..SyncBatch::default()
+            };
+            self.commit(batch, Vec::new()).await?;
+            if !overlays.is_empty() {
+                self.directory.set_overlays(overlays)?;
             }
             tracing::info!(
                 system = self.spec.name(),
@@ -606,34 +886,34 @@ impl Applier {
             remote_id = %Escaped(remote_id),
             "sync: a CRM deleted a record linked to 1C; kept in 1C, the link closed"
         );
-        self.store
-            .conflict_add(NewConflict {
+        let current = self.overlay_of(local_id).await?;
+        let overlays = match &current {
+            Some(current) => {
+                let wanted = without_system(current, self.spec.name());
+                if wanted.as_ref() != Some(current) {
+                    vec![(Box::<str>::from(local_id), wanted)]
+                } else {
+                    Vec::new()
+                }
+            }
+            None => Vec::new(),
+        };
+        let batch = SyncBatch {
+            conflicts: vec![NewConflict {
                 system: self.spec.name().to_owned(),
                 record_key: local_id.to_owned(),
                 field: "deleted".to_owned(),
                 ours: Some(local_id.to_owned()),
                 theirs: Some(remote_id.to_owned()),
                 resolution: KEPT_IN_1C.to_owned(),
-            })
-            .await?;
-        self.store
-            .idmap_close(self.spec.name(), kind, local_id)
-            .await?;
-        // Nor is the record sent to that system again (the feed's next
-        // change or reconcile would otherwise create it there anew).
-        self.feed
-            .note_hashes(self.spec.name(), vec![(local_id.into(), hash::CLOSED)]);
-        let current = self.overlay_of(local_id).await?;
-        if let Some(current) = &current {
-            let wanted = without_system(current, self.spec.name());
-            if wanted.as_ref() != Some(current) {
-                overlays::set(
-                    &self.store,
-                    &self.directory,
-                    vec![(local_id.into(), wanted)],
-                )
-                .await?;
-            }
+            }],
+            closes: vec![key],
+            overlays: overlays::encode(&overlays)?,
+            ..SyncBatch::default()
+        };
+        self.commit(batch, closed).await?;
+        if !overlays.is_empty() {
+            self.directory.set_overlays(overlays)?;
         }
         Ok(Outcome::KeptIn1c {
             id: local_id.to_owned(),
@@ -687,58 +967,162 @@ impl Applier {
             .and_then(|body| serde_json::from_str(&body).ok()))
     }
 
-    /// `current` with this system's manager as `remote` says and its `page`, and
-    /// (`phones_too`) the numbers `remote` has that neither `own` phones nor
-    /// the overlay have, after the overlay's. Other systems' parts are kept;
-    /// numbers are never taken away (a union). `None` when nothing is left.
+    /// `current` with this system's manager as `remote` tells it (kept when
+    /// not told), its `page`, and (`contacts`) its numbers and e-mails as
+    /// `remote` tells them, less `own`'s ([`set_told`]). Other systems'
+    /// parts are kept. `None` when nothing is left.
     fn wanted_overlay(
         &self,
         current: Option<&Overlay>,
         remote: &RemoteRecord,
         page: Option<Link>,
-        own: &[Box<str>],
-        phones_too: bool,
+        own: &Counterparty,
+        contacts: bool,
     ) -> Option<Overlay> {
         let system = self.spec.name();
         let mut wanted = current.map_or_else(Overlay::default, |o| without_parts(o, system));
-        if let Some(user) = remote
-            .manager_user_id
-            .as_deref()
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-        {
-            wanted.managers.push(OverlayManager {
+        match remote.manager_user_id.as_deref().map(str::trim) {
+            Some("") => {}
+            Some(user) => wanted.managers.push(OverlayManager {
                 system: system.into(),
                 user_id: Some(user.into()),
                 extension: None,
                 name: None,
-            });
+            }),
+            // Not told: the manager it named before.
+            None => wanted.managers.extend(
+                current
+                    .iter()
+                    .flat_map(|o| o.managers.iter())
+                    .filter(|m| &*m.system == system)
+                    .cloned(),
+            ),
         }
         if let Some(page) = page {
             wanted.links.push(page);
         }
-        if phones_too {
-            let mut known: HashSet<phone::PhoneKey> = own
-                .iter()
-                .chain(wanted.phones.iter())
-                .filter_map(|p| phone::normalize(p))
-                .collect();
-            for number in &remote.phones {
-                if let Some(key) = phone::normalize(number) {
-                    if known.insert(key) {
-                        wanted.phones.push(number.trim().into());
-                    }
-                }
-            }
+        if contacts {
+            set_told(
+                &mut wanted,
+                system,
+                remote.phones.as_deref(),
+                remote.emails.as_deref(),
+                own,
+            );
         }
-        let empty =
-            wanted.managers.is_empty() && wanted.links.is_empty() && wanted.phones.is_empty();
-        (!empty).then_some(wanted)
+        non_empty(wanted)
     }
 }
 
-/// `overlay` without `system`'s manager and links (its numbers stay: they
-/// are not told apart by system).
+/// Whether `entry` is a CRM-only record of any system: its id is its
+/// source's name, a colon and the rest (`bitrix24:company:2919`).
+fn is_crm_only(entry: &Entry) -> bool {
+    entry
+        .id()
+        .strip_prefix(&*entry.source)
+        .is_some_and(|rest| rest.starts_with(':'))
+}
+
+/// `overlay`, or `None` when nothing is in it.
+fn non_empty(overlay: Overlay) -> Option<Overlay> {
+    let empty = overlay.managers.is_empty()
+        && overlay.links.is_empty()
+        && overlay.phones.is_empty()
+        && overlay.emails.is_empty()
+        && overlay.told.is_empty();
+    (!empty).then_some(overlay)
+}
+
+/// Sets `system`'s part of `overlay`'s numbers and e-mails to what it told
+/// (`None`: not told, its part kept): its current set, less what `own`
+/// lists, numbers unique by [`phone::PhoneKey`], e-mails lowercased; then
+/// makes `overlay.phones` and `overlay.emails` the union again: numbers
+/// no part tells (set by other means) first, then each system's in order.
+fn set_told(
+    overlay: &mut Overlay,
+    system: &str,
+    phones: Option<&[String]>,
+    emails: Option<&[String]>,
+    own: &Counterparty,
+) {
+    let told_phones: HashSet<phone::PhoneKey> = overlay
+        .told
+        .iter()
+        .flat_map(|t| t.phones.iter())
+        .filter_map(|p| phone::normalize(p))
+        .collect();
+    let told_emails: HashSet<String> = overlay
+        .told
+        .iter()
+        .flat_map(|t| t.emails.iter())
+        .map(|e| e.trim().to_lowercase())
+        .collect();
+    let untold_phones: Vec<Box<str>> = overlay
+        .phones
+        .iter()
+        .filter(|p| phone::normalize(p).is_none_or(|k| !told_phones.contains(&k)))
+        .cloned()
+        .collect();
+    let untold_emails: Vec<Box<str>> = overlay
+        .emails
+        .iter()
+        .filter(|e| !told_emails.contains(&e.trim().to_lowercase()))
+        .cloned()
+        .collect();
+    let own_phones: HashSet<phone::PhoneKey> = own
+        .phones
+        .iter()
+        .filter_map(|p| phone::normalize(p))
+        .collect();
+    let own_emails: HashSet<String> = own.emails.iter().map(|e| e.trim().to_lowercase()).collect();
+    let at = match overlay.told.iter().position(|t| &*t.system == system) {
+        Some(at) => at,
+        None => {
+            overlay.told.push(Told {
+                system: system.into(),
+                ..Told::default()
+            });
+            overlay.told.len() - 1
+        }
+    };
+    let part = &mut overlay.told[at];
+    if let Some(phones) = phones {
+        let mut seen = own_phones.clone();
+        part.phones = phones
+            .iter()
+            .filter(|p| phone::normalize(p).is_some_and(|k| seen.insert(k)))
+            .map(|p| p.trim().into())
+            .collect();
+    }
+    if let Some(emails) = emails {
+        let mut seen = own_emails.clone();
+        part.emails = emails
+            .iter()
+            .map(|e| e.trim().to_lowercase())
+            .filter(|e| !e.is_empty() && seen.insert(e.clone()))
+            .map(Into::into)
+            .collect();
+    }
+    overlay
+        .told
+        .retain(|t| !t.phones.is_empty() || !t.emails.is_empty());
+    // The union: what the record lacks, once each.
+    let mut seen = own_phones;
+    overlay.phones = untold_phones
+        .into_iter()
+        .chain(overlay.told.iter().flat_map(|t| t.phones.iter().cloned()))
+        .filter(|p| phone::normalize(p).is_none_or(|k| seen.insert(k)))
+        .collect();
+    let mut seen = own_emails;
+    overlay.emails = untold_emails
+        .into_iter()
+        .chain(overlay.told.iter().flat_map(|t| t.emails.iter().cloned()))
+        .filter(|e| seen.insert(e.trim().to_lowercase()))
+        .collect();
+}
+
+/// `overlay` without `system`'s manager and links (its numbers and e-mails
+/// stay: [`set_told`] changes them).
 fn without_parts(overlay: &Overlay, system: &str) -> Overlay {
     let mut kept = overlay.clone();
     kept.managers.retain(|m| &*m.system != system);
@@ -747,15 +1131,23 @@ fn without_parts(overlay: &Overlay, system: &str) -> Overlay {
 }
 
 /// What is left of `overlay` once `system` deleted its record: the other
-/// systems' managers and links; its numbers only while another system's
-/// part remains (numbers are not told apart by system). `None` when nothing.
+/// systems' managers, links, numbers and e-mails. `None` when nothing.
 fn without_system(overlay: &Overlay, system: &str) -> Option<Overlay> {
     let mut kept = without_parts(overlay, system);
-    if kept.managers.is_empty() && kept.links.is_empty() {
-        kept.phones.clear();
+    // Its numbers and e-mails leave: its part told as empty.
+    let nothing: &[String] = &[];
+    set_told(
+        &mut kept,
+        system,
+        Some(nothing),
+        Some(nothing),
+        &Counterparty::default(),
+    );
+    if kept.managers.is_empty() && kept.links.is_empty() && kept.told.is_empty() {
+        // Numbers no part tells were a CRM's too: with the last part, gone.
+        return None;
     }
-    let empty = kept.managers.is_empty() && kept.links.is_empty() && kept.phones.is_empty();
-    (!empty).then_some(kept)
+    non_empty(kept)
 }
 
 /// The value of an owned field, as written.
@@ -818,12 +1210,75 @@ mod tests {
         );
     }
 
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn each_systems_numbers_are_its_current_set_and_emails_a_lowercased_union() {
+        let own = Counterparty {
+            phones: vec!["84951110001".into()],
+            emails: vec!["Info@Alpha.ru".into()],
+            ..Counterparty::default()
+        };
+        let mut overlay = Overlay::default();
+        set_told(
+            &mut overlay,
+            "bitrix24",
+            Some(&strings(&[
+                "+7 495 111-00-01",
+                "89125550201",
+                "89125550202",
+            ])),
+            Some(&strings(&["INFO@alpha.ru", "Sales@Alpha.ru"])),
+            &own,
+        );
+        let boxed = |v: &[&str]| v.iter().map(|s| Box::<str>::from(*s)).collect::<Vec<_>>();
+        assert_eq!(
+            overlay.phones,
+            boxed(&["89125550201", "89125550202"]),
+            "own number left out"
+        );
+        assert_eq!(overlay.emails, boxed(&["sales@alpha.ru"]));
+        set_told(
+            &mut overlay,
+            "amocrm",
+            Some(&strings(&["89125550202", "89125550303"])),
+            None,
+            &own,
+        );
+        // bitrix24 removed 0202 there: amocrm still tells it; 0201 leaves.
+        set_told(
+            &mut overlay,
+            "bitrix24",
+            Some(&strings(&["89125550202"])),
+            None,
+            &own,
+        );
+        assert_eq!(overlay.phones, boxed(&["89125550202", "89125550303"]));
+        assert_eq!(overlay.emails, boxed(&["sales@alpha.ru"]), "not told: kept");
+        // Not told at all: the part as it was.
+        let before = overlay.clone();
+        set_told(&mut overlay, "bitrix24", None, None, &own);
+        assert_eq!(overlay, before);
+        set_told(
+            &mut overlay,
+            "bitrix24",
+            Some(&strings(&[])),
+            Some(&strings(&[])),
+            &own,
+        );
+        assert_eq!(overlay.phones, boxed(&["89125550202", "89125550303"]));
+        assert!(overlay.emails.is_empty());
+    }
+
     #[test]
     fn a_deletion_takes_away_the_systems_part_and_numbers_only_with_the_last_part() {
         let both = Overlay {
             managers: vec![manager("bitrix24", "17"), manager("amocrm", "5")],
             links: Vec::new(),
             phones: vec!["89125550201".into()],
+            ..Overlay::default()
         };
         let left = without_system(&both, "bitrix24").expect("amocrm's part stays");
         assert_eq!(left.managers, vec![manager("amocrm", "5")]);

@@ -27,7 +27,7 @@ impl FeedMetrics {
         let held_back = IntCounterVec::new(
             Opts::new(
                 "cti_sync_feed_invalid_requisites_total",
-                "Records the change feed did not enqueue for a system because a requisite fails its check (counted each time the feed looks at one).",
+                "Records the change feed did not enqueue for a system because a requisite fails its check (each record once per content: looked at again by a later change or a reconcile, it is not counted again).",
             ),
             &["system"],
         )?;
@@ -84,6 +84,12 @@ impl FeedMetrics {
 
     pub(super) fn held_back(&self, system: &str) {
         self.held_back.with_label_values(&[system]).inc();
+    }
+
+    /// `cti_sync_feed_invalid_requisites_total{system}` now.
+    #[cfg(test)]
+    pub(super) fn held_back_total(&self, system: &str) -> u64 {
+        self.held_back.with_label_values(&[system]).get()
     }
 
     pub(super) fn reconcile(&self, ok: bool) {

@@ -4,10 +4,12 @@
 //! directory to each system's outbox in the sync store ([`feed`]), and how a
 //! system's record is matched with the directory's ([`identity`]), and the
 //! records only a CRM holds, a source named after it ([`crm_source`]), and
-//! what the core does with a record a system reports ([`inbound`]), and
-//! what a system gives the sending runtime ([`system`]), how fast the
-//! runtime may call each system ([`limiter`]), how each system is doing
-//! ([`health`]) and where a system's limiter and health live ([`parts`]).
+//! what the core does with a record a system reports ([`inbound`]), the
+//! CRM-only records another source's new record is the same client as
+//! ([`link`]), what a system gives the sending runtime ([`system`]), how
+//! fast the runtime may call each system ([`limiter`]), how each system is
+//! doing ([`health`]) and where a system's limiter and health live
+//! ([`parts`]).
 //!
 //! The sync store (`<name>.sync.sqlite`) is opened only when a system is
 //! registered: an installation that does not sync has no such file. What
@@ -20,6 +22,7 @@ pub mod health;
 pub mod identity;
 pub mod inbound;
 pub mod limiter;
+pub mod link;
 pub mod metrics;
 pub mod parts;
 pub mod registry;

@@ -399,27 +399,17 @@ fn remote_of(value: &Value) -> Result<Remote, Outcome> {
 /// The record's fields as the counterparty model names them: the test
 /// system sends the directory's JSON as `fields`, so the names are the same.
 fn remote_record(fields: &Map<String, Value>) -> RemoteRecord {
-    let text = |name: &str| {
-        fields
-            .get(name)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    };
+    let text = |name: &str| fields.get(name).and_then(Value::as_str).map(str::to_owned);
     let list = |name: &str| {
-        fields
-            .get(name)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
+        fields.get(name).and_then(Value::as_array).map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
     };
     RemoteRecord {
-        name: text("name").unwrap_or_default(),
+        name: text("name"),
         inn: text("inn"),
         kpp: text("kpp"),
         ogrn: text("ogrn").or_else(|| text("ogrnip")),

@@ -50,6 +50,7 @@ fn overlay(rng: &mut StdRng) -> Overlay {
         }],
         links: vec![],
         phones,
+        ..Default::default()
     }
 }
 

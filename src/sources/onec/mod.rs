@@ -387,11 +387,29 @@ impl Reader {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        if self.fields.manager_ref.is_some() {
+            self.directory
+                .note_unmapped_users(SOURCE, unmapped_users(&catalog, &self.fields.users));
+        }
+        let before = self.directory.snapshot();
         let built = build(&self.directory, catalog, contacts, &self.settings_tag, last);
         *self.last_built.lock().unwrap_or_else(|p| p.into_inner()) = Some(built.outcome.clone());
         // After the directory took the records.
         if let (Some(r), Some(pending)) = (&self.requisites, pending) {
             r.write(pending).await;
+        }
+        // Records 1C deleted (gone from the read, or marked for deletion)
+        // take their requisites with them.
+        if let (Some(r), Some(_)) = (&self.requisites, &built.report) {
+            let after = self.directory.snapshot();
+            let gone: Vec<String> = before
+                .source_records(SOURCE)
+                .iter()
+                .flat_map(|records| records.iter())
+                .filter(|e| after.source_entry(SOURCE, e.id()).is_none())
+                .map(|e| e.id().to_owned())
+                .collect();
+            r.remove(gone).await;
         }
         Ok(built)
     }
@@ -546,6 +564,21 @@ fn build(
         report: Some(report),
         outcome,
     }
+}
+
+/// The responsible users (`onec.manager_ref_field`) of the read's records
+/// that no `[[manager]] onec_user` maps; an empty reference (1C's
+/// all-zero GUID) names nobody.
+fn unmapped_users(catalog: &[Vec<CatalogRow>], users: &OnecUsers) -> HashSet<Box<str>> {
+    catalog
+        .iter()
+        .flatten()
+        .filter(|r| !r.is_folder && !r.deletion_mark)
+        .map(|r| r.manager_ref.trim())
+        .filter(|user| !user.is_empty() && user.chars().any(|c| c != '0' && c != '-'))
+        .filter(|user| !users.contains_key(*user))
+        .map(Into::into)
+        .collect()
 }
 
 /// Keeps the first of the items with one key, in order, without copying keys.

@@ -292,13 +292,7 @@ impl Requisites {
                 )),
             };
             if let Some(error) = failure {
-                if !self.store_failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        source = SOURCE,
-                        %error,
-                        "1C's requisites were not written to the sync store: calls are answered as usual, the next read of 1C writes them"
-                    );
-                }
+                self.store_failed(&error);
                 break;
             }
             if self.store_failing.swap(false, Ordering::Relaxed) {
@@ -336,6 +330,52 @@ impl Requisites {
                 source = SOURCE,
                 records = written,
                 "requisites written to the sync store"
+            );
+        }
+    }
+
+    /// Deletes the requisites of `ids` (records 1C deleted) in chunks and
+    /// forgets what was written for them. Never fails: a refusing store is
+    /// logged once per state; the bodies stay until a later read removes
+    /// other ids (an orphan body is never read: no record has its id).
+    pub async fn remove(&self, ids: Vec<String>) {
+        let mut removed = 0usize;
+        let mut rest = ids.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<String> = rest.by_ref().take(CHUNK).collect();
+            let hashes: Vec<u64> = chunk.iter().map(|id| hash_of(id.as_bytes())).collect();
+            let delete =
+                tokio::time::timeout(PUT_TIMEOUT, self.store.requisites_delete(chunk)).await;
+            match delete {
+                Ok(Ok(n)) => removed += n,
+                Ok(Err(e)) => return self.store_failed(&e.to_string()),
+                Err(_) => {
+                    return self.store_failed(&format!(
+                        "the sync store took longer than {PUT_TIMEOUT:?} to delete requisites"
+                    ))
+                }
+            }
+            let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            for hash in hashes {
+                written.remove(&hash);
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(
+                source = SOURCE,
+                records = removed,
+                "requisites of records 1C deleted removed from the sync store"
+            );
+        }
+    }
+
+    /// Logs a refusing sync store once per state.
+    fn store_failed(&self, error: &str) {
+        if !self.store_failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                source = SOURCE,
+                %error,
+                "1C's requisites were not written to the sync store: calls are answered as usual, the next read of 1C writes them"
             );
         }
     }

@@ -12,6 +12,7 @@
 //! the journal's appends: the commands waiting in the writer's channel share
 //! one transaction (one fsync); each caller is answered after COMMIT.
 
+mod batch;
 mod read;
 mod schema;
 
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 
 use super::writer::{Command, SyncWrite};
 use super::{unix_ms, Store, StoreError};
+pub use batch::{IdMapKey, SyncBatch};
 pub(super) use schema::{SYNC_APPLICATION_ID, SYNC_MIGRATIONS};
 
 /// The most rows one [`Store::outbox_page`] or [`Store::conflicts_page`]

@@ -17,7 +17,9 @@
 //! - `gate.rs`: the disk gate between the journal and the sync store, and
 //!   the sync file's checkpoints off its writer;
 //! - `sync.rs`: the sync store: its own migrations, outbox and id-map,
-//!   group-committed enqueues, retry, paging, inbox, overlay, requisites.
+//!   group-committed enqueues, retry, paging, inbox, overlay, requisites;
+//! - `sync_batch.rs`: an inbound change's writes in one transaction, and
+//!   requisites deleted.
 //!
 //! The 1M-row measurement is a bench program (`bench/store.sh`), not a test.
 
@@ -33,6 +35,7 @@ mod retention;
 mod snapshot;
 mod start_checks;
 mod sync;
+mod sync_batch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -32,6 +32,7 @@ mod checkpoint;
 mod delivered;
 mod replace;
 mod sync;
+mod sync_batch;
 
 use super::gate::DiskGate;
 use super::metrics::Metrics;

@@ -14,8 +14,8 @@ use std::time::SystemTime;
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{Reply, Writer};
-use crate::store::sync::{hash_to_sql, IdMapLink, NewConflict, NewOutboxRow, RetryOutcome};
+use super::{sync_batch, Reply, Writer};
+use crate::store::sync::{IdMapLink, NewConflict, NewOutboxRow, RetryOutcome, SyncBatch};
 use crate::store::{unix_ms, StoreError};
 
 /// Most outbox rows gathered into one group: a group of bulk commands
@@ -50,6 +50,15 @@ pub(in crate::store) enum SyncWrite {
         kind: String,
         local_id: String,
         reply: Reply<bool>,
+    },
+    /// Several writes of one inbound change (`store/sync/batch.rs`).
+    Batch {
+        batch: SyncBatch,
+        reply: Reply<()>,
+    },
+    RequisitesDelete {
+        ids: Vec<String>,
+        reply: Reply<usize>,
     },
 }
 
@@ -99,26 +108,9 @@ impl Writer {
         } = group;
         let now = unix_ms(SystemTime::now());
         let result = self.transact("queueing sync changes", |tx| {
-            let mut outbox = tx.prepare_cached(
-                "INSERT INTO outbox (system, kind, record_key, op, body, attempts, next_at, state, created_at, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, 'pending', ?6, ?7)",
-            )?;
             let mut ids: Vec<Vec<i64>> = Vec::with_capacity(enqueues.len());
             for (command, _) in &enqueues {
-                let mut these = Vec::with_capacity(command.len());
-                for row in command {
-                    outbox.execute(params![
-                        row.system,
-                        row.kind,
-                        row.record_key,
-                        row.op.as_str(),
-                        row.body,
-                        now,
-                        hash_to_sql(row.hash)
-                    ])?;
-                    these.push(tx.last_insert_rowid());
-                }
-                ids.push(these);
+                ids.push(sync_batch::enqueue(tx, command, now)?);
             }
             let mut append = tx.prepare_cached(
                 "INSERT INTO inbox (system, received_at, body, state) VALUES (?1, ?2, ?3, 'pending')",
@@ -161,18 +153,7 @@ impl Writer {
         match write {
             SyncWrite::OverlayPut { entries, reply } => {
                 let result = self.logged("sync overlay", "writing the overlay", |tx| {
-                    let mut put = tx.prepare_cached(
-                        "INSERT INTO overlay (id, body) VALUES (?1, ?2)
-                         ON CONFLICT (id) DO UPDATE SET body = excluded.body",
-                    )?;
-                    let mut delete = tx.prepare_cached("DELETE FROM overlay WHERE id = ?1")?;
-                    for (id, body) in &entries {
-                        match body {
-                            Some(body) => put.execute(params![id, body])?,
-                            None => delete.execute([id])?,
-                        };
-                    }
-                    Ok(())
+                    sync_batch::overlay_put(tx, &entries)
                 });
                 let _ = reply.send(result);
             }
@@ -214,52 +195,13 @@ impl Writer {
             SyncWrite::ConflictAdd { conflict, reply } => {
                 let now = unix_ms(SystemTime::now());
                 let result = self.logged("sync conflict", "recording a conflict", |tx| {
-                    tx.prepare_cached(
-                        "INSERT INTO conflicts (at, system, record_key, field, ours, theirs, resolution)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![
-                        now,
-                        conflict.system,
-                        conflict.record_key,
-                        conflict.field,
-                        conflict.ours,
-                        conflict.theirs,
-                        conflict.resolution
-                    ])?;
-                    Ok(tx.last_insert_rowid())
+                    sync_batch::conflict_add(tx, &conflict, now)
                 });
                 let _ = reply.send(result);
             }
             SyncWrite::IdmapLink { link, reply } => {
                 let result = self.logged("sync id-map", "linking a record", |tx| {
-                    // Unique both ways: the remote record leaves any other link first.
-                    tx.prepare_cached(
-                        "DELETE FROM idmap WHERE system = ?1 AND kind = ?2 AND remote_id = ?3
-                         AND local_id <> ?4",
-                    )?
-                    .execute(params![
-                        link.system,
-                        link.kind,
-                        link.remote_id,
-                        link.local_id
-                    ])?;
-                    tx.prepare_cached(
-                        "INSERT INTO idmap (system, kind, local_id, remote_id, hash)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (system, kind, local_id) DO UPDATE SET
-                             remote_id = excluded.remote_id,
-                             hash = COALESCE(excluded.hash, idmap.hash),
-                             closed_at = NULL",
-                    )?
-                    .execute(params![
-                        link.system,
-                        link.kind,
-                        link.local_id,
-                        link.remote_id,
-                        link.hash.map(hash_to_sql)
-                    ])?;
-                    Ok(())
+                    sync_batch::idmap_link(tx, &link)
                 });
                 let _ = reply.send(result);
             }
@@ -271,15 +213,15 @@ impl Writer {
             } => {
                 let now = unix_ms(SystemTime::now());
                 let result = self.logged("sync id-map", "closing a link", |tx| {
-                    let closed = tx
-                        .prepare_cached(
-                            "UPDATE idmap SET closed_at = ?4
-                             WHERE system = ?1 AND kind = ?2 AND local_id = ?3 AND closed_at IS NULL",
-                        )?
-                        .execute(params![system, kind, local_id, now])?;
-                    Ok(closed > 0)
+                    sync_batch::idmap_close(tx, &system, &kind, &local_id, now)
                 });
                 let _ = reply.send(result);
+            }
+            SyncWrite::Batch { batch, reply } => {
+                let _ = reply.send(self.sync_batch(&batch));
+            }
+            SyncWrite::RequisitesDelete { ids, reply } => {
+                let _ = reply.send(self.requisites_delete(&ids));
             }
         }
     }

@@ -179,6 +179,24 @@ async fn a_record_with_a_bad_inn_is_never_enqueued() {
         gw.directory.lookup_id("1").is_some(),
         "it answers all the same"
     );
+    let counted = |gw: &Running| gw.feed.metrics().held_back_total("crm");
+    assert_eq!(counted(&gw), 1);
+    // Looked at again (another change of the push set, a reconcile): the
+    // same content is not counted again.
+    push(&gw.directory, vec![record("2", "B")], &[]);
+    gw.feed.inlet.reconcile_later();
+    gw.feed.settled().await;
+    let reconciles = gw.feed.reconciles();
+    gw.feed.inlet.reconcile_later();
+    gw.feed.settled().await;
+    assert!(gw.feed.reconciles() > reconciles, "a reconcile ran");
+    assert_eq!(counted(&gw), 1, "once per content");
+    // Its content changed, still failing: counted once more.
+    let mut renamed = record("1", "A2");
+    renamed.inn = Some("7707083894".into());
+    push(&gw.directory, vec![renamed], &[]);
+    gw.feed.settled().await;
+    assert_eq!(counted(&gw), 2);
     gw.stop().await;
 }
 
