@@ -732,8 +732,11 @@ pub struct OperatorConfig {
     pub name: String,
 }
 
-/// The CRM systems the gateway can sync with: each may have a
-/// `[sync.<system>]` table, and each is a name `manager_precedence` knows.
+/// The CRM systems this product syncs with, whose modules come with their
+/// own issues: a `[sync.<system>]` of one of these names that no module of
+/// this build claims keeps the sync store (its admin API, the CRMs'
+/// overlays) and is named in a warning, where any other unclaimed name
+/// stops start-up ([`Config::check_sync_tables`]).
 pub const SYNC_SYSTEMS: &[&str] = &["bitrix24", "amocrm", "bpium"];
 
 /// The names `[sync] manager_precedence` may hold: the sources that name a
@@ -741,16 +744,55 @@ pub const SYNC_SYSTEMS: &[&str] = &["bitrix24", "amocrm", "bpium"];
 pub const MANAGER_SOURCES: &[&str] = &["onec", "push", "file", "bitrix24", "amocrm", "bpium"];
 
 /// `[sync]`: what the CRM systems share, and one table per system.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+///
+/// The system tables are any `[sync.<name>]` (a system's module, or a
+/// test's, registers the name with `Gateway::start_with`); which names are
+/// claimed is checked at start ([`Config::check_sync_tables`]), not here,
+/// where the systems a build has are not known. Read by hand (not serde's
+/// `flatten`, whose errors lose the key): a value of `[sync]` that is not a
+/// table is refused naming it.
+#[derive(Debug, Clone)]
 pub struct SyncConfig {
     /// Whose manager answers when a record has several (its own, named by
     /// its source or `manager_source`, and those a CRM's overlay adds):
     /// the first listed; a system not listed ranks after every listed one.
     pub manager_precedence: Vec<String>,
-    pub bitrix24: Option<SyncSystemConfig>,
-    pub amocrm: Option<SyncSystemConfig>,
-    pub bpium: Option<SyncSystemConfig>,
+    /// `[sync.<system>]` by system name.
+    pub tables: std::collections::BTreeMap<String, SyncSystemConfig>,
+}
+
+impl<'de> Deserialize<'de> for SyncConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Tables;
+        impl<'de> serde::de::Visitor<'de> for Tables {
+            type Value = SyncConfig;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("the [sync] table")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SyncConfig, A::Error> {
+                let mut config = SyncConfig::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "manager_precedence" {
+                        config.manager_precedence = map.next_value()?;
+                        continue;
+                    }
+                    let table = map.next_value::<SyncSystemConfig>().map_err(|e| {
+                        serde::de::Error::custom(format!(
+                            "sync.{key}: {e} (each key of [sync] but manager_precedence is a system's table)"
+                        ))
+                    })?;
+                    config.tables.insert(key, table);
+                }
+                Ok(config)
+            }
+        }
+        deserializer.deserialize_map(Tables)
+    }
 }
 
 impl SyncConfig {
@@ -758,7 +800,7 @@ impl SyncConfig {
     /// is then kept (its admin API, the CRMs' overlays) even before a
     /// module of that system runs.
     pub fn configured(&self) -> bool {
-        self.systems().next().is_some()
+        !self.tables.is_empty()
     }
 }
 
@@ -766,30 +808,22 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             manager_precedence: MANAGER_SOURCES.iter().map(|s| (*s).to_owned()).collect(),
-            bitrix24: None,
-            amocrm: None,
-            bpium: None,
+            tables: std::collections::BTreeMap::new(),
         }
     }
 }
 
 impl SyncConfig {
-    /// Each configured system with its table, in [`SYNC_SYSTEMS`]' order.
-    pub fn systems(&self) -> impl Iterator<Item = (&'static str, &SyncSystemConfig)> {
-        [
-            ("bitrix24", &self.bitrix24),
-            ("amocrm", &self.amocrm),
-            ("bpium", &self.bpium),
-        ]
-        .into_iter()
-        .filter_map(|(name, table)| table.as_ref().map(|t| (name, t)))
+    /// Each configured system with its table, by name.
+    pub fn systems(&self) -> impl Iterator<Item = (&str, &SyncSystemConfig)> {
+        self.tables
+            .iter()
+            .map(|(name, table)| (name.as_str(), table))
     }
 
     /// The table of `system`, if configured.
     pub fn system(&self, system: &str) -> Option<&SyncSystemConfig> {
-        self.systems()
-            .find(|(name, _)| *name == system)
-            .map(|s| s.1)
+        self.tables.get(system)
     }
 }
 
@@ -1414,6 +1448,28 @@ impl Config {
 }
 
 impl Config {
+    /// Every `[sync.<system>]` is claimed by one of `registered` (the
+    /// systems the gateway is started with) or named in [`SYNC_SYSTEMS`]
+    /// (a product system whose module this build may lack: the table keeps
+    /// the sync store, and the caller warns that nothing is sent). Any other
+    /// table would sync nothing while looking configured: it stops
+    /// start-up, naming it.
+    pub fn check_sync_tables(&self, registered: &[&str]) -> Result<(), ConfigError> {
+        for (system, _) in self.sync.systems() {
+            if !registered.contains(&system) && !SYNC_SYSTEMS.contains(&system) {
+                let known: Vec<&str> = registered.iter().chain(SYNC_SYSTEMS).copied().collect();
+                return Err(self.invalid(
+                    &format!("sync.{system}"),
+                    format!(
+                        "names a system this gateway does not have (it has {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `[sync]`: precedence names known and each once; every link template
     /// an `http(s)://` URL with a host and `{id}`.
     fn validate_sync(&self) -> Result<(), ConfigError> {
@@ -1435,6 +1491,17 @@ impl Config {
             }
         }
         for (system, table) in self.sync.systems() {
+            if system.is_empty()
+                || system.len() > 64
+                || !system
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            {
+                return Err(self.invalid(
+                    &format!("sync.{}", system.chars().take(64).collect::<String>()),
+                    "is not a system name: 1-64 lowercase Latin letters, digits, _ or -",
+                ));
+            }
             for (kind, template) in &table.link_templates {
                 let key = format!("sync.{system}.link_templates.{kind}");
                 if kind.is_empty()
@@ -1791,6 +1858,21 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_table_no_system_claims_is_named() {
+        let config = parse(&format!("{MINIMAL}[sync.testcrm]\n[sync.bitrix24]\n"))
+            .expect("any system name reads");
+        assert!(config.check_sync_tables(&["testcrm"]).is_ok());
+        let err = config
+            .check_sync_tables(&[])
+            .expect_err("testcrm unclaimed");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("gw.toml") && msg.contains("sync.testcrm"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn bad_sync_and_manager_keys_stop_start_up_naming_key_and_file() {
         let manager =
             |extra: &str| format!("[[manager]]\nextension = \"244\"\nname = \"A\"\n{extra}");
@@ -1803,7 +1885,8 @@ mod tests {
                 "[sync]\nmanager_precedence = [\"onec\", \"onec\"]\n".to_owned(),
                 "sync.manager_precedence",
             ),
-            ("[sync.sap]\n".to_owned(), "sap"),
+            ("[sync.Sap]\n".to_owned(), "sync.Sap"),
+            ("[sync]\nstray = 1\n".to_owned(), "stray"),
             ("[sync.bitrix24]\ndedupe = \"inn\"\n".to_owned(), "dedupe"),
             (
                 "[sync.bitrix24]\ndedupe_key = \"kpp\"\n".to_owned(),

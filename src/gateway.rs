@@ -30,7 +30,8 @@ use crate::sources::push::{self, PushSource};
 use crate::sources::{SnapshotSavers, SourceHealth};
 use crate::store::{DiskGate, OpenOptions, SourceSnapshot, Store, StoreError};
 use crate::sync::crm_source::CrmRecords;
-use crate::sync::{self, Feed, FeedMetrics, FeedSettings, Registry, RegistryError, SystemSpec};
+use crate::sync::system::System;
+use crate::sync::{self, Feed, FeedMetrics, FeedSettings, Registry, RegistryError};
 use crate::vats::Vats;
 
 #[derive(Debug, thiserror::Error)]
@@ -101,12 +102,15 @@ impl Gateway {
         Gateway::start_with(config, Vec::new()).await
     }
 
-    /// [`Gateway::start`] with sync systems registered (see
-    /// [`crate::sync::registry`]): then the sync store is opened and the
-    /// change feed runs. Without one, no sync file is created.
+    /// [`Gateway::start`] with the sync systems this build (or a test) has.
+    /// A system starts only when its `[sync.<name>]` table is set (its spec,
+    /// [`System::spec`], registered with the core: then the sync store is
+    /// opened and the change feed runs); a table no system claims stops
+    /// start-up naming it (see [`Config::check_sync_tables`]). With no
+    /// system started, no sync file is created.
     pub async fn start_with(
         config: Config,
-        systems: Vec<SystemSpec>,
+        systems: Vec<Arc<dyn System>>,
     ) -> Result<Gateway, StartError> {
         Gateway::start_with_feed(config, systems, FeedSettings::default()).await
     }
@@ -116,11 +120,12 @@ impl Gateway {
     #[doc(hidden)]
     pub async fn start_with_feed(
         config: Config,
-        systems: Vec<SystemSpec>,
+        systems: Vec<Arc<dyn System>>,
         feed_settings: FeedSettings,
     ) -> Result<Gateway, StartError> {
         let started = Instant::now();
-        let registry = Registry::new(systems)?;
+        let systems = configured_systems(&config, systems)?;
+        let registry = Registry::new(systems.iter().map(|s| s.spec().clone()).collect())?;
         http::check_soap_path(&config)?;
         let metrics = Arc::new(Metrics::new());
         // Before anything is opened: a bad certificate stops start-up at once.
@@ -381,6 +386,38 @@ fn open_main_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreErr
         .companion(onec_store_path(&config.store.path))
         .companion(sync_store_path(&config.store.path));
     Store::open_with_options(&config.store.path, metrics.registry(), &options)
+}
+
+/// Of `systems`, those with a `[sync.<name>]` table, in the order given;
+/// a table none of them claims stops start-up (but for the product's own
+/// system names, whose modules a build may lack: warned about, the table
+/// keeps the sync store). A system without a table is not started: a build
+/// carries every module, the configuration picks.
+fn configured_systems(
+    config: &Config,
+    systems: Vec<Arc<dyn System>>,
+) -> Result<Vec<Arc<dyn System>>, StartError> {
+    let names: Vec<&str> = systems.iter().map(|s| s.spec().name()).collect();
+    config.check_sync_tables(&names)?;
+    for (name, _) in config.sync.systems() {
+        if !names.contains(&name) {
+            tracing::warn!(
+                system = name,
+                "[sync.{name}] is set but this build has no module for it: nothing is sent to it; the sync store is kept for its admin API and overlays"
+            );
+        }
+    }
+    let (started, idle): (Vec<_>, Vec<_>) = systems
+        .into_iter()
+        .partition(|s| config.sync.system(s.spec().name()).is_some());
+    for system in idle {
+        tracing::debug!(
+            system = system.spec().name(),
+            "sync system not started: no [sync.{}] table",
+            system.spec().name()
+        );
+    }
+    Ok(started)
 }
 
 /// The systems this gateway syncs: those registered and those with a

@@ -13,8 +13,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use hyper::HeaderMap;
-
 use crate::store::OutboxOp;
 use crate::sync::inbound::Inbound;
 use crate::sync::registry::SystemSpec;
@@ -93,8 +91,25 @@ pub struct Webhook<'a> {
     /// The path's secret segment, for systems that can neither sign nor send
     /// a token (amoCRM's legacy webhooks).
     pub secret: Option<&'a str>,
-    pub headers: &'a HeaderMap,
+    pub headers: Headers<'a>,
     pub body: &'a [u8],
+}
+
+/// A webhook's request headers, as the HTTP front hands them over: names
+/// and raw values, borrowed from the request. Not hyper's `HeaderMap`: only
+/// `http` speaks hyper (ARCHITECTURE.md), and a system needs no more than
+/// to read a header or two (a signature, a token).
+#[derive(Debug, Clone, Copy)]
+pub struct Headers<'a>(pub &'a [(&'a str, &'a [u8])]);
+
+impl<'a> Headers<'a> {
+    /// The first value of header `name` (compared without case).
+    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
 }
 
 /// Why a webhook's body was not taken: answered 400 naming `what`.
