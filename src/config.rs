@@ -828,7 +828,11 @@ impl SyncConfig {
 }
 
 /// `[sync.<system>]`: one CRM system.
-#[derive(Debug, Clone, Default, Deserialize)]
+// The worker's keys below are the limits helper's (branch `limits` parses
+// and validates them with the limiter's overrides); the same fields here so
+// that the worker runs and is tested before that branch merges: take that
+// branch's version of this struct at the merge.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyncSystemConfig {
     /// What makes a record there "the same client" as one here.
@@ -836,6 +840,38 @@ pub struct SyncSystemConfig {
     /// The URL of a record's page there, by kind (`company`, `contact`...):
     /// `http(s)://`, with `{id}` where the record's id goes (URL-encoded).
     pub link_templates: std::collections::BTreeMap<String, String>,
+    /// The first wait after a failed request; doubling (with jitter) up to
+    /// `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_first: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Longest a request to the system may take; then it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Records sent at once (each record's own changes strictly in order).
+    pub concurrency: usize,
+    /// A change still unsent after this long is given up (dead).
+    #[serde(with = "humantime_serde")]
+    pub dead_after: Duration,
+    /// While the system blocks the gateway: one probe request this often.
+    #[serde(with = "humantime_serde")]
+    pub block_probe: Duration,
+}
+
+impl Default for SyncSystemConfig {
+    fn default() -> Self {
+        SyncSystemConfig {
+            dedupe_key: DedupeKey::default(),
+            link_templates: std::collections::BTreeMap::new(),
+            retry_first: Duration::from_secs(1),
+            retry_max: Duration::from_secs(5 * 60),
+            timeout: Duration::from_secs(30),
+            concurrency: 4,
+            dead_after: Duration::from_secs(7 * 24 * 3600),
+            block_probe: Duration::from_secs(10 * 60),
+        }
+    }
 }
 
 impl SyncSystemConfig {

@@ -30,6 +30,7 @@ use crate::sources::push::{self, PushSource};
 use crate::sources::{SnapshotSavers, SourceHealth};
 use crate::store::{DiskGate, OpenOptions, SourceSnapshot, Store, StoreError};
 use crate::sync::crm_source::CrmRecords;
+use crate::sync::runtime::{Runtime, RuntimeMetrics};
 use crate::sync::system::System;
 use crate::sync::{self, Feed, FeedMetrics, FeedSettings, Registry, RegistryError};
 use crate::vats::Vats;
@@ -93,6 +94,13 @@ struct SyncParts {
     store: Store,
     feed: Option<Feed>,
     crm: Vec<Arc<CrmRecords>>,
+    /// The workers' handles (resume), made before the front.
+    runtime: Runtime,
+}
+
+/// The names of `systems`.
+fn registry_names(systems: &[Arc<dyn System>]) -> Vec<&str> {
+    systems.iter().map(|s| s.spec().name()).collect()
 }
 
 impl Gateway {
@@ -142,7 +150,8 @@ impl Gateway {
         // start-up before anything is created on disk (no `var/` left behind).
         let (listener, addr) = bind(config.server.listen).await?;
         let store = open_main_store(&config, &metrics)?;
-        let (sync, sync_failure) = open_sync(&config, &metrics, &registry, &feed_settings)?;
+        let (sync, sync_failure) =
+            open_sync(&config, &metrics, &registry, &feed_settings, &systems)?;
         let directory = Directory::new(soap::say_name_payload)
             .counting_unusable_phones(metrics.directory_unusable_phones.clone())
             .counting_invalid_requisites(metrics.directory_invalid_requisites.clone())
@@ -194,7 +203,10 @@ impl Gateway {
         // duplicates (backed up with the others), and the sync API reads it.
         let front = match &sync {
             Some((parts, _)) => {
-                front.with_sync_store(parts.store.clone(), synced_systems(&config, &registry))
+                let runtime = parts.runtime.clone();
+                front
+                    .with_sync_store(parts.store.clone(), synced_systems(&config, &registry))
+                    .with_sync_resume(Arc::new(move |system: &str| runtime.resume(system)))
             }
             None => match sync_failure {
                 Some(why) => front.with_sync_store_failed(why),
@@ -262,6 +274,20 @@ impl Gateway {
                 )
                 .map_err(StartError::SyncFeed)?;
                 sources.push(feed);
+                // The senders, once the feed runs (its start-up reconcile
+                // queues what the last run left unqueued).
+                let metrics = RuntimeMetrics::new(metrics.registry(), &registry_names(&systems))
+                    .map_err(StartError::Metrics)?;
+                let workers = sync::runtime::spawn(
+                    &parts.runtime,
+                    &systems,
+                    &config.sync,
+                    &parts.store,
+                    &metrics,
+                    &stop_sources,
+                )
+                .map_err(StartError::SyncFeed)?;
+                sources.extend(workers);
                 Some(parts)
             }
             Some((parts, None)) => Some(parts),
@@ -451,6 +477,7 @@ fn open_sync(
     metrics: &Metrics,
     registry: &Registry,
     settings: &FeedSettings,
+    systems: &[Arc<dyn System>],
 ) -> Result<(Option<OpenedSync>, Option<String>), StartError> {
     if registry.is_empty() && !config.sync.configured() {
         return Ok((None, None));
@@ -473,6 +500,7 @@ fn open_sync(
             store,
             feed: None,
             crm: Vec::new(),
+            runtime: Runtime::default(),
         };
         return Ok((Some((parts, None)), None));
     }
@@ -483,6 +511,7 @@ fn open_sync(
         store,
         feed: Some(feed),
         crm: Vec::new(),
+        runtime: Runtime::new(systems),
     };
     Ok((Some((parts, Some(input))), None))
 }

@@ -5,11 +5,11 @@
 //! system's record is matched with the directory's ([`identity`]), and the
 //! records only a CRM holds, a source named after it ([`crm_source`]), and
 //! what the core does with a record a system reports ([`inbound`]), and
-//! what a system gives the sending runtime ([`system`]).
+//! what a system gives the sending runtime ([`system`]), and the runtime
+//! that sends each system's outbox ([`runtime`]).
 //!
 //! The sync store (`<name>.sync.sqlite`) is opened only when a system is
-//! registered: an installation that does not sync has no such file. What
-//! sends the outbox's rows is the sync runtime's (issue 18).
+//! registered: an installation that does not sync has no such file.
 
 pub mod crm_source;
 pub mod feed;
@@ -18,6 +18,7 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod registry;
+pub mod runtime;
 pub mod system;
 
 pub use feed::{Feed, FeedSettings};

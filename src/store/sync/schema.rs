@@ -132,4 +132,12 @@ pub(in crate::store) const SYNC_MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX idmap_remote ON idmap (system, kind, remote_id)
         WHERE remote_id IS NOT NULL;
     ",
+    // 3: the sync runtime (issue 18): a dead row remembers the later row of
+    // its record that the system confirmed, so that retrying it (which
+    // would send an older state over a newer one) is refused naming that
+    // row. Set in the confirming transaction; no index (dead rows are few,
+    // found through `outbox_due`).
+    "
+    ALTER TABLE outbox ADD COLUMN superseded_by INTEGER;
+    ",
 ];
