@@ -9,6 +9,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,6 +79,13 @@ mod crm {
         pub in_flight: HashMap<String, u32>,
         pub overlaps: u32,
         pub requests: u32,
+        /// The next batch is written, then its answer held until `release`
+        /// (a crash between the CRM's accept and the gateway's commit).
+        pub hold_once: bool,
+        pub held: u32,
+        pub release: bool,
+        /// Lookups that found a record (a create the gateway adopts).
+        pub found: u32,
         next_id: u64,
     }
 
@@ -205,24 +213,41 @@ mod crm {
         let _ = paused.wait_for(|p| !*p).await;
         // A little time in flight, so that overlaps would show.
         tokio::time::sleep(Duration::from_millis(2)).await;
-        let mut s = state.lock().expect("crm state");
-        for e in &externals {
+        let mut held = false;
+        let answer = {
+            let mut s = state.lock().expect("crm state");
+            respond(&mut s, &path, &query, &body, &externals, &mut held)
+        };
+        while held && !state.lock().expect("crm state").release {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(answer)
+    }
+
+    fn respond(
+        s: &mut State,
+        path: &str,
+        query: &str,
+        body: &Value,
+        externals: &[String],
+        held: &mut bool,
+    ) -> Response<Full<Bytes>> {
+        for e in externals {
             if let Some(n) = s.in_flight.get_mut(e) {
                 *n -= 1;
             }
         }
         if s.blocked {
-            return Ok(answer(
-                StatusCode::FORBIDDEN,
-                json!({"error": "account blocked"}),
-            ));
+            return answer(StatusCode::FORBIDDEN, json!({"error": "account blocked"}));
         }
-        let answer = match &*path {
+        match path {
             "/find" => {
                 let external = query.strip_prefix("external_id=").unwrap_or_default();
                 match s.by_external.get(external) {
                     Some(id) => {
-                        let version = s.records[id].version;
+                        let id = id.clone();
+                        s.found += 1;
+                        let version = s.records[&id].version;
                         answer(StatusCode::OK, json!({"id": id, "version": version}))
                     }
                     None => answer(StatusCode::NOT_FOUND, json!({"error": "not found"})),
@@ -230,12 +255,15 @@ mod crm {
             }
             "/batch" => {
                 let rows = body.as_array().cloned().unwrap_or_default();
-                let results: Vec<Value> = rows.iter().map(|row| write(&mut s, row)).collect();
+                let results: Vec<Value> = rows.iter().map(|row| write(s, row)).collect();
+                if std::mem::take(&mut s.hold_once) {
+                    s.held += 1;
+                    *held = true;
+                }
                 answer(StatusCode::OK, Value::Array(results))
             }
             _ => answer(StatusCode::NOT_FOUND, json!({"error": "no such endpoint"})),
-        };
-        Ok(answer)
+        }
     }
 
     /// One row of a batch.
@@ -774,4 +802,140 @@ async fn a_blocked_crm_gets_probes_only_and_resume_probes_now() {
         metrics.contains("cti_sync_requests_total{outcome=\"blocked\",system=\"testcrm\"}"),
         "{metrics}"
     );
+}
+
+/// Set in the child gateway's environment: `<config file>|<CRM address>`.
+const CHILD: &str = "CTI_SYNC_RUNTIME_CHILD";
+
+/// Not a test of its own: the child gateway of
+/// [`kill_9_during_a_drain_loses_nothing_and_creates_nothing_twice`], run
+/// by it as this binary with [`CHILD`] set; without it, does nothing.
+#[tokio::test]
+async fn child_gateway() {
+    let Ok(spec) = std::env::var(CHILD) else {
+        return;
+    };
+    let (config, crm) = spec.split_once('|').expect("config|crm");
+    let config = Config::load(Path::new(config), &|_| None).expect("child config");
+    let system = CrmSystem {
+        spec: SystemSpec::new(SYSTEM)
+            .expect("name")
+            .with_fields(&["name", "phones"])
+            .expect("fields"),
+        addr: crm.parse().expect("crm address"),
+        batch: 50,
+    };
+    let _gateway = Gateway::start_with(config, vec![Arc::new(system) as Arc<dyn System>])
+        .await
+        .expect("child gateway starts");
+    // Until killed.
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+fn spawn_child(config: &Path, crm: SocketAddr) -> tokio::process::Child {
+    tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "child_gateway",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, format!("{}|{crm}", config.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("child gateway")
+}
+
+/// Rows in the sync file's outbox, read beside the running child (WAL).
+fn outbox_rows(sync_file: &Path) -> Option<i64> {
+    let conn = rusqlite::Connection::open_with_flags(
+        sync_file,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .ok()?;
+    conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+        .ok()
+}
+
+#[tokio::test]
+async fn kill_9_during_a_drain_loses_nothing_and_creates_nothing_twice() {
+    const RECORDS: usize = 2_000;
+    let crm = crm::Crm::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file: String = (0..RECORDS)
+        .map(|i| {
+            format!("{{\"id\":\"c{i:04}\",\"name\":\"Клиент {i}\",\"phones\":[\"8916{i:07}\"]}}\n")
+        })
+        .collect();
+    std::fs::write(dir.path().join("counterparties.jsonl"), file).expect("write directory");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        config_text(dir.path(), &format!("\n[sync.{SYSTEM}]\n{FAST_RETRIES}")),
+    )
+    .expect("write config");
+    let sync_file = cti_gateway::gateway::sync_store_path(&dir.path().join("store.sqlite"));
+    let writes = || crm.lock().writes.len();
+
+    // Three kills at a random moment of the drain...
+    for round in 0..3 {
+        let mut child = spawn_child(&config, crm.addr);
+        let from = writes();
+        let wait = 50 + round * 150;
+        until(Duration::from_secs(60), "the child sends", || async {
+            writes() >= from + wait
+        })
+        .await;
+        child.kill().await.expect("SIGKILL");
+    }
+    // ...and one between the CRM's accept and the gateway's commit.
+    crm.lock().hold_once = true;
+    let mut child = spawn_child(&config, crm.addr);
+    until(Duration::from_secs(60), "a write held", || async {
+        crm.lock().held == 1
+    })
+    .await;
+    child.kill().await.expect("SIGKILL");
+    crm.lock().release = true;
+
+    // The last run drains everything.
+    let mut child = spawn_child(&config, crm.addr);
+    until(
+        Duration::from_secs(120),
+        "every record in the CRM",
+        || async { crm.lock().by_external.len() == RECORDS },
+    )
+    .await;
+    until(Duration::from_secs(60), "the outbox drained", || async {
+        outbox_rows(&sync_file) == Some(0)
+    })
+    .await;
+    child.kill().await.expect("SIGKILL");
+    let state = crm.lock();
+    let twice: Vec<_> = state.creates.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "created other than once: {twice:?}");
+    assert_eq!(state.creates.len(), RECORDS);
+    assert!(
+        state.found >= 1,
+        "the write held at the kill was adopted, not created again"
+    );
+    drop(state);
+    let conn = rusqlite::Connection::open(&sync_file).expect("sync file");
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity check");
+    assert_eq!(check, "ok");
+    let unlinked: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM idmap WHERE system = ?1 AND remote_id IS NULL",
+            [SYSTEM],
+            |r| r.get(0),
+        )
+        .expect("id-map");
+    assert_eq!(unlinked, 0, "every record linked to its CRM copy");
 }
