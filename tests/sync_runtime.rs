@@ -74,6 +74,8 @@ mod crm {
         pub invalid: HashMap<String, String>,
         /// Every request answers 403 "blocked".
         pub blocked: bool,
+        /// Every request answers 503 (an outage).
+        pub down: bool,
         /// Requests now carrying a row of each external id: > 1 breaks the
         /// order per record.
         pub in_flight: HashMap<String, u32>,
@@ -86,6 +88,12 @@ mod crm {
         pub release: bool,
         /// Lookups that found a record (a create the gateway adopts).
         pub found: u32,
+        /// The next batch answers 429 with this `Retry-After` (seconds).
+        pub limit_once: Option<u64>,
+        /// When each 429 was answered.
+        pub limited_at: Vec<std::time::Instant>,
+        /// When each request arrived.
+        pub arrived: Vec<std::time::Instant>,
         next_id: u64,
     }
 
@@ -202,6 +210,7 @@ mod crm {
         {
             let mut s = state.lock().expect("crm state");
             s.requests += 1;
+            s.arrived.push(std::time::Instant::now());
             for e in &externals {
                 let n = s.in_flight.entry(e.clone()).or_default();
                 *n += 1;
@@ -239,6 +248,18 @@ mod crm {
         }
         if s.blocked {
             return answer(StatusCode::FORBIDDEN, json!({"error": "account blocked"}));
+        }
+        if s.down {
+            return answer(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "down"}));
+        }
+        if path == "/batch" {
+            if let Some(seconds) = s.limit_once.take() {
+                s.limited_at.push(std::time::Instant::now());
+                return answer(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    json!({"error": "limit", "retry_after": seconds}),
+                );
+            }
         }
         match path {
             "/find" => {
@@ -379,6 +400,9 @@ impl CrmSystem {
         {
             Err(e) => every(Outcome::Retry(e)),
             Ok((403, _)) => every(Outcome::Blocked("403: account blocked".into())),
+            Ok((429, answer)) => every(Outcome::Limited {
+                retry_after: answer["retry_after"].as_u64().map(Duration::from_secs),
+            }),
             Ok((200, Value::Array(results))) if results.len() == rows.len() => results
                 .iter()
                 .map(|r| match r["status"].as_str() {
@@ -801,6 +825,86 @@ async fn a_blocked_crm_gets_probes_only_and_resume_probes_now() {
     assert!(
         metrics.contains("cti_sync_requests_total{outcome=\"blocked\",system=\"testcrm\"}"),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_limit_answer_pauses_the_system_for_its_retry_after_and_costs_no_attempt() {
+    let crm = crm::Crm::start().await;
+    let gw = start(&crm, FAST_RETRIES, 10).await;
+    drained(&gw).await;
+    crm.lock().limit_once = Some(1);
+    push(gw.addr, "k1", "Альфа 2", "84951110001").await;
+    until(Duration::from_secs(10), "a limit answer", || async {
+        !crm.lock().limited_at.is_empty()
+    })
+    .await;
+    let (limited_at, requests) = {
+        let state = crm.lock();
+        (state.limited_at[0], state.requests)
+    };
+    push(gw.addr, "k2", "Бета 2", "84951110002").await;
+    settled(&gw).await;
+    let pending = outbox(&gw, Some(OutboxState::Pending)).await;
+    assert!(
+        pending.iter().all(|r| r.attempts == 0),
+        "attempts unchanged: {pending:?}"
+    );
+    drained(&gw).await;
+    let state = crm.lock();
+    assert!(state.requests > requests, "sent after the pause");
+    let early: Vec<_> = state
+        .arrived
+        .iter()
+        .filter(|at| {
+            **at > limited_at && at.duration_since(limited_at) < Duration::from_millis(900)
+        })
+        .collect();
+    assert!(early.is_empty(), "requests before Retry-After: {early:?}");
+    let writes: Vec<_> = state
+        .writes
+        .iter()
+        .map(|(e, _, b)| (e.clone(), b["name"].clone()))
+        .collect();
+    assert!(
+        writes.contains(&("k1".into(), json!("Альфа 2"))),
+        "{writes:?}"
+    );
+    assert!(
+        writes.contains(&("k2".into(), json!("Бета 2"))),
+        "{writes:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_outage_grows_the_systems_backoff_not_the_rows_attempts() {
+    let crm = crm::Crm::start().await;
+    let gw = start(&crm, FAST_RETRIES, 1).await;
+    drained(&gw).await;
+    crm.lock().down = true;
+    for (id, name, phone) in [
+        ("k1", "Альфа 2", "84951110001"),
+        ("k2", "Бета 2", "84951110002"),
+        ("k3", "Гамма 2", "84951110003"),
+    ] {
+        push(gw.addr, id, name, phone).await;
+    }
+    settled(&gw).await;
+    // Many times the row backoff (10-100 ms): each row would be dead by now
+    // if the outage counted against it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let requests = crm.lock().requests;
+    let pending = outbox(&gw, Some(OutboxState::Pending)).await;
+    assert_eq!(pending.len(), 3, "{pending:?}");
+    assert!(pending.iter().all(|r| r.attempts <= 1), "{pending:?}");
+    assert!(outbox(&gw, Some(OutboxState::Dead)).await.is_empty());
+    // One request per system wait, not one per row per row wait.
+    assert!(requests < 60, "{requests} requests in 2 s of outage");
+    crm.lock().down = false;
+    drained(&gw).await;
+    assert_eq!(
+        crm.writes_of("k3").last().map(|b| b["name"].clone()),
+        Some(json!("Гамма 2"))
     );
 }
 

@@ -50,8 +50,11 @@ pub const MAX_ATTEMPTS: u32 = 10;
 /// Requests in a row without a success before the system itself waits.
 pub const SYSTEM_FAILURES: u32 = 3;
 
-/// Pending rows read per look at the outbox (see `Store::outbox_pending`).
-const WINDOW: u32 = 2_000;
+/// Pending rows read per look at the outbox (see `Store::outbox_pending`):
+/// four times what the free slots take, so that records waiting (in
+/// flight, or for their retry) leave others to pick, within these bounds.
+/// Any prefix of the pending rows keeps the order per record.
+const WINDOW: (usize, usize) = (200, 2_000);
 
 /// How often an idle worker looks for new rows.
 const POLL: Duration = Duration::from_millis(100);
@@ -205,7 +208,7 @@ impl Worker {
         let mut wake = now + POLL;
         if let Some(probe) = state.probe_at {
             wake = if state.probing {
-                now + self.settings.block_probe
+                after(self.settings.block_probe)
             } else {
                 probe.max(now)
             };
@@ -235,7 +238,9 @@ impl Worker {
         if slots == 0 {
             return;
         }
-        let window = match self.store.outbox_pending(self.name(), WINDOW).await {
+        let size = (slots * batch * 4).clamp(WINDOW.0, WINDOW.1);
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
+        let window = match self.store.outbox_pending(self.name(), size).await {
             Ok(window) => window,
             Err(e) => {
                 tracing::error!(system = %self.name(), error = %e, "sync: the outbox could not be read; trying again shortly");
@@ -491,7 +496,10 @@ impl Worker {
                 RowResult::Outcome(Outcome::Retry(error)) => {
                     let since = state.failed_at.insert(row.id, state.answers).unwrap_or(0);
                     let own = state.answers > since;
-                    let too_old = row.created_at + self.settings.dead_after <= now;
+                    let too_old = row
+                        .created_at
+                        .checked_add(self.settings.dead_after)
+                        .is_some_and(|limit| limit <= now);
                     let attempts = if own { row.attempts + 1 } else { row.attempts };
                     let dead = too_old || attempts >= MAX_ATTEMPTS;
                     let error = if too_old {
@@ -509,7 +517,7 @@ impl Worker {
                     // The system's own failure waits with the system (below);
                     // the row is due again as soon as the system is.
                     let next_at = if own {
-                        now + backoff.delay(attempts)
+                        now.checked_add(backoff.delay(attempts)).unwrap_or(now)
                     } else {
                         now
                     };
@@ -552,14 +560,18 @@ impl Worker {
                 tracing::warn!(system = %self.name(), reason = %crate::logging::Escaped(&reason), probe_every = %humantime::format_duration(self.settings.block_probe), "sync: the system blocks the gateway: sending stops, one probe at a time (POST /api/v1/sync/{}/resume probes now)", self.name());
             }
             self.health.blocked(&reason);
-            state.probe_at = Some(Instant::now() + self.settings.block_probe);
+            state.probe_at = Some(after(self.settings.block_probe));
             return;
         }
         if let Some(retry_after) = limited {
             state.failures_in_a_row += 1;
             let wait = retry_after.unwrap_or_else(|| backoff.delay(state.failures_in_a_row));
-            self.limiter.pause_until(Instant::now() + wait);
-            self.health.limited(SystemTime::now() + wait);
+            self.limiter.pause_until(after(wait));
+            self.health.limited(
+                SystemTime::now()
+                    .checked_add(wait)
+                    .unwrap_or_else(SystemTime::now),
+            );
             if was_probe {
                 state.probe_at = None;
             }
@@ -580,12 +592,12 @@ impl Worker {
         state.failures_in_a_row += 1;
         if was_probe {
             // A blocked system's probe failed otherwise: still blocked.
-            state.probe_at = Some(Instant::now() + self.settings.block_probe);
+            state.probe_at = Some(after(self.settings.block_probe));
             return;
         }
         if state.failures_in_a_row >= SYSTEM_FAILURES {
             let wait = backoff.delay(state.failures_in_a_row - SYSTEM_FAILURES + 1);
-            state.paused_until = Some(Instant::now() + wait);
+            state.paused_until = Some(after(wait));
             let reason = if timed_out {
                 format!(
                     "no answer within {}",
@@ -609,6 +621,14 @@ impl Worker {
             }
         }
     }
+}
+
+/// `wait` from now; a wait past what the clock can hold (a configured
+/// "1000y") is a year.
+fn after(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// How `cti_sync_requests_total` counts a request whose rows came to `outcomes`.
