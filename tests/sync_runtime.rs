@@ -1043,3 +1043,28 @@ async fn kill_9_during_a_drain_loses_nothing_and_creates_nothing_twice() {
         .expect("id-map");
     assert_eq!(unlinked, 0, "every record linked to its CRM copy");
 }
+
+#[tokio::test]
+async fn resume_names_what_it_cannot_resume() {
+    // Configured, but no module of this build sends to it.
+    let gw = support::start("\n[sync.bitrix24]\n").await;
+    let resume = |system: &'static str| {
+        let path = format!("/api/v1/sync/{system}/resume");
+        async move { request(gw.addr, "POST", &path, &[BEARER], b"").await }
+    };
+    let reply = resume("bitrix24").await;
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    assert!(reply.body.contains("no worker"), "{}", reply.body);
+    assert_eq!(resume("nosuch").await.status, 404);
+    let reply = request(gw.addr, "POST", "/api/v1/sync/bitrix24/resume", &[], b"").await;
+    assert_eq!(reply.status, 401);
+    let reply = request(
+        gw.addr,
+        "GET",
+        "/api/v1/sync/bitrix24/resume",
+        &[BEARER],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 405);
+}

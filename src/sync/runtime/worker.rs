@@ -231,7 +231,13 @@ impl Worker {
                     return;
                 }
                 state.paused_until = None;
-                let room = self.settings.concurrency.saturating_sub(requests.len());
+                // A failing system gets one request at a time until it
+                // answers: fresh rows never hammer it.
+                let room = if state.failures_in_a_row >= SYSTEM_FAILURES {
+                    usize::from(requests.is_empty())
+                } else {
+                    self.settings.concurrency.saturating_sub(requests.len())
+                };
                 (room, self.system.batch_size().max(1))
             }
         };
