@@ -1068,3 +1068,29 @@ async fn resume_names_what_it_cannot_resume() {
     .await;
     assert_eq!(reply.status, 405);
 }
+
+#[tokio::test]
+async fn a_blocked_crm_is_probed_every_block_probe_and_sending_resumes_when_it_answers() {
+    let crm = crm::Crm::start().await;
+    let gw = start(&crm, "block_probe = \"1s\"\n", 10).await;
+    drained(&gw).await;
+    crm.lock().blocked = true;
+    let before = crm.lock().requests;
+    push(gw.addr, "k1", "Альфа 2", "84951110001").await;
+    push(gw.addr, "k2", "Бета 2", "84951110002").await;
+    settled(&gw).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let during = crm.lock().requests - before;
+    // The first request, then a probe a second: never a request per row.
+    assert!((1..=4).contains(&during), "{during} requests while blocked");
+    crm.lock().blocked = false;
+    drained(&gw).await;
+    assert_eq!(
+        crm.writes_of("k1").last().map(|b| b["name"].clone()),
+        Some(json!("Альфа 2"))
+    );
+    assert_eq!(
+        crm.writes_of("k2").last().map(|b| b["name"].clone()),
+        Some(json!("Бета 2"))
+    );
+}

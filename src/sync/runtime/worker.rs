@@ -119,6 +119,8 @@ struct Done {
     /// lookup's answer).
     answered: bool,
     timed_out: bool,
+    /// The one request a blocked system was sent.
+    probe: bool,
 }
 
 /// The worker's memory between requests.
@@ -292,11 +294,10 @@ impl Worker {
             for row in &rows {
                 state.in_flight.insert(row.row.record_key.clone());
             }
-            if state.probe_at.is_some() {
-                state.probing = true;
-            }
+            let probe = state.probe_at.is_some();
+            state.probing |= probe;
             let worker = Arc::clone(self);
-            requests.spawn(async move { worker.request(rows).await });
+            requests.spawn(async move { worker.request(rows, probe).await });
         }
     }
 
@@ -337,7 +338,7 @@ impl Worker {
 
     /// One request: lookups before creates (and before removes of records
     /// without a remote id), then one send of the rows left.
-    async fn request(self: Arc<Self>, mut rows: Vec<Taken>) -> Done {
+    async fn request(self: Arc<Self>, mut rows: Vec<Taken>, probe: bool) -> Done {
         let mut results: Vec<Option<RowResult>> = rows.iter().map(|_| None).collect();
         let mut answered = false;
         let mut timed_out = false;
@@ -445,6 +446,7 @@ impl Worker {
             results,
             answered,
             timed_out,
+            probe,
         }
     }
 
@@ -455,8 +457,11 @@ impl Worker {
             results,
             answered,
             timed_out,
+            probe: was_probe,
         } = done;
-        let was_probe = std::mem::take(&mut state.probing);
+        if was_probe {
+            state.probing = false;
+        }
         for taken in &rows {
             state.in_flight.remove(&taken.row.record_key);
         }
