@@ -732,8 +732,11 @@ pub struct OperatorConfig {
     pub name: String,
 }
 
-/// The CRM systems the gateway can sync with: each may have a
-/// `[sync.<system>]` table, and each is a name `manager_precedence` knows.
+/// The CRM systems this product syncs with, whose modules come with their
+/// own issues: a `[sync.<system>]` of one of these names that no module of
+/// this build claims keeps the sync store (its admin API, the CRMs'
+/// overlays) and is named in a warning, where any other unclaimed name
+/// stops start-up ([`Config::check_sync_tables`]).
 pub const SYNC_SYSTEMS: &[&str] = &["bitrix24", "amocrm", "bpium"];
 
 /// The names `[sync] manager_precedence` may hold: the sources that name a
@@ -792,7 +795,7 @@ impl SyncConfig {
     /// is then kept (its admin API, the CRMs' overlays) even before a
     /// module of that system runs.
     pub fn configured(&self) -> bool {
-        self.systems().next().is_some()
+        !self.tables.is_empty()
     }
 }
 
@@ -1589,6 +1592,28 @@ impl Config {
         Ok(())
     }
 
+    /// Every `[sync.<system>]` is claimed by one of `registered` (the
+    /// systems the gateway is started with) or named in [`SYNC_SYSTEMS`]
+    /// (a product system whose module this build may lack: the table keeps
+    /// the sync store, and the caller warns that nothing is sent). Any other
+    /// table would sync nothing while looking configured: it stops
+    /// start-up, naming it.
+    pub fn check_sync_tables(&self, registered: &[&str]) -> Result<(), ConfigError> {
+        for (system, _) in self.sync.systems() {
+            if !registered.contains(&system) && !SYNC_SYSTEMS.contains(&system) {
+                let known: Vec<&str> = registered.iter().chain(SYNC_SYSTEMS).copied().collect();
+                return Err(self.invalid(
+                    &format!("sync.{system}"),
+                    format!(
+                        "names a system this gateway does not have (it has {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `[sync]`: precedence names known and each once; every link template
     /// an `http(s)://` URL with a host and `{id}`.
     fn validate_sync(&self) -> Result<(), ConfigError> {
@@ -2005,6 +2030,21 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_table_no_system_claims_is_named() {
+        let config = parse(&format!("{MINIMAL}[sync.testcrm]\n[sync.bitrix24]\n"))
+            .expect("any system name reads");
+        assert!(config.check_sync_tables(&["testcrm"]).is_ok());
+        let err = config
+            .check_sync_tables(&[])
+            .expect_err("testcrm unclaimed");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("gw.toml") && msg.contains("sync.testcrm"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn bad_sync_and_manager_keys_stop_start_up_naming_key_and_file() {
         let manager =
             |extra: &str| format!("[[manager]]\nextension = \"244\"\nname = \"A\"\n{extra}");
@@ -2073,6 +2113,8 @@ mod tests {
                 "[sync.amocrm]\nblock_probe = \"0s\"\n".to_owned(),
                 "sync.amocrm.block_probe",
             ),
+            ("[sync.Sap]\n".to_owned(), "sync.Sap"),
+            ("[sync]\nstray = 1\n".to_owned(), "stray"),
             ("[sync.bitrix24]\ndedupe = \"inn\"\n".to_owned(), "dedupe"),
             (
                 "[sync.bitrix24]\ndedupe_key = \"kpp\"\n".to_owned(),

@@ -32,8 +32,9 @@ use crate::store::{DiskGate, OpenOptions, SourceSnapshot, Store, StoreError};
 use crate::sync::crm_source::CrmRecords;
 use crate::sync::inbound::Applier;
 use crate::sync::parts::SyncRuntimeParts;
+use crate::sync::runtime::{Runtime, RuntimeMetrics};
 use crate::sync::system::System;
-use crate::sync::{self, Feed, FeedMetrics, FeedSettings, Registry, RegistryError, SystemSpec};
+use crate::sync::{self, Feed, FeedMetrics, FeedSettings, Registry, RegistryError};
 use crate::vats::Vats;
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +101,8 @@ struct SyncParts {
     /// Each system's inbound path (what the sync runtime hands a system's
     /// records to; the linker's too).
     inbound: Vec<Arc<Applier>>,
+    /// The workers' handles (resume), made before the front.
+    runtime: Runtime,
 }
 
 /// What the feed's and the linker's tasks take once the sources loaded.
@@ -109,6 +112,11 @@ struct SyncInputs {
     link: sync::link::LinkInput,
 }
 
+/// The names of `systems`.
+fn registry_names(systems: &[Arc<dyn System>]) -> Vec<&str> {
+    systems.iter().map(|s| s.spec().name()).collect()
+}
+
 impl Gateway {
     /// Binds, loads the snapshot and the sources, and returns once the
     /// directory is as complete as start-up can make it.
@@ -116,12 +124,15 @@ impl Gateway {
         Gateway::start_with(config, Vec::new()).await
     }
 
-    /// [`Gateway::start`] with sync systems registered (see
-    /// [`crate::sync::registry`]): then the sync store is opened and the
-    /// change feed runs. Without one, no sync file is created.
+    /// [`Gateway::start`] with the sync systems this build (or a test) has.
+    /// A system starts only when its `[sync.<name>]` table is set (its spec,
+    /// [`System::spec`], registered with the core: then the sync store is
+    /// opened and the change feed runs); a table no system claims stops
+    /// start-up naming it (see [`Config::check_sync_tables`]). With no
+    /// system started, no sync file is created.
     pub async fn start_with(
         config: Config,
-        systems: Vec<SystemSpec>,
+        systems: Vec<Arc<dyn System>>,
     ) -> Result<Gateway, StartError> {
         Gateway::start_with_feed(config, systems, FeedSettings::default()).await
     }
@@ -131,40 +142,26 @@ impl Gateway {
     #[doc(hidden)]
     pub async fn start_with_feed(
         config: Config,
-        systems: Vec<SystemSpec>,
+        systems: Vec<Arc<dyn System>>,
         feed_settings: FeedSettings,
     ) -> Result<Gateway, StartError> {
-        Gateway::start_inner(config, systems, Vec::new(), feed_settings).await
-    }
-
-    /// [`Gateway::start_with`] with sending systems: each registered by its
-    /// spec, with its limiter and health built (`/readyz`, `/metrics` and
-    /// the status API show them). Until the sync runtime's
-    /// `start_with(config, Vec<Arc<dyn System>>)` replaces it.
-    #[doc(hidden)]
-    pub async fn start_with_systems(
-        config: Config,
-        systems: Vec<Arc<dyn System>>,
-    ) -> Result<Gateway, StartError> {
-        let specs = systems.iter().map(|s| s.spec().clone()).collect();
-        Gateway::start_inner(config, specs, systems, FeedSettings::default()).await
+        Gateway::start_inner(config, systems, feed_settings).await
     }
 
     async fn start_inner(
         config: Config,
-        systems: Vec<SystemSpec>,
-        senders: Vec<Arc<dyn System>>,
+        systems: Vec<Arc<dyn System>>,
         feed_settings: FeedSettings,
     ) -> Result<Gateway, StartError> {
         let started = Instant::now();
-        let registry = Registry::new(systems)?;
-        check_sync_tables(&config, &registry)?;
+        let systems = configured_systems(&config, systems)?;
+        let registry = Registry::new(systems.iter().map(|s| s.spec().clone()).collect())?;
         http::check_soap_path(&config)?;
         let metrics = Arc::new(Metrics::new());
         // Each sending system's limiter and health: its worker takes them
         // from here, `/readyz` and the status API show them.
         let sync_systems = Arc::new(
-            SyncRuntimeParts::build(metrics.registry(), &senders, &config.sync)
+            SyncRuntimeParts::build(metrics.registry(), &systems, &config.sync)
                 .map_err(StartError::Metrics)?,
         );
         // Before anything is opened: a bad certificate stops start-up at once.
@@ -181,7 +178,8 @@ impl Gateway {
         // start-up before anything is created on disk (no `var/` left behind).
         let (listener, addr) = bind(config.server.listen).await?;
         let store = open_main_store(&config, &metrics)?;
-        let (sync, sync_failure) = open_sync(&config, &metrics, &registry, &feed_settings)?;
+        let (sync, sync_failure) =
+            open_sync(&config, &metrics, &registry, &feed_settings, &systems)?;
         let directory = Directory::new(soap::say_name_payload)
             .counting_unusable_phones(metrics.directory_unusable_phones.clone())
             .counting_invalid_requisites(metrics.directory_invalid_requisites.clone())
@@ -233,9 +231,13 @@ impl Gateway {
         // And the sync store: its id links are what keeps a CRM free of
         // duplicates (backed up with the others), and the sync API reads it.
         let front = match &sync {
-            Some((parts, _)) => front
-                .with_sync_store(parts.store.clone(), synced_systems(&config, &registry))
-                .with_sync_systems(sync_systems_view(Arc::clone(&sync_systems))),
+            Some((parts, _)) => {
+                let runtime = parts.runtime.clone();
+                front
+                    .with_sync_store(parts.store.clone(), synced_systems(&config, &registry))
+                    .with_sync_systems(sync_systems_view(Arc::clone(&sync_systems)))
+                    .with_sync_resume(Arc::new(move |system: &str| runtime.resume(system)))
+            }
             None => match sync_failure {
                 Some(why) => front.with_sync_store_failed(why),
                 None => front,
@@ -317,6 +319,20 @@ impl Gateway {
                 )
                 .map_err(StartError::SyncFeed)?;
                 sources.push(feed);
+                // The senders, once the feed runs (its start-up reconcile
+                // queues what the last run left unqueued).
+                let metrics = RuntimeMetrics::new(metrics.registry(), &registry_names(&systems))
+                    .map_err(StartError::Metrics)?;
+                let workers = sync::runtime::spawn(
+                    &parts.runtime,
+                    &systems,
+                    &sync_systems,
+                    &parts.store,
+                    &metrics,
+                    &stop_sources,
+                )
+                .map_err(StartError::SyncFeed)?;
+                sources.extend(workers);
                 Some(parts)
             }
             Some((parts, None)) => Some(parts),
@@ -482,28 +498,36 @@ fn sync_systems_view(parts: Arc<SyncRuntimeParts>) -> http::SyncSystemsView {
     })
 }
 
-/// Every `[sync.<system>]` names a CRM the gateway knows (its module may
-/// come later: the table keeps the sync store) or a registered system; a
-/// typo stops start-up naming the table and the file.
-fn check_sync_tables(config: &Config, registry: &Registry) -> Result<(), ConfigError> {
+/// Of `systems`, those with a `[sync.<name>]` table, in the order given;
+/// a table none of them claims stops start-up (but for the product's own
+/// system names, whose modules a build may lack: warned about, the table
+/// keeps the sync store). A system without a table is not started: a build
+/// carries every module, the configuration picks.
+fn configured_systems(
+    config: &Config,
+    systems: Vec<Arc<dyn System>>,
+) -> Result<Vec<Arc<dyn System>>, StartError> {
+    let names: Vec<&str> = systems.iter().map(|s| s.spec().name()).collect();
+    config.check_sync_tables(&names)?;
     for (name, _) in config.sync.systems() {
-        if !crate::config::SYNC_SYSTEMS.contains(&name) && registry.get(name).is_none() {
-            let registered: Vec<&str> = registry.systems().iter().map(|s| s.name()).collect();
-            return Err(config.invalid(
-                &format!("sync.{name}"),
-                format!(
-                    "names no system this gateway knows: {}",
-                    crate::config::SYNC_SYSTEMS
-                        .iter()
-                        .copied()
-                        .chain(registered)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
+        if !names.contains(&name) {
+            tracing::warn!(
+                system = name,
+                "[sync.{name}] is set but this build has no module for it: nothing is sent to it; the sync store is kept for its admin API and overlays"
+            );
         }
     }
-    Ok(())
+    let (started, idle): (Vec<_>, Vec<_>) = systems
+        .into_iter()
+        .partition(|s| config.sync.system(s.spec().name()).is_some());
+    for system in idle {
+        tracing::debug!(
+            system = system.spec().name(),
+            "sync system not started: no [sync.{}] table",
+            system.spec().name()
+        );
+    }
+    Ok(started)
 }
 
 /// The systems this gateway syncs: those registered and those with a
@@ -537,6 +561,7 @@ fn open_sync(
     metrics: &Metrics,
     registry: &Registry,
     settings: &FeedSettings,
+    systems: &[Arc<dyn System>],
 ) -> Result<(Option<OpenedSync>, Option<String>), StartError> {
     if registry.is_empty() && !config.sync.configured() {
         return Ok((None, None));
@@ -560,6 +585,7 @@ fn open_sync(
             feed: None,
             crm: Vec::new(),
             inbound: Vec::new(),
+            runtime: Runtime::default(),
         };
         return Ok((Some((parts, None)), None));
     }
@@ -573,6 +599,7 @@ fn open_sync(
         feed: Some(feed),
         crm: Vec::new(),
         inbound: Vec::new(),
+        runtime: Runtime::new(systems),
     };
     let inputs = SyncInputs {
         feed: input,

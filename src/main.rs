@@ -332,6 +332,8 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     let loaded = Config::load(path, &config::process_env)?;
     // The same check `serve` makes at start: routes are the front's.
     cti_gateway::http::check_soap_path(&loaded)?;
+    // As `serve` does with this build's sync systems (none yet).
+    loaded.check_sync_tables(&[])?;
     let mut problems = Vec::new();
     if let Some(file) = &loaded.directory.file {
         if let Err(e) = std::fs::File::open(file) {

@@ -124,6 +124,7 @@ level = "trace"
             let _ = raw_to_end(addr, "GET", path, &header).await;
         }
         let _ = raw_to_end(addr, "POST", "/api/v1/sync/outbox/1/retry", &header).await;
+        let _ = raw_to_end(addr, "POST", "/api/v1/sync/crm/resume", &header).await;
     }
     for token in [OPERATOR_TOKEN, WRONG_TOKEN] {
         let _ = get(

@@ -5,6 +5,7 @@
 //! enqueue, a full channel); a system's CRM-only records as a source of
 //! their own, stored in the sync store.
 
+mod spec_only;
 mod support;
 
 use std::collections::BTreeMap;
@@ -57,9 +58,14 @@ fn systems(crm: &MockCrm) -> Vec<SystemSpec> {
 
 async fn start_syncing(dir: tempfile::TempDir, crm: &MockCrm, feed: FeedSettings) -> TestGateway {
     let path = dir.path().join("gateway.toml");
-    let config = Config::parse(&config_text(dir.path(), ""), &path, &|_| None)
-        .expect("test config is valid");
-    let gateway = Gateway::start_with_feed(config, systems(crm), feed)
+    let specs = systems(crm);
+    let config = Config::parse(
+        &config_text(dir.path(), &spec_only::tables(&specs)),
+        &path,
+        &|_| None,
+    )
+    .expect("test config is valid");
+    let gateway = Gateway::start_with_feed(config, spec_only::systems(specs), feed)
         .await
         .expect("gateway starts");
     let addr = gateway.local_addr();
@@ -355,14 +361,46 @@ async fn a_system_registered_twice_stops_start_up() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("counterparties.jsonl"), FILE).expect("write directory");
     let path = dir.path().join("gateway.toml");
-    let config = Config::parse(&config_text(dir.path(), ""), &path, &|_| None).expect("config");
     let mut twice = systems(&crm);
     twice.push(twice[0].clone());
-    let error = Gateway::start_with(config, twice)
+    let config = Config::parse(
+        &config_text(dir.path(), &spec_only::tables(&twice[..2])),
+        &path,
+        &|_| None,
+    )
+    .expect("config");
+    let error = Gateway::start_with(config, spec_only::systems(twice))
         .await
         .err()
         .expect("refused");
     assert!(error.to_string().contains("testcrm"), "{error}");
+}
+
+#[tokio::test]
+async fn a_system_starts_with_its_table_and_a_table_no_system_claims_stops_start_up() {
+    let crm = MockCrm::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("counterparties.jsonl"), FILE).expect("write directory");
+    let path = dir.path().join("gateway.toml");
+    // No table: the systems are carried but not started (no sync file).
+    let config = Config::parse(&config_text(dir.path(), ""), &path, &|_| None).expect("config");
+    let idle = Gateway::start_with(config, spec_only::systems(systems(&crm)))
+        .await
+        .expect("starts");
+    assert!(idle.sync_store().is_none() && idle.sync_feed().is_none());
+    idle.shutdown().await;
+    // A table of a system the gateway was not given.
+    let text = config_text(dir.path(), "\n[sync.testcrm]\n[sync.nosuchcrm]\n");
+    let config = Config::parse(&text, &path, &|_| None).expect("config");
+    let error = Gateway::start_with(config, spec_only::systems(systems(&crm)))
+        .await
+        .err()
+        .expect("refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("sync.nosuchcrm") && message.contains("gateway.toml"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! the owning source (1C's part): what a CRM reports never lands in its
 //! JSON.
 
+mod spec_only;
 mod support;
 
 use std::collections::BTreeMap;
@@ -99,8 +100,8 @@ async fn start(dedupe_key: DedupeKey) -> Syncing {
 /// A gateway over `dir` as it is (a restart over the same stores).
 async fn start_in(dir: tempfile::TempDir, dedupe_key: DedupeKey) -> Syncing {
     let path = dir.path().join("gateway.toml");
-    let config = Config::parse(&config_text(dir.path(), MANAGERS), &path, &|_| None)
-        .expect("test config is valid");
+    let text = config_text(dir.path(), &format!("{MANAGERS}\n[sync.{SYSTEM}]\n"));
+    let config = Config::parse(&text, &path, &|_| None).expect("test config is valid");
     let spec = SystemSpec::new(SYSTEM)
         .expect("name")
         .with_dedupe_key(dedupe_key)
@@ -108,7 +109,7 @@ async fn start_in(dir: tempfile::TempDir, dedupe_key: DedupeKey) -> Syncing {
             "company".to_owned(),
             TEMPLATE.to_owned(),
         )]));
-    let gateway = Gateway::start_with(config, vec![spec.clone()])
+    let gateway = Gateway::start_with(config, spec_only::systems(vec![spec.clone()]))
         .await
         .expect("gateway starts");
     let applier = Applier::new(

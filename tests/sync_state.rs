@@ -85,7 +85,7 @@ async fn try_start_quiet(name: &str, extra: &str) -> (Result<Gateway, StartError
     let system: Arc<dyn System> = Arc::new(QuietSystem {
         spec: SystemSpec::new(name).expect("spec"),
     });
-    (Gateway::start_with_systems(config, vec![system]).await, dir)
+    (Gateway::start_with(config, vec![system]).await, dir)
 }
 
 async fn start_quiet(name: &str, extra: &str) -> TestGateway {
@@ -104,7 +104,7 @@ fn json(reply: &Reply) -> serde_json::Value {
 
 #[tokio::test]
 async fn a_systems_state_shows_in_readyz_metrics_and_status() {
-    let mut gw = start_quiet("testcrm", "").await;
+    let mut gw = start_quiet("testcrm", "[sync.testcrm]\n").await;
     let parts = Arc::clone(
         gw.gateway()
             .sync_systems()

@@ -117,6 +117,13 @@ impl Front {
         self
     }
 
+    /// The same front, `POST /api/v1/sync/{system}/resume` reaching the
+    /// sync workers through `resume`.
+    pub fn with_sync_resume(mut self, resume: crate::http::sync::Resume) -> Front {
+        self.sync.resuming_with(resume);
+        self
+    }
+
     /// The same front, the sync store having failed to open (`why`):
     /// `/readyz` says so, the sync API answers 503.
     pub fn with_sync_store_failed(mut self, why: String) -> Front {

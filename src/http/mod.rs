@@ -124,6 +124,7 @@ enum Route {
     SyncRetry,
     SyncConflicts,
     SyncIdmap,
+    SyncResume,
     Metrics,
     Healthz,
     Readyz,
@@ -149,6 +150,7 @@ impl Route {
             Route::SyncRetry => "sync_retry",
             Route::SyncConflicts => "sync_conflicts",
             Route::SyncIdmap => "sync_idmap",
+            Route::SyncResume => "sync_resume",
             Route::Metrics => "metrics",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
@@ -176,6 +178,7 @@ impl Route {
             | Route::SyncRetry
             | Route::SyncConflicts
             | Route::SyncIdmap
+            | Route::SyncResume
             | Route::OperatorWs
             | Route::OperatorEvents
             | Route::OperatorMe => true,
@@ -215,6 +218,7 @@ impl Route {
             | Route::ApiAcceptFile
             | Route::ApiBackup
             | Route::SyncRetry
+            | Route::SyncResume
             | Route::Other => None,
         }
     }
@@ -392,6 +396,7 @@ impl Front {
             p if sync::is_outbox_row(p) => Route::SyncRetry,
             sync::CONFLICTS => Route::SyncConflicts,
             sync::IDMAP_CSV => Route::SyncIdmap,
+            p if sync::resume_system(p).is_some() => Route::SyncResume,
             ops::METRICS => Route::Metrics,
             ops::HEALTHZ => Route::Healthz,
             ops::READYZ => Route::Readyz,
@@ -522,6 +527,7 @@ impl Front {
             Route::SyncRetry => self.sync.retry(&req, client).await,
             Route::SyncConflicts => self.sync.conflicts(&req, client).await,
             Route::SyncIdmap => self.sync.idmap_csv(&req, client).await,
+            Route::SyncResume => self.sync.resume(&req, client).await,
             Route::Metrics => self.ops.metrics(),
             Route::Healthz => self.ops.healthz(),
             Route::Readyz => {

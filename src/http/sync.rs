@@ -11,7 +11,9 @@
 //!   (404 for no such row, 409 for a row that is not dead);
 //! - `GET /api/v1/sync/conflicts?system=&since=&limit=`;
 //! - `GET /api/v1/sync/idmap.csv?system=`: a system's id-map as CSV,
-//!   streamed in chunks as the store reads them.
+//!   streamed in chunks as the store reads them;
+//! - `POST /api/v1/sync/{system}/resume`: a system that blocked the gateway
+//!   is probed now rather than at its next `block_probe` (issue 18).
 //!
 //! `cti-gateway sync status|outbox|retry|conflicts|export-map` is their
 //! command-line client. A `system` parameter must name a system this gateway
@@ -43,6 +45,13 @@ pub const OUTBOX: &str = "/api/v1/sync/outbox";
 pub const OUTBOX_ROW: &str = "/api/v1/sync/outbox/";
 pub const CONFLICTS: &str = "/api/v1/sync/conflicts";
 pub const IDMAP_CSV: &str = "/api/v1/sync/idmap.csv";
+/// `POST {SYSTEM_PREFIX}{system}/resume`.
+pub const SYSTEM_PREFIX: &str = "/api/v1/sync/";
+const RESUME_SUFFIX: &str = "/resume";
+
+/// Asks a system's worker to probe now; `false` when no worker runs for
+/// it. Handed over by the gateway (this module knows no sync runtime).
+pub type Resume = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Rows a page has unless `limit` says otherwise.
 const DEFAULT_LIMIT: u32 = 100;
@@ -65,6 +74,8 @@ pub struct SyncAdmin {
     systems: Vec<String>,
     /// The sending systems' state and limiters, which the status adds.
     runtime: Option<SyncSystemsView>,
+    /// The running workers' resume, once the gateway hands it over.
+    resume: Option<Resume>,
 }
 
 impl SyncAdmin {
@@ -74,7 +85,51 @@ impl SyncAdmin {
             store: None,
             systems: Vec::new(),
             runtime: None,
+            resume: None,
         }
+    }
+
+    /// Lets `POST /api/v1/sync/{system}/resume` reach the workers.
+    pub fn resuming_with(&mut self, resume: Resume) {
+        self.resume = Some(resume);
+    }
+
+    /// `POST /api/v1/sync/{system}/resume`: the system's worker probes now
+    /// (200); 404 for a system not synced, 409 for one no worker sends to
+    /// (configured, its module not in this build).
+    pub async fn resume(&self, req: &Request<Incoming>, client: Client) -> Response<Body> {
+        if req.method() != Method::POST {
+            let message = format!(
+                "method {} is not allowed here: POST {SYSTEM_PREFIX}{{system}}{RESUME_SUFFIX} probes a blocked system now",
+                req.method()
+            );
+            let refused = json_error(StatusCode::METHOD_NOT_ALLOWED, &message);
+            return with_header(refused, header::ALLOW, "POST");
+        }
+        if let Err(refused) = self.checked(req, client) {
+            return refused;
+        }
+        if let Err(refused) = no_query(req, client.request) {
+            return refused;
+        }
+        let Some(system) = resume_system(req.uri().path()) else {
+            return json_error(StatusCode::NOT_FOUND, "no such endpoint");
+        };
+        if let Err(refused) = self.known(Some(system)) {
+            return refused;
+        }
+        let resumed = self.resume.as_ref().is_some_and(|resume| resume(system));
+        if !resumed {
+            return json_error(
+                StatusCode::CONFLICT,
+                &format!("no worker sends to {system} on this gateway (its module is not in this build): nothing to resume"),
+            );
+        }
+        tracing::info!(system, "sync: resume asked by the admin API");
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "system": system, "resumed": true }),
+        )
     }
 
     /// Serves the API from `store` (the sync store) for `systems`.
@@ -235,6 +290,12 @@ impl SyncAdmin {
             Ok(RetryOutcome::NotFound) => {
                 json_error(StatusCode::NOT_FOUND, &format!("no outbox row {id}"))
             }
+            Ok(RetryOutcome::Superseded { by }) => json_error(
+                StatusCode::CONFLICT,
+                &format!(
+                    "outbox row {id} was superseded by row {by}, a later change of its record the system has confirmed: retrying it would send an older state over that one"
+                ),
+            ),
             Ok(RetryOutcome::NotDead) => json_error(
                 StatusCode::CONFLICT,
                 &format!("outbox row {id} is not dead: only a dead row can be retried"),
@@ -386,6 +447,14 @@ fn retry_id(path: &str) -> Option<i64> {
 
 /// Whether `path` is `/api/v1/sync/outbox/{something}`: the retry route
 /// takes it, and answers 404 itself when it is not `{id}/retry`.
+/// The system of `/api/v1/sync/{system}/resume`, if `path` is one.
+pub fn resume_system(path: &str) -> Option<&str> {
+    let system = path
+        .strip_prefix(SYSTEM_PREFIX)?
+        .strip_suffix(RESUME_SUFFIX)?;
+    (!system.is_empty() && !system.contains('/')).then_some(system)
+}
+
 pub fn is_outbox_row(path: &str) -> bool {
     path.strip_prefix(OUTBOX_ROW)
         .is_some_and(|rest| !rest.is_empty())

@@ -9,11 +9,11 @@
 //! ([`link`]), what a system gives the sending runtime ([`system`]), how
 //! fast the runtime may call each system ([`limiter`]), how each system is
 //! doing ([`health`]) and where a system's limiter and health live
-//! ([`parts`]).
+//! ([`parts`]), and the runtime that sends each system's outbox
+//! ([`runtime`]).
 //!
 //! The sync store (`<name>.sync.sqlite`) is opened only when a system is
-//! registered: an installation that does not sync has no such file. What
-//! sends the outbox's rows is the sync runtime's (issue 18).
+//! registered: an installation that does not sync has no such file.
 
 pub mod crm_source;
 pub mod feed;
@@ -26,6 +26,7 @@ pub mod link;
 pub mod metrics;
 pub mod parts;
 pub mod registry;
+pub mod runtime;
 pub mod system;
 
 pub use feed::{Feed, FeedSettings};

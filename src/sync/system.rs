@@ -104,11 +104,30 @@ pub struct Headers<'a>(pub &'a [(&'a str, &'a [u8])]);
 
 impl<'a> Headers<'a> {
     /// The first value of header `name` (compared without case).
-    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+    pub fn get(&self, name: &str) -> Option<HeaderValue<'a>> {
         self.0
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v)
+            .map(|(_, v)| HeaderValue(v))
+    }
+}
+
+/// A header's raw value (read as `hyper`'s would be: `as_bytes`, `to_str`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderValue<'a>(pub &'a [u8]);
+
+impl<'a> HeaderValue<'a> {
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.0
+    }
+
+    /// The value as text, if it is visible ASCII (as hyper's `to_str`).
+    pub fn to_str(&self) -> Option<&'a str> {
+        self.0
+            .iter()
+            .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
+            .then(|| std::str::from_utf8(self.0).ok())
+            .flatten()
     }
 }
 

@@ -276,6 +276,7 @@ impl System for TestSystem {
         let given = hook
             .headers
             .get(self.webhook_header.as_str())
+            .map(|v| v.as_bytes())
             .unwrap_or_default();
         !self.webhook_token.is_empty() && constant_time_eq(given, self.webhook_token.as_bytes())
     }

@@ -13,6 +13,7 @@
 //! one transaction (one fsync); each caller is answered after COMMIT.
 
 mod batch;
+mod outbox;
 mod read;
 mod schema;
 
@@ -24,6 +25,7 @@ use tokio::sync::mpsc;
 use super::writer::{Command, SyncWrite};
 use super::{unix_ms, Store, StoreError};
 pub use batch::{IdMapKey, SyncBatch};
+pub use outbox::{Link, Settle};
 pub(super) use schema::{SYNC_APPLICATION_ID, SYNC_MIGRATIONS};
 
 /// The most rows one [`Store::outbox_page`] or [`Store::conflicts_page`]
@@ -152,6 +154,10 @@ pub enum RetryOutcome {
     NotFound,
     /// The row is not dead (pending or done): nothing changed.
     NotDead,
+    /// The row is dead, and row `by`, a later change of its record, was
+    /// confirmed by the system since: sending this one would put an older
+    /// state over it. Nothing changed.
+    Superseded { by: i64 },
 }
 
 /// One system's outbox, as [`Store::sync_status`] counts it.

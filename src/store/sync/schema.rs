@@ -149,4 +149,12 @@ pub(in crate::store) const SYNC_MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE outbox ADD COLUMN hash INTEGER;
     ",
+    // 4: the sync runtime (issue 18): a dead row remembers the later row of
+    // its record that the system confirmed, so that retrying it (which
+    // would send an older state over a newer one) is refused naming that
+    // row. Set in the confirming transaction; no index (dead rows are few,
+    // found through `outbox_due`).
+    "
+    ALTER TABLE outbox ADD COLUMN superseded_by INTEGER;
+    ",
 ];

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod checkpoint;
 mod delivered;
+mod outbox;
 mod replace;
 mod sync;
 mod sync_batch;
@@ -43,6 +44,7 @@ use crate::directory::Tombstone;
 use crate::thread_priority::Urgency;
 use checkpoint::Checkpointer;
 use delivered::EarlyDeliveries;
+pub(super) use outbox::OutboxWrite;
 use replace::{CHUNK_TIME, MAX_CHUNK_OPS};
 use sync::SyncGroup;
 pub(super) use sync::SyncWrite;
@@ -144,6 +146,8 @@ pub(super) enum Command {
     /// A sync store write of its own transaction (overlay, requisites,
     /// retry, conflict).
     Sync(SyncWrite),
+    /// What became of outbox rows a sync worker took (`writer/outbox.rs`).
+    Outbox(OutboxWrite),
     /// Runs raw SQL on the write connection (tests: inject failures).
     #[cfg(test)]
     Exec {
@@ -337,6 +341,7 @@ impl Writer {
                 self.commit_appends();
             }
             Command::Sync(write) => self.sync_write(write),
+            Command::Outbox(write) => self.outbox_write(write),
             Command::ReplaceSource {
                 source,
                 fingerprint,

@@ -173,13 +173,16 @@ impl Writer {
             SyncWrite::OutboxRetry { id, reply } => {
                 let now = unix_ms(SystemTime::now());
                 let result = self.logged("sync outbox retry", "retrying an outbox row", |tx| {
-                    let state: Option<String> = tx
-                        .prepare_cached("SELECT state FROM outbox WHERE id = ?1")?
-                        .query_row([id], |r| r.get(0))
+                    let row: Option<(String, Option<i64>)> = tx
+                        .prepare_cached("SELECT state, superseded_by FROM outbox WHERE id = ?1")?
+                        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()?;
-                    Ok(match state.as_deref() {
+                    Ok(match row {
                         None => RetryOutcome::NotFound,
-                        Some("dead") => {
+                        Some((state, Some(by))) if state == "dead" => {
+                            RetryOutcome::Superseded { by }
+                        }
+                        Some((state, None)) if state == "dead" => {
                             tx.prepare_cached(
                                 "UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?2
                                  WHERE id = ?1",

@@ -1,0 +1,107 @@
+//! The sync runtime's outbox writes, on the writer thread: what became of
+//! the rows a worker took (see `store::sync::outbox`), one transaction per
+//! request the worker made.
+
+use rusqlite::params;
+
+use super::{Reply, Writer};
+use crate::store::sync::Settle;
+use crate::store::unix_ms;
+
+/// An outbox write of the sync runtime.
+pub(in crate::store) enum OutboxWrite {
+    Settle {
+        settled: Vec<Settle>,
+        reply: Reply<()>,
+    },
+}
+
+impl Writer {
+    pub(super) fn outbox_write(&mut self, write: OutboxWrite) {
+        match write {
+            OutboxWrite::Settle { settled, reply } => {
+                let result = self.transact("settling sent outbox rows", |tx| {
+                    for settle in &settled {
+                        settle_one(tx, settle)?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = &result {
+                    self.failures.failed("sync outbox settle", settled.len(), e);
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+fn settle_one(tx: &rusqlite::Transaction<'_>, settle: &Settle) -> rusqlite::Result<()> {
+    match settle {
+        Settle::Confirmed {
+            id,
+            system,
+            kind,
+            record_key,
+            remote_id,
+            remote_version,
+        } => {
+            // Unique both ways: a remote record linked to another local
+            // record (found by `find_existing` under another id) is this
+            // one's now, as `idmap_link` does.
+            tx.prepare_cached(
+                "DELETE FROM idmap WHERE system = ?1 AND kind = ?2 AND remote_id = ?3
+                 AND local_id <> ?4",
+            )?
+            .execute(params![system, kind, remote_id, record_key])?;
+            // The link takes the hash the row was queued with (an enqueue
+            // writes no id-map row: see `Store::enqueue`); a later row of the
+            // record still queued is newer, and the feed compares with that
+            // (`Store::last_hashes`). A row queued before the outbox kept
+            // hashes (NULL) leaves the link's as it is.
+            tx.prepare_cached(
+                "INSERT INTO idmap (system, kind, local_id, remote_id, remote_version, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, (SELECT hash FROM outbox WHERE id = ?6))
+                 ON CONFLICT (system, kind, local_id) DO UPDATE SET
+                     remote_id = excluded.remote_id,
+                     remote_version = excluded.remote_version,
+                     hash = COALESCE(excluded.hash, idmap.hash)",
+            )?
+            .execute(params![
+                system,
+                kind,
+                record_key,
+                remote_id,
+                remote_version,
+                id
+            ])?;
+            tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+                .execute([id])?;
+            // Dead rows of the record before this one: retrying one would
+            // send an older state over the one the system now holds.
+            tx.prepare_cached(
+                "UPDATE outbox SET superseded_by = ?4
+                 WHERE system = ?1 AND state = 'dead' AND record_key = ?2 AND kind = ?3 AND id < ?4",
+            )?
+            .execute(params![system, record_key, kind, id])?;
+        }
+        Settle::Failed {
+            id,
+            attempts,
+            next_at,
+            error,
+            dead,
+        } => {
+            tx.prepare_cached(
+                "UPDATE outbox SET attempts = ?2, next_at = ?3, last_error = ?4,
+                     state = CASE WHEN ?5 THEN 'dead' ELSE 'pending' END
+                 WHERE id = ?1 AND state = 'pending'",
+            )?
+            .execute(params![id, attempts, unix_ms(*next_at), error, dead])?;
+        }
+        Settle::Dropped { id } => {
+            tx.prepare_cached("DELETE FROM outbox WHERE id = ?1 AND state = 'pending'")?
+                .execute([id])?;
+        }
+    }
+    Ok(())
+}
