@@ -1,0 +1,381 @@
+//! The compact form an [`Entry`](super::Entry) keeps its record in.
+//!
+//! A million records stay in memory. Kept as canonical JSON, each record
+//! repeated every key name, the id and change marker the entry needs apart
+//! anyway, and the name its rendered SayName answer already holds: about
+//! 370 bytes a record with the fields of issue 17, in a dozen separate
+//! allocations with the id, INN and change marker. Here the record is one
+//! allocation: the id, the INN and the change marker first (read by the
+//! index without decoding anything), then every other field present as a
+//! one-byte tag and its value. A name that the entry's answer begins with,
+//! byte for byte (any name without characters XML escapes, with the SOAP
+//! renderer), is kept as its length only.
+//!
+//! The canonical JSON is written again from this form when it is needed (a
+//! snapshot save, the API, the sync feed): the record is decoded into a
+//! [`Counterparty`] and serialized as before, so the bytes are those the
+//! entry used to keep (the unit tests check it), and the content hash, taken
+//! of that JSON before packing, does not change.
+//!
+//! Every byte the form adds (tags, lengths, a kind, a category) is below
+//! 0x80, so the whole form is UTF-8 and kept as a `str`: the id and INN are
+//! sliced out of it without checking their bytes again.
+
+use super::model::{Counterparty, Kind, Link};
+
+/// A record in compact form. See the module's documentation.
+#[derive(Debug, Clone)]
+pub(super) struct Packed {
+    /// The id, then the INN, then the change marker, then the other fields.
+    text: Box<str>,
+    id_len: u32,
+    /// [`ABSENT`] when the record has no INN (an empty one is `Some("")`).
+    inn_len: u32,
+    /// [`ABSENT`] when the record has no change marker.
+    version_len: u32,
+}
+
+/// A length that says "no such field".
+const ABSENT: u32 = u32::MAX;
+
+/// A record whose compact form does not read back: only a bug could cause it.
+#[derive(Debug, thiserror::Error)]
+#[error("an entry's compact record does not read back: {0}")]
+pub(super) struct Corrupt(&'static str);
+
+// Field tags, in the model's order (the order the JSON is written in).
+const NAME: u8 = 1;
+/// The name is the first bytes of the entry's answer: only its length follows.
+const NAME_IN_ANSWER: u8 = 2;
+const FULL_NAME: u8 = 3;
+const KPP: u8 = 4;
+const OGRN: u8 = 5;
+const OGRNIP: u8 = 6;
+const CODE: u8 = 7;
+const KIND: u8 = 8;
+const CATEGORY: u8 = 9;
+const MANAGER_PHONE: u8 = 10;
+const MANAGER_NAME: u8 = 11;
+const MANAGER_SOURCE: u8 = 12;
+const PHONES: u8 = 13;
+const EMAILS: u8 = 14;
+const ADDRESS: u8 = 15;
+const LINKS: u8 = 16;
+
+impl Packed {
+    /// `record` (with its id and change marker) in compact form. `answer`
+    /// is the entry's rendered SayName answer, kept beside it: a name it
+    /// begins with is not stored twice.
+    pub(super) fn new(record: &Counterparty, answer: &[u8]) -> Packed {
+        let mut out = String::with_capacity(estimate(record));
+        out.push_str(&record.id);
+        let id_len = len_u32(&record.id);
+        let inn_len = put_apart(&mut out, record.inn.as_deref());
+        let version_len = put_apart(&mut out, record.data_version.as_deref());
+        if answer.starts_with(record.name.as_bytes()) {
+            out.push(char::from(NAME_IN_ANSWER));
+            put_len(&mut out, record.name.len());
+        } else {
+            put_text(&mut out, NAME, &record.name);
+        }
+        put_opt(&mut out, FULL_NAME, record.full_name.as_deref());
+        put_opt(&mut out, KPP, record.kpp.as_deref());
+        put_opt(&mut out, OGRN, record.ogrn.as_deref());
+        put_opt(&mut out, OGRNIP, record.ogrnip.as_deref());
+        put_opt(&mut out, CODE, record.code.as_deref());
+        if let Some(kind) = record.kind {
+            out.push(char::from(KIND));
+            out.push(char::from(kind_code(kind)));
+        }
+        if let Some(category) = record.category {
+            out.push(char::from(CATEGORY));
+            put_varint(&mut out, zigzag(category));
+        }
+        put_opt(&mut out, MANAGER_PHONE, record.manager_phone.as_deref());
+        put_opt(&mut out, MANAGER_NAME, record.manager_name.as_deref());
+        put_opt(&mut out, MANAGER_SOURCE, record.manager_source.as_deref());
+        put_list(&mut out, PHONES, &record.phones);
+        put_list(&mut out, EMAILS, &record.emails);
+        put_opt(&mut out, ADDRESS, record.address.as_deref());
+        if !record.links.is_empty() {
+            out.push(char::from(LINKS));
+            put_len(&mut out, record.links.len());
+            for link in &record.links {
+                for text in [&link.system, &link.kind, &link.url] {
+                    put_len(&mut out, text.len());
+                    out.push_str(text);
+                }
+            }
+        }
+        Packed {
+            text: out.into_boxed_str(),
+            id_len,
+            inn_len,
+            version_len,
+        }
+    }
+
+    pub(super) fn id(&self) -> &str {
+        self.text.get(..self.id_len as usize).unwrap_or_default()
+    }
+
+    /// The INN as the record has it (`Some("")` for an empty one).
+    pub(super) fn inn(&self) -> Option<&str> {
+        self.apart(self.id_len as usize, self.inn_len)
+    }
+
+    pub(super) fn data_version(&self) -> Option<&str> {
+        self.apart(self.fields_after_inn(), self.version_len)
+    }
+
+    /// Bytes held on the heap (the tests' measure of what packing saves).
+    #[cfg(test)]
+    pub(super) fn heap_len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// The record again, as it was given to [`Packed::new`]; `answer` must
+    /// be the answer given then.
+    pub(super) fn unpack(&self, answer: &[u8]) -> Result<Counterparty, Corrupt> {
+        let mut record = Counterparty {
+            id: self.id().into(),
+            inn: self.inn().map(Into::into),
+            data_version: self.data_version().map(Into::into),
+            ..Counterparty::default()
+        };
+        let start = self.fields_after_inn() + absent_as_zero(self.version_len);
+        let mut r = Reader {
+            text: &self.text,
+            at: start,
+        };
+        let mut links = Vec::new();
+        while let Some(tag) = r.byte() {
+            match tag {
+                NAME => record.name = r.text()?.into(),
+                NAME_IN_ANSWER => {
+                    let len = r.len()?;
+                    let name = answer.get(..len).ok_or(Corrupt("name past the answer"))?;
+                    let name = std::str::from_utf8(name).map_err(|_| Corrupt("name in answer"))?;
+                    record.name = name.into();
+                }
+                FULL_NAME => record.full_name = Some(r.text()?.into()),
+                KPP => record.kpp = Some(r.text()?.into()),
+                OGRN => record.ogrn = Some(r.text()?.into()),
+                OGRNIP => record.ogrnip = Some(r.text()?.into()),
+                CODE => record.code = Some(r.text()?.into()),
+                KIND => {
+                    let code = r.byte().ok_or(Corrupt("kind cut"))?;
+                    record.kind = Some(kind_of(code).ok_or(Corrupt("unknown kind"))?);
+                }
+                CATEGORY => record.category = Some(unzigzag(r.varint()?)),
+                MANAGER_PHONE => record.manager_phone = Some(r.text()?.into()),
+                MANAGER_NAME => record.manager_name = Some(r.text()?.into()),
+                MANAGER_SOURCE => record.manager_source = Some(r.text()?.into()),
+                PHONES => record.phones = r.list()?,
+                EMAILS => record.emails = r.list()?,
+                ADDRESS => record.address = Some(r.text()?.into()),
+                LINKS => {
+                    let n = r.len()?;
+                    links.reserve_exact(n);
+                    for _ in 0..n {
+                        links.push(Link {
+                            system: r.text()?.into(),
+                            kind: r.text()?.into(),
+                            url: r.text()?.into(),
+                        });
+                    }
+                }
+                _ => return Err(Corrupt("unknown tag")),
+            }
+        }
+        record.links = links.into_boxed_slice();
+        Ok(record)
+    }
+
+    /// Where the change marker starts: after the id and the INN.
+    fn fields_after_inn(&self) -> usize {
+        self.id_len as usize + absent_as_zero(self.inn_len)
+    }
+
+    fn apart(&self, start: usize, len: u32) -> Option<&str> {
+        if len == ABSENT {
+            return None;
+        }
+        self.text.get(start..start.checked_add(len as usize)?)
+    }
+}
+
+fn absent_as_zero(len: u32) -> usize {
+    if len == ABSENT {
+        0
+    } else {
+        len as usize
+    }
+}
+
+/// A length as the form keeps it apart. Record fields are bounded far
+/// below 4 GiB (`model::MAX_TEXT_LEN`); a longer one could only come from a
+/// bug, and is cut to what `u32` holds rather than wrapped.
+fn len_u32(text: &str) -> u32 {
+    u32::try_from(text.len()).unwrap_or(ABSENT - 1)
+}
+
+/// Appends a field kept apart (INN, change marker); its length, or [`ABSENT`].
+fn put_apart(out: &mut String, value: Option<&str>) -> u32 {
+    match value {
+        Some(v) => {
+            out.push_str(v);
+            len_u32(v)
+        }
+        None => ABSENT,
+    }
+}
+
+/// Bytes the compact form of `record` takes, about: one reservation.
+fn estimate(r: &Counterparty) -> usize {
+    let opt = |v: &Option<Box<str>>| v.as_ref().map_or(0, |v| v.len() + 3);
+    let list = |v: &[Box<str>]| v.iter().map(|s| s.len() + 2).sum::<usize>() + 3;
+    r.id.len()
+        + r.name.len()
+        + 3
+        + [
+            &r.inn,
+            &r.data_version,
+            &r.full_name,
+            &r.kpp,
+            &r.ogrn,
+            &r.ogrnip,
+            &r.code,
+            &r.manager_phone,
+            &r.manager_name,
+            &r.manager_source,
+            &r.address,
+        ]
+        .into_iter()
+        .map(opt)
+        .sum::<usize>()
+        + 16
+        + list(&r.phones)
+        + list(&r.emails)
+        + r.links
+            .iter()
+            .map(|l| l.system.len() + l.kind.len() + l.url.len() + 6)
+            .sum::<usize>()
+}
+
+fn put_text(out: &mut String, tag: u8, text: &str) {
+    out.push(char::from(tag));
+    put_len(out, text.len());
+    out.push_str(text);
+}
+
+fn put_opt(out: &mut String, tag: u8, text: Option<&str>) {
+    if let Some(text) = text {
+        put_text(out, tag, text);
+    }
+}
+
+fn put_list(out: &mut String, tag: u8, items: &[Box<str>]) {
+    if items.is_empty() {
+        return; // read back as the empty list serde gives an absent one
+    }
+    out.push(char::from(tag));
+    put_len(out, items.len());
+    for item in items {
+        put_len(out, item.len());
+        out.push_str(item);
+    }
+}
+
+fn put_len(out: &mut String, len: usize) {
+    put_varint(out, len as u64);
+}
+
+/// Six bits a byte, least significant first, 0x40 set on every byte but the
+/// last: each byte is ASCII, so the form stays UTF-8.
+fn put_varint(out: &mut String, mut v: u64) {
+    loop {
+        let low = (v & 0x3f) as u8;
+        v >>= 6;
+        if v == 0 {
+            out.push(char::from(low));
+            return;
+        }
+        out.push(char::from(low | 0x40));
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn kind_code(kind: Kind) -> u8 {
+    match kind {
+        Kind::Legal => 0,
+        Kind::SoleProprietor => 1,
+        Kind::Person => 2,
+    }
+}
+
+fn kind_of(code: u8) -> Option<Kind> {
+    match code {
+        0 => Some(Kind::Legal),
+        1 => Some(Kind::SoleProprietor),
+        2 => Some(Kind::Person),
+        _ => None,
+    }
+}
+
+/// Reads the tagged part of the form.
+struct Reader<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.text.as_bytes().get(self.at)?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn varint(&mut self) -> Result<u64, Corrupt> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(6) {
+            let b = self.byte().ok_or(Corrupt("number cut"))?;
+            v |= u64::from(b & 0x3f) << shift;
+            if b & 0x40 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Corrupt("number too long"))
+    }
+
+    fn len(&mut self) -> Result<usize, Corrupt> {
+        usize::try_from(self.varint()?).map_err(|_| Corrupt("length"))
+    }
+
+    fn text(&mut self) -> Result<&'a str, Corrupt> {
+        let len = self.len()?;
+        let end = self.at.checked_add(len).ok_or(Corrupt("length"))?;
+        let text = self.text.get(self.at..end).ok_or(Corrupt("text cut"))?;
+        self.at = end;
+        Ok(text)
+    }
+
+    fn list(&mut self) -> Result<Vec<Box<str>>, Corrupt> {
+        let n = self.len()?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(self.text()?.into());
+        }
+        Ok(items)
+    }
+}
+
+#[cfg(test)]
+mod tests;
