@@ -130,6 +130,10 @@ if [[ $MODE == memory ]]; then
   READY1=$(ready_or_die gateway-1)
   RSS1=$(rss_kb "$GW_PID"); HWM1=$(hwm_kb "$GW_PID")
   log "ready in ${READY1} ms; RSS ${RSS1} kB (peak ${HWM1} kB); waiting for the store to settle"
+  # The snapshot save runs after /readyz; a dev build's takes minutes and its
+  # first seconds (the diff on a read connection) leave the file as it was,
+  # which the size alone would take for settled. Its CPU shows it at work.
+  wait_idle "$GW_PID" 900 >/dev/null
   STORE=$(wait_store_settled)
   RSS1B=$(rss_kb "$GW_PID"); HWM1B=$(hwm_kb "$GW_PID")
   READYZ1=$(curl -s --max-time 2 "http://127.0.0.1:$PORT/readyz" || true)

@@ -5,9 +5,9 @@
 //! anyway, and the name its rendered SayName answer already holds: about
 //! 370 bytes a record with the fields of issue 17, in a dozen separate
 //! allocations with the id, INN and change marker. Here the record is one
-//! allocation: the id, the INN and the change marker first (read by the
-//! index without decoding anything), then every other field present as a
-//! one-byte tag and its value. A name that the entry's answer begins with,
+//! allocation: the id, the INN and the change marker first, each after its
+//! length (read by the index without decoding the rest), then every other
+//! field present as a one-byte tag and its value. A name that the entry's answer begins with,
 //! byte for byte (any name without characters XML escapes, with the SOAP
 //! renderer), is kept as its length only.
 //!
@@ -24,19 +24,18 @@
 use super::model::{Counterparty, Kind, Link};
 
 /// A record in compact form. See the module's documentation.
+///
+/// One pointer and a length: the lengths of the fields read in place are in
+/// the text, so that an [`Entry`](super::Entry) stays within 104 bytes
+/// (with its `Arc`'s counts, the allocator's 128-byte size class).
 #[derive(Debug, Clone)]
 pub(super) struct Packed {
-    /// The id, then the INN, then the change marker, then the other fields.
+    /// The id's length and the id; the INN's and the INN; the change
+    /// marker's and the change marker (a length of 0 for an absent field,
+    /// its length + 1 for a present one: `Some("")` is not `None`); then the
+    /// other fields, tagged.
     text: Box<str>,
-    id_len: u32,
-    /// [`ABSENT`] when the record has no INN (an empty one is `Some("")`).
-    inn_len: u32,
-    /// [`ABSENT`] when the record has no change marker.
-    version_len: u32,
 }
-
-/// A length that says "no such field".
-const ABSENT: u32 = u32::MAX;
 
 /// A record whose compact form does not read back: only a bug could cause it.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +67,10 @@ impl Packed {
     /// begins with is not stored twice.
     pub(super) fn new(record: &Counterparty, answer: &[u8]) -> Packed {
         let mut out = String::with_capacity(estimate(record));
+        put_len(&mut out, record.id.len());
         out.push_str(&record.id);
-        let id_len = len_u32(&record.id);
-        let inn_len = put_apart(&mut out, record.inn.as_deref());
-        let version_len = put_apart(&mut out, record.data_version.as_deref());
+        put_apart(&mut out, record.inn.as_deref());
+        put_apart(&mut out, record.data_version.as_deref());
         if answer.starts_with(record.name.as_bytes()) {
             out.push(char::from(NAME_IN_ANSWER));
             put_len(&mut out, record.name.len());
@@ -109,23 +108,28 @@ impl Packed {
         }
         Packed {
             text: out.into_boxed_str(),
-            id_len,
-            inn_len,
-            version_len,
         }
     }
 
+    /// The id: on the index's every comparison, so read with no more than
+    /// its length (one byte for ids up to 63 bytes).
     pub(super) fn id(&self) -> &str {
-        self.text.get(..self.id_len as usize).unwrap_or_default()
+        let mut r = self.reader(0);
+        r.text().unwrap_or_default()
     }
 
     /// The INN as the record has it (`Some("")` for an empty one).
     pub(super) fn inn(&self) -> Option<&str> {
-        self.apart(self.id_len as usize, self.inn_len)
+        let mut r = self.reader(0);
+        r.text().ok()?;
+        r.apart().ok()?
     }
 
     pub(super) fn data_version(&self) -> Option<&str> {
-        self.apart(self.fields_after_inn(), self.version_len)
+        let mut r = self.reader(0);
+        r.text().ok()?;
+        r.apart().ok()?;
+        r.apart().ok()?
     }
 
     /// Bytes held on the heap (the tests' measure of what packing saves).
@@ -137,16 +141,12 @@ impl Packed {
     /// The record again, as it was given to [`Packed::new`]; `answer` must
     /// be the answer given then.
     pub(super) fn unpack(&self, answer: &[u8]) -> Result<Counterparty, Corrupt> {
+        let mut r = self.reader(0);
         let mut record = Counterparty {
-            id: self.id().into(),
-            inn: self.inn().map(Into::into),
-            data_version: self.data_version().map(Into::into),
+            id: r.text()?.into(),
+            inn: r.apart()?.map(Into::into),
+            data_version: r.apart()?.map(Into::into),
             ..Counterparty::default()
-        };
-        let start = self.fields_after_inn() + absent_as_zero(self.version_len);
-        let mut r = Reader {
-            text: &self.text,
-            at: start,
         };
         let mut links = Vec::new();
         while let Some(tag) = r.byte() {
@@ -192,42 +192,23 @@ impl Packed {
         Ok(record)
     }
 
-    /// Where the change marker starts: after the id and the INN.
-    fn fields_after_inn(&self) -> usize {
-        self.id_len as usize + absent_as_zero(self.inn_len)
-    }
-
-    fn apart(&self, start: usize, len: u32) -> Option<&str> {
-        if len == ABSENT {
-            return None;
+    fn reader(&self, at: usize) -> Reader<'_> {
+        Reader {
+            text: &self.text,
+            at,
         }
-        self.text.get(start..start.checked_add(len as usize)?)
     }
 }
 
-fn absent_as_zero(len: u32) -> usize {
-    if len == ABSENT {
-        0
-    } else {
-        len as usize
-    }
-}
-
-/// A length as the form keeps it apart. Record fields are bounded far
-/// below 4 GiB (`model::MAX_TEXT_LEN`); a longer one could only come from a
-/// bug, and is cut to what `u32` holds rather than wrapped.
-fn len_u32(text: &str) -> u32 {
-    u32::try_from(text.len()).unwrap_or(ABSENT - 1)
-}
-
-/// Appends a field kept apart (INN, change marker); its length, or [`ABSENT`].
-fn put_apart(out: &mut String, value: Option<&str>) -> u32 {
+/// Appends a field read in place (INN, change marker): 0 when absent, its
+/// length + 1 and its text when present.
+fn put_apart(out: &mut String, value: Option<&str>) {
     match value {
         Some(v) => {
+            put_len(out, v.len() + 1);
             out.push_str(v);
-            len_u32(v)
         }
-        None => ABSENT,
+        None => put_len(out, 0),
     }
 }
 
@@ -365,6 +346,17 @@ impl<'a> Reader<'a> {
         let text = self.text.get(self.at..end).ok_or(Corrupt("text cut"))?;
         self.at = end;
         Ok(text)
+    }
+
+    /// A field written by [`put_apart`].
+    fn apart(&mut self) -> Result<Option<&'a str>, Corrupt> {
+        let Some(len) = self.len()?.checked_sub(1) else {
+            return Ok(None);
+        };
+        let end = self.at.checked_add(len).ok_or(Corrupt("length"))?;
+        let text = self.text.get(self.at..end).ok_or(Corrupt("text cut"))?;
+        self.at = end;
+        Ok(Some(text))
     }
 
     fn list(&mut self) -> Result<Vec<Box<str>>, Corrupt> {
