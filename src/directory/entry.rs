@@ -235,7 +235,9 @@ impl Entry {
 
     /// Appends [`Entry::json`] to `buf`.
     pub fn write_json(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-        serde_json::to_writer(buf, &self.counterparty()?)
+        self.record
+            .write_json(&self.say_name, buf)
+            .map_err(<serde_json::Error as serde::de::Error>::custom)
     }
 
     /// The full record, read back from the entry's compact form: the

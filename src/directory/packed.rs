@@ -12,10 +12,13 @@
 //! renderer), is kept as its length only.
 //!
 //! The canonical JSON is written again from this form when it is needed (a
-//! snapshot save, the API, the sync feed): the record is decoded into a
-//! [`Counterparty`] and serialized as before, so the bytes are those the
-//! entry used to keep (the unit tests check it), and the content hash, taken
-//! of that JSON before packing, does not change.
+//! snapshot save or a 1C refresh's diff against the snapshot, the API, the
+//! sync feed): straight from the form, without decoding into a
+//! [`Counterparty`], the keys in the model's order and every string escaped
+//! by serde_json, so the bytes are those serde_json writes for the record,
+//! those the entry used to keep (the unit tests check it on random
+//! records). The content hash, taken of that JSON before packing, does not
+//! change.
 //!
 //! Every byte the form adds (tags, lengths, a kind, a category) is below
 //! 0x80, so the whole form is UTF-8 and kept as a `str`: the id and INN are
@@ -192,6 +195,102 @@ impl Packed {
         Ok(record)
     }
 
+    /// Appends the record's canonical JSON to `buf`: the bytes
+    /// `serde_json::to_writer` writes for what [`Packed::unpack`] gives.
+    pub(super) fn write_json(&self, answer: &[u8], buf: &mut Vec<u8>) -> Result<(), Corrupt> {
+        let mut r = self.reader(0);
+        let id = r.text()?;
+        let mut inn = r.apart()?;
+        let version = r.apart()?;
+        let mut json = Json { buf };
+        json.buf.push(b'{');
+        json.key("id", true);
+        json.string(id);
+        let mut phones_written = false;
+        while let Some(tag) = r.byte() {
+            // The fields kept apart or always written, in the model's order.
+            if tag >= KPP {
+                if let Some(inn) = inn.take() {
+                    json.text_field("inn", inn);
+                }
+            }
+            if tag > PHONES && !phones_written {
+                json.key("phones", false);
+                json.buf.extend_from_slice(b"[]");
+                phones_written = true;
+            }
+            match tag {
+                NAME => json.text_field("name", r.text()?),
+                NAME_IN_ANSWER => {
+                    let len = r.len()?;
+                    let name = answer.get(..len).ok_or(Corrupt("name past the answer"))?;
+                    let name = std::str::from_utf8(name).map_err(|_| Corrupt("name in answer"))?;
+                    json.text_field("name", name);
+                }
+                FULL_NAME => json.text_field("full_name", r.text()?),
+                KPP => json.text_field("kpp", r.text()?),
+                OGRN => json.text_field("ogrn", r.text()?),
+                OGRNIP => json.text_field("ogrnip", r.text()?),
+                CODE => json.text_field("code", r.text()?),
+                KIND => {
+                    let code = r.byte().ok_or(Corrupt("kind cut"))?;
+                    let kind = kind_of(code).ok_or(Corrupt("unknown kind"))?;
+                    json.key("kind", false);
+                    json.serialize(&kind);
+                }
+                CATEGORY => {
+                    json.key("category", false);
+                    json.serialize(&unzigzag(r.varint()?));
+                }
+                MANAGER_PHONE => json.text_field("manager_phone", r.text()?),
+                MANAGER_NAME => json.text_field("manager_name", r.text()?),
+                MANAGER_SOURCE => json.text_field("manager_source", r.text()?),
+                PHONES | EMAILS => {
+                    json.key(if tag == PHONES { "phones" } else { "emails" }, false);
+                    phones_written |= tag == PHONES;
+                    json.buf.push(b'[');
+                    for i in 0..r.len()? {
+                        if i > 0 {
+                            json.buf.push(b',');
+                        }
+                        json.string(r.text()?);
+                    }
+                    json.buf.push(b']');
+                }
+                ADDRESS => json.text_field("address", r.text()?),
+                LINKS => {
+                    json.key("links", false);
+                    json.buf.push(b'[');
+                    for i in 0..r.len()? {
+                        if i > 0 {
+                            json.buf.push(b',');
+                        }
+                        json.buf.push(b'{');
+                        json.key("system", true);
+                        json.string(r.text()?);
+                        json.text_field("kind", r.text()?);
+                        json.text_field("url", r.text()?);
+                        json.buf.push(b'}');
+                    }
+                    json.buf.push(b']');
+                }
+                _ => return Err(Corrupt("unknown tag")),
+            }
+        }
+        if let Some(inn) = inn {
+            json.text_field("inn", inn); // a record of no field after its name but the INN
+        }
+        if !phones_written {
+            json.key("phones", false);
+            json.buf.extend_from_slice(b"[]");
+        }
+        if let Some(version) = version {
+            json.text_field("data_version", version);
+        }
+        json.buf.push(b'}');
+        Ok(())
+    }
+
     fn reader(&self, at: usize) -> Reader<'_> {
         Reader {
             text: &self.text,
@@ -308,6 +407,37 @@ fn kind_of(code: u8) -> Option<Kind> {
         1 => Some(Kind::SoleProprietor),
         2 => Some(Kind::Person),
         _ => None,
+    }
+}
+
+/// Writes JSON as serde_json writes the model: compact, keys in order,
+/// strings escaped by serde_json itself.
+struct Json<'a> {
+    buf: &'a mut Vec<u8>,
+}
+
+impl Json<'_> {
+    fn key(&mut self, key: &str, first: bool) {
+        if !first {
+            self.buf.push(b',');
+        }
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+    }
+
+    fn string(&mut self, text: &str) {
+        self.serialize(text);
+    }
+
+    fn text_field(&mut self, key: &str, text: &str) {
+        self.key(key, false);
+        self.string(text);
+    }
+
+    /// A string, number or kind: writing one into a `Vec` cannot fail.
+    fn serialize<T: serde::Serialize + ?Sized>(&mut self, value: &T) {
+        let _ = serde_json::to_writer(&mut *self.buf, value);
     }
 }
 
