@@ -1,15 +1,15 @@
 //! The compact form an [`Entry`](super::Entry) keeps its record in.
 //!
-//! A million records stay in memory. Kept as canonical JSON, each record
-//! repeated every key name, the id and change marker the entry needs apart
-//! anyway, and the name its rendered SayName answer already holds: about
-//! 370 bytes a record with the fields of issue 17, in a dozen separate
-//! allocations with the id, INN and change marker. Here the record is one
+//! A million records stay in memory. Kept as canonical JSON (about 370
+//! bytes a record with the fields of issue 17), each record repeated every
+//! key name, the id and change marker the entry also kept apart, and the
+//! name its rendered SayName answer already holds. Here the record is one
 //! allocation: the id, the INN and the change marker first, each after its
 //! length (read by the index without decoding the rest), then every other
-//! field present as a one-byte tag and its value. A name that the entry's answer begins with,
-//! byte for byte (any name without characters XML escapes, with the SOAP
-//! renderer), is kept as its length only.
+//! field present as a one-byte tag and its value. A name that the entry's
+//! answer holds byte for byte (with the SOAP renderer, any name without
+//! characters XML escapes, after the answer's three bytes of lengths) is
+//! kept as where it is there.
 //!
 //! The canonical JSON is written again from this form when it is needed (a
 //! snapshot save or a 1C refresh's diff against the snapshot, the API, the
@@ -47,7 +47,7 @@ pub(super) struct Corrupt(&'static str);
 
 // Field tags, in the model's order (the order the JSON is written in).
 const NAME: u8 = 1;
-/// The name is the first bytes of the entry's answer: only its length follows.
+/// The name is in the entry's answer: its offset and length there follow.
 const NAME_IN_ANSWER: u8 = 2;
 const FULL_NAME: u8 = 3;
 const KPP: u8 = 4;
@@ -67,18 +67,20 @@ const LINKS: u8 = 16;
 impl Packed {
     /// `record` (with its id and change marker) in compact form. `answer`
     /// is the entry's rendered SayName answer, kept beside it: a name it
-    /// begins with is not stored twice.
+    /// holds as it is is not stored twice.
     pub(super) fn new(record: &Counterparty, answer: &[u8]) -> Packed {
         let mut out = String::with_capacity(estimate(record));
         put_len(&mut out, record.id.len());
         out.push_str(&record.id);
         put_apart(&mut out, record.inn.as_deref());
         put_apart(&mut out, record.data_version.as_deref());
-        if answer.starts_with(record.name.as_bytes()) {
-            out.push(char::from(NAME_IN_ANSWER));
-            put_len(&mut out, record.name.len());
-        } else {
-            put_text(&mut out, NAME, &record.name);
+        match find(answer, record.name.as_bytes()) {
+            Some(offset) => {
+                out.push(char::from(NAME_IN_ANSWER));
+                put_len(&mut out, offset);
+                put_len(&mut out, record.name.len());
+            }
+            None => put_text(&mut out, NAME, &record.name),
         }
         put_opt(&mut out, FULL_NAME, record.full_name.as_deref());
         put_opt(&mut out, KPP, record.kpp.as_deref());
@@ -109,8 +111,11 @@ impl Packed {
                 }
             }
         }
+        // A copy of exactly its length: shrinking the buffer in place would
+        // leave the block in the size class of the estimate (mimalloc keeps
+        // a block it shrinks by less than half), up to 32 bytes more.
         Packed {
-            text: out.into_boxed_str(),
+            text: Box::from(out.as_str()),
         }
     }
 
@@ -155,12 +160,7 @@ impl Packed {
         while let Some(tag) = r.byte() {
             match tag {
                 NAME => record.name = r.text()?.into(),
-                NAME_IN_ANSWER => {
-                    let len = r.len()?;
-                    let name = answer.get(..len).ok_or(Corrupt("name past the answer"))?;
-                    let name = std::str::from_utf8(name).map_err(|_| Corrupt("name in answer"))?;
-                    record.name = name.into();
-                }
+                NAME_IN_ANSWER => record.name = r.name_in(answer)?.into(),
                 FULL_NAME => record.full_name = Some(r.text()?.into()),
                 KPP => record.kpp = Some(r.text()?.into()),
                 OGRN => record.ogrn = Some(r.text()?.into()),
@@ -221,12 +221,7 @@ impl Packed {
             }
             match tag {
                 NAME => json.text_field("name", r.text()?),
-                NAME_IN_ANSWER => {
-                    let len = r.len()?;
-                    let name = answer.get(..len).ok_or(Corrupt("name past the answer"))?;
-                    let name = std::str::from_utf8(name).map_err(|_| Corrupt("name in answer"))?;
-                    json.text_field("name", name);
-                }
+                NAME_IN_ANSWER => json.text_field("name", r.name_in(answer)?),
                 FULL_NAME => json.text_field("full_name", r.text()?),
                 KPP => json.text_field("kpp", r.text()?),
                 OGRN => json.text_field("ogrn", r.text()?),
@@ -297,6 +292,15 @@ impl Packed {
             at,
         }
     }
+}
+
+/// Where `needle` first is in `haystack`. Answers are a few hundred bytes
+/// and this runs once per record built: a plain search is enough.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Appends a field read in place (INN, change marker): 0 when absent, its
@@ -476,6 +480,17 @@ impl<'a> Reader<'a> {
         let text = self.text.get(self.at..end).ok_or(Corrupt("text cut"))?;
         self.at = end;
         Ok(text)
+    }
+
+    /// A name kept as where it is in `answer` (offset, length).
+    fn name_in<'b>(&mut self, answer: &'b [u8]) -> Result<&'b str, Corrupt> {
+        let offset = self.len()?;
+        let len = self.len()?;
+        let name = offset
+            .checked_add(len)
+            .and_then(|end| answer.get(offset..end))
+            .ok_or(Corrupt("name past the answer"))?;
+        std::str::from_utf8(name).map_err(|_| Corrupt("name in answer"))
     }
 
     /// A field written by [`put_apart`].

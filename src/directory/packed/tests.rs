@@ -80,11 +80,14 @@ fn every_field_round_trips_whatever_the_answer_holds() {
         ..full_record()
     };
     for record in [&full, &plain_name, &minimal_record()] {
-        // The answer begins with the name (stored as a length), holds it
-        // escaped (stored in full), or is empty.
+        // The answer holds the name as it is (stored as where it is there),
+        // first or after other bytes, or escaped (stored in full), or is
+        // empty.
         let mut starts_with_name = record.name.as_bytes().to_vec();
         starts_with_name.extend_from_slice(b"\0 2\0 301");
         assert_round_trip(record, &starts_with_name);
+        let after_lengths = [b"\x10\0\x01".as_slice(), &starts_with_name].concat();
+        assert_round_trip(record, &after_lengths);
         assert_round_trip(record, b"&amp;lt;escaped\0\0");
         assert_round_trip(record, b"");
     }
@@ -224,6 +227,10 @@ fn the_compact_form_is_well_under_the_json() {
     };
     let answer = crate::soap::say_name_payload(&record);
     let packed = Packed::new(&record, &answer);
+    assert!(
+        !packed.text.contains(&*record.name),
+        "the name is kept once, in the answer"
+    );
     let json = serde_json::to_string(&record).expect("serializes");
     assert!(
         packed.heap_len() * 10 < json.len() * 7,
