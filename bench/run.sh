@@ -153,7 +153,7 @@ if [[ $MODE == memory ]]; then
   log "start 3: JSON Lines file moved away, only the store"
   mv "$TMP/counterparties.jsonl" "$TMP/counterparties.jsonl.away"
   start_gateway gateway-3
-  rc=0; wait_http "http://127.0.0.1:$PORT/readyz" "$GW_PID" 120 || rc=$?
+  rc=0; wait_http "http://127.0.0.1:$PORT/readyz" "$GW_PID" "$READY_TIMEOUT" || rc=$?
   if [[ $rc == 0 ]]; then
     READY3=$(ms_since "$GW_T0"); RSS3=$(rss_kb "$GW_PID")
     READYZ3=$(curl -s --max-time 2 "http://127.0.0.1:$PORT/readyz" || true)
