@@ -30,6 +30,10 @@
 #   BENCH_TAIL_RATE [20000] requests/s of the fixed-rate runs (0: none)
 #   BENCH_TAIL_SECONDS [10] seconds per fixed-rate run
 #   BENCH_SKIP_BUILD [0] BENCH_KEEP [0] keep the temp dir (data, config, logs)
+#   BENCH_PROFILE [release] cargo profile to build and run (dev: a smoke run, or
+#     a memory A/B on a busy machine; heap figures hold, times do not)
+#   BENCH_GATEWAY [the profile's cti-gateway] another gateway binary to measure
+#     (an A/B: a copy of the build before a change)
 #   CARGO_TARGET_DIR [./target]
 # Everything listens on 127.0.0.1 only. Every wait is bounded. The script stops
 # the processes it started (by pid) when it exits, however it exits.
@@ -65,9 +69,13 @@ SOAP_PATH=/telephony/ws/VATS
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-GATEWAY=$TARGET/release/cti-gateway
-GEN=$TARGET/release/examples/gen_counterparties
-FLOOR=$TARGET/release/examples/floor_server
+PROFILE=${BENCH_PROFILE:-release}
+[[ $PROFILE =~ ^[a-z][a-z0-9_-]*$ ]] || { echo "BENCH_PROFILE must be a cargo profile name: $PROFILE" >&2; exit 2; }
+# cargo puts the dev profile's output under debug/.
+OUT=$TARGET/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")
+GATEWAY=${BENCH_GATEWAY:-$OUT/cti-gateway}
+GEN=$OUT/examples/gen_counterparties
+FLOOR=$OUT/examples/floor_server
 
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
@@ -97,8 +105,8 @@ wait_store_settled() {
 
 # ------------------------------------------------------------ build and data
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-  log "cargo build --release --examples --bins"
-  cargo build --release --examples --bins >&2
+  log "cargo build --profile $PROFILE --examples --bins"
+  cargo build --profile "$PROFILE" --examples --bins >&2
 fi
 for b in "$GATEWAY" "$GEN" "$FLOOR"; do [[ -x $b ]] || die "missing $b (build failed?)"; done
 
@@ -122,6 +130,10 @@ if [[ $MODE == memory ]]; then
   READY1=$(ready_or_die gateway-1)
   RSS1=$(rss_kb "$GW_PID"); HWM1=$(hwm_kb "$GW_PID")
   log "ready in ${READY1} ms; RSS ${RSS1} kB (peak ${HWM1} kB); waiting for the store to settle"
+  # The snapshot save runs after /readyz; a dev build's takes minutes and its
+  # first seconds (the diff on a read connection) leave the file as it was,
+  # which the size alone would take for settled. Its CPU shows it at work.
+  wait_idle "$GW_PID" 900 >/dev/null
   STORE=$(wait_store_settled)
   RSS1B=$(rss_kb "$GW_PID"); HWM1B=$(hwm_kb "$GW_PID")
   READYZ1=$(curl -s --max-time 2 "http://127.0.0.1:$PORT/readyz" || true)
@@ -141,7 +153,7 @@ if [[ $MODE == memory ]]; then
   log "start 3: JSON Lines file moved away, only the store"
   mv "$TMP/counterparties.jsonl" "$TMP/counterparties.jsonl.away"
   start_gateway gateway-3
-  rc=0; wait_http "http://127.0.0.1:$PORT/readyz" "$GW_PID" 120 || rc=$?
+  rc=0; wait_http "http://127.0.0.1:$PORT/readyz" "$GW_PID" "$READY_TIMEOUT" || rc=$?
   if [[ $rc == 0 ]]; then
     READY3=$(ms_since "$GW_T0"); RSS3=$(rss_kb "$GW_PID")
     READYZ3=$(curl -s --max-time 2 "http://127.0.0.1:$PORT/readyz" || true)
@@ -153,7 +165,7 @@ if [[ $MODE == memory ]]; then
   mv "$TMP/counterparties.jsonl.away" "$TMP/counterparties.jsonl"
 
   echo
-  echo "== cti-gateway memory and start-up: $COUNT counterparties ($((JSONL_BYTES / 1000000)) MB JSON Lines), $(nproc) CPUs =="
+  echo "== cti-gateway memory and start-up: $COUNT counterparties ($((JSONL_BYTES / 1000000)) MB JSON Lines), $(nproc) CPUs, $PROFILE build =="
   printf '%-44s %s\n' "load from JSON Lines, empty store: ready in" "$READY1 ms"
   printf '%-44s %s\n' "  RSS at ready / after store settled" "$((RSS1 / 1024)) MB / $((RSS1B / 1024)) MB (peak $((HWM1B / 1024)) MB)"
   printf '%-44s %s\n' "  bytes per counterparty (RSS / N)" "$((RSS1B * 1024 / (COUNT > 0 ? COUNT : 1)))"
@@ -165,7 +177,7 @@ if [[ $MODE == memory ]]; then
   echo "/readyz after start 1: $READYZ1"
   echo "/readyz after start 2: $READYZ2"
   echo "/readyz after start 3: $READYZ3"
-  echo "BENCH_RESULT mode=memory count=$COUNT jsonl_bytes=$JSONL_BYTES ready_from_file_ms=$READY1 rss_kb=$RSS1B hwm_kb=$HWM1B bytes_per_counterparty=$((RSS1B * 1024 / (COUNT > 0 ? COUNT : 1))) store_bytes=$STORE stop_ms=$STOP1 ready_from_snapshot_ms=$READY2 rss_after_snapshot_kb=$RSS2B ready_snapshot_only_ms=$READY3"
+  echo "BENCH_RESULT mode=memory profile=$PROFILE count=$COUNT jsonl_bytes=$JSONL_BYTES ready_from_file_ms=$READY1 rss_kb=$RSS1B hwm_kb=$HWM1B bytes_per_counterparty=$((RSS1B * 1024 / (COUNT > 0 ? COUNT : 1))) store_bytes=$STORE stop_ms=$STOP1 ready_from_snapshot_ms=$READY2 rss_after_snapshot_kb=$RSS2B ready_snapshot_only_ms=$READY3"
   exit 0
 fi
 
@@ -217,7 +229,7 @@ done
 # saturation, where a fraction of a microsecond of CPU per request moves it.
 TAILS_G=(); TAILS_F=()
 if [[ $TAIL_RATE != 0 ]]; then
-  OPEN_LOOP=$TARGET/release/examples/open_loop
+  OPEN_LOOP=$OUT/examples/open_loop
   [[ -x $OPEN_LOOP ]] || die "missing $OPEN_LOOP (build failed?)"
   for ((r = 1; r <= ROUNDS; r++)); do
     log "fixed rate round $r/$ROUNDS: $TAIL_RATE SayName/s over $CONNS connections for ${TAIL_SECONDS}s, gateway then floor"

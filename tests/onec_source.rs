@@ -1331,7 +1331,7 @@ fn entry_json(gw: &TestGateway, id: &str) -> Value {
         .directory()
         .lookup_id(id)
         .unwrap_or_else(|| panic!("{id} is in the directory"));
-    serde_json::from_str(entry.json()).expect("entry JSON")
+    serde_json::from_str(&entry.json()).expect("entry JSON")
 }
 
 #[tokio::test]

@@ -841,7 +841,7 @@ async fn the_new_fields_round_trip_through_a_push_and_a_restart() {
         .directory()
         .lookup_id("p-ip")
         .expect("restored from the snapshot");
-    let back: serde_json::Value = serde_json::from_str(entry.json()).expect("json");
+    let back: serde_json::Value = serde_json::from_str(&entry.json()).expect("json");
     assert_eq!(back, pushed);
 }
 

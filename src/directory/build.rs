@@ -76,7 +76,9 @@ pub(super) fn build_entries(
                 let old =
                     by_id(previous, prepared.id()).filter(|old| old.content == prepared.content);
                 if let Some(old) = old.filter(|_| reuse) {
-                    if old.data_version == prepared.data_version && old.same_overlay(overlay) {
+                    if old.data_version() == prepared.data_version.as_deref()
+                        && old.same_overlay(overlay)
+                    {
                         unchanged += 1;
                         return Arc::clone(old);
                     }

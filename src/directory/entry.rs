@@ -7,24 +7,26 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::overlay::{self, Applied};
+use super::packed::Packed;
 use super::{Counterparty, Renderer};
 use crate::phone::{self, PhoneKey};
 
 /// One counterparty as the directory serves it.
 ///
 /// Compact on purpose: a million of these stay in memory. The record itself
-/// is kept as its canonical JSON (one allocation instead of a dozen small
-/// strings), and only what lookups and the ambiguity rule need is kept
-/// beside it. The full [`Counterparty`] is parsed back on the rare paths
-/// that need it (an IncomingCall's pop-up, the API).
+/// is kept in one allocation in a compact form ([`Packed`]: its id, INN and
+/// change marker first, read in place; the rest tagged; a name the answer
+/// holds as it is, not again), and only what lookups and the ambiguity rule
+/// need is kept beside it. The full [`Counterparty`] and its canonical JSON
+/// are made again on the rare paths that need them (an IncomingCall's
+/// pop-up, the API, a snapshot save, the sync feed).
 #[derive(Debug)]
 pub struct Entry {
     /// The SayName answer payload, rendered once at load time.
     pub say_name: Box<[u8]>,
-    /// The record as canonical JSON: what the snapshot stores.
-    pub(super) json: Box<str>,
-    pub(super) id: Box<str>,
-    pub(super) inn: Option<Box<str>>,
+    /// The record (as the source gave it, without the overlay), its id, INN
+    /// and change marker included.
+    record: Packed,
     /// The KPP, normalized ([`normalize_kpp`]); `None` when absent or not
     /// nine letters and digits. Nine bytes in place, no allocation: a
     /// million entries stay in memory.
@@ -34,9 +36,6 @@ pub struct Entry {
     /// The record's phones, normalized, without repeats, in the order written.
     pub(super) phones: Box<[PhoneKey]>,
     pub(super) has_manager: bool,
-    /// The source's change marker (1C's `DataVersion`). Informative only:
-    /// whether a record changed is decided by `content`.
-    pub(super) data_version: Option<Box<str>>,
     /// A hash of the record's content (its canonical JSON without the change
     /// marker, after cleaning): a record whose content did not change keeps
     /// its receive time, whatever else changed in its source.
@@ -46,19 +45,17 @@ pub struct Entry {
     /// same id, the newer content answers.
     pub(super) stamp: u64,
     /// What CRMs add to the record (see [`overlay`]), applied to `say_name`,
-    /// `phones` and `has_manager`, never to `json`. One pointer: a record
+    /// `phones` and `has_manager`, never to `record`. One pointer: a record
     /// without an overlay grows by no more.
     pub(super) overlay: Option<Arc<Applied>>,
 }
 
-/// A record made ready for an entry: cleaned, its canonical JSON written
-/// (without the change marker) and its content hashed. Enough to tell
-/// whether it changed, before anything is rendered.
+/// A record made ready for an entry: cleaned and its content hashed (of its
+/// canonical JSON without the change marker). Enough to tell whether it
+/// changed, before anything is rendered.
 pub(super) struct Prepared {
     counterparty: Counterparty,
     pub(super) data_version: Option<Box<str>>,
-    /// Canonical JSON without `data_version`.
-    pub(super) json: String,
     pub(super) content: u64,
 }
 
@@ -75,7 +72,6 @@ impl Prepared {
         Prepared {
             counterparty,
             data_version,
-            json,
             content,
         }
     }
@@ -104,21 +100,11 @@ impl Entry {
         let Prepared {
             mut counterparty,
             data_version,
-            mut json,
             content,
         } = prepared;
-        // `data_version` is the model's last field: the canonical JSON with it
-        // is the JSON without it, extended before the closing brace.
-        if let (Some(version), Some(b'}')) = (&data_version, json.as_bytes().last()) {
-            json.pop();
-            json.push_str(",\"data_version\":");
-            json.push_str(&serde_json::to_string(version).unwrap_or_else(|_| "null".into()));
-            json.push('}');
-        }
         counterparty.data_version = data_version;
         Entry::assemble(
             counterparty,
-            json.into_boxed_str(),
             content,
             source,
             stamp,
@@ -128,34 +114,32 @@ impl Entry {
     }
 
     /// This entry with `overlay` in place of its own: the same record
-    /// (JSON, content, receive time), rendered again. `None` if the JSON
-    /// no longer reads back, which only a bug could cause.
+    /// (content, receive time), rendered again. `None` if the record no
+    /// longer reads back, which only a bug could cause.
     pub(super) fn with_overlay(
         &self,
         overlay: Option<Arc<Applied>>,
         render: Renderer,
     ) -> Option<Entry> {
+        // Packed again with the new answer: the name may be kept as a part
+        // of the answer, which is rendered again.
         let counterparty = self.counterparty().ok()?;
-        let (mut entry, _) = Entry::assemble(
+        let (entry, _) = Entry::assemble(
             counterparty,
-            self.json.clone(),
             self.content,
             &self.source,
             self.stamp,
             render,
             overlay,
         );
-        // The JSON's `data_version` is the entry's, as it was.
-        entry.data_version = self.data_version.clone();
         Some(entry)
     }
 
-    /// The entry of `counterparty` (its canonical JSON `json`), with the
+    /// The entry of `counterparty` (with its change marker), with the
     /// overlay applied to what is rendered and indexed: its effective
     /// manager, its numbers after the record's own.
     fn assemble(
-        mut counterparty: Counterparty,
-        json: Box<str>,
+        counterparty: Counterparty,
         content: u64,
         source: &Arc<str>,
         stamp: u64,
@@ -171,7 +155,9 @@ impl Entry {
                 None => unusable += 1,
             }
         }
-        if let Some(overlay) = &overlay {
+        // What is rendered and routed is the record with the overlay; what
+        // is kept is the record as its source gave it.
+        let shown = overlay.as_ref().map(|overlay| {
             // A CRM's number that is no number is its problem, not the
             // source's: not counted as the source's unusable phones.
             for key in overlay.phones.iter().filter_map(|p| phone::normalize(p)) {
@@ -179,21 +165,22 @@ impl Entry {
                     phones.push(key);
                 }
             }
-            overlay::apply(&mut counterparty, source, Some(overlay));
-        }
+            let mut shown = counterparty.clone();
+            overlay::apply(&mut shown, source, Some(overlay));
+            shown
+        });
+        let shown = shown.as_ref().unwrap_or(&counterparty);
+        let say_name = render(shown);
         let entry = Entry {
-            say_name: render(&counterparty),
-            json,
-            has_manager: counterparty
+            record: Packed::new(&counterparty, &say_name),
+            say_name,
+            has_manager: shown
                 .manager_phone
                 .as_deref()
                 .is_some_and(|m| !m.trim().is_empty()),
-            id: counterparty.id,
-            inn: counterparty.inn.filter(|i| !i.is_empty()),
             kpp: counterparty.kpp.as_deref().and_then(normalize_kpp),
             source: Arc::clone(source),
             phones: phones.into_boxed_slice(),
-            data_version: counterparty.data_version,
             content,
             stamp,
             overlay,
@@ -221,11 +208,12 @@ impl Entry {
     }
 
     pub fn id(&self) -> &str {
-        &self.id
+        self.record.id()
     }
 
+    /// The INN, `None` when absent or empty.
     pub fn inn(&self) -> Option<&str> {
-        self.inn.as_deref()
+        self.record.inn().filter(|i| !i.is_empty())
     }
 
     /// The KPP as [`normalize_kpp`] writes it.
@@ -233,15 +221,31 @@ impl Entry {
         self.kpp.as_ref().map(Kpp::as_str)
     }
 
-    /// The record as canonical JSON, the shape of the contract.
-    pub fn json(&self) -> &str {
-        &self.json
+    /// The record as canonical JSON, the shape of the contract: what the
+    /// snapshot stores, written again from the entry's compact form (the
+    /// bytes serde_json writes for [`Entry::counterparty`]). Empty if the
+    /// record does not read back, which only a bug could cause.
+    pub fn json(&self) -> String {
+        let mut buf = Vec::new();
+        match self.write_json(&mut buf) {
+            Ok(()) => String::from_utf8(buf).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
-    /// The full record, parsed back from its JSON: the source's, without
-    /// what a CRM's overlay adds.
+    /// Appends [`Entry::json`] to `buf`.
+    pub fn write_json(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        self.record
+            .write_json(&self.say_name, buf)
+            .map_err(<serde_json::Error as serde::de::Error>::custom)
+    }
+
+    /// The full record, read back from the entry's compact form: the
+    /// source's, without what a CRM's overlay adds.
     pub fn counterparty(&self) -> Result<Counterparty, serde_json::Error> {
-        serde_json::from_str(&self.json)
+        self.record
+            .unpack(&self.say_name)
+            .map_err(<serde_json::Error as serde::de::Error>::custom)
     }
 
     /// The record as the operator's card shows it: the effective manager
@@ -284,7 +288,7 @@ impl Entry {
     }
 
     pub fn data_version(&self) -> Option<&str> {
-        self.data_version.as_deref()
+        self.record.data_version()
     }
 
     /// The hash of the record's content (see [`content_hash`]).
@@ -308,7 +312,7 @@ impl Entry {
     /// depends on load order.
     pub fn wins_phone_over(&self, other: &Entry, phone: PhoneKey) -> bool {
         let rank = |e: &Entry| (!e.has_manager, e.position_of(phone));
-        (rank(self), &*self.id) < (rank(other), &*other.id)
+        (rank(self), self.id()) < (rank(other), other.id())
     }
 }
 
@@ -345,3 +349,6 @@ pub(super) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+mod tests;

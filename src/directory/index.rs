@@ -311,15 +311,15 @@ impl Index {
         };
         let mut touched: Vec<&str> = Vec::new();
         for ById(entry) in entries.iter() {
-            let before = old.and_then(|o| by_id(o, &entry.id));
+            let before = old.and_then(|o| by_id(o, entry.id()));
             if !before.is_some_and(|b| Arc::ptr_eq(b, entry)) {
-                touched.push(&entry.id);
+                touched.push(entry.id());
             }
         }
         if let Some(old) = old {
             for ById(entry) in old.iter() {
-                if by_id(&entries, &entry.id).is_none() {
-                    touched.push(&entry.id);
+                if by_id(&entries, entry.id()).is_none() {
+                    touched.push(entry.id());
                 }
             }
         }
@@ -353,7 +353,7 @@ impl Index {
     fn with_current_overlays(&self, entries: &Shards<ById>, render: Renderer) -> Shards<ById> {
         let mut edit = entries.edit();
         for ById(entry) in entries.iter() {
-            let overlay = self.overlay(&entry.id);
+            let overlay = self.overlay(entry.id());
             if !entry.same_overlay(overlay) {
                 if let Some(again) = entry.with_overlay(overlay.cloned(), render) {
                     edit.insert(ById(Arc::new(again)));
@@ -459,7 +459,7 @@ impl Index {
         for entry in &built.entries {
             let replaced = entries.insert(ById(Arc::clone(entry)));
             if !replaced.is_some_and(|r| Arc::ptr_eq(&r.0, entry)) {
-                touched.push(&entry.id);
+                touched.push(entry.id());
             }
         }
         for id in removals {
@@ -606,7 +606,7 @@ impl Index {
             let now = answer_for(&sources, &tombstones, id);
             let leaf = answers.by_id.leaf(hash_str(id));
             let before = leaf
-                .binary_search_by(|e| (*e.0.id).cmp(id))
+                .binary_search_by(|e| e.0.id().cmp(id))
                 .ok()
                 .map(|i| Arc::clone(&leaf[i].0));
             match (&before, &now) {
@@ -644,7 +644,7 @@ impl Index {
                     continue;
                 }
                 answering
-                    .entry(&entry.id)
+                    .entry(entry.id())
                     .and_modify(|kept| {
                         if answers_over(entry, kept) {
                             *kept = entry;
@@ -664,7 +664,7 @@ impl Index {
         let by_inn = Shards::build(
             by_id
                 .iter()
-                .filter(|e| e.0.inn.is_some())
+                .filter(|e| e.0.inn().is_some())
                 .map(|e| ByInn(Arc::clone(&e.0))),
         );
         // A phone's items sit side by side in one leaf.
@@ -741,7 +741,7 @@ impl Answers {
                 _ => {}
             }
         }
-        if entry.inn.is_some() {
+        if entry.inn().is_some() {
             self.by_inn.insert(ByInn(Arc::clone(&entry)));
         }
         self.by_id.insert(ById(entry));
@@ -756,7 +756,7 @@ impl Answers {
             let left = self.by_phone.change_leaf(item.shard_hash(), |items| {
                 if let Some(i) = items
                     .iter()
-                    .position(|p| p.phone == phone && p.entry.id == entry.id)
+                    .position(|p| p.phone == phone && p.entry.id() == entry.id())
                 {
                     items.remove(i);
                 }
@@ -768,7 +768,7 @@ impl Answers {
                 _ => {}
             }
         }
-        if entry.inn.is_some() {
+        if entry.inn().is_some() {
             self.by_inn.remove(&ByInn(Arc::clone(entry)));
         }
         self.by_id.remove(&ById(Arc::clone(entry)));

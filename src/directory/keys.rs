@@ -19,17 +19,17 @@ pub(super) struct ById(pub(super) Arc<Entry>);
 
 impl Sharded for ById {
     fn shard_hash(&self) -> u64 {
-        hash_str(&self.0.id)
+        hash_str(self.0.id())
     }
     fn order(&self, other: &Self) -> Ordering {
-        self.0.id.cmp(&other.0.id)
+        self.0.id().cmp(other.0.id())
     }
 }
 
 /// The entry of `id` in a map by id.
 pub(super) fn by_id<'a>(map: &'a Shards<ById>, id: &str) -> Option<&'a Arc<Entry>> {
     let leaf = map.leaf(hash_str(id));
-    leaf.binary_search_by(|e| (*e.0.id).cmp(id))
+    leaf.binary_search_by(|e| e.0.id().cmp(id))
         .ok()
         .map(|i| &leaf[i].0)
 }
@@ -54,7 +54,7 @@ impl Sharded for OnPhone {
     }
     fn order(&self, other: &Self) -> Ordering {
         self.phone.cmp(&other.phone).then_with(|| {
-            if self.entry.id == other.entry.id {
+            if self.entry.id() == other.entry.id() {
                 Ordering::Equal
             } else if self.entry.wins_phone_over(&other.entry, self.phone) {
                 Ordering::Less
@@ -79,7 +79,7 @@ pub(super) struct ByInn(pub(super) Arc<Entry>);
 
 impl ByInn {
     fn inn(&self) -> &str {
-        self.0.inn.as_deref().unwrap_or_default()
+        self.0.inn().unwrap_or_default()
     }
 }
 
@@ -88,7 +88,7 @@ impl Sharded for ByInn {
         hash_str(self.inn())
     }
     fn order(&self, other: &Self) -> Ordering {
-        (self.inn(), &*self.0.id).cmp(&(other.inn(), &*other.0.id))
+        (self.inn(), self.0.id()).cmp(&(other.inn(), other.0.id()))
     }
 }
 

@@ -21,7 +21,7 @@ pub(super) type Tombstones = Shards<Tombstone>;
 /// True when a tombstone of `entry`'s source holds its id and content.
 pub(super) fn is_hidden(tombstones: &Tombstones, entry: &Entry) -> bool {
     tombstones.len() > 0
-        && tombstones_of(tombstones, &entry.id)
+        && tombstones_of(tombstones, entry.id())
             .iter()
             .any(|t| *t.source == *entry.source && t.content == entry.content)
 }

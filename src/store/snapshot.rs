@@ -25,8 +25,8 @@ use super::{read, unix_ms, StoreError};
 use crate::directory::{Counterparty, Entry};
 
 /// A record the snapshot can hold: its id and its JSON row body. The
-/// directory's entries carry their JSON already, so a snapshot of a
-/// million entries copies bytes instead of serializing records again.
+/// directory's entries write their canonical JSON from their compact form
+/// (see `directory::Entry::write_json`).
 pub trait SnapshotRecord: Send + Sync {
     fn id(&self) -> &str;
     fn encode(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error>;
@@ -52,8 +52,7 @@ impl SnapshotRecord for Entry {
     }
 
     fn encode(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-        buf.extend_from_slice(self.json().as_bytes());
-        Ok(())
+        self.write_json(buf)
     }
 
     fn received_at(&self) -> Option<SystemTime> {

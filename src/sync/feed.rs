@@ -700,7 +700,7 @@ fn row_for<O>(
     if known == Some(hash) {
         return None;
     }
-    Some(row(Op::Upsert, entry.json().to_owned(), hash))
+    Some(row(Op::Upsert, entry.json(), hash))
 }
 
 /// Enqueues `rows` in chunks; `committed(key, hash)` for each row of each

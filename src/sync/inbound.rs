@@ -807,7 +807,7 @@ impl Applier {
                     kind: kind.to_owned(),
                     record_key: id.to_owned(),
                     op: OutboxOp::Upsert,
-                    body: entry.json().to_owned(),
+                    body: entry.json(),
                     hash: ours_hash,
                 });
                 noted.push((id.into(), ours_hash));

@@ -116,7 +116,7 @@ fn some_ids(rng: &mut StdRng, most: u32) -> Vec<u32> {
 
 /// Which entry answers, as something two indexes can be compared by.
 fn who(e: Option<&Arc<Entry>>) -> Option<(String, String, u64, u64)> {
-    e.map(|e| (e.id.to_string(), e.source.to_string(), e.content, e.stamp))
+    e.map(|e| (e.id().to_string(), e.source.to_string(), e.content, e.stamp))
 }
 
 /// Every answer of `index` against those of a one-pass build of its sets.
@@ -145,7 +145,7 @@ fn check_against_full_build(index: &Index, step: &str) {
     for inn in 0..INNS {
         let inn = format!("77{inn}");
         let ids = |i: &Index| -> Vec<String> {
-            i.by_inn(&inn).iter().map(|e| e.id.to_string()).collect()
+            i.by_inn(&inn).iter().map(|e| e.id().to_string()).collect()
         };
         assert_eq!(ids(index), ids(&full), "INN {inn} after {step}");
     }
@@ -158,9 +158,9 @@ fn check_against_full_build(index: &Index, step: &str) {
     for set in &index.sources {
         for ById(e) in set.entries.iter() {
             assert!(
-                e.same_overlay(index.overlay(&e.id)),
+                e.same_overlay(index.overlay(e.id())),
                 "id {} of {} has a stale overlay after {step}",
-                e.id,
+                e.id(),
                 set.info.name
             );
         }
