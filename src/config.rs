@@ -759,7 +759,14 @@ pub struct SyncConfig {
     pub manager_precedence: Vec<String>,
     /// `[sync.<system>]` by system name.
     pub tables: std::collections::BTreeMap<String, SyncSystemConfig>,
+    /// `[sync] max_pending`: more rows than this waiting in a system's
+    /// inbox (or outbox) and its webhooks answer 503, nothing acknowledged
+    /// (the remote sends again or the reconcile catches up).
+    pub max_pending: u64,
 }
+
+/// `[sync] max_pending` unless set: per system.
+pub const DEFAULT_MAX_PENDING: u64 = 100_000;
 
 impl<'de> Deserialize<'de> for SyncConfig {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -781,9 +788,13 @@ impl<'de> Deserialize<'de> for SyncConfig {
                         config.manager_precedence = map.next_value()?;
                         continue;
                     }
+                    if key == "max_pending" {
+                        config.max_pending = map.next_value()?;
+                        continue;
+                    }
                     let table = map.next_value::<SyncSystemConfig>().map_err(|e| {
                         serde::de::Error::custom(format!(
-                            "sync.{key}: {e} (each key of [sync] but manager_precedence is a system's table)"
+                            "sync.{key}: {e} (each key of [sync] but manager_precedence and max_pending is a system's table)"
                         ))
                     })?;
                     config.tables.insert(key, table);
@@ -809,6 +820,7 @@ impl Default for SyncConfig {
         SyncConfig {
             manager_precedence: MANAGER_SOURCES.iter().map(|s| (*s).to_owned()).collect(),
             tables: std::collections::BTreeMap::new(),
+            max_pending: DEFAULT_MAX_PENDING,
         }
     }
 }
@@ -836,6 +848,10 @@ pub struct SyncSystemConfig {
     /// The URL of a record's page there, by kind (`company`, `contact`...):
     /// `http(s)://`, with `{id}` where the record's id goes (URL-encoded).
     pub link_templates: std::collections::BTreeMap<String, String>,
+    /// Who may post the system's webhooks (`/api/v1/sync/<system>/webhook`):
+    /// the remote's addresses; empty: everyone (the system authenticates
+    /// each hook anyway). Not `api.allow_from`, which is for the admin API.
+    pub allow_from: AddressList,
 }
 
 impl SyncSystemConfig {
@@ -1473,6 +1489,12 @@ impl Config {
     /// `[sync]`: precedence names known and each once; every link template
     /// an `http(s)://` URL with a host and `{id}`.
     fn validate_sync(&self) -> Result<(), ConfigError> {
+        if self.sync.max_pending == 0 {
+            return Err(self.invalid(
+                "sync.max_pending",
+                "is 0, which would refuse every webhook: leave it out for 100000, or give the most rows a system may have waiting",
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for name in &self.sync.manager_precedence {
             if !MANAGER_SOURCES.contains(&name.as_str()) {
@@ -1500,6 +1522,12 @@ impl Config {
                 return Err(self.invalid(
                     &format!("sync.{}", system.chars().take(64).collect::<String>()),
                     "is not a system name: 1-64 lowercase Latin letters, digits, _ or -",
+                ));
+            }
+            if let Some(entry) = table.allow_from.first_bad() {
+                return Err(self.invalid(
+                    &format!("sync.{system}.allow_from"),
+                    format!("has the entry {entry:?}, which is neither an IP address nor a network: write the system's addresses or CIDRs such as \"203.0.113.0/24\" (host names are not resolved)"),
                 ));
             }
             for (kind, template) in &table.link_templates {

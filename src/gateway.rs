@@ -27,9 +27,13 @@ use crate::soap;
 use crate::sources::file::{self, FileSettings, FileSource};
 use crate::sources::onec::{self, OnecError, OnecSource};
 use crate::sources::push::{self, PushSource};
+use crate::sources::LowPriority;
 use crate::sources::{SnapshotSavers, SourceHealth};
 use crate::store::{DiskGate, OpenOptions, SourceSnapshot, Store, StoreError};
 use crate::sync::crm_source::CrmRecords;
+use crate::sync::inbound::Applier;
+use crate::sync::inbox::{InboxMetrics, InboxTask};
+use crate::sync::jobs::SyncJobs;
 use crate::sync::system::System;
 use crate::sync::{self, Feed, FeedMetrics, FeedSettings, Registry, RegistryError};
 use crate::vats::Vats;
@@ -201,6 +205,40 @@ impl Gateway {
                 None => front,
             },
         };
+        // The systems' webhooks go to their inbox from the first request
+        // on; each system's task applies it once the sources have loaded.
+        let inboxes: Vec<(Arc<dyn System>, Arc<Notify>)> = systems
+            .iter()
+            .map(|s| (Arc::clone(s), Arc::new(Notify::new())))
+            .collect();
+        let (front, inbox_metrics) = match &sync {
+            Some((
+                SyncParts {
+                    store,
+                    feed: Some(feed),
+                    ..
+                },
+                _,
+            )) => {
+                let inbox_metrics = InboxMetrics::new(metrics.registry(), &registry)
+                    .map_err(StartError::Metrics)?;
+                let jobs = SyncJobs::new(
+                    systems.clone(),
+                    Arc::clone(&directory),
+                    store.clone(),
+                    feed.clone(),
+                );
+                let front = front.with_sync_systems(
+                    &config,
+                    store.clone(),
+                    inboxes.clone(),
+                    inbox_metrics.clone(),
+                    jobs,
+                );
+                (front, Some(inbox_metrics))
+            }
+            _ => (front, None),
+        };
         let (reload, _) = watch::channel(0u64);
         let (stop_sources, _) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -252,6 +290,30 @@ impl Gateway {
                         Arc::clone(&records).run(stop_sources.subscribe()),
                     ));
                     parts.crm.push(records);
+                }
+                if let (Some(feed), Some(inbox_metrics)) = (&parts.feed, &inbox_metrics) {
+                    let low = Arc::new(
+                        LowPriority::start("cti-sync-inbox").map_err(StartError::SyncFeed)?,
+                    );
+                    for ((system, wake), crm) in inboxes.into_iter().zip(&parts.crm) {
+                        let applier = Applier::new(
+                            system.spec().clone(),
+                            Arc::clone(&directory),
+                            parts.store.clone(),
+                            feed.clone(),
+                            Arc::clone(crm),
+                        );
+                        let task = InboxTask::new(
+                            system,
+                            applier,
+                            parts.store.clone(),
+                            inbox_metrics.clone(),
+                            wake,
+                        );
+                        sources.push(tokio::spawn(
+                            task.run(Arc::clone(&low), stop_sources.subscribe()),
+                        ));
+                    }
                 }
                 let feed = sync::feed::spawn(
                     input,

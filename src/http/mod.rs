@@ -39,8 +39,10 @@ mod screens;
 pub mod server;
 mod soap;
 mod sync;
+mod sync_jobs;
 mod throttle;
 pub mod tls;
+mod webhook;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -67,6 +69,7 @@ pub use sync::{
     CONFLICTS as SYNC_CONFLICTS, IDMAP_CSV as SYNC_IDMAP_CSV, OUTBOX as SYNC_OUTBOX,
     OUTBOX_ROW as SYNC_OUTBOX_ROW, STATUS as SYNC_STATUS,
 };
+pub use webhook::MAX_WEBHOOK_BODY;
 
 /// The paths the gateway's own endpoints live at or under; `soap.path` may
 /// be none of them nor lie under one (see [`check_soap_path`]).
@@ -123,6 +126,8 @@ enum Route {
     SyncRetry,
     SyncConflicts,
     SyncIdmap,
+    SyncWebhook,
+    SyncJob,
     Metrics,
     Healthz,
     Readyz,
@@ -148,6 +153,8 @@ impl Route {
             Route::SyncRetry => "sync_retry",
             Route::SyncConflicts => "sync_conflicts",
             Route::SyncIdmap => "sync_idmap",
+            Route::SyncWebhook => "sync_webhook",
+            Route::SyncJob => "sync_job",
             Route::Metrics => "metrics",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
@@ -175,6 +182,8 @@ impl Route {
             | Route::SyncRetry
             | Route::SyncConflicts
             | Route::SyncIdmap
+            | Route::SyncWebhook
+            | Route::SyncJob
             | Route::OperatorWs
             | Route::OperatorEvents
             | Route::OperatorMe => true,
@@ -214,6 +223,8 @@ impl Route {
             | Route::ApiAcceptFile
             | Route::ApiBackup
             | Route::SyncRetry
+            | Route::SyncWebhook
+            | Route::SyncJob
             | Route::Other => None,
         }
     }
@@ -391,6 +402,8 @@ impl Front {
             p if sync::is_outbox_row(p) => Route::SyncRetry,
             sync::CONFLICTS => Route::SyncConflicts,
             sync::IDMAP_CSV => Route::SyncIdmap,
+            p if webhook::is_webhook(p) => Route::SyncWebhook,
+            p if sync_jobs::is_job(p) => Route::SyncJob,
             ops::METRICS => Route::Metrics,
             ops::HEALTHZ => Route::Healthz,
             ops::READYZ => Route::Readyz,
@@ -409,6 +422,10 @@ impl Front {
     fn group(&self, path: &str) -> Group {
         if path == self.soap.path() {
             Group::Soap
+        } else if webhook::is_webhook(path) {
+            // Not api.allow_from (the admin API's): each system's own
+            // `sync.<system>.allow_from`, checked by `dispatch`.
+            Group::Open
         } else if under(path, api::PREFIX) {
             Group::Api
         } else if under(path, screens::PREFIX) {
@@ -431,6 +448,15 @@ impl Front {
             if !list.allows(client.addr) {
                 let refused = self.address_refused(route, list.key(), &req, client);
                 return Routed::Answered(route.label(), refused);
+            }
+        }
+        if route == Route::SyncWebhook {
+            if let Some(list) = self.webhooks.allow_list(path) {
+                if !list.allows(client.addr) {
+                    self.webhooks.refused_address(path);
+                    let refused = self.address_refused(route, list.key(), &req, client);
+                    return Routed::Answered(route.label(), refused);
+                }
             }
         }
         if !route.takes(req.method()) {
@@ -521,6 +547,8 @@ impl Front {
             Route::SyncRetry => self.sync.retry(&req, client).await,
             Route::SyncConflicts => self.sync.conflicts(&req, client).await,
             Route::SyncIdmap => self.sync.idmap_csv(&req, client).await,
+            Route::SyncWebhook => self.webhooks.receive(req, client).await,
+            Route::SyncJob => self.jobs.start(&req, client).await,
             Route::Metrics => self.ops.metrics(),
             Route::Healthz => self.ops.healthz(),
             Route::Readyz => {
@@ -585,8 +613,9 @@ impl Front {
             .http_refused
             .with_label_values(&[route.label(), "address"])
             .inc();
-        let path = req.uri().path();
-        ADDRESS_REFUSALS.refused_address(path, client, key);
+        // A webhook's last segment may be its secret: never logged.
+        let path = webhook::loggable(req.uri().path());
+        ADDRESS_REFUSALS.refused_address(&path, client, key);
         let message = format!(
             "requests to this endpoint from {} are not allowed",
             client.addr

@@ -33,6 +33,7 @@ use crate::store::{
     Conflict, ConflictQuery, IdMapRow, OutboxQuery, OutboxRow, OutboxState, RetryOutcome, Store,
     StoreError, SystemStatus, MAX_PAGE,
 };
+use crate::sync::jobs::{JobProgress, SyncJobs};
 
 pub const STATUS: &str = "/api/v1/sync/status";
 pub const OUTBOX: &str = "/api/v1/sync/outbox";
@@ -60,6 +61,8 @@ pub struct SyncAdmin {
     /// The systems this gateway syncs (registered or configured): a
     /// `system` parameter naming another is a 404.
     systems: Vec<String>,
+    /// The registered systems' initial loads and relinks, for the status.
+    jobs: Option<SyncJobs>,
 }
 
 impl SyncAdmin {
@@ -68,7 +71,13 @@ impl SyncAdmin {
             token: config.api.token.clone(),
             store: None,
             systems: Vec::new(),
+            jobs: None,
         }
+    }
+
+    /// The status shows each system's initial load or relink from `jobs`.
+    pub fn show_jobs(&mut self, jobs: SyncJobs) {
+        self.jobs = Some(jobs);
     }
 
     /// Serves the API from `store` (the sync store) for `systems`.
@@ -140,6 +149,11 @@ impl SyncAdmin {
                             "pending": s.pending,
                             "oldest_pending_age_s": s.oldest_pending_age.map(|a| a.as_secs_f64()),
                             "dead": s.dead,
+                            "job": self
+                                .jobs
+                                .as_ref()
+                                .and_then(|j| j.progress(&s.system))
+                                .map(|j| job_json(&j)),
                         })
                     })
                     .collect();
@@ -477,6 +491,21 @@ fn outbox_json(r: &OutboxRow) -> serde_json::Value {
         "created_at": time(r.created_at),
         "last_error": r.last_error,
         "body": body,
+    })
+}
+
+/// A system's initial load or relink as the status shows it.
+fn job_json(j: &JobProgress) -> serde_json::Value {
+    serde_json::json!({
+        "kind": j.kind.as_str(),
+        "state": j.state.as_str(),
+        "started_at": time(j.started_at),
+        "finished_at": j.finished_at.map(time),
+        "seen": j.seen,
+        "linked": j.linked,
+        "unchanged": j.unchanged,
+        "unmatched": j.unmatched,
+        "error": j.error,
     })
 }
 

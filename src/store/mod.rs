@@ -65,8 +65,9 @@ pub use refusals::{Refusal, RefusalLog};
 pub use retention::{keep_journal_for, PRUNE_BATCH, PRUNE_PAUSE};
 pub use snapshot::SnapshotRecord;
 pub use sync::{
-    Conflict, ConflictQuery, IdMapLink, IdMapRow, NewConflict, NewOutboxRow, OutboxOp, OutboxQuery,
-    OutboxRow, OutboxState, RetryOutcome, SystemStatus, EXPORT_CHUNK, MAX_PAGE,
+    Conflict, ConflictQuery, IdMapLink, IdMapRow, InboxRow, NewConflict, NewOutboxRow, OutboxOp,
+    OutboxQuery, OutboxRow, OutboxState, RetryOutcome, SyncDepth, SystemStatus, EXPORT_CHUNK,
+    MAX_PAGE,
 };
 use writer::Command;
 

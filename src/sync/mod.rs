@@ -5,7 +5,9 @@
 //! system's record is matched with the directory's ([`identity`]), and the
 //! records only a CRM holds, a source named after it ([`crm_source`]), and
 //! what the core does with a record a system reports ([`inbound`]), and
-//! what a system gives the sending runtime ([`system`]).
+//! what a system gives the sending runtime ([`system`]), the webhooks'
+//! inbox and the task applying it ([`inbox`]), and a system's initial load
+//! and relink ([`jobs`]).
 //!
 //! The sync store (`<name>.sync.sqlite`) is opened only when a system is
 //! registered: an installation that does not sync has no such file. What
@@ -16,6 +18,8 @@ pub mod feed;
 pub mod hash;
 pub mod identity;
 pub mod inbound;
+pub mod inbox;
+pub mod jobs;
 pub mod metrics;
 pub mod registry;
 pub mod system;

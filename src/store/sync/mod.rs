@@ -12,6 +12,7 @@
 //! the journal's appends: the commands waiting in the writer's channel share
 //! one transaction (one fsync); each caller is answered after COMMIT.
 
+mod inbox;
 mod read;
 mod schema;
 
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 
 use super::writer::{Command, SyncWrite};
 use super::{unix_ms, Store, StoreError};
+pub use inbox::{InboxRow, SyncDepth};
 pub(super) use schema::{SYNC_APPLICATION_ID, SYNC_MIGRATIONS};
 
 /// The most rows one [`Store::outbox_page`] or [`Store::conflicts_page`]
@@ -453,7 +455,7 @@ impl Store {
     }
 
     /// Sends one single-transaction sync write to the writer.
-    async fn sync_write<T>(
+    pub(super) async fn sync_write<T>(
         &self,
         write: impl FnOnce(super::writer::Reply<T>) -> SyncWrite,
     ) -> Result<T, StoreError> {

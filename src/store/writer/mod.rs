@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod checkpoint;
 mod delivered;
+mod inbox;
 mod replace;
 mod sync;
 
@@ -42,6 +43,7 @@ use crate::directory::Tombstone;
 use crate::thread_priority::Urgency;
 use checkpoint::Checkpointer;
 use delivered::EarlyDeliveries;
+pub(super) use inbox::InboxWrite;
 use replace::{CHUNK_TIME, MAX_CHUNK_OPS};
 use sync::SyncGroup;
 pub(super) use sync::SyncWrite;

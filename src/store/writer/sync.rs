@@ -51,6 +51,8 @@ pub(in crate::store) enum SyncWrite {
         local_id: String,
         reply: Reply<bool>,
     },
+    /// The inbox task's writes (`writer/inbox.rs`).
+    Inbox(super::InboxWrite),
 }
 
 /// The enqueues and inbox appends of the next sync group commit.
@@ -290,12 +292,13 @@ impl Writer {
                 });
                 let _ = reply.send(result);
             }
+            SyncWrite::Inbox(write) => self.inbox_write(write),
         }
     }
 
     /// [`Writer::transact`], with a failure logged (once per state) as
     /// `what`.
-    fn logged<T>(
+    pub(super) fn logged<T>(
         &mut self,
         what: &'static str,
         op: &'static str,

@@ -1,0 +1,556 @@
+//! A sync system's webhooks into the inbox, the task that applies it, echo
+//! counting, and a system's initial load and relink (issue 18 items 7, 8
+//! and 10), over a real gateway on loopback with a test system defined
+//! here: it authenticates a header token, its hooks are JSON lists of
+//! records, and its list (for a relink) is what the test gives it. It
+//! never sends: what the feed queues stays in the outbox.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cti_gateway::config::Config;
+use cti_gateway::gateway::sync_store_path;
+use cti_gateway::store::{OpenOptions, Store};
+use cti_gateway::sync::inbound::{Change, Inbound, RemoteRecord};
+use cti_gateway::sync::inbox::Stored;
+use cti_gateway::sync::system::{
+    Listed, ListedPage, Outcome, OutgoingRow, Page, PublishedLimit, Remote, RemoteFuture, System,
+    Webhook, WebhookError,
+};
+use cti_gateway::sync::SystemSpec;
+use cti_gateway::Gateway;
+use support::*;
+
+const SYSTEM: &str = "hookcrm";
+const HOOK: &str = "/api/v1/sync/hookcrm/webhook";
+const HOOK_TOKEN: &str = "Hook-Token-5a9e";
+const GOOD: &str = "X-Hook-Token: Hook-Token-5a9e";
+const BEARER: &str = "Authorization: Bearer api-token-for-tests";
+const JSON: &str = "Content-Type: application/json";
+
+/// Three records; `k2` with an INN a relink finds it by.
+const FILE: &str = concat!(
+    r#"{"id":"k1","name":"Альфа","phones":["84951110001"]}"#,
+    "\n",
+    r#"{"id":"k2","name":"Бета","inn":"7707083893","kpp":"773601001","phones":["84951110002"]}"#,
+    "\n",
+    r#"{"id":"k3","name":"Гамма","phones":["84951110003"]}"#,
+    "\n",
+);
+
+/// The test's system: a header token, JSON hooks, a list set by the test.
+struct HookCrm {
+    spec: SystemSpec,
+    listed: Mutex<Vec<Listed>>,
+}
+
+impl HookCrm {
+    fn new() -> Arc<HookCrm> {
+        Arc::new(HookCrm {
+            spec: SystemSpec::new(SYSTEM).expect("name"),
+            listed: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+fn field(value: &serde_json::Value, name: &str) -> Option<String> {
+    value.get(name).and_then(|v| v.as_str()).map(str::to_owned)
+}
+
+impl System for HookCrm {
+    fn spec(&self) -> &SystemSpec {
+        &self.spec
+    }
+
+    fn published_limit(&self) -> PublishedLimit {
+        PublishedLimit::Bucket {
+            burst: 1,
+            per_second: 1.0,
+        }
+    }
+
+    fn batch_size(&self) -> usize {
+        1
+    }
+
+    fn send<'a>(&'a self, _rows: &'a [OutgoingRow]) -> RemoteFuture<'a, Vec<Outcome>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn find_existing<'a>(
+        &'a self,
+        _row: &'a OutgoingRow,
+    ) -> RemoteFuture<'a, Result<Option<Remote>, Outcome>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn authenticate(&self, hook: &Webhook<'_>) -> bool {
+        hook.headers.get("x-hook-token") == Some(HOOK_TOKEN.as_bytes())
+    }
+
+    /// `[{"id": "7", "name": "...", "phones": [...], "inn": "..."}]`; a
+    /// record without a name is deleted there.
+    fn parse(&self, hook: &Webhook<'_>) -> Result<Vec<Inbound>, WebhookError> {
+        let bad = |what: &str| WebhookError { what: what.into() };
+        let value: serde_json::Value =
+            serde_json::from_slice(hook.body).map_err(|_| bad("the body is not JSON"))?;
+        let list = value
+            .as_array()
+            .ok_or_else(|| bad("the body is not a list"))?;
+        list.iter()
+            .map(|r| {
+                let id = field(r, "id").ok_or_else(|| bad("a record has no id"))?;
+                let change = match field(r, "name") {
+                    None => Change::Deleted,
+                    Some(name) => Change::Upsert(Box::new(RemoteRecord {
+                        name,
+                        inn: field(r, "inn"),
+                        kpp: field(r, "kpp"),
+                        phones: r
+                            .get("phones")
+                            .and_then(|p| p.as_array())
+                            .map(|p| {
+                                p.iter()
+                                    .filter_map(|n| n.as_str())
+                                    .map(Into::into)
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        ..RemoteRecord::default()
+                    })),
+                };
+                Ok(Inbound {
+                    system: SYSTEM.into(),
+                    kind: "company".into(),
+                    remote_id: id,
+                    change,
+                })
+            })
+            .collect()
+    }
+
+    fn list<'a>(&'a self, _after: Option<&'a str>) -> RemoteFuture<'a, Result<Page, Outcome>> {
+        Box::pin(async { Ok(Page::default()) })
+    }
+
+    fn list_linked<'a>(
+        &'a self,
+        _after: Option<&'a str>,
+    ) -> RemoteFuture<'a, Result<ListedPage, Outcome>> {
+        let listed = self.listed.lock().expect("list").clone();
+        Box::pin(async move {
+            Ok(ListedPage {
+                records: listed,
+                next: None,
+            })
+        })
+    }
+}
+
+/// `sync`: keys of `[sync]`; `system`: keys of `[sync.hookcrm]`.
+async fn start_hooked(
+    dir: tempfile::TempDir,
+    crm: &Arc<HookCrm>,
+    sync: &str,
+    system: &str,
+) -> TestGateway {
+    let path = dir.path().join("gateway.toml");
+    let extra = format!("[sync]\n{sync}\n[sync.{SYSTEM}]\n{system}\n");
+    let text = config_text(dir.path(), &extra);
+    let config = Config::parse(&text, &path, &|_| None).expect("test config is valid");
+    let gateway = Gateway::start_with(config, vec![Arc::clone(crm) as Arc<dyn System>])
+        .await
+        .expect("gateway starts");
+    let addr = gateway.local_addr();
+    TestGateway {
+        gateway: Some(gateway),
+        addr,
+        dir,
+    }
+}
+
+async fn start_fresh(crm: &Arc<HookCrm>, sync: &str, system: &str) -> TestGateway {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("counterparties.jsonl"), FILE).expect("write directory");
+    start_hooked(dir, crm, sync, system).await
+}
+
+async fn settled(gw: &TestGateway) {
+    let feed = gw.gateway().sync_feed().expect("a feed");
+    tokio::time::timeout(Duration::from_secs(30), feed.settled())
+        .await
+        .expect("the feed settles");
+}
+
+fn store(gw: &TestGateway) -> &Store {
+    gw.gateway().sync_store().expect("a sync store")
+}
+
+async fn hook(addr: std::net::SocketAddr, headers: &[&str], body: &str) -> Reply {
+    post(addr, HOOK, headers, body.as_bytes()).await
+}
+
+/// The value of the metric line that starts with `series`.
+async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    let reply = get(addr, "/metrics").await;
+    reply
+        .body
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+fn refused(reason: &str) -> String {
+    format!("cti_sync_inbox_refused_total{{reason=\"{reason}\",system=\"{SYSTEM}\"}}")
+}
+
+async fn say_name_title(addr: std::net::SocketAddr, number: &str) -> String {
+    let reply = soap(addr, &say_name_envelope(number)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    element_text(&say_name_data(&reply), "title")
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn eventually_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const RECORD_7: &str = r#"[{"id":"7","name":"Из вебхука","phones":["89125550007"]}]"#;
+
+#[tokio::test]
+async fn refused_webhooks_are_answered_counted_and_store_nothing() {
+    let crm = HookCrm::new();
+    let mut gw = start_fresh(&crm, "", "").await;
+    let addr = gw.addr;
+
+    let too_large = format!(
+        "POST {HOOK} HTTP/1.1\r\nHost: {addr}\r\n{GOOD}\r\n{JSON}\r\nContent-Length: {}\r\n\r\n[]",
+        2 * 1024 * 1024
+    );
+    assert_eq!(raw(addr, too_large.as_bytes()).await.status, 413);
+    assert_eq!(metric(addr, &refused("too_large")).await, 1.0);
+
+    let wrong = hook(addr, &["X-Hook-Token: nope", JSON], RECORD_7).await;
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    let none = hook(addr, &[JSON], RECORD_7).await;
+    assert_eq!(none.status, 401, "{}", none.body);
+    assert_eq!(metric(addr, &refused("unauthenticated")).await, 2.0);
+
+    let malformed = hook(addr, &[GOOD, JSON], r#"{"id":"7"}"#).await;
+    assert_eq!(malformed.status, 400);
+    assert!(
+        malformed.body.contains("not a list") && malformed.body.contains("nothing was stored"),
+        "{}",
+        malformed.body
+    );
+    assert_eq!(metric(addr, &refused("malformed")).await, 1.0);
+    assert_eq!(
+        store(&gw).sync_depth(SYSTEM).await.expect("depth").inbox,
+        0,
+        "nothing stored"
+    );
+    assert_eq!(say_name_title(addr, "89125550007").await, "");
+
+    let unknown = post(addr, "/api/v1/sync/nosuch/webhook", &[GOOD, JSON], b"[]").await;
+    assert_eq!(unknown.status, 404);
+    let segment = post(addr, &format!("{HOOK}/extra"), &[GOOD, JSON], b"[]").await;
+    assert_eq!(segment.status, 404, "a plain system takes no segment");
+    let get_hook = get(addr, HOOK).await;
+    assert_eq!(get_hook.status, 405);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_from_an_address_not_allowed_is_403() {
+    let crm = HookCrm::new();
+    let mut gw = start_fresh(&crm, "", "allow_from = [\"127.0.0.2\"]").await;
+    let addr = gw.addr;
+    let refused_reply = request_from("127.0.0.3", addr, "POST", HOOK, &[GOOD, JSON], b"[]").await;
+    assert_eq!(refused_reply.status, 403, "{}", refused_reply.body);
+    assert_eq!(metric(addr, &refused("address")).await, 1.0);
+    let allowed = request_from("127.0.0.2", addr, "POST", HOOK, &[GOOD, JSON], b"[]").await;
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    // The admin API is not the webhooks' list: api.allow_from is empty.
+    let status = get_with(addr, "/api/v1/sync/status", &[BEARER]).await;
+    assert_eq!(status.status, 200);
+    gw.stop().await;
+}
+
+async fn get_with(addr: std::net::SocketAddr, path: &str, headers: &[&str]) -> Reply {
+    request(addr, "GET", path, headers, b"").await
+}
+
+#[tokio::test]
+async fn a_full_inbox_or_outbox_answers_503() {
+    let crm = HookCrm::new();
+    // The feed queues the file's three records; nothing sends them.
+    let mut gw = start_fresh(&crm, "max_pending = 3", "").await;
+    settled(&gw).await;
+    assert_eq!(
+        store(&gw).sync_depth(SYSTEM).await.expect("depth").outbox,
+        3
+    );
+    let full = hook(gw.addr, &[GOOD, JSON], RECORD_7).await;
+    assert_eq!(full.status, 503, "{}", full.body);
+    assert!(full.header("retry-after").is_some());
+    assert_eq!(metric(gw.addr, &refused("full")).await, 1.0);
+    assert_eq!(store(&gw).sync_depth(SYSTEM).await.expect("depth").inbox, 0);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhooks_record_reaches_the_directory_and_its_echo_is_counted_writing_nothing() {
+    let crm = HookCrm::new();
+    let mut gw = start_fresh(&crm, "", "").await;
+    let addr = gw.addr;
+    settled(&gw).await;
+    let taken = hook(addr, &[GOOD, JSON], RECORD_7).await;
+    assert_eq!(taken.status, 200, "{}", taken.body);
+    eventually_async("the webhook's record answers SayName", || async {
+        say_name_title(addr, "+7 912 555-00-07").await == "Из вебхука"
+    })
+    .await;
+    eventually_async("the applied row is deleted", || async {
+        store(&gw).sync_depth(SYSTEM).await.expect("depth").inbox == 0
+    })
+    .await;
+    assert_eq!(
+        metric(addr, "cti_sync_inbox_received_total{system=\"hookcrm\"}").await,
+        1.0
+    );
+    let link = store(&gw)
+        .idmap_by_remote(SYSTEM, "company", "7")
+        .await
+        .expect("read")
+        .expect("linked");
+    settled(&gw).await;
+    let outbox_before = store(&gw).sync_depth(SYSTEM).await.expect("depth").outbox;
+
+    // The same record again (our own change coming back, or a repeat).
+    let again = hook(addr, &[GOOD, JSON], RECORD_7).await;
+    assert_eq!(again.status, 200);
+    eventually_async("the echo is counted", || async {
+        metric(addr, "cti_sync_echoes_suppressed_total{system=\"hookcrm\"}").await == 1.0
+    })
+    .await;
+    eventually_async("the echo's row is deleted", || async {
+        store(&gw).sync_depth(SYSTEM).await.expect("depth").inbox == 0
+    })
+    .await;
+    settled(&gw).await;
+    let after = store(&gw)
+        .idmap_by_remote(SYSTEM, "company", "7")
+        .await
+        .expect("read")
+        .expect("linked");
+    assert_eq!(after, link, "the id-map is as it was");
+    assert_eq!(
+        store(&gw).sync_depth(SYSTEM).await.expect("depth").outbox,
+        outbox_before,
+        "nothing enqueued"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn rows_left_in_the_inbox_are_applied_at_start() {
+    let crm = HookCrm::new();
+    let mut gw = start_fresh(&crm, "", "").await;
+    gw.stop().await;
+    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().expect("temp dir"));
+    // As a crash would leave it: committed, never applied.
+    let path = sync_store_path(&dir.path().join("store.sqlite"));
+    let sync = Store::open_with_options(&path, &prometheus::Registry::new(), &OpenOptions::sync())
+        .expect("the sync store opens");
+    let stored = Stored {
+        name: None,
+        content_type: Some("application/json".into()),
+        body: RECORD_7.into(),
+    };
+    sync.inbox_append(SYSTEM, stored.encode())
+        .await
+        .expect("appended");
+    sync.close().await;
+
+    let mut gw = start_hooked(dir, &crm, "", "").await;
+    let addr = gw.addr;
+    eventually_async("the row left behind is applied", || async {
+        say_name_title(addr, "89125550007").await == "Из вебхука"
+    })
+    .await;
+    eventually_async("and deleted", || async {
+        store(&gw).sync_depth(SYSTEM).await.expect("depth").inbox == 0
+    })
+    .await;
+    gw.stop().await;
+}
+
+/// `system`'s job as the status shows it.
+async fn job(addr: std::net::SocketAddr) -> serde_json::Value {
+    let reply = get_with(addr, "/api/v1/sync/status", &[BEARER]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let status: serde_json::Value = serde_json::from_str(&reply.body).expect("JSON");
+    status["systems"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["system"] == SYSTEM))
+        .map(|s| s["job"].clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_initial_load_enqueues_what_is_missing_and_is_409_while_it_runs() {
+    let crm = HookCrm::new();
+    let mut gw = start_fresh(&crm, "", "").await;
+    let addr = gw.addr;
+    settled(&gw).await;
+    let feed = gw.gateway().sync_feed().expect("feed").clone();
+    // A change whose report is lost: only a reconcile finds it.
+    feed.drop_reports_for_tests(true);
+    let push = post(
+        addr,
+        "/api/v1/counterparties",
+        &[BEARER, JSON],
+        r#"[{"id":"p1","name":"Потерянный","phones":["84951110009"]}]"#.as_bytes(),
+    )
+    .await;
+    assert_eq!(push.status, 200, "{}", push.body);
+    feed.drop_reports_for_tests(false);
+    // The feed reads no report meanwhile: the job stays running.
+    feed.hold_for_tests(true);
+    let push = post(
+        addr,
+        "/api/v1/counterparties",
+        &[BEARER, JSON],
+        r#"[{"id":"p2","name":"Второй","phones":["84951110010"]}]"#.as_bytes(),
+    )
+    .await;
+    assert_eq!(push.status, 200, "{}", push.body);
+
+    let path = format!("/api/v1/sync/{SYSTEM}/initial");
+    assert_eq!(post(addr, &path, &[], b"").await.status, 401, "Bearer");
+    let started = post(addr, &path, &[BEARER], b"").await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    let again = post(addr, &path, &[BEARER], b"").await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(job(addr).await["state"], "running");
+    let relink = post(
+        addr,
+        &format!("/api/v1/sync/{SYSTEM}/relink"),
+        &[BEARER],
+        b"",
+    )
+    .await;
+    assert_eq!(relink.status, 409, "one job at a time: {}", relink.body);
+    assert_eq!(
+        post(addr, "/api/v1/sync/nosuch/initial", &[BEARER], b"")
+            .await
+            .status,
+        404
+    );
+    feed.hold_for_tests(false);
+    eventually_async("the initial load is done", || async {
+        job(addr).await["state"] == "done"
+    })
+    .await;
+    let rows = store(&gw)
+        .outbox_page(cti_gateway::store::OutboxQuery {
+            system: Some(SYSTEM.into()),
+            limit: 1_000,
+            ..Default::default()
+        })
+        .await
+        .expect("outbox");
+    let keys: Vec<&str> = rows.iter().map(|r| r.record_key.as_str()).collect();
+    assert!(
+        keys.contains(&"p1"),
+        "the lost change is enqueued: {keys:?}"
+    );
+    assert!(keys.contains(&"p2"), "{keys:?}");
+    assert_eq!(
+        keys.iter().filter(|k| **k == "k1").count(),
+        1,
+        "what was queued is not queued again: {keys:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_relink_links_by_external_id_then_business_key_and_creates_nothing() {
+    let crm = HookCrm::new();
+    let listed = |id: &str, external: Option<&str>, inn: Option<&str>, kpp: Option<&str>| Listed {
+        record: Inbound {
+            system: SYSTEM.into(),
+            kind: "company".into(),
+            remote_id: id.into(),
+            change: Change::Upsert(Box::new(RemoteRecord {
+                name: format!("Запись {id}"),
+                inn: inn.map(Into::into),
+                kpp: kpp.map(Into::into),
+                ..RemoteRecord::default()
+            })),
+        },
+        external_id: external.map(Into::into),
+    };
+    *crm.listed.lock().expect("list") = vec![
+        listed("r1", Some("k1"), None, None),
+        listed("r2", None, Some("7707083893"), Some("773601001")),
+        listed("r3", None, None, None),
+        listed("r4", Some("no-such-record"), None, None),
+    ];
+    let mut gw = start_fresh(&crm, "", "").await;
+    let addr = gw.addr;
+    settled(&gw).await;
+    let before = gw.gateway().directory().snapshot().len();
+    let started = post(
+        addr,
+        &format!("/api/v1/sync/{SYSTEM}/relink"),
+        &[BEARER],
+        b"",
+    )
+    .await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    eventually_async("the relink is done", || async {
+        job(addr).await["state"] == "done"
+    })
+    .await;
+    let job = job(addr).await;
+    assert_eq!(
+        (&job["seen"], &job["linked"], &job["unmatched"]),
+        (&4.into(), &2.into(), &2.into()),
+        "{job}"
+    );
+    for (remote, local) in [("r1", "k1"), ("r2", "k2")] {
+        let row = store(&gw)
+            .idmap_by_remote(SYSTEM, "company", remote)
+            .await
+            .expect("read")
+            .unwrap_or_else(|| panic!("{remote} linked"));
+        assert_eq!(row.local_id, local);
+    }
+    for remote in ["r3", "r4"] {
+        assert!(store(&gw)
+            .idmap_by_remote(SYSTEM, "company", remote)
+            .await
+            .expect("read")
+            .is_none());
+    }
+    assert_eq!(
+        gw.gateway().directory().snapshot().len(),
+        before,
+        "nothing created"
+    );
+    gw.stop().await;
+}
