@@ -554,3 +554,51 @@ async fn a_relink_links_by_external_id_then_business_key_and_creates_nothing() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn an_outbound_change_of_an_equal_hash_is_never_enqueued() {
+    let crm = HookCrm::new();
+    let mut gw = start_fresh(&crm, "", "").await;
+    settled(&gw).await;
+    let rows_of = |rows: &[cti_gateway::store::OutboxRow], key: &str| {
+        rows.iter().filter(|r| r.record_key == key).count()
+    };
+    let outbox = || async {
+        store(&gw)
+            .outbox_page(cti_gateway::store::OutboxQuery {
+                system: Some(SYSTEM.into()),
+                limit: 1_000,
+                ..Default::default()
+            })
+            .await
+            .expect("outbox")
+    };
+    let before = outbox().await;
+    assert_eq!((rows_of(&before, "k1"), rows_of(&before, "k3")), (1, 1));
+    // k1's number written another way (the same after normalizing), k3 renamed.
+    let next = gw.dir.path().join("counterparties.next");
+    std::fs::write(
+        &next,
+        FILE.replace("\"84951110001\"", "\"+7 (495) 111-00-01\"")
+            .replace("Гамма", "Гамма-2"),
+    )
+    .expect("write directory");
+    std::fs::rename(&next, gw.directory_file()).expect("rename directory");
+    eventually_async("the file is read again", || async {
+        gw.gateway()
+            .directory()
+            .lookup_id("k3")
+            .is_some_and(|e| e.json().contains("Гамма-2"))
+    })
+    .await;
+    assert!(gw
+        .gateway()
+        .directory()
+        .lookup_id("k1")
+        .is_some_and(|e| e.json().contains("+7 (495)")));
+    settled(&gw).await;
+    let after = outbox().await;
+    assert_eq!(rows_of(&after, "k1"), 1, "an equal hash is not a change");
+    assert_eq!(rows_of(&after, "k3"), 2, "a rename is");
+    gw.stop().await;
+}

@@ -69,7 +69,7 @@ pub use sync::{
     CONFLICTS as SYNC_CONFLICTS, IDMAP_CSV as SYNC_IDMAP_CSV, OUTBOX as SYNC_OUTBOX,
     OUTBOX_ROW as SYNC_OUTBOX_ROW, STATUS as SYNC_STATUS,
 };
-pub use webhook::MAX_WEBHOOK_BODY;
+pub use webhook::{MAX_WEBHOOK_BODY, PREFIX as SYNC_SYSTEM};
 
 /// The paths the gateway's own endpoints live at or under; `soap.path` may
 /// be none of them nor lie under one (see [`check_soap_path`]).
