@@ -1864,6 +1864,7 @@ mod tests {
         ))
         .expect("config");
         assert_eq!(c.sync.manager_precedence, ["bitrix24", "onec"]);
+        assert_eq!(c.sync.max_pending, DEFAULT_MAX_PENDING);
         let b24 = c.sync.system("bitrix24").expect("bitrix24");
         assert_eq!(b24.dedupe_key, DedupeKey::Inn);
         assert_eq!(
@@ -1933,6 +1934,11 @@ mod tests {
             (
                 "[sync.amocrm]\nlink_templates = { company = \"https:///{id}\" }\n".to_owned(),
                 "sync.amocrm.link_templates.company",
+            ),
+            ("[sync]\nmax_pending = 0\n".to_owned(), "sync.max_pending"),
+            (
+                "[sync.amocrm]\nallow_from = [\"crm.example.ru\"]\n".to_owned(),
+                "sync.amocrm.allow_from",
             ),
             (
                 format!("{}{}", manager(""), manager("")),
