@@ -17,7 +17,7 @@ use cti_gateway::sync::inbound::{Change, Inbound, RemoteRecord};
 use cti_gateway::sync::inbox::Stored;
 use cti_gateway::sync::system::{
     Listed, ListedPage, Outcome, OutgoingRow, Page, PublishedLimit, Remote, RemoteFuture, System,
-    Webhook, WebhookError,
+    Webhook, WebhookError, WebhookPath,
 };
 use cti_gateway::sync::SystemSpec;
 use cti_gateway::Gateway;
@@ -26,6 +26,8 @@ use support::*;
 const SYSTEM: &str = "hookcrm";
 const HOOK: &str = "/api/v1/sync/hookcrm/webhook";
 const HOOK_TOKEN: &str = "Hook-Token-5a9e";
+const HOOK_SECRET: &str = "Hook-Secret-77c1d2";
+const WRONG_SECRET: &str = "Wrong-Secret-3b4f90";
 const GOOD: &str = "X-Hook-Token: Hook-Token-5a9e";
 const BEARER: &str = "Authorization: Bearer api-token-for-tests";
 const JSON: &str = "Content-Type: application/json";
@@ -44,13 +46,20 @@ const FILE: &str = concat!(
 struct HookCrm {
     spec: SystemSpec,
     listed: Mutex<Vec<Listed>>,
+    /// `Secret`: authenticated by the path's last segment, not the header.
+    path: WebhookPath,
 }
 
 impl HookCrm {
     fn new() -> Arc<HookCrm> {
+        HookCrm::with_path(WebhookPath::Plain)
+    }
+
+    fn with_path(path: WebhookPath) -> Arc<HookCrm> {
         Arc::new(HookCrm {
             spec: SystemSpec::new(SYSTEM).expect("name"),
             listed: Mutex::new(Vec::new()),
+            path,
         })
     }
 }
@@ -87,7 +96,14 @@ impl System for HookCrm {
     }
 
     fn authenticate(&self, hook: &Webhook<'_>) -> bool {
-        hook.headers.get("x-hook-token") == Some(HOOK_TOKEN.as_bytes())
+        match self.path {
+            WebhookPath::Secret => hook.secret == Some(HOOK_SECRET),
+            _ => hook.headers.get("x-hook-token") == Some(HOOK_TOKEN.as_bytes()),
+        }
+    }
+
+    fn webhook_path(&self) -> WebhookPath {
+        self.path
     }
 
     /// `[{"id": "7", "name": "...", "phones": [...], "inn": "..."}]`; a
@@ -601,4 +617,98 @@ async fn an_outbound_change_of_an_equal_hash_is_never_enqueued() {
     assert_eq!(rows_of(&after, "k1"), 1, "an equal hash is not a change");
     assert_eq!(rows_of(&after, "k3"), 2, "a rename is");
     gw.stop().await;
+}
+
+/// Set in the child gateway of the log test: `<dir>|<listen address>`.
+const LOG_CHILD: &str = "CTI_TEST_WEBHOOK_LOG_CHILD";
+
+/// Not a test of its own: the child gateway of the log test below, run by
+/// it as this binary with [`LOG_CHILD`] set (a no-op otherwise). Logs
+/// everything at `trace` to standard output and runs until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_log_child() {
+    let Ok(spec) = std::env::var(LOG_CHILD) else {
+        return;
+    };
+    let (dir, listen) = spec.split_once('|').expect("dir|listen");
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+        .with_ansi(false)
+        .with_writer(std::io::stdout)
+        .init();
+    let dir = std::path::Path::new(dir);
+    std::fs::write(dir.join("counterparties.jsonl"), FILE).expect("write directory");
+    let extra = format!("[sync.{SYSTEM}]\nallow_from = [\"127.0.0.1\"]\n");
+    let text = config_text_on(dir, listen, &extra);
+    let config =
+        Config::parse(&text, &dir.join("gateway.toml"), &|_| None).expect("test config is valid");
+    let crm = HookCrm::with_path(WebhookPath::Secret);
+    let _gateway = Gateway::start_with(config, vec![crm as Arc<dyn System>])
+        .await
+        .expect("gateway starts");
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_webhook_secret_reaches_the_logs_even_at_trace_level() {
+    use support::process::{free_port, Child};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let log_path = dir.path().join("child.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut command =
+        std::process::Command::new(std::env::current_exe().expect("this test binary"));
+    command
+        .args([
+            "--exact",
+            "webhook_log_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(LOG_CHILD, format!("{}|{addr}", dir.path().display()))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::from(log.try_clone().expect("log fd")))
+        .stderr(std::process::Stdio::from(log));
+    let child = Child::start(command, addr, "/healthz").await;
+
+    let good = format!("{HOOK}/{HOOK_SECRET}");
+    let wrong = format!("{HOOK}/{WRONG_SECRET}");
+    assert_eq!(
+        post(addr, &good, &[JSON], RECORD_7.as_bytes()).await.status,
+        200
+    );
+    assert_eq!(
+        post(addr, &wrong, &[JSON], RECORD_7.as_bytes())
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        post(addr, HOOK, &[JSON], RECORD_7.as_bytes()).await.status,
+        401
+    );
+    let elsewhere = request_from("127.0.0.2", addr, "POST", &good, &[JSON], b"[]").await;
+    assert_eq!(elsewhere.status, 403);
+    let too_large = format!(
+        "POST {wrong} HTTP/1.1\r\nHost: {addr}\r\n{JSON}\r\nContent-Length: {}\r\n\r\n[]",
+        2 * 1024 * 1024
+    );
+    assert_eq!(raw(addr, too_large.as_bytes()).await.status, 413);
+    eventually_async("the webhook's record is applied", || async {
+        say_name_title(addr, "89125550007").await == "Из вебхука"
+    })
+    .await;
+    drop(child);
+
+    let text = std::fs::read_to_string(&log_path).expect("the child's log");
+    assert!(
+        text.contains("sync webhook committed to the inbox")
+            && text.contains("webhook/…")
+            && text.contains("not in the endpoint's allow-list"),
+        "the child logged what it did:\n{text}"
+    );
+    for secret in [HOOK_SECRET, WRONG_SECRET] {
+        assert!(!text.contains(secret), "{secret} in the log:\n{text}");
+    }
 }
