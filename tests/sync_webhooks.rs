@@ -391,6 +391,15 @@ async fn rows_left_in_the_inbox_are_applied_at_start() {
     let path = sync_store_path(&dir.path().join("store.sqlite"));
     let sync = Store::open_with_options(&path, &prometheus::Registry::new(), &OpenOptions::sync())
         .expect("the sync store opens");
+    // First a row that can never apply (set aside), then a good one.
+    let never = Stored {
+        name: None,
+        content_type: None,
+        body: "no longer parses".into(),
+    };
+    sync.inbox_append(SYSTEM, never.encode())
+        .await
+        .expect("appended");
     let stored = Stored {
         name: None,
         content_type: Some("application/json".into()),
@@ -411,6 +420,18 @@ async fn rows_left_in_the_inbox_are_applied_at_start() {
         store(&gw).sync_depth(SYSTEM).await.expect("depth").inbox == 0
     })
     .await;
+    let depth = store(&gw).sync_depth(SYSTEM).await.expect("depth");
+    assert_eq!(depth.inbox_failed, 1, "the bad row is set aside");
+    assert_eq!(
+        metric(addr, "cti_sync_inbox_failed_total{system=\"hookcrm\"}").await,
+        1.0
+    );
+    let status = get_with(addr, "/api/v1/sync/status", &[BEARER]).await;
+    assert!(
+        status.body.contains(r#""inbox":{"failed":1,"pending":0}"#),
+        "{}",
+        status.body
+    );
     gw.stop().await;
 }
 

@@ -141,10 +141,24 @@ impl SyncAdmin {
                     }
                 }
                 systems.sort_by(|a, b| a.system.cmp(&b.system));
+                // The webhooks' inbox of each system: what waits to be
+                // applied, and what was set aside.
+                let mut inboxes = Vec::with_capacity(systems.len());
+                for s in &systems {
+                    match store.sync_depth(&s.system).await {
+                        Ok(depth) => inboxes.push(serde_json::json!({
+                            "pending": depth.inbox,
+                            "failed": depth.inbox_failed,
+                        })),
+                        Err(e) => return unreadable("the inbox", &e),
+                    }
+                }
                 let systems: Vec<serde_json::Value> = systems
                     .iter()
-                    .map(|s| {
+                    .zip(inboxes)
+                    .map(|(s, inbox)| {
                         serde_json::json!({
+                            "inbox": inbox,
                             "system": s.system,
                             "pending": s.pending,
                             "oldest_pending_age_s": s.oldest_pending_age.map(|a| a.as_secs_f64()),

@@ -22,11 +22,13 @@ pub struct InboxRow {
     pub body: String,
 }
 
-/// How much `system` has waiting: rows pending in its inbox and its outbox.
+/// How much `system` has waiting: rows pending in its inbox and its
+/// outbox, and the inbox rows set aside as failed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncDepth {
     pub inbox: u64,
     pub outbox: u64,
+    pub inbox_failed: u64,
 }
 
 impl Store {
@@ -43,8 +45,8 @@ impl Store {
             .await
     }
 
-    /// The pending rows of `system`'s inbox and outbox (two counts over
-    /// their indexes).
+    /// The pending rows of `system`'s inbox and outbox, and its failed
+    /// inbox rows (counts over their indexes).
     pub async fn sync_depth(&self, system: &str) -> Result<SyncDepth, StoreError> {
         let system = system.to_owned();
         self.read(move |conn, path| depth(conn, path, &system))
@@ -95,12 +97,16 @@ fn depth(conn: &Connection, path: &Path, system: &str) -> Result<SyncDepth, Stor
         let inbox: i64 = conn
             .prepare_cached("SELECT COUNT(*) FROM inbox WHERE system = ?1 AND state = 'pending'")?
             .query_row([system], |r| r.get(0))?;
+        let inbox_failed: i64 = conn
+            .prepare_cached("SELECT COUNT(*) FROM inbox WHERE system = ?1 AND state = 'failed'")?
+            .query_row([system], |r| r.get(0))?;
         let outbox: i64 = conn
             .prepare_cached("SELECT COUNT(*) FROM outbox WHERE system = ?1 AND state = 'pending'")?
             .query_row([system], |r| r.get(0))?;
         Ok(SyncDepth {
             inbox: inbox.max(0) as u64,
             outbox: outbox.max(0) as u64,
+            inbox_failed: inbox_failed.max(0) as u64,
         })
     };
     query().map_err(|e| StoreError::sqlite(path, "counting the inbox and outbox", e))
