@@ -502,6 +502,7 @@ async fn an_initial_load_enqueues_what_is_missing_and_is_409_while_it_runs() {
         job(addr).await["state"] == "done"
     })
     .await;
+    assert_eq!(job(addr).await["enqueued"], 2, "p1 and p2");
     let rows = store(&gw)
         .outbox_page(cti_gateway::store::OutboxQuery {
             system: Some(SYSTEM.into()),

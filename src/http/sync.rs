@@ -515,6 +515,7 @@ fn job_json(j: &JobProgress) -> serde_json::Value {
         "state": j.state.as_str(),
         "started_at": time(j.started_at),
         "finished_at": j.finished_at.map(time),
+        "enqueued": j.enqueued,
         "seen": j.seen,
         "linked": j.linked,
         "unchanged": j.unchanged,

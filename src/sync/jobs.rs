@@ -31,6 +31,9 @@ use super::identity;
 use super::inbound::Change;
 use super::system::{ListedPage, System};
 
+/// How often a running initial load's progress is noted.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Which job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
@@ -72,6 +75,8 @@ pub struct JobProgress {
     pub state: JobState,
     pub started_at: SystemTime,
     pub finished_at: Option<SystemTime>,
+    /// Initial load: rows enqueued for the system so far.
+    pub enqueued: u64,
     /// Relink: the system's records read so far.
     pub seen: u64,
     /// Relink: links made (or made again).
@@ -91,6 +96,7 @@ impl JobProgress {
             state: JobState::Running,
             started_at: SystemTime::now(),
             finished_at: None,
+            enqueued: 0,
             seen: 0,
             linked: 0,
             unchanged: 0,
@@ -176,7 +182,7 @@ impl SyncJobs {
         tokio::spawn(async move {
             let name = sys.spec().name().to_owned();
             let result = match kind {
-                JobKind::Initial => jobs.initial().await,
+                JobKind::Initial => jobs.initial(&name).await,
                 JobKind::Relink => jobs.relink(&*sys).await,
             };
             let mut all = lock(&jobs.inner.jobs);
@@ -198,12 +204,27 @@ impl SyncJobs {
         Some(Ok(()))
     }
 
-    /// The feed's reconcile, now, and its end.
-    async fn initial(&self) -> Result<(), String> {
-        let before = self.inner.feed.reconciles();
-        self.inner.feed.reconcile_now();
-        self.inner.feed.settled().await;
-        if self.inner.feed.reconciles() > before {
+    /// The feed's reconcile, now, and its end; the rows it enqueued for
+    /// `system` noted each second meanwhile.
+    async fn initial(&self, system: &str) -> Result<(), String> {
+        let feed = &self.inner.feed;
+        let before = feed.reconciles();
+        let enqueued_before = feed.metrics().enqueued_total(system);
+        let progress = |jobs: &SyncJobs| {
+            let now = feed.metrics().enqueued_total(system);
+            jobs.note(system, |j| j.enqueued = now.saturating_sub(enqueued_before));
+        };
+        feed.reconcile_now();
+        let settled = feed.settled();
+        tokio::pin!(settled);
+        loop {
+            tokio::select! {
+                _ = &mut settled => break,
+                _ = tokio::time::sleep(PROGRESS_EVERY) => progress(self),
+            }
+        }
+        progress(self);
+        if feed.reconciles() > before {
             Ok(())
         } else {
             Err("the change feed stopped before its reconcile ran".to_owned())
