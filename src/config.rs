@@ -759,8 +759,8 @@ pub struct SyncConfig {
     pub manager_precedence: Vec<String>,
     /// `[sync.<system>]` by system name.
     pub tables: std::collections::BTreeMap<String, SyncSystemConfig>,
-    /// `[sync] max_pending`: more rows than this waiting in a system's
-    /// inbox (or outbox) and its webhooks answer 503, nothing acknowledged
+    /// `[sync] max_pending`: once this many rows wait in a system's
+    /// inbox (or outbox), its webhooks answer 503, nothing acknowledged
     /// (the remote sends again or the reconcile catches up).
     pub max_pending: u64,
 }

@@ -272,7 +272,12 @@ async fn refused_webhooks_are_answered_counted_and_store_nothing() {
         "{}",
         malformed.body
     );
-    assert_eq!(metric(addr, &refused("malformed")).await, 1.0);
+    let large = format!("{}{{}}", " ".repeat(100 * 1024));
+    assert_eq!(hook(addr, &[GOOD, JSON], &large).await.status, 400);
+    let large_wrong = hook(addr, &["X-Hook-Token: nope", JSON], &large).await;
+    assert_eq!(large_wrong.status, 401);
+    assert_eq!(metric(addr, &refused("malformed")).await, 2.0);
+    assert_eq!(metric(addr, &refused("unauthenticated")).await, 3.0);
     assert_eq!(
         store(&gw).sync_depth(SYSTEM).await.expect("depth").inbox,
         0,
@@ -333,7 +338,9 @@ async fn a_webhooks_record_reaches_the_directory_and_its_echo_is_counted_writing
     let mut gw = start_fresh(&crm, "", "").await;
     let addr = gw.addr;
     settled(&gw).await;
-    let taken = hook(addr, &[GOOD, JSON], RECORD_7).await;
+    // Over 64 KiB of JSON (whitespace): checked on the blocking pool.
+    let padded = format!("{}{RECORD_7}", " ".repeat(100 * 1024));
+    let taken = hook(addr, &[GOOD, JSON], &padded).await;
     assert_eq!(taken.status, 200, "{}", taken.body);
     eventually_async("the webhook's record answers SayName", || async {
         say_name_title(addr, "+7 912 555-00-07").await == "Из вебхука"

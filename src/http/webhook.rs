@@ -41,6 +41,10 @@ pub const PREFIX: &str = "/api/v1/sync/";
 /// The largest webhook body taken.
 pub const MAX_WEBHOOK_BODY: usize = 1024 * 1024;
 
+/// Bodies up to this size are checked on the request's task, larger ones
+/// on the blocking pool (as the push API parses its bodies).
+const INLINE_CHECK_BYTES: usize = 64 * 1024;
+
 /// Webhooks that failed their system's authentication, logged at most once
 /// a minute per address.
 static REFUSALS: RefusalLog = RefusalLog::new("sync webhook");
@@ -202,37 +206,52 @@ impl Webhooks {
                 return json_error(e.status(), &e.to_string());
             }
         };
-        let headers: Vec<(&str, &[u8])> = head
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_bytes()))
-            .collect();
         let (name, secret) = match kind {
             WebhookPath::Named => (p.segment, None),
             WebhookPath::Secret => (None, p.segment),
             WebhookPath::Plain => (None, None),
         };
-        let hook = Webhook {
-            name,
-            secret,
-            headers: Headers(&headers),
-            body: &body,
+        // A large body's check (a signature over it, its JSON) runs on the
+        // blocking pool: the calls' threads never wait behind a megabyte.
+        let checked = if body.len() <= INLINE_CHECK_BYTES {
+            check(&*hooked.system, name, secret, &head.headers, &body)
+        } else {
+            let system = Arc::clone(&hooked.system);
+            let (name, secret) = (name.map(str::to_owned), secret.map(str::to_owned));
+            let (headers, bytes) = (head.headers.clone(), body.clone());
+            tokio::task::spawn_blocking(move || {
+                check(
+                    &*system,
+                    name.as_deref(),
+                    secret.as_deref(),
+                    &headers,
+                    &bytes,
+                )
+            })
+            .await
+            .unwrap_or_else(|e| Err(Refused::Malformed(format!("the check failed: {e}"))))
         };
-        if !hooked.system.authenticate(&hook) {
-            metrics.refused(system, "unauthenticated");
-            REFUSALS.refused(
-                &loggable(&path),
-                client,
-                &"the system's authentication of the webhook failed",
-            );
-            return json_error(
-                StatusCode::UNAUTHORIZED,
-                "the webhook is not authenticated: check the token, signature or address the system was given",
-            );
-        }
-        if let Err(e) = hooked.system.parse(&hook) {
-            metrics.refused(system, "malformed");
-            return json_error(StatusCode::BAD_REQUEST, &format!("{e}; nothing was stored"));
+        match checked {
+            Ok(()) => {}
+            Err(Refused::Unauthenticated) => {
+                metrics.refused(system, "unauthenticated");
+                REFUSALS.refused(
+                    &loggable(&path),
+                    client,
+                    &"the system's authentication of the webhook failed",
+                );
+                return json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "the webhook is not authenticated: check the token, signature or address the system was given",
+                );
+            }
+            Err(Refused::Malformed(what)) => {
+                metrics.refused(system, "malformed");
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("{what}; nothing was stored"),
+                );
+            }
         }
         let Ok(text) = std::str::from_utf8(&body) else {
             metrics.refused(system, "malformed");
@@ -286,6 +305,40 @@ impl Webhooks {
             }
         }
     }
+}
+
+/// Why a webhook's check refused it.
+enum Refused {
+    Unauthenticated,
+    /// What the system's parse named.
+    Malformed(String),
+}
+
+/// The system's [`System::authenticate`], then its [`System::parse`].
+fn check(
+    system: &dyn System,
+    name: Option<&str>,
+    secret: Option<&str>,
+    headers: &header::HeaderMap,
+    body: &[u8],
+) -> Result<(), Refused> {
+    let headers: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    let hook = Webhook {
+        name,
+        secret,
+        headers: Headers(&headers),
+        body,
+    };
+    if !system.authenticate(&hook) {
+        return Err(Refused::Unauthenticated);
+    }
+    system
+        .parse(&hook)
+        .map(drop)
+        .map_err(|e| Refused::Malformed(e.to_string()))
 }
 
 fn not_found() -> Response<Body> {
