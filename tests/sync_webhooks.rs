@@ -741,3 +741,37 @@ async fn no_webhook_secret_reaches_the_logs_even_at_trace_level() {
         assert!(!text.contains(secret), "{secret} in the log:\n{text}");
     }
 }
+
+#[tokio::test]
+#[ignore = "needs promtool (Debian package prometheus); .ci/run installs it"]
+async fn the_inbox_metrics_pass_promtool_check_metrics() {
+    use std::io::Write as _;
+    let crm = HookCrm::new();
+    let mut gw = start_fresh(&crm, "", "").await;
+    assert_eq!(hook(gw.addr, &[GOOD, JSON], RECORD_7).await.status, 200);
+    assert_eq!(hook(gw.addr, &[JSON], RECORD_7).await.status, 401);
+    let metrics = get(gw.addr, "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.body.contains("cti_sync_inbox_refused_total"));
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(metrics.body.as_bytes())
+        .expect("feed promtool");
+    let output = child.wait_with_output().expect("promtool finishes");
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    gw.stop().await;
+}
