@@ -110,6 +110,10 @@ impl System for HookCrm {
     /// record without a name is deleted there.
     fn parse(&self, hook: &Webhook<'_>) -> Result<Vec<Inbound>, WebhookError> {
         let bad = |what: &str| WebhookError { what: what.into() };
+        // A system of several hooks: only its `company` hook is known.
+        if self.path == WebhookPath::Named && hook.name != Some("company") {
+            return Err(bad("no such hook: this system has the hook company"));
+        }
         let value: serde_json::Value =
             serde_json::from_slice(hook.body).map_err(|_| bad("the body is not JSON"))?;
         let list = value
@@ -772,6 +776,48 @@ async fn the_inbox_metrics_pass_promtool_check_metrics() {
         "promtool check metrics failed:\n{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_named_hook_keeps_its_name_in_the_inbox_for_the_parse() {
+    let crm = HookCrm::with_path(WebhookPath::Named);
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("counterparties.jsonl"), FILE).expect("write directory");
+    let mut gw = start_hooked(dir, &crm, "", "").await;
+    let addr = gw.addr;
+    let other = post(
+        addr,
+        &format!("{HOOK}/deal"),
+        &[GOOD, JSON],
+        RECORD_7.as_bytes(),
+    )
+    .await;
+    assert_eq!(other.status, 400, "{}", other.body);
+    assert!(other.body.contains("no such hook"), "{}", other.body);
+    let unnamed = post(addr, HOOK, &[GOOD, JSON], RECORD_7.as_bytes()).await;
+    assert_eq!(unnamed.status, 400, "{}", unnamed.body);
+    let named = post(
+        addr,
+        &format!("{HOOK}/company"),
+        &[GOOD, JSON],
+        RECORD_7.as_bytes(),
+    )
+    .await;
+    assert_eq!(named.status, 200, "{}", named.body);
+    // Applied by the task, which parses the stored body again with its name.
+    eventually_async("the named hook's record answers SayName", || async {
+        say_name_title(addr, "89125550007").await == "Из вебхука"
+    })
+    .await;
+    assert_eq!(
+        store(&gw)
+            .sync_depth(SYSTEM)
+            .await
+            .expect("depth")
+            .inbox_failed,
+        0
     );
     gw.stop().await;
 }
