@@ -755,7 +755,14 @@ pub struct SyncConfig {
     /// start-up (the gateway knows what is registered); a key that is not a
     /// table is refused here, as not a system's table.
     tables: std::collections::BTreeMap<String, SyncSystemConfig>,
+    /// `[sync] max_pending`: once this many rows wait in a system's
+    /// inbox (or outbox), its webhooks answer 503, nothing acknowledged
+    /// (the remote sends again or the reconcile catches up).
+    pub max_pending: u64,
 }
+
+/// `[sync] max_pending` unless set: per system.
+pub const DEFAULT_MAX_PENDING: u64 = 100_000;
 
 /// By hand rather than `#[serde(flatten)]`: each table is read straight
 /// from the TOML, so that an error points at its line and key (flatten
@@ -767,7 +774,7 @@ impl<'de> Deserialize<'de> for SyncConfig {
             type Value = SyncConfig;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("[sync]: manager_precedence and a [sync.<system>] table per system")
+                f.write_str("[sync]: manager_precedence, max_pending and a [sync.<system>] table per system")
             }
 
             fn visit_map<A: serde::de::MapAccess<'de>>(
@@ -778,6 +785,8 @@ impl<'de> Deserialize<'de> for SyncConfig {
                 while let Some(key) = map.next_key::<String>()? {
                     if key == "manager_precedence" {
                         config.manager_precedence = map.next_value()?;
+                    } else if key == "max_pending" {
+                        config.max_pending = map.next_value()?;
                     } else {
                         let table: SyncSystemConfig = map.next_value()?;
                         config.tables.insert(key, table);
@@ -804,6 +813,7 @@ impl Default for SyncConfig {
         SyncConfig {
             manager_precedence: MANAGER_SOURCES.iter().map(|s| (*s).to_owned()).collect(),
             tables: std::collections::BTreeMap::new(),
+            max_pending: DEFAULT_MAX_PENDING,
         }
     }
 }
@@ -873,6 +883,10 @@ pub struct SyncSystemConfig {
     /// While the system blocks the gateway: one probe request this often.
     #[serde(with = "humantime_serde")]
     pub block_probe: Duration,
+    /// Who may post the system's webhooks (`/api/v1/sync/<system>/webhook`):
+    /// the remote's addresses; empty: everyone (the system authenticates
+    /// each hook anyway). Not `api.allow_from`, which is for the admin API.
+    pub allow_from: AddressList,
 }
 
 impl Default for SyncSystemConfig {
@@ -890,6 +904,7 @@ impl Default for SyncSystemConfig {
             concurrency: 4,
             dead_after: Duration::from_secs(7 * 24 * 3600),
             block_probe: Duration::from_secs(10 * 60),
+            allow_from: AddressList::default(),
         }
     }
 }
@@ -1617,6 +1632,12 @@ impl Config {
     /// `[sync]`: precedence names known and each once; every link template
     /// an `http(s)://` URL with a host and `{id}`.
     fn validate_sync(&self) -> Result<(), ConfigError> {
+        if self.sync.max_pending == 0 {
+            return Err(self.invalid(
+                "sync.max_pending",
+                "is 0, which would refuse every webhook: leave it out for 100000, or give the most rows a system may have waiting",
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for name in &self.sync.manager_precedence {
             if !MANAGER_SOURCES.contains(&name.as_str()) {
@@ -1645,6 +1666,12 @@ impl Config {
                 ));
             }
             self.validate_sync_system(system, table)?;
+            if let Some(entry) = table.allow_from.first_bad() {
+                return Err(self.invalid(
+                    &format!("sync.{system}.allow_from"),
+                    format!("has the entry {entry:?}, which is neither an IP address nor a network: write the system's addresses or CIDRs such as \"203.0.113.0/24\" (host names are not resolved)"),
+                ));
+            }
             for (kind, template) in &table.link_templates {
                 let key = format!("sync.{system}.link_templates.{kind}");
                 if kind.is_empty()
@@ -1979,6 +2006,7 @@ mod tests {
         ))
         .expect("config");
         assert_eq!(c.sync.manager_precedence, ["bitrix24", "onec"]);
+        assert_eq!(c.sync.max_pending, DEFAULT_MAX_PENDING);
         let b24 = c.sync.system("bitrix24").expect("bitrix24");
         assert_eq!(b24.dedupe_key, DedupeKey::Inn);
         assert_eq!(
@@ -2133,6 +2161,11 @@ mod tests {
             (
                 "[sync.amocrm]\nlink_templates = { company = \"https:///{id}\" }\n".to_owned(),
                 "sync.amocrm.link_templates.company",
+            ),
+            ("[sync]\nmax_pending = 0\n".to_owned(), "sync.max_pending"),
+            (
+                "[sync.amocrm]\nallow_from = [\"crm.example.ru\"]\n".to_owned(),
+                "sync.amocrm.allow_from",
             ),
             (
                 format!("{}{}", manager(""), manager("")),

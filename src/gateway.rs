@@ -27,10 +27,13 @@ use crate::soap;
 use crate::sources::file::{self, FileSettings, FileSource};
 use crate::sources::onec::{self, OnecError, OnecSource};
 use crate::sources::push::{self, PushSource};
+use crate::sources::LowPriority;
 use crate::sources::{SnapshotSavers, SourceHealth};
 use crate::store::{DiskGate, OpenOptions, SourceSnapshot, Store, StoreError};
 use crate::sync::crm_source::CrmRecords;
 use crate::sync::inbound::Applier;
+use crate::sync::inbox::{InboxMetrics, InboxTask};
+use crate::sync::jobs::SyncJobs;
 use crate::sync::parts::SyncRuntimeParts;
 use crate::sync::runtime::{Runtime, RuntimeMetrics};
 use crate::sync::system::System;
@@ -243,6 +246,40 @@ impl Gateway {
                 None => front,
             },
         };
+        // The systems' webhooks go to their inbox from the first request
+        // on; each system's task applies it once the sources have loaded.
+        let inboxes: Vec<(Arc<dyn System>, Arc<Notify>)> = systems
+            .iter()
+            .map(|s| (Arc::clone(s), Arc::new(Notify::new())))
+            .collect();
+        let (front, inbox_metrics) = match &sync {
+            Some((
+                SyncParts {
+                    store,
+                    feed: Some(feed),
+                    ..
+                },
+                _,
+            )) => {
+                let inbox_metrics = InboxMetrics::new(metrics.registry(), &registry)
+                    .map_err(StartError::Metrics)?;
+                let jobs = SyncJobs::new(
+                    systems.clone(),
+                    Arc::clone(&directory),
+                    store.clone(),
+                    feed.clone(),
+                );
+                let front = front.with_sync_webhooks(
+                    &config,
+                    store.clone(),
+                    inboxes.clone(),
+                    inbox_metrics.clone(),
+                    jobs,
+                );
+                (front, Some(inbox_metrics))
+            }
+            _ => (front, None),
+        };
         let (reload, _) = watch::channel(0u64);
         let (stop_sources, _) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -310,6 +347,31 @@ impl Gateway {
                     parts.inbound.clone(),
                     stop_sources.subscribe(),
                 ));
+                if let Some(inbox_metrics) = &inbox_metrics {
+                    let low = Arc::new(
+                        LowPriority::start("cti-sync-inbox").map_err(StartError::SyncFeed)?,
+                    );
+                    for (system, wake) in inboxes {
+                        // The same inbound path as the linker's: one turn per system.
+                        let Some(applier) = parts
+                            .inbound
+                            .iter()
+                            .find(|a| a.system() == system.spec().name())
+                        else {
+                            continue;
+                        };
+                        let task = InboxTask::new(
+                            system,
+                            Arc::clone(applier),
+                            parts.store.clone(),
+                            inbox_metrics.clone(),
+                            wake,
+                        );
+                        sources.push(tokio::spawn(
+                            task.run(Arc::clone(&low), stop_sources.subscribe()),
+                        ));
+                    }
+                }
                 let feed = sync::feed::spawn(
                     inputs.feed,
                     Arc::clone(&directory),

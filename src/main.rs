@@ -163,6 +163,29 @@ enum SyncCommand {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Queue every exported record SYSTEM lacks (no id link, or another
+    /// version): its initial load. Answers once started; `sync status`
+    /// shows its progress.
+    Initial {
+        system: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Rebuild SYSTEM's id links from its own list (by the external id the
+    /// gateway wrote there, then the INN/KPP), creating nothing. Answers
+    /// once started; `sync status` shows its progress.
+    Relink {
+        system: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Resume sending to SYSTEM now, after it blocked the gateway (instead
+    /// of waiting for the next probe).
+    Resume {
+        system: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
     /// A system's id links as CSV, on standard output.
     ExportMap {
         /// The system whose links to export.
@@ -180,6 +203,9 @@ impl SyncCommand {
             | SyncCommand::Outbox { gateway, .. }
             | SyncCommand::Retry { gateway, .. }
             | SyncCommand::Conflicts { gateway, .. }
+            | SyncCommand::Initial { gateway, .. }
+            | SyncCommand::Relink { gateway, .. }
+            | SyncCommand::Resume { gateway, .. }
             | SyncCommand::ExportMap { gateway, .. } => gateway,
         }
     }
@@ -844,7 +870,7 @@ fn backup(to: &Path, config: Option<PathBuf>, url: Option<&str>) -> anyhow::Resu
 /// refused.
 fn sync(command: SyncCommand) -> anyhow::Result<()> {
     use cti_gateway::http::{
-        SYNC_CONFLICTS, SYNC_IDMAP_CSV, SYNC_OUTBOX, SYNC_OUTBOX_ROW, SYNC_STATUS,
+        SYNC_CONFLICTS, SYNC_IDMAP_CSV, SYNC_OUTBOX, SYNC_OUTBOX_ROW, SYNC_STATUS, SYNC_SYSTEM,
     };
     let GatewayArgs { config, url } = command.gateway();
     let (target, token) = admin_target(config.clone(), url.as_deref())?;
@@ -880,6 +906,24 @@ fn sync(command: SyncCommand) -> anyhow::Result<()> {
                 ("limit", limit.map(|l| l.to_string())),
             ]);
             target.get(&format!("{SYNC_CONFLICTS}{query}"), &token)?
+        }
+        SyncCommand::Initial { system, .. }
+        | SyncCommand::Relink { system, .. }
+        | SyncCommand::Resume { system, .. } => {
+            let action = match &command {
+                SyncCommand::Initial { .. } => "initial",
+                SyncCommand::Relink { .. } => "relink",
+                _ => "resume",
+            };
+            // Its path segment as is: a system's name needs no encoding.
+            let plain = !system.is_empty()
+                && system.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
+            if !plain {
+                anyhow::bail!("{system:?} is not a system name (lowercase Latin letters, digits, _ or -), e.g. bitrix24");
+            }
+            target.post(&format!("{SYNC_SYSTEM}{system}/{action}"), &token, None)?
         }
         SyncCommand::ExportMap { system, .. } => {
             let query = query_string(&[("system", Some(system.clone()))]);

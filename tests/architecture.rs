@@ -38,14 +38,24 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
             "sync",
         ],
     ),
+    // Routes, auth and each endpoint group; only `gateway` imports it. It
+    // hands a sync system's webhooks to the system (authenticate, parse)
+    // and starts a system's initial load or relink.
+    (
+        "http",
+        &[
+            "sync",
+            "vats",
+            "sources",
+            "popup",
+            "store",
+            "soap",
+            "directory",
+        ],
+    ),
     // Keeping other systems in step: the change feed into the sync store,
     // run on the sources' lowest-priority worker.
     ("sync", &["directory", "store", "sources"]),
-    // Routes, auth and each endpoint group; only `gateway` imports it.
-    (
-        "http",
-        &["vats", "sources", "popup", "store", "soap", "directory"],
-    ),
     // The PBX's two operations: no HTTP, no XML of its own.
     ("vats", &["sources", "popup", "store", "soap", "directory"]),
     // Where counterparties come from: the file, 1C, the push API.

@@ -5,7 +5,10 @@
 //! password, and its whole output is searched for every secret, in clear,
 //! base64 (Basic auth) and percent-encoded. A 1C that cannot be reached
 //! (its lines of transport errors) with the password given twice, in
-//! `onec.password` and in the URL's user info, shows neither.
+//! `onec.password` and in the URL's user info, shows neither. A sync
+//! system's webhook secret (its path's last segment) is checked the same
+//! way by `tests/sync_webhooks.rs`, on a child gateway with its test
+//! system: this binary has no sync system to take a webhook.
 
 mod support;
 

@@ -396,7 +396,20 @@ async fn the_sync_command_is_a_thin_client_of_the_api() {
     assert_eq!(stdout.lines().count(), 251, "{stdout}");
     assert!(stdout.starts_with("kind,local_id,"), "{stdout}");
 
+    // A system with a table but no module here: the gateway's 404, exit 1.
+    let (code, _, stderr) = run_cli(&["sync", "initial", "amocrm"], &config).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("404") && stderr.contains("amocrm"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_cli(&["sync", "relink", "Amo CRM"], &config).await;
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("not a system name"), "{stderr}");
+
     // Usage errors: exit 2.
+    let (code, _, _) = run_cli(&["sync", "initial"], &config).await;
+    assert_eq!(code, Some(2));
     let (code, _, _) = run_cli(&["sync", "retry"], &config).await;
     assert_eq!(code, Some(2));
     let (code, _, _) = run_cli(&["sync", "export-map"], &config).await;

@@ -13,8 +13,10 @@ use super::origin::AllowedOrigins;
 use super::screens::Screens;
 use super::soap::SoapEndpoint;
 use super::sync::SyncAdmin;
+use super::sync_jobs::JobEndpoints;
 use super::throttle::AuthThrottle;
 use super::tls::Tls;
+use super::webhook::Webhooks;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
@@ -23,7 +25,11 @@ use crate::sources::file::FileSource;
 use crate::sources::push::PushSource;
 use crate::sources::SourceHealth;
 use crate::store::Store;
+use crate::sync::inbox::InboxMetrics;
+use crate::sync::jobs::SyncJobs;
+use crate::sync::system::System;
 use crate::vats::Vats;
+use tokio::sync::Notify;
 
 /// Everything a request handler needs, built once at start-up.
 pub struct Front {
@@ -32,6 +38,10 @@ pub struct Front {
     pub(super) api: Api,
     pub(super) admin: Admin,
     pub(super) sync: SyncAdmin,
+    /// The sync systems' webhooks.
+    pub(super) webhooks: Webhooks,
+    /// A sync system's initial load and relink.
+    pub(super) jobs: JobEndpoints,
     pub(super) ops: Ops,
     /// Who a request comes from (`server.trusted_proxies`).
     pub(super) clients: ClientResolver,
@@ -79,6 +89,8 @@ impl Front {
             api: Api::new(config, push, store.clone()),
             admin: Admin::new(config, file, Arc::clone(&directory), store),
             sync: SyncAdmin::new(config),
+            webhooks: Webhooks::new(config),
+            jobs: JobEndpoints::new(config),
             ops: Ops::new(directory, health, Arc::clone(&metrics)),
             clients: ClientResolver::new(&config.server.trusted_proxies),
             allow: AllowLists::new(config),
@@ -121,6 +133,23 @@ impl Front {
     /// sync workers through `resume`.
     pub fn with_sync_resume(mut self, resume: crate::http::sync::Resume) -> Front {
         self.sync.resuming_with(resume);
+        self
+    }
+
+    /// The same front, taking the webhooks of `systems` (each with the
+    /// waker of its inbox task) into `store`'s inbox, and starting their
+    /// initial loads and relinks with `jobs`.
+    pub fn with_sync_webhooks(
+        mut self,
+        config: &Config,
+        store: Store,
+        systems: Vec<(Arc<dyn System>, Arc<Notify>)>,
+        metrics: InboxMetrics,
+        jobs: SyncJobs,
+    ) -> Front {
+        self.webhooks.serve(config, store, systems, metrics);
+        self.sync.show_jobs(jobs.clone());
+        self.jobs.serve(jobs);
         self
     }
 

@@ -39,8 +39,10 @@ mod screens;
 pub mod server;
 mod soap;
 mod sync;
+mod sync_jobs;
 mod throttle;
 pub mod tls;
+mod webhook;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -68,6 +70,7 @@ pub use sync::{
     CONFLICTS as SYNC_CONFLICTS, IDMAP_CSV as SYNC_IDMAP_CSV, OUTBOX as SYNC_OUTBOX,
     OUTBOX_ROW as SYNC_OUTBOX_ROW, STATUS as SYNC_STATUS,
 };
+pub use webhook::{MAX_WEBHOOK_BODY, PREFIX as SYNC_SYSTEM};
 
 /// The paths the gateway's own endpoints live at or under; `soap.path` may
 /// be none of them nor lie under one (see [`check_soap_path`]).
@@ -125,6 +128,8 @@ enum Route {
     SyncConflicts,
     SyncIdmap,
     SyncResume,
+    SyncWebhook,
+    SyncJob,
     Metrics,
     Healthz,
     Readyz,
@@ -151,6 +156,8 @@ impl Route {
             Route::SyncConflicts => "sync_conflicts",
             Route::SyncIdmap => "sync_idmap",
             Route::SyncResume => "sync_resume",
+            Route::SyncWebhook => "sync_webhook",
+            Route::SyncJob => "sync_job",
             Route::Metrics => "metrics",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
@@ -179,6 +186,8 @@ impl Route {
             | Route::SyncConflicts
             | Route::SyncIdmap
             | Route::SyncResume
+            | Route::SyncWebhook
+            | Route::SyncJob
             | Route::OperatorWs
             | Route::OperatorEvents
             | Route::OperatorMe => true,
@@ -219,6 +228,8 @@ impl Route {
             | Route::ApiBackup
             | Route::SyncRetry
             | Route::SyncResume
+            | Route::SyncWebhook
+            | Route::SyncJob
             | Route::Other => None,
         }
     }
@@ -397,6 +408,8 @@ impl Front {
             sync::CONFLICTS => Route::SyncConflicts,
             sync::IDMAP_CSV => Route::SyncIdmap,
             p if sync::resume_system(p).is_some() => Route::SyncResume,
+            p if webhook::is_webhook(p) => Route::SyncWebhook,
+            p if sync_jobs::is_job(p) => Route::SyncJob,
             ops::METRICS => Route::Metrics,
             ops::HEALTHZ => Route::Healthz,
             ops::READYZ => Route::Readyz,
@@ -415,6 +428,10 @@ impl Front {
     fn group(&self, path: &str) -> Group {
         if path == self.soap.path() {
             Group::Soap
+        } else if webhook::is_webhook(path) {
+            // Not api.allow_from (the admin API's): each system's own
+            // `sync.<system>.allow_from`, checked by `dispatch`.
+            Group::Open
         } else if under(path, api::PREFIX) {
             Group::Api
         } else if under(path, screens::PREFIX) {
@@ -437,6 +454,15 @@ impl Front {
             if !list.allows(client.addr) {
                 let refused = self.address_refused(route, list.key(), &req, client);
                 return Routed::Answered(route.label(), refused);
+            }
+        }
+        if route == Route::SyncWebhook {
+            if let Some(list) = self.webhooks.allow_list(path) {
+                if !list.allows(client.addr) {
+                    self.webhooks.refused_address(path);
+                    let refused = self.address_refused(route, list.key(), &req, client);
+                    return Routed::Answered(route.label(), refused);
+                }
             }
         }
         if !route.takes(req.method()) {
@@ -528,6 +554,8 @@ impl Front {
             Route::SyncConflicts => self.sync.conflicts(&req, client).await,
             Route::SyncIdmap => self.sync.idmap_csv(&req, client).await,
             Route::SyncResume => self.sync.resume(&req, client).await,
+            Route::SyncWebhook => self.webhooks.receive(req, client).await,
+            Route::SyncJob => self.jobs.start(&req, client).await,
             Route::Metrics => self.ops.metrics(),
             Route::Healthz => self.ops.healthz(),
             Route::Readyz => {
@@ -592,8 +620,9 @@ impl Front {
             .http_refused
             .with_label_values(&[route.label(), "address"])
             .inc();
-        let path = req.uri().path();
-        ADDRESS_REFUSALS.refused_address(path, client, key);
+        // A webhook's last segment may be its secret: never logged.
+        let path = webhook::loggable(req.uri().path());
+        ADDRESS_REFUSALS.refused_address(&path, client, key);
         let message = format!(
             "requests to this endpoint from {} are not allowed",
             client.addr

@@ -38,6 +38,7 @@ use crate::store::{
     Conflict, ConflictQuery, IdMapRow, OutboxQuery, OutboxRow, OutboxState, RetryOutcome, Store,
     StoreError, SystemStatus, MAX_PAGE,
 };
+use crate::sync::jobs::{JobProgress, SyncJobs};
 
 pub const STATUS: &str = "/api/v1/sync/status";
 pub const OUTBOX: &str = "/api/v1/sync/outbox";
@@ -76,6 +77,8 @@ pub struct SyncAdmin {
     runtime: Option<SyncSystemsView>,
     /// The running workers' resume, once the gateway hands it over.
     resume: Option<Resume>,
+    /// The registered systems' initial loads and relinks, for the status.
+    jobs: Option<SyncJobs>,
 }
 
 impl SyncAdmin {
@@ -86,6 +89,7 @@ impl SyncAdmin {
             systems: Vec::new(),
             runtime: None,
             resume: None,
+            jobs: None,
         }
     }
 
@@ -130,6 +134,11 @@ impl SyncAdmin {
             StatusCode::OK,
             &serde_json::json!({ "system": system, "resumed": true }),
         )
+    }
+
+    /// The status shows each system's initial load or relink from `jobs`.
+    pub fn show_jobs(&mut self, jobs: SyncJobs) {
+        self.jobs = Some(jobs);
     }
 
     /// Serves the API from `store` (the sync store) for `systems`.
@@ -199,14 +208,33 @@ impl SyncAdmin {
                 }
                 systems.sort_by(|a, b| a.system.cmp(&b.system));
                 let runtime = self.runtime.as_ref().map(|view| view()).unwrap_or_default();
+                // The webhooks' inbox of each system: what waits to be
+                // applied, and what was set aside.
+                let mut inboxes = Vec::with_capacity(systems.len());
+                for s in &systems {
+                    match store.sync_depth(&s.system).await {
+                        Ok(depth) => inboxes.push(serde_json::json!({
+                            "pending": depth.inbox,
+                            "failed": depth.inbox_failed,
+                        })),
+                        Err(e) => return unreadable("the inbox", &e),
+                    }
+                }
                 let systems: Vec<serde_json::Value> = systems
                     .iter()
-                    .map(|s| {
+                    .zip(inboxes)
+                    .map(|(s, inbox)| {
                         let mut system = serde_json::json!({
+                            "inbox": inbox,
                             "system": s.system,
                             "pending": s.pending,
                             "oldest_pending_age_s": s.oldest_pending_age.map(|a| a.as_secs_f64()),
                             "dead": s.dead,
+                            "job": self
+                                .jobs
+                                .as_ref()
+                                .and_then(|j| j.progress(&s.system))
+                                .map(|j| job_json(&j)),
                         });
                         let sending = runtime.iter().find(|r| r.name == s.system);
                         if let (Some(sending), Some(obj)) = (sending, system.as_object_mut()) {
@@ -580,6 +608,22 @@ fn outbox_json(r: &OutboxRow) -> serde_json::Value {
         "created_at": time(r.created_at),
         "last_error": r.last_error,
         "body": body,
+    })
+}
+
+/// A system's initial load or relink as the status shows it.
+fn job_json(j: &JobProgress) -> serde_json::Value {
+    serde_json::json!({
+        "kind": j.kind.as_str(),
+        "state": j.state.as_str(),
+        "started_at": time(j.started_at),
+        "finished_at": j.finished_at.map(time),
+        "enqueued": j.enqueued,
+        "seen": j.seen,
+        "linked": j.linked,
+        "unchanged": j.unchanged,
+        "unmatched": j.unmatched,
+        "error": j.error,
     })
 }
 

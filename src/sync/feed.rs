@@ -254,6 +254,13 @@ impl Feed {
         self.inlet.last_hash(system, key)
     }
 
+    /// Asks for a reconcile now (a system's initial load: every exported
+    /// record with no id-map row or another hash is enqueued);
+    /// [`Feed::settled`] waits for it.
+    pub fn reconcile_now(&self) {
+        self.inlet.reconcile_later();
+    }
+
     /// The sync metrics (the inbound path counts duplicates refused).
     pub fn metrics(&self) -> &FeedMetrics {
         &self.inlet.metrics

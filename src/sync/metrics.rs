@@ -82,6 +82,15 @@ impl FeedMetrics {
             .inc_by(removes);
     }
 
+    /// Rows the feed enqueued for `system` so far, both ops: an initial
+    /// load's progress is its growth.
+    pub fn enqueued_total(&self, system: &str) -> u64 {
+        ["upsert", "remove"]
+            .iter()
+            .map(|op| self.enqueued.with_label_values(&[system, op]).get())
+            .sum()
+    }
+
     pub(super) fn held_back(&self, system: &str) {
         self.held_back.with_label_values(&[system]).inc();
     }

@@ -9,8 +9,9 @@
 //! ([`link`]), what a system gives the sending runtime ([`system`]), how
 //! fast the runtime may call each system ([`limiter`]), how each system is
 //! doing ([`health`]) and where a system's limiter and health live
-//! ([`parts`]), and the runtime that sends each system's outbox
-//! ([`runtime`]).
+//! ([`parts`]), the runtime that sends each system's outbox ([`runtime`]),
+//! the webhooks' inbox and the task applying it ([`inbox`]), and a
+//! system's initial load and relink ([`jobs`]).
 //!
 //! The sync store (`<name>.sync.sqlite`) is opened only when a system is
 //! registered: an installation that does not sync has no such file.
@@ -21,6 +22,8 @@ pub mod hash;
 pub mod health;
 pub mod identity;
 pub mod inbound;
+pub mod inbox;
+pub mod jobs;
 pub mod limiter;
 pub mod link;
 pub mod metrics;

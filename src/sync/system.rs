@@ -138,6 +138,38 @@ pub struct WebhookError {
     pub what: String,
 }
 
+/// What the last segment of `/api/v1/sync/{system}/webhook/{segment}`
+/// is to a system ([`System::webhook_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebhookPath {
+    /// `/webhook` only: a path with a segment is a 404.
+    #[default]
+    Plain,
+    /// `/webhook/{name}`, the hook's name ([`Webhook::name`]), where a
+    /// system has several (Bpium); `/webhook` too, with no name.
+    Named,
+    /// `/webhook/{secret}` ([`Webhook::secret`]), only where the remote can
+    /// neither sign nor send a token (amoCRM's legacy webhooks). The
+    /// segment is never logged.
+    Secret,
+}
+
+/// A record of a system's list, for a relink: its record and the external
+/// id the gateway wrote on it (the local record key), if the system keeps one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub record: Inbound,
+    pub external_id: Option<String>,
+}
+
+/// One page of [`System::list_linked`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListedPage {
+    pub records: Vec<Listed>,
+    /// Where the next page starts; `None`: this was the last.
+    pub next: Option<String>,
+}
+
 /// One page of a system's records, for a relink (`after` pages on).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Page {
@@ -182,4 +214,35 @@ pub trait System: Send + Sync + 'static {
 
     /// A page of every record the system holds, for a relink.
     fn list<'a>(&'a self, after: Option<&'a str>) -> RemoteFuture<'a, Result<Page, Outcome>>;
+
+    /// What the last segment of its webhook path is ([`WebhookPath::Plain`]:
+    /// none).
+    fn webhook_path(&self) -> WebhookPath {
+        WebhookPath::Plain
+    }
+
+    /// [`System::list`] with each record's external id (the local record
+    /// key the gateway wrote on it, Bitrix24's `ORIGIN_ID`), which a relink
+    /// links by first. A system that keeps one overrides this; by default
+    /// no record has one and a relink links by business key only.
+    fn list_linked<'a>(
+        &'a self,
+        after: Option<&'a str>,
+    ) -> RemoteFuture<'a, Result<ListedPage, Outcome>> {
+        Box::pin(async move {
+            let page = self.list(after).await?;
+            let records = page
+                .records
+                .into_iter()
+                .map(|record| Listed {
+                    record,
+                    external_id: None,
+                })
+                .collect();
+            Ok(ListedPage {
+                records,
+                next: page.next,
+            })
+        })
+    }
 }

@@ -13,6 +13,7 @@
 //! one transaction (one fsync); each caller is answered after COMMIT.
 
 mod batch;
+mod inbox;
 mod outbox;
 mod read;
 mod schema;
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 use super::writer::{Command, SyncWrite};
 use super::{unix_ms, Store, StoreError};
 pub use batch::{IdMapKey, SyncBatch};
+pub use inbox::{InboxRow, SyncDepth};
 pub use outbox::{Link, Settle};
 pub(super) use schema::{SYNC_APPLICATION_ID, SYNC_MIGRATIONS};
 
@@ -463,7 +465,7 @@ impl Store {
     }
 
     /// Sends one single-transaction sync write to the writer.
-    async fn sync_write<T>(
+    pub(super) async fn sync_write<T>(
         &self,
         write: impl FnOnce(super::writer::Reply<T>) -> SyncWrite,
     ) -> Result<T, StoreError> {

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod checkpoint;
 mod delivered;
+mod inbox;
 mod outbox;
 mod replace;
 mod sync;
@@ -44,6 +45,7 @@ use crate::directory::Tombstone;
 use crate::thread_priority::Urgency;
 use checkpoint::Checkpointer;
 use delivered::EarlyDeliveries;
+pub(super) use inbox::InboxWrite;
 pub(super) use outbox::OutboxWrite;
 use replace::{CHUNK_TIME, MAX_CHUNK_OPS};
 use sync::SyncGroup;

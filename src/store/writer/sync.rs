@@ -60,6 +60,8 @@ pub(in crate::store) enum SyncWrite {
         ids: Vec<String>,
         reply: Reply<usize>,
     },
+    /// The inbox task's writes (`writer/inbox.rs`).
+    Inbox(super::InboxWrite),
 }
 
 /// The enqueues and inbox appends of the next sync group commit.
@@ -226,12 +228,13 @@ impl Writer {
             SyncWrite::RequisitesDelete { ids, reply } => {
                 let _ = reply.send(self.requisites_delete(&ids));
             }
+            SyncWrite::Inbox(write) => self.inbox_write(write),
         }
     }
 
     /// [`Writer::transact`], with a failure logged (once per state) as
     /// `what`.
-    fn logged<T>(
+    pub(super) fn logged<T>(
         &mut self,
         what: &'static str,
         op: &'static str,
