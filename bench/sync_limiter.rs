@@ -29,8 +29,9 @@
 #[allow(dead_code)]
 #[path = "http_conn.rs"]
 mod http_conn;
+#[path = "../src/sync/remote_limit.rs"]
+mod remote_limit;
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::process::exit;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use remote_limit::RemoteLimit;
 use tokio::net::TcpListener;
 
 struct Args {
@@ -113,99 +115,12 @@ fn args() -> Args {
     }
 }
 
-/// The remote's limit, exactly, as requests arrive.
-enum Remote {
-    Bucket {
-        capacity: f64,
-        per_second: f64,
-        level: f64,
-        at: Instant,
-    },
-    Interval {
-        gap: Duration,
-        last: Option<Instant>,
-    },
-    Window {
-        per_window: usize,
-        window: Duration,
-        seen: VecDeque<Instant>,
-    },
-}
-
-impl Remote {
-    fn new(spec: LimitSpec) -> Remote {
-        match spec {
-            LimitSpec::Bucket { burst, per_second } => Remote::Bucket {
-                capacity: f64::from(burst),
-                per_second,
-                level: 0.0,
-                at: Instant::now(),
-            },
-            LimitSpec::Interval { gap } => Remote::Interval { gap, last: None },
-            LimitSpec::Window { per_window, window } => Remote::Window {
-                per_window: per_window as usize,
-                window,
-                seen: VecDeque::new(),
-            },
-        }
-    }
-
-    /// A request arrives now: false when it is over the limit (a rejected
-    /// request is not counted against it).
-    fn arrive(&mut self, now: Instant) -> bool {
-        match self {
-            Remote::Bucket {
-                capacity,
-                per_second,
-                level,
-                at,
-            } => {
-                let drained = now.duration_since(*at).as_secs_f64() * *per_second;
-                *level = (*level - drained).max(0.0);
-                *at = now;
-                if *level + 1.0 > *capacity + 1e-9 {
-                    return false;
-                }
-                *level += 1.0;
-                true
-            }
-            Remote::Interval { gap, last } => {
-                if last.is_some_and(|l| now.duration_since(l) < *gap) {
-                    return false;
-                }
-                *last = Some(now);
-                true
-            }
-            Remote::Window {
-                per_window,
-                window,
-                seen,
-            } => {
-                while seen
-                    .front()
-                    .is_some_and(|&t| now.duration_since(t) >= *window)
-                {
-                    seen.pop_front();
-                }
-                if seen.len() >= *per_window {
-                    return false;
-                }
-                seen.push_back(now);
-                true
-            }
-        }
-    }
-
-    /// Requests the remote takes over `span` from its start.
-    fn allowance(spec: LimitSpec, span: Duration) -> f64 {
-        let s = span.as_secs_f64();
-        match spec {
-            LimitSpec::Bucket { burst, per_second } => f64::from(burst) + s * per_second,
-            LimitSpec::Interval { gap } => (s / gap.as_secs_f64()).floor() + 1.0,
-            LimitSpec::Window { per_window, window } => {
-                f64::from(per_window) * (s / window.as_secs_f64()).ceil()
-            }
-        }
+/// The remote enforcing exactly `spec`.
+fn remote_of(spec: LimitSpec) -> RemoteLimit {
+    match spec {
+        LimitSpec::Bucket { burst, per_second } => RemoteLimit::bucket(burst, per_second),
+        LimitSpec::Interval { gap } => RemoteLimit::interval(gap),
+        LimitSpec::Window { per_window, window } => RemoteLimit::window(per_window, window),
     }
 }
 
@@ -216,7 +131,7 @@ struct Counts {
 }
 
 /// Serves the remote on 127.0.0.1:0 until the program ends; its address.
-async fn serve(remote: Arc<Mutex<(Remote, Counts)>>) -> String {
+async fn serve(remote: Arc<Mutex<(RemoteLimit, Counts, Instant)>>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
@@ -234,7 +149,8 @@ async fn serve(remote: Arc<Mutex<(Remote, Counts)>>) -> String {
                     async move {
                         let ok = {
                             let mut remote = remote.lock().expect("remote");
-                            let ok = remote.0.arrive(Instant::now());
+                            let now = remote.2.elapsed();
+                            let ok = remote.0.arrive(now);
                             if ok {
                                 remote.1.accepted += 1;
                             } else {
@@ -268,13 +184,17 @@ async fn serve(remote: Arc<Mutex<(Remote, Counts)>>) -> String {
 #[tokio::main]
 async fn main() {
     let args = args();
-    let remote = Arc::new(Mutex::new((Remote::new(args.spec), Counts::default())));
+    let remote = Arc::new(Mutex::new((
+        remote_of(args.spec),
+        Counts::default(),
+        Instant::now(),
+    )));
     let addr = serve(Arc::clone(&remote)).await;
     let limiter = Arc::new(Limiter::new(args.spec));
     let span = Duration::from_secs(args.seconds);
     // The remote's clock starts with the first request it may see.
     let started = Instant::now();
-    remote.lock().expect("remote").0 = Remote::new(args.spec);
+    *remote.lock().expect("remote") = (remote_of(args.spec), Counts::default(), started);
     let end = tokio::time::Instant::now() + span;
     let mut senders = Vec::new();
     for _ in 0..args.tasks {
@@ -309,7 +229,7 @@ async fn main() {
         let remote = remote.lock().expect("remote");
         (remote.1.accepted, remote.1.limited)
     };
-    let allowance = Remote::allowance(args.spec, span);
+    let allowance = remote_of(args.spec).allowance(span);
     let used = accepted as f64 / allowance;
     let (kind, limit) = match args.spec {
         LimitSpec::Bucket { burst, per_second } => {

@@ -379,96 +379,14 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::sync::remote_limit::RemoteLimit;
 
-    /// The remote's own limit, exactly: what it answers "limit exceeded" to.
-    enum Remote {
-        /// A leaky bucket: each request adds 1, `per_second` drains, more
-        /// than `capacity` overflows.
-        Bucket {
-            capacity: f64,
-            per_second: f64,
-            level: f64,
-            at: Instant,
-        },
-        /// Requests closer than `gap` overflow.
-        Interval {
-            gap: Duration,
-            last: Option<Instant>,
-        },
-        /// More than `per_window` requests in any `window` overflow.
-        Window {
-            per_window: usize,
-            window: Duration,
-            seen: VecDeque<Instant>,
-        },
-    }
-
-    impl Remote {
-        fn new(spec: LimitSpec, start: Instant) -> Remote {
-            match spec {
-                LimitSpec::Bucket { burst, per_second } => Remote::Bucket {
-                    capacity: f64::from(burst),
-                    per_second,
-                    level: 0.0,
-                    at: start,
-                },
-                LimitSpec::Interval { gap } => Remote::Interval { gap, last: None },
-                LimitSpec::Window { per_window, window } => Remote::Window {
-                    per_window: per_window as usize,
-                    window,
-                    seen: VecDeque::new(),
-                },
-            }
-        }
-
-        /// A request arrives at `now`: false when it overflows the limit.
-        fn arrive(&mut self, now: Instant) -> bool {
-            match self {
-                Remote::Bucket {
-                    capacity,
-                    per_second,
-                    level,
-                    at,
-                } => {
-                    let drained = (now - *at).as_secs_f64() * *per_second;
-                    *level = (*level - drained).max(0.0);
-                    *at = now;
-                    // A hair of tolerance for float rounding, none for real.
-                    if *level + 1.0 > *capacity + 1e-9 {
-                        return false;
-                    }
-                    *level += 1.0;
-                    true
-                }
-                Remote::Interval { gap, last } => {
-                    let ok = last.is_none_or(|l| now - l >= *gap);
-                    *last = Some(now);
-                    ok
-                }
-                Remote::Window {
-                    per_window,
-                    window,
-                    seen,
-                } => {
-                    while seen.front().is_some_and(|&t| now - t >= *window) {
-                        seen.pop_front();
-                    }
-                    seen.push_back(now);
-                    seen.len() <= *per_window
-                }
-            }
-        }
-
-        /// Requests it allows over `span` from empty.
-        fn allowance(spec: LimitSpec, span: Duration) -> f64 {
-            let s = span.as_secs_f64();
-            match spec {
-                LimitSpec::Bucket { burst, per_second } => f64::from(burst) + s * per_second,
-                LimitSpec::Interval { gap } => s / gap.as_secs_f64(),
-                LimitSpec::Window { per_window, window } => {
-                    f64::from(per_window) * s / window.as_secs_f64()
-                }
-            }
+    /// The remote enforcing exactly `spec`.
+    fn remote_of(spec: LimitSpec) -> RemoteLimit {
+        match spec {
+            LimitSpec::Bucket { burst, per_second } => RemoteLimit::bucket(burst, per_second),
+            LimitSpec::Interval { gap } => RemoteLimit::interval(gap),
+            LimitSpec::Window { per_window, window } => RemoteLimit::window(per_window, window),
         }
     }
 
@@ -478,7 +396,7 @@ mod tests {
     async fn drive(spec: LimitSpec, span: Duration) -> (usize, usize) {
         let limiter = Arc::new(Limiter::new(spec));
         let start = Instant::now();
-        let remote = Arc::new(Mutex::new((Remote::new(spec, start), 0usize, 0usize)));
+        let remote = Arc::new(Mutex::new((remote_of(spec), 0usize, 0usize)));
         let end = start + span;
         let mut tasks = Vec::new();
         for _ in 0..4 {
@@ -494,7 +412,7 @@ mod tests {
                         return;
                     }
                     let mut remote = remote.lock().expect("remote");
-                    let ok = remote.0.arrive(now);
+                    let ok = remote.0.arrive(now - start);
                     remote.1 += 1;
                     remote.2 += usize::from(!ok);
                 }
@@ -529,7 +447,7 @@ mod tests {
             },
         ] {
             let (sent, overflows) = drive(spec, span).await;
-            let allowed = Remote::allowance(spec, span);
+            let allowed = remote_of(spec).allowance(span);
             assert_eq!(overflows, 0, "{spec:?}: {sent} sent");
             assert!(
                 sent as f64 >= 0.9 * allowed,

@@ -29,6 +29,8 @@ pub mod link;
 pub mod metrics;
 pub mod parts;
 pub mod registry;
+#[cfg(test)]
+pub(crate) mod remote_limit;
 pub mod runtime;
 pub mod system;
 
