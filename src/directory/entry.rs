@@ -65,10 +65,13 @@ impl Prepared {
         // a card or the snapshot is clean whichever source sent it.
         counterparty.clean_display_fields();
         let data_version = counterparty.data_version.take();
-        // Serializing a struct of strings and numbers cannot fail; an empty
-        // object would only make `counterparty()` fall back to the id and name.
-        let json = serde_json::to_string(&counterparty).unwrap_or_default();
-        let content = content_hash(json.as_bytes());
+        // The hash of the canonical JSON, hashed as it is written: the
+        // string itself is not kept (the entry packs the record), so it is
+        // never allocated (a million of them at a start from the snapshot).
+        // Serializing a struct of strings and numbers cannot fail.
+        let mut hasher = ContentHasher(FNV_OFFSET);
+        let _ = serde_json::to_writer(&mut hasher, &counterparty);
+        let content = hasher.0;
         Prepared {
             counterparty,
             data_version,
@@ -84,9 +87,29 @@ impl Prepared {
 /// FNV-1a, 64 bits: stable across builds and restarts (unlike std's
 /// hasher), so content hashes may be compared with stored ones.
 pub(crate) fn content_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+    fnv(FNV_OFFSET, bytes)
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(start: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(start, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// [`content_hash`] of what is written to it, in any number of writes.
+struct ContentHasher(u64);
+
+impl std::io::Write for ContentHasher {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 = fnv(self.0, bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Entry {
