@@ -89,9 +89,36 @@ pub(super) fn overlay_get(
     path: &Path,
     id: &str,
 ) -> Result<Option<String>, StoreError> {
-    conn.prepare_cached("SELECT body FROM overlay WHERE id = ?1")
+    body_of(conn, path, BodyTable::Overlay, id)
+}
+
+/// The per-record JSON tables of the sync store.
+#[derive(Clone, Copy)]
+enum BodyTable {
+    Overlay,
+    Requisites,
+}
+
+/// The body of record `id` in `table`.
+fn body_of(
+    conn: &Connection,
+    path: &Path,
+    table: BodyTable,
+    id: &str,
+) -> Result<Option<String>, StoreError> {
+    let (sql, what) = match table {
+        BodyTable::Overlay => (
+            "SELECT body FROM overlay WHERE id = ?1",
+            "reading a record's overlay",
+        ),
+        BodyTable::Requisites => (
+            "SELECT body FROM requisites WHERE id = ?1",
+            "reading a record's requisites",
+        ),
+    };
+    conn.prepare_cached(sql)
         .and_then(|mut stmt| stmt.query_row([id], |r| r.get(0)).optional())
-        .map_err(|e| StoreError::sqlite(path, "reading a record's overlay", e))
+        .map_err(|e| StoreError::sqlite(path, what, e))
 }
 
 /// The id-map row of `system`'s record `remote_id` of `kind`, open or closed.
@@ -151,9 +178,7 @@ pub(super) fn requisites_get(
     path: &Path,
     id: &str,
 ) -> Result<Option<String>, StoreError> {
-    conn.prepare_cached("SELECT body FROM requisites WHERE id = ?1")
-        .and_then(|mut stmt| stmt.query_row([id], |r| r.get(0)).optional())
-        .map_err(|e| StoreError::sqlite(path, "reading a record's requisites", e))
+    body_of(conn, path, BodyTable::Requisites, id)
 }
 
 /// Per system: pending rows, the oldest pending row's age at `now_ms`, dead
