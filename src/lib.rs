@@ -22,10 +22,11 @@
 //! - [`http`]: the accept loop, the route table and one file per endpoint group; the only
 //!   module that knows routes and credentials.
 //! - [`gateway`]: wires it all together and runs it.
+//! - [`systemd`]: the service manager's readiness protocol (`READY=1`, `STOPPING=1`).
 //!
 //! Dependencies point one way: `gateway` → `http` → `vats` → (`sources`,
 //! `popup`, `soap`, `store`); `gateway` → `sync` → (`sources`, `store`);
-//! `sources` → `store`; all of them → `directory`. `config`, `logging`, `metrics`, `phone` and the thread-priority helper
+//! `sources` → `store`; all of them → `directory`. `config`, `logging`, `metrics`, `phone`, `systemd` and the thread-priority helper
 //! are leaves every module may use. The rules are checked by
 //! `tests/architecture.rs` (see ARCHITECTURE.md's table).
 
@@ -41,6 +42,7 @@ pub mod soap;
 pub mod sources;
 pub mod store;
 pub mod sync;
+pub mod systemd;
 mod thread_priority;
 pub mod vats;
 

@@ -19,7 +19,14 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Modules everything may use: they import nothing of the crate themselves.
-const LEAVES: &[&str] = &["config", "logging", "metrics", "phone", "thread_priority"];
+const LEAVES: &[&str] = &[
+    "config",
+    "logging",
+    "metrics",
+    "phone",
+    "systemd",
+    "thread_priority",
+];
 
 /// Each module and what it may import besides the leaves. Dependencies point
 /// one way, from the top of this table to the bottom.
@@ -72,6 +79,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("logging", &[]),
     ("metrics", &[]),
     ("phone", &[]),
+    ("systemd", &[]),
     ("thread_priority", &[]),
 ];
 

@@ -63,7 +63,7 @@ use client::Client;
 pub use admin::{ACCEPT_FILE, BACKUP};
 pub use api::MAX_PUSH_BODY;
 pub use front::Front;
-pub use ops::{SyncSystemView, SyncSystemsView};
+pub use ops::{SyncSystemView, SyncSystemsView, READYZ};
 pub use respond::Body;
 pub use soap::MAX_SOAP_BODY;
 pub use sync::{
