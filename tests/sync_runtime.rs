@@ -16,7 +16,7 @@ use cti_gateway::sync::system::{PublishedLimit, System};
 use cti_gateway::sync::SystemSpec;
 use cti_gateway::Gateway;
 use serde_json::{json, Value};
-use support::mock_crm::{LimitAnswer, MockCrm};
+use support::mock_crm::{LimitAnswer, MockCrm, WebhookTarget};
 use support::test_system::TestSystem;
 use support::*;
 
@@ -61,8 +61,13 @@ fn names_written(crm: &MockCrm, external_id: &str) -> Vec<Value> {
 const FAST_RETRIES: &str = "retry_first = \"10ms\"\nretry_max = \"100ms\"\n";
 
 async fn start(crm: &MockCrm, table: &str, batch: usize) -> TestGateway {
+    start_on(crm, FILE, table, batch).await
+}
+
+/// [`start`] with `file` as the directory.
+async fn start_on(crm: &MockCrm, file: &str, table: &str, batch: usize) -> TestGateway {
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("counterparties.jsonl"), FILE).expect("write directory");
+    std::fs::write(dir.path().join("counterparties.jsonl"), file).expect("write directory");
     let path = dir.path().join("gateway.toml");
     let text = config_text(dir.path(), &format!("\n[sync.{SYSTEM}]\n{table}"));
     let config = Config::parse(&text, &path, &|_| None).expect("test config is valid");
@@ -679,5 +684,142 @@ async fn a_blocked_crm_is_probed_every_block_probe_and_sending_resumes_when_it_a
     assert_eq!(
         names_written(&crm, "k2").last().cloned(),
         Some(json!("Бета 2"))
+    );
+}
+
+/// A series' value in `/metrics` (0 when absent).
+async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    get(addr, "/metrics")
+        .await
+        .body
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn say_name_title(addr: SocketAddr, number: &str) -> String {
+    let reply = soap(addr, &say_name_envelope(number)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    element_text(&say_name_data(&reply), "title")
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echo_storm_writes_each_change_once_each_way_and_queues_nothing_back() {
+    const N: usize = 200;
+    // p000..: changed here (pushed) and sent; e000..: edited in the CRM.
+    // Two sets, so that no push races an edit of the same record.
+    let file: String = (0..N)
+        .flat_map(|i| {
+            [
+                format!("{{\"id\":\"p{i:03}\",\"name\":\"Пуш {i}\",\"phones\":[\"8916100{i:04}\"]}}\n"),
+                format!("{{\"id\":\"e{i:03}\",\"name\":\"Правка {i}\",\"phones\":[\"8916200{i:04}\"]}}\n"),
+            ]
+        })
+        .collect();
+    let crm = MockCrm::start().await;
+    let gw = start_on(&crm, &file, "", 50).await;
+    let addr = gw.addr;
+    drained(&gw).await;
+    assert_eq!(crm.record_count(), 2 * N, "every record created first");
+    let echoes = format!("cti_sync_echoes_suppressed_total{{system=\"{SYSTEM}\"}}");
+    let enqueued =
+        |op: &str| format!("cti_sync_feed_enqueued_total{{op=\"{op}\",system=\"{SYSTEM}\"}}");
+    let enqueued_before = metric(addr, &enqueued("upsert")).await;
+    let writes_before = crm.writes_per_external_id();
+    assert_eq!(metric(addr, &echoes).await, 0.0);
+
+    // From now on every write, ours or a user's, comes back as a webhook.
+    let system = system(&crm.url(), 50);
+    crm.set_webhook(Some(WebhookTarget {
+        url: format!("http://{addr}/api/v1/sync/{SYSTEM}/webhook"),
+        header: system.webhook_header().to_owned(),
+        token: system.webhook_token().to_owned(),
+    }));
+    let added = |i: usize| format!("8916300{i:04}");
+    for i in 0..N {
+        push(
+            addr,
+            &format!("p{i:03}"),
+            &format!("Пуш {i} изменён"),
+            &format!("8916100{i:04}"),
+        )
+        .await;
+        // A user adds a number to e<i> in the CRM.
+        let record = crm
+            .record_by_external(&format!("e{i:03}"))
+            .expect("created in the CRM");
+        let mut phones = record.fields["phones"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        phones.push(json!(added(i)));
+        crm.edit(&record.id, json!({ "phones": phones }))
+            .expect("edited");
+    }
+
+    // Everything sent, every webhook in and applied, every echo counted.
+    let store = gw.gateway().sync_store().expect("sync store");
+    until(Duration::from_secs(60), "the storm settles", || async {
+        let c = crm.counters();
+        c.webhooks_sent + c.webhooks_failed == 2 * N as u64
+            && store.sync_depth(SYSTEM).await.expect("depth").inbox == 0
+            && outbox(&gw, Some(OutboxState::Pending)).await.is_empty()
+    })
+    .await;
+    settled(&gw).await;
+    assert_eq!(crm.counters().webhooks_failed, 0, "every webhook taken");
+
+    // The CRM got exactly the 200 pushed changes: one write of each p, none
+    // of an e (an edit there is not sent back).
+    let writes = crm.writes_per_external_id();
+    for i in 0..N {
+        let (p, e) = (format!("p{i:03}"), format!("e{i:03}"));
+        let new = |key: &str| writes.get(key).copied().unwrap_or(0) - writes_before[key];
+        assert_eq!(new(&p), 1, "{p}: {writes:?}");
+        assert_eq!(new(&e), 0, "{e} written back");
+        assert_eq!(
+            names_written(&crm, &p).last(),
+            Some(&json!(format!("Пуш {i} изменён")))
+        );
+    }
+    // The directory got exactly the 200 edits: each added number answers
+    // its record, nothing else of it changed, no conflict.
+    for i in 0..N {
+        assert_eq!(say_name_title(addr, &added(i)).await, format!("Правка {i}"));
+        assert_eq!(
+            say_name_title(addr, &format!("8916100{i:04}")).await,
+            format!("Пуш {i} изменён")
+        );
+    }
+    let conflicts = store
+        .conflicts_page(cti_gateway::store::ConflictQuery {
+            system: Some(SYSTEM.into()),
+            since: None,
+            limit: 10,
+        })
+        .await
+        .expect("conflicts");
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    // Each of our writes came back and was told from a change.
+    assert_eq!(metric(addr, &echoes).await, N as f64);
+
+    // Nothing queued back, then or a little later.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    settled(&gw).await;
+    assert!(outbox(&gw, None).await.is_empty(), "the outbox is empty");
+    assert_eq!(
+        metric(addr, &enqueued("upsert")).await - enqueued_before,
+        N as f64,
+        "only the pushes were queued"
+    );
+    assert_eq!(metric(addr, &enqueued("remove")).await, 0.0);
+    assert_eq!(
+        crm.counters().writes as usize,
+        2 * N + N,
+        "creates and the pushes"
     );
 }
