@@ -399,7 +399,9 @@ async fn a_blocked_crm_gets_probes_only_and_resume_probes_now() {
     );
     let metrics = get(gw.addr, "/metrics").await.body;
     assert!(
-        metrics.contains("cti_sync_requests_total{outcome=\"blocked\",system=\"testcrm\"}"),
+        metrics.contains(
+            "cti_sync_requests_total{method=\"send\",outcome=\"blocked\",system=\"testcrm\"}"
+        ),
         "{metrics}"
     );
 }

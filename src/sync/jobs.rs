@@ -29,6 +29,7 @@ use crate::store::{IdMapLink, Store};
 use super::feed::Feed;
 use super::identity;
 use super::inbound::Change;
+use super::runtime::{Method, RequestOutcome, RuntimeMetrics};
 use super::system::{ListedPage, System};
 
 /// How often a running initial load's progress is noted.
@@ -122,6 +123,8 @@ struct Inner {
     directory: Arc<Directory>,
     store: Store,
     feed: Feed,
+    /// `cti_sync_requests_total`: a relink's list requests.
+    metrics: RuntimeMetrics,
     /// Each system's last job, by name.
     jobs: Mutex<HashMap<String, JobProgress>>,
 }
@@ -132,6 +135,7 @@ impl SyncJobs {
         directory: Arc<Directory>,
         store: Store,
         feed: Feed,
+        metrics: RuntimeMetrics,
     ) -> SyncJobs {
         SyncJobs {
             inner: Arc::new(Inner {
@@ -139,6 +143,7 @@ impl SyncJobs {
                 directory,
                 store,
                 feed,
+                metrics,
                 jobs: Mutex::new(HashMap::new()),
             }),
         }
@@ -244,10 +249,14 @@ impl SyncJobs {
         let directory = &self.inner.directory;
         let mut after: Option<String> = None;
         loop {
-            let ListedPage { records, next } = system
-                .list_linked(after.as_deref())
-                .await
-                .map_err(|o| format!("the system's list failed: {o:?}"))?;
+            let listed = system.list_linked(after.as_deref()).await;
+            let outcome = match &listed {
+                Ok(_) => RequestOutcome::Ok,
+                Err(o) => RequestOutcome::of(std::slice::from_ref(o)),
+            };
+            self.inner.metrics.request(name, Method::List, outcome);
+            let ListedPage { records, next } =
+                listed.map_err(|o| format!("the system's list failed: {o:?}"))?;
             for listed in records {
                 let record = listed.record;
                 self.note(name, |j| j.seen += 1);

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use super::metrics::{RequestOutcome, RuntimeMetrics};
+use super::metrics::{Method, RequestOutcome, RuntimeMetrics};
 use super::plan::plan;
 use crate::config::SyncSystemConfig;
 use crate::sources::backoff::Backoff;
@@ -357,7 +357,8 @@ impl Worker {
             match found {
                 Ok(Ok(found)) => {
                     answered = true;
-                    self.metrics.request(self.name(), RequestOutcome::Ok);
+                    self.metrics
+                        .request(self.name(), Method::FindExisting, RequestOutcome::Ok);
                     match found {
                         Some(Remote {
                             remote_id,
@@ -376,7 +377,8 @@ impl Worker {
                 Ok(Err(outcome)) => {
                     self.metrics.request(
                         self.name(),
-                        request_outcome(std::slice::from_ref(&outcome), false),
+                        Method::FindExisting,
+                        RequestOutcome::of(std::slice::from_ref(&outcome)),
                     );
                     let outcome = match outcome {
                         Outcome::Confirmed(_) => Outcome::Retry(
@@ -388,7 +390,11 @@ impl Worker {
                 }
                 Err(_) => {
                     timed_out = true;
-                    self.metrics.request(self.name(), RequestOutcome::Timeout);
+                    self.metrics.request(
+                        self.name(),
+                        Method::FindExisting,
+                        RequestOutcome::Timeout,
+                    );
                     *result = Some(RowResult::Outcome(Outcome::Retry(format!(
                         "no answer to the lookup within {}",
                         humantime::format_duration(self.settings.timeout)
@@ -405,13 +411,14 @@ impl Worker {
                 tokio::time::timeout(self.settings.timeout, self.system.send(&outgoing)).await;
             let outcomes = match sent {
                 Ok(outcomes) if outcomes.len() == outgoing.len() => {
-                    let outcome = request_outcome(&outcomes, false);
-                    self.metrics.request(self.name(), outcome);
+                    let outcome = RequestOutcome::of(&outcomes);
+                    self.metrics.request(self.name(), Method::Send, outcome);
                     answered |= outcome == RequestOutcome::Ok;
                     outcomes
                 }
                 Ok(outcomes) => {
-                    self.metrics.request(self.name(), RequestOutcome::Retry);
+                    self.metrics
+                        .request(self.name(), Method::Send, RequestOutcome::Retry);
                     let why = format!(
                         "the system's module answered {} outcomes for {} rows",
                         outcomes.len(),
@@ -424,7 +431,8 @@ impl Worker {
                 }
                 Err(_) => {
                     timed_out = true;
-                    self.metrics.request(self.name(), RequestOutcome::Timeout);
+                    self.metrics
+                        .request(self.name(), Method::Send, RequestOutcome::Timeout);
                     let why = format!(
                         "no answer within {}",
                         humantime::format_duration(self.settings.timeout)
@@ -642,26 +650,4 @@ fn after(wait: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(wait)
         .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
-}
-
-/// How `cti_sync_requests_total` counts a request whose rows came to `outcomes`.
-fn request_outcome(outcomes: &[Outcome], timed_out: bool) -> RequestOutcome {
-    if timed_out {
-        return RequestOutcome::Timeout;
-    }
-    if outcomes.iter().any(|o| matches!(o, Outcome::Blocked(_))) {
-        RequestOutcome::Blocked
-    } else if outcomes
-        .iter()
-        .any(|o| matches!(o, Outcome::Limited { .. }))
-    {
-        RequestOutcome::Limited
-    } else if outcomes
-        .iter()
-        .any(|o| matches!(o, Outcome::Confirmed(_) | Outcome::Permanent(_)))
-    {
-        RequestOutcome::Ok
-    } else {
-        RequestOutcome::Retry
-    }
 }
