@@ -825,3 +825,31 @@ async fn an_echo_storm_writes_each_change_once_each_way_and_queues_nothing_back(
         "creates and the pushes"
     );
 }
+
+#[tokio::test]
+async fn rows_waiting_through_a_block_die_after_dead_after_without_a_failure_of_their_own() {
+    let crm = MockCrm::start().await;
+    let gw = start(&crm, "block_probe = \"1h\"\ndead_after = \"1s\"\n", 10).await;
+    drained(&gw).await;
+    crm.set_blocked(true);
+    push(gw.addr, "k1", "Альфа 2", "84951110001").await;
+    until(Duration::from_secs(10), "a blocked answer", || async {
+        crm.counters().blocked_answers > 0
+    })
+    .await;
+    // Queued while blocked: never sent, never failing of its own.
+    push(gw.addr, "k2", "Бета 2", "84951110002").await;
+    settled(&gw).await;
+    let requests = crm.counters().requests;
+    for key in ["k1", "k2"] {
+        let dead = dead_row(&gw, key).await;
+        assert_eq!(dead.attempts, 0, "{dead:?}");
+        assert_eq!(
+            dead.last_error.as_deref(),
+            Some("pending longer than dead_after (1s) while the system was blocked"),
+            "{dead:?}"
+        );
+    }
+    assert!(outbox(&gw, Some(OutboxState::Pending)).await.is_empty());
+    assert_eq!(crm.counters().requests, requests, "no request made for it");
+}

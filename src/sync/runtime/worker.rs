@@ -14,8 +14,10 @@
 //!   system waits by the same backoff (one request per wait, so fresh rows
 //!   never hammer a failing API) and is `failing`. An outage of hours
 //!   dead-letters nothing; a row the system keeps refusing while it
-//!   answers others dies. A row pending longer than `dead_after` dies at
-//!   its next failure, whoever's.
+//!   answers others dies. A row pending longer than `dead_after` dies: at
+//!   its next failure, whoever's, and by a sweep of the outbox (once a
+//!   minute, or a quarter of a shorter `dead_after`) while it waits through
+//!   a block or the system's backoff, when it is never tried.
 //! - `Permanent` (the remote's validation error): dead at once, with the
 //!   remote's message.
 //! - `Limited`: the limiter pauses the whole system until `retry_after`
@@ -63,6 +65,12 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// How often the outbox gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+/// How often pending rows are checked against `dead_after`: once a minute,
+/// or a quarter of a shorter `dead_after` (never more often than 100 ms).
+fn sweep_every(dead_after: Duration) -> Duration {
+    (dead_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+}
 
 /// A worker's settings, from its `[sync.<system>]` table.
 #[derive(Debug, Clone)]
@@ -167,16 +175,22 @@ impl Worker {
         };
         let mut requests: JoinSet<Done> = JoinSet::new();
         let mut gauges_at = Instant::now();
+        let mut sweep_at = Instant::now();
         loop {
             if *stop.borrow() {
                 break;
+            }
+            if sweep_at <= Instant::now() {
+                this.expire_old_rows().await;
+                sweep_at = Instant::now() + sweep_every(this.settings.dead_after);
             }
             if gauges_at <= Instant::now() {
                 this.refresh_gauges().await;
                 gauges_at = Instant::now() + GAUGES_EVERY;
             }
             this.fill(&mut state, &mut requests).await;
-            let wake = this.next_wake(&state);
+            // A blocked or paused system still sweeps at its time.
+            let wake = this.next_wake(&state).min(sweep_at);
             tokio::select! {
                 _ = stop.changed() => break,
                 Some(done) = requests.join_next(), if !requests.is_empty() => {
@@ -628,6 +642,34 @@ impl Worker {
                 failure
             };
             self.health.failing(&reason);
+        }
+    }
+
+    /// Marks the rows pending longer than `dead_after` dead, whatever the
+    /// system's state: a block or an outage never ages a row by failures.
+    async fn expire_old_rows(&self) {
+        let now = SystemTime::now();
+        let Some(before) = now.checked_sub(self.settings.dead_after) else {
+            return;
+        };
+        let dead_after = humantime::format_duration(self.settings.dead_after);
+        let state = self.health.state();
+        let error = if state != crate::sync::health::SyncState::Ok {
+            format!(
+                "pending longer than dead_after ({dead_after}) while the system was {}",
+                state.name()
+            )
+        } else {
+            format!("pending longer than dead_after ({dead_after})")
+        };
+        match self.store.outbox_expire(self.name(), before, error).await {
+            Ok(0) => {}
+            Ok(rows) => {
+                tracing::warn!(system = %self.name(), rows, dead_after = %dead_after, state = state.name(), "sync: rows pending longer than dead_after are dead (GET /api/v1/sync/outbox?state=dead; retry with POST /api/v1/sync/outbox/{{id}}/retry)");
+            }
+            Err(e) => {
+                tracing::warn!(system = %self.name(), error = %e, "sync: rows past dead_after not marked dead; tried again later");
+            }
         }
     }
 
