@@ -242,7 +242,7 @@ impl Gateway {
                     .with_sync_resume(Arc::new(move |system: &str| runtime.resume(system)))
             }
             None => match sync_failure {
-                Some(why) => front.with_sync_store_failed(why),
+                Some(why) => front.with_sync_store_failed(&config, systems.clone(), why),
                 None => front,
             },
         };
