@@ -163,9 +163,8 @@ impl Webhooks {
                 .system(&name)
                 .map(|t| t.allow_from.clone())
                 .unwrap_or_default();
-            // Once per system at start-up: the key is logged with each refusal.
-            let key: &'static str = Box::leak(format!("sync.{name}.allow_from").into_boxed_str());
-            let allow = AllowList::new(key, &list);
+            // The key is logged with each refusal.
+            let allow = AllowList::new(format!("sync.{name}.allow_from"), &list);
             self.systems.insert(
                 name,
                 Hooked {
