@@ -272,6 +272,7 @@ impl Gateway {
                     Arc::clone(&directory),
                     store.clone(),
                     feed.clone(),
+                    Arc::clone(&sync_systems),
                     runtime_metrics.clone(),
                 );
                 let front = front.with_sync_webhooks(

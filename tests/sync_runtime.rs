@@ -16,7 +16,7 @@ use cti_gateway::sync::system::{PublishedLimit, System};
 use cti_gateway::sync::SystemSpec;
 use cti_gateway::Gateway;
 use serde_json::{json, Value};
-use support::mock_crm::{LimitAnswer, MockCrm, WebhookTarget};
+use support::mock_crm::{LimitAnswer, MockCrm, Mode, WebhookTarget};
 use support::test_system::TestSystem;
 use support::*;
 
@@ -852,4 +852,84 @@ async fn rows_waiting_through_a_block_die_after_dead_after_without_a_failure_of_
     }
     assert!(outbox(&gw, Some(OutboxState::Pending)).await.is_empty());
     assert_eq!(crm.counters().requests, requests, "no request made for it");
+}
+
+/// The system's job as `GET /api/v1/sync/status` shows it.
+async fn job(addr: SocketAddr) -> Value {
+    let reply = request(addr, "GET", "/api/v1/sync/status", &[BEARER], b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let status: Value = serde_json::from_str(&reply.body).expect("status JSON");
+    status["systems"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["system"] == SYSTEM))
+        .map(|s| s["job"].clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_load_is_paced_by_the_pending_rows_and_shows_its_progress_and_eta() {
+    const N: usize = 400;
+    // Batches of 10, one at a time: the load keeps at most 2 × 10 × 1 rows
+    // of the system pending.
+    const BOUND: u64 = 20;
+    let crm = MockCrm::start().await;
+    let gw = start(&crm, "concurrency = 1\n", 10).await;
+    let addr = gw.addr;
+    drained(&gw).await;
+    // Records whose change reports are lost: only the initial load finds them.
+    let feed = gw.gateway().sync_feed().expect("a feed").clone();
+    feed.drop_reports_for_tests(true);
+    let records: Vec<String> = (0..N)
+        .map(|i| format!(r#"{{"id":"n{i:03}","name":"Новый {i}","phones":["8916400{i:04}"]}}"#))
+        .collect();
+    let body = format!("[{}]", records.join(","));
+    let reply = request(addr, "POST", PATH, &[JSON, BEARER], body.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    feed.drop_reports_for_tests(false);
+    settled(&gw).await;
+    assert!(outbox(&gw, None).await.is_empty(), "nothing queued yet");
+
+    crm.set_mode(Mode::Slow(Duration::from_millis(10)));
+    let path = format!("/api/v1/sync/{SYSTEM}/initial");
+    let started = request(addr, "POST", &path, &[BEARER], b"").await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    let store = gw.gateway().sync_store().expect("sync store");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (mut most_pending, mut under_way) = (0, None);
+    let done = loop {
+        most_pending = most_pending.max(store.sync_depth(SYSTEM).await.expect("depth").outbox);
+        let job = job(addr).await;
+        assert_eq!(job["kind"], "initial", "{job}");
+        if job["state"] == "done" {
+            break job;
+        }
+        assert_eq!(job["state"], "running", "{job}");
+        let sent = job["sent"].as_u64().unwrap_or(0);
+        if job["total"] == N && sent > 0 && job["enqueued"].as_u64() < Some(N as u64) {
+            assert!(
+                job["eta_seconds"].is_u64(),
+                "an ETA once rows are sent: {job}"
+            );
+            under_way = Some(job.clone());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not done in time: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        most_pending <= BOUND,
+        "{most_pending} rows pending at once (bound {BOUND})"
+    );
+    let under_way = under_way.expect("the status showed the load under way");
+    assert_eq!(under_way["pending_bound"], BOUND, "{under_way}");
+    assert_eq!(done["total"], N, "{done}");
+    assert_eq!(done["enqueued"], N, "{done}");
+    assert!(done["error"].is_null(), "{done}");
+    crm.set_mode(Mode::Normal);
+    drained(&gw).await;
+    for i in 0..N {
+        assert_eq!(crm.creates_of(&format!("n{i:03}")), 1, "n{i:03}");
+    }
 }
