@@ -261,6 +261,9 @@ struct Data {
     failing: HashMap<String, u32>,
     webhook: Option<WebhookTarget>,
     counters: Counters,
+    /// The write log and the times below are kept with the request log
+    /// ([`MockCrm::set_keep_log`]): a long benchmark keeps neither.
+    keep_logs: bool,
     /// Every record written through the API, in order.
     writes: Vec<ApiWrite>,
     /// Batches being answered, per external id they name.
@@ -304,6 +307,7 @@ impl MockCrm {
                 failing: HashMap::new(),
                 webhook: None,
                 counters: Counters::default(),
+                keep_logs: true,
                 writes: Vec::new(),
                 in_flight: HashMap::new(),
                 latency: Duration::ZERO,
@@ -557,9 +561,12 @@ impl MockCrm {
         self.data().creates_by_external.clone()
     }
 
-    /// Whether requests are logged (on at first; off for long benchmarks).
+    /// Whether requests are logged (on at first; off for long benchmarks),
+    /// and with them the API writes ([`MockCrm::writes`]), arrival and limit
+    /// answer times; the counters are kept either way.
     pub fn set_keep_log(&self, keep: bool) {
         self.server.set_keep_log(keep);
+        self.data().keep_logs = keep;
     }
 
     /// Every request received so far (since the last reset), in order.
@@ -733,7 +740,9 @@ impl CrmHandler {
         let latency = {
             let mut data = lock(&self.0.data);
             data.counters.requests += 1;
-            data.arrived_at.push(Instant::now());
+            if data.keep_logs {
+                data.arrived_at.push(Instant::now());
+            }
             if let Some(reply) = self.checks(&mut data, req) {
                 return Some(reply);
             }
@@ -797,7 +806,9 @@ impl CrmHandler {
         };
         if let Err(wait) = over {
             data.counters.limit_answers += 1;
-            data.limited_at.push(Instant::now());
+            if data.keep_logs {
+                data.limited_at.push(Instant::now());
+            }
             return Some(match data.limit_answer {
                 LimitAnswer::QueryLimit503 => json_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -979,10 +990,12 @@ impl CrmHandler {
             }
         };
         data.counters.writes += 1;
-        data.writes.push(ApiWrite {
-            external_id: ext.to_owned(),
-            fields: (!remove).then(|| record.fields.clone()),
-        });
+        if data.keep_logs {
+            data.writes.push(ApiWrite {
+                external_id: ext.to_owned(),
+                fields: (!remove).then(|| record.fields.clone()),
+            });
+        }
         self.0.fire(event, &record);
         let result = json!({
             "external_id": ext,
