@@ -612,7 +612,7 @@ impl Front {
     fn address_refused(
         &self,
         route: Route,
-        key: &'static str,
+        key: &str,
         req: &Request<Incoming>,
         client: Client,
     ) -> Response<Body> {
