@@ -34,29 +34,34 @@
 # with them as its directory file and the tests' TestSystem as [sync.testcrm]
 # over the mock CRM (crm_mock), a process of its own under SCHED_IDLE
 # (chrt --idle 0) on the last core, where the gateway keeps its background
-# threads. First the initial load (every record sent to an unlimited mock,
-# timed; not measured further), then two goals, each with a fresh mock and
-# the gateway restarted on the same store (the id-map full, nothing to send):
-#   unlimited: the mock without a bucket, [sync.testcrm] burst 10000 and
+# threads. One mock for the whole run (the id-map holds its remote ids).
+# First the initial load: every record sent to the mock, its bucket off
+# (timed, a lookup and a write per record; not measured further). Then each
+# goal restarts the gateway on the same store (the id-map full: nothing to
+# send at start):
+#   unlimited: the mock's bucket off, [sync.testcrm] burst 10000 and
 #     per_second 100000; per round a wrk run idle, one beside the spin control
 #     (bench/lib.sh's spin_control_wrk: a SCHED_IDLE busy loop, what any work
 #     at that priority costs SayName here) and one during a drain. Goal:
 #     SayName p99 during the drain <= 1.1x the spin control's.
-#   published: the mock's bucket of 50 draining 2/s (Bitrix24's), the test
+#   published: the mock's bucket on, 50 draining 2/s (Bitrix24's), the test
 #     system's published limit; per round an idle run and a drain's. Goal:
 #     SayName p99 during the drain <= 1.5x idle.
 # A drain: SIGUSR1 to sync_drain, which pushes BENCH_CHANGES records of the
 # file with a new name through the push API (1,000 a request) and says when
-# the feed has queued them all ("draining"); wrk starts then and runs until
-# the outbox is empty, at most BENCH_DURATION; then the script waits for the
-# rest of the drain (the published rate takes about 75 s for 10,000 rows). Each
-# wrk run follows a BENCH_WARMUP run. BENCH_ROUNDS rounds counted per goal,
-# the median of their p99 ratios judged; a round in which the hypervisor stole
-# more than BENCH_STEAL_MAX s of CPU in any run is not counted (at most 3 x
-# BENCH_ROUNDS tried). Printed: the drain's time and rows/s, the share of the
-# wrk run it covered, the sync requests, limit answers (gateway and mock),
-# duplicate creates, PASS/FAIL per goal. A full run at the defaults takes
-# about 6-7 minutes on the 2-core VM (most of it the published rate's drains).
+# the feed has queued them all; wrk starts then and runs until the outbox is
+# empty (bench/lib.sh's RUN_WRK_UNTIL), at least 1 s, at most BENCH_DURATION;
+# then the script waits for the rest of the drain (at the published rate
+# 10,000 rows are 200 requests: 49 at once, then 2/s, about 75 s). The
+# first wrk run of a round follows a BENCH_WARMUP run. BENCH_ROUNDS rounds
+# counted per goal, the median of their p99 ratios judged; a round in which
+# the hypervisor stole more than BENCH_STEAL_MAX s of CPU in any run is not
+# counted (at most 3 x BENCH_ROUNDS tried). Printed: the drain's time and
+# rows/s, the share of it the busy run measured, the sync requests, limit
+# answers (the gateway's count and the mock's), duplicate creates, dead
+# rows, PASS/FAIL per goal. A full run at the defaults takes about 7 minutes
+# on the 2-core VM, over 4 of them the published rate's three drains
+# (BENCH_DRAIN_GOALS=unlimited alone: about 2.5).
 #
 # Environment (defaults in brackets):
 #   BENCH_SYNC_ROWS [100000] BENCH_SYNC_SINGLE [20000] BENCH_SYNC_IDLE_S [5]
