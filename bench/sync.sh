@@ -57,9 +57,9 @@
 # counted per goal, the median of their p99 ratios judged; a round in which
 # the hypervisor stole more than BENCH_STEAL_MAX s of CPU in any run is not
 # counted (at most 3 x BENCH_ROUNDS tried). Printed: the drain's time and
-# rows/s, the share of it the busy run measured, the sync requests, limit
-# answers (the gateway's count and the mock's), duplicate creates, dead
-# rows, PASS/FAIL per goal. A full run at the defaults takes about 7 minutes
+# rows/s, the share of it the busy run measured and of the run it lasted,
+# the sync requests, limit answers (the gateway's count and the mock's),
+# duplicate creates, dead rows, PASS/FAIL per goal. A full run at the defaults takes about 7 minutes
 # on the 2-core VM, over 4 of them the published rate's three drains
 # (BENCH_DRAIN_GOALS=unlimited alone: about 2.5).
 #
@@ -276,9 +276,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'
 # drain_round GOAL R: one round: idle, the spin control (unlimited only) and
 # a drain's wrk runs. Sets IDLE SPIN BUSY (WRK_RESULT lines), STEALS,
 # DRAINING DRAINED (sync_drain's lines), COVER (% of the drain the busy run
-# measured).
+# measured), SHARE (% of the busy run the drain lasted).
 drain_round() {
-  local goal=$1 r=$2
+  local goal=$1 r=$2 t0
   wait_idle "$GW_PID" 30 >/dev/null   # the last drain's snapshot save, if any, is done
   run_wrk "$goal-warmup$r" "$SOAP_URL" "$WARMUP" >/dev/null
   measured_wrk "$goal-idle$r" "$SOAP_URL" "$DURATION"
@@ -295,6 +295,7 @@ drain_round() {
   [[ -n $DRAINING ]] || die "$goal round $r: $(line_after "$DRAIN_OUT" "$DRAIN_AT" '^SYNC_DRAIN failed')"
   (( $(field pending "$DRAINING") > 0 )) \
     || die "$goal round $r: the outbox was empty again before wrk could start (${DRAINING#SYNC_DRAIN }): raise BENCH_CHANGES"
+  t0=$(( $(now_ns) / 1000000 ))
   RUN_WRK_UNTIL=drain_ended
   measured_wrk "$goal-busy$r" "$SOAP_URL" "$DURATION"
   RUN_WRK_UNTIL=""
@@ -304,9 +305,13 @@ drain_round() {
   [[ -n $DRAINED ]] || die "$goal round $r: $(line_after "$DRAIN_OUT" "$DRAIN_AT" '^SYNC_DRAIN failed')"
   # The share of the drain (from every change queued to the outbox empty)
   # the busy run measured: all of it, unless the drain outlasts DURATION.
+  # And the share of the busy run the drain lasted: all of it, unless the
+  # drain ended within the run's first second (a run lasts at least that).
   COVER=$(awk -v w="$(field duration_s "$BUSY")" -v a="$(field at_ms "$DRAINING")" -v b="$(field at_ms "$DRAINED")" \
     'BEGIN { c = (b > a ? w * 100000 / (b - a) : 100); if (c > 100) c = 100; printf "%.0f", c }')
-  log "$goal round $r: idle p99 $(field p99_ms "$IDLE") ms${SPIN:+, spin control $(field p99_ms "$SPIN") ms}, drain $(field p99_ms "$BUSY") ms over $(field duration_s "$BUSY") s (${COVER}% of the drain); ${DRAINED#SYNC_DRAIN }; steal $STEALS s"
+  SHARE=$(awk -v w="$(field duration_s "$BUSY")" -v t="$t0" -v b="$(field at_ms "$DRAINED")" \
+    'BEGIN { c = (w > 0 ? (b - t) / (w * 10) : 0); if (c > 100) c = 100; if (c < 0) c = 0; printf "%.0f", c }')
+  log "$goal round $r: idle p99 $(field p99_ms "$IDLE") ms${SPIN:+, spin control $(field p99_ms "$SPIN") ms}, drain $(field p99_ms "$BUSY") ms over $(field duration_s "$BUSY") s (${COVER}% of the drain, which lasted ${SHARE}% of the run); ${DRAINED#SYNC_DRAIN }; steal $STEALS s"
 }
 
 # drain_goal GOAL: the goal's mock and gateway, its rounds, its summary
@@ -314,7 +319,7 @@ drain_round() {
 DRAIN_SUMMARY=""
 drain_goal() {
   local goal=$1 round counted=() noisy=0 rows=() r b base stats0 stats1
-  local drain_s=() rows_per_s=() covers=() limited=0 retried=0 dead=0 requests=0 queued_ms=()
+  local drain_s=() rows_per_s=() covers=() shares=() limited=0 retried=0 dead=0 requests=0 queued_ms=()
   case $goal in
     unlimited) crm_bucket off ;;
     published) crm_bucket on ;;
@@ -342,6 +347,7 @@ drain_goal() {
     rows_per_s+=("$(field rows_per_s "$DRAINED")")
     queued_ms+=("$(field queued_ms "$DRAINING")")
     covers+=("$COVER")
+    shares+=("$SHARE")
     requests=$(( requests + $(field requests "$DRAINED") ))
     limited=$(( limited + $(field limited "$DRAINED") ))
     retried=$(( retried + $(field retried "$DRAINED") ))
@@ -377,9 +383,9 @@ drain_goal() {
       "$(( $(field non2xx "$v") + $(field socket_errors "$v") ))" "$(field duration_s "$v")")$'\n'
   done
   DRAIN_SUMMARY+="  p99 ratios (drain / $([[ $goal == unlimited ]] && echo "spin control" || echo idle)) per counted round: ${counted[*]}; median $median_ratio ($noisy rounds not counted for steal time)"$'\n'
-  DRAIN_SUMMARY+="  drain: $(median "${drain_s[@]}") s median from the first push to an empty outbox ($(median "${rows_per_s[@]}") rows/s; queued after $(median "${queued_ms[@]}") ms), the busy run measured $(median "${covers[@]}")% of the drain once queued (median); $requests sync requests, $limited limited and $retried failed as the gateway counts them, $limit_answers limit answers as the mock counts them, $dups external ids created twice, $dead dead rows"$'\n'
+  DRAIN_SUMMARY+="  drain: $(median "${drain_s[@]}") s median from the first push to an empty outbox ($(median "${rows_per_s[@]}") rows/s; queued after $(median "${queued_ms[@]}") ms), the busy run measured $(median "${covers[@]}")% of the drain once queued and the drain lasted $(median "${shares[@]}")% of the busy run (medians); $requests sync requests, $limited limited and $retried failed as the gateway counts them, $limit_answers limit answers as the mock counts them, $dups external ids created twice, $dead dead rows"$'\n'
   DRAIN_SUMMARY+="goal drain/$goal ($what): $verdict (median ${median_ratio}x of ${#counted[@]} rounds)"$'\n'
-  RESULTS+="BENCH_RESULT mode=sync_drain_$goal counterparties=$COUNTERPARTIES changes=$CHANGES threads=$THREADS conns=$CONNS duration=$DURATION rounds=${#counted[@]} noisy_rounds=$noisy idle_p99_ms=$idle_p99 spin_p99_ms=${spin_p99/-/} busy_p99_ms=$busy_p99 p99_ratios=$(IFS=,; echo "${counted[*]}") p99_ratio=$median_ratio drain_s=$(median "${drain_s[@]}") drain_rows_per_s=$(median "${rows_per_s[@]}") drain_cover_pct=$(median "${covers[@]}") requests=$requests limited=$limited retried=$retried mock_limit_answers=$limit_answers duplicate_creates=$dups dead=$dead goal_met=$met"$'\n'
+  RESULTS+="BENCH_RESULT mode=sync_drain_$goal counterparties=$COUNTERPARTIES changes=$CHANGES threads=$THREADS conns=$CONNS duration=$DURATION rounds=${#counted[@]} noisy_rounds=$noisy idle_p99_ms=$idle_p99 spin_p99_ms=${spin_p99/-/} busy_p99_ms=$busy_p99 p99_ratios=$(IFS=,; echo "${counted[*]}") p99_ratio=$median_ratio drain_s=$(median "${drain_s[@]}") drain_rows_per_s=$(median "${rows_per_s[@]}") drain_measured_pct=$(median "${covers[@]}") run_draining_pct=$(median "${shares[@]}") requests=$requests limited=$limited retried=$retried mock_limit_answers=$limit_answers duplicate_creates=$dups dead=$dead goal_met=$met"$'\n'
 }
 
 if (( ${#DRAIN_EXAMPLES[@]} > 0 )); then
@@ -398,8 +404,8 @@ if (( ${#DRAIN_EXAMPLES[@]} > 0 )); then
   CRM_STATS=$(crm_stats)
   INITIAL_S=$(field seconds "$INITIAL")
   INITIAL_REQUESTS=$(field requests "$INITIAL")
-  DRAIN_SUMMARY+="drain: initial load of $(field counterparties "$INITIAL") counterparties to the unlimited mock in $INITIAL_S s ($(ratio "$(field counterparties "$INITIAL")" "$INITIAL_S") records/s, $INITIAL_REQUESTS requests: a lookup before each create), mock: ${CRM_STATS#CRM_MOCK stats }"$'\n'
-  RESULTS+="BENCH_RESULT mode=sync_drain_initial counterparties=$(field counterparties "$INITIAL") seconds=$INITIAL_S records_per_s=$(ratio "$(field counterparties "$INITIAL")" "$INITIAL_S") requests=$INITIAL_REQUESTS"$'\n'
+  DRAIN_SUMMARY+="drain: initial load of $(field counterparties "$INITIAL") counterparties ($(field linked "$INITIAL") linked) to the unlimited mock in $INITIAL_S s ($(ratio "$(field counterparties "$INITIAL")" "$INITIAL_S") records/s, $INITIAL_REQUESTS requests: a lookup before each create), mock: ${CRM_STATS#CRM_MOCK stats }"$'\n'
+  RESULTS+="BENCH_RESULT mode=sync_drain_initial counterparties=$(field counterparties "$INITIAL") linked=$(field linked "$INITIAL") seconds=$INITIAL_S records_per_s=$(ratio "$(field counterparties "$INITIAL")" "$INITIAL_S") requests=$INITIAL_REQUESTS"$'\n'
   for goal in ${DRAIN_GOALS//,/ }; do
     drain_goal "$goal"
   done
