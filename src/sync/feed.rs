@@ -518,9 +518,13 @@ async fn run<O: Outbox>(
             continue;
         }
         // An initial load's next chunk, between batches of reports.
-        let pace = match initial_load_step(&context, &inlet, &low, &mut loads, retry_after).await {
-            Some(pace) => pace,
-            None => return,
+        // Stopping cancels it on the worker (the load fails; see `initial`).
+        let pace = tokio::select! {
+            pace = initial_load_step(&context, &inlet, &low, &mut loads, retry_after) => match pace {
+                Some(pace) => pace,
+                None => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
         };
         let mut reports = Vec::new();
         tokio::select! {

@@ -123,14 +123,22 @@ impl Requests {
     }
 }
 
-/// The load the feed's task is running: the ids still to enqueue.
+/// The load the feed's task is running: the ids still to enqueue. Dropped
+/// before its end (the feed stopped mid-chunk), the load fails, so no job
+/// waits for ever; after it, dropping changes nothing.
 pub(super) struct Active {
     pub(super) load: Arc<InitialLoad>,
     pub(super) ids: VecDeque<Box<str>>,
 }
 
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.load.finish(stopped());
+    }
+}
+
 /// The feed task's loads; whatever is left when the task ends (stopped)
-/// fails, so no job waits for ever.
+/// fails.
 pub(super) struct Loads {
     pub(super) inlet: Arc<Inlet>,
     pub(super) active: Option<Active>,
@@ -138,14 +146,14 @@ pub(super) struct Loads {
 
 impl Drop for Loads {
     fn drop(&mut self) {
-        let stopped = || Err("the change feed stopped before the load was enqueued".to_owned());
-        if let Some(active) = self.active.take() {
-            active.load.finish(stopped());
-        }
         while let Some(load) = self.inlet.initial.pop() {
             load.finish(stopped());
         }
     }
+}
+
+fn stopped() -> Result<(), String> {
+    Err("the change feed stopped before the load was enqueued".to_owned())
 }
 
 /// The ids the system needs a row for now: exported records with another
