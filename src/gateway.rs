@@ -192,6 +192,7 @@ impl Gateway {
             let attach = Attach {
                 store: &parts.store,
                 registry: metrics.registry(),
+                feed: parts.feed.as_ref(),
             };
             for system in &systems {
                 system.attach(&attach);

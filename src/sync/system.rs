@@ -185,6 +185,9 @@ pub struct Attach<'a> {
     pub store: &'a Store,
     /// The gateway's metrics registry, for the system's own metrics.
     pub registry: &'a prometheus::Registry,
+    /// The change feed, told of links the system closes itself
+    /// ([`crate::sync::Feed::note_hashes`]); `None` when it does not run.
+    pub feed: Option<&'a crate::sync::Feed>,
 }
 
 /// A system the runtime keeps in step with the directory.

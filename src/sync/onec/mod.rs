@@ -42,12 +42,14 @@ use crate::directory::requisites;
 use crate::directory::Counterparty;
 use crate::sources::onec::odata::{OdataClient, OdataError};
 use crate::store::{NewConflict, OutboxOp, Store};
+use crate::sync::hash::CLOSED;
 use crate::sync::inbound::Inbound;
 use crate::sync::registry::{DedupeKey, SystemSpec};
 use crate::sync::system::{
     Attach, Outcome, OutgoingRow, Page, PublishedLimit, Remote, RemoteFuture, System, Webhook,
     WebhookError,
 };
+use crate::sync::Feed;
 use body::KindKeys;
 pub use metrics::WriteMetrics;
 
@@ -91,6 +93,7 @@ pub struct OnecWriter {
     /// send adopts it (outcome `exists`) and writes nothing.
     adopted: Mutex<HashSet<i64>>,
     store: OnceLock<Store>,
+    feed: OnceLock<Feed>,
     metrics: OnceLock<WriteMetrics>,
 }
 
@@ -181,6 +184,7 @@ impl OnecWriter {
             kinds: tokio::sync::Mutex::new(None),
             adopted: Mutex::new(HashSet::new()),
             store: OnceLock::new(),
+            feed: OnceLock::new(),
             metrics: OnceLock::new(),
         }
     }
@@ -234,6 +238,7 @@ impl OnecWriter {
     /// 1C's counterparties with the record's INN (and KPP), at most two.
     async fn search(&self, row: &OutgoingRow) -> Result<Option<Remote>, Outcome> {
         let (record, inn) = Self::record(row).inspect_err(|_| self.count("create", "failed"))?;
+        self.not_deleted_in_1c(row).await?;
         let filter = body::dedupe_filter(
             &inn,
             record.kpp.as_deref(),
@@ -290,6 +295,25 @@ impl OnecWriter {
                         .unwrap_or_default()
                 )))
             }
+        }
+    }
+
+    /// Refuses a create of a record whose link 1C's deletion closed (a
+    /// change queued before the close): 1C deleted it; it is not made again.
+    async fn not_deleted_in_1c(&self, row: &OutgoingRow) -> Result<(), Outcome> {
+        let Some(store) = self.store.get() else {
+            return Ok(());
+        };
+        match store
+            .idmap_get(ONEC_SYSTEM, &row.kind, &row.record_key)
+            .await
+        {
+            Ok(Some(link)) if link.closed_at.is_some() => Err(Outcome::Permanent(format!(
+                "1C deleted counterparty {} this record was linked to: not created again",
+                link.remote_id.unwrap_or_default()
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Outcome::Retry(format!("the id-map could not be read: {e}"))),
         }
     }
 
@@ -545,6 +569,12 @@ impl OnecWriter {
     /// created again.
     async fn gone(&self, row: &OutgoingRow, remote_id: &str) -> Outcome {
         self.count("update", "failed");
+        // Nor is the record sent again: the feed's next change of it would
+        // find no open link and ask for a create (told before the close,
+        // as the inbound path does).
+        if let Some(feed) = self.feed.get() {
+            feed.note_hashes(ONEC_SYSTEM, vec![(row.record_key.as_str().into(), CLOSED)]);
+        }
         if let Some(store) = self.store.get() {
             if let Err(e) = store
                 .idmap_close(ONEC_SYSTEM, &row.kind, &row.record_key)
@@ -770,6 +800,9 @@ impl System for OnecWriter {
 
     fn attach(&self, parts: &Attach<'_>) {
         let _ = self.store.set(parts.store.clone());
+        if let Some(feed) = parts.feed {
+            let _ = self.feed.set(feed.clone());
+        }
         match WriteMetrics::new(parts.registry) {
             Ok(metrics) => {
                 let _ = self.metrics.set(metrics);
