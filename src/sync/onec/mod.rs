@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use serde_json::{Map, Value};
 
 use crate::config::{
-    Config, DedupeKey as ConfigDedupeKey, OnecConfig, OnecSyncConfig, ONEC_SYSTEM,
+    Config, ContactsLayout, DedupeKey as ConfigDedupeKey, OnecConfig, OnecSyncConfig, ONEC_SYSTEM,
 };
 use crate::directory::requisites;
 use crate::directory::Counterparty;
@@ -87,6 +87,11 @@ pub struct OnecWriter {
     account_fields: crate::config::BankAccountFields,
     settings: OnecSyncConfig,
     inn_only: bool,
+    /// Whether contact rows go in the catalog's tabular section: not where
+    /// the base keeps them in an information register (КА 1.1, УПП:
+    /// `onec.contacts_layout = "register"`), which a catalog write cannot
+    /// carry.
+    contacts_in_section: bool,
     /// The contact kinds' keys, once looked up.
     kinds: tokio::sync::Mutex<Option<KindKeys>>,
     /// Rows whose record the lookup before their create found in 1C: their
@@ -181,11 +186,22 @@ impl OnecWriter {
             account_fields: onec.bank_account_fields.clone(),
             settings,
             inn_only,
+            contacts_in_section: onec.contacts_layout == ContactsLayout::Section,
             kinds: tokio::sync::Mutex::new(None),
             adopted: Mutex::new(HashSet::new()),
             store: OnceLock::new(),
             feed: OnceLock::new(),
             metrics: OnceLock::new(),
+        }
+    }
+
+    /// The record's contact rows, or none where the base keeps contacts
+    /// outside the catalog.
+    fn contact_rows(&self, record: &Counterparty, kinds: &KindKeys) -> Vec<Map<String, Value>> {
+        if self.contacts_in_section {
+            body::contact_rows(record, kinds)
+        } else {
+            Vec::new()
         }
     }
 
@@ -320,6 +336,14 @@ impl OnecWriter {
     /// The contact kinds' `Вид_Key`s: configured GUIDs as they are, names
     /// looked up once by `PredefinedDataName`.
     async fn kind_keys(&self) -> Result<KindKeys, Outcome> {
+        if !self.contacts_in_section {
+            // No contact rows are written: no kinds needed.
+            return Ok(KindKeys {
+                phone: String::new(),
+                email: String::new(),
+                address: String::new(),
+            });
+        }
         let mut kinds = self.kinds.lock().await;
         if let Some(kinds) = kinds.as_ref() {
             return Ok(kinds.clone());
@@ -451,7 +475,7 @@ impl OnecWriter {
             director.as_deref(),
             note.as_deref(),
         );
-        let payload = body::create_body(&scalars, body::contact_rows(&record, &kinds));
+        let payload = body::create_body(&scalars, self.contact_rows(&record, &kinds));
         let answer = match self
             .client
             .post(
@@ -516,7 +540,7 @@ impl OnecWriter {
         let (director, _) = self.requisites(&row.record_key).await;
         let scalars = body::scalars(&record, &self.settings.fields, director.as_deref(), None);
         let Some(payload) =
-            body::update_body(&current, &scalars, body::contact_rows(&record, &kinds))
+            body::update_body(&current, &scalars, self.contact_rows(&record, &kinds))
         else {
             self.count("update", "exists");
             return Outcome::Confirmed(Remote {
