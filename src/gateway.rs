@@ -569,6 +569,8 @@ fn sync_systems_view(parts: Arc<SyncRuntimeParts>) -> http::SyncSystemsView {
                     rate_per_second: limiter.rate_per_second,
                     tokens: limiter.tokens,
                     paused_until: limiter.paused_until,
+                    // The 1C writer's worker runs only for OData writes.
+                    transport: (system.name == crate::config::ONEC_SYSTEM).then_some("odata"),
                 }
             })
             .collect()

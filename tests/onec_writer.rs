@@ -216,6 +216,7 @@ async fn a_record_1c_lacks_is_created_once_and_1c_s_echo_sends_nothing() {
     );
     let status = writer_status(&gw).await;
     assert_eq!(status["state"], "ok", "{status}");
+    assert_eq!(status["transport"], "odata", "{status}");
 }
 
 #[tokio::test]
