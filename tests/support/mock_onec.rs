@@ -439,6 +439,7 @@ impl MockOnec {
                 lookup_delay: Mutex::new(Duration::ZERO),
                 write_auth: basic_token(WRITE_USERNAME, WRITE_PASSWORD),
                 write_faults: Mutex::new(Vec::new()),
+                arrivals: Mutex::new(Vec::new()),
             });
             shared = Some(Arc::clone(&state));
             OnecHandler(state)
@@ -614,6 +615,12 @@ impl MockOnec {
             .collect()
     }
 
+    /// When each request since the start reached the mock's handler (after
+    /// any [`Mode`] delay), in arrival order.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        lock(&self.state.arrivals).clone()
+    }
+
     /// Every bank account as served.
     pub fn bank_accounts(&self) -> Vec<Map<String, Value>> {
         self.state.data().bank_accounts.clone()
@@ -640,6 +647,8 @@ struct State {
     write_auth: String,
     /// What the next writes do after their commit, in order.
     write_faults: Mutex<Vec<WriteFault>>,
+    /// When each request reached the handler (for a benchmark's rate).
+    arrivals: Mutex<Vec<std::time::Instant>>,
 }
 
 impl State {
@@ -820,6 +829,7 @@ impl OnecHandler {
     /// [`WriteFault::CommitThenCut`]).
     async fn answer(&self, req: &HttpRequest) -> Option<Response<Body>> {
         let state = &self.0;
+        lock(&state.arrivals).push(std::time::Instant::now());
         let parsed = parse_target(&req.target);
         if parsed.kind() == RequestKind::Lookup {
             let delay = *lock(&state.lookup_delay);

@@ -72,6 +72,13 @@ const FIELDS: &[&str] = &[
 /// accounting base's users their server (`[sync.onec] per_second`).
 const PER_SECOND: f64 = 5.0;
 
+/// The bucket's burst: the limiter keeps one short of it, so two requests
+/// of headroom. Not 1 (a bare gap between requests): a wake-up a timer
+/// tick late would then be lost for good, and 200 a second would come to
+/// ~170; two tokens make up for it, at most two requests over the rate in
+/// a second.
+const BURST: u32 = 3;
+
 /// `Owner_Type` of a bank account owned by a counterparty (БП 3.0's
 /// composite owner).
 const OWNER_TYPE: &str = "StandardODATA.Catalog_Контрагенты";
@@ -775,7 +782,7 @@ impl System for OnecWriter {
 
     fn published_limit(&self) -> PublishedLimit {
         PublishedLimit::Bucket {
-            burst: 1,
+            burst: BURST,
             per_second: PER_SECOND,
         }
     }
