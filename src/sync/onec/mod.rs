@@ -281,7 +281,7 @@ impl OnecWriter {
                 None,
             )
             .await
-            .map_err(outcome_of)?;
+            .map_err(|e| set_outcome(e, &self.counterparties))?;
         let found = values(&answer, "the search by INN")?;
         match found.as_slice() {
             [] => Ok(None),
@@ -371,7 +371,7 @@ impl OnecWriter {
                     None,
                 )
                 .await
-                .map_err(outcome_of)?;
+                .map_err(|e| set_outcome(e, &wanted.catalog))?;
             for row in values(&answer, "the contact kinds")? {
                 found.push((text(&row, "PredefinedDataName"), text(&row, "Ref_Key")));
             }
@@ -756,6 +756,19 @@ fn is_guid(s: &str) -> bool {
         })
 }
 
+/// [`outcome_of`] for a read of a whole entity set, which every row needs:
+/// a 404 there is the set missing from the base's OData composition (or a
+/// configured name it lacks), no fault of the row's: the writer is blocked
+/// until someone publishes it or fixes the name.
+fn set_outcome(e: OdataError, set: &str) -> Outcome {
+    match e {
+        OdataError::Status { status: 404, .. } => Outcome::Blocked(format!(
+            "1C has no entity set {set} ({e}): add it to the base's OData composition, or name the base's own in the configuration (docs/1c-writer.md)"
+        )),
+        other => outcome_of(other),
+    }
+}
+
 /// What the runtime does with a failed request to 1C.
 pub fn outcome_of(e: OdataError) -> Outcome {
     match e {
@@ -880,6 +893,21 @@ mod tests {
             }),
             Outcome::Retry(_)
         ));
+    }
+
+    #[test]
+    fn a_set_1c_does_not_publish_blocks_rather_than_killing_rows() {
+        let missing = OdataError::Status {
+            status: 404,
+            what: "the contact kinds".into(),
+            code: Some("-1".into()),
+            message: "Не найден набор сущностей".into(),
+        };
+        assert!(matches!(
+            set_outcome(missing, "Catalog_ВидыКонтактнойИнформации"),
+            Outcome::Blocked(m) if m.contains("Catalog_ВидыКонтактнойИнформации")
+        ));
+        assert!(matches!(set_outcome(status(500), "X"), Outcome::Retry(_)));
     }
 
     #[test]
