@@ -1992,9 +1992,15 @@ mod tests {
                 _ => format!("{line}\n"),
             })
             .collect();
-        let text = format!("{}{uncommented}{}", &text[..start], &text[end..]);
+        // [sync.onec] writes to the base [onec] names (commented out above it).
+        let onec = "[onec]\nodata_url = \"http://1c/base/odata/standard.odata\"\n";
+        let text = format!("{}{uncommented}{}{onec}", &text[..start], &text[end..]);
         let config = parse(&text).expect("the uncommented example must load");
         assert_eq!(config.sync.manager_precedence, MANAGER_SOURCES);
+        assert!(config.sync.system("onec").is_some());
+        assert!(config.sync.onec.writes_on());
+        assert_eq!(config.sync.onec.fields, OnecWriteFields::default());
+        assert_eq!(config.sync.onec.kinds, OnecContactKinds::default());
         let b24 = config.sync.system("bitrix24").expect("[sync.bitrix24]");
         assert_eq!(b24.dedupe_key, DedupeKey::InnKpp);
         assert!(b24.link("company", "1").is_some());

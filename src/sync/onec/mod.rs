@@ -896,6 +896,12 @@ mod tests {
     }
 
     #[test]
+    fn the_writer_is_named_as_1c_s_source_so_the_feed_never_sends_1c_its_own() {
+        // The feed skips a system's own source's records by name.
+        assert_eq!(crate::sources::onec::SOURCE, ONEC_SYSTEM);
+    }
+
+    #[test]
     fn a_set_1c_does_not_publish_blocks_rather_than_killing_rows() {
         let missing = OdataError::Status {
             status: 404,
