@@ -21,6 +21,9 @@ pub const ENV_SOAP_PASSWORD: &str = "CTI_SOAP_PASSWORD";
 pub const ENV_API_TOKEN: &str = "CTI_API_TOKEN";
 pub const ENV_ONEC_USERNAME: &str = "CTI_ONEC_USERNAME";
 pub const ENV_ONEC_PASSWORD: &str = "CTI_ONEC_PASSWORD";
+/// The 1C writer's own user (`[sync.onec] write_username`/`write_password`).
+pub const ENV_ONEC_WRITE_USERNAME: &str = "CTI_ONEC_WRITE_USERNAME";
+pub const ENV_ONEC_WRITE_PASSWORD: &str = "CTI_ONEC_WRITE_PASSWORD";
 
 /// Demo-mode values: printed at start, never used when a config file is given.
 pub const DEMO_SOAP_USERNAME: &str = "SOAP";
@@ -737,7 +740,7 @@ pub struct OperatorConfig {
 /// this build claims keeps the sync store (its admin API, the CRMs'
 /// overlays) and is named in a warning, where any other unclaimed name
 /// stops start-up ([`Config::check_sync_tables`]).
-pub const SYNC_SYSTEMS: &[&str] = &["bitrix24", "amocrm", "bpium"];
+pub const SYNC_SYSTEMS: &[&str] = &["bitrix24", "amocrm", "bpium", "onec"];
 
 /// The names `[sync] manager_precedence` may hold: the sources that name a
 /// record's own manager (`onec`, `push`, `file`) and the CRM systems.
@@ -759,6 +762,9 @@ pub struct SyncConfig {
     /// inbox (or outbox), its webhooks answer 503, nothing acknowledged
     /// (the remote sends again or the reconcile catches up).
     pub max_pending: u64,
+    /// `[sync.onec]`'s own keys (the 1C writer's), beside the runtime keys
+    /// every system's table has (those are in `tables`).
+    pub onec: OnecSyncConfig,
 }
 
 /// `[sync] max_pending` unless set: per system.
@@ -787,6 +793,12 @@ impl<'de> Deserialize<'de> for SyncConfig {
                         config.manager_precedence = map.next_value()?;
                     } else if key == "max_pending" {
                         config.max_pending = map.next_value()?;
+                    } else if key == ONEC_SYSTEM {
+                        // The runtime keys and the writer's own, split.
+                        let (table, onec) = OnecSyncConfig::split(map.next_value()?)
+                            .map_err(<A::Error as serde::de::Error>::custom)?;
+                        config.onec = onec;
+                        config.tables.insert(key, table);
                     } else {
                         let table: SyncSystemConfig = map.next_value()?;
                         config.tables.insert(key, table);
@@ -814,6 +826,7 @@ impl Default for SyncConfig {
             manager_precedence: MANAGER_SOURCES.iter().map(|s| (*s).to_owned()).collect(),
             tables: std::collections::BTreeMap::new(),
             max_pending: DEFAULT_MAX_PENDING,
+            onec: OnecSyncConfig::default(),
         }
     }
 }
@@ -924,6 +937,164 @@ impl SyncSystemConfig {
             }
         }
         Some(template.replace("{id}", &encoded))
+    }
+}
+
+/// The name of 1C as a sync system (`[sync.onec]`): the same as its
+/// source's, so the feed never sends 1C its own records.
+pub const ONEC_SYSTEM: &str = "onec";
+
+/// `[sync.onec]`'s keys beyond the runtime's (issue 19, the 1C writer):
+/// the write user, the names of the fields written (`[sync.onec.fields]`)
+/// and the contact kinds (`[sync.onec.kinds]`). Defaults are Бухгалтерия
+/// 3.0's names; `docs/1c-writer.md` shows how to read a base's own from
+/// its `$metadata`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnecSyncConfig {
+    /// 1C's user the writer speaks as (`CTI_ONEC_WRITE_USERNAME`): not
+    /// `onec.username`, which stays read-only. Without a user and a
+    /// password OData writes are off.
+    pub write_username: String,
+    /// Its password (`CTI_ONEC_WRITE_PASSWORD`); never logged.
+    pub write_password: Option<Secret>,
+    /// The field of `Catalog_Банки` (`onec.banks`) holding the BIK.
+    pub bank_bik_field: String,
+    /// The counterparty's fields the writer fills.
+    pub fields: OnecWriteFields,
+    /// The contact kinds (`Вид_Key`) of the rows it adds.
+    pub kinds: OnecContactKinds,
+}
+
+impl Default for OnecSyncConfig {
+    fn default() -> Self {
+        OnecSyncConfig {
+            write_username: String::new(),
+            write_password: None,
+            bank_bik_field: "Code".into(),
+            fields: OnecWriteFields::default(),
+            kinds: OnecContactKinds::default(),
+        }
+    }
+}
+
+/// The keys of [`OnecSyncConfig`], told from the runtime's in `[sync.onec]`.
+const ONEC_SYNC_KEYS: &[&str] = &[
+    "write_username",
+    "write_password",
+    "bank_bik_field",
+    "fields",
+    "kinds",
+];
+
+impl OnecSyncConfig {
+    /// Splits `[sync.onec]` into the runtime's table and the writer's keys,
+    /// each read with its own unknown-key check.
+    fn split(mut table: toml::Table) -> Result<(SyncSystemConfig, OnecSyncConfig), String> {
+        let mut own = toml::Table::new();
+        for key in ONEC_SYNC_KEYS {
+            if let Some(value) = table.remove(*key) {
+                own.insert((*key).to_owned(), value);
+            }
+        }
+        let runtime = SyncSystemConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| format!("[sync.onec]: {}", e.to_string().trim_end()))?;
+        let onec = OnecSyncConfig::deserialize(toml::Value::Table(own))
+            .map_err(|e| format!("[sync.onec]: {}", e.to_string().trim_end()))?;
+        Ok((runtime, onec))
+    }
+
+    /// Whether OData writes are on: a write user and its password.
+    pub fn writes_on(&self) -> bool {
+        !self.write_username.is_empty()
+            && self.write_password.as_ref().is_some_and(|p| !p.is_empty())
+    }
+}
+
+/// `[sync.onec.fields]`: the `Catalog_Контрагенты` properties the writer
+/// fills; an empty name is not written. Defaults: Бухгалтерия 3.0.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnecWriteFields {
+    pub name: String,
+    pub full_name: String,
+    pub inn: String,
+    pub kpp: String,
+    /// The OGRN (БП 3.0 keeps it and the OGRNIP in `РегистрационныйНомер`).
+    pub ogrn: String,
+    pub ogrnip: String,
+    /// The enumeration telling a legal entity from a person, and its values.
+    pub kind: String,
+    pub kind_values: OnecKindValues,
+    /// The director's name (text): no such field in БП 3.0 (contact
+    /// persons there), so not written unless named.
+    pub director: String,
+    /// The field a note about where the record came from goes to, and the
+    /// note: `{id}` and `{source}` are replaced; empty: no note.
+    pub comment_field: String,
+    pub comment: String,
+    /// The reference to the counterparty's main bank account.
+    pub main_bank_account: String,
+}
+
+impl Default for OnecWriteFields {
+    fn default() -> Self {
+        OnecWriteFields {
+            name: "Description".into(),
+            full_name: "НаименованиеПолное".into(),
+            inn: "ИНН".into(),
+            kpp: "КПП".into(),
+            ogrn: "РегистрационныйНомер".into(),
+            ogrnip: "РегистрационныйНомер".into(),
+            kind: "ЮридическоеФизическоеЛицо".into(),
+            kind_values: OnecKindValues::default(),
+            director: String::new(),
+            comment_field: "Комментарий".into(),
+            comment: String::new(),
+            main_bank_account: "ОсновнойБанковскийСчет_Key".into(),
+        }
+    }
+}
+
+/// `[sync.onec.fields.kind_values]`: the enumeration's value per kind.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnecKindValues {
+    pub legal: String,
+    pub sole_proprietor: String,
+    pub person: String,
+}
+
+impl Default for OnecKindValues {
+    fn default() -> Self {
+        OnecKindValues {
+            legal: "ЮридическоеЛицо".into(),
+            sole_proprietor: "ФизическоеЛицо".into(),
+            person: "ФизическоеЛицо".into(),
+        }
+    }
+}
+
+/// `[sync.onec.kinds]`: the contact information kinds of the rows the
+/// writer adds, each a `PredefinedDataName` of `catalog` (looked up once)
+/// or a `Вид_Key` GUID as it is. Defaults: БСП's predefined kinds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnecContactKinds {
+    pub catalog: String,
+    pub phone: String,
+    pub email: String,
+    pub address: String,
+}
+
+impl Default for OnecContactKinds {
+    fn default() -> Self {
+        OnecContactKinds {
+            catalog: "Catalog_ВидыКонтактнойИнформации".into(),
+            phone: "ТелефонКонтрагента".into(),
+            email: "EmailКонтрагента".into(),
+            address: "ФактАдресКонтрагента".into(),
+        }
     }
 }
 
@@ -1153,6 +1324,12 @@ impl Config {
             if let Some(v) = env(ENV_ONEC_PASSWORD) {
                 onec.password = Some(Secret::new(v));
             }
+        }
+        if let Some(v) = env(ENV_ONEC_WRITE_USERNAME) {
+            self.sync.onec.write_username = v;
+        }
+        if let Some(v) = env(ENV_ONEC_WRITE_PASSWORD) {
+            self.sync.onec.write_password = Some(Secret::new(v));
         }
     }
 
@@ -1666,6 +1843,12 @@ impl Config {
                 ));
             }
             self.validate_sync_system(system, table)?;
+            if system == ONEC_SYSTEM && self.onec.is_none() {
+                return Err(self.invalid(
+                    "sync.onec",
+                    "is set without [onec]: the 1C writer speaks to the base [onec] odata_url names",
+                ));
+            }
             if let Some(entry) = table.allow_from.first_bad() {
                 return Err(self.invalid(
                     &format!("sync.{system}.allow_from"),
@@ -1809,9 +1992,15 @@ mod tests {
                 _ => format!("{line}\n"),
             })
             .collect();
-        let text = format!("{}{uncommented}{}", &text[..start], &text[end..]);
+        // [sync.onec] writes to the base [onec] names (commented out above it).
+        let onec = "[onec]\nodata_url = \"http://1c/base/odata/standard.odata\"\n";
+        let text = format!("{}{uncommented}{}{onec}", &text[..start], &text[end..]);
         let config = parse(&text).expect("the uncommented example must load");
         assert_eq!(config.sync.manager_precedence, MANAGER_SOURCES);
+        assert!(config.sync.system("onec").is_some());
+        assert!(config.sync.onec.writes_on());
+        assert_eq!(config.sync.onec.fields, OnecWriteFields::default());
+        assert_eq!(config.sync.onec.kinds, OnecContactKinds::default());
         let b24 = config.sync.system("bitrix24").expect("[sync.bitrix24]");
         assert_eq!(b24.dedupe_key, DedupeKey::InnKpp);
         assert!(b24.link("company", "1").is_some());
@@ -2055,6 +2244,43 @@ mod tests {
                 ("bitrix24", "bitrix24_user_id", "17")
             ]
         );
+    }
+
+    #[test]
+    fn sync_onec_holds_the_writer_s_keys_beside_the_runtime_s() {
+        let onec = "[onec]\nodata_url = \"http://1c/base/odata/standard.odata\"\n";
+        let text = format!(
+            "{MINIMAL}{onec}[sync.onec]\nper_second = 2\ndedupe_key = \"inn\"\nwrite_username = \"writer\"\nbank_bik_field = \"БИК\"\n[sync.onec.fields]\nkind = \"\"\ncomment = \"from {{source}}\"\n[sync.onec.kinds]\nphone = \"2b7a9c64-1f0e-4d6a-9a41-7c1e0d5b3a01\"\n"
+        );
+        let config = parse(&text).expect("[sync.onec] reads");
+        let table = config.sync.system("onec").expect("[sync.onec]");
+        assert_eq!(table.per_second, Some(2.0));
+        assert_eq!(table.dedupe_key, DedupeKey::Inn);
+        let w = &config.sync.onec;
+        assert_eq!(w.write_username, "writer");
+        assert_eq!(w.bank_bik_field, "БИК");
+        assert_eq!(w.fields.kind, "");
+        assert_eq!(w.fields.name, "Description");
+        assert_eq!(w.fields.comment, "from {source}");
+        assert_eq!(w.kinds.email, "EmailКонтрагента");
+        // No password: writes are off.
+        assert!(!w.writes_on());
+        let env =
+            |name: &str| (name == ENV_ONEC_WRITE_PASSWORD).then(|| "from-env-password".to_owned());
+        let config = Config::parse(&text, Path::new("gw.toml"), &env).expect("reads");
+        assert!(config.sync.onec.writes_on());
+        assert!(!format!("{:?}", config.sync.onec).contains("from-env-password"));
+        // Unknown keys are named, in either part.
+        for bad in [
+            "[sync.onec]\nwrite_user = \"x\"\n",
+            "[sync.onec.fields]\nnam = \"x\"\n",
+        ] {
+            let err = parse(&format!("{MINIMAL}{onec}{bad}")).expect_err("unknown key");
+            assert!(err.to_string().contains("unknown field"), "{err}");
+        }
+        // The writer speaks to [onec]'s base: not without it.
+        let err = parse(&format!("{MINIMAL}[sync.onec]\n")).expect_err("no [onec]");
+        assert!(err.to_string().contains("sync.onec"), "{err}");
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::sync::inbox::{InboxMetrics, InboxTask};
 use crate::sync::jobs::SyncJobs;
 use crate::sync::parts::SyncRuntimeParts;
 use crate::sync::runtime::{Runtime, RuntimeMetrics};
-use crate::sync::system::System;
+use crate::sync::system::{Attach, System};
 use crate::sync::{self, Feed, FeedMetrics, FeedSettings, Registry, RegistryError};
 use crate::vats::Vats;
 
@@ -123,8 +123,11 @@ fn registry_names(systems: &[Arc<dyn System>]) -> Vec<&str> {
 impl Gateway {
     /// Binds, loads the snapshot and the sources, and returns once the
     /// directory is as complete as start-up can make it.
+    /// The sync systems are this build's ([`sync::build_systems`]: the 1C
+    /// writer when `[sync.onec]` asks for it).
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
-        Gateway::start_with(config, Vec::new()).await
+        let systems = sync::build_systems(&config);
+        Gateway::start_with(config, systems).await
     }
 
     /// [`Gateway::start`] with the sync systems this build (or a test) has.
@@ -183,6 +186,18 @@ impl Gateway {
         let store = open_main_store(&config, &metrics)?;
         let (sync, sync_failure) =
             open_sync(&config, &metrics, &registry, &feed_settings, &systems)?;
+        // Systems that write the sync store themselves (the 1C writer's
+        // conflicts) get it before anything is sent.
+        if let Some((parts, _)) = &sync {
+            let attach = Attach {
+                store: &parts.store,
+                registry: metrics.registry(),
+                feed: parts.feed.as_ref(),
+            };
+            for system in &systems {
+                system.attach(&attach);
+            }
+        }
         let directory = Directory::new(soap::say_name_payload)
             .counting_unusable_phones(metrics.directory_unusable_phones.clone())
             .counting_invalid_requisites(metrics.directory_invalid_requisites.clone())
@@ -563,6 +578,8 @@ fn sync_systems_view(parts: Arc<SyncRuntimeParts>) -> http::SyncSystemsView {
                     rate_per_second: limiter.rate_per_second,
                     tokens: limiter.tokens,
                     paused_until: limiter.paused_until,
+                    // The 1C writer's worker runs only for OData writes.
+                    transport: (system.name == crate::config::ONEC_SYSTEM).then_some("odata"),
                 }
             })
             .collect()

@@ -367,8 +367,10 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     let loaded = Config::load(path, &config::process_env)?;
     // The same check `serve` makes at start: routes are the front's.
     cti_gateway::http::check_soap_path(&loaded)?;
-    // As `serve` does with this build's sync systems (none yet).
-    loaded.check_sync_tables(&[])?;
+    // As `serve` does with this build's sync systems.
+    let systems = cti_gateway::sync::build_systems(&loaded);
+    let names: Vec<&str> = systems.iter().map(|s| s.spec().name()).collect();
+    loaded.check_sync_tables(&names)?;
     let mut problems = Vec::new();
     if let Some(file) = &loaded.directory.file {
         if let Err(e) = std::fs::File::open(file) {
@@ -471,6 +473,9 @@ fn features_off(config: &Config) -> Vec<String> {
     }
     if config.onec.is_none() {
         off.push("1C source off: no [onec] section".to_owned());
+    }
+    if let Some(why) = cti_gateway::sync::onec::writer_off(config) {
+        off.push(why);
     }
     off
 }

@@ -8,7 +8,9 @@
 //! `onec.password` and in the URL's user info, shows neither. A sync
 //! system's webhook secret (its path's last segment) is checked the same
 //! way by `tests/sync_webhooks.rs`, on a child gateway with its test
-//! system: this binary has no sync system to take a webhook.
+//! system: this binary has no sync system to take a webhook. The 1C
+//! writer's password (`[sync.onec]`, `CTI_ONEC_WRITE_PASSWORD`) is checked
+//! through a write 1C takes and one it refuses.
 
 mod support;
 
@@ -280,4 +282,104 @@ level = "trace"
             panic!("a secret ({needle}) is in the log:\n{line}");
         }
     }
+}
+
+/// The 1C writer's password (issue 19), at `trace`: once right (from
+/// `CTI_ONEC_WRITE_PASSWORD`: a search and a create go to 1C), once wrong
+/// (from the file: 1C answers 401 and the writer is blocked). Neither
+/// password, in clear or as Basic auth, is in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_1c_write_password_never_reaches_the_logs() {
+    use support::mock_onec::{WRITE_PASSWORD, WRITE_USERNAME};
+    const WRONG_WRITE_PASSWORD: &str = "Write-Wrong-3f9d27";
+    let mock = MockOnec::start_for_writes().await;
+    for (round, password_in_file, from_env) in [
+        (0, "", Some(WRITE_PASSWORD)),
+        (1, WRONG_WRITE_PASSWORD, None),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config = format!(
+            r#"
+[server]
+listen = "{addr}"
+[soap]
+username = "SOAP"
+password = "{SOAP_PASSWORD}"
+[directory]
+file = "{file}"
+[store]
+path = "{store}"
+[onec]
+odata_url = "{onec}"
+username = "odata"
+password = "secret"
+refresh = "1h"
+timeout = "2s"
+[sync.onec]
+write_username = "{WRITE_USERNAME}"
+{password_line}
+retry_first = "50ms"
+timeout = "2s"
+[log]
+level = "trace"
+"#,
+            file = dir.path().join("counterparties.jsonl").display(),
+            store = dir.path().join("store.sqlite").display(),
+            onec = mock.url(),
+            password_line = if password_in_file.is_empty() {
+                String::new()
+            } else {
+                format!("write_password = \"{password_in_file}\"")
+            },
+        );
+        let inn = ["7707083893", "7736050003"][round];
+        std::fs::write(
+            dir.path().join("counterparties.jsonl"),
+            format!("{{\"id\":\"w{round}\",\"name\":\"Запись {round}\",\"inn\":\"{inn}\"}}\n"),
+        )
+        .expect("directory file");
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, config).expect("config");
+        let log_path = dir.path().join("gateway.log");
+        let mut command = serve_command(&config_path, &log_path);
+        if let Some(password) = from_env {
+            command.env("CTI_ONEC_WRITE_PASSWORD", password);
+        }
+        let gateway = Child::start(command, addr, "/healthz").await;
+        let wanted = if from_env.is_some() {
+            "counterparty created"
+        } else {
+            "blocks the gateway"
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if text.contains(wanted) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: {wanted:?} was never logged:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        gateway.stop().await;
+        let text = std::fs::read_to_string(&log_path).expect("log");
+        for needle in [
+            WRITE_PASSWORD.to_owned(),
+            WRONG_WRITE_PASSWORD.to_owned(),
+            basic(WRITE_USERNAME, WRITE_PASSWORD),
+            basic(WRITE_USERNAME, WRONG_WRITE_PASSWORD),
+        ] {
+            if let Some(line) = text.lines().find(|l| l.contains(needle.as_str())) {
+                panic!("round {round}: a secret ({needle}) is in the log:\n{line}");
+            }
+        }
+    }
+    assert_eq!(
+        mock.counterparties().len(),
+        1,
+        "the right password wrote once"
+    );
 }

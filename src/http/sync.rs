@@ -565,6 +565,9 @@ fn limit(value: &str) -> Result<u32, String> {
 /// limiter (rate, tokens, paused until) in its status entry.
 fn add_runtime(obj: &mut serde_json::Map<String, serde_json::Value>, system: &SyncSystemView) {
     obj.insert("state".into(), system.state.into());
+    if let Some(transport) = system.transport {
+        obj.insert("transport".into(), transport.into());
+    }
     obj.insert("reason".into(), system.reason.clone().into());
     obj.insert("since".into(), time(system.since).into());
     obj.insert("last_success".into(), system.last_success.map(time).into());

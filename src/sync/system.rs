@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::store::OutboxOp;
+use crate::store::{OutboxOp, Store};
 use crate::sync::inbound::Inbound;
 use crate::sync::registry::SystemSpec;
 
@@ -178,6 +178,18 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// What a started system is handed once the sync store is open, before
+/// any send ([`System::attach`]).
+pub struct Attach<'a> {
+    /// The sync store: conflicts, the id-map, the requisites.
+    pub store: &'a Store,
+    /// The gateway's metrics registry, for the system's own metrics.
+    pub registry: &'a prometheus::Registry,
+    /// The change feed, told of links the system closes itself
+    /// ([`crate::sync::Feed::note_hashes`]); `None` when it does not run.
+    pub feed: Option<&'a crate::sync::Feed>,
+}
+
 /// A system the runtime keeps in step with the directory.
 pub trait System: Send + Sync + 'static {
     /// Its registration: name, record kind, dedupe key, exports, fields.
@@ -214,6 +226,12 @@ pub trait System: Send + Sync + 'static {
 
     /// A page of every record the system holds, for a relink.
     fn list<'a>(&'a self, after: Option<&'a str>) -> RemoteFuture<'a, Result<Page, Outcome>>;
+
+    /// Called once, when the sync store is open and before the first send:
+    /// a system that records conflicts, closes id-map links or reads
+    /// requisites itself (the 1C writer) keeps the store, and registers its
+    /// own metrics. By default nothing.
+    fn attach(&self, _parts: &Attach<'_>) {}
 
     /// What the last segment of its webhook path is ([`WebhookPath::Plain`]:
     /// none).

@@ -36,8 +36,19 @@
 //! `#[path = "../tests/support/mock_http.rs"] mod mock_http;` and
 //! `#[path = "../tests/support/mock_onec.rs"] mod mock_onec;`.
 //!
+//! Writes (the 1C writer's, issue 19), by [`WRITE_USERNAME`] only (the read
+//! user's are 403, wrong credentials 401): POST `Catalog_Контрагенты` with
+//! the tabular section `КонтактнаяИнформация` embedded (`LineNumber`
+//! required), PATCH `Catalog_Контрагенты(guid'…')` (a section in it replaces
+//! all its rows; `DataVersion` bumps; 404 for an unknown key), POST of bank
+//! accounts and banks; a POST of rows to the section's own set is refused
+//! with `odata.error` code `13`, an unknown property with a 400. The
+//! predefined contact kinds are served as `Catalog_ВидыКонтактнойИнформации`.
+//! [`MockOnec::fault_next_writes`]: a write committed, then never answered
+//! or cut off.
+//!
 //! Bounds: request heads up to 64 KiB, at most 256 connections at once (more
-//! wait to be accepted), request bodies up to 64 KiB (only GET is served).
+//! wait to be accepted), request bodies up to 64 KiB.
 //! Pages without `$filter` are cut from a sorted order kept until the next
 //! write, so a full read of N rows costs the mock O(N log N) once, not per page.
 //!
@@ -82,6 +93,20 @@ pub const ACTUAL_ADDRESS_KIND_KEY: &str = "2b7a9c64-1f0e-4d6a-9a41-7c1e0d5b3a05"
 /// The bank accounts and banks catalogs.
 pub const BANK_ACCOUNTS: &str = "Catalog_БанковскиеСчета";
 pub const BANKS: &str = "Catalog_Банки";
+/// The contact information kinds (БСП's predefined ones, `PredefinedDataName`).
+pub const KINDS: &str = "Catalog_ВидыКонтактнойИнформации";
+/// The Basic credentials of the 1C writer's user: the only one allowed to
+/// write ([`USERNAME`] reads, and its writes are refused with 403).
+pub const WRITE_USERNAME: &str = "writer";
+pub const WRITE_PASSWORD: &str = "write-secret-1c";
+/// The properties Бухгалтерия 3.0 has that the writer fills by default
+/// beyond the mock's own (defined by [`MockOnec::start_for_writes`]).
+pub const BP30_WRITE_PROPERTIES: &[(&str, &str)] = &[
+    ("РегистрационныйНомер", ""),
+    ("ЮридическоеФизическоеЛицо", ""),
+    ("Комментарий", ""),
+    ("ОсновнойБанковскийСчет_Key", EMPTY_REF),
+];
 
 const LIMITS: Limits = Limits {
     max_connections: 256,
@@ -159,7 +184,7 @@ pub struct MockCounterparty {
 }
 
 /// One row of the tabular section `КонтактнаяИнформация`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MockContact {
     /// `"Телефон"`, `"АдресЭлектроннойПочты"` or `"Адрес"`.
     pub kind: &'static str,
@@ -170,7 +195,7 @@ pub struct MockContact {
     /// `АдресЭП`.
     pub email: String,
     /// `Вид_Key`, when not the kind's usual one.
-    pub kind_key: Option<&'static str>,
+    pub kind_key: Option<String>,
 }
 
 impl MockContact {
@@ -208,13 +233,13 @@ impl MockContact {
     /// An address of the contact kind `kind_key` (e.g. [`LEGAL_ADDRESS_KIND_KEY`]).
     pub fn typed_address(text: impl Into<String>, kind_key: &'static str) -> MockContact {
         MockContact {
-            kind_key: Some(kind_key),
+            kind_key: Some(kind_key.to_owned()),
             ..MockContact::address(text)
         }
     }
 
-    fn kind_key(&self) -> &'static str {
-        if let Some(key) = self.kind_key {
+    fn kind_key(&self) -> &str {
+        if let Some(key) = &self.kind_key {
             return key;
         }
         match self.kind {
@@ -408,8 +433,13 @@ impl MockOnec {
                     orders: Vec::new(),
                     bank_accounts: Vec::new(),
                     banks: Vec::new(),
+                    kinds: predefined_kinds(),
+                    created: 0,
                 }),
                 lookup_delay: Mutex::new(Duration::ZERO),
+                write_auth: basic_token(WRITE_USERNAME, WRITE_PASSWORD),
+                write_faults: Mutex::new(Vec::new()),
+                arrivals: Mutex::new(Vec::new()),
             });
             shared = Some(Arc::clone(&state));
             OnecHandler(state)
@@ -558,6 +588,51 @@ impl MockOnec {
     pub fn reset_requests(&self) {
         self.server.reset_requests();
     }
+
+    /// [`MockOnec::start`] with what Бухгалтерия 3.0 has for the writer:
+    /// [`BP30_WRITE_PROPERTIES`] defined.
+    pub async fn start_for_writes() -> MockOnec {
+        let mock = MockOnec::start().await;
+        for (name, default) in BP30_WRITE_PROPERTIES {
+            mock.define_property(name, json!(default));
+        }
+        mock
+    }
+
+    /// The next `faults.len()` successful writes are committed and then
+    /// answered as each fault says.
+    pub fn fault_next_writes(&self, faults: &[WriteFault]) {
+        lock(&self.state.write_faults).extend_from_slice(faults);
+    }
+
+    /// Every counterparty as stored, with its `Code` and `DataVersion`.
+    pub fn counterparties(&self) -> Vec<(MockCounterparty, String, String)> {
+        self.state
+            .data()
+            .rows
+            .iter()
+            .map(|r| (r.cp.clone(), r.code.clone(), data_version(r.data_version)))
+            .collect()
+    }
+
+    /// When each request since the start reached the mock's handler (after
+    /// any [`Mode`] delay), in arrival order.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        lock(&self.state.arrivals).clone()
+    }
+
+    /// Every bank account as served.
+    pub fn bank_accounts(&self) -> Vec<Map<String, Value>> {
+        self.state.data().bank_accounts.clone()
+    }
+
+    /// The writes (POST and PATCH) since the start or the last reset.
+    pub fn writes(&self) -> Vec<SeenRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" || r.method == "PATCH")
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------- state
@@ -568,6 +643,12 @@ struct State {
     auth: String,
     data: Mutex<Data>,
     lookup_delay: Mutex<Duration>,
+    /// The write user's `base64(user:password)`.
+    write_auth: String,
+    /// What the next writes do after their commit, in order.
+    write_faults: Mutex<Vec<WriteFault>>,
+    /// When each request reached the handler (for a benchmark's rate).
+    arrivals: Mutex<Vec<std::time::Instant>>,
 }
 
 impl State {
@@ -576,13 +657,24 @@ impl State {
     }
 
     fn authorized(&self, header: Option<&HeaderValue>) -> bool {
-        let Some(value) = header.and_then(|v| v.to_str().ok()) else {
-            return false;
-        };
-        let Some((scheme, token)) = value.trim().split_once(' ') else {
-            return false;
-        };
-        scheme.eq_ignore_ascii_case("basic") && token.trim() == self.auth
+        self.user(header).is_some()
+    }
+
+    /// Who the Basic credentials are: the read user, the write user, or
+    /// nobody (wrong or missing).
+    fn user(&self, header: Option<&HeaderValue>) -> Option<User> {
+        let value = header.and_then(|v| v.to_str().ok())?;
+        let (scheme, token) = value.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        if token.trim() == self.auth {
+            Some(User::Reader)
+        } else if token.trim() == self.write_auth {
+            Some(User::Writer)
+        } else {
+            None
+        }
     }
 
     /// A logged request as the mock classifies it.
@@ -622,6 +714,10 @@ struct Data {
     /// `Catalog_БанковскиеСчета` and `Catalog_Банки` rows, as served.
     bank_accounts: Vec<Map<String, Value>>,
     banks: Vec<Map<String, Value>>,
+    /// `Catalog_ВидыКонтактнойИнформации`: the predefined kinds.
+    kinds: Vec<Map<String, Value>>,
+    /// Entities the writes created so far (their keys are drawn from it).
+    created: u64,
 }
 
 struct CachedOrder {
@@ -706,7 +802,7 @@ struct OnecHandler(Arc<State>);
 
 impl Handler for OnecHandler {
     fn handle<'a>(&'a self, req: &'a HttpRequest) -> HandlerFuture<'a> {
-        Box::pin(async move { Some(self.answer(req).await) })
+        Box::pin(async move { self.answer(req).await })
     }
 
     fn fail(&self, _req: &HttpRequest) -> Response<Body> {
@@ -729,8 +825,11 @@ impl Handler for OnecHandler {
 }
 
 impl OnecHandler {
-    async fn answer(&self, req: &HttpRequest) -> Response<Body> {
+    /// The answer; `None` closes the connection without one (a write's
+    /// [`WriteFault::CommitThenCut`]).
+    async fn answer(&self, req: &HttpRequest) -> Option<Response<Body>> {
         let state = &self.0;
+        lock(&state.arrivals).push(std::time::Instant::now());
         let parsed = parse_target(&req.target);
         if parsed.kind() == RequestKind::Lookup {
             let delay = *lock(&state.lookup_delay);
@@ -738,7 +837,8 @@ impl OnecHandler {
                 tokio::time::sleep(delay).await;
             }
         }
-        if !state.authorized(req.headers.get(AUTHORIZATION)) {
+        let user = state.user(req.headers.get(AUTHORIZATION));
+        if user.is_none() {
             let mut r = odata_error(
                 StatusCode::UNAUTHORIZED,
                 "Не пройдена аутентификация: неверное имя пользователя или пароль",
@@ -747,22 +847,348 @@ impl OnecHandler {
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"1C\""),
             );
-            r
+            Some(r)
+        } else if req.method == Method::POST || req.method == Method::PATCH {
+            if user != Some(User::Writer) {
+                return Some(odata_error(
+                    StatusCode::FORBIDDEN,
+                    "Нарушение прав доступа! (mock 1C: the read user may not write)",
+                ));
+            }
+            let (answer, fault) = write(state, req, parsed);
+            match fault {
+                None => Some(answer),
+                Some(WriteFault::CommitThenHang) => {
+                    std::future::pending::<()>().await;
+                    None
+                }
+                Some(WriteFault::CommitThenCut) => None,
+            }
         } else if req.method != Method::GET {
             let mut r = odata_error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                &format!("mock 1C serves only GET, not {}", req.method),
+                &format!("mock 1C serves GET, POST and PATCH, not {}", req.method),
             );
             r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET"));
-            r
+                .insert(ALLOW, HeaderValue::from_static("GET, POST, PATCH"));
+            Some(r)
         } else {
-            match parsed.plan {
+            Some(match parsed.plan {
                 Ok(plan) => answer(state, &plan),
                 Err(reject) => odata_error(reject.status, &reject.message),
-            }
+            })
         }
     }
+}
+
+// ---------------------------------------------------------------- writes
+
+/// Who a request's credentials are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum User {
+    Reader,
+    Writer,
+}
+
+/// What a write does after 1C committed it ([`MockOnec::fault_next_writes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFault {
+    /// Commits, then never answers (the client's timeout ends it).
+    CommitThenHang,
+    /// Commits, then closes the connection without an answer.
+    CommitThenCut,
+}
+
+/// БСП's predefined contact kinds of counterparties, with the mock's keys.
+fn predefined_kinds() -> Vec<Map<String, Value>> {
+    [
+        ("ТелефонКонтрагента", "Телефон", PHONE_KIND_KEY),
+        (
+            "EmailКонтрагента",
+            "Адрес электронной почты",
+            EMAIL_KIND_KEY,
+        ),
+        (
+            "ЮрАдресКонтрагента",
+            "Юридический адрес",
+            LEGAL_ADDRESS_KIND_KEY,
+        ),
+        (
+            "ФактАдресКонтрагента",
+            "Фактический адрес",
+            ACTUAL_ADDRESS_KIND_KEY,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, description, key)| {
+        json!({"Ref_Key": key, "DeletionMark": false, "Description": description,
+               "Predefined": true, "PredefinedDataName": name})
+        .as_object()
+        .cloned()
+    })
+    .collect()
+}
+
+/// An `odata.error` with 1C's `code`.
+fn odata_error_code(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = json!({"odata.error": {"code": code, "message": {"lang": "ru", "value": message}}});
+    respond(status, "application/json;charset=utf-8", body.to_string())
+}
+
+/// A POST or PATCH by the write user: applied (committed) or refused as 1C
+/// refuses it; with the fault the next write was given, if any.
+fn write(state: &State, req: &HttpRequest, parsed: Parsed) -> (Response<Body>, Option<WriteFault>) {
+    let answer = match parsed.plan {
+        Err(reject) => return (odata_error(reject.status, &reject.message), None),
+        Ok(plan) => {
+            let body: Map<String, Value> = match serde_json::from_slice(&req.body) {
+                Ok(Value::Object(m)) => m,
+                Ok(_) | Err(_) => {
+                    return (
+                        odata_error(
+                            StatusCode::BAD_REQUEST,
+                            "Неверный формат тела запроса: ожидается объект JSON",
+                        ),
+                        None,
+                    )
+                }
+            };
+            let mut data = state.data();
+            match (req.method == Method::POST, plan.set, plan.key) {
+                (true, Set::Counterparties, None) => data.create_counterparty(state, body),
+                (false, Set::Counterparties, Some(key)) => {
+                    data.patch_counterparty(state, &key, body)
+                }
+                (true, Set::Contacts, None) => Err(Reject {
+                    status: StatusCode::BAD_REQUEST,
+                    code: "13",
+                    message: "Cоздание строк табличной части напрямую не поддерживается".into(),
+                }),
+                (true, Set::BankAccounts, None) => {
+                    data.create_plain(state, Set::BankAccounts, body)
+                }
+                (true, Set::Banks, None) => data.create_plain(state, Set::Banks, body),
+                (_, set, _) => Err(bad_request(format!(
+                    "mock 1C: {} of {} is not supported",
+                    req.method,
+                    set.name()
+                ))),
+            }
+        }
+    };
+    match answer {
+        Ok(answer) => {
+            let mut faults = lock(&state.write_faults);
+            let fault = (!faults.is_empty()).then(|| faults.remove(0));
+            (answer, fault)
+        }
+        Err(refused) => (
+            odata_error_code(refused.status, refused.code, &refused.message),
+            None,
+        ),
+    }
+}
+
+impl Data {
+    /// A new entity's key: deterministic, never one [`generated`] uses.
+    fn new_key(&mut self) -> String {
+        self.created += 1;
+        guid(0x00C0_FFEE_0000 + self.created)
+    }
+
+    /// Applies the catalog properties of `body` to `c`; refuses an unknown
+    /// property, a contact row without `LineNumber` or of an unknown `Тип`.
+    fn apply(&self, c: &mut MockCounterparty, body: Map<String, Value>) -> Result<(), Reject> {
+        let bad = |m: String| bad_request(m);
+        for (name, value) in body {
+            let as_text = || value.as_str().map(str::to_owned);
+            match name.as_str() {
+                "Ref_Key" | "Code" | "DataVersion" | "Predefined" | "PredefinedDataName" => {}
+                "Description" => c.description = as_text().unwrap_or_default(),
+                "НаименованиеПолное" => {
+                    c.full_name = as_text().unwrap_or_default()
+                }
+                "ИНН" => c.inn = as_text().unwrap_or_default(),
+                "КПП" => c.kpp = as_text().unwrap_or_default(),
+                "DeletionMark" => c.deletion_mark = value.as_bool().unwrap_or(false),
+                "IsFolder" => c.is_folder = value.as_bool().unwrap_or(false),
+                "Parent_Key" => {
+                    c.parent_key = as_text().filter(|k| k != EMPTY_REF);
+                }
+                "КонтактнаяИнформация" => {
+                    let rows = value.as_array().ok_or_else(|| {
+                        bad("КонтактнаяИнформация: ожидается массив строк".into())
+                    })?;
+                    let mut contacts = Vec::with_capacity(rows.len());
+                    for (i, row) in rows.iter().enumerate() {
+                        contacts.push(contact_from(row).map_err(|m| {
+                            bad(format!("КонтактнаяИнформация, строка {}: {m}", i + 1))
+                        })?);
+                    }
+                    c.contacts = contacts;
+                }
+                other => {
+                    if !self.extras.iter().any(|(n, _)| n == other) {
+                        return Err(bad(format!(
+                            "Неизвестное свойство {other} для {COUNTERPARTIES}"
+                        )));
+                    }
+                    c.extra.insert(other.to_owned(), value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn create_counterparty(
+        &mut self,
+        state: &State,
+        body: Map<String, Value>,
+    ) -> Result<Response<Body>, Reject> {
+        let key = self.new_key();
+        let mut c = MockCounterparty::new(key.clone(), "");
+        c.full_name = String::new();
+        self.apply(&mut c, body)?;
+        let version = self.bump();
+        let code = format!("{:09}", self.next_code);
+        self.next_code += 1;
+        let at = self.rows.len();
+        self.by_key.insert(key.clone(), at);
+        self.rows.push(Row {
+            cp: c,
+            code,
+            data_version: version,
+        });
+        Ok(self.entity_answer(state, StatusCode::CREATED, &key))
+    }
+
+    fn patch_counterparty(
+        &mut self,
+        state: &State,
+        key: &str,
+        body: Map<String, Value>,
+    ) -> Result<Response<Body>, Reject> {
+        let Some(&i) = self.by_key.get(key) else {
+            return Err(not_found(format!(
+                "Не найден объект {COUNTERPARTIES}(guid'{key}')"
+            )));
+        };
+        let mut c = self.rows[i].cp.clone();
+        self.apply(&mut c, body)?;
+        let version = self.bump();
+        self.rows[i].cp = c;
+        self.rows[i].data_version = version;
+        Ok(self.entity_answer(state, StatusCode::OK, key))
+    }
+
+    /// The entity `key` as 1C answers a write: every property, JSON.
+    fn entity_answer(&self, state: &State, status: StatusCode, key: &str) -> Response<Body> {
+        let i = self.by_key[key];
+        let mut m = Map::new();
+        m.insert(
+            "odata.metadata".into(),
+            json!(format!(
+                "http://{}{ROOT_PATH}/$metadata#{COUNTERPARTIES}/@Element",
+                state.addr
+            )),
+        );
+        m.extend(self.render(Set::Counterparties, Item::Counterparty(&self.rows[i]), None));
+        respond(
+            status,
+            "application/json;charset=utf-8",
+            Value::Object(m).to_string(),
+        )
+    }
+
+    /// A bank account or a bank: its known properties, a new key.
+    fn create_plain(
+        &mut self,
+        state: &State,
+        set: Set,
+        body: Map<String, Value>,
+    ) -> Result<Response<Body>, Reject> {
+        let props = match set {
+            Set::BankAccounts => BANK_ACCOUNT_PROPS,
+            _ => BANK_PROPS,
+        };
+        if let Some(bad) = body.keys().find(|k| !props.iter().any(|(n, _)| n == k)) {
+            return Err(bad_request(format!(
+                "Неизвестное свойство {bad} для {}",
+                set.name()
+            )));
+        }
+        let key = self.new_key();
+        let version = self.bump();
+        let mut row = Map::new();
+        for (name, ty) in props {
+            let default = match ty {
+                Ty::Bool => json!(false),
+                Ty::Guid => json!(EMPTY_REF),
+                _ => json!(""),
+            };
+            row.insert(
+                (*name).to_owned(),
+                body.get(*name).cloned().unwrap_or(default),
+            );
+        }
+        row.insert("Ref_Key".into(), json!(key));
+        if set == Set::BankAccounts {
+            row.insert("DataVersion".into(), json!(data_version(version)));
+            self.bank_accounts.push(row.clone());
+        } else {
+            self.banks.push(row.clone());
+        }
+        let mut m = Map::new();
+        m.insert(
+            "odata.metadata".into(),
+            json!(format!(
+                "http://{}{ROOT_PATH}/$metadata#{}/@Element",
+                state.addr,
+                set.name()
+            )),
+        );
+        m.extend(row);
+        Ok(respond(
+            StatusCode::CREATED,
+            "application/json;charset=utf-8",
+            Value::Object(m).to_string(),
+        ))
+    }
+}
+
+/// A contact row as POSTed or PATCHed: `LineNumber` required, known
+/// properties only, `Тип` one of the three the mock keeps.
+fn contact_from(row: &Value) -> Result<MockContact, String> {
+    let row = row.as_object().ok_or("ожидается объект")?;
+    if !row.contains_key("LineNumber") {
+        return Err("не заполнен LineNumber".into());
+    }
+    if let Some(bad) = row
+        .keys()
+        .find(|k| !CONTACT_PROPS.iter().any(|(n, _)| n == k))
+    {
+        return Err(format!("Неизвестное свойство {bad}"));
+    }
+    let text = |name: &str| {
+        row.get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let kind = match text("Тип").as_str() {
+        "Телефон" => "Телефон",
+        "АдресЭлектроннойПочты" => "АдресЭлектроннойПочты",
+        "Адрес" => "Адрес",
+        other => return Err(format!("Неизвестный тип контактной информации {other:?}")),
+    };
+    let kind_key = Some(text("Вид_Key")).filter(|k| !k.is_empty());
+    Ok(MockContact {
+        kind,
+        presentation: text("Представление"),
+        phone_digits: text("НомерТелефона"),
+        email: text("АдресЭП"),
+        kind_key,
+    })
 }
 
 fn odata_error(status: StatusCode, message: &str) -> Response<Body> {
@@ -785,12 +1211,15 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
 #[derive(Debug)]
 struct Reject {
     status: StatusCode,
+    /// `odata.error`'s code: `-1` but for what 1C gives another (`13`).
+    code: &'static str,
     message: String,
 }
 
 fn bad_request(message: impl Into<String>) -> Reject {
     Reject {
         status: StatusCode::BAD_REQUEST,
+        code: "-1",
         message: message.into(),
     }
 }
@@ -798,6 +1227,7 @@ fn bad_request(message: impl Into<String>) -> Reject {
 fn not_found(message: impl Into<String>) -> Reject {
     Reject {
         status: StatusCode::NOT_FOUND,
+        code: "-1",
         message: message.into(),
     }
 }
@@ -809,6 +1239,7 @@ enum Set {
     Register,
     BankAccounts,
     Banks,
+    Kinds,
 }
 
 impl Set {
@@ -819,6 +1250,7 @@ impl Set {
             Set::Register => REGISTER,
             Set::BankAccounts => BANK_ACCOUNTS,
             Set::Banks => BANKS,
+            Set::Kinds => KINDS,
         }
     }
 }
@@ -979,6 +1411,7 @@ fn plan(
         REGISTER => Set::Register,
         BANK_ACCOUNTS => Set::BankAccounts,
         BANKS => Set::Banks,
+        KINDS => Set::Kinds,
         _ => return Err(not_found(format!("Не найден набор сущностей: {name}"))),
     };
     if set != Set::Counterparties && key.is_some() {
@@ -1460,6 +1893,14 @@ const BANK_ACCOUNT_PROPS: &[(&str, Ty)] = &[
     ("Банк_Key", Ty::Guid),
 ];
 
+const KIND_PROPS: &[(&str, Ty)] = &[
+    ("Ref_Key", Ty::Guid),
+    ("DeletionMark", Ty::Bool),
+    ("Description", Ty::Str),
+    ("Predefined", Ty::Bool),
+    ("PredefinedDataName", Ty::Str),
+];
+
 const BANK_PROPS: &[(&str, Ty)] = &[
     ("Ref_Key", Ty::Guid),
     ("DeletionMark", Ty::Bool),
@@ -1489,6 +1930,7 @@ impl Data {
             Set::Register => REGISTER_PROPS,
             Set::BankAccounts => BANK_ACCOUNT_PROPS,
             Set::Banks => BANK_PROPS,
+            Set::Kinds => KIND_PROPS,
         };
         if let Some((_, ty)) = fixed.iter().find(|(n, _)| *n == name) {
             return Some(*ty);
@@ -1514,6 +1956,7 @@ impl Data {
             Set::Register => REGISTER_PROPS.iter().map(|(n, _)| *n).collect(),
             Set::BankAccounts => BANK_ACCOUNT_PROPS.iter().map(|(n, _)| *n).collect(),
             Set::Banks => BANK_PROPS.iter().map(|(n, _)| *n).collect(),
+            Set::Kinds => KIND_PROPS.iter().map(|(n, _)| *n).collect(),
         }
     }
 
@@ -1536,7 +1979,7 @@ impl Data {
                 .enumerate()
                 .map(|(i, m)| Item::Plain(m, i))
                 .collect(),
-            Set::Banks => self
+            Set::Banks | Set::Kinds => self
                 .plain(set)
                 .iter()
                 .enumerate()
@@ -1550,6 +1993,7 @@ impl Data {
         match set {
             Set::BankAccounts => &self.bank_accounts,
             Set::Banks => &self.banks,
+            Set::Kinds => &self.kinds,
             _ => &[],
         }
     }
@@ -1559,7 +2003,7 @@ impl Data {
             Set::Counterparties => Item::Counterparty(&self.rows[row]),
             Set::Contacts => Item::Contact(&self.rows[row], line),
             Set::Register => Item::Register(&self.rows[row], line),
-            Set::BankAccounts | Set::Banks => Item::Plain(&self.plain(set)[row], row),
+            Set::BankAccounts | Set::Banks | Set::Kinds => Item::Plain(&self.plain(set)[row], row),
         }
     }
 

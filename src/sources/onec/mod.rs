@@ -20,7 +20,8 @@
 
 mod live;
 mod metrics;
-mod odata;
+/// The OData client: the source reads with it, the 1C writer (`sync::onec`) writes.
+pub mod odata;
 mod requisites;
 /// Reachable in the crate for `crate::fuzzing` only.
 pub(crate) mod rows;
