@@ -533,3 +533,175 @@ async fn without_pull_the_exchange_says_so() {
     assert_eq!(reply.status, 409, "{}", reply.body);
     assert!(reply.body.contains("transport"), "{}", reply.body);
 }
+
+// ---------------------------------------------------------------- docs/1c-pull.md
+
+/// The sample's lease: `ВызватьШлюз(АдресАренды(После), "")`, a POST with
+/// no body (`Content-Length: 0`) and the Bearer header only.
+async fn lease_1c(addr: SocketAddr, portion: u32, after: Option<i64>) -> Value {
+    // `Формат(N, "ЧН=0; ЧГ=0")`: the digits, 0 for zero.
+    let mut path = format!("{LEASE}?format=json&limit={portion}");
+    if let Some(after) = after {
+        path.push_str(&format!("&after={after}"));
+    }
+    let reply = request(addr, "POST", &path, &[BEARER], b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    serde_json::from_str(&reply.body).expect("JSONВЗначение reads it")
+}
+
+/// `ТекстПодтверждения`: `ЗаписьJSON` with `ПереносСтрокJSON.Нет`, the
+/// properties in the sample's order, `id` a number as it came.
+fn ack_text_1c(results: &[(i64, &str, &str, &str, &str)]) -> String {
+    let quoted = |s: &str| Value::from(s).to_string();
+    let items: Vec<String> = results
+        .iter()
+        .map(|(id, status, onec_ref, code, message)| {
+            format!(
+                "{{\"id\":{id},\"status\":{},\"onec_ref\":{},\"code\":{},\"message\":{}}}",
+                quoted(status),
+                quoted(onec_ref),
+                quoted(code),
+                quoted(message)
+            )
+        })
+        .collect();
+    format!("{{\"results\":[{}]}}", items.join(","))
+}
+
+async fn ack_1c(addr: SocketAddr, body: &[u8]) -> Reply {
+    request(
+        addr,
+        "POST",
+        ACK,
+        &[BEARER, "Content-Type: application/json; charset=utf-8"],
+        body,
+    )
+    .await
+}
+
+async fn push_card(addr: SocketAddr, id: &str, name: &str, inn: &str, kpp: &str, phone: &str) {
+    let body = json!([{
+        "id": id, "name": name, "full_name": format!("Общество с ограниченной ответственностью {name}"),
+        "inn": inn, "kpp": kpp, "phones": [phone], "emails": ["info@veter.ru"],
+    }]);
+    let reply = post(
+        addr,
+        "/api/v1/counterparties",
+        &[JSON, BEARER],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.find("warnings").is_none(), "{}", reply.body);
+}
+
+#[tokio::test]
+async fn pull_sample_requests_get_the_answers_the_sample_reads() {
+    let gw = start(0, "transport = \"pull\"\n").await;
+    push_card(
+        gw.addr,
+        "p1",
+        "ООО \"Северный ветер\"",
+        "7705123452",
+        "770501001",
+        "+7 (912) 345-67-89",
+    )
+    .await;
+    push_card(
+        gw.addr,
+        "p2",
+        "ООО \"Южный ветер\"",
+        "7705123452",
+        "770502001",
+        "84957771122",
+    )
+    .await;
+    settled(&gw).await;
+
+    // The run's first lease, without after; a portion of 1 to go on with after.
+    let first = lease_1c(gw.addr, 1, None).await;
+    let item = &first["items"][0];
+    let id = item["id"].as_i64().expect("id, a number");
+    assert!(
+        item["onec_ref"].is_null(),
+        "ЗначениеЗаполнено(Неопределено) = Ложь"
+    );
+    let card = &item["counterparty"];
+    assert_eq!(card["name"], "ООО \"Северный ветер\"");
+    assert_eq!(card["inn"], "7705123452");
+    assert_eq!(card["kpp"], "770501001");
+    assert!(card["full_name"].is_string());
+    assert!(
+        card["phones"].as_array().is_some_and(|p| p.len() == 1),
+        "{card}"
+    );
+    assert!(
+        card["emails"].as_array().is_some_and(|p| p.len() == 1),
+        "{card}"
+    );
+    let after = first["next_after"].as_i64().expect("next_after, a number");
+
+    // `created`, with 1C's ref and code.
+    let body = ack_text_1c(&[(id, "created", REF_A, "00-000123", "")]);
+    let reply = ack_1c(gw.addr, body.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(remote_id(&gw, "p1").await.as_deref(), Some(REF_A));
+
+    // The next lease of the run, with after; its ack `failed`, no ref, a
+    // message with Cyrillic and quotes, written with a byte order mark.
+    let second = lease_1c(gw.addr, 1, Some(after)).await;
+    let id2 = second["items"][0]["id"].as_i64().expect("id");
+    assert_eq!(second["items"][0]["key"], "p2");
+    let message = "в 1С несколько контрагентов с ИНН 7705123452 и КПП 770502001 (\"Южный\")";
+    let body = ack_text_1c(&[(id2, "failed", "", "duplicates", message)]);
+    let with_bom = [b"\xEF\xBB\xBF".as_slice(), body.as_bytes()].concat();
+    let reply = ack_1c(gw.addr, &with_bom).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(json_of(&reply)["dead"], 1);
+    let dead = outbox(&gw, OutboxState::Dead).await;
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains(message)),
+        "{:?}",
+        dead[0].last_error
+    );
+
+    // The run ends on a lease with no items.
+    let after = second["next_after"].as_i64().expect("next_after");
+    let third = lease_1c(gw.addr, 100, Some(after)).await;
+    assert_eq!(third["items"].as_array().map(Vec::len), Some(0));
+
+    // The next run: a change of p1 comes as an update naming 1C's ref.
+    push_card(
+        gw.addr,
+        "p1",
+        "ООО \"Северный ветер и К\"",
+        "7705123452",
+        "770501001",
+        "+7 (912) 345-67-89",
+    )
+    .await;
+    settled(&gw).await;
+    let run = lease_1c(gw.addr, 100, None).await;
+    let item = &run["items"][0];
+    assert_eq!(item["op"], "update");
+    assert_eq!(item["onec_ref"], REF_A);
+    let body = ack_text_1c(&[(
+        item["id"].as_i64().expect("id"),
+        "updated",
+        REF_A,
+        "00-000123",
+        "",
+    )]);
+    let reply = ack_1c(gw.addr, body.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(json_of(&reply)["done"], 1);
+    // Nothing left for 1C.
+    assert!(outbox(&gw, OutboxState::Pending).await.is_empty());
+}
+
+fn json_of(reply: &Reply) -> Value {
+    serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{e}: {}", reply.body))
+}

@@ -325,6 +325,8 @@ async fn parse(body: Bytes) -> Result<Vec<AckItem>, AckError> {
 
 /// `{"results":[…]}`, every result checked before any is written.
 fn parse_ack(body: &[u8]) -> Result<Vec<AckItem>, AckError> {
+    // 1C's `УстановитьТелоИзСтроки` may write a UTF-8 byte order mark.
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let value: Value = serde_json::from_slice(body).map_err(|e| AckError::Malformed {
         message: e.to_string(),
         line: e.line(),
