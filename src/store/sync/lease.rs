@@ -142,7 +142,9 @@ impl Store {
         let now_ms = unix_ms(now);
         self.read(move |conn, path| {
             conn.prepare_cached(
-                "SELECT COUNT(*) FROM outbox
+                // The partial index of marked rows, not `outbox_due`'s
+                // walk of every pending row (see `writer/lease.rs`).
+                "SELECT COUNT(*) FROM outbox INDEXED BY outbox_leased
                  WHERE system = ?1 AND leased_until IS NOT NULL AND leased_until > ?2
                    AND lease IS NOT NULL AND state = 'pending'",
             )
