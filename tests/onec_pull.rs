@@ -705,3 +705,22 @@ async fn pull_sample_requests_get_the_answers_the_sample_reads() {
 fn json_of(reply: &Reply) -> Value {
     serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{e}: {}", reply.body))
 }
+
+#[tokio::test]
+async fn a_sync_store_that_cannot_write_is_a_503_and_nothing_is_acknowledged() {
+    let gw = start(2, "transport = \"pull\"\n").await;
+    let leased = lease(gw.addr, "").await;
+    let id = ids(&leased)[0];
+    // The sync store closed under the gateway: every write is refused.
+    gw.gateway().sync_store().expect("sync store").close().await;
+    let reply = post(gw.addr, LEASE, &[BEARER], b"").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    let body = json!({"results": [{"id": id, "status": "created", "onec_ref": REF_A}]});
+    let reply = post(gw.addr, ACK, &[BEARER, JSON], body.to_string().as_bytes()).await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(
+        reply.body.contains("nothing was acknowledged"),
+        "{}",
+        reply.body
+    );
+}
