@@ -12,6 +12,12 @@
 //!   webhooks_sent=… webhooks_failed=… records=… duplicate_creates=…
 //!   elapsed_s=…` (`duplicate_creates`: external ids created more than
 //!   once; `elapsed_s`: since the url line, for a rate);
+//! - on SIGUSR2 switches its bucket off, or on again, and prints
+//!   `CRM_MOCK bucket=off` or `CRM_MOCK bucket=on` (on again: starting
+//!   empty); with `--start-unlimited` the bucket `--capacity` and `--drain`
+//!   set is off until the first SIGUSR2 (`bench/sync.sh drain`: one mock,
+//!   so one set of remote ids, first unlimited and then at the published
+//!   rate);
 //! - on SIGTERM or SIGINT, or after `--max-seconds`, prints the stats line
 //!   and `CRM_MOCK stopped` and exits.
 //!
@@ -49,6 +55,9 @@ struct Args {
     /// Leaky bucket drain, requests per second; with --capacity.
     #[arg(long, requires = "capacity")]
     drain: Option<f64>,
+    /// The bucket is off until the first SIGUSR2; with --capacity.
+    #[arg(long, requires = "capacity")]
+    start_unlimited: bool,
     /// Answer over the bucket: 503 (QUERY_LIMIT_EXCEEDED) or 429 (Retry-After).
     #[arg(long, default_value_t = 503)]
     limit_status: u16,
@@ -100,6 +109,7 @@ async fn run(args: Args, limit_answer: LimitAnswer) -> anyhow::Result<()> {
     // Signal handlers first: a signal sent as soon as the url line is out is
     // handled, not fatal.
     let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
 
@@ -109,11 +119,16 @@ async fn run(args: Args, limit_answer: LimitAnswer) -> anyhow::Result<()> {
     let mock = MockCrm::start_with(Some(listener)).await;
     mock.set_keep_log(false);
     mock.set_limit_answer(limit_answer);
-    if let (Some(capacity), Some(drain_per_second)) = (args.capacity, args.drain) {
-        mock.set_bucket(Some(Bucket {
+    let bucket = match (args.capacity, args.drain) {
+        (Some(capacity), Some(drain_per_second)) => Some(Bucket {
             capacity,
             drain_per_second,
-        }));
+        }),
+        _ => None,
+    };
+    let mut bucket_on = bucket.is_some() && !args.start_unlimited;
+    if bucket_on {
+        mock.set_bucket(bucket);
     }
     if let Some(url) = &args.webhook_url {
         mock.set_webhook(Some(WebhookTarget {
@@ -123,7 +138,11 @@ async fn run(args: Args, limit_answer: LimitAnswer) -> anyhow::Result<()> {
         }));
     }
     let limit = match (args.capacity, args.drain) {
-        (Some(c), Some(d)) => format!("bucket {c}, drain {d}/s, answer {}", args.limit_status),
+        (Some(c), Some(d)) => format!(
+            "bucket {c}, drain {d}/s, answer {}{}",
+            args.limit_status,
+            if bucket_on { "" } else { "; off until SIGUSR2" }
+        ),
         _ => "unlimited".to_owned(),
     };
     eprintln!("crm_mock: on {} ({limit})", mock.url());
@@ -135,6 +154,11 @@ async fn run(args: Args, limit_answer: LimitAnswer) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = usr1.recv() => say(&stats(&mock, started))?,
+            _ = usr2.recv() => {
+                bucket_on = !bucket_on && bucket.is_some();
+                mock.set_bucket(if bucket_on { bucket } else { None });
+                say(if bucket_on { "CRM_MOCK bucket=on" } else { "CRM_MOCK bucket=off" })?;
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = &mut deadline => {

@@ -1,10 +1,12 @@
 # Shared by the benchmark scripts (bench/run.sh, bench/onec.sh, bench/popup.sh,
 # bench/push.sh, bench/sync.sh...): logging, clean-up of what a script
-# started, clocks, CPU and steal time, the background-work control
-# (busy_control, and wrk runs beside it: spin_control_wrk), CPU per thread,
-# the gateway's config, start, readiness and stop, and SayName over HTTP and wrk.
-# Source it after REPO is set; it uses the caller's PORT, SOAP_PATH, GATEWAY, GEN,
-# READY_TIMEOUT, THREADS and CONNS when the functions that need them are called.
+# started, clocks, waiting for a line of a program's output, CPU and steal
+# time, the background-work control (busy_control, and wrk runs beside it:
+# spin_control_wrk), CPU per thread, the gateway's config, start, readiness
+# and stop, SayName over HTTP and wrk, and the mocks (1C, CRM) as processes.
+# Source it after REPO is set; it uses the caller's PORT, SOAP_PATH, GATEWAY,
+# GEN, MOCK, CRM_MOCK, READY_TIMEOUT, THREADS and CONNS when the functions
+# that need them are called.
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -37,6 +39,27 @@ now_ns() { date +%s%N; }
 ms_since() { echo $(( ($(now_ns) - $1) / 1000000 )); }
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# file_size FILE: its size in bytes (0 if missing).
+file_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
+
+# wait_line FILE OFFSET REGEX TIMEOUT_S: until a line matching REGEX is
+# written to FILE after byte OFFSET (0: found, 1: not within TIMEOUT_S). One
+# tail and one grep per wait, woken by inotify: waiting costs no CPU, so the
+# busy runs measure the gateway's work, not the script's polling.
+wait_line() {
+  local file=$1 offset=$2 regex=$3 limit=$4 fd tail_pid rc=0
+  exec {fd}< <(exec timeout "$limit" tail -c +"$(( offset + 1 ))" -F "$file" 2>/dev/null)
+  tail_pid=$!
+  grep -m1 -q -E "$regex" <&"$fd" || rc=1
+  exec {fd}<&-
+  kill "$tail_pid" 2>/dev/null || true
+  return "$rc"
+}
+
+# line_after FILE OFFSET REGEX: the first line matching REGEX written to FILE
+# after byte OFFSET (empty when none).
+line_after() { tail -c +"$(( $2 + 1 ))" "$1" 2>/dev/null | grep -m1 -E "$3" || true; }
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -306,13 +329,28 @@ secs() { local d=$1; case $d in *m) echo $(( ${d%m} * 60 ));; *s) echo "${d%s}";
 
 # run_wrk NAME URL DURATION [extra env...]: runs wrk with bench/saynames.lua over
 # $TMP/numbers.txt, keeps its output, prints the WRK_RESULT line.
+# RUN_WRK_UNTIL, when set, names a command run beside wrk: once it succeeds,
+# wrk is ended early (SIGINT: wrk reports what it measured so far, its
+# duration_s the time it ran), so a run lasts as long as the work it measures
+# (bench/sync.sh drain: the drain), at least a second (wrk's connections up)
+# and at most DURATION. The command is left to end by itself (it must be
+# bounded); its output is discarded.
 run_wrk() {
-  local name=$1 url=$2 dur=$3 out
+  local name=$1 url=$2 dur=$3 out pid least rc=0
   out=$TMP/wrk-$name.txt
   shift 3
   env BENCH_NUMBERS="$TMP/numbers.txt" "$@" timeout $(( $(secs "$dur") + 60 )) \
-    wrk -t"$THREADS" -c"$CONNS" -d"$dur" --latency -s "$REPO/bench/saynames.lua" "$url" >"$out" 2>&1 \
-    || die "wrk against $name failed: $(tail -5 "$out")"
+    wrk -t"$THREADS" -c"$CONNS" -d"$dur" --latency -s "$REPO/bench/saynames.lua" "$url" >"$out" 2>&1 &
+  pid=$!   # timeout's (env execs it), which passes a SIGINT on to wrk
+  if [[ -n ${RUN_WRK_UNTIL:-} ]]; then
+    (
+      sleep 1 &
+      least=$!
+      "$RUN_WRK_UNTIL" && wait "$least" && kill -INT "$pid" 2>/dev/null
+    ) >/dev/null 2>&1 &
+  fi
+  wait "$pid" || rc=$?
+  (( rc == 0 )) || die "wrk against $name failed: $(tail -5 "$out")"
   grep '^WRK_RESULT' "$out" || die "no WRK_RESULT from wrk against $name: $(tail -5 "$out")"
 }
 
@@ -344,6 +382,33 @@ start_mock_onec() {
   NUMBERS=$(grep -c '' "$TMP/numbers.txt" || true)
   (( NUMBERS > 0 )) || die "the mock wrote no caller numbers"
   log "mock 1C at $URL (pid $MOCK_PID); $NUMBERS caller numbers; $(tail -1 "$TMP/mock.log")"
+}
+
+# start_mock_crm NAME ARGS [PREFIX...]: starts $CRM_MOCK (bench/crm_mock.rs)
+# with the arguments ARGS (one string, split on spaces: "--capacity 50
+# --drain 2"), under the command words PREFIX (taskset, chrt, nice) if any,
+# its output in $TMP/NAME.out and $TMP/NAME.log; waits (60 s) for its URL.
+# Sets CRM_PID (added to PIDS) and CRM_URL (checked to be on 127.0.0.1).
+# SIGUSR1 makes it print a "CRM_MOCK stats ..." line; SIGTERM prints one
+# and stops it.
+start_mock_crm() {
+  local name=$1 args=$2
+  shift 2
+  : >"$TMP/$name.out"
+  # shellcheck disable=SC2086 # ARGS is split on purpose
+  "$@" "$CRM_MOCK" $args >"$TMP/$name.out" 2>"$TMP/$name.log" &
+  CRM_PID=$!
+  PIDS+=("$CRM_PID")
+  CRM_URL=""
+  for _ in $(seq 1 1200); do   # 60 s
+    CRM_URL=$(sed -n 's/^CRM_MOCK url=//p' "$TMP/$name.out")
+    [[ -n $CRM_URL ]] && break
+    kill -0 "$CRM_PID" 2>/dev/null || die "the mock CRM exited: $(tail -5 "$TMP/$name.log")"
+    sleep 0.05
+  done
+  [[ -n $CRM_URL ]] || die "the mock CRM printed no url within 60 s: $(tail -5 "$TMP/$name.log")"
+  [[ $CRM_URL == http://127.0.0.1:* ]] || die "the mock CRM is not on 127.0.0.1: $CRM_URL"
+  log "mock CRM at $CRM_URL (pid $CRM_PID): $(tail -1 "$TMP/$name.log")"
 }
 
 # --- SayName at a fixed rate (bench/open_loop.rs), for run.sh and tls.sh ---

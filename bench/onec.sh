@@ -134,23 +134,6 @@ refresh_or_die() {
   esac
 }
 
-# file_size FILE: its size in bytes (0 if missing).
-file_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
-
-# wait_line FILE OFFSET REGEX TIMEOUT_S: until a line matching REGEX is
-# written to FILE after byte OFFSET (0: found, 1: not within TIMEOUT_S). One
-# tail and one grep per wait, woken by inotify: waiting costs no CPU, so the
-# busy runs measure the gateway's reads, not the script's polling.
-wait_line() {
-  local file=$1 offset=$2 regex=$3 limit=$4 fd tail_pid rc=0
-  exec {fd}< <(exec timeout "$limit" tail -c +"$(( offset + 1 ))" -F "$file" 2>/dev/null)
-  tail_pid=$!
-  grep -m1 -q -E "$regex" <&"$fd" || rc=1
-  exec {fd}<&-
-  kill "$tail_pid" 2>/dev/null || true
-  return "$rc"
-}
-
 # touch_mock: SIGUSR1 to the mock, until it says it re-wrote every record (60 s).
 touch_mock() {
   local at

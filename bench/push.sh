@@ -122,8 +122,6 @@ met() { awk "BEGIN { exit !($1) }" && echo MET || echo "NOT MET"; }
 # figure that could not be measured ("-") meets no goal).
 num() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]] && echo "$1" || echo 1e18; }
 
-file_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
-
 # What every push_load run is given. Fresh phone slots are handed out in
 # order: each run starts at NEXT_SLOT, and its result moves NEXT_SLOT past
 # the slots it used, so no two pushes of this run share a phone.

@@ -243,7 +243,7 @@ impl Gateway {
                 with_onec_pull(front, &config, &parts.store, &metrics)?
             }
             None => match sync_failure {
-                Some(why) => front.with_sync_store_failed(why),
+                Some(why) => front.with_sync_store_failed(&config, systems.clone(), why),
                 None => front,
             },
         };
@@ -253,7 +253,7 @@ impl Gateway {
             .iter()
             .map(|s| (Arc::clone(s), Arc::new(Notify::new())))
             .collect();
-        let (front, inbox_metrics) = match &sync {
+        let (front, inbox_metrics, runtime_metrics) = match &sync {
             Some((
                 SyncParts {
                     store,
@@ -264,11 +264,17 @@ impl Gateway {
             )) => {
                 let inbox_metrics = InboxMetrics::new(metrics.registry(), &registry)
                     .map_err(StartError::Metrics)?;
+                // The workers' requests and the relinks' lists alike.
+                let runtime_metrics =
+                    RuntimeMetrics::new(metrics.registry(), &registry_names(&systems))
+                        .map_err(StartError::Metrics)?;
                 let jobs = SyncJobs::new(
                     systems.clone(),
                     Arc::clone(&directory),
                     store.clone(),
                     feed.clone(),
+                    Arc::clone(&sync_systems),
+                    runtime_metrics.clone(),
                 );
                 let front = front.with_sync_webhooks(
                     &config,
@@ -277,9 +283,9 @@ impl Gateway {
                     inbox_metrics.clone(),
                     jobs,
                 );
-                (front, Some(inbox_metrics))
+                (front, Some(inbox_metrics), Some(runtime_metrics))
             }
-            _ => (front, None),
+            _ => (front, None, None),
         };
         let (reload, _) = watch::channel(0u64);
         let (stop_sources, _) = watch::channel(false);
@@ -384,8 +390,11 @@ impl Gateway {
                 sources.push(feed);
                 // The senders, once the feed runs (its start-up reconcile
                 // queues what the last run left unqueued).
-                let metrics = RuntimeMetrics::new(metrics.registry(), &registry_names(&systems))
-                    .map_err(StartError::Metrics)?;
+                let metrics = match runtime_metrics {
+                    Some(m) => m,
+                    None => RuntimeMetrics::new(metrics.registry(), &registry_names(&systems))
+                        .map_err(StartError::Metrics)?,
+                };
                 let workers = sync::runtime::spawn(
                     &parts.runtime,
                     &systems,

@@ -13,7 +13,9 @@
 //! - [`logging`]: outside text escaped in log lines, and warnings rate-limited per key.
 //! - [`directory`]: the counterparty model and the index swapped whole on change.
 //! - [`store`]: SQLite (snapshot of the directory, call journal); the only module that knows SQL.
-//! - [`soap`]: envelope reading and answer writing; the only module that knows XML.
+//! - [`xml`]: safe XML reading (no DTD, bounded depth and sizes, encodings), shared by `soap`
+//!   and `sources::servio`; only it and its users know XML.
+//! - [`soap`]: envelope reading and answer writing.
 //! - [`popup`]: the hub that routes caller cards to operators' screens, and its transports.
 //! - [`sources`]: where counterparties come from: the JSON Lines file, 1C's OData, the push API.
 //! - [`sync`]: keeping other systems (CRMs) in step: their registrations, the normalized
@@ -22,10 +24,11 @@
 //! - [`http`]: the accept loop, the route table and one file per endpoint group; the only
 //!   module that knows routes and credentials.
 //! - [`gateway`]: wires it all together and runs it.
+//! - [`systemd`]: the service manager's readiness protocol (`READY=1`, `STOPPING=1`).
 //!
 //! Dependencies point one way: `gateway` → `http` → `vats` → (`sources`,
 //! `popup`, `soap`, `store`); `gateway` → `sync` → (`sources`, `store`);
-//! `sources` → `store`; all of them → `directory`. `config`, `logging`, `metrics`, `phone` and the thread-priority helper
+//! `sources` → `store`; `soap`, `sources` and `sync` → `xml`; all of them → `directory`. `config`, `logging`, `metrics`, `phone`, `systemd` and the thread-priority helper
 //! are leaves every module may use. The rules are checked by
 //! `tests/architecture.rs` (see ARCHITECTURE.md's table).
 
@@ -41,8 +44,10 @@ pub mod soap;
 pub mod sources;
 pub mod store;
 pub mod sync;
+pub mod systemd;
 mod thread_priority;
 pub mod vats;
+pub mod xml;
 
 /// Entry points for the fuzz targets in `fuzz/` (`cargo +nightly fuzz`, see
 /// `fuzz/run.sh`) that reach parsers not otherwise public. Not an API: it

@@ -96,6 +96,13 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Ask the running gateway whether it is ready (`GET /readyz`): exits 0
+    /// when it answers 200 (a directory is loaded), 1 otherwise, printing
+    /// why. For a container's HEALTHCHECK, whose minimal base has no curl.
+    Healthcheck {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
     /// Ask the running gateway about CRM sync: the outbox, its dead rows,
     /// conflicts and the id links (the sync API under /api/v1/sync, with
     /// api.token). Prints the gateway's answer; exits 1 with its message.
@@ -222,6 +229,7 @@ fn main() -> std::process::ExitCode {
         | Command::Backup { config, .. } => config.clone(),
         Command::CheckConfig { config } => Some(config.clone()),
         Command::Sync { command } => command.gateway().config.clone(),
+        Command::Healthcheck { gateway } => gateway.config.clone(),
     };
     match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -292,6 +300,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::AcceptFile { config, url } => accept_file(config, url.as_deref()),
         Command::Backup { to, config, url } => backup(&to, config, url.as_deref()),
         Command::Sync { command } => sync(command),
+        Command::Healthcheck { gateway } => healthcheck(gateway),
         Command::Serve {
             config,
             listen,
@@ -567,6 +576,12 @@ async fn serve(config: Config, demo: bool, mut signals: Signals) -> anyhow::Resu
         ready_ms = report.ready_after.as_millis() as u64,
         "directory ready"
     );
+    // Under systemd's Type=notify the unit counts as started only now:
+    // the directory is loaded and the PBX is answered.
+    cti_gateway::systemd::notify_logged(&format!(
+        "READY=1\nSTATUS=serving, {} counterparties loaded",
+        report.counterparties
+    ));
     let scheme = if config.server.tls_cert.is_some() {
         "https"
     } else {
@@ -624,6 +639,7 @@ async fn serve(config: Config, demo: bool, mut signals: Signals) -> anyhow::Resu
     let hangups = signals.reload_on_hangup(&gateway);
     signals.stopped().await;
     tracing::info!("shutting down: finishing requests in flight");
+    cti_gateway::systemd::notify_logged("STOPPING=1\nSTATUS=finishing requests in flight");
     if let Some(task) = hangups {
         task.abort();
     }
@@ -837,6 +853,41 @@ fn admin_target(config: Option<PathBuf>, url: Option<&str>) -> anyhow::Result<(T
     Ok((target, token.expose().to_owned()))
 }
 
+/// `healthcheck`: `GET /readyz` of the gateway the configuration describes
+/// (or `--url`); no token (the endpoint is open, as load balancers probe
+/// it). Ok only for a 200.
+fn healthcheck(args: GatewayArgs) -> anyhow::Result<()> {
+    let target = match (&args.url, args.config) {
+        (Some(url), _) => Target::from_url(url)?,
+        (None, Some(path)) => {
+            let config = Config::load(&path, &config::process_env)?;
+            anyhow::ensure!(
+                config.server.tls_cert.is_none(),
+                "the gateway at {} speaks HTTPS only (server.tls_cert is set) and healthcheck speaks plain HTTP: give --url of a plain-HTTP address that reaches it, or probe /readyz with an HTTPS client",
+                config.server.listen
+            );
+            Target::listening_on(config.server.listen)
+        }
+        (None, None) => Target::listening_on(
+            Config::demo(
+                &config::process_env,
+                &config::demo_folder(&config::process_env),
+            )
+            .server
+            .listen,
+        ),
+    };
+    let (status, body) = target.request("GET", cti_gateway::http::READYZ, None, None)?;
+    anyhow::ensure!(
+        status == 200,
+        "the gateway at {} is not ready: /readyz answered {status}: {}",
+        target.host,
+        body.trim()
+    );
+    println!("ready");
+    Ok(())
+}
+
 /// `accept-file`: `POST /api/v1/admin/accept-file` to the gateway the
 /// configuration describes (or `url`), with its `api.token`.
 fn accept_file(config: Option<PathBuf>, url: Option<&str>) -> anyhow::Result<()> {
@@ -1029,20 +1080,20 @@ impl Target {
     /// POSTs `json` (or an empty body) to `path` with the Bearer `token`;
     /// the status and the body of the answer.
     fn post(&self, path: &str, token: &str, json: Option<&str>) -> anyhow::Result<(u16, String)> {
-        self.request("POST", path, token, json)
+        self.request("POST", path, Some(token), json)
     }
 
     /// GETs `path` (with its query) with the Bearer `token`; the status and
     /// the body of the answer.
     fn get(&self, path: &str, token: &str) -> anyhow::Result<(u16, String)> {
-        self.request("GET", path, token, None)
+        self.request("GET", path, Some(token), None)
     }
 
     fn request(
         &self,
         method: &str,
         path: &str,
-        token: &str,
+        token: Option<&str>,
         json: Option<&str>,
     ) -> anyhow::Result<(u16, String)> {
         use std::io::{Read as _, Write as _};
@@ -1059,8 +1110,11 @@ impl Target {
             Some(json) => ("Content-Type: application/json\r\n", json),
             None => ("", ""),
         };
+        let authorization = token.map_or_else(String::new, |token| {
+            format!("Authorization: Bearer {token}\r\n")
+        });
         let request = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\n{authorization}{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.prefix,
             self.host,
             body.len()

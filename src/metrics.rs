@@ -106,6 +106,8 @@ pub struct Metrics {
     pub http_responses: IntCounterVec,
     pub http_refused: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
+    /// What `/readyz` answers, as a number: set at each scrape.
+    pub ready: IntGauge,
     pub directory_counterparties: IntGauge,
     pub directory_phones: IntGauge,
     pub directory_ambiguous_phones: IntGauge,
@@ -192,6 +194,10 @@ impl Metrics {
         let tls_handshake_failures = must(IntCounter::new(
             "cti_tls_handshake_failures_total",
             "TLS connections closed before their handshake ended: failed, not TLS (plain HTTP on the TLS port), or not finished within server.first_request_timeout.",
+        ));
+        let ready = must(IntGauge::new(
+            "cti_ready",
+            "1 when /readyz answers 200 (a directory is loaded, from a source or the snapshot), 0 while it answers 503.",
         ));
         let directory_counterparties = must(IntGauge::new(
             "cti_directory_counterparties",
@@ -281,6 +287,7 @@ impl Metrics {
             Box::new(http_responses.clone()),
             Box::new(http_refused.clone()),
             Box::new(tls_handshake_failures.clone()),
+            Box::new(ready.clone()),
             Box::new(directory_counterparties.clone()),
             Box::new(directory_phones.clone()),
             Box::new(directory_ambiguous_phones.clone()),
@@ -307,6 +314,7 @@ impl Metrics {
             http_responses,
             http_refused,
             tls_handshake_failures,
+            ready,
             directory_counterparties,
             directory_phones,
             directory_ambiguous_phones,

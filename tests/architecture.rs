@@ -19,7 +19,14 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Modules everything may use: they import nothing of the crate themselves.
-const LEAVES: &[&str] = &["config", "logging", "metrics", "phone", "thread_priority"];
+const LEAVES: &[&str] = &[
+    "config",
+    "logging",
+    "metrics",
+    "phone",
+    "systemd",
+    "thread_priority",
+];
 
 /// Each module and what it may import besides the leaves. Dependencies point
 /// one way, from the top of this table to the bottom.
@@ -55,31 +62,38 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ),
     // Keeping other systems in step: the change feed into the sync store,
     // run on the sources' lowest-priority worker.
-    ("sync", &["directory", "store", "sources"]),
+    // (`xml`: the XML forms of the 1C pull and payments endpoints.)
+    ("sync", &["directory", "store", "sources", "xml"]),
     // The PBX's two operations: no HTTP, no XML of its own.
     ("vats", &["sources", "popup", "store", "soap", "directory"]),
-    // Where counterparties come from: the file, 1C, the push API.
-    ("sources", &["store", "directory"]),
+    // Where counterparties come from: the file, 1C, the push API, SERVIO's
+    // exchange files (read through `xml`).
+    ("sources", &["store", "directory", "xml"]),
     // The pop-up hub and the screens' transports: knows no tokens, no PBX.
     ("popup", &["directory"]),
     // SQLite: the directory's snapshot and the call journal.
     ("store", &["directory"]),
-    // Envelopes in, answers out: knows XML, no business logic.
-    ("soap", &["directory"]),
+    // Envelopes in, answers out: reads through `xml`, no business logic.
+    ("soap", &["directory", "xml"]),
+    // Safe XML reading: limits, DTDs refused, encodings; knows no grammar.
+    ("xml", &[]),
     // The model and the index: sources push into it, it never calls out.
     ("directory", &[]),
     ("config", &[]),
     ("logging", &[]),
     ("metrics", &[]),
     ("phone", &[]),
+    ("systemd", &[]),
     ("thread_priority", &[]),
 ];
 
-/// Outside crates only some modules may use: "only `soap` knows XML, only
+/// Outside crates only some modules may use: "only `xml` and its users know
+/// XML (quick-xml itself: `xml`, and `soap` for its namespaces), only
 /// `store` knows SQL, only `http` (and the WebSocket transport it hands
 /// upgraded connections to) knows HTTP serving".
 const CRATE_OWNERS: &[(&str, &[&str])] = &[
-    ("quick_xml", &["soap"]),
+    ("quick_xml", &["xml", "soap"]),
+    ("encoding_rs", &["xml"]),
     ("rusqlite", &["store"]),
     ("hyper", &["http", "popup"]),
     ("hyper_util", &["http", "popup"]),

@@ -820,3 +820,43 @@ async fn a_named_hook_keeps_its_name_in_the_inbox_for_the_parse() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_webhook_is_answered_503_when_the_sync_store_did_not_open() {
+    let crm = HookCrm::new();
+    let mut gw = start_fresh(&crm, "", "").await;
+    gw.stop().await;
+    // An empty file where the sync store was: refused (a lost store), so
+    // not opened.
+    let path = sync_store_path(&gw.store_file());
+    std::fs::write(&path, b"").expect("empty sync file");
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.clone().into_os_string();
+        side.push(suffix);
+        let _ = std::fs::remove_file(side);
+    }
+    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().expect("temp dir"));
+    let mut gw = start_hooked(dir, &crm, "", "").await;
+    assert!(gw.gateway().sync_store().is_none());
+    // The system is known: not a 404, but nothing can be stored.
+    let reply = hook(gw.addr, &[GOOD, JSON], RECORD_7).await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(
+        reply.body.contains("sync store is unavailable"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.contains("nothing was stored"), "{}", reply.body);
+    assert!(reply.header("retry-after").is_some());
+    // Before anything else: an unknown system is still a 404.
+    let reply = request(
+        gw.addr,
+        "POST",
+        "/api/v1/sync/nosuch/webhook",
+        &[GOOD, JSON],
+        RECORD_7.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    gw.stop().await;
+}

@@ -9,20 +9,23 @@
 //! the client address of [`super::client`] (the proxy's client behind a
 //! trusted proxy).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::config::{AddressList, Config};
 
-/// One configured list, with the key it came from (for the log).
+/// One configured list, with the key it came from (for the log): a
+/// literal for the fixed groups, an owned string for a list named after a
+/// system (`sync.<system>.allow_from`), never leaked.
 pub struct AllowList {
-    key: &'static str,
+    key: Cow<'static, str>,
     list: AddressList,
 }
 
 impl AllowList {
-    pub fn new(key: &'static str, list: &AddressList) -> AllowList {
+    pub fn new(key: impl Into<Cow<'static, str>>, list: &AddressList) -> AllowList {
         AllowList {
-            key,
+            key: key.into(),
             list: list.clone(),
         }
     }
@@ -42,8 +45,8 @@ impl AllowList {
     }
 
     /// The configuration key of the list.
-    pub fn key(&self) -> &'static str {
-        self.key
+    pub fn key(&self) -> &str {
+        &self.key
     }
 }
 

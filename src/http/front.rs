@@ -166,8 +166,15 @@ impl Front {
     }
 
     /// The same front, the sync store having failed to open (`why`):
-    /// `/readyz` says so, the sync API answers 503.
-    pub fn with_sync_store_failed(mut self, why: String) -> Front {
+    /// `/readyz` says so, the sync API and the webhooks of `systems` (the
+    /// started ones) answer 503.
+    pub fn with_sync_store_failed(
+        mut self,
+        config: &Config,
+        systems: Vec<Arc<dyn System>>,
+        why: String,
+    ) -> Front {
+        self.webhooks.store_failed(config, systems, why.clone());
         self.ops.report_sync_failure(why);
         self
     }

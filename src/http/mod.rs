@@ -68,7 +68,7 @@ pub use exchange::{
     ACK as EXCHANGE_ONEC_ACK, LEASE as EXCHANGE_ONEC_LEASE, MAX_ACK_BODY, MAX_ACK_RESULTS,
 };
 pub use front::Front;
-pub use ops::{SyncSystemView, SyncSystemsView};
+pub use ops::{SyncSystemView, SyncSystemsView, READYZ};
 pub use respond::Body;
 pub use soap::MAX_SOAP_BODY;
 pub use sync::{
@@ -629,7 +629,7 @@ impl Front {
     fn address_refused(
         &self,
         route: Route,
-        key: &'static str,
+        key: &str,
         req: &Request<Incoming>,
         client: Client,
     ) -> Response<Body> {

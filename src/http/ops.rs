@@ -107,6 +107,7 @@ impl Ops {
     pub fn metrics(&self) -> Response<Body> {
         let index = self.directory.snapshot();
         let m = &self.metrics;
+        m.ready.set(i64::from(index.is_loaded()));
         m.directory_counterparties.set(index.len() as i64);
         m.directory_phones.set(index.phone_count() as i64);
         m.directory_ambiguous_phones

@@ -105,6 +105,9 @@ struct Hooked {
 pub struct Webhooks {
     systems: HashMap<String, Hooked>,
     store: Option<Store>,
+    /// Why the sync store did not open, when the systems are registered
+    /// without one: their webhooks are answered 503, nothing acknowledged.
+    store_failed: Option<String>,
     metrics: Option<InboxMetrics>,
     max_pending: u64,
     body_read_timeout: Duration,
@@ -115,6 +118,7 @@ impl Webhooks {
         Webhooks {
             systems: HashMap::new(),
             store: None,
+            store_failed: None,
             metrics: None,
             max_pending: config.sync.max_pending,
             body_read_timeout: config.server.body_read_timeout,
@@ -130,6 +134,28 @@ impl Webhooks {
         systems: Vec<(Arc<dyn System>, Arc<Notify>)>,
         metrics: InboxMetrics,
     ) {
+        self.register(config, systems);
+        self.store = Some(store);
+        self.metrics = Some(metrics);
+    }
+
+    /// Registers `systems` though the sync store failed to open (`why`):
+    /// their webhooks pass the allow-list and are then answered 503 (the
+    /// remote keeps the change, or the next reconcile finds it), not 404 as
+    /// if the gateway had never heard of the system.
+    pub fn store_failed(&mut self, config: &Config, systems: Vec<Arc<dyn System>>, why: String) {
+        let wake = Arc::new(Notify::new());
+        self.register(
+            config,
+            systems
+                .into_iter()
+                .map(|s| (s, Arc::clone(&wake)))
+                .collect(),
+        );
+        self.store_failed = Some(why);
+    }
+
+    fn register(&mut self, config: &Config, systems: Vec<(Arc<dyn System>, Arc<Notify>)>) {
         for (system, wake) in systems {
             let name = system.spec().name().to_owned();
             let list = config
@@ -137,9 +163,8 @@ impl Webhooks {
                 .system(&name)
                 .map(|t| t.allow_from.clone())
                 .unwrap_or_default();
-            // Once per system at start-up: the key is logged with each refusal.
-            let key: &'static str = Box::leak(format!("sync.{name}.allow_from").into_boxed_str());
-            let allow = AllowList::new(key, &list);
+            // The key is logged with each refusal.
+            let allow = AllowList::new(format!("sync.{name}.allow_from"), &list);
             self.systems.insert(
                 name,
                 Hooked {
@@ -149,8 +174,6 @@ impl Webhooks {
                 },
             );
         }
-        self.store = Some(store);
-        self.metrics = Some(metrics);
     }
 
     /// The allow-list of the system a webhook path names, if it has one
@@ -175,10 +198,16 @@ impl Webhooks {
         let Some(p) = system_path(&path).filter(|p| p.action == "webhook") else {
             return not_found();
         };
-        let (Some(hooked), Some(store), Some(metrics)) =
-            (self.systems.get(p.system), &self.store, &self.metrics)
-        else {
+        let Some(hooked) = self.systems.get(p.system) else {
             return not_found();
+        };
+        let (Some(store), Some(metrics)) = (&self.store, &self.metrics) else {
+            // Registered, but there is no sync store to commit to. Why it
+            // failed was logged at start and is in /readyz; an
+            // unauthenticated caller is not told (paths, SQLite's words).
+            let why = self.store_failed.as_deref().unwrap_or("not opened");
+            tracing::debug!(system = p.system, error = %why, "sync webhook refused: the sync store is unavailable");
+            return busy("the sync store is unavailable; nothing was stored: send it again later");
         };
         let kind = hooked.system.webhook_path();
         if p.segment.is_some() && kind == WebhookPath::Plain {

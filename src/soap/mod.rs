@@ -1,6 +1,6 @@
 //! SOAP for the PBX: reading request envelopes, writing answers and faults,
-//! and the WSDL. The only module that knows XML; it has no HTTP and no
-//! business logic.
+//! and the WSDL. It reads XML through [`crate::xml`]'s rules (and quick-xml's
+//! namespace reader); it has no HTTP and no business logic.
 //!
 //! - [`parse_request`] reads a `SayName` or `IncomingCall` envelope (SOAP 1.1
 //!   or 1.2) into a [`Request`], streaming with quick-xml: no DOM, no DTDs,

@@ -10,21 +10,31 @@
 use std::borrow::Cow;
 
 use quick_xml::encoding::EncodingError;
-use quick_xml::events::{BytesRef, Event};
+use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 
 use super::{SoapVersion, SOAP11_ENVELOPE_NS, SOAP12_ENVELOPE_NS};
+use crate::xml::{
+    self, is_xml_whitespace, quote, resolve_reference, FieldText, LimitError, Limits, Nesting,
+    ReferenceError,
+};
 
-/// Deeper than any honest envelope (Envelope/Body/Operation/Field is 4), low
-/// enough that a nesting bomb stops at once.
-const MAX_DEPTH: usize = 32;
-/// Elements in the whole document, Header included.
-const MAX_ELEMENTS: usize = 1000;
-/// Bytes of one field's text after trimming: numbers and keys are short.
-pub(super) const MAX_FIELD_LEN: usize = 256;
-/// How many characters of a name taken from the request an error quotes.
-const MAX_QUOTED_CHARS: usize = 64;
+/// What an envelope may hold. Depth: deeper than any honest envelope
+/// (Envelope/Body/Operation/Field is 4), low enough that a nesting bomb
+/// stops at once. Elements: in the whole document, Header included. Field:
+/// bytes of one field's text after trimming (numbers and keys are short).
+/// The body itself is bounded by `http` before it gets here.
+const LIMITS: Limits = Limits {
+    max_depth: 32,
+    max_elements: 1000,
+    max_field_bytes: 256,
+    max_run_bytes: usize::MAX,
+    max_document_bytes: u64::MAX,
+};
+const MAX_DEPTH: usize = LIMITS.max_depth;
+const MAX_ELEMENTS: usize = LIMITS.max_elements;
+pub(super) const MAX_FIELD_LEN: usize = LIMITS.max_field_bytes;
 
 /// A request the PBX sent, read from its envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,11 +149,7 @@ pub(super) fn parse_request_with_span(
     // without a second look at the encoding.
     let text = std::str::from_utf8(body).map_err(|_| RequestError::NotUtf8)?;
     let mut reader = NsReader::from_str(text);
-    let config = reader.config_mut();
-    config.check_end_names = true;
-    config.allow_unmatched_ends = false;
-    config.allow_dangling_amp = false;
-    config.expand_empty_elements = false;
+    xml::configure(reader.config_mut());
     let mut parser = Parser::default();
     let (mut field_start, mut span, mut fields_read, mut plain) = (0, None, 0, true);
     loop {
@@ -235,20 +241,30 @@ enum Phase {
     Epilog,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Parser {
     phase: Phase,
-    depth: usize,
-    elements: usize,
+    nesting: Nesting,
     version: Option<SoapVersion>,
     namespace: String,
-    fields: [Option<String>; 2],
+    fields: [Option<FieldText>; 2],
     /// Index into `fields` of the field whose text is being read.
     reading: Option<usize>,
-    /// Trailing whitespace of the field being read was dropped because it
-    /// alone passed the limit: any more text makes the field too long.
-    dropped_whitespace: bool,
     request: Option<(SoapVersion, Operation)>,
+}
+
+impl Default for Parser {
+    fn default() -> Parser {
+        Parser {
+            phase: Phase::default(),
+            nesting: Nesting::new(&LIMITS),
+            version: None,
+            namespace: String::new(),
+            fields: [None, None],
+            reading: None,
+            request: None,
+        }
+    }
 }
 
 impl Parser {
@@ -267,27 +283,29 @@ impl Parser {
             Event::End(_) => self.end()?,
             // Text between elements (indentation, mostly) matters only
             // outside the root, where it must be whitespace.
-            Event::Text(_) if self.depth > 0 && self.reading.is_none() => {}
+            Event::Text(_) if self.nesting.depth() > 0 && self.reading.is_none() => {}
             Event::Text(e) => {
                 let text = e.decode().map_err(malformed)?;
                 self.text(&text)?;
             }
             Event::CData(e) => {
-                if self.depth == 0 {
+                if self.nesting.depth() == 0 {
                     return Err(RequestError::ContentOutsideEnvelope);
                 }
                 let text = e.decode().map_err(malformed)?;
                 self.append(&text)?;
             }
             Event::GeneralRef(e) => {
-                if self.depth == 0 {
+                if self.nesting.depth() == 0 {
                     return Err(RequestError::ContentOutsideEnvelope);
                 }
                 let mut utf8 = [0; 4];
                 let resolved = resolve_reference(&e, &mut utf8)?;
                 self.append(resolved)?;
             }
-            Event::DocType(_) => return Err(RequestError::DocType),
+            Event::DocType(_) => {
+                xml::refuse_doctype(&event).map_err(|_| RequestError::DocType)?;
+            }
             Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
             Event::Eof => return self.finish().map(Some),
         }
@@ -300,15 +318,11 @@ impl Parser {
         local: &[u8],
         qname: &[u8],
     ) -> Result<(), RequestError> {
-        self.elements += 1;
-        if self.elements > MAX_ELEMENTS {
-            return Err(RequestError::TooManyElements);
-        }
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return Err(RequestError::TooDeep);
-        }
-        match (self.phase, self.depth) {
+        self.nesting.enter().map_err(|e| match e {
+            LimitError::TooDeep(_) => RequestError::TooDeep,
+            LimitError::TooManyElements(_) => RequestError::TooManyElements,
+        })?;
+        match (self.phase, self.nesting.depth()) {
             (Phase::Prolog, _) => self.envelope(resolved, local, qname)?,
             (Phase::Epilog, _) => return Err(RequestError::ContentOutsideEnvelope),
             // The Envelope's namespace has already chosen the version; its
@@ -384,22 +398,17 @@ impl Parser {
                     field: fields[i],
                 });
             }
-            self.fields[i] = Some(String::new());
+            self.fields[i] = Some(FieldText::new());
             self.reading = Some(i);
-            self.dropped_whitespace = false;
         }
         Ok(())
     }
 
     fn end(&mut self) -> Result<(), RequestError> {
-        match (self.phase, self.depth) {
+        match (self.phase, self.nesting.depth()) {
             (Phase::Operation(_), 4) => {
-                if let Some(i) = self.reading.take() {
-                    if let Some(field) = &mut self.fields[i] {
-                        let kept = field.trim_end_matches(is_xml_whitespace).len();
-                        field.truncate(kept);
-                    }
-                }
+                // The field's text is trimmed when the operation is taken.
+                self.reading = None;
             }
             (Phase::Operation(kind), 3) => {
                 let operation = self.take_operation(kind)?;
@@ -414,19 +423,20 @@ impl Parser {
             (Phase::Rest, 1) => self.phase = Phase::Epilog,
             _ => {}
         }
-        // quick-xml refuses an end tag without a start, so depth is never 0 here;
-        // saturating keeps that a refusal rather than a panic if it ever were.
-        self.depth = self.depth.saturating_sub(1);
+        self.nesting.leave();
         Ok(())
     }
 
     fn take_operation(&mut self, kind: OpKind) -> Result<Operation, RequestError> {
         let names = kind.fields();
         let mut take = |i: usize| {
-            self.fields[i].take().ok_or(RequestError::MissingField {
-                operation: kind.name(),
-                field: names[i],
-            })
+            self.fields[i]
+                .take()
+                .map(FieldText::finish)
+                .ok_or(RequestError::MissingField {
+                    operation: kind.name(),
+                    field: names[i],
+                })
         };
         Ok(match kind {
             OpKind::SayName => Operation::SayName { number: take(0)? },
@@ -438,7 +448,7 @@ impl Parser {
     }
 
     fn text(&mut self, text: &str) -> Result<(), RequestError> {
-        if self.depth == 0 {
+        if self.nesting.depth() == 0 {
             if text.chars().all(is_xml_whitespace) {
                 return Ok(());
             }
@@ -458,36 +468,11 @@ impl Parser {
         let Some(field) = &mut self.fields[i] else {
             return Ok(());
         };
-        let too_long = || RequestError::FieldTooLong {
-            field: kind.fields()[i],
-        };
-        let piece = if field.is_empty() {
-            piece.trim_start_matches(is_xml_whitespace)
-        } else {
-            piece
-        };
-        let content = piece.trim_end_matches(is_xml_whitespace);
-        let tail = &piece[content.len()..];
-        if self.dropped_whitespace {
-            // The dropped whitespace would be inside the value: too long.
-            return if content.is_empty() {
-                Ok(())
-            } else {
-                Err(too_long())
-            };
-        }
-        if !content.is_empty() {
-            if field.len() + content.len() > MAX_FIELD_LEN {
-                return Err(too_long());
-            }
-            field.push_str(content);
-        }
-        if field.len() + tail.len() <= MAX_FIELD_LEN {
-            field.push_str(tail);
-        } else {
-            self.dropped_whitespace = true;
-        }
-        Ok(())
+        field
+            .push(piece, MAX_FIELD_LEN)
+            .map_err(|_| RequestError::FieldTooLong {
+                field: kind.fields()[i],
+            })
     }
 
     fn finish(&mut self) -> Result<Request, RequestError> {
@@ -520,42 +505,6 @@ fn namespace_of(resolved: &ResolveResult<'_>) -> Result<String, RequestError> {
         .map_err(malformed)
 }
 
-/// The text an entity or character reference stands for. Only the five
-/// predefined entities exist without a DTD, and DTDs are refused.
-fn resolve_reference<'a>(
-    reference: &'a BytesRef<'_>,
-    utf8: &'a mut [u8; 4],
-) -> Result<&'a str, RequestError> {
-    let name: &[u8] = reference;
-    if reference.is_char_ref() {
-        let bad = || RequestError::BadCharRef(quote(name));
-        let c = match reference.resolve_char_ref() {
-            Ok(Some(c)) if is_xml_char(c) => c,
-            _ => return Err(bad()),
-        };
-        return Ok(c.encode_utf8(utf8));
-    }
-    Ok(match name {
-        b"amp" => "&",
-        b"lt" => "<",
-        b"gt" => ">",
-        b"quot" => "\"",
-        b"apos" => "'",
-        _ => return Err(RequestError::UnknownEntity(quote(name))),
-    })
-}
-
-/// XML 1.0 `Char`: what a character reference may stand for.
-fn is_xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-}
-
-/// XML's whitespace (`S`), narrower than Unicode's: a no-break space in a
-/// key is part of the key.
-fn is_xml_whitespace(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\r' | '\n')
-}
-
 fn malformed(error: impl Into<quick_xml::Error>) -> RequestError {
     // Only decoding errors come this way, and the input is already known to
     // be UTF-8: they cannot happen, and a position would add nothing.
@@ -565,12 +514,16 @@ fn malformed(error: impl Into<quick_xml::Error>) -> RequestError {
     }
 }
 
-/// A name from the request, fit to be quoted in an error message.
-fn quote(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    match text.char_indices().nth(MAX_QUOTED_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.into_owned(),
+impl From<ReferenceError> for RequestError {
+    fn from(e: ReferenceError) -> RequestError {
+        match e {
+            ReferenceError::UnknownEntity(name) => RequestError::UnknownEntity(name),
+            ReferenceError::BadCharRef(name) => RequestError::BadCharRef(name),
+            // Only attribute values come back unterminated, and the envelope's
+            // are never unescaped that way: quick-xml refuses a lone `&` in
+            // text as malformed first.
+            ReferenceError::Unterminated => RequestError::BadCharRef(String::new()),
+        }
     }
 }
 

@@ -44,7 +44,10 @@ mod tests {
                     for a in e.attributes() {
                         let a = a.expect("well-formed attribute");
                         if a.key.as_ref() == b"location" {
-                            let v = a.unescape_value().expect("escaped correctly");
+                            // (`unescape_value` is gone with quick-xml's `encoding` feature.)
+                            let v = a
+                                .decode_and_unescape_value(reader.decoder())
+                                .expect("escaped correctly");
                             found.push(v.into_owned());
                         }
                     }

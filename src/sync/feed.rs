@@ -46,6 +46,9 @@ use super::hash::{self, CLOSED, REMOVED};
 use super::metrics::FeedMetrics;
 use super::registry::{Field, Registry, SystemSpec};
 
+mod initial;
+pub use initial::InitialLoad;
+
 /// Rows per enqueue: one store transaction each.
 const ENQUEUE_CHUNK: usize = 1_000;
 /// Reports taken from the channel at once.
@@ -88,6 +91,12 @@ pub trait Outbox: Clone + Send + Sync + 'static {
         system: &str,
         kind: &str,
     ) -> impl Future<Output = Result<HashMap<String, u64>, OutboxError>> + Send;
+
+    /// `system`'s rows waiting to be sent, which paces an initial load
+    /// ([`Feed::initial_load`]). None by default.
+    fn pending(&self, _system: &str) -> impl Future<Output = Result<u64, OutboxError>> + Send {
+        async { Ok(0) }
+    }
 }
 
 /// How the feed runs.
@@ -136,6 +145,8 @@ struct Inlet {
     /// still queued or in flight (the id-map takes a hash only when the
     /// system confirms). Locked briefly, never across an await.
     known: RwLock<Option<Known>>,
+    /// Initial loads asked for, not started yet.
+    initial: initial::Requests,
 }
 
 /// What the channel carries, in the order it happened.
@@ -183,6 +194,7 @@ pub fn channel(settings: &FeedSettings, metrics: FeedMetrics) -> (Feed, FeedInpu
         }),
         metrics,
         known: RwLock::new(None),
+        initial: initial::Requests::default(),
     });
     let input = FeedInput {
         receiver,
@@ -254,11 +266,22 @@ impl Feed {
         self.inlet.last_hash(system, key)
     }
 
-    /// Asks for a reconcile now (a system's initial load: every exported
-    /// record with no id-map row or another hash is enqueued);
+    /// Asks for a reconcile now (every exported record with no id-map row
+    /// or another hash is enqueued, for every system);
     /// [`Feed::settled`] waits for it.
     pub fn reconcile_now(&self) {
         self.inlet.reconcile_later();
+    }
+
+    /// Starts `system`'s initial load: what a reconcile would enqueue for
+    /// it, enqueued in chunks while the system has fewer than `bound` rows
+    /// pending (see [`initial`]); loads run one after another. The handle
+    /// shows its progress and end.
+    pub fn initial_load(&self, system: &str, bound: u64) -> Arc<InitialLoad> {
+        let load = Arc::new(InitialLoad::new(system, bound));
+        self.inlet.initial.push(Arc::clone(&load));
+        self.inlet.wake.notify_one();
+        load
     }
 
     /// The sync metrics (the inbound path counts duplicates refused).
@@ -438,6 +461,10 @@ async fn run<O: Outbox>(
         metrics: inlet.metrics.clone(),
         held_back: std::sync::Mutex::new(HashMap::new()),
     });
+    let mut loads = initial::Loads {
+        inlet: Arc::clone(&inlet),
+        active: None,
+    };
     loop {
         if *stop.borrow() {
             return;
@@ -490,6 +517,11 @@ async fn run<O: Outbox>(
             }
             continue;
         }
+        // An initial load's next chunk, between batches of reports.
+        let pace = match initial_load_step(&context, &inlet, &low, &mut loads, retry_after).await {
+            Some(pace) => pace,
+            None => return,
+        };
         let mut reports = Vec::new();
         tokio::select! {
             got = receiver.recv_many(&mut reports, BATCH_REPORTS) => {
@@ -497,6 +529,7 @@ async fn run<O: Outbox>(
                     return;
                 }
             }
+            _ = tokio::time::sleep(pace.unwrap_or_default()), if pace.is_some() => continue,
             _ = inlet.wake.notified() => continue,
             _ = held.wait_for(|on| *on) => continue,
             changed = stop.changed() => {
@@ -543,6 +576,92 @@ async fn run<O: Outbox>(
         }
         inlet.progress.send_modify(|p| p.handled += handled);
     }
+}
+
+/// Starts the next initial load asked for, if none runs, and enqueues the
+/// running one's next chunk if its system has room: when to look again
+/// (`Some(None)`: no load runs; `None`: the worker thread is gone).
+async fn initial_load_step<O: Outbox>(
+    context: &Arc<Context<O>>,
+    inlet: &Arc<Inlet>,
+    low: &Arc<LowPriority>,
+    loads: &mut initial::Loads,
+    retry_after: Duration,
+) -> Option<Option<Duration>> {
+    if loads.active.is_none() {
+        let Some(load) = inlet.initial.pop() else {
+            return Some(None);
+        };
+        let (context, system) = (Arc::clone(context), load.system().to_owned());
+        let counted = low
+            .run_future("sync feed", async move {
+                initial::count(&context, &system).await
+            })
+            .await;
+        match counted {
+            Ok(Ok(Some(ids))) => {
+                initial::started(&load, ids.len());
+                tracing::info!(
+                    system = load.system(),
+                    rows = ids.len(),
+                    bound = load.bound(),
+                    "sync feed: initial load started, paced by the system's pending rows"
+                );
+                loads.active = Some(initial::Active { load, ids });
+            }
+            Ok(Ok(None)) => {
+                load.finish(Err(format!("no system {} is registered", load.system())));
+                return Some(Some(Duration::ZERO));
+            }
+            Ok(Err(e)) => {
+                load.finish(Err(format!("the records to send were not counted: {e}")));
+                return Some(Some(Duration::ZERO));
+            }
+            Err(_) => {
+                load.finish(Err("the change feed's thread is gone".to_owned()));
+                return None;
+            }
+        }
+    }
+    let mut active = loads.active.take()?;
+    if active.ids.is_empty() {
+        tracing::info!(
+            system = active.load.system(),
+            "sync feed: initial load: nothing to send"
+        );
+        active.load.finish(Ok(()));
+        return Some(Some(Duration::ZERO));
+    }
+    let (context, inlet_for) = (Arc::clone(context), Arc::clone(inlet));
+    let stepped = low
+        .run_future("sync feed", async move {
+            let stepped = initial::step(&context, &inlet_for, &mut active).await;
+            (active, stepped.map_err(|e| e.to_string()))
+        })
+        .await;
+    let Ok((active, stepped)) = stepped else {
+        return None;
+    };
+    let pace = match stepped {
+        Ok(true) => Duration::ZERO,
+        Ok(false) => initial::PACE_POLL,
+        Err(e) => {
+            tracing::warn!(system = active.load.system(), error = %e, retry_in = ?retry_after, "sync feed: an initial load's chunk was not enqueued; tried again");
+            retry_after
+        }
+    };
+    if active.ids.is_empty() {
+        tracing::info!(
+            system = active.load.system(),
+            enqueued = active.load.enqueued(),
+            skipped = active.load.skipped(),
+            "sync feed: initial load enqueued"
+        );
+        active.load.finish(Ok(()));
+        return Some(Some(Duration::ZERO));
+    }
+    loads.active = Some(active);
+    Some(Some(pace))
 }
 
 fn reconciled(inlet: &Inlet, ok: bool) {
@@ -757,6 +876,10 @@ impl Outbox for Store {
             .collect();
         Store::enqueue(self, rows).await?;
         Ok(())
+    }
+
+    async fn pending(&self, system: &str) -> Result<u64, OutboxError> {
+        Ok(self.sync_depth(system).await?.outbox)
     }
 
     async fn hashes(&self, system: &str, kind: &str) -> Result<HashMap<String, u64>, OutboxError> {

@@ -2,12 +2,16 @@
 //! admin API (`POST /api/v1/sync/{system}/initial|relink`), one at a time
 //! per system, their progress in `GET /api/v1/sync/status`.
 //!
-//! - **Initial load**: every exported record with no id-map row or another
-//!   hash is enqueued. That is what the change feed's reconcile does
-//!   ([`Feed::reconcile_now`]): one code path, the start-up one. The
-//!   reconcile covers every registered system; a system already in step
-//!   gets nothing from it. It is not bound by `[sync] max_pending` (which
-//!   is the webhooks'): the outbox takes it in chunks of a thousand rows.
+//! - **Initial load**: every exported record of the system with no id-map
+//!   row or another hash is enqueued ([`Feed::initial_load`], in the feed's
+//!   task, the reconcile's rule), paced: a chunk only while the system has
+//!   fewer than [`initial_bound`] rows pending (twice what its concurrent
+//!   batches take), so it enqueues as the worker drains and a million
+//!   records never wait in the outbox at once. Not bound by `[sync]
+//!   max_pending` (the webhooks'). The status shows the rows to send, those
+//!   enqueued and sent (enqueued and no longer pending), and an ETA from
+//!   the rate they were sent at so far; the job is done once every row is
+//!   enqueued.
 //! - **Relink**: the id-map rebuilt from the system's list
 //!   ([`System::list_linked`]): each record the system holds is linked to
 //!   the local record its external id names (the local record key the
@@ -25,10 +29,12 @@ use std::time::SystemTime;
 use crate::directory::{Counterparty, Directory};
 use crate::logging::Escaped;
 use crate::store::{IdMapLink, Store};
+use crate::sync::parts::SyncRuntimeParts;
 
-use super::feed::Feed;
+use super::feed::{Feed, InitialLoad};
 use super::identity;
 use super::inbound::Change;
+use super::runtime::{Method, RequestOutcome, RuntimeMetrics};
 use super::system::{ListedPage, System};
 
 /// How often a running initial load's progress is noted.
@@ -75,8 +81,18 @@ pub struct JobProgress {
     pub state: JobState,
     pub started_at: SystemTime,
     pub finished_at: Option<SystemTime>,
+    /// Initial load: rows to enqueue, once counted.
+    pub total: Option<u64>,
     /// Initial load: rows enqueued for the system so far.
     pub enqueued: u64,
+    /// Initial load: rows enqueued and no longer pending (sent, or given
+    /// up on), estimated from the system's pending rows.
+    pub sent: u64,
+    /// Initial load: the most rows of the system pending for it to enqueue more.
+    pub bound: Option<u64>,
+    /// Initial load: seconds until every row is sent, at the rate rows
+    /// were sent so far (none before the first is).
+    pub eta_seconds: Option<u64>,
     /// Relink: the system's records read so far.
     pub seen: u64,
     /// Relink: links made (or made again).
@@ -96,7 +112,11 @@ impl JobProgress {
             state: JobState::Running,
             started_at: SystemTime::now(),
             finished_at: None,
+            total: None,
             enqueued: 0,
+            sent: 0,
+            bound: None,
+            eta_seconds: None,
             seen: 0,
             linked: 0,
             unchanged: 0,
@@ -122,6 +142,10 @@ struct Inner {
     directory: Arc<Directory>,
     store: Store,
     feed: Feed,
+    /// Each system's settings (its concurrency paces an initial load).
+    parts: Arc<SyncRuntimeParts>,
+    /// `cti_sync_requests_total`: a relink's list requests.
+    metrics: RuntimeMetrics,
     /// Each system's last job, by name.
     jobs: Mutex<HashMap<String, JobProgress>>,
 }
@@ -132,6 +156,8 @@ impl SyncJobs {
         directory: Arc<Directory>,
         store: Store,
         feed: Feed,
+        parts: Arc<SyncRuntimeParts>,
+        metrics: RuntimeMetrics,
     ) -> SyncJobs {
         SyncJobs {
             inner: Arc::new(Inner {
@@ -139,6 +165,8 @@ impl SyncJobs {
                 directory,
                 store,
                 feed,
+                parts,
+                metrics,
                 jobs: Mutex::new(HashMap::new()),
             }),
         }
@@ -182,7 +210,7 @@ impl SyncJobs {
         tokio::spawn(async move {
             let name = sys.spec().name().to_owned();
             let result = match kind {
-                JobKind::Initial => jobs.initial(&name).await,
+                JobKind::Initial => jobs.initial(&*sys).await,
                 JobKind::Relink => jobs.relink(&*sys).await,
             };
             let mut all = lock(&jobs.inner.jobs);
@@ -204,31 +232,61 @@ impl SyncJobs {
         Some(Ok(()))
     }
 
-    /// The feed's reconcile, now, and its end; the rows it enqueued for
-    /// `system` noted each second meanwhile.
-    async fn initial(&self, system: &str) -> Result<(), String> {
-        let feed = &self.inner.feed;
-        let before = feed.reconciles();
-        let enqueued_before = feed.metrics().enqueued_total(system);
-        let progress = |jobs: &SyncJobs| {
-            let now = feed.metrics().enqueued_total(system);
-            jobs.note(system, |j| j.enqueued = now.saturating_sub(enqueued_before));
-        };
-        feed.reconcile_now();
-        let settled = feed.settled();
-        tokio::pin!(settled);
-        loop {
+    /// The system's paced initial load, its progress noted each second.
+    async fn initial(&self, system: &dyn System) -> Result<(), String> {
+        let name = system.spec().name();
+        let concurrency = self
+            .inner
+            .parts
+            .get(name)
+            .map_or(1, |p| p.config.concurrency);
+        let bound = initial_bound(system.batch_size(), concurrency);
+        let load = self.inner.feed.initial_load(name, bound);
+        let started = std::time::Instant::now();
+        let finished = load.finished();
+        tokio::pin!(finished);
+        let result = loop {
             tokio::select! {
-                _ = &mut settled => break,
-                _ = tokio::time::sleep(PROGRESS_EVERY) => progress(self),
+                result = &mut finished => break result,
+                _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                    self.note_initial(&load, started.elapsed()).await;
+                }
             }
-        }
-        progress(self);
-        if feed.reconciles() > before {
-            Ok(())
-        } else {
-            Err("the change feed stopped before its reconcile ran".to_owned())
-        }
+        };
+        self.note_initial(&load, started.elapsed()).await;
+        result
+    }
+
+    /// Notes an initial load's counts, and the rows sent and ETA from the
+    /// system's pending rows.
+    async fn note_initial(&self, load: &InitialLoad, elapsed: std::time::Duration) {
+        let (total, enqueued) = (load.total(), load.enqueued());
+        let pending = self
+            .inner
+            .store
+            .sync_depth(load.system())
+            .await
+            .map(|d| d.outbox)
+            .ok();
+        self.note(load.system(), |j| {
+            j.total = total;
+            j.enqueued = enqueued;
+            j.bound = Some(load.bound());
+            if let Some(pending) = pending {
+                // Rows of other changes pending too make this an estimate,
+                // never above what was enqueued.
+                j.sent = enqueued.saturating_sub(pending).max(j.sent.min(enqueued));
+            }
+            let to_send = total.map(|t| t.saturating_sub(load.skipped()));
+            j.eta_seconds = match to_send {
+                Some(to_send) if j.sent > 0 && elapsed.as_secs_f64() > 0.0 => {
+                    let rate = j.sent as f64 / elapsed.as_secs_f64();
+                    Some((to_send.saturating_sub(j.sent) as f64 / rate).ceil() as u64)
+                }
+                Some(0) => Some(0),
+                _ => None,
+            };
+        });
     }
 
     fn note(&self, system: &str, f: impl FnOnce(&mut JobProgress)) {
@@ -244,10 +302,14 @@ impl SyncJobs {
         let directory = &self.inner.directory;
         let mut after: Option<String> = None;
         loop {
-            let ListedPage { records, next } = system
-                .list_linked(after.as_deref())
-                .await
-                .map_err(|o| format!("the system's list failed: {o:?}"))?;
+            let listed = system.list_linked(after.as_deref()).await;
+            let outcome = match &listed {
+                Ok(_) => RequestOutcome::Ok,
+                Err(o) => RequestOutcome::of(std::slice::from_ref(o)),
+            };
+            self.inner.metrics.request(name, Method::List, outcome);
+            let ListedPage { records, next } =
+                listed.map_err(|o| format!("the system's list failed: {o:?}"))?;
             for listed in records {
                 let record = listed.record;
                 self.note(name, |j| j.seen += 1);
@@ -328,6 +390,14 @@ impl SyncJobs {
             }
         }
     }
+}
+
+/// The most rows of a system pending for its initial load to enqueue
+/// more: twice what its concurrent batches take (so the worker never waits
+/// for the next chunk), at most 10,000.
+pub fn initial_bound(batch_size: usize, concurrency: usize) -> u64 {
+    let rows = 2 * batch_size.max(1) * concurrency.max(1);
+    (rows as u64).min(10_000)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -18,7 +18,7 @@ use crate::sources::LowPriority;
 use crate::store::Store;
 use crate::sync::parts::SyncRuntimeParts;
 use crate::sync::system::System;
-pub use metrics::{RequestOutcome, RuntimeMetrics};
+pub use metrics::{Method, RequestOutcome, RuntimeMetrics};
 pub use worker::{WorkerSettings, MAX_ATTEMPTS, SYSTEM_FAILURES};
 
 /// The running workers' handles the admin API needs: `resume` by system.

@@ -54,8 +54,11 @@
 //!    (Bitrix24) or 429 with `Retry-After` (whole seconds until one request
 //!    fits). Unlimited at first. [`MockCrm::force_limit`] gives the limit
 //!    answer to the next requests whatever the bucket says.
-//! 5. The API above ([`MockCrm::set_failing`]: a 500 to a batch or lookup
-//!    naming that external id). After a write is applied and before it is answered,
+//! 5. The API above ([`MockCrm::set_failing`], [`MockCrm::fail_times`]: a
+//!    500 to a batch or lookup naming that external id; a batch stays in
+//!    flight [`MockCrm::set_latency`] before it is applied, and one arriving
+//!    while another naming the same external id is in flight is counted in
+//!    `overlaps`). After a write is applied and before it is answered,
 //!    the hook set with [`MockCrm::on_write`] runs (it may wait, or have the
 //!    connection closed without an answer: a crash after the CRM accepted).
 //!
@@ -71,7 +74,7 @@
 //! `#[path]`. Bounds: heads 64 KiB, bodies 1 MiB (more: 413, not logged),
 //! 64 connections.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -181,6 +184,21 @@ pub struct Counters {
     pub user_edits: u64,
     pub webhooks_sent: u64,
     pub webhooks_failed: u64,
+    /// Lookups by external id answered (found or not), and those that found
+    /// a record (a create the gateway adopts).
+    pub lookups: u64,
+    pub lookups_found: u64,
+    /// Batches that arrived while another batch naming one of their external
+    /// ids was still being answered (a sender breaking the order per record).
+    pub overlaps: u64,
+}
+
+/// One record an API batch wrote (the log of [`MockCrm::writes_of`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiWrite {
+    pub external_id: String,
+    /// The fields sent (`None` for a remove).
+    pub fields: Option<Map<String, Value>>,
 }
 
 /// One record a write touched, as the [`MockCrm::on_write`] hook sees it.
@@ -238,10 +256,24 @@ struct Data {
     /// says, with `Retry-After` of `forced_retry_after` s on a 429.
     forced_limits: u32,
     forced_retry_after: u64,
-    /// External ids whose batches and lookups answer 500.
-    failing: HashSet<String>,
+    /// External ids whose batches and lookups answer 500, with how many
+    /// more times (`u32::MAX`: until cleared).
+    failing: HashMap<String, u32>,
     webhook: Option<WebhookTarget>,
     counters: Counters,
+    /// The write log and the times below are kept with the request log
+    /// ([`MockCrm::set_keep_log`]): a long benchmark keeps neither.
+    keep_logs: bool,
+    /// Every record written through the API, in order.
+    writes: Vec<ApiWrite>,
+    /// Batches being answered, per external id they name.
+    in_flight: HashMap<String, u32>,
+    /// How long a batch stays in flight before it is applied.
+    latency: Duration,
+    /// When each request reached the mock's checks, and when each limit
+    /// answer was given.
+    arrived_at: Vec<Instant>,
+    limited_at: Vec<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -272,9 +304,15 @@ impl MockCrm {
                 limit_answer: LimitAnswer::QueryLimit503,
                 forced_limits: 0,
                 forced_retry_after: 1,
-                failing: HashSet::new(),
+                failing: HashMap::new(),
                 webhook: None,
                 counters: Counters::default(),
+                keep_logs: true,
+                writes: Vec::new(),
+                in_flight: HashMap::new(),
+                latency: Duration::ZERO,
+                arrived_at: Vec::new(),
+                limited_at: Vec::new(),
             }),
             hooks,
             on_write: Mutex::new(None),
@@ -356,10 +394,27 @@ impl MockCrm {
     pub fn set_failing(&self, external_id: &str, failing: bool) {
         let mut data = self.data();
         if failing {
-            data.failing.insert(external_id.to_owned());
+            data.failing.insert(external_id.to_owned(), u32::MAX);
         } else {
             data.failing.remove(external_id);
         }
+    }
+
+    /// The next `times` batches (or lookups) naming `external_id` are
+    /// answered 500, then it is written as usual.
+    pub fn fail_times(&self, external_id: &str, times: u32) {
+        self.data().failing.insert(external_id.to_owned(), times);
+    }
+
+    /// How many more 500s [`MockCrm::fail_times`] has left for `external_id`.
+    pub fn failures_left(&self, external_id: &str) -> u32 {
+        self.data().failing.get(external_id).copied().unwrap_or(0)
+    }
+
+    /// Each batch stays in flight this long before it is applied (so that
+    /// two batches naming one record at once show in `overlaps`).
+    pub fn set_latency(&self, latency: Duration) {
+        self.data().latency = latency;
     }
 
     /// Writes of `external_id` are refused with `message` (a validation
@@ -457,6 +512,41 @@ impl MockCrm {
         self.data().counters.clone()
     }
 
+    /// The fields of each API write of `external_id`, in order (`Null` for
+    /// a remove); user edits are not in it.
+    pub fn writes_of(&self, external_id: &str) -> Vec<Value> {
+        self.data()
+            .writes
+            .iter()
+            .filter(|w| w.external_id == external_id)
+            .map(|w| w.fields.clone().map_or(Value::Null, Value::Object))
+            .collect()
+    }
+
+    /// Every API write so far, in order.
+    pub fn writes(&self) -> Vec<ApiWrite> {
+        self.data().writes.clone()
+    }
+
+    /// API writes per external id.
+    pub fn writes_per_external_id(&self) -> HashMap<String, u32> {
+        let mut counts = HashMap::new();
+        for write in &self.data().writes {
+            *counts.entry(write.external_id.clone()).or_default() += 1;
+        }
+        counts
+    }
+
+    /// When each request reached the mock's checks.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.data().arrived_at.clone()
+    }
+
+    /// When each limit answer was given.
+    pub fn limit_answer_times(&self) -> Vec<Instant> {
+        self.data().limited_at.clone()
+    }
+
     /// How many times the API created a record for `external_id`.
     pub fn creates_of(&self, external_id: &str) -> u32 {
         self.data()
@@ -471,9 +561,12 @@ impl MockCrm {
         self.data().creates_by_external.clone()
     }
 
-    /// Whether requests are logged (on at first; off for long benchmarks).
+    /// Whether requests are logged (on at first; off for long benchmarks),
+    /// and with them the API writes ([`MockCrm::writes`]), arrival and limit
+    /// answer times; the counters are kept either way.
     pub fn set_keep_log(&self, keep: bool) {
         self.server.set_keep_log(keep);
+        self.data().keep_logs = keep;
     }
 
     /// Every request received so far (since the last reset), in order.
@@ -536,6 +629,20 @@ impl Data {
         }
         self.records.insert(id, record.clone());
         record
+    }
+
+    /// Whether a request naming `external_id` is to fail (500) now; counts
+    /// the failure down.
+    fn take_failure(&mut self, external_id: &str) -> bool {
+        match self.failing.get_mut(external_id) {
+            Some(left) if *left > 0 => {
+                if *left != u32::MAX {
+                    *left -= 1;
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Takes one request into the bucket; `Err(seconds until one fits)`
@@ -623,15 +730,46 @@ fn bad_request(message: impl Into<String>) -> Reply {
 impl CrmHandler {
     async fn answer(&self, req: &HttpRequest) -> Option<Reply> {
         let path = req.path().to_owned();
-        let (reply, written) = {
+        let batch = matches!(route(&path), Some(Route::Batch));
+        // A batch is in flight, for `overlaps`, from its checks to its answer.
+        let named = if batch {
+            batch_external_ids(&req.body)
+        } else {
+            Vec::new()
+        };
+        let latency = {
             let mut data = lock(&self.0.data);
             data.counters.requests += 1;
-            match self.checks(&mut data, req) {
-                Some(reply) => (reply, Vec::new()),
-                None => match route(&path) {
-                    None => (not_found(), Vec::new()),
-                    Some(route) => self.api(&mut data, req, route),
-                },
+            if data.keep_logs {
+                data.arrived_at.push(Instant::now());
+            }
+            if let Some(reply) = self.checks(&mut data, req) {
+                return Some(reply);
+            }
+            let mut overlap = false;
+            for ext in &named {
+                let n = data.in_flight.entry(ext.clone()).or_default();
+                *n += 1;
+                overlap |= *n > 1;
+            }
+            if overlap {
+                data.counters.overlaps += 1;
+            }
+            data.latency
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let (reply, written) = {
+            let mut data = lock(&self.0.data);
+            for ext in &named {
+                if let Some(n) = data.in_flight.get_mut(ext) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            match route(&path) {
+                None => (not_found(), Vec::new()),
+                Some(route) => self.api(&mut data, req, route),
             }
         };
         if !written.is_empty() {
@@ -668,6 +806,9 @@ impl CrmHandler {
         };
         if let Err(wait) = over {
             data.counters.limit_answers += 1;
+            if data.keep_logs {
+                data.limited_at.push(Instant::now());
+            }
             return Some(match data.limit_answer {
                 LimitAnswer::QueryLimit503 => json_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -710,16 +851,19 @@ impl CrmHandler {
                         Vec::new(),
                     );
                 };
-                if data.failing.contains(&ext) {
+                if data.take_failure(&ext) {
                     return (failing_answer(), Vec::new());
                 }
+                data.counters.lookups += 1;
                 let found = data
                     .by_external
                     .get(&ext)
-                    .and_then(|id| data.records.get(id));
+                    .and_then(|id| data.records.get(id))
+                    .map(CrmRecord::to_json);
                 let reply = match found {
                     Some(record) => {
-                        json_reply(StatusCode::OK, &json!({"record": record.to_json()}))
+                        data.counters.lookups_found += 1;
+                        json_reply(StatusCode::OK, &json!({"record": record}))
                     }
                     None => not_found(),
                 };
@@ -765,11 +909,10 @@ impl CrmHandler {
         let Some(entries) = parsed.get("records").and_then(Value::as_array) else {
             return (bad_request("no \"records\" array"), Vec::new());
         };
-        let names_failing = entries.iter().any(|e| {
-            e.get("external_id")
-                .and_then(Value::as_str)
-                .is_some_and(|ext| data.failing.contains(ext))
-        });
+        let mut names_failing = false;
+        for ext in batch_external_ids(body) {
+            names_failing |= data.take_failure(&ext);
+        }
         if names_failing {
             return (failing_answer(), Vec::new());
         }
@@ -847,6 +990,12 @@ impl CrmHandler {
             }
         };
         data.counters.writes += 1;
+        if data.keep_logs {
+            data.writes.push(ApiWrite {
+                external_id: ext.to_owned(),
+                fields: (!remove).then(|| record.fields.clone()),
+            });
+        }
         self.0.fire(event, &record);
         let result = json!({
             "external_id": ext,
@@ -899,6 +1048,24 @@ fn list(data: &Data, query: Option<&str>) -> Reply {
         });
     let records: Vec<Value> = page.iter().map(|r| r.to_json()).collect();
     json_reply(StatusCode::OK, &json!({"records": records, "next": next}))
+}
+
+/// The external ids a batch body names (none when it is not a batch).
+fn batch_external_ids(body: &[u8]) -> Vec<String> {
+    let Ok(parsed) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    parsed
+        .get("records")
+        .and_then(Value::as_array)
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|e| e.get("external_id").and_then(Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Strict percent-decoding to UTF-8 (`None` on a bad escape or bytes).

@@ -125,4 +125,27 @@ impl Store {
         self.request(|reply| Command::Outbox(OutboxWrite::Settle { settled, reply }))
             .await
     }
+
+    /// Marks `system`'s pending rows queued before `created_before` dead
+    /// with `error` as their `last_error` (`[sync.<system>] dead_after`
+    /// passed while they waited: through a block or the system's backoff
+    /// no row fails of its own, so this is what ages them); how many.
+    pub async fn outbox_expire(
+        &self,
+        system: &str,
+        created_before: SystemTime,
+        error: String,
+    ) -> Result<u64, StoreError> {
+        let system = system.to_owned();
+        let created_before_ms = crate::store::unix_ms(created_before);
+        self.request(|reply| {
+            Command::Outbox(OutboxWrite::Expire {
+                system,
+                created_before_ms,
+                error,
+                reply,
+            })
+        })
+        .await
+    }
 }

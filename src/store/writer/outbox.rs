@@ -24,6 +24,14 @@ pub(in crate::store) enum OutboxWrite {
         now: std::time::SystemTime,
         reply: Reply<Vec<AckOutcome>>,
     },
+    /// `system`'s pending rows queued before `created_before_ms` made dead
+    /// with `error`; the reply is how many.
+    Expire {
+        system: String,
+        created_before_ms: i64,
+        error: String,
+        reply: Reply<u64>,
+    },
 }
 
 impl Writer {
@@ -61,6 +69,26 @@ impl Writer {
                 });
                 if let Err(e) = &result {
                     self.failures.failed("sync outbox ack", acks.len(), e);
+                }
+                let _ = reply.send(result);
+            }
+            OutboxWrite::Expire {
+                system,
+                created_before_ms,
+                error,
+                reply,
+            } => {
+                let result = self.transact("marking outbox rows past dead_after dead", |tx| {
+                    let n = tx
+                        .prepare_cached(
+                            "UPDATE outbox SET state = 'dead', last_error = ?3
+                             WHERE system = ?1 AND state = 'pending' AND created_at < ?2",
+                        )?
+                        .execute(params![system, created_before_ms, error])?;
+                    Ok(n as u64)
+                });
+                if let Err(e) = &result {
+                    self.failures.failed("sync outbox expire", 1, e);
                 }
                 let _ = reply.send(result);
             }

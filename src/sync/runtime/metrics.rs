@@ -1,8 +1,35 @@
-//! The sending runtime's metrics: requests to each system by outcome, and
+//! The sending runtime's metrics: requests to each system by method and
+//! outcome, and
 //! each system's outbox (depth, oldest pending age, dead rows: the counts
 //! `GET /api/v1/sync/status` shows, from `Store::sync_status`).
 
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::sync::system::Outcome;
+
+/// Which of the system's calls a request was, as `cti_sync_requests_total`
+/// labels it (`method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `System::send`: a batch of rows (a blocked system's probe too).
+    Send,
+    /// `System::find_existing`: the lookup before a create.
+    FindExisting,
+    /// `System::list_linked`: a page of a relink's list.
+    List,
+}
+
+impl Method {
+    const ALL: [Method; 3] = [Method::Send, Method::FindExisting, Method::List];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Send => "send",
+            Method::FindExisting => "find_existing",
+            Method::List => "list",
+        }
+    }
+}
 
 /// What became of a request to a system, as `cti_sync_requests_total` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +57,25 @@ impl RequestOutcome {
         RequestOutcome::Blocked,
     ];
 
+    /// How a request whose rows came to `outcomes` is counted.
+    pub fn of(outcomes: &[Outcome]) -> RequestOutcome {
+        if outcomes.iter().any(|o| matches!(o, Outcome::Blocked(_))) {
+            RequestOutcome::Blocked
+        } else if outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Limited { .. }))
+        {
+            RequestOutcome::Limited
+        } else if outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Confirmed(_) | Outcome::Permanent(_)))
+        {
+            RequestOutcome::Ok
+        } else {
+            RequestOutcome::Retry
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             RequestOutcome::Ok => "ok",
@@ -56,9 +102,9 @@ impl RuntimeMetrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "cti_sync_requests_total",
-                "Requests the sync workers made to each system (sends and lookups before a create), by outcome: ok, retry, timeout, limited, blocked.",
+                "Requests the sync runtime made to each system, by method (send, find_existing: the lookup before a create, list: a relink's pages) and outcome (ok, retry, timeout, limited, blocked).",
             ),
-            &["system", "outcome"],
+            &["system", "method", "outcome"],
         )?;
         let depth = IntGaugeVec::new(
             Opts::new(
@@ -86,8 +132,10 @@ impl RuntimeMetrics {
         registry.register(Box::new(oldest.clone()))?;
         registry.register(Box::new(dead.clone()))?;
         for system in systems {
-            for outcome in RequestOutcome::ALL {
-                requests.with_label_values(&[system, outcome.name()]);
+            for method in Method::ALL {
+                for outcome in RequestOutcome::ALL {
+                    requests.with_label_values(&[system, method.name(), outcome.name()]);
+                }
             }
             depth.with_label_values(&[system]);
             oldest.with_label_values(&[system]);
@@ -101,9 +149,9 @@ impl RuntimeMetrics {
         })
     }
 
-    pub fn request(&self, system: &str, outcome: RequestOutcome) {
+    pub fn request(&self, system: &str, method: Method, outcome: RequestOutcome) {
         self.requests
-            .with_label_values(&[system, outcome.name()])
+            .with_label_values(&[system, method.name(), outcome.name()])
             .inc();
     }
 

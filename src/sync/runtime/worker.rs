@@ -14,8 +14,10 @@
 //!   system waits by the same backoff (one request per wait, so fresh rows
 //!   never hammer a failing API) and is `failing`. An outage of hours
 //!   dead-letters nothing; a row the system keeps refusing while it
-//!   answers others dies. A row pending longer than `dead_after` dies at
-//!   its next failure, whoever's.
+//!   answers others dies. A row pending longer than `dead_after` dies: at
+//!   its next failure, whoever's, and by a sweep of the outbox (once a
+//!   minute, or a quarter of a shorter `dead_after`) while it waits through
+//!   a block or the system's backoff, when it is never tried.
 //! - `Permanent` (the remote's validation error): dead at once, with the
 //!   remote's message.
 //! - `Limited`: the limiter pauses the whole system until `retry_after`
@@ -37,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use super::metrics::{RequestOutcome, RuntimeMetrics};
+use super::metrics::{Method, RequestOutcome, RuntimeMetrics};
 use super::plan::plan;
 use crate::config::SyncSystemConfig;
 use crate::sources::backoff::Backoff;
@@ -63,6 +65,12 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// How often the outbox gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+/// How often pending rows are checked against `dead_after`: once a minute,
+/// or a quarter of a shorter `dead_after` (never more often than 100 ms).
+fn sweep_every(dead_after: Duration) -> Duration {
+    (dead_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+}
 
 /// A worker's settings, from its `[sync.<system>]` table.
 #[derive(Debug, Clone)]
@@ -167,16 +175,22 @@ impl Worker {
         };
         let mut requests: JoinSet<Done> = JoinSet::new();
         let mut gauges_at = Instant::now();
+        let mut sweep_at = Instant::now();
         loop {
             if *stop.borrow() {
                 break;
+            }
+            if sweep_at <= Instant::now() {
+                this.expire_old_rows().await;
+                sweep_at = Instant::now() + sweep_every(this.settings.dead_after);
             }
             if gauges_at <= Instant::now() {
                 this.refresh_gauges().await;
                 gauges_at = Instant::now() + GAUGES_EVERY;
             }
             this.fill(&mut state, &mut requests).await;
-            let wake = this.next_wake(&state);
+            // A blocked or paused system still sweeps at its time.
+            let wake = this.next_wake(&state).min(sweep_at);
             tokio::select! {
                 _ = stop.changed() => break,
                 Some(done) = requests.join_next(), if !requests.is_empty() => {
@@ -357,7 +371,8 @@ impl Worker {
             match found {
                 Ok(Ok(found)) => {
                     answered = true;
-                    self.metrics.request(self.name(), RequestOutcome::Ok);
+                    self.metrics
+                        .request(self.name(), Method::FindExisting, RequestOutcome::Ok);
                     match found {
                         Some(Remote {
                             remote_id,
@@ -376,7 +391,8 @@ impl Worker {
                 Ok(Err(outcome)) => {
                     self.metrics.request(
                         self.name(),
-                        request_outcome(std::slice::from_ref(&outcome), false),
+                        Method::FindExisting,
+                        RequestOutcome::of(std::slice::from_ref(&outcome)),
                     );
                     let outcome = match outcome {
                         Outcome::Confirmed(_) => Outcome::Retry(
@@ -388,7 +404,11 @@ impl Worker {
                 }
                 Err(_) => {
                     timed_out = true;
-                    self.metrics.request(self.name(), RequestOutcome::Timeout);
+                    self.metrics.request(
+                        self.name(),
+                        Method::FindExisting,
+                        RequestOutcome::Timeout,
+                    );
                     *result = Some(RowResult::Outcome(Outcome::Retry(format!(
                         "no answer to the lookup within {}",
                         humantime::format_duration(self.settings.timeout)
@@ -405,13 +425,14 @@ impl Worker {
                 tokio::time::timeout(self.settings.timeout, self.system.send(&outgoing)).await;
             let outcomes = match sent {
                 Ok(outcomes) if outcomes.len() == outgoing.len() => {
-                    let outcome = request_outcome(&outcomes, false);
-                    self.metrics.request(self.name(), outcome);
+                    let outcome = RequestOutcome::of(&outcomes);
+                    self.metrics.request(self.name(), Method::Send, outcome);
                     answered |= outcome == RequestOutcome::Ok;
                     outcomes
                 }
                 Ok(outcomes) => {
-                    self.metrics.request(self.name(), RequestOutcome::Retry);
+                    self.metrics
+                        .request(self.name(), Method::Send, RequestOutcome::Retry);
                     let why = format!(
                         "the system's module answered {} outcomes for {} rows",
                         outcomes.len(),
@@ -424,7 +445,8 @@ impl Worker {
                 }
                 Err(_) => {
                     timed_out = true;
-                    self.metrics.request(self.name(), RequestOutcome::Timeout);
+                    self.metrics
+                        .request(self.name(), Method::Send, RequestOutcome::Timeout);
                     let why = format!(
                         "no answer within {}",
                         humantime::format_duration(self.settings.timeout)
@@ -623,6 +645,34 @@ impl Worker {
         }
     }
 
+    /// Marks the rows pending longer than `dead_after` dead, whatever the
+    /// system's state: a block or an outage never ages a row by failures.
+    async fn expire_old_rows(&self) {
+        let now = SystemTime::now();
+        let Some(before) = now.checked_sub(self.settings.dead_after) else {
+            return;
+        };
+        let dead_after = humantime::format_duration(self.settings.dead_after);
+        let state = self.health.state();
+        let error = if state != crate::sync::health::SyncState::Ok {
+            format!(
+                "pending longer than dead_after ({dead_after}) while the system was {}",
+                state.name()
+            )
+        } else {
+            format!("pending longer than dead_after ({dead_after})")
+        };
+        match self.store.outbox_expire(self.name(), before, error).await {
+            Ok(0) => {}
+            Ok(rows) => {
+                tracing::warn!(system = %self.name(), rows, dead_after = %dead_after, state = state.name(), "sync: rows pending longer than dead_after are dead (GET /api/v1/sync/outbox?state=dead; retry with POST /api/v1/sync/outbox/{{id}}/retry)");
+            }
+            Err(e) => {
+                tracing::warn!(system = %self.name(), error = %e, "sync: rows past dead_after not marked dead; tried again later");
+            }
+        }
+    }
+
     async fn refresh_gauges(&self) {
         match self.store.sync_status().await {
             Ok(all) => {
@@ -642,26 +692,4 @@ fn after(wait: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(wait)
         .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
-}
-
-/// How `cti_sync_requests_total` counts a request whose rows came to `outcomes`.
-fn request_outcome(outcomes: &[Outcome], timed_out: bool) -> RequestOutcome {
-    if timed_out {
-        return RequestOutcome::Timeout;
-    }
-    if outcomes.iter().any(|o| matches!(o, Outcome::Blocked(_))) {
-        RequestOutcome::Blocked
-    } else if outcomes
-        .iter()
-        .any(|o| matches!(o, Outcome::Limited { .. }))
-    {
-        RequestOutcome::Limited
-    } else if outcomes
-        .iter()
-        .any(|o| matches!(o, Outcome::Confirmed(_) | Outcome::Permanent(_)))
-    {
-        RequestOutcome::Ok
-    } else {
-        RequestOutcome::Retry
-    }
 }
