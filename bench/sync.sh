@@ -5,6 +5,7 @@
 #   bench/sync.sh store           the sync store (bench/sync_store.rs)
 #   bench/sync.sh overlay         the overlay (bench/sync_overlay.rs, when it exists)
 #   bench/sync.sh limiter         the sync limiter (bench/sync_limiter.rs, issue 18)
+#   bench/sync.sh pull            1C's pull exchange (bench/onec_pull.rs, issue 19)
 #   bench/sync.sh drain           SayName while the outbox drains (bench/sync_drain.rs, issue 18)
 #
 # store: in a temp dir, the main store and the sync store opened as the
@@ -63,11 +64,18 @@
 # on the 2-core VM, over 4 of them the published rate's three drains
 # (BENCH_DRAIN_GOALS=unlimited alone: about 2.5).
 #
+# pull: a gateway with [sync.onec] transport = "pull" on 127.0.0.1 and
+# BENCH_SYNC_PULL_ROWS rows in the onec outbox; one poller (HTTP, as the 1C
+# sample polls): leases of 500 timed with 1,000 and with that many pending
+# (BENCH_SYNC_PULL_SAMPLES each, median; goal: at most 1.5x), then the whole
+# outbox drained with leases and acks (goals: <= 30 s, lease p99 <= 100 ms).
+#
 # Environment (defaults in brackets):
 #   BENCH_SYNC_ROWS [100000] BENCH_SYNC_SINGLE [20000] BENCH_SYNC_IDLE_S [5]
 #   BENCH_SYNC_ROUNDS [5]
 #   BENCH_SYNC_OVERLAY_ARGS [] arguments of sync_overlay
 #   BENCH_SYNC_LIMITER_S [60] BENCH_SYNC_LIMITER_ARGS [--burst 50 --per-second 2]
+#   BENCH_SYNC_PULL_ROWS [100000] BENCH_SYNC_PULL_SAMPLES [20]
 #   drain: BENCH_COUNTERPARTIES [100000] BENCH_CHANGES [10000] BENCH_ROUNDS [3]
 #     BENCH_DURATION [10s] BENCH_WARMUP [2s] BENCH_THREADS [1] BENCH_CONNS [32]
 #     BENCH_STEAL_MAX [0.5] BENCH_PORT [18085] BENCH_DRAIN_GOALS [unlimited,published]
@@ -91,15 +99,17 @@ set -euo pipefail
 PART=${1:-all}
 case "$PART" in
   -h|--help) sed -n '2,/^$/p' "$0"; exit 0 ;;
-  all|store|overlay|limiter|drain) ;;
-  *) echo "usage: $0 [all|store|overlay|limiter|drain]" >&2; exit 2 ;;
+  all|store|overlay|limiter|drain|pull) ;;
+  *) echo "usage: $0 [all|store|overlay|limiter|drain|pull]" >&2; exit 2 ;;
 esac
 ROWS=${BENCH_SYNC_ROWS:-100000}
 SINGLE=${BENCH_SYNC_SINGLE:-20000}
 IDLE_S=${BENCH_SYNC_IDLE_S:-5}
 ROUNDS=${BENCH_SYNC_ROUNDS:-5}
 LIMITER_S=${BENCH_SYNC_LIMITER_S:-60}
-for v in ROWS SINGLE IDLE_S ROUNDS LIMITER_S; do
+PULL_ROWS=${BENCH_SYNC_PULL_ROWS:-100000}
+PULL_SAMPLES=${BENCH_SYNC_PULL_SAMPLES:-20}
+for v in ROWS SINGLE IDLE_S ROUNDS LIMITER_S PULL_ROWS PULL_SAMPLES; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_SYNC_$v must be a positive number: ${!v}" >&2; exit 2; }
 done
 # drain's
@@ -152,6 +162,7 @@ if [[ $PART == all || $PART == overlay ]]; then
   fi
 fi
 [[ $PART == all || $PART == limiter ]] && EXAMPLES+=(sync_limiter)
+[[ $PART == all || $PART == pull ]] && EXAMPLES+=(onec_pull)
 # drain's programs are not run by run_program below: they run beside wrk.
 DRAIN_EXAMPLES=()
 [[ $PART == all || $PART == drain ]] && DRAIN_EXAMPLES=(sync_drain crm_mock gen_counterparties)
@@ -208,6 +219,10 @@ for e in "${EXAMPLES[@]}"; do
       # shellcheck disable=SC2086 # the arguments are split on purpose
       RESULTS+=$(run_program sync_limiter --seconds "$LIMITER_S" --tasks 4 \
         ${BENCH_SYNC_LIMITER_ARGS:---burst 50 --per-second 2})$'\n'
+      ;;
+    onec_pull)
+      mkdir "$TMP/pull"
+      RESULTS+=$(run_program onec_pull --dir "$TMP/pull" --rows "$PULL_ROWS" --samples "$PULL_SAMPLES")$'\n'
       ;;
   esac
 done
@@ -436,6 +451,12 @@ fi
 if [[ " ${EXAMPLES[*]} " == *" sync_limiter "* ]]; then
   l=$(line sync_limiter)
   echo "limiter ($(field kind "$l"), $(field tasks "$l") senders, $(field seconds "$l") s): $(field requests "$l") requests, $(field requests_per_s "$l") requests/s, $(field used "$l") of the remote's allowance of $(field allowance "$l"), $(field limit_answers "$l") limit answers; goal 0 limit answers and >= 0.9: $(goal "$l")"
+fi
+if [[ " ${EXAMPLES[*]} " == *" onec_pull "* ]]; then
+  p=$(line onec_pull_lease)
+  d=$(line onec_pull_drain)
+  echo "1C pull, lease of $(field portion "$p"): median $(field small_median_ms "$p") ms with $(field small_pending "$p") pending, $(field large_median_ms "$p") ms with $(field large_pending "$p") ($(field samples "$p") each), ratio $(field ratio "$p"); goal <= 1.5: $(goal "$p")"
+  echo "1C pull, drain of $(field rows "$d") rows by one poller: $(field wall_s "$d") s, $(field leases "$d") leases, p50 $(field lease_p50_ms "$d") ms, p99 $(field lease_p99_ms "$d") ms; goal <= 30 s and p99 <= 100 ms: $(goal "$d")"
 fi
 if (( ${#DRAIN_EXAMPLES[@]} > 0 )); then
   printf '%s' "$DRAIN_SUMMARY"

@@ -900,6 +900,39 @@ pub struct SyncSystemConfig {
     /// the remote's addresses; empty: everyone (the system authenticates
     /// each hook anyway). Not `api.allow_from`, which is for the admin API.
     pub allow_from: AddressList,
+    /// `[sync.onec]` only: how changes reach 1C ([`OnecTransport`]; unset:
+    /// OData writes). Any other system's table refuses the key.
+    pub transport: Option<OnecTransport>,
+    /// `[sync.onec]` only, with `transport = "pull"`: how long rows handed
+    /// to a poller stay its own before another poll may take them again
+    /// (default 10 minutes).
+    #[serde(with = "humantime_serde")]
+    pub lease: Option<Duration>,
+}
+
+/// A lease of `[sync.onec] transport = "pull"` unless `lease` says otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10 * 60);
+
+/// `[sync.onec] transport`: how the `onec` outbox reaches 1C.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnecTransport {
+    /// The gateway writes to 1C's OData (the 1C writer, the runtime's worker).
+    #[default]
+    Odata,
+    /// 1C polls the gateway (`POST /api/v1/exchange/onec/counterparties/lease`,
+    /// then `/ack`): for sites that forbid OData writes. No worker sends.
+    Pull,
+}
+
+impl OnecTransport {
+    /// As the config and the status API write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnecTransport::Odata => "odata",
+            OnecTransport::Pull => "pull",
+        }
+    }
 }
 
 impl Default for SyncSystemConfig {
@@ -918,11 +951,28 @@ impl Default for SyncSystemConfig {
             dead_after: Duration::from_secs(7 * 24 * 3600),
             block_probe: Duration::from_secs(10 * 60),
             allow_from: AddressList::default(),
+            transport: None,
+            lease: None,
         }
     }
 }
 
 impl SyncSystemConfig {
+    /// `transport`, `odata` when unset.
+    pub fn transport(&self) -> OnecTransport {
+        self.transport.unwrap_or_default()
+    }
+
+    /// Whether 1C pulls this system's outbox (`transport = "pull"`).
+    pub fn pulled(&self) -> bool {
+        self.transport() == OnecTransport::Pull
+    }
+
+    /// `lease`, [`DEFAULT_LEASE`] when unset.
+    pub fn lease(&self) -> Duration {
+        self.lease.unwrap_or(DEFAULT_LEASE)
+    }
+
     /// The page of the record `id` of `kind`, if a template is configured:
     /// `{id}` replaced by the id, percent-encoded (every byte but
     /// unreserved ones), so an id can never add a path, a query or a scheme.
@@ -940,8 +990,9 @@ impl SyncSystemConfig {
     }
 }
 
-/// The name of 1C as a sync system (`[sync.onec]`): the same as its
-/// source's, so the feed never sends 1C its own records.
+/// The name of 1C as a sync system (`[sync.onec]`, whose table alone takes
+/// `transport` and `lease`): the same as its source's, so the feed never
+/// sends 1C its own records.
 pub const ONEC_SYSTEM: &str = "onec";
 
 /// `[sync.onec]`'s keys beyond the runtime's (issue 19, the 1C writer):
@@ -1772,6 +1823,33 @@ impl Config {
                 ),
             ));
         }
+        if system != ONEC_SYSTEM {
+            for (name, set) in [
+                ("transport", table.transport.is_some()),
+                ("lease", table.lease.is_some()),
+            ] {
+                if set {
+                    return Err(self.invalid(
+                        &key(name),
+                        format!("is a key of [sync.{ONEC_SYSTEM}] only (how changes reach 1C)"),
+                    ));
+                }
+            }
+        }
+        if let Some(lease) = table.lease {
+            if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&lease) {
+                return Err(self.invalid(
+                    &key("lease"),
+                    "must be between 1s and 24h: how long a poller keeps the rows it was handed, e.g. \"10m\"",
+                ));
+            }
+            if !table.pulled() {
+                return Err(self.invalid(
+                    &key("lease"),
+                    "is set without transport = \"pull\": only rows 1C pulls are leased",
+                ));
+            }
+        }
         if table.concurrency == 0 || table.concurrency > 64 {
             return Err(self.invalid(
                 &key("concurrency"),
@@ -1843,10 +1921,11 @@ impl Config {
                 ));
             }
             self.validate_sync_system(system, table)?;
-            if system == ONEC_SYSTEM && self.onec.is_none() {
+            // Under pull 1C fetches its rows itself: no OData to write to.
+            if system == ONEC_SYSTEM && self.onec.is_none() && !table.pulled() {
                 return Err(self.invalid(
                     "sync.onec",
-                    "is set without [onec]: the 1C writer speaks to the base [onec] odata_url names",
+                    "is set without [onec]: the 1C writer speaks to the base [onec] odata_url names (or set transport = \"pull\", where 1C fetches the rows)",
                 ));
             }
             if let Some(entry) = table.allow_from.first_bad() {
@@ -2284,6 +2363,28 @@ mod tests {
     }
 
     #[test]
+    fn onec_transport_is_odata_unless_pull_and_a_pull_lease_is_ten_minutes_unless_set() {
+        let config = parse(&format!(
+            "{MINIMAL}[onec]\nodata_url = \"http://1c/base/odata/standard.odata\"\n[sync.onec]\n"
+        ))
+        .expect("plain [sync.onec]");
+        let onec = config.sync.system("onec").expect("[sync.onec]");
+        assert_eq!(onec.transport(), OnecTransport::Odata);
+        assert!(!onec.pulled());
+        let config = parse(&format!(
+            "{MINIMAL}[sync.onec]\ntransport = \"pull\"\nlease = \"2m\"\n"
+        ))
+        .expect("pull with a lease");
+        let onec = config.sync.system("onec").expect("[sync.onec]");
+        assert!(onec.pulled());
+        assert_eq!(onec.lease(), Duration::from_secs(120));
+        // Under pull no [onec] is needed: 1C fetches the rows itself.
+        let config = parse(&format!("{MINIMAL}[sync.onec]\ntransport = \"pull\"\n")).expect("pull");
+        let onec = config.sync.system("onec").expect("[sync.onec]");
+        assert_eq!(onec.lease(), DEFAULT_LEASE);
+    }
+
+    #[test]
     fn a_sync_table_no_system_claims_is_named() {
         let config = parse(&format!("{MINIMAL}[sync.testcrm]\n[sync.bitrix24]\n"))
             .expect("any system name reads");
@@ -2389,6 +2490,19 @@ mod tests {
                 "sync.amocrm.link_templates.company",
             ),
             ("[sync]\nmax_pending = 0\n".to_owned(), "sync.max_pending"),
+            (
+                "[sync.bitrix24]\ntransport = \"pull\"\n".to_owned(),
+                "sync.bitrix24.transport",
+            ),
+            ("[sync.onec]\ntransport = \"ftp\"\n".to_owned(), "transport"),
+            (
+                "[sync.onec]\nlease = \"5m\"\n".to_owned(),
+                "sync.onec.lease",
+            ),
+            (
+                "[sync.onec]\ntransport = \"pull\"\nlease = \"0s\"\n".to_owned(),
+                "sync.onec.lease",
+            ),
             (
                 "[sync.amocrm]\nallow_from = [\"crm.example.ru\"]\n".to_owned(),
                 "sync.amocrm.allow_from",

@@ -251,10 +251,11 @@ impl Gateway {
         let front = match &sync {
             Some((parts, _)) => {
                 let runtime = parts.runtime.clone();
-                front
+                let front = front
                     .with_sync_store(parts.store.clone(), synced_systems(&config, &registry))
                     .with_sync_systems(sync_systems_view(Arc::clone(&sync_systems)))
-                    .with_sync_resume(Arc::new(move |system: &str| runtime.resume(system)))
+                    .with_sync_resume(Arc::new(move |system: &str| runtime.resume(system)));
+                with_onec_pull(front, &config, &parts.store, &metrics)?
             }
             None => match sync_failure {
                 Some(why) => front.with_sync_store_failed(&config, systems.clone(), why),
@@ -558,6 +559,27 @@ fn open_main_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreErr
     Store::open_with_options(&config.store.path, metrics.registry(), &options)
 }
 
+/// The front serving 1C's pull exchange from the sync store, under
+/// `[sync.onec] transport = "pull"`; as it was otherwise.
+fn with_onec_pull(
+    front: Front,
+    config: &Config,
+    store: &Store,
+    metrics: &Metrics,
+) -> Result<Front, StartError> {
+    let Some(table) = config
+        .sync
+        .system(crate::config::ONEC_SYSTEM)
+        .filter(|t| t.pulled())
+    else {
+        return Ok(front);
+    };
+    let pull_metrics =
+        sync::onec::pull::PullMetrics::new(metrics.registry()).map_err(StartError::Metrics)?;
+    let pull = sync::onec::pull::Pull::new(store.clone(), table, pull_metrics);
+    Ok(front.with_onec_pull(pull))
+}
+
 /// What `/readyz` and the sync status API show of each sending system,
 /// read from its health and limiter when asked.
 fn sync_systems_view(parts: Arc<SyncRuntimeParts>) -> http::SyncSystemsView {
@@ -579,7 +601,6 @@ fn sync_systems_view(parts: Arc<SyncRuntimeParts>) -> http::SyncSystemsView {
                     tokens: limiter.tokens,
                     paused_until: limiter.paused_until,
                     // The 1C writer's worker runs only for OData writes.
-                    transport: (system.name == crate::config::ONEC_SYSTEM).then_some("odata"),
                 }
             })
             .collect()

@@ -410,7 +410,7 @@ fn call_json(c: &StoredCall) -> serde_json::Value {
 }
 
 /// `application/json`, with no charset or a UTF-8 one (JSON is UTF-8).
-fn is_json_utf8(content_type: &str) -> bool {
+pub(super) fn is_json_utf8(content_type: &str) -> bool {
     let mut parts = content_type.split(';');
     if !parts
         .next()

@@ -7,6 +7,7 @@ use super::admin::Admin;
 use super::allow::AllowLists;
 use super::api::Api;
 use super::client::ClientResolver;
+use super::exchange::Exchange;
 use super::limits::ConnectionLimits;
 use super::ops::{Ops, SyncSystemsView};
 use super::origin::AllowedOrigins;
@@ -42,6 +43,8 @@ pub struct Front {
     pub(super) webhooks: Webhooks,
     /// A sync system's initial load and relink.
     pub(super) jobs: JobEndpoints,
+    /// What 1C polls under `[sync.onec] transport = "pull"`.
+    pub(super) exchange: Exchange,
     pub(super) ops: Ops,
     /// Who a request comes from (`server.trusted_proxies`).
     pub(super) clients: ClientResolver,
@@ -91,6 +94,7 @@ impl Front {
             sync: SyncAdmin::new(config),
             webhooks: Webhooks::new(config),
             jobs: JobEndpoints::new(config),
+            exchange: Exchange::new(config),
             ops: Ops::new(directory, health, Arc::clone(&metrics)),
             clients: ClientResolver::new(&config.server.trusted_proxies),
             allow: AllowLists::new(config),
@@ -150,6 +154,14 @@ impl Front {
         self.webhooks.serve(config, store, systems, metrics);
         self.sync.show_jobs(jobs.clone());
         self.jobs.serve(jobs);
+        self
+    }
+
+    /// The same front, serving 1C's pull exchange from `pull` (and the
+    /// sync status showing its leased rows).
+    pub fn with_onec_pull(mut self, pull: crate::sync::onec::pull::Pull) -> Front {
+        self.sync.report_pull(pull.clone());
+        self.exchange.serve(pull);
         self
     }
 

@@ -9,7 +9,8 @@
 //! endpoint and the WSDL), `screens.rs` (operator page, WebSocket,
 //! long-poll), `api.rs` (push API, call journal), `admin.rs` (accepting
 //! the directory file past its guard, backups), `sync.rs` (the sync admin
-//! API over the sync store), `ops.rs` (`/metrics`,
+//! API over the sync store), `exchange.rs` (what 1C polls under
+//! `[sync.onec] transport = "pull"`), `ops.rs` (`/metrics`,
 //! `/healthz`, `/readyz`). This file holds only the route table; `front.rs`
 //! builds the groups, `server.rs` accepts connections (`limits.rs` says
 //! who may open one), `client.rs` tells who a request comes from (behind
@@ -27,6 +28,7 @@ mod api;
 mod auth;
 mod body;
 mod client;
+mod exchange;
 mod front;
 mod host;
 mod limits;
@@ -62,6 +64,9 @@ use client::Client;
 
 pub use admin::{ACCEPT_FILE, BACKUP};
 pub use api::MAX_PUSH_BODY;
+pub use exchange::{
+    ACK as EXCHANGE_ONEC_ACK, LEASE as EXCHANGE_ONEC_LEASE, MAX_ACK_BODY, MAX_ACK_RESULTS,
+};
 pub use front::Front;
 pub use ops::{SyncSystemView, SyncSystemsView, READYZ};
 pub use respond::Body;
@@ -130,6 +135,8 @@ enum Route {
     SyncResume,
     SyncWebhook,
     SyncJob,
+    ExchangeLease,
+    ExchangeAck,
     Metrics,
     Healthz,
     Readyz,
@@ -158,6 +165,8 @@ impl Route {
             Route::SyncResume => "sync_resume",
             Route::SyncWebhook => "sync_webhook",
             Route::SyncJob => "sync_job",
+            Route::ExchangeLease => "exchange_lease",
+            Route::ExchangeAck => "exchange_ack",
             Route::Metrics => "metrics",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
@@ -188,6 +197,8 @@ impl Route {
             | Route::SyncResume
             | Route::SyncWebhook
             | Route::SyncJob
+            | Route::ExchangeLease
+            | Route::ExchangeAck
             | Route::OperatorWs
             | Route::OperatorEvents
             | Route::OperatorMe => true,
@@ -230,6 +241,8 @@ impl Route {
             | Route::SyncResume
             | Route::SyncWebhook
             | Route::SyncJob
+            | Route::ExchangeLease
+            | Route::ExchangeAck
             | Route::Other => None,
         }
     }
@@ -410,6 +423,8 @@ impl Front {
             p if sync::resume_system(p).is_some() => Route::SyncResume,
             p if webhook::is_webhook(p) => Route::SyncWebhook,
             p if sync_jobs::is_job(p) => Route::SyncJob,
+            exchange::LEASE => Route::ExchangeLease,
+            exchange::ACK => Route::ExchangeAck,
             ops::METRICS => Route::Metrics,
             ops::HEALTHZ => Route::Healthz,
             ops::READYZ => Route::Readyz,
@@ -556,6 +571,8 @@ impl Front {
             Route::SyncResume => self.sync.resume(&req, client).await,
             Route::SyncWebhook => self.webhooks.receive(req, client).await,
             Route::SyncJob => self.jobs.start(&req, client).await,
+            Route::ExchangeLease => self.exchange.lease(&req, client).await,
+            Route::ExchangeAck => self.exchange.ack(req, client).await,
             Route::Metrics => self.ops.metrics(),
             Route::Healthz => self.ops.healthz(),
             Route::Readyz => {

@@ -58,9 +58,6 @@ pub struct SyncSystemView {
     pub rate_per_second: f64,
     pub tokens: f64,
     pub paused_until: Option<SystemTime>,
-    /// How the system is written to, where it has a choice: `odata` for
-    /// the 1C writer (the pull endpoint being the other); `None` for a CRM.
-    pub transport: Option<&'static str>,
 }
 
 /// Each sending system as it stands now, by name.

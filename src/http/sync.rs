@@ -4,7 +4,8 @@
 //! - `GET /api/v1/sync/status`: per system, the outbox's pending rows, the
 //!   oldest pending row's age and the dead rows; for a sending system also
 //!   its state (why, since when, last success) and its limiter (rate,
-//!   tokens, paused until);
+//!   tokens, paused until); for `onec` its `transport` (`odata`, `pull`)
+//!   and, under pull, the rows 1C holds a lease on (`leased`);
 //! - `GET /api/v1/sync/outbox?system=&state=pending|dead&after=&limit=`:
 //!   outbox rows in id order, at most 1,000 a page;
 //! - `POST /api/v1/sync/outbox/{id}/retry`: a dead row pending again
@@ -79,6 +80,11 @@ pub struct SyncAdmin {
     resume: Option<Resume>,
     /// The registered systems' initial loads and relinks, for the status.
     jobs: Option<SyncJobs>,
+    /// `[sync.onec] transport`, when `[sync.onec]` is configured: the
+    /// status shows it for `onec`.
+    onec_transport: Option<&'static str>,
+    /// 1C's pull exchange, whose leased rows the status shows.
+    pull: Option<crate::sync::onec::pull::Pull>,
 }
 
 impl SyncAdmin {
@@ -90,7 +96,17 @@ impl SyncAdmin {
             runtime: None,
             resume: None,
             jobs: None,
+            onec_transport: config
+                .sync
+                .system(crate::config::ONEC_SYSTEM)
+                .map(|t| t.transport().as_str()),
+            pull: None,
         }
+    }
+
+    /// The status shows the rows `pull` has leased out.
+    pub fn report_pull(&mut self, pull: crate::sync::onec::pull::Pull) {
+        self.pull = Some(pull);
     }
 
     /// Lets `POST /api/v1/sync/{system}/resume` reach the workers.
@@ -220,6 +236,13 @@ impl SyncAdmin {
                         Err(e) => return unreadable("the inbox", &e),
                     }
                 }
+                let leased = match &self.pull {
+                    Some(pull) => match pull.leased_now().await {
+                        Ok(n) => Some(n),
+                        Err(e) => return unreadable("the leased rows", &e),
+                    },
+                    None => None,
+                };
                 let systems: Vec<serde_json::Value> = systems
                     .iter()
                     .zip(inboxes)
@@ -236,6 +259,16 @@ impl SyncAdmin {
                                 .and_then(|j| j.progress(&s.system))
                                 .map(|j| job_json(&j)),
                         });
+                        if s.system == crate::config::ONEC_SYSTEM {
+                            if let (Some(transport), Some(obj)) =
+                                (self.onec_transport, system.as_object_mut())
+                            {
+                                // The 1C writer's transport, and under
+                                // pull the rows 1C holds a lease on.
+                                obj.insert("transport".into(), transport.into());
+                                obj.insert("leased".into(), leased.into());
+                            }
+                        }
                         let sending = runtime.iter().find(|r| r.name == s.system);
                         if let (Some(sending), Some(obj)) = (sending, system.as_object_mut()) {
                             add_runtime(obj, sending);
@@ -565,9 +598,6 @@ fn limit(value: &str) -> Result<u32, String> {
 /// limiter (rate, tokens, paused until) in its status entry.
 fn add_runtime(obj: &mut serde_json::Map<String, serde_json::Value>, system: &SyncSystemView) {
     obj.insert("state".into(), system.state.into());
-    if let Some(transport) = system.transport {
-        obj.insert("transport".into(), transport.into());
-    }
     obj.insert("reason".into(), system.reason.clone().into());
     obj.insert("since".into(), time(system.since).into());
     obj.insert("last_success".into(), system.last_success.map(time).into());

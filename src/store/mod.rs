@@ -65,9 +65,10 @@ pub use refusals::{Refusal, RefusalLog};
 pub use retention::{keep_journal_for, PRUNE_BATCH, PRUNE_PAUSE};
 pub use snapshot::SnapshotRecord;
 pub use sync::{
-    Conflict, ConflictQuery, IdMapKey, IdMapLink, IdMapRow, InboxRow, Link, NewConflict,
-    NewOutboxRow, OutboxOp, OutboxQuery, OutboxRow, OutboxState, RetryOutcome, Settle, SyncBatch,
-    SyncDepth, SystemStatus, EXPORT_CHUNK, MAX_PAGE,
+    Ack, AckOutcome, AckResult, Conflict, ConflictQuery, IdMapKey, IdMapLink, IdMapRow, InboxRow,
+    LeaseRequest, Leased, LeasedRow, Link, NewConflict, NewOutboxRow, OutboxOp, OutboxQuery,
+    OutboxRow, OutboxState, RetryOutcome, Settle, SyncBatch, SyncDepth, SystemStatus, EXPORT_CHUNK,
+    MAX_PAGE,
 };
 use writer::Command;
 

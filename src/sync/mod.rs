@@ -12,7 +12,8 @@
 //! ([`parts`]), the runtime that sends each system's outbox ([`runtime`]),
 //! the webhooks' inbox and the task applying it ([`inbox`]), and a
 //! system's initial load and relink ([`jobs`]), and 1C as a target, the
-//! writer ([`onec`]), whose [`build_systems`] is the build's list of systems.
+//! writer and the pull exchange ([`onec`]), whose [`build_systems`] is the
+//! build's list of systems.
 //!
 //! The sync store (`<name>.sync.sqlite`) is opened only when a system is
 //! registered: an installation that does not sync has no such file.

@@ -53,7 +53,8 @@ impl Runtime {
 }
 
 /// Starts a worker for each of `systems` (those started, with their
-/// `[sync.<name>]` table; `runtime` made from the same list), on one
+/// `[sync.<name>]` table; `runtime` made from the same list; not one whose
+/// remote pulls its outbox, `transport = "pull"`), on one
 /// lowest-priority thread, with the limiter, health and settings `parts`
 /// holds for it; each runs until `stop`.
 pub fn spawn(
@@ -76,6 +77,12 @@ pub fn spawn(
             tracing::error!(system = %name, "sync: no limiter or health for the system; not started");
             continue;
         };
+        if part.config.pulled() {
+            // `[sync.onec] transport = "pull"`: 1C leases the rows itself
+            // (`sync::onec::pull`); nothing is sent from here.
+            tracing::info!(system = %name, "sync: the system pulls its outbox (transport = \"pull\"): no worker sends it");
+            continue;
+        }
         let resume = runtime
             .resume
             .get(&name)

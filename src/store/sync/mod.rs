@@ -14,6 +14,7 @@
 
 mod batch;
 mod inbox;
+mod lease;
 mod outbox;
 mod read;
 mod schema;
@@ -27,7 +28,9 @@ use super::writer::{Command, SyncWrite};
 use super::{unix_ms, Store, StoreError};
 pub use batch::{IdMapKey, SyncBatch};
 pub use inbox::{InboxRow, SyncDepth};
+pub use lease::{Ack, AckOutcome, AckResult, LeaseRequest, Leased, LeasedRow};
 pub use outbox::{Link, Settle};
+pub(in crate::store) use read::outbox_row;
 pub(super) use schema::{SYNC_APPLICATION_ID, SYNC_MIGRATIONS};
 
 /// The most rows one [`Store::outbox_page`] or [`Store::conflicts_page`]

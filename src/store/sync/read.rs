@@ -258,7 +258,7 @@ pub(super) fn outbox_page(
     read().map_err(|e| StoreError::sqlite(path, "reading the outbox", e))
 }
 
-pub(super) fn outbox_row(r: &Row<'_>) -> rusqlite::Result<OutboxRow> {
+pub(in crate::store) fn outbox_row(r: &Row<'_>) -> rusqlite::Result<OutboxRow> {
     let op: String = r.get(4)?;
     let state: String = r.get(8)?;
     let attempts: i64 = r.get(6)?;

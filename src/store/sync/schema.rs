@@ -157,4 +157,20 @@ pub(in crate::store) const SYNC_MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE outbox ADD COLUMN superseded_by INTEGER;
     ",
+    // 5: rows 1C pulls (issue 19, `[sync.onec] transport = "pull"`) are
+    // leased to a poller rather than sent by a worker. `leased_until`
+    // (unix ms) is set when a lease hands the row out and kept after it
+    // expires; `lease` (the lease's id) only while the row is out, so an
+    // expiry is counted once. A row a lease passed over while an earlier
+    // row of its record was out is marked with `leased_until = 0`: the
+    // marked rows are what a poll going on from `after` must know of (an
+    // older row of a record it sees), and what an ack of a newer row of
+    // the record replaces. The index holds marked rows only (a few hundred
+    // at most): an enqueue stays an append, unindexed by record key.
+    "
+    ALTER TABLE outbox ADD COLUMN leased_until INTEGER;
+    ALTER TABLE outbox ADD COLUMN lease TEXT;
+    CREATE INDEX outbox_leased ON outbox (system, record_key, id)
+        WHERE leased_until IS NOT NULL;
+    ",
 ];

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 mod checkpoint;
 mod delivered;
 mod inbox;
+mod lease;
 mod outbox;
 mod replace;
 mod sync;

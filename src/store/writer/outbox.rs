@@ -5,14 +5,24 @@
 use rusqlite::params;
 
 use super::{Reply, Writer};
-use crate::store::sync::Settle;
+use crate::store::sync::{Ack, AckOutcome, LeaseRequest, Leased, Settle};
 use crate::store::unix_ms;
 
-/// An outbox write of the sync runtime.
+/// An outbox write of the sync runtime, or of a poller (`writer/lease.rs`).
 pub(in crate::store) enum OutboxWrite {
     Settle {
         settled: Vec<Settle>,
         reply: Reply<()>,
+    },
+    Lease {
+        request: LeaseRequest,
+        reply: Reply<Leased>,
+    },
+    Ack {
+        system: String,
+        acks: Vec<Ack>,
+        now: std::time::SystemTime,
+        reply: Reply<Vec<AckOutcome>>,
     },
     /// `system`'s pending rows queued before `created_before_ms` made dead
     /// with `error`; the reply is how many.
@@ -36,6 +46,29 @@ impl Writer {
                 });
                 if let Err(e) = &result {
                     self.failures.failed("sync outbox settle", settled.len(), e);
+                }
+                let _ = reply.send(result);
+            }
+            OutboxWrite::Lease { request, reply } => {
+                let result = self.transact("leasing outbox rows to a poller", |tx| {
+                    super::lease::lease(tx, &request)
+                });
+                if let Err(e) = &result {
+                    self.failures.failed("sync outbox lease", 1, e);
+                }
+                let _ = reply.send(result);
+            }
+            OutboxWrite::Ack {
+                system,
+                acks,
+                now,
+                reply,
+            } => {
+                let result = self.transact("writing a poller's acks", |tx| {
+                    super::lease::ack(tx, &system, &acks, now)
+                });
+                if let Err(e) = &result {
+                    self.failures.failed("sync outbox ack", acks.len(), e);
                 }
                 let _ = reply.send(result);
             }
@@ -63,7 +96,7 @@ impl Writer {
     }
 }
 
-fn settle_one(tx: &rusqlite::Transaction<'_>, settle: &Settle) -> rusqlite::Result<()> {
+pub(super) fn settle_one(tx: &rusqlite::Transaction<'_>, settle: &Settle) -> rusqlite::Result<()> {
     match settle {
         Settle::Confirmed {
             id,

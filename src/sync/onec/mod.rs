@@ -26,9 +26,13 @@
 //! other 4xx) dead with 1C's message; 401/403 block the system, naming the
 //! credentials or the rights; 5xx, timeouts and cut-off answers are retried.
 //! Field names default to Бухгалтерия 3.0's (`docs/1c-writer.md`).
+//!
+//! Under `[sync.onec] transport = "pull"` no worker sends: 1C polls the
+//! gateway for the rows and acknowledges them ([`pull`], `docs/1c-pull.md`).
 
 pub mod body;
 mod metrics;
+pub mod pull;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -114,17 +118,109 @@ pub struct OnecWriter {
 /// list `Gateway::start` and the CLI use.
 pub fn systems(config: &Config) -> Vec<Arc<dyn System>> {
     let mut systems: Vec<Arc<dyn System>> = Vec::new();
-    if let Some(writer) = OnecWriter::from_config(config) {
+    let pulled = config.sync.system(ONEC_SYSTEM).is_some_and(|t| t.pulled());
+    if pulled {
+        systems.push(Arc::new(Pulled::new(config)));
+    } else if let Some(writer) = OnecWriter::from_config(config) {
         systems.push(Arc::new(writer));
     }
     systems
+}
+
+/// The `onec` system's registration and spec: the writer's and, under
+/// pull, [`Pulled`]'s, so that the feed queues the same rows either way.
+fn spec(config: &Config) -> SystemSpec {
+    let inn_only = config
+        .sync
+        .system(ONEC_SYSTEM)
+        .is_some_and(|t| t.dedupe_key == ConfigDedupeKey::Inn);
+    let dedupe = if inn_only {
+        DedupeKey::Inn
+    } else {
+        DedupeKey::InnKpp
+    };
+    // A fixed name and fixed fields: never refused.
+    SystemSpec::new(ONEC_SYSTEM)
+        .and_then(|s| s.with_fields(FIELDS))
+        .map(|s| s.with_dedupe_key(dedupe).with_record_kind("counterparty"))
+        .unwrap_or_else(|e| unreachable!("the 1C writer's spec: {e}"))
+}
+
+/// System `onec` under `[sync.onec] transport = "pull"`: registered so that
+/// the feed queues the rows 1C is to create, while no worker sends them (the
+/// runtime starts none for a pulled system): 1C leases and acknowledges them
+/// through the pull endpoints ([`pull`]). It needs neither `[onec]` nor a
+/// write user.
+pub struct Pulled {
+    spec: SystemSpec,
+}
+
+impl Pulled {
+    pub fn new(config: &Config) -> Pulled {
+        Pulled { spec: spec(config) }
+    }
+}
+
+impl System for Pulled {
+    fn spec(&self) -> &SystemSpec {
+        &self.spec
+    }
+
+    fn published_limit(&self) -> PublishedLimit {
+        // Not applied: 1C paces itself.
+        PublishedLimit::Bucket {
+            burst: BURST,
+            per_second: PER_SECOND,
+        }
+    }
+
+    fn batch_size(&self) -> usize {
+        1
+    }
+
+    fn send<'a>(&'a self, rows: &'a [OutgoingRow]) -> RemoteFuture<'a, Vec<Outcome>> {
+        // No worker calls it under pull; should one, nothing is lost.
+        Box::pin(async move {
+            rows.iter()
+                .map(|_| Outcome::Retry("transport = \"pull\": 1C fetches this row".into()))
+                .collect()
+        })
+    }
+
+    fn find_existing<'a>(
+        &'a self,
+        _row: &'a OutgoingRow,
+    ) -> RemoteFuture<'a, Result<Option<Remote>, Outcome>> {
+        // 1C checks by INN itself before it creates (docs/1c-pull.md).
+        Box::pin(async { Ok(None) })
+    }
+
+    fn authenticate(&self, _hook: &Webhook<'_>) -> bool {
+        false
+    }
+
+    fn parse(&self, _hook: &Webhook<'_>) -> Result<Vec<Inbound>, WebhookError> {
+        Err(WebhookError {
+            what:
+                "1C sends no webhooks: under pull it acknowledges through /api/v1/exchange/onec/ack"
+                    .into(),
+        })
+    }
+
+    fn list<'a>(&'a self, _after: Option<&'a str>) -> RemoteFuture<'a, Result<Page, Outcome>> {
+        Box::pin(async { Ok(Page::default()) })
+    }
 }
 
 /// Why the 1C writer does not run under `config`, when `[sync.onec]` is set
 /// and it does not; `None` when it runs or is not asked for. For the log
 /// and `check-config`.
 pub fn writer_off(config: &Config) -> Option<String> {
-    config.sync.system(ONEC_SYSTEM)?;
+    let table = config.sync.system(ONEC_SYSTEM)?;
+    if table.pulled() {
+        // Not off: under pull 1C fetches the rows, no OData write is made.
+        return None;
+    }
     if config.onec.is_none() {
         return Some("1C writer off: [sync.onec] is set without [onec]".into());
     }
@@ -159,31 +255,21 @@ impl OnecWriter {
                 return None;
             }
         };
-        let inn_only = table.dedupe_key == ConfigDedupeKey::Inn;
-        Some(OnecWriter::new(onec, settings, client, inn_only))
+        Some(OnecWriter::new(onec, settings, client, spec(config)))
     }
 
     fn new(
         onec: &OnecConfig,
         settings: OnecSyncConfig,
         client: OdataClient,
-        inn_only: bool,
+        spec: SystemSpec,
     ) -> OnecWriter {
-        let dedupe = if inn_only {
-            DedupeKey::Inn
-        } else {
-            DedupeKey::InnKpp
-        };
-        // A fixed name and fixed fields: never refused.
-        let spec = SystemSpec::new(ONEC_SYSTEM)
-            .and_then(|s| s.with_fields(FIELDS))
-            .map(|s| s.with_dedupe_key(dedupe).with_record_kind("counterparty"))
-            .unwrap_or_else(|e| unreachable!("the 1C writer's spec: {e}"));
         let accounts = if onec.bank_accounts.is_empty() {
             "Catalog_БанковскиеСчета".to_owned()
         } else {
             onec.bank_accounts.clone()
         };
+        let inn_only = spec.dedupe_key() == DedupeKey::Inn;
         OnecWriter {
             spec,
             client,
@@ -191,8 +277,8 @@ impl OnecWriter {
             banks: onec.banks.clone(),
             accounts,
             account_fields: onec.bank_account_fields.clone(),
-            settings,
             inn_only,
+            settings,
             contacts_in_section: onec.contacts_layout == ContactsLayout::Section,
             kinds: tokio::sync::Mutex::new(None),
             adopted: Mutex::new(HashSet::new()),
