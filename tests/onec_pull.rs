@@ -761,3 +761,151 @@ async fn the_build_runs_onec_under_pull_without_onec_or_a_write_user() {
         status.body
     );
 }
+
+#[tokio::test]
+async fn format_xml_leases_the_same_rows_and_an_xml_ack_is_checked_as_json_is() {
+    let gw = start(0, "transport = \"pull\"\n").await;
+    push_card(
+        gw.addr,
+        "p1",
+        "ООО \"Ветер & Ко\"",
+        "7705123452",
+        "770501001",
+        "+7 (912) 345-67-89",
+    )
+    .await;
+    push_card(
+        gw.addr,
+        "p2",
+        "ООО \"Южный\"",
+        "7705123452",
+        "770502001",
+        "84957771122",
+    )
+    .await;
+    settled(&gw).await;
+    let reply = post(
+        gw.addr,
+        &format!("{LEASE}?format=xml&limit=10"),
+        &[BEARER],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/xml; charset=utf-8")
+    );
+    let xml = &reply.body;
+    assert!(
+        xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("op=\"create\" key=\"p1\" onec_ref=\"\""),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<name>ООО &quot;Ветер &amp; Ко&quot;</name>"),
+        "{xml}"
+    );
+    assert!(xml.contains("<inn>7705123452</inn>"), "{xml}");
+    assert!(xml.contains("<phones><v>"), "{xml}");
+    let ids: Vec<i64> = xml
+        .match_indices("<item id=\"")
+        .map(|(at, m)| {
+            let rest = &xml[at + m.len()..];
+            rest[..rest.find('"').expect("quote")]
+                .parse()
+                .expect("an id")
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "{xml}");
+
+    // An ack as ЗаписьXML would write it (attributes; the message as text).
+    let xml_ack = |body: &str| {
+        let body = body.to_owned();
+        async move {
+            request(
+                gw.addr,
+                "POST",
+                ACK,
+                &[BEARER, "Content-Type: application/xml; charset=utf-8"],
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    // Checked as JSON is: a bad status is 422 naming index and field, nothing written.
+    let bad = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ack><result id=\"{}\" status=\"created\" onec_ref=\"{REF_A}\"/><result id=\"{}\" status=\"made\"/></ack>",
+        ids[0], ids[1]
+    );
+    let reply = xml_ack(&bad).await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    let refused: Value = serde_json::from_str(&reply.body).expect("JSON");
+    assert_eq!(
+        (refused["index"].as_u64(), refused["field"].as_str()),
+        (Some(1), Some("status"))
+    );
+    assert_eq!(remote_id(&gw, "p1").await, None);
+    // Malformed: 400 with the line.
+    let reply = xml_ack("<ack>\n<result id=\"1\">\n</ack>").await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert_eq!(
+        serde_json::from_str::<Value>(&reply.body).expect("JSON")["line"],
+        3
+    );
+    // A DTD: refused, never expanded.
+    let reply = xml_ack("<!DOCTYPE ack [<!ENTITY x \"y\">]><ack/>").await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    // A good one, in windows-1251 as an 8.2 base may write it.
+    let message = "нет КПП";
+    let encoded = encoding_1251(message);
+    let mut body = format!(
+        "<?xml version=\"1.0\" encoding=\"windows-1251\"?><ack><result id=\"{}\" status=\"created\" onec_ref=\"{REF_A}\" code=\"00-1\"/><result id=\"{}\" status=\"failed\" code=\"kpp\">",
+        ids[0], ids[1]
+    )
+    .into_bytes();
+    body.extend_from_slice(&encoded);
+    body.extend_from_slice(b"</result></ack>");
+    let reply = request(
+        gw.addr,
+        "POST",
+        ACK,
+        &[BEARER, "Content-Type: text/xml"],
+        &body,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply
+            .body
+            .contains("<acked done=\"1\" dead=\"1\" ignored=\"0\">"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(remote_id(&gw, "p1").await.as_deref(), Some(REF_A));
+    let dead = outbox(&gw, OutboxState::Dead).await;
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains(message)),
+        "{:?}",
+        dead[0].last_error
+    );
+}
+
+/// `text` in windows-1251 (Cyrillic only, as the test needs).
+fn encoding_1251(text: &str) -> Vec<u8> {
+    text.chars()
+        .map(|c| match c {
+            'А'..='я' => (c as u32 - 'А' as u32 + 0xC0) as u8,
+            'ё' => 0xB8,
+            'Ё' => 0xA8,
+            c if c.is_ascii() => c as u8,
+            other => panic!("not in this test's windows-1251: {other}"),
+        })
+        .collect()
+}

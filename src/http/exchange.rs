@@ -25,11 +25,12 @@ use super::api::{is_json_utf8, require_token};
 use super::body::{self, BodyError};
 use super::client::{Client, RequestId};
 use super::query::ApiQuery;
-use super::respond::{json, json_error, with_header, Body};
+use super::respond::{bytes, json, json_error, with_header, Body};
 use crate::config::{Config, Secret};
 use crate::logging::Escaped;
 use crate::store::AckOutcome;
 use crate::sync::onec::pull::{is_guid, AckItem, AckStatus, Lease, Pull, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::sync::onec::pull_xml::{lease_xml, read_ack, AckXmlError};
 
 pub const LEASE: &str = "/api/v1/exchange/onec/counterparties/lease";
 pub const ACK: &str = "/api/v1/exchange/onec/ack";
@@ -44,6 +45,9 @@ const MAX_TEXT: usize = 4 * 1024;
 const INLINE_PARSE_BYTES: usize = 64 * 1024;
 
 const LEASE_PARAMETERS: &[&str] = &["after", "limit", "format"];
+
+/// The XML form's answers.
+const XML_UTF8: &str = "application/xml; charset=utf-8";
 
 /// The exchange endpoints, built once at start-up.
 pub struct Exchange {
@@ -102,11 +106,12 @@ impl Exchange {
             Ok(pull) => pull,
             Err(refused) => return refused,
         };
-        let (after, limit) = match lease_query(req.uri().query()) {
+        let (after, limit, xml) = match lease_query(req.uri().query()) {
             Ok(query) => query,
             Err(message) => return refused(StatusCode::BAD_REQUEST, &message, client.request),
         };
         match pull.lease(after, limit).await {
+            Ok(lease) if xml => bytes(lease_xml(&lease), XML_UTF8),
             Ok(lease) => json(StatusCode::OK, &lease_json(&lease)),
             Err(e) => {
                 tracing::error!(error = %e, request_id = %client.request, "1C pull: a lease could not be written");
@@ -138,9 +143,10 @@ impl Exchange {
             .get(header::CONTENT_TYPE)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default();
-        if !is_json_utf8(&content_type) {
+        let xml = is_xml(&content_type);
+        if !xml && !is_json_utf8(&content_type) {
             let message = format!(
-                "Content-Type '{}' is not JSON: send application/json (UTF-8); nothing was acknowledged",
+                "Content-Type '{}' is neither JSON nor XML: send application/json (UTF-8) or application/xml; nothing was acknowledged",
                 content_type.chars().take(100).collect::<String>().escape_debug()
             );
             return refused(StatusCode::UNSUPPORTED_MEDIA_TYPE, &message, client.request);
@@ -149,7 +155,7 @@ impl Exchange {
             Ok(body) => body,
             Err(e) => return body_refused(e, client.request),
         };
-        let results = match parse(body).await {
+        let results = match parse(body, xml).await {
             Ok(results) => results,
             Err(e) => return e.answer(client.request),
         };
@@ -169,6 +175,9 @@ impl Exchange {
                         serde_json::json!({ "id": r.id, "result": o.as_str() })
                     })
                     .collect();
+                if xml {
+                    return bytes(acked_xml(&shown, counts), XML_UTF8);
+                }
                 json(
                     StatusCode::OK,
                     &serde_json::json!({
@@ -212,11 +221,11 @@ fn lease_json(lease: &Lease) -> Value {
     })
 }
 
-/// `after` (a whole number, 0 or more) and `limit` (1 to 500, default
-/// 100); `format` only `json` for now.
-fn lease_query(query: Option<&str>) -> Result<(Option<i64>, u32), String> {
+/// `after` (a whole number, 0 or more), `limit` (1 to 500, default 100)
+/// and whether `format` is `xml` (else `json`, the default).
+fn lease_query(query: Option<&str>) -> Result<(Option<i64>, u32, bool), String> {
     let query = ApiQuery::parse(query, LEASE_PARAMETERS)?;
-    let (mut after, mut limit) = (None, DEFAULT_LIMIT);
+    let (mut after, mut limit, mut xml) = (None, DEFAULT_LIMIT, false);
     for (name, value) in query.pairs() {
         match name {
             "after" => {
@@ -237,15 +246,42 @@ fn lease_query(query: Option<&str>) -> Result<(Option<i64>, u32), String> {
                         )
                     })?;
             }
-            "format" if value != "json" => {
-                return Err(format!(
-                    "format is {value:?}: this gateway serves format=json"
-                ));
+            "format" => {
+                xml = match value {
+                    "json" => false,
+                    "xml" => true,
+                    _ => return Err(format!("format is {value:?}: give json or xml")),
+                };
             }
             _ => {}
         }
     }
-    Ok((after, limit))
+    Ok((after, limit, xml))
+}
+
+/// `application/xml` or `text/xml`, whatever the charset (the document's
+/// declaration says it; UTF-8 and windows-1251 are read).
+fn is_xml(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case("application/xml") || media.eq_ignore_ascii_case("text/xml")
+}
+
+/// An XML ack's answer: `<acked done= dead= ignored=><result id= result=/>…</acked>`.
+fn acked_xml(shown: &[Value], counts: [u64; 3]) -> String {
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<acked done=\"{}\" dead=\"{}\" ignored=\"{}\">",
+        counts[0], counts[1], counts[2]
+    );
+    for r in shown {
+        // Ids are numbers and results fixed words: nothing to escape.
+        out.push_str(&format!(
+            "<result id=\"{}\" result=\"{}\"/>",
+            r["id"],
+            r["result"].as_str().unwrap_or_default()
+        ));
+    }
+    out.push_str("</acked>\n");
+    out
 }
 
 /// Why an ack body was refused.
@@ -254,7 +290,8 @@ enum AckError {
     Malformed {
         message: String,
         line: usize,
-        column: usize,
+        /// `None` for XML (its reader counts lines only).
+        column: Option<usize>,
     },
     TooMany {
         count: usize,
@@ -312,15 +349,62 @@ impl AckError {
     }
 }
 
-/// Reads an ack body: on the request's task when small, else on the
-/// blocking pool.
-async fn parse(body: Bytes) -> Result<Vec<AckItem>, AckError> {
+/// Reads an ack body (JSON, or XML when `xml`): on the request's task when
+/// small, else on the blocking pool.
+async fn parse(body: Bytes, xml: bool) -> Result<Vec<AckItem>, AckError> {
+    let read = move |body: &[u8]| {
+        if xml {
+            parse_ack_xml(body)
+        } else {
+            parse_ack(body)
+        }
+    };
     if body.len() <= INLINE_PARSE_BYTES {
-        return parse_ack(&body);
+        return read(&body);
     }
-    tokio::task::spawn_blocking(move || parse_ack(&body))
+    tokio::task::spawn_blocking(move || read(&body))
         .await
         .unwrap_or(Err(AckError::Internal))
+}
+
+/// `<ack><result id= status= onec_ref= code=>message</result>…</ack>`,
+/// checked as the JSON form is (the same fields, the same 422s).
+fn parse_ack_xml(body: &[u8]) -> Result<Vec<AckItem>, AckError> {
+    let raw = read_ack(body, MAX_ACK_RESULTS).map_err(|e| match e {
+        AckXmlError::TooMany(_) => AckError::TooMany {
+            count: MAX_ACK_RESULTS + 1,
+        },
+        AckXmlError::Malformed(..) => AckError::Malformed {
+            message: e.to_string(),
+            line: usize::try_from(e.line()).unwrap_or(usize::MAX),
+            column: None,
+        },
+        other => AckError::Invalid {
+            index: None,
+            field: "ack".to_owned(),
+            message: other.to_string(),
+        },
+    })?;
+    let text = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
+    let results: Vec<Value> = raw
+        .iter()
+        .map(|r| {
+            // A number where the JSON form has one: an id that is not one
+            // stays a string, refused as the JSON form refuses it.
+            let id = match r.id.as_deref().map(str::parse::<i64>) {
+                Some(Ok(n)) => Value::from(n),
+                _ => text(&r.id),
+            };
+            serde_json::json!({
+                "id": id,
+                "status": text(&r.status),
+                "onec_ref": text(&r.onec_ref),
+                "code": text(&r.code),
+                "message": text(&r.message),
+            })
+        })
+        .collect();
+    check_ack(&serde_json::json!({ "results": results }))
 }
 
 /// `{"results":[…]}`, every result checked before any is written.
@@ -330,8 +414,13 @@ fn parse_ack(body: &[u8]) -> Result<Vec<AckItem>, AckError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| AckError::Malformed {
         message: e.to_string(),
         line: e.line(),
-        column: e.column(),
+        column: Some(e.column()),
     })?;
+    check_ack(&value)
+}
+
+/// Every result of `{"results":[…]}` checked, before any is written.
+fn check_ack(value: &Value) -> Result<Vec<AckItem>, AckError> {
     let invalid = |index: Option<usize>, field: &str, message: String| AckError::Invalid {
         index,
         field: field.to_owned(),
@@ -473,10 +562,14 @@ mod tests {
 
     #[test]
     fn a_lease_query_names_what_is_wrong() {
-        assert_eq!(lease_query(None), Ok((None, DEFAULT_LIMIT)));
+        assert_eq!(lease_query(None), Ok((None, DEFAULT_LIMIT, false)));
         assert_eq!(
             lease_query(Some("after=7&limit=500&format=json")),
-            Ok((Some(7), 500))
+            Ok((Some(7), 500, false))
+        );
+        assert_eq!(
+            lease_query(Some("format=xml")),
+            Ok((None, DEFAULT_LIMIT, true))
         );
         for (query, named) in [
             ("after=x", "after"),

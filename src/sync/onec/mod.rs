@@ -28,11 +28,13 @@
 //! Field names default to Бухгалтерия 3.0's (`docs/1c-writer.md`).
 //!
 //! Under `[sync.onec] transport = "pull"` no worker sends: 1C polls the
-//! gateway for the rows and acknowledges them ([`pull`], `docs/1c-pull.md`).
+//! gateway for the rows and acknowledges them ([`pull`], its XML form
+//! [`pull_xml`], `docs/1c-pull.md`).
 
 pub mod body;
 mod metrics;
 pub mod pull;
+pub mod pull_xml;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
