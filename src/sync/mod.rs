@@ -11,7 +11,8 @@
 //! doing ([`health`]) and where a system's limiter and health live
 //! ([`parts`]), the runtime that sends each system's outbox ([`runtime`]),
 //! the webhooks' inbox and the task applying it ([`inbox`]), and a
-//! system's initial load and relink ([`jobs`]).
+//! system's initial load and relink ([`jobs`]), and 1C's payments as
+//! events for the systems that take them ([`onec::payments`]).
 //!
 //! The sync store (`<name>.sync.sqlite`) is opened only when a system is
 //! registered: an installation that does not sync has no such file.
@@ -27,6 +28,7 @@ pub mod jobs;
 pub mod limiter;
 pub mod link;
 pub mod metrics;
+pub mod onec;
 pub mod parts;
 pub mod registry;
 #[cfg(test)]

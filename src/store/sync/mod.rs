@@ -15,6 +15,7 @@
 mod batch;
 mod inbox;
 mod outbox;
+pub(super) mod payments;
 mod read;
 mod schema;
 
@@ -28,6 +29,10 @@ use super::{unix_ms, Store, StoreError};
 pub use batch::{IdMapKey, SyncBatch};
 pub use inbox::{InboxRow, SyncDepth};
 pub use outbox::{Link, Settle};
+pub use payments::{
+    NewPayment, PaymentCursor, PaymentEvent, PaymentsBatch, PaymentsCommitted, PostedPayment,
+    StoredPayment, PAYMENT_KIND,
+};
 pub(super) use schema::{SYNC_APPLICATION_ID, SYNC_MIGRATIONS};
 
 /// The most rows one [`Store::outbox_page`] or [`Store::conflicts_page`]
