@@ -10,6 +10,7 @@ use super::client::ClientResolver;
 use super::limits::ConnectionLimits;
 use super::ops::{Ops, SyncSystemsView};
 use super::origin::AllowedOrigins;
+use super::payments::PaymentsEndpoint;
 use super::screens::Screens;
 use super::soap::SoapEndpoint;
 use super::sync::SyncAdmin;
@@ -27,6 +28,7 @@ use crate::sources::SourceHealth;
 use crate::store::Store;
 use crate::sync::inbox::InboxMetrics;
 use crate::sync::jobs::SyncJobs;
+use crate::sync::onec::payments::Payments;
 use crate::sync::system::System;
 use crate::vats::Vats;
 use tokio::sync::Notify;
@@ -36,6 +38,8 @@ pub struct Front {
     pub(super) soap: SoapEndpoint,
     pub(super) screens: Screens,
     pub(super) api: Api,
+    /// Pushed payments (`[payments] source = "push"`).
+    pub(super) payments: PaymentsEndpoint,
     pub(super) admin: Admin,
     pub(super) sync: SyncAdmin,
     /// The sync systems' webhooks.
@@ -87,6 +91,7 @@ impl Front {
                 metrics.http_connections.clone(),
             ),
             api: Api::new(config, push, store.clone()),
+            payments: PaymentsEndpoint::new(config),
             admin: Admin::new(config, file, Arc::clone(&directory), store),
             sync: SyncAdmin::new(config),
             webhooks: Webhooks::new(config),
@@ -157,6 +162,14 @@ impl Front {
     /// `/readyz` says so, the sync API answers 503.
     pub fn with_sync_store_failed(mut self, why: String) -> Front {
         self.ops.report_sync_failure(why);
+        self
+    }
+
+    /// The same front, taking pushed payments into `payments` and showing
+    /// the payments (source, cursor, lag) in the sync status.
+    pub fn with_payments(mut self, payments: Arc<Payments>) -> Front {
+        self.payments.serve(Arc::clone(&payments));
+        self.sync.show_payments(payments);
         self
     }
 

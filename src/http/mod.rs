@@ -7,7 +7,7 @@
 //!
 //! One file per endpoint group, each with its paths: `soap.rs` (the PBX's
 //! endpoint and the WSDL), `screens.rs` (operator page, WebSocket,
-//! long-poll), `api.rs` (push API, call journal), `admin.rs` (accepting
+//! long-poll), `api.rs` (push API, call journal), `payments.rs` (pushed payments), `admin.rs` (accepting
 //! the directory file past its guard, backups), `sync.rs` (the sync admin
 //! API over the sync store), `ops.rs` (`/metrics`,
 //! `/healthz`, `/readyz`). This file holds only the route table; `front.rs`
@@ -32,6 +32,7 @@ mod host;
 mod limits;
 mod ops;
 mod origin;
+mod payments;
 mod query;
 mod respond;
 mod rfc3339;
@@ -64,6 +65,7 @@ pub use admin::{ACCEPT_FILE, BACKUP};
 pub use api::MAX_PUSH_BODY;
 pub use front::Front;
 pub use ops::{SyncSystemView, SyncSystemsView};
+pub use payments::{MAX_PAYMENTS_BODY, PAYMENTS as EXCHANGE_PAYMENTS};
 pub use respond::Body;
 pub use soap::MAX_SOAP_BODY;
 pub use sync::{
@@ -122,6 +124,7 @@ enum Route {
     ApiCalls,
     ApiAcceptFile,
     ApiBackup,
+    ApiPayments,
     SyncStatus,
     SyncOutbox,
     SyncRetry,
@@ -150,6 +153,7 @@ impl Route {
             Route::ApiCalls => "api_calls",
             Route::ApiAcceptFile => "api_accept_file",
             Route::ApiBackup => "api_backup",
+            Route::ApiPayments => "api_payments",
             Route::SyncStatus => "sync_status",
             Route::SyncOutbox => "sync_outbox",
             Route::SyncRetry => "sync_retry",
@@ -180,6 +184,7 @@ impl Route {
             | Route::ApiCalls
             | Route::ApiAcceptFile
             | Route::ApiBackup
+            | Route::ApiPayments
             | Route::SyncStatus
             | Route::SyncOutbox
             | Route::SyncRetry
@@ -226,6 +231,7 @@ impl Route {
             | Route::ApiCounterparty
             | Route::ApiAcceptFile
             | Route::ApiBackup
+            | Route::ApiPayments
             | Route::SyncRetry
             | Route::SyncResume
             | Route::SyncWebhook
@@ -402,6 +408,7 @@ impl Front {
             api::CALLS => Route::ApiCalls,
             admin::ACCEPT_FILE => Route::ApiAcceptFile,
             admin::BACKUP => Route::ApiBackup,
+            payments::PAYMENTS => Route::ApiPayments,
             sync::STATUS => Route::SyncStatus,
             sync::OUTBOX => Route::SyncOutbox,
             p if sync::is_outbox_row(p) => Route::SyncRetry,
@@ -548,6 +555,7 @@ impl Front {
             Route::ApiCalls => self.api.calls(&req, client).await,
             Route::ApiAcceptFile => self.admin.accept_file(req, client).await,
             Route::ApiBackup => self.admin.backup(req, client).await,
+            Route::ApiPayments => self.payments.receive(req, client).await,
             Route::SyncStatus => self.sync.status(&req, client).await,
             Route::SyncOutbox => self.sync.outbox(&req, client).await,
             Route::SyncRetry => self.sync.retry(&req, client).await,

@@ -19,6 +19,7 @@
 //! command-line client. A `system` parameter must name a system this gateway
 //! syncs (registered, or with a `[sync.<system>]` section): another is a 404.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -39,6 +40,7 @@ use crate::store::{
     StoreError, SystemStatus, MAX_PAGE,
 };
 use crate::sync::jobs::{JobProgress, SyncJobs};
+use crate::sync::onec::payments::{Payments, PaymentsStatus};
 
 pub const STATUS: &str = "/api/v1/sync/status";
 pub const OUTBOX: &str = "/api/v1/sync/outbox";
@@ -79,6 +81,8 @@ pub struct SyncAdmin {
     resume: Option<Resume>,
     /// The registered systems' initial loads and relinks, for the status.
     jobs: Option<SyncJobs>,
+    /// With `[payments]`: their source, cursor and lag, for the status.
+    payments: Option<Arc<Payments>>,
 }
 
 impl SyncAdmin {
@@ -90,7 +94,13 @@ impl SyncAdmin {
             runtime: None,
             resume: None,
             jobs: None,
+            payments: None,
         }
+    }
+
+    /// Shows the payments (source, cursor, lag) in the status.
+    pub fn show_payments(&mut self, payments: Arc<Payments>) {
+        self.payments = Some(payments);
     }
 
     /// Lets `POST /api/v1/sync/{system}/resume` reach the workers.
@@ -243,7 +253,14 @@ impl SyncAdmin {
                         system
                     })
                     .collect();
-                json(StatusCode::OK, &serde_json::json!({ "systems": systems }))
+                let mut answer = serde_json::json!({ "systems": systems });
+                if let Some(payments) = &self.payments {
+                    match payments.status().await {
+                        Ok(status) => answer["payments"] = payments_json(&status),
+                        Err(e) => return unreadable("the payments' cursor", &e),
+                    }
+                }
+                json(StatusCode::OK, &answer)
             }
             Err(e) => unreadable("the sync status", &e),
         }
@@ -637,6 +654,23 @@ fn conflict_json(c: &Conflict) -> serde_json::Value {
         "ours": c.ours,
         "theirs": c.theirs,
         "resolution": c.resolution,
+    })
+}
+
+/// The payments in the sync status: source, cursor (OData), the last
+/// success and the lag since it, the last error while failing.
+fn payments_json(status: &PaymentsStatus) -> serde_json::Value {
+    let at = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
+    serde_json::json!({
+        "source": status.source,
+        "cursor": status.cursor.as_ref().map(|c| serde_json::json!({
+            "date": c.date,
+            "ref": c.ref_key,
+            "updated_at": at(c.updated_at),
+        })),
+        "last_success": status.last_success.map(at),
+        "lag_s": status.lag.map(|l| l.as_secs_f64()),
+        "last_error": status.last_error,
     })
 }
 
