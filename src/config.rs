@@ -1978,6 +1978,72 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configs_onec_and_payments_blocks_load_once_uncommented() {
+        let text = include_str!("../config/example.toml");
+        let start = text.find("# [onec]").expect("an [onec] block");
+        let end = text.find("\n[store]").expect("[store] after it");
+        let is_key = |line: &str| {
+            line.starts_with('[')
+                || line.split_once(" = ").is_some_and(|(key, _)| {
+                    key.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                })
+        };
+        let uncommented: String = text[start..end]
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if is_key(rest) => format!("{rest}\n"),
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        let text = format!("{}{uncommented}{}", &text[..start], &text[end..]);
+        let config = parse(&text).expect("the uncommented example must load");
+        let payments = config.payments.expect("[payments]");
+        assert_eq!(payments.source, PaymentsSource::Odata);
+        assert_eq!(payments.poll, Duration::from_secs(300));
+        assert_eq!(payments.reread, Duration::from_secs(3 * 86_400));
+        let defaults = PaymentFields::default();
+        assert_eq!(payments.fields.document, defaults.document);
+        assert_eq!(payments.fields.row_contract, defaults.row_contract);
+    }
+
+    #[test]
+    fn payments_settings_are_checked_naming_the_key() {
+        let onec = "[onec]\nodata_url = \"http://1c/base/odata/standard.odata\"\n";
+        let key_of = |extra: &str| match parse(&format!("{MINIMAL}{extra}")) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{extra}: {other:?}"),
+        };
+        assert_eq!(
+            key_of("[payments]\nsource = \"odata\"\n"),
+            "payments.source"
+        );
+        assert_eq!(
+            key_of(&format!(
+                "{onec}[payments]\nsource = \"odata\"\npoll = \"500ms\"\n"
+            )),
+            "payments.poll"
+        );
+        assert_eq!(
+            key_of("[payments]\nsource = \"push\"\nutc_offset = \"MSK\"\n"),
+            "payments.utc_offset"
+        );
+        assert_eq!(
+            key_of("[payments]\nsource = \"push\"\n[payments.fields]\ndate = \"Дата документа\"\n"),
+            "payments.fields.date"
+        );
+        let push = parse(&format!(
+            "{MINIMAL}[payments]\nsource = \"push\"\n[payments.fields]\nrow_invoice = \"\"\n"
+        ))
+        .expect("push needs no [onec]");
+        assert_eq!(
+            push.payments.expect("payments").source,
+            PaymentsSource::Push
+        );
+        assert!(parse(&format!("{MINIMAL}[payments]\nsource = \"ftp\"\n")).is_err());
+    }
+
+    #[test]
     fn the_contacts_layout_picks_the_default_contacts_set() {
         let onec = |extra: &str| {
             parse(&format!(
