@@ -385,6 +385,21 @@ async fn pushed_payments_are_deduplicated_on_ref_and_version() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(events.lock().expect("events").len(), 3, "each event once");
     assert_eq!(status(gw.addr).await["payments"]["source"], "push");
+
+    // A sync store that cannot commit: 503, nothing acknowledged.
+    gw.gateway().sync_store().expect("sync store").close().await;
+    let refused = push(
+        gw.addr,
+        &format!("[{}]", pushed(&guid(303), "1", true, "1")),
+    )
+    .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        refused.body.contains("nothing was acknowledged"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.header("Retry-After"), Some("5"));
     gw.stop().await;
 }
 

@@ -192,7 +192,14 @@ impl SystemSpec {
         })
     }
 
-    /// Subscribes the system to payment events (see `sync::onec::payments`).
+    /// Subscribes the system to payment events (see `sync::onec::payments`):
+    /// [`System::send`](crate::sync::system::System::send) then also gets
+    /// rows of kind [`PAYMENT_KIND`](crate::store::PAYMENT_KIND), op
+    /// `upsert`, record key `payment:<ref>`, body `{"event":
+    /// "payment.posted|changed|reversed", "source": "odata|push", "payment":
+    /// {…}}`, one at a time per payment and in order; before a payment's
+    /// first, `find_existing` is asked (answering `Ok(None)` is right for a
+    /// system that keeps no payment records).
     pub fn with_payments(mut self) -> SystemSpec {
         self.takes_payments = true;
         self
