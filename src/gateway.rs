@@ -35,7 +35,7 @@ use crate::sync::inbound::Applier;
 use crate::sync::inbox::{InboxMetrics, InboxTask};
 use crate::sync::jobs::SyncJobs;
 use crate::sync::onec::payments::poll::PaymentsPoll;
-use crate::sync::onec::payments::{Payments, PaymentsMetrics};
+use crate::sync::onec::payments::{self, Payments, PaymentsMetrics};
 use crate::sync::parts::SyncRuntimeParts;
 use crate::sync::runtime::{Runtime, RuntimeMetrics};
 use crate::sync::system::System;
@@ -203,6 +203,14 @@ impl Gateway {
             _ => directory,
         });
         let health = Arc::new(SourceHealth::default());
+        // Payments have nowhere to go without the sync store: say so where
+        // the poll's own failures show.
+        if let (Some(_), Some(why)) = (&config.payments, &sync_failure) {
+            health.failure(
+                payments::HEALTH_NAME,
+                &format!("payments cannot be committed: the sync store did not open ({why})"),
+            );
+        }
         let hub = Arc::new(new_hub(&config, &metrics, &store).await?);
         // Sources that save their snapshot in the background; a delete through
         // the push API asks them to save again.
