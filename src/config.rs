@@ -313,6 +313,9 @@ pub struct Config {
     pub soap: SoapConfig,
     pub directory: DirectoryConfig,
     pub onec: Option<OnecConfig>,
+    /// `[payments]`: payments from 1C (OData poll) or pushed, as events to
+    /// the sync modules that take them.
+    pub payments: Option<PaymentsConfig>,
     pub store: StoreConfig,
     pub api: ApiConfig,
     pub popup: PopupConfig,
@@ -594,6 +597,104 @@ impl OnecConfig {
     /// The live-lookup budget as a duration.
     pub fn lookup_budget(&self) -> Duration {
         Duration::from_millis(self.lookup_budget_ms)
+    }
+}
+
+/// Where payments come from (`[payments] source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentsSource {
+    /// Read from 1C's OData interface every `poll`, with `[onec]`'s read user.
+    Odata,
+    /// Pushed to `POST /api/v1/exchange/payments` (Bearer `api.token`).
+    Push,
+}
+
+impl PaymentsSource {
+    /// As configured and as the events' `source` says: `odata`, `push`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentsSource::Odata => "odata",
+            PaymentsSource::Push => "push",
+        }
+    }
+}
+
+/// `[payments]`: incoming payments (`payment.posted|changed|reversed`
+/// events) from 1C's OData interface or pushed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentsConfig {
+    pub source: PaymentsSource,
+    /// How often 1C is read (`source = "odata"`); also on a reload.
+    #[serde(default = "PaymentsConfig::default_poll", with = "humantime_serde")]
+    pub poll: Duration,
+    /// How far before the cursor's date each poll reads again, to see
+    /// documents changed, unposted or deleted after they were handed on.
+    #[serde(default = "PaymentsConfig::default_reread", with = "humantime_serde")]
+    pub reread: Duration,
+    /// Documents asked for per request (`$top`).
+    #[serde(default = "PaymentsConfig::default_page_size")]
+    pub page_size: usize,
+    /// The UTC offset of 1C's dates (1C writes local time without one),
+    /// added to a document's `Date` to make the event's RFC 3339 `date`.
+    #[serde(default = "PaymentsConfig::default_utc_offset")]
+    pub utc_offset: String,
+    /// 1C's names of the document, its tabular section and their fields.
+    #[serde(default)]
+    pub fields: PaymentFields,
+}
+
+impl PaymentsConfig {
+    fn default_poll() -> Duration {
+        Duration::from_secs(300)
+    }
+    fn default_reread() -> Duration {
+        Duration::from_secs(3 * 24 * 3600)
+    }
+    fn default_page_size() -> usize {
+        1000
+    }
+    fn default_utc_offset() -> String {
+        "+03:00".into()
+    }
+}
+
+/// `[payments.fields]`: names as 1C publishes them in OData. The defaults
+/// are Бухгалтерия предприятия 3.0's (see README, "Payments").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentFields {
+    /// The entity set of incoming bank payments.
+    pub document: String,
+    /// The tabular section (embedded in each document) of payment rows.
+    pub section: String,
+    pub number: String,
+    pub date: String,
+    pub amount: String,
+    /// The payer, a reference (`_Key`) to the counterparties catalog.
+    pub counterparty: String,
+    /// A row's amount.
+    pub row_amount: String,
+    /// A row's invoice (`_Key`); empty: not read.
+    pub row_invoice: String,
+    /// A row's contract (`_Key`); empty: not read.
+    pub row_contract: String,
+}
+
+impl Default for PaymentFields {
+    fn default() -> Self {
+        PaymentFields {
+            document: "Document_ПоступлениеНаРасчетныйСчет".into(),
+            section: "РасшифровкаПлатежа".into(),
+            number: "Number".into(),
+            date: "Date".into(),
+            amount: "СуммаДокумента".into(),
+            counterparty: "Контрагент_Key".into(),
+            row_amount: "СуммаПлатежа".into(),
+            row_invoice: "СчетНаОплату_Key".into(),
+            row_contract: "ДоговорКонтрагента_Key".into(),
+        }
     }
 }
 
@@ -1413,6 +1514,9 @@ impl Config {
         self.validate_address_lists()?;
         self.validate_operators()?;
         self.validate_sync()?;
+        if let Some(payments) = &self.payments {
+            self.validate_payments(payments)?;
+        }
         self.validate_managers()?;
         self.check_secrets()
     }
@@ -1689,6 +1793,60 @@ impl Config {
         }
         if onec.negative_ttl > Duration::from_secs(3600) {
             return Err(self.invalid("onec.negative_ttl", "must be at most 1h"));
+        }
+        Ok(())
+    }
+
+    /// `[payments]`: OData needs `[onec]` (its URL and read user); the
+    /// names are OData names; the offset is `+HH:MM`/`-HH:MM`.
+    fn validate_payments(&self, payments: &PaymentsConfig) -> Result<(), ConfigError> {
+        if payments.source == PaymentsSource::Odata && self.onec.is_none() {
+            return Err(self.invalid(
+                "payments.source",
+                "is \"odata\" but [onec] is not set: payments are read with [onec]'s odata_url and read user (or set source = \"push\")",
+            ));
+        }
+        if payments.poll < Duration::from_secs(1) {
+            return Err(self.invalid("payments.poll", "must be at least 1s"));
+        }
+        if payments.reread > Duration::from_secs(366 * 24 * 3600) {
+            return Err(self.invalid("payments.reread", "must be at most 366d"));
+        }
+        if !(1..=50_000).contains(&payments.page_size) {
+            return Err(self.invalid("payments.page_size", "must be between 1 and 50000"));
+        }
+        let offset = payments.utc_offset.as_bytes();
+        let offset_ok = offset.len() == 6
+            && matches!(offset[0], b'+' | b'-')
+            && offset[3] == b':'
+            && [1, 2, 4, 5].iter().all(|&i| offset[i].is_ascii_digit())
+            && (offset[1] - b'0') * 10 + (offset[2] - b'0') <= 14
+            && (offset[4] - b'0') * 10 + (offset[5] - b'0') < 60;
+        if !offset_ok {
+            return Err(self.invalid(
+                "payments.utc_offset",
+                "must be an offset such as \"+03:00\" (1C's dates are local time)",
+            ));
+        }
+        let f = &payments.fields;
+        for (key, name, optional) in [
+            ("payments.fields.document", &f.document, false),
+            ("payments.fields.section", &f.section, false),
+            ("payments.fields.number", &f.number, false),
+            ("payments.fields.date", &f.date, false),
+            ("payments.fields.amount", &f.amount, false),
+            ("payments.fields.counterparty", &f.counterparty, false),
+            ("payments.fields.row_amount", &f.row_amount, false),
+            ("payments.fields.row_invoice", &f.row_invoice, true),
+            ("payments.fields.row_contract", &f.row_contract, true),
+        ] {
+            let unset = optional && name.is_empty();
+            if !unset && !is_odata_name(name) {
+                return Err(self.invalid(
+                    key,
+                    "must be an OData name as 1C publishes it: letters, digits and _ only",
+                ));
+            }
         }
         Ok(())
     }
@@ -2085,6 +2243,72 @@ mod tests {
         assert!(b24.link("company", "1").is_some());
         assert_eq!(config.managers.len(), 1);
         assert_eq!(config.managers[0].user_ids().count(), 4);
+    }
+
+    #[test]
+    fn the_example_configs_onec_and_payments_blocks_load_once_uncommented() {
+        let text = include_str!("../config/example.toml");
+        let start = text.find("# [onec]").expect("an [onec] block");
+        let end = text.find("\n[store]").expect("[store] after it");
+        let is_key = |line: &str| {
+            line.starts_with('[')
+                || line.split_once(" = ").is_some_and(|(key, _)| {
+                    key.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                })
+        };
+        let uncommented: String = text[start..end]
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if is_key(rest) => format!("{rest}\n"),
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        let text = format!("{}{uncommented}{}", &text[..start], &text[end..]);
+        let config = parse(&text).expect("the uncommented example must load");
+        let payments = config.payments.expect("[payments]");
+        assert_eq!(payments.source, PaymentsSource::Odata);
+        assert_eq!(payments.poll, Duration::from_secs(300));
+        assert_eq!(payments.reread, Duration::from_secs(3 * 86_400));
+        let defaults = PaymentFields::default();
+        assert_eq!(payments.fields.document, defaults.document);
+        assert_eq!(payments.fields.row_contract, defaults.row_contract);
+    }
+
+    #[test]
+    fn payments_settings_are_checked_naming_the_key() {
+        let onec = "[onec]\nodata_url = \"http://1c/base/odata/standard.odata\"\n";
+        let key_of = |extra: &str| match parse(&format!("{MINIMAL}{extra}")) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{extra}: {other:?}"),
+        };
+        assert_eq!(
+            key_of("[payments]\nsource = \"odata\"\n"),
+            "payments.source"
+        );
+        assert_eq!(
+            key_of(&format!(
+                "{onec}[payments]\nsource = \"odata\"\npoll = \"500ms\"\n"
+            )),
+            "payments.poll"
+        );
+        assert_eq!(
+            key_of("[payments]\nsource = \"push\"\nutc_offset = \"MSK\"\n"),
+            "payments.utc_offset"
+        );
+        assert_eq!(
+            key_of("[payments]\nsource = \"push\"\n[payments.fields]\ndate = \"Дата документа\"\n"),
+            "payments.fields.date"
+        );
+        let push = parse(&format!(
+            "{MINIMAL}[payments]\nsource = \"push\"\n[payments.fields]\nrow_invoice = \"\"\n"
+        ))
+        .expect("push needs no [onec]");
+        assert_eq!(
+            push.payments.expect("payments").source,
+            PaymentsSource::Push
+        );
+        assert!(parse(&format!("{MINIMAL}[payments]\nsource = \"ftp\"\n")).is_err());
     }
 
     #[test]

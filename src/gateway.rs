@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, PaymentsSource};
 use crate::directory::{self, Directory};
 use crate::http::{self, Front};
 use crate::metrics::Metrics;
@@ -34,6 +34,8 @@ use crate::sync::crm_source::CrmRecords;
 use crate::sync::inbound::Applier;
 use crate::sync::inbox::{InboxMetrics, InboxTask};
 use crate::sync::jobs::SyncJobs;
+use crate::sync::onec::payments::poll::PaymentsPoll;
+use crate::sync::onec::payments::{self, Payments, PaymentsMetrics};
 use crate::sync::parts::SyncRuntimeParts;
 use crate::sync::runtime::{Runtime, RuntimeMetrics};
 use crate::sync::system::{Attach, System};
@@ -216,6 +218,14 @@ impl Gateway {
             _ => directory,
         });
         let health = Arc::new(SourceHealth::default());
+        // Payments have nowhere to go without the sync store: say so where
+        // the poll's own failures show.
+        if let (Some(_), Some(why)) = (&config.payments, &sync_failure) {
+            health.failure(
+                payments::HEALTH_NAME,
+                &format!("payments cannot be committed: the sync store did not open ({why})"),
+            );
+        }
         let hub = Arc::new(new_hub(&config, &metrics, &store).await?);
         // Sources that save their snapshot in the background; a delete through
         // the push API asks them to save again.
@@ -261,6 +271,48 @@ impl Gateway {
                 Some(why) => front.with_sync_store_failed(&config, systems.clone(), why),
                 None => front,
             },
+        };
+        // Payments (`[payments]`), committed to the sync store with an
+        // outbox row per system that takes them.
+        let payments = match (&config.payments, &sync) {
+            (Some(payments), Some((parts, _))) => {
+                let metrics =
+                    PaymentsMetrics::register(metrics.registry()).map_err(StartError::Metrics)?;
+                let subscribers = registry
+                    .systems()
+                    .iter()
+                    .filter(|s| s.takes_payments())
+                    .map(|s| s.name().to_owned())
+                    .collect();
+                Some(Payments::new(
+                    parts.store.clone(),
+                    payments.source,
+                    subscribers,
+                    metrics,
+                ))
+            }
+            _ => None,
+        };
+        let front = match &payments {
+            Some(payments) => front.with_payments(Arc::clone(payments)),
+            None => front,
+        };
+        let payments_poll = match (&payments, &config.payments, &config.onec, &onec) {
+            (Some(payments), Some(settings), Some(onec_config), Some(onec))
+                if settings.source == PaymentsSource::Odata =>
+            {
+                Some(
+                    PaymentsPoll::new(
+                        settings,
+                        onec_config,
+                        Arc::clone(payments),
+                        Arc::clone(&health),
+                        onec.worker(),
+                    )
+                    .map_err(|e| StartError::Onec(OnecError::Odata(e)))?,
+                )
+            }
+            _ => None,
         };
         // The systems' webhooks go to their inbox from the first request
         // on; each system's task applies it once the sources have loaded.
@@ -339,6 +391,11 @@ impl Gateway {
         .start(file, onec)
         .await;
         sources.push(tombstone_keeper);
+        if let Some(poll) = payments_poll {
+            sources.push(tokio::spawn(
+                poll.run(reload.subscribe(), stop_sources.subscribe()),
+            ));
+        }
         // After the sources' first loads: the feed's start-up reconcile
         // compares the directory as it stands with the id-maps.
         let sync = match sync {
@@ -672,7 +729,8 @@ fn open_sync(
     settings: &FeedSettings,
     systems: &[Arc<dyn System>],
 ) -> Result<(Option<OpenedSync>, Option<String>), StartError> {
-    if registry.is_empty() && !config.sync.configured() {
+    // Payments are committed to the sync store too.
+    if registry.is_empty() && !config.sync.configured() && config.payments.is_none() {
         return Ok((None, None));
     }
     // A sync file that will not open costs no call: the gateway answers

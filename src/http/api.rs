@@ -428,7 +428,7 @@ pub(super) fn is_json_utf8(content_type: &str) -> bool {
 }
 
 /// A body that could not be read, in JSON: 413 with the limit, 400, 408.
-fn body_refused(e: BodyError, request: RequestId) -> Response<Body> {
+pub(super) fn body_refused(e: BodyError, request: RequestId) -> Response<Body> {
     let body = match e {
         BodyError::TooLarge { limit } => serde_json::json!({
             "error": format!("{e}: send fewer records per request; nothing was changed"),
@@ -449,7 +449,7 @@ fn body_refused(e: BodyError, request: RequestId) -> Response<Body> {
 }
 
 /// A 405 in JSON with `Allow`.
-fn method_not_allowed(
+pub(super) fn method_not_allowed(
     method: &Method,
     allow: &'static str,
     hint: &str,
@@ -465,7 +465,11 @@ fn method_not_allowed(
 
 /// A refused push API request: logged (what and why, never the body or a
 /// credential) and answered in JSON.
-fn push_refused(status: StatusCode, body: serde_json::Value, request: RequestId) -> Response<Body> {
+pub(super) fn push_refused(
+    status: StatusCode,
+    body: serde_json::Value,
+    request: RequestId,
+) -> Response<Body> {
     let reason = body.get("error").and_then(|e| e.as_str()).unwrap_or("");
     // Debug here: the front warns of every refusal with the client's
     // address and the request id, rate-limited per address.

@@ -11,6 +11,7 @@ use super::exchange::Exchange;
 use super::limits::ConnectionLimits;
 use super::ops::{Ops, SyncSystemsView};
 use super::origin::AllowedOrigins;
+use super::payments::PaymentsEndpoint;
 use super::screens::Screens;
 use super::soap::SoapEndpoint;
 use super::sync::SyncAdmin;
@@ -28,6 +29,7 @@ use crate::sources::SourceHealth;
 use crate::store::Store;
 use crate::sync::inbox::InboxMetrics;
 use crate::sync::jobs::SyncJobs;
+use crate::sync::onec::payments::Payments;
 use crate::sync::system::System;
 use crate::vats::Vats;
 use tokio::sync::Notify;
@@ -37,6 +39,8 @@ pub struct Front {
     pub(super) soap: SoapEndpoint,
     pub(super) screens: Screens,
     pub(super) api: Api,
+    /// Pushed payments (`[payments] source = "push"`).
+    pub(super) payments: PaymentsEndpoint,
     pub(super) admin: Admin,
     pub(super) sync: SyncAdmin,
     /// The sync systems' webhooks.
@@ -90,6 +94,7 @@ impl Front {
                 metrics.http_connections.clone(),
             ),
             api: Api::new(config, push, store.clone()),
+            payments: PaymentsEndpoint::new(config),
             admin: Admin::new(config, file, Arc::clone(&directory), store),
             sync: SyncAdmin::new(config),
             webhooks: Webhooks::new(config),
@@ -176,6 +181,14 @@ impl Front {
     ) -> Front {
         self.webhooks.store_failed(config, systems, why.clone());
         self.ops.report_sync_failure(why);
+        self
+    }
+
+    /// The same front, taking pushed payments into `payments` and showing
+    /// the payments (source, cursor, lag) in the sync status.
+    pub fn with_payments(mut self, payments: Arc<Payments>) -> Front {
+        self.payments.serve(Arc::clone(&payments));
+        self.sync.show_payments(payments);
         self
     }
 

@@ -7,7 +7,7 @@
 //!
 //! One file per endpoint group, each with its paths: `soap.rs` (the PBX's
 //! endpoint and the WSDL), `screens.rs` (operator page, WebSocket,
-//! long-poll), `api.rs` (push API, call journal), `admin.rs` (accepting
+//! long-poll), `api.rs` (push API, call journal), `payments.rs` (pushed payments), `admin.rs` (accepting
 //! the directory file past its guard, backups), `sync.rs` (the sync admin
 //! API over the sync store), `exchange.rs` (what 1C polls under
 //! `[sync.onec] transport = "pull"`), `ops.rs` (`/metrics`,
@@ -34,6 +34,7 @@ mod host;
 mod limits;
 mod ops;
 mod origin;
+mod payments;
 mod query;
 mod respond;
 mod rfc3339;
@@ -69,6 +70,7 @@ pub use exchange::{
 };
 pub use front::Front;
 pub use ops::{SyncSystemView, SyncSystemsView, READYZ};
+pub use payments::{MAX_PAYMENTS_BODY, PAYMENTS as EXCHANGE_PAYMENTS};
 pub use respond::Body;
 pub use soap::MAX_SOAP_BODY;
 pub use sync::{
@@ -127,6 +129,7 @@ enum Route {
     ApiCalls,
     ApiAcceptFile,
     ApiBackup,
+    ApiPayments,
     SyncStatus,
     SyncOutbox,
     SyncRetry,
@@ -157,6 +160,7 @@ impl Route {
             Route::ApiCalls => "api_calls",
             Route::ApiAcceptFile => "api_accept_file",
             Route::ApiBackup => "api_backup",
+            Route::ApiPayments => "api_payments",
             Route::SyncStatus => "sync_status",
             Route::SyncOutbox => "sync_outbox",
             Route::SyncRetry => "sync_retry",
@@ -189,6 +193,7 @@ impl Route {
             | Route::ApiCalls
             | Route::ApiAcceptFile
             | Route::ApiBackup
+            | Route::ApiPayments
             | Route::SyncStatus
             | Route::SyncOutbox
             | Route::SyncRetry
@@ -237,6 +242,7 @@ impl Route {
             | Route::ApiCounterparty
             | Route::ApiAcceptFile
             | Route::ApiBackup
+            | Route::ApiPayments
             | Route::SyncRetry
             | Route::SyncResume
             | Route::SyncWebhook
@@ -415,6 +421,7 @@ impl Front {
             api::CALLS => Route::ApiCalls,
             admin::ACCEPT_FILE => Route::ApiAcceptFile,
             admin::BACKUP => Route::ApiBackup,
+            payments::PAYMENTS => Route::ApiPayments,
             sync::STATUS => Route::SyncStatus,
             sync::OUTBOX => Route::SyncOutbox,
             p if sync::is_outbox_row(p) => Route::SyncRetry,
@@ -563,6 +570,7 @@ impl Front {
             Route::ApiCalls => self.api.calls(&req, client).await,
             Route::ApiAcceptFile => self.admin.accept_file(req, client).await,
             Route::ApiBackup => self.admin.backup(req, client).await,
+            Route::ApiPayments => self.payments.receive(req, client).await,
             Route::SyncStatus => self.sync.status(&req, client).await,
             Route::SyncOutbox => self.sync.outbox(&req, client).await,
             Route::SyncRetry => self.sync.retry(&req, client).await,

@@ -20,6 +20,7 @@
 //! command-line client. A `system` parameter must name a system this gateway
 //! syncs (registered, or with a `[sync.<system>]` section): another is a 404.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -40,6 +41,7 @@ use crate::store::{
     StoreError, SystemStatus, MAX_PAGE,
 };
 use crate::sync::jobs::{JobProgress, SyncJobs};
+use crate::sync::onec::payments::{Payments, PaymentsStatus};
 
 pub const STATUS: &str = "/api/v1/sync/status";
 pub const OUTBOX: &str = "/api/v1/sync/outbox";
@@ -85,6 +87,8 @@ pub struct SyncAdmin {
     onec_transport: Option<&'static str>,
     /// 1C's pull exchange, whose leased rows the status shows.
     pull: Option<crate::sync::onec::pull::Pull>,
+    /// With `[payments]`: their source, cursor and lag, for the status.
+    payments: Option<Arc<Payments>>,
 }
 
 impl SyncAdmin {
@@ -101,12 +105,18 @@ impl SyncAdmin {
                 .system(crate::config::ONEC_SYSTEM)
                 .map(|t| t.transport().as_str()),
             pull: None,
+            payments: None,
         }
     }
 
     /// The status shows the rows `pull` has leased out.
     pub fn report_pull(&mut self, pull: crate::sync::onec::pull::Pull) {
         self.pull = Some(pull);
+    }
+
+    /// Shows the payments (source, cursor, lag) in the status.
+    pub fn show_payments(&mut self, payments: Arc<Payments>) {
+        self.payments = Some(payments);
     }
 
     /// Lets `POST /api/v1/sync/{system}/resume` reach the workers.
@@ -276,7 +286,14 @@ impl SyncAdmin {
                         system
                     })
                     .collect();
-                json(StatusCode::OK, &serde_json::json!({ "systems": systems }))
+                let mut answer = serde_json::json!({ "systems": systems });
+                if let Some(payments) = &self.payments {
+                    match payments.status().await {
+                        Ok(status) => answer["payments"] = payments_json(&status),
+                        Err(e) => return unreadable("the payments' cursor", &e),
+                    }
+                }
+                json(StatusCode::OK, &answer)
             }
             Err(e) => unreadable("the sync status", &e),
         }
@@ -674,6 +691,23 @@ fn conflict_json(c: &Conflict) -> serde_json::Value {
         "ours": c.ours,
         "theirs": c.theirs,
         "resolution": c.resolution,
+    })
+}
+
+/// The payments in the sync status: source, cursor (OData), the last
+/// success and the lag since it, the last error while failing.
+fn payments_json(status: &PaymentsStatus) -> serde_json::Value {
+    let at = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
+    serde_json::json!({
+        "source": status.source,
+        "cursor": status.cursor.as_ref().map(|c| serde_json::json!({
+            "date": c.date,
+            "ref": c.ref_key,
+            "updated_at": at(c.updated_at),
+        })),
+        "last_success": status.last_success.map(at),
+        "lag_s": status.lag.map(|l| l.as_secs_f64()),
+        "last_error": status.last_error,
     })
 }
 

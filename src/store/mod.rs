@@ -66,9 +66,10 @@ pub use retention::{keep_journal_for, PRUNE_BATCH, PRUNE_PAUSE};
 pub use snapshot::SnapshotRecord;
 pub use sync::{
     Ack, AckOutcome, AckResult, Conflict, ConflictQuery, IdMapKey, IdMapLink, IdMapRow, InboxRow,
-    LeaseRequest, Leased, LeasedRow, Link, NewConflict, NewOutboxRow, OutboxOp, OutboxQuery,
-    OutboxRow, OutboxState, RetryOutcome, Settle, SyncBatch, SyncDepth, SystemStatus, EXPORT_CHUNK,
-    MAX_PAGE,
+    LeaseRequest, Leased, LeasedRow, Link, NewConflict, NewOutboxRow, NewPayment, OutboxOp,
+    OutboxQuery, OutboxRow, OutboxState, PaymentCursor, PaymentEvent, PaymentsBatch,
+    PaymentsCommitted, PostedPayment, RetryOutcome, Settle, StoredPayment, SyncBatch, SyncDepth,
+    SystemStatus, EXPORT_CHUNK, MAX_PAGE, PAYMENT_KIND,
 };
 use writer::Command;
 

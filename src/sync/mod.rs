@@ -13,7 +13,8 @@
 //! the webhooks' inbox and the task applying it ([`inbox`]), and a
 //! system's initial load and relink ([`jobs`]), and 1C as a target, the
 //! writer and the pull exchange ([`onec`]), whose [`build_systems`] is the
-//! build's list of systems.
+//! build's list of systems, and 1C's payments as events for the systems
+//! that take them ([`onec::payments`]).
 //!
 //! The sync store (`<name>.sync.sqlite`) is opened only when a system is
 //! registered: an installation that does not sync has no such file.

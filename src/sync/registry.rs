@@ -150,6 +150,9 @@ pub struct SystemSpec {
     exports: Exports,
     /// Sorted, each once.
     fields: Vec<Field>,
+    /// Whether it takes payment events (`payment.posted|changed|reversed`):
+    /// each is queued for it in the transaction that stores the payment.
+    takes_payments: bool,
 }
 
 /// A registration the core refuses, naming what is wrong.
@@ -185,7 +188,25 @@ impl SystemSpec {
             link_templates: BTreeMap::new(),
             exports: Exports::All,
             fields: Field::ALL.to_vec(),
+            takes_payments: false,
         })
+    }
+
+    /// Subscribes the system to payment events (see `sync::onec::payments`):
+    /// [`System::send`](crate::sync::system::System::send) then also gets
+    /// rows of kind [`PAYMENT_KIND`](crate::store::PAYMENT_KIND), op
+    /// `upsert`, record key `payment:<ref>`, body `{"event":
+    /// "payment.posted|changed|reversed", "source": "odata|push", "payment":
+    /// {…}}`, one at a time per payment and in order; before a payment's
+    /// first, `find_existing` is asked (answering `Ok(None)` is right for a
+    /// system that keeps no payment records).
+    pub fn with_payments(mut self) -> SystemSpec {
+        self.takes_payments = true;
+        self
+    }
+
+    pub fn takes_payments(&self) -> bool {
+        self.takes_payments
     }
 
     pub fn with_dedupe_key(mut self, key: DedupeKey) -> SystemSpec {

@@ -22,6 +22,14 @@
 //! ([`MockCounterparty::typed_address`]: `Вид_Key` in the tabular section,
 //! `Вид` in the register).
 //!
+//! Incoming payments: `Document_ПоступлениеНаРасчетныйСчет` ([`PAYMENTS`]),
+//! with its tabular section `РасшифровкаПлатежа` embedded in each document,
+//! amounts as JSON numbers (`Edm.Double`), `DataVersion` changing on every
+//! write; lists take `$select`, `$filter=Date ge datetime'…'` (only that),
+//! `$orderby=Date,Ref_Key`, `$top`/`$skip`; a document by key
+//! (`(guid'…')`, 404 when gone); `POST (guid'…')/Post` and `/Unpost`.
+//! Filled with [`MockOnec::upsert_payment`] and its siblings.
+//!
 //! Query options: `$format` (`json`; absent or `atom` gives Atom XML, another
 //! value 406), `$select`, `$orderby` (`asc`/`desc`), `$top`, `$skip`,
 //! `$inlinecount=allpages` and a `$filter` subset: `eq`/`ne` comparisons of a
@@ -440,6 +448,7 @@ impl MockOnec {
                 write_auth: basic_token(WRITE_USERNAME, WRITE_PASSWORD),
                 write_faults: Mutex::new(Vec::new()),
                 arrivals: Mutex::new(Vec::new()),
+                payments: Mutex::new(PaymentDocs::default()),
             });
             shared = Some(Arc::clone(&state));
             OnecHandler(state)
@@ -649,6 +658,8 @@ struct State {
     write_faults: Mutex<Vec<WriteFault>>,
     /// When each request reached the handler (for a benchmark's rate).
     arrivals: Mutex<Vec<std::time::Instant>>,
+    /// `Document_ПоступлениеНаРасчетныйСчет` (see "payment documents" below).
+    payments: Mutex<PaymentDocs>,
 }
 
 impl State {
@@ -848,6 +859,9 @@ impl OnecHandler {
                 HeaderValue::from_static("Basic realm=\"1C\""),
             );
             Some(r)
+        } else if let Some(answer) = payment_answer(state, req) {
+            // Before the writes: a payment document's Post/Unpost is a POST.
+            Some(answer)
         } else if req.method == Method::POST || req.method == Method::PATCH {
             if user != Some(User::Writer) {
                 return Some(odata_error(
@@ -2407,4 +2421,357 @@ fn atom(state: &State, set: Set, entries: &[Map<String, Value>]) -> Response<Bod
         "application/atom+xml;type=feed;charset=utf-8",
         xml,
     )
+}
+
+// ---------------------------------------------------------------- payment documents
+
+/// Incoming bank payments (Бухгалтерия 3.0's document).
+pub const PAYMENTS: &str = "Document_ПоступлениеНаРасчетныйСчет";
+/// Its tabular section of payment rows, embedded in each document.
+pub const PAYMENT_ROWS: &str = "РасшифровкаПлатежа";
+
+/// A payment document as the mock holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MockPayment {
+    pub ref_key: String,
+    pub number: String,
+    /// 1C's local time, `YYYY-MM-DDTHH:MM:SS`.
+    pub date: String,
+    /// Decimal text, served as a JSON number (`15000.5`).
+    pub amount: String,
+    pub counterparty: String,
+    pub rows: Vec<MockPaymentRow>,
+    pub posted: bool,
+    pub deletion_mark: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MockPaymentRow {
+    pub amount: String,
+    pub invoice: String,
+    pub contract: String,
+}
+
+impl MockPayment {
+    /// A posted payment of `amount` with one row for invoice `invoice`.
+    pub fn new(ref_key: &str, date: &str, amount: &str, invoice: &str) -> MockPayment {
+        MockPayment {
+            ref_key: ref_key.to_ascii_lowercase(),
+            number: format!("0000-{:06}", ref_key.len()),
+            date: date.to_owned(),
+            amount: amount.to_owned(),
+            counterparty: guid(7),
+            rows: vec![MockPaymentRow {
+                amount: amount.to_owned(),
+                invoice: invoice.to_owned(),
+                contract: EMPTY_REF.to_owned(),
+            }],
+            posted: true,
+            deletion_mark: false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct PaymentDocs {
+    /// By `Ref_Key`: the document and its `DataVersion` counter.
+    docs: HashMap<String, (MockPayment, u64)>,
+    version: u64,
+}
+
+impl PaymentDocs {
+    fn write(&mut self, p: MockPayment) {
+        self.version += 1;
+        let v = self.version;
+        self.docs.insert(p.ref_key.clone(), (p, v));
+    }
+
+    fn edit(&mut self, ref_key: &str, f: impl FnOnce(&mut MockPayment)) -> bool {
+        let Some((p, _)) = self.docs.get(&ref_key.to_ascii_lowercase()) else {
+            return false;
+        };
+        let mut p = p.clone();
+        f(&mut p);
+        self.write(p);
+        true
+    }
+}
+
+impl MockOnec {
+    /// Inserts or replaces (by `ref_key`) a payment document; its
+    /// `DataVersion` changes.
+    pub fn upsert_payment(&self, p: MockPayment) {
+        assert!(is_guid(&p.ref_key), "ref_key {:?} is not a GUID", p.ref_key);
+        lock(&self.state.payments).write(p);
+    }
+
+    /// Many payments at once (a bench's base).
+    pub fn upsert_payments(&self, payments: impl IntoIterator<Item = MockPayment>) {
+        let mut docs = lock(&self.state.payments);
+        for p in payments {
+            docs.write(p);
+        }
+    }
+
+    /// Posts or unposts a document (as `…/Post` and `…/Unpost` do). Panics if unknown.
+    pub fn set_payment_posted(&self, ref_key: &str, posted: bool) {
+        assert!(
+            lock(&self.state.payments).edit(ref_key, |p| p.posted = posted),
+            "no payment {ref_key}"
+        );
+    }
+
+    /// Sets the deletion mark (1C unposts a document it marks). Panics if unknown.
+    pub fn mark_payment_deleted(&self, ref_key: &str) {
+        assert!(
+            lock(&self.state.payments).edit(ref_key, |p| {
+                p.deletion_mark = true;
+                p.posted = false;
+            }),
+            "no payment {ref_key}"
+        );
+    }
+
+    /// Deletes a document for good. Panics if unknown.
+    pub fn remove_payment(&self, ref_key: &str) {
+        let removed = lock(&self.state.payments)
+            .docs
+            .remove(&ref_key.to_ascii_lowercase());
+        assert!(removed.is_some(), "no payment {ref_key}");
+    }
+
+    /// The document as held now.
+    pub fn payment(&self, ref_key: &str) -> Option<MockPayment> {
+        lock(&self.state.payments)
+            .docs
+            .get(&ref_key.to_ascii_lowercase())
+            .map(|(p, _)| p.clone())
+    }
+
+    /// Requests for payment documents (lists and by key) so far.
+    pub fn payment_requests(&self) -> Vec<SeenRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| {
+                r.entity_set
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with(PAYMENTS))
+            })
+            .collect()
+    }
+}
+
+/// The properties of a document, in 1C's order, as raw JSON text.
+fn payment_props(p: &MockPayment, version: u64) -> Vec<(&'static str, String)> {
+    let text = |s: &str| Value::from(s).to_string();
+    let rows: Vec<String> = p
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            format!(
+                r#"{{"Ref_Key":{},"LineNumber":"{}","ДоговорКонтрагента_Key":{},"СуммаПлатежа":{},"СчетНаОплату_Key":{},"СтавкаНДС":"НДС20","СуммаНДС":0}}"#,
+                text(&p.ref_key),
+                i + 1,
+                text(&r.contract),
+                r.amount,
+                text(&r.invoice),
+            )
+        })
+        .collect();
+    vec![
+        ("Ref_Key", text(&p.ref_key)),
+        ("DataVersion", text(&data_version(version))),
+        ("DeletionMark", p.deletion_mark.to_string()),
+        ("Number", text(&p.number)),
+        ("Date", text(&p.date)),
+        ("Posted", p.posted.to_string()),
+        ("Организация_Key", text(&guid(1))),
+        ("Контрагент_Key", text(&p.counterparty)),
+        ("СуммаДокумента", p.amount.clone()),
+        ("НазначениеПлатежа", text("Оплата по счету")),
+        (PAYMENT_ROWS, format!("[{}]", rows.join(","))),
+        (
+            "Контрагент@navigationLinkUrl",
+            text(&format!("{PAYMENTS}(guid'{}')/Контрагент", p.ref_key)),
+        ),
+    ]
+}
+
+fn payment_json(p: &MockPayment, version: u64, select: Option<&[String]>) -> String {
+    let props: Vec<String> = payment_props(p, version)
+        .into_iter()
+        .filter(|(name, _)| select.is_none_or(|s| s.iter().any(|n| n == name)))
+        .map(|(name, raw)| format!("{}:{raw}", Value::from(name)))
+        .collect();
+    format!("{{{}}}", props.join(","))
+}
+
+/// Requests under `{ROOT}/Document_ПоступлениеНаРасчетныйСчет…`: `None`
+/// for any other path.
+fn payment_answer(state: &State, req: &HttpRequest) -> Option<Response<Body>> {
+    let (raw_path, raw_query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+    let rest = decode(raw_path.strip_prefix(ROOT_PATH)?.strip_prefix('/')?).ok()?;
+    let tail = rest.strip_prefix(PAYMENTS)?;
+    let mut query = Vec::new();
+    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match (decode(k), decode(v)) {
+            (Ok(k), Ok(v)) => query.push((k, v)),
+            _ => return Some(odata_error(StatusCode::BAD_REQUEST, "bad percent-encoding")),
+        }
+    }
+    Some(match payment_plan(state, &req.method, tail, &query) {
+        Ok(response) => response,
+        Err(reject) => odata_error(reject.status, &reject.message),
+    })
+}
+
+fn payment_plan(
+    state: &State,
+    method: &Method,
+    tail: &str,
+    query: &[(String, String)],
+) -> Result<Response<Body>, Reject> {
+    let option = |name: &str| query_option(query, name);
+    let known: Vec<&str> = payment_props(&MockPayment::new(&guid(0), "", "0", EMPTY_REF), 0)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let select = match option("$select") {
+        None => None,
+        Some(v) => {
+            let names: Vec<String> = v.split(',').map(|n| n.trim().to_owned()).collect();
+            if let Some(bad) = names.iter().find(|n| !known.contains(&n.as_str())) {
+                return Err(bad_request(format!("Неизвестное поле в $select: {bad}")));
+            }
+            Some(names)
+        }
+    };
+    if option("$format").is_some_and(|f| f != "json") {
+        return Err(bad_request("mock 1C serves payment documents as JSON only"));
+    }
+    if tail.is_empty() {
+        if method != Method::GET {
+            return Err(bad_request(format!(
+                "mock 1C: {method} on the document list"
+            )));
+        }
+        return payment_list(state, query, select.as_deref());
+    }
+    // `(guid'…')`, optionally `/Post` or `/Unpost`.
+    let inner = tail
+        .strip_prefix("(guid'")
+        .ok_or_else(|| not_found(format!("Не найден набор сущностей: {PAYMENTS}{tail}")))?;
+    let (key, action) = inner
+        .split_once("')")
+        .ok_or_else(|| bad_request(format!("Неверный формат ключа сущности: {tail}")))?;
+    let key = key.to_ascii_lowercase();
+    if !is_guid(&key) {
+        return Err(bad_request(format!(
+            "Неверный формат ключа сущности: {key}"
+        )));
+    }
+    let mut docs = lock(&state.payments);
+    match (method.as_str(), action) {
+        ("GET", "") => {
+            let (p, v) = docs
+                .docs
+                .get(&key)
+                .ok_or_else(|| not_found(format!("Объект не найден: {key}")))?;
+            let body = payment_json(p, *v, select.as_deref());
+            Ok(respond(
+                StatusCode::OK,
+                "application/json;charset=utf-8",
+                body,
+            ))
+        }
+        ("POST", "/Post" | "/Unpost") => {
+            if option("PostingModeOperational").is_none() && action == "/Post" {
+                return Err(bad_request("mock 1C: Post wants PostingModeOperational"));
+            }
+            let posted = action == "/Post";
+            if !docs.edit(&key, |p| p.posted = posted) {
+                return Err(not_found(format!("Объект не найден: {key}")));
+            }
+            Ok(respond(
+                StatusCode::OK,
+                "application/json;charset=utf-8",
+                String::new(),
+            ))
+        }
+        _ => Err(bad_request(format!(
+            "mock 1C: {method} {tail} is not served"
+        ))),
+    }
+}
+
+/// The value of query option `name`.
+fn query_option<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn payment_list(
+    state: &State,
+    query: &[(String, String)],
+    select: Option<&[String]>,
+) -> Result<Response<Body>, Reject> {
+    let option = |name: &str| query_option(query, name);
+    let from = match option("$filter") {
+        None => None,
+        Some(f) => {
+            let date = f
+                .strip_prefix("Date ge datetime'")
+                .and_then(|d| d.strip_suffix('\''))
+                .filter(|d| d.len() == 19)
+                .ok_or_else(|| {
+                    bad_request(format!(
+                        "mock 1C: the payment list's $filter is only Date ge datetime'…', not {f}"
+                    ))
+                })?;
+            Some(date.to_owned())
+        }
+    };
+    match option("$orderby") {
+        None | Some("Date,Ref_Key") => {}
+        Some(other) => {
+            return Err(bad_request(format!(
+                "mock 1C: $orderby {other} is not served"
+            )))
+        }
+    }
+    let number = |name: &str| -> Result<Option<usize>, Reject> {
+        option(name)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| bad_request(format!("Неверное значение {name}: {v}")))
+            })
+            .transpose()
+    };
+    let (top, skip) = (number("$top")?, number("$skip")?.unwrap_or(0));
+    let docs = lock(&state.payments);
+    let mut list: Vec<&(MockPayment, u64)> = docs
+        .docs
+        .values()
+        .filter(|(p, _)| from.as_deref().is_none_or(|from| p.date.as_str() >= from))
+        .collect();
+    list.sort_by(|(a, _), (b, _)| (&a.date, &a.ref_key).cmp(&(&b.date, &b.ref_key)));
+    let page: Vec<String> = list
+        .into_iter()
+        .skip(skip)
+        .take(top.unwrap_or(usize::MAX))
+        .map(|(p, v)| payment_json(p, *v, select))
+        .collect();
+    let body = format!(
+        r#"{{"odata.metadata":"{ROOT_PATH}/$metadata#{PAYMENTS}","value":[{}]}}"#,
+        page.join(",")
+    );
+    Ok(respond(
+        StatusCode::OK,
+        "application/json;charset=utf-8",
+        body,
+    ))
 }

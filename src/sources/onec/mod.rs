@@ -43,7 +43,7 @@ use crate::directory::{Counterparty, Directory, ReplaceReport};
 use crate::store::Store;
 pub use live::LiveLookup;
 use metrics::OnecMetrics;
-use odata::OdataClient;
+pub(crate) use odata::OdataClient;
 pub use odata::OdataError;
 use requisites::Requisites;
 use rows::{CatalogRow, ContactRow, FieldNames, CONTACTS_SELECT};
@@ -101,8 +101,9 @@ pub struct OnecSource {
     metrics: Arc<OnecMetrics>,
     saver: Arc<SnapshotSaver>,
     live: LiveLookup,
-    /// Receives and parses pages and builds the set, below the calls' priority.
-    low: LowPriority,
+    /// Receives and parses pages and builds the set, below the calls'
+    /// priority; the payments poll runs here too.
+    low: Arc<LowPriority>,
 }
 
 /// What a full read needs. It has an HTTP client of its own: its
@@ -226,8 +227,14 @@ impl OnecSource {
             health,
             metrics,
             live,
-            low: LowPriority::start(WORKER).map_err(|e| OnecError::Build(e.to_string()))?,
+            low: Arc::new(LowPriority::start(WORKER).map_err(|e| OnecError::Build(e.to_string()))?),
         })
+    }
+
+    /// The low-priority worker full reads run on: what else reads 1C in
+    /// bulk (the payments poll) runs there too, one read at a time.
+    pub(crate) fn worker(&self) -> Arc<LowPriority> {
+        Arc::clone(&self.low)
     }
 
     /// The live lookup for SayName and IncomingCall.

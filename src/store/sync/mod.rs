@@ -16,6 +16,7 @@ mod batch;
 mod inbox;
 mod lease;
 mod outbox;
+pub(super) mod payments;
 mod read;
 mod schema;
 
@@ -30,6 +31,10 @@ pub use batch::{IdMapKey, SyncBatch};
 pub use inbox::{InboxRow, SyncDepth};
 pub use lease::{Ack, AckOutcome, AckResult, LeaseRequest, Leased, LeasedRow};
 pub use outbox::{Link, Settle};
+pub use payments::{
+    NewPayment, PaymentCursor, PaymentEvent, PaymentsBatch, PaymentsCommitted, PostedPayment,
+    StoredPayment, PAYMENT_KIND,
+};
 pub(in crate::store) use read::outbox_row;
 pub(super) use schema::{SYNC_APPLICATION_ID, SYNC_MIGRATIONS};
 

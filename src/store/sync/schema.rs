@@ -173,4 +173,40 @@ pub(in crate::store) const SYNC_MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_leased ON outbox (system, record_key, id)
         WHERE leased_until IS NOT NULL;
     ",
+    // 6: payments (issue 19 item 4).
+    //
+    // `payments`: every version of a payment document handed on, once per
+    // (ref_key, version) (1C's Ref_Key and DataVersion, or a push's ref and
+    // version): a poll reading it again, or a push sent twice, finds it and
+    // emits nothing. `posted` is the document's state in that version (0:
+    // unposted, deletion-marked or gone); `event` what was reported for it
+    // (`payment.posted|changed|reversed`, NULL: nothing, e.g. a draft never
+    // posted). The latest row of a ref (highest id) is its current state.
+    // `date` as the source wrote it (1C's local time): the OData poll's
+    // window finds the documents it handed on by it.
+    //
+    // `payments_cursor`: per source, the (date, ref_key) of the last
+    // document handed on; the poll reads from its date less `reread`.
+    "
+    CREATE TABLE payments (
+        id          INTEGER PRIMARY KEY,
+        ref_key     TEXT NOT NULL,
+        version     TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        posted      INTEGER NOT NULL,
+        event       TEXT,
+        date        TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        received_at INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX payments_version ON payments (ref_key, version);
+    CREATE INDEX payments_window ON payments (source, date);
+
+    CREATE TABLE payments_cursor (
+        source     TEXT PRIMARY KEY NOT NULL,
+        date       TEXT NOT NULL,
+        ref_key    TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];

@@ -19,7 +19,8 @@
 //! - `sync.rs`: the sync store: its own migrations, outbox and id-map,
 //!   group-committed enqueues, retry, paging, inbox, overlay, requisites;
 //! - `sync_batch.rs`: an inbound change's writes in one transaction, and
-//!   requisites deleted.
+//!   requisites deleted;
+//! - `payments.rs`: payment versions, their events and outbox rows, the cursor.
 //!
 //! The 1M-row measurement is a bench program (`bench/store.sh`), not a test.
 
@@ -31,6 +32,7 @@ mod failures;
 mod gate;
 mod journal;
 mod lifecycle;
+mod payments;
 mod retention;
 mod snapshot;
 mod start_checks;

@@ -62,6 +62,8 @@ pub(in crate::store) enum SyncWrite {
     },
     /// The inbox task's writes (`writer/inbox.rs`).
     Inbox(super::InboxWrite),
+    /// Payments and their events (`writer/payments.rs`).
+    Payments(super::PaymentsWrite),
 }
 
 /// The enqueues and inbox appends of the next sync group commit.
@@ -229,6 +231,7 @@ impl Writer {
                 let _ = reply.send(self.requisites_delete(&ids));
             }
             SyncWrite::Inbox(write) => self.inbox_write(write),
+            SyncWrite::Payments(write) => self.payments_write(write),
         }
     }
 

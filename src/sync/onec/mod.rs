@@ -33,6 +33,7 @@
 
 pub mod body;
 mod metrics;
+pub mod payments;
 pub mod pull;
 pub mod pull_xml;
 

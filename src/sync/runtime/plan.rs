@@ -10,7 +10,10 @@
 //! looks at it. At take time:
 //! - the last `remove` of the record's pending rows replaces every row
 //!   before it (sent first; later upserts follow once it is confirmed);
-//! - otherwise the last upsert replaces the earlier ones.
+//! - otherwise the last upsert replaces the earlier ones;
+//! - but events (`kind` [`PAYMENT_KIND`]) are never replaced: each is sent,
+//!   the oldest first. Their record keys (`payment:<ref>`) are no
+//!   counterparty's, so they never share a record with the feed's rows.
 //!
 //! Whether a `remove` goes to a record the system never held is decided
 //! when it is sent, by the id-map and `find_existing` (a create may have
@@ -19,7 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
-use crate::store::{OutboxOp, OutboxRow};
+use crate::store::{OutboxOp, OutboxRow, PAYMENT_KIND};
 
 /// What to do with the window's rows now.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -64,10 +67,16 @@ pub fn plan(
         if rows[0].next_at > now {
             continue;
         }
-        let chosen = rows
-            .iter()
-            .rposition(|r| r.op == OutboxOp::Remove)
-            .unwrap_or(rows.len() - 1);
+        // Events (a payment's `payment.posted`, then `payment.reversed`)
+        // are each news to the system: sent one by one, in order, never
+        // replaced by a later one.
+        let chosen = if rows[0].kind == PAYMENT_KIND {
+            0
+        } else {
+            rows.iter()
+                .rposition(|r| r.op == OutboxOp::Remove)
+                .unwrap_or(rows.len() - 1)
+        };
         plan.drop.extend(rows[..chosen].iter().map(|r| r.id));
         plan.send.push(rows[chosen].clone());
     }
@@ -171,5 +180,22 @@ mod tests {
         let plan = plan(&window, &HashSet::new(), now(), 2);
         assert_eq!(plan.send.iter().map(|r| r.id).collect::<Vec<_>>(), [2, 4]);
         assert_eq!(plan.drop, [1]);
+    }
+
+    #[test]
+    fn events_are_sent_one_by_one_never_coalesced() {
+        let event = |id, key: &str| OutboxRow {
+            kind: PAYMENT_KIND.into(),
+            ..row(id, key, Upsert, 0)
+        };
+        let window = [
+            event(1, "payment:a"),
+            row(2, "b", Upsert, 0),
+            event(3, "payment:a"),
+            row(4, "b", Upsert, 0),
+        ];
+        let p = plan(&window, &HashSet::new(), now(), 10);
+        assert_eq!(p.send.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 4]);
+        assert_eq!(p.drop, [2]);
     }
 }
