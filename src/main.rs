@@ -360,6 +360,10 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     cti_gateway::http::check_soap_path(&loaded)?;
     // As `serve` does with this build's sync systems (none yet).
     loaded.check_sync_tables(&[])?;
+    // As `serve` does: a bad SERVIO mapping names its key and file.
+    if let Some(servio) = &loaded.servio {
+        cti_gateway::sources::servio::Mapping::load(&servio.mapping)?;
+    }
     let mut problems = Vec::new();
     if let Some(file) = &loaded.directory.file {
         if let Err(e) = std::fs::File::open(file) {
@@ -462,6 +466,13 @@ fn features_off(config: &Config) -> Vec<String> {
     }
     if config.onec.is_none() {
         off.push("1C source off: no [onec] section".to_owned());
+    }
+    if let Some(servio) = &config.servio {
+        if servio.poll.is_zero() {
+            off.push(
+                "SERVIO folder polling off: servio.poll is 0s (SIGHUP still scans)".to_owned(),
+            );
+        }
     }
     off
 }
