@@ -504,6 +504,11 @@ impl Inner {
             .map_or(0, |d| d.as_secs());
         m.last_applied.set(i64::try_from(now).unwrap_or(i64::MAX));
         state.failure = None;
+        // At once, not at the scan's end: whoever sees the file archived
+        // sees the source's state too.
+        if self.health.success(SOURCE) {
+            tracing::info!("SERVIO source working again");
+        }
     }
 
     /// Writes a ledger row; false (and the source failing) when it could not be.
@@ -561,6 +566,7 @@ impl Inner {
         let why = format!("file {}: {first}", file.name);
         tracing::error!(file = %file.name, problems = problems.len(), first = %first, "SERVIO file refused; moved to servio.error_dir");
         self.ledger(file, hash, mode, 0, "failed").await;
+        self.health.failure(SOURCE, &why);
         state.failure = Some(why);
         self.dispose(file, &self.settings.error_dir, Some(text), state);
     }

@@ -1,0 +1,274 @@
+//! The SERVIO source over a real gateway: sample files (both encodings)
+//! reach the directory through the mapping and answer SayName; each file is
+//! applied once (re-drops, renames, restarts); a broken file goes to
+//! `error_dir` with its `.error.txt`, changes nothing, and `/readyz` names
+//! it (file, line) among the failing sources until a good file applies. Scans are driven by `Gateway::reload()`
+//! (`servio.poll = "0s"`).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cti_gateway::config::Config;
+use cti_gateway::Gateway;
+use support::*;
+
+const WITHIN: Duration = Duration::from_secs(20);
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/servio");
+
+fn sample(name: &str) -> PathBuf {
+    Path::new(SAMPLES).join(name)
+}
+
+/// `[servio]` for a gateway in `dir`, folders under it.
+fn servio_table(dir: &Path, take: &str) -> String {
+    format!(
+        "[servio]\nimport_dir = \"{}\"\narchive_dir = \"{}\"\nerror_dir = \"{}\"\nmapping = \"{}\"\npoll = \"0s\"\nsettle = \"0s\"\ntake = \"{take}\"\n",
+        dir.join("in").display(),
+        dir.join("archive").display(),
+        dir.join("errors").display(),
+        sample("mapping.toml").display(),
+    )
+}
+
+async fn start_servio(dir: tempfile::TempDir, take: &str) -> TestGateway {
+    std::fs::create_dir_all(dir.path().join("in")).expect("import dir");
+    if !dir.path().join("counterparties.jsonl").exists() {
+        std::fs::write(dir.path().join("counterparties.jsonl"), DIRECTORY).expect("directory");
+    }
+    let text = config_text(dir.path(), &servio_table(dir.path(), take));
+    let config = Config::parse(&text, &dir.path().join("gateway.toml"), &|_| None)
+        .expect("test config is valid");
+    let gateway = Gateway::start(config).await.expect("gateway starts");
+    let addr = gateway.local_addr();
+    TestGateway {
+        gateway: Some(gateway),
+        addr,
+        dir,
+    }
+}
+
+fn drop_file(gw: &TestGateway, sample_name: &str, as_name: &str) {
+    std::fs::copy(sample(sample_name), gw.dir.path().join("in").join(as_name)).expect("drop");
+}
+
+fn name_of(gw: &TestGateway, id: &str) -> Option<String> {
+    let entry = gw.gateway().directory().lookup_id(id)?;
+    Some(entry.counterparty().expect("entry parses").name.into())
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+async fn readyz(gw: &TestGateway) -> (u16, serde_json::Value) {
+    let reply = get(gw.addr, "/readyz").await;
+    let doc = serde_json::from_str(&reply.body)
+        .unwrap_or_else(|e| panic!("/readyz is not JSON ({e}): {}", reply.body));
+    (reply.status, doc)
+}
+
+async fn say_name(gw: &TestGateway, number: &str) -> String {
+    let reply = soap(gw.addr, &say_name_envelope(number)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    say_name_data(&reply)
+}
+
+/// Waits until `import_dir` is empty (every dropped file taken).
+async fn taken(gw: &TestGateway) {
+    let import = gw.dir.path().join("in");
+    eventually(WITHIN, "import_dir emptied", || {
+        files_in(&import).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn utf8_and_windows_1251_samples_answer_with_name_category_and_manager() {
+    let mut gw = start_servio(tempfile::tempdir().expect("dir"), "move").await;
+    drop_file(&gw, "Clients_full.utf8.xml", "Clients_1.xml");
+    gw.gateway().reload();
+    eventually(WITHIN, "full file applied", || {
+        name_of(&gw, "servio:1001").is_some()
+    })
+    .await;
+    let data = say_name(&gw, "89131001002").await;
+    assert_eq!(element_text(&data, "title"), Some("АЗС-Транс"), "{data}");
+    assert_eq!(element_text(&data, "category"), Some("2"), "{data}");
+    assert!(data.contains("<phone>245</phone>"), "{data}");
+    assert_eq!(name_of(&gw, "servio:1002").as_deref(), Some("Топливо & Ко"));
+    drop_file(&gw, "Changes_a.cp1251.xml", "Changes_1.xml");
+    gw.gateway().reload();
+    eventually(WITHIN, "cp1251 delta applied", || {
+        name_of(&gw, "servio:2001").is_some()
+    })
+    .await;
+    let data = say_name(&gw, "+79132000001").await;
+    assert_eq!(element_text(&data, "title"), Some("Ромашка-Ойл"), "{data}");
+    assert!(data.contains("<phone>246</phone>"), "{data}");
+    taken(&gw).await;
+    let archived = files_in(&gw.dir.path().join("archive"));
+    assert_eq!(archived.len(), 2, "{archived:?}");
+    assert!(archived
+        .iter()
+        .all(|n| n.ends_with("-Clients_1.xml") || n.ends_with("-Changes_1.xml")));
+    // The other sources' records stay.
+    assert!(name_of(&gw, "a1").is_some());
+    let (status, doc) = readyz(&gw).await;
+    assert_eq!(status, 200, "{doc}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_bytes_renamed_are_a_duplicate_and_deltas_apply_in_order() {
+    let mut gw = start_servio(tempfile::tempdir().expect("dir"), "move").await;
+    drop_file(&gw, "Changes_a.cp1251.xml", "Changes_1.xml");
+    gw.gateway().reload();
+    eventually(WITHIN, "A applied", || {
+        name_of(&gw, "servio:2001").is_some()
+    })
+    .await;
+    taken(&gw).await;
+    drop_file(&gw, "Changes_b.utf8.xml", "Changes_2.xml");
+    gw.gateway().reload();
+    eventually(WITHIN, "B applied", || {
+        name_of(&gw, "servio:2001").as_deref() == Some("Ромашка-Ойл Север")
+    })
+    .await;
+    taken(&gw).await;
+    // A again, renamed: the same bytes, never applied again.
+    drop_file(&gw, "Changes_a.cp1251.xml", "Changes_3.xml");
+    gw.gateway().reload();
+    taken(&gw).await;
+    assert_eq!(
+        name_of(&gw, "servio:2001").as_deref(),
+        Some("Ромашка-Ойл Север")
+    );
+    assert_eq!(files_in(&gw.dir.path().join("archive")).len(), 3);
+    let metrics = get(gw.addr, "/metrics").await.body;
+    assert!(
+        metrics.contains("cti_servio_files_total{outcome=\"duplicate\"} 1"),
+        "{metrics}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn broken_files_go_to_error_dir_change_nothing_and_fail_readyz_until_a_good_one() {
+    let mut gw = start_servio(tempfile::tempdir().expect("dir"), "move").await;
+    drop_file(&gw, "Clients_full.utf8.xml", "Clients_1.xml");
+    gw.gateway().reload();
+    eventually(WITHIN, "full file applied", || {
+        name_of(&gw, "servio:1001").is_some()
+    })
+    .await;
+    taken(&gw).await;
+    for (broken, expected) in [
+        ("broken_malformed.xml", "line 6"),
+        ("broken_doctype.xml", "DTDs"),
+        ("broken_no_id.xml", "line 5"),
+        ("broken_koi8.xml", "KOI8-R"),
+    ] {
+        drop_file(&gw, broken, "Changes_9.xml");
+        gw.gateway().reload();
+        taken(&gw).await;
+        let errors = gw.dir.path().join("errors");
+        let texts: Vec<String> = files_in(&errors)
+            .into_iter()
+            .filter(|n| n.ends_with("-Changes_9.xml.error.txt"))
+            .collect();
+        let text = std::fs::read_to_string(errors.join(texts.last().expect("an .error.txt")))
+            .expect("read");
+        assert!(text.contains(expected), "{broken}: {text}");
+        for t in texts {
+            std::fs::remove_file(errors.join(t)).expect("clean");
+        }
+        // Still ready (the directory serves), the source named failing.
+        let (_, doc) = readyz(&gw).await;
+        assert_eq!(
+            doc["failing_sources"],
+            serde_json::json!(["servio"]),
+            "{doc}"
+        );
+        let error = doc["sources"]["servio"]["last_error"].to_string();
+        assert!(
+            error.contains("Changes_9.xml") && error.contains(expected),
+            "{broken}: {doc}"
+        );
+        // Nothing changed.
+        assert!(name_of(&gw, "servio:1001").is_some());
+        assert!(name_of(&gw, "servio:3001").is_none());
+    }
+    drop_file(&gw, "Changes_a.cp1251.xml", "Changes_10.xml");
+    gw.gateway().reload();
+    eventually(WITHIN, "good file applied", || {
+        name_of(&gw, "servio:2001").is_some()
+    })
+    .await;
+    taken(&gw).await;
+    let (status, doc) = readyz(&gw).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["sources"]["servio"]["state"], "ok", "{doc}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_with_an_empty_import_dir_answers_from_the_snapshot() {
+    let mut gw = start_servio(tempfile::tempdir().expect("dir"), "move").await;
+    drop_file(&gw, "Clients_full.utf8.xml", "Clients_1.xml");
+    gw.gateway().reload();
+    eventually(WITHIN, "full file applied", || {
+        name_of(&gw, "servio:1001").is_some()
+    })
+    .await;
+    taken(&gw).await;
+    gw.stop().await;
+    let dir = gw.dir;
+    let gw = start_servio(dir, "move").await;
+    assert_eq!(name_of(&gw, "servio:1001").as_deref(), Some("АЗС-Транс"));
+    let data = say_name(&gw, "89131001001").await;
+    assert_eq!(element_text(&data, "title"), Some("АЗС-Транс"), "{data}");
+}
+
+#[tokio::test]
+async fn take_leave_on_a_read_only_folder_applies_once_and_moves_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let import = dir.path().join("in");
+    std::fs::create_dir_all(&import).expect("import dir");
+    std::fs::copy(
+        sample("Clients_full.utf8.xml"),
+        import.join("Clients_1.xml"),
+    )
+    .expect("drop");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&import, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    let mut gw = start_servio(dir, "leave").await;
+    eventually(WITHIN, "applied", || name_of(&gw, "servio:1001").is_some()).await;
+    for _ in 0..3 {
+        gw.gateway().reload();
+    }
+    let archive = gw.dir.path().join("archive");
+    eventually(WITHIN, "copied once", || files_in(&archive).len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(files_in(&import), ["Clients_1.xml"]);
+    assert_eq!(files_in(&archive).len(), 1, "{:?}", files_in(&archive));
+    let metrics = get(gw.addr, "/metrics").await.body;
+    assert!(
+        metrics.contains("cti_servio_files_total{outcome=\"applied\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("cti_servio_files_total{outcome=\"duplicate\"}"),
+        "not hashed again: {metrics}"
+    );
+    std::fs::set_permissions(&import, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    gw.stop().await;
+}
