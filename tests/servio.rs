@@ -272,3 +272,86 @@ async fn take_leave_on_a_read_only_folder_applies_once_and_moves_nothing() {
     std::fs::set_permissions(&import, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     gw.stop().await;
 }
+
+/// A delta file of `n` clients, ids `prefix-0`…, each with its own phone.
+fn delta_file(prefix: u32, n: u32) -> String {
+    let mut text =
+        String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Export>\n<Clients>\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "<Client Code=\"{prefix}-{i}\"><Name>Клиент {prefix}-{i}</Name><Contacts><Phone>+7 913 {prefix:03}-{:02}-{:02}</Phone></Contacts><Group>VIP</Group></Client>\n",
+            i / 100,
+            i % 100
+        ));
+    }
+    text.push_str("</Clients>\n</Export>\n");
+    text
+}
+
+#[tokio::test]
+async fn a_gateway_killed_three_times_mid_import_applies_each_file_once() {
+    use support::process::{free_port, serve_command, Child};
+    const FILES: u32 = 6;
+    const CLIENTS: u32 = 3_000;
+    let dir = tempfile::tempdir().expect("dir");
+    let import = dir.path().join("in");
+    std::fs::create_dir_all(&import).expect("import dir");
+    std::fs::write(dir.path().join("counterparties.jsonl"), DIRECTORY).expect("directory");
+    for f in 0..FILES {
+        std::fs::write(
+            import.join(format!("Changes_{f}.xml")),
+            delta_file(100 + f, CLIENTS),
+        )
+        .expect("file");
+    }
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let addr: std::net::SocketAddr = listen.parse().expect("addr");
+    let table = servio_table(dir.path(), "move").replace("poll = \"0s\"", "poll = \"1s\"");
+    let text = config_text_on(dir.path(), &listen, &table);
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, text).expect("config");
+    let log = dir.path().join("gateway.log");
+    for cycle in 0..3u64 {
+        let child = Child::start(serve_command(&config, &log), addr, "/healthz").await;
+        // Mid-import: the first scan starts at once.
+        tokio::time::sleep(Duration::from_millis(150 + 250 * cycle)).await;
+        drop(child); // SIGKILL
+    }
+    let child = Child::start(serve_command(&config, &log), addr, "/healthz").await;
+    eventually(Duration::from_secs(60), "every file taken", || {
+        files_in(&import).is_empty()
+    })
+    .await;
+    child.stop().await;
+    // Each file once: archived once, one applied ledger row per file's bytes.
+    assert_eq!(files_in(&dir.path().join("archive")).len(), FILES as usize);
+    assert!(files_in(&dir.path().join("errors")).is_empty());
+    let db = rusqlite::Connection::open(dir.path().join("store.servio.sqlite")).expect("open");
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok");
+    let (rows, applied, records): (i64, i64, i64) = db
+        .query_row(
+            "SELECT count(*), sum(outcome = 'applied'), sum(records) FROM servio_files",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("ledger");
+    assert_eq!((rows, applied), (i64::from(FILES), i64::from(FILES)));
+    assert_eq!(records, i64::from(FILES * CLIENTS));
+    let stored: i64 = db
+        .query_row(
+            "SELECT count(*) FROM counterparties WHERE source = 'servio'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("snapshot");
+    assert_eq!(stored, i64::from(FILES * CLIENTS));
+    // And a gateway started on it answers every client.
+    let gw = start_servio(dir, "move").await;
+    for f in 0..FILES {
+        assert!(name_of(&gw, &format!("servio:{}-{}", 100 + f, CLIENTS - 1)).is_some());
+    }
+}
