@@ -93,6 +93,10 @@ struct ScanState {
     /// Why the source fails, until a file applies: the last file failed, or
     /// one could not be moved.
     failure: Option<String>,
+    /// `take = leave`: files found to be duplicates (by name, size, mtime),
+    /// not hashed again while this process runs (the ledger knows a file
+    /// only under the name its bytes first came with).
+    left_duplicates: HashSet<(String, u64, i64)>,
 }
 
 impl ServioSource {
@@ -279,7 +283,11 @@ impl Inner {
         state: &mut ScanState,
     ) -> Taken {
         let settings = &self.settings;
+        let stamp = (file.name.clone(), file.size, file.mtime_ms);
         if settings.take == ServioTake::Leave {
+            if state.left_duplicates.contains(&stamp) {
+                return Taken::Done;
+            }
             // Left in place: known by name, size and mtime, not hashed again.
             if let Ok(Some(_)) = self
                 .store
@@ -325,7 +333,10 @@ impl Inner {
             Ok(Some(row)) => {
                 self.metrics.files.with_label_values(&["duplicate"]).inc();
                 tracing::info!(file = %file.name, first = %row.name, outcome = %row.outcome, "SERVIO file already taken (the same bytes): not applied again");
-                if row.outcome == "applied" {
+                if settings.take == ServioTake::Leave {
+                    // Not copied out again: its bytes are out already.
+                    state.left_duplicates.insert(stamp);
+                } else if row.outcome == "applied" {
                     self.dispose(&file, &settings.archive_dir, None, state);
                 } else {
                     let text = format!(
