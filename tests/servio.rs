@@ -355,3 +355,59 @@ async fn a_gateway_killed_three_times_mid_import_applies_each_file_once() {
         assert!(name_of(&gw, &format!("servio:{}-{}", 100 + f, CLIENTS - 1)).is_some());
     }
 }
+
+#[tokio::test]
+async fn a_bad_mapping_stops_check_config_naming_key_and_file() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("counterparties.jsonl"), DIRECTORY).expect("directory");
+    let mapping = dir.path().join("servio-mapping.toml");
+    let text = std::fs::read_to_string(sample("mapping.toml"))
+        .expect("sample mapping")
+        .replace("[fields]\n", "[fields]\nnmae = \"Name\"\n");
+    std::fs::write(&mapping, text).expect("mapping");
+    let table = servio_table(dir.path(), "move").replace(
+        &sample("mapping.toml").display().to_string(),
+        &mapping.display().to_string(),
+    );
+    let out = support::process::check_config(
+        &dir.path().join("gateway.toml"),
+        &config_text(dir.path(), &table),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("servio-mapping.toml") && stderr.contains("nmae"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_import_dir_is_a_failing_source_not_a_start_up_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("counterparties.jsonl"), DIRECTORY).expect("directory");
+    let text = config_text(dir.path(), &servio_table(dir.path(), "move"));
+    let config = Config::parse(&text, &dir.path().join("gateway.toml"), &|_| None)
+        .expect("test config is valid");
+    let gateway = Gateway::start(config).await.expect("gateway starts");
+    let mut gw = TestGateway {
+        addr: gateway.local_addr(),
+        gateway: Some(gateway),
+        dir,
+    };
+    let mut doc = serde_json::Value::Null;
+    for _ in 0..200 {
+        doc = readyz(&gw).await.1;
+        if doc["failing_sources"] == serde_json::json!(["servio"]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let error = doc["sources"]["servio"]["last_error"].to_string();
+    assert!(error.contains("servio.import_dir"), "{doc}");
+    // Once the folder exists, the next scan works.
+    std::fs::create_dir_all(gw.dir.path().join("in")).expect("import dir");
+    drop_file(&gw, "Clients_full.utf8.xml", "Clients_1.xml");
+    gw.gateway().reload();
+    eventually(WITHIN, "applied", || name_of(&gw, "servio:1001").is_some()).await;
+    gw.stop().await;
+}
