@@ -411,3 +411,39 @@ async fn a_missing_import_dir_is_a_failing_source_not_a_start_up_error() {
     eventually(WITHIN, "applied", || name_of(&gw, "servio:1001").is_some()).await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn with_a_ready_marker_a_file_waits_for_its_marker() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir_all(dir.path().join("in")).expect("import dir");
+    std::fs::write(dir.path().join("counterparties.jsonl"), DIRECTORY).expect("directory");
+    let table = format!(
+        "{}ready_marker = \"{{name}}.ok\"\n",
+        servio_table(dir.path(), "move")
+    );
+    let text = config_text(dir.path(), &table);
+    let config = Config::parse(&text, &dir.path().join("gateway.toml"), &|_| None)
+        .expect("test config is valid");
+    let gateway = Gateway::start(config).await.expect("gateway starts");
+    let mut gw = TestGateway {
+        addr: gateway.local_addr(),
+        gateway: Some(gateway),
+        dir,
+    };
+    drop_file(&gw, "Clients_full.utf8.xml", "Clients_1.xml");
+    gw.gateway().reload();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        name_of(&gw, "servio:1001").is_none(),
+        "taken before its marker"
+    );
+    let import = gw.dir.path().join("in");
+    std::fs::write(import.join("Clients_1.xml.ok"), "").expect("marker");
+    gw.gateway().reload();
+    eventually(WITHIN, "taken with its marker", || {
+        name_of(&gw, "servio:1001").is_some()
+    })
+    .await;
+    taken(&gw).await;
+    gw.stop().await;
+}
