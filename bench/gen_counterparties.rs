@@ -31,8 +31,16 @@
 //! output depends only on the flags (and on the `rand` version: `StdRng` is
 //! reproducible within one).
 //!
-//! Only std, serde_json (string escaping) and rand: this builds as an example
-//! of the crate with its dev-dependencies.
+//! `--servio FILE` also writes the same records as one SERVIO-like full
+//! export file in windows-1251 (`bench/servio.sh`; the shape
+//! `config/servio-mapping.example.toml` reads: `/Export/Clients/Client`
+//! with `@Code`, `Name`, `INN`, `KPP`, `OGRN`, `Contacts/Phone`,
+//! `Contacts/Email`, `Manager/@Ext`, `Group`); `--servio-changed P` changes
+//! the name of P% of them (every record whose index is a multiple of 100/P)
+//! by appending `--servio-tag` (default `2`), for a re-import.
+//!
+//! Only std, serde_json, rand and encoding_rs (the crate's, for
+//! windows-1251): this builds as an example of the crate.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -56,12 +64,15 @@ struct Args {
     queries: u64,
     seed: u64,
     unknown_percent: u32,
+    servio: Option<PathBuf>,
+    servio_changed: u32,
+    servio_tag: String,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: gen_counterparties --count N --out FILE [--numbers FILE] [--queries M] [--seed S] [--unknown-percent P]\n\
-         defaults: --queries 100000 --seed 42 --unknown-percent 10"
+        "usage: gen_counterparties --count N --out FILE [--numbers FILE] [--queries M] [--seed S] [--unknown-percent P] [--servio FILE [--servio-changed P] [--servio-tag T]]\n\
+         defaults: --queries 100000 --seed 42 --unknown-percent 10 --servio-changed 0 --servio-tag 2"
     );
     exit(2);
 }
@@ -82,6 +93,9 @@ fn parse_args() -> Args {
     let mut queries = 100_000;
     let mut seed = 42;
     let mut unknown_percent = 10;
+    let mut servio = None;
+    let mut servio_changed = 0;
+    let mut servio_tag = "2".to_owned();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -95,6 +109,9 @@ fn parse_args() -> Args {
             "--queries" => queries = num(&flag, &v),
             "--seed" => seed = num(&flag, &v),
             "--unknown-percent" => unknown_percent = num(&flag, &v),
+            "--servio" => servio = Some(PathBuf::from(v)),
+            "--servio-changed" => servio_changed = num(&flag, &v),
+            "--servio-tag" => servio_tag = v,
             _ => usage(),
         }
     }
@@ -103,6 +120,10 @@ fn parse_args() -> Args {
     };
     if unknown_percent > 100 {
         eprintln!("--unknown-percent must be 0..=100");
+        exit(2);
+    }
+    if servio_changed > 100 {
+        eprintln!("--servio-changed must be 0..=100");
         exit(2);
     }
     // Up to 3 phones per record, and the unknown numbers need room past them.
@@ -117,6 +138,9 @@ fn parse_args() -> Args {
         queries,
         seed,
         unknown_percent,
+        servio,
+        servio_changed,
+        servio_tag,
     }
 }
 
@@ -597,6 +621,15 @@ fn main() -> io::Result<()> {
     out.flush()?;
     drop(out);
 
+    if let Some(path) = &args.servio {
+        let clients = write_servio(&args, path)?;
+        eprintln!(
+            "gen_counterparties: {clients} SERVIO clients ({}% renamed) -> {}",
+            args.servio_changed,
+            path.display()
+        );
+    }
+
     let mut known = 0u64;
     let mut unknown = 0u64;
     if let Some(path) = &args.numbers {
@@ -639,4 +672,88 @@ fn main() -> io::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+// ---------------------------------------------------------------- SERVIO
+
+/// XML text with `&`, `<`, `>` and `"` escaped.
+fn xml_text(text: &str, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The records just written to `--out`, as one SERVIO-like full export in
+/// windows-1251 (see the module's doc). Returns the clients written.
+fn write_servio(args: &Args, path: &std::path::Path) -> io::Result<u64> {
+    use std::io::BufRead as _;
+    let input = io::BufReader::new(File::open(&args.out)?);
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let every = match args.servio_changed {
+        0 => u64::MAX,
+        p => u64::from(100 / p),
+    };
+    let mut write = |text: &str| -> io::Result<()> {
+        let (bytes, _, _) = encoding_rs::WINDOWS_1251.encode(text);
+        out.write_all(&bytes)
+    };
+    write("<?xml version=\"1.0\" encoding=\"windows-1251\"?>\n<Export>\n<Clients>\n")?;
+    let mut clients = 0u64;
+    let mut x = String::with_capacity(1024);
+    for (i, line) in input.lines().enumerate() {
+        let line = line?;
+        let r: serde_json::Value = serde_json::from_str(&line).map_err(io::Error::other)?;
+        let field = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        x.clear();
+        x.push_str("<Client Code=\"");
+        xml_text(field("code"), &mut x);
+        x.push_str("\">\n  <Name>");
+        xml_text(field("name"), &mut x);
+        if i as u64 % every == 0 {
+            x.push(' ');
+            xml_text(&args.servio_tag, &mut x);
+        }
+        x.push_str("</Name>\n");
+        for key in ["inn", "kpp", "ogrn"] {
+            if !field(key).is_empty() {
+                x.push_str(&format!(
+                    "  <{}>{}</{}>\n",
+                    key.to_uppercase(),
+                    field(key),
+                    key.to_uppercase()
+                ));
+            }
+        }
+        x.push_str("  <Contacts>");
+        for list in ["phones", "emails"] {
+            let tag = if list == "phones" { "Phone" } else { "Email" };
+            for v in r.get(list).and_then(|v| v.as_array()).into_iter().flatten() {
+                x.push_str(&format!("<{tag}>"));
+                xml_text(v.as_str().unwrap_or(""), &mut x);
+                x.push_str(&format!("</{tag}>"));
+            }
+        }
+        x.push_str("</Contacts>\n");
+        if !field("manager_phone").is_empty() {
+            x.push_str(&format!(
+                "  <Manager Ext=\"{}\">Менеджер</Manager>\n",
+                field("manager_phone")
+            ));
+        }
+        if let Some(c) = r.get("category").and_then(|v| v.as_i64()) {
+            x.push_str(&format!("  <Group>{c}</Group>\n"));
+        }
+        x.push_str("</Client>\n");
+        write(&x)?;
+        clients += 1;
+    }
+    write("</Clients>\n</Export>\n")?;
+    out.flush()?;
+    Ok(clients)
 }

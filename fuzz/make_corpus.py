@@ -189,6 +189,13 @@ write_corpus("phone", PHONES)
 write_corpus("push_body", PUSH)
 write_corpus("jsonl", JSONL)
 write_corpus("odata_page", ODATA)
+# SERVIO-like export files: the marked samples of tests/data/servio, as bytes
+# (one is windows-1251).
+SERVIO_SAMPLES = sorted((ROOT / "tests/data/servio").glob("*.xml"))
+servio_folder = FUZZ / "corpus" / "servio_file"
+servio_folder.mkdir(parents=True, exist_ok=True)
+for i, path in enumerate(SERVIO_SAMPLES):
+    (servio_folder / f"seed_{i:03}").write_bytes(path.read_bytes())
 write_dict("xml", XML_DICT)
 write_dict("json", JSON_DICT)
 write_dict("odata", ODATA_DICT)

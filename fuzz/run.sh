@@ -22,7 +22,7 @@ set -euo pipefail
 FUZZ_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SECONDS_PER_TARGET="${1:-60}"
 shift || true
-ALL_TARGETS=(soap_envelope phone push_body jsonl odata_page)
+ALL_TARGETS=(soap_envelope phone push_body jsonl odata_page servio_file)
 if [[ $# -gt 0 ]]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 
 if ! [[ "$SECONDS_PER_TARGET" =~ ^[1-9][0-9]*$ ]]; then
@@ -32,7 +32,7 @@ fi
 
 dict_of() {
     case "$1" in
-        soap_envelope) echo xml ;;
+        soap_envelope | servio_file) echo xml ;;
         phone) echo phone ;;
         push_body | jsonl) echo json ;;
         odata_page) echo odata ;;

@@ -316,6 +316,8 @@ pub struct Config {
     /// `[payments]`: payments from 1C (OData poll) or pushed, as events to
     /// the sync modules that take them.
     pub payments: Option<PaymentsConfig>,
+    /// SERVIO PUMP's exchange files (`sources::servio`, docs/servio.md).
+    pub servio: Option<ServioConfig>,
     pub store: StoreConfig,
     pub api: ApiConfig,
     pub popup: PopupConfig,
@@ -750,6 +752,75 @@ fn check_host_name(entry: &str) -> Result<(), &'static str> {
 /// and `_`, so a configured name can never change the shape of a URL.
 fn is_odata_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_alphanumeric() || c == '_')
+}
+
+/// `[servio]`: the folder SERVIO PUMP exports its clients to, and how the
+/// files are taken. See docs/servio.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServioConfig {
+    /// Where SERVIO writes its export files. A missing or unreadable folder
+    /// fails the source (in `/readyz`), not the start.
+    pub import_dir: PathBuf,
+    /// Where applied files go (`<UTC time>-<name>`); created if missing.
+    pub archive_dir: PathBuf,
+    /// Where refused files go, each with `<name>.error.txt`; created if missing.
+    pub error_dir: PathBuf,
+    /// The mapping file (see config/servio-mapping.example.toml).
+    pub mapping: PathBuf,
+    /// How often `import_dir` is scanned; "0s": only on SIGHUP (or
+    /// `Gateway::reload`). At least 1s otherwise.
+    #[serde(default = "servio_poll", with = "humantime_serde")]
+    pub poll: Duration,
+    /// A file is taken once its size and modification time held over two
+    /// scans this far apart (or its ready marker exists).
+    #[serde(default = "servio_settle", with = "humantime_serde")]
+    pub settle: Duration,
+    /// A file that says another is complete, `{name}` standing for that
+    /// file's name (e.g. `"{name}.ok"`): with it, a file is taken as soon
+    /// as its marker exists, and not before.
+    #[serde(default)]
+    pub ready_marker: Option<String>,
+    /// What happens to a file once taken: moved to `archive_dir` / `error_dir`,
+    /// or left where it is (a folder 1C reads too, maybe read-only; a copy
+    /// goes to `archive_dir`).
+    #[serde(default)]
+    pub take: ServioTake,
+    /// The most clients one file may hold.
+    #[serde(default = "servio_max_records")]
+    pub max_records: usize,
+    /// A SERVIO client without a mapped manager is routed to the manager of
+    /// another source's record with the same INN.
+    #[serde(default = "yes")]
+    pub manager_from_inn: bool,
+    /// The manager of SERVIO clients that have none otherwise.
+    #[serde(default)]
+    pub default_manager_phone: Option<String>,
+}
+
+/// `servio.take`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServioTake {
+    #[default]
+    Move,
+    Leave,
+}
+
+fn servio_poll() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn servio_settle() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn servio_max_records() -> usize {
+    1_000_000
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1447,6 +1518,16 @@ impl Config {
             }
         };
         resolve(&mut self.store.path);
+        if let Some(servio) = self.servio.as_mut() {
+            for path in [
+                &mut servio.import_dir,
+                &mut servio.archive_dir,
+                &mut servio.error_dir,
+                &mut servio.mapping,
+            ] {
+                resolve(path);
+            }
+        }
         for path in [
             &mut self.directory.file,
             &mut self.server.tls_cert,
@@ -1499,13 +1580,16 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_soap()?;
         self.validate_server()?;
-        if self.directory.file.is_none() && self.onec.is_none() {
+        if self.directory.file.is_none() && self.onec.is_none() && self.servio.is_none() {
             return Err(self.invalid(
                 "directory.file",
-                "is not set and neither is [onec]: the gateway needs at least one source of counterparties",
+                "is not set and neither is [onec] nor [servio]: the gateway needs at least one source of counterparties",
             ));
         }
         self.validate_directory()?;
+        if let Some(servio) = &self.servio {
+            self.validate_servio(servio)?;
+        }
         if let Some(onec) = &self.onec {
             self.validate_onec(onec)?;
         }
@@ -1714,6 +1798,57 @@ impl Config {
                 "directory.max_shrink",
                 "must be a fraction over 0 and at most 1, e.g. 0.5 for 50% (1 turns the guard off)",
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_servio(&self, servio: &ServioConfig) -> Result<(), ConfigError> {
+        if !servio.poll.is_zero() && servio.poll < Duration::from_secs(1) {
+            return Err(self.invalid(
+                "servio.poll",
+                "must be at least 1s (or 0s: scan only on SIGHUP)",
+            ));
+        }
+        if servio.settle > Duration::from_secs(3600) {
+            return Err(self.invalid("servio.settle", "must be at most 1h"));
+        }
+        if let Some(marker) = &servio.ready_marker {
+            if !marker.contains("{name}") || marker.trim() == "{name}" {
+                return Err(self.invalid(
+                    "servio.ready_marker",
+                    "must contain {name} and something more, e.g. \"{name}.ok\"",
+                ));
+            }
+            if marker.contains(['/', '\\']) {
+                return Err(self.invalid(
+                    "servio.ready_marker",
+                    "must be a file name, without folders",
+                ));
+            }
+        }
+        if servio.max_records == 0 {
+            return Err(self.invalid("servio.max_records", "must be at least 1"));
+        }
+        if let Some(phone) = &servio.default_manager_phone {
+            let digits = phone.chars().filter(char::is_ascii_digit).count();
+            if digits < 2
+                || !phone
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || " +-()".contains(c))
+            {
+                return Err(self.invalid(
+                    "servio.default_manager_phone",
+                    "must be an extension (2-6 digits) or a phone number: the PBX routes calls to it",
+                ));
+            }
+        }
+        for (key, dir) in [
+            ("servio.archive_dir", &servio.archive_dir),
+            ("servio.error_dir", &servio.error_dir),
+        ] {
+            if dir == &servio.import_dir {
+                return Err(self.invalid(key, "must not be servio.import_dir"));
+            }
         }
         Ok(())
     }

@@ -27,6 +27,7 @@ use crate::soap;
 use crate::sources::file::{self, FileSettings, FileSource};
 use crate::sources::onec::{self, OnecError, OnecSource};
 use crate::sources::push::{self, PushSource};
+use crate::sources::servio::{self, ServioSettings, ServioSource};
 use crate::sources::LowPriority;
 use crate::sources::{SnapshotSavers, SourceHealth};
 use crate::store::{DiskGate, OpenOptions, SourceSnapshot, Store, StoreError};
@@ -66,6 +67,11 @@ pub enum StartError {
     Registry(#[from] RegistryError),
     #[error("the sync feed cannot start: {0}")]
     SyncFeed(std::io::Error),
+    /// `[servio]`'s mapping file, or the source's worker.
+    #[error(transparent)]
+    ServioMapping(#[from] servio::MappingError),
+    #[error("the SERVIO source cannot start: {0}")]
+    Servio(String),
 }
 
 /// How the directory was first filled, for the start-up message.
@@ -84,6 +90,8 @@ pub struct Gateway {
     store: Store,
     /// The 1C snapshot's own store (with `[onec]`).
     onec_store: Option<Store>,
+    /// SERVIO's snapshot and ledger (with `[servio]`).
+    servio_store: Option<Store>,
     /// With a sync system registered: the sync store and the change feed.
     sync: Option<SyncParts>,
     /// Each sending system's limiter and health (none without one).
@@ -165,6 +173,11 @@ impl Gateway {
         let systems = configured_systems(&config, systems)?;
         let registry = Registry::new(systems.iter().map(|s| s.spec().clone()).collect())?;
         http::check_soap_path(&config)?;
+        // A bad SERVIO mapping stops start-up before anything is opened.
+        let servio_mapping = match &config.servio {
+            Some(servio) => Some(servio::Mapping::load(&servio.mapping)?),
+            None => None,
+        };
         let metrics = Arc::new(Metrics::new());
         // Each sending system's limiter and health: its worker takes them
         // from here, `/readyz` and the status API show them.
@@ -236,6 +249,8 @@ impl Gateway {
         let (onec, onec_store) =
             open_onec(&config, &directory, &health, &metrics, &savers, sync_store)?;
         let file = open_file(&config, &directory, &store, &health, &metrics, &savers);
+        let (servio, servio_store) =
+            open_servio(&config, servio_mapping, &directory, &health, &metrics)?;
         let vats = new_vats(&directory, &hub, &store, &metrics, onec.as_ref());
         let push = PushSource::new(Arc::clone(&directory), store.clone(), metrics.registry())
             .map(Arc::new)
@@ -372,6 +387,9 @@ impl Gateway {
         directory.set_tombstones(&store.load_tombstones().await?);
         let mut snapshot_records =
             load_snapshot(&config, &store, onec_store.as_ref(), &directory).await;
+        if let Some(servio_store) = &servio_store {
+            snapshot_records += load_servio_snapshot(servio_store, &directory).await;
+        }
         if let Some((parts, _)) = &sync {
             snapshot_records += load_crm_snapshot(&parts.store, &registry, &directory).await;
             // The CRMs' managers, links and numbers over the records just loaded.
@@ -388,7 +406,7 @@ impl Gateway {
             reload: &reload,
             stop: &stop_sources,
         }
-        .start(file, onec)
+        .start(file, onec, servio)
         .await;
         sources.push(tombstone_keeper);
         if let Some(poll) = payments_poll {
@@ -500,6 +518,7 @@ impl Gateway {
             hub,
             store,
             onec_store,
+            servio_store,
             sync,
             sync_systems,
             metrics,
@@ -591,6 +610,9 @@ impl Gateway {
         }
         if let Some(onec_store) = &self.onec_store {
             onec_store.close().await;
+        }
+        if let Some(servio_store) = &self.servio_store {
+            servio_store.close().await;
         }
         if let Some(sync) = &self.sync {
             sync.store.close().await;
@@ -857,6 +879,52 @@ fn open_onec(
     Ok((Some(onec), Some(onec_store)))
 }
 
+/// With `[servio]`: the SERVIO source and its own store
+/// (`<name>.servio.sqlite`: SERVIO's snapshot and the ledger of files taken).
+fn open_servio(
+    config: &Config,
+    mapping: Option<servio::Mapping>,
+    directory: &Arc<Directory>,
+    health: &Arc<SourceHealth>,
+    metrics: &Metrics,
+) -> Result<(Option<ServioSource>, Option<Store>), StartError> {
+    let (Some(servio_config), Some(mapping)) = (&config.servio, mapping) else {
+        return Ok((None, None));
+    };
+    let servio_store = Store::open_with_options(
+        &servio_store_path(&config.store.path),
+        metrics.registry(),
+        &OpenOptions::servio().new_store(config.store.new_store),
+    )?;
+    let source = ServioSource::new(
+        ServioSettings::from_config(servio_config, config.directory.max_shrink),
+        mapping,
+        Arc::clone(directory),
+        servio_store.clone(),
+        Arc::clone(health),
+        metrics.registry(),
+    )
+    .map_err(StartError::Servio)?;
+    Ok((Some(source), Some(servio_store)))
+}
+
+/// SERVIO's records from its own store; returns the records loaded.
+async fn load_servio_snapshot(servio_store: &Store, directory: &Arc<Directory>) -> usize {
+    match servio_store.load_snapshot().await {
+        Ok(sets) => {
+            let sets = sets
+                .into_iter()
+                .filter(|s| s.source == servio::SOURCE)
+                .collect();
+            load_sets(directory, sets).await
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "SERVIO snapshot not loaded; SERVIO clients answer after the next file");
+            0
+        }
+    }
+}
+
 /// With `directory.file`: the file source. It reads nothing yet: its first
 /// load comes after the snapshot's (`SourceContext::start`).
 fn open_file(
@@ -908,8 +976,15 @@ impl SourceContext<'_> {
         self,
         file: Option<Arc<FileSource>>,
         onec: Option<OnecSource>,
+        servio: Option<ServioSource>,
     ) -> Vec<JoinHandle<()>> {
         let mut sources = Vec::new();
+        if let Some(servio) = servio {
+            // Scans from now on, in the background (its first scan at once).
+            sources.push(tokio::spawn(
+                servio.run(self.reload.subscribe(), self.stop.subscribe()),
+            ));
+        }
         if let Some(file) = file {
             // The first load happens before start() returns, so a caller that
             // waits for start() gets the file's directory (or its error logged).
@@ -939,6 +1014,12 @@ impl SourceContext<'_> {
 /// (`var/cti-gateway.sqlite` → `var/cti-gateway.onec.sqlite`).
 pub fn onec_store_path(store_path: &Path) -> PathBuf {
     store_path_beside(store_path, onec::SOURCE)
+}
+
+/// Where SERVIO's snapshot and ledger are kept: beside `store.path`
+/// (`var/cti-gateway.sqlite` → `var/cti-gateway.servio.sqlite`).
+pub fn servio_store_path(store_path: &Path) -> PathBuf {
+    store_path_beside(store_path, servio::SOURCE)
 }
 
 /// Where the sync store is kept: beside `store.path`, named after it
@@ -1084,6 +1165,7 @@ fn unconfigured(config: &Config, source: &str) -> Option<&'static str> {
     let (configured, reason) = match source {
         file::SOURCE => (config.directory.file.is_some(), "directory.file is not set"),
         onec::SOURCE => (config.onec.is_some(), "there is no [onec] table"),
+        servio::SOURCE => (config.servio.is_some(), "there is no [servio] table"),
         push::SOURCE => (
             config.api.token.is_some(),
             "api.token is not set (the push API is off)",

@@ -371,6 +371,10 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     let systems = cti_gateway::sync::build_systems(&loaded);
     let names: Vec<&str> = systems.iter().map(|s| s.spec().name()).collect();
     loaded.check_sync_tables(&names)?;
+    // As `serve` does: a bad SERVIO mapping names its key and file.
+    if let Some(servio) = &loaded.servio {
+        cti_gateway::sources::servio::Mapping::load(&servio.mapping)?;
+    }
     let mut problems = Vec::new();
     if let Some(file) = &loaded.directory.file {
         if let Err(e) = std::fs::File::open(file) {
@@ -476,6 +480,13 @@ fn features_off(config: &Config) -> Vec<String> {
     }
     if let Some(why) = cti_gateway::sync::onec::writer_off(config) {
         off.push(why);
+    }
+    if let Some(servio) = &config.servio {
+        if servio.poll.is_zero() {
+            off.push(
+                "SERVIO folder polling off: servio.poll is 0s (SIGHUP still scans)".to_owned(),
+            );
+        }
     }
     off
 }

@@ -13,6 +13,7 @@ mod low_priority;
 pub mod onec;
 pub mod overlays;
 pub mod push;
+pub mod servio;
 
 /// The lowest-priority worker: also the sync feed's (its reconcile reads
 /// every record).

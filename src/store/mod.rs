@@ -42,6 +42,7 @@ mod read;
 mod refusals;
 mod retention;
 mod schema;
+mod servio;
 mod snapshot;
 mod sync;
 mod writer;
@@ -63,6 +64,7 @@ use metrics::Metrics;
 pub use open::{OpenOptions, StoredSet};
 pub use refusals::{Refusal, RefusalLog};
 pub use retention::{keep_journal_for, PRUNE_BATCH, PRUNE_PAUSE};
+pub use servio::LedgerRow;
 pub use snapshot::SnapshotRecord;
 pub use sync::{
     Ack, AckOutcome, AckResult, Conflict, ConflictQuery, IdMapKey, IdMapLink, IdMapRow, InboxRow,

@@ -18,6 +18,9 @@ use super::{private, schema, writer, DiskGate, Inner, Priority, Store, StoreErro
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
     role: StoreRole,
+    /// The migration list, when not the role's own (the SERVIO file: a
+    /// cache by role, with its ledger).
+    schema: Option<Schema>,
     new_store: bool,
     companions: Vec<PathBuf>,
     gate: Option<DiskGate>,
@@ -29,6 +32,7 @@ impl OpenOptions {
     pub fn main() -> OpenOptions {
         OpenOptions {
             role: StoreRole::Main,
+            schema: None,
             new_store: false,
             companions: Vec::new(),
             gate: None,
@@ -67,6 +71,17 @@ impl OpenOptions {
         OpenOptions {
             role: StoreRole::Sync,
             ..OpenOptions::main()
+        }
+    }
+
+    /// The SERVIO snapshot (`<name>.servio.sqlite`): SERVIO's records and
+    /// the ledger of the files taken (`Store::servio_file`,
+    /// `Store::servio_ledger`), its own migration list; written at the
+    /// lowest priority like a cache.
+    pub fn servio() -> OpenOptions {
+        OpenOptions {
+            schema: Some(Schema::Servio),
+            ..OpenOptions::cache("servio")
         }
     }
 
@@ -174,6 +189,7 @@ impl Store {
             StoreRole::Cache { source } => (source.as_str(), Priority::Background, Schema::Main),
             StoreRole::Sync => ("sync", Priority::Normal, Schema::Sync),
         };
+        let schema = options.schema.unwrap_or(schema);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             private::prepare_folder(dir, path).map_err(|e| StoreError::Open {
                 path: path.to_path_buf(),

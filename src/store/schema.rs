@@ -92,6 +92,9 @@ pub(super) enum Schema {
     Main,
     /// The sync store: [`SYNC_MIGRATIONS`](super::sync::SYNC_MIGRATIONS).
     Sync,
+    /// The SERVIO snapshot and its ledger:
+    /// [`SERVIO_MIGRATIONS`](super::servio::SERVIO_MIGRATIONS).
+    Servio,
 }
 
 impl Schema {
@@ -99,6 +102,7 @@ impl Schema {
         match self {
             Schema::Main => MIGRATIONS,
             Schema::Sync => super::sync::SYNC_MIGRATIONS,
+            Schema::Servio => super::servio::SERVIO_MIGRATIONS,
         }
     }
 
@@ -115,6 +119,7 @@ impl Schema {
         match self {
             Schema::Main => 0,
             Schema::Sync => super::sync::SYNC_APPLICATION_ID,
+            Schema::Servio => super::servio::SERVIO_APPLICATION_ID,
         }
     }
 
@@ -123,6 +128,7 @@ impl Schema {
         match self {
             Schema::Main => "a main store or 1C snapshot file",
             Schema::Sync => "a sync store file",
+            Schema::Servio => "a SERVIO snapshot file",
         }
     }
 }
@@ -232,6 +238,7 @@ pub(super) fn open_writer(
                 .map_err(err("reading the journal's last id"))?;
             (Some(last), None)
         }
+        Schema::Servio => (None, None),
         Schema::Sync => {
             let pending: i64 = conn
                 .query_row(
@@ -447,7 +454,7 @@ fn migrate(conn: &mut Connection, path: &Path, schema: Schema) -> Result<Option<
     // schema: the other list's migrations would fail on it half-way, or
     // (a newer main file read as a sync file) name the wrong remedy.
     if found > 0 && app_id != schema.application_id() {
-        let is = [Schema::Main, Schema::Sync]
+        let is = [Schema::Main, Schema::Sync, Schema::Servio]
             .into_iter()
             .find(|s| s.application_id() == app_id)
             .map_or("a file of another program", |s| s.name());

@@ -61,16 +61,18 @@ pub enum XmlErrorKind {
 }
 
 /// One step through the document. Element names are local (prefixes
-/// dropped); [`XmlStream::path`] and [`XmlStream::attributes`] tell more.
+/// dropped); [`XmlStream::path`], [`XmlStream::attributes`] and
+/// [`XmlStream::text`] tell more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum XmlEvent<'a> {
+pub enum XmlEvent {
     /// An element starts (an empty element gives `Start` then `End`).
     Start,
     /// The element [`XmlStream::path`] names ends.
     End,
-    /// A piece of an element's text, decoded, references resolved. One
-    /// element's text may come in several pieces (text, references, CDATA).
-    Text(&'a str),
+    /// A piece of an element's text ([`XmlStream::text`]), decoded,
+    /// references resolved. One element's text may come in several pieces
+    /// (text, references, CDATA).
+    Text,
     /// The document ended well.
     Eof,
 }
@@ -196,6 +198,11 @@ impl<R: Read> XmlStream<R> {
         })
     }
 
+    /// The piece of text the last `Text` event was about.
+    pub fn text(&self) -> &str {
+        &self.state.text
+    }
+
     /// Bytes taken from the input so far.
     pub fn bytes_read(&self) -> u64 {
         self.reader.get_ref().total
@@ -213,7 +220,7 @@ impl<R: Read> XmlStream<R> {
     }
 
     /// The next event.
-    pub fn next_event(&mut self) -> Result<XmlEvent<'_>, XmlError> {
+    pub fn next_event(&mut self) -> Result<XmlEvent, XmlError> {
         let state = &mut self.state;
         if state.end_pending {
             state.end_pending = false;
@@ -238,6 +245,12 @@ impl<R: Read> XmlStream<R> {
                 }
                 Err(e) => return Err(state.error(XmlErrorKind::Malformed(e.to_string()))),
             };
+            // The buffer stops an event once it passes the bound by a read
+            // buffer; this catches one that ended within that slack, so the
+            // bound is exact.
+            if self.reader.get_ref().since_mark > state.limits.max_run_bytes {
+                return Err(state.error(XmlErrorKind::RunTooLong(state.limits.max_run_bytes)));
+            }
             let first = std::mem::replace(&mut state.first_event, false);
             match event {
                 Event::Decl(decl) => {
@@ -273,14 +286,16 @@ impl<R: Read> XmlStream<R> {
                         }
                         return Err(state.error(XmlErrorKind::ContentOutsideRoot));
                     }
-                    return Ok(XmlEvent::Text(state.set_text(&decoded)));
+                    state.set_text(&decoded);
+                    return Ok(XmlEvent::Text);
                 }
                 Event::CData(e) => {
                     if state.nesting.depth() == 0 {
                         return Err(state.error(XmlErrorKind::ContentOutsideRoot));
                     }
                     let decoded = decode(state.encoding, &e).map_err(|k| state.error(k))?;
-                    return Ok(XmlEvent::Text(state.set_text(&decoded)));
+                    state.set_text(&decoded);
+                    return Ok(XmlEvent::Text);
                 }
                 Event::GeneralRef(e) => {
                     if state.nesting.depth() == 0 {
@@ -289,7 +304,8 @@ impl<R: Read> XmlStream<R> {
                     let mut utf8 = [0; 4];
                     let resolved = resolve_reference(&e, &mut utf8)
                         .map_err(|r| state.error(XmlErrorKind::Reference(r)))?;
-                    return Ok(XmlEvent::Text(state.set_text(resolved)));
+                    state.set_text(resolved);
+                    return Ok(XmlEvent::Text);
                 }
                 Event::Eof => {
                     return Err(state.error(if !state.root_seen {
@@ -314,10 +330,9 @@ impl State {
         }
     }
 
-    fn set_text(&mut self, text: &str) -> &str {
+    fn set_text(&mut self, text: &str) {
         self.text.clear();
         self.text.push_str(text);
-        &self.text
     }
 
     /// The declaration's encoding, when the caller left it to the document.

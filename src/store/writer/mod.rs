@@ -122,6 +122,11 @@ pub(super) enum Command {
         tombstones: Arc<[Tombstone]>,
         reply: Reply<usize>,
     },
+    /// Writes a SERVIO file's ledger row (the SERVIO snapshot file only).
+    ServioLedger {
+        row: super::servio::LedgerRow,
+        reply: Reply<()>,
+    },
     /// Removes a source's rows and its entry; answers how many rows went.
     ForgetSource {
         source: String,
@@ -377,6 +382,12 @@ impl Writer {
                         n += stmt.execute(params![&*t.id, &*t.source, t.content as i64])?;
                     }
                     Ok(n)
+                });
+                let _ = reply.send(result);
+            }
+            Command::ServioLedger { row, reply } => {
+                let result = self.transact("writing the SERVIO ledger", |tx| {
+                    super::servio::insert(tx, &row)
                 });
                 let _ = reply.send(result);
             }

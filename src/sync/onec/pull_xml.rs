@@ -120,12 +120,12 @@ pub fn read_ack(body: &[u8], max_results: usize) -> Result<Vec<RawResult>, AckXm
                     _ => return Err(AckXmlError::Unexpected(name)),
                 }
             }
-            Ok(XmlEvent::Text(text)) => {
+            Ok(XmlEvent::Text) => {
                 if let Some(result) = current.as_mut() {
                     result
                         .message
                         .get_or_insert_with(String::new)
-                        .push_str(text);
+                        .push_str(stream.text());
                 }
             }
             Ok(XmlEvent::End) => {

@@ -30,8 +30,8 @@ fn events_with(
                 }
             }
             XmlEvent::End => out.push(format!("-{}", stream.name())),
-            XmlEvent::Text(t) if t.trim().is_empty() => {}
-            XmlEvent::Text(t) => out.push(format!("\"{t}\"")),
+            XmlEvent::Text if stream.text().trim().is_empty() => {}
+            XmlEvent::Text => out.push(format!("\"{}\"", stream.text())),
             XmlEvent::Eof => return Ok(out),
         }
     }
