@@ -515,8 +515,11 @@ async fn a_crm_only_record_answers_say_name_with_its_manager_after_a_restart_too
     gw.stop().await;
 }
 
+/// No fixed pace (it used to apply at most once a second, which made every
+/// inbox row of a CRM-only record wait a second): changes are applied as
+/// they come, those queued during an apply together in the next.
 #[tokio::test]
-async fn a_crm_source_applies_at_most_once_a_second() {
+async fn a_crm_source_applies_changes_as_they_come() {
     let crm = MockCrm::start().await;
     let gw = start_fresh(&crm, FeedSettings::default()).await;
     let records = gw
@@ -534,8 +537,6 @@ async fn a_crm_source_applies_at_most_once_a_second() {
         .await
         .expect("first");
     let applied_first = std::time::Instant::now();
-    // Three changes queued together within the second: one apply, a
-    // second after the first.
     let changes: Vec<_> = (2..5)
         .map(|i| {
             let records = records.clone();
@@ -552,8 +553,8 @@ async fn a_crm_source_applies_at_most_once_a_second() {
         change.await.expect("task").expect("applied");
     }
     assert!(
-        applied_first.elapsed() >= Duration::from_millis(900),
-        "applied {:?} after the previous apply",
+        applied_first.elapsed() < Duration::from_millis(900),
+        "applied {:?} after the previous apply: a pace again?",
         applied_first.elapsed()
     );
     assert_eq!(say_name(gw.addr, "89125550104").await.0, "Следующая");

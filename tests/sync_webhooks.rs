@@ -391,6 +391,88 @@ async fn a_webhooks_record_reaches_the_directory_and_its_echo_is_counted_writing
     gw.stop().await;
 }
 
+/// CRM-only records created by webhooks in a storm (1,000 records, 50 to a
+/// hook, as an import in the CRM sends them) must reach SayName at about
+/// the rate they arrive: they used to cost a second each (the CRM-only
+/// source's fixed pace with one waiter at a time), ~1,000 s for these.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_crm_only_records_reaches_say_name_at_the_rate_it_arrives() {
+    const RECORDS: usize = 1_000;
+    const PER_HOOK: usize = 50;
+    /// Far above what the storm needs on a loaded debug build, far below
+    /// the ~1,000 s of a second per record.
+    const BOUND: Duration = Duration::from_secs(60);
+    let crm = HookCrm::new();
+    let mut gw = start_fresh(&crm, "", "").await;
+    let addr = gw.addr;
+    settled(&gw).await;
+    let number = |i: usize| format!("8912{:07}", 6_000_000 + i);
+    let record = |i: usize, name: &str| serde_json::json!({"id": format!("storm{i}"), "name": name, "phones": [number(i)]});
+    let started = std::time::Instant::now();
+    let hooks: Vec<Vec<serde_json::Value>> = (0..RECORDS)
+        .collect::<Vec<_>>()
+        .chunks(PER_HOOK)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|&i| record(i, &format!("Клиент {i}")))
+                .collect()
+        })
+        .collect();
+    for (n, mut body) in hooks.into_iter().enumerate() {
+        // A record created in one hook and edited in the next (and the
+        // first one edited by the last hook): each must end as edited.
+        if n > 0 {
+            let edited = (n - 1) * PER_HOOK + 7;
+            body.push(record(edited, &format!("Клиент {edited} исправлен")));
+        }
+        if n == RECORDS / PER_HOOK - 1 {
+            body.push(record(0, "Клиент 0 исправлен"));
+        }
+        let body = serde_json::Value::Array(body).to_string();
+        let taken = hook(addr, &[GOOD, JSON], &body).await;
+        assert_eq!(taken.status, 200, "{}", taken.body);
+    }
+    loop {
+        let left = store(&gw).sync_depth(SYSTEM).await.expect("depth").inbox;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "{left} of {} webhook rows still not applied after {:?}",
+            RECORDS / PER_HOOK,
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let applied = started.elapsed();
+    for i in 0..RECORDS {
+        let edited = i == 0 || (i % PER_HOOK == 7 && i + PER_HOOK < RECORDS);
+        let expected = if edited {
+            format!("Клиент {i} исправлен")
+        } else {
+            format!("Клиент {i}")
+        };
+        assert_eq!(
+            say_name_title(addr, &number(i)).await,
+            expected,
+            "record {i}"
+        );
+    }
+    let answered = started.elapsed();
+    println!(
+        "BENCH_RESULT crm_only_storm_records={RECORDS} applied_ms={} answered_ms={}",
+        applied.as_millis(),
+        answered.as_millis()
+    );
+    assert!(
+        answered < BOUND,
+        "{RECORDS} CRM-only records took {answered:?} to answer SayName (applied in {applied:?}); bound {BOUND:?}"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn rows_left_in_the_inbox_are_applied_at_start() {
     let crm = HookCrm::new();

@@ -6,27 +6,32 @@
 //! loaded at start like 1C's snapshot.
 //!
 //! A CRM sends changes one record at a time, often in storms (an import, a
-//! mass edit): each directory change costs a new index, so a source applies
-//! at most once a second, or at once when 1,000 changes wait. Callers (the
-//! sync runtime's inbox, issue 18) are answered once their change is
-//! committed and applied, and delete their inbox row only then.
+//! mass edit). Changes are applied like a group commit: at once when none
+//! is being applied, and what queues while one apply runs goes together
+//! into the next (one transaction, one index), so concurrent callers share
+//! applies and an idle source answers without delay. Callers (the sync
+//! runtime's inbox, issue 18) are answered once their change is committed
+//! and applied, and delete their inbox row only then.
+//!
+//! Why no fixed pace (it used to apply at most once a second): every
+//! caller is the system's inbound path, which holds the system's inbound
+//! turn while it waits (its next record's decision reads what this one
+//! made), so there is only ever one waiter and a pace never gathered
+//! anything: it made every inbox row cost a second (a CRM import of 10,000
+//! records took hours). A one-record change costs the index a few leaf
+//! copies (`Shards`), so applying at once costs about what the old pace
+//! did per record, at the rate the records arrive.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::{oneshot, watch, Notify};
-use tokio::time::Instant;
 
 use crate::directory::{requisites, Counterparty, Directory};
 use crate::logging::Escaped;
 use crate::sources::changes;
 use crate::store::{Store, StoreError};
-
-/// The least time between two applies of one source.
-pub const APPLY_EVERY: Duration = Duration::from_secs(1);
-/// Changes waiting that make an apply happen at once.
-pub const APPLY_AT: usize = 1_000;
 
 /// Why a CRM change was not made.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -187,19 +192,22 @@ impl CrmRecords {
         }
         let (reply, answer) = oneshot::channel();
         let n = changes.len();
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Waiting { changes, reply });
-        self.queued
-            .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        {
+            // Counted under the queue's lock, so the count never runs
+            // behind what the apply loop takes.
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.push(Waiting { changes, reply });
+            self.queued
+                .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        }
         self.wake.notify_one();
         answer.await.unwrap_or(Err(CrmError::Stopped))
     }
 
-    /// Applies what is queued, at most once per [`APPLY_EVERY`] or at once
-    /// at [`APPLY_AT`] changes, until `stop`; what is still queued then is
-    /// answered [`CrmError::Stopped`] (its inbox rows stay for the next start).
+    /// Applies what is queued until `stop`, each apply taking all that
+    /// queued before it began (see the module's doc); what is still queued
+    /// then is answered [`CrmError::Stopped`] (its inbox rows stay for the
+    /// next start).
     pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
         self.apply_until(stop).await;
         let left = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
@@ -209,31 +217,26 @@ impl CrmRecords {
     }
 
     async fn apply_until(&self, mut stop: watch::Receiver<bool>) {
-        let mut last: Option<Instant> = None;
         loop {
+            if *stop.borrow() {
+                return;
+            }
             if self.queued.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                // `notify_one` keeps a permit when no one waits: a change
+                // queued between the load and here still wakes this.
                 tokio::select! {
                     _ = self.wake.notified() => continue,
                     _ = stop.wait_for(|s| *s) => return,
                 }
             }
-            // Wait out the rest of the second, unless enough changes wait.
-            if let Some(due) = last.map(|l| l + APPLY_EVERY) {
-                while Instant::now() < due
-                    && self.queued.load(std::sync::atomic::Ordering::SeqCst) < APPLY_AT
-                {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(due) => {}
-                        _ = self.wake.notified() => {}
-                        _ = stop.wait_for(|s| *s) => return,
-                    }
-                }
-            }
-            let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
-            let n: usize = batch.iter().map(|w| w.changes.len()).sum();
-            self.queued
-                .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
-            last = Some(Instant::now());
+            let batch = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let batch = std::mem::take(&mut *queue);
+                let n: usize = batch.iter().map(|w| w.changes.len()).sum();
+                self.queued
+                    .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+                batch
+            };
             self.apply(batch).await;
         }
     }
@@ -306,6 +309,7 @@ impl CrmRecords {
 mod tests {
     use super::*;
     use crate::store::OpenOptions;
+    use tokio::time::Instant;
 
     fn record(id: &str, phone: &str) -> Counterparty {
         Counterparty {
@@ -338,8 +342,10 @@ mod tests {
             .await
             .expect("first");
         // Queued in this order (each change is queued when its future is
-        // first polled, and `join!` polls them in order), so they apply
-        // together after the first: spawned tasks would queue in any order.
+        // first polled, and `join!` polls them in order; spawned tasks
+        // would queue in any order). The apply loop may take the first
+        // alone and the others together once it is done, or all three
+        // together: either way in order, the last change of an id winning.
         let (a, b, c) = tokio::join!(
             crm.upsert(vec![record("crm:company:2", "89160000002")]),
             crm.remove(vec!["crm:company:2".into()]),
@@ -363,6 +369,48 @@ mod tests {
             .collect();
         stored.sort();
         assert_eq!(stored, ["crm:company:1", "crm:company:3"]);
+        // Changes queued while an apply runs go together into the next:
+        // held in its apply (the turn taken here), the loop takes nothing
+        // else, so both wait in the queue and leave it in one batch.
+        let turn = crm.applying_turn().await;
+        // Polled once: queued (a change is queued when first polled).
+        let first = crm.upsert(vec![record("crm:company:5", "89160000005")]);
+        tokio::pin!(first);
+        tokio::select! {
+            biased;
+            _ = &mut first => panic!("applied while the turn is held"),
+            _ = std::future::ready(()) => {}
+        }
+        let wait_for_queued = |n: usize| {
+            let crm = Arc::clone(&crm);
+            async move {
+                let deadline = Instant::now() + std::time::Duration::from_secs(10);
+                while crm.queued.load(std::sync::atomic::Ordering::SeqCst) != n {
+                    assert!(Instant::now() < deadline, "{n} changes never queued");
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        };
+        // Taken by the loop, which now waits for the turn in its apply.
+        wait_for_queued(0).await;
+        let later: Vec<_> = [6, 7]
+            .map(|i| {
+                let crm = Arc::clone(&crm);
+                tokio::spawn(async move {
+                    let id = format!("crm:company:{i}");
+                    crm.upsert(vec![record(&id, &format!("8916000000{i}"))])
+                        .await
+                })
+            })
+            .into();
+        wait_for_queued(2).await;
+        drop(turn);
+        first.await.expect("applied");
+        for change in later {
+            change.await.expect("task").expect("applied");
+        }
+        assert_eq!(crm.queued.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(directory.lookup_id("crm:company:7").is_some());
         let refused = crm.upsert(vec![record("company:4", "89160000004")]).await;
         assert!(
             matches!(refused, Err(CrmError::Invalid { .. })),

@@ -4,8 +4,9 @@
 //!
 //! A task per system reads its pending rows in id order, parses each
 //! stored body again with the system's [`System::parse`] and hands every
-//! record to the inbound policy ([`Applier::apply`]), then deletes the row.
-//! The delete is its own transaction, right after the effects (the inbound
+//! record to the inbound policy ([`Applier::apply`]), then deletes the row
+//! (a read batch's applied rows together, in one transaction once the
+//! batch is done). The delete is its own transaction, after the effects (the inbound
 //! policy writes in several steps, none of which takes the inbox with it):
 //! a crash between the two applies the row again at the next start, which
 //! the policy's echo rule makes harmless (the record equals what the
@@ -248,22 +249,44 @@ impl InboxTask {
                 }
                 continue;
             }
+            // The applied rows are deleted together once the read batch is
+            // done (one commit, not one per row: with a CRM that sends a
+            // record per hook, a per-row delete was a third of each row's
+            // commits). Still only after their effects are committed; a
+            // crash before the delete applies them again, echoes.
+            let mut applied = Vec::new();
+            let mut stopped = false;
             for row in rows {
-                if self.settle(row, &low, &mut stop).await.is_err() {
+                match self.settle(row, &low, &mut stop).await {
+                    Ok(Some(id)) => applied.push(id),
+                    Ok(None) => {}
+                    Err(Stopped) => {
+                        stopped = true;
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = self.store.inbox_delete_many(applied).await {
+                // Read and applied again on the next pass: echoes then.
+                tracing::error!(system = %name, error = %e, "sync inbox: applied rows could not be deleted; they are applied again");
+                if sleep_or_stop(READ_RETRY, &mut stop).await {
                     return;
                 }
+            }
+            if stopped {
+                return;
             }
         }
     }
 
-    /// Applies `row` (retrying), then deletes it or sets it aside. `Err`:
-    /// stopped.
+    /// Applies `row` (retrying), or sets it aside: `Some(id)` when applied,
+    /// for the caller to delete. `Err`: stopped.
     async fn settle(
         &self,
         row: InboxRow,
         low: &Arc<LowPriority>,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), Stopped> {
+    ) -> Result<Option<i64>, Stopped> {
         let name = self.system.spec().name();
         let mut wait = RETRY_FIRST;
         let mut attempt = 1;
@@ -293,25 +316,20 @@ impl InboxTask {
                 }
             }
         };
-        let written = match &failure {
-            None => {
-                self.metrics.applied(name);
-                self.store.inbox_delete(row.id).await
-            }
-            Some(why) => {
-                tracing::error!(system = name, row = row.id, attempts = attempt, error = %Escaped(why), "sync inbox: a row set aside as failed, never applied; the rows after it go on (it stays in the inbox table, state 'failed')");
-                self.metrics.failed(name);
-                self.store.inbox_fail(row.id).await
-            }
+        let Some(why) = failure else {
+            self.metrics.applied(name);
+            return Ok(Some(row.id));
         };
-        if let Err(e) = written {
-            // Read and applied again on the next pass: an echo then.
-            tracing::error!(system = name, row = row.id, error = %e, "sync inbox: a handled row could not be deleted or set aside; it is applied again");
+        tracing::error!(system = name, row = row.id, attempts = attempt, error = %Escaped(&why), "sync inbox: a row set aside as failed, never applied; the rows after it go on (it stays in the inbox table, state 'failed')");
+        self.metrics.failed(name);
+        if let Err(e) = self.store.inbox_fail(row.id).await {
+            // Read and tried again on the next pass.
+            tracing::error!(system = name, row = row.id, error = %e, "sync inbox: a failed row could not be set aside; it is tried again");
             if sleep_or_stop(READ_RETRY, stop).await {
                 return Err(Stopped);
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 

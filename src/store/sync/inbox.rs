@@ -59,6 +59,16 @@ impl Store {
             .await
     }
 
+    /// Deletes the inbox rows `ids` (applied) in one transaction; resolves
+    /// with how many were there.
+    pub async fn inbox_delete_many(&self, ids: Vec<i64>) -> Result<usize, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.sync_write(|reply| InboxWrite::DeleteMany { ids, reply }.into())
+            .await
+    }
+
     /// Sets inbox row `id` aside as `failed` (kept for an operator, never
     /// applied again by the task); resolves with whether it was there.
     pub async fn inbox_fail(&self, id: i64) -> Result<bool, StoreError> {

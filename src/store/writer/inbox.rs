@@ -1,6 +1,6 @@
 //! The inbox's own writes, on the writer thread: a row deleted once
-//! applied, or set aside as `failed`. A transaction each (the apply task
-//! writes one row at a time, after its effects).
+//! applied, or set aside as `failed`. A transaction each; the apply task
+//! deletes the rows of a read batch together, after all their effects.
 
 use rusqlite::params;
 
@@ -8,8 +8,19 @@ use super::{Reply, SyncWrite, Writer};
 
 /// A write of the inbox task.
 pub(in crate::store) enum InboxWrite {
-    Delete { id: i64, reply: Reply<bool> },
-    Fail { id: i64, reply: Reply<bool> },
+    Delete {
+        id: i64,
+        reply: Reply<bool>,
+    },
+    /// Several applied rows in one transaction; replies with how many were there.
+    DeleteMany {
+        ids: Vec<i64>,
+        reply: Reply<usize>,
+    },
+    Fail {
+        id: i64,
+        reply: Reply<bool>,
+    },
 }
 
 impl From<InboxWrite> for SyncWrite {
@@ -27,6 +38,17 @@ impl Writer {
                         .prepare_cached("DELETE FROM inbox WHERE id = ?1")?
                         .execute([id])?;
                     Ok(n > 0)
+                });
+                let _ = reply.send(result);
+            }
+            InboxWrite::DeleteMany { ids, reply } => {
+                let result = self.logged("sync inbox", "deleting applied inbox rows", |tx| {
+                    let mut stmt = tx.prepare_cached("DELETE FROM inbox WHERE id = ?1")?;
+                    let mut n = 0;
+                    for id in &ids {
+                        n += stmt.execute([id])?;
+                    }
+                    Ok(n)
                 });
                 let _ = reply.send(result);
             }
