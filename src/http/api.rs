@@ -84,20 +84,8 @@ impl Api {
         if let Err(refused) = no_query(&req, client.request) {
             return refused;
         }
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default();
-        if !is_json_utf8(&content_type) {
-            return push_refused(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                serde_json::json!({ "error": format!(
-                    "Content-Type '{}' is not JSON: send application/json (UTF-8)",
-                    content_type.chars().take(100).collect::<String>().escape_debug()
-                ) }),
-                client.request,
-            );
+        if let Err(refused) = require_json(&req, client.request) {
+            return refused;
         }
         let body = match body::read(req, MAX_PUSH_BODY, self.body_read_timeout).await {
             Ok(body) => body,
@@ -407,6 +395,31 @@ fn call_json(c: &StoredCall) -> serde_json::Value {
         "delivered": c.delivered,
         "seq": c.seq,
     })
+}
+
+/// 415 in JSON unless the request's body is JSON in UTF-8 (a push of
+/// records or of payments).
+#[allow(clippy::result_large_err)] // the Err is the answer itself
+pub(super) fn require_json(
+    req: &Request<Incoming>,
+    request: RequestId,
+) -> Result<(), Response<Body>> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    if is_json_utf8(&content_type) {
+        return Ok(());
+    }
+    Err(push_refused(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        serde_json::json!({ "error": format!(
+            "Content-Type '{}' is not JSON: send application/json (UTF-8)",
+            content_type.chars().take(100).collect::<String>().escape_debug()
+        ) }),
+        request,
+    ))
 }
 
 /// `application/json`, with no charset or a UTF-8 one (JSON is UTF-8).

@@ -16,7 +16,7 @@ use hyper::header;
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::api::{
-    body_refused, is_json_utf8, method_not_allowed, no_query, push_refused, require_token,
+    body_refused, method_not_allowed, no_query, push_refused, require_json, require_token,
 };
 use super::body;
 use super::client::Client;
@@ -106,20 +106,8 @@ impl PaymentsEndpoint {
         if let Err(refused) = no_query(&req, client.request) {
             return refused;
         }
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default();
-        if !is_json_utf8(&content_type) {
-            return push_refused(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                serde_json::json!({ "error": format!(
-                    "Content-Type '{}' is not JSON: send application/json (UTF-8)",
-                    content_type.chars().take(100).collect::<String>().escape_debug()
-                ) }),
-                client.request,
-            );
+        if let Err(refused) = require_json(&req, client.request) {
+            return refused;
         }
         let body = match body::read(req, MAX_PAYMENTS_BODY, self.body_read_timeout).await {
             Ok(body) => body,
