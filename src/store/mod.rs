@@ -33,6 +33,38 @@
 //! answers the calls that hit it with an error; the writer keeps serving.
 
 mod backup;
+/// The snapshot tables (`sources`, `counterparties`, `tombstones`) as the
+/// main store's stand after its migrations, for the first migration of a
+/// file that holds a source's records beside its own tables (the sync
+/// store's CRM-only records, SERVIO's): one text, so that the same loading
+/// and saving code reads each. A literal, for `concat!`.
+macro_rules! snapshot_tables_sql {
+    () => {
+        "
+    CREATE TABLE sources (
+        source      TEXT PRIMARY KEY NOT NULL,
+        fingerprint TEXT,
+        saved_at    INTEGER NOT NULL,
+        records     INTEGER NOT NULL
+    );
+    CREATE TABLE counterparties (
+        source      TEXT NOT NULL REFERENCES sources(source) ON DELETE CASCADE,
+        id          TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        received_at INTEGER,
+        PRIMARY KEY (source, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE tombstones (
+        id         TEXT NOT NULL,
+        source     TEXT NOT NULL,
+        content    INTEGER NOT NULL,
+        deleted_at INTEGER NOT NULL,
+        PRIMARY KEY (id, source)
+    ) WITHOUT ROWID;
+    "
+    };
+}
+
 mod error;
 mod gate;
 mod metrics;

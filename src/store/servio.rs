@@ -17,30 +17,12 @@ pub(super) const SERVIO_MIGRATIONS: &[&str] = &[
     // migrations (loaded and saved by the same code), and the ledger.
     // `hash`: SHA-256 of the file's bytes, hex. `mtime`: unix ms.
     // `outcome`: applied | failed. `at`: unix ms when it was ledgered.
-    "
+    concat!(
+        "
     PRAGMA application_id = 1668573526;
-
-    CREATE TABLE sources (
-        source      TEXT PRIMARY KEY NOT NULL,
-        fingerprint TEXT,
-        saved_at    INTEGER NOT NULL,
-        records     INTEGER NOT NULL
-    );
-    CREATE TABLE counterparties (
-        source      TEXT NOT NULL REFERENCES sources(source) ON DELETE CASCADE,
-        id          TEXT NOT NULL,
-        body        TEXT NOT NULL,
-        received_at INTEGER,
-        PRIMARY KEY (source, id)
-    ) WITHOUT ROWID;
-    CREATE TABLE tombstones (
-        id         TEXT NOT NULL,
-        source     TEXT NOT NULL,
-        content    INTEGER NOT NULL,
-        deleted_at INTEGER NOT NULL,
-        PRIMARY KEY (id, source)
-    ) WITHOUT ROWID;
-
+",
+        snapshot_tables_sql!(),
+        "
     CREATE TABLE servio_files (
         hash    TEXT PRIMARY KEY NOT NULL,
         name    TEXT NOT NULL,
@@ -52,7 +34,8 @@ pub(super) const SERVIO_MIGRATIONS: &[&str] = &[
         at      INTEGER NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX servio_files_name ON servio_files (name, size, mtime);
-    ",
+    "
+    ),
 ];
 
 /// One file in the ledger.

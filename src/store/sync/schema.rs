@@ -21,30 +21,12 @@ pub(in crate::store) const SYNC_MIGRATIONS: &[&str] = &[
     //
     // Times are unix ms; hashes are the u64 hash of the synced fields,
     // stored as the i64 of the same bits.
-    "
+    concat!(
+        "
     PRAGMA application_id = 1668573523;
-
-    CREATE TABLE sources (
-        source      TEXT PRIMARY KEY NOT NULL,
-        fingerprint TEXT,
-        saved_at    INTEGER NOT NULL,
-        records     INTEGER NOT NULL
-    );
-    CREATE TABLE counterparties (
-        source      TEXT NOT NULL REFERENCES sources(source) ON DELETE CASCADE,
-        id          TEXT NOT NULL,
-        body        TEXT NOT NULL,
-        received_at INTEGER,
-        PRIMARY KEY (source, id)
-    ) WITHOUT ROWID;
-    CREATE TABLE tombstones (
-        id         TEXT NOT NULL,
-        source     TEXT NOT NULL,
-        content    INTEGER NOT NULL,
-        deleted_at INTEGER NOT NULL,
-        PRIMARY KEY (id, source)
-    ) WITHOUT ROWID;
-
+",
+        snapshot_tables_sql!(),
+        "
     -- The link between a local record and its copy in a system. `hash`:
     -- what was last queued or confirmed for it (NULL: never), so a change
     -- equal to it is not queued again. `remote_id` is NULL until the
@@ -115,7 +97,8 @@ pub(in crate::store) const SYNC_MIGRATIONS: &[&str] = &[
         id   TEXT PRIMARY KEY NOT NULL,
         body TEXT NOT NULL
     ) WITHOUT ROWID;
-    ",
+    "
+    ),
     // 2: the id-map's remote ids are indexed only where there is one.
     //
     // A row is queued (its id-map row written with its hash) long before
