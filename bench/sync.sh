@@ -111,6 +111,7 @@ for v in COUNTERPARTIES CHANGES DRAIN_TIMEOUT; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_$v must be a positive number: ${!v}" >&2; exit 2; }
 done
 [[ $DRAIN_ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_ROUNDS must be a positive number: $DRAIN_ROUNDS" >&2; exit 2; }
+(( CHANGES <= COUNTERPARTIES )) || { echo "BENCH_CHANGES ($CHANGES) may not exceed BENCH_COUNTERPARTIES ($COUNTERPARTIES): a drain changes distinct records" >&2; exit 2; }
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 for v in DURATION WARMUP; do
