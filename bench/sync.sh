@@ -59,9 +59,10 @@
 # counted (at most 3 x BENCH_ROUNDS tried). Printed: the drain's time and
 # rows/s, the share of it the busy run measured and of the run it lasted,
 # the sync requests, limit answers (the gateway's count and the mock's),
-# duplicate creates, dead rows, PASS/FAIL per goal. A full run at the defaults takes about 7 minutes
-# on the 2-core VM, over 4 of them the published rate's three drains
-# (BENCH_DRAIN_GOALS=unlimited alone: about 2.5).
+# duplicate creates, dead rows, PASS/FAIL per goal. A full run at the
+# defaults takes about 7 minutes on the 2-core VM, over 4 of them the
+# published rate's three drains (BENCH_DRAIN_GOALS=unlimited alone: about
+# 2.5; estimated from dev-build smoke runs, not yet timed in release).
 #
 # Environment (defaults in brackets):
 #   BENCH_SYNC_ROWS [100000] BENCH_SYNC_SINGLE [20000] BENCH_SYNC_IDLE_S [5]
