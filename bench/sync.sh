@@ -60,9 +60,10 @@
 # counted (at most 3 x BENCH_ROUNDS tried). Printed: the drain's time and
 # rows/s, the share of it the busy run measured and of the run it lasted,
 # the sync requests, limit answers (the gateway's count and the mock's),
-# duplicate creates, dead rows, PASS/FAIL per goal. A full run at the defaults takes about 7 minutes
-# on the 2-core VM, over 4 of them the published rate's three drains
-# (BENCH_DRAIN_GOALS=unlimited alone: about 2.5).
+# duplicate creates, dead rows, PASS/FAIL per goal. A full run at the
+# defaults takes about 7 minutes on the 2-core VM, over 4 of them the
+# published rate's three drains (BENCH_DRAIN_GOALS=unlimited alone: about
+# 2.5; estimated from dev-build smoke runs, not yet timed in release).
 #
 # pull: a gateway with [sync.onec] transport = "pull" on 127.0.0.1 and
 # BENCH_SYNC_PULL_ROWS rows in the onec outbox; one poller (HTTP, as the 1C
@@ -121,6 +122,7 @@ for v in COUNTERPARTIES CHANGES DRAIN_TIMEOUT; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_$v must be a positive number: ${!v}" >&2; exit 2; }
 done
 [[ $DRAIN_ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_ROUNDS must be a positive number: $DRAIN_ROUNDS" >&2; exit 2; }
+(( CHANGES <= COUNTERPARTIES )) || { echo "BENCH_CHANGES ($CHANGES) may not exceed BENCH_COUNTERPARTIES ($COUNTERPARTIES): a drain changes distinct records" >&2; exit 2; }
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 for v in DURATION WARMUP; do

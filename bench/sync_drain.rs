@@ -48,6 +48,10 @@
 //! - `SYNC_DRAIN failed what=…` when something does not happen within
 //!   `--drain-timeout` (the process goes on; the script stops it).
 //!
+//! A failure before the url line (the gateway does not start, the
+//! initial load does not end) is a `SYNC_DRAIN failed what=…` line too, and
+//! the process exits 1.
+//!
 //! SIGTERM or SIGINT (or `--max-seconds`) shut the gateway down and print
 //! `SYNC_DRAIN stopped`. Everything listens on 127.0.0.1 only.
 
@@ -151,7 +155,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
-    runtime.block_on(run(args))
+    let result = runtime.block_on(run(args));
+    if let Err(e) = &result {
+        // The script waits for a line, not for the exit.
+        let _ = say(&format!(
+            "SYNC_DRAIN failed what={}",
+            one_word(&format!("{e:#}"))
+        ));
+    }
+    result
 }
 
 /// SIGTERM, SIGINT and the `--max-seconds` deadline: whichever comes first
@@ -188,7 +200,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
         deadline: Box::pin(tokio::time::sleep(Duration::from_secs(args.max_seconds))),
     };
-    let records = read_records(&args.directory)?;
+    let records = count_records(&args.directory)?;
+    if args.changes > records {
+        bail!(
+            "--changes {} is more than the {records} records of {}: a push may not hold one id twice",
+            args.changes,
+            args.directory.display()
+        );
+    }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let limit = Duration::from_secs(args.drain_timeout);
@@ -210,6 +229,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut drains = Drains {
         gateway: &gateway,
+        file: args.directory.clone(),
         records,
         changes: args.changes,
         limit,
@@ -224,7 +244,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
     };
     if let Some(ready) = stop.unless_stopped(drains.initial(started)).await {
-        ready?;
+        if let Err(e) = ready {
+            gateway.shutdown().await;
+            return Err(e);
+        }
         say(&format!("SYNC_DRAIN url=http://{}", gateway.local_addr()))?;
         loop {
             tokio::select! {
@@ -243,20 +266,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The file's records, one JSON object per non-empty line.
-fn read_records(path: &Path) -> anyhow::Result<Vec<serde_json::Map<String, Value>>> {
+/// The file's records: its non-empty lines.
+fn count_records(path: &Path) -> anyhow::Result<usize> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let records = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, line)| match serde_json::from_str(line) {
-            Ok(Value::Object(record)) => Ok(record),
-            _ => bail!("{} record {}: not a JSON object", path.display(), i + 1),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if records.is_empty() {
+    let records = text.lines().filter(|l| !l.trim().is_empty()).count();
+    if records == 0 {
         bail!("{} holds no record", path.display());
     }
     Ok(records)
@@ -299,7 +314,11 @@ level = "warn"
 /// The drains of one gateway.
 struct Drains<'a> {
     gateway: &'a Gateway,
-    records: Vec<serde_json::Map<String, Value>>,
+    /// The directory file, read again for each drain's records (kept in
+    /// memory they would be a large share of the process's).
+    file: PathBuf,
+    /// Its records.
+    records: usize,
     changes: usize,
     limit: Duration,
     client: reqwest::Client,
@@ -315,7 +334,7 @@ impl Drains<'_> {
     async fn initial(&self, started: Instant) -> anyhow::Result<()> {
         let directory = self.gateway.directory();
         self.within("the directory file loads", async {
-            while directory.snapshot().len() < self.records.len() {
+            while directory.snapshot().len() < self.records {
                 tokio::time::sleep(POLL).await;
             }
         })
@@ -336,7 +355,7 @@ impl Drains<'_> {
                     self.settled().await?;
                     self.empty().await?;
                     let linked = self.linked().await?;
-                    if linked >= self.records.len() || last == Some(linked) {
+                    if linked >= self.records || last == Some(linked) {
                         return anyhow::Ok(linked);
                     }
                     last = Some(linked);
@@ -344,10 +363,10 @@ impl Drains<'_> {
                 }
             })
             .await??;
-        if linked < self.records.len() {
+        if linked < self.records {
             eprintln!(
                 "sync_drain: {linked} of {} records linked after the initial load",
-                self.records.len()
+                self.records
             );
         }
         say(&format!(
@@ -373,16 +392,7 @@ impl Drains<'_> {
     async fn drain(&mut self) -> anyhow::Result<()> {
         self.round += 1;
         let round = self.round;
-        let first = (round as usize - 1) * self.changes;
-        let changed: Vec<String> = (first..first + self.changes)
-            .map(|k| {
-                let mut record = self.records[k % self.records.len()].clone();
-                let name = record.get("name").and_then(Value::as_str).unwrap_or("");
-                let renamed = format!("{name} ({} {round})", self.label);
-                record.insert("name".to_owned(), Value::String(renamed));
-                Value::Object(record).to_string()
-            })
-            .collect();
+        let changed = self.changed_records(round)?;
         let requests0 = self.requests();
         let t0 = Instant::now();
         for batch in changed.chunks(PUSH_BATCH) {
@@ -414,6 +424,34 @@ impl Drains<'_> {
                 - requests0.of("timeout"),
             unix_ms(),
         ))
+    }
+
+    /// Round `round`'s records (JSON objects), renamed: the `changes`
+    /// after the last round's, from the first again after the last.
+    fn changed_records(&self, round: u64) -> anyhow::Result<Vec<String>> {
+        let first = (round as usize - 1) * self.changes % self.records;
+        let text = std::fs::read_to_string(&self.file)
+            .with_context(|| format!("reading {}", self.file.display()))?;
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        if lines.is_empty() {
+            bail!("{} holds no record any more", self.file.display());
+        }
+        (first..first + self.changes)
+            .map(|k| {
+                let line = lines[k % lines.len()];
+                let Ok(Value::Object(mut record)) = serde_json::from_str::<Value>(line) else {
+                    bail!(
+                        "{} record {}: not a JSON object",
+                        self.file.display(),
+                        k % lines.len() + 1
+                    );
+                };
+                let name = record.get("name").and_then(Value::as_str).unwrap_or("");
+                let renamed = format!("{name} ({} {round})", self.label);
+                record.insert("name".to_owned(), Value::String(renamed));
+                Ok(Value::Object(record).to_string())
+            })
+            .collect()
     }
 
     /// One push of `records` (JSON objects) through the push API.
