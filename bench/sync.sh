@@ -61,9 +61,9 @@
 # rows/s, the share of it the busy run measured and of the run it lasted,
 # the sync requests, limit answers (the gateway's count and the mock's),
 # duplicate creates, dead rows, PASS/FAIL per goal. A full run at the
-# defaults takes about 7 minutes on the 2-core VM, over 4 of them the
-# published rate's three drains (BENCH_DRAIN_GOALS=unlimited alone: about
-# 2.5; estimated from dev-build smoke runs, not yet timed in release).
+# defaults takes about 8 minutes on the 2-core VM in release (2026-12-05),
+# 5 of them the published rate's three drains of 76-87 s
+# (BENCH_DRAIN_GOALS=unlimited alone: about 2.5).
 #
 # pull: a gateway with [sync.onec] transport = "pull" on 127.0.0.1 and
 # BENCH_SYNC_PULL_ROWS rows in the onec outbox; one poller (HTTP, as the 1C
