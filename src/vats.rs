@@ -235,7 +235,7 @@ impl Vats {
                     request_id = %request,
                     "incoming call"
                 );
-                let mut body = Vec::with_capacity(512);
+                let mut body = Vec::new();
                 soap::write_incoming_call_response(
                     &mut body,
                     envelope.version,
@@ -397,7 +397,9 @@ impl Vats {
 
 /// A SayName answer around a prepared payload.
 fn say_name_reply(request: &Request, payload: &[u8]) -> SoapReply {
-    let mut body = Vec::with_capacity(480 + payload.len());
+    // Empty: the writer reserves the answer's exact length, so the body
+    // becomes the response without a shrink (see `http::soap::reply`).
+    let mut body = Vec::new();
     soap::write_say_name_response(&mut body, request.version, &request.namespace, payload);
     SoapReply::answer(request.version, body)
 }

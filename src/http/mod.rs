@@ -505,11 +505,13 @@ impl Front {
         }
         // A 401 that starts a block is answered in SOAP when the request
         // said it speaks it; read before the endpoint takes the request.
-        let soap_version = if throttled && route == Route::Soap {
+        // Read once: the SOAP endpoint's check needs it too.
+        let declared = if route == Route::Soap {
             soap::declared_version(&req)
         } else {
             None
         };
+        let soap_version = if throttled { declared } else { None };
         let check = CredentialCheck {
             route,
             throttled,
@@ -517,7 +519,7 @@ impl Front {
             client,
         };
         if route == Route::Soap {
-            return match self.soap.check(req, client) {
+            return match self.soap.check(req, client, declared) {
                 Ok(call) => Routed::Soap(call),
                 Err(refused) => {
                     Routed::Answered(route.label(), self.after_credentials(&check, refused))
@@ -561,10 +563,13 @@ impl Front {
     ) -> Response<Body> {
         match route {
             // Checked and answered by `dispatch` and `handle`.
-            Route::Soap => match self.soap.check(req, client) {
-                Ok(call) => self.soap.answer(call).await,
-                Err(refused) => refused,
-            },
+            Route::Soap => {
+                let declared = soap::declared_version(&req);
+                match self.soap.check(req, client, declared) {
+                    Ok(call) => self.soap.answer(call).await,
+                    Err(refused) => refused,
+                }
+            }
             Route::ApiCounterparties => self.api.upsert(req, client).await,
             Route::ApiCounterparty => self.api.delete(req, client).await,
             Route::ApiCalls => self.api.calls(&req, client).await,

