@@ -358,8 +358,9 @@ run_wrk() {
 field() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<"$2"; }
 
 # start_mock_onec COUNT [PREFIX...]: starts $MOCK (bench/onec_mock.rs) with
-# COUNT counterparties, under the command words PREFIX (taskset, chrt, nice)
-# if any, its output in $TMP/mock.out and $TMP/mock.log; waits (60 s) for
+# COUNT counterparties (and the arguments in the array MOCK_ARGS, if set:
+# --writes, --payments N), under the command words PREFIX (taskset, chrt,
+# nice) if any, its output in $TMP/mock.out and $TMP/mock.log; waits (60 s) for
 # its URL. Sets MOCK_PID (added to PIDS), URL (checked to be on 127.0.0.1)
 # and NUMBERS (the caller numbers it wrote to $TMP/numbers.txt).
 start_mock_onec() {
@@ -367,7 +368,8 @@ start_mock_onec() {
   shift
   log "starting the mock 1C with $count counterparties"
   : >"$TMP/mock.out"   # exists before the mock starts: the wait below reads it
-  "$@" "$MOCK" "$count" --numbers "$TMP/numbers.txt" >"$TMP/mock.out" 2>"$TMP/mock.log" &
+  "$@" "$MOCK" "$count" --numbers "$TMP/numbers.txt" ${MOCK_ARGS[@]+"${MOCK_ARGS[@]}"} \
+    >"$TMP/mock.out" 2>"$TMP/mock.log" &
   MOCK_PID=$!
   PIDS+=("$MOCK_PID")
   URL=""

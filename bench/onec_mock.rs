@@ -12,6 +12,13 @@
 //!   next full read rebuilds every entry), and prints `ONEC_MOCK touched=<n>`;
 //! - on SIGTERM or SIGINT prints `ONEC_MOCK stopped` and exits.
 //!
+//! For `bench/onec_writer.sh load`: `--writes` takes the 1C writer's
+//! requests too (Бухгалтерия 3.0's write properties defined, as the writer's
+//! tests start the mock; the write user `writer`), and `--payments N` serves
+//! N payment documents (`--payment-rows` rows each) dated 10 s apart, all
+//! within the payments poll's re-read window (`reread`, 3 days, for N up to
+//! 25,000): every poll re-reads them all, unchanged.
+//!
 //! The rows are loaded in `Ref_Key` order: the mock sorts the whole entity set
 //! for every page it answers, and on input already in order that sort is one
 //! linear pass. That halves the mock's CPU per full read of 100,000 (0.6 s
@@ -34,7 +41,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
-use mock_onec::{MockCounterparty, MockOnec};
+use mock_onec::{MockCounterparty, MockOnec, MockPayment, MockPaymentRow};
 
 /// How often the mock's request log is cleared between touches.
 const LOG_RESET_EVERY: Duration = Duration::from_secs(5);
@@ -48,6 +55,15 @@ struct Args {
     /// Write the listed counterparties' phone numbers here, one a line (8XXXXXXXXXX).
     #[arg(long)]
     numbers: Option<PathBuf>,
+    /// Take the 1C writer's requests (creates, updates) as well.
+    #[arg(long)]
+    writes: bool,
+    /// Payment documents (`Document_ПоступлениеНаРасчетныйСчет`) to serve.
+    #[arg(long, default_value_t = 0)]
+    payments: usize,
+    /// Rows of each payment's `РасшифровкаПлатежа`.
+    #[arg(long, default_value_t = 3)]
+    payment_rows: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,9 +85,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut records = mock_onec::generated(args.count);
     records.sort_by(|a, b| a.ref_key.cmp(&b.ref_key));
-    let mock = MockOnec::start().await;
+    let mock = if args.writes {
+        MockOnec::start_for_writes().await
+    } else {
+        MockOnec::start().await
+    };
     for c in &records {
         mock.upsert(c.clone());
+    }
+    if args.payments > 0 {
+        mock.upsert_payments(payments(args.payments, args.payment_rows));
+        eprintln!(
+            "onec_mock: {} payment documents of {} rows",
+            args.payments, args.payment_rows
+        );
     }
     let listed = records.iter().filter(|c| c.listed()).count();
     if let Some(path) = &args.numbers {
@@ -107,6 +134,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     say("ONEC_MOCK stopped")?;
     Ok(())
+}
+
+/// `n` posted payment documents of `rows` rows, 10 s apart from
+/// 2026-12-01T00:00:00 (1C's local time), distinct refs and invoices.
+fn payments(n: usize, rows: usize) -> Vec<MockPayment> {
+    const START: u64 = 1_764_547_200; // 2026-12-01T00:00:00Z
+    (0..n)
+        .map(|i| {
+            let at = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(START + 10 * i as u64),
+            )
+            .to_string();
+            let date = at.trim_end_matches('Z').to_owned();
+            let mut p = MockPayment::new(&mock_onec::guid(1_000_000 + i as u64), &date, "0", "");
+            p.amount = format!("{}.{:02}", 1000 + i % 9000, i % 100);
+            p.rows = (0..rows)
+                .map(|r| MockPaymentRow {
+                    amount: if r == 0 { p.amount.clone() } else { "0".into() },
+                    invoice: mock_onec::guid(5_000_000 + (i * rows + r) as u64),
+                    contract: mock_onec::guid(9_000_000 + i as u64),
+                })
+                .collect();
+            p
+        })
+        .collect()
 }
 
 /// One line on stdout, flushed at once (the script reads it from a file).

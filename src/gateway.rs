@@ -273,6 +273,9 @@ impl Gateway {
         };
         // And the sync store: its id links are what keeps a CRM free of
         // duplicates (backed up with the others), and the sync API reads it.
+        // 1C's pull exchange, when it is served: its sweep of ended leases
+        // starts with the sync runtime's workers.
+        let mut onec_pull = None;
         let front = match &sync {
             Some((parts, _)) => {
                 let runtime = parts.runtime.clone();
@@ -280,7 +283,9 @@ impl Gateway {
                     .with_sync_store(parts.store.clone(), synced_systems(&config, &registry))
                     .with_sync_systems(sync_systems_view(Arc::clone(&sync_systems)))
                     .with_sync_resume(Arc::new(move |system: &str| runtime.resume(system)));
-                with_onec_pull(front, &config, &parts.store, &metrics)?
+                let (front, pull) = with_onec_pull(front, &config, &parts.store, &metrics)?;
+                onec_pull = pull;
+                front
             }
             None => match sync_failure {
                 Some(why) => front.with_sync_store_failed(&config, systems.clone(), why),
@@ -500,6 +505,12 @@ impl Gateway {
             Some((parts, None)) => Some(parts),
             None => None,
         };
+        // Under `transport = "pull"` no worker runs for `onec`: its leases
+        // end at 1C's next poll, or by this sweep, beside the workers, when
+        // 1C stops polling (a row leased too often dies all the same).
+        if let Some(pull) = onec_pull {
+            sources.push(tokio::spawn(pull.run_sweeps(stop_sources.subscribe())));
+        }
         sources.push(tokio::spawn(crate::store::keep_journal_for(
             store.clone(),
             config.store.journal_retention,
@@ -639,24 +650,25 @@ fn open_main_store(config: &Config, metrics: &Metrics) -> Result<Store, StoreErr
 }
 
 /// The front serving 1C's pull exchange from the sync store, under
-/// `[sync.onec] transport = "pull"`; as it was otherwise.
+/// `[sync.onec] transport = "pull"`, and the exchange (for its sweep); as
+/// it was otherwise.
 fn with_onec_pull(
     front: Front,
     config: &Config,
     store: &Store,
     metrics: &Metrics,
-) -> Result<Front, StartError> {
+) -> Result<(Front, Option<sync::onec::pull::Pull>), StartError> {
     let Some(table) = config
         .sync
         .system(crate::config::ONEC_SYSTEM)
         .filter(|t| t.pulled())
     else {
-        return Ok(front);
+        return Ok((front, None));
     };
     let pull_metrics =
         sync::onec::pull::PullMetrics::new(metrics.registry()).map_err(StartError::Metrics)?;
     let pull = sync::onec::pull::Pull::new(store.clone(), table, pull_metrics);
-    Ok(front.with_onec_pull(pull))
+    Ok((front.with_onec_pull(pull.clone()), Some(pull)))
 }
 
 /// What `/readyz` and the sync status API show of each sending system,

@@ -368,6 +368,73 @@ async fn a_row_leased_ten_times_without_an_ack_is_dead() {
     );
 }
 
+/// `onec`'s line of the sync status.
+async fn onec_status(addr: SocketAddr) -> Value {
+    let reply = request(addr, "GET", "/api/v1/sync/status", &[BEARER], b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let status: Value = serde_json::from_str(&reply.body).expect("status JSON");
+    status["systems"]
+        .as_array()
+        .expect("systems")
+        .iter()
+        .find(|s| s["system"] == "onec")
+        .expect("onec in the status")
+        .clone()
+}
+
+#[tokio::test]
+async fn with_no_poll_after_a_lease_ends_a_row_leased_ten_times_dies_by_the_sweep() {
+    let gw = start(2, "transport = \"pull\"\nlease = \"1s\"\n").await;
+    let store = gw.gateway().sync_store().expect("sync store").clone();
+    let first = outbox(&gw, OutboxState::Pending).await[0].id;
+    // Nine leases of the first row, ended an hour ago; then 1C's tenth,
+    // with the second row's first, and 1C stops polling.
+    lease_until_attempts(&store, first, 9).await;
+    let leased = lease(gw.addr, "?limit=2").await;
+    assert_eq!(ids(&leased).len(), 2, "{leased}");
+    assert_eq!(onec_status(gw.addr).await["leased"], 2);
+    // Within the lease (1 s) and a sweep (a quarter of it) the first row is
+    // dead, the second pending again: no poll came.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while outbox(&gw, OutboxState::Dead).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no row dead within 10 s of its lease's end, with no poll"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = outbox(&gw, OutboxState::Dead).await;
+    assert_eq!(dead.iter().map(|r| r.id).collect::<Vec<_>>(), [first]);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("leased 10 times, never acknowledged")),
+        "{:?}",
+        dead[0].last_error
+    );
+    let pending = outbox(&gw, OutboxState::Pending).await;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].attempts, 1);
+    let onec = onec_status(gw.addr).await;
+    assert_eq!(
+        (
+            onec["leased"].clone(),
+            onec["dead"].clone(),
+            onec["pending"].clone()
+        ),
+        (0.into(), 1.into(), 1.into()),
+        "{onec}"
+    );
+    let metrics = get(gw.addr, "/metrics").await.body;
+    assert!(
+        metrics.contains(r#"cti_onec_pull_items_total{event="dead"} 1"#),
+        "{metrics}"
+    );
+    // The next poll hands out the second row again, never the dead one.
+    assert_eq!(ids(&lease(gw.addr, "").await), [pending[0].id]);
+}
+
 /// Leases row `id` (through the store, each lease ending at once, in the
 /// past) until it has `attempts`.
 async fn lease_until_attempts(store: &cti_gateway::store::Store, id: i64, attempts: u32) {

@@ -493,3 +493,261 @@ async fn a_push_where_payments_come_from_odata_is_a_conflict() {
     assert_eq!(reply.status, 409, "{}", reply.body);
     gw.stop().await;
 }
+
+// ------------------------------------------------------------ the XML form
+
+const XML: &str = "Content-Type: application/xml; charset=utf-8";
+
+/// One `<payment>` as 1C's `ЗаписьXML` writes it in docs/1c-pull.md's
+/// sample (`ТекстПлатежей`): no indentation, the fields in the sample's
+/// order, `XMLСтрока` of each value; `rows` as (amount, invoice, contract).
+fn payment_xml(
+    key: &str,
+    version: &str,
+    posted: bool,
+    amount: &str,
+    rows: &[(&str, &str, &str)],
+) -> String {
+    let rows: String = rows
+        .iter()
+        .map(|(amount, invoice, contract)| {
+            format!("<row><amount>{amount}</amount><invoice>{invoice}</invoice><contract>{contract}</contract></row>")
+        })
+        .collect();
+    format!(
+        "<payment><ref>{key}</ref><version>{version}</version><number>0000-000123</number><date>2026-12-05T10:30:00+03:00</date><amount>{amount}</amount><counterparty>{cp}</counterparty><posted>{posted}</posted><rows>{rows}</rows></payment>",
+        cp = guid(7),
+    )
+}
+
+/// The document `ТекстПлатежей` returns: the declaration `ЗаписьXML`
+/// writes for `УстановитьСтроку("UTF-8")`, then `<payments>`.
+fn payments_xml(payments: &[String]) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><payments>{}</payments>",
+        payments.concat()
+    )
+}
+
+async fn push_xml(addr: std::net::SocketAddr, body: &[u8]) -> Reply {
+    post(addr, PAYMENTS, &[BEARER, XML], body).await
+}
+
+fn pushed_xml(accepted: u64, duplicates: u64) -> String {
+    format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<pushed accepted=\"{accepted}\" duplicates=\"{duplicates}\"/>\n")
+}
+
+#[tokio::test]
+async fn xml_payments_are_posted_changed_reversed_and_deduplicated() {
+    let (mut gw, events) = start(None, "source = \"push\"").await;
+    let (a, b) = (guid(501), guid(502));
+    let inv = guid(900);
+    let first = payments_xml(&[
+        payment_xml(
+            &a,
+            "AAAAAQAAAAA=",
+            true,
+            "15000.5",
+            &[("15000.5", &inv, "")],
+        ),
+        payment_xml(&b, "AAAAAQAAAAA=", true, "700", &[]),
+    ]);
+    let reply = push_xml(gw.addr, first.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body, pushed_xml(2, 0));
+    assert_eq!(
+        reply.header("Content-Type"),
+        Some("application/xml; charset=utf-8")
+    );
+    // The same versions again: duplicates, nothing emitted.
+    let again = push_xml(gw.addr, first.as_bytes()).await;
+    assert_eq!(again.body, pushed_xml(0, 2));
+    // a changed (a new version, a new amount), b reversed (unposted).
+    let second = payments_xml(&[
+        payment_xml(&a, "AAAAAgAAAAA=", true, "16000", &[("16000", &inv, "")]),
+        payment_xml(&b, "AAAAAgAAAAA=", false, "700", &[]),
+    ]);
+    let reply = push_xml(gw.addr, second.as_bytes()).await;
+    assert_eq!(reply.body, pushed_xml(2, 0), "{}", reply.body);
+    let all = events_reach(&events, 4).await;
+    assert_eq!(
+        summary(&all),
+        [
+            event("payment.posted", &a, "15000.50"),
+            event("payment.posted", &b, "700.00"),
+            event("payment.changed", &a, "16000.00"),
+            event("payment.reversed", &b, "700.00"),
+        ]
+    );
+    let p = &all[0]["payment"];
+    assert_eq!(all[0]["source"], "push");
+    assert_eq!(p["number"], "0000-000123");
+    assert_eq!(p["date"], "2026-12-05T10:30:00+03:00");
+    assert_eq!(p["counterparty"], Value::from(guid(7)));
+    assert_eq!(p["rows"][0]["invoice"], Value::from(inv.clone()));
+    assert_eq!(p["rows"][0]["contract"], Value::Null, "an empty element");
+
+    // windows-1251, as declared; text/xml is XML too.
+    let c = guid(503);
+    let text = format!(
+        "<?xml version=\"1.0\" encoding=\"windows-1251\"?>\n<payments>\n  {}\n</payments>\n",
+        payment_xml(&c, "1", true, "1", &[]).replace("0000-000123", "П-17")
+    );
+    let (cp1251, _, unmappable) = encoding_rs::WINDOWS_1251.encode(&text);
+    assert!(!unmappable);
+    let reply = post(
+        gw.addr,
+        PAYMENTS,
+        &[BEARER, "Content-Type: text/xml"],
+        &cp1251,
+    )
+    .await;
+    assert_eq!(reply.body, pushed_xml(1, 0), "{}", reply.body);
+    let all = events_reach(&events, 5).await;
+    assert_eq!(all[4]["payment"]["number"], "П-17");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn each_bad_xml_push_is_refused_naming_what_and_where() {
+    let (mut gw, events) = start(None, "source = \"push\"").await;
+    let json = |r: &Reply| -> Value { serde_json::from_str(&r.body).expect("JSON answer") };
+    let good = payment_xml(&guid(601), "1", true, "1", &[("1", "", "")]);
+
+    // Malformed: line and column of where it went wrong; a DTD; not <payments>.
+    let broken = push_xml(gw.addr, b"<payments>\n  <payment></paymnt>\n</payments>").await;
+    assert_eq!(broken.status, 400, "{}", broken.body);
+    assert_eq!(
+        (
+            json(&broken)["line"].clone(),
+            json(&broken)["column"].clone()
+        ),
+        (2.into(), 12.into()),
+        "{}",
+        broken.body
+    );
+    assert!(json(&broken)["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("nothing was committed")));
+    let doctype = push_xml(
+        gw.addr,
+        b"<!DOCTYPE payments [<!ENTITY x \"y\">]>\n<payments>&x;</payments>",
+    )
+    .await;
+    assert_eq!(doctype.status, 400, "{}", doctype.body);
+    assert!(doctype.body.contains("DTD"), "{}", doctype.body);
+    let root = push_xml(gw.addr, b"<?xml version=\"1.0\"?>\n<pays/>").await;
+    assert_eq!(
+        (root.status, json(&root)["line"].clone()),
+        (400, 2.into()),
+        "{}",
+        root.body
+    );
+    let koi8 = push_xml(
+        gw.addr,
+        b"<?xml version=\"1.0\" encoding=\"KOI8-R\"?><payments/>",
+    )
+    .await;
+    assert_eq!(koi8.status, 400, "{}", koi8.body);
+
+    // Each field that does not fit: 422 naming the index and the field.
+    for (from, to, field) in [
+        (
+            "<amount>1</amount><counterparty>",
+            "<amount>1,50</amount><counterparty>",
+            "amount",
+        ),
+        ("2026-12-05T10:30:00+03:00", "2026-12-05 10:30", "date"),
+        ("2026-12-05T10:30:00+03:00", "2026-12-05T10:30:00", "date"),
+        ("<ref>", "<ref>not-a-guid", "ref"),
+        ("<posted>true", "<posted>yes", "posted"),
+        ("<posted>true</posted>", "", "posted"),
+        (
+            "<version>1</version>",
+            "<version>1</version><version>2</version>",
+            "version",
+        ),
+        ("<number>", "<surprise>1</surprise><number>", "surprise"),
+        ("<row><amount>1", "<row><amount>1e5", "rows[0].amount"),
+        ("<row>", "<row><note/>", "rows[0].note"),
+    ] {
+        let bad = good.replacen(from, to, 1);
+        assert_ne!(bad, good, "{from}");
+        let body = payments_xml(&[good.clone(), bad]);
+        let reply = push_xml(gw.addr, body.as_bytes()).await;
+        assert_eq!(reply.status, 422, "{to}: {}", reply.body);
+        let answer = json(&reply);
+        assert_eq!(
+            (answer["index"].clone(), answer["field"].clone()),
+            (1.into(), field.into()),
+            "{to}: {}",
+            reply.body
+        );
+        assert!(answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nothing was committed")));
+    }
+    let stray = payments_xml(&[good.clone(), "<pay/>".to_owned()]);
+    let reply = push_xml(gw.addr, stray.as_bytes()).await;
+    assert_eq!(
+        (reply.status, json(&reply)["index"].clone()),
+        (422, 1.into())
+    );
+
+    let many = payments_xml(&vec![good.clone(); 1001]);
+    assert_eq!(push_xml(gw.addr, many.as_bytes()).await.status, 413);
+    let huge = format!("<payments>{}</payments>", " ".repeat(1024 * 1024));
+    assert_eq!(push_xml(gw.addr, huge.as_bytes()).await.status, 413);
+    let text = post(
+        gw.addr,
+        PAYMENTS,
+        &[BEARER, "Content-Type: text/plain"],
+        b"<payments/>",
+    )
+    .await;
+    assert_eq!(text.status, 415);
+    let anonymous = post(gw.addr, PAYMENTS, &[XML], good.as_bytes()).await;
+    assert_eq!(anonymous.status, 401);
+
+    // Nothing of any refused body was committed.
+    let ok = push_xml(gw.addr, payments_xml(&[good]).as_bytes()).await;
+    assert_eq!(ok.body, pushed_xml(1, 0));
+    assert_eq!(events_reach(&events, 1).await.len(), 1);
+    gw.stop().await;
+}
+
+/// docs/1c-pull.md's payments sample: what `ОтправитьПлатежи` sends, as
+/// "What goes over the wire" shows it (the doc and this test change
+/// together), with and without the byte order mark `УстановитьТелоИзСтроки`
+/// may write, and indented (a `ЗаписьXML` whose parameters indent).
+#[tokio::test]
+async fn payments_sample_request_is_accepted() {
+    let (mut gw, events) = start(None, "source = \"push\"").await;
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><payments><payment><ref>6f1a0d2e-5b7c-11ef-9c3d-00155d012345</ref><version>AAAAAQAAAAA=</version><number>0000-000123</number><date>2026-12-05T10:30:00+03:00</date><amount>15000.5</amount><counterparty>0d8f6e5c-1b2a-11ef-9c3d-00155d012345</counterparty><posted>true</posted><rows><row><amount>15000.5</amount><invoice>3a1b2c4d-1b2a-11ef-9c3d-00155d012345</invoice><contract>00000000-0000-0000-0000-000000000000</contract></row></rows></payment></payments>";
+    let request = format!(
+        "POST /api/v1/exchange/payments HTTP/1.1\r\nHost: cti-gateway:8080\r\nAuthorization: Bearer api-token-for-tests\r\nContent-Type: application/xml; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let reply = raw(gw.addr, request.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body, pushed_xml(1, 0));
+    let with_bom = [b"\xEF\xBB\xBF".as_slice(), body.as_bytes()].concat();
+    assert_eq!(push_xml(gw.addr, &with_bom).await.body, pushed_xml(0, 1));
+    let indented = body
+        .replace("?><payments>", "?>\r\n<payments>\r\n\t")
+        .replace("<payment><ref>", "<payment>\r\n\t\t<ref>")
+        .replace("</row></rows>", "</row>\r\n\t\t</rows>\r\n\t");
+    assert_eq!(
+        push_xml(gw.addr, indented.as_bytes()).await.body,
+        pushed_xml(0, 1)
+    );
+    let all = events_reach(&events, 1).await;
+    let p = &all[0]["payment"];
+    assert_eq!(all[0]["event"], "payment.posted");
+    assert_eq!(p["amount"], "15000.50");
+    assert_eq!(
+        p["rows"][0]["contract"],
+        "00000000-0000-0000-0000-000000000000"
+    );
+    gw.stop().await;
+}

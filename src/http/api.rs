@@ -422,6 +422,13 @@ pub(super) fn require_json(
     ))
 }
 
+/// `application/xml` or `text/xml`, whatever the charset (the document's
+/// declaration says it; `xml::XmlStream` reads UTF-8 and windows-1251).
+pub(super) fn is_xml(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case("application/xml") || media.eq_ignore_ascii_case("text/xml")
+}
+
 /// `application/json`, with no charset or a UTF-8 one (JSON is UTF-8).
 pub(super) fn is_json_utf8(content_type: &str) -> bool {
     let mut parts = content_type.split(';');

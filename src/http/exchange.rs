@@ -21,7 +21,7 @@ use hyper::header;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 
-use super::api::{is_json_utf8, require_token};
+use super::api::{is_json_utf8, is_xml, require_token};
 use super::body::{self, BodyError};
 use super::client::{Client, RequestId};
 use super::query::ApiQuery;
@@ -257,13 +257,6 @@ fn lease_query(query: Option<&str>) -> Result<(Option<i64>, u32, bool), String> 
         }
     }
     Ok((after, limit, xml))
-}
-
-/// `application/xml` or `text/xml`, whatever the charset (the document's
-/// declaration says it; UTF-8 and windows-1251 are read).
-fn is_xml(content_type: &str) -> bool {
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    media.eq_ignore_ascii_case("application/xml") || media.eq_ignore_ascii_case("text/xml")
 }
 
 /// An XML ack's answer: `<acked done= dead= ignored=><result id= result=/>…</acked>`.

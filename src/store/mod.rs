@@ -100,10 +100,10 @@ pub use servio::LedgerRow;
 pub use snapshot::SnapshotRecord;
 pub use sync::{
     Ack, AckOutcome, AckResult, Conflict, ConflictQuery, IdMapKey, IdMapLink, IdMapRow, InboxRow,
-    LeaseRequest, Leased, LeasedRow, Link, NewConflict, NewOutboxRow, NewPayment, OutboxOp,
-    OutboxQuery, OutboxRow, OutboxState, PaymentCursor, PaymentEvent, PaymentsBatch,
-    PaymentsCommitted, PostedPayment, RetryOutcome, Settle, StoredPayment, SyncBatch, SyncDepth,
-    SystemStatus, EXPORT_CHUNK, MAX_PAGE, PAYMENT_KIND,
+    LeaseRequest, LeaseSweep, Leased, LeasedRow, Link, NewConflict, NewOutboxRow, NewPayment,
+    OutboxOp, OutboxQuery, OutboxRow, OutboxState, PaymentCursor, PaymentEvent, PaymentsBatch,
+    PaymentsCommitted, PostedPayment, RetryOutcome, Settle, StoredPayment, Swept, SyncBatch,
+    SyncDepth, SystemStatus, EXPORT_CHUNK, MAX_PAGE, PAYMENT_KIND,
 };
 use writer::Command;
 

@@ -105,6 +105,7 @@ struct State {
     attributes: String,
     attribute_ranges: Vec<(Range<usize>, Range<usize>)>,
     line: u64,
+    column: u64,
 }
 
 impl<R: Read> XmlStream<R> {
@@ -151,6 +152,7 @@ impl<R: Read> XmlStream<R> {
                 attributes: String::new(),
                 attribute_ranges: Vec::new(),
                 line: 1,
+                column: 1,
             },
         })
     }
@@ -164,6 +166,13 @@ impl<R: Read> XmlStream<R> {
     /// The line the last event started on (1-based).
     pub fn line(&self) -> u64 {
         self.state.line
+    }
+
+    /// The column the last event started at (1-based, in bytes of the
+    /// input since its line's start, as serde_json counts columns): with
+    /// [`XmlStream::line`], where a malformed document went wrong.
+    pub fn column(&self) -> u64 {
+        self.state.column
     }
 
     /// The open elements, `/Root/Child/...`; during `End`, still the
@@ -237,6 +246,7 @@ impl<R: Read> XmlStream<R> {
             self.buf.clear();
             self.reader.get_mut().mark();
             state.line = self.reader.get_ref().newlines + 1;
+            state.column = self.reader.get_ref().column();
             let event = match self.reader.read_event_into(&mut self.buf) {
                 Ok(event) => event,
                 Err(quick_xml::Error::Io(e)) => {
@@ -421,6 +431,12 @@ struct Metered<R> {
     total: u64,
     since_mark: usize,
     newlines: u64,
+    /// Bytes consumed up to the start of the current line.
+    line_start: u64,
+    /// Bytes consumed (handed to quick-xml) so far.
+    consumed: u64,
+    /// The last byte consumed.
+    last_byte: Option<u8>,
     max_run: usize,
     max_total: u64,
     tripped: Option<Trip>,
@@ -436,10 +452,21 @@ impl<R: Read> Metered<R> {
             total: 0,
             since_mark: 0,
             newlines: 0,
+            line_start: 0,
+            consumed: 0,
+            last_byte: None,
             max_run: limits.max_run_bytes,
             max_total: limits.max_document_bytes,
             tripped: None,
         }
+    }
+
+    /// The column the next event starts at (1-based, in bytes): the next
+    /// byte to be consumed, or the `<` (`&`) quick-xml consumed already
+    /// when it ended a run of text there.
+    fn column(&self) -> u64 {
+        let taken_ahead = u64::from(matches!(self.last_byte, Some(b'<' | b'&')));
+        (self.consumed - taken_ahead).saturating_sub(self.line_start) + 1
     }
 
     /// A new event starts.
@@ -520,6 +547,13 @@ impl<R: Read> BufRead for Metered<R> {
         let amt = amt.min(self.filled - self.pos);
         let taken = &self.buf[self.pos..self.pos + amt];
         self.newlines += taken.iter().filter(|&&b| b == b'\n').count() as u64;
+        if let Some(last) = taken.iter().rposition(|&b| b == b'\n') {
+            self.line_start = self.consumed + last as u64 + 1;
+        }
+        self.consumed += amt as u64;
+        if let Some(&last) = taken.last() {
+            self.last_byte = Some(last);
+        }
         self.since_mark += amt;
         self.pos += amt;
     }

@@ -14,7 +14,9 @@
 //!   lease ended is pending again for the next poll started without
 //!   `after`, and until then no newer row of its record is handed out;
 //! - a lease is an attempt: a row whose lease ends after
-//!   `max_attempts` leases, or older than `dead_after`, is dead;
+//!   `max_attempts` leases, or older than `dead_after`, is dead; leases
+//!   end at the next poll, or at a sweep ([`Store::outbox_lease_sweep`])
+//!   when no poll comes;
 //! - an ack counts whenever it comes (a late one too): a confirmation
 //!   writes the id-map link and deletes the row like the runtime's
 //!   `Settle::Confirmed`, and with it the rows of its record passed over
@@ -43,6 +45,26 @@ pub struct LeaseRequest {
     pub max_attempts: u32,
     /// A row pending longer than this is dead when its lease ends.
     pub dead_after: Duration,
+}
+
+/// A sweep of ended leases, between polls: what a lease does first, alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseSweep {
+    pub system: String,
+    pub now: SystemTime,
+    /// As [`LeaseRequest::max_attempts`].
+    pub max_attempts: u32,
+    /// As [`LeaseRequest::dead_after`].
+    pub dead_after: Duration,
+}
+
+/// What a sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Leases found ended (without an ack).
+    pub expired: u64,
+    /// Of those, rows now dead (leased too often, or too old).
+    pub dead: u64,
 }
 
 /// A row a poll handed out.
@@ -134,6 +156,15 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// Ends the leases of `request.system` that ran out without an ack, in
+    /// one transaction, as the next lease would: each row pending again, or
+    /// dead when leased `max_attempts` times (or older than `dead_after`).
+    /// A poller that stopped polling leaves no row leased forever.
+    pub async fn outbox_lease_sweep(&self, request: LeaseSweep) -> Result<Swept, StoreError> {
+        self.request(|reply| Command::Outbox(OutboxWrite::Sweep { request, reply }))
+            .await
     }
 
     /// How many of `system`'s rows are leased out at `now`.

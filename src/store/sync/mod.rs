@@ -29,7 +29,7 @@ use super::writer::{Command, SyncWrite};
 use super::{unix_ms, Store, StoreError};
 pub use batch::{IdMapKey, SyncBatch};
 pub use inbox::{InboxRow, SyncDepth};
-pub use lease::{Ack, AckOutcome, AckResult, LeaseRequest, Leased, LeasedRow};
+pub use lease::{Ack, AckOutcome, AckResult, LeaseRequest, LeaseSweep, Leased, LeasedRow, Swept};
 pub use outbox::{Link, Settle};
 pub use payments::{
     NewPayment, PaymentCursor, PaymentEvent, PaymentsBatch, PaymentsCommitted, PostedPayment,

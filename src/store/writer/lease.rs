@@ -19,7 +19,8 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::outbox::settle_one;
 use crate::store::sync::{
-    outbox_row, Ack, AckOutcome, AckResult, LeaseRequest, Leased, LeasedRow, Link, Settle,
+    outbox_row, Ack, AckOutcome, AckResult, LeaseRequest, LeaseSweep, Leased, LeasedRow, Link,
+    Settle, Swept,
 };
 use crate::store::{unix_ms, OutboxOp, OutboxRow};
 
@@ -41,7 +42,14 @@ pub(super) fn lease(tx: &Transaction<'_>, request: &LeaseRequest) -> rusqlite::R
         next_after: request.after.unwrap_or(0),
         ..Leased::default()
     };
-    expire(tx, request, now, &mut leased)?;
+    expire(
+        tx,
+        &request.system,
+        request.max_attempts,
+        request.dead_after,
+        now,
+        &mut leased,
+    )?;
     // Records out now, and per record its oldest row left pending.
     let mut out: HashSet<String> = HashSet::new();
     let mut oldest_marked: HashMap<String, i64> = HashMap::new();
@@ -139,10 +147,31 @@ pub(super) fn lease(tx: &Transaction<'_>, request: &LeaseRequest) -> rusqlite::R
     Ok(leased)
 }
 
+/// Ends `request.system`'s leases that ran out, as the next lease would
+/// (`expire`): without a poll, a row leased too often (or too old) is dead
+/// all the same, and shows so.
+pub(super) fn sweep(tx: &Transaction<'_>, request: &LeaseSweep) -> rusqlite::Result<Swept> {
+    let mut leased = Leased::default();
+    expire(
+        tx,
+        &request.system,
+        request.max_attempts,
+        request.dead_after,
+        unix_ms(request.now),
+        &mut leased,
+    )?;
+    Ok(Swept {
+        expired: leased.expired,
+        dead: leased.dead,
+    })
+}
+
 /// Leases that ended: counted, the row pending again (marked) or dead.
 fn expire(
     tx: &Transaction<'_>,
-    request: &LeaseRequest,
+    system: &str,
+    max_attempts: u32,
+    dead_after: std::time::Duration,
     now: i64,
     leased: &mut Leased,
 ) -> rusqlite::Result<()> {
@@ -152,7 +181,7 @@ fn expire(
              WHERE system = ?1 AND leased_until IS NOT NULL AND leased_until <= ?2
                AND lease IS NOT NULL AND state = 'pending'",
         )?;
-        let rows = stmt.query_map(params![request.system, now], |r| {
+        let rows = stmt.query_map(params![system, now], |r| {
             let attempts: i64 = r.get(1)?;
             Ok((
                 r.get(0)?,
@@ -162,15 +191,15 @@ fn expire(
         })?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    let dead_after = i64::try_from(request.dead_after.as_millis()).unwrap_or(i64::MAX);
+    let dead_after_ms = i64::try_from(dead_after.as_millis()).unwrap_or(i64::MAX);
     for (id, attempts, created_at) in ended {
         leased.expired += 1;
-        let too_old = created_at.saturating_add(dead_after) <= now;
-        if attempts >= request.max_attempts || too_old {
+        let too_old = created_at.saturating_add(dead_after_ms) <= now;
+        if attempts >= max_attempts || too_old {
             let error = if too_old {
                 format!(
                     "pending for more than {} (dead_after); leased {attempts} times, never acknowledged",
-                    humantime::format_duration(request.dead_after)
+                    humantime::format_duration(dead_after)
                 )
             } else {
                 format!("leased {attempts} times, never acknowledged")

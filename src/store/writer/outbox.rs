@@ -5,7 +5,7 @@
 use rusqlite::params;
 
 use super::{Reply, Writer};
-use crate::store::sync::{Ack, AckOutcome, LeaseRequest, Leased, Settle};
+use crate::store::sync::{Ack, AckOutcome, LeaseRequest, LeaseSweep, Leased, Settle, Swept};
 use crate::store::unix_ms;
 
 /// An outbox write of the sync runtime, or of a poller (`writer/lease.rs`).
@@ -23,6 +23,11 @@ pub(in crate::store) enum OutboxWrite {
         acks: Vec<Ack>,
         now: std::time::SystemTime,
         reply: Reply<Vec<AckOutcome>>,
+    },
+    /// Leases that ran out ended, without a poll (`writer/lease.rs`).
+    Sweep {
+        request: LeaseSweep,
+        reply: Reply<Swept>,
     },
     /// `system`'s pending rows queued before `created_before_ms` made dead
     /// with `error`; the reply is how many.
@@ -69,6 +74,15 @@ impl Writer {
                 });
                 if let Err(e) = &result {
                     self.failures.failed("sync outbox ack", acks.len(), e);
+                }
+                let _ = reply.send(result);
+            }
+            OutboxWrite::Sweep { request, reply } => {
+                let result = self.transact("ending a poller's leases that ran out", |tx| {
+                    super::lease::sweep(tx, &request)
+                });
+                if let Err(e) = &result {
+                    self.failures.failed("sync outbox lease sweep", 1, e);
                 }
                 let _ = reply.send(result);
             }

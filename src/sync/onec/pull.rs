@@ -11,6 +11,12 @@
 //!
 //! A removal is never handed out: 1C is told nothing (see the store's
 //! rules), so the counterparty stays in 1C; `op` is `create` or `update`.
+//!
+//! Leases that ran out end at the next poll; if 1C stops polling, the
+//! sweep ([`Pull::run_sweeps`], every quarter of the lease, at most a
+//! minute apart) ends them instead, so a row leased too often dies (and
+//! shows in the status and `cti_onec_pull_items_total{event="dead"}`)
+//! whether or not 1C comes back.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,7 +25,9 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::{Map, Value};
 
 use crate::config::{SyncSystemConfig, ONEC_SYSTEM};
-use crate::store::{Ack, AckOutcome, AckResult, LeaseRequest, LeasedRow, Store, StoreError};
+use crate::store::{
+    Ack, AckOutcome, AckResult, LeaseRequest, LeaseSweep, LeasedRow, Store, StoreError, Swept,
+};
 use crate::sync::runtime::MAX_ATTEMPTS;
 
 /// The most rows one lease hands out, whatever `limit` asks.
@@ -231,6 +239,57 @@ impl Pull {
             }
         }
         Ok(outcomes)
+    }
+
+    /// Ends the leases that ran out without an ack, as the next lease would
+    /// (rows pending again, or dead when leased too often or too old),
+    /// counted as a lease counts them.
+    pub async fn sweep(&self) -> Result<Swept, StoreError> {
+        let swept = self
+            .store
+            .outbox_lease_sweep(LeaseSweep {
+                system: ONEC_SYSTEM.to_owned(),
+                now: SystemTime::now(),
+                max_attempts: MAX_ATTEMPTS,
+                dead_after: self.dead_after,
+            })
+            .await?;
+        self.metrics.add("expired", swept.expired);
+        self.metrics.add("dead", swept.dead);
+        if swept.dead > 0 {
+            tracing::warn!(
+                rows = swept.dead,
+                "1C pull: leases ran out with no poll since: rows leased too often (or pending past dead_after) without an ack are dead (GET /api/v1/sync/outbox?system=onec&state=dead)"
+            );
+        }
+        Ok(swept)
+    }
+
+    /// How often [`Pull::run_sweeps`] sweeps: a quarter of the lease, from
+    /// 100 ms to a minute (a row is dead at most that long after its last
+    /// lease ran out).
+    pub fn sweep_every(&self) -> Duration {
+        (self.lease_for / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+    }
+
+    /// Sweeps every [`Pull::sweep_every`] until `stop`. A sweep that fails
+    /// (the store cannot write) is tried again at the next tick; the next
+    /// lease ends the same leases anyway.
+    pub async fn run_sweeps(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.sweep_every());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {}
+            }
+            if *stop.borrow() {
+                return;
+            }
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "1C pull: ended leases not swept; tried again later");
+            }
+        }
     }
 
     /// Rows leased out now (the status API).

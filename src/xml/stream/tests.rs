@@ -262,3 +262,21 @@ fn lines_are_counted() {
         ]
     );
 }
+
+#[test]
+fn an_error_has_the_column_its_event_started_at() {
+    let doc = "<a>\n  <b>x</c>\n</a>".as_bytes();
+    let mut stream = XmlStream::new(doc, EncodingChoice::Auto, LIMITS).expect("starts");
+    let error = loop {
+        match stream.next_event() {
+            Ok(XmlEvent::Eof) => panic!("read"),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(
+        (error.line, stream.line(), stream.column()),
+        (2, 2, 7),
+        "{error}"
+    );
+}

@@ -15,6 +15,7 @@ pub mod amount;
 mod dates;
 pub mod poll;
 pub mod push;
+pub mod push_xml;
 mod rows;
 
 use std::sync::{Arc, Mutex};

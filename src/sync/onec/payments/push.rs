@@ -13,7 +13,8 @@
 //!
 //! Amounts are decimal strings (a JSON number is taken too, read from its
 //! digits); `ref` is a GUID; `date` RFC 3339 with its offset (checked by the
-//! caller's reader, the HTTP layer's); unknown fields are refused.
+//! caller's reader, the HTTP layer's); unknown fields are refused. The
+//! XML form ([`super::push_xml`]) is read into this shape and checked here.
 
 use std::collections::HashMap;
 
@@ -31,6 +32,14 @@ const MAX_TEXT: usize = 256;
 pub enum PushBodyError {
     #[error("the body is not a JSON array of payments: {problem} at line {line}, column {column}")]
     Malformed {
+        problem: String,
+        line: usize,
+        column: usize,
+    },
+    #[error(
+        "the body is not an XML <payments> document: {problem} at line {line}, column {column}"
+    )]
+    MalformedXml {
         problem: String,
         line: usize,
         column: usize,
@@ -79,7 +88,7 @@ fn problem_of(e: &serde_json::Error) -> String {
 
 type Props<'a> = HashMap<String, &'a RawValue>;
 
-const ITEM_FIELDS: &[&str] = &[
+pub(super) const ITEM_FIELDS: &[&str] = &[
     "ref",
     "version",
     "number",
@@ -89,7 +98,7 @@ const ITEM_FIELDS: &[&str] = &[
     "rows",
     "posted",
 ];
-const ROW_FIELDS: &[&str] = &["amount", "invoice", "contract"];
+pub(super) const ROW_FIELDS: &[&str] = &["amount", "invoice", "contract"];
 
 fn item(
     index: usize,
