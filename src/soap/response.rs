@@ -69,6 +69,26 @@ pub fn write_say_name_response(
     );
 }
 
+/// [`write_say_name_response`] with the manager's extension `manager_phone`
+/// in place of the one `payload` holds: the answer of a caller whose
+/// manager is chosen when the call is answered (the directory's
+/// `manager_at_answer`), the name and category as rendered at load.
+pub fn write_say_name_response_with_manager(
+    out: &mut Vec<u8>,
+    version: SoapVersion,
+    namespace: &str,
+    payload: &[u8],
+    manager_phone: &str,
+) {
+    write_answer(
+        out,
+        version,
+        namespace,
+        "SayName",
+        Return::WithManager(payload, manager_phone),
+    );
+}
+
 /// Appends an `IncomingCall` answer: `m:return` is `1`.
 pub fn write_incoming_call_response(out: &mut Vec<u8>, version: SoapVersion, namespace: &str) {
     write_answer(out, version, namespace, "IncomingCall", Return::Text(b"1"));
@@ -121,6 +141,8 @@ pub fn write_fault(out: &mut Vec<u8>, version: SoapVersion, code: FaultCode, mes
 enum Return<'a> {
     Text(&'a [u8]),
     Prepared(&'a [u8]),
+    /// A prepared answer with another manager's extension (not escaped yet).
+    WithManager(&'a [u8], &'a str),
 }
 
 fn write_answer(
@@ -138,6 +160,7 @@ fn write_answer(
     let payload_len = match payload {
         Return::Text(t) => t.len(),
         Return::Prepared(p) => p.len() + DATA_TEMPLATE_LEN,
+        Return::WithManager(p, phone) => p.len() + phone.len() + DATA_TEMPLATE_LEN,
     };
     out.reserve(ANSWER_OVERHEAD + namespace.len() + payload_len);
     out.extend_from_slice(XML_DECLARATION);
@@ -151,7 +174,8 @@ fn write_answer(
     out.extend_from_slice(RETURN_START);
     match payload {
         Return::Text(text) => out.extend_from_slice(text),
-        Return::Prepared(prepared) => splice_prepared(out, prepared),
+        Return::Prepared(prepared) => splice_prepared(out, prepared, None),
+        Return::WithManager(prepared, phone) => splice_prepared(out, prepared, Some(phone)),
     }
     out.extend_from_slice(b"</m:return></m:");
     out.extend_from_slice(operation.as_bytes());
@@ -169,17 +193,8 @@ const DATA_TEMPLATE_LEN: usize =
 /// about 220 MB for a million counterparties.
 fn render_payload(title: &str, category: &str, phone: &str) -> Box<[u8]> {
     let escape_twice = |s: &str| -> Vec<u8> {
-        let mut once = Vec::with_capacity(s.len() + 8);
-        push_text(&mut once, s);
-        let mut twice = Vec::with_capacity(once.len() + 16);
-        for &b in &once {
-            match b {
-                b'&' => twice.extend_from_slice(b"&amp;"),
-                b'<' => twice.extend_from_slice(b"&lt;"),
-                b'>' => twice.extend_from_slice(b"&gt;"),
-                _ => twice.push(b),
-            }
-        }
+        let mut twice = Vec::with_capacity(s.len() + 16);
+        push_text_twice(&mut twice, s);
         twice
     };
     // Escaping twice turns one byte into at most 9 (`&` → `&amp;amp;`), so
@@ -197,6 +212,21 @@ fn render_payload(title: &str, category: &str, phone: &str) -> Box<[u8]> {
     prepared.into_boxed_slice()
 }
 
+/// Appends `s` escaped twice: once as the `<data>` document's text, once
+/// more as `m:return`'s.
+fn push_text_twice(out: &mut Vec<u8>, s: &str) {
+    let mut once = Vec::with_capacity(s.len() + 8);
+    push_text(&mut once, s);
+    for &b in &once {
+        match b {
+            b'&' => out.extend_from_slice(b"&amp;"),
+            b'<' => out.extend_from_slice(b"&lt;"),
+            b'>' => out.extend_from_slice(b"&gt;"),
+            _ => out.push(b),
+        }
+    }
+}
+
 /// `s` cut to at most `max` bytes on a character boundary.
 fn cut_at_char(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -209,8 +239,9 @@ fn cut_at_char(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Writes a prepared answer (see [`render_payload`]) between the template parts.
-fn splice_prepared(out: &mut Vec<u8>, prepared: &[u8]) {
+/// Writes a prepared answer (see [`render_payload`]) between the template
+/// parts; with `manager_phone`, that extension in place of the prepared one.
+fn splice_prepared(out: &mut Vec<u8>, prepared: &[u8], manager_phone: Option<&str>) {
     let (title, category, phone) = match prepared {
         [t0, t1, c, rest @ ..] => {
             let title_len = usize::from(u16::from_le_bytes([*t0, *t1]));
@@ -231,7 +262,10 @@ fn splice_prepared(out: &mut Vec<u8>, prepared: &[u8]) {
     out.extend_from_slice(DATA_BEFORE_CATEGORY);
     out.extend_from_slice(category);
     out.extend_from_slice(DATA_BEFORE_PHONE);
-    out.extend_from_slice(phone);
+    match manager_phone {
+        Some(manager_phone) => push_text_twice(out, manager_phone),
+        None => out.extend_from_slice(phone),
+    }
     out.extend_from_slice(DATA_END);
 }
 
@@ -318,6 +352,32 @@ mod tests {
         out[start..end].to_owned()
     }
 
+    #[test]
+    fn an_answer_with_a_manager_chosen_at_answer_time_is_the_answer_rendered_with_it() {
+        let name = "ООО \"Ромашка\" & <Ко>";
+        for own in [None, Some(""), Some("  ")] {
+            let payload = say_name_payload(&counterparty(name, Some(2), own));
+            for manager in ["245", "+7 (495) 000-00-01", "a&<b>"] {
+                let mut spliced = Vec::new();
+                write_say_name_response_with_manager(
+                    &mut spliced,
+                    SoapVersion::V11,
+                    "http://VATS",
+                    &payload,
+                    manager,
+                );
+                let mut rendered = Vec::new();
+                write_say_name_response(
+                    &mut rendered,
+                    SoapVersion::V11,
+                    "http://VATS",
+                    &say_name_payload(&counterparty(name, Some(2), Some(manager))),
+                );
+                assert_eq!(text(&spliced), text(&rendered), "{own:?} → {manager}");
+            }
+        }
+    }
+
     /// Reads a whole document, checking it is well-formed, and returns the
     /// unescaped text of the first element named `name`.
     fn element_text(doc: &str, name: &str) -> String {
@@ -398,7 +458,7 @@ mod tests {
     /// Any bytes given as a prepared answer still produce a well-formed answer.
     fn splice_is_total(prepared: &[u8]) -> bool {
         let mut out = Vec::new();
-        splice_prepared(&mut out, prepared);
+        splice_prepared(&mut out, prepared, None);
         out.ends_with(DATA_END)
     }
 
