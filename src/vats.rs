@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::directory::{Counterparty, Directory, Entry};
+use crate::directory::{Counterparty, Directory, Entry, ManagerAtAnswer};
 use crate::logging::{Escaped, RequestId, WarnLimiter};
 use crate::metrics::{Metrics, OperationLabel, Outcome};
 use crate::phone::{self, PhoneKey};
@@ -185,30 +185,33 @@ impl Vats {
     }
 
     /// The SayName answer of `entry` with the manager chosen now when its
-    /// manager is chosen at answer time (`Directory::manager_at_answer`:
-    /// an INN lookup and a render of the answer), else its prepared answer.
+    /// manager is chosen at answer time (`Directory::manager_source_at_answer`:
+    /// an INN lookup, then the answer written with the manager's part of the
+    /// other record's prepared answer, or the default's), else its prepared
+    /// answer.
     fn say_name_now(&self, request: &Request, entry: &Entry) -> SoapReply {
-        if !entry.manager_at_answer() {
+        let manager = self.directory.manager_source_at_answer(entry);
+        let Some(manager) = manager else {
             return say_name_reply(request, &entry.say_name);
+        };
+        let mut body = Vec::with_capacity(512 + 2 * entry.say_name.len());
+        match manager {
+            ManagerAtAnswer::Record(record) => soap::write_say_name_response_with_manager_of(
+                &mut body,
+                request.version,
+                &request.namespace,
+                &entry.say_name,
+                &record.say_name,
+            ),
+            ManagerAtAnswer::Default(phone) => soap::write_say_name_response_with_manager(
+                &mut body,
+                request.version,
+                &request.namespace,
+                &entry.say_name,
+                &phone,
+            ),
         }
-        match self
-            .directory
-            .manager_at_answer(entry)
-            .and_then(|m| m.extension)
-        {
-            Some(phone) => {
-                let mut body = Vec::with_capacity(480 + entry.say_name.len() + 9 * phone.len());
-                soap::write_say_name_response_with_manager(
-                    &mut body,
-                    request.version,
-                    &request.namespace,
-                    &entry.say_name,
-                    &phone,
-                );
-                SoapReply::answer(request.version, body)
-            }
-            None => say_name_reply(request, &entry.say_name),
-        }
+        SoapReply::answer(request.version, body)
     }
 
     /// The caller's record: the directory's, else 1C's (live, within its budget).

@@ -15,9 +15,11 @@
 //! ([`Entry::manager_at_answer`](super::Entry::manager_at_answer): its
 //! source has a rule and it has no effective manager of its own). Only those
 //! entries pay, when answering, an INN lookup (a leaf of the index's INN
-//! map), the read of the other record's manager and a render of the answer
-//! with it; every other entry answers with its bytes rendered at load, as
-//! before.
+//! map) and an answer written from two prepared ones: the entry's name and
+//! category, the other record's manager (its own answer carries it). The
+//! records found are read back only when two or more name a manager, to
+//! compare them. Every other entry answers with its bytes rendered at load,
+//! as before.
 
 use std::sync::Arc;
 
@@ -31,7 +33,7 @@ pub struct ManagerRule {
     /// Take the manager of another source's record with the same INN.
     pub by_inn: bool,
     /// Else this extension (or phone number).
-    pub default_phone: Option<Box<str>>,
+    pub default_phone: Option<Arc<str>>,
 }
 
 impl ManagerRule {
@@ -73,56 +75,80 @@ impl ManagerRules {
     }
 }
 
+/// Where the manager chosen at answer time comes from.
+#[derive(Debug, Clone)]
+pub enum ManagerAtAnswer {
+    /// Another source's record with the same INN: its effective manager,
+    /// the one its own answer carries (so a SayName answer takes the
+    /// manager's part of that record's prepared answer as it is).
+    Record(Arc<Entry>),
+    /// The source's default extension.
+    Default(Arc<str>),
+}
+
 impl Index {
-    /// The manager a call from `entry` goes to when the entry has none of
-    /// its own (see the module's doc); `None` for any other entry, or when
-    /// the rule gives none now. Costs an INN lookup and, per record of
-    /// another source under that INN with a manager, a read of it.
-    pub fn manager_at_answer(&self, entry: &Entry) -> Option<EffectiveManager> {
+    /// Where the manager of a call from `entry` comes from when the entry
+    /// has none of its own (see the module's doc); `None` for any other
+    /// entry, or when the rule gives none now. Costs an INN lookup; the
+    /// records found are read back only when two or more of them name a
+    /// manager (to tell whether it is the same one).
+    pub fn manager_source_at_answer(&self, entry: &Entry) -> Option<ManagerAtAnswer> {
         if !entry.manager_at_answer() {
             return None;
         }
         let rule = self.manager_rules().get(&entry.source)?;
         if rule.by_inn {
-            if let Some(manager) = self.manager_by_inn(entry) {
-                return Some(manager);
+            if let Some(record) = self.record_by_inn(entry) {
+                return Some(ManagerAtAnswer::Record(Arc::clone(record)));
             }
         }
-        rule.default_phone.as_ref().map(|phone| EffectiveManager {
-            extension: Some(phone.clone()),
-            name: None,
-            source: (*entry.source).into(),
-        })
+        rule.default_phone.clone().map(ManagerAtAnswer::Default)
     }
 
-    /// The one manager (by extension) the other sources' answering records
-    /// with `entry`'s INN (and KPP, where both have one) name; `None` when
-    /// none does or two name different ones.
-    fn manager_by_inn(&self, entry: &Entry) -> Option<EffectiveManager> {
+    /// [`Index::manager_source_at_answer`] as the manager itself (what the
+    /// operator's card shows): the record's effective manager (extension,
+    /// name, the system that named it), or the default's extension.
+    pub fn manager_at_answer(&self, entry: &Entry) -> Option<EffectiveManager> {
+        match self.manager_source_at_answer(entry)? {
+            ManagerAtAnswer::Record(record) => record.manager(),
+            ManagerAtAnswer::Default(phone) => Some(EffectiveManager {
+                extension: Some((*phone).into()),
+                name: None,
+                source: (*entry.source).into(),
+            }),
+        }
+    }
+
+    /// The record of another source with `entry`'s INN (and KPP, where both
+    /// have one) whose manager is the one such records name; `None` when
+    /// none names a manager or two name different ones (by extension).
+    fn record_by_inn(&self, entry: &Entry) -> Option<&Arc<Entry>> {
         let inn = entry.inn()?;
-        let mut found: Option<EffectiveManager> = None;
-        for other in self.answering_with_inn(inn) {
+        let mut named = self.answering_with_inn(inn).filter(|other| {
             // `has_manager`: an effective extension, its own or a CRM's;
             // an entry that itself inherits has none and does not count.
-            if other.source == entry.source || !other.has_manager {
-                continue;
-            }
-            if let (Some(a), Some(b)) = (entry.kpp.as_ref(), other.kpp.as_ref()) {
-                if a != b {
-                    continue;
+            other.source != entry.source
+                && other.has_manager
+                && match (entry.kpp.as_ref(), other.kpp.as_ref()) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => true,
                 }
-            }
-            let Some(manager) = other.manager().filter(|m| m.extension.is_some()) else {
-                continue;
-            };
-            match &found {
-                None => found = Some(manager),
-                Some(kept) if kept.extension == manager.extension => {}
-                Some(_) => return None,
+        });
+        let first = named.next()?;
+        // Usually one: nothing read back. More: the same extension, or none.
+        let mut extension = None;
+        for other in named {
+            let first_extension = extension.get_or_insert_with(|| extension_of(first));
+            if extension_of(other) != *first_extension {
+                return None;
             }
         }
-        found
+        Some(first)
     }
+}
+
+fn extension_of(entry: &Entry) -> Option<Box<str>> {
+    entry.manager().and_then(|m| m.extension)
 }
 
 #[cfg(test)]

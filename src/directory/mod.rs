@@ -40,7 +40,7 @@ use arc_swap::ArcSwap;
 
 pub use entry::Entry;
 pub use index::{Index, SourceInfo};
-pub use inherited::{ManagerRule, ManagerRules};
+pub use inherited::{ManagerAtAnswer, ManagerRule, ManagerRules};
 pub use model::Counterparty;
 pub use overlay::{EffectiveManager, Manager, Managers, Overlay, OverlayManager, Told};
 
@@ -618,6 +618,15 @@ impl Directory {
             return None;
         }
         self.current.load().manager_at_answer(entry)
+    }
+
+    /// Where that manager comes from ([`Index::manager_source_at_answer`]):
+    /// what a SayName answer is written with. `None` for every other entry.
+    pub fn manager_source_at_answer(&self, entry: &Entry) -> Option<ManagerAtAnswer> {
+        if !entry.manager_at_answer() {
+            return None;
+        }
+        self.current.load().manager_source_at_answer(entry)
     }
 
     /// The card the operator's pop-up shows for `entry`: [`Entry::card`]

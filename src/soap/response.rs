@@ -89,6 +89,26 @@ pub fn write_say_name_response_with_manager(
     );
 }
 
+/// [`write_say_name_response`] with the manager's part of another prepared
+/// answer, `manager_payload` (the record the manager is taken from, whose
+/// answer carries its manager), in place of the one `payload` holds: a copy,
+/// as every other answer is.
+pub fn write_say_name_response_with_manager_of(
+    out: &mut Vec<u8>,
+    version: SoapVersion,
+    namespace: &str,
+    payload: &[u8],
+    manager_payload: &[u8],
+) {
+    write_answer(
+        out,
+        version,
+        namespace,
+        "SayName",
+        Return::WithManagerOf(payload, manager_payload),
+    );
+}
+
 /// Appends an `IncomingCall` answer: `m:return` is `1`.
 pub fn write_incoming_call_response(out: &mut Vec<u8>, version: SoapVersion, namespace: &str) {
     write_answer(out, version, namespace, "IncomingCall", Return::Text(b"1"));
@@ -143,6 +163,8 @@ enum Return<'a> {
     Prepared(&'a [u8]),
     /// A prepared answer with another manager's extension (not escaped yet).
     WithManager(&'a [u8], &'a str),
+    /// A prepared answer with the manager of another prepared answer.
+    WithManagerOf(&'a [u8], &'a [u8]),
 }
 
 fn write_answer(
@@ -161,6 +183,7 @@ fn write_answer(
         Return::Text(t) => t.len(),
         Return::Prepared(p) => p.len() + DATA_TEMPLATE_LEN,
         Return::WithManager(p, phone) => p.len() + phone.len() + DATA_TEMPLATE_LEN,
+        Return::WithManagerOf(p, other) => p.len() + other.len() + DATA_TEMPLATE_LEN,
     };
     out.reserve(ANSWER_OVERHEAD + namespace.len() + payload_len);
     out.extend_from_slice(XML_DECLARATION);
@@ -174,8 +197,13 @@ fn write_answer(
     out.extend_from_slice(RETURN_START);
     match payload {
         Return::Text(text) => out.extend_from_slice(text),
-        Return::Prepared(prepared) => splice_prepared(out, prepared, None),
-        Return::WithManager(prepared, phone) => splice_prepared(out, prepared, Some(phone)),
+        Return::Prepared(prepared) => splice_prepared(out, prepared, Manager::Prepared),
+        Return::WithManager(prepared, phone) => {
+            splice_prepared(out, prepared, Manager::Extension(phone))
+        }
+        Return::WithManagerOf(prepared, other) => {
+            splice_prepared(out, prepared, Manager::Of(other))
+        }
     }
     out.extend_from_slice(b"</m:return></m:");
     out.extend_from_slice(operation.as_bytes());
@@ -239,10 +267,20 @@ fn cut_at_char(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Writes a prepared answer (see [`render_payload`]) between the template
-/// parts; with `manager_phone`, that extension in place of the prepared one.
-fn splice_prepared(out: &mut Vec<u8>, prepared: &[u8], manager_phone: Option<&str>) {
-    let (title, category, phone) = match prepared {
+/// The manager a prepared answer is written with.
+enum Manager<'a> {
+    /// Its own.
+    Prepared,
+    /// This extension, escaped when written.
+    Extension(&'a str),
+    /// The one of this other prepared answer.
+    Of(&'a [u8]),
+}
+
+/// A prepared answer's parts (see [`render_payload`]): title, category and
+/// the manager's extension, each escaped twice.
+fn prepared_parts(prepared: &[u8]) -> (&[u8], &[u8], &[u8]) {
+    match prepared {
         [t0, t1, c, rest @ ..] => {
             let title_len = usize::from(u16::from_le_bytes([*t0, *t1]));
             let category_len = usize::from(*c);
@@ -256,15 +294,21 @@ fn splice_prepared(out: &mut Vec<u8>, prepared: &[u8], manager_phone: Option<&st
             }
         }
         _ => (&[][..], &[][..], &[][..]),
-    };
+    }
+}
+
+/// Writes a prepared answer between the template parts, with `manager`.
+fn splice_prepared(out: &mut Vec<u8>, prepared: &[u8], manager: Manager<'_>) {
+    let (title, category, phone) = prepared_parts(prepared);
     out.extend_from_slice(DATA_BEFORE_TITLE);
     out.extend_from_slice(title);
     out.extend_from_slice(DATA_BEFORE_CATEGORY);
     out.extend_from_slice(category);
     out.extend_from_slice(DATA_BEFORE_PHONE);
-    match manager_phone {
-        Some(manager_phone) => push_text_twice(out, manager_phone),
-        None => out.extend_from_slice(phone),
+    match manager {
+        Manager::Prepared => out.extend_from_slice(phone),
+        Manager::Extension(extension) => push_text_twice(out, extension),
+        Manager::Of(other) => out.extend_from_slice(prepared_parts(other).2),
     }
     out.extend_from_slice(DATA_END);
 }
@@ -374,6 +418,15 @@ mod tests {
                     &say_name_payload(&counterparty(name, Some(2), Some(manager))),
                 );
                 assert_eq!(text(&spliced), text(&rendered), "{own:?} → {manager}");
+                let mut of = Vec::new();
+                write_say_name_response_with_manager_of(
+                    &mut of,
+                    SoapVersion::V11,
+                    "http://VATS",
+                    &payload,
+                    &say_name_payload(&counterparty("1C's client", None, Some(manager))),
+                );
+                assert_eq!(text(&of), text(&rendered), "{own:?} → {manager} (of)");
             }
         }
     }
@@ -458,7 +511,7 @@ mod tests {
     /// Any bytes given as a prepared answer still produce a well-formed answer.
     fn splice_is_total(prepared: &[u8]) -> bool {
         let mut out = Vec::new();
-        splice_prepared(&mut out, prepared, None);
+        splice_prepared(&mut out, prepared, Manager::Prepared);
         out.ends_with(DATA_END)
     }
 

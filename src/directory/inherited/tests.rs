@@ -66,6 +66,10 @@ fn a_client_without_a_manager_takes_the_one_of_the_other_sources_record_with_its
     );
     let driver = dir.lookup_id("servio:1").expect("servio:1");
     assert!(driver.manager_at_answer());
+    match dir.manager_source_at_answer(&driver) {
+        Some(ManagerAtAnswer::Record(record)) => assert_eq!(record.id(), "c1"),
+        other => panic!("{other:?}"),
+    }
     assert!(!driver.has_manager, "what the shared-phone rule ranks by");
     assert_eq!(routed(&dir, "89130000001").as_deref(), Some("244"));
     let card = dir.card(&driver).expect("card");
@@ -207,15 +211,27 @@ fn choosing_the_manager_at_answer_time_costs_microseconds() {
     let answer = |phone| {
         dir.with_phone(Some(phone), |entry, _| {
             let entry = entry.expect("known");
+            // As `vats` answers.
             let mut body = Vec::with_capacity(1024);
-            match dir.manager_at_answer(entry).and_then(|m| m.extension) {
-                Some(m) => soap::write_say_name_response_with_manager(
-                    &mut body,
-                    SoapVersion::V11,
-                    "http://VATS",
-                    &entry.say_name,
-                    &m,
-                ),
+            match dir.manager_source_at_answer(entry) {
+                Some(ManagerAtAnswer::Record(record)) => {
+                    soap::write_say_name_response_with_manager_of(
+                        &mut body,
+                        SoapVersion::V11,
+                        "http://VATS",
+                        &entry.say_name,
+                        &record.say_name,
+                    )
+                }
+                Some(ManagerAtAnswer::Default(phone)) => {
+                    soap::write_say_name_response_with_manager(
+                        &mut body,
+                        SoapVersion::V11,
+                        "http://VATS",
+                        &entry.say_name,
+                        &phone,
+                    )
+                }
                 None => soap::write_say_name_response(
                     &mut body,
                     SoapVersion::V11,
