@@ -790,10 +790,12 @@ pub struct ServioConfig {
     #[serde(default = "servio_max_records")]
     pub max_records: usize,
     /// A SERVIO client without a mapped manager is routed to the manager of
-    /// another source's record with the same INN.
+    /// another source's record with the same INN, chosen when the call is
+    /// answered (`directory::ManagerRules`).
     #[serde(default = "yes")]
     pub manager_from_inn: bool,
-    /// The manager of SERVIO clients that have none otherwise.
+    /// The manager of SERVIO clients that have none otherwise, likewise
+    /// chosen when the call is answered, never written into their records.
     #[serde(default)]
     pub default_manager_phone: Option<String>,
 }

@@ -217,6 +217,7 @@ impl Gateway {
             .counting_unusable_phones(metrics.directory_unusable_phones.clone())
             .counting_invalid_requisites(metrics.directory_invalid_requisites.clone())
             .with_managers(managers(&config))
+            .with_manager_rules(manager_rules(&config))
             .counting_unmapped_managers(metrics.sync_unmapped_managers.clone());
         // The feed hears every change from the first source load on (the
         // snapshot's load is not a change; the start-up reconcile covers it).
@@ -1273,6 +1274,27 @@ fn managers(config: &Config) -> directory::Managers {
         }
     }
     managers
+}
+
+/// The sources' rules for a manager chosen when a call is answered: with
+/// `[servio]`, its clients without a manager of their own take the one of
+/// another source's record with the same INN (`manager_from_inn`), else
+/// `default_manager_phone` (see `directory::inherited`).
+fn manager_rules(config: &Config) -> directory::ManagerRules {
+    let mut rules = directory::ManagerRules::default();
+    if let Some(servio) = &config.servio {
+        rules.set(
+            servio::SOURCE,
+            directory::ManagerRule {
+                by_inn: servio.manager_from_inn,
+                default_phone: servio
+                    .default_manager_phone
+                    .as_deref()
+                    .map(|p| p.trim().into()),
+            },
+        );
+    }
+    rules
 }
 
 /// `[[manager]] onec_user`: the 1C users `onec.manager_ref_field` names,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::directory::{Counterparty, Directory, Entry};
+use crate::directory::{Counterparty, Directory, Entry, ManagerAtAnswer};
 use crate::logging::{Escaped, RequestId, WarnLimiter};
 use crate::metrics::{Metrics, OperationLabel, Outcome};
 use crate::phone::{self, PhoneKey};
@@ -155,6 +155,10 @@ impl Vats {
         let local = self
             .directory
             .with_phone(phone, |entry, loaded| match entry {
+                // Only a record whose manager is chosen now (by INN, else a
+                // default: SERVIO's clients without their own) pays more
+                // than the copy of its answer.
+                Some(entry) if entry.manager_at_answer() => Ok(self.say_name_now(request, entry)),
                 Some(entry) => Ok(say_name_reply(request, &entry.say_name)),
                 None => Err(loaded),
             });
@@ -166,7 +170,7 @@ impl Vats {
             // Boxed: the lookup's future is large, and inline it would make
             // every SayName's future (and its moves) that large too.
             if let Some(entry) = Box::pin(live.find(phone)).await {
-                return (say_name_reply(request, &entry.say_name), Outcome::Known);
+                return (self.say_name_now(request, &entry), Outcome::Known);
             }
         }
         let outcome = if loaded {
@@ -178,6 +182,36 @@ impl Vats {
             say_name_reply(request, soap::unknown_caller_payload()),
             outcome,
         )
+    }
+
+    /// The SayName answer of `entry` with the manager chosen now when its
+    /// manager is chosen at answer time (`Directory::manager_source_at_answer`:
+    /// an INN lookup, then the answer written with the manager's part of the
+    /// other record's prepared answer, or the default's), else its prepared
+    /// answer.
+    fn say_name_now(&self, request: &Request, entry: &Entry) -> SoapReply {
+        let manager = self.directory.manager_source_at_answer(entry);
+        let Some(manager) = manager else {
+            return say_name_reply(request, &entry.say_name);
+        };
+        let mut body = Vec::with_capacity(512 + 2 * entry.say_name.len());
+        match manager {
+            ManagerAtAnswer::Record(record) => soap::write_say_name_response_with_manager_of(
+                &mut body,
+                request.version,
+                &request.namespace,
+                &entry.say_name,
+                &record.say_name,
+            ),
+            ManagerAtAnswer::Default(phone) => soap::write_say_name_response_with_manager(
+                &mut body,
+                request.version,
+                &request.namespace,
+                &entry.say_name,
+                &phone,
+            ),
+        }
+        SoapReply::answer(request.version, body)
     }
 
     /// The caller's record: the directory's, else 1C's (live, within its budget).
@@ -264,8 +298,10 @@ impl Vats {
             .find_caller(normalized)
             .await
             // The card shows what a CRM's overlay adds (the effective
-            // manager, links, numbers); the journal keeps only the id.
-            .and_then(|e| match e.card() {
+            // manager, links, numbers) and a manager chosen at answer time
+            // (the one SayName routed the call to); the journal keeps only
+            // the id.
+            .and_then(|e| match self.directory.card(&e) {
                 Ok(c) => Some(Arc::new(c)),
                 Err(err) => {
                     tracing::error!(id = e.id(), error = %err, request_id = %request, "directory entry unreadable; showing the caller as unknown");

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use cti_gateway::config::Config;
 use cti_gateway::Gateway;
+use support::mock_onec::{guid, MockCounterparty, MockOnec};
 use support::*;
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -33,11 +34,18 @@ fn servio_table(dir: &Path, take: &str) -> String {
 }
 
 async fn start_servio(dir: tempfile::TempDir, take: &str) -> TestGateway {
+    start_servio_with(dir, take, "").await
+}
+
+/// [`start_servio`] with `extra` after `[servio]`'s keys: more of its keys,
+/// then other tables.
+async fn start_servio_with(dir: tempfile::TempDir, take: &str, extra: &str) -> TestGateway {
     std::fs::create_dir_all(dir.path().join("in")).expect("import dir");
     if !dir.path().join("counterparties.jsonl").exists() {
         std::fs::write(dir.path().join("counterparties.jsonl"), DIRECTORY).expect("directory");
     }
-    let text = config_text(dir.path(), &servio_table(dir.path(), take));
+    let table = format!("{}{extra}", servio_table(dir.path(), take));
+    let text = config_text(dir.path(), &table);
     let config = Config::parse(&text, &dir.path().join("gateway.toml"), &|_| None)
         .expect("test config is valid");
     let gateway = Gateway::start(config).await.expect("gateway starts");
@@ -445,5 +453,264 @@ async fn with_a_ready_marker_a_file_waits_for_its_marker() {
     })
     .await;
     taken(&gw).await;
+    gw.stop().await;
+}
+
+// ------------------------------------------------- the manager by INN (item 6)
+
+/// `[onec]` over the mock 1C: its extension field, read once at start and
+/// again on each `Gateway::reload()`.
+fn onec_table(mock: &MockOnec) -> String {
+    format!(
+        "\n[onec]\nodata_url = \"{}\"\nusername = \"odata\"\npassword = \"{}\"\nrefresh = \"1h\"\nlookup_budget_ms = 300\nmanager_phone_field = \"ДобавочныйМенеджера\"\ntimeout = \"2s\"\n",
+        mock.url(),
+        support::mock_onec::PASSWORD
+    )
+}
+
+/// A 1C client with this INN and manager's extension.
+fn onec_client(n: u64, inn: &str, extension: &str, phone: &str) -> MockCounterparty {
+    MockCounterparty::new(guid(n), format!("ООО Клиент {n}"))
+        .inn(inn, "770101001")
+        .extra("ДобавочныйМенеджера", extension)
+        .phone(format!("+{phone}"), phone)
+}
+
+/// SERVIO's drivers: D1 under 1C client 1's INN without a manager, D2 under
+/// it with its own (250), D3 under the INN two 1C clients share with
+/// different managers, D4 under an INN 1C does not have.
+const DRIVERS: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Export>
+<Clients>
+<Client Code="D1"><Name>Водитель 1</Name><INN>7701000001</INN><Contacts><Phone>+7 913 300-00-01</Phone></Contacts></Client>
+<Client Code="D2"><Name>Водитель 2</Name><INN>7701000001</INN><Contacts><Phone>+7 913 300-00-02</Phone></Contacts><Manager Ext="250">Свой</Manager></Client>
+<Client Code="D3"><Name>Водитель 3</Name><INN>7703000003</INN><Contacts><Phone>+7 913 300-00-03</Phone></Contacts></Client>
+<Client Code="D4"><Name>Водитель 4</Name><INN>7704000004</INN><Contacts><Phone>+7 913 300-00-04</Phone></Contacts></Client>
+</Clients>
+</Export>
+"#;
+
+/// A gateway over the mock 1C (clients 1; 2 and 3 sharing an INN) with
+/// SERVIO's drivers applied; `servio_keys` are more `[servio]` keys.
+async fn drivers_and_1c(servio_keys: &str) -> (TestGateway, MockOnec) {
+    let mock = MockOnec::start().await;
+    mock.upsert(onec_client(1, "7701000001", "244", "79250000001"));
+    mock.upsert(onec_client(2, "7703000003", "301", "79250000002"));
+    mock.upsert(onec_client(3, "7703000003", "302", "79250000003"));
+    let extra = format!("{servio_keys}{}", onec_table(&mock));
+    let gw = start_servio_with(tempfile::tempdir().expect("dir"), "move", &extra).await;
+    eventually(WITHIN, "1C read", || {
+        gw.gateway().directory().lookup_id(&guid(3)).is_some()
+    })
+    .await;
+    std::fs::write(
+        gw.dir.path().join("in").join("Changes_drivers.xml"),
+        DRIVERS,
+    )
+    .expect("drop");
+    gw.gateway().reload();
+    eventually(WITHIN, "drivers applied", || {
+        name_of(&gw, "servio:D4").is_some()
+    })
+    .await;
+    (gw, mock)
+}
+
+/// The extension SayName routes `number` to.
+async fn routed(gw: &TestGateway, number: &str) -> String {
+    let data = say_name(gw, number).await;
+    let phone = element_text(&data, "phone").unwrap_or_default().to_owned();
+    assert!(data.contains("Водитель"), "{data}");
+    phone
+}
+
+#[tokio::test]
+async fn manager_from_inn_routes_a_driver_to_the_1c_clients_manager_and_follows_its_change() {
+    let (mut gw, mock) = drivers_and_1c("default_manager_phone = \"200\"\n").await;
+    assert_eq!(routed(&gw, "89133000001").await, "244");
+    // A mapped manager wins over both.
+    assert_eq!(routed(&gw, "89133000002").await, "250");
+    // Two 1C clients with the INN and different managers: the default.
+    assert_eq!(routed(&gw, "89133000003").await, "200");
+    // No 1C client with the INN: the default.
+    assert_eq!(routed(&gw, "89133000004").await, "200");
+    // Nothing of it is stored in SERVIO's record.
+    let d1 = gw.gateway().directory().lookup_id("servio:D1").expect("D1");
+    assert!(d1.counterparty().expect("D1").manager_phone.is_none());
+    // The operator's pop-up shows the manager the call goes to.
+    let mut screen = gw
+        .gateway()
+        .hub()
+        .subscribe(OPERATOR_KEY, None)
+        .expect("known key");
+    let reply = soap(
+        gw.addr,
+        &incoming_call_envelope("89133000001", OPERATOR_KEY),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let message = tokio::time::timeout(Duration::from_secs(5), screen.recv())
+        .await
+        .expect("pop-up within 5 s")
+        .expect("subscription open");
+    let json: serde_json::Value = serde_json::from_str(&message.json).expect("json");
+    assert_eq!(json["counterparty"]["id"], "servio:D1", "{json}");
+    assert_eq!(json["counterparty"]["manager_phone"], "244", "{json}");
+    assert_eq!(json["counterparty"]["manager_source"], "onec", "{json}");
+    // 1C's client gets another manager: after 1C's refresh the driver's
+    // calls follow, without any SERVIO file.
+    mock.upsert(onec_client(1, "7701000001", "247", "79250000001"));
+    gw.gateway().reload();
+    let mut now = String::new();
+    for _ in 0..400 {
+        now = routed(&gw, "89133000001").await;
+        if now == "247" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(now, "247", "the new manager after 1C's refresh");
+    assert!(files_in(&gw.dir.path().join("archive")).len() == 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn without_manager_from_inn_a_driver_goes_to_the_default_and_its_own_wins() {
+    let (mut gw, _mock) =
+        drivers_and_1c("manager_from_inn = false\ndefault_manager_phone = \"200\"\n").await;
+    assert_eq!(routed(&gw, "89133000001").await, "200");
+    assert_eq!(routed(&gw, "89133000002").await, "250");
+    gw.stop().await;
+    // Neither rule: no manager.
+    let (mut gw, _mock) = drivers_and_1c("manager_from_inn = false\n").await;
+    assert_eq!(routed(&gw, "89133000001").await, "");
+    gw.stop().await;
+}
+
+// ------------------------------------------------- the ledger's identities
+
+/// A sparse file of `size` bytes (no disk taken) starting with `head`.
+fn sparse_file(path: &Path, size: u64, head: &[u8]) {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path).expect("create");
+    file.write_all(head).expect("head");
+    file.set_len(size).expect("set_len");
+}
+
+#[tokio::test]
+async fn an_oversized_file_is_known_again_by_its_bytes_across_a_restart_not_by_its_name() {
+    const OVER: u64 = 512 * 1024 * 1024 + 1;
+    let mut gw = start_servio(tempfile::tempdir().expect("dir"), "move").await;
+    let import = gw.dir.path().join("in");
+    sparse_file(
+        &import.join("Changes_big.xml"),
+        OVER,
+        b"<?xml version=\"1.0\"?>",
+    );
+    gw.gateway().reload();
+    taken(&gw).await;
+    let metrics = get(gw.addr, "/metrics").await.body;
+    assert!(
+        metrics.contains("cti_servio_files_total{outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
+    gw.stop().await;
+    let mut gw = start_servio(gw.dir, "move").await;
+    let import = gw.dir.path().join("in");
+    // The same bytes again, under another name (another mtime too).
+    sparse_file(
+        &import.join("Changes_big2.xml"),
+        OVER,
+        b"<?xml version=\"1.0\"?>",
+    );
+    gw.gateway().reload();
+    taken(&gw).await;
+    let metrics = get(gw.addr, "/metrics").await.body;
+    assert!(
+        metrics.contains("cti_servio_files_total{outcome=\"duplicate\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("cti_servio_files_total{outcome=\"failed\"}"),
+        "{metrics}"
+    );
+    // Other bytes under the first name: a file of its own, refused.
+    sparse_file(
+        &import.join("Changes_big.xml"),
+        OVER,
+        b"<?xml version='1.0'?>",
+    );
+    gw.gateway().reload();
+    taken(&gw).await;
+    let metrics = get(gw.addr, "/metrics").await.body;
+    assert!(
+        metrics.contains("cti_servio_files_total{outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
+    gw.stop().await;
+    let db = rusqlite::Connection::open(gw.dir.path().join("store.servio.sqlite")).expect("open");
+    let keys: Vec<String> = db
+        .prepare("SELECT hash FROM servio_files ORDER BY at")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with("sample:")), "{keys:?}");
+    let errors = files_in(&gw.dir.path().join("errors"));
+    assert_eq!(
+        errors.iter().filter(|n| n.ends_with(".error.txt")).count(),
+        3,
+        "{errors:?}"
+    );
+}
+
+#[tokio::test]
+async fn take_leave_remembers_a_duplicate_left_in_place_across_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let import = dir.path().join("in");
+    std::fs::create_dir_all(&import).expect("import dir");
+    std::fs::copy(
+        sample("Clients_full.utf8.xml"),
+        import.join("Clients_1.xml"),
+    )
+    .expect("drop");
+    std::fs::copy(
+        sample("Clients_full.utf8.xml"),
+        import.join("Clients_2.xml"),
+    )
+    .expect("drop");
+    let mut gw = start_servio(dir, "leave").await;
+    let archive = gw.dir.path().join("archive");
+    eventually(WITHIN, "applied", || name_of(&gw, "servio:1001").is_some()).await;
+    eventually(WITHIN, "copied once", || files_in(&archive).len() == 1).await;
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = get(gw.addr, "/metrics").await.body;
+        if metrics.contains("cti_servio_files_total{outcome=\"duplicate\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        metrics.contains("cti_servio_files_total{outcome=\"duplicate\"} 1"),
+        "{metrics}"
+    );
+    gw.stop().await;
+    // A new process: neither file is hashed again.
+    let mut gw = start_servio(gw.dir, "leave").await;
+    for _ in 0..3 {
+        gw.gateway().reload();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = get(gw.addr, "/metrics").await.body;
+    assert!(
+        !metrics.contains("cti_servio_files_total{outcome=")
+            && !metrics.contains("cti_servio_file_seconds_count{stage=\"hash\"}"),
+        "nothing hashed, applied or counted again: {metrics}"
+    );
+    assert_eq!(files_in(&import), ["Clients_1.xml", "Clients_2.xml"]);
+    assert_eq!(files_in(&archive).len(), 1);
     gw.stop().await;
 }

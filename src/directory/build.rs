@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::entry::{Entry, Prepared};
+use super::inherited::ManagerRules;
 use super::keys::{by_id, overlay_of, ById, ByOverlay};
 use super::shards::Shards;
 use super::{Counterparty, Renderer};
@@ -55,7 +56,10 @@ const MIN_CHUNK: usize = 16_384;
 /// source's set) keeps that entry's receive time: it was not received
 /// again, only read again. With the same change marker too, and `reuse`, it
 /// keeps the entry itself (nothing is rendered), unless its id's overlay
-/// (in `overlays`) is not the one that entry was built with.
+/// (in `overlays`) is not the one that entry was built with. `rules` (the
+/// same for every build of a directory) tell which entries choose their
+/// manager at answer time.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn build_entries(
     records: Vec<Counterparty>,
     source: &Arc<str>,
@@ -63,6 +67,7 @@ pub(super) fn build_entries(
     render: Renderer,
     previous: &Shards<ById>,
     overlays: &Shards<ByOverlay>,
+    rules: &ManagerRules,
     reuse: bool,
 ) -> Built {
     let records = stamps.attach(records);
@@ -84,7 +89,7 @@ pub(super) fn build_entries(
                     }
                 }
                 let stamp = old.map_or(stamp, |old| old.stamp);
-                let (entry, bad) = Entry::new(prepared, source, stamp, render, overlay);
+                let (entry, bad) = Entry::new(prepared, source, stamp, render, overlay, rules);
                 unusable += bad;
                 Arc::new(entry)
             })

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::inherited::ManagerRules;
 use super::overlay::{self, Applied};
 use super::packed::Packed;
 use super::{Counterparty, Renderer};
@@ -35,7 +36,18 @@ pub struct Entry {
     pub source: Arc<str>,
     /// The record's phones, normalized, without repeats, in the order written.
     pub(super) phones: Box<[PhoneKey]>,
+    /// Whether the record has an effective manager's extension when built
+    /// (its own or a CRM overlay's): what the shared-phone rule
+    /// ([`Entry::wins_phone_over`]) ranks by. A manager chosen at answer
+    /// time ([`Entry::manager_at_answer`]) does not count: it depends on
+    /// other records, and which record a phone answers with must depend on
+    /// the records that list the phone only (so that an index built change
+    /// by change and one built in one pass agree).
     pub(super) has_manager: bool,
+    /// Set when built: the record has no effective manager and its source
+    /// has a rule that chooses one when a call is answered (see
+    /// [`inherited`](super::inherited)). Only such entries pay for it.
+    manager_at_answer: bool,
     /// A hash of the record's content (its canonical JSON without the change
     /// marker, after cleaning): a record whose content did not change keeps
     /// its receive time, whatever else changed in its source.
@@ -119,6 +131,7 @@ impl Entry {
         stamp: u64,
         render: Renderer,
         overlay: Option<&Arc<Applied>>,
+        rules: &ManagerRules,
     ) -> (Entry, usize) {
         let Prepared {
             mut counterparty,
@@ -133,6 +146,7 @@ impl Entry {
             stamp,
             render,
             overlay.cloned(),
+            rules,
         )
     }
 
@@ -143,6 +157,7 @@ impl Entry {
         &self,
         overlay: Option<Arc<Applied>>,
         render: Renderer,
+        rules: &ManagerRules,
     ) -> Option<Entry> {
         // Packed again with the new answer: the name may be kept as a part
         // of the answer, which is rendered again.
@@ -154,6 +169,7 @@ impl Entry {
             self.stamp,
             render,
             overlay,
+            rules,
         );
         Some(entry)
     }
@@ -168,6 +184,7 @@ impl Entry {
         stamp: u64,
         render: Renderer,
         overlay: Option<Arc<Applied>>,
+        rules: &ManagerRules,
     ) -> (Entry, usize) {
         let mut phones = Vec::with_capacity(counterparty.phones.len());
         let mut unusable = 0;
@@ -194,13 +211,15 @@ impl Entry {
         });
         let shown = shown.as_ref().unwrap_or(&counterparty);
         let say_name = render(shown);
+        let has_manager = shown
+            .manager_phone
+            .as_deref()
+            .is_some_and(|m| !m.trim().is_empty());
         let entry = Entry {
             record: Packed::new(&counterparty, &say_name),
             say_name,
-            has_manager: shown
-                .manager_phone
-                .as_deref()
-                .is_some_and(|m| !m.trim().is_empty()),
+            has_manager,
+            manager_at_answer: !has_manager && rules.applies_to(source),
             kpp: counterparty.kpp.as_deref().and_then(normalize_kpp),
             source: Arc::clone(source),
             phones: phones.into_boxed_slice(),
@@ -218,6 +237,7 @@ impl Entry {
         source: &str,
         render: Renderer,
         overlay: Option<&Arc<Applied>>,
+        rules: &ManagerRules,
     ) -> Entry {
         let source: Arc<str> = Arc::from(source);
         Entry::new(
@@ -226,6 +246,7 @@ impl Entry {
             unix_ms(SystemTime::now()),
             render,
             overlay,
+            rules,
         )
         .0
     }
@@ -281,10 +302,21 @@ impl Entry {
         Ok(record)
     }
 
-    /// The manager calls for this record are routed to (see [`Entry::card`]).
+    /// The manager calls for this record are routed to (see [`Entry::card`]),
+    /// as built: a manager chosen at answer time is not here (see
+    /// [`Entry::manager_at_answer`], [`Index::manager_at_answer`](super::Index::manager_at_answer)).
     pub fn manager(&self) -> Option<overlay::EffectiveManager> {
         let record = self.counterparty().ok()?;
         overlay::effective_manager(&record, &self.source, self.overlay.as_deref())
+    }
+
+    /// Whether this record's manager is chosen when a call is answered
+    /// (it has none of its own and its source has a rule for that; see
+    /// [`Index::manager_at_answer`](super::Index::manager_at_answer)). False
+    /// for every other entry, whose answer is [`Entry::say_name`] as it is.
+    #[inline]
+    pub fn manager_at_answer(&self) -> bool {
+        self.manager_at_answer
     }
 
     /// Whether a CRM's overlay is applied to this entry.
@@ -328,7 +360,8 @@ impl Entry {
 
     /// The ambiguity rule: when several counterparties list one phone, the
     /// answer is the one that (1) has a responsible manager's extension (its
-    /// effective manager's: a CRM's overlay may give one), so the
+    /// effective manager's: a CRM's overlay may give one; not one chosen at
+    /// answer time, by INN or a source's default: see `has_manager`), so the
     /// PBX can route the call; then (2) lists that phone earlier among its own
     /// phones (a client's main number beats a shared office line listed
     /// later); then (3) has the lowest id in byte order, so the choice never

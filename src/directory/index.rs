@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use super::build::{build_entries, Stamps};
 use super::entry::{unix_ms, Entry, Prepared};
+use super::inherited::ManagerRules;
 use super::keys::{
     by_id, by_inn, first_on_phone, overlay_of, tombstones_of, ById, ByInn, ByOverlay, OnPhone,
 };
@@ -85,6 +86,9 @@ pub struct Index {
     ambiguous_phones: usize,
     /// CRMs' overlays by record id, applied to every copy of the id.
     overlays: Overlays,
+    /// The sources' rules for a manager chosen at answer time: fixed when
+    /// the directory is made, handed from each index to the next.
+    manager_rules: Arc<ManagerRules>,
 }
 
 /// The overlays and a count of their changes, so that a set built against
@@ -101,8 +105,9 @@ fn answers_over(a: &Entry, b: &Entry) -> bool {
 }
 
 impl Index {
-    pub(super) fn empty() -> Index {
+    pub(super) fn empty(manager_rules: Arc<ManagerRules>) -> Index {
         Index {
+            manager_rules,
             loaded: false,
             tombstones: Shards::new(),
             sources: Vec::new(),
@@ -127,6 +132,16 @@ impl Index {
     /// Every overlay set (O(overlays)).
     pub(super) fn overlays(&self) -> impl Iterator<Item = &Arc<Applied>> {
         self.overlays.map.iter().map(|o| &o.0)
+    }
+
+    pub(super) fn manager_rules(&self) -> &ManagerRules {
+        &self.manager_rules
+    }
+
+    /// The answering copies with this INN (see [`Index::by_inn`]), borrowed:
+    /// the answer-time manager's lookup allocates nothing for it.
+    pub(super) fn answering_with_inn(&self, inn: &str) -> impl Iterator<Item = &Arc<Entry>> {
+        by_inn(&self.by_inn, inn).iter().map(|e| &e.0)
     }
 
     /// Ids with an overlay.
@@ -278,6 +293,7 @@ impl Index {
             render,
             previous,
             &self.overlays.map,
+            &self.manager_rules,
             reuse,
         );
         // One id twice in a set: the first record is the one kept.
@@ -355,7 +371,9 @@ impl Index {
         for ById(entry) in entries.iter() {
             let overlay = self.overlay(entry.id());
             if !entry.same_overlay(overlay) {
-                if let Some(again) = entry.with_overlay(overlay.cloned(), render) {
+                if let Some(again) =
+                    entry.with_overlay(overlay.cloned(), render, &self.manager_rules)
+                {
                     edit.insert(ById(Arc::new(again)));
                 }
             }
@@ -404,7 +422,9 @@ impl Index {
                     if entry.same_overlay(overlay) {
                         continue;
                     }
-                    if let Some(again) = entry.with_overlay(overlay.cloned(), render) {
+                    if let Some(again) =
+                        entry.with_overlay(overlay.cloned(), render, &self.manager_rules)
+                    {
                         entries.insert(ById(Arc::new(again)));
                         changed = true;
                     }
@@ -451,6 +471,7 @@ impl Index {
             render,
             previous,
             &self.overlays.map,
+            &self.manager_rules,
             true,
         );
         let mut entries = previous.edit();
@@ -588,6 +609,7 @@ impl Index {
             self.update(sources, tombstones, touched)
         };
         index.loaded = loaded;
+        index.manager_rules = Arc::clone(&self.manager_rules);
         index
     }
 
@@ -631,6 +653,7 @@ impl Index {
             phones: answers.phones,
             ambiguous_phones: answers.ambiguous_phones,
             overlays: self.overlays.clone(),
+            manager_rules: Arc::clone(&self.manager_rules),
         }
     }
 
@@ -694,6 +717,8 @@ impl Index {
             phones,
             ambiguous_phones,
             overlays,
+            // [`Index::derive`] hands on the rules of the index it derives from.
+            manager_rules: Arc::default(),
         }
     }
 }

@@ -23,6 +23,7 @@
 mod build;
 mod entry;
 mod index;
+mod inherited;
 mod keys;
 pub mod model;
 pub mod overlay;
@@ -39,6 +40,7 @@ use arc_swap::ArcSwap;
 
 pub use entry::Entry;
 pub use index::{Index, SourceInfo};
+pub use inherited::{ManagerAtAnswer, ManagerRule, ManagerRules};
 pub use model::Counterparty;
 pub use overlay::{EffectiveManager, Manager, Managers, Overlay, OverlayManager, Told};
 
@@ -210,7 +212,7 @@ impl RequisiteFaults {
 impl Directory {
     pub fn new(render: Renderer) -> Directory {
         Directory {
-            current: ArcSwap::from_pointee(Index::empty()),
+            current: ArcSwap::from_pointee(Index::empty(Arc::default())),
             render,
             writer: Mutex::new(()),
             spent: Mutex::new(Vec::new()),
@@ -228,6 +230,16 @@ impl Directory {
     /// [`overlay`]); for overlays set from now on.
     pub fn with_managers(self, managers: Managers) -> Directory {
         self.managers.store(Arc::new(managers));
+        self
+    }
+
+    /// The sources' rules for a manager chosen when a call is answered
+    /// (SERVIO's `manager_from_inn` and `default_manager_phone`; see
+    /// [`inherited`]). Fixed for the directory's life: call it before any
+    /// record is loaded (whether an entry needs its rule is decided when it
+    /// is built).
+    pub fn with_manager_rules(self, rules: ManagerRules) -> Directory {
+        self.current.store(Arc::new(Index::empty(Arc::new(rules))));
         self
     }
 
@@ -598,6 +610,38 @@ impl Directory {
         f(entry, index.is_loaded())
     }
 
+    /// The manager a call from `entry` goes to when it is chosen at answer
+    /// time ([`Entry::manager_at_answer`]; see [`Index::manager_at_answer`]),
+    /// from the index as it is now. `None` for every other entry.
+    pub fn manager_at_answer(&self, entry: &Entry) -> Option<EffectiveManager> {
+        if !entry.manager_at_answer() {
+            return None;
+        }
+        self.current.load().manager_at_answer(entry)
+    }
+
+    /// Where that manager comes from ([`Index::manager_source_at_answer`]):
+    /// what a SayName answer is written with. `None` for every other entry.
+    pub fn manager_source_at_answer(&self, entry: &Entry) -> Option<ManagerAtAnswer> {
+        if !entry.manager_at_answer() {
+            return None;
+        }
+        self.current.load().manager_source_at_answer(entry)
+    }
+
+    /// The card the operator's pop-up shows for `entry`: [`Entry::card`]
+    /// with the manager chosen at answer time, when the entry's is (the
+    /// same manager SayName routes the call to).
+    pub fn card(&self, entry: &Entry) -> Result<Counterparty, serde_json::Error> {
+        let mut card = entry.card()?;
+        if let Some(manager) = self.manager_at_answer(entry) {
+            card.manager_phone = manager.extension;
+            card.manager_name = manager.name;
+            card.manager_source = Some(manager.source);
+        }
+        Ok(card)
+    }
+
     pub fn lookup_id(&self, id: &str) -> Option<Arc<Entry>> {
         self.current.load().by_id(id).cloned()
     }
@@ -793,7 +837,13 @@ impl Directory {
     pub fn prepare_entry(&self, source: &str, record: Counterparty) -> Arc<Entry> {
         let index = self.current.load();
         let overlay = index.overlay(&record.id);
-        Arc::new(Entry::detached(record, source, self.render, overlay))
+        Arc::new(Entry::detached(
+            record,
+            source,
+            self.render,
+            overlay,
+            index.manager_rules(),
+        ))
     }
 }
 

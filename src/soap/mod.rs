@@ -19,7 +19,8 @@ mod wsdl;
 pub use request::{parse_request, Operation, Request, RequestError};
 pub use response::{
     say_name_payload, unknown_caller_payload, write_fault, write_incoming_call_response,
-    write_say_name_response,
+    write_say_name_response, write_say_name_response_with_manager,
+    write_say_name_response_with_manager_of,
 };
 pub use shape::RequestReader;
 pub use wsdl::wsdl;

@@ -69,6 +69,46 @@ pub fn write_say_name_response(
     );
 }
 
+/// [`write_say_name_response`] with the manager's extension `manager_phone`
+/// in place of the one `payload` holds: the answer of a caller whose
+/// manager is chosen when the call is answered (the directory's
+/// `manager_at_answer`), the name and category as rendered at load.
+pub fn write_say_name_response_with_manager(
+    out: &mut Vec<u8>,
+    version: SoapVersion,
+    namespace: &str,
+    payload: &[u8],
+    manager_phone: &str,
+) {
+    write_answer(
+        out,
+        version,
+        namespace,
+        "SayName",
+        Return::WithManager(payload, manager_phone),
+    );
+}
+
+/// [`write_say_name_response`] with the manager's part of another prepared
+/// answer, `manager_payload` (the record the manager is taken from, whose
+/// answer carries its manager), in place of the one `payload` holds: a copy,
+/// as every other answer is.
+pub fn write_say_name_response_with_manager_of(
+    out: &mut Vec<u8>,
+    version: SoapVersion,
+    namespace: &str,
+    payload: &[u8],
+    manager_payload: &[u8],
+) {
+    write_answer(
+        out,
+        version,
+        namespace,
+        "SayName",
+        Return::WithManagerOf(payload, manager_payload),
+    );
+}
+
 /// Appends an `IncomingCall` answer: `m:return` is `1`.
 pub fn write_incoming_call_response(out: &mut Vec<u8>, version: SoapVersion, namespace: &str) {
     write_answer(out, version, namespace, "IncomingCall", Return::Text(b"1"));
@@ -121,6 +161,10 @@ pub fn write_fault(out: &mut Vec<u8>, version: SoapVersion, code: FaultCode, mes
 enum Return<'a> {
     Text(&'a [u8]),
     Prepared(&'a [u8]),
+    /// A prepared answer with another manager's extension (not escaped yet).
+    WithManager(&'a [u8], &'a str),
+    /// A prepared answer with the manager of another prepared answer.
+    WithManagerOf(&'a [u8], &'a [u8]),
 }
 
 fn write_answer(
@@ -141,6 +185,9 @@ fn write_answer(
     let payload_len = match payload {
         Return::Text(t) => t.len(),
         Return::Prepared(p) => p.len().saturating_sub(PREPARED_HEADER_LEN) + DATA_TEMPLATE_LEN,
+        // Rare (a manager chosen at answer time): room enough, not exact.
+        Return::WithManager(p, phone) => p.len() + phone.len() + DATA_TEMPLATE_LEN,
+        Return::WithManagerOf(p, other) => p.len() + other.len() + DATA_TEMPLATE_LEN,
     };
     let namespace_len = if is_plain_attribute(namespace) {
         namespace.len()
@@ -165,7 +212,13 @@ fn write_answer(
     out.extend_from_slice(RETURN_START);
     match payload {
         Return::Text(text) => out.extend_from_slice(text),
-        Return::Prepared(prepared) => splice_prepared(out, prepared),
+        Return::Prepared(prepared) => splice_prepared(out, prepared, Manager::Prepared),
+        Return::WithManager(prepared, phone) => {
+            splice_prepared(out, prepared, Manager::Extension(phone))
+        }
+        Return::WithManagerOf(prepared, other) => {
+            splice_prepared(out, prepared, Manager::Of(other))
+        }
     }
     out.extend_from_slice(RETURN_END);
     out.extend_from_slice(operation.as_bytes());
@@ -207,17 +260,8 @@ const DATA_TEMPLATE_LEN: usize =
 /// about 220 MB for a million counterparties.
 fn render_payload(title: &str, category: &str, phone: &str) -> Box<[u8]> {
     let escape_twice = |s: &str| -> Vec<u8> {
-        let mut once = Vec::with_capacity(s.len() + 8);
-        push_text(&mut once, s);
-        let mut twice = Vec::with_capacity(once.len() + 16);
-        for &b in &once {
-            match b {
-                b'&' => twice.extend_from_slice(b"&amp;"),
-                b'<' => twice.extend_from_slice(b"&lt;"),
-                b'>' => twice.extend_from_slice(b"&gt;"),
-                _ => twice.push(b),
-            }
-        }
+        let mut twice = Vec::with_capacity(s.len() + 16);
+        push_text_twice(&mut twice, s);
         twice
     };
     // Escaping twice turns one byte into at most 9 (`&` → `&amp;amp;`), so
@@ -235,6 +279,21 @@ fn render_payload(title: &str, category: &str, phone: &str) -> Box<[u8]> {
     prepared.into_boxed_slice()
 }
 
+/// Appends `s` escaped twice: once as the `<data>` document's text, once
+/// more as `m:return`'s.
+fn push_text_twice(out: &mut Vec<u8>, s: &str) {
+    let mut once = Vec::with_capacity(s.len() + 8);
+    push_text(&mut once, s);
+    for &b in &once {
+        match b {
+            b'&' => out.extend_from_slice(b"&amp;"),
+            b'<' => out.extend_from_slice(b"&lt;"),
+            b'>' => out.extend_from_slice(b"&gt;"),
+            _ => out.push(b),
+        }
+    }
+}
+
 /// `s` cut to at most `max` bytes on a character boundary.
 fn cut_at_char(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -247,9 +306,20 @@ fn cut_at_char(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Writes a prepared answer (see [`render_payload`]) between the template parts.
-fn splice_prepared(out: &mut Vec<u8>, prepared: &[u8]) {
-    let (title, category, phone) = match prepared {
+/// The manager a prepared answer is written with.
+enum Manager<'a> {
+    /// Its own.
+    Prepared,
+    /// This extension, escaped when written.
+    Extension(&'a str),
+    /// The one of this other prepared answer.
+    Of(&'a [u8]),
+}
+
+/// A prepared answer's parts (see [`render_payload`]): title, category and
+/// the manager's extension, each escaped twice.
+fn prepared_parts(prepared: &[u8]) -> (&[u8], &[u8], &[u8]) {
+    match prepared {
         [t0, t1, c, rest @ ..] => {
             let title_len = usize::from(u16::from_le_bytes([*t0, *t1]));
             let category_len = usize::from(*c);
@@ -263,13 +333,22 @@ fn splice_prepared(out: &mut Vec<u8>, prepared: &[u8]) {
             }
         }
         _ => (&[][..], &[][..], &[][..]),
-    };
+    }
+}
+
+/// Writes a prepared answer between the template parts, with `manager`.
+fn splice_prepared(out: &mut Vec<u8>, prepared: &[u8], manager: Manager<'_>) {
+    let (title, category, phone) = prepared_parts(prepared);
     out.extend_from_slice(DATA_BEFORE_TITLE);
     out.extend_from_slice(title);
     out.extend_from_slice(DATA_BEFORE_CATEGORY);
     out.extend_from_slice(category);
     out.extend_from_slice(DATA_BEFORE_PHONE);
-    out.extend_from_slice(phone);
+    match manager {
+        Manager::Prepared => out.extend_from_slice(phone),
+        Manager::Extension(extension) => push_text_twice(out, extension),
+        Manager::Of(other) => out.extend_from_slice(prepared_parts(other).2),
+    }
     out.extend_from_slice(DATA_END);
 }
 
@@ -369,6 +448,41 @@ mod tests {
         out[start..end].to_owned()
     }
 
+    #[test]
+    fn an_answer_with_a_manager_chosen_at_answer_time_is_the_answer_rendered_with_it() {
+        let name = "ООО \"Ромашка\" & <Ко>";
+        for own in [None, Some(""), Some("  ")] {
+            let payload = say_name_payload(&counterparty(name, Some(2), own));
+            for manager in ["245", "+7 (495) 000-00-01", "a&<b>"] {
+                let mut spliced = Vec::new();
+                write_say_name_response_with_manager(
+                    &mut spliced,
+                    SoapVersion::V11,
+                    "http://VATS",
+                    &payload,
+                    manager,
+                );
+                let mut rendered = Vec::new();
+                write_say_name_response(
+                    &mut rendered,
+                    SoapVersion::V11,
+                    "http://VATS",
+                    &say_name_payload(&counterparty(name, Some(2), Some(manager))),
+                );
+                assert_eq!(text(&spliced), text(&rendered), "{own:?} → {manager}");
+                let mut of = Vec::new();
+                write_say_name_response_with_manager_of(
+                    &mut of,
+                    SoapVersion::V11,
+                    "http://VATS",
+                    &payload,
+                    &say_name_payload(&counterparty("1C's client", None, Some(manager))),
+                );
+                assert_eq!(text(&of), text(&rendered), "{own:?} → {manager} (of)");
+            }
+        }
+    }
+
     /// Reads a whole document, checking it is well-formed, and returns the
     /// unescaped text of the first element named `name`.
     fn element_text(doc: &str, name: &str) -> String {
@@ -449,7 +563,7 @@ mod tests {
     /// Any bytes given as a prepared answer still produce a well-formed answer.
     fn splice_is_total(prepared: &[u8]) -> bool {
         let mut out = Vec::new();
-        splice_prepared(&mut out, prepared);
+        splice_prepared(&mut out, prepared, Manager::Prepared);
         out.ends_with(DATA_END)
     }
 

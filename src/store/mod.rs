@@ -96,7 +96,7 @@ use metrics::Metrics;
 pub use open::{OpenOptions, StoredSet};
 pub use refusals::{Refusal, RefusalLog};
 pub use retention::{keep_journal_for, PRUNE_BATCH, PRUNE_PAUSE};
-pub use servio::LedgerRow;
+pub use servio::{LedgerRow, LeftRow};
 pub use snapshot::SnapshotRecord;
 pub use sync::{
     Ack, AckOutcome, AckResult, Conflict, ConflictQuery, IdMapKey, IdMapLink, IdMapRow, InboxRow,

@@ -36,6 +36,21 @@ pub(super) const SERVIO_MIGRATIONS: &[&str] = &[
     CREATE INDEX servio_files_name ON servio_files (name, size, mtime);
     "
     ),
+    // 2: the files left in place (`take = leave`) whose bytes were taken
+    // before under another name: known by name, size and mtime, so that a
+    // restart does not hash them again (the ledger knows a file's bytes
+    // under the name they first came with only). `hash`: the ledger row
+    // whose bytes it holds. `at`: unix ms when it was found.
+    "
+    CREATE TABLE servio_left (
+        name  TEXT NOT NULL,
+        size  INTEGER NOT NULL,
+        mtime INTEGER NOT NULL,
+        hash  TEXT NOT NULL,
+        at    INTEGER NOT NULL,
+        PRIMARY KEY (name, size, mtime)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// One file in the ledger.
@@ -90,6 +105,35 @@ pub(super) fn insert(tx: &rusqlite::Transaction<'_>, r: &LedgerRow) -> rusqlite:
     Ok(())
 }
 
+/// A file left in place that holds bytes the ledger has under another
+/// name (`servio_left`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftRow {
+    pub name: String,
+    pub size: u64,
+    /// Modification time, unix ms.
+    pub mtime_ms: i64,
+    /// The ledger's key of its bytes.
+    pub hash: String,
+    /// When it was found, unix ms.
+    pub at_ms: i64,
+}
+
+pub(super) fn insert_left(tx: &rusqlite::Transaction<'_>, r: &LeftRow) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO servio_left (name, size, mtime, hash, at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        r.name,
+        i64::try_from(r.size).unwrap_or(i64::MAX),
+        r.mtime_ms,
+        r.hash,
+        r.at_ms
+    ])?;
+    Ok(())
+}
+
 fn by_hash(conn: &Connection, hash: &str) -> rusqlite::Result<Option<LedgerRow>> {
     conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM servio_files WHERE hash = ?1"
@@ -98,20 +142,13 @@ fn by_hash(conn: &Connection, hash: &str) -> rusqlite::Result<Option<LedgerRow>>
     .optional()
 }
 
-fn by_name(
-    conn: &Connection,
-    name: &str,
-    size: u64,
-    mtime_ms: i64,
-) -> rusqlite::Result<Option<LedgerRow>> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM servio_files WHERE name = ?1 AND size = ?2 AND mtime = ?3 ORDER BY at DESC LIMIT 1"
-    ))?
-    .query_row(
-        params![name, i64::try_from(size).unwrap_or(i64::MAX), mtime_ms],
-        row,
-    )
-    .optional()
+fn left_known(conn: &Connection, name: &str, size: u64, mtime_ms: i64) -> rusqlite::Result<bool> {
+    let size = i64::try_from(size).unwrap_or(i64::MAX);
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM servio_files WHERE name = ?1 AND size = ?2 AND mtime = ?3)
+             OR EXISTS (SELECT 1 FROM servio_left WHERE name = ?1 AND size = ?2 AND mtime = ?3)",
+    )?
+    .query_row(params![name, size, mtime_ms], |r| r.get(0))
 }
 
 impl Store {
@@ -125,21 +162,29 @@ impl Store {
         .await
     }
 
-    /// The newest ledger row for a file of this name, size and
-    /// modification time: a file left in place (`take = leave`) is known
-    /// without being hashed again.
-    pub async fn servio_file_by_name(
+    /// Whether a file of this name, size and modification time was taken
+    /// (the ledger) or found to be a duplicate (`servio_left`) before: a
+    /// file left in place (`take = leave`) is known without being hashed
+    /// again, across restarts.
+    pub async fn servio_left_known(
         &self,
         name: &str,
         size: u64,
         mtime_ms: i64,
-    ) -> Result<Option<LedgerRow>, StoreError> {
+    ) -> Result<bool, StoreError> {
         let name = name.to_owned();
         self.read(move |conn, path| {
-            by_name(conn, &name, size, mtime_ms)
+            left_known(conn, &name, size, mtime_ms)
                 .map_err(|e| StoreError::sqlite(path, "reading the SERVIO ledger", e))
         })
         .await
+    }
+
+    /// Remembers a file left in place as holding bytes taken before;
+    /// resolves once it is committed.
+    pub async fn servio_left(&self, row: LeftRow) -> Result<(), StoreError> {
+        self.request(|reply| super::writer::Command::ServioLeft { row, reply })
+            .await
     }
 
     /// Writes a file's ledger row; resolves once it is committed.

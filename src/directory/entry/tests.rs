@@ -52,7 +52,13 @@ fn records() -> Vec<Counterparty> {
 #[test]
 fn an_entry_gives_back_the_cleaned_record_and_its_canonical_json() {
     for record in records() {
-        let entry = Entry::detached(record.clone(), "onec", say_name_payload, None);
+        let entry = Entry::detached(
+            record.clone(),
+            "onec",
+            say_name_payload,
+            None,
+            &Default::default(),
+        );
         let mut clean = record.clone();
         clean.clean_display_fields();
         assert_eq!(entry.counterparty().expect("reads back"), clean);
@@ -73,7 +79,13 @@ fn an_entry_gives_back_the_cleaned_record_and_its_canonical_json() {
 #[test]
 fn the_content_hash_is_that_of_the_json_without_the_change_marker() {
     for record in records() {
-        let entry = Entry::detached(record.clone(), "onec", say_name_payload, None);
+        let entry = Entry::detached(
+            record.clone(),
+            "onec",
+            say_name_payload,
+            None,
+            &Default::default(),
+        );
         let mut clean = record;
         clean.clean_display_fields();
         clean.data_version = None;
@@ -82,7 +94,13 @@ fn the_content_hash_is_that_of_the_json_without_the_change_marker() {
     }
     // Pinned: a hash that moved would make every stored record look changed
     // (new receive times, a sync of everything) after an upgrade.
-    let entry = Entry::detached(records()[0].clone(), "onec", say_name_payload, None);
+    let entry = Entry::detached(
+        records()[0].clone(),
+        "onec",
+        say_name_payload,
+        None,
+        &Default::default(),
+    );
     assert_eq!(entry.content(), PINNED_CONTENT);
 }
 

@@ -54,11 +54,23 @@ fn overlay(rng: &mut StdRng) -> Overlay {
     }
 }
 
-/// A directory where bitrix24 outranks the sources and amocrm ranks last.
+/// A directory where bitrix24 outranks the sources and amocrm ranks last,
+/// and where the push's records without a manager take one at answer time
+/// (by INN, else a default), as SERVIO's do.
 fn directory() -> Directory {
-    Directory::new(render).with_managers(crate::directory::Managers::new([
-        "bitrix24", "onec", "push", "file",
-    ]))
+    let mut rules = crate::directory::ManagerRules::default();
+    rules.set(
+        "push",
+        crate::directory::ManagerRule {
+            by_inn: true,
+            default_phone: Some("299".into()),
+        },
+    );
+    Directory::new(render)
+        .with_managers(crate::directory::Managers::new([
+            "bitrix24", "onec", "push", "file",
+        ]))
+        .with_manager_rules(rules)
 }
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -154,7 +166,9 @@ fn check_against_full_build(index: &Index, step: &str) {
         (full.len(), full.phone_count(), full.ambiguous_phones()),
         "counts after {step}"
     );
-    // Every copy carries its id's overlay as the index holds it now.
+    // Every copy carries its id's overlay as the index holds it now, and
+    // chooses its manager at answer time exactly when its source's rule
+    // says so and it has no effective manager of its own.
     for set in &index.sources {
         for ById(e) in set.entries.iter() {
             assert!(
@@ -163,7 +177,28 @@ fn check_against_full_build(index: &Index, step: &str) {
                 e.id(),
                 set.info.name
             );
+            assert_eq!(
+                e.manager_at_answer(),
+                &*e.source == "push" && !e.has_manager,
+                "id {} of {} after {step}",
+                e.id(),
+                set.info.name
+            );
         }
+    }
+    // The manager chosen at answer time is the same both ways.
+    let full = Index {
+        manager_rules: Arc::clone(&index.manager_rules),
+        ..full
+    };
+    for id in 0..IDS {
+        let id = id.to_string();
+        let chosen = |i: &Index| i.by_id(&id).and_then(|e| i.manager_at_answer(e));
+        assert_eq!(
+            chosen(index),
+            chosen(&full),
+            "manager of id {id} after {step}"
+        );
     }
 }
 

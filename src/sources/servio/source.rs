@@ -30,7 +30,7 @@ use super::SOURCE;
 use crate::config::{ServioConfig, ServioTake};
 use crate::directory::{Counterparty, Directory};
 use crate::sources::{LowPriority, SourceHealth};
-use crate::store::{LedgerRow, Store};
+use crate::store::{LedgerRow, LeftRow, Store};
 
 /// The delta files of one scan applied together, at most this many...
 const MAX_BATCH_FILES: usize = 64;
@@ -50,7 +50,6 @@ pub struct ServioSettings {
     pub max_records: usize,
     /// `directory.max_shrink`: the most of SERVIO's clients a full file may remove.
     pub max_shrink: f64,
-    pub default_manager_phone: Option<String>,
 }
 
 impl ServioSettings {
@@ -65,7 +64,6 @@ impl ServioSettings {
             take: config.take,
             max_records: config.max_records,
             max_shrink,
-            default_manager_phone: config.default_manager_phone.clone(),
         }
     }
 }
@@ -93,10 +91,6 @@ struct ScanState {
     /// Why the source fails, until a file applies: the last file failed, or
     /// one could not be moved.
     failure: Option<String>,
-    /// `take = leave`: files found to be duplicates (by name, size, mtime),
-    /// not hashed again while this process runs (the ledger knows a file
-    /// only under the name its bytes first came with).
-    left_duplicates: HashSet<(String, u64, i64)>,
 }
 
 impl ServioSource {
@@ -283,18 +277,21 @@ impl Inner {
         state: &mut ScanState,
     ) -> Taken {
         let settings = &self.settings;
-        let stamp = (file.name.clone(), file.size, file.mtime_ms);
         if settings.take == ServioTake::Leave {
-            if state.left_duplicates.contains(&stamp) {
-                return Taken::Done;
-            }
-            // Left in place: known by name, size and mtime, not hashed again.
-            if let Ok(Some(_)) = self
+            // Left in place: known by name, size and mtime (taken, or found
+            // to be a duplicate, before; by this process or an earlier one),
+            // not hashed again.
+            match self
                 .store
-                .servio_file_by_name(&file.name, file.size, file.mtime_ms)
+                .servio_left_known(&file.name, file.size, file.mtime_ms)
                 .await
             {
-                return Taken::Done;
+                Ok(true) => return Taken::Done,
+                Ok(false) => {}
+                Err(e) => {
+                    self.report_failure(&format!("SERVIO ledger cannot be read: {e}"));
+                    return Taken::Later;
+                }
             }
         }
         let mut handle = match File::open(&file.path) {
@@ -305,20 +302,7 @@ impl Inner {
             }
         };
         if file.size > LIMITS.max_document_bytes {
-            // Refused before reading: named by what is known of it.
-            let hash = format!("unread:{}:{}:{}", file.name, file.size, file.mtime_ms);
-            let problem = Problem {
-                line: 0,
-                path: String::new(),
-                field: None,
-                message: format!(
-                    "the file is larger than {} bytes ({} bytes): refused before reading",
-                    LIMITS.max_document_bytes, file.size
-                ),
-            };
-            self.fail(&file, &hash, rule.mode, vec![problem], state)
-                .await;
-            return Taken::Done;
+            return self.refuse_oversized(file, &mut handle, rule, state).await;
         }
         let started = Instant::now();
         let hash = match sha256(&mut handle) {
@@ -331,20 +315,7 @@ impl Inner {
         self.observe("hash", started);
         match self.store.servio_file(&hash).await {
             Ok(Some(row)) => {
-                self.metrics.files.with_label_values(&["duplicate"]).inc();
-                tracing::info!(file = %file.name, first = %row.name, outcome = %row.outcome, "SERVIO file already taken (the same bytes): not applied again");
-                if settings.take == ServioTake::Leave {
-                    // Not copied out again: its bytes are out already.
-                    state.left_duplicates.insert(stamp);
-                } else if row.outcome == "applied" {
-                    self.dispose(&file, &settings.archive_dir, None, state);
-                } else {
-                    let text = format!(
-                        "{}: the same bytes were refused before, as {}; see its .error.txt\n",
-                        file.name, row.name
-                    );
-                    self.dispose(&file, &settings.error_dir, Some(text), state);
-                }
+                self.duplicate(&file, &hash, &row, state).await;
                 return Taken::Done;
             }
             Ok(None) => {}
@@ -370,20 +341,21 @@ impl Inner {
             return Taken::Later;
         }
         drop(handle);
-        let mut parsed = match parsed {
+        let parsed = match parsed {
             Ok(parsed) => parsed,
             Err(problems) => {
                 self.fail(&file, &hash, rule.mode, problems, state).await;
                 return Taken::Done;
             }
         };
-        if let Some(phone) = &settings.default_manager_phone {
-            for record in &mut parsed.upserts {
-                if record.manager_phone.is_none() {
-                    record.manager_phone = Some(phone.as_str().into());
-                }
-            }
-        }
+        // A client without a mapped manager is stored without one: its
+        // manager (another source's record with the same INN, else
+        // `default_manager_phone`) is chosen when a call is answered
+        // (`directory::inherited`), so that a manager changed in 1C is
+        // followed. A snapshot written before that has the default frozen
+        // into such clients' `manager_phone`; it is kept as it is (they
+        // answer with the default, as they did) until SERVIO sends the
+        // client again.
         match rule.mode {
             Mode::Delta => {
                 batch.add(file, hash, parsed);
@@ -395,6 +367,82 @@ impl Inner {
             }
         }
         Taken::Done
+    }
+
+    /// A file over the size limit, refused before it is read (parsed or
+    /// hashed whole). Its ledger key is [`sample_key`]'s: the same file
+    /// dropped again, under any name, is known as a duplicate of the refused
+    /// one; a different file of the same name is not.
+    async fn refuse_oversized(
+        &self,
+        file: Candidate,
+        handle: &mut File,
+        rule: &FileRule,
+        state: &mut ScanState,
+    ) -> Taken {
+        let key = match sample_key(handle, file.size) {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::warn!(file = %file.name, error = %e, "SERVIO file cannot be read; tried again at the next scan");
+                return Taken::Later;
+            }
+        };
+        match self.store.servio_file(&key).await {
+            Ok(Some(row)) => {
+                self.duplicate(&file, &key, &row, state).await;
+                return Taken::Done;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.report_failure(&format!("SERVIO ledger cannot be read: {e}"));
+                return Taken::Later;
+            }
+        }
+        let problem = Problem {
+            line: 0,
+            path: String::new(),
+            field: None,
+            message: format!(
+                "the file is larger than {} bytes ({} bytes): refused before reading",
+                LIMITS.max_document_bytes, file.size
+            ),
+        };
+        self.fail(&file, &key, rule.mode, vec![problem], state)
+            .await;
+        Taken::Done
+    }
+
+    /// A file whose bytes (ledger key `key`) were taken before, as `row`:
+    /// counted, never applied again; moved out (to `archive_dir`, or
+    /// `error_dir` when they were refused), or with `take = leave`
+    /// remembered by name, size and mtime so that it is not hashed again.
+    async fn duplicate(&self, file: &Candidate, key: &str, row: &LedgerRow, state: &mut ScanState) {
+        let settings = &self.settings;
+        self.metrics.files.with_label_values(&["duplicate"]).inc();
+        tracing::info!(file = %file.name, first = %row.name, outcome = %row.outcome, "SERVIO file already taken (the same bytes): not applied again");
+        if settings.take == ServioTake::Leave {
+            // Not copied out again: its bytes are out already. Remembered
+            // durably; were that to fail, it is hashed again next scan, and
+            // found a duplicate again: nothing worse.
+            let left = LeftRow {
+                name: file.name.clone(),
+                size: file.size,
+                mtime_ms: file.mtime_ms,
+                hash: key.to_owned(),
+                at_ms: now_ms(),
+            };
+            if let Err(e) = self.store.servio_left(left).await {
+                tracing::warn!(file = %file.name, error = %e, "SERVIO: a duplicate left in place could not be remembered; it is hashed again at the next scan");
+            }
+        } else if row.outcome == "applied" {
+            self.dispose(file, &settings.archive_dir, None, state);
+        } else {
+            let text = format!(
+                "{}: the same bytes were refused before, as {}; see its .error.txt\n",
+                file.name, row.name
+            );
+            self.dispose(file, &settings.error_dir, Some(text), state);
+        }
     }
 
     async fn apply_full(
@@ -539,9 +587,7 @@ impl Inner {
             mode: mode.as_str().to_owned(),
             records: records as u64,
             outcome: outcome.to_owned(),
-            at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            at_ms: now_ms(),
         };
         match self.store.servio_ledger(row).await {
             Ok(()) => true,
@@ -638,6 +684,50 @@ impl Inner {
     }
 }
 
+/// Now, unix ms.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Bytes of an oversized file's start and of its end that [`sample_key`] reads.
+const SAMPLE_BYTES: u64 = 1 << 20;
+
+/// The ledger key of a file too large to be read: `sample:` and the
+/// SHA-256, lowercase hex, of its size (8 bytes, little-endian), its first
+/// and its last MiB. Bounded (2 MiB read, whatever the size) and stable:
+/// the same file dropped again under any name or mtime has the same key,
+/// and a file of other bytes (a new export of the same name) almost surely
+/// not. Two different files that agree in size, first and last MiB would
+/// share a key; the second would then be called a duplicate of the first,
+/// which was refused, and be refused too: what it would have been anyway,
+/// being as large. Not the whole-file hash (SHA-256 of every byte) that
+/// other files are keyed by, nor ever equal to one (the prefix).
+fn sample_key(input: &mut File, size: u64) -> std::io::Result<String> {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(&size.to_le_bytes());
+    let mut buf = vec![0u8; 64 * 1024];
+    for start in [0, size.saturating_sub(SAMPLE_BYTES)] {
+        input.seek(SeekFrom::Start(start))?;
+        let mut part = input.by_ref().take(SAMPLE_BYTES);
+        loop {
+            let n = match part.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            context.update(&buf[..n]);
+        }
+    }
+    Ok(format!("sample:{}", hex(context.finish().as_ref())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// SHA-256 of what `input` holds from where it stands, lowercase hex.
 fn sha256(input: &mut impl Read) -> std::io::Result<String> {
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
@@ -651,17 +741,40 @@ fn sha256(input: &mut impl Read) -> std::io::Result<String> {
         };
         context.update(&buf[..n]);
     }
-    Ok(context
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(context.finish().as_ref()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oversized_files_key_reads_its_size_start_and_end_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let key = |bytes: &[u8]| {
+            let path = dir.path().join("f");
+            std::fs::write(&path, bytes).expect("write");
+            let mut file = File::open(&path).expect("open");
+            sample_key(&mut file, bytes.len() as u64).expect("key")
+        };
+        let len = 3 * SAMPLE_BYTES as usize;
+        let base = vec![b'a'; len];
+        let same = key(&base);
+        assert!(
+            same.starts_with("sample:") && same.len() == 7 + 64,
+            "{same}"
+        );
+        assert_eq!(key(&base), same, "stable");
+        let mut middle = base.clone();
+        middle[len / 2] = b'b';
+        assert_eq!(key(&middle), same, "the middle is not read");
+        for at in [0, len - 1] {
+            let mut other = base.clone();
+            other[at] = b'b';
+            assert_ne!(key(&other), same, "byte {at}");
+        }
+        assert_ne!(key(&base[..len - 1]), same, "the size");
+    }
 
     #[test]
     fn sha256_of_a_stream() {

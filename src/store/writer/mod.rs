@@ -127,6 +127,12 @@ pub(super) enum Command {
         row: super::servio::LedgerRow,
         reply: Reply<()>,
     },
+    /// Remembers a SERVIO file left in place as a duplicate (the SERVIO
+    /// snapshot file only).
+    ServioLeft {
+        row: super::servio::LeftRow,
+        reply: Reply<()>,
+    },
     /// Removes a source's rows and its entry; answers how many rows went.
     ForgetSource {
         source: String,
@@ -388,6 +394,12 @@ impl Writer {
             Command::ServioLedger { row, reply } => {
                 let result = self.transact("writing the SERVIO ledger", |tx| {
                     super::servio::insert(tx, &row)
+                });
+                let _ = reply.send(result);
+            }
+            Command::ServioLeft { row, reply } => {
+                let result = self.transact("remembering a SERVIO file left in place", |tx| {
+                    super::servio::insert_left(tx, &row)
                 });
                 let _ = reply.send(result);
             }
