@@ -75,12 +75,7 @@ impl System for Sink {
     fn send<'a>(&'a self, rows: &'a [OutgoingRow]) -> RemoteFuture<'a, Vec<Outcome>> {
         Box::pin(async move {
             rows.iter()
-                .map(|r| {
-                    Outcome::Confirmed(Remote {
-                        remote_id: r.record_key.clone(),
-                        remote_version: None,
-                    })
-                })
+                .map(|r| Outcome::Confirmed(Remote::new(r.record_key.clone(), None)))
                 .collect()
         })
     }

@@ -3,9 +3,10 @@
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60 s, every target)
 #
-# Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`); no
-# network once they are installed and the crates fetched. Builds with
-# `cargo +nightly fuzz build` (release, debug assertions, AddressSanitizer),
+# Needs cargo-fuzz (`cargo install cargo-fuzz`) and a nightly toolchain, or
+# the stable one with RUSTC_BOOTSTRAP=1 (used when no nightly is installed);
+# no network once they are installed and the crates fetched. Builds with
+# `cargo fuzz build` (release, debug assertions, AddressSanitizer),
 # then runs each target for SECONDS_PER_TARGET (-max_total_time) starting
 # from its seed corpus (fuzz/corpus/<target>, read only) and the inputs
 # earlier runs found (fuzz/work/<target>, where new ones go), with its
@@ -15,7 +16,7 @@
 # log beside them in fuzz/work/<target>.log). Exits 1 when any was found.
 #
 # A run stops at its first crash. Reproduce one with
-#   cargo +nightly fuzz run <target> fuzz/artifacts/<target>/<file>
+#   RUSTC_BOOTSTRAP=1 cargo fuzz run <target> fuzz/artifacts/<target>/<file>
 # then make it a regression test beside the parser.
 set -euo pipefail
 
@@ -45,8 +46,17 @@ cd "$FUZZ_DIR"
 # No network: the crates must be fetched once beforehand
 # (`cargo fetch --manifest-path fuzz/Cargo.toml`); CARGO_NET_OFFLINE=false lifts this.
 export CARGO_NET_OFFLINE="${CARGO_NET_OFFLINE:-true}"
-echo "building fuzz targets (cargo +nightly fuzz build)..." >&2
-cargo +nightly fuzz build >&2
+# cargo-fuzz passes nightly-only flags (-Zsanitizer=address): a nightly
+# toolchain if there is one, else the stable one with its unstable features
+# unlocked (RUSTC_BOOTSTRAP=1; stable ships the sanitizer runtime too), as on
+# a machine whose only toolchain is stable.
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    FUZZ=(cargo +nightly fuzz)
+else
+    FUZZ=(env RUSTC_BOOTSTRAP=1 cargo fuzz)
+fi
+echo "building fuzz targets (${FUZZ[*]} build)..." >&2
+"${FUZZ[@]}" build >&2
 
 mkdir -p work artifacts
 declare -A EXECS CRASHES
@@ -59,7 +69,7 @@ for t in "${TARGETS[@]}"; do
     # libFuzzer exits non-zero on a crash; the artifacts tell, not the status.
     # The outer `timeout` only guards against a run that ignores its budget.
     timeout --kill-after=30 "$((SECONDS_PER_TARGET + 120))" \
-        cargo +nightly fuzz run "$t" "work/$t" "corpus/$t" -- \
+        "${FUZZ[@]}" run "$t" "work/$t" "corpus/$t" -- \
         -max_total_time="$SECONDS_PER_TARGET" \
         -print_final_stats=1 \
         -timeout=10 \

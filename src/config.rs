@@ -1046,7 +1046,8 @@ pub struct SyncSystemConfig {
     /// The limiter's overrides of the system's published limit: a token
     /// bucket of `burst` requests refilled at `per_second` (either alone
     /// takes the other from the published limit; a burst of 1 is requests
-    /// `1/per_second` apart)...
+    /// `1/per_second` apart; `per_second` alone on a published window keeps
+    /// the window)...
     pub burst: Option<u32>,
     pub per_second: Option<f64>,
     /// ...or at most `per_window` requests in any `window` (both set).

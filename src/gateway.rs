@@ -204,13 +204,15 @@ impl Gateway {
         // Systems that write the sync store themselves (the 1C writer's
         // conflicts) get it before anything is sent.
         if let Some((parts, _)) = &sync {
-            let attach = Attach {
-                store: &parts.store,
-                registry: metrics.registry(),
-                feed: parts.feed.as_ref(),
-            };
             for system in &systems {
-                system.attach(&attach);
+                system.attach(&Attach {
+                    store: &parts.store,
+                    registry: metrics.registry(),
+                    feed: parts.feed.as_ref(),
+                    limiter: sync_systems
+                        .get(system.spec().name())
+                        .map(|part| &part.limiter),
+                });
             }
         }
         let directory = Directory::new(soap::say_name_payload)

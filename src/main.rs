@@ -138,7 +138,8 @@ enum SyncCommand {
         /// Only this system's rows.
         #[arg(long)]
         system: Option<String>,
-        /// Only rows in this state: pending or dead.
+        /// Only rows in this state: pending, dead, or done (confirmed rows by
+        /// their write outcomes, for a system that reports them).
         #[arg(long)]
         state: Option<String>,
         /// Only rows after this id.

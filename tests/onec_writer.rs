@@ -457,6 +457,72 @@ async fn the_bank_account_is_added_by_bik_and_made_the_main_one() {
         .any(|w| w.entity_set.as_deref() == Some(BANK_ACCOUNTS)));
 }
 
+/// `k1`'s counterparty's main account in the mock, once set.
+fn main_account(mock: &MockOnec) -> Option<String> {
+    mock.counterparties()
+        .first()
+        .and_then(|c| c.0.extra.get("ОсновнойБанковскийСчет_Key").cloned())
+        .and_then(|k| k.as_str().map(str::to_owned))
+        .filter(|k| k != support::mock_onec::EMPTY_REF)
+}
+
+#[tokio::test]
+async fn a_create_adopted_after_a_lost_answer_still_gets_its_bank_account_once() {
+    let mock = MockOnec::start_for_writes().await;
+    let bank = guid(500);
+    mock.add_bank(&bank, "044525225", "ПАО Сбербанк", "30101810400000000225");
+    // 1C commits the counterparty's POST and never answers: the retry's
+    // search finds it (`exists`), and the bank step runs after all.
+    mock.fault_next_writes(&[WriteFault::CommitThenHang]);
+    let gw = with_bank(&mock, "044525225").await;
+    let store = sync_store(&gw);
+    until(
+        Duration::from_secs(10),
+        "the main account in 1C",
+        || async { main_account(&mock).is_some() },
+    )
+    .await;
+    assert_eq!(creates(&mock), 1, "{:?}", mock.writes());
+    let accounts = mock.bank_accounts();
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
+    assert_eq!(
+        accounts[0]["Owner"],
+        json!(linked(&store, "k1").await.expect("linked"))
+    );
+    assert_eq!(accounts[0]["НомерСчета"], "40702810900000000001");
+    assert_eq!(
+        main_account(&mock),
+        accounts[0]["Ref_Key"].as_str().map(str::to_owned)
+    );
+    // The search for the account named its owner as 1C's composite
+    // references want it.
+    assert!(mock.requests().iter().any(|r| r
+        .option("$filter")
+        .is_some_and(|f| f.contains("Owner eq cast(guid'"))));
+}
+
+#[tokio::test]
+async fn an_adopted_counterparty_with_the_account_gets_no_second_one() {
+    let mock = MockOnec::start_for_writes().await;
+    let bank = guid(500);
+    mock.add_bank(&bank, "044525225", "ПАО Сбербанк", "30101810400000000225");
+    // What a crash after the account's POST leaves: the counterparty and
+    // its account, no main account yet.
+    let owner = guid(1);
+    mock.upsert(MockCounterparty::new(&owner, "Ромашка").inn(INN, KPP));
+    mock.add_bank_account(&guid(2), &owner, "40702810900000000001", &bank);
+    let _gw = with_bank(&mock, "044525225").await;
+    until(
+        Duration::from_secs(10),
+        "the main account in 1C",
+        || async { main_account(&mock).is_some() },
+    )
+    .await;
+    assert_eq!(creates(&mock), 0, "{:?}", mock.writes());
+    assert_eq!(mock.bank_accounts().len(), 1, "{:?}", mock.bank_accounts());
+    assert_eq!(main_account(&mock), Some(guid(2)));
+}
+
 #[tokio::test]
 async fn a_bik_1c_lacks_writes_no_account_and_says_why() {
     let mock = MockOnec::start_for_writes().await;
@@ -779,4 +845,164 @@ async fn the_mock_refuses_what_1c_refuses() {
         .expect_err("refused");
     assert!(matches!(e, OdataError::Unauthorized { .. }), "{e:?}");
     assert_eq!(mock.counterparties().len(), 1);
+}
+
+/// Two records of the CRM system `testcrm` (their keys say so): one 1C
+/// lacks, one it has by INN.
+fn crm_records() -> String {
+    format!(
+        "{}\n{}\n",
+        json!({"id": "testcrm:company:1", "name": "Ромашка", "inn": INN, "kpp": KPP}),
+        json!({"id": "testcrm:company:2", "name": "Лютик", "inn": "7736000002", "kpp": "773601001"})
+    )
+}
+
+/// A gateway over `dir` with the writer and the CRM system `testcrm`
+/// (nothing answers its API; only its hook for write outcomes matters),
+/// whose hook logs to `log` (and hangs, with `hang`).
+async fn start_with_origin(
+    dir: tempfile::TempDir,
+    mock: &MockOnec,
+    log: support::test_system::LinkedLog,
+    hang: bool,
+) -> TestGateway {
+    use std::sync::Arc;
+
+    use cti_gateway::config::Config;
+    use cti_gateway::gateway::Gateway;
+    use cti_gateway::sync::system::System;
+    use cti_gateway::sync::SystemSpec;
+    use support::test_system::TestSystem;
+
+    let path = dir.path().join("gateway.toml");
+    let extra = format!(
+        "{}\n[sync.testcrm]\nretry_first = \"1h\"\nretry_max = \"1h\"\n",
+        writer_tables(mock)
+    );
+    let config = Config::parse(&config_text(dir.path(), &extra), &path, &|_| None)
+        .expect("test config is valid");
+    let mut systems = cti_gateway::sync::build_systems(&config);
+    let spec = SystemSpec::new("testcrm")
+        .expect("name")
+        .with_fields(&["name"])
+        .expect("fields");
+    // Port 9 (discard) on loopback: nothing answers.
+    let crm = TestSystem::new(spec, "http://127.0.0.1:9").with_linked_log(log, hang);
+    systems.push(Arc::new(crm) as Arc<dyn System>);
+    let gateway = Gateway::start_with(config, systems)
+        .await
+        .expect("gateway starts");
+    let addr = gateway.local_addr();
+    TestGateway {
+        gateway: Some(gateway),
+        addr,
+        dir,
+    }
+}
+
+/// Outcomes in the sync file not yet handed on.
+fn outcomes_to_notify(sync_file: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(sync_file).expect("the sync file");
+    conn.query_row("SELECT count(*) FROM outcomes WHERE notify = 1", [], |r| {
+        r.get(0)
+    })
+    .expect("outcomes")
+}
+
+#[tokio::test]
+async fn outcomes_reach_the_record_s_origin_once_and_survive_a_stop_mid_hook() {
+    let mock = MockOnec::start_for_writes().await;
+    let existing = guid(7);
+    mock.upsert(MockCounterparty::new(&existing, "Лютик").inn("7736000002", "773601001"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("counterparties.jsonl"), crm_records())
+        .expect("write directory");
+
+    // First run: the CRM's hook is called with the first outcome and never
+    // returns; the gateway stops in the middle of it.
+    let first = support::test_system::LinkedLog::default();
+    let mut gw = start_with_origin(dir, &mock, first.clone(), true).await;
+    let store = sync_store(&gw);
+    until(Duration::from_secs(30), "both records linked", || async {
+        linked(&store, "testcrm:company:1").await.is_some()
+            && linked(&store, "testcrm:company:2").await.is_some()
+    })
+    .await;
+    until(Duration::from_secs(10), "the hook called", || async {
+        !first.lock().expect("log").is_empty()
+    })
+    .await;
+    // What the outbox listing shows of confirmed rows.
+    let reply = request(
+        gw.addr,
+        "GET",
+        "/api/v1/sync/outbox?system=onec&state=done",
+        &["Authorization: Bearer api-token-for-tests"],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let done: serde_json::Value = serde_json::from_str(&reply.body).expect("JSON");
+    let done = done["rows"].as_array().expect("rows").clone();
+    assert_eq!(done.len(), 2, "{done:?}");
+    let by_key = |key: &str| {
+        done.iter()
+            .find(|r| r["record_key"] == key)
+            .unwrap_or_else(|| panic!("{key} in {done:?}"))["outcome"]
+            .clone()
+    };
+    let created = by_key("testcrm:company:1");
+    assert_eq!(created["outcome"], "created");
+    let all = mock.counterparties();
+    let ours = all
+        .iter()
+        .find(|c| c.0.ref_key != existing)
+        .expect("the created one");
+    assert_eq!(created["remote_ref"], json!(ours.0.ref_key));
+    assert!(
+        created["remote_code"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()),
+        "{created}"
+    );
+    assert_eq!(by_key("testcrm:company:2")["outcome"], "exists");
+    assert_eq!(by_key("testcrm:company:2")["remote_ref"], json!(existing));
+    assert_eq!(first.lock().expect("log").len(), 1);
+    gw.stop().await;
+    let dir = gw.dir;
+    let sync_file = cti_gateway::gateway::sync_store_path(&dir.path().join("store.sqlite"));
+    assert_eq!(outcomes_to_notify(&sync_file), 2, "none marked handed on");
+
+    // Second run: both handed on, in outbox order, the interrupted one again.
+    let second = support::test_system::LinkedLog::default();
+    let mut gw = start_with_origin(dir, &mock, second.clone(), false).await;
+    until(
+        Duration::from_secs(10),
+        "both outcomes handed on",
+        || async { second.lock().expect("log").len() >= 2 },
+    )
+    .await;
+    gw.stop().await;
+    let seen = second.lock().expect("log").clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].outbox_id < seen[1].outbox_id, "{seen:?}");
+    let one = seen
+        .iter()
+        .find(|o| o.record_key == "testcrm:company:1")
+        .expect("company 1");
+    assert_eq!(one.outcome.as_str(), "created");
+    assert_eq!(one.system, SYSTEM);
+    assert_eq!(one.remote_ref.as_deref(), Some(ours.0.ref_key.as_str()));
+    assert_eq!(one.remote_code.as_deref(), Some(ours.1.as_str()));
+    let two = seen
+        .iter()
+        .find(|o| o.record_key == "testcrm:company:2")
+        .expect("company 2");
+    assert_eq!(two.outcome.as_str(), "exists");
+    assert_eq!(two.remote_ref.as_deref(), Some(existing.as_str()));
+    assert!(two.remote_code.is_some(), "{two:?}");
+    // Handed on once: nothing waits for a third start.
+    let sync_file = cti_gateway::gateway::sync_store_path(&gw.dir.path().join("store.sqlite"));
+    assert_eq!(outcomes_to_notify(&sync_file), 0);
+    assert_eq!(creates(&mock), 1, "{:?}", mock.writes());
 }

@@ -74,10 +74,7 @@ impl System for Sink {
                     assert_eq!(row.op, OutboxOp::Upsert);
                     assert_eq!(row.kind, "payment", "only payments come here");
                     events.push(serde_json::from_str(&row.body).expect("an event is JSON"));
-                    Outcome::Confirmed(Remote {
-                        remote_id: row.record_key.clone(),
-                        remote_version: None,
-                    })
+                    Outcome::Confirmed(Remote::new(row.record_key.clone(), None))
                 })
                 .collect()
         })

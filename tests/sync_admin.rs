@@ -249,9 +249,15 @@ async fn status_outbox_retry_conflicts_and_the_csv_over_http() {
     assert_eq!(dead[0]["last_error"], "HTTP 500");
     assert_eq!(dead[0]["body"]["TITLE"], "c003", "the body as JSON");
 
+    // No system here reports write outcomes: nothing is done by outcome.
+    let done = json(&get_api(addr, "/api/v1/sync/outbox?state=done").await);
+    assert_eq!(done["rows"], serde_json::json!([]));
+    // Nor does a row carry one.
+    assert_eq!(dead[0]["outcome"], serde_json::Value::Null);
+
     // A bad parameter: 400 naming it.
     for (query, name) in [
-        ("state=done", "state"),
+        ("state=finished", "state"),
         ("limit=1001", "limit"),
         ("after=-1", "after"),
         ("system=", "system"),
@@ -378,7 +384,7 @@ async fn the_sync_command_is_a_thin_client_of_the_api() {
         stderr.contains("409") && stderr.contains("not dead"),
         "{stderr}"
     );
-    let (code, _, stderr) = run_cli(&["sync", "outbox", "--state", "done"], &config).await;
+    let (code, _, stderr) = run_cli(&["sync", "outbox", "--state", "finished"], &config).await;
     assert_eq!(code, Some(1));
     assert!(
         stderr.contains("400") && stderr.contains("state"),

@@ -6,7 +6,7 @@
 //!   its state (why, since when, last success) and its limiter (rate,
 //!   tokens, paused until); for `onec` its `transport` (`odata`, `pull`)
 //!   and, under pull, the rows 1C holds a lease on (`leased`);
-//! - `GET /api/v1/sync/outbox?system=&state=pending|dead&after=&limit=`:
+//! - `GET /api/v1/sync/outbox?system=&state=pending|dead|done&after=&limit=`:
 //!   outbox rows in id order, at most 1,000 a page;
 //! - `POST /api/v1/sync/outbox/{id}/retry`: a dead row pending again
 //!   (404 for no such row, 409 for a row that is not dead);
@@ -37,8 +37,8 @@ use super::respond::{json, json_error, with_header, Body, StreamError};
 use super::rfc3339;
 use crate::config::{Config, Secret};
 use crate::store::{
-    Conflict, ConflictQuery, IdMapRow, OutboxQuery, OutboxRow, OutboxState, RetryOutcome, Store,
-    StoreError, SystemStatus, MAX_PAGE,
+    Conflict, ConflictQuery, IdMapRow, OutboxQuery, OutboxRow, OutboxState, RetryOutcome,
+    RowOutcome, Store, StoreError, SystemStatus, MAX_PAGE,
 };
 use crate::sync::jobs::{JobProgress, SyncJobs};
 use crate::sync::onec::payments::{Payments, PaymentsStatus};
@@ -299,9 +299,11 @@ impl SyncAdmin {
         }
     }
 
-    /// `GET /api/v1/sync/outbox?system=&state=pending|dead&after=&limit=`:
+    /// `GET /api/v1/sync/outbox?system=&state=pending|dead|done&after=&limit=`:
     /// rows in id order and `next_after`, the `after` of the next page
-    /// (`null` on the last).
+    /// (`null` on the last); each with its write `outcome` where its
+    /// system reports one (the 1C writer's). `done`: the rows a system
+    /// confirmed (gone from the outbox), by their outcomes.
     pub async fn outbox(&self, req: &Request<Incoming>, client: Client) -> Response<Body> {
         let store = match self.checked(req, client) {
             Ok(store) => store,
@@ -315,20 +317,51 @@ impl SyncAdmin {
             return unknown;
         }
         let limit = query.limit as usize;
-        match store.outbox_page(query).await {
-            Ok(rows) => {
-                let next_after = match rows.last() {
-                    Some(last) if rows.len() == limit => Some(last.id),
-                    _ => None,
-                };
-                let rows: Vec<serde_json::Value> = rows.iter().map(outbox_json).collect();
-                json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "rows": rows, "next_after": next_after }),
-                )
-            }
-            Err(e) => unreadable("the outbox", &e),
+        if query.state == Some(OutboxState::Done) {
+            return match store
+                .outcomes_done(query.system, query.after, query.limit)
+                .await
+            {
+                Ok(done) => {
+                    let next_after = match done.last() {
+                        Some(last) if done.len() == limit => Some(last.outbox_id),
+                        _ => None,
+                    };
+                    let rows: Vec<serde_json::Value> = done.iter().map(done_json).collect();
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "rows": rows, "next_after": next_after }),
+                    )
+                }
+                Err(e) => unreadable("the write outcomes", &e),
+            };
         }
+        let rows = match store.outbox_page(query).await {
+            Ok(rows) => rows,
+            Err(e) => return unreadable("the outbox", &e),
+        };
+        let outcomes = match store.outcomes_of(rows.iter().map(|r| r.id).collect()).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => return unreadable("the write outcomes", &e),
+        };
+        let next_after = match rows.last() {
+            Some(last) if rows.len() == limit => Some(last.id),
+            _ => None,
+        };
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                let mut row = outbox_json(r);
+                row["outcome"] = outcomes
+                    .get(&r.id)
+                    .map_or(serde_json::Value::Null, outcome_json);
+                row
+            })
+            .collect();
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "rows": rows, "next_after": next_after }),
+        )
     }
 
     /// `POST /api/v1/sync/outbox/{id}/retry`.
@@ -548,8 +581,8 @@ fn outbox_query(query: Option<&str>) -> Result<OutboxQuery, String> {
             "system" => outbox.system = Some(system_name(value)?),
             "state" => {
                 outbox.state = match OutboxState::parse(value) {
-                    Some(state @ (OutboxState::Pending | OutboxState::Dead)) => Some(state),
-                    _ => return Err("state must be pending or dead".to_owned()),
+                    Some(state) => Some(state),
+                    None => return Err("state must be pending, dead or done".to_owned()),
                 }
             }
             "after" => match value.parse::<i64>() {
@@ -661,6 +694,29 @@ fn outbox_json(r: &OutboxRow) -> serde_json::Value {
     })
 }
 
+/// A row's write outcome as the outbox listing shows it.
+fn outcome_json(o: &RowOutcome) -> serde_json::Value {
+    serde_json::json!({
+        "outcome": o.outcome.as_str(),
+        "remote_ref": o.remote_ref,
+        "remote_code": o.remote_code,
+        "message": o.message,
+        "at": time(o.at),
+    })
+}
+
+/// A confirmed row (gone from the outbox) by its outcome.
+fn done_json(o: &RowOutcome) -> serde_json::Value {
+    serde_json::json!({
+        "id": o.outbox_id,
+        "system": o.system,
+        "kind": o.kind,
+        "record_key": o.record_key,
+        "state": "done",
+        "outcome": outcome_json(o),
+    })
+}
+
 /// A system's initial load or relink as the status shows it.
 fn job_json(j: &JobProgress) -> serde_json::Value {
     serde_json::json!({
@@ -740,8 +796,12 @@ mod tests {
         assert_eq!(q.state, Some(OutboxState::Dead));
         assert_eq!((q.after, q.limit), (Some(5), 1000));
         assert_eq!(outbox_query(None).expect("none").limit, DEFAULT_LIMIT);
+        assert_eq!(
+            outbox_query(Some("state=done")).expect("done").state,
+            Some(OutboxState::Done)
+        );
         for (query, names) in [
-            ("state=done", "state"),
+            ("state=finished", "state"),
             ("limit=1001", "limit"),
             ("limit=0", "limit"),
             ("after=x", "after"),

@@ -102,8 +102,8 @@ pub use sync::{
     Ack, AckOutcome, AckResult, Conflict, ConflictQuery, IdMapKey, IdMapLink, IdMapRow, InboxRow,
     LeaseRequest, LeaseSweep, Leased, LeasedRow, Link, NewConflict, NewOutboxRow, NewPayment,
     OutboxOp, OutboxQuery, OutboxRow, OutboxState, PaymentCursor, PaymentEvent, PaymentsBatch,
-    PaymentsCommitted, PostedPayment, RetryOutcome, Settle, StoredPayment, Swept, SyncBatch,
-    SyncDepth, SystemStatus, EXPORT_CHUNK, MAX_PAGE, PAYMENT_KIND,
+    PaymentsCommitted, PostedPayment, RetryOutcome, RowOutcome, Settle, StoredPayment, Swept,
+    SyncBatch, SyncDepth, SystemStatus, WriteOutcome, EXPORT_CHUNK, MAX_PAGE, PAYMENT_KIND,
 };
 use writer::Command;
 

@@ -32,9 +32,11 @@ pub enum LimitSpec {
 impl LimitSpec {
     /// The system's published limit, unless `[sync.<system>]` overrides it:
     /// `per_window` and `window` (validated to come together) make a window;
-    /// `burst` or `per_second` make a bucket, the one not set taken from
-    /// the published limit (its rate; its burst, 1 for a gap); a burst of 1
-    /// is a gap of `1/per_second`.
+    /// `per_second` alone on a published window keeps the window, with
+    /// `per_second × window` requests in it; otherwise `burst` or
+    /// `per_second` make a bucket, the one not set taken from the published
+    /// limit (its rate; its burst, 1 for a gap); a burst of 1 is a gap of
+    /// `1/per_second`.
     pub fn from_published(published: PublishedLimit, overrides: &SyncSystemConfig) -> LimitSpec {
         if let (Some(per_window), Some(window)) = (overrides.per_window, overrides.window) {
             return LimitSpec::Window { per_window, window };
@@ -42,6 +44,24 @@ impl LimitSpec {
         let published_spec = LimitSpec::from(published);
         if overrides.burst.is_none() && overrides.per_second.is_none() {
             return published_spec;
+        }
+        // A rate alone on a window: the same window, as many requests as
+        // the rate makes in it (the 1C writer's `per_second` = at most that
+        // many in any 1 s); under one a window, a gap.
+        if let (LimitSpec::Window { window, .. }, None, Some(per_second)) =
+            (published_spec, overrides.burst, overrides.per_second)
+        {
+            let per_window = (sane_rate(per_second) * window.as_secs_f64()).floor();
+            return if per_window >= 1.0 {
+                LimitSpec::Window {
+                    per_window: per_window.min(f64::from(u32::MAX)) as u32,
+                    window,
+                }
+            } else {
+                LimitSpec::Interval {
+                    gap: gap_for(per_second),
+                }
+            };
         }
         let burst = overrides.burst.unwrap_or(published_spec.burst());
         let per_second = overrides
@@ -454,6 +474,86 @@ mod tests {
                 "{spec:?}: {sent} sent of {allowed:.0} allowed"
             );
         }
+    }
+
+    /// The most of `times` (ascending) in any `span` starting anywhere:
+    /// what a remote counting a sliding window sees.
+    fn most_in_any(times: &[Instant], span: Duration) -> usize {
+        let mut most = 0;
+        let mut from = 0;
+        for (to, &t) in times.iter().enumerate() {
+            while t.duration_since(times[from]) >= span {
+                from += 1;
+            }
+            most = most.max(to - from + 1);
+        }
+        most
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_on_a_window_is_a_cap_over_any_sliding_second() {
+        // The 1C writer: it publishes 5 in any 1 s; `per_second = 200`
+        // makes that 200 in any 1 s (issue 19's bench: >= 180/s, never
+        // more than 200 in any 1 s).
+        let published = PublishedLimit::Window {
+            requests: 5,
+            window: Duration::from_secs(1),
+        };
+        let config = SyncSystemConfig {
+            per_second: Some(200.0),
+            ..SyncSystemConfig::default()
+        };
+        let spec = LimitSpec::from_published(published, &config);
+        assert_eq!(
+            spec,
+            LimitSpec::Window {
+                per_window: 200,
+                window: Duration::from_secs(1)
+            }
+        );
+        let limiter = Arc::new(Limiter::new(spec));
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let start = Instant::now();
+        let end = start + Duration::from_secs(30);
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (limiter, times) = (Arc::clone(&limiter), Arc::clone(&times));
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = limiter.acquire() => {}
+                        () = tokio::time::sleep_until(end) => return,
+                    }
+                    let now = Instant::now();
+                    if now >= end {
+                        return;
+                    }
+                    times.lock().expect("times").push(now);
+                    // A request's own time, as the writer's take.
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+        let mut times = times.lock().expect("times").clone();
+        times.sort();
+        let most = most_in_any(&times, Duration::from_secs(1));
+        assert!(most <= 200, "{most} requests in one second");
+        let rate = times.len() as f64 / 30.0;
+        assert!(rate >= 180.0, "{rate:.1} requests/s");
+        // Under one request a window, a gap.
+        let slow = SyncSystemConfig {
+            per_second: Some(0.5),
+            ..SyncSystemConfig::default()
+        };
+        assert_eq!(
+            LimitSpec::from_published(published, &slow),
+            LimitSpec::Interval {
+                gap: Duration::from_secs(2)
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]

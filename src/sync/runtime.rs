@@ -5,6 +5,7 @@
 //! full read): a CRM's HTTP never takes a core from a ringing call.
 
 pub mod metrics;
+pub mod outcomes;
 pub mod plan;
 pub mod worker;
 
@@ -70,6 +71,23 @@ pub fn spawn(
         return Ok(tasks);
     }
     let low = Arc::new(LowPriority::start("cti-sync-send")?);
+    // Write outcomes go to their records' originating systems, when any
+    // system reports them.
+    let outcomes_committed = Arc::new(Notify::new());
+    if systems.iter().any(|s| s.reports_outcomes()) {
+        let hand_on = outcomes::run(
+            systems.to_vec(),
+            store.clone(),
+            Arc::clone(&outcomes_committed),
+            stop.subscribe(),
+        );
+        let low = Arc::clone(&low);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = low.run_future("cti-sync-send", hand_on).await {
+                tracing::error!(error = %e, "sync: the task handing write outcomes on stopped");
+            }
+        }));
+    }
     for system in systems {
         let name = system.spec().name().to_owned();
         let Some(part) = parts.get(&name) else {
@@ -96,6 +114,7 @@ pub fn spawn(
             metrics: metrics.clone(),
             settings: WorkerSettings::from(&part.config),
             resume,
+            outcomes: Arc::clone(&outcomes_committed),
         };
         let low = Arc::clone(&low);
         let stop = stop.subscribe();

@@ -59,6 +59,32 @@ pub struct OutgoingRow {
 pub struct Remote {
     pub remote_id: String,
     pub remote_version: Option<String>,
+    /// What the write came to, for a system that reports it
+    /// ([`System::reports_outcomes`]): stored with the row and handed to
+    /// the record's originating system ([`System::linked`]). `None`: not
+    /// reported (the runtime stores nothing for the row).
+    pub report: Option<Report>,
+}
+
+impl Remote {
+    /// A confirmation with nothing to report.
+    pub fn new(remote_id: impl Into<String>, remote_version: Option<String>) -> Remote {
+        Remote {
+            remote_id: remote_id.into(),
+            remote_version,
+            report: None,
+        }
+    }
+}
+
+pub use crate::store::{RowOutcome, WriteOutcome};
+
+/// What a confirming system reports of a write beyond the remote id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub outcome: WriteOutcome,
+    /// The system's own code for the record (1C's `Code`), if it has one.
+    pub code: Option<String>,
 }
 
 /// What became of one row [`System::send`] was given.
@@ -188,6 +214,12 @@ pub struct Attach<'a> {
     /// The change feed, told of links the system closes itself
     /// ([`crate::sync::Feed::note_hashes`]); `None` when it does not run.
     pub feed: Option<&'a crate::sync::Feed>,
+    /// The system's limiter (the one its worker takes a token from before
+    /// each call), for a system whose one call may make several requests
+    /// (the 1C writer: a create's POST, then its bank account's): it takes
+    /// a token for each request after a call's first itself. `None` when
+    /// no limiter was set up for it.
+    pub limiter: Option<&'a std::sync::Arc<crate::sync::limiter::Limiter>>,
 }
 
 /// A system the runtime keeps in step with the directory.
@@ -232,6 +264,25 @@ pub trait System: Send + Sync + 'static {
     /// requisites itself (the 1C writer) keeps the store, and registers its
     /// own metrics. By default nothing.
     fn attach(&self, _parts: &Attach<'_>) {}
+
+    /// Whether the runtime keeps what each write to this system came to
+    /// ([`Remote::report`], and `failed` for a row made dead) by row, for
+    /// the outbox listing and the record's originating system
+    /// ([`System::linked`]). By default not.
+    fn reports_outcomes(&self) -> bool {
+        false
+    }
+
+    /// A write of one of this system's records (its key names this system:
+    /// `bitrix24:company:2919`) to another system came to `outcome` (1C
+    /// created it, with its `Ref_Key` and `Code`, or had it already): a CRM
+    /// module may write the code back to its record. Called after the
+    /// outcome is committed, in outbox order, once per outcome; if the
+    /// gateway stops before the call returns, again after the next start.
+    /// By default nothing.
+    fn linked<'a>(&'a self, _outcome: &'a RowOutcome) -> RemoteFuture<'a, ()> {
+        Box::pin(async {})
+    }
 
     /// What the last segment of its webhook path is ([`WebhookPath::Plain`]:
     /// none).

@@ -1790,6 +1790,28 @@ impl FilterParser {
                 let lit = match self.next() {
                     Some(Tok::Str(s)) => Lit::Str(s),
                     Some(Tok::Guid(g)) => Lit::Guid(g),
+                    // A composite reference's value: `cast(guid'…', 'Catalog_X')`
+                    // (1C 8.3.8's filter on composite-type fields).
+                    Some(Tok::Ident(c)) if c == "cast" => {
+                        self.expect(Tok::Open)?;
+                        let g = match self.next() {
+                            Some(Tok::Guid(g)) => g,
+                            other => {
+                                return Err(format!("cast wants a guid first, found {other:?}"))
+                            }
+                        };
+                        self.expect(Tok::Comma)?;
+                        match self.next() {
+                            Some(Tok::Str(ty)) if !ty.is_empty() => {}
+                            other => {
+                                return Err(format!(
+                                    "cast wants a type name second, found {other:?}"
+                                ))
+                            }
+                        }
+                        self.expect(Tok::Close)?;
+                        Lit::Guid(g)
+                    }
                     Some(Tok::Int(n)) => Lit::Int(n),
                     Some(Tok::Ident(b)) if b == "true" => Lit::Bool(true),
                     Some(Tok::Ident(b)) if b == "false" => Lit::Bool(false),

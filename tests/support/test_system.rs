@@ -26,7 +26,8 @@ use std::time::Duration;
 use cti_gateway::store::OutboxOp;
 use cti_gateway::sync::inbound::{Change, Inbound, RemoteRecord};
 use cti_gateway::sync::system::{
-    Outcome, OutgoingRow, Page, PublishedLimit, Remote, RemoteFuture, System, Webhook, WebhookError,
+    Outcome, OutgoingRow, Page, PublishedLimit, Remote, RemoteFuture, RowOutcome, System, Webhook,
+    WebhookError,
 };
 use cti_gateway::sync::SystemSpec;
 use serde_json::{json, Map, Value};
@@ -47,7 +48,15 @@ pub struct TestSystem {
     webhook_token: String,
     limit: PublishedLimit,
     batch_size: usize,
+    /// The write outcomes of its records the runtime handed it
+    /// (`System::linked`), and whether the hook then never returns (a
+    /// stop in the middle of it).
+    linked: LinkedLog,
+    hang_linked: bool,
 }
+
+/// Where a [`TestSystem`] keeps the outcomes handed to it.
+pub type LinkedLog = std::sync::Arc<std::sync::Mutex<Vec<RowOutcome>>>;
 
 impl TestSystem {
     /// The system `spec` over the mock at `base` (`http://127.0.0.1:PORT`):
@@ -65,7 +74,17 @@ impl TestSystem {
                 per_second: 2.0,
             },
             batch_size: BATCH_SIZE,
+            linked: LinkedLog::default(),
+            hang_linked: false,
         }
+    }
+
+    /// Keeps the write outcomes handed to it in `log`; with `hang`, the
+    /// hook records and then never returns.
+    pub fn with_linked_log(mut self, log: LinkedLog, hang: bool) -> TestSystem {
+        self.linked = log;
+        self.hang_linked = hang;
+        self
     }
 
     pub fn with_limit(mut self, limit: PublishedLimit) -> TestSystem {
@@ -253,6 +272,18 @@ impl System for TestSystem {
         &self.spec
     }
 
+    fn linked<'a>(&'a self, outcome: &'a RowOutcome) -> RemoteFuture<'a, ()> {
+        Box::pin(async move {
+            self.linked
+                .lock()
+                .expect("the linked log")
+                .push(outcome.clone());
+            if self.hang_linked {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+
     fn published_limit(&self) -> PublishedLimit {
         self.limit
     }
@@ -391,10 +422,7 @@ fn remote_of(value: &Value) -> Result<Remote, Outcome> {
         .get("version")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    Ok(Remote {
-        remote_id: remote_id.to_owned(),
-        remote_version,
-    })
+    Ok(Remote::new(remote_id, remote_version))
 }
 
 /// The record's fields as the counterparty model names them: the test

@@ -16,6 +16,7 @@ mod batch;
 mod inbox;
 mod lease;
 mod outbox;
+mod outcomes;
 pub(super) mod payments;
 mod read;
 mod schema;
@@ -31,6 +32,8 @@ pub use batch::{IdMapKey, SyncBatch};
 pub use inbox::{InboxRow, SyncDepth};
 pub use lease::{Ack, AckOutcome, AckResult, LeaseRequest, LeaseSweep, Leased, LeasedRow, Swept};
 pub use outbox::{Link, Settle};
+pub(in crate::store) use outcomes::{notified as outcomes_mark_notified, record as outcome_record};
+pub use outcomes::{RowOutcome, WriteOutcome};
 pub use payments::{
     NewPayment, PaymentCursor, PaymentEvent, PaymentsBatch, PaymentsCommitted, PostedPayment,
     StoredPayment, PAYMENT_KIND,

@@ -46,6 +46,10 @@ pub enum Settle {
     /// Replaced by a later row of its record before it was sent, or a
     /// `remove` of a record the system never held: deleted, nothing sent.
     Dropped { id: i64 },
+    /// What a row's write came to, for a system that reports it (beside
+    /// the row's `Confirmed` or `Failed`): kept by row id, to be handed to
+    /// the record's originating system (`outcomes.rs`).
+    Outcome(super::RowOutcome),
 }
 
 /// A record's link in the id-map, as a worker sends it.

@@ -192,4 +192,26 @@ pub(in crate::store) const SYNC_MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     ",
+    // 7: what each write to a system that reports it came to (issue 19:
+    // the 1C writer's outcomes with 1C's Ref_Key and Code), by outbox row
+    // id: a confirmed row is deleted from the outbox, its outcome stays.
+    // Written in the transaction that settles the row. `notify` = 1 until
+    // the record's originating system was told (`System::linked`): an
+    // outcome committed just before a crash is handed on after the start.
+    // The partial index holds the few not yet handed on.
+    "
+    CREATE TABLE outcomes (
+        outbox_id   INTEGER PRIMARY KEY,
+        system      TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        record_key  TEXT NOT NULL,
+        outcome     TEXT NOT NULL CHECK (outcome IN ('created', 'exists', 'updated', 'failed')),
+        remote_ref  TEXT,
+        remote_code TEXT,
+        message     TEXT,
+        at          INTEGER NOT NULL,
+        notify      INTEGER NOT NULL
+    );
+    CREATE INDEX outcomes_notify ON outcomes (outbox_id) WHERE notify = 1;
+    ",
 ];

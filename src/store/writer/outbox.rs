@@ -177,6 +177,9 @@ pub(super) fn settle_one(tx: &rusqlite::Transaction<'_>, settle: &Settle) -> rus
             tx.prepare_cached("DELETE FROM outbox WHERE id = ?1 AND state = 'pending'")?
                 .execute([id])?;
         }
+        Settle::Outcome(outcome) => {
+            crate::store::sync::outcome_record(tx, outcome, unix_ms(std::time::SystemTime::now()))?;
+        }
     }
     Ok(())
 }

@@ -41,6 +41,11 @@ pub(in crate::store) enum SyncWrite {
         conflict: NewConflict,
         reply: Reply<i64>,
     },
+    /// Write outcomes handed to their originating systems, by row id.
+    OutcomesNotified {
+        ids: Vec<i64>,
+        reply: Reply<()>,
+    },
     IdmapLink {
         link: IdMapLink,
         reply: Reply<()>,
@@ -196,6 +201,12 @@ impl Writer {
                         }
                         Some(_) => RetryOutcome::NotDead,
                     })
+                });
+                let _ = reply.send(result);
+            }
+            SyncWrite::OutcomesNotified { ids, reply } => {
+                let result = self.logged("sync outcomes", "marking outcomes handed on", |tx| {
+                    crate::store::sync::outcomes_mark_notified(tx, &ids)
                 });
                 let _ = reply.send(result);
             }

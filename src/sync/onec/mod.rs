@@ -37,7 +37,7 @@ pub mod payments;
 pub mod pull;
 pub mod pull_xml;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Map, Value};
@@ -51,10 +51,11 @@ use crate::sources::onec::odata::{OdataClient, OdataError};
 use crate::store::{NewConflict, OutboxOp, Store};
 use crate::sync::hash::CLOSED;
 use crate::sync::inbound::Inbound;
+use crate::sync::limiter::Limiter;
 use crate::sync::registry::{DedupeKey, SystemSpec};
 use crate::sync::system::{
-    Attach, Outcome, OutgoingRow, Page, PublishedLimit, Remote, RemoteFuture, System, Webhook,
-    WebhookError,
+    Attach, Outcome, OutgoingRow, Page, PublishedLimit, Remote, RemoteFuture, Report, System,
+    Webhook, WebhookError, WriteOutcome,
 };
 use crate::sync::Feed;
 use body::KindKeys;
@@ -77,14 +78,43 @@ const FIELDS: &[&str] = &[
 
 /// 1C's published limit is none: five requests a second leaves an
 /// accounting base's users their server (`[sync.onec] per_second`).
-const PER_SECOND: f64 = 5.0;
+const PER_SECOND: u32 = 5;
 
-/// The bucket's burst: the limiter keeps one short of it, so two requests
-/// of headroom. Not 1 (a bare gap between requests): a wake-up a timer
-/// tick late would then be lost for good, and 200 a second would come to
-/// ~170; two tokens make up for it, at most two requests over the rate in
-/// a second.
-const BURST: u32 = 3;
+/// The writer's limit: at most `per_second` requests in any 1 s, a sliding
+/// window (the limiter sends one less, over a window 2% longer), which a
+/// token bucket's catch-up burst cannot promise; a late timer wake-up
+/// loses nothing either, the window only counting what was sent.
+fn published() -> PublishedLimit {
+    PublishedLimit::Window {
+        requests: PER_SECOND,
+        window: std::time::Duration::from_secs(1),
+    }
+}
+
+/// One call's requests to 1C against the system's limiter: the worker took
+/// a token before the call, for its first request; each further one takes
+/// its own (a create with a bank account is a POST, a bank lookup, an
+/// account's POST and a PATCH), so that 1C sees at most `per_second`
+/// requests in any second, whatever a call sends.
+struct Pace<'a> {
+    limiter: Option<&'a Limiter>,
+    prepaid: bool,
+}
+
+impl Pace<'_> {
+    /// Waits until the next request may go.
+    async fn request(&mut self) {
+        if std::mem::take(&mut self.prepaid) {
+            return;
+        }
+        if let Some(limiter) = self.limiter {
+            limiter.acquire().await;
+        }
+    }
+}
+
+/// An empty reference, as 1C's OData shows an unset one.
+const EMPTY_REF: &str = "00000000-0000-0000-0000-000000000000";
 
 /// `Owner_Type` of a bank account owned by a counterparty (БП 3.0's
 /// composite owner).
@@ -108,12 +138,15 @@ pub struct OnecWriter {
     contacts_in_section: bool,
     /// The contact kinds' keys, once looked up.
     kinds: tokio::sync::Mutex<Option<KindKeys>>,
-    /// Rows whose record the lookup before their create found in 1C: their
-    /// send adopts it (outcome `exists`) and writes nothing.
-    adopted: Mutex<HashSet<i64>>,
+    /// Rows whose record the lookup before their create found in 1C, with
+    /// its `Code`: their send adopts it (outcome `exists`) and writes
+    /// nothing but a missing bank account.
+    adopted: Mutex<HashMap<i64, Option<String>>>,
     store: OnceLock<Store>,
     feed: OnceLock<Feed>,
     metrics: OnceLock<WriteMetrics>,
+    /// The system's limiter, for the requests after a call's first.
+    limiter: OnceLock<Arc<Limiter>>,
 }
 
 /// The systems this build sends to, from the configuration: the 1C writer
@@ -171,10 +204,7 @@ impl System for Pulled {
 
     fn published_limit(&self) -> PublishedLimit {
         // Not applied: 1C paces itself.
-        PublishedLimit::Bucket {
-            burst: BURST,
-            per_second: PER_SECOND,
-        }
+        published()
     }
 
     fn batch_size(&self) -> usize {
@@ -284,10 +314,11 @@ impl OnecWriter {
             settings,
             contacts_in_section: onec.contacts_layout == ContactsLayout::Section,
             kinds: tokio::sync::Mutex::new(None),
-            adopted: Mutex::new(HashSet::new()),
+            adopted: Mutex::new(HashMap::new()),
             store: OnceLock::new(),
             feed: OnceLock::new(),
             metrics: OnceLock::new(),
+            limiter: OnceLock::new(),
         }
     }
 
@@ -381,7 +412,7 @@ impl OnecWriter {
                 tracing::info!(record = %crate::logging::Escaped(&row.record_key), onec_ref = %remote.remote_id, code = %text(one, "Code"), "1C writer: 1C has the counterparty already (same INN): adopted, not created");
                 self.count("create", "exists");
                 if let Ok(mut adopted) = self.adopted.lock() {
-                    adopted.insert(row.id);
+                    adopted.insert(row.id, code_of(one));
                 }
                 Ok(Some(remote))
             }
@@ -431,7 +462,7 @@ impl OnecWriter {
 
     /// The contact kinds' `Вид_Key`s: configured GUIDs as they are, names
     /// looked up once by `PredefinedDataName`.
-    async fn kind_keys(&self) -> Result<KindKeys, Outcome> {
+    async fn kind_keys(&self, pace: &mut Pace<'_>) -> Result<KindKeys, Outcome> {
         if !self.contacts_in_section {
             // No contact rows are written: no kinds needed.
             return Ok(KindKeys {
@@ -448,6 +479,7 @@ impl OnecWriter {
         let names = [&wanted.phone, &wanted.email, &wanted.address];
         let mut found: Vec<(String, String)> = Vec::new();
         if names.iter().any(|n| !is_guid(n)) {
+            pace.request().await;
             let answer = self
                 .client
                 .get(
@@ -524,38 +556,42 @@ impl OnecWriter {
         (director, bank)
     }
 
-    async fn send_one(&self, row: &OutgoingRow) -> Outcome {
+    async fn send_one(&self, row: &OutgoingRow, pace: &mut Pace<'_>) -> Outcome {
         if row.op == OutboxOp::Remove {
             // Nothing is ever deleted in an accounting base.
             return match &row.remote_id {
-                Some(remote_id) => Outcome::Confirmed(Remote {
-                    remote_id: remote_id.clone(),
-                    remote_version: row.remote_version.clone(),
-                }),
+                Some(remote_id) => {
+                    Outcome::Confirmed(Remote::new(remote_id.clone(), row.remote_version.clone()))
+                }
                 None => Outcome::Permanent("a remove of a record 1C never held".into()),
             };
         }
-        let adopted = self
-            .adopted
-            .lock()
-            .map(|mut a| a.remove(&row.id))
-            .unwrap_or(false);
+        let adopted = self.adopted.lock().ok().and_then(|mut a| a.remove(&row.id));
         match (&row.remote_id, adopted) {
-            (Some(remote_id), true) => Outcome::Confirmed(Remote {
-                remote_id: remote_id.clone(),
-                remote_version: row.remote_version.clone(),
-            }),
-            (Some(remote_id), false) => self.update(row, remote_id).await,
-            (None, _) => self.create(row).await,
+            (Some(remote_id), Some(code)) => {
+                // Maybe our own create, committed in 1C before a crash
+                // took its answer (and its bank step) away.
+                self.adopted_bank(row, remote_id, pace).await;
+                Outcome::Confirmed(Remote {
+                    remote_id: remote_id.clone(),
+                    remote_version: row.remote_version.clone(),
+                    report: Some(Report {
+                        outcome: WriteOutcome::Exists,
+                        code,
+                    }),
+                })
+            }
+            (Some(remote_id), None) => self.update(row, remote_id, pace).await,
+            (None, _) => self.create(row, pace).await,
         }
     }
 
-    async fn create(&self, row: &OutgoingRow) -> Outcome {
+    async fn create(&self, row: &OutgoingRow, pace: &mut Pace<'_>) -> Outcome {
         let (record, _inn) = match Self::record(row) {
             Ok(r) => r,
             Err(outcome) => return outcome,
         };
-        let kinds = match self.kind_keys().await {
+        let kinds = match self.kind_keys(pace).await {
             Ok(k) => k,
             Err(outcome) => return outcome,
         };
@@ -572,6 +608,7 @@ impl OnecWriter {
             note.as_deref(),
         );
         let payload = body::create_body(&scalars, self.contact_rows(&record, &kinds));
+        pace.request().await;
         let answer = match self
             .client
             .post(
@@ -597,27 +634,33 @@ impl OnecWriter {
                 return Outcome::Retry(format!("1C's answer to a create is not JSON: {e}"));
             }
         };
-        let Some(remote) = remote_of(&created) else {
+        let Some(mut remote) = remote_of(&created) else {
             return Outcome::Retry("1C's answer to a create has no Ref_Key".into());
         };
+        remote.report = Some(Report {
+            outcome: WriteOutcome::Created,
+            code: code_of(&created),
+        });
         self.count("create", "created");
         tracing::info!(record = %crate::logging::Escaped(&row.record_key), onec_ref = %remote.remote_id, code = %text(&created, "Code"), "1C writer: counterparty created");
         if let Some((bik, account)) = bank {
-            self.bank(row, &remote.remote_id, &bik, &account).await;
+            self.bank(row, &remote.remote_id, &bik, &account, pace)
+                .await;
         }
         Outcome::Confirmed(remote)
     }
 
-    async fn update(&self, row: &OutgoingRow, remote_id: &str) -> Outcome {
+    async fn update(&self, row: &OutgoingRow, remote_id: &str, pace: &mut Pace<'_>) -> Outcome {
         let (record, _inn) = match Self::record(row) {
             Ok(r) => r,
             Err(outcome) => return outcome,
         };
-        let kinds = match self.kind_keys().await {
+        let kinds = match self.kind_keys(pace).await {
             Ok(k) => k,
             Err(outcome) => return outcome,
         };
         let entity = self.entity(remote_id);
+        pace.request().await;
         let current = match self
             .client
             .get(&entity, &[], "a counterparty's current copy", None)
@@ -645,8 +688,13 @@ impl OnecWriter {
                     .get("DataVersion")
                     .and_then(Value::as_str)
                     .map(str::to_owned),
+                report: Some(Report {
+                    outcome: WriteOutcome::Exists,
+                    code: code_of(&current),
+                }),
             });
         };
+        pace.request().await;
         match self
             .client
             .patch(
@@ -669,6 +717,10 @@ impl OnecWriter {
                 Outcome::Confirmed(Remote {
                     remote_id: remote_id.to_owned(),
                     remote_version: version,
+                    report: Some(Report {
+                        outcome: WriteOutcome::Updated,
+                        code: code_of(&current),
+                    }),
                 })
             }
             Err(OdataError::Status { status: 404, .. }) => self.gone(row, remote_id).await,
@@ -720,10 +772,112 @@ impl OnecWriter {
     /// Adds the record's bank account to the counterparty 1C just created
     /// and makes it the main one. The counterparty is created whatever
     /// becomes of this: a failure is logged and recorded as a conflict.
-    async fn bank(&self, row: &OutgoingRow, owner: &str, bik: &str, account: &str) {
-        let result = self.bank_inner(owner, bik, account).await;
+    async fn bank(
+        &self,
+        row: &OutgoingRow,
+        owner: &str,
+        bik: &str,
+        account: &str,
+        pace: &mut Pace<'_>,
+    ) {
+        let result = self.bank_inner(owner, bik, account, pace).await;
+        self.bank_done(row, owner, bik, account, result.map(|()| "created"))
+            .await;
+    }
+
+    /// After an adoption (a create 1C committed before a crash, or a
+    /// counterparty 1C had already): the record's account unless 1C's
+    /// counterparty has one with its number (never two accounts with one
+    /// number), made the main one unless the counterparty has one.
+    async fn adopted_bank(&self, row: &OutgoingRow, owner: &str, pace: &mut Pace<'_>) {
+        let (_, Some((bik, account))) = self.requisites(&row.record_key).await else {
+            return;
+        };
+        let result = self.ensure_account(owner, &bik, &account, pace).await;
+        self.bank_done(row, owner, &bik, &account, result).await;
+    }
+
+    /// The adopted counterparty's account with `account`'s number, created
+    /// if 1C lacks it; made the main one where there is none. `created` or
+    /// `exists`.
+    async fn ensure_account(
+        &self,
+        owner: &str,
+        bik: &str,
+        account: &str,
+        pace: &mut Pace<'_>,
+    ) -> Result<&'static str, String> {
+        let f = &self.account_fields;
+        // `Owner` is a composite reference (`Owner_Type`): 1C compares it
+        // with a `cast` to the owner's type (platform 8.3.8 and later).
+        let filter = format!(
+            "{} eq cast(guid'{}', '{}') and {} eq '{}' and DeletionMark eq false",
+            f.owner,
+            body::quote(owner),
+            body::quote(&self.counterparties),
+            f.number,
+            body::quote(account)
+        );
+        pace.request().await;
+        let answer = self
+            .client
+            .get(
+                &self.accounts,
+                &[("$filter", &filter), ("$select", "Ref_Key"), ("$top", "1")],
+                "the counterparty's bank account by number",
+                None,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let found = values(&answer, "the bank account by number").map_err(|_| {
+            "1C's answer to the bank account by number is not an OData list".to_owned()
+        })?;
+        let (account_key, outcome) = match found.first() {
+            Some(existing) => (text(existing, "Ref_Key"), "exists"),
+            None => (
+                self.create_account(owner, bik, account, pace).await?,
+                "created",
+            ),
+        };
+        let main = &self.settings.fields.main_bank_account;
+        if main.is_empty() || account_key.is_empty() {
+            return Ok(outcome);
+        }
+        pace.request().await;
+        let current = self
+            .client
+            .get(
+                &self.entity(owner),
+                &[("$select", main)],
+                "the counterparty's main bank account",
+                None,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let current: Map<String, Value> = serde_json::from_slice(&current)
+            .map_err(|e| format!("1C's answer to the main bank account: {e}"))?;
+        let has_main = current
+            .get(main)
+            .and_then(Value::as_str)
+            .is_some_and(|key| !key.is_empty() && key != EMPTY_REF);
+        if !has_main {
+            self.make_main(owner, &account_key, pace).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Counts what the bank step came to; a failure is logged and recorded
+    /// as a conflict (the counterparty stays created or adopted).
+    async fn bank_done(
+        &self,
+        row: &OutgoingRow,
+        owner: &str,
+        bik: &str,
+        account: &str,
+        result: Result<&'static str, String>,
+    ) {
         let (outcome, why) = match result {
-            Ok(()) => ("created", None),
+            Ok(outcome) => (outcome, None),
             Err(why) => ("failed", Some(why)),
         };
         self.count("bank", outcome);
@@ -741,8 +895,27 @@ impl OnecWriter {
         }
     }
 
-    async fn bank_inner(&self, owner: &str, bik: &str, account: &str) -> Result<(), String> {
+    async fn bank_inner(
+        &self,
+        owner: &str,
+        bik: &str,
+        account: &str,
+        pace: &mut Pace<'_>,
+    ) -> Result<(), String> {
+        let account_key = self.create_account(owner, bik, account, pace).await?;
+        self.make_main(owner, &account_key, pace).await
+    }
+
+    /// The bank found by BIK, the account POSTed: its `Ref_Key`.
+    async fn create_account(
+        &self,
+        owner: &str,
+        bik: &str,
+        account: &str,
+        pace: &mut Pace<'_>,
+    ) -> Result<String, String> {
         let filter = format!("{} eq '{}'", self.settings.bank_bik_field, body::quote(bik));
+        pace.request().await;
         let answer = self
             .client
             .get(
@@ -769,6 +942,7 @@ impl OnecWriter {
         payload.insert(f.number.clone(), account.into());
         payload.insert("Description".into(), account.into());
         payload.insert(f.bank.clone(), bank_key.into());
+        pace.request().await;
         let created = self
             .client
             .post(
@@ -780,13 +954,24 @@ impl OnecWriter {
             .map_err(|e| e.to_string())?;
         let created: Map<String, Value> = serde_json::from_slice(&created)
             .map_err(|e| format!("1C's answer to the account's create: {e}"))?;
-        let account_key = text(&created, "Ref_Key");
+        Ok(text(&created, "Ref_Key"))
+    }
+
+    /// Makes `account_key` the counterparty's main account (where the
+    /// configuration names the field).
+    async fn make_main(
+        &self,
+        owner: &str,
+        account_key: &str,
+        pace: &mut Pace<'_>,
+    ) -> Result<(), String> {
         let main = &self.settings.fields.main_bank_account;
         if main.is_empty() || account_key.is_empty() {
             return Ok(());
         }
         let mut patch = Map::new();
         patch.insert(main.clone(), account_key.into());
+        pace.request().await;
         self.client
             .patch(
                 &self.entity(owner),
@@ -827,13 +1012,23 @@ fn text(entity: &Map<String, Value>, name: &str) -> String {
 
 fn remote_of(entity: &Map<String, Value>) -> Option<Remote> {
     let remote_id = entity.get("Ref_Key")?.as_str()?.to_owned();
-    Some(Remote {
+    Some(Remote::new(
         remote_id,
-        remote_version: entity
+        entity
             .get("DataVersion")
             .and_then(Value::as_str)
             .map(str::to_owned),
-    })
+    ))
+}
+
+/// An entity's `Code`, if it has a non-empty one.
+fn code_of(entity: &Map<String, Value>) -> Option<String> {
+    entity
+        .get("Code")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
 }
 
 fn is_guid(s: &str) -> bool {
@@ -883,21 +1078,27 @@ impl System for OnecWriter {
     }
 
     fn published_limit(&self) -> PublishedLimit {
-        PublishedLimit::Bucket {
-            burst: BURST,
-            per_second: PER_SECOND,
-        }
+        published()
     }
 
     fn batch_size(&self) -> usize {
         1
     }
 
+    fn reports_outcomes(&self) -> bool {
+        true
+    }
+
     fn send<'a>(&'a self, rows: &'a [OutgoingRow]) -> RemoteFuture<'a, Vec<Outcome>> {
         Box::pin(async move {
             let mut outcomes = Vec::with_capacity(rows.len());
+            // The worker took the token of the call's first request.
+            let mut pace = Pace {
+                limiter: self.limiter.get().map(|l| &**l),
+                prepaid: true,
+            };
             for row in rows {
-                outcomes.push(self.send_one(row).await);
+                outcomes.push(self.send_one(row, &mut pace).await);
             }
             outcomes
         })
@@ -911,6 +1112,7 @@ impl System for OnecWriter {
             if row.op == OutboxOp::Remove {
                 return Ok(None);
             }
+            // One request: the token the worker took before the call.
             self.search(row).await
         })
     }
@@ -933,6 +1135,9 @@ impl System for OnecWriter {
 
     fn attach(&self, parts: &Attach<'_>) {
         let _ = self.store.set(parts.store.clone());
+        if let Some(limiter) = parts.limiter {
+            let _ = self.limiter.set(Arc::clone(limiter));
+        }
         if let Some(feed) = parts.feed {
             let _ = self.feed.set(feed.clone());
         }

@@ -46,7 +46,7 @@ use crate::sources::backoff::Backoff;
 use crate::store::{OutboxOp, OutboxRow, Settle, Store};
 use crate::sync::health::SyncHealth;
 use crate::sync::limiter::Limiter;
-use crate::sync::system::{Outcome, OutgoingRow, Remote, System};
+use crate::sync::system::{Outcome, OutgoingRow, Remote, RowOutcome, System, WriteOutcome};
 
 /// A row's own failures before it is dead.
 pub const MAX_ATTEMPTS: u32 = 10;
@@ -106,6 +106,9 @@ pub struct Worker {
     pub settings: WorkerSettings,
     /// Notified by `POST /api/v1/sync/{system}/resume`: probe now.
     pub resume: Arc<Notify>,
+    /// Notified when write outcomes were committed: the task handing them
+    /// to their records' originating systems looks now.
+    pub outcomes: Arc<Notify>,
 }
 
 /// A row as taken: the stored row (its attempts, age) and what is sent.
@@ -377,6 +380,7 @@ impl Worker {
                         Some(Remote {
                             remote_id,
                             remote_version,
+                            ..
                         }) => {
                             tracing::info!(system = %self.name(), record = %crate::logging::Escaped(&taken.outgoing.record_key), "sync: the system holds the record already: adopted, not created again");
                             taken.outgoing.remote_id = Some(remote_id);
@@ -498,12 +502,24 @@ impl Worker {
         let mut limited: Option<Option<Duration>> = None;
         let mut blocked: Option<String> = None;
         let mut failure: Option<String> = None;
+        let reports = self.system.reports_outcomes();
+        let mut reported = false;
         for (taken, result) in rows.iter().zip(results) {
             let row = &taken.row;
             match result {
                 RowResult::NothingToRemove => settle.push(Settle::Dropped { id: row.id }),
                 RowResult::Outcome(Outcome::Confirmed(remote)) => {
                     state.failed_at.remove(&row.id);
+                    if let (true, Some(report)) = (reports, &remote.report) {
+                        settle.push(Settle::Outcome(outcome_of(
+                            row,
+                            report.outcome,
+                            Some(remote.remote_id.clone()),
+                            report.code.clone(),
+                            None,
+                        )));
+                        reported = true;
+                    }
                     settle.push(Settle::Confirmed {
                         id: row.id,
                         system: row.system.clone(),
@@ -516,6 +532,16 @@ impl Worker {
                 RowResult::Outcome(Outcome::Permanent(message)) => {
                     state.failed_at.remove(&row.id);
                     tracing::warn!(system = %self.name(), id = row.id, record = %crate::logging::Escaped(&row.record_key), error = %crate::logging::Escaped(&message), "sync: the system refused a change for good: the row is dead");
+                    if reports {
+                        settle.push(Settle::Outcome(outcome_of(
+                            row,
+                            WriteOutcome::Failed,
+                            None,
+                            None,
+                            Some(message.clone()),
+                        )));
+                        reported = true;
+                    }
                     settle.push(Settle::Failed {
                         id: row.id,
                         attempts: row.attempts + 1,
@@ -548,6 +574,16 @@ impl Worker {
                     if dead {
                         state.failed_at.remove(&row.id);
                         tracing::warn!(system = %self.name(), id = row.id, record = %crate::logging::Escaped(&row.record_key), attempts, error = %crate::logging::Escaped(&error), "sync: a change failed too often: the row is dead");
+                        if reports {
+                            settle.push(Settle::Outcome(outcome_of(
+                                row,
+                                WriteOutcome::Failed,
+                                None,
+                                None,
+                                Some(error.clone()),
+                            )));
+                            reported = true;
+                        }
                     }
                     // The system's own failure waits with the system (below);
                     // the row is due again as soon as the system is.
@@ -567,10 +603,15 @@ impl Worker {
                 }
             }
         }
-        if let Err(e) = self.store.outbox_settle(settle).await {
-            // Nothing of it is written: the rows stay pending as they were
-            // and are sent again (a create adopts what it finds first).
-            tracing::error!(system = %self.name(), error = %e, "sync: what the system answered could not be written; its rows will be sent again");
+        match self.store.outbox_settle(settle).await {
+            Ok(()) if reported => self.outcomes.notify_one(),
+            Ok(()) => {}
+            Err(e) => {
+                // Nothing of it is written: the rows stay pending as they
+                // were and are sent again (a create adopts what it finds
+                // first).
+                tracing::error!(system = %self.name(), error = %e, "sync: what the system answered could not be written; its rows will be sent again");
+            }
         }
         self.adjust(
             state, answered, timed_out, limited, blocked, failure, was_probe,
@@ -683,6 +724,27 @@ impl Worker {
                 tracing::debug!(system = %self.name(), error = %e, "sync: outbox gauges not refreshed")
             }
         }
+    }
+}
+
+/// A row's outcome as stored (the store sets its time).
+fn outcome_of(
+    row: &OutboxRow,
+    outcome: WriteOutcome,
+    remote_ref: Option<String>,
+    remote_code: Option<String>,
+    message: Option<String>,
+) -> RowOutcome {
+    RowOutcome {
+        outbox_id: row.id,
+        system: row.system.clone(),
+        kind: row.kind.clone(),
+        record_key: row.record_key.clone(),
+        outcome,
+        remote_ref,
+        remote_code,
+        message,
+        at: SystemTime::now(),
     }
 }
 
