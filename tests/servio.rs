@@ -714,3 +714,52 @@ async fn take_leave_remembers_a_duplicate_left_in_place_across_a_restart() {
     assert_eq!(files_in(&archive).len(), 1);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_file_emptying_or_shrinking_servio_past_max_shrink_is_refused() {
+    let mut gw = start_servio(tempfile::tempdir().expect("dir"), "move").await;
+    let import = gw.dir.path().join("in");
+    let fingerprint = |gw: &TestGateway| {
+        let index = gw.gateway().directory().snapshot();
+        let info = index.source("servio").expect("servio's set");
+        (
+            info.records,
+            info.fingerprint.clone().expect("a fingerprint"),
+        )
+    };
+    std::fs::write(import.join("Clients_1.xml"), delta_file(100, 10)).expect("drop");
+    gw.gateway().reload();
+    taken(&gw).await;
+    let (records, first) = fingerprint(&gw);
+    assert_eq!(records, 10);
+    assert_eq!(first.len(), 64, "the file's SHA-256: {first}");
+    // 6 of the 10 gone is more than directory.max_shrink (0.5); no client
+    // at all would empty SERVIO's part: both refused, nothing changed.
+    for (file, n, expected) in [
+        ("Clients_2.xml", 4, "directory.max_shrink"),
+        ("Clients_3.xml", 0, "no clients"),
+    ] {
+        std::fs::write(import.join(file), delta_file(100, n)).expect("drop");
+        gw.gateway().reload();
+        taken(&gw).await;
+        let errors = gw.dir.path().join("errors");
+        let text = files_in(&errors)
+            .into_iter()
+            .find(|n| n.ends_with(&format!("-{file}.error.txt")))
+            .map(|n| std::fs::read_to_string(errors.join(n)).expect("read"))
+            .unwrap_or_else(|| panic!("{file}: no .error.txt"));
+        assert!(text.contains(expected), "{file}: {text}");
+        assert_eq!(fingerprint(&gw), (10, first.clone()), "{file}");
+        assert!(name_of(&gw, "servio:100-9").is_some(), "{file}");
+    }
+    // 4 of the 10 gone is within it: applied, the absent clients leave.
+    std::fs::write(import.join("Clients_4.xml"), delta_file(100, 6)).expect("drop");
+    gw.gateway().reload();
+    taken(&gw).await;
+    let (records, fourth) = fingerprint(&gw);
+    assert_eq!(records, 6);
+    assert_ne!(fourth, first);
+    assert!(name_of(&gw, "servio:100-5").is_some());
+    assert!(name_of(&gw, "servio:100-6").is_none());
+    gw.stop().await;
+}

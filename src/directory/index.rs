@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::build::{build_entries, Stamps};
+use super::build::{build_entries, Built, Stamps};
 use super::entry::{unix_ms, Entry, Prepared};
 use super::inherited::ManagerRules;
 use super::keys::{
@@ -61,6 +61,27 @@ pub(super) struct NewSet {
     /// The overlays' generation the entries were built with: when an
     /// overlay was set since, [`Index::with_set`] applies it.
     overlay_generation: u64,
+}
+
+impl NewSet {
+    /// Records in the set (each id once).
+    pub(super) fn len(&self) -> usize {
+        self.info.records
+    }
+
+    /// The source whose set it is.
+    pub(super) fn source(&self) -> &str {
+        &self.info.name
+    }
+}
+
+/// A source's new set being made a few records at a time (see
+/// [`Index::start_set`]).
+pub(super) struct SetParts {
+    name: Arc<str>,
+    /// Receive time of every record (unix ms): the set's load time.
+    stamp: u64,
+    built: Built,
 }
 
 /// Immutable lookup structures over all sources' records.
@@ -296,6 +317,70 @@ impl Index {
             &self.manager_rules,
             reuse,
         );
+        self.new_set(name, built, fingerprint, loaded_at, report_changes)
+    }
+
+    /// A whole new set of `source` to be made a few records at a time
+    /// ([`Index::add_to_set`], then [`Index::finish_set`], all on this
+    /// index): the set [`Index::prepare_set`] makes of all the records at
+    /// once, entry for entry, without all the records held at once. For a
+    /// large file streamed in (SERVIO's), where the records read, not the
+    /// entries, would be the peak of an import.
+    pub(super) fn start_set(&self, source: &str, loaded_at: SystemTime) -> SetParts {
+        SetParts {
+            name: Arc::from(source),
+            stamp: unix_ms(loaded_at),
+            built: Built {
+                entries: Vec::new(),
+                unusable_phones: 0,
+                unchanged: 0,
+            },
+        }
+    }
+
+    /// Turns `records` into entries of `parts`, compared with this index's
+    /// set of the source as [`Index::prepare_set`] compares them.
+    pub(super) fn add_to_set(
+        &self,
+        parts: &mut SetParts,
+        records: Vec<Counterparty>,
+        render: Renderer,
+    ) {
+        let empty = Shards::new();
+        let previous = self.set(&parts.name).map_or(&empty, |s| &s.entries);
+        let built = build_entries(
+            records,
+            &parts.name,
+            Stamps::All(parts.stamp),
+            render,
+            previous,
+            &self.overlays.map,
+            &self.manager_rules,
+            true,
+        );
+        parts.built.entries.extend(built.entries);
+        parts.built.unusable_phones += built.unusable_phones;
+        parts.built.unchanged += built.unchanged;
+    }
+
+    /// The set `parts` made, ready for [`Index::with_set`].
+    pub(super) fn finish_set(
+        &self,
+        parts: SetParts,
+        fingerprint: Option<String>,
+        loaded_at: SystemTime,
+    ) -> NewSet {
+        self.new_set(parts.name, parts.built, fingerprint, loaded_at, true)
+    }
+
+    fn new_set(
+        &self,
+        name: Arc<str>,
+        built: Built,
+        fingerprint: Option<String>,
+        loaded_at: SystemTime,
+        report_changes: bool,
+    ) -> NewSet {
         // One id twice in a set: the first record is the one kept.
         let entries = Shards::build(built.entries.into_iter().map(ById));
         NewSet {
@@ -311,6 +396,21 @@ impl Index {
             report_changes,
             overlay_generation: self.overlays.generation,
         }
+    }
+
+    /// How many of this index's records of `set`'s source `set` leaves
+    /// out, and how many there are: what putting it in would remove (for a
+    /// guard such as `directory.max_shrink`).
+    pub(super) fn removed_by(&self, set: &NewSet) -> (usize, usize) {
+        let Some(old) = self.set(&set.info.name) else {
+            return (0, 0);
+        };
+        let removed = old
+            .entries
+            .iter()
+            .filter(|ById(e)| by_id(&set.entries, e.id()).is_none())
+            .count();
+        (removed, old.entries.len())
     }
 
     /// A new index: this one with `set` in place of its source's set.

@@ -2,11 +2,12 @@
 //!
 //! Sources hand the directory either a whole record set
 //! ([`Directory::replace_source`]: the JSON Lines file, a 1C full read, the
-//! snapshot at start-up) or a change ([`Directory::apply_changes`]: the push
-//! API). Either way a new [`Index`] is made beside the one readers use and
-//! swapped in one step (`arc-swap`), so a reader sees either the old
-//! directory or the new one, never half of each. Lookups take no lock and
-//! allocate nothing.
+//! snapshot at start-up; or made a few records at a time as a large file is
+//! read, [`Directory::build_set`]: SERVIO's full files) or a change
+//! ([`Directory::apply_changes`]: the push API). Either way a new [`Index`]
+//! is made beside the one readers use and swapped in one step
+//! (`arc-swap`), so a reader sees either the old directory or the new one,
+//! never half of each. Lookups take no lock and allocate nothing.
 //!
 //! A change costs its size, not the directory's: the index's maps share all
 //! they can with the previous index ([`shards`]), and only the ids a change
@@ -738,11 +739,34 @@ impl Directory {
             self.render,
             reuse,
         );
-        // Then the set goes in without the writer lock: a writer that
-        // swapped meanwhile makes this try again on its index.
+        self.put_set(&set)
+    }
+
+    /// Starts a whole new set of `source`, made a few records at a time
+    /// ([`SetBuilder::add`]) and put in by [`BuiltSet::put`]: the same set
+    /// and the same swap as [`Directory::replace_source`] of all the
+    /// records, without all of them held at once (a record read costs more
+    /// memory than its entry, and an unchanged record's entry is the one
+    /// the directory holds already). The records are compared with the
+    /// source's set as it is now; like `replace_source`, call it from a
+    /// blocking task or a low-priority thread.
+    pub fn build_set(&self, source: &str, loaded_at: SystemTime) -> SetBuilder<'_> {
+        let base = self.current.load_full();
+        let parts = base.start_set(source, loaded_at);
+        SetBuilder {
+            directory: self,
+            base,
+            parts,
+            loaded_at,
+        }
+    }
+
+    /// Puts a whole set in, without the writer lock: a writer that
+    /// swapped meanwhile makes this try again on its index.
+    fn put_set(&self, set: &index::NewSet) -> ReplaceReport {
         for _ in 0..OPTIMISTIC_TRIES {
             let base = self.current.load_full();
-            let (index, report) = base.with_set(&set, self.render);
+            let (index, report) = base.with_set(set, self.render);
             if self.swap(&base, index) {
                 return self.replaced(report);
             }
@@ -750,11 +774,11 @@ impl Directory {
         // Writes kept winning (a stream of pushes during a read that changed
         // most of a large set): take the lock, at last, and say so.
         tracing::warn!(
-            source,
+            source = set.source(),
             tries = OPTIMISTIC_TRIES,
             "directory: a whole-set replacement kept losing to concurrent changes; changes now wait for it"
         );
-        let report = self.write(|base| base.with_set(&set, self.render));
+        let report = self.write(|base| base.with_set(set, self.render));
         self.replaced(report)
     }
 
@@ -844,6 +868,67 @@ impl Directory {
             overlay,
             index.manager_rules(),
         ))
+    }
+}
+
+/// A whole set of one source being made a few records at a time (see
+/// [`Directory::build_set`]). Dropped unfinished, it changes nothing.
+pub struct SetBuilder<'d> {
+    directory: &'d Directory,
+    /// The index the records are compared with (its source's set, its
+    /// overlays), the same for every part.
+    base: Arc<Index>,
+    parts: index::SetParts,
+    loaded_at: SystemTime,
+}
+
+impl<'d> SetBuilder<'d> {
+    /// Makes entries of `records` (on the calling thread, and on every core
+    /// for a large part). Of one id twice in the set, the first record is
+    /// the one kept, as in [`Directory::replace_source`].
+    pub fn add(&mut self, records: Vec<Counterparty>) {
+        self.base
+            .add_to_set(&mut self.parts, records, self.directory.render);
+    }
+
+    /// The set made, to be checked ([`BuiltSet::removes`]) and put in.
+    pub fn finish(self, fingerprint: Option<String>) -> BuiltSet<'d> {
+        let set = self
+            .base
+            .finish_set(self.parts, fingerprint, self.loaded_at);
+        BuiltSet {
+            directory: self.directory,
+            set,
+        }
+    }
+}
+
+/// A whole set of one source, made and not yet put in: dropped, it changes
+/// nothing.
+pub struct BuiltSet<'d> {
+    directory: &'d Directory,
+    set: index::NewSet,
+}
+
+impl BuiltSet<'_> {
+    /// Records in the set, each id once.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.len() == 0
+    }
+
+    /// How many of its source's records in the directory now the set
+    /// leaves out (would remove), and how many there are.
+    pub fn removes(&self) -> (usize, usize) {
+        self.directory.current.load().removed_by(&self.set)
+    }
+
+    /// Puts the set in, in one swap, as [`Directory::replace_source`] does.
+    pub fn put(self) -> ReplaceReport {
+        self.directory.put_set(&self.set)
     }
 }
 
@@ -1095,6 +1180,77 @@ mod tests {
         assert_eq!(report.unchanged, 1);
         assert!(Arc::ptr_eq(&before, &dir.lookup_id("1").expect("1")));
         assert_eq!(name_for(&dir, "89160000002").as_deref(), Some("B2"));
+    }
+
+    #[test]
+    fn a_set_built_in_parts_is_the_set_replace_source_makes() {
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let later = at + std::time::Duration::from_secs(60);
+        let first: Vec<Counterparty> = (0..50)
+            .map(|i| versioned(&i.to_string(), "A", &format!("8916{i:07}"), "v1"))
+            .collect();
+        // 0..40 kept (every fifth renamed), 40..50 gone, 50..60 new.
+        let second: Vec<Counterparty> = (0..60)
+            .filter(|i| !(40..50).contains(i))
+            .map(|i| match i % 5 {
+                0 => versioned(&i.to_string(), "B", &format!("8916{i:07}"), "v2"),
+                _ => versioned(&i.to_string(), "A", &format!("8916{i:07}"), "v1"),
+            })
+            .collect();
+        let whole = Directory::new(render);
+        let parts = Directory::new(render);
+        for dir in [&whole, &parts] {
+            dir.replace_source("servio", first.clone(), Some("h1".into()), at);
+        }
+        let kept = parts.lookup_id("1").expect("1");
+        let expected = whole.replace_source("servio", second.clone(), Some("h2".into()), later);
+
+        let mut builder = parts.build_set("servio", later);
+        for chunk in second.chunks(7) {
+            builder.add(chunk.to_vec());
+        }
+        // Dropped unfinished, a set changes nothing.
+        drop(parts.build_set("servio", later));
+        let set = builder.finish(Some("h2".into()));
+        assert_eq!((set.len(), set.is_empty()), (50, false));
+        assert_eq!(set.removes(), (10, 50));
+        assert_eq!(
+            parts.snapshot().source("servio").map(|s| s.records),
+            Some(50)
+        );
+        let report = set.put();
+
+        assert_eq!(report, expected);
+        assert_eq!(report.unchanged, 32);
+        assert!(
+            Arc::ptr_eq(&kept, &parts.lookup_id("1").expect("1")),
+            "an unchanged entry is kept"
+        );
+        let info = parts.snapshot().source("servio").cloned().expect("servio");
+        assert_eq!(
+            (info.records, info.fingerprint.as_deref()),
+            (50, Some("h2"))
+        );
+        for i in 0..60 {
+            let id = i.to_string();
+            let (w, p) = (whole.lookup_id(&id), parts.lookup_id(&id));
+            assert_eq!(
+                w.as_ref().map(|e| name_of(e)),
+                p.as_ref().map(|e| name_of(e)),
+                "{id}"
+            );
+            assert_eq!(
+                w.map(|e| e.received_at_ms()),
+                p.map(|e| e.received_at_ms()),
+                "{id}"
+            );
+            let phone = format!("8916{i:07}");
+            assert_eq!(
+                name_for(&whole, &phone),
+                name_for(&parts, &phone),
+                "{phone}"
+            );
+        }
     }
 
     #[test]

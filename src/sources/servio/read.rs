@@ -68,10 +68,40 @@ pub fn read_records<R: Read>(
     mapping: &Mapping,
     max_records: usize,
 ) -> Result<Parsed, Vec<Problem>> {
-    let mut reader = Reader::new(rule, mapping, max_records);
+    let mut upserts = Vec::new();
+    let read = read_each(input, rule, mapping, max_records, &mut |r| upserts.push(r))?;
+    Ok(Parsed {
+        upserts,
+        removals: read.removals,
+        clients: read.clients,
+    })
+}
+
+/// What [`read_each`] gives besides the records: the ids marked deleted
+/// (delta files) and how many clients the file had.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReadSummary {
+    pub removals: Vec<Box<str>>,
+    pub clients: usize,
+}
+
+/// [`read_records`] handing each record to `each` as soon as it is read,
+/// in the file's order, instead of collecting them: a caller that turns
+/// them into something smaller at once (a full file's directory set) never
+/// holds them all. A file with problems may have handed some records over
+/// before its first problem was found (none after it): the caller drops
+/// what it made of them.
+pub fn read_each<R: Read>(
+    input: R,
+    rule: &FileRule,
+    mapping: &Mapping,
+    max_records: usize,
+    each: &mut dyn FnMut(Counterparty),
+) -> Result<ReadSummary, Vec<Problem>> {
+    let mut reader = Reader::new(rule, mapping, max_records, each);
     reader.run(input);
     if reader.problems.is_empty() {
-        Ok(reader.parsed)
+        Ok(reader.summary)
     } else {
         Err(reader.problems)
     }
@@ -94,7 +124,7 @@ struct Client {
     broken: bool,
 }
 
-struct Reader<'m> {
+struct Reader<'m, 's> {
     rule: &'m FileRule,
     mapping: &'m Mapping,
     max_records: usize,
@@ -105,14 +135,21 @@ struct Reader<'m> {
     open: Vec<Open>,
     /// Each id read, and the line of its client.
     seen: HashMap<Box<str>, u64>,
-    parsed: Parsed,
+    /// Where each record goes.
+    each: &'s mut dyn FnMut(Counterparty),
+    summary: ReadSummary,
     problems: Vec<Problem>,
     /// Reading ends: more clients than `max_records`.
     stop: bool,
 }
 
-impl<'m> Reader<'m> {
-    fn new(rule: &'m FileRule, mapping: &'m Mapping, max_records: usize) -> Reader<'m> {
+impl<'m, 's> Reader<'m, 's> {
+    fn new(
+        rule: &'m FileRule,
+        mapping: &'m Mapping,
+        max_records: usize,
+        each: &'s mut dyn FnMut(Counterparty),
+    ) -> Reader<'m, 's> {
         let mut texts: HashMap<&str, Vec<Field>> = HashMap::new();
         let mut attributes: HashMap<&str, Vec<(&str, Field)>> = HashMap::new();
         for (field, path) in &mapping.fields {
@@ -133,7 +170,8 @@ impl<'m> Reader<'m> {
             client: None,
             open: Vec::new(),
             seen: HashMap::new(),
-            parsed: Parsed::default(),
+            each,
+            summary: ReadSummary::default(),
             problems: Vec::new(),
             stop: false,
         }
@@ -336,8 +374,8 @@ impl<'m> Reader<'m> {
                 format!("id {raw_id:?} is used twice: lines {first} and {line}"),
             );
         }
-        self.parsed.clients += 1;
-        if self.parsed.clients > self.max_records {
+        self.summary.clients += 1;
+        if self.summary.clients > self.max_records {
             self.problems.push(Problem {
                 line,
                 path: path.to_owned(),
@@ -358,7 +396,7 @@ impl<'m> Reader<'m> {
         });
         if deleted {
             if self.rule.mode == Mode::Delta {
-                self.parsed.removals.push(id);
+                self.summary.removals.push(id);
             }
             return;
         }
@@ -417,7 +455,11 @@ impl<'m> Reader<'m> {
                 format!("client {raw_id:?}: {e}"),
             );
         }
-        self.parsed.upserts.push(record);
+        // A file with a problem is refused whole: its later records go
+        // nowhere (reading goes on only to list its problems).
+        if self.problems.is_empty() {
+            (self.each)(record);
+        }
     }
 
     /// A category's number: its text in `category.values`, or the text

@@ -25,10 +25,10 @@ use tokio::sync::watch;
 use super::folder::{self, Candidate, Settling};
 use super::mapping::{FileRule, Mapping, Mode};
 use super::metrics::ServioMetrics;
-use super::read::{read_records, Parsed, Problem, LIMITS, MAX_PROBLEMS};
+use super::read::{read_each, read_records, Parsed, Problem, LIMITS, MAX_PROBLEMS};
 use super::SOURCE;
 use crate::config::{ServioConfig, ServioTake};
-use crate::directory::{Counterparty, Directory};
+use crate::directory::{BuiltSet, Counterparty, Directory};
 use crate::sources::{LowPriority, SourceHealth};
 use crate::store::{LedgerRow, LeftRow, Store};
 
@@ -36,6 +36,11 @@ use crate::store::{LedgerRow, LeftRow, Store};
 const MAX_BATCH_FILES: usize = 64;
 /// ...holding at most this many clients.
 const MAX_BATCH_CLIENTS: usize = 100_000;
+
+/// A full file's records are made into directory entries this many at a
+/// time, as they are read (see [`Inner::read_full`]): a few MB of records
+/// held, not the whole file's.
+const FULL_CHUNK: usize = 4_096;
 
 /// `[servio]` as the source uses it.
 #[derive(Debug, Clone)]
@@ -324,20 +329,31 @@ impl Inner {
                 return Taken::Later;
             }
         }
-        let started = Instant::now();
-        let parsed = match handle.seek(SeekFrom::Start(0)) {
-            Ok(_) => read_records(&handle, rule, &self.mapping, settings.max_records),
-            Err(e) => {
-                tracing::warn!(file = %file.name, error = %e, "SERVIO file cannot be read; tried again at the next scan");
+        if let Err(e) = handle.seek(SeekFrom::Start(0)) {
+            tracing::warn!(file = %file.name, error = %e, "SERVIO file cannot be read; tried again at the next scan");
+            return Taken::Later;
+        }
+        if rule.mode == Mode::Full {
+            // Files apply in order: the deltas before this one first, so
+            // that its set is made against the directory they leave.
+            self.apply_batch(std::mem::take(batch), state).await;
+            let started = Instant::now();
+            let read = self.read_full(&handle, rule, &hash);
+            self.observe("parse", started);
+            if !unchanged_since_taken(&handle, &file) {
                 return Taken::Later;
             }
-        };
+            drop(handle);
+            match read {
+                Ok((set, clients)) => self.apply_full(file, hash, set, clients, state).await,
+                Err(problems) => self.fail(&file, &hash, rule.mode, problems, state).await,
+            }
+            return Taken::Done;
+        }
+        let started = Instant::now();
+        let parsed = read_records(&handle, rule, &self.mapping, settings.max_records);
         self.observe("parse", started);
-        let unchanged = handle
-            .metadata()
-            .is_ok_and(|m| m.len() == file.size && folder::mtime_ms(&m) == file.mtime_ms);
-        if !unchanged {
-            tracing::info!(file = %file.name, "SERVIO file changed while it was read; taken once it has settled again");
+        if !unchanged_since_taken(&handle, &file) {
             return Taken::Later;
         }
         drop(handle);
@@ -348,7 +364,8 @@ impl Inner {
                 return Taken::Done;
             }
         };
-        // A client without a mapped manager is stored without one: its
+        // A client without a mapped manager is stored without one (here and
+        // in `read_full`): its
         // manager (another source's record with the same INN, else
         // `default_manager_phone`) is chosen when a call is answered
         // (`directory::inherited`), so that a manager changed in 1C is
@@ -356,16 +373,7 @@ impl Inner {
         // into such clients' `manager_phone`; it is kept as it is (they
         // answer with the default, as they did) until SERVIO sends the
         // client again.
-        match rule.mode {
-            Mode::Delta => {
-                batch.add(file, hash, parsed);
-            }
-            Mode::Full => {
-                // Files apply in order: the deltas before this one first.
-                self.apply_batch(std::mem::take(batch), state).await;
-                self.apply_full(file, hash, parsed, state).await;
-            }
-        }
+        batch.add(file, hash, parsed);
         Taken::Done
     }
 
@@ -445,11 +453,51 @@ impl Inner {
         }
     }
 
+    /// Reads a full file straight into SERVIO's new directory set, a
+    /// [`FULL_CHUNK`] of records at a time, and gives it (not yet put in)
+    /// with the number of clients the file had.
+    ///
+    /// Why not read every record, then `replace_source`: a record read
+    /// (a `Counterparty`, a dozen strings) takes more memory than its entry,
+    /// and an unchanged client's entry is the one the directory holds
+    /// already, so holding all of a 100,000-client file's records at once
+    /// was the peak of a re-import (75 MB above the steady RSS). Made as
+    /// it is read, the set costs the entries of the clients that changed.
+    /// It is the same set `replace_source` would make (the same entries,
+    /// fingerprint and swap); a file found bad drops it, changing nothing.
+    fn read_full(
+        &self,
+        handle: &File,
+        rule: &FileRule,
+        hash: &str,
+    ) -> Result<(BuiltSet<'_>, usize), Vec<Problem>> {
+        let mut set = self.directory.build_set(SOURCE, SystemTime::now());
+        let mut chunk = Vec::with_capacity(FULL_CHUNK);
+        let read = read_each(
+            handle,
+            rule,
+            &self.mapping,
+            self.settings.max_records,
+            &mut |record| {
+                chunk.push(record);
+                if chunk.len() >= FULL_CHUNK {
+                    set.add(std::mem::replace(
+                        &mut chunk,
+                        Vec::with_capacity(FULL_CHUNK),
+                    ));
+                }
+            },
+        )?;
+        set.add(chunk);
+        Ok((set.finish(Some(hash.to_owned())), read.clients))
+    }
+
     async fn apply_full(
         &self,
         file: Candidate,
         hash: String,
-        parsed: Parsed,
+        set: BuiltSet<'_>,
+        clients: usize,
         state: &mut ScanState,
     ) {
         let problem = |message: String| Problem {
@@ -458,21 +506,18 @@ impl Inner {
             field: None,
             message,
         };
-        if parsed.upserts.is_empty() {
+        if set.is_empty() {
             let message = "a full file with no clients is refused: it would empty SERVIO's part of the directory".to_owned();
             return self
                 .fail(&file, &hash, Mode::Full, vec![problem(message)], state)
                 .await;
         }
-        let previous = self.directory.snapshot().source_records(SOURCE);
-        if let Some(previous) = previous.filter(|p| !p.is_empty()) {
-            let kept: HashSet<&str> = parsed.upserts.iter().map(|r| &*r.id).collect();
-            let removed = previous.iter().filter(|e| !kept.contains(e.id())).count();
-            let share = removed as f64 / previous.len() as f64;
+        let (removed, previous) = set.removes();
+        if previous > 0 {
+            let share = removed as f64 / previous as f64;
             if share > self.settings.max_shrink {
                 let message = format!(
-                    "a full file that would remove {removed} of SERVIO's {} clients (more than directory.max_shrink = {}) is refused",
-                    previous.len(),
+                    "a full file that would remove {removed} of SERVIO's {previous} clients (more than directory.max_shrink = {}) is refused",
                     self.settings.max_shrink
                 );
                 return self
@@ -480,15 +525,9 @@ impl Inner {
                     .await;
             }
         }
-        let clients = parsed.clients;
-        let upserts = parsed.upserts.len();
+        let upserts = set.len();
         let started = Instant::now();
-        self.directory.replace_source(
-            SOURCE,
-            parsed.upserts,
-            Some(hash.clone()),
-            SystemTime::now(),
-        );
+        set.put();
         self.observe("apply", started);
         let started = Instant::now();
         let entries = self
@@ -726,6 +765,18 @@ fn sample_key(input: &mut File, size: u64) -> std::io::Result<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether the file read through `handle` still has the size and mtime it
+/// was taken with; if not, it is left for the next scan.
+fn unchanged_since_taken(handle: &File, file: &Candidate) -> bool {
+    let unchanged = handle
+        .metadata()
+        .is_ok_and(|m| m.len() == file.size && folder::mtime_ms(&m) == file.mtime_ms);
+    if !unchanged {
+        tracing::info!(file = %file.name, "SERVIO file changed while it was read; taken once it has settled again");
+    }
+    unchanged
 }
 
 /// SHA-256 of what `input` holds from where it stands, lowercase hex.
