@@ -74,7 +74,10 @@ impl SyncRuntimeParts {
         published: PublishedLimit,
         config: SyncSystemConfig,
     ) -> Arc<SystemParts> {
-        let limiter = Arc::new(Limiter::new(LimitSpec::from_published(published, &config)));
+        let limiter = Arc::new(Limiter::for_system(
+            LimitSpec::from_published(published, &config),
+            config.concurrency,
+        ));
         let health = Arc::new(SyncHealth::new(name, self.state_gauge.clone()));
         let parts = Arc::new(SystemParts {
             name: name.to_owned(),

@@ -81,7 +81,8 @@ const FIELDS: &[&str] = &[
 const PER_SECOND: u32 = 5;
 
 /// The writer's limit: at most `per_second` requests in any 1 s, a sliding
-/// window (the limiter sends one less, over a window 2% longer), which a
+/// window (over a window 2% longer, with room for the requests still on
+/// their way: `Limiter::for_system`), which a
 /// token bucket's catch-up burst cannot promise; a late timer wake-up
 /// loses nothing either, the window only counting what was sent.
 fn published() -> PublishedLimit {
