@@ -533,13 +533,7 @@ impl Worker {
                     state.failed_at.remove(&row.id);
                     tracing::warn!(system = %self.name(), id = row.id, record = %crate::logging::Escaped(&row.record_key), error = %crate::logging::Escaped(&message), "sync: the system refused a change for good: the row is dead");
                     if reports {
-                        settle.push(Settle::Outcome(outcome_of(
-                            row,
-                            WriteOutcome::Failed,
-                            None,
-                            None,
-                            Some(message.clone()),
-                        )));
+                        settle.push(failed(row, &message));
                         reported = true;
                     }
                     settle.push(Settle::Failed {
@@ -575,13 +569,7 @@ impl Worker {
                         state.failed_at.remove(&row.id);
                         tracing::warn!(system = %self.name(), id = row.id, record = %crate::logging::Escaped(&row.record_key), attempts, error = %crate::logging::Escaped(&error), "sync: a change failed too often: the row is dead");
                         if reports {
-                            settle.push(Settle::Outcome(outcome_of(
-                                row,
-                                WriteOutcome::Failed,
-                                None,
-                                None,
-                                Some(error.clone()),
-                            )));
+                            settle.push(failed(row, &error));
                             reported = true;
                         }
                     }
@@ -728,6 +716,17 @@ impl Worker {
 }
 
 /// A row's outcome as stored (the store sets its time).
+/// The `failed` outcome of a row that died with `message`.
+fn failed(row: &OutboxRow, message: &str) -> Settle {
+    Settle::Outcome(outcome_of(
+        row,
+        WriteOutcome::Failed,
+        None,
+        None,
+        Some(message.to_owned()),
+    ))
+}
+
 fn outcome_of(
     row: &OutboxRow,
     outcome: WriteOutcome,
