@@ -163,6 +163,13 @@ fn classify(c: char) -> Char {
 /// - Anything else (one digit, 7 to 9 digits with no `+`): `None`, no usable
 ///   number: too short for a national number, too long for an extension.
 pub fn normalize(raw: &str) -> Option<PhoneKey> {
+    // The PBX's usual number is digits alone (`79161234567`): read as they
+    // are, without classifying each character (half of this function's
+    // instructions on every SayName, callgrind).
+    let bytes = raw.as_bytes();
+    if bytes.len() <= MAX_DIGITS && bytes.iter().all(u8::is_ascii_digit) {
+        return key_of(bytes, false, false);
+    }
     let mut digits = [0u8; MAX_DIGITS];
     let mut n = 0usize;
     let mut plus = false;
@@ -188,7 +195,12 @@ pub fn normalize(raw: &str) -> Option<PhoneKey> {
             Char::Other => break, // "доб.", "ext", ",", ";": the number has ended
         }
     }
-    let digits = &digits[..n];
+    key_of(&digits[..n], plus, plus_eight_apart)
+}
+
+/// The key of a number's `digits` (ASCII), written after a `+` when `plus`.
+fn key_of(digits: &[u8], plus: bool, plus_eight_apart: bool) -> Option<PhoneKey> {
+    let n = digits.len();
     if plus {
         return international(digits, plus_eight_apart);
     }
@@ -239,6 +251,26 @@ mod tests {
 
     fn norm(s: &str) -> Option<String> {
         normalize(s).map(|k| k.to_string())
+    }
+
+    /// Digits alone take a shortcut: every such string up to 17 digits is
+    /// read as the same digits with a separator in front would be (which
+    /// takes the character-by-character read).
+    #[test]
+    fn digits_alone_are_read_as_the_full_read_reads_them() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..50_000 {
+            let len = rng.random_range(0..=MAX_DIGITS + 2);
+            let digits: String = (0..len)
+                .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+                .collect();
+            assert_eq!(
+                normalize(&digits),
+                normalize(&format!(" {digits}")),
+                "{digits}"
+            );
+        }
     }
 
     #[test]

@@ -58,6 +58,15 @@ pub struct BodyHead {
 }
 
 impl BodyHead {
+    /// A body of `declared_len` bytes (its `Content-Length`), sent with a
+    /// coding other than `identity` when `encoded`.
+    pub fn new(declared_len: Option<u64>, encoded: bool) -> BodyHead {
+        BodyHead {
+            declared_len,
+            encoded,
+        }
+    }
+
     /// Reads the head's `Content-Length` and `Content-Encoding`.
     pub fn of(headers: &header::HeaderMap) -> BodyHead {
         let declared_len = headers
@@ -77,12 +86,15 @@ fn unencoded(headers: &header::HeaderMap) -> bool {
     headers
         .get_all(header::CONTENT_ENCODING)
         .iter()
-        .all(|value| {
-            value.as_bytes().split(|&b| b == b',').all(|coding| {
-                let coding = coding.trim_ascii();
-                coding.is_empty() || coding.eq_ignore_ascii_case(b"identity")
-            })
-        })
+        .all(is_identity_coding)
+}
+
+/// Whether a `Content-Encoding` value names no coding but `identity`.
+pub fn is_identity_coding(value: &header::HeaderValue) -> bool {
+    value.as_bytes().split(|&b| b == b',').all(|coding| {
+        let coding = coding.trim_ascii();
+        coding.is_empty() || coding.eq_ignore_ascii_case(b"identity")
+    })
 }
 
 /// Reads `req`'s body whole: at most `limit` bytes, within `timeout`.

@@ -12,7 +12,9 @@
 //! API over the sync store), `exchange.rs` (what 1C polls under
 //! `[sync.onec] transport = "pull"`), `ops.rs` (`/metrics`,
 //! `/healthz`, `/readyz`). This file holds only the route table; `front.rs`
-//! builds the groups, `server.rs` accepts connections (`limits.rs` says
+//! builds the groups, `head.rs` reads each request's head in one pass (its
+//! size, credentials, `Content-Type`, body length and coding), `server.rs`
+//! accepts connections (`limits.rs` says
 //! who may open one), `client.rs` tells who a request comes from (behind
 //! trusted proxies too), `host.rs` which `Host` the WSDL may name,
 //! `allow.rs` holds the address allow-lists of the groups, `origin.rs` the
@@ -30,6 +32,7 @@ mod body;
 mod client;
 mod exchange;
 mod front;
+mod head;
 mod host;
 mod limits;
 mod ops;
@@ -62,6 +65,7 @@ use crate::config::{Config, ConfigError};
 use allow::Group;
 use auth::RefusalLog;
 use client::Client;
+use head::RequestHead;
 
 pub use admin::{ACCEPT_FILE, BACKUP};
 pub use api::MAX_PUSH_BODY;
@@ -372,12 +376,7 @@ impl Front {
         client.request = request;
         // All the answer's future keeps of the client: its log needs no more.
         let addr = client.addr;
-        let routed = if server::head_len(&req) > server::MAX_HEAD_BYTES {
-            let response = self.head_too_large(req.uri().path());
-            Routed::Answered("head_too_large", response)
-        } else {
-            self.dispatch(req, client)
-        };
+        let routed = self.dispatch(req, client);
         async move {
             let (endpoint, response) = match routed {
                 Routed::Answered(endpoint, response) => (endpoint, response),
@@ -471,6 +470,11 @@ impl Front {
     /// starts another endpoint's work.
     fn dispatch(self: &Arc<Self>, req: Request<Incoming>, client: Client) -> Routed {
         let path = req.uri().path();
+        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let head = RequestHead::scan(req.method(), path_and_query, req.headers());
+        if head.too_large() {
+            return Routed::Answered("head_too_large", self.head_too_large(path));
+        }
         let route = self.route(path);
         if let Some(list) = self.allow.of(self.group(path)) {
             if !list.allows(client.addr) {
@@ -507,7 +511,7 @@ impl Front {
         // said it speaks it; read before the endpoint takes the request.
         // Read once: the SOAP endpoint's check needs it too.
         let declared = if route == Route::Soap {
-            soap::declared_version(&req)
+            crate::soap::SoapVersion::from_content_type(head.content_type())
         } else {
             None
         };
@@ -519,8 +523,8 @@ impl Front {
             client,
         };
         if route == Route::Soap {
-            return match self.soap.check(req, client, declared) {
-                Ok(call) => Routed::Soap(call),
+            return match self.soap.check(&req, &head, client, declared) {
+                Ok(checked) => Routed::Soap(checked.call(req.into_body())),
                 Err(refused) => {
                     Routed::Answered(route.label(), self.after_credentials(&check, refused))
                 }
@@ -564,9 +568,14 @@ impl Front {
         match route {
             // Checked and answered by `dispatch` and `handle`.
             Route::Soap => {
-                let declared = soap::declared_version(&req);
-                match self.soap.check(req, client, declared) {
-                    Ok(call) => self.soap.answer(call).await,
+                let checked = {
+                    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let head = RequestHead::scan(req.method(), path_and_query, req.headers());
+                    let declared = crate::soap::SoapVersion::from_content_type(head.content_type());
+                    self.soap.check(&req, &head, client, declared)
+                };
+                match checked {
+                    Ok(checked) => self.soap.answer(checked.call(req.into_body())).await,
                     Err(refused) => refused,
                 }
             }
@@ -692,7 +701,7 @@ impl Front {
     fn head_too_large(&self, path: &str) -> Response<Body> {
         let message = format!(
             "the request line and headers are larger than {} bytes",
-            server::MAX_HEAD_BYTES
+            head::MAX_HEAD_BYTES
         );
         let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
         if path == self.soap.path() {

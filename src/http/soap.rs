@@ -16,6 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use super::auth::{self, AuthFailure, BasicAuth, RefusalLog};
 use super::body::{self, BodyError};
 use super::client::{self, Client, RequestId};
+use super::head::RequestHead;
 use super::host::KnownHosts;
 use super::respond::{self, with_header, with_status, Body};
 use crate::config::Config;
@@ -27,6 +28,25 @@ pub const MAX_SOAP_BODY: usize = 64 * 1024;
 
 /// Bad credentials from the PBX side, logged at most once a minute.
 static REFUSALS: RefusalLog = RefusalLog::new("SOAP request");
+
+/// The head of a request to `soap.path` that passed [`SoapEndpoint::check`]:
+/// its [`SoapCall`] once given the request's body.
+pub struct Checked {
+    body_head: body::BodyHead,
+    version: SoapVersion,
+    request: RequestId,
+}
+
+impl Checked {
+    pub fn call(self, body: Incoming) -> SoapCall {
+        SoapCall {
+            body,
+            body_head: self.body_head,
+            version: self.version,
+            request: self.request,
+        }
+    }
+}
 
 /// A request to `soap.path` whose head passed [`SoapEndpoint::check`]:
 /// its body, still to be read, and the SOAP version it speaks.
@@ -80,20 +100,22 @@ impl SoapEndpoint {
 
     /// Checks the head of a request to `soap.path` (method, credentials,
     /// `Content-Type`) and answers at once what needs no body: the WSDL and
-    /// every refusal. A request that passes is handed back as a
-    /// [`SoapCall`] for [`SoapEndpoint::answer`]. Split so that the future
-    /// the PBX's requests wait on holds neither the request's head nor any
-    /// of this: it is moved on every request.
-    #[allow(clippy::result_large_err)] // the Err is the answer itself
+    /// every refusal. A request that passes is handed back as [`Checked`],
+    /// which the request's body makes a [`SoapCall`] for
+    /// [`SoapEndpoint::answer`]. Split so that the future the PBX's
+    /// requests wait on holds neither the request's head nor any of this:
+    /// it is moved on every request.
     ///
-    /// `declared` is [`declared_version`] of `req`, read once by the caller
-    /// (which needs it too).
+    /// `head` is `req`'s, read once by the caller; `declared` the SOAP
+    /// version its `Content-Type` names (the caller needs it too).
+    #[allow(clippy::result_large_err)] // the Err is the answer itself
     pub fn check(
         &self,
-        req: Request<Incoming>,
+        req: &Request<Incoming>,
+        head: &RequestHead<'_>,
         client: Client,
         declared: Option<SoapVersion>,
-    ) -> Result<SoapCall, Response<Body>> {
+    ) -> Result<Checked, Response<Body>> {
         let hint = declared.unwrap_or(SoapVersion::V11);
         let is_wsdl = req
             .uri()
@@ -103,7 +125,7 @@ impl SoapEndpoint {
             Method::POST => {}
             // HEAD as GET: hyper leaves the body out and keeps its
             // Content-Length (what a monitor checking the WSDL sends).
-            Method::GET | Method::HEAD if is_wsdl => return Err(self.wsdl(&req, client)),
+            Method::GET | Method::HEAD if is_wsdl => return Err(self.wsdl(req, client)),
             _ => {
                 let message = format!(
                     "method {} is not allowed here: POST a SOAP request, or GET ?wsdl",
@@ -113,16 +135,14 @@ impl SoapEndpoint {
                 return Err(with_header(response, header::ALLOW, "GET, HEAD, POST"));
             }
         }
-        self.check_credentials(&req, client, hint)?;
+        self.check_credentials(req.uri().path(), head.authorization(), client, hint)?;
         let Some(version) = declared else {
-            let content_type = content_type(&req);
+            let content_type = head.content_type();
             let message = format!("Content-Type '{content_type:.100}' is not SOAP: send text/xml (SOAP 1.1) or application/soap+xml (SOAP 1.2)");
             return Err(fault(hint, StatusCode::UNSUPPORTED_MEDIA_TYPE, &message));
         };
-        let body_head = body::BodyHead::of(req.headers());
-        Ok(SoapCall {
-            body: req.into_body(),
-            body_head,
+        Ok(Checked {
+            body_head: head.body(),
             version,
             request: client.request,
         })
@@ -162,15 +182,15 @@ impl SoapEndpoint {
     #[allow(clippy::result_large_err)] // the Err is the answer itself
     fn check_credentials(
         &self,
-        req: &Request<Incoming>,
+        path: &str,
+        authorization: Result<Option<&HeaderValue>, AuthFailure>,
         client: Client,
         version: SoapVersion,
     ) -> Result<(), Response<Body>> {
-        let Err(failure) = auth::authorization(req.headers()).and_then(|h| self.basic.check(h))
-        else {
+        let Err(failure) = authorization.and_then(|h| self.basic.check(h)) else {
             return Ok(());
         };
-        REFUSALS.refused(req.uri().path(), client, &failure);
+        REFUSALS.refused(path, client, &failure);
         let response = fault(version, failure.status(), &failure.to_string());
         Err(match failure {
             AuthFailure::Repeated => response,
@@ -189,7 +209,10 @@ impl SoapEndpoint {
     /// cache: it depends on the request.
     fn wsdl(&self, req: &Request<Incoming>, client: Client) -> Response<Body> {
         if self.wsdl_requires_auth {
-            if let Err(refused) = self.check_credentials(req, client, SoapVersion::V11) {
+            let authorization = auth::authorization(req.headers());
+            if let Err(refused) =
+                self.check_credentials(req.uri().path(), authorization, client, SoapVersion::V11)
+            {
                 return refused;
             }
         }

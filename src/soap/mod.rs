@@ -22,7 +22,7 @@ pub use response::{
     write_say_name_response, write_say_name_response_with_manager,
     write_say_name_response_with_manager_of,
 };
-pub use shape::RequestReader;
+pub use shape::{RequestReader, Shaped};
 pub use wsdl::wsdl;
 
 const SOAP11_ENVELOPE_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";

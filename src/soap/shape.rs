@@ -43,9 +43,27 @@ impl RequestReader {
 
     /// What [`super::parse_request`] reads from `body`.
     pub fn read(&self, body: &[u8]) -> Result<Request, RequestError> {
-        if let Some(request) = self.read_by_shape(body) {
-            return Ok(request);
+        match self.read_shaped(body) {
+            Some(shaped) => Ok(shaped.to_request()),
+            None => self.read_in_full(body),
         }
+    }
+
+    /// A SayName of the last shape read, by its number alone: what
+    /// [`RequestReader::read`] would read, borrowed (the number from `body`,
+    /// the rest from the shape) instead of copied into a [`Request`]. `None`
+    /// for anything else, which [`RequestReader::read_in_full`] reads.
+    pub fn read_shaped<'a>(&self, body: &'a [u8]) -> Option<Shaped<'a>> {
+        // A counted reference rather than arc-swap's guard: the answer may
+        // wait (a live lookup in 1C) and its future must stay `Send`.
+        let shape = self.shape.load_full()?;
+        let number = shape.number_in(body)?;
+        Some(Shaped { shape, number })
+    }
+
+    /// Reads `body` with the full XML reader, and keeps the shape of a
+    /// SayName for the next ones.
+    pub fn read_in_full(&self, body: &[u8]) -> Result<Request, RequestError> {
         let (request, span) = parse_request_with_span(body)?;
         if let (Operation::SayName { .. }, Some(span)) = (&request.operation, span) {
             if let Some(shape) = Shape::of(body, span, &request) {
@@ -55,17 +73,41 @@ impl RequestReader {
         Ok(request)
     }
 
+    #[cfg(test)]
     fn read_by_shape(&self, body: &[u8]) -> Option<Request> {
-        let guard = self.shape.load();
-        let shape = guard.as_deref()?;
-        let number = shape.number_in(body)?;
-        Some(Request {
-            version: shape.version,
-            namespace: shape.namespace.clone(),
+        self.read_shaped(body).map(|shaped| shaped.to_request())
+    }
+}
+
+/// A SayName read by its shape ([`RequestReader::read_shaped`]).
+pub struct Shaped<'a> {
+    shape: Arc<Shape>,
+    number: &'a str,
+}
+
+impl Shaped<'_> {
+    pub fn version(&self) -> SoapVersion {
+        self.shape.version
+    }
+
+    /// The operation's namespace, which the answer echoes.
+    pub fn namespace(&self) -> &str {
+        &self.shape.namespace
+    }
+
+    /// The number, trimmed as the full read trims it.
+    pub fn number(&self) -> &str {
+        self.number
+    }
+
+    fn to_request(&self) -> Request {
+        Request {
+            version: self.version(),
+            namespace: self.shape.namespace.clone(),
             operation: Operation::SayName {
-                number: number.to_owned(),
+                number: self.number.to_owned(),
             },
-        })
+        }
     }
 }
 
