@@ -142,7 +142,22 @@ impl Vats {
                 version: shaped.version(),
                 namespace: shaped.namespace(),
             };
-            let (reply, outcome) = self.say_name(envelope, shaped.number()).await;
+            let (reply, outcome) = match self.say_name_here(envelope, shaped.number()) {
+                Ok(answered) => answered,
+                Err(missing) => {
+                    // Only a caller 1C may know waits, and not holding the
+                    // shape: a guard (unlike a counted reference, whose
+                    // count both cores would write on every SayName) is for
+                    // short reads.
+                    let (version, namespace) = (envelope.version, envelope.namespace.to_owned());
+                    drop(shaped);
+                    let envelope = Envelope {
+                        version,
+                        namespace: &namespace,
+                    };
+                    self.say_name_live(envelope, missing).await
+                }
+            };
             self.metrics.observe_soap(
                 OperationLabel::SayName,
                 outcome,
@@ -181,6 +196,20 @@ impl Vats {
     /// load. Only a number the directory lacks, with `[onec]` set, waits:
     /// for the live lookup, at most its budget.
     async fn say_name(&self, request: Envelope<'_>, number: &str) -> (SoapReply, Outcome) {
+        match self.say_name_here(request, number) {
+            Ok(answered) => answered,
+            Err(missing) => self.say_name_live(request, missing).await,
+        }
+    }
+
+    /// SayName's answer when it needs no wait: the directory's, or "not
+    /// known" when 1C is not asked. `Err` when the caller is for the live
+    /// lookup ([`Vats::say_name_live`]).
+    fn say_name_here(
+        &self,
+        request: Envelope<'_>,
+        number: &str,
+    ) -> Result<(SoapReply, Outcome), Missing> {
         let phone = phone::normalize(number);
         let local = self
             .directory
@@ -193,25 +222,25 @@ impl Vats {
                 None => Err(loaded),
             });
         let loaded = match local {
-            Ok(reply) => return (reply, Outcome::Known),
+            Ok(reply) => return Ok((reply, Outcome::Known)),
             Err(loaded) => loaded,
         };
-        if let (Some(live), Some(phone)) = (&self.live, phone) {
-            // Boxed: the lookup's future is large, and inline it would make
-            // every SayName's future (and its moves) that large too.
-            if let Some(entry) = Box::pin(live.find(phone)).await {
+        match (&self.live, phone) {
+            (Some(_), Some(phone)) => Err(Missing { phone, loaded }),
+            _ => Ok(unknown_caller(request, loaded)),
+        }
+    }
+
+    /// SayName for a caller the directory lacks, asked of 1C (boxed: the
+    /// lookup's future is large, and inline it would make every SayName's
+    /// future, and its moves, that large too).
+    async fn say_name_live(&self, request: Envelope<'_>, missing: Missing) -> (SoapReply, Outcome) {
+        if let Some(live) = &self.live {
+            if let Some(entry) = Box::pin(live.find(missing.phone)).await {
                 return (self.say_name_now(request, &entry), Outcome::Known);
             }
         }
-        let outcome = if loaded {
-            Outcome::Unknown
-        } else {
-            Outcome::NotReady
-        };
-        (
-            say_name_reply(request, soap::unknown_caller_payload()),
-            outcome,
-        )
+        unknown_caller(request, missing.loaded)
     }
 
     /// The SayName answer of `entry` with the manager chosen now when its
@@ -462,6 +491,26 @@ impl Vats {
 }
 
 /// A SayName answer around a prepared payload.
+/// A SayName caller the directory lacks, for 1C's live lookup.
+struct Missing {
+    phone: PhoneKey,
+    /// The directory had loaded (else the answer is "not ready").
+    loaded: bool,
+}
+
+/// SayName's answer for a caller nobody knows.
+fn unknown_caller(request: Envelope<'_>, loaded: bool) -> (SoapReply, Outcome) {
+    let outcome = if loaded {
+        Outcome::Unknown
+    } else {
+        Outcome::NotReady
+    };
+    (
+        say_name_reply(request, soap::unknown_caller_payload()),
+        outcome,
+    )
+}
+
 fn say_name_reply(request: Envelope<'_>, payload: &[u8]) -> SoapReply {
     // Empty: the writer reserves the answer's exact length, so the body
     // becomes the response without a shrink (see `http::soap::reply`).

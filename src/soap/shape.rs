@@ -17,15 +17,23 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 
 use super::request::{parse_request_with_span, MAX_FIELD_LEN};
 use super::{Operation, Request, RequestError, SoapVersion};
 
 /// Reads request bodies, remembering the shape of the last SayName.
-#[derive(Default)]
 pub struct RequestReader {
-    shape: ArcSwapOption<Shape>,
+    /// [`Shape::none`] until a SayName was read in full.
+    shape: ArcSwap<Shape>,
+}
+
+impl Default for RequestReader {
+    fn default() -> RequestReader {
+        RequestReader {
+            shape: ArcSwap::from_pointee(Shape::none()),
+        }
+    }
 }
 
 /// A SayName envelope without its number.
@@ -34,6 +42,8 @@ struct Shape {
     after: Box<[u8]>,
     version: SoapVersion,
     namespace: String,
+    /// Taken from a SayName read in full (else [`Shape::none`]).
+    learned: bool,
 }
 
 impl RequestReader {
@@ -54,9 +64,10 @@ impl RequestReader {
     /// the rest from the shape) instead of copied into a [`Request`]. `None`
     /// for anything else, which [`RequestReader::read_in_full`] reads.
     pub fn read_shaped<'a>(&self, body: &'a [u8]) -> Option<Shaped<'a>> {
-        // A counted reference rather than arc-swap's guard: the answer may
-        // wait (a live lookup in 1C) and its future must stay `Send`.
-        let shape = self.shape.load_full()?;
+        // arc-swap's guard, not a counted reference: the count would be
+        // written by both cores on every SayName (a cache line passed
+        // between them each time, perf). Hold it for the answer only.
+        let shape = self.shape.load();
         let number = shape.number_in(body)?;
         Some(Shaped { shape, number })
     }
@@ -67,7 +78,7 @@ impl RequestReader {
         let (request, span) = parse_request_with_span(body)?;
         if let (Operation::SayName { .. }, Some(span)) = (&request.operation, span) {
             if let Some(shape) = Shape::of(body, span, &request) {
-                self.shape.store(Some(Arc::new(shape)));
+                self.shape.store(Arc::new(shape));
             }
         }
         Ok(request)
@@ -81,18 +92,22 @@ impl RequestReader {
 
 /// A SayName read by its shape ([`RequestReader::read_shaped`]).
 pub struct Shaped<'a> {
-    shape: Arc<Shape>,
+    shape: arc_swap::Guard<Arc<Shape>>,
     number: &'a str,
 }
 
 impl Shaped<'_> {
+    fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
     pub fn version(&self) -> SoapVersion {
-        self.shape.version
+        self.shape().version
     }
 
     /// The operation's namespace, which the answer echoes.
     pub fn namespace(&self) -> &str {
-        &self.shape.namespace
+        &self.shape().namespace
     }
 
     /// The number, trimmed as the full read trims it.
@@ -103,7 +118,7 @@ impl Shaped<'_> {
     fn to_request(&self) -> Request {
         Request {
             version: self.version(),
-            namespace: self.shape.namespace.clone(),
+            namespace: self.shape().namespace.clone(),
             operation: Operation::SayName {
                 number: self.number.to_owned(),
             },
@@ -126,12 +141,27 @@ impl Shape {
             after: after.into(),
             version: request.version,
             namespace: request.namespace.clone(),
+            learned: true,
         })
+    }
+
+    /// The shape no body has: what the reader knows before its first SayName.
+    fn none() -> Shape {
+        Shape {
+            before: Box::default(),
+            after: Box::default(),
+            version: SoapVersion::V11,
+            namespace: String::new(),
+            learned: false,
+        }
     }
 
     /// The number in `body`, trimmed as the full read trims it, if `body`
     /// is this shape around a plain text.
     fn number_in<'a>(&self, body: &'a [u8]) -> Option<&'a str> {
+        if !self.learned {
+            return None;
+        }
         let text = body
             .strip_prefix(&*self.before)?
             .strip_suffix(&*self.after)?;
