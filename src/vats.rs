@@ -72,6 +72,9 @@ impl SoapReply {
 struct Envelope<'a> {
     version: SoapVersion,
     namespace: &'a str,
+    /// The answers' shared bytes for this version and namespace, when the
+    /// request was read by its shape.
+    frame: Option<&'a soap::SayNameFrame>,
 }
 
 impl<'a> From<&'a Request> for Envelope<'a> {
@@ -79,6 +82,7 @@ impl<'a> From<&'a Request> for Envelope<'a> {
         Envelope {
             version: request.version,
             namespace: &request.namespace,
+            frame: None,
         }
     }
 }
@@ -141,6 +145,7 @@ impl Vats {
             let envelope = Envelope {
                 version: shaped.version(),
                 namespace: shaped.namespace(),
+                frame: Some(shaped.frame()),
             };
             let (reply, outcome) = match self.say_name_here(envelope, shaped.number()) {
                 Ok(answered) => answered,
@@ -154,6 +159,7 @@ impl Vats {
                     let envelope = Envelope {
                         version,
                         namespace: &namespace,
+                        frame: None,
                     };
                     self.say_name_live(envelope, missing).await
                 }
@@ -515,6 +521,11 @@ fn say_name_reply(request: Envelope<'_>, payload: &[u8]) -> SoapReply {
     // Empty: the writer reserves the answer's exact length, so the body
     // becomes the response without a shrink (see `http::soap::reply`).
     let mut body = Vec::new();
-    soap::write_say_name_response(&mut body, request.version, request.namespace, payload);
+    match request.frame {
+        Some(frame) => frame.write(&mut body, payload),
+        None => {
+            soap::write_say_name_response(&mut body, request.version, request.namespace, payload)
+        }
+    }
     SoapReply::answer(request.version, body)
 }

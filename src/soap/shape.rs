@@ -20,7 +20,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::request::{parse_request_with_span, MAX_FIELD_LEN};
-use super::{Operation, Request, RequestError, SoapVersion};
+use super::{Operation, Request, RequestError, SayNameFrame, SoapVersion};
 
 /// Reads request bodies, remembering the shape of the last SayName.
 pub struct RequestReader {
@@ -42,6 +42,8 @@ struct Shape {
     after: Box<[u8]>,
     version: SoapVersion,
     namespace: String,
+    /// The answers' shared bytes, for this version and namespace.
+    frame: SayNameFrame,
     /// Taken from a SayName read in full (else [`Shape::none`]).
     learned: bool,
 }
@@ -110,6 +112,11 @@ impl Shaped<'_> {
         &self.shape().namespace
     }
 
+    /// What its answer shares with every answer in this shape.
+    pub fn frame(&self) -> &SayNameFrame {
+        &self.shape().frame
+    }
+
     /// The number, trimmed as the full read trims it.
     pub fn number(&self) -> &str {
         self.number
@@ -141,6 +148,7 @@ impl Shape {
             after: after.into(),
             version: request.version,
             namespace: request.namespace.clone(),
+            frame: SayNameFrame::new(request.version, &request.namespace),
             learned: true,
         })
     }
@@ -152,6 +160,7 @@ impl Shape {
             after: Box::default(),
             version: SoapVersion::V11,
             namespace: String::new(),
+            frame: SayNameFrame::new(SoapVersion::V11, ""),
             learned: false,
         }
     }
