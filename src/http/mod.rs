@@ -362,6 +362,10 @@ impl Front {
     /// future hyper stores and moves on every request then holds only what
     /// is left to wait for. For the PBX's requests that is reading the body
     /// and answering, unboxed; every other endpoint's work is boxed.
+    ///
+    /// `answered` is called once the answer is made (the connection's
+    /// keep-alive wait starts then): inside this future rather than in one
+    /// wrapped around it, which would move this one twice more per request.
     pub fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
@@ -369,6 +373,7 @@ impl Front {
         local: SocketAddr,
         over_tls: bool,
         request: client::RequestId,
+        answered: impl FnOnce() + Send + 'static,
     ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
         let mut client = self.clients.resolve(peer, req.headers());
         client.https |= over_tls;
@@ -387,6 +392,7 @@ impl Front {
                     (later.check.route.label(), response)
                 }
             };
+            answered();
             let mut response = response;
             if endpoint == "soap" && response.status() == StatusCode::OK {
                 // The PBX's answered request: no log line to find, so no id

@@ -260,13 +260,9 @@ impl Connection {
                 connection,
                 number: head_wait.request_in(),
             };
-            let answer = Arc::clone(&handler).handle(req, peer_ip, local, over_tls, request);
             let head_wait = Arc::clone(&head_wait);
-            async move {
-                let answered = answer.await;
-                head_wait.answered();
-                answered
-            }
+            let answered = move || head_wait.answered();
+            Arc::clone(&handler).handle(req, peer_ip, local, over_tls, request, answered)
         });
         let conn = builder
             .serve_connection(TokioIo::new(io), service)
