@@ -161,7 +161,9 @@ impl Vats {
                         namespace: &namespace,
                         frame: None,
                     };
-                    self.say_name_live(envelope, missing).await
+                    // Boxed: inline, its state would make every SayName's
+                    // future (moved several times per request) larger.
+                    Box::pin(self.say_name_live(envelope, missing)).await
                 }
             };
             self.metrics.observe_soap(
@@ -204,7 +206,7 @@ impl Vats {
     async fn say_name(&self, request: Envelope<'_>, number: &str) -> (SoapReply, Outcome) {
         match self.say_name_here(request, number) {
             Ok(answered) => answered,
-            Err(missing) => self.say_name_live(request, missing).await,
+            Err(missing) => Box::pin(self.say_name_live(request, missing)).await,
         }
     }
 
