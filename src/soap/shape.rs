@@ -53,8 +53,10 @@ impl RequestReader {
         RequestReader::default()
     }
 
-    /// What [`super::parse_request`] reads from `body`.
-    pub fn read(&self, body: &[u8]) -> Result<Request, RequestError> {
+    /// What [`super::parse_request`] reads from `body`, by shape when it
+    /// can: what the tests compare the two reads with.
+    #[cfg(test)]
+    fn read(&self, body: &[u8]) -> Result<Request, RequestError> {
         match self.read_shaped(body) {
             Some(shaped) => Ok(shaped.to_request()),
             None => self.read_in_full(body),
@@ -62,7 +64,7 @@ impl RequestReader {
     }
 
     /// A SayName of the last shape read, by its number alone: what
-    /// [`RequestReader::read`] would read, borrowed (the number from `body`,
+    /// [`super::parse_request`] would read, borrowed (the number from `body`,
     /// the rest from the shape) instead of copied into a [`Request`]. `None`
     /// for anything else, which [`RequestReader::read_in_full`] reads.
     pub fn read_shaped<'a>(&self, body: &'a [u8]) -> Option<Shaped<'a>> {
@@ -122,6 +124,7 @@ impl Shaped<'_> {
         self.number
     }
 
+    #[cfg(test)]
     fn to_request(&self) -> Request {
         Request {
             version: self.version(),
