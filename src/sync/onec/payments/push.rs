@@ -217,7 +217,9 @@ fn required_amount(props: &Props<'_>, name: &str) -> Result<Amount, String> {
     }
 }
 
-fn cut(text: &str) -> String {
+/// A name or key the client sent, cut to 64 characters for a message
+/// (the JSON and the XML form alike).
+pub(super) fn cut(text: &str) -> String {
     text.chars().take(64).collect()
 }
 

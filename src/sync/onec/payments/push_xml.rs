@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 
 use crate::xml::{is_xml_whitespace, EncodingChoice, Limits, XmlError, XmlEvent, XmlStream};
 
-use super::push::{self, PushBodyError, ITEM_FIELDS, MAX_ITEMS, ROW_FIELDS};
+use super::push::{self, cut, PushBodyError, ITEM_FIELDS, MAX_ITEMS, ROW_FIELDS};
 use super::Payment;
 
 /// Bytes of one field's text read before it is refused (push's own bound,
@@ -291,10 +291,6 @@ fn structure<R: std::io::Read>(stream: &XmlStream<R>, problem: String) -> PushBo
         line: usize::try_from(stream.line()).unwrap_or(usize::MAX),
         column: usize::try_from(stream.column()).unwrap_or(usize::MAX),
     }
-}
-
-fn cut(text: &str) -> String {
-    text.chars().take(64).collect()
 }
 
 #[cfg(test)]
