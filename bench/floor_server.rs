@@ -21,6 +21,11 @@
 //! ring provider, TLS 1.2 and 1.3, ALPN http/1.1, the same certificate
 //! resolver), so the TLS floor differs from the gateway by the gateway's
 //! work alone (`bench/tls.sh`).
+//!
+//! With `--spin-ns N` it also busy-waits N nanoseconds per request after
+//! reading the body: a floor made that much slower on purpose, to show how
+//! a closed-loop benchmark's latency answers to a server's CPU cost per
+//! request (`bench/run.sh` with `BENCH_FLOOR_SPIN`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -42,10 +47,11 @@ struct Args {
     size: usize,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    spin: std::time::Duration,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: floor_server [--listen 127.0.0.1:9090] [--size BYTES] [--tls-cert PEM --tls-key PEM]");
+    eprintln!("usage: floor_server [--listen 127.0.0.1:9090] [--size BYTES] [--tls-cert PEM --tls-key PEM] [--spin-ns N]");
     std::process::exit(2);
 }
 
@@ -55,6 +61,7 @@ fn parse_args() -> Args {
         size: 512,
         tls_cert: None,
         tls_key: None,
+        spin: std::time::Duration::ZERO,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -74,6 +81,13 @@ fn parse_args() -> Args {
             }
             "--tls-cert" => args.tls_cert = Some(PathBuf::from(value)),
             "--tls-key" => args.tls_key = Some(PathBuf::from(value)),
+            "--spin-ns" => {
+                let ns: u64 = value.parse().unwrap_or_else(|e| {
+                    eprintln!("--spin-ns {value}: {e}");
+                    std::process::exit(2)
+                });
+                args.spin = std::time::Duration::from_nanos(ns);
+            }
             _ => usage(),
         }
     }
@@ -113,10 +127,26 @@ fn fixed_body(size: usize) -> Bytes {
     Bytes::from(body)
 }
 
-async fn answer(req: Request<Incoming>, body: Bytes) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Busy-waits `spin` (a CPU cost per request, without touching memory).
+fn spin_for(spin: std::time::Duration) {
+    if spin.is_zero() {
+        return;
+    }
+    let start = std::time::Instant::now();
+    while start.elapsed() < spin {
+        std::hint::spin_loop();
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    body: Bytes,
+    spin: std::time::Duration,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     // Read the whole request, as a SOAP server has to before it can answer.
     // A broken connection just ends this request; hyper closes it.
     let _ = req.into_body().collect().await;
+    spin_for(spin);
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(
@@ -160,8 +190,9 @@ async fn main() {
         let _ = stream.set_nodelay(true);
         let body = body.clone();
         let tls = tls.clone();
+        let spin = args.spin;
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, body.clone()));
+            let service = service_fn(move |req| answer(req, body.clone(), spin));
             match tls {
                 None => {
                     let _ = http1::Builder::new()

@@ -14,6 +14,11 @@
 #   the gateway, then the floor. Prints every round's requests/s, p50, p99
 #   and ratio gateway/floor, the median ratio, the lowest, the ratio of the
 #   median p99s, each against issue 13's goals, and the gateway's RSS.
+#   With BENCH_FLOOR_SPIN_NS > 0 each round also runs a third server, the
+#   floor made that many nanoseconds slower per request (floor_server
+#   --spin-ns), and prints its p99 against the floor's: how far the
+#   closed-loop p99 moves for a server that does a fraction of a microsecond
+#   more work than the floor (the yardstick's resolution).
 #   Then, per round, both servers at a fixed rate (bench/open_loop.rs,
 #   BENCH_TAIL_RATE SayName/s over the same connections): the p50/p99 a PBX
 #   sees when the cores are not saturated, and the ratio of the median p99s.
@@ -27,6 +32,8 @@
 #   BENCH_ROUNDS [3] interleaved rounds (gateway, then floor) of throughput
 #   BENCH_QUERIES [200000] BENCH_SEED [42] BENCH_PORT [18080] FLOOR_PORT [19090]
 #   BENCH_READY_TIMEOUT [300] seconds to wait for /readyz
+#   BENCH_FLOOR_SPIN_NS [100] the calibration floor's extra CPU per request
+#     (0: no calibration runs)   SPIN_PORT [19091] its port
 #   BENCH_TAIL_RATE [20000] requests/s of the fixed-rate runs (0: none)
 #   BENCH_TAIL_SECONDS [10] seconds per fixed-rate run
 #   BENCH_SKIP_BUILD [0] BENCH_KEEP [0] keep the temp dir (data, config, logs)
@@ -61,6 +68,9 @@ QUERIES=${BENCH_QUERIES:-200000}
 SEED=${BENCH_SEED:-42}
 PORT=${BENCH_PORT:-18080}
 FPORT=${FLOOR_PORT:-19090}
+SPIN_NS=${BENCH_FLOOR_SPIN_NS:-100}
+SPORT=${SPIN_PORT:-19091}
+[[ $SPIN_NS =~ ^[0-9]+$ ]] || { echo "BENCH_FLOOR_SPIN_NS must be a number of nanoseconds: $SPIN_NS" >&2; exit 2; }
 READY_TIMEOUT=${BENCH_READY_TIMEOUT:-300}
 TAIL_RATE=${BENCH_TAIL_RATE:-20000}
 TAIL_SECONDS=${BENCH_TAIL_SECONDS:-10}
@@ -209,18 +219,30 @@ PIDS+=("$FL_PID")
 rc=0; wait_http "http://127.0.0.1:$FPORT/" "$FL_PID" 30 || rc=$?
 [[ $rc == 0 ]] || die "floor_server did not start: $(cat "$TMP/floor.log")"
 FURL="http://127.0.0.1:$FPORT$SOAP_PATH"
+if (( SPIN_NS > 0 )); then
+  # The calibration floor: the same server, SPIN_NS slower per request.
+  port_free "$SPORT" || die "127.0.0.1:$SPORT is already in use (set SPIN_PORT)"
+  "$FLOOR" --listen "127.0.0.1:$SPORT" --size "$SIZE" --spin-ns "$SPIN_NS" >"$TMP/floor-spin.log" 2>&1 &
+  SP_PID=$!
+  PIDS+=("$SP_PID")
+  rc=0; wait_http "http://127.0.0.1:$SPORT/" "$SP_PID" 30 || rc=$?
+  [[ $rc == 0 ]] || die "floor_server --spin-ns did not start: $(cat "$TMP/floor-spin.log")"
+  SURL="http://127.0.0.1:$SPORT$SOAP_PATH"
+fi
 log "warm-up $WARMUP each"
 run_wrk gateway-warmup "$URL" "$WARMUP" >/dev/null
 run_wrk floor-warmup "$FURL" "$WARMUP" >/dev/null
+(( SPIN_NS > 0 )) && run_wrk floor-spin-warmup "$SURL" "$WARMUP" >/dev/null
 
 # Interleaved rounds, gateway then floor, both servers up throughout: this
 # VM's floor moves by ±20% between runs minutes apart, so each round's ratio
 # compares runs seconds apart, and the goal is judged on the median round.
-GWS=(); FLS=(); RATIOS=()
+GWS=(); FLS=(); SPS=(); RATIOS=()
 for ((r = 1; r <= ROUNDS; r++)); do
-  log "round $r/$ROUNDS: gateway, then floor: wrk -t$THREADS -c$CONNS -d$DURATION"
+  log "round $r/$ROUNDS: gateway, then floor$( (( SPIN_NS > 0 )) && echo ", then floor+${SPIN_NS}ns"): wrk -t$THREADS -c$CONNS -d$DURATION"
   G=$(run_wrk "gateway-$r" "$URL" "$DURATION")
   F=$(run_wrk "floor-$r" "$FURL" "$DURATION")
+  (( SPIN_NS > 0 )) && SPS+=("$(run_wrk "floor-spin-$r" "$SURL" "$DURATION")")
   GWS+=("$G"); FLS+=("$F")
   RATIOS+=("$(awk -v g="$(field rps "$G")" -v f="$(field rps "$F")" 'BEGIN { printf "%.2f", (f > 0 ? g / f : 0) }')")
 done
@@ -243,6 +265,7 @@ CHECK=$(run_wrk gateway-check "$URL" 3s BENCH_CHECK=1)
 METRICS_LINES=$(curl -s --max-time 2 "http://127.0.0.1:$PORT/metrics" | grep -c '' || true)
 stop_pid "$GW_PID" >/dev/null
 stop_pid "$FL_PID" >/dev/null
+(( SPIN_NS > 0 )) && stop_pid "$SP_PID" >/dev/null
 
 column() { local key=$1; shift; for r in "$@"; do field "$key" "$r"; done; }
 ratio=$(median "${RATIOS[@]}")
@@ -257,7 +280,9 @@ echo
 echo "== SayName: $COUNT counterparties, wrk -t$THREADS -c$CONNS -d$DURATION keep-alive, answer $SIZE bytes, $(nproc) CPUs, $ROUNDS interleaved rounds =="
 printf '%-14s %12s %9s %9s %9s %9s %8s %8s\n' server "requests/s" "p50 ms" "p90 ms" "p99 ms" "p99.9 ms" non2xx errors
 for ((r = 0; r < ROUNDS; r++)); do
-  for row in "gateway $((r + 1))|${GWS[r]}" "floor $((r + 1))|${FLS[r]}"; do
+  rows=("gateway $((r + 1))|${GWS[r]}" "floor $((r + 1))|${FLS[r]}")
+  (( SPIN_NS > 0 )) && rows+=("floor+${SPIN_NS}ns $((r + 1))|${SPS[r]}")
+  for row in "${rows[@]}"; do
     name=${row%%|*}; v=${row#*|}
     printf '%-14s %12s %9s %9s %9s %9s %8s %8s\n' "$name" "$(field rps "$v")" "$(field p50_ms "$v")" \
       "$(field p90_ms "$v")" "$(field p99_ms "$v")" "$(field p999_ms "$v")" "$(field non2xx "$v")" "$(field socket_errors "$v")"
@@ -266,10 +291,18 @@ for ((r = 0; r < ROUNDS; r++)); do
 done
 echo "gateway/floor requests/s per round: ${RATIOS[*]}; median $ratio (goal >= 0.85: $(met "$ratio" ">=" 0.85)), lowest $low (goal >= 0.75: $(met "$low" ">=" 0.75))"
 echo "p99 median gateway $g_p99 ms / floor $f_p99 ms = $p99_ratio (goal <= 1.2: $(met "$p99_ratio" "<=" 1.2))"
+SPIN_FIELDS=""
+if (( SPIN_NS > 0 )); then
+  s_p99=$(median $(column p99_ms "${SPS[@]}")); s_rps=$(median $(column rps "${SPS[@]}"))
+  s_p99_ratio=$(awk -v g="$s_p99" -v f="$f_p99" 'BEGIN { printf "%.2f", (f > 0 ? g / f : 0) }')
+  s_ratio=$(awk -v g="$s_rps" -v f="$f_rps" 'BEGIN { printf "%.2f", (f > 0 ? g / f : 0) }')
+  echo "calibration: the floor ${SPIN_NS} ns slower per request: requests/s $s_ratio of the floor's, p99 median $s_p99 ms / floor $f_p99 ms = $s_p99_ratio (the same p99 goal, applied to it: $(met "$s_p99_ratio" "<=" 1.2))"
+  SPIN_FIELDS=" spin_ns=$SPIN_NS spin_rps=$s_rps spin_p99_ms=$s_p99 spin_p99_ratio=$s_p99_ratio"
+fi
 if (( ${#TAILS_G[@]} > 0 )); then
   echo
   print_fixed_rate "== SayName at a fixed rate: $TAIL_RATE/s over $CONNS keep-alive connections, ${TAIL_SECONDS}s per run, latency from write to whole answer (bench/open_loop.rs) ==" TAILS_G TAILS_F tail
 fi
 echo "gateway ready in $READY ms; RSS after the runs $((GW_RSS / 1024)) MB (peak $((GW_HWM / 1024)) MB) = $bpc bytes per counterparty (whole process / N)"
 echo "answers check: known=$(field known "$CHECK") unknown=$(field unknown "$CHECK") non2xx=$(field non2xx "$CHECK") (numbers file: ~90% known)"
-echo "BENCH_RESULT mode=throughput count=$COUNT threads=$THREADS conns=$CONNS duration=$DURATION rounds=$ROUNDS answer_bytes=$SIZE gateway_rps=$g_rps gateway_p99_ms=$g_p99 floor_rps=$f_rps floor_p99_ms=$f_p99 ratio=$ratio ratios=$(IFS=,; echo "${RATIOS[*]}") lowest_ratio=$low p99_ratio=$p99_ratio rss_kb=$GW_RSS bytes_per_counterparty=$bpc ready_ms=$READY metrics_lines=$METRICS_LINES"
+echo "BENCH_RESULT mode=throughput count=$COUNT threads=$THREADS conns=$CONNS duration=$DURATION rounds=$ROUNDS answer_bytes=$SIZE gateway_rps=$g_rps gateway_p99_ms=$g_p99 floor_rps=$f_rps floor_p99_ms=$f_p99 ratio=$ratio ratios=$(IFS=,; echo "${RATIOS[*]}") lowest_ratio=$low p99_ratio=$p99_ratio rss_kb=$GW_RSS bytes_per_counterparty=$bpc ready_ms=$READY metrics_lines=$METRICS_LINES$SPIN_FIELDS"

@@ -13,7 +13,11 @@
 #   (a) keep-alive: BENCH_ROUNDS interleaved rounds (gateway, then floor) of
 #       wrk over https (bench/saynames.lua, BENCH_CONNS connections): each
 #       round's ratio gateway/floor (goal >= 0.85 in every round), the median,
-#       and the ratio of the median p99s (goal <= 1.2);
+#       and the ratio of the median p99s (goal <= 1.2); with
+#       BENCH_FLOOR_SPIN_NS > 0 a third server in each round, the TLS floor
+#       that many nanoseconds slower per request (floor_server --spin-ns),
+#       and its p99 against the floor's: how far this p99 moves for a
+#       fraction of a microsecond more work per request;
 #   (b) new connections: BENCH_ROUNDS interleaved rounds of
 #       bench/tls_connect_load.rs (BENCH_CONNS tasks, each: connect, full TLS
 #       handshake verified against the CA with no session resumption, one
@@ -27,6 +31,7 @@
 #   BENCH_THREADS [1] wrk threads   BENCH_CONNS [32]   BENCH_DURATION [20s]
 #   BENCH_WARMUP [5s]   BENCH_ROUNDS [3]   BENCH_QUERIES [200000]   BENCH_SEED [42]
 #   BENCH_PORT [18443] FLOOR_PORT [19443]   BENCH_TLS_KEY [ec] ec or rsa
+#   BENCH_FLOOR_SPIN_NS [100] (0: no calibration server)   SPIN_PORT [19444]
 #   BENCH_TLS12 [0] 1: part (b) negotiates TLS 1.2 instead of 1.3
 #   BENCH_TAIL_RATE [20000] requests/s of part (c) (0: none)   BENCH_TAIL_SECONDS [10]
 #   BENCH_READY_TIMEOUT [300]   BENCH_SKIP_BUILD [0]   BENCH_KEEP [0]
@@ -54,6 +59,9 @@ QUERIES=${BENCH_QUERIES:-200000}
 SEED=${BENCH_SEED:-42}
 PORT=${BENCH_PORT:-18443}
 FPORT=${FLOOR_PORT:-19443}
+SPIN_NS=${BENCH_FLOOR_SPIN_NS:-100}
+SPORT=${SPIN_PORT:-19444}
+[[ $SPIN_NS =~ ^[0-9]+$ ]] || { echo "BENCH_FLOOR_SPIN_NS must be a number of nanoseconds: $SPIN_NS" >&2; exit 2; }
 KEY_KIND=${BENCH_TLS_KEY:-ec}
 READY_TIMEOUT=${BENCH_READY_TIMEOUT:-300}
 SOAP_PATH=/telephony/ws/VATS
@@ -194,11 +202,24 @@ PIDS+=("$FL_PID")
 rc=0; wait_https "https://127.0.0.1:$FPORT/" "$FL_PID" 30 || rc=$?
 [[ $rc == 0 ]] || die "floor_server did not start over https: $(cat "$TMP/floor.log")"
 
+if (( SPIN_NS > 0 )); then
+  # The calibration floor: the same TLS floor, SPIN_NS slower per request.
+  port_free "$SPORT" || die "127.0.0.1:$SPORT is already in use (set SPIN_PORT)"
+  "$FLOOR" --listen "127.0.0.1:$SPORT" --size "$SIZE" --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem" \
+    --spin-ns "$SPIN_NS" >"$TMP/floor-spin.log" 2>&1 &
+  SP_PID=$!
+  PIDS+=("$SP_PID")
+  rc=0; wait_https "https://127.0.0.1:$SPORT/" "$SP_PID" 30 || rc=$?
+  [[ $rc == 0 ]] || die "floor_server --spin-ns did not start over https: $(cat "$TMP/floor-spin.log")"
+fi
+
 URL="https://127.0.0.1:$PORT$SOAP_PATH"
 FURL="https://127.0.0.1:$FPORT$SOAP_PATH"
+SURL="https://127.0.0.1:$SPORT$SOAP_PATH"
 log "warm-up $WARMUP each (keep-alive)"
 run_wrk gateway-warmup "$URL" "$WARMUP" >/dev/null
 run_wrk floor-warmup "$FURL" "$WARMUP" >/dev/null
+(( SPIN_NS > 0 )) && run_wrk floor-spin-warmup "$SURL" "$WARMUP" >/dev/null
 
 # ------------------------------------------------------------ (a) keep-alive
 # CPU time the hypervisor takes from this VM over the rounds: a round it
@@ -206,11 +227,12 @@ run_wrk floor-warmup "$FURL" "$WARMUP" >/dev/null
 STEAL0=$(steal_ticks)
 # Interleaved rounds, both servers up throughout: each round's ratio compares
 # runs seconds apart (this VM's floor moves by +-20% over minutes).
-KA_G=(); KA_F=(); KA_R=()
+KA_G=(); KA_F=(); KA_S=(); KA_R=()
 for ((r = 1; r <= ROUNDS; r++)); do
-  log "keep-alive round $r/$ROUNDS: gateway, then floor: wrk -t$THREADS -c$CONNS -d$DURATION over https"
+  log "keep-alive round $r/$ROUNDS: gateway, then floor$( (( SPIN_NS > 0 )) && echo ", then floor+${SPIN_NS}ns"): wrk -t$THREADS -c$CONNS -d$DURATION over https"
   G=$(run_wrk_tls "gateway-ka-$r" "$URL")
   F=$(run_wrk_tls "floor-ka-$r" "$FURL")
+  (( SPIN_NS > 0 )) && KA_S+=("$(run_wrk_tls "floor-spin-ka-$r" "$SURL")")
   KA_G+=("$G"); KA_F+=("$F")
   KA_R+=("$(ratio_of "$(field rps "$G")" "$(field rps "$F")")")
 done
@@ -243,13 +265,21 @@ HANDSHAKE_FAILURES=$(tls_curl "https://127.0.0.1:$PORT/metrics" | awk '/^cti_tls
 GW_RSS=$(rss_kb "$GW_PID")
 stop_pid "$GW_PID" >/dev/null
 stop_pid "$FL_PID" >/dev/null
+(( SPIN_NS > 0 )) && stop_pid "$SP_PID" >/dev/null
 
 # ------------------------------------------------------------ report
+# print_rounds GATEWAY_RUNS FLOOR_RUNS RATIOS HEADER [SPIN_RUNS]
 print_rounds() {
   local -n gs=$1 fs=$2 rs=$3
+  local spin_runs=${5:-}
   printf '%-14s %12s %9s %9s %9s %9s %8s %8s\n' server "$4" "p50 ms" "p90 ms" "p99 ms" "p99.9 ms" non2xx errors
   for ((r = 0; r < ROUNDS; r++)); do
-    for row in "gateway $((r + 1))|${gs[r]}" "floor $((r + 1))|${fs[r]}"; do
+    local rows=("gateway $((r + 1))|${gs[r]}" "floor $((r + 1))|${fs[r]}")
+    if [[ -n $spin_runs ]]; then
+      local -n ss=$spin_runs
+      rows+=("floor+${SPIN_NS}ns $((r + 1))|${ss[r]}")
+    fi
+    for row in "${rows[@]}"; do
       local name=${row%%|*} v=${row#*|}
       printf '%-14s %12s %9s %9s %9s %9s %8s %8s\n' "$name" "$(field rps "$v")" "$(field p50_ms "$v")" \
         "$(field p90_ms "$v")" "$(field p99_ms "$v")" "$(field p999_ms "$v")" "$(field non2xx "$v")" "$(field socket_errors "$v")"
@@ -272,9 +302,16 @@ tls_version=$([[ ${BENCH_TLS12:-0} == 1 ]] && echo 1.2 || echo 1.3)
 echo
 echo "== SayName over TLS ($KEY_KIND certificate): $COUNT counterparties, answer $SIZE bytes, $(nproc) CPUs, $ROUNDS interleaved rounds of $DURATION =="
 echo "-- (a) keep-alive: wrk -t$THREADS -c$CONNS over https"
-print_rounds KA_G KA_F KA_R "requests/s"
+print_rounds KA_G KA_F KA_R "requests/s" "$( (( SPIN_NS > 0 )) && echo KA_S)"
 echo "gateway/floor requests/s per round: ${KA_R[*]}; median $ka_ratio; lowest $ka_low (goal >= 0.85 in every round: $(met "$ka_low" ">=" 0.85))"
 echo "p99 median gateway $ka_g_p99 ms / floor $ka_f_p99 ms = $ka_p99_ratio (goal <= 1.2: $(met "$ka_p99_ratio" "<=" 1.2))"
+SPIN_FIELDS=""
+if (( SPIN_NS > 0 )); then
+  ka_s_p99=$(median $(column p99_ms "${KA_S[@]}")); ka_s_rps=$(median $(column rps "${KA_S[@]}"))
+  ka_s_p99_ratio=$(ratio_of "$ka_s_p99" "$ka_f_p99")
+  echo "calibration: the TLS floor ${SPIN_NS} ns slower per request: requests/s $(ratio_of "$ka_s_rps" "$ka_f_rps") of the floor's, p99 median $ka_s_p99 ms / floor $ka_f_p99 ms = $ka_s_p99_ratio (the same p99 goal, applied to it: $(met "$ka_s_p99_ratio" "<=" 1.2))"
+  SPIN_FIELDS=" spin_ns=$SPIN_NS spin_rps=$ka_s_rps spin_p99_ms=$ka_s_p99 spin_p99_ratio=$ka_s_p99_ratio"
+fi
 echo "-- (b) new TLS connections (TLS $tls_version, full handshakes, no resumption), one SayName each: $CONNS concurrent"
 print_rounds NC_G NC_F NC_R "conns/s"
 echo "gateway/floor connections/s per round: ${NC_R[*]}; median $nc_ratio (goal >= 0.85: $(met "$nc_ratio" ">=" 0.85)); lowest $nc_low"
@@ -283,5 +320,5 @@ if (( ${#TL_G[@]} > 0 )); then
 fi
 echo "CPU steal during the rounds: $STEAL ticks ($(getconf CLK_TCK) a second per CPU): a round with a large share of it, or with errors, is to be run again"
 echo "gateway: ready in $READY ms, RSS after the runs $((GW_RSS / 1024)) MB, cti_tls_handshake_failures_total ${HANDSHAKE_FAILURES:-?} (wrk opens and drops one plain TCP connection per run to check the address: $(( 1 + ROUNDS )) of them are those)"
-echo "BENCH_RESULT mode=tls_keepalive count=$COUNT key=$KEY_KIND threads=$THREADS conns=$CONNS duration=$DURATION rounds=$ROUNDS answer_bytes=$SIZE gateway_rps=$ka_g_rps gateway_p99_ms=$ka_g_p99 floor_rps=$ka_f_rps floor_p99_ms=$ka_f_p99 ratio=$ka_ratio ratios=$(IFS=,; echo "${KA_R[*]}") lowest_ratio=$ka_low p99_ratio=$ka_p99_ratio"
+echo "BENCH_RESULT mode=tls_keepalive count=$COUNT key=$KEY_KIND threads=$THREADS conns=$CONNS duration=$DURATION rounds=$ROUNDS answer_bytes=$SIZE gateway_rps=$ka_g_rps gateway_p99_ms=$ka_g_p99 floor_rps=$ka_f_rps floor_p99_ms=$ka_f_p99 ratio=$ka_ratio ratios=$(IFS=,; echo "${KA_R[*]}") lowest_ratio=$ka_low p99_ratio=$ka_p99_ratio$SPIN_FIELDS"
 echo "BENCH_RESULT mode=tls_new_connections count=$COUNT key=$KEY_KIND tls=$tls_version conns=$CONNS duration=$DURATION rounds=$ROUNDS gateway_cps=$nc_g_rps gateway_p99_ms=$nc_g_p99 floor_cps=$nc_f_rps floor_p99_ms=$nc_f_p99 ratio=$nc_ratio ratios=$(IFS=,; echo "${NC_R[*]}") lowest_ratio=$nc_low handshake_failures=${HANDSHAKE_FAILURES:-unknown} steal_ticks=$STEAL"
