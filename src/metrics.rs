@@ -7,10 +7,14 @@
 
 #[cfg(target_os = "linux")]
 mod process;
+mod striped;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Latency buckets from 25 µs: a SayName answer takes microseconds, and the
@@ -97,10 +101,9 @@ impl OperationLabel {
 
 pub struct Metrics {
     registry: Registry,
-    /// By `operation * Outcome::ALL.len() + outcome`; `None` for a pair
-    /// that cannot happen (not exported).
-    requests: Vec<Option<IntCounter>>,
-    durations: Vec<Histogram>,
+    /// `cti_soap_requests_total`, `cti_soap_request_duration_seconds` and
+    /// the SOAP 200s: counted per thread, summed at each scrape.
+    soap: Arc<striped::SoapCounts>,
     pub http_connections: IntGauge,
     pub http_connections_refused: IntCounter,
     pub http_responses: IntCounterVec,
@@ -137,37 +140,10 @@ impl Metrics {
         let registry = Registry::new();
         let reg = |c: Box<dyn prometheus::core::Collector>| must(registry.register(c));
 
-        let requests_vec = must(IntCounterVec::new(
-            Opts::new(
-                "cti_soap_requests_total",
-                "SOAP requests answered, by operation and outcome.",
-            ),
-            &["operation", "outcome"],
-        ));
-        let durations_vec = must(HistogramVec::new(
-            HistogramOpts::new(
-                "cti_soap_request_duration_seconds",
-                "Time from a SOAP request's full body to its answer, by operation.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["operation"],
-        ));
-        let mut requests = Vec::new();
-        for op in OperationLabel::ALL {
-            for outcome in Outcome::ALL {
-                requests.push(
-                    op.outcomes()
-                        .contains(&outcome)
-                        .then(|| requests_vec.with_label_values(&[op.label(), outcome.label()])),
-                );
-            }
-        }
-        let durations = OperationLabel::ALL
-            .iter()
-            .map(|op| durations_vec.with_label_values(&[op.label()]))
-            .collect();
-        reg(Box::new(requests_vec));
-        reg(Box::new(durations_vec));
+        let soap = striped::SoapCounts::new();
+        reg(Box::new(must(striped::SoapCollector::new(Arc::clone(
+            &soap,
+        )))));
 
         let http_connections = must(IntGauge::new(
             "cti_http_connections",
@@ -284,7 +260,10 @@ impl Metrics {
             Box::new(source_consecutive_failures.clone()),
             Box::new(http_connections.clone()),
             Box::new(http_connections_refused.clone()),
-            Box::new(http_responses.clone()),
+            Box::new(striped::HttpResponses::new(
+                http_responses.clone(),
+                Arc::clone(&soap),
+            )),
             Box::new(http_refused.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(ready.clone()),
@@ -307,8 +286,7 @@ impl Metrics {
 
         Metrics {
             registry,
-            requests,
-            durations,
+            soap,
             http_connections,
             http_connections_refused,
             http_responses,
@@ -347,15 +325,16 @@ impl Metrics {
 
     /// Counts one answered SOAP request and its duration.
     #[inline]
-    pub fn observe_soap(&self, op: OperationLabel, outcome: Outcome, seconds: f64) {
-        let op_index = op as usize;
-        if let Some(Some(counter)) = self
-            .requests
-            .get(op_index * Outcome::ALL.len() + outcome as usize)
-        {
-            counter.inc();
-        }
-        self.durations[op_index].observe(seconds);
+    pub fn observe_soap(&self, op: OperationLabel, outcome: Outcome, elapsed: Duration) {
+        self.soap.observe(op, outcome, elapsed);
+    }
+
+    /// Counts one `200` on the SOAP endpoint in
+    /// `cti_http_responses_total{endpoint="soap",status="200"}` (the PBX's
+    /// answered requests: on every core, so counted per thread).
+    #[inline]
+    pub fn soap_ok_response(&self) {
+        self.soap.soap_ok();
     }
 
     /// The text exposition of every registered metric.
@@ -381,7 +360,11 @@ mod tests {
     #[test]
     fn soap_counters_land_on_their_labels() {
         let m = Metrics::new();
-        m.observe_soap(OperationLabel::IncomingCall, Outcome::ServerError, 0.001);
+        m.observe_soap(
+            OperationLabel::IncomingCall,
+            Outcome::ServerError,
+            Duration::from_millis(1),
+        );
         let text = String::from_utf8(m.render()).expect("utf-8");
         assert!(
             text.contains(

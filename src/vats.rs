@@ -166,11 +166,8 @@ impl Vats {
                     Box::pin(self.say_name_live(envelope, missing)).await
                 }
             };
-            self.metrics.observe_soap(
-                OperationLabel::SayName,
-                outcome,
-                started.elapsed().as_secs_f64(),
-            );
+            self.metrics
+                .observe_soap(OperationLabel::SayName, outcome, started.elapsed());
             return reply;
         }
         let (reply, op, outcome) = match self.reader.read_in_full(body) {
@@ -195,8 +192,7 @@ impl Vats {
                 }
             },
         };
-        self.metrics
-            .observe_soap(op, outcome, started.elapsed().as_secs_f64());
+        self.metrics.observe_soap(op, outcome, started.elapsed());
         reply
     }
 

@@ -65,8 +65,6 @@ pub struct Front {
     limits: ConnectionLimits,
     /// The listener's TLS, with `server.tls_cert` and `server.tls_key`.
     tls: Option<Arc<Tls>>,
-    /// `cti_http_responses_total{endpoint="soap",status="200"}`, resolved once.
-    pub(super) soap_ok_responses: prometheus::IntCounter,
 }
 
 impl Front {
@@ -108,7 +106,6 @@ impl Front {
                 config.server.auth_failures_per_minute,
                 config.server.auth_block,
             ),
-            soap_ok_responses: metrics.http_responses.with_label_values(&["soap", "200"]),
             metrics,
             limits,
             tls: None,

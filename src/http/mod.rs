@@ -398,7 +398,7 @@ impl Front {
                 // The PBX's answered request: no log line to find, so no id
                 // sent (formatting and inserting it cost 3% of SayName's
                 // requests/s on two cores, bench/ab.sh).
-                self.soap_ok_responses.inc();
+                self.metrics.soap_ok_response();
                 return Ok(response);
             }
             let status = response.status();
