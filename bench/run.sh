@@ -19,9 +19,10 @@
 #   --spin-ns), and prints its p99 against the floor's: how far the
 #   closed-loop p99 moves for a server that does a fraction of a microsecond
 #   more work than the floor (the yardstick's resolution).
-#   Then, per round, both servers at a fixed rate (bench/open_loop.rs,
-#   BENCH_TAIL_RATE SayName/s over the same connections): the p50/p99 a PBX
-#   sees when the cores are not saturated, and the ratio of the median p99s.
+#   Then, for each rate of BENCH_TAIL_RATE, per round, both servers at that
+#   fixed rate (bench/open_loop.rs, SayName/s over the same connections):
+#   the p50/p99 a PBX sees when the cores are not saturated, and the ratio of
+#   the median p99s.
 # memory: generates N, starts the gateway, records time to /readyz and RSS,
 #   stops it with SIGTERM, starts it again on the same store and records the
 #   time from process start to /readyz 200 (start-up from snapshot); then once
@@ -34,7 +35,8 @@
 #   BENCH_READY_TIMEOUT [300] seconds to wait for /readyz
 #   BENCH_FLOOR_SPIN_NS [100] the calibration floor's extra CPU per request
 #     (0: no calibration runs)   SPIN_PORT [19091] its port
-#   BENCH_TAIL_RATE [20000] requests/s of the fixed-rate runs (0: none)
+#   BENCH_TAIL_RATE ["20000 60000"] requests/s of the fixed-rate runs, one or
+#     more (0: none)
 #   BENCH_TAIL_SECONDS [10] seconds per fixed-rate run
 #   BENCH_SKIP_BUILD [0] BENCH_KEEP [0] keep the temp dir (data, config, logs)
 #   BENCH_PROFILE [release] cargo profile to build and run (dev: a smoke run, or
@@ -72,7 +74,10 @@ SPIN_NS=${BENCH_FLOOR_SPIN_NS:-100}
 SPORT=${SPIN_PORT:-19091}
 [[ $SPIN_NS =~ ^[0-9]+$ ]] || { echo "BENCH_FLOOR_SPIN_NS must be a number of nanoseconds: $SPIN_NS" >&2; exit 2; }
 READY_TIMEOUT=${BENCH_READY_TIMEOUT:-300}
-TAIL_RATE=${BENCH_TAIL_RATE:-20000}
+TAIL_RATES=${BENCH_TAIL_RATE:-20000 60000}
+[[ $TAIL_RATES =~ ^[0-9]+([ ,][0-9]+)*$ ]] || { echo "BENCH_TAIL_RATE must be rates (requests/s) separated by spaces: $TAIL_RATES" >&2; exit 2; }
+TAIL_RATES=${TAIL_RATES//,/ }
+[[ $TAIL_RATES == 0 ]] && TAIL_RATES=""
 TAIL_SECONDS=${BENCH_TAIL_SECONDS:-10}
 SOAP_PATH=/telephony/ws/VATS
 
@@ -249,14 +254,21 @@ done
 # The same servers at a fixed rate (bench/open_loop.rs): the latency a PBX
 # sees, with the cores not saturated; wrk's p99 above is queueing at
 # saturation, where a fraction of a microsecond of CPU per request moves it.
-TAILS_G=(); TAILS_F=()
-if [[ $TAIL_RATE != 0 ]]; then
+# Each rate's report is written when its rounds end, printed below.
+TAIL_REPORTS=()
+if [[ -n $TAIL_RATES ]]; then
   OPEN_LOOP=$OUT/examples/open_loop
   [[ -x $OPEN_LOOP ]] || die "missing $OPEN_LOOP (build failed?)"
-  for ((r = 1; r <= ROUNDS; r++)); do
-    log "fixed rate round $r/$ROUNDS: $TAIL_RATE SayName/s over $CONNS connections for ${TAIL_SECONDS}s, gateway then floor"
-    TAILS_G+=("$(open_loop_run "$PORT")")
-    TAILS_F+=("$(open_loop_run "$FPORT")")
+  for TAIL_RATE in $TAIL_RATES; do
+    TAILS_G=(); TAILS_F=()
+    for ((r = 1; r <= ROUNDS; r++)); do
+      log "fixed rate round $r/$ROUNDS: $TAIL_RATE SayName/s over $CONNS connections for ${TAIL_SECONDS}s, gateway then floor"
+      TAILS_G+=("$(open_loop_run "$PORT")")
+      TAILS_F+=("$(open_loop_run "$FPORT")")
+    done
+    report=$TMP/fixed-rate-$TAIL_RATE.txt
+    print_fixed_rate "== SayName at a fixed rate: $TAIL_RATE/s over $CONNS keep-alive connections, ${TAIL_SECONDS}s per run, latency from write to whole answer (bench/open_loop.rs) ==" TAILS_G TAILS_F tail >"$report"
+    TAIL_REPORTS+=("$report")
   done
 fi
 GW_RSS=$(rss_kb "$GW_PID"); GW_HWM=$(hwm_kb "$GW_PID")
@@ -299,10 +311,10 @@ if (( SPIN_NS > 0 )); then
   echo "calibration: the floor ${SPIN_NS} ns slower per request: requests/s $s_ratio of the floor's, p99 median $s_p99 ms / floor $f_p99 ms = $s_p99_ratio (the same p99 goal, applied to it: $(met "$s_p99_ratio" "<=" 1.2))"
   SPIN_FIELDS=" spin_ns=$SPIN_NS spin_rps=$s_rps spin_p99_ms=$s_p99 spin_p99_ratio=$s_p99_ratio"
 fi
-if (( ${#TAILS_G[@]} > 0 )); then
+for report in "${TAIL_REPORTS[@]}"; do
   echo
-  print_fixed_rate "== SayName at a fixed rate: $TAIL_RATE/s over $CONNS keep-alive connections, ${TAIL_SECONDS}s per run, latency from write to whole answer (bench/open_loop.rs) ==" TAILS_G TAILS_F tail
-fi
+  cat "$report"
+done
 echo "gateway ready in $READY ms; RSS after the runs $((GW_RSS / 1024)) MB (peak $((GW_HWM / 1024)) MB) = $bpc bytes per counterparty (whole process / N)"
 echo "answers check: known=$(field known "$CHECK") unknown=$(field unknown "$CHECK") non2xx=$(field non2xx "$CHECK") (numbers file: ~90% known)"
 echo "BENCH_RESULT mode=throughput count=$COUNT threads=$THREADS conns=$CONNS duration=$DURATION rounds=$ROUNDS answer_bytes=$SIZE gateway_rps=$g_rps gateway_p99_ms=$g_p99 floor_rps=$f_rps floor_p99_ms=$f_p99 ratio=$ratio ratios=$(IFS=,; echo "${RATIOS[*]}") lowest_ratio=$low p99_ratio=$p99_ratio rss_kb=$GW_RSS bytes_per_counterparty=$bpc ready_ms=$READY metrics_lines=$METRICS_LINES$SPIN_FIELDS"
