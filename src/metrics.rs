@@ -3,7 +3,9 @@
 //! Each module registers its own metrics in this registry (the store, the
 //! pop-up hub); the ones here belong to the HTTP front and the SOAP answers.
 //! Label values used on the hot path are resolved once, at start-up, so a
-//! request increments a plain atomic counter.
+//! request increments a plain atomic counter; the SOAP answers' counts,
+//! which every SayName adds to on every core, are kept per thread
+//! ([`striped`]) and summed when scraped.
 
 #[cfg(target_os = "linux")]
 mod process;
