@@ -426,6 +426,40 @@ open_loop_run() {
     sed -n 's/^TAIL_RESULT //p'
 }
 
+# set_tail_rates VALUE: TAIL_RATES, the rates of BENCH_TAIL_RATE ("20000 60000"
+# or "20000,60000"; "0" or empty: none), one per word; dies on anything else.
+set_tail_rates() {
+  local v=${1//,/ }
+  TAIL_RATES=""
+  [[ -z ${v// /} || $v == 0 ]] && return 0
+  [[ $v =~ ^\ *[0-9]+(\ +[0-9]+)*\ *$ ]] || die "BENCH_TAIL_RATE must be rates (requests/s) separated by spaces: $1"
+  TAIL_RATES=$v
+}
+
+# fixed_rate_rounds MODE TITLE [ARG...]: for each rate of $TAIL_RATES,
+# $ROUNDS interleaved rounds of open_loop_run against $PORT then $FPORT (the
+# ARGs passed on); each rate's print_fixed_rate report (TITLE a printf format
+# whose %s is the rate; MODE its BENCH_RESULT mode) is written to a file in
+# $TMP whose path is added to TAIL_REPORTS, for the report at the end.
+fixed_rate_rounds() {
+  local mode=$1 title=$2
+  shift 2
+  local r report
+  TAIL_REPORTS=()
+  for TAIL_RATE in $TAIL_RATES; do
+    local fixed_g=() fixed_f=()
+    for ((r = 1; r <= ROUNDS; r++)); do
+      log "fixed-rate round $r/$ROUNDS: $TAIL_RATE SayName/s over $CONNS connections for ${TAIL_SECONDS}s, gateway then floor"
+      fixed_g+=("$(open_loop_run "$PORT" "$@")")
+      fixed_f+=("$(open_loop_run "$FPORT" "$@")")
+    done
+    report=$TMP/fixed-rate-$mode-$TAIL_RATE.txt
+    # shellcheck disable=SC2059 # the title is the format
+    print_fixed_rate "$(printf -- "$title" "$TAIL_RATE")" fixed_g fixed_f "$mode" >"$report"
+    TAIL_REPORTS+=("$report")
+  done
+}
+
 # print_fixed_rate TITLE GATEWAY_RUNS FLOOR_RUNS MODE: the rounds of both
 # servers (arrays named by GATEWAY_RUNS and FLOOR_RUNS, one open_loop_run
 # each), the ratio of their median p99s and a BENCH_RESULT line of MODE.

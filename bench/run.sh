@@ -74,10 +74,6 @@ SPIN_NS=${BENCH_FLOOR_SPIN_NS:-100}
 SPORT=${SPIN_PORT:-19091}
 [[ $SPIN_NS =~ ^[0-9]+$ ]] || { echo "BENCH_FLOOR_SPIN_NS must be a number of nanoseconds: $SPIN_NS" >&2; exit 2; }
 READY_TIMEOUT=${BENCH_READY_TIMEOUT:-300}
-TAIL_RATES=${BENCH_TAIL_RATE:-20000 60000}
-[[ $TAIL_RATES =~ ^[0-9]+([ ,][0-9]+)*$ ]] || { echo "BENCH_TAIL_RATE must be rates (requests/s) separated by spaces: $TAIL_RATES" >&2; exit 2; }
-TAIL_RATES=${TAIL_RATES//,/ }
-[[ $TAIL_RATES == 0 ]] && TAIL_RATES=""
 TAIL_SECONDS=${BENCH_TAIL_SECONDS:-10}
 SOAP_PATH=/telephony/ws/VATS
 
@@ -94,6 +90,7 @@ FLOOR=$OUT/examples/floor_server
 
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
+set_tail_rates "${BENCH_TAIL_RATE:-20000 60000}"
 
 # ------------------------------------------------------------ helpers
 
@@ -254,22 +251,11 @@ done
 # The same servers at a fixed rate (bench/open_loop.rs): the latency a PBX
 # sees, with the cores not saturated; wrk's p99 above is queueing at
 # saturation, where a fraction of a microsecond of CPU per request moves it.
-# Each rate's report is written when its rounds end, printed below.
 TAIL_REPORTS=()
 if [[ -n $TAIL_RATES ]]; then
   OPEN_LOOP=$OUT/examples/open_loop
   [[ -x $OPEN_LOOP ]] || die "missing $OPEN_LOOP (build failed?)"
-  for TAIL_RATE in $TAIL_RATES; do
-    TAILS_G=(); TAILS_F=()
-    for ((r = 1; r <= ROUNDS; r++)); do
-      log "fixed rate round $r/$ROUNDS: $TAIL_RATE SayName/s over $CONNS connections for ${TAIL_SECONDS}s, gateway then floor"
-      TAILS_G+=("$(open_loop_run "$PORT")")
-      TAILS_F+=("$(open_loop_run "$FPORT")")
-    done
-    report=$TMP/fixed-rate-$TAIL_RATE.txt
-    print_fixed_rate "== SayName at a fixed rate: $TAIL_RATE/s over $CONNS keep-alive connections, ${TAIL_SECONDS}s per run, latency from write to whole answer (bench/open_loop.rs) ==" TAILS_G TAILS_F tail >"$report"
-    TAIL_REPORTS+=("$report")
-  done
+  fixed_rate_rounds tail "== SayName at a fixed rate: %s/s over $CONNS keep-alive connections, ${TAIL_SECONDS}s per run, latency from write to whole answer (bench/open_loop.rs) =="
 fi
 GW_RSS=$(rss_kb "$GW_PID"); GW_HWM=$(hwm_kb "$GW_PID")
 log "answers check (3 s, wrk reads every body)"

@@ -23,9 +23,10 @@
 #       handshake verified against the CA with no session resumption, one
 #       SayName with Connection: close, the whole answer, close): connections
 #       per second, ratio per round and median (goal >= 0.85).
-#   (c) fixed rate: BENCH_ROUNDS interleaved rounds of bench/open_loop.rs
-#       over TLS keep-alive connections at BENCH_TAIL_RATE SayName/s: p50/p99
-#       with the cores not saturated, and the ratio of the median p99s.
+#   (c) fixed rate: for each rate of BENCH_TAIL_RATE, BENCH_ROUNDS interleaved
+#       rounds of bench/open_loop.rs over TLS keep-alive connections at that
+#       many SayName/s: p50/p99 with the cores not saturated, and the ratio
+#       of the median p99s.
 #
 # Environment (defaults in brackets):
 #   BENCH_THREADS [1] wrk threads   BENCH_CONNS [32]   BENCH_DURATION [20s]
@@ -33,7 +34,8 @@
 #   BENCH_PORT [18443] FLOOR_PORT [19443]   BENCH_TLS_KEY [ec] ec or rsa
 #   BENCH_FLOOR_SPIN_NS [100] (0: no calibration server)   SPIN_PORT [19444]
 #   BENCH_TLS12 [0] 1: part (b) negotiates TLS 1.2 instead of 1.3
-#   BENCH_TAIL_RATE [20000] requests/s of part (c) (0: none)   BENCH_TAIL_SECONDS [10]
+#   BENCH_TAIL_RATE ["20000 60000"] requests/s of part (c), one or more (0: none)
+#   BENCH_TAIL_SECONDS [10]
 #   BENCH_READY_TIMEOUT [300]   BENCH_SKIP_BUILD [0]   BENCH_KEEP [0]
 #   CARGO_TARGET_DIR [./target]
 # Everything listens on 127.0.0.1 only; every wait is bounded; the processes
@@ -74,11 +76,11 @@ GEN=$TARGET/release/examples/gen_counterparties
 FLOOR=$TARGET/release/examples/floor_server
 CONNECT=$TARGET/release/examples/tls_connect_load
 OPEN_LOOP=$TARGET/release/examples/open_loop
-TAIL_RATE=${BENCH_TAIL_RATE:-20000}
 TAIL_SECONDS=${BENCH_TAIL_SECONDS:-10}
 
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
+set_tail_rates "${BENCH_TAIL_RATE:-20000 60000}"
 
 # ------------------------------------------------------------ helpers
 
@@ -251,13 +253,9 @@ done
 # The keep-alive connections again, at a fixed rate (bench/open_loop.rs):
 # the latency a PBX sees with the cores not saturated; (a)'s p99 is queueing
 # at saturation, where a fraction of a microsecond per request moves it.
-TL_G=(); TL_F=()
-if [[ $TAIL_RATE != 0 ]]; then
-  for ((r = 1; r <= ROUNDS; r++)); do
-    log "fixed-rate round $r/$ROUNDS: $TAIL_RATE SayName/s over $CONNS TLS connections for ${TAIL_SECONDS}s, gateway then floor"
-    TL_G+=("$(open_loop_run "$PORT" --ca "$TMP/ca.pem")")
-    TL_F+=("$(open_loop_run "$FPORT" --ca "$TMP/ca.pem")")
-  done
+TAIL_REPORTS=()
+if [[ -n $TAIL_RATES ]]; then
+  fixed_rate_rounds tls_tail "-- (c) keep-alive at a fixed rate: %s SayName/s over $CONNS TLS connections, ${TAIL_SECONDS}s per run (bench/open_loop.rs)" --ca "$TMP/ca.pem"
 fi
 
 STEAL=$(( $(steal_ticks) - STEAL0 ))
@@ -315,9 +313,9 @@ fi
 echo "-- (b) new TLS connections (TLS $tls_version, full handshakes, no resumption), one SayName each: $CONNS concurrent"
 print_rounds NC_G NC_F NC_R "conns/s"
 echo "gateway/floor connections/s per round: ${NC_R[*]}; median $nc_ratio (goal >= 0.85: $(met "$nc_ratio" ">=" 0.85)); lowest $nc_low"
-if (( ${#TL_G[@]} > 0 )); then
-  print_fixed_rate "-- (c) keep-alive at a fixed rate: $TAIL_RATE SayName/s over $CONNS TLS connections, ${TAIL_SECONDS}s per run (bench/open_loop.rs)" TL_G TL_F tls_tail
-fi
+for report in "${TAIL_REPORTS[@]}"; do
+  cat "$report"
+done
 echo "CPU steal during the rounds: $STEAL ticks ($(getconf CLK_TCK) a second per CPU): a round with a large share of it, or with errors, is to be run again"
 echo "gateway: ready in $READY ms, RSS after the runs $((GW_RSS / 1024)) MB, cti_tls_handshake_failures_total ${HANDSHAKE_FAILURES:-?} (wrk opens and drops one plain TCP connection per run to check the address: $(( 1 + ROUNDS )) of them are those)"
 echo "BENCH_RESULT mode=tls_keepalive count=$COUNT key=$KEY_KIND threads=$THREADS conns=$CONNS duration=$DURATION rounds=$ROUNDS answer_bytes=$SIZE gateway_rps=$ka_g_rps gateway_p99_ms=$ka_g_p99 floor_rps=$ka_f_rps floor_p99_ms=$ka_f_p99 ratio=$ka_ratio ratios=$(IFS=,; echo "${KA_R[*]}") lowest_ratio=$ka_low p99_ratio=$ka_p99_ratio$SPIN_FIELDS"
