@@ -932,11 +932,11 @@ async fn outcomes_reach_the_record_s_origin_once_and_survive_a_stop_mid_hook() {
         !first.lock().expect("log").is_empty()
     })
     .await;
-    // What the outbox listing shows of confirmed rows. A record can be
-    // linked before its row is settled (a sync job links what it finds in
-    // 1C by INN, `sync::jobs`), so the rows are waited for, not read once:
-    // a CI dry run on a loaded machine read the listing in that window and
-    // got no rows.
+    // What the outbox listing shows of confirmed rows, waited for: a record
+    // can be linked before its row is settled. (Under load this listing was
+    // once empty for good: the CRM's rows, queued after 1C's were confirmed
+    // and deleted, were given their ids again and hid their outcomes. Ids
+    // are never reused since sync migration 8.)
     let listing = || async {
         let reply = request(
             gw.addr,

@@ -214,4 +214,50 @@ pub(in crate::store) const SYNC_MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outcomes_notify ON outcomes (outbox_id) WHERE notify = 1;
     ",
+    // 8: an outbox row id is never given twice. `id INTEGER PRIMARY KEY`
+    // takes the highest id in the table plus one, so once the newest rows
+    // were confirmed (deleted), the next row got one of their ids again:
+    // its outcome replaced theirs (`INSERT OR REPLACE`, perhaps before it
+    // was handed on), their outcomes were no longer listed as done (a row
+    // of that id existed again) and the new row was shown with theirs.
+    // Found by `tests/onec_writer.rs` failing under load. AUTOINCREMENT
+    // keeps the highest id ever given in `sqlite_sequence`; the table is
+    // built again with it (SQLite cannot add it to a table), the rows,
+    // columns and indexes as migrations 1-5 left them, and the sequence
+    // starts past every id still named anywhere (outcomes, superseded_by).
+    "
+    CREATE TABLE outbox_next (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        system        TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        record_key    TEXT NOT NULL,
+        op            TEXT NOT NULL CHECK (op IN ('upsert', 'remove')),
+        body          TEXT NOT NULL,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        next_at       INTEGER NOT NULL,
+        state         TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'dead', 'done')),
+        last_error    TEXT,
+        created_at    INTEGER NOT NULL,
+        hash          INTEGER,
+        superseded_by INTEGER,
+        leased_until  INTEGER,
+        lease         TEXT
+    );
+    INSERT INTO outbox_next (id, system, kind, record_key, op, body, attempts, next_at, state,
+                             last_error, created_at, hash, superseded_by, leased_until, lease)
+        SELECT id, system, kind, record_key, op, body, attempts, next_at, state,
+               last_error, created_at, hash, superseded_by, leased_until, lease
+        FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_next RENAME TO outbox;
+    CREATE INDEX outbox_due ON outbox (system, state, next_at);
+    CREATE INDEX outbox_leased ON outbox (system, record_key, id)
+        WHERE leased_until IS NOT NULL;
+    DELETE FROM sqlite_sequence WHERE name IN ('outbox', 'outbox_next');
+    INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', max(
+        (SELECT coalesce(max(id), 0) FROM outbox),
+        (SELECT coalesce(max(superseded_by), 0) FROM outbox),
+        (SELECT coalesce(max(outbox_id), 0) FROM outcomes)
+    ));
+    ",
 ];

@@ -834,3 +834,120 @@ async fn a_full_sync_file_refuses_enqueues_whole_and_serves_again_once_there_is_
     sync.close().await;
     main.close().await;
 }
+
+/// `id`'s confirmation by 1C (`onec`), with a `created` outcome.
+fn confirmed_with_outcome(id: i64, key: &str) -> [Settle; 2] {
+    [
+        Settle::Confirmed {
+            id,
+            system: "onec".to_owned(),
+            kind: "company".to_owned(),
+            record_key: key.to_owned(),
+            remote_id: format!("ref-{key}"),
+            remote_version: None,
+        },
+        Settle::Outcome(RowOutcome {
+            outbox_id: id,
+            system: "onec".to_owned(),
+            kind: "company".to_owned(),
+            record_key: key.to_owned(),
+            outcome: WriteOutcome::Created,
+            remote_ref: Some(format!("ref-{key}")),
+            remote_code: Some(format!("code-{key}")),
+            message: None,
+            at: SystemTime::now(),
+        }),
+    ]
+}
+
+#[tokio::test]
+async fn an_outbox_id_is_never_given_twice_so_each_outcome_stays_with_its_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sync = open_sync(&sync_path(dir.path()), &Registry::new());
+    let first = sync
+        .enqueue(vec![row("crm", "crm:a", 1), row("crm", "crm:b", 2)])
+        .await
+        .expect("enqueue");
+    // The newest rows confirmed (deleted), their outcomes kept: the outbox
+    // is empty again, the highest id it held gone with them.
+    let settle = first
+        .iter()
+        .zip(["crm:a", "crm:b"])
+        .flat_map(|(&id, key)| confirmed_with_outcome(id, key))
+        .collect();
+    sync.outbox_settle(settle).await.expect("settle");
+    let second = sync
+        .enqueue(vec![row("crm", "crm:c", 3)])
+        .await
+        .expect("enqueue again");
+    let highest = first.iter().copied().max().expect("two ids");
+    assert!(second[0] > highest, "{second:?} after {first:?}");
+
+    let done = sync
+        .outcomes_done(Some("onec".to_owned()), None, 10)
+        .await
+        .expect("done");
+    assert_eq!(
+        done.iter().map(|o| o.outbox_id).collect::<Vec<_>>(),
+        first,
+        "both outcomes listed as done"
+    );
+    let of_new = sync.outcomes_of(second.clone()).await.expect("outcomes");
+    assert!(of_new.is_empty(), "the new row shows none: {of_new:?}");
+    // Its own outcome replaces nobody's.
+    let settle = confirmed_with_outcome(second[0], "crm:c").into();
+    sync.outbox_settle(settle)
+        .await
+        .expect("settle the new row");
+    let done = sync.outcomes_done(None, None, 10).await.expect("done");
+    assert_eq!(done.len(), 3, "{done:?}");
+    sync.close().await;
+}
+
+#[tokio::test]
+async fn a_sync_file_from_before_migration_8_goes_on_past_every_id_it_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = sync_path(dir.path());
+    std::fs::create_dir_all(path.parent().expect("a folder")).expect("folder");
+    // A file as version 7 left it: rows 1-3 queued, 3 (the newest)
+    // confirmed with its outcome, 2 marked superseded by a row 5 that is
+    // gone too.
+    {
+        let conn = Connection::open(&path).expect("raw open");
+        for migration in &SYNC_MIGRATIONS[..7] {
+            conn.execute_batch(migration).expect("migration");
+        }
+        conn.pragma_update(None, "user_version", 7)
+            .expect("user_version");
+        conn.execute_batch(
+            "INSERT INTO outbox (id, system, kind, record_key, op, body, next_at, created_at, superseded_by)
+             VALUES (1, 'crm', 'company', 'crm:a', 'upsert', '{}', 0, 0, NULL),
+                    (2, 'crm', 'company', 'crm:b', 'upsert', '{}', 0, 0, 5);
+             INSERT INTO outcomes (outbox_id, system, kind, record_key, outcome, at, notify)
+             VALUES (3, 'onec', 'company', 'crm:c', 'created', 0, 1);",
+        )
+        .expect("rows");
+    }
+    let sync = open_sync(&path, &Registry::new());
+    let ids = sync
+        .enqueue(vec![row("crm", "crm:d", 4)])
+        .await
+        .expect("enqueue");
+    assert_eq!(ids, [6], "past row 5, named by superseded_by");
+    let page = sync
+        .outbox_page(OutboxQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("page");
+    assert_eq!(
+        page.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [1, 2, 6],
+        "the rows kept"
+    );
+    let waiting = sync.outcomes_to_notify(10).await.expect("outcomes");
+    assert_eq!(waiting.len(), 1, "the outcome kept: {waiting:?}");
+    sync.close().await;
+    assert_eq!(version_and_tables(&path).0, SYNC_MIGRATIONS.len() as i64);
+}
