@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 
 use super::metrics::{Method, RequestOutcome, RuntimeMetrics};
 use super::plan::plan;
@@ -197,19 +197,7 @@ impl Worker {
             tokio::select! {
                 _ = stop.changed() => break,
                 Some(done) = requests.join_next(), if !requests.is_empty() => {
-                    match done {
-                        Ok(done) => this.settle(&mut state, done).await,
-                        Err(e) => {
-                            // A system's module panicked: its rows stay
-                            // pending; their records are free again once
-                            // nothing else is in flight (below).
-                            tracing::error!(system = %this.name(), error = %e, "sync: a request task failed; its rows stay pending");
-                        }
-                    }
-                    if requests.is_empty() {
-                        state.in_flight.clear();
-                        state.probing = false;
-                    }
+                    this.finished(&mut state, &requests, done).await;
                 }
                 () = this.resume.notified() => {
                     if state.probe_at.is_some() {
@@ -221,6 +209,28 @@ impl Worker {
             }
         }
         requests.abort_all();
+    }
+
+    /// Settles a request that ended (or logs its task's failure); once none
+    /// is in flight, every record is free again.
+    async fn finished(
+        &self,
+        state: &mut State,
+        requests: &JoinSet<Done>,
+        done: Result<Done, JoinError>,
+    ) {
+        match done {
+            Ok(done) => self.settle(state, done).await,
+            Err(e) => {
+                // A system's module panicked: its rows stay pending; their
+                // records are free again once nothing else is in flight.
+                tracing::error!(system = %self.name(), error = %e, "sync: a request task failed; its rows stay pending");
+            }
+        }
+        if requests.is_empty() {
+            state.in_flight.clear();
+            state.probing = false;
+        }
     }
 
     /// When to look at the outbox again without another reason.
@@ -240,16 +250,33 @@ impl Worker {
     }
 
     /// Starts requests for due rows while there is room.
+    ///
+    /// The outbox is read before anything is sent, and a request may end
+    /// meanwhile with the system's answer that it blocks or limits the
+    /// gateway: such an answer is settled first and what may be sent is
+    /// decided again, so that no request follows it (seen under load: a
+    /// row queued after a block page went out before the page was settled).
     async fn fill(self: &Arc<Self>, state: &mut State, requests: &mut JoinSet<Done>) {
+        loop {
+            if self.fill_once(state, requests).await {
+                return;
+            }
+        }
+    }
+
+    /// One look at the outbox for [`fill`](Self::fill): `false` when a
+    /// request ended during it (settled, nothing sent: look again), else
+    /// `true`.
+    async fn fill_once(self: &Arc<Self>, state: &mut State, requests: &mut JoinSet<Done>) -> bool {
         let now = Instant::now();
         // Blocked: nothing but one probe at its time.
         let (slots, batch) = match state.probe_at {
-            Some(_) if state.probing => return,
-            Some(at) if at > now => return,
+            Some(_) if state.probing => return true,
+            Some(at) if at > now => return true,
             Some(_) => (1, 1),
             None => {
                 if state.paused_until.is_some_and(|until| until > now) {
-                    return;
+                    return true;
                 }
                 state.paused_until = None;
                 // A failing system gets one request at a time until it
@@ -263,7 +290,7 @@ impl Worker {
             }
         };
         if slots == 0 {
-            return;
+            return true;
         }
         let size = (slots * batch * 4).clamp(WINDOW.0, WINDOW.1);
         let size = u32::try_from(size).unwrap_or(u32::MAX);
@@ -271,11 +298,11 @@ impl Worker {
             Ok(window) => window,
             Err(e) => {
                 tracing::error!(system = %self.name(), error = %e, "sync: the outbox could not be read; trying again shortly");
-                return;
+                return true;
             }
         };
         if window.is_empty() {
-            return;
+            return true;
         }
         let plan = plan(&window, &state.in_flight, SystemTime::now(), slots * batch);
         if !plan.drop.is_empty() {
@@ -290,20 +317,28 @@ impl Worker {
                 .collect();
             if let Err(e) = self.store.outbox_settle(settle).await {
                 tracing::error!(system = %self.name(), error = %e, "sync: replaced outbox rows could not be dropped; nothing sent this round");
-                return;
+                return true;
             }
             tracing::debug!(system = %self.name(), rows = dropped, "sync: rows replaced by later changes of their records dropped");
         }
         if plan.send.is_empty() {
-            return;
+            return true;
         }
         let taken = match self.take(plan.send).await {
             Ok(taken) => taken,
             Err(e) => {
                 tracing::error!(system = %self.name(), error = %e, "sync: the id-map could not be read; trying again shortly");
-                return;
+                return true;
             }
         };
+        let mut ended = false;
+        while let Some(done) = requests.try_join_next() {
+            self.finished(state, requests, done).await;
+            ended = true;
+        }
+        if ended {
+            return false;
+        }
         let mut taken = taken.into_iter();
         loop {
             let rows: Vec<Taken> = taken.by_ref().take(batch).collect();
@@ -318,6 +353,7 @@ impl Worker {
             let worker = Arc::clone(self);
             requests.spawn(async move { worker.request(rows, probe).await });
         }
+        true
     }
 
     /// The rows with their records' id-map links.
