@@ -153,6 +153,31 @@ struct State {
     probing: bool,
 }
 
+/// What holds a system's sending back, as [`Worker::fill`] gates on it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Held {
+    blocked: bool,
+    paused: bool,
+    failing: bool,
+}
+
+impl Held {
+    fn of(state: &State, now: Instant) -> Held {
+        Held {
+            blocked: state.probe_at.is_some(),
+            paused: state.paused_until.is_some_and(|until| until > now),
+            failing: state.failures_in_a_row >= SYSTEM_FAILURES,
+        }
+    }
+
+    /// Whether `self` holds back something `before` did not.
+    fn more_than(self, before: Held) -> bool {
+        (self.blocked && !before.blocked)
+            || (self.paused && !before.paused)
+            || (self.failing && !before.failing)
+    }
+}
+
 impl Worker {
     fn name(&self) -> &str {
         self.system.spec().name()
@@ -252,10 +277,13 @@ impl Worker {
     /// Starts requests for due rows while there is room.
     ///
     /// The outbox is read before anything is sent, and a request may end
-    /// meanwhile with the system's answer that it blocks or limits the
-    /// gateway: such an answer is settled first and what may be sent is
-    /// decided again, so that no request follows it (seen under load: a
-    /// row queued after a block page went out before the page was settled).
+    /// meanwhile with an answer that holds the system back (its block page,
+    /// or the failure that pauses it): ended requests are settled before
+    /// sending, and when one of them held the system back, what may be sent
+    /// is decided again, so that no request follows such an answer (seen
+    /// under load: a row queued after a block page went out before the page
+    /// was settled). A limit answer needs none of this: the limiter it
+    /// pauses holds every request back where it is sent.
     async fn fill(self: &Arc<Self>, state: &mut State, requests: &mut JoinSet<Done>) {
         loop {
             if self.fill_once(state, requests).await {
@@ -265,8 +293,8 @@ impl Worker {
     }
 
     /// One look at the outbox for [`fill`](Self::fill): `false` when a
-    /// request ended during it (settled, nothing sent: look again), else
-    /// `true`.
+    /// request that ended during it held the system back (settled, nothing
+    /// sent: look again), else `true`.
     async fn fill_once(self: &Arc<Self>, state: &mut State, requests: &mut JoinSet<Done>) -> bool {
         let now = Instant::now();
         // Blocked: nothing but one probe at its time.
@@ -331,12 +359,11 @@ impl Worker {
                 return true;
             }
         };
-        let mut ended = false;
+        let held = Held::of(state, now);
         while let Some(done) = requests.try_join_next() {
             self.finished(state, requests, done).await;
-            ended = true;
         }
-        if ended {
+        if Held::of(state, Instant::now()).more_than(held) {
             return false;
         }
         let mut taken = taken.into_iter();
